@@ -1,0 +1,106 @@
+"""Run-time settings in one place: threads, the JIT cache directory, the im2col
+workspace bound, and the Numba compile flags every kernel uses.
+
+Imported before any kernel module, because Numba reads its cache directory when a
+function is decorated.
+"""
+import os
+import tempfile
+import warnings
+
+import numba
+from numba.core import config as _numba_config
+from threadpoolctl import threadpool_limits
+
+# -- JIT cache: a writable directory, chosen before any kernel is decorated ----------
+
+
+def _writable(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def _choose_cache_dir():
+    """FASTCONV_CACHE_DIR, else NUMBA_CACHE_DIR, else ~/.cache/fastconv/numba; a temp
+    directory (with a warning) when none of those can be written."""
+    wanted = (os.environ.get("FASTCONV_CACHE_DIR") or os.environ.get("NUMBA_CACHE_DIR")
+              or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                              "fastconv", "numba"))
+    if _writable(wanted):
+        return wanted
+    fallback = os.path.join(tempfile.gettempdir(), f"fastconv-numba-{os.getuid()}")
+    warnings.warn(f"fastconv: cannot write the JIT cache directory {wanted!r}; "
+                  f"using {fallback!r} instead (set FASTCONV_CACHE_DIR to choose)",
+                  RuntimeWarning, stacklevel=2)
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
+
+
+CACHE_DIR = _choose_cache_dir()
+_numba_config.CACHE_DIR = CACHE_DIR
+# Numba's workqueue layer aborts on concurrent calls from several Python threads;
+# prefer OpenMP (always present with GCC's libgomp here), then TBB.
+_numba_config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+# -- Compile flags -----------------------------------------------------------------
+
+#: flags of every fastconv kernel: cached on disk, no GIL, no bounds checks (the
+#: wrappers validate), no division-by-zero checks in loops. No fastmath here: pooling
+#: must see NaN; kernels that may reassociate ask for it themselves.
+JIT_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+
+
+def jit(**extra):
+    """``numba.njit`` with fastconv's flags (see ``JIT_FLAGS``)."""
+    return numba.njit(**{**JIT_FLAGS, **extra})
+
+
+# -- Workspace bound for im2col ------------------------------------------------------
+
+_workspace_bytes = 64 * 2**20
+
+
+def set_workspace_limit(nbytes):
+    """Bound, in bytes, of the im2col workspace (default 64 MiB). The batch (or, for a
+    single large image, its output rows) is processed in tiles that fit."""
+    if not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"workspace limit must be a positive int of bytes, got {nbytes!r}")
+    global _workspace_bytes
+    _workspace_bytes = nbytes
+
+
+def get_workspace_limit():
+    """The im2col workspace bound in bytes."""
+    return _workspace_bytes
+
+
+# -- Threads -------------------------------------------------------------------------
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in the Numba kernels and in BLAS (through threadpoolctl).
+
+    Kernels never call BLAS from inside a parallel region, so the two never multiply.
+    ``n`` can be at most the number of threads Numba started with
+    (``NUMBA_NUM_THREADS``, fixed when Numba is imported). As in Numba, the setting
+    is per Python thread.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    if n > _numba_config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"set_num_threads: n={n} exceeds NUMBA_NUM_THREADS="
+            f"{_numba_config.NUMBA_NUM_THREADS}; set that environment variable before "
+            f"importing fastconv to allow more")
+    numba.set_num_threads(n)
+    threadpool_limits(limits=n)
+
+
+def get_num_threads():
+    """The number of threads the kernels use."""
+    return numba.get_num_threads()

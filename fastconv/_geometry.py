@@ -1,0 +1,305 @@
+"""Geometry of convolution and pooling: notation, parameters, output sizes, checks.
+
+Notation (used everywhere in fastconv)::
+
+    input   (N, C, H, W)        batch, input channels, height, width
+    weight  (K, C/groups, R, S) output channels, input channels per group, kernel h, w
+    output  (N, K, P, Q)        batch, output channels, output height, width
+
+Stride, padding and dilation are ``(h, w)`` pairs. Padding is stored per side
+(``pad_top``, ``pad_bottom``, ``pad_left``, ``pad_right``) because ``padding='same'``
+with an even effective kernel pads one more row/column at the bottom/right, as
+PyTorch does. Kernels only need the top/left offsets and the output size:
+
+    input row  h = p * stride_h - pad_top  + r * dil_h
+    input col  w = q * stride_w - pad_left + s * dil_w
+    P = floor((H + pad_top + pad_bottom - dil_h * (R - 1) - 1) / stride_h) + 1
+
+Every check raises ``ValueError``/``TypeError`` with a message that names the op and
+the shapes or values involved. Kernels never validate: only what passed these
+checks reaches them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def pair(value, name, op):
+    """Normalise an int or a pair of ints to a tuple ``(h, w)``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def check_dtype(op, **arrays):
+    """All arrays share one supported floating dtype; return it."""
+    dtypes = {name: np.asarray(a).dtype for name, a in arrays.items() if a is not None}
+    for name, dt in dtypes.items():
+        if dt not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{op}: {name} has dtype {dt}, but only float32 and float64 are supported; "
+                f"cast it first, e.g. {name}.astype(numpy.float32)"
+            )
+    if len(set(dtypes.values())) > 1:
+        given = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        raise TypeError(
+            f"{op}: arrays must share one dtype, got {given}; cast them with .astype(...)"
+        )
+    return next(iter(dtypes.values()))
+
+
+def out_size(size, pad_total, kernel, stride, dilation):
+    """Convolution output size along one axis (floor mode)."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """Normalised geometry of one 2-D convolution (see the module docstring)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    groups: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    dil_h: int
+    dil_w: int
+    P: int
+    Q: int
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def weight_shape(self):
+        return (self.K, self.C // self.groups, self.R, self.S)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def flops(self):
+        """Multiply-adds x 2 of the forward pass (also of each backward pass)."""
+        return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
+
+    def as_tuple(self):
+        """The integers kernels take, in one fixed order (see ``kernel_args``)."""
+        return (self.N, self.C, self.H, self.W, self.K, self.R, self.S, self.groups,
+                self.stride_h, self.stride_w, self.pad_top, self.pad_left,
+                self.dil_h, self.dil_w, self.P, self.Q)
+
+
+def _shape(a):
+    return tuple(int(d) for d in a)
+
+
+def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Validate a convolution's arguments and return its :class:`ConvParams`.
+
+    ``input_shape`` is 4-D ``(N, C, H, W)``; ``weight_shape`` is ``(K, C/groups, R, S)``.
+    ``padding`` is an int, a pair, ``'same'`` or ``'valid'``. The same check serves the
+    forward pass and both backward passes.
+    """
+    input_shape, weight_shape = _shape(input_shape), _shape(weight_shape)
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{op}: expected input of shape (N, C, H, W) or (C, H, W), got shape {input_shape}"
+        )
+    if len(weight_shape) != 4:
+        raise ValueError(
+            f"{op}: expected weight of shape (K, C/groups, R, S), got shape {weight_shape}"
+        )
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    N, C, H, W = input_shape
+    K, Cg, R, S = weight_shape
+    if min(input_shape) < 1 or min(weight_shape) < 1:
+        raise ValueError(
+            f"{op}: empty arrays are not supported, got input of shape {input_shape} "
+            f"and weight of shape {weight_shape}"
+        )
+    if K % groups:
+        raise ValueError(
+            f"{op}: weight of shape {weight_shape} has K={K} output channels, "
+            f"which is not divisible by groups={groups}"
+        )
+    if Cg * groups != C:
+        raise ValueError(
+            f"{op}: weight of shape {weight_shape} expects input with {Cg * groups} channels "
+            f"(groups={groups}), got input of shape {input_shape}"
+        )
+    sh, sw = pair(stride, "stride", op)
+    dh, dw = pair(dilation, "dilation", op)
+    if sh < 1 or sw < 1:
+        raise ValueError(f"{op}: stride must be positive, got stride={stride!r}")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"{op}: dilation must be positive, got dilation={dilation!r}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pt = pb = pl = pr = 0
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(
+                    f"{op}: padding='same' is not supported for strided convolutions, "
+                    f"got stride={stride!r}"
+                )
+            # total padding d*(k-1); the odd extra row/column goes at the bottom/right
+            th, tw = dh * (R - 1), dw * (S - 1)
+            pt, pl = th // 2, tw // 2
+            pb, pr = th - pt, tw - pl
+        else:
+            raise ValueError(
+                f"{op}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}"
+            )
+    else:
+        ph, pw = pair(padding, "padding", op)
+        if ph < 0 or pw < 0:
+            raise ValueError(f"{op}: padding must be non-negative, got padding={padding!r}")
+        pt = pb = ph
+        pl = pr = pw
+    P = out_size(H, pt + pb, R, sh, dh)
+    Q = out_size(W, pl + pr, S, sw, dw)
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"{op}: output would be {P}x{Q}, which is empty: input of shape {input_shape}, "
+            f"padded by ({pt}+{pb}, {pl}+{pr}), is smaller than the dilated kernel "
+            f"({dh * (R - 1) + 1}x{dw * (S - 1) + 1}) of weight {weight_shape}"
+        )
+    return ConvParams(N, C, H, W, K, R, S, groups, sh, sw, pt, pb, pl, pr, dh, dw, P, Q)
+
+
+def check_grad_output(op, p: ConvParams, grad_output_shape):
+    """The gradient of the output must have the output's shape."""
+    if _shape(grad_output_shape) != p.output_shape:
+        raise ValueError(
+            f"{op}: grad_output of shape {_shape(grad_output_shape)} does not match the "
+            f"output shape {p.output_shape} of input {p.input_shape} and weight {p.weight_shape}"
+        )
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """Normalised geometry of one 2-D pooling window sweep."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dil_h: int
+    dil_w: int
+    P: int
+    Q: int
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.C, self.P, self.Q)
+
+    def as_tuple(self):
+        return (self.N, self.C, self.H, self.W, self.kernel_h, self.kernel_w,
+                self.stride_h, self.stride_w, self.pad_h, self.pad_w,
+                self.dil_h, self.dil_w, self.P, self.Q)
+
+
+def pool_out_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """PyTorch's pooling output size: floor or ceil, and the last window must start
+    inside the input or the left padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1,
+                ceil_mode=False):
+    """Validate a pooling's arguments and return its :class:`PoolParams`."""
+    input_shape = _shape(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{op}: expected input of shape (N, C, H, W) or (C, H, W), got shape {input_shape}"
+        )
+    if min(input_shape) < 1:
+        raise ValueError(f"{op}: empty arrays are not supported, got input of shape {input_shape}")
+    N, C, H, W = input_shape
+    kh, kw = pair(kernel_size, "kernel_size", op)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = (kh, kw)
+    sh, sw = pair(stride, "stride", op)
+    ph, pw = pair(padding, "padding", op)
+    dh, dw = pair(dilation, "dilation", op)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{op}: kernel_size must be positive, got kernel_size={kernel_size!r}")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"{op}: stride must be positive, got stride={stride!r}")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"{op}: dilation must be positive, got dilation={dilation!r}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"{op}: padding must be non-negative, got padding={padding!r}")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(
+            f"{op}: padding must be at most half the kernel size, got padding={(ph, pw)} "
+            f"for kernel_size={(kh, kw)}"
+        )
+    P = pool_out_size(H, kh, sh, ph, dh, ceil_mode)
+    Q = pool_out_size(W, kw, sw, pw, dw, ceil_mode)
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"{op}: output would be {P}x{Q}, which is empty: input of shape {input_shape} "
+            f"with kernel_size={(kh, kw)}, stride={(sh, sw)}, padding={(ph, pw)}, "
+            f"dilation={(dh, dw)}"
+        )
+    return PoolParams(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q)
+
+
+def adaptive_windows(size, out):
+    """Start and end (exclusive) of each adaptive pooling window along one axis:
+    ``start = floor(i * size / out)``, ``end = ceil((i + 1) * size / out)``."""
+    i = np.arange(out, dtype=np.int64)
+    starts = (i * size) // out
+    ends = -((-(i + 1) * size) // out)
+    return starts, ends
+
+
+def transpose_output_size(op, size, kernel, stride, pad, dilation, output_padding):
+    """Output size of a transposed convolution along one axis."""
+    out = (size - 1) * stride - 2 * pad + dilation * (kernel - 1) + output_padding + 1
+    if out < 1:
+        raise ValueError(f"{op}: output size would be {out}, which is empty")
+    return out
+
+
+__all__ = [
+    "ConvParams", "PoolParams", "conv_params", "pool_params", "check_dtype",
+    "check_grad_output", "pair", "out_size", "pool_out_size", "adaptive_windows",
+    "transpose_output_size", "SUPPORTED_DTYPES",
+]

@@ -1,0 +1,400 @@
+"""Convolution and pooling on NumPy arrays with ``torch.nn.functional`` semantics.
+
+Every function here does the same three things: validate and normalise the
+arguments (through ``fastconv._geometry``), pick a kernel (``fastconv._dispatch``),
+and call it on C-contiguous arrays with a freshly allocated output. Arrays are NCHW,
+float32 or float64; a 3-D ``(C, H, W)`` input is treated as a batch of one and the
+result has no batch axis either.
+"""
+import numpy as np
+
+from . import _dispatch
+from ._geometry import (PoolParams, adaptive_windows, check_dtype, check_grad_output,
+                        conv_params, pair, pool_params, transpose_output_size)
+
+__all__ = [
+    "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
+    "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+]
+
+
+def _batched(op, name, a):
+    """(4-D C-contiguous array, whether the caller passed 3-D)."""
+    a = np.asarray(a)
+    if a.ndim == 3:
+        return np.ascontiguousarray(a[None]), True
+    if a.ndim == 4:
+        return np.ascontiguousarray(a), False
+    raise ValueError(f"{op}: expected {name} of shape (N, C, H, W) or (C, H, W), "
+                     f"got shape {a.shape}")
+
+
+def _size(op, name, size, unbatched):
+    """A 4-D size tuple from a 3-D or 4-D one."""
+    size = tuple(int(d) for d in size)
+    if len(size) == 3 and unbatched:
+        return (1,) + size
+    if len(size) != 4:
+        raise ValueError(f"{op}: expected {name} of length 4 (N, C, H, W), got {size}")
+    return size
+
+
+def _unbatch(a, unbatched):
+    return a[0] if unbatched else a
+
+
+def _check_bias(op, bias, K, dtype):
+    if bias is None:
+        return None
+    bias = np.asarray(bias)
+    if bias.shape != (K,):
+        raise ValueError(f"{op}: bias of shape {bias.shape} does not match the K={K} "
+                         f"output channels; expected shape ({K},)")
+    return bias
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto", backend="auto"):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, H, W) or (C, H, W)
+    weight : ndarray, shape (K, C/groups, R, S)
+    bias : ndarray, shape (K,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), 'same' or 'valid'
+        'same' pads so that P = H and Q = W (stride 1 only); an odd total padding puts
+        the extra row/column at the bottom/right, as PyTorch does.
+    groups : int
+        Input and output channels are split into this many groups; both C and K must
+        be divisible by it.
+    algorithm, backend : str
+        A pair from ``fastconv.algorithms("conv2d")``, or ``"auto"``.
+
+    Returns
+    -------
+    ndarray, shape (N, K, P, Q) (or (K, P, Q) for 3-D input), the input's dtype.
+
+    Shape
+    -----
+    ``P = floor((H + 2*pad_h - dil_h*(R-1) - 1) / stride_h) + 1``, likewise Q.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> sobel = np.array([[[[1, 0, -1], [2, 0, -2], [1, 0, -1]]]], np.float32)
+    >>> fastconv.conv2d(x, sobel)
+    array([[[[-8., -8.],
+             [-8., -8.]]]], dtype=float32)
+    """
+    x, unbatched = _batched("conv2d", "input", input)
+    w = np.ascontiguousarray(weight)
+    dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
+    p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
+    bias = _check_bias("conv2d", bias, p.K, dtype)
+    kernel = _dispatch.select("conv2d", algorithm, backend, p)
+    out = np.empty(p.output_shape, dtype)
+    kernel(x, w, p, out)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return _unbatch(out, unbatched)
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                 *, algorithm="auto", backend="auto"):
+    """Gradient of ``conv2d`` with respect to its input, as ``torch.nn.grad.conv2d_input``.
+
+    Parameters
+    ----------
+    input_size : tuple of int
+        Shape (N, C, H, W) of the forward pass's input ((C, H, W) if ``grad_output``
+        is 3-D).
+    weight : ndarray, shape (K, C/groups, R, S)
+    grad_output : ndarray, shape (N, K, P, Q) or (K, P, Q)
+    stride, padding, dilation, groups, algorithm, backend : as in :func:`conv2d`.
+
+    Returns
+    -------
+    ndarray of shape ``input_size``.
+    """
+    dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
+    w = np.ascontiguousarray(weight)
+    dtype = check_dtype("conv2d_input", weight=w, grad_output=dy)
+    size = _size("conv2d_input", "input_size", input_size, unbatched)
+    p = conv_params("conv2d_input", size, w.shape, stride, padding, dilation, groups)
+    check_grad_output("conv2d_input", p, dy.shape)
+    kernel = _dispatch.select("conv2d_input", algorithm, backend, p)
+    out = np.empty(p.input_shape, dtype)
+    kernel(dy, w, p, out)
+    return _unbatch(out, unbatched)
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                  *, algorithm="auto", backend="auto"):
+    """Gradient of ``conv2d`` with respect to its weight, as ``torch.nn.grad.conv2d_weight``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, H, W) or (C, H, W)
+    weight_size : tuple of int
+        Shape (K, C/groups, R, S) of the weight.
+    grad_output : ndarray, shape (N, K, P, Q) or (K, P, Q)
+    stride, padding, dilation, groups, algorithm, backend : as in :func:`conv2d`.
+
+    Returns
+    -------
+    ndarray of shape ``weight_size``. The bias gradient is ``grad_output.sum((0, 2, 3))``.
+    """
+    x, unbatched = _batched("conv2d_weight", "input", input)
+    dy, dy_unbatched = _batched("conv2d_weight", "grad_output", grad_output)
+    if unbatched != dy_unbatched:
+        raise ValueError(f"conv2d_weight: input of shape {np.shape(input)} and grad_output of "
+                         f"shape {np.shape(grad_output)} must both be 3-D or both 4-D")
+    dtype = check_dtype("conv2d_weight", input=x, grad_output=dy)
+    size = tuple(int(d) for d in weight_size)
+    p = conv_params("conv2d_weight", x.shape, size, stride, padding, dilation, groups)
+    check_grad_output("conv2d_weight", p, dy.shape)
+    kernel = _dispatch.select("conv2d_weight", algorithm, backend, p)
+    out = np.empty(p.weight_shape, dtype)
+    kernel(x, dy, p, out)
+    return out
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1, *, algorithm="auto", backend="auto"):
+    """Transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
+    weight : ndarray, shape (C_in, C_out/groups, R, S)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, dilation : int or (int, int)
+    output_padding : int or (int, int)
+        Extra rows/columns at the bottom/right of the output; smaller than the
+        stride or the dilation.
+    groups : int
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out) with
+    ``H_out = (H - 1)*stride_h - 2*pad_h + dil_h*(R - 1) + output_padding_h + 1``.
+
+    Notes
+    -----
+    It is the gradient of ``conv2d`` with respect to its input, computed by the
+    ``conv2d_input`` kernels (hence ``algorithm=`` takes those names).
+    """
+    op = "conv_transpose2d"
+    x, unbatched = _batched(op, "input", input)
+    w = np.ascontiguousarray(weight)
+    dtype = check_dtype(op, input=x, weight=w, bias=bias)
+    if w.ndim != 4:
+        raise ValueError(f"{op}: expected weight of shape (C_in, C_out/groups, R, S), "
+                         f"got shape {w.shape}")
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"{op}: weight of shape {w.shape} expects input with {w.shape[0]} "
+                         f"channels, got input of shape {x.shape}")
+    if isinstance(padding, str):
+        raise ValueError(f"{op}: padding must be an int or a pair, got {padding!r}")
+    (sh, sw), (ph, pw) = pair(stride, "stride", op), pair(padding, "padding", op)
+    (dh, dw), (oh, ow) = pair(dilation, "dilation", op), pair(output_padding, "output_padding", op)
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw, oh, ow) < 0:
+        raise ValueError(f"{op}: stride and dilation must be positive and padding and "
+                         f"output_padding non-negative, got stride={stride!r}, "
+                         f"dilation={dilation!r}, padding={padding!r}, "
+                         f"output_padding={output_padding!r}")
+    if not (oh < sh or oh < dh) or not (ow < sw or ow < dw):
+        raise ValueError(f"{op}: output_padding must be smaller than either stride or "
+                         f"dilation, got output_padding={(oh, ow)}, stride={(sh, sw)}, "
+                         f"dilation={(dh, dw)}")
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or w.shape[0] % groups:
+        raise ValueError(f"{op}: groups={groups!r} must be a positive divisor of the "
+                         f"{w.shape[0]} input channels of weight {w.shape}")
+    N, _, H, W = x.shape
+    C_out = w.shape[1] * groups
+    H_out = transpose_output_size(op, H, w.shape[2], sh, ph, dh, oh)
+    W_out = transpose_output_size(op, W, w.shape[3], sw, pw, dw, ow)
+    bias = _check_bias(op, bias, C_out, dtype)
+    p = conv_params(op, (N, C_out, H_out, W_out), w.shape, (sh, sw), (ph, pw), (dh, dw), groups)
+    if (p.P, p.Q) != (H, W):
+        # output_padding >= stride (allowed when < dilation): the forward conv of the
+        # output size has more rows than the input; those rows carry zero gradient.
+        x = np.pad(x, ((0, 0), (0, 0), (0, p.P - H), (0, p.Q - W)))
+    kernel = _dispatch.select("conv2d_input", algorithm, backend, p)
+    out = np.empty(p.input_shape, dtype)
+    kernel(x, w, p, out)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return _unbatch(out, unbatched)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, algorithm="auto", backend="auto"):
+    """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, H, W) or (C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit -inf padding, at most half the kernel size.
+    dilation : int or (int, int)
+    ceil_mode : bool
+        Round the output size up; a window must still start inside the input or the
+        left padding.
+    return_indices : bool
+        Also return, for each output, the flat index ``h*W + w`` of the maximum in its
+        input plane (int64), the input of :func:`max_pool2d_backward`.
+
+    Shape
+    -----
+    ``P = floor((H + 2*pad_h - dil_h*(kernel_h-1) - 1) / stride_h) + 1`` (ceil in ceil mode).
+
+    Notes
+    -----
+    A NaN in a window makes its output NaN. Ties pick the first maximum in scan order.
+    """
+    x, unbatched = _batched("max_pool2d", "input", input)
+    dtype = check_dtype("max_pool2d", input=x)
+    p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    kernel = _dispatch.select("max_pool2d", algorithm, backend, p)
+    out = np.empty(p.output_shape, dtype)
+    indices = np.empty(p.output_shape, np.int64)
+    kernel(x, p, out, indices)
+    if return_indices:
+        return _unbatch(out, unbatched), _unbatch(indices, unbatched)
+    return _unbatch(out, unbatched)
+
+
+def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", backend="auto"):
+    """Gradient of :func:`max_pool2d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_output : ndarray, shape (N, C, P, Q) or (C, P, Q)
+    indices : ndarray of int, same shape
+        As returned by ``max_pool2d(..., return_indices=True)``.
+    input_shape : tuple of int
+        Shape of the forward pass's input.
+
+    Returns
+    -------
+    ndarray of shape ``input_shape``: each output gradient added at its index.
+    """
+    op = "max_pool2d_backward"
+    dy, unbatched = _batched(op, "grad_output", grad_output)
+    dtype = check_dtype(op, grad_output=dy)
+    idx = np.asarray(indices)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"{op}: indices must be integers, got dtype {idx.dtype}")
+    if idx.shape != np.shape(grad_output):
+        raise ValueError(f"{op}: indices of shape {idx.shape} must match grad_output "
+                         f"of shape {np.shape(grad_output)}")
+    idx = np.ascontiguousarray(idx.reshape(dy.shape), dtype=np.int64)
+    N, C, H, W = _size(op, "input_shape", input_shape, unbatched)
+    if (N, C) != dy.shape[:2] or H < 1 or W < 1:
+        raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
+                         f"input_shape {tuple(input_shape)} in batch and channels")
+    if idx.min() < 0 or idx.max() >= H * W:
+        raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape "
+                         f"{tuple(input_shape)}, got values in [{idx.min()}, {idx.max()}]")
+    # only the plane size (H, W) and the output size (P, Q) matter here
+    p = PoolParams(N, C, H, W, 1, 1, 1, 1, 0, 0, 1, 1, dy.shape[2], dy.shape[3])
+    kernel = _dispatch.select(op, algorithm, backend, p)
+    out = np.empty((N, C, H, W), dtype)
+    kernel(dy, idx, p, out)
+    return _unbatch(out, unbatched)
+
+
+def _avg_pool_args(op, kernel_size, count_include_pad, divisor_override):
+    if divisor_override is not None and (
+            not isinstance(divisor_override, (int, np.integer)) or divisor_override < 1):
+        raise ValueError(f"{op}: divisor_override must be a positive int or None, "
+                         f"got {divisor_override!r}")
+    return bool(count_include_pad), (int(divisor_override) if divisor_override else 0)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, algorithm="auto",
+               backend="auto"):
+    """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, H, W) or (C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit zero padding, at most half the kernel size.
+    ceil_mode : bool
+    count_include_pad : bool
+        Divide by the window size including padding (but never the ceil-mode
+        overhang past the padding), or by the number of input values in it.
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+
+    Shape
+    -----
+    ``P = floor((H + 2*pad_h - kernel_h) / stride_h) + 1`` (ceil in ceil mode).
+    """
+    x, unbatched = _batched("avg_pool2d", "input", input)
+    dtype = check_dtype("avg_pool2d", input=x)
+    p = pool_params("avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    cip, div = _avg_pool_args("avg_pool2d", kernel_size, count_include_pad, divisor_override)
+    kernel = _dispatch.select("avg_pool2d", algorithm, backend, p)
+    out = np.empty(p.output_shape, dtype)
+    kernel(x, p, cip, div, out)
+    return _unbatch(out, unbatched)
+
+
+def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None, *,
+                        algorithm="auto", backend="auto"):
+    """Gradient of :func:`avg_pool2d` with respect to its input.
+
+    The pooling arguments are those of the forward call; ``input_shape`` is the
+    forward input's shape and ``grad_output`` must have the forward output's shape.
+    """
+    op = "avg_pool2d_backward"
+    dy, unbatched = _batched(op, "grad_output", grad_output)
+    dtype = check_dtype(op, grad_output=dy)
+    size = _size(op, "input_shape", input_shape, unbatched)
+    p = pool_params(op, size, kernel_size, stride, padding, 1, ceil_mode)
+    if dy.shape != p.output_shape:
+        raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
+                         f"the pooling output shape {p.output_shape} of input_shape {size}")
+    cip, div = _avg_pool_args(op, kernel_size, count_include_pad, divisor_override)
+    kernel = _dispatch.select(op, algorithm, backend, p)
+    out = np.empty(size, dtype)
+    kernel(dy, p, cip, div, out)
+    return _unbatch(out, unbatched)
+
+
+def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto"):
+    """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output row ``i`` averages input rows ``floor(i*H/P)`` to ``ceil((i+1)*H/P) - 1``;
+    likewise columns. ``output_size`` is an int or a pair; ``None`` in it keeps the
+    input's size along that axis.
+    """
+    op = "adaptive_avg_pool2d"
+    x, unbatched = _batched(op, "input", input)
+    dtype = check_dtype(op, input=x)
+    if not isinstance(output_size, (tuple, list)):
+        output_size = (output_size, output_size)
+    P, Q = (x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
+    P, Q = pair((P, Q), "output_size", op)
+    if P < 1 or Q < 1:
+        raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
+    if min(x.shape) < 1:
+        raise ValueError(f"{op}: empty arrays are not supported, got input of shape {x.shape}")
+    kernel = _dispatch.select(op, algorithm, backend, None)
+    out = np.empty(x.shape[:2] + (P, Q), dtype)
+    kernel(x, adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q), out)
+    return _unbatch(out, unbatched)

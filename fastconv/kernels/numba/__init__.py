@@ -1,0 +1,1 @@
+"""Numba (JIT) kernels: one module per algorithm."""

@@ -1,0 +1,138 @@
+"""Max and average pooling, forward and backward: one (image, channel) plane per
+parallel iteration, so no two iterations write the same memory.
+
+Window (i, j) reads input rows ``i*sh - ph + a*dh`` and columns ``j*sw - pw + b*dw``;
+positions outside the input are skipped (max) or counted by the divisor rule (avg).
+No fastmath: max pooling must see NaN.
+"""
+import numpy as np
+from numba import prange
+
+from ..._config import jit
+
+
+@jit(parallel=True)
+def _max_pool2d(x, out, indices, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q):
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(P):
+            for j in range(Q):
+                best = -np.inf
+                best_idx = -1
+                for a in range(kh):
+                    h = i * sh - ph + a * dh
+                    if h < 0 or h >= H:
+                        continue
+                    for b in range(kw):
+                        w = j * sw - pw + b * dw
+                        if w < 0 or w >= W:
+                            continue
+                        v = x[n, c, h, w]
+                        # first valid tap, a strictly larger value, or NaN (as PyTorch)
+                        if best_idx < 0 or v > best or np.isnan(v):
+                            best = v
+                            best_idx = h * W + w
+                out[n, c, i, j] = best
+                indices[n, c, i, j] = best_idx
+
+
+@jit(parallel=True)
+def _max_pool2d_backward(dy, indices, dx, N, C, W, P, Q):
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        dx[n, c] = 0
+        for i in range(P):
+            for j in range(Q):
+                idx = indices[n, c, i, j]
+                dx[n, c, idx // W, idx % W] += dy[n, c, i, j]
+
+
+@jit(inline="always")
+def _avg_window(i, j, H, W, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
+    """Clipped window [h0, h1) x [w0, w1) and its divisor (PyTorch's rule)."""
+    h0, w0 = i * sh - ph, j * sw - pw
+    h1, w1 = min(h0 + kh, H + ph), min(w0 + kw, W + pw)
+    padded_count = (h1 - h0) * (w1 - w0)
+    h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)
+    if divisor_override > 0:
+        div = divisor_override
+    elif count_include_pad:
+        div = padded_count
+    else:
+        div = (h1 - h0) * (w1 - w0)
+    return h0, h1, w0, w1, div
+
+
+@jit(parallel=True)
+def _avg_pool2d(x, out, count_include_pad, divisor_override,
+                N, C, H, W, kh, kw, sh, sw, ph, pw, P, Q):
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(P):
+            for j in range(Q):
+                h0, h1, w0, w1, div = _avg_window(i, j, H, W, kh, kw, sh, sw, ph, pw,
+                                                  count_include_pad, divisor_override)
+                acc = 0.0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        acc += x[n, c, h, w]
+                out[n, c, i, j] = acc / div
+
+
+@jit(parallel=True)
+def _avg_pool2d_backward(dy, dx, count_include_pad, divisor_override,
+                         N, C, H, W, kh, kw, sh, sw, ph, pw, P, Q):
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        dx[n, c] = 0
+        for i in range(P):
+            for j in range(Q):
+                h0, h1, w0, w1, div = _avg_window(i, j, H, W, kh, kw, sh, sw, ph, pw,
+                                                  count_include_pad, divisor_override)
+                g = dy[n, c, i, j] / div
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        dx[n, c, h, w] += g
+
+
+@jit(parallel=True)
+def _adaptive_avg_pool2d(x, out, h_starts, h_ends, w_starts, w_ends):
+    N, C = x.shape[0], x.shape[1]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(h_starts.size):
+            for j in range(w_starts.size):
+                acc = 0.0
+                for h in range(h_starts[i], h_ends[i]):
+                    for w in range(w_starts[j], w_ends[j]):
+                        acc += x[n, c, h, w]
+                out[n, c, i, j] = acc / ((h_ends[i] - h_starts[i]) * (w_ends[j] - w_starts[j]))
+
+
+# -- registry signatures (same as fastconv.reference) --------------------------------
+
+
+def max_pool2d(x, p, out, indices):
+    _max_pool2d(x, out, indices, *p.as_tuple())
+
+
+def max_pool2d_backward(dy, indices, p, out):
+    _max_pool2d_backward(dy, indices, out, p.N, p.C, p.W, p.P, p.Q)
+
+
+def _avg_args(p):
+    return (p.N, p.C, p.H, p.W, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w,
+            p.pad_h, p.pad_w, p.P, p.Q)
+
+
+def avg_pool2d(x, p, count_include_pad, divisor_override, out):
+    _avg_pool2d(x, out, bool(count_include_pad), int(divisor_override or 0), *_avg_args(p))
+
+
+def avg_pool2d_backward(dy, p, count_include_pad, divisor_override, out):
+    _avg_pool2d_backward(dy, out, bool(count_include_pad), int(divisor_override or 0),
+                         *_avg_args(p))
+
+
+def adaptive_avg_pool2d(x, h_windows, w_windows, out):
+    _adaptive_avg_pool2d(x, out, *h_windows, *w_windows)
