@@ -1,0 +1,346 @@
+"""Winograd convolution F(2x2,3x3) and F(4x4,3x3) (Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", CVPR 2016, arXiv 1509.09308).
+
+F(m x m, 3x3) computes an m x m output tile from an alpha x alpha input tile
+(alpha = m + 2) as ``Y = A^T [(G g G^T) * (B^T d B)] A``. The element-wise product
+over a batch of tiles and all channels is alpha^2 independent GEMMs::
+
+    U[xi, k, c] = (G g[k, c] G^T)[xi]            filter transform   (Numba, parallel)
+    V[xi, c, t] = (B^T d[c, t] B)[xi]            input transform    (Numba, parallel)
+    M[xi]       = U[xi] @ V[xi]   (K x C)(C x T)  alpha^2 GEMMs     (BLAS, np.matmul)
+    y[k, t]     = A^T M[:, k, t] A               output transform   (Numba, parallel)
+
+The matrices are those of Lavin's ``wincnn`` for the interpolation points
+F(2x2,3x3): 0, 1, -1, inf and F(4x4,3x3): 0, 1, -1, 2, -2, inf (see ``BT2, G2, AT2``
+and ``BT4, G4, AT4`` below; the Numba code writes their products out by hand).
+
+Output tile ``(i, j)`` of image ``n`` covers output rows ``i*m .. i*m + m - 1`` and
+reads input rows ``i*m + off_h .. i*m + off_h + alpha - 1`` with ``off_h = -pad_top``
+(columns alike): reads outside the input are zeros and writes outside the output are
+dropped, so partial tiles at the edges and any padding, even asymmetric, are exact.
+
+The gradient with respect to the input of a stride-1 3x3 convolution is the same
+computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
+``off_h = pad_top - 2`` (padding ``2 - pad_top``; a negative padding just crops).
+
+Tiles are processed in batches so that ``V`` and ``M`` (alpha^2 (C + K) values per
+tile) stay under ``fastconv._config.get_workspace_limit()``; the transformed filter
+``U`` (alpha^2 K C values) is allocated once per call on top of that. BLAS is called
+outside any Numba parallel region. Accuracy: F(2x2,3x3) is about as accurate as direct
+convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
+``tests/test_winograd.py``).
+
+No Winograd grad-weight is registered: the dispatcher uses another algorithm.
+"""
+import numpy as np
+from numba import prange
+
+from ..._config import get_workspace_limit, jit
+
+# -- Transform matrices (reference and documentation; the kernels inline them) -------
+
+#: F(2x2,3x3), points 0, 1, -1, inf
+BT2 = np.array([[1, 0, -1, 0],
+                [0, 1, 1, 0],
+                [0, -1, 1, 0],
+                [0, 1, 0, -1]], np.float64)
+G2 = np.array([[1, 0, 0],
+               [1 / 2, 1 / 2, 1 / 2],
+               [1 / 2, -1 / 2, 1 / 2],
+               [0, 0, 1]], np.float64)
+AT2 = np.array([[1, 1, 1, 0],
+                [0, 1, -1, -1]], np.float64)
+
+#: F(4x4,3x3), points 0, 1, -1, 2, -2, inf
+BT4 = np.array([[4, 0, -5, 0, 1, 0],
+                [0, -4, -4, 1, 1, 0],
+                [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0],
+                [0, 4, 0, -5, 0, 1]], np.float64)
+G4 = np.array([[1 / 4, 0, 0],
+               [-1 / 6, -1 / 6, -1 / 6],
+               [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6],
+               [0, 0, 1]], np.float64)
+AT4 = np.array([[1, 1, 1, 1, 1, 0],
+                [0, 1, -1, 2, -2, 0],
+                [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], np.float64)
+
+# float32 constants keep float32 arithmetic in float32 (an int literal would promote
+# it to float64); all are exact in float32.
+_2 = np.float32(2.0)
+_4 = np.float32(4.0)
+_5 = np.float32(5.0)
+_8 = np.float32(8.0)
+
+_CHUNK = 32          # tiles per parallel work item of the input/output transforms
+
+
+# -- 1-D transforms (one row or column of a tile) ------------------------------------
+
+@jit(inline="always")
+def _bt2(d0, d1, d2, d3):
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@jit(inline="always")
+def _g2(g0, g1, g2):
+    h = 0.5 * (g0 + g2)                       # float64: weights are transformed in float64
+    return 1.0 * g0, h + 0.5 * g1, h - 0.5 * g1, 1.0 * g2
+
+
+@jit(inline="always")
+def _at2(m0, m1, m2, m3):
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+@jit(inline="always")
+def _bt4(d0, d1, d2, d3, d4, d5):
+    a = d4 - _4 * d2                          # shared sub-expressions of rows 1-4
+    b = d3 - _4 * d1
+    c = d4 - d2
+    e = _2 * (d3 - d1)
+    return (_4 * d0 - _5 * d2 + d4, a + b, a - b, c + e, c - e, _4 * d1 - _5 * d3 + d5)
+
+
+@jit(inline="always")
+def _g4(g0, g1, g2):
+    s = (g0 + g2) * (-1.0 / 6.0)
+    t = (g0 * (1.0 / 24.0) + g2 * (1.0 / 6.0))
+    return (g0 * 0.25, s - g1 * (1.0 / 6.0), s + g1 * (1.0 / 6.0),
+            t + g1 * (1.0 / 12.0), t - g1 * (1.0 / 12.0), 1.0 * g2)
+
+
+@jit(inline="always")
+def _at4(m0, m1, m2, m3, m4, m5):
+    a = m1 + m2
+    b = m1 - m2
+    c = m3 + m4
+    e = m3 - m4
+    return m0 + a + c, b + _2 * e, a + _4 * c, b + _8 * e + m5
+
+
+@jit(inline="always")
+def _bt2r(d):
+    return _bt2(d[0], d[1], d[2], d[3])
+
+
+@jit(inline="always")
+def _bt4r(d):
+    return _bt4(d[0], d[1], d[2], d[3], d[4], d[5])
+
+
+# -- loading input rows with zeros outside the image ---------------------------------
+
+@jit(inline="always")
+def _at(x, n, c, h, w, H, W, zero):
+    return x[n, c, h, w] if 0 <= w < W else zero
+
+
+@jit(inline="always")
+def _row4(x, n, c, h, w0, H, W, zero):
+    if h < 0 or h >= H:
+        return zero, zero, zero, zero
+    if w0 >= 0 and w0 + 4 <= W:
+        return x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2], x[n, c, h, w0 + 3]
+    return (_at(x, n, c, h, w0, H, W, zero), _at(x, n, c, h, w0 + 1, H, W, zero),
+            _at(x, n, c, h, w0 + 2, H, W, zero), _at(x, n, c, h, w0 + 3, H, W, zero))
+
+
+@jit(inline="always")
+def _row6(x, n, c, h, w0, H, W, zero):
+    if h < 0 or h >= H:
+        return zero, zero, zero, zero, zero, zero
+    if w0 >= 0 and w0 + 6 <= W:
+        return (x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2],
+                x[n, c, h, w0 + 3], x[n, c, h, w0 + 4], x[n, c, h, w0 + 5])
+    return (_at(x, n, c, h, w0, H, W, zero), _at(x, n, c, h, w0 + 1, H, W, zero),
+            _at(x, n, c, h, w0 + 2, H, W, zero), _at(x, n, c, h, w0 + 3, H, W, zero),
+            _at(x, n, c, h, w0 + 4, H, W, zero), _at(x, n, c, h, w0 + 5, H, W, zero))
+
+
+# -- filter transforms: U[xi, k, c] = (G w[k, c] G^T)[xi] -----------------------------
+
+@jit(parallel=True)
+def _filter_f2(w, U):
+    K, C = w.shape[0], w.shape[1]
+    for k in prange(K):
+        for c in range(C):
+            r0 = _g2(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])   # G along s
+            r1 = _g2(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
+            r2 = _g2(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
+            for b in range(4):                                       # then G along r
+                col = _g2(r0[b], r1[b], r2[b])
+                for a in range(4):
+                    U[a * 4 + b, k, c] = col[a]
+
+
+@jit(parallel=True)
+def _filter_f4(w, U):
+    K, C = w.shape[0], w.shape[1]
+    for k in prange(K):
+        for c in range(C):
+            r0 = _g4(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])
+            r1 = _g4(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
+            r2 = _g4(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
+            for b in range(6):
+                col = _g4(r0[b], r1[b], r2[b])
+                for a in range(6):
+                    U[a * 6 + b, k, c] = col[a]
+
+
+# -- input transforms: V[xi, c, u] = (B^T d B)[xi] for tile t0 + u --------------------
+
+@jit(parallel=True, fastmath=True)
+def _input_f2(x, V, t0, nt, th, tw, oh, ow, zero):
+    N, C, H, W = x.shape
+    nchunks = (nt + _CHUNK - 1) // _CHUNK
+    for job in prange(C * nchunks):
+        c, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        for u in range(u0, min(nt, u0 + _CHUNK)):
+            t = t0 + u                                  # tile t = (n*th + i)*tw + j
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            h0, w0 = i * 2 + oh, j * 2 + ow
+            r0 = _bt2r(_row4(x, n, c, h0, w0, H, W, zero))       # B^T along w
+            r1 = _bt2r(_row4(x, n, c, h0 + 1, w0, H, W, zero))
+            r2 = _bt2r(_row4(x, n, c, h0 + 2, w0, H, W, zero))
+            r3 = _bt2r(_row4(x, n, c, h0 + 3, w0, H, W, zero))
+            for b in range(4):                                   # then B^T along h
+                col = _bt2(r0[b], r1[b], r2[b], r3[b])
+                for a in range(4):
+                    V[a * 4 + b, c, u] = col[a]
+
+
+@jit(parallel=True, fastmath=True)
+def _input_f4(x, V, t0, nt, th, tw, oh, ow, zero):
+    N, C, H, W = x.shape
+    nchunks = (nt + _CHUNK - 1) // _CHUNK
+    for job in prange(C * nchunks):
+        c, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        for u in range(u0, min(nt, u0 + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            h0, w0 = i * 4 + oh, j * 4 + ow
+            r0 = _bt4r(_row6(x, n, c, h0, w0, H, W, zero))
+            r1 = _bt4r(_row6(x, n, c, h0 + 1, w0, H, W, zero))
+            r2 = _bt4r(_row6(x, n, c, h0 + 2, w0, H, W, zero))
+            r3 = _bt4r(_row6(x, n, c, h0 + 3, w0, H, W, zero))
+            r4 = _bt4r(_row6(x, n, c, h0 + 4, w0, H, W, zero))
+            r5 = _bt4r(_row6(x, n, c, h0 + 5, w0, H, W, zero))
+            for b in range(6):
+                col = _bt4(r0[b], r1[b], r2[b], r3[b], r4[b], r5[b])
+                for a in range(6):
+                    V[a * 6 + b, c, u] = col[a]
+
+
+# -- output transforms: y = A^T M A, cropped to the output ----------------------------
+
+@jit(parallel=True, fastmath=True)
+def _output_f2(M, y, t0, nt, th, tw):
+    N, K, P, Q = y.shape
+    nchunks = (nt + _CHUNK - 1) // _CHUNK
+    for job in prange(K * nchunks):
+        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        for u in range(u0, min(nt, u0 + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            p0, q0 = i * 2, j * 2
+            c0 = _at2(M[0, k, u], M[4, k, u], M[8, k, u], M[12, k, u])    # A^T along h
+            c1 = _at2(M[1, k, u], M[5, k, u], M[9, k, u], M[13, k, u])
+            c2 = _at2(M[2, k, u], M[6, k, u], M[10, k, u], M[14, k, u])
+            c3 = _at2(M[3, k, u], M[7, k, u], M[11, k, u], M[15, k, u])
+            for a in range(min(2, P - p0)):                               # then along w
+                row = _at2(c0[a], c1[a], c2[a], c3[a])
+                if q0 + 2 <= Q:
+                    y[n, k, p0 + a, q0] = row[0]
+                    y[n, k, p0 + a, q0 + 1] = row[1]
+                else:
+                    y[n, k, p0 + a, q0] = row[0]
+
+
+@jit(parallel=True, fastmath=True)
+def _output_f4(M, y, t0, nt, th, tw):
+    N, K, P, Q = y.shape
+    nchunks = (nt + _CHUNK - 1) // _CHUNK
+    for job in prange(K * nchunks):
+        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        for u in range(u0, min(nt, u0 + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            p0, q0 = i * 4, j * 4
+            c0 = _at4(M[0, k, u], M[6, k, u], M[12, k, u], M[18, k, u], M[24, k, u], M[30, k, u])
+            c1 = _at4(M[1, k, u], M[7, k, u], M[13, k, u], M[19, k, u], M[25, k, u], M[31, k, u])
+            c2 = _at4(M[2, k, u], M[8, k, u], M[14, k, u], M[20, k, u], M[26, k, u], M[32, k, u])
+            c3 = _at4(M[3, k, u], M[9, k, u], M[15, k, u], M[21, k, u], M[27, k, u], M[33, k, u])
+            c4 = _at4(M[4, k, u], M[10, k, u], M[16, k, u], M[22, k, u], M[28, k, u], M[34, k, u])
+            c5 = _at4(M[5, k, u], M[11, k, u], M[17, k, u], M[23, k, u], M[29, k, u], M[35, k, u])
+            for a in range(min(4, P - p0)):
+                row = _at4(c0[a], c1[a], c2[a], c3[a], c4[a], c5[a])
+                if q0 + 4 <= Q:
+                    y[n, k, p0 + a, q0] = row[0]
+                    y[n, k, p0 + a, q0 + 1] = row[1]
+                    y[n, k, p0 + a, q0 + 2] = row[2]
+                    y[n, k, p0 + a, q0 + 3] = row[3]
+                else:
+                    for b in range(Q - q0):
+                        y[n, k, p0 + a, q0 + b] = row[b]
+
+
+# -- drivers --------------------------------------------------------------------------
+
+_KERNELS = {2: (_filter_f2, _input_f2, _output_f2), 4: (_filter_f4, _input_f4, _output_f4)}
+
+
+def _winograd(m, x, w, y, off_h, off_w):
+    """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
+    * w[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3); x (N, C, H, W) and w (K, C, 3, 3)
+    C-contiguous, y (N, K, P, Q) filled."""
+    filter_kernel, input_kernel, output_kernel = _KERNELS[m]
+    N, C = x.shape[:2]
+    K, P, Q = y.shape[1:]
+    alpha2 = (m + 2) ** 2
+    U = np.empty((alpha2, K, C), x.dtype)
+    filter_kernel(w, U)
+    th, tw = -(-P // m), -(-Q // m)
+    T = N * th * tw
+    tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
+    vbuf, mbuf = np.empty(alpha2 * C * tb, x.dtype), np.empty(alpha2 * K * tb, x.dtype)
+    zero = x.dtype.type(0)
+    for t0 in range(0, T, tb):
+        nt = min(tb, T - t0)
+        V = vbuf[:alpha2 * C * nt].reshape(alpha2, C, nt)
+        M = mbuf[:alpha2 * K * nt].reshape(alpha2, K, nt)
+        input_kernel(x, V, t0, nt, th, tw, off_h, off_w, zero)
+        np.matmul(U, V, out=M)
+        output_kernel(M, y, t0, nt, th, tw)
+
+
+def _forward(m):
+    def conv2d(x, w, p, out):
+        """Forward convolution into ``out`` (N, K, P, Q)."""
+        _winograd(m, x, w, out, -p.pad_top, -p.pad_left)
+    conv2d.__name__ = conv2d.__qualname__ = f"conv2d_f{m}"
+    return conv2d
+
+
+def _backward_input(m):
+    def conv2d_input(dy, w, p, out):
+        """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
+        computation on dy with the filter rotated 180 degrees and C, K swapped."""
+        w_rot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _winograd(m, np.ascontiguousarray(dy), w_rot, out, p.pad_top - 2, p.pad_left - 2)
+    conv2d_input.__name__ = conv2d_input.__qualname__ = f"conv2d_input_f{m}"
+    return conv2d_input
+
+
+conv2d_f2, conv2d_f4 = _forward(2), _forward(4)
+conv2d_input_f2, conv2d_input_f4 = _backward_input(2), _backward_input(4)
+
+
+def supports(p):
+    """Winograd handles 3x3 kernels, stride 1, dilation 1, groups 1 (any padding)."""
+    return (p.R == 3 and p.S == 3 and p.stride_h == 1 and p.stride_w == 1
+            and p.dil_h == 1 and p.dil_w == 1 and p.groups == 1)
