@@ -278,6 +278,14 @@ def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1
             f"with kernel_size={(kh, kw)}, stride={(sh, sw)}, padding={(ph, pw)}, "
             f"dilation={(dh, dw)}"
         )
+    for axis, size, k, s, pad, d, out in (("rows", H, kh, sh, ph, dh, P), ("columns", W, kw, sw, pw, dw, Q)):
+        # tap a of window i reads i*s - pad + a*d; each window needs one inside the input
+        taps = np.arange(out)[:, None] * s - pad + np.arange(k)[None, :] * d
+        if not ((taps >= 0) & (taps < size)).any(axis=1).all():
+            raise ValueError(
+                f"{op}: a pooling window covers only padding along the {axis}: input of shape "
+                f"{input_shape} with kernel_size={(kh, kw)}, stride={(sh, sw)}, "
+                f"padding={(ph, pw)}, dilation={(dh, dw)}; use less padding or dilation")
     return PoolParams(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q)
 
 

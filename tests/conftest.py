@@ -1,0 +1,159 @@
+"""Shared test setup: tolerances, the Hypothesis profile, strategies that build only
+valid geometries, and one checker that compares every output of an op with the
+reference."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _dispatch
+
+# -- Hypothesis: one profile, derandomised in CI ------------------------------------------
+
+settings.register_profile(
+    "default", deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=bool(os.environ.get("CI")))
+settings.load_profile("default")
+
+# -- Tolerances: max |got - want| / max(|want|), per dtype and algorithm ---------------------
+# Winograd's transforms lose precision with the tile size (Lavin & Gray 2016): measured
+# on C=256 layers, F(2x2,3x3) about 2e-6 and F(4x4,3x3) about 4e-5 of the output's
+# magnitude in float32, hence its looser entries.
+TOLERANCE = {
+    (np.float32, "default"): 1e-5,
+    (np.float64, "default"): 1e-12,
+    (np.float32, "winograd_f2"): 1e-5,
+    (np.float32, "winograd_f4"): 1e-4,
+    (np.float64, "winograd_f2"): 1e-12,
+    (np.float64, "winograd_f4"): 1e-11,
+}
+# the issue's bar against PyTorch: relative to the largest magnitude of PyTorch's output
+TORCH_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
+
+DTYPES = (np.float32, np.float64)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tolerance(dtype, algorithm):
+    dtype = np.dtype(dtype).type
+    return TOLERANCE.get((dtype, algorithm), TOLERANCE[(dtype, "default")])
+
+
+def assert_close(got, want, tol, what=""):
+    """max |got - want| <= tol * max(|want|, tiny); NaN/Inf must sit in the same places."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN placement")
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)],
+                                  err_msg=f"{what}: Inf placement")
+    scale = max(np.abs(want[finite]).max(initial=0.0), 1e-30)
+    err = np.abs(got[finite] - want[finite]).max(initial=0.0) / scale
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.1g}"
+
+
+def kernel_pairs(op):
+    """The registered (algorithm, backend) pairs of op other than the reference."""
+    return [ab for ab in fastconv.algorithms(op) if ab[0] != "reference"]
+
+
+# -- Strategies ---------------------------------------------------------------------------
+
+# geometry limits of algorithms that do not handle every convolution (see
+# fastconv._dispatch.SUPPORTS); a test checks each drawn case satisfies them
+LIMITS = {
+    "winograd_f2": dict(kernel=3, stride=1, dilation=1, groups=1),
+    "winograd_f4": dict(kernel=3, stride=1, dilation=1, groups=1),
+}
+
+
+@st.composite
+def conv_cases(draw, algorithm=None, max_channels=20, max_hw=24, max_n=4):
+    """A valid conv2d geometry: dict of N, C, H, W, K, R, S, stride, padding, dilation,
+    groups, plus the ConvParams it makes."""
+    lim = LIMITS.get(algorithm, {})
+    groups = lim.get("groups") or draw(st.sampled_from([1, 1, 1, 2, 3, 4]))
+    C = groups * draw(st.integers(1, max_channels // groups))
+    K = groups * draw(st.integers(1, max_channels // groups))
+    R = lim.get("kernel") or draw(st.integers(1, 5))
+    S = lim.get("kernel") or draw(st.integers(1, 5))
+    stride = (lim.get("stride") or draw(st.integers(1, 3)), lim.get("stride") or draw(st.integers(1, 3)))
+    dilation = (lim.get("dilation") or draw(st.integers(1, 2)),
+                lim.get("dilation") or draw(st.integers(1, 2)))
+    kinds = ["pair", "valid"] + (["same"] if stride == (1, 1) else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "pair":
+        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+        pad_total = (2 * padding[0], 2 * padding[1])
+    elif kind == "same":
+        padding, pad_total = "same", (dilation[0] * (R - 1), dilation[1] * (S - 1))
+    else:
+        padding, pad_total = "valid", (0, 0)
+    # smallest input whose output is at least 1x1
+    H = draw(st.integers(max(1, dilation[0] * (R - 1) + 1 - pad_total[0]), max_hw))
+    W = draw(st.integers(max(1, dilation[1] * (S - 1) + 1 - pad_total[1]), max_hw))
+    N = draw(st.integers(1, max_n))
+    case = dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, stride=stride, padding=padding,
+                dilation=dilation, groups=groups)
+    case["params"] = fastconv._geometry.conv_params(
+        "test", (N, C, H, W), (K, C // groups, R, S), stride, padding, dilation, groups)
+    return case
+
+
+@st.composite
+def pool_cases(draw, max_pool=True, max_hw=16):
+    """A valid pooling geometry (dilation only for max pooling)."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    padding = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if max_pool else (1, 1)
+    # at least one output, and (size >= dilation) every window reaches into the input
+    H = draw(st.integers(max(dilation[0], dilation[0] * (kh - 1) + 1 - 2 * padding[0]), max_hw))
+    W = draw(st.integers(max(dilation[1], dilation[1] * (kw - 1) + 1 - 2 * padding[1]), max_hw))
+    return dict(N=draw(st.integers(1, 3)), C=draw(st.integers(1, 5)), H=H, W=W,
+                kernel_size=(kh, kw), stride=stride, padding=padding, dilation=dilation,
+                ceil_mode=draw(st.booleans()))
+
+
+def arrays(seed, dtype, *shapes):
+    """Standard-normal arrays of the given shapes (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def conv_args(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"])
+
+
+def conv_outputs(case, x, w, dy, algorithm, backend):
+    """Output, grad-input and grad-weight of one (algorithm, backend); None where the
+    algorithm does not register that op."""
+    kw = conv_args(case)
+    results = {}
+    for op, call in [
+        ("conv2d", lambda **a: fastconv.conv2d(x, w, **kw, **a)),
+        ("conv2d_input", lambda **a: fastconv.conv2d_input(x.shape, w, dy, **kw, **a)),
+        ("conv2d_weight", lambda **a: fastconv.conv2d_weight(x, w.shape, dy, **kw, **a)),
+    ]:
+        registered = (op, algorithm, backend) in _dispatch.REGISTRY
+        results[op] = call(algorithm=algorithm, backend=backend) if registered else None
+    return results
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch", reason="PyTorch is not installed: "
+                               "pip install torch==2.13.0 for the PyTorch comparisons")

@@ -1,0 +1,132 @@
+"""Every registered kernel against the NumPy reference, over random valid geometries.
+
+A kernel added to ``fastconv._dispatch.REGISTRY`` is tested here without a line of
+new test code; algorithms that handle only some geometries draw from those.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _dispatch
+
+from conftest import (DTYPES, LIMITS, arrays, assert_close, conv_cases, conv_outputs, kernel_pairs,
+                      pool_cases, tolerance)
+
+CONV_PAIRS = sorted({ab for op in ("conv2d", "conv2d_input", "conv2d_weight")
+                     for ab in kernel_pairs(op)})
+
+
+@pytest.mark.parametrize("algorithm,backend", CONV_PAIRS)
+@settings(max_examples=60)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_conv_kernel_matches_reference(algorithm, backend, data, dtype):
+    case = data.draw(conv_cases(algorithm))
+    p = case["params"]
+    assert _dispatch.supports(algorithm, backend, p), f"strategy drew an unsupported case {p}"
+    x, w, dy = arrays(p.N * 7 + p.K, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    got = conv_outputs(case, x, w, dy, algorithm, backend)
+    want = conv_outputs(case, x, w, dy, "reference", "numpy")
+    tol = tolerance(dtype, algorithm)
+    for op, value in got.items():
+        if value is not None:
+            assert value.dtype == dtype, f"{op}: dtype {value.dtype} != {dtype}"
+            assert_close(value, want[op], tol, f"{op} {algorithm}/{backend} {p}")
+
+
+@pytest.mark.parametrize("algorithm,backend", CONV_PAIRS)
+@settings(max_examples=20)
+@given(data=st.data())
+def test_conv_algorithms_agree_with_each_other(algorithm, backend, data):
+    """Each algorithm against im2col (another fast path, not only the reference)."""
+    case = data.draw(conv_cases(algorithm))
+    p = case["params"]
+    x, w, dy = arrays(1, np.float64, p.input_shape, p.weight_shape, p.output_shape)
+    got = conv_outputs(case, x, w, dy, algorithm, backend)
+    other = conv_outputs(case, x, w, dy, "im2col", "numba")
+    for op, value in got.items():
+        if value is not None:
+            assert_close(value, other[op], 1e-11, f"{op} {algorithm} vs im2col")
+
+
+@pytest.mark.parametrize("algorithm,backend", kernel_pairs("max_pool2d"))
+@settings(max_examples=80)
+@given(case=pool_cases(max_pool=True), dtype=st.sampled_from(DTYPES))
+def test_max_pool_kernel_matches_reference(algorithm, backend, case, dtype):
+    (x,) = arrays(case["H"] * 3 + case["W"], dtype, (case["N"], case["C"], case["H"], case["W"]))
+    args = {k: case[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
+    y, idx = fastconv.max_pool2d(x, **args, return_indices=True, algorithm=algorithm, backend=backend)
+    y_ref, idx_ref = fastconv.max_pool2d(x, **args, return_indices=True, algorithm="reference")
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    (dy,) = arrays(5, dtype, y.shape)
+    for bwd_alg, bwd_backend in kernel_pairs("max_pool2d_backward"):
+        dx = fastconv.max_pool2d_backward(dy, idx, x.shape, algorithm=bwd_alg, backend=bwd_backend)
+        dx_ref = fastconv.max_pool2d_backward(dy, idx, x.shape, algorithm="reference")
+        assert_close(dx, dx_ref, tolerance(dtype, bwd_alg), "max_pool2d_backward")
+
+
+@pytest.mark.parametrize("algorithm,backend", kernel_pairs("avg_pool2d"))
+@settings(max_examples=80)
+@given(case=pool_cases(max_pool=False), dtype=st.sampled_from(DTYPES),
+       count_include_pad=st.booleans(), divisor_override=st.sampled_from([None, 1, 3]))
+def test_avg_pool_kernel_matches_reference(algorithm, backend, case, dtype, count_include_pad,
+                                           divisor_override):
+    (x,) = arrays(case["H"] + case["W"], dtype, (case["N"], case["C"], case["H"], case["W"]))
+    args = dict(kernel_size=case["kernel_size"], stride=case["stride"], padding=case["padding"],
+                ceil_mode=case["ceil_mode"], count_include_pad=count_include_pad,
+                divisor_override=divisor_override)
+    y = fastconv.avg_pool2d(x, **args, algorithm=algorithm, backend=backend)
+    assert_close(y, fastconv.avg_pool2d(x, **args, algorithm="reference"),
+                 tolerance(dtype, algorithm), "avg_pool2d")
+    (dy,) = arrays(3, dtype, y.shape)
+    for bwd_alg, bwd_backend in kernel_pairs("avg_pool2d_backward"):
+        dx = fastconv.avg_pool2d_backward(dy, x.shape, **args, algorithm=bwd_alg, backend=bwd_backend)
+        assert_close(dx, fastconv.avg_pool2d_backward(dy, x.shape, **args, algorithm="reference"),
+                     tolerance(dtype, bwd_alg), "avg_pool2d_backward")
+
+
+@pytest.mark.parametrize("algorithm,backend", kernel_pairs("adaptive_avg_pool2d"))
+@settings(max_examples=40)
+@given(H=st.integers(1, 20), W=st.integers(1, 20), P=st.integers(1, 9), Q=st.integers(1, 9),
+       dtype=st.sampled_from(DTYPES))
+def test_adaptive_avg_pool_kernel_matches_reference(algorithm, backend, H, W, P, Q, dtype):
+    (x,) = arrays(H * W, dtype, (2, 3, H, W))
+    y = fastconv.adaptive_avg_pool2d(x, (P, Q), algorithm=algorithm, backend=backend)
+    assert_close(y, fastconv.adaptive_avg_pool2d(x, (P, Q), algorithm="reference"),
+                 tolerance(dtype, algorithm), "adaptive_avg_pool2d")
+
+
+def test_every_listed_pair_is_accepted():
+    """algorithms(op) lists only pairs its op's algorithm=/backend= accept."""
+    x, w = arrays(0, np.float32, (1, 2, 6, 6), (2, 2, 3, 3))
+    for algorithm, backend in fastconv.algorithms("conv2d"):
+        fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend=backend)
+    for algorithm, backend in fastconv.algorithms("max_pool2d"):
+        fastconv.max_pool2d(x, 2, algorithm=algorithm, backend=backend)
+    for algorithm, backend in fastconv.algorithms("avg_pool2d"):
+        fastconv.avg_pool2d(x, 2, algorithm=algorithm, backend=backend)
+    assert ("reference", "numpy") in fastconv.algorithms("conv2d_weight")
+
+
+def test_limits_match_the_dispatcher():
+    """The strategies' limits name only registered algorithms with a SUPPORTS rule."""
+    for algorithm in LIMITS:
+        if any(a == algorithm for a, _ in fastconv.algorithms("conv2d")):
+            assert any(key[0] == algorithm for key in _dispatch.SUPPORTS)
+
+
+@pytest.mark.parametrize("algorithm,backend", CONV_PAIRS)
+def test_conv_is_deterministic(algorithm, backend):
+    x, w = arrays(2, np.float32, (2, 8, 17, 15), (8, 8, 3, 3))
+    a = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend=backend)
+    b = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend=backend)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_auto_conv_uses_a_registered_kernel_for_every_case():
+    case = dict(stride=1, padding=1, dilation=1, groups=1)
+    x, w = arrays(3, np.float32, (1, 4, 9, 9), (4, 4, 3, 3))
+    want = fastconv.conv2d(x, w, **case, algorithm="reference")
+    assert_close(fastconv.conv2d(x, w, **case), want, 1e-4, "auto")
