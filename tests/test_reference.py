@@ -1,0 +1,127 @@
+"""The reference checked by hand-computed cases and by central finite differences."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+from fastconv._geometry import conv_params, pool_params
+
+from conftest import arrays
+
+
+def test_vertical_sobel_over_a_4x4_image():
+    # image with a vertical edge: two dark columns, two bright columns
+    x = np.array([[0, 0, 10, 10]] * 4, np.float64).reshape(1, 1, 4, 4)
+    sobel = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float64).reshape(1, 1, 3, 3)
+    # each 3x3 window sees columns (0, 0, 10) or (0, 10, 10): sum(row weights)*(-10) = -40
+    want = np.full((1, 1, 2, 2), -40.0)
+    p = conv_params("t", x.shape, sobel.shape)
+    out = np.empty(p.output_shape)
+    reference.conv2d(x, sobel, p, out)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(fastconv.conv2d(x, sobel), want)
+
+
+def test_sobel_with_padding_one():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    sobel = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float64).reshape(1, 1, 3, 3)
+    # top-left output: window rows -1..1, cols -1..1 -> only x[0:2, 0:2] = [[0,1],[4,5]]
+    # weights there: [[0,-2],[0,-1]] -> 1*(-2) + 5*(-1) = -7
+    out = fastconv.conv2d(x, sobel, padding=1, algorithm="reference")
+    assert out[0, 0, 0, 0] == -7.0
+    assert out.shape == (1, 1, 4, 4)
+
+
+def test_max_pool_2x2_by_hand():
+    x = np.array([[1, 3, 2, 0], [4, 2, 1, 5], [0, 1, 7, 6], [2, 9, 3, 3]], np.float64)
+    x = x.reshape(1, 1, 4, 4)
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True, algorithm="reference")
+    np.testing.assert_array_equal(y[0, 0], [[4, 5], [9, 7]])
+    np.testing.assert_array_equal(idx[0, 0], [[4, 7], [13, 10]])  # flat h*4 + w
+    dx = fastconv.max_pool2d_backward(np.ones_like(y), idx, x.shape, algorithm="reference")
+    want = np.zeros((4, 4))
+    want[1, 0] = want[1, 3] = want[3, 1] = want[2, 2] = 1
+    np.testing.assert_array_equal(dx[0, 0], want)
+
+
+def test_avg_pool_by_hand():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    y = fastconv.avg_pool2d(x, 2, algorithm="reference")
+    np.testing.assert_array_equal(y[0, 0], [[2.5, 4.5], [10.5, 12.5]])
+    # padding 1, count_include_pad: corner window holds x[0,0]=0 and three pads
+    y = fastconv.avg_pool2d(x, 2, padding=1, algorithm="reference")
+    assert y[0, 0, 0, 0] == 0.0 and y[0, 0, 0, 1] == (1 + 2) / 4
+    y = fastconv.avg_pool2d(x, 2, padding=1, count_include_pad=False, algorithm="reference")
+    assert y[0, 0, 0, 1] == (1 + 2) / 2
+
+
+def _numeric_grad(f, a, eps=1e-6):
+    """Central finite differences of the scalar f() with respect to every entry of a."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
+        up = f()
+        a[i] = old - eps
+        down = f()
+        a[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(stride=1, padding=0, dilation=1, groups=1),
+    dict(stride=2, padding=1, dilation=1, groups=2),
+    dict(stride=1, padding="same", dilation=(2, 1), groups=1),
+    dict(stride=(2, 3), padding=(2, 0), dilation=(1, 2), groups=1),
+])
+def test_conv_gradients_by_finite_differences(geometry):
+    x, w, g = arrays(3, np.float64, (2, 4, 7, 6), (4, 4 // geometry["groups"], 3, 2), (1,))
+    p = conv_params("t", x.shape, w.shape, **geometry)
+    (dy,) = arrays(4, np.float64, p.output_shape)
+    out = np.empty(p.output_shape)
+
+    def loss():  # <dy, conv(x, w)>: its gradients are conv2d_input and conv2d_weight
+        reference.conv2d(x, w, p, out)
+        return float((out * dy).sum())
+
+    dx = np.empty(x.shape)
+    reference.conv2d_input(dy, w, p, dx)
+    dw = np.empty(w.shape)
+    reference.conv2d_weight(x, dy, p, dw)
+    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, _numeric_grad(loss, w), rtol=1e-6, atol=1e-7)
+    # bias: d<dy, y + b>/db_k = sum of dy over n, p, q
+    np.testing.assert_allclose(reference.conv2d_bias(dy), dy.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_gradients_by_finite_differences(kind):
+    # distinct, well separated values: no ties and no max switch within eps
+    rng = np.random.default_rng(0)
+    x = rng.permutation(2 * 3 * 7 * 6).astype(np.float64).reshape(2, 3, 7, 6) / 10
+    p = pool_params("t", x.shape, (3, 2), (2, 1), (1, 1), 1, True)
+    (dy,) = arrays(5, np.float64, p.output_shape)
+    out, idx = np.empty(p.output_shape), np.empty(p.output_shape, np.int64)
+
+    def loss():
+        if kind == "max":
+            reference.max_pool2d(x, p, out, idx)
+        else:
+            reference.avg_pool2d(x, p, False, 0, out)
+        return float((out * dy).sum())
+
+    loss()
+    dx = np.empty(x.shape)
+    if kind == "max":
+        reference.max_pool2d_backward(dy, idx, p, dx)
+    else:
+        reference.avg_pool2d_backward(dy, p, False, 0, dx)
+    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
+
+
+def test_adaptive_avg_pool_windows_by_hand():
+    x = np.arange(5, dtype=np.float64).reshape(1, 1, 1, 5)
+    # 5 -> 3: windows [0,2), [1,4), [3,5)
+    y = fastconv.adaptive_avg_pool2d(x, (1, 3), algorithm="reference")
+    np.testing.assert_allclose(y[0, 0, 0], [0.5, 2.0, 3.5])
