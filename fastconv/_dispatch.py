@@ -21,6 +21,7 @@ Tests and benchmarks loop over this registry: a kernel registered is a kernel te
 from . import reference
 from .kernels.numba import im2col as nb_im2col
 from .kernels.numba import pool as nb_pool
+from .kernels.numba import winograd as nb_winograd
 
 REGISTRY = {
     ("conv2d", "reference", "numpy"): reference.conv2d,
@@ -39,9 +40,16 @@ REGISTRY = {
     ("avg_pool2d", "direct", "numba"): nb_pool.avg_pool2d,
     ("avg_pool2d_backward", "direct", "numba"): nb_pool.avg_pool2d_backward,
     ("adaptive_avg_pool2d", "direct", "numba"): nb_pool.adaptive_avg_pool2d,
+    ("conv2d", "winograd_f2", "numba"): nb_winograd.conv2d_f2,
+    ("conv2d_input", "winograd_f2", "numba"): nb_winograd.conv2d_input_f2,
+    ("conv2d", "winograd_f4", "numba"): nb_winograd.conv2d_f4,
+    ("conv2d_input", "winograd_f4", "numba"): nb_winograd.conv2d_input_f4,
 }
 
-SUPPORTS = {}
+SUPPORTS = {
+    ("winograd_f2", "numba"): nb_winograd.supports,
+    ("winograd_f4", "numba"): nb_winograd.supports,
+}
 
 OPS = tuple(dict.fromkeys(op for op, _, _ in REGISTRY))
 

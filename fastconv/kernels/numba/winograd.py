@@ -32,6 +32,8 @@ convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 
 No Winograd grad-weight is registered: the dispatcher uses another algorithm.
 """
+import threading
+
 import numpy as np
 from numba import prange
 
@@ -294,6 +296,40 @@ def _output_f4(M, y, t0, nt, th, tw):
 _KERNELS = {2: (_filter_f2, _input_f2, _output_f2), 4: (_filter_f4, _input_f4, _output_f4)}
 
 
+_local = threading.local()
+
+
+def _workspace(sizes, dtype):
+    """Buffers of ``sizes`` elements, carved from one per-thread buffer kept between
+    calls (fresh pages would cost a page fault each, a large share of a small layer's
+    time). It holds the largest workspace used so far: at most the workspace limit
+    plus the transformed filter."""
+    total = sum(sizes) * np.dtype(dtype).itemsize + 64 * len(sizes)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.nbytes < total:
+        buf = _local.buf = np.empty(total, np.uint8)
+    views, start = [], 0
+    for n in sizes:
+        start = -(-start // 64) * 64                     # 64-byte aligned pieces
+        views.append(buf[start:start + n * np.dtype(dtype).itemsize].view(dtype))
+        start += n * np.dtype(dtype).itemsize
+    return views
+
+
+def _plane_stride(size):
+    """Elements between consecutive xi-planes of U, V, M: the size rounded up to 16 plus
+    16, so the alpha^2 planes the transforms write at once start in different cache
+    sets (with power-of-two plane sizes they all collide and each store misses)."""
+    return -(-size // 16) * 16 + 16
+
+
+def _planes(buf, alpha2, rows, cols):
+    """An (alpha2, rows, cols) view of ``buf``, each plane C-contiguous, planes
+    ``_plane_stride(rows * cols)`` elements apart (np.matmul accepts any batch stride)."""
+    stride = _plane_stride(rows * cols)
+    return buf[:alpha2 * stride].reshape(alpha2, stride)[:, :rows * cols].reshape(alpha2, rows, cols)
+
+
 def _winograd(m, x, w, y, off_h, off_w):
     """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
     * w[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3); x (N, C, H, W) and w (K, C, 3, 3)
@@ -302,17 +338,19 @@ def _winograd(m, x, w, y, off_h, off_w):
     N, C = x.shape[:2]
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
-    U = np.empty((alpha2, K, C), x.dtype)
-    filter_kernel(w, U)
     th, tw = -(-P // m), -(-Q // m)
     T = N * th * tw
     tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
-    vbuf, mbuf = np.empty(alpha2 * C * tb, x.dtype), np.empty(alpha2 * K * tb, x.dtype)
+    sizes = [_plane_stride(K * C) * alpha2, _plane_stride(C * tb) * alpha2,
+             _plane_stride(K * tb) * alpha2]
+    ubuf, vbuf, mbuf = _workspace(sizes, x.dtype)
+    U = _planes(ubuf, alpha2, K, C)
+    filter_kernel(w, U)
     zero = x.dtype.type(0)
     for t0 in range(0, T, tb):
         nt = min(tb, T - t0)
-        V = vbuf[:alpha2 * C * nt].reshape(alpha2, C, nt)
-        M = mbuf[:alpha2 * K * nt].reshape(alpha2, K, nt)
+        V = _planes(vbuf, alpha2, C, nt)
+        M = _planes(mbuf, alpha2, K, nt)
         input_kernel(x, V, t0, nt, th, tw, off_h, off_w, zero)
         np.matmul(U, V, out=M)
         output_kernel(M, y, t0, nt, th, tw)

@@ -1,0 +1,120 @@
+"""Winograd F(2x2,3x3) and F(4x4,3x3): edge tiles, asymmetric and large padding, the
+transform matrices, and the float32 accuracy on a large-C layer (Lavin & Gray 2016)."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+from fastconv._geometry import ConvParams
+from fastconv.kernels.numba import winograd as wg
+
+from conftest import arrays, assert_close
+
+ALGORITHMS = ("winograd_f2", "winograd_f4")
+KERNELS = {"winograd_f2": (wg.conv2d_f2, wg.conv2d_input_f2),
+           "winograd_f4": (wg.conv2d_f4, wg.conv2d_input_f4)}
+# max |error| / max |reference|, on small C (float32 accuracy on large C: see below)
+EDGE_TOL = {np.float32: {"winograd_f2": 2e-6, "winograd_f4": 2e-5},
+            np.float64: {"winograd_f2": 1e-14, "winograd_f4": 1e-13}}
+
+
+def _params(N, C, H, W, K, pt, pb, pl, pr):
+    P, Q = H + pt + pb - 2, W + pl + pr - 2
+    return ConvParams(N, C, H, W, K, 3, 3, 1, 1, 1, pt, pb, pl, pr, 1, 1, P, Q)
+
+
+@pytest.mark.parametrize("m, BT, G, AT", [(2, wg.BT2, wg.G2, wg.AT2), (4, wg.BT4, wg.G4, wg.AT4)])
+def test_matrices_compute_a_correlation(m, BT, G, AT):
+    """A^T [(G g) * (B^T d)] = the m outputs of the 1-D correlation of d with g."""
+    d, g = np.random.default_rng(m).standard_normal((2, m + 2))
+    g = g[:3]
+    want = np.array([d[i:i + 3] @ g for i in range(m)])
+    np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), want, rtol=0, atol=1e-13)
+
+
+def _edge_cases():
+    rng = np.random.default_rng(1)
+    cases = []
+    for i, hw in enumerate(range(1, 14)):
+        H, W = hw, int(rng.integers(1, 14))
+        C = int(rng.integers(1, 41)) if i % 2 else int(rng.integers(60, 71))
+        K = int(rng.integers(60, 71)) if i % 2 else int(rng.integers(1, 41))
+        # padding from 0 to 3 per side (3 > 2: the grad-input padding 2 - pad < 0 crops)
+        pads = [int(v) for v in rng.integers(0, 4, size=4)]
+        if H + pads[0] + pads[1] < 3:
+            pads[1] = 3 - H - pads[0]
+        if W + pads[2] + pads[3] < 3:
+            pads[3] = 3 - W - pads[2]
+        cases.append((1, C, H, W, K, *pads))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_edge_tiles_and_padding(algorithm, dtype):
+    """H, W in 1..13 (partial tiles, images smaller than a tile), asymmetric padding up
+    to 3, C and K in 1..40 and 60..70: forward and grad-input against the reference."""
+    forward, backward = KERNELS[algorithm]
+    tol = EDGE_TOL[dtype][algorithm]
+    for seed, case in enumerate(_edge_cases()):
+        p = _params(*case)
+        assert wg.supports(p)
+        x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
+        for kernel, ref, args, shape, what in [
+                (forward, reference.conv2d, (x, w), p.output_shape, "conv2d"),
+                (backward, reference.conv2d_input, (dy, w), p.input_shape, "conv2d_input")]:
+            got, want = np.empty(shape, dtype), np.empty(shape)
+            kernel(*args, p, got)
+            ref(*args, p, want)
+            assert_close(got, want, tol, f"{algorithm} {what} {np.dtype(dtype)} {case}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_public_api(algorithm, dtype):
+    """Through fastconv.conv2d / conv2d_input with padding 0, 1, 2 and 'same'."""
+    tol = EDGE_TOL[dtype][algorithm]
+    for seed, (N, C, H, W, K, padding) in enumerate(
+            [(1, 5, 9, 7, 3, 1), (2, 3, 6, 11, 4, 0), (1, 7, 5, 5, 6, 2), (3, 2, 4, 13, 5, "same")]):
+        x, w = arrays(seed, dtype, (N, C, H, W), (K, C, 3, 3))
+        y = fastconv.conv2d(x, w, padding=padding, algorithm=algorithm, backend="numba")
+        y_ref = fastconv.conv2d(x, w, padding=padding, algorithm="reference")
+        assert y.dtype == dtype
+        assert_close(y, y_ref, tol, f"{algorithm} conv2d {padding}")
+        (dy,) = arrays(seed + 100, dtype, y.shape)
+        dx = fastconv.conv2d_input(x.shape, w, dy, padding=padding, algorithm=algorithm,
+                                   backend="numba")
+        dx_ref = fastconv.conv2d_input(x.shape, w, dy, padding=padding, algorithm="reference")
+        assert_close(dx, dx_ref, tol, f"{algorithm} conv2d_input {padding}")
+
+
+@pytest.mark.parametrize("algorithm, bound", [("winograd_f2", 1e-5), ("winograd_f4", 1e-4)])
+def test_float32_accuracy_large_channels(algorithm, bound):
+    """C=256 (the error grows with the reduction length): max abs error against the
+    float64 reference, relative to the output's largest magnitude, within 1e-5 for
+    F(2x2,3x3) and 1e-4 for F(4x4,3x3)."""
+    x, w = arrays(7, np.float32, (1, 256, 12, 12), (32, 256, 3, 3))
+    y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="numba")
+    y_ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1,
+                            algorithm="reference")
+    err = np.abs(y - y_ref).max() / np.abs(y_ref).max()
+    assert err <= bound, f"{algorithm}: relative error {err:.3g} > {bound:.0e}"
+
+
+def test_workspace_tiling(monkeypatch):
+    """A workspace limit of one tile's worth gives the same result, tile by tile."""
+    x, w = arrays(3, np.float64, (2, 3, 10, 9), (4, 3, 3, 3))
+    want = fastconv.conv2d(x, w, padding=1, algorithm="reference")
+    monkeypatch.setattr(wg, "get_workspace_limit", lambda: 1)
+    for algorithm in ALGORITHMS:
+        got = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="numba")
+        assert_close(got, want, 1e-13, algorithm)
+
+
+def test_supports():
+    """3x3, stride 1, dilation 1, groups 1 only; the docstring names the limits."""
+    ok = _params(1, 4, 8, 8, 4, 1, 1, 1, 1)
+    assert wg.supports(ok)
+    for change in [dict(R=5, S=5), dict(stride_h=2), dict(dil_w=2), dict(groups=2)]:
+        assert not wg.supports(ConvParams(**{**ok.__dict__, **change}))
+    assert "3x3" in wg.supports.__doc__
