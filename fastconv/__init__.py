@@ -5,7 +5,7 @@ with ``torch.nn.functional`` semantics.
 >>> y = fastconv.conv2d(x, w, padding=1)            # doctest: +SKIP
 """
 from ._config import get_num_threads, get_workspace_limit, set_num_threads, set_workspace_limit
-from ._dispatch import algorithms
+from ._dispatch import algorithms, autotune
 from .functional import (adaptive_avg_pool2d, avg_pool2d, avg_pool2d_backward, conv2d,
                          conv2d_input, conv2d_weight, conv_transpose2d, max_pool2d,
                          max_pool2d_backward)
@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 __all__ = [
     "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
-    "algorithms", "set_num_threads", "get_num_threads", "set_workspace_limit",
+    "algorithms", "autotune", "set_num_threads", "get_num_threads", "set_workspace_limit",
     "get_workspace_limit",
 ]

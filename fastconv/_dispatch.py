@@ -18,7 +18,15 @@ entry handle every valid geometry.
 
 Tests and benchmarks loop over this registry: a kernel registered is a kernel tested.
 """
-from . import reference
+import json
+import os
+import platform
+import tempfile
+import warnings
+
+import numpy as np
+
+from . import _config, reference
 from .kernels.numba import im2col as nb_im2col
 from .kernels.numba import pool as nb_pool
 from .kernels.numba import winograd as nb_winograd
@@ -52,15 +60,17 @@ SUPPORTS = {
 }
 
 OPS = tuple(dict.fromkeys(op for op, _, _ in REGISTRY))
+_PAIRS = {op: [(a, b) for o, a, b in REGISTRY if o == op] for op in OPS}
+CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
 
 def algorithms(op):
     """The registered ``(algorithm, backend)`` pairs for ``op``, e.g.
-    ``fastconv.algorithms("conv2d")`` -> ``[('reference', 'numpy'), ('im2col', 'numba')]``.
+    ``fastconv.algorithms("conv2d")`` -> ``[('reference', 'numpy'), ('im2col', 'numba'), ...]``.
     Every pair is accepted by the op's ``algorithm=`` and ``backend=`` arguments."""
-    if op not in OPS:
+    if op not in _PAIRS:
         raise ValueError(f"algorithms: unknown op {op!r}; ops are {', '.join(OPS)}")
-    return [(a, b) for o, a, b in REGISTRY if o == op]
+    return list(_PAIRS[op])
 
 
 def supports(algorithm, backend, p):
@@ -69,21 +79,124 @@ def supports(algorithm, backend, p):
     return rule is None or rule(p)
 
 
+# -- The selection rules: what ``auto`` runs when nothing was autotuned -----------------
+
+
 def _auto(op, p):
-    """The selection rules: the algorithm ``auto`` runs for this geometry."""
-    if op.startswith("conv2d"):
-        return "im2col"
-    return "direct"
+    """The algorithm ``auto`` prefers for ``op`` on geometry ``p``."""
+    if op not in CONV_OPS:
+        return "direct"
+    return "im2col"
 
 
-def select(op, algorithm, backend, p):
-    """The kernel for ``op`` given the user's ``algorithm=``/``backend=`` and the
-    geometry ``p``. ``"auto"`` for either lets the rules choose."""
-    pairs = algorithms(op)
+# -- Autotuning: time the candidates once per geometry, remember the winner -------------
+
+_tuned = None             # key -> [algorithm, backend], loaded from disk on first use
+_autotune_enabled = False
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _tune_file():
+    return os.path.join(os.path.dirname(_config.CACHE_DIR.rstrip(os.sep)), "autotune.json")
+
+
+def _key(op, p, dtype):
+    """Autotune key: op, geometry, dtype, thread count and CPU."""
+    return "|".join([op, ",".join(map(str, p.as_tuple())), np.dtype(dtype).name,
+                     str(_config.get_num_threads()), _CPU])
+
+
+def _load_tuned():
+    global _tuned
+    if _tuned is None:
+        try:
+            with open(_tune_file()) as f:
+                _tuned = json.load(f)
+        except (OSError, ValueError):
+            _tuned = {}
+    return _tuned
+
+
+def _save_tuned():
+    path = _tune_file()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False,
+                                         suffix=".tmp") as f:
+            json.dump(_tuned, f, indent=0, sort_keys=True)
+        os.replace(f.name, path)
+    except OSError as exc:
+        warnings.warn(f"fastconv: could not save autotune results to {path!r}: {exc}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _operands(op, p, dtype):
+    """Random operands for timing ``op`` on geometry ``p`` (never the user's arrays)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(p.input_shape).astype(dtype)
+    w = rng.standard_normal(p.weight_shape).astype(dtype)
+    dy = rng.standard_normal(p.output_shape).astype(dtype)
+    if op == "conv2d":
+        return x, w, np.empty(p.output_shape, dtype)
+    if op == "conv2d_input":
+        return dy, w, np.empty(p.input_shape, dtype)
+    return x, dy, np.empty(p.weight_shape, dtype)
+
+
+def tune(op, p, dtype, rounds=3):
+    """Time every registered candidate (but the reference) of conv ``op`` on geometry
+    ``p``, interleaved; remember the fastest in memory and on disk; return it."""
+    from .bench import interleaved
+    if op not in CONV_OPS:
+        raise ValueError(f"autotune: only {', '.join(CONV_OPS)} are tuned, got {op!r}")
+    a, b, out = _operands(op, p, dtype)
+    candidates = {(alg, be): REGISTRY[(op, alg, be)] for alg, be in _PAIRS[op]
+                  if alg != "reference" and supports(alg, be, p)}
+    times = interleaved({k: (lambda fn=fn: fn(a, b, p, out)) for k, fn in candidates.items()},
+                        rounds=rounds, warmup=1)
+    best = min(times, key=lambda k: np.median(times[k]))
+    _load_tuned()[_key(op, p, dtype)] = list(best)
+    _save_tuned()
+    return best
+
+
+def autotune(enable=True):
+    """Switch autotuning on or off for ``algorithm="auto"`` (off by default).
+
+    When on, the first conv2d, conv2d_input or conv2d_weight call of each geometry,
+    dtype and thread count times the registered algorithms on random data (like
+    cuDNN's benchmark mode) and every later ``auto`` call uses the fastest. Winners
+    persist in ``autotune.json`` beside the JIT cache, keyed also by CPU, and are used
+    even when tuning is off; an explicit ``algorithm=`` always wins.
+    """
+    global _autotune_enabled
+    _autotune_enabled = bool(enable)
+
+
+def select(op, algorithm, backend, p, dtype=None):
+    """The kernel for ``op`` given the user's ``algorithm=``/``backend=``, the
+    geometry ``p`` and the dtype. ``"auto"`` for either lets the tuned choice or the
+    rules choose."""
+    pairs = _PAIRS.get(op) or algorithms(op)
+    if algorithm == "auto" and backend == "auto" and dtype is not None and op in CONV_OPS:
+        tuned = _load_tuned().get(_key(op, p, dtype))
+        if tuned is None and _autotune_enabled:
+            tuned = tune(op, p, dtype)
+        if tuned is not None and tuple(tuned) in pairs and supports(*tuned, p):
+            return REGISTRY[(op, *tuned)]
     if algorithm == "auto":
         preferred = _auto(op, p)
-        candidates = [(a, b) for a, b in pairs
-                      if backend in ("auto", b) and supports(a, b, p)]
+        candidates = [(a, b) for a, b in pairs if backend in ("auto", b) and supports(a, b, p)]
         candidates.sort(key=lambda ab: (ab[0] != preferred, ab[0] == "reference"))
     else:
         candidates = [(a, b) for a, b in pairs if a == algorithm and backend in ("auto", b)]
@@ -98,3 +211,6 @@ def select(op, algorithm, backend, p):
             f"{op}: algorithm={algorithm!r} (backend={backend!r}) does not handle this "
             f"geometry: {p}; {SUPPORTS[(algorithm, backend)].__doc__}")
     return REGISTRY[(op, algorithm, backend)]
+
+
+_CPU = _cpu_name()

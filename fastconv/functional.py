@@ -94,7 +94,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
-    kernel = _dispatch.select("conv2d", algorithm, backend, p)
+    kernel = _dispatch.select("conv2d", algorithm, backend, p, dtype)
     out = np.empty(p.output_shape, dtype)
     kernel(x, w, p, out)
     if bias is not None:
@@ -125,7 +125,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     size = _size("conv2d_input", "input_size", input_size, unbatched)
     p = conv_params("conv2d_input", size, w.shape, stride, padding, dilation, groups)
     check_grad_output("conv2d_input", p, dy.shape)
-    kernel = _dispatch.select("conv2d_input", algorithm, backend, p)
+    kernel = _dispatch.select("conv2d_input", algorithm, backend, p, dtype)
     out = np.empty(p.input_shape, dtype)
     kernel(dy, w, p, out)
     return _unbatch(out, unbatched)
@@ -156,7 +156,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     size = tuple(int(d) for d in weight_size)
     p = conv_params("conv2d_weight", x.shape, size, stride, padding, dilation, groups)
     check_grad_output("conv2d_weight", p, dy.shape)
-    kernel = _dispatch.select("conv2d_weight", algorithm, backend, p)
+    kernel = _dispatch.select("conv2d_weight", algorithm, backend, p, dtype)
     out = np.empty(p.weight_shape, dtype)
     kernel(x, dy, p, out)
     return out
@@ -223,7 +223,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # output_padding >= stride (allowed when < dilation): the forward conv of the
         # output size has more rows than the input; those rows carry zero gradient.
         x = np.pad(x, ((0, 0), (0, 0), (0, p.P - H), (0, p.Q - W)))
-    kernel = _dispatch.select("conv2d_input", algorithm, backend, p)
+    kernel = _dispatch.select("conv2d_input", algorithm, backend, p, dtype)
     out = np.empty(p.input_shape, dtype)
     kernel(x, w, p, out)
     if bias is not None:

@@ -1,5 +1,6 @@
 """Behaviour users rely on beyond the numbers: array layouts, unbatched input, threads,
 workspace tiling, the JIT cache directory, concurrent calls."""
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,35 @@ def test_cache_dir_is_configurable(tmp_path):
                          timeout=300)
     with warnings.catch_warnings():
         assert run.stdout.strip() == str(tmp_path / "jit"), run.stderr
+
+
+def test_autotune_times_once_remembers_on_disk_and_auto_uses_it(tmp_path):
+    """In a fresh process with its own cache: tuning writes autotune.json, a second
+    process with tuning off reads the winner back and does not time again."""
+    env = dict(os.environ, FASTCONV_CACHE_DIR=str(tmp_path / "jit"))
+    code = r"""
+import json, numpy as np, fastconv
+from fastconv import _dispatch
+x = np.random.rand(2, 8, 12, 12).astype(np.float32); w = np.random.rand(8, 8, 3, 3).astype(np.float32)
+p = fastconv._geometry.conv_params("t", x.shape, w.shape, 1, 1)
+fastconv.autotune(%s)
+calls = []
+real = _dispatch.tune
+_dispatch.tune = lambda *a, **k: calls.append(1) or real(*a, **k)
+y1 = fastconv.conv2d(x, w, padding=1); y2 = fastconv.conv2d(x, w, padding=1)
+key = _dispatch._key("conv2d", p, np.float32)
+print(json.dumps(dict(calls=len(calls), winner=_dispatch._load_tuned().get(key),
+                      ok=bool(np.allclose(y1, fastconv.conv2d(x, w, padding=1, algorithm="reference"), rtol=1e-4, atol=1e-4)))))
+"""
+    first = subprocess.run([sys.executable, "-c", code % "True"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    r1 = json.loads(first.stdout.strip().splitlines()[-1])
+    assert r1["calls"] == 1 and r1["ok"]
+    assert tuple(r1["winner"]) in fastconv.algorithms("conv2d")
+    assert (tmp_path / "autotune.json").exists()
+    second = subprocess.run([sys.executable, "-c", code % "False"], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    r2 = json.loads(second.stdout.strip().splitlines()[-1])
+    assert r2["calls"] == 0 and r2["winner"] == r1["winner"] and r2["ok"]
