@@ -135,33 +135,55 @@ def _bt4r(d):
     return _bt4(d[0], d[1], d[2], d[3], d[4], d[5])
 
 
-# -- loading input rows with zeros outside the image ---------------------------------
+# -- one input tile: load alpha rows, B^T along w, then B^T along h, store ----------
 
 @jit(inline="always")
-def _at(x, n, c, h, w, H, W, zero):
-    return x[n, c, h, w] if 0 <= w < W else zero
-
-
-@jit(inline="always")
-def _row4(x, n, c, h, w0, H, W, zero):
-    if h < 0 or h >= H:
-        return zero, zero, zero, zero
-    if w0 >= 0 and w0 + 4 <= W:
-        return x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2], x[n, c, h, w0 + 3]
-    return (_at(x, n, c, h, w0, H, W, zero), _at(x, n, c, h, w0 + 1, H, W, zero),
-            _at(x, n, c, h, w0 + 2, H, W, zero), _at(x, n, c, h, w0 + 3, H, W, zero))
+def _row4(x, n, c, h, w0):
+    return x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2], x[n, c, h, w0 + 3]
 
 
 @jit(inline="always")
-def _row6(x, n, c, h, w0, H, W, zero):
-    if h < 0 or h >= H:
-        return zero, zero, zero, zero, zero, zero
-    if w0 >= 0 and w0 + 6 <= W:
-        return (x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2],
-                x[n, c, h, w0 + 3], x[n, c, h, w0 + 4], x[n, c, h, w0 + 5])
-    return (_at(x, n, c, h, w0, H, W, zero), _at(x, n, c, h, w0 + 1, H, W, zero),
-            _at(x, n, c, h, w0 + 2, H, W, zero), _at(x, n, c, h, w0 + 3, H, W, zero),
-            _at(x, n, c, h, w0 + 4, H, W, zero), _at(x, n, c, h, w0 + 5, H, W, zero))
+def _row6(x, n, c, h, w0):
+    return (x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2],
+            x[n, c, h, w0 + 3], x[n, c, h, w0 + 4], x[n, c, h, w0 + 5])
+
+
+@jit(fastmath=True)
+def _tile_f2(x, n, c, h0, w0, V, vc, u):
+    """V[:, vc, u] = B^T d B for the tile d = x[n, c, h0:h0 + 4, w0:w0 + 4]."""
+    r0 = _bt2r(_row4(x, n, c, h0, w0))
+    r1 = _bt2r(_row4(x, n, c, h0 + 1, w0))
+    r2 = _bt2r(_row4(x, n, c, h0 + 2, w0))
+    r3 = _bt2r(_row4(x, n, c, h0 + 3, w0))
+    for b in range(4):
+        col = _bt2(r0[b], r1[b], r2[b], r3[b])
+        for a in range(4):
+            V[a * 4 + b, vc, u] = col[a]
+
+
+@jit(fastmath=True)
+def _tile_f4(x, n, c, h0, w0, V, vc, u):
+    """V[:, vc, u] = B^T d B for the tile d = x[n, c, h0:h0 + 6, w0:w0 + 6]."""
+    r0 = _bt4r(_row6(x, n, c, h0, w0))
+    r1 = _bt4r(_row6(x, n, c, h0 + 1, w0))
+    r2 = _bt4r(_row6(x, n, c, h0 + 2, w0))
+    r3 = _bt4r(_row6(x, n, c, h0 + 3, w0))
+    r4 = _bt4r(_row6(x, n, c, h0 + 4, w0))
+    r5 = _bt4r(_row6(x, n, c, h0 + 5, w0))
+    for b in range(6):
+        col = _bt4(r0[b], r1[b], r2[b], r3[b], r4[b], r5[b])
+        for a in range(6):
+            V[a * 6 + b, vc, u] = col[a]
+
+
+@jit()
+def _gather(x, d, n, c, h0, w0):
+    """d[0, 0] = the tile of x[n, c] at (h0, w0), zeros outside x (an edge tile)."""
+    H, W = x.shape[2], x.shape[3]
+    for a in range(d.shape[2]):
+        for b in range(d.shape[3]):
+            h, w = h0 + a, w0 + b
+            d[0, 0, a, b] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
 
 
 # -- filter transforms: U[xi, k, c] = (G w[k, c] G^T)[xi] -----------------------------
@@ -196,46 +218,40 @@ def _filter_f4(w, U):
 
 # -- input transforms: V[xi, c, u] = (B^T d B)[xi] for tile t0 + u --------------------
 
-@jit(parallel=True, fastmath=True)
-def _input_f2(x, V, t0, nt, th, tw, oh, ow, zero):
+@jit(parallel=True)
+def _input_f2(x, V, t0, nt, th, tw, oh, ow):
     N, C, H, W = x.shape
     nchunks = (nt + _CHUNK - 1) // _CHUNK
     for job in prange(C * nchunks):
         c, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        d = np.empty((1, 1, 4, 4), x.dtype)                     # an edge tile, zero-padded
         for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u                                  # tile t = (n*th + i)*tw + j
+            t = t0 + u                                           # tile t = (n*th + i)*tw + j
             n, i, j = t // (th * tw), (t // tw) % th, t % tw
             h0, w0 = i * 2 + oh, j * 2 + ow
-            r0 = _bt2r(_row4(x, n, c, h0, w0, H, W, zero))       # B^T along w
-            r1 = _bt2r(_row4(x, n, c, h0 + 1, w0, H, W, zero))
-            r2 = _bt2r(_row4(x, n, c, h0 + 2, w0, H, W, zero))
-            r3 = _bt2r(_row4(x, n, c, h0 + 3, w0, H, W, zero))
-            for b in range(4):                                   # then B^T along h
-                col = _bt2(r0[b], r1[b], r2[b], r3[b])
-                for a in range(4):
-                    V[a * 4 + b, c, u] = col[a]
+            if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
+                _tile_f2(x, n, c, h0, w0, V, c, u)
+            else:
+                _gather(x, d, n, c, h0, w0)
+                _tile_f2(d, 0, 0, 0, 0, V, c, u)
 
 
-@jit(parallel=True, fastmath=True)
-def _input_f4(x, V, t0, nt, th, tw, oh, ow, zero):
+@jit(parallel=True)
+def _input_f4(x, V, t0, nt, th, tw, oh, ow):
     N, C, H, W = x.shape
     nchunks = (nt + _CHUNK - 1) // _CHUNK
     for job in prange(C * nchunks):
         c, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        d = np.empty((1, 1, 6, 6), x.dtype)
         for u in range(u0, min(nt, u0 + _CHUNK)):
             t = t0 + u
             n, i, j = t // (th * tw), (t // tw) % th, t % tw
             h0, w0 = i * 4 + oh, j * 4 + ow
-            r0 = _bt4r(_row6(x, n, c, h0, w0, H, W, zero))
-            r1 = _bt4r(_row6(x, n, c, h0 + 1, w0, H, W, zero))
-            r2 = _bt4r(_row6(x, n, c, h0 + 2, w0, H, W, zero))
-            r3 = _bt4r(_row6(x, n, c, h0 + 3, w0, H, W, zero))
-            r4 = _bt4r(_row6(x, n, c, h0 + 4, w0, H, W, zero))
-            r5 = _bt4r(_row6(x, n, c, h0 + 5, w0, H, W, zero))
-            for b in range(6):
-                col = _bt4(r0[b], r1[b], r2[b], r3[b], r4[b], r5[b])
-                for a in range(6):
-                    V[a * 6 + b, c, u] = col[a]
+            if h0 >= 0 and w0 >= 0 and h0 + 6 <= H and w0 + 6 <= W:
+                _tile_f4(x, n, c, h0, w0, V, c, u)
+            else:
+                _gather(x, d, n, c, h0, w0)
+                _tile_f4(d, 0, 0, 0, 0, V, c, u)
 
 
 # -- output transforms: y = A^T M A, cropped to the output ----------------------------
@@ -346,12 +362,11 @@ def _winograd(m, x, w, y, off_h, off_w):
     ubuf, vbuf, mbuf = _workspace(sizes, x.dtype)
     U = _planes(ubuf, alpha2, K, C)
     filter_kernel(w, U)
-    zero = x.dtype.type(0)
     for t0 in range(0, T, tb):
         nt = min(tb, T - t0)
         V = _planes(vbuf, alpha2, C, nt)
         M = _planes(mbuf, alpha2, K, nt)
-        input_kernel(x, V, t0, nt, th, tw, off_h, off_w, zero)
+        input_kernel(x, V, t0, nt, th, tw, off_h, off_w)
         np.matmul(U, V, out=M)
         output_kernel(M, y, t0, nt, th, tw)
 
