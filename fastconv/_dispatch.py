@@ -188,7 +188,8 @@ def select(op, algorithm, backend, p, dtype=None):
     geometry ``p`` and the dtype. ``"auto"`` for either lets the tuned choice or the
     rules choose."""
     pairs = _PAIRS.get(op) or algorithms(op)
-    if algorithm == "auto" and backend == "auto" and dtype is not None and op in CONV_OPS:
+    if (algorithm == "auto" and backend == "auto" and dtype is not None and op in CONV_OPS
+            and (_autotune_enabled or _load_tuned())):
         tuned = _load_tuned().get(_key(op, p, dtype))
         if tuned is None and _autotune_enabled:
             tuned = tune(op, p, dtype)

@@ -21,6 +21,7 @@ checks reaches them.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,31 @@ def _shape(a):
     return tuple(int(d) for d in a)
 
 
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _memoised(check):
+    """Geometry checks are pure functions of small arguments: remember the last few
+    thousand results (training calls the same shapes every step). Errors are not
+    remembered; unhashable arguments skip the memo."""
+    cached = functools.lru_cache(maxsize=4096)(check)
+
+    @functools.wraps(check)
+    def front(op, *args, **kwargs):
+        args = tuple(_hashable(a) for a in args)
+        kwargs = {k: _hashable(v) for k, v in kwargs.items()}
+        try:
+            return cached(op, *args, **kwargs)
+        except TypeError as exc:
+            if "unhashable" not in str(exc):
+                raise
+            return check(op, *args, **kwargs)
+
+    return front
+
+
+@_memoised
 def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
     """Validate a convolution's arguments and return its :class:`ConvParams`.
 
@@ -240,6 +266,7 @@ def pool_out_size(size, kernel, stride, pad, dilation, ceil_mode):
     return out
 
 
+@_memoised
 def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1,
                 ceil_mode=False):
     """Validate a pooling's arguments and return its :class:`PoolParams`."""
