@@ -84,9 +84,8 @@ def class_activation_map(model, x, class_index=None):
         model.train(was_training)
     N = x.shape[0]
     if class_index is None:
-        cls = logits.argmax(axis=1) if logits.shape[1] > 1 else (logits[:, 0] > 0).astype(int)
-        if logits.shape[1] == 1:
-            cls = np.zeros(N, np.int64)          # one output: its only weight row
+        # the predicted class; with a single output (a binary logit) its only weight row
+        cls = logits.argmax(axis=1) if logits.shape[1] > 1 else np.zeros(N, np.int64)
     else:
         cls = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (N,))
     if cls.min() < 0 or cls.max() >= linear.out_features:

@@ -18,17 +18,17 @@ class Loss:
 
 
 class CrossEntropyLoss(Loss):
+    # logits and labels are NumPy arrays (ndarray attributes are used without conversion:
+    # this runs once per training step)
     """Softmax cross-entropy from logits (N, K) and integer labels (N,), mean over the
     batch, as ``torch.nn.CrossEntropyLoss``. Computed through log-sum-exp with the
     row maximum subtracted, so large logits neither overflow nor lose precision."""
 
     def forward(self, logits, labels):
-        logits = np.asarray(logits)
-        labels = np.asarray(labels)
         if logits.ndim != 2 or labels.shape != (logits.shape[0],):
             raise ValueError(f"CrossEntropyLoss: expected logits (N, K) and labels (N,), got "
-                             f"{logits.shape} and {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
+                             f"{np.shape(logits)} and {np.shape(labels)}")
+        if labels.dtype.kind not in "iu":
             raise TypeError(f"CrossEntropyLoss: labels must be integers, got {labels.dtype}")
         N, K = logits.shape
         if N and (labels.min() < 0 or labels.max() >= K):
@@ -38,7 +38,8 @@ class CrossEntropyLoss(Loss):
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)
         rows = np.arange(N)
-        self._probs, self._labels, self._rows = e / s, labels, rows
+        e /= s
+        self._probs, self._labels, self._rows = e, labels, rows
         return float(np.mean(np.log(s[:, 0]) - z[rows, labels]))
 
     def backward(self):

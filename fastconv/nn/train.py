@@ -71,6 +71,7 @@ def evaluate(model, X, y, loss=None, metrics=("accuracy",), batch_size=256):
     """``{"loss": ..., metric: ...}`` on ``(X, y)`` in eval mode (no loss entry when
     ``loss`` is None)."""
     _check_xy(X, y, "evaluate")
+    y = np.asarray(y)
     out = predict(model, X, batch_size)
     result = {}
     if loss is not None:
