@@ -80,6 +80,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     -----
     ``P = floor((H + 2*pad_h - dil_h*(R-1) - 1) / stride_h) + 1``, likewise Q.
 
+    Notes
+    -----
+    NaN and Inf propagate as in PyTorch, except under the Winograd algorithms
+    (Lavin & Gray 2016), whose transforms mix a whole output tile: a non-finite input
+    makes every output of the tiles that read it NaN.
+
     Examples
     --------
     >>> import numpy as np, fastconv

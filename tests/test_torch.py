@@ -184,7 +184,11 @@ def test_adaptive_avg_pool2d_matches_torch(H, W, out):
 def test_padding_same_with_even_kernel_matches_torch():
     """'same' with an even dilated kernel pads one more at the bottom/right."""
     x, w = arrays(0, np.float64, (2, 3, 7, 8), (4, 3, 4, 2))
+    p = fastconv._geometry.conv_params("t", x.shape, w.shape, 1, "same", (1, 3))
+    assert (p.pad_top, p.pad_bottom, p.pad_left, p.pad_right) == (1, 2, 3, 3)
     for algorithm, backend in fastconv.algorithms("conv2d"):
+        if not _dispatch.supports(algorithm, backend, p):
+            continue
         assert_close(fastconv.conv2d(x, w, padding="same", dilation=(1, 3), algorithm=algorithm,
                                      backend=backend),
                      _np(F.conv2d(_t(x), _t(w), padding="same", dilation=(1, 3))), 1e-12, "same")
@@ -196,6 +200,11 @@ def test_nan_and_inf_propagate_as_in_torch():
     want = _np(F.conv2d(_t(x), _t(w), padding=1))
     for algorithm, backend in fastconv.algorithms("conv2d"):
         got = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend=backend)
+        if algorithm.startswith("winograd"):
+            # the transforms mix a whole tile: a NaN or Inf input makes every output of
+            # its tiles NaN (a superset of PyTorch's non-finite outputs), never finite
+            assert not np.isfinite(got[~np.isfinite(want)]).any()
+            continue
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     for algorithm, backend in fastconv.algorithms("max_pool2d"):
