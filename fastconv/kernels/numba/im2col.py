@@ -100,6 +100,17 @@ def _buffers(p, dtype):
     return np.empty(p.C * p.R * p.S * cols, dtype), np.empty(p.K * cols, dtype)
 
 
+def _patches(x, p, colbuf):
+    """For each tile, ``(n0, nt, p0, pr, col)`` with ``col`` its (G, C/G*R*S, cols)
+    patch matrix, gathered into ``colbuf``."""
+    G, CgRS = p.groups, (p.C // p.groups) * p.R * p.S
+    for n0, nt, p0, pr in _tiles(p, x.itemsize):
+        cols = nt * pr * p.Q
+        col = colbuf[:p.C * p.R * p.S * cols].reshape(G, CgRS, cols)
+        _im2col(x, col.reshape(-1, cols), n0, nt, p0, pr, *_geometry_args(p))
+        yield n0, nt, p0, pr, col
+
+
 def conv2d(x, w, p, out):
     """Forward convolution into ``out`` (N, K, P, Q)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
@@ -108,10 +119,8 @@ def conv2d(x, w, p, out):
         np.matmul(wmat, x.reshape(p.N, G, CgRS, p.H * p.W), out=out.reshape(p.N, G, Kg, p.P * p.Q))
         return
     colbuf, resbuf = _buffers(p, x.dtype)
-    for n0, nt, p0, pr in _tiles(p, x.itemsize):
-        cols = nt * pr * p.Q
-        col = colbuf[:p.C * p.R * p.S * cols].reshape(G, CgRS, cols)
-        _im2col(x, col.reshape(-1, cols), n0, nt, p0, pr, *_geometry_args(p))
+    for n0, nt, p0, pr, col in _patches(x, p, colbuf):
+        cols = col.shape[2]
         if nt == 1 and pr == p.P:                       # one whole image: GEMM writes NCHW
             np.matmul(wmat, col, out=out[n0].reshape(G, Kg, cols))
         else:
@@ -148,10 +157,8 @@ def conv2d_weight(x, dy, p, out):
         out[...] = acc.reshape(out.shape)
         return
     colbuf, resbuf = _buffers(p, x.dtype)
-    for n0, nt, p0, pr in _tiles(p, x.itemsize):
-        cols = nt * pr * p.Q
-        col = colbuf[:p.C * p.R * p.S * cols].reshape(G, CgRS, cols)
-        _im2col(x, col.reshape(-1, cols), n0, nt, p0, pr, *_geometry_args(p))
+    for n0, nt, p0, pr, col in _patches(x, p, colbuf):
+        cols = col.shape[2]
         dyt = resbuf[:p.K * cols].reshape(p.K, nt, pr, p.Q)
         dyt[...] = dy[n0:n0 + nt, :, p0:p0 + pr].transpose(1, 0, 2, 3)
         acc += np.matmul(dyt.reshape(G, Kg, cols), col.transpose(0, 2, 1))
