@@ -118,3 +118,19 @@ def test_supports():
     for change in [dict(R=5, S=5), dict(stride_h=2), dict(dil_w=2), dict(groups=2)]:
         assert not wg.supports(ConvParams(**{**ok.__dict__, **change}))
     assert "3x3" in wg.supports.__doc__
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_nan_and_inf_stay_non_finite(algorithm):
+    """A NaN or Inf spreads to its whole output tile: every output the reference makes
+    non-finite is non-finite here too (a superset), forward and grad-input."""
+    x, w = arrays(4, np.float32, (1, 2, 9, 7), (3, 2, 3, 3))
+    x[0, 0, 2, 3], x[0, 1, 6, 1] = np.nan, np.inf
+    got = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="numba")
+    want = fastconv.conv2d(x, w, padding=1, algorithm="reference")
+    assert not np.isfinite(got[~np.isfinite(want)]).any()
+    got = fastconv.conv2d_input(x.shape, w, np.ascontiguousarray(x[:, :1].repeat(3, 1)),
+                                padding=1, algorithm=algorithm, backend="numba")
+    want = fastconv.conv2d_input(x.shape, w, np.ascontiguousarray(x[:, :1].repeat(3, 1)),
+                                 padding=1, algorithm="reference")
+    assert not np.isfinite(got[~np.isfinite(want)]).any()

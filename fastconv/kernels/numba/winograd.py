@@ -78,6 +78,10 @@ _4 = np.float32(4.0)
 _5 = np.float32(5.0)
 _8 = np.float32(8.0)
 
+# fast-math without 'nnan'/'ninf': a NaN or Inf in the input must stay non-finite in
+# the output (it spreads to the whole output tile, a superset of direct convolution's)
+_FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+
 _CHUNK = 32          # tiles per parallel work item of the input/output transforms
 
 
@@ -148,7 +152,7 @@ def _row6(x, n, c, h, w0):
             x[n, c, h, w0 + 3], x[n, c, h, w0 + 4], x[n, c, h, w0 + 5])
 
 
-@jit(fastmath=True)
+@jit(fastmath=_FASTMATH)
 def _tile_f2(x, n, c, h0, w0, V, vc, u):
     """V[:, vc, u] = B^T d B for the tile d = x[n, c, h0:h0 + 4, w0:w0 + 4]."""
     r0 = _bt2r(_row4(x, n, c, h0, w0))
@@ -161,7 +165,7 @@ def _tile_f2(x, n, c, h0, w0, V, vc, u):
             V[a * 4 + b, vc, u] = col[a]
 
 
-@jit(fastmath=True)
+@jit(fastmath=_FASTMATH)
 def _tile_f4(x, n, c, h0, w0, V, vc, u):
     """V[:, vc, u] = B^T d B for the tile d = x[n, c, h0:h0 + 6, w0:w0 + 6]."""
     r0 = _bt4r(_row6(x, n, c, h0, w0))
@@ -256,7 +260,7 @@ def _input_f4(x, V, t0, nt, th, tw, oh, ow):
 
 # -- output transforms: y = A^T M A, cropped to the output ----------------------------
 
-@jit(parallel=True, fastmath=True)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _output_f2(M, y, t0, nt, th, tw):
     N, K, P, Q = y.shape
     nchunks = (nt + _CHUNK - 1) // _CHUNK
@@ -279,7 +283,7 @@ def _output_f2(M, y, t0, nt, th, tw):
                     y[n, k, p0 + a, q0] = row[0]
 
 
-@jit(parallel=True, fastmath=True)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _output_f4(M, y, t0, nt, th, tw):
     N, K, P, Q = y.shape
     nchunks = (nt + _CHUNK - 1) // _CHUNK
