@@ -215,3 +215,31 @@ def test_nan_and_inf_propagate_as_in_torch():
     for algorithm, backend in fastconv.algorithms("avg_pool2d"):
         assert_close(fastconv.avg_pool2d(x, 3, 1, 1, algorithm=algorithm, backend=backend),
                      _np(F.avg_pool2d(_t(x), 3, 1, 1)), 1e-6, "avg_pool2d with NaN and Inf")
+
+
+@pytest.mark.parametrize("H,kernel,stride,padding", [
+    (5, 2, 2, 1),   # ceil adds a window that would start in the right padding: dropped
+    (6, 3, 2, 1),   # ceil adds a window that starts inside the input: kept
+    (4, 3, 3, 0),   # the extra window holds one input column
+    (1, 2, 2, 1),   # one pixel, all but one tap padding
+    (7, 4, 3, 2),   # pad = kernel/2
+])
+def test_ceil_mode_edge_cases_match_torch(H, kernel, stride, padding):
+    x, = arrays(H, np.float64, (1, 2, H, H + 1))
+    tx = _t(x)
+    for ceil_mode in (False, True):
+        y_t, i_t = F.max_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
+        a_t = F.avg_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode)
+        a_t_nopad = F.avg_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode,
+                                 count_include_pad=False)
+        for algorithm, backend in fastconv.algorithms("max_pool2d"):
+            y, i = fastconv.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode,
+                                       return_indices=True, algorithm=algorithm, backend=backend)
+            np.testing.assert_array_equal(y, _np(y_t))
+            np.testing.assert_array_equal(i, i_t.numpy())
+        for algorithm, backend in fastconv.algorithms("avg_pool2d"):
+            for cip, want in ((True, a_t), (False, a_t_nopad)):
+                assert_close(fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode,
+                                                 count_include_pad=cip, algorithm=algorithm,
+                                                 backend=backend),
+                             _np(want), 1e-12, f"avg_pool2d ceil_mode {cip}")
