@@ -1,0 +1,366 @@
+"""Blocked, register-tiled direct convolution (Georganas et al., "Anatomy of
+High-Performance Deep Learning Convolutions on SIMD Architectures", SC18,
+arXiv 1808.05567).
+
+Layouts (per call; NCHW in and out, the conversions run as parallel Numba loops and
+count in the kernel's time)::
+
+    input   xb[n, g, cbk, hp, wp, c]      c < cb channels of block cbk of group g, zero
+                                          padded in space (hp = h + pad_top, ...) and in
+                                          channels (cb = 16, or 4/8 when C/groups is small)
+    weight  wb[g, kb, cbk, r, s, c, k]    k < 16 output channels of block kb
+    grad_output for the weight gradient   dyb[n, g, kb, p, q, k]
+
+The forward kernel (generated in ``_direct_gen``) holds J output pixels of one row x 16
+output channels in scalar accumulators that LLVM's SLP vectorizer packs into vector
+registers; for each input channel it loads 16 weights once and broadcasts one input
+value per pixel into 16-wide FMAs, and writes the block straight into NCHW ``out``.
+Work items ``(n, g, kb, p)`` run in a ``prange``: both cores are busy for N = 1.
+
+* Gradient wrt input: the same kernel on ``grad_output``, with the weight rotated by 180
+  degrees and C, K swapped (padding ``dil*(R-1) - pad``); for stride > 1 the blocked
+  ``grad_output`` gets ``stride - 1`` zeros inserted between its pixels.
+* Gradient wrt weight: a T-input-channel x 16-output-channel block of accumulators
+  summed over all pixels (and, when there are few blocks, over batch slices reduced
+  afterwards).
+* Depthwise (C/groups = 1): plain NCHW row loops, vectorised along the row.
+
+Weight re-layouts are cached (see ``_WeightCache``): the key is the array's address,
+shape, strides and dtype, and a hit is only taken after an exact bitwise comparison of
+the weight with a private copy kept at the time of the re-layout. A weight changed in
+place (an optimiser step) therefore never returns a stale layout; the check costs one
+memcmp of the weight, cheaper than the strided re-layout it saves.
+"""
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from numba import prange
+from numba.core import config as _numba_config
+
+from ..._config import jit
+from . import _direct_gen
+
+_FASTMATH = {"contract", "reassoc"}
+
+# -- SLP-vectorised compile of the generated kernels ------------------------------------
+
+_compiled = set()
+_compile_lock = threading.Lock()
+
+
+def _run(fn, *args):
+    """Call a generated kernel; its first call per dtype compiles (or loads from the
+    cache) with the SLP vectorizer on, and restores Numba's setting afterwards."""
+    key = (fn, args[0].dtype)
+    if key in _compiled:
+        return fn(*args)
+    with _compile_lock:
+        old = _numba_config.SLP_VECTORIZE
+        _numba_config.SLP_VECTORIZE = 1
+        try:
+            fn(*args)
+        finally:
+            _numba_config.SLP_VECTORIZE = old
+        _compiled.add(key)
+
+
+def _gen():
+    return _direct_gen.load()
+
+
+# -- Blocking choices --------------------------------------------------------------------
+
+
+def _pixel_block(Q, dtype):
+    """Output pixels per register block (the vector lanes): 16 or 8 for float32, whichever
+    computes fewer padded pixels (ties: 16); 8 for float64 (one zmm register)."""
+    if dtype != np.float32:
+        return 8
+    return 16 if -(-Q // 16) * 16 <= -(-Q // 8) * 8 else 8
+
+
+# -- Layout conversions (parallel) -------------------------------------------------------
+
+
+@jit(parallel=True)
+def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
+    """dst[n, c, hp, phase, wq] = src[n, c, (hp-pt)/ish, (wp-pl)/isw] with wp = wq*sw + phase
+    when that is an integer index inside src, else 0 (padding and inserted zeros)."""
+    N, C, Hs, Ws = src.shape
+    for it in prange(N * C * Hp):
+        hp = it % Hp
+        t = it // Hp
+        c = t % C
+        n = t // C
+        base = it * sw * Wq
+        dst[base:base + sw * Wq] = 0
+        hh = hp - pt
+        if hh < 0 or hh % ish != 0:
+            continue
+        h = hh // ish
+        if h >= Hs:
+            continue
+        row = src[n, c, h]
+        for w in range(Ws):
+            wp = w * isw + pl
+            if wp >= 0:
+                wq = wp // sw
+                if wq < Wq:
+                    dst[base + (wp % sw) * Wq + wq] = row[w]
+
+
+@jit(parallel=True)
+def _pad_rows(dy, dst, Qp):
+    """dst[n, k, p, :Qp] = dy[n, k, p, :] followed by zeros."""
+    N, K, P, Q = dy.shape
+    for it in prange(N * K * P):
+        p_ = it % P
+        t = it // P
+        k = t % K
+        n = t // K
+        base = it * Qp
+        dst[base:base + Q] = dy[n, k, p_]
+        dst[base + Q:base + Qp] = 0
+
+
+@jit(parallel=True)
+def _w_blocked(w, dst, G, Kg, Kb, Cg, flip):
+    """dst[g, kb, c, r, s, k] = w[g*Kg + kb*16 + k, c, r, s] (0 past the group's Kg); with
+    ``flip`` the weight of the input gradient, w[g*Cg + c, kb*16 + k, R-1-r, S-1-s]
+    (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts)."""
+    R, S = w.shape[2], w.shape[3]
+    for it in prange(G * Kb * Cg):
+        c = it % Cg
+        t = it // Cg
+        kb = t % Kb
+        g = t // Kb
+        for r in range(R):
+            for s in range(S):
+                base = ((it * R + r) * S + s) * 16
+                for k in range(16):
+                    kk = kb * 16 + k
+                    v = 0.0
+                    if kk < Kg:
+                        if flip:
+                            v = w[g * Cg + c, kk, R - 1 - r, S - 1 - s]
+                        else:
+                            v = w[g * Kg + kk, c, r, s]
+                    dst[base + k] = v
+
+
+@jit(parallel=True)
+def _sum_splits(acc, out):
+    """out = acc.sum(axis=0), in parallel over output channels."""
+    nsplit, K = acc.shape[0], acc.shape[1]
+    for k in prange(K):
+        out[k] = acc[0, k]
+        for sp in range(1, nsplit):
+            out[k] += acc[sp, k]
+
+
+# -- Weight re-layout cache ----------------------------------------------------------------
+
+
+class _WeightCache:
+    """Re-layouts of recently used weights. Key: (address, shape, strides, dtype, kind,
+    blocking). A hit requires the weight to be bitwise equal to the copy taken when the
+    layout was built, so in-place updates and reused addresses are always detected."""
+
+    def __init__(self, size=8):
+        self.size = size
+        self.entries = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, w, kind, build):
+        key = (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, kind)
+        with self.lock:
+            hit = self.entries.get(key)
+        if hit is not None:
+            copy, blocked = hit
+            if np.array_equal(copy.view(np.uint8), w.view(np.uint8)):
+                with self.lock:
+                    self.entries.move_to_end(key)
+                return blocked
+        blocked = build()
+        with self.lock:
+            self.entries[key] = (w.copy(), blocked)
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return blocked
+
+
+_weights = _WeightCache()
+
+
+# -- Forward core (used by conv2d and conv2d_input) ----------------------------------------
+
+
+def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
+                     ish=1, isw=1, flip=False):
+    """out (N, K, P, Q) = direct convolution of x (N, C, H', W') by w, where the virtual
+    input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl."""
+    dtype = x.dtype
+    Cg, Kg = C // G, K // G
+    Kb = -(-Kg // 16)
+    J = _pixel_block(Q, dtype)
+    Hp = (P - 1) * sh + (R - 1) * dh + 1
+    Wq = max(Q, J) + ((S - 1) * dw) // sw           # columns per phase read by any block
+    xb = np.empty(N * C * Hp * sw * Wq, dtype)
+    _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
+    wb = _weights.get(w, ("fwd", flip, G, Kg, Cg), lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype))
+    fn = getattr(_gen(), f"fwd_{J}")
+    _run(fn, xb, wb, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q, dtype.type(0))
+
+
+def _make_wb(w, G, Kg, Kb, Cg, flip, dtype):
+    R, S = w.shape[2], w.shape[3]
+    wb = np.empty(G * Kb * Cg * R * S * 16, dtype)
+    _w_blocked(w, wb, G, Kg, Kb, Cg, flip)
+    return wb
+
+
+# -- Depthwise (C/groups == 1) ------------------------------------------------------------
+
+
+@jit(inline="always")
+def _q_range(Q, W, sw, off):
+    """Output columns q whose input column q*sw + off lies in [0, W)."""
+    q_lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    q_hi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
+    return q_lo, max(q_lo, q_hi)
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
+def _dw_forward(x, w, out, Kg, sh, sw, pt, pl, dh, dw):
+    """Depthwise forward: out[n, k] = sum_{r,s} w[k, 0, r, s] * x_pad[n, k // Kg] shifted."""
+    N, C, H, W = x.shape
+    _, K, P, Q = out.shape
+    R, S = w.shape[2], w.shape[3]
+    for it in prange(N * K):
+        n, k = it // K, it % K
+        c = k // Kg
+        for p_ in range(P):
+            o = out[n, k, p_]
+            o[:] = 0
+            for r in range(R):
+                h = p_ * sh - pt + r * dh
+                if h < 0 or h >= H:
+                    continue
+                xr = x[n, c, h]
+                for s in range(S):
+                    off = s * dw - pl                  # input column = q*sw + off
+                    q_lo, q_hi = _q_range(Q, W, sw, off)
+                    wv = w[k, 0, r, s]
+                    for q in range(q_lo, q_hi):
+                        o[q] += wv * xr[q * sw + off]
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
+def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
+    """Depthwise input gradient: scatter each tap of the Kg outputs of channel c into dx[n, c]."""
+    N, C, H, W = out.shape
+    _, K, P, Q = dy.shape
+    R, S = w.shape[2], w.shape[3]
+    for it in prange(N * C):
+        n, c = it // C, it % C
+        out[n, c] = 0
+        for k in range(c * Kg, (c + 1) * Kg):
+            for p_ in range(P):
+                d = dy[n, k, p_]
+                for r in range(R):
+                    h = p_ * sh - pt + r * dh
+                    if h < 0 or h >= H:
+                        continue
+                    o = out[n, c, h]
+                    for s in range(S):
+                        off = s * dw - pl
+                        q_lo, q_hi = _q_range(Q, W, sw, off)
+                        wv = w[k, 0, r, s]
+                        for q in range(q_lo, q_hi):
+                            o[q * sw + off] += wv * d[q]
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
+def _dw_weight(x, dy, out, Kg, sh, sw, pt, pl, dh, dw):
+    """Depthwise weight gradient: out[k, 0, r, s] = sum_{n,p,q} dy[n,k,p,q] * x_pad[...]."""
+    N, C, H, W = x.shape
+    _, K, P, Q = dy.shape
+    R, S = out.shape[2], out.shape[3]
+    for k in prange(K):
+        c = k // Kg
+        for r in range(R):
+            for s in range(S):
+                off = s * dw - pl
+                q_lo, q_hi = _q_range(Q, W, sw, off)
+                acc = 0.0
+                for n in range(N):
+                    for p_ in range(P):
+                        h = p_ * sh - pt + r * dh
+                        if h < 0 or h >= H:
+                            continue
+                        d = dy[n, k, p_]
+                        xr = x[n, c, h]
+                        for q in range(q_lo, q_hi):
+                            acc += d[q] * xr[q * sw + off]
+                out[k, 0, r, s] = acc
+
+
+def _depthwise(p):
+    return p.C == p.groups
+
+
+# -- The registry's kernels ---------------------------------------------------------------
+
+
+def conv2d(x, w, p, out):
+    """Forward direct convolution into ``out`` (N, K, P, Q)."""
+    if _depthwise(p):
+        _dw_forward(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
+                    p.dil_h, p.dil_w)
+        return
+    _forward_blocked(x, w, out, p.N, p.C, p.K, p.R, p.S, p.groups, p.stride_h, p.stride_w,
+                     p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q)
+
+
+def conv2d_input(dy, w, p, out):
+    """Gradient wrt the input into ``out`` (N, C, H, W): forward kernel on grad_output with
+    the weight rotated 180 degrees, C and K swapped (zeros inserted for stride > 1)."""
+    if _depthwise(p):
+        _dw_input(dy, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
+                  p.dil_h, p.dil_w)
+        return
+    # dx[h] = sum_r' D[h - pt' + r'*dh] * w[R-1-r'], D = dy with stride-1 zeros between
+    # rows, pt' = dh*(R-1) - pt (may be negative: the conversion handles any offset)
+    pt2 = p.dil_h * (p.R - 1) - p.pad_top
+    pl2 = p.dil_w * (p.S - 1) - p.pad_left
+    _forward_blocked(dy, w, out, p.N, p.K, p.C, p.R, p.S, p.groups, 1, 1, pt2, pl2,
+                     p.dil_h, p.dil_w, p.H, p.W, ish=p.stride_h, isw=p.stride_w, flip=True)
+
+
+def conv2d_weight(x, dy, p, out):
+    """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
+    if _depthwise(p):
+        _dw_weight(x, dy, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
+                   p.dil_h, p.dil_w)
+        return
+    dtype = x.dtype
+    G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
+    T, U, J = (4, 4, 16) if dtype == np.float32 else (4, 4, 8)
+    Qp = -(-p.Q // J) * J                                 # dy rows padded with zeros
+    Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
+    Wq = Qp + ((p.S - 1) * p.dil_w) // p.stride_w
+    xb = np.empty(p.N * p.C * Hp * p.stride_w * Wq, dtype)
+    _to_phase(x, xb, Hp, Wq, p.stride_w, p.pad_top, p.pad_left, 1, 1)
+    dyp = np.empty(p.N * p.K * p.P * Qp, dtype)
+    _pad_rows(dy, dyp, Qp)
+    items = G * -(-Kg // U) * -(-Cg // T) * p.R * p.S
+    nsplit = max(1, min(p.N, -(-16 // items)))      # >= 16 work items for 2 threads
+    acc = np.empty((nsplit,) + out.shape, dtype)
+    _run(getattr(_gen(), f"bww_{T}_{U}_{J}"), xb, dyp, acc, nsplit, p.N, p.C, G, Hp, Wq, Qp,
+         p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, dtype.type(0))
+    if nsplit == 1:
+        out[...] = acc[0]
+    else:
+        _sum_splits(acc, out)
