@@ -28,6 +28,7 @@ import numpy as np
 DATASETS = ("digits", "mnist", "pneumoniamnist")
 MODELS = ("seed", "gap")
 MODEL_FORMAT = "fastconv-model/1"
+CLASS_NAMES = {"pneumoniamnist": {0: "normal", 1: "pneumonia"}}
 
 #: defaults per dataset: (model, epochs, batch size, lr, optimizer)
 DEFAULTS = {
@@ -102,7 +103,8 @@ def load_dataset(dataset, data_path=None):
         (Xtr, ytr), (Xv, yv), (Xte, yte) = splits["train"], splits["val"], splits["test"]
         return (Xtr, ytr, Xv, yv, Xte, yte,
                 f"pneumoniamnist: {data_path}; train {len(Xtr)} / val {len(Xv)} / "
-                f"test {len(Xte)} images (the file's own splits)")
+                f"test {len(Xte)} images (the file's own splits); label 0 normal, "
+                f"1 pneumonia")
     raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
 
 
@@ -195,8 +197,12 @@ def _cam(args):
     pred = int(np.argmax(logits))
     cls = pred if args.class_index is None else args.class_index
     cam = nn.class_activation_map(model, x, cls)
-    title = (f"{meta['dataset']} test image {args.image_index}: label {int(yte[args.image_index])}, "
-             f"predicted {pred}; CAM of class {cls}")
+    names = CLASS_NAMES.get(meta["dataset"], {})
+
+    def name(c):
+        return f"{c} ({names[c]})" if c in names else str(c)
+    title = (f"{meta['dataset']} test image {args.image_index}: label "
+             f"{name(int(yte[args.image_index]))}, predicted {name(pred)}; CAM of class {name(cls)}")
     nn.save_cam_overlay(x, cam, args.out, title=title)
     print(f"{title}\nwritten to {args.out}")
     return 0
