@@ -6,6 +6,7 @@ function is decorated.
 """
 import os
 import tempfile
+import threading
 import warnings
 
 # Idle OpenMP workers must sleep, not spin: after a Numba parallel region, spinning
@@ -15,6 +16,7 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 from numba.core import config as _numba_config  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -83,6 +85,24 @@ def set_workspace_limit(nbytes):
 def get_workspace_limit():
     """The im2col workspace bound in bytes."""
     return _workspace_bytes
+
+
+_local = threading.local()
+
+
+def workspace(slot, size, dtype):
+    """A flat scratch array of at least ``size`` elements, reused across calls.
+
+    Kept per Python thread (concurrent calls never share one) and per ``slot`` name,
+    and grown when too small, so a kernel called again on the same shapes touches
+    no fresh memory (fresh pages cost a page fault each on first touch). What it
+    holds is bounded by the workspace limit per slot and thread."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    key = (slot, np.dtype(dtype))
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, dtype)
+    return buf[:size]
 
 
 # -- Threads -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ one batched matmul ``(G, K/G, C/G*R*S) @ (G, C/G*R*S, cols)``.
 import numpy as np
 from numba import prange
 
-from ..._config import get_workspace_limit, jit
+from ..._config import get_workspace_limit, jit, workspace
 
 
 @jit(inline="always")
@@ -94,10 +94,11 @@ def _geometry_args(p):
 
 
 def _buffers(p, dtype):
-    """Flat buffers for the largest tile's patch matrix and GEMM result."""
+    """Flat buffers for the largest tile's patch matrix and GEMM result (reused)."""
     n0, nt, p0, pr = next(_tiles(p, np.dtype(dtype).itemsize))
     cols = nt * pr * p.Q
-    return np.empty(p.C * p.R * p.S * cols, dtype), np.empty(p.K * cols, dtype)
+    return (workspace("im2col.col", p.C * p.R * p.S * cols, dtype),
+            workspace("im2col.res", p.K * cols, dtype))
 
 
 def _patches(x, p, colbuf):
