@@ -11,27 +11,47 @@ from numba import prange
 from ..._config import jit
 
 
+@jit(inline="always")
+def _tap_range(i, s, pad, d, k, size):
+    """Taps a in [a_lo, a_hi) of window i whose position i*s - pad + a*d is in [0, size)."""
+    start = i * s - pad
+    a_lo = 0 if start >= 0 else (-start + d - 1) // d
+    a_hi = min(k, (size - 1 - start) // d + 1) if size - 1 - start >= 0 else 0
+    return start, a_lo, max(a_lo, a_hi)
+
+
+@jit()
+def _tap_ranges(out, s, pad, d, k, size):
+    """Per window i: (start, a_lo, a_hi) as in ``_tap_range``, computed once per call
+    (its divisions would otherwise run for every output)."""
+    r = np.empty((out, 3), np.int64)
+    for i in range(out):
+        r[i, 0], r[i, 1], r[i, 2] = _tap_range(i, s, pad, d, k, size)
+    return r
+
+
 @jit(parallel=True)
 def _max_pool2d(x, out, indices, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q):
+    rows = _tap_ranges(P, sh, ph, dh, kh, H)
+    cols = _tap_ranges(Q, sw, pw, dw, kw, W)
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         for i in range(P):
+            h0, a_lo, a_hi = rows[i, 0], rows[i, 1], rows[i, 2]
             for j in range(Q):
-                best = -np.inf
-                best_idx = -1
-                for a in range(kh):
-                    h = i * sh - ph + a * dh
-                    if h < 0 or h >= H:
-                        continue
-                    for b in range(kw):
-                        w = j * sw - pw + b * dw
-                        if w < 0 or w >= W:
-                            continue
-                        v = x[n, c, h, w]
-                        # first valid tap, a strictly larger value, or NaN (as PyTorch)
-                        if best_idx < 0 or v > best or np.isnan(v):
-                            best = v
-                            best_idx = h * W + w
+                w0, b_lo, b_hi = cols[j, 0], cols[j, 1], cols[j, 2]
+                h = h0 + a_lo * dh
+                best = x[n, c, h, w0 + b_lo * dw]            # first valid tap
+                best_idx = h * W + w0 + b_lo * dw
+                for a in range(a_lo, a_hi):
+                    h = h0 + a * dh
+                    for b in range(b_lo, b_hi):
+                        v = x[n, c, h, w0 + b * dw]
+                        # larger, or NaN (as PyTorch); branch-free: on real data the
+                        # comparison is unpredictable and a branch costs ~15 cycles
+                        take = (v > best) | (v != v)
+                        best = v if take else best
+                        best_idx = h * W + w0 + b * dw if take else best_idx
                 out[n, c, i, j] = best
                 indices[n, c, i, j] = best_idx
 
