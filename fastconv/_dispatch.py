@@ -52,6 +52,8 @@ REGISTRY = {
     ("conv2d_input", "winograd_f2", "numba"): nb_winograd.conv2d_input_f2,
     ("conv2d", "winograd_f4", "numba"): nb_winograd.conv2d_f4,
     ("conv2d_input", "winograd_f4", "numba"): nb_winograd.conv2d_input_f4,
+    ("conv2d_weight", "winograd_f2", "numba"): nb_winograd.conv2d_weight_f2,
+    ("conv2d_weight", "winograd_f4", "numba"): nb_winograd.conv2d_weight_f4,
 }
 
 SUPPORTS = {

@@ -11,8 +11,8 @@ from fastconv.kernels.numba import winograd as wg
 from conftest import arrays, assert_close
 
 ALGORITHMS = ("winograd_f2", "winograd_f4")
-KERNELS = {"winograd_f2": (wg.conv2d_f2, wg.conv2d_input_f2),
-           "winograd_f4": (wg.conv2d_f4, wg.conv2d_input_f4)}
+KERNELS = {"winograd_f2": (wg.conv2d_f2, wg.conv2d_input_f2, wg.conv2d_weight_f2),
+           "winograd_f4": (wg.conv2d_f4, wg.conv2d_input_f4, wg.conv2d_weight_f4)}
 # max |error| / max |reference|, on small C (float32 accuracy on large C: see below)
 EDGE_TOL = {np.float32: {"winograd_f2": 2e-6, "winograd_f4": 2e-5},
             np.float64: {"winograd_f2": 1e-14, "winograd_f4": 1e-13}}
@@ -53,8 +53,9 @@ def _edge_cases():
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_edge_tiles_and_padding(algorithm, dtype):
     """H, W in 1..13 (partial tiles, images smaller than a tile), asymmetric padding up
-    to 3, C and K in 1..40 and 60..70: forward and grad-input against the reference."""
-    forward, backward = KERNELS[algorithm]
+    to 3, C and K in 1..40 and 60..70: forward, grad-input and grad-weight against the
+    reference."""
+    forward, backward, weight = KERNELS[algorithm]
     tol = EDGE_TOL[dtype][algorithm]
     for seed, case in enumerate(_edge_cases()):
         p = _params(*case)
@@ -62,7 +63,8 @@ def test_edge_tiles_and_padding(algorithm, dtype):
         x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
         for kernel, ref, args, shape, what in [
                 (forward, reference.conv2d, (x, w), p.output_shape, "conv2d"),
-                (backward, reference.conv2d_input, (dy, w), p.input_shape, "conv2d_input")]:
+                (backward, reference.conv2d_input, (dy, w), p.input_shape, "conv2d_input"),
+                (weight, reference.conv2d_weight, (x, dy), p.weight_shape, "conv2d_weight")]:
             got, want = np.empty(shape, dtype), np.empty(shape)
             kernel(*args, p, got)
             ref(*args, p, want)
@@ -86,29 +88,51 @@ def test_public_api(algorithm, dtype):
                                    backend="numba")
         dx_ref = fastconv.conv2d_input(x.shape, w, dy, padding=padding, algorithm="reference")
         assert_close(dx, dx_ref, tol, f"{algorithm} conv2d_input {padding}")
+        dw = fastconv.conv2d_weight(x, w.shape, dy, padding=padding, algorithm=algorithm,
+                                    backend="numba")
+        dw_ref = fastconv.conv2d_weight(x, w.shape, dy, padding=padding, algorithm="reference")
+        assert_close(dw, dw_ref, tol, f"{algorithm} conv2d_weight {padding}")
 
 
 @pytest.mark.parametrize("algorithm, bound", [("winograd_f2", 1e-5), ("winograd_f4", 1e-4)])
 def test_float32_accuracy_large_channels(algorithm, bound):
     """C=256 (the error grows with the reduction length): max abs error against the
     float64 reference, relative to the output's largest magnitude, within 1e-5 for
-    F(2x2,3x3) and 1e-4 for F(4x4,3x3)."""
+    F(2x2,3x3) and 1e-4 for F(4x4,3x3); the same bound for both gradients."""
     x, w = arrays(7, np.float32, (1, 256, 12, 12), (32, 256, 3, 3))
     y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="numba")
     y_ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1,
                             algorithm="reference")
     err = np.abs(y - y_ref).max() / np.abs(y_ref).max()
     assert err <= bound, f"{algorithm}: relative error {err:.3g} > {bound:.0e}"
+    (dy,) = arrays(8, np.float32, y.shape)
+    for op, got, want in [
+            ("conv2d_input",
+             fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm=algorithm, backend="numba"),
+             fastconv.conv2d_input(x.shape, w.astype(np.float64), dy.astype(np.float64),
+                                   padding=1, algorithm="reference")),
+            ("conv2d_weight",
+             fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm=algorithm, backend="numba"),
+             fastconv.conv2d_weight(x.astype(np.float64), w.shape, dy.astype(np.float64),
+                                    padding=1, algorithm="reference"))]:
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err <= bound, f"{algorithm} {op}: relative error {err:.3g} > {bound:.0e}"
 
 
 def test_workspace_tiling(monkeypatch):
-    """A workspace limit of one tile's worth gives the same result, tile by tile."""
+    """A workspace limit of one tile's worth gives the same result, tile by tile (and
+    grad-weight sums its tile batches)."""
     x, w = arrays(3, np.float64, (2, 3, 10, 9), (4, 3, 3, 3))
     want = fastconv.conv2d(x, w, padding=1, algorithm="reference")
     monkeypatch.setattr(wg, "get_workspace_limit", lambda: 1)
+    dy = np.ones_like(want)
+    want_dw = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm="reference")
     for algorithm in ALGORITHMS:
         got = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="numba")
         assert_close(got, want, 1e-13, algorithm)
+        got = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm=algorithm,
+                                     backend="numba")
+        assert_close(got, want_dw, 1e-13, f"{algorithm} conv2d_weight")
 
 
 def test_supports():

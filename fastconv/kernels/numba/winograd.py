@@ -30,7 +30,10 @@ outside any Numba parallel region. Accuracy: F(2x2,3x3) is about as accurate as 
 convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 ``tests/test_winograd.py``).
 
-No Winograd grad-weight is registered: the dispatcher uses another algorithm.
+The gradient with respect to the weight runs the transposed computation: the same
+input transform ``V``, ``dM = A dy A^T`` on m x m tiles of ``dy`` (zeros past the
+output's edge), alpha^2 GEMMs ``dU[xi] = dM[xi] @ V[xi]^T`` summed over tile batches,
+and ``dw = G^T dU G``.
 """
 import threading
 
@@ -311,6 +314,137 @@ def _output_f4(M, y, t0, nt, th, tw):
                         y[n, k, p0 + a, q0 + b] = row[b]
 
 
+# -- grad-weight transforms (the transposes of the output and filter transforms) -----
+
+@jit(inline="always")
+def _a2(d0, d1):
+    """A = AT2^T applied to (d0, d1)."""
+    return d0, d0 + d1, d0 - d1, -d1
+
+
+@jit(inline="always")
+def _a4(d0, d1, d2, d3):
+    """A = AT4^T applied to (d0, d1, d2, d3)."""
+    e, o = d0 + d2, d1 + d3
+    e4, o4 = d0 + _4 * d2, _2 * d1 + _8 * d3
+    return d0, e + o, e - o, e4 + o4, e4 - o4, d3
+
+
+@jit(inline="always")
+def _gt2(v0, v1, v2, v3):
+    """G2^T applied to (v0, .., v3), in float64."""
+    h, d = 0.5 * (v1 + v2), 0.5 * (v1 - v2)
+    return v0 + h, d, h + v3
+
+
+@jit(inline="always")
+def _gt4(v0, v1, v2, v3, v4, v5):
+    """G4^T applied to (v0, .., v5), in float64."""
+    s, d = (v1 + v2) * (1.0 / 6.0), (v2 - v1) * (1.0 / 6.0)
+    s2, d2 = v3 + v4, v3 - v4
+    return (v0 * 0.25 - s + s2 * (1.0 / 24.0), d + d2 * (1.0 / 12.0),
+            s2 * (1.0 / 6.0) - s + v5)
+
+
+@jit(fastmath=_FASTMATH)
+def _dtile_f2(dy, n, k, p0, q0, dM, mk, u):
+    """dM[:, mk, u] = A d A^T for the tile d = dy[n, k, p0:p0 + 2, q0:q0 + 2]."""
+    r0 = _a2(dy[n, k, p0, q0], dy[n, k, p0, q0 + 1])
+    r1 = _a2(dy[n, k, p0 + 1, q0], dy[n, k, p0 + 1, q0 + 1])
+    for b in range(4):
+        col = _a2(r0[b], r1[b])
+        for a in range(4):
+            dM[a * 4 + b, mk, u] = col[a]
+
+
+@jit(fastmath=_FASTMATH)
+def _dtile_f4(dy, n, k, p0, q0, dM, mk, u):
+    """dM[:, mk, u] = A d A^T for the tile d = dy[n, k, p0:p0 + 4, q0:q0 + 4]."""
+    r0 = _a4(dy[n, k, p0, q0], dy[n, k, p0, q0 + 1], dy[n, k, p0, q0 + 2], dy[n, k, p0, q0 + 3])
+    r1 = _a4(dy[n, k, p0 + 1, q0], dy[n, k, p0 + 1, q0 + 1], dy[n, k, p0 + 1, q0 + 2],
+             dy[n, k, p0 + 1, q0 + 3])
+    r2 = _a4(dy[n, k, p0 + 2, q0], dy[n, k, p0 + 2, q0 + 1], dy[n, k, p0 + 2, q0 + 2],
+             dy[n, k, p0 + 2, q0 + 3])
+    r3 = _a4(dy[n, k, p0 + 3, q0], dy[n, k, p0 + 3, q0 + 1], dy[n, k, p0 + 3, q0 + 2],
+             dy[n, k, p0 + 3, q0 + 3])
+    for b in range(6):
+        col = _a4(r0[b], r1[b], r2[b], r3[b])
+        for a in range(6):
+            dM[a * 6 + b, mk, u] = col[a]
+
+
+@jit(parallel=True)
+def _dy_f2(dy, dM, t0, nt, th, tw):
+    """dM[xi, k, u] = (A d A^T)[xi] for tile t0 + u of dy (zeros past the output's edge)."""
+    N, K, P, Q = dy.shape
+    nchunks = (nt + _CHUNK - 1) // _CHUNK
+    for job in prange(K * nchunks):
+        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        d = np.empty((1, 1, 2, 2), dy.dtype)
+        for u in range(u0, min(nt, u0 + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            if i * 2 + 2 <= P and j * 2 + 2 <= Q:
+                _dtile_f2(dy, n, k, i * 2, j * 2, dM, k, u)
+            else:
+                _gather(dy, d, n, k, i * 2, j * 2)
+                _dtile_f2(d, 0, 0, 0, 0, dM, k, u)
+
+
+@jit(parallel=True)
+def _dy_f4(dy, dM, t0, nt, th, tw):
+    N, K, P, Q = dy.shape
+    nchunks = (nt + _CHUNK - 1) // _CHUNK
+    for job in prange(K * nchunks):
+        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
+        d = np.empty((1, 1, 4, 4), dy.dtype)
+        for u in range(u0, min(nt, u0 + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            if i * 4 + 4 <= P and j * 4 + 4 <= Q:
+                _dtile_f4(dy, n, k, i * 4, j * 4, dM, k, u)
+            else:
+                _gather(dy, d, n, k, i * 4, j * 4)
+                _dtile_f4(d, 0, 0, 0, 0, dM, k, u)
+
+
+@jit(parallel=True)
+def _filter_t2(dU, dw):
+    """dw[k, c] = G^T dU[:, k, c] G, in float64."""
+    K, C = dw.shape[0], dw.shape[1]
+    for k in prange(K):
+        for c in range(C):
+            r0 = _gt2(dU[0, k, c], dU[1, k, c], dU[2, k, c], dU[3, k, c])   # along xb
+            r1 = _gt2(dU[4, k, c], dU[5, k, c], dU[6, k, c], dU[7, k, c])
+            r2 = _gt2(dU[8, k, c], dU[9, k, c], dU[10, k, c], dU[11, k, c])
+            r3 = _gt2(dU[12, k, c], dU[13, k, c], dU[14, k, c], dU[15, k, c])
+            for s in range(3):                                               # along xa
+                col = _gt2(r0[s], r1[s], r2[s], r3[s])
+                for r in range(3):
+                    dw[k, c, r, s] = col[r]
+
+
+@jit(parallel=True)
+def _filter_t4(dU, dw):
+    K, C = dw.shape[0], dw.shape[1]
+    for k in prange(K):
+        for c in range(C):
+            r0 = _gt4(dU[0, k, c], dU[1, k, c], dU[2, k, c], dU[3, k, c], dU[4, k, c], dU[5, k, c])
+            r1 = _gt4(dU[6, k, c], dU[7, k, c], dU[8, k, c], dU[9, k, c], dU[10, k, c], dU[11, k, c])
+            r2 = _gt4(dU[12, k, c], dU[13, k, c], dU[14, k, c], dU[15, k, c], dU[16, k, c],
+                      dU[17, k, c])
+            r3 = _gt4(dU[18, k, c], dU[19, k, c], dU[20, k, c], dU[21, k, c], dU[22, k, c],
+                      dU[23, k, c])
+            r4 = _gt4(dU[24, k, c], dU[25, k, c], dU[26, k, c], dU[27, k, c], dU[28, k, c],
+                      dU[29, k, c])
+            r5 = _gt4(dU[30, k, c], dU[31, k, c], dU[32, k, c], dU[33, k, c], dU[34, k, c],
+                      dU[35, k, c])
+            for s in range(3):
+                col = _gt4(r0[s], r1[s], r2[s], r3[s], r4[s], r5[s])
+                for r in range(3):
+                    dw[k, c, r, s] = col[r]
+
+
 # -- drivers --------------------------------------------------------------------------
 
 _KERNELS = {2: (_filter_f2, _input_f2, _output_f2), 4: (_filter_f4, _input_f4, _output_f4)}
@@ -393,7 +527,49 @@ def _backward_input(m):
     return conv2d_input
 
 
+_WEIGHT_KERNELS = {2: (_dy_f2, _filter_t2), 4: (_dy_f4, _filter_t4)}
+
+
+def _winograd_weight(m, x, dy, dw, off_h, off_w):
+    """dw[k, c, r, s] = sum dy[n, k, p, q] * x[n, c, p + off_h + r, q + off_w + s] with
+    F(m x m, 3x3) transposed: dU[xi] = sum over tiles of (A dy A^T)[xi] (B^T x B)[xi]^T
+    (alpha^2 GEMMs [K x tiles] x [tiles x C]), then dw = G^T dU G."""
+    input_kernel = _KERNELS[m][1]
+    dy_kernel, filter_kernel = _WEIGHT_KERNELS[m]
+    N, C = x.shape[:2]
+    K, P, Q = dy.shape[1:]
+    alpha2 = (m + 2) ** 2
+    th, tw = -(-P // m), -(-Q // m)
+    T = N * th * tw
+    tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
+    sizes = [_plane_stride(K * C) * alpha2, _plane_stride(K * C) * alpha2,
+             _plane_stride(C * tb) * alpha2, _plane_stride(K * tb) * alpha2]
+    ubuf, pbuf, vbuf, mbuf = _workspace(sizes, x.dtype)
+    dU, part = _planes(ubuf, alpha2, K, C), _planes(pbuf, alpha2, K, C)
+    for t0 in range(0, T, tb):
+        nt = min(tb, T - t0)
+        V = _planes(vbuf, alpha2, C, nt)
+        dM = _planes(mbuf, alpha2, K, nt)
+        input_kernel(x, V, t0, nt, th, tw, off_h, off_w)
+        dy_kernel(dy, dM, t0, nt, th, tw)
+        if t0 == 0:
+            np.matmul(dM, V.transpose(0, 2, 1), out=dU)
+        else:
+            np.matmul(dM, V.transpose(0, 2, 1), out=part)
+            dU += part
+    filter_kernel(dU, dw)
+
+
+def _backward_weight(m):
+    def conv2d_weight(x, dy, p, out):
+        """Gradient with respect to the weight, into ``out`` (K, C, 3, 3)."""
+        _winograd_weight(m, x, np.ascontiguousarray(dy), out, -p.pad_top, -p.pad_left)
+    conv2d_weight.__name__ = conv2d_weight.__qualname__ = f"conv2d_weight_f{m}"
+    return conv2d_weight
+
+
 conv2d_f2, conv2d_f4 = _forward(2), _forward(4)
+conv2d_weight_f2, conv2d_weight_f4 = _backward_weight(2), _backward_weight(4)
 conv2d_input_f2, conv2d_input_f4 = _backward_input(2), _backward_input(4)
 
 
