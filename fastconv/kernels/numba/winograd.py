@@ -25,7 +25,8 @@ computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
 
 Tiles are processed in batches so that ``V`` and ``M`` (alpha^2 (C + K) values per
 tile) stay under ``fastconv._config.get_workspace_limit()``; the transformed filter
-``U`` (alpha^2 K C values) is allocated once per call on top of that. BLAS is called
+``U`` (alpha^2 K C values) comes on top of that. All are reused across calls
+(``fastconv._config.workspace``). BLAS is called
 outside any Numba parallel region. Accuracy: F(2x2,3x3) is about as accurate as direct
 convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 ``tests/test_winograd.py``).
@@ -35,12 +36,10 @@ input transform ``V``, ``dM = A dy A^T`` on m x m tiles of ``dy`` (zeros past th
 output's edge), alpha^2 GEMMs ``dU[xi] = dM[xi] @ V[xi]^T`` summed over tile batches,
 and ``dw = G^T dU G``.
 """
-import threading
-
 import numpy as np
 from numba import prange
 
-from ..._config import get_workspace_limit, jit
+from ..._config import get_workspace_limit, jit, workspace
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
 
@@ -450,24 +449,10 @@ def _filter_t4(dU, dw):
 _KERNELS = {2: (_filter_f2, _input_f2, _output_f2), 4: (_filter_f4, _input_f4, _output_f4)}
 
 
-_local = threading.local()
-
-
-def _workspace(sizes, dtype):
-    """Buffers of ``sizes`` elements, carved from one per-thread buffer kept between
-    calls (fresh pages would cost a page fault each, a large share of a small layer's
-    time). It holds the largest workspace used so far: at most the workspace limit
-    plus the transformed filter."""
-    total = sum(sizes) * np.dtype(dtype).itemsize + 64 * len(sizes)
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.nbytes < total:
-        buf = _local.buf = np.empty(total, np.uint8)
-    views, start = [], 0
-    for n in sizes:
-        start = -(-start // 64) * 64                     # 64-byte aligned pieces
-        views.append(buf[start:start + n * np.dtype(dtype).itemsize].view(dtype))
-        start += n * np.dtype(dtype).itemsize
-    return views
+def _workspace(sizes, dtype, slots="UVM"):
+    """Flat buffers of ``sizes`` elements, reused across calls per thread (see
+    ``fastconv._config.workspace``): one slot per array."""
+    return [workspace("winograd_" + slot, size, dtype) for slot, size in zip(slots, sizes)]
 
 
 def _plane_stride(size):
@@ -544,7 +529,7 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
     tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
     sizes = [_plane_stride(K * C) * alpha2, _plane_stride(K * C) * alpha2,
              _plane_stride(C * tb) * alpha2, _plane_stride(K * tb) * alpha2]
-    ubuf, pbuf, vbuf, mbuf = _workspace(sizes, x.dtype)
+    ubuf, pbuf, vbuf, mbuf = _workspace(sizes, x.dtype, slots="UPVM")
     dU, part = _planes(ubuf, alpha2, K, C), _planes(pbuf, alpha2, K, C)
     for t0 in range(0, T, tb):
         nt = min(tb, T - t0)
