@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from . import _config, reference
+from .kernels.numba import direct as nb_direct
 from .kernels.numba import im2col as nb_im2col
 from .kernels.numba import pool as nb_pool
 from .kernels.numba import winograd as nb_winograd
@@ -43,6 +44,9 @@ REGISTRY = {
     ("conv2d", "im2col", "numba"): nb_im2col.conv2d,
     ("conv2d_input", "im2col", "numba"): nb_im2col.conv2d_input,
     ("conv2d_weight", "im2col", "numba"): nb_im2col.conv2d_weight,
+    ("conv2d", "direct", "numba"): nb_direct.conv2d,
+    ("conv2d_input", "direct", "numba"): nb_direct.conv2d_input,
+    ("conv2d_weight", "direct", "numba"): nb_direct.conv2d_weight,
     ("max_pool2d", "direct", "numba"): nb_pool.max_pool2d,
     ("max_pool2d_backward", "direct", "numba"): nb_pool.max_pool2d_backward,
     ("avg_pool2d", "direct", "numba"): nb_pool.avg_pool2d,

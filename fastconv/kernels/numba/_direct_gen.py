@@ -9,7 +9,10 @@ imported. The file name carries a hash of the source, so a changed generator nev
 meets a stale file or a stale cache entry.
 
 Compile these functions with ``numba.core.config.SLP_VECTORIZE = 1`` (``direct.py``
-does, around their first call only).
+does, around their first call only). They are serial over a range ``[it0, it1)`` of work
+items; ``direct.py`` runs ranges on threads (the functions release the GIL). A
+``prange`` here compiled 6x slower and vectorised worse (parfor lowering reshapes the
+loop nest before SLP sees it).
 """
 import hashlib
 import importlib.util
@@ -38,8 +41,9 @@ def _fwd_source(J, KB=16):
     (one vector load), the weight of each output channel is a broadcast."""
     L = []
     a = L.append
-    a(f"@jit(parallel=True, fastmath={{'contract'}})")
-    a(f"def fwd_{J}(xf, wf, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q, zero):")
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def fwd_{J}(xf, wf, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q, zero,"
+      " it0, it1):")
     a(f"    nq = (Q + {J - 1}) // {J}")
     a("    Cg = C // G")
     a("    plane = Hp * sw * Wq")
@@ -49,7 +53,7 @@ def _fwd_source(J, KB=16):
         a(f"    uw{k} = np.uint64({k})")
     for j in range(J):
         a(f"    ux{j} = np.uint64({j})")
-    a("    for it in prange(N * G * Kb * P):")
+    a("    for it in range(it0, it1):          # of N * G * Kb * P")
     # work item (n, g, kb, p): one output row of KB output channels
     a("        p_ = it % P")
     a("        t = it // P")
@@ -100,9 +104,9 @@ def _bww_source(T, U, J):
     over the lanes."""
     L = []
     a = L.append
-    a(f"@jit(parallel=True, fastmath={{'contract', 'reassoc'}})")
+    a(f"@jit(fastmath={{'contract', 'reassoc'}})")
     a(f"def bww_{T}_{U}_{J}(xf, dyf, acc, nsplit, N, C, G, Hp, Wq, Qp, R, S, sh, sw, dh, dw, P,"
-      " zero):")
+      " zero, it0, it1):")
     a("    Cg = C // G")
     a("    K = acc.shape[1]")
     a("    Kg = K // G")
@@ -111,7 +115,7 @@ def _bww_source(T, U, J):
     a("    plane = Hp * sw * Wq")
     for j in range(J):
         a(f"    ux{j} = np.uint64({j})")
-    a("    for it in prange(nsplit * G * nkt * nct * R * S):")
+    a("    for it in range(it0, it1):          # of nsplit * G * nkt * nct * R * S")
     # work item (split of the batch, g, k tile, c tile, r, s)
     a("        s = it % S")
     a("        t = it // S")

@@ -32,8 +32,10 @@ place (an optimiser step) therefore never returns a stale layout; the check cost
 memcmp of the weight, cheaper than the strided re-layout it saves.
 """
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 
+import numba
 import numpy as np
 from numba import prange
 from numba.core import config as _numba_config
@@ -47,22 +49,41 @@ _FASTMATH = {"contract", "reassoc"}
 
 _compiled = set()
 _compile_lock = threading.Lock()
+_pool = None
 
 
-def _run(fn, *args):
-    """Call a generated kernel; its first call per dtype compiles (or loads from the
-    cache) with the SLP vectorizer on, and restores Numba's setting afterwards."""
+def _executor():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_numba_config.NUMBA_NUM_THREADS,
+                                   thread_name_prefix="fastconv-direct")
+    return _pool
+
+
+def _run(fn, total, *args):
+    """Run a generated kernel over work items [0, total) on ``numba.get_num_threads()``
+    threads (the kernels release the GIL), in 4 chunks per thread. The first call per
+    dtype compiles (or loads from the cache) with the SLP vectorizer on and restores
+    Numba's setting afterwards."""
     key = (fn, args[0].dtype)
-    if key in _compiled:
-        return fn(*args)
-    with _compile_lock:
-        old = _numba_config.SLP_VECTORIZE
-        _numba_config.SLP_VECTORIZE = 1
-        try:
-            fn(*args)
-        finally:
-            _numba_config.SLP_VECTORIZE = old
-        _compiled.add(key)
+    if key not in _compiled:
+        with _compile_lock:
+            old = _numba_config.SLP_VECTORIZE
+            _numba_config.SLP_VECTORIZE = 1
+            try:
+                fn(*args, 0, 0)                     # empty range: compile only
+            finally:
+                _numba_config.SLP_VECTORIZE = old
+            _compiled.add(key)
+    nt = numba.get_num_threads()
+    chunks = min(total, 4 * nt) if nt > 1 else 1
+    if chunks <= 1:
+        fn(*args, 0, total)
+        return
+    bounds = [total * i // chunks for i in range(chunks + 1)]
+    futures = [_executor().submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(chunks)]
+    for f in futures:
+        f.result()
 
 
 def _gen():
@@ -211,7 +232,8 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
     wb = _weights.get(w, ("fwd", flip, G, Kg, Cg), lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype))
     fn = getattr(_gen(), f"fwd_{J}")
-    _run(fn, xb, wb, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q, dtype.type(0))
+    _run(fn, N * G * Kb * P, xb, wb, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q,
+         dtype.type(0))
 
 
 def _make_wb(w, G, Kg, Kb, Cg, flip, dtype):
@@ -358,7 +380,7 @@ def conv2d_weight(x, dy, p, out):
     items = G * -(-Kg // U) * -(-Cg // T) * p.R * p.S
     nsplit = max(1, min(p.N, -(-16 // items)))      # >= 16 work items for 2 threads
     acc = np.empty((nsplit,) + out.shape, dtype)
-    _run(getattr(_gen(), f"bww_{T}_{U}_{J}"), xb, dyp, acc, nsplit, p.N, p.C, G, Hp, Wq, Qp,
+    _run(getattr(_gen(), f"bww_{T}_{U}_{J}"), nsplit * items, xb, dyp, acc, nsplit, p.N, p.C, G, Hp, Wq, Qp,
          p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, dtype.type(0))
     if nsplit == 1:
         out[...] = acc[0]
