@@ -1,0 +1,96 @@
+"""Kernel-specific tests of the Numba direct convolution: the blocking edges (channel
+counts that are not multiples of 16, pixel blocks past the row end, odd sizes), groups
+and depthwise, strides with zero insertion, asymmetric padding, and the weight cache."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv.kernels.numba import direct
+
+from conftest import assert_close, tolerance
+
+OPS = ("conv2d", "conv2d_input", "conv2d_weight")
+
+
+def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C // groups, R, S)).astype(dtype)
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = fastconv.conv2d(x, w, **args, algorithm="direct")
+    y_ref = fastconv.conv2d(x, w, **args, algorithm="reference")
+    tol = tolerance(dtype, "direct")
+    assert y.dtype == dtype
+    assert_close(y, y_ref, tol, "conv2d")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct")
+    assert_close(dx, fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="reference"), tol,
+                 "conv2d_input")
+    dw = fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct")
+    assert_close(dw, fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="reference"), tol,
+                 "conv2d_weight")
+
+
+# channel counts around the 16-blocks and the 4x4 weight-gradient tiles; first layers
+@pytest.mark.parametrize("C,K", [(1, 8), (3, 16), (3, 33), (17, 1), (24, 40), (63, 65),
+                                 (70, 60)])
+def test_channel_blocking(C, K):
+    _check(np.float32, 1, C, 7, 9, K, 3, 3, padding=1)
+
+
+# row lengths around the 8/16-pixel blocks (overlapped last block, masked short rows)
+@pytest.mark.parametrize("H,W", [(1, 1), (5, 7), (9, 15), (11, 17), (4, 33)])
+def test_pixel_blocking(H, W):
+    _check(np.float32, 2, 5, H, W, 18, 1, 3, padding=(0, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strides_dilation_asymmetric_padding(dtype):
+    _check(dtype, 2, 6, 13, 12, 20, 3, 2, stride=(2, 3), padding=(2, 0), dilation=(1, 2))
+    _check(dtype, 1, 5, 10, 11, 7, 4, 4, padding="same")           # pad_bottom = pad_top + 1
+    _check(dtype, 1, 4, 9, 9, 19, 3, 3, stride=3, padding=4)        # padding > kernel
+    _check(dtype, 2, 64, 8, 8, 64, 3, 3, padding=1)                # full blocks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_groups_and_depthwise(dtype):
+    _check(dtype, 2, 12, 9, 8, 20, 3, 3, padding=1, groups=4)
+    _check(dtype, 2, 32, 9, 8, 32, 3, 3, padding=1, groups=32)       # depthwise
+    _check(dtype, 1, 8, 11, 10, 16, 5, 3, stride=2, padding=(2, 1), groups=8)  # multiplier 2
+    _check(dtype, 1, 6, 10, 9, 6, 2, 2, padding="same", dilation=2, groups=6)
+
+
+def test_weight_cache_sees_in_place_changes():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 20, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((24, 20, 3, 3)).astype(np.float32)
+    y1 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(y1, fastconv.conv2d(x, w, padding=1, algorithm="direct"))
+    w[3, 5, 1, 1] += 1.0                                  # an optimiser step, in place
+    y2 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    assert_close(y2, fastconv.conv2d(x, w, padding=1, algorithm="reference"), 1e-5, "after update")
+    w -= 0.5
+    dy = np.ones_like(y2)
+    dx = fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm="direct")
+    assert_close(dx, fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm="reference"), 1e-5,
+                 "grad input after update")
+    # a new array at a recycled address with other contents
+    del w
+    w2 = rng.standard_normal((24, 20, 3, 3)).astype(np.float32)
+    assert_close(fastconv.conv2d(x, w2, padding=1, algorithm="direct"),
+                 fastconv.conv2d(x, w2, padding=1, algorithm="reference"), 1e-5, "new weight")
+    assert len(direct._weights.entries) <= direct._weights.size
+
+
+def test_threads_agree():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 16, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    n = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(1)
+        y1 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    finally:
+        fastconv.set_num_threads(n)
+    y2 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(y1, y2)                 # deterministic across thread counts
