@@ -23,7 +23,7 @@ from ..._config import CACHE_DIR
 
 #: pixel-block sizes J of the forward kernel and channel-tile sizes of the weight-grad kernel
 FWD_BLOCKS = (8, 16)
-BWW_TILES = ((4, 4, 16), (4, 4, 8))    # (input channels, output channels, pixel lanes)
+BWW_LANES = (16, 8)      # input channels per weight-gradient block: float32, float64
 KB = 16          # output channels per register block (the vector dimension)
 
 _HEADER = '''\
@@ -98,78 +98,63 @@ def _fwd_source(J, KB=16):
     return "\n".join(L) + "\n"
 
 
-def _bww_source(T, U, J):
-    """Weight-gradient kernel: T input channels x U output channels x J pixels (the vector
-    lanes) of scalar accumulators, summed over the pixels of the work item, then reduced
-    over the lanes."""
-    L = []
-    a = L.append
-    a(f"@jit(fastmath={{'contract', 'reassoc'}})")
-    a(f"def bww_{T}_{U}_{J}(xf, dyf, acc, nsplit, N, C, G, Hp, Wq, Qp, R, S, sh, sw, dh, dw, P,"
+def _bww_source(L):
+    """Weight-gradient kernel: L input channels (the vector lanes, channels-last input
+    block) x 16 output channels (broadcast from a k-last grad_output block) of scalar
+    accumulators, summed over the pixels: the forward kernel's shape, transposed."""
+    KB = 16
+    out = []
+    a = out.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def bww_{L}(xf, dyf, acc, nsplit, N, G, Cb, Hp, Wp, Kb, R, S, sh, sw, dh, dw, P, Q,"
       " zero, it0, it1):")
-    a("    Cg = C // G")
-    a("    K = acc.shape[1]")
-    a("    Kg = K // G")
-    a(f"    nct = (Cg + {T - 1}) // {T}")
-    a(f"    nkt = (Kg + {U - 1}) // {U}")
-    a("    plane = Hp * sw * Wq")
-    for j in range(J):
-        a(f"    ux{j} = np.uint64({j})")
-    a("    for it in range(it0, it1):          # of nsplit * G * nkt * nct * R * S")
-    # work item (split of the batch, g, k tile, c tile, r, s)
+    a(f"    uxs = np.uint64(sw * {L})")
+    a(f"    uKB = np.uint64({KB})")
+    for k in range(KB):
+        a(f"    uk{k} = np.uint64({k})")
+    for c in range(L):
+        a(f"    uc{c} = np.uint64({c})")
+    a("    for it in range(it0, it1):          # of nsplit * G * Kb * Cb * R * S")
     a("        s = it % S")
     a("        t = it // S")
     a("        r = t % R")
     a("        t = t // R")
-    a("        ct = t % nct")
-    a("        t = t // nct")
-    a("        kt = t % nkt")
-    a("        t = t // nkt")
+    a("        cbk = t % Cb")
+    a("        t = t // Cb")
+    a("        kb = t % Kb")
+    a("        t = t // Kb")
     a("        g = t % G")
     a("        sp = t // G")
     a("        n0 = sp * N // nsplit")
     a("        n1 = (sp + 1) * N // nsplit")
-    # channels of the tile, clamped to the group (duplicates are computed, not stored)
-    for c in range(T):
-        a(f"        c{c} = g * Cg + min(ct * {T} + {c}, Cg - 1)")
-    for k in range(U):
-        a(f"        k{k} = g * Kg + min(kt * {U} + {k}, Kg - 1)")
-    for c in range(T):
-        for k in range(U):
-            a("        " + "; ".join(f"a{c}_{k}_{j} = zero" for j in range(J)))
-    a("        soff = ((s * dw) % sw) * Wq + (s * dw) // sw")
+    for k in range(KB):
+        a("        " + "; ".join(f"a{c}_{k} = zero" for c in range(L)))
     a("        for n in range(n0, n1):")
     a("            for p_ in range(P):")
-    # x layout [n, c, hp, phase, wq] at hp = p*sh + r*dh: pixel q reads wq = q + (s*dw)//sw
-    a("                xrow = ((n * C) * Hp + p_ * sh + r * dh) * sw * Wq + soff")
-    for c in range(T):
-        a(f"                xo{c} = np.uint64(xrow + c{c} * plane)")
-    # dy layout [n, k, p, q] with rows padded to Qp (multiple of J) by zeros
-    a("                drow = ((n * K) * P + p_) * Qp")
-    for k in range(U):
-        a(f"                do{k} = np.uint64(drow + k{k} * P * Qp)")
-    a(f"                for q in range(0, Qp, {J}):")
-    a("                    uq = np.uint64(q)")
-    for c in range(T):
-        a("                    " + "; ".join(f"x{c}_{j} = xf[xo{c} + uq + ux{j}]" for j in range(J)))
-    for k in range(U):
-        a("                    " + "; ".join(f"d{j} = dyf[do{k} + uq + ux{j}]" for j in range(J)))
-        for c in range(T):
-            a("                    " + "; ".join(f"a{c}_{k}_{j} += x{c}_{j} * d{j}" for j in range(J)))
-    # acc layout [sp, K, Cg, R, S]
-    for c in range(T):
-        a(f"        if ct * {T} + {c} < Cg:")
-        for k in range(U):
-            a(f"            if kt * {U} + {k} < Kg:")
-            a(f"                acc[sp, k{k}, c{c} - g * Cg, r, s] = "
-              + " + ".join(f"a{c}_{k}_{j}" for j in range(J)))
-    return "\n".join(L) + "\n"
+    # x block [n, g, cbk, hp, wp, c]: hp = p*sh + r*dh, wp = q*sw + s*dw
+    a(f"                xo = np.uint64(((((n * G + g) * Cb + cbk) * Hp + p_ * sh + r * dh) * Wp"
+      f" + s * dw) * {L})")
+    # dy block [n, g, kb, p, q, k]
+    a(f"                do = np.uint64((((n * G + g) * Kb + kb) * P + p_) * Q * {KB})")
+    a("                for q in range(Q):")
+    for c in range(L):
+        a(f"                    x{c} = xf[xo + uc{c}]")
+    for k in range(KB):
+        a(f"                    d = dyf[do + uk{k}]")
+        a("                    " + "; ".join(f"a{c}_{k} += x{c} * d" for c in range(L)))
+    a("                    xo += uxs")
+    a("                    do += uKB")
+    # acc layout [sp, g, kb, cbk, r, s, k, c]
+    a(f"        ao = ((((((sp * G + g) * Kb + kb) * Cb + cbk) * R + r) * S + s) * {KB}) * {L}")
+    for k in range(KB):
+        a("        " + "; ".join(f"acc[ao + {k * L + c}] = a{c}_{k}" for c in range(L)))
+    return "\n".join(out) + "\n"
 
 
 def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
-    parts += [_bww_source(*t) for t in BWW_TILES]
+    parts += [_bww_source(L) for L in BWW_LANES]
     return "\n\n".join(parts)
 
 

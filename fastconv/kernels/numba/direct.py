@@ -132,6 +132,49 @@ def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
 
 
 @jit(parallel=True)
+def _to_blocked(src, dst, G, Cg, Cb, cb, Hp, Wp, pt, pl):
+    """dst[n, g, cbk, hp, wp, c] = src[n, g*Cg + cbk*cb + c, hp - pt, wp - pl] inside src,
+    else 0 (padding, channel tail): channels-last blocks of the weight gradient."""
+    N, _, Hs, Ws = src.shape
+    for it in prange(N * G * Cb * Hp):
+        hp = it % Hp
+        t = it // Hp
+        cbk = t % Cb
+        t = t // Cb
+        g = t % G
+        n = t // G
+        base = it * Wp * cb
+        dst[base:base + Wp * cb] = 0
+        h = hp - pt
+        if h < 0 or h >= Hs:
+            continue
+        c0 = g * Cg + cbk * cb
+        for c in range(min(cb, Cg - cbk * cb)):
+            row = src[n, c0 + c, h]
+            for w in range(max(0, -pl), min(Ws, Wp - pl)):
+                dst[base + (w + pl) * cb + c] = row[w]
+
+
+@jit(parallel=True)
+def _dy_blocked(dy, dst, G, Kg, Kb):
+    """dst[n, g, kb, p, q, k] = dy[n, g*Kg + kb*16 + k, p, q] (0 past the group's K)."""
+    N, _, P, Q = dy.shape
+    for it in prange(N * G * Kb * P):
+        p_ = it % P
+        t = it // P
+        kb = t % Kb
+        t = t // Kb
+        g = t % G
+        n = t // G
+        base = it * Q * 16
+        dst[base:base + Q * 16] = 0
+        for k in range(min(16, Kg - kb * 16)):
+            row = dy[n, g * Kg + kb * 16 + k, p_]
+            for q in range(Q):
+                dst[base + q * 16 + k] = row[q]
+
+
+@jit(parallel=True)
 def _pad_rows(dy, dst, Qp):
     """dst[n, k, p, :Qp] = dy[n, k, p, :] followed by zeros."""
     N, K, P, Q = dy.shape
@@ -361,6 +404,28 @@ def conv2d_input(dy, w, p, out):
                      p.dil_h, p.dil_w, p.H, p.W, ish=p.stride_h, isw=p.stride_w, flip=True)
 
 
+@jit(parallel=True)
+def _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L):
+    """out[g*Kg + k, c, r, s] = sum over splits of acc[sp, g, kb, cbk, r, s, k', c']."""
+    K, _, R, S = out.shape
+    per = G * Kb * Cb * R * S * 16 * L
+    for kk in prange(K):
+        g = kk // Kg
+        k = kk % Kg
+        kb = k // 16
+        k16 = k % 16
+        for c in range(Cg):
+            cbk = c // L
+            cl = c % L
+            for r in range(R):
+                for s in range(S):
+                    i = (((((g * Kb + kb) * Cb + cbk) * R + r) * S + s) * 16 + k16) * L + cl
+                    v = acc[i]
+                    for sp in range(1, nsplit):
+                        v += acc[sp * per + i]
+                    out[kk, c, r, s] = v
+
+
 def conv2d_weight(x, dy, p, out):
     """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
     if _depthwise(p):
@@ -369,20 +434,17 @@ def conv2d_weight(x, dy, p, out):
         return
     dtype = x.dtype
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
-    T, U, J = (4, 4, 16) if dtype == np.float32 else (4, 4, 8)
-    Qp = -(-p.Q // J) * J                                 # dy rows padded with zeros
+    L = 16 if dtype == np.float32 else 8             # input channels in the vector lanes
+    Cb, Kb = -(-Cg // L), -(-Kg // 16)
     Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
-    Wq = Qp + ((p.S - 1) * p.dil_w) // p.stride_w
-    xb = np.empty(p.N * p.C * Hp * p.stride_w * Wq, dtype)
-    _to_phase(x, xb, Hp, Wq, p.stride_w, p.pad_top, p.pad_left, 1, 1)
-    dyp = np.empty(p.N * p.K * p.P * Qp, dtype)
-    _pad_rows(dy, dyp, Qp)
-    items = G * -(-Kg // U) * -(-Cg // T) * p.R * p.S
+    Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
+    xb = np.empty(p.N * G * Cb * Hp * Wp * L, dtype)
+    _to_blocked(x, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left)
+    dyb = np.empty(p.N * G * Kb * p.P * p.Q * 16, dtype)
+    _dy_blocked(dy, dyb, G, Kg, Kb)
+    items = G * Kb * Cb * p.R * p.S
     nsplit = max(1, min(p.N, -(-16 // items)))      # >= 16 work items for 2 threads
-    acc = np.empty((nsplit,) + out.shape, dtype)
-    _run(getattr(_gen(), f"bww_{T}_{U}_{J}"), nsplit * items, xb, dyp, acc, nsplit, p.N, p.C, G, Hp, Wq, Qp,
-         p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, dtype.type(0))
-    if nsplit == 1:
-        out[...] = acc[0]
-    else:
-        _sum_splits(acc, out)
+    acc = np.empty(nsplit * items * 16 * L, dtype)
+    _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, p.N, G, Cb, Hp, Wp,
+         Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, dtype.type(0))
+    _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L)
