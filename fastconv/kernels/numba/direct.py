@@ -318,8 +318,14 @@ def _dw_forward(x, w, out, Kg, sh, sw, pt, pl, dh, dw):
                     off = s * dw - pl                  # input column = q*sw + off
                     q_lo, q_hi = _q_range(Q, W, sw, off)
                     wv = w[k, 0, r, s]
-                    for q in range(q_lo, q_hi):
-                        o[q] += wv * xr[q * sw + off]
+                    if sw == 1:                        # contiguous: vectorised
+                        xs = xr[off + q_lo:off + q_hi]
+                        os_ = o[q_lo:q_hi]
+                        for q in range(q_hi - q_lo):
+                            os_[q] += wv * xs[q]
+                    else:
+                        for q in range(q_lo, q_hi):
+                            o[q] += wv * xr[q * sw + off]
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -343,8 +349,14 @@ def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
                         off = s * dw - pl
                         q_lo, q_hi = _q_range(Q, W, sw, off)
                         wv = w[k, 0, r, s]
-                        for q in range(q_lo, q_hi):
-                            o[q * sw + off] += wv * d[q]
+                        if sw == 1:                    # contiguous: vectorised
+                            os_ = o[off + q_lo:off + q_hi]
+                            ds = d[q_lo:q_hi]
+                            for q in range(q_hi - q_lo):
+                                os_[q] += wv * ds[q]
+                        else:
+                            for q in range(q_lo, q_hi):
+                                o[q * sw + off] += wv * d[q]
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -367,8 +379,14 @@ def _dw_weight(x, dy, out, Kg, sh, sw, pt, pl, dh, dw):
                             continue
                         d = dy[n, k, p_]
                         xr = x[n, c, h]
-                        for q in range(q_lo, q_hi):
-                            acc += d[q] * xr[q * sw + off]
+                        if sw == 1:                    # contiguous: vectorised
+                            xs = xr[off + q_lo:off + q_hi]
+                            ds = d[q_lo:q_hi]
+                            for q in range(q_hi - q_lo):
+                                acc += ds[q] * xs[q]
+                        else:
+                            for q in range(q_lo, q_hi):
+                                acc += d[q] * xr[q * sw + off]
                 out[k, 0, r, s] = acc
 
 
