@@ -23,6 +23,7 @@ from ..._config import CACHE_DIR
 
 #: pixel-block sizes J of the forward kernel and channel-tile sizes of the weight-grad kernel
 FWD_BLOCKS = (8, 16)
+FLAT_BLOCKS = ((32, 12),)   # (pixels, output channels) of the stride-1 kernel, float32
 BWW_LANES = (16, 8)      # input channels per weight-gradient block: float32, float64
 KB = 16          # output channels per register block (the vector dimension)
 
@@ -98,6 +99,64 @@ def _fwd_source(J, KB=16):
     return "\n".join(L) + "\n"
 
 
+def _flat_source(J, KB):
+    """Stride-1 forward kernel: J consecutive pixels of the flattened padded output grid
+    (rows of Wq columns, the columns past Q are computed and dropped) as the vector lanes,
+    x KB output channels. Two vector loads of x and KB weight broadcasts feed 2*KB FMAs."""
+    L = []
+    a = L.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def flat_{J}_{KB}(xf, wf, out, N, C, G, Hp, Wq, Kb, Kg, R, S, dh, dw, P, Q, oh0, osh,"
+      " ow0, osw, zero, it0, it1):")
+    a(f"    nf = (P * Wq + {J - 1}) // {J}")
+    a("    Cg = C // G")
+    a("    plane = Hp * Wq")
+    a(f"    uKB = np.uint64({KB})")
+    for k in range(KB):
+        a(f"    uw{k} = np.uint64({k})")
+    for j in range(J):
+        a(f"    ux{j} = np.uint64({j})")
+    a(f"    buf = np.empty(({KB}, {J}), xf.dtype)")
+    a("    for it in range(it0, it1):          # of N * G * Kb * nf")
+    a("        fb = it % nf")
+    a("        t = it // nf")
+    a("        kb = t % Kb")
+    a("        t = t // Kb")
+    a("        g = t % G")
+    a("        n = t // G")
+    a(f"        f0 = fb * {J}")
+    a(f"        k0 = g * Kg + kb * {KB}")
+    a(f"        nk = min({KB}, Kg - kb * {KB})")
+    for j in range(J):
+        a("        " + "; ".join(f"a{j}_{k} = zero" for k in range(KB)))
+    # w block layout [g, kb, c, r, s, k]
+    a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
+    a("        for c in range(Cg):")
+    # x layout [n, c, hp, wq]; flat pixel f = p*Wq + q reads f + r*dh*Wq + s*dw
+    a("            xc = (n * C + g * Cg + c) * plane + f0")
+    a("            for r in range(R):")
+    a("                xrow = xc + r * dh * Wq")
+    a("                for s in range(S):")
+    a("                    xo = np.uint64(xrow + s * dw)")
+    for j in range(J):
+        a(f"                    x{j} = xf[xo + ux{j}]")
+    for k in range(KB):
+        a(f"                    w = wf[wo + uw{k}]")
+        a("                    " + "; ".join(f"a{j}_{k} += x{j} * w" for j in range(J)))
+    a("                    wo += uKB")
+    for k in range(KB):
+        a("        " + "; ".join(f"buf[{k}, {j}] = a{j}_{k}" for j in range(J)))
+    # scatter the valid pixels (q < Q, p < P) to out[n, k, oh0 + p*osh, ow0 + q*osw]
+    a(f"        for j in range({J}):")
+    a("            f = f0 + j")
+    a("            p_ = f // Wq")
+    a("            q = f - p_ * Wq")
+    a("            if q < Q and p_ < P:")
+    a("                for k in range(nk):")
+    a("                    out[n, k0 + k, oh0 + p_ * osh, ow0 + q * osw] = buf[k, j]")
+    return "\n".join(L) + "\n"
+
+
 def _bww_source(L):
     """Weight-gradient kernel: L input channels (the vector lanes, channels-last input
     block) x 16 output channels (broadcast from a k-last grad_output block) of scalar
@@ -154,6 +213,7 @@ def _bww_source(L):
 def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
+    parts += [_flat_source(J, KB) for J, KB in FLAT_BLOCKS]
     parts += [_bww_source(L) for L in BWW_LANES]
     return "\n\n".join(parts)
 

@@ -189,9 +189,9 @@ def _pad_rows(dy, dst, Qp):
 
 
 @jit(parallel=True)
-def _w_blocked(w, dst, G, Kg, Kb, Cg, flip):
-    """dst[g, kb, c, r, s, k] = w[g*Kg + kb*16 + k, c, r, s] (0 past the group's Kg); with
-    ``flip`` the weight of the input gradient, w[g*Cg + c, kb*16 + k, R-1-r, S-1-s]
+def _w_blocked(w, dst, G, Kg, Kb, Cg, flip, KB):
+    """dst[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past the group's Kg); with
+    ``flip`` the weight of the input gradient, w[g*Cg + c, kb*KB + k, R-1-r, S-1-s]
     (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts)."""
     R, S = w.shape[2], w.shape[3]
     for it in prange(G * Kb * Cg):
@@ -201,9 +201,9 @@ def _w_blocked(w, dst, G, Kg, Kb, Cg, flip):
         g = t // Kb
         for r in range(R):
             for s in range(S):
-                base = ((it * R + r) * S + s) * 16
-                for k in range(16):
-                    kk = kb * 16 + k
+                base = ((it * R + r) * S + s) * KB
+                for k in range(KB):
+                    kk = kb * KB + k
                     v = 0.0
                     if kk < Kg:
                         if flip:
@@ -267,22 +267,39 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl."""
     dtype = x.dtype
     Cg, Kg = C // G, K // G
+    Hp = (P - 1) * sh + (R - 1) * dh + 1
+    zero = dtype.type(0)
+    if sh == sw == 1 and dtype == np.float32:
+        # flattened rows: pixels f = p*Wq + q of the padded grid are the vector lanes
+        J, KB = _direct_gen.FLAT_BLOCKS[0]
+        Kb = -(-Kg // KB)
+        Wq = Q + (S - 1) * dw
+        body = N * C * Hp * Wq
+        xb = np.empty(body + J + (S - 1) * dw, dtype)   # the last block reads past the end
+        xb[body:] = 0
+        _to_phase(x, xb, Hp, Wq, 1, pt, pl, ish, isw)
+        wb = _weights.get(w, ("fwd", flip, G, Kg, Cg, KB),
+                          lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
+        nf = -(-P * Wq // J)
+        _run(getattr(_gen(), f"flat_{J}_{KB}"), N * G * Kb * nf, xb, wb, out, N, C, G, Hp, Wq,
+             Kb, Kg, R, S, dh, dw, P, Q, 0, 1, 0, 1, zero)
+        return
     Kb = -(-Kg // 16)
     J = _pixel_block(Q, dtype)
-    Hp = (P - 1) * sh + (R - 1) * dh + 1
     Wq = max(Q, J) + ((S - 1) * dw) // sw           # columns per phase read by any block
     xb = np.empty(N * C * Hp * sw * Wq, dtype)
     _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
-    wb = _weights.get(w, ("fwd", flip, G, Kg, Cg), lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype))
+    wb = _weights.get(w, ("fwd", flip, G, Kg, Cg, 16),
+                      lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
     fn = getattr(_gen(), f"fwd_{J}")
     _run(fn, N * G * Kb * P, xb, wb, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q,
-         dtype.type(0))
+         zero)
 
 
-def _make_wb(w, G, Kg, Kb, Cg, flip, dtype):
+def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
     R, S = w.shape[2], w.shape[3]
-    wb = np.empty(G * Kb * Cg * R * S * 16, dtype)
-    _w_blocked(w, wb, G, Kg, Kb, Cg, flip)
+    wb = np.empty(G * Kb * Cg * R * S * KB, dtype)
+    _w_blocked(w, wb, G, Kg, Kb, Cg, flip, KB)
     return wb
 
 
