@@ -50,6 +50,8 @@ def test_strides_dilation_asymmetric_padding(dtype):
     _check(dtype, 1, 5, 10, 11, 7, 4, 4, padding="same")           # pad_bottom = pad_top + 1
     _check(dtype, 1, 4, 9, 9, 19, 3, 3, stride=3, padding=4)        # padding > kernel
     _check(dtype, 2, 64, 8, 8, 64, 3, 3, padding=1)                # full blocks
+    _check(dtype, 2, 7, 15, 14, 9, 4, 3, stride=(2, 3), padding=(1, 2))   # input-grad phases
+    _check(dtype, 1, 3, 17, 17, 16, 7, 7, stride=2, padding=3)       # a conv1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -262,9 +262,13 @@ _weights = _WeightCache()
 
 
 def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
-                     ish=1, isw=1, flip=False):
+                     ish=1, isw=1, flip=False, wkey=None, kind=(), orow=(0, 1), ocol=(0, 1)):
     """out (N, K, P, Q) = direct convolution of x (N, C, H', W') by w, where the virtual
-    input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl."""
+    input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl.
+    ``wkey``/``kind``: the array and tag the weight cache keys on (``w`` derived from
+    ``wkey``); ``orow``/``ocol`` (offset, step): output pixel (p, q) goes to
+    ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (flat stride-1 kernel only)."""
+    wkey = w if wkey is None else wkey
     dtype = x.dtype
     Cg, Kg = C // G, K // G
     Hp = (P - 1) * sh + (R - 1) * dh + 1
@@ -278,18 +282,19 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         xb = np.empty(body + J + (S - 1) * dw, dtype)   # the last block reads past the end
         xb[body:] = 0
         _to_phase(x, xb, Hp, Wq, 1, pt, pl, ish, isw)
-        wb = _weights.get(w, ("fwd", flip, G, Kg, Cg, KB),
+        wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
         nf = -(-P * Wq // J)
         _run(getattr(_gen(), f"flat_{J}_{KB}"), N * G * Kb * nf, xb, wb, out, N, C, G, Hp, Wq,
-             Kb, Kg, R, S, dh, dw, P, Q, 0, 1, 0, 1, zero)
+             Kb, Kg, R, S, dh, dw, P, Q, orow[0], orow[1], ocol[0], ocol[1], zero)
         return
     Kb = -(-Kg // 16)
     J = _pixel_block(Q, dtype)
     Wq = max(Q, J) + ((S - 1) * dw) // sw           # columns per phase read by any block
     xb = np.empty(N * C * Hp * sw * Wq, dtype)
     _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
-    wb = _weights.get(w, ("fwd", flip, G, Kg, Cg, 16),
+    assert orow == ocol == (0, 1)
+    wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
                       lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
     fn = getattr(_gen(), f"fwd_{J}")
     _run(fn, N * G * Kb * P, xb, wb, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q,
@@ -424,12 +429,54 @@ def conv2d(x, w, p, out):
                      p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q)
 
 
+def _phases(stride, dil, pad, R, H, P):
+    """Per residue class rho of (h + pad) mod stride: (taps slice, pad', output offset,
+    output count) of the stride-1 forward convolution of dy that gives those rows of dx.
+    With dilation 1, rows h = rho - pad + i*stride take taps r = rho + m*stride from
+    dy[i - m]: a full correlation with the Rr = len(taps) sub-kernel rotated."""
+    if stride == 1:
+        return [(slice(None), dil * (R - 1) - pad, 0, H, dil)]
+    out = []
+    for rho in range(stride):
+        taps = range(rho, R, stride)
+        i0 = -((rho - pad) // stride)                  # first i with h >= 0
+        i1 = (H - 1 + pad - rho) // stride             # last i with h < H
+        if len(taps) == 0 or i1 < i0:
+            out.append((None, 0, rho - pad + i0 * stride, max(0, i1 - i0 + 1), 1))
+            continue
+        out.append((slice(rho, R, stride), len(taps) - 1 - i0, rho - pad + i0 * stride,
+                    i1 - i0 + 1, 1))
+    return out
+
+
+def _input_grad_phases(dy, w, p, out):
+    """Input gradient for stride > 1 without inserted zeros: one stride-1 forward call per
+    (row, column) residue class, each writing its rows/columns of dx with a stride."""
+    rows = _phases(p.stride_h, p.dil_h, p.pad_top, p.R, p.H, p.P)
+    cols = _phases(p.stride_w, p.dil_w, p.pad_left, p.S, p.W, p.Q)
+    if any(r[0] is None for r in rows) or any(c[0] is None for c in cols):
+        out[...] = 0                                   # classes no tap reaches stay zero
+    for a, (tr, ptr, oh0, Hi, dh) in enumerate(rows):
+        for b, (tc, plc, ow0, Wi, dw) in enumerate(cols):
+            if tr is None or tc is None or Hi == 0 or Wi == 0:
+                continue
+            wsub = np.ascontiguousarray(w[:, :, tr, tc])
+            _forward_blocked(dy, wsub, out, p.N, p.K, p.C, wsub.shape[2], wsub.shape[3],
+                             p.groups, 1, 1, ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,
+                             kind=("phase", a, b, p.stride_h, p.stride_w),
+                             orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
+
+
 def conv2d_input(dy, w, p, out):
     """Gradient wrt the input into ``out`` (N, C, H, W): forward kernel on grad_output with
     the weight rotated 180 degrees, C and K swapped (zeros inserted for stride > 1)."""
     if _depthwise(p):
         _dw_input(dy, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                   p.dil_h, p.dil_w)
+        return
+    if (p.stride_h > 1 or p.stride_w > 1) and dy.dtype == np.float32 and \
+            (p.stride_h == 1 or p.dil_h == 1) and (p.stride_w == 1 or p.dil_w == 1):
+        _input_grad_phases(dy, w, p, out)
         return
     # dx[h] = sum_r' D[h - pt' + r'*dh] * w[R-1-r'], D = dy with stride-1 zeros between
     # rows, pt' = dh*(R-1) - pt (may be negative: the conversion handles any offset)
