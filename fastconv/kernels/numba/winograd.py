@@ -25,9 +25,10 @@ computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
 
 Tiles are processed in batches so that ``V`` and ``M`` (alpha^2 (C + K) values per
 tile) stay under ``fastconv._config.get_workspace_limit()``; the transformed filter
-``U`` (alpha^2 K C values) comes on top of that. All are reused across calls
-(``fastconv._config.workspace``). BLAS is called
-outside any Numba parallel region. Accuracy: F(2x2,3x3) is about as accurate as direct
+``U`` (alpha^2 K C values; for grad-weight ``dU``, plus a second such buffer for the
+partial sums when there are several batches) comes on top of that. All are reused
+across calls (``fastconv._config.workspace``). BLAS is called outside any Numba
+parallel region. Accuracy: F(2x2,3x3) is about as accurate as direct
 convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 ``tests/test_winograd.py``).
 
@@ -527,10 +528,12 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
     th, tw = -(-P // m), -(-Q // m)
     T = N * th * tw
     tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
-    sizes = [_plane_stride(K * C) * alpha2, _plane_stride(K * C) * alpha2,
-             _plane_stride(C * tb) * alpha2, _plane_stride(K * tb) * alpha2]
-    ubuf, pbuf, vbuf, mbuf = _workspace(sizes, x.dtype, slots="UPVM")
-    dU, part = _planes(ubuf, alpha2, K, C), _planes(pbuf, alpha2, K, C)
+    sizes = [_plane_stride(K * C) * alpha2, _plane_stride(C * tb) * alpha2,
+             _plane_stride(K * tb) * alpha2]
+    ubuf, vbuf, mbuf = _workspace(sizes, x.dtype)
+    dU = _planes(ubuf, alpha2, K, C)
+    if tb < T:                                   # the GEMMs of later batches, summed
+        part = _planes(_workspace([sizes[0]], x.dtype, slots="P")[0], alpha2, K, C)
     for t0 in range(0, T, tb):
         nt = min(tb, T - t0)
         V = _planes(vbuf, alpha2, C, nt)
