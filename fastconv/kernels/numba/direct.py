@@ -93,6 +93,12 @@ def _gen():
 # -- Blocking choices --------------------------------------------------------------------
 
 
+#: below this many bytes of re-laid-out weight the flat kernel runs all output-channel
+#: blocks of one pixel block back to back (input reused from L1/L2, weights stay in L2);
+#: above it, all pixel blocks of one channel block (weights reused instead)
+_L2_WEIGHTS = 384 * 1024
+
+
 def _pixel_block(Q, dtype):
     """Output pixels per register block (the vector lanes): 16 or 8 for float32, whichever
     computes fewer padded pixels (ties: 16); 8 for float64 (one zmm register)."""
@@ -286,7 +292,8 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
         nf = -(-P * Wq // J)
         _run(getattr(_gen(), f"flat_{J}_{KB}"), N * G * Kb * nf, xb, wb, out, N, C, G, Hp, Wq,
-             Kb, Kg, R, S, dh, dw, P, Q, orow[0], orow[1], ocol[0], ocol[1], zero)
+             Kb, Kg, R, S, dh, dw, P, Q, orow[0], orow[1], ocol[0], ocol[1],
+             wb.nbytes <= _L2_WEIGHTS, zero)
         return
     Kb = -(-Kg // 16)
     J = _pixel_block(Q, dtype)
