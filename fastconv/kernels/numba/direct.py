@@ -100,11 +100,11 @@ _L2_WEIGHTS = 384 * 1024
 
 
 def _pixel_block(Q, dtype):
-    """Output pixels per register block (the vector lanes): 16 or 8 for float32, whichever
-    computes fewer padded pixels (ties: 16); 8 for float64 (one zmm register)."""
-    if dtype != np.float32:
-        return 8
-    return 16 if -(-Q // 16) * 16 <= -(-Q // 8) * 8 else 8
+    """Output pixels per register block of the strided (row) kernel, the vector lanes: 16
+    for float32, 8 for float64 (one zmm register either way). Stride 1 float32 takes the
+    flat kernel instead. (A float32 8-pixel variant would suit Q <= 8; left out to keep
+    the first-use compile time down.)"""
+    return 16 if dtype == np.float32 else 8
 
 
 # -- Layout conversions (parallel) -------------------------------------------------------
@@ -358,6 +358,37 @@ def _dw_forward(x, w, out, Kg, sh, sw, pt, pl, dh, dw):
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
+def _dw_forward_s1(x, w, out, Kg, pt, pl, dh, dw, flip):
+    """Depthwise forward, stride 1: each plane copied into a zero-padded tile whose rows are
+    a multiple of 16 long, so every tap is one full-width vector loop over an output row
+    (``flip``: use w[k, 0, R-1-r, S-1-s], the input gradient's weight)."""
+    N, C, H, W = x.shape
+    _, K, P, Q = out.shape
+    R, S = w.shape[2], w.shape[3]
+    Qp = (Q + 15) // 16 * 16
+    Hp = P + (R - 1) * dh
+    Wp = Qp + (S - 1) * dw
+    for it in prange(N * K):
+        n, k = it // K, it % K
+        c = k // Kg
+        xp = np.zeros((Hp, Wp), x.dtype)
+        for h in range(max(0, -pt), min(H, Hp - pt)):
+            for ww in range(max(0, -pl), min(W, Wp - pl)):
+                xp[h + pt, ww + pl] = x[n, c, h, ww]
+        acc = np.empty(Qp, x.dtype)
+        for p_ in range(P):
+            acc[:] = 0
+            for r in range(R):
+                row = xp[p_ + r * dh]
+                for s in range(S):
+                    wv = w[k, 0, R - 1 - r, S - 1 - s] if flip else w[k, 0, r, s]
+                    xs = row[s * dw:s * dw + Qp]
+                    for q in range(Qp):
+                        acc[q] += wv * xs[q]
+            out[n, k, p_, :] = acc[:Q]
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
 def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
     """Depthwise input gradient: scatter each tap of the Kg outputs of channel c into dx[n, c]."""
     N, C, H, W = out.shape
@@ -429,6 +460,10 @@ def _depthwise(p):
 def conv2d(x, w, p, out):
     """Forward direct convolution into ``out`` (N, K, P, Q)."""
     if _depthwise(p):
+        if p.stride_h == p.stride_w == 1:
+            _dw_forward_s1(x, w, out, p.K // p.groups, p.pad_top, p.pad_left, p.dil_h, p.dil_w,
+                           False)
+            return
         _dw_forward(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                     p.dil_h, p.dil_w)
         return
@@ -477,6 +512,11 @@ def _input_grad_phases(dy, w, p, out):
 def conv2d_input(dy, w, p, out):
     """Gradient wrt the input into ``out`` (N, C, H, W): forward kernel on grad_output with
     the weight rotated 180 degrees, C and K swapped (zeros inserted for stride > 1)."""
+    if _depthwise(p) and p.K == p.C and p.stride_h == p.stride_w == 1:
+        # one output channel per input channel: the forward with the rotated weight
+        _dw_forward_s1(dy, w, out, 1, p.dil_h * (p.R - 1) - p.pad_top,
+                       p.dil_w * (p.S - 1) - p.pad_left, p.dil_h, p.dil_w, True)
+        return
     if _depthwise(p):
         _dw_input(dy, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                   p.dil_h, p.dil_w)
