@@ -129,6 +129,11 @@ def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
         if h >= Hs:
             continue
         row = src[n, c, h]
+        if sw == 1 and isw == 1:                        # one contiguous copy
+            lo, hi = max(0, -pl), min(Ws, Wq - pl)
+            if hi > lo:
+                dst[base + lo + pl:base + hi + pl] = row[lo:hi]
+            continue
         for w in range(Ws):
             wp = w * isw + pl
             if wp >= 0:
