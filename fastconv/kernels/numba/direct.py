@@ -25,7 +25,8 @@ Work items ``(n, g, kb, p)`` run in a ``prange``: both cores are busy for N = 1.
   afterwards).
 * Depthwise (C/groups = 1): plain NCHW row loops, vectorised along the row.
 
-Weight re-layouts are cached (see ``_WeightCache``): the key is the array's address,
+Scratch layouts live in ``fastconv._config.workspace`` (per Python thread, reused
+across calls: no fresh pages to fault in). Weight re-layouts are cached (see ``_WeightCache``): the key is the array's address,
 shape, strides and dtype, and a hit is only taken after an exact bitwise comparison of
 the weight with a private copy kept at the time of the re-layout. A weight changed in
 place (an optimiser step) therefore never returns a stale layout; the check costs one
@@ -40,7 +41,7 @@ import numpy as np
 from numba import prange
 from numba.core import config as _numba_config
 
-from ..._config import jit
+from ..._config import jit, workspace
 from . import _direct_gen
 
 _FASTMATH = {"contract", "reassoc"}
@@ -290,7 +291,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         Kb = -(-Kg // KB)
         Wq = Q + (S - 1) * dw
         body = N * C * Hp * Wq
-        xb = np.empty(body + J + (S - 1) * dw, dtype)   # the last block reads past the end
+        xb = workspace("direct_x", body + J + (S - 1) * dw, dtype)   # last block reads past
         xb[body:] = 0
         _to_phase(x, xb, Hp, Wq, 1, pt, pl, ish, isw)
         wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
@@ -303,7 +304,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     Kb = -(-Kg // 16)
     J = _pixel_block(Q, dtype)
     Wq = max(Q, J) + ((S - 1) * dw) // sw           # columns per phase read by any block
-    xb = np.empty(N * C * Hp * sw * Wq, dtype)
+    xb = workspace("direct_x", N * C * Hp * sw * Wq, dtype)
     _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
     assert orow == ocol == (0, 1)
     wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
@@ -572,13 +573,13 @@ def conv2d_weight(x, dy, p, out):
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
     Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
     Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
-    xb = np.empty(p.N * G * Cb * Hp * Wp * L, dtype)
+    xb = workspace("direct_x", p.N * G * Cb * Hp * Wp * L, dtype)
     _to_blocked(x, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left)
-    dyb = np.empty(p.N * G * Kb * p.P * p.Q * 16, dtype)
+    dyb = workspace("direct_dy", p.N * G * Kb * p.P * p.Q * 16, dtype)
     _dy_blocked(dy, dyb, G, Kg, Kb)
     items = G * Kb * Cb * p.R * p.S
     nsplit = max(1, min(p.N, -(-16 // items)))      # >= 16 work items for 2 threads
-    acc = np.empty(nsplit * items * 16 * L, dtype)
+    acc = workspace("direct_acc", nsplit * items * 16 * L, dtype)
     _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, p.N, G, Cb, Hp, Wp,
          Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, dtype.type(0))
     _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L)
