@@ -2,35 +2,53 @@
 High-Performance Deep Learning Convolutions on SIMD Architectures", SC18,
 arXiv 1808.05567).
 
-Layouts (per call; NCHW in and out, the conversions run as parallel Numba loops and
-count in the kernel's time)::
+As in the paper, the inner kernel keeps a block of output pixels x output channels in
+vector registers and does one FMA per (pixel vector, output channel, input channel,
+tap), and the layouts put the vectorised dimension innermost. Unlike the paper, the
+vector lanes of the forward kernels are *pixels* and the output channels are broadcast
+weights: LLVM's SLP vectorizer (the only way to get register tiles out of Numba) turns
+that shape into ``vmovups`` + ``vfmadd231ps mem{1to16}, zmm`` reliably, while the
+paper's shape (16 output channels in the lanes, input broadcast) made it emit gathers
+and shuffles. Layouts, built per call by parallel Numba loops from NCHW (their cost
+counts in the kernel's time) and never returned::
 
-    input   xb[n, g, cbk, hp, wp, c]      c < cb channels of block cbk of group g, zero
-                                          padded in space (hp = h + pad_top, ...) and in
-                                          channels (cb = 16, or 4/8 when C/groups is small)
-    weight  wb[g, kb, cbk, r, s, c, k]    k < 16 output channels of block kb
-    grad_output for the weight gradient   dyb[n, g, kb, p, q, k]
+    forward input, stride 1   xb[n, c, hp, wq]          zero-padded planes, rows of
+                                                         Wq = Q + (S-1)*dil_w columns
+    forward input, stride > 1 xb[n, c, hp, phase, wq]   padded column wp = wq*sw + phase,
+                                                         so each tap reads consecutive wq
+    forward weight            wb[g, kb, c, r, s, k]     k < KB (12 or 16) output channels
+    weight-gradient input     xb[n, g, cbk, hp, wp, c]  channels last, L = 16 (8 fp64)
+    weight-gradient dy        dyb[n, g, kb, p, q, k]    16 output channels last
 
-The forward kernel (generated in ``_direct_gen``) holds J output pixels of one row x 16
-output channels in scalar accumulators that LLVM's SLP vectorizer packs into vector
-registers; for each input channel it loads 16 weights once and broadcasts one input
-value per pixel into 16-wide FMAs, and writes the block straight into NCHW ``out``.
-Work items ``(n, g, kb, p)`` run in a ``prange``: both cores are busy for N = 1.
+Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
 
-* Gradient wrt input: the same kernel on ``grad_output``, with the weight rotated by 180
-  degrees and C, K swapped (padding ``dil*(R-1) - pad``); for stride > 1 the blocked
-  ``grad_output`` gets ``stride - 1`` zeros inserted between its pixels.
-* Gradient wrt weight: a T-input-channel x 16-output-channel block of accumulators
-  summed over all pixels (and, when there are few blocks, over batch slices reduced
-  afterwards).
-* Depthwise (C/groups = 1): plain NCHW row loops, vectorised along the row.
+* ``flat_32_12`` (float32, stride 1): 32 consecutive pixels of the flattened padded
+  grid (f = p*Wq + q; every tap reads f + r*dil_h*Wq + s*dil_w, so rows need no
+  special case; columns q >= Q are computed and dropped) x 12 output channels: two
+  vector loads and 12 broadcasts per 24 FMAs.
+* ``fwd_16`` / ``fwd_8`` (strided, and all float64): 16 (8) pixels of one output row x
+  16 output channels.
+* ``bww_16`` / ``bww_8``: weight gradient, 16 (8) input channels in the lanes x 16 output
+  channels broadcast from dy, summed over the pixels of a batch slice.
+* Gradient wrt input: the forward kernels on ``grad_output`` with the weight rotated by
+  180 degrees and C, K swapped (padding ``dil*(R-1) - pad``). For stride > 1 (dilation
+  1 along that axis, float32) one stride-1 call per residue class of the output rows
+  and columns, each with its sub-kernel, writing strided rows of dx; otherwise the
+  layout conversion inserts ``stride - 1`` zeros between grad_output pixels.
+* Depthwise (C/groups = 1): NCHW row loops on zero-padded tiles, vectorised along rows.
+
+Work items (image, group, channel block, pixel block) are split into 4 ranges per
+thread and run on a thread pool of ``numba.get_num_threads()`` workers (the kernels
+release the GIL): a Numba ``prange`` around the generated bodies compiled 6x slower
+and vectorised worse. Both cores are busy for N = 1.
 
 Scratch layouts live in ``fastconv._config.workspace`` (per Python thread, reused
-across calls: no fresh pages to fault in). Weight re-layouts are cached (see ``_WeightCache``): the key is the array's address,
-shape, strides and dtype, and a hit is only taken after an exact bitwise comparison of
-the weight with a private copy kept at the time of the re-layout. A weight changed in
-place (an optimiser step) therefore never returns a stale layout; the check costs one
-memcmp of the weight, cheaper than the strided re-layout it saves.
+across calls: no fresh pages to fault in). Weight re-layouts are cached (see
+``_WeightCache``): the key is the array's address, shape, strides and dtype, and a hit
+is only taken after an exact bitwise comparison of the weight with a private copy kept
+at the time of the re-layout. A weight changed in place (an optimiser step) therefore
+never returns a stale layout; the check costs one memcmp of the weight, cheaper than
+the strided re-layout it saves.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -187,20 +205,6 @@ def _dy_blocked(dy, dst, G, Kg, Kb):
 
 
 @jit(parallel=True)
-def _pad_rows(dy, dst, Qp):
-    """dst[n, k, p, :Qp] = dy[n, k, p, :] followed by zeros."""
-    N, K, P, Q = dy.shape
-    for it in prange(N * K * P):
-        p_ = it % P
-        t = it // P
-        k = t % K
-        n = t // K
-        base = it * Qp
-        dst[base:base + Q] = dy[n, k, p_]
-        dst[base + Q:base + Qp] = 0
-
-
-@jit(parallel=True)
 def _w_blocked(w, dst, G, Kg, Kb, Cg, flip, KB):
     """dst[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past the group's Kg); with
     ``flip`` the weight of the input gradient, w[g*Cg + c, kb*KB + k, R-1-r, S-1-s]
@@ -223,16 +227,6 @@ def _w_blocked(w, dst, G, Kg, Kb, Cg, flip, KB):
                         else:
                             v = w[g * Kg + kk, c, r, s]
                     dst[base + k] = v
-
-
-@jit(parallel=True)
-def _sum_splits(acc, out):
-    """out = acc.sum(axis=0), in parallel over output channels."""
-    nsplit, K = acc.shape[0], acc.shape[1]
-    for k in prange(K):
-        out[k] = acc[0, k]
-        for sp in range(1, nsplit):
-            out[k] += acc[sp, k]
 
 
 # -- Weight re-layout cache ----------------------------------------------------------------
