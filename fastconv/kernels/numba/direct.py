@@ -248,7 +248,8 @@ class _WeightCache:
             hit = self.entries.get(key)
         if hit is not None:
             copy, blocked = hit
-            if np.array_equal(copy.view(np.uint8), w.view(np.uint8)):
+            bits = np.dtype(f"u{w.itemsize}")            # bitwise: NaN == NaN, -0 != 0
+            if np.array_equal(copy.view(bits), w.view(bits)):
                 with self.lock:
                     self.entries.move_to_end(key)
                 return blocked
