@@ -88,9 +88,40 @@ def supports(algorithm, backend, p):
 # -- The selection rules: what ``auto`` runs when nothing was autotuned -----------------
 
 
+# Measured with benchmarks/bench_conv.py --algorithms (float32, 1 thread, OpenBLAS's
+# AVX-512 kernels; figures in the issue notes). Winograd pays on 3x3 stride-1 layers
+# with enough channels: F(4x4,3x3) from 20x20 outputs per image (res2, res3, VGG,
+# CIFAR: 1.2-2.3x PyTorch forward), F(2x2,3x3) on 7x7-14x14 images once the batch
+# holds enough outputs (res4/res5/conv5_2 at N=8). Below that, direct (small images)
+# or im2col (7x7). A 1x1 stride-1 convolution is one GEMM (im2col: 1.6-2.7x PyTorch).
+# Few input channels per output (C*R*S < 256, e.g. a 7x7 RGB stem, 1.7x im2col) with
+# at least 16 output channels, and depthwise layers, go to direct forward; the other
+# backward passes to im2col (direct's stride-2 grad-input and grad-weight are slower).
+WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
+F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
+F2_MIN_OUTPUTS = 300            # N*P*Q from which F(2x2,3x3) beats direct/im2col
+DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
+
+
 def _auto(op, p):
-    """The algorithm ``auto`` prefers for ``op`` on geometry ``p``."""
+    """The algorithm ``auto`` prefers for ``op`` on geometry ``p`` (the rules above)."""
     if op not in CONV_OPS:
+        return "direct"
+    if p.R == p.S == p.stride_h == p.stride_w == 1 and not (
+            p.pad_top or p.pad_bottom or p.pad_left or p.pad_right):
+        return "im2col"
+    if p.groups > 1 and p.groups == p.C == p.K:
+        return "direct"
+    if (supports("winograd_f4", "numba", p)
+            and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS):
+        image = p.P * p.Q
+        if image >= F4_MIN_IMAGE:
+            return "winograd_f4"
+        if p.N * image >= F2_MIN_OUTPUTS or (op == "conv2d_weight" and image >= 100):
+            return "winograd_f2"
+        return "direct" if image >= 100 else "im2col"
+    if (op == "conv2d" and (p.C // p.groups) * p.R * p.S < DIRECT_MAX_PATCH
+            and p.K // p.groups >= 16):  # direct holds 16 output channels in registers
         return "direct"
     return "im2col"
 

@@ -130,3 +130,21 @@ def test_auto_conv_uses_a_registered_kernel_for_every_case():
     x, w = arrays(3, np.float32, (1, 4, 9, 9), (4, 4, 3, 3))
     want = fastconv.conv2d(x, w, **case, algorithm="reference")
     assert_close(fastconv.conv2d(x, w, **case), want, 1e-4, "auto")
+
+
+@pytest.mark.parametrize("shape,kw,op,want", [
+    ((1, 64, 56, 56), dict(K=256, R=1), "conv2d", "im2col"),             # pointwise: one GEMM
+    ((8, 128, 28, 28), dict(K=128, R=3, padding=1), "conv2d", "winograd_f4"),
+    ((8, 256, 14, 14), dict(K=256, R=3, padding=1), "conv2d_input", "winograd_f2"),
+    ((1, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d", "im2col"),
+    ((1, 3, 224, 224), dict(K=64, R=7, stride=2, padding=3), "conv2d", "direct"),
+    ((1, 1, 28, 28), dict(K=8, R=3), "conv2d", "im2col"),
+    ((8, 256, 28, 28), dict(K=256, R=3, padding=1, groups=256), "conv2d_weight", "direct"),
+])
+def test_selection_rules(shape, kw, op, want):
+    """The rules of fastconv._dispatch._auto pick what the benchmarks measured fastest."""
+    kw = dict(kw)
+    K, R, groups = kw.pop("K"), kw.pop("R"), kw.get("groups", 1)
+    p = fastconv._geometry.conv_params("t", shape, (K, shape[1] // groups, R, R), **kw)
+    assert _dispatch._auto(op, p) == want
+    assert _dispatch.select(op, "auto", "auto", p, np.float32) is _dispatch.REGISTRY[(op, want, "numba")]
