@@ -4,7 +4,8 @@ with ``torch.nn.functional`` semantics.
 >>> import fastconv
 >>> y = fastconv.conv2d(x, w, padding=1)            # doctest: +SKIP
 """
-from ._config import get_num_threads, get_workspace_limit, set_num_threads, set_workspace_limit
+from ._config import (get_num_threads, get_workspace_limit, release_workspace, set_num_threads,
+                      set_workspace_limit)
 from ._dispatch import algorithms, autotune
 from .functional import (adaptive_avg_pool2d, avg_pool2d, avg_pool2d_backward, conv2d,
                          conv2d_input, conv2d_weight, conv_transpose2d, max_pool2d,
@@ -16,5 +17,5 @@ __all__ = [
     "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
     "algorithms", "autotune", "set_num_threads", "get_num_threads", "set_workspace_limit",
-    "get_workspace_limit",
+    "get_workspace_limit", "release_workspace",
 ]

@@ -122,14 +122,19 @@ def workspace(slot, size, dtype):
 
     Kept per Python thread (concurrent calls never share one) and per ``slot`` name,
     and grown when too small, so a kernel called again on the same shapes touches
-    no fresh memory (fresh pages cost a page fault each on first touch). What it
-    holds is bounded by the workspace limit per slot and thread."""
+    no fresh memory (fresh pages cost a page fault each on first touch). Each slot
+    keeps the largest size asked of it until :func:`release_workspace`."""
     buffers = _local.__dict__.setdefault("buffers", {})
     key = (slot, np.dtype(dtype))
     buf = buffers.get(key)
     if buf is None or buf.size < size:
         buf = buffers[key] = np.empty(size, dtype)
     return buf[:size]
+
+
+def release_workspace():
+    """Free the calling thread's reusable kernel workspace (see :func:`workspace`)."""
+    _local.__dict__.pop("buffers", None)
 
 
 # -- Threads -------------------------------------------------------------------------
