@@ -88,18 +88,21 @@ def supports(algorithm, backend, p):
 # -- The selection rules: what ``auto`` runs when nothing was autotuned -----------------
 
 
-# Measured with benchmarks/bench_conv.py --algorithms (float32, 1 thread, OpenBLAS's
-# AVX-512 kernels; figures in the issue notes). Winograd pays on 3x3 stride-1 layers
-# with enough channels: F(4x4,3x3) from 20x20 outputs per image (res2, res3, VGG,
-# CIFAR: 1.2-2.3x PyTorch forward), F(2x2,3x3) on 7x7-14x14 images once the batch
-# holds enough outputs (res4/res5/conv5_2 at N=8). Below that, direct (small images)
-# or im2col (7x7). A 1x1 stride-1 convolution is one GEMM (im2col: 1.6-2.7x PyTorch).
-# Few input channels per output (C*R*S < 256, e.g. a 7x7 RGB stem, 1.7x im2col) with
-# at least 16 output channels, and depthwise layers, go to direct forward; the other
-# backward passes to im2col (direct's stride-2 grad-input and grad-weight are slower).
+# Measured with benchmarks/bench_conv.py --algorithms (float32, 1 and 2 threads, N=1
+# and 8, OpenBLAS's AVX-512 kernels; figures in the issue notes):
+# - 3x3 stride-1 layers with >= 16 channels: Winograd F(4x4,3x3) from 20x20 outputs
+#   per image (res2/res3/VGG/CIFAR: 1.1-3.4x PyTorch at 2 threads); F(2x2,3x3) on
+#   10x10-19x19 images (res4, conv5_2: 1.2-2.4x at N=8), but a single image's
+#   grad-input is faster through im2col (1.3-1.8x against 0.9x); 7x7 images through
+#   im2col (res5: 1.2-1.9x; too few tiles for the transforms to pay).
+# - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
+# - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
+#   and at least 16 output channels, and depthwise layers: direct. Everything else,
+#   and both backward passes of those: im2col.
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
-F2_MIN_OUTPUTS = 300            # N*P*Q from which F(2x2,3x3) beats direct/im2col
+F2_MIN_IMAGE = 100              # P*Q from which F(2x2,3x3) beats im2col
+F2_MIN_GRAD_INPUT_OUTPUTS = 1000  # N*P*Q from which F(2x2,3x3) grad-input beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
 
 
@@ -112,14 +115,14 @@ def _auto(op, p):
         return "im2col"
     if p.groups > 1 and p.groups == p.C == p.K:
         return "direct"
-    if (supports("winograd_f4", "numba", p)
-            and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS):
+    if supports("winograd_f4", "numba", p) and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS:
         image = p.P * p.Q
         if image >= F4_MIN_IMAGE:
             return "winograd_f4"
-        if p.N * image >= F2_MIN_OUTPUTS or (op == "conv2d_weight" and image >= 100):
-            return "winograd_f2"
-        return "direct" if image >= 100 else "im2col"
+        if image < F2_MIN_IMAGE or (op == "conv2d_input"
+                                    and p.N * image < F2_MIN_GRAD_INPUT_OUTPUTS):
+            return "im2col"
+        return "winograd_f2"
     if (op == "conv2d" and (p.C // p.groups) * p.R * p.S < DIRECT_MAX_PATCH
             and p.K // p.groups >= 16):  # direct holds 16 output channels in registers
         return "direct"
