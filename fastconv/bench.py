@@ -24,7 +24,6 @@ class Layer:
     RS: int
     stride: int
     pad: int
-    torch_gflops: float = None  # PyTorch 2.13, N=1, 2 threads, from PERFORMANCE.md
 
     def shapes(self, N):
         return (N, self.C, self.HW, self.HW), (self.K, self.C, self.RS, self.RS)
@@ -36,19 +35,19 @@ class Layer:
 
 #: the layers of ../shared/PERFORMANCE.md
 LAYERS = [
-    Layer("resnet50_conv1", 3, 224, 64, 7, 2, 3, 63),
-    Layer("resnet50_res2_3x3", 64, 56, 64, 3, 1, 1, 193),
-    Layer("resnet50_res2_1x1", 64, 56, 256, 1, 1, 0, 165),
-    Layer("resnet50_res3_3x3s2", 128, 56, 128, 3, 2, 1, 187),
-    Layer("resnet50_res3_3x3", 128, 28, 128, 3, 1, 1, 199),
-    Layer("resnet50_res4_3x3", 256, 14, 256, 3, 1, 1, 190),
-    Layer("resnet50_res5_3x3", 512, 7, 512, 3, 1, 1, 105),
-    Layer("resnet50_res5_1x1", 2048, 7, 512, 1, 1, 0, 119),
-    Layer("vgg16_conv1_2", 64, 224, 64, 3, 1, 1, 117),
-    Layer("vgg16_conv3_2", 256, 56, 256, 3, 1, 1, 200),
-    Layer("vgg16_conv4_2", 512, 28, 512, 3, 1, 1, 195),
-    Layer("vgg16_conv5_2", 512, 14, 512, 3, 1, 1, 147),
-    Layer("cifar_3x3", 64, 32, 64, 3, 1, 1, 152),
+    Layer("resnet50_conv1", 3, 224, 64, 7, 2, 3),
+    Layer("resnet50_res2_3x3", 64, 56, 64, 3, 1, 1),
+    Layer("resnet50_res2_1x1", 64, 56, 256, 1, 1, 0),
+    Layer("resnet50_res3_3x3s2", 128, 56, 128, 3, 2, 1),
+    Layer("resnet50_res3_3x3", 128, 28, 128, 3, 1, 1),
+    Layer("resnet50_res4_3x3", 256, 14, 256, 3, 1, 1),
+    Layer("resnet50_res5_3x3", 512, 7, 512, 3, 1, 1),
+    Layer("resnet50_res5_1x1", 2048, 7, 512, 1, 1, 0),
+    Layer("vgg16_conv1_2", 64, 224, 64, 3, 1, 1),
+    Layer("vgg16_conv3_2", 256, 56, 256, 3, 1, 1),
+    Layer("vgg16_conv4_2", 512, 28, 512, 3, 1, 1),
+    Layer("vgg16_conv5_2", 512, 14, 512, 3, 1, 1),
+    Layer("cifar_3x3", 64, 32, 64, 3, 1, 1),
 ]
 
 #: channel counts that are not multiples of 16, as real networks have them
