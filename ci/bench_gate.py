@@ -1,9 +1,10 @@
 """Performance regression gate: fails on a real slowdown, not on noise.
 
 Each case (an op, an algorithm, a layer) is timed interleaved with an *anchor*, a
-fixed NumPy SGEMM on the same threads, and scored as the median over rounds of
-``time(case) / time(anchor)``. Machine speed and background load scale both, so the
-score moves little when only the machine changes. A case regresses when its score
+fixed run of fastconv's FMA probe (pure arithmetic, independent of which BLAS kernels
+load), and scored as the median over rounds of ``time(case) / time(anchor)``. Machine
+speed and background load scale both, so the score moves little when only the
+machine changes. A case regresses when its score
 exceeds the baseline's by more than the tolerance, *and* still does when measured
 again from scratch (a transient load spike does not survive the second look).
 
@@ -19,9 +20,9 @@ import sys
 import numpy as np
 
 import fastconv
-from fastconv.bench import interleaved, layer
+from fastconv.bench import _CHAINS, _LANES, _compiled_probe, interleaved, layer
 
-ANCHOR_N = 384
+ANCHOR_ITERATIONS = 200_000  # about 2 ms on the machine the baseline was recorded on
 #: (name, op, algorithm, layer, batch); small enough for the whole gate to take ~1 min
 CASES = [
     ("conv_fwd_im2col_res4", "conv2d", "im2col", "resnet50_res4_3x3", 1),
@@ -57,12 +58,15 @@ def _available(op, algorithm):
 
 def measure(names=None, rounds=9):
     """Score of each case: median of per-round time(case) / time(anchor)."""
-    a = np.random.default_rng(1).standard_normal((ANCHOR_N, ANCHOR_N), dtype=np.float32)
+    probe = _compiled_probe()
+    x, y = np.full(_LANES, 0.999, np.float32), np.full(_LANES, 0.001, np.float32)
+    sink = np.zeros(1, np.float32)
     scores = {}
     for name, op, algorithm, layer_name, N in CASES:
         if (names and name not in names) or not _available(op, algorithm):
             continue
-        t = interleaved({"case": _case_fn(op, algorithm, layer_name, N), "anchor": lambda: a @ a},
+        t = interleaved({"case": _case_fn(op, algorithm, layer_name, N),
+                         "anchor": lambda: probe(ANCHOR_ITERATIONS, x, y, sink)},
                         rounds=rounds, warmup=1, min_time=0.02)
         ratios = t["case"] / t["anchor"]
         scores[name] = dict(score=float(np.median(ratios)),
