@@ -10,6 +10,8 @@ size.
 The pictures need matplotlib (``pip install 'fastconv[plot]'``), imported only when
 a picture is drawn, with the non-interactive Agg backend.
 """
+import textwrap
+
 import numpy as np
 
 from .layers import GlobalAvgPool2d, Linear, Sequential, Conv2d
@@ -131,7 +133,7 @@ def save_cam_overlay(image, cam, path, title=None, alpha=0.45):
                                                            img.shape[0] - 0.5, -0.5))
     axes[1].set_title("class activation map")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 60), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
