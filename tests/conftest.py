@@ -121,6 +121,21 @@ def pool_cases(draw, max_pool=True, max_hw=16):
                 ceil_mode=draw(st.booleans()))
 
 
+def numerical_grad(f, a, eps=1e-6):
+    """Central differences of the scalar ``f()`` with respect to every entry of ``a``
+    (perturbed in place and restored)."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
+        up = f()
+        a[i] = old - eps
+        down = f()
+        a[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
 def arrays(seed, dtype, *shapes):
     """Standard-normal arrays of the given shapes (fixed seed)."""
     rng = np.random.default_rng(seed)

@@ -6,24 +6,9 @@ import pytest
 
 from fastconv import nn
 
-EPS = 1e-6
+from conftest import numerical_grad
+
 TOL = 1e-6          # relative error of analytic vs numerical gradients in float64
-
-
-def numerical_grad(f, a, eps=EPS):
-    """Central differences of the scalar f() with respect to every entry of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def rel_err(a, b):

@@ -6,7 +6,7 @@ import fastconv
 from fastconv import reference
 from fastconv._geometry import conv_params, pool_params
 
-from conftest import arrays
+from conftest import arrays, numerical_grad
 
 
 def test_vertical_sobel_over_a_4x4_image():
@@ -55,20 +55,6 @@ def test_avg_pool_by_hand():
     assert y[0, 0, 0, 1] == (1 + 2) / 2
 
 
-def _numeric_grad(f, a, eps=1e-6):
-    """Central finite differences of the scalar f() with respect to every entry of a."""
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        up = f()
-        a[i] = old - eps
-        down = f()
-        a[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("geometry", [
     dict(stride=1, padding=0, dilation=1, groups=1),
     dict(stride=2, padding=1, dilation=1, groups=2),
@@ -89,8 +75,8 @@ def test_conv_gradients_by_finite_differences(geometry):
     reference.conv2d_input(dy, w, p, dx)
     dw = np.empty(w.shape)
     reference.conv2d_weight(x, dy, p, dw)
-    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dw, _numeric_grad(loss, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
     # bias: d<dy, y + b>/db_k = sum of dy over n, p, q
     np.testing.assert_allclose(reference.conv2d_bias(dy), dy.sum(axis=(0, 2, 3)))
 
@@ -117,7 +103,7 @@ def test_pool_gradients_by_finite_differences(kind):
         reference.max_pool2d_backward(dy, idx, p, dx)
     else:
         reference.avg_pool2d_backward(dy, p, False, 0, dx)
-    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
 
 
 def test_adaptive_avg_pool_windows_by_hand():
