@@ -150,3 +150,22 @@ def test_selection_rules(shape, kw, op, want):
     p = fastconv._geometry.conv_params("t", shape, (K, shape[1] // groups, R, R), **kw)
     assert _dispatch._auto(op, p) == want
     assert _dispatch.select(op, "auto", "auto", p, np.float32) is _dispatch.REGISTRY[(op, want, "numba")]
+
+
+@pytest.mark.parametrize("algorithm,backend", CONV_PAIRS)
+def test_weights_changed_in_place_are_never_served_stale(algorithm, backend):
+    """Kernels may cache what they derive from a weight; an optimiser step that edits
+    the same array in place must still give the new answer (forward and grad-input)."""
+    x, w, dy = arrays(7, np.float32, (2, 16, 12, 12), (16, 16, 3, 3), (2, 16, 12, 12))
+    kw = dict(padding=1, algorithm=algorithm, backend=backend)
+    for _ in range(2):   # the second round finds whatever the first one cached
+        for edit in (lambda: w.__imul__(-0.5), lambda: w.__setitem__((3, 5, 1, 2), 7.0)):
+            fastconv.conv2d(x, w, **kw)
+            fastconv.conv2d_input(x.shape, w, dy, **kw)
+            edit()
+            assert_close(fastconv.conv2d(x, w, **kw),
+                         fastconv.conv2d(x, w, padding=1, algorithm="reference"),
+                         tolerance(np.float32, algorithm), f"{algorithm} after an in-place edit")
+            assert_close(fastconv.conv2d_input(x.shape, w, dy, **kw),
+                         fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm="reference"),
+                         tolerance(np.float32, algorithm), f"{algorithm} grad-input after an edit")

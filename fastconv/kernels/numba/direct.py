@@ -44,15 +44,14 @@ and vectorised worse. Both cores are busy for N = 1.
 
 Scratch layouts live in ``fastconv._config.workspace`` (per Python thread, reused
 across calls: no fresh pages to fault in). Weight re-layouts are cached (see
-``_WeightCache``): the key is the array's address, shape, strides and dtype, and a hit
-is only taken after an exact bitwise comparison of the weight with a private copy kept
-at the time of the re-layout. A weight changed in place (an optimiser step) therefore
+``fastconv.kernels.weight_cache``): the key is the array's address, shape, strides and
+dtype, and a hit is only taken after an exact bitwise comparison of the weight with a
+private copy kept at the time of the re-layout. A weight changed in place (an optimiser step) therefore
 never returns a stale layout; the check costs one memcmp of the weight, cheaper than
 the strided re-layout it saves.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from collections import OrderedDict
 
 import numba
 import numpy as np
@@ -60,6 +59,7 @@ from numba import prange
 from numba.core import config as _numba_config
 
 from ..._config import jit, workspace
+from ..weight_cache import WeightCache
 from . import _direct_gen
 
 _FASTMATH = {"contract", "reassoc"}
@@ -232,37 +232,7 @@ def _w_blocked(w, dst, G, Kg, Kb, Cg, flip, KB):
 # -- Weight re-layout cache ----------------------------------------------------------------
 
 
-class _WeightCache:
-    """Re-layouts of recently used weights. Key: (address, shape, strides, dtype, kind,
-    blocking). A hit requires the weight to be bitwise equal to the copy taken when the
-    layout was built, so in-place updates and reused addresses are always detected."""
-
-    def __init__(self, size=8):
-        self.size = size
-        self.entries = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, w, kind, build):
-        key = (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, kind)
-        with self.lock:
-            hit = self.entries.get(key)
-        if hit is not None:
-            copy, blocked = hit
-            bits = np.dtype(f"u{w.itemsize}")            # bitwise: NaN == NaN, -0 != 0
-            if np.array_equal(copy.view(bits), w.view(bits)):
-                with self.lock:
-                    self.entries.move_to_end(key)
-                return blocked
-        blocked = build()
-        with self.lock:
-            self.entries[key] = (w.copy(), blocked)
-            self.entries.move_to_end(key)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return blocked
-
-
-_weights = _WeightCache()
+_weights = WeightCache()
 
 
 # -- Forward core (used by conv2d and conv2d_input) ----------------------------------------

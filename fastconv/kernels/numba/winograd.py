@@ -41,6 +41,7 @@ import numpy as np
 from numba import prange
 
 from ..._config import get_workspace_limit, jit, workspace
+from ..weight_cache import WeightCache
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
 
@@ -450,6 +451,10 @@ def _filter_t4(dU, dw):
 _KERNELS = {2: (_filter_f2, _input_f2, _output_f2), 4: (_filter_f4, _input_f4, _output_f4)}
 
 
+#: transformed filters of recently used weights (checked bitwise on every hit)
+_filters = WeightCache()
+
+
 def _workspace(sizes, dtype, slots="UVM"):
     """Flat buffers of ``sizes`` elements, reused across calls per thread (see
     ``fastconv._config.workspace``): one slot per array."""
@@ -470,22 +475,28 @@ def _planes(buf, alpha2, rows, cols):
     return buf[:alpha2 * stride].reshape(alpha2, stride)[:, :rows * cols].reshape(alpha2, rows, cols)
 
 
-def _winograd(m, x, w, y, off_h, off_w):
+def _transformed_filter(m, w):
+    """U = G w G^T as (alpha^2, K, C) planes, in memory of its own (it may be cached)."""
+    K, C = w.shape[:2]
+    alpha2 = (m + 2) ** 2
+    U = _planes(np.empty(_plane_stride(K * C) * alpha2, w.dtype), alpha2, K, C)
+    _KERNELS[m][0](w, U)
+    return U
+
+
+def _winograd(m, x, U, y, off_h, off_w):
     """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
-    * w[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3); x (N, C, H, W) and w (K, C, 3, 3)
-    C-contiguous, y (N, K, P, Q) filled."""
-    filter_kernel, input_kernel, output_kernel = _KERNELS[m]
+    * w[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3); x (N, C, H, W) C-contiguous,
+    U the transformed filter of w (K, C, 3, 3), y (N, K, P, Q) filled."""
+    _, input_kernel, output_kernel = _KERNELS[m]
     N, C = x.shape[:2]
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
     th, tw = -(-P // m), -(-Q // m)
     T = N * th * tw
     tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
-    sizes = [_plane_stride(K * C) * alpha2, _plane_stride(C * tb) * alpha2,
-             _plane_stride(K * tb) * alpha2]
-    ubuf, vbuf, mbuf = _workspace(sizes, x.dtype)
-    U = _planes(ubuf, alpha2, K, C)
-    filter_kernel(w, U)
+    vbuf, mbuf = _workspace([_plane_stride(C * tb) * alpha2, _plane_stride(K * tb) * alpha2],
+                            x.dtype, slots="VM")
     for t0 in range(0, T, tb):
         nt = min(tb, T - t0)
         V = _planes(vbuf, alpha2, C, nt)
@@ -498,7 +509,8 @@ def _winograd(m, x, w, y, off_h, off_w):
 def _forward(m):
     def conv2d(x, w, p, out):
         """Forward convolution into ``out`` (N, K, P, Q)."""
-        _winograd(m, x, w, out, -p.pad_top, -p.pad_left)
+        U = _filters.get(w, ("fwd", m), lambda: _transformed_filter(m, w))
+        _winograd(m, x, U, out, -p.pad_top, -p.pad_left)
     conv2d.__name__ = conv2d.__qualname__ = f"conv2d_f{m}"
     return conv2d
 
@@ -507,8 +519,9 @@ def _backward_input(m):
     def conv2d_input(dy, w, p, out):
         """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
         computation on dy with the filter rotated 180 degrees and C, K swapped."""
-        w_rot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        _winograd(m, np.ascontiguousarray(dy), w_rot, out, p.pad_top - 2, p.pad_left - 2)
+        U = _filters.get(w, ("rot", m), lambda: _transformed_filter(
+            m, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))))
+        _winograd(m, np.ascontiguousarray(dy), U, out, p.pad_top - 2, p.pad_left - 2)
     conv2d_input.__name__ = conv2d_input.__qualname__ = f"conv2d_input_f{m}"
     return conv2d_input
 
