@@ -5,7 +5,6 @@ Imported before any kernel module, because Numba reads its cache directory when 
 function is decorated.
 """
 import os
-import sys
 import tempfile
 import threading
 import warnings
@@ -17,30 +16,6 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read(1 << 16)
-    except OSError:
-        return "", set()
-    vendor = next((l.split(":", 1)[1].strip() for l in text.splitlines()
-                   if l.startswith("vendor_id")), "")
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines()
-                  if l.startswith("flags")), [])
-    return vendor, set(flags)
-
-
-# NumPy's OpenBLAS (0.3.30/0.3.31) takes AMD Zen 4 for Haswell and runs AVX2 kernels:
-# measured here, SGEMM 2048^3 at 121 GFLOP/s on one core against 231 with its AVX-512
-# (SkylakeX) kernels, which this CPU runs. OpenBLAS reads the variable when NumPy loads,
-# so this only helps when fastconv is imported before NumPy (the `fastconv` command,
-# the benchmarks); otherwise set OPENBLAS_CORETYPE=SkylakeX yourself. A value already
-# in the environment is the user's choice and is left alone.
-_vendor, _flags = _cpu_flags()
-if (_vendor == "AuthenticAMD" and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _flags
-        and "numpy" not in sys.modules):
-    os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
