@@ -15,8 +15,6 @@ import warnings
 # Numba's first parallel call; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-
-
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba.core import config as _numba_config  # noqa: E402
