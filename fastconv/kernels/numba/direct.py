@@ -61,6 +61,7 @@ from numba.core import config as _numba_config
 from ..._config import jit, workspace
 from ..weight_cache import WeightCache
 from . import _direct_gen
+from ._ranges import valid_range
 
 _FASTMATH = {"contract", "reassoc"}
 
@@ -289,14 +290,6 @@ def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
 # -- Depthwise (C/groups == 1) ------------------------------------------------------------
 
 
-@jit(inline="always")
-def _q_range(Q, W, sw, off):
-    """Output columns q whose input column q*sw + off lies in [0, W)."""
-    q_lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    q_hi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
-    return q_lo, max(q_lo, q_hi)
-
-
 @jit(parallel=True, fastmath=_FASTMATH)
 def _dw_forward(x, w, out, Kg, sh, sw, pt, pl, dh, dw):
     """Depthwise forward: out[n, k] = sum_{r,s} w[k, 0, r, s] * x_pad[n, k // Kg] shifted."""
@@ -316,7 +309,7 @@ def _dw_forward(x, w, out, Kg, sh, sw, pt, pl, dh, dw):
                 xr = x[n, c, h]
                 for s in range(S):
                     off = s * dw - pl                  # input column = q*sw + off
-                    q_lo, q_hi = _q_range(Q, W, sw, off)
+                    q_lo, q_hi = valid_range(Q, W, sw, off)
                     wv = w[k, 0, r, s]
                     if sw == 1:                        # contiguous: vectorised
                         xs = xr[off + q_lo:off + q_hi]
@@ -378,7 +371,7 @@ def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
                     o = out[n, c, h]
                     for s in range(S):
                         off = s * dw - pl
-                        q_lo, q_hi = _q_range(Q, W, sw, off)
+                        q_lo, q_hi = valid_range(Q, W, sw, off)
                         wv = w[k, 0, r, s]
                         if sw == 1:                    # contiguous: vectorised
                             os_ = o[off + q_lo:off + q_hi]
@@ -401,7 +394,7 @@ def _dw_weight(x, dy, out, Kg, sh, sw, pt, pl, dh, dw):
         for r in range(R):
             for s in range(S):
                 off = s * dw - pl
-                q_lo, q_hi = _q_range(Q, W, sw, off)
+                q_lo, q_hi = valid_range(Q, W, sw, off)
                 acc = 0.0
                 for n in range(N):
                     for p_ in range(P):

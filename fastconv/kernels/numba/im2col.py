@@ -17,14 +17,7 @@ import numpy as np
 from numba import prange
 
 from ..._config import get_workspace_limit, jit, workspace
-
-
-@jit(inline="always")
-def _q_range(Q, W, sw, off):
-    """Output columns q whose input column q*sw + off lies in [0, W)."""
-    q_lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    q_hi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
-    return q_lo, max(q_lo, q_hi)
+from ._ranges import valid_range
 
 
 @jit(parallel=True)
@@ -32,7 +25,7 @@ def _im2col(x, col, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
     for row in prange(C * R * S):
         c, r, s = row // (R * S), (row // S) % R, row % S
         off = s * dw - pl                      # input column = q*sw + off
-        q_lo, q_hi = _q_range(Q, W, sw, off)
+        q_lo, q_hi = valid_range(Q, W, sw, off)
         for t in range(nt):
             for i in range(pr):
                 h = (p0 + i) * sh - pt + r * dh
@@ -55,7 +48,7 @@ def _col2im(col, dx, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
             for s in range(S):
                 row = (c * R + r) * S + s
                 off = s * dw - pl
-                q_lo, q_hi = _q_range(Q, W, sw, off)
+                q_lo, q_hi = valid_range(Q, W, sw, off)
                 for i in range(pr):
                     h = (p0 + i) * sh - pt + r * dh
                     if h < 0 or h >= H:

@@ -9,15 +9,16 @@ import numpy as np
 from numba import prange
 
 from ..._config import jit
+from ._ranges import valid_range
 
 
 @jit(inline="always")
 def _tap_range(i, s, pad, d, k, size):
-    """Taps a in [a_lo, a_hi) of window i whose position i*s - pad + a*d is in [0, size)."""
+    """Window i's start and the taps a in [a_lo, a_hi) whose position i*s - pad + a*d
+    is in [0, size)."""
     start = i * s - pad
-    a_lo = 0 if start >= 0 else (-start + d - 1) // d
-    a_hi = min(k, (size - 1 - start) // d + 1) if size - 1 - start >= 0 else 0
-    return start, a_lo, max(a_lo, a_hi)
+    a_lo, a_hi = valid_range(k, size, d, start)
+    return start, a_lo, a_hi
 
 
 @jit()
