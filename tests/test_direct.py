@@ -60,6 +60,9 @@ def test_groups_and_depthwise(dtype):
     _check(dtype, 2, 32, 9, 8, 32, 3, 3, padding=1, groups=32)       # depthwise
     _check(dtype, 1, 8, 11, 10, 16, 5, 3, stride=2, padding=(2, 1), groups=8)  # multiplier 2
     _check(dtype, 1, 6, 10, 9, 6, 2, 2, padding="same", dilation=2, groups=6)
+    # rows of >= 16 columns (vector copies in and out of the tile), P not a multiple of 4
+    _check(dtype, 2, 16, 29, 35, 16, 3, 3, padding=1, groups=16)
+    _check(dtype, 1, 4, 33, 40, 8, 3, 5, stride=(2, 3), padding=(1, 2), groups=4)
 
 
 def test_weight_cache_sees_in_place_changes():

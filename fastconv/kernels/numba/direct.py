@@ -35,7 +35,10 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   1 along that axis, float32) one stride-1 call per residue class of the output rows
   and columns, each with its sub-kernel, writing strided rows of dx; otherwise the
   layout conversion inserts ``stride - 1`` zeros between grad_output pixels.
-* Depthwise (C/groups = 1): NCHW row loops on zero-padded tiles, vectorised along rows.
+* ``dw_16_4`` (depthwise, C/groups = 1, both dtypes): each plane copied into a
+  zero-padded, phase-split tile that stays in L1, then blocks of 4 output rows x 16
+  columns (the lanes) with one weight broadcast per tap. The input gradient for
+  stride 1 and K = C is the same kernel with the weight rotated; otherwise NCHW loops.
 
 Work items (image, group, channel block, pixel block) are split into 4 ranges per
 thread and run on a thread pool of ``numba.get_num_threads()`` workers (the kernels
@@ -290,66 +293,22 @@ def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
 # -- Depthwise (C/groups == 1) ------------------------------------------------------------
 
 
-@jit(parallel=True, fastmath=_FASTMATH)
-def _dw_forward(x, w, out, Kg, sh, sw, pt, pl, dh, dw):
-    """Depthwise forward: out[n, k] = sum_{r,s} w[k, 0, r, s] * x_pad[n, k // Kg] shifted."""
-    N, C, H, W = x.shape
-    _, K, P, Q = out.shape
+def _dw_planes(x, w, out, Kg, sh, sw, pt, pl, dh, dw, flip=False):
+    """Depthwise convolution, plane by plane: out[n, k] = x_pad[n, k // Kg] correlated with
+    w[k, 0] (``flip``: rotated by 180 degrees, the input gradient's weight), by the
+    generated ``dw`` kernel on a phase-split tile of each plane (see ``_direct_gen``)."""
+    N, K, P, Q = out.shape
     R, S = w.shape[2], w.shape[3]
-    for it in prange(N * K):
-        n, k = it // K, it % K
-        c = k // Kg
-        for p_ in range(P):
-            o = out[n, k, p_]
-            o[:] = 0
-            for r in range(R):
-                h = p_ * sh - pt + r * dh
-                if h < 0 or h >= H:
-                    continue
-                xr = x[n, c, h]
-                for s in range(S):
-                    off = s * dw - pl                  # input column = q*sw + off
-                    q_lo, q_hi = valid_range(Q, W, sw, off)
-                    wv = w[k, 0, r, s]
-                    if sw == 1:                        # contiguous: vectorised
-                        xs = xr[off + q_lo:off + q_hi]
-                        os_ = o[q_lo:q_hi]
-                        for q in range(q_hi - q_lo):
-                            os_[q] += wv * xs[q]
-                    else:
-                        for q in range(q_lo, q_hi):
-                            o[q] += wv * xr[q * sw + off]
-
-
-@jit(parallel=True, fastmath=_FASTMATH)
-def _dw_forward_s1(x, w, out, Kg, pt, pl, dh, dw, flip):
-    """Depthwise forward, stride 1: each plane copied into a zero-padded tile whose rows are
-    a multiple of 16 long, so every tap is one full-width vector loop over an output row
-    (``flip``: use w[k, 0, R-1-r, S-1-s], the input gradient's weight)."""
-    N, C, H, W = x.shape
-    _, K, P, Q = out.shape
-    R, S = w.shape[2], w.shape[3]
-    Qp = (Q + 15) // 16 * 16
-    Hp = P + (R - 1) * dh
-    Wp = Qp + (S - 1) * dw
-    for it in prange(N * K):
-        n, k = it // K, it % K
-        c = k // Kg
-        xp = np.zeros((Hp, Wp), x.dtype)
-        for h in range(max(0, -pt), min(H, Hp - pt)):
-            for ww in range(max(0, -pl), min(W, Wp - pl)):
-                xp[h + pt, ww + pl] = x[n, c, h, ww]
-        acc = np.empty(Qp, x.dtype)
-        for p_ in range(P):
-            acc[:] = 0
-            for r in range(R):
-                row = xp[p_ + r * dh]
-                for s in range(S):
-                    wv = w[k, 0, R - 1 - r, S - 1 - s] if flip else w[k, 0, r, s]
-                    xs = row[s * dw:s * dw + Qp]
-                    for q in range(Qp):
-                        acc[q] += wv * xs[q]
-            out[n, k, p_, :] = acc[:Q]
+    J, M = _direct_gen.DW_BLOCK
+    # tile rows/columns per phase: whole blocks of outputs plus the furthest tap's offset
+    Hq = -(-P // M) * M + (R - 1) * dh // sh
+    Wq = -(-Q // J) * J + (S - 1) * dw // sw
+    # tap (r, s) reads padded row p*sh + r*dh: phase (r*dh) % sh, tile row p + (r*dh) // sh
+    toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
+                     + (r * dh) // sh * Wq + (s * dw) // sw
+                     for r in range(R) for s in range(S)], np.int64)
+    _run(getattr(_gen(), f"dw_{J}_{M}"), N * K, x, w, out, toff, Kg, sh, sw, pt, pl, Hq, Wq,
+         flip, x.dtype.type(0))
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -424,12 +383,8 @@ def _depthwise(p):
 def conv2d(x, w, p, out):
     """Forward direct convolution into ``out`` (N, K, P, Q)."""
     if _depthwise(p):
-        if p.stride_h == p.stride_w == 1:
-            _dw_forward_s1(x, w, out, p.K // p.groups, p.pad_top, p.pad_left, p.dil_h, p.dil_w,
-                           False)
-            return
-        _dw_forward(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
-                    p.dil_h, p.dil_w)
+        _dw_planes(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
+                   p.dil_h, p.dil_w)
         return
     _forward_blocked(x, w, out, p.N, p.C, p.K, p.R, p.S, p.groups, p.stride_h, p.stride_w,
                      p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q)
@@ -478,8 +433,8 @@ def conv2d_input(dy, w, p, out):
     the weight rotated 180 degrees, C and K swapped (zeros inserted for stride > 1)."""
     if _depthwise(p) and p.K == p.C and p.stride_h == p.stride_w == 1:
         # one output channel per input channel: the forward with the rotated weight
-        _dw_forward_s1(dy, w, out, 1, p.dil_h * (p.R - 1) - p.pad_top,
-                       p.dil_w * (p.S - 1) - p.pad_left, p.dil_h, p.dil_w, True)
+        _dw_planes(dy, w, out, 1, 1, 1, p.dil_h * (p.R - 1) - p.pad_top,
+                   p.dil_w * (p.S - 1) - p.pad_left, p.dil_h, p.dil_w, flip=True)
         return
     if _depthwise(p):
         _dw_input(dy, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
