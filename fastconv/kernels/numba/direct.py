@@ -169,7 +169,19 @@ def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
             if hi > lo:
                 dst[base + lo + pl:base + hi + pl] = row[lo:hi]
             continue
-        for w in range(Ws):
+        if isw == 1:
+            for b in range(sw):                         # dst column wq reads wq*sw + b - pl
+                lo, hi = valid_range(Wq, Ws, sw, b - pl)
+                d = dst[base + b * Wq + lo:base + b * Wq + hi]
+                r = row[lo * sw + b - pl:]
+                if sw == 2:                             # a constant stride vectorises
+                    for j in range(hi - lo):
+                        d[j] = r[2 * j]
+                else:
+                    for j in range(hi - lo):
+                        d[j] = r[j * sw]
+            continue
+        for w in range(Ws):                             # with inserted zeros
             wp = w * isw + pl
             if wp >= 0:
                 wq = wp // sw
