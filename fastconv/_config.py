@@ -4,6 +4,7 @@ workspace bound, and the Numba compile flags every kernel uses.
 Imported before any kernel module, because Numba reads its cache directory when a
 function is decorated.
 """
+import contextlib
 import os
 import tempfile
 import threading
@@ -18,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba.core import config as _numba_config  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+from threadpoolctl import ThreadpoolController, threadpool_limits  # noqa: E402
 
 # -- JIT cache: a writable directory, chosen before any kernel is decorated ----------
 
@@ -116,7 +117,8 @@ def release_workspace():
 def set_num_threads(n):
     """Use ``n`` threads in the Numba kernels and in BLAS (through threadpoolctl).
 
-    Kernels never call BLAS from inside a parallel region, so the two never multiply.
+    Kernels that call BLAS from inside a parallel region hold it at one thread there
+    (:func:`single_threaded_blas`), so the two never multiply.
     ``n`` can be at most the number of threads Numba started with
     (``NUMBA_NUM_THREADS``, fixed when Numba is imported). As in Numba, the setting
     is per Python thread.
@@ -135,3 +137,40 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads the kernels use."""
     return numba.get_num_threads()
+
+
+# -- BLAS called from every thread of a parallel kernel ------------------------------
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = []
+_blas_libs = None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS at one thread inside the block, for kernels that call BLAS (Numba's
+    ``np.dot``, through SciPy) from each thread of a Numba parallel region: BLAS's
+    own threads would multiply with Numba's. Safe from several Python threads at
+    once: the first in sets one thread, the last out restores the user's setting."""
+    global _blas_users, _blas_saved, _blas_libs
+    with _blas_lock:
+        if _blas_libs is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls)
+            _blas_libs = [lib for lib in ThreadpoolController().lib_controllers
+                          if lib.user_api == "blas"]
+        if _blas_users == 0:
+            _blas_saved = [lib.get_num_threads() for lib in _blas_libs]
+            for lib, n in zip(_blas_libs, _blas_saved):
+                if n != 1:
+                    lib.set_num_threads(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in zip(_blas_libs, _blas_saved):
+                    if n != 1:
+                        lib.set_num_threads(n)

@@ -2,45 +2,52 @@
 Convolutional Neural Networks", CVPR 2016, arXiv 1509.09308).
 
 F(m x m, 3x3) computes an m x m output tile from an alpha x alpha input tile
-(alpha = m + 2) as ``Y = A^T [(G g G^T) * (B^T d B)] A``. The element-wise product
-over a batch of tiles and all channels is alpha^2 independent GEMMs::
+(alpha = m + 2) as ``Y = A^T [(G g G^T) * (B^T d B)] A``. Over a batch of tiles and all
+channels, the element-wise product is alpha^2 independent GEMMs::
 
-    U[xi, k, c] = (G g[k, c] G^T)[xi]            filter transform   (Numba, parallel)
-    V[xi, c, t] = (B^T d[c, t] B)[xi]            input transform    (Numba, parallel)
-    M[xi]       = U[xi] @ V[xi]   (K x C)(C x T)  alpha^2 GEMMs     (BLAS, np.matmul)
-    y[k, t]     = A^T M[:, k, t] A               output transform   (Numba, parallel)
+    U[xi, c, k] = (G g[k, c] G^T)[xi]             filter transform (once per weight, cached)
+    V[xi, u, c] = (B^T d[u, c] B)[xi]             input transform of tile u
+    M[xi]       = V[xi] @ U[xi]  (tiles x C)(C x K)  alpha^2 GEMMs (BLAS)
+    y[tile u]   = A^T M[:, u, k] A                output transform
 
 The matrices are those of Lavin's ``wincnn`` for the interpolation points
 F(2x2,3x3): 0, 1, -1, inf and F(4x4,3x3): 0, 1, -1, 2, -2, inf (see ``BT2, G2, AT2``
 and ``BT4, G4, AT4`` below; the Numba code writes their products out by hand).
 
-Output tile ``(i, j)`` of image ``n`` covers output rows ``i*m .. i*m + m - 1`` and
-reads input rows ``i*m + off_h .. i*m + off_h + alpha - 1`` with ``off_h = -pad_top``
-(columns alike): reads outside the input are zeros and writes outside the output are
-dropped, so partial tiles at the edges and any padding, even asymmetric, are exact.
+Layout: channels last. The input is first copied into a zero-padded channels-last
+array ``Xp[n, h, w, c] = x[n, c, h + off_h, w + off_w]`` (zeros outside x) that covers
+whole tiles, so no tile needs an edge check and every transform is a loop over
+contiguous channels, which LLVM vectorises. Output tile ``(i, j)`` of image ``n``
+covers output rows ``i*m .. i*m + m - 1`` and reads ``Xp`` rows ``i*m .. i*m + alpha -
+1`` (columns alike); outputs past the edge are computed and dropped, so partial tiles
+and any padding, even asymmetric, are exact.
+
+Forward: each thread takes batches of ``tb`` tiles in turn and runs the input
+transform, the alpha^2 GEMMs (one-thread BLAS, called from the thread) and the output
+transform on its batch while V and M are in its own cache (fused, as NNPACK and
+oneDNN do; separate passes over large V and M ran at memory speed). The channels-last
+result is then cropped and transposed into the NCHW output.
 
 The gradient with respect to the input of a stride-1 3x3 convolution is the same
 computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
 ``off_h = pad_top - 2`` (padding ``2 - pad_top``; a negative padding just crops).
 
-Tiles are processed in batches so that ``V`` and ``M`` (alpha^2 (C + K) values per
-tile) stay under ``fastconv._config.get_workspace_limit()``; the transformed filter
-``U`` (alpha^2 K C values; for grad-weight ``dU``, plus a second such buffer for the
-partial sums when there are several batches) comes on top of that. All are reused
-across calls (``fastconv._config.workspace``). BLAS is called outside any Numba
-parallel region. Accuracy: F(2x2,3x3) is about as accurate as direct
-convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
-``tests/test_winograd.py``).
-
 The gradient with respect to the weight runs the transposed computation: the same
 input transform ``V``, ``dM = A dy A^T`` on m x m tiles of ``dy`` (zeros past the
-output's edge), alpha^2 GEMMs ``dU[xi] = dM[xi] @ V[xi]^T`` summed over tile batches,
+output's edge), alpha^2 GEMMs ``dU[xi] = dM[xi]^T @ V[xi]`` (K x C) summed over tile batches,
 and ``dw = G^T dU G``.
+
+Workspace: images are processed in groups whose padded channels-last copies fit in
+``fastconv._config.get_workspace_limit()`` (at least one image per group), and the
+grad-weight's tile batches likewise; all buffers are reused across calls
+(``fastconv._config.workspace``). Accuracy: F(2x2,3x3) is about as accurate as direct
+convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
+``tests/test_winograd.py``).
 """
 import numpy as np
 from numba import prange
 
-from ..._config import get_workspace_limit, jit, workspace
+from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace
 from ..weight_cache import WeightCache
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
@@ -86,7 +93,7 @@ _8 = np.float32(8.0)
 # the output (it spreads to the whole output tile, a superset of direct convolution's)
 _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
-_CHUNK = 32          # tiles per parallel work item of the input/output transforms
+_CHUNK = 32          # tiles per parallel work item of the grad-weight transforms
 
 
 # -- 1-D transforms (one row or column of a tile) ------------------------------------
@@ -134,190 +141,6 @@ def _at4(m0, m1, m2, m3, m4, m5):
 
 
 @jit(inline="always")
-def _bt2r(d):
-    return _bt2(d[0], d[1], d[2], d[3])
-
-
-@jit(inline="always")
-def _bt4r(d):
-    return _bt4(d[0], d[1], d[2], d[3], d[4], d[5])
-
-
-# -- one input tile: load alpha rows, B^T along w, then B^T along h, store ----------
-
-@jit(inline="always")
-def _row4(x, n, c, h, w0):
-    return x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2], x[n, c, h, w0 + 3]
-
-
-@jit(inline="always")
-def _row6(x, n, c, h, w0):
-    return (x[n, c, h, w0], x[n, c, h, w0 + 1], x[n, c, h, w0 + 2],
-            x[n, c, h, w0 + 3], x[n, c, h, w0 + 4], x[n, c, h, w0 + 5])
-
-
-@jit(fastmath=_FASTMATH)
-def _tile_f2(x, n, c, h0, w0, V, vc, u):
-    """V[:, vc, u] = B^T d B for the tile d = x[n, c, h0:h0 + 4, w0:w0 + 4]."""
-    r0 = _bt2r(_row4(x, n, c, h0, w0))
-    r1 = _bt2r(_row4(x, n, c, h0 + 1, w0))
-    r2 = _bt2r(_row4(x, n, c, h0 + 2, w0))
-    r3 = _bt2r(_row4(x, n, c, h0 + 3, w0))
-    for b in range(4):
-        col = _bt2(r0[b], r1[b], r2[b], r3[b])
-        for a in range(4):
-            V[a * 4 + b, vc, u] = col[a]
-
-
-@jit(fastmath=_FASTMATH)
-def _tile_f4(x, n, c, h0, w0, V, vc, u):
-    """V[:, vc, u] = B^T d B for the tile d = x[n, c, h0:h0 + 6, w0:w0 + 6]."""
-    r0 = _bt4r(_row6(x, n, c, h0, w0))
-    r1 = _bt4r(_row6(x, n, c, h0 + 1, w0))
-    r2 = _bt4r(_row6(x, n, c, h0 + 2, w0))
-    r3 = _bt4r(_row6(x, n, c, h0 + 3, w0))
-    r4 = _bt4r(_row6(x, n, c, h0 + 4, w0))
-    r5 = _bt4r(_row6(x, n, c, h0 + 5, w0))
-    for b in range(6):
-        col = _bt4(r0[b], r1[b], r2[b], r3[b], r4[b], r5[b])
-        for a in range(6):
-            V[a * 6 + b, vc, u] = col[a]
-
-
-@jit()
-def _gather(x, d, n, c, h0, w0):
-    """d[0, 0] = the tile of x[n, c] at (h0, w0), zeros outside x (an edge tile)."""
-    H, W = x.shape[2], x.shape[3]
-    for a in range(d.shape[2]):
-        for b in range(d.shape[3]):
-            h, w = h0 + a, w0 + b
-            d[0, 0, a, b] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
-
-
-# -- filter transforms: U[xi, k, c] = (G w[k, c] G^T)[xi] -----------------------------
-
-@jit(parallel=True)
-def _filter_f2(w, U):
-    K, C = w.shape[0], w.shape[1]
-    for k in prange(K):
-        for c in range(C):
-            r0 = _g2(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])   # G along s
-            r1 = _g2(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
-            r2 = _g2(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
-            for b in range(4):                                       # then G along r
-                col = _g2(r0[b], r1[b], r2[b])
-                for a in range(4):
-                    U[a * 4 + b, k, c] = col[a]
-
-
-@jit(parallel=True)
-def _filter_f4(w, U):
-    K, C = w.shape[0], w.shape[1]
-    for k in prange(K):
-        for c in range(C):
-            r0 = _g4(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])
-            r1 = _g4(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
-            r2 = _g4(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
-            for b in range(6):
-                col = _g4(r0[b], r1[b], r2[b])
-                for a in range(6):
-                    U[a * 6 + b, k, c] = col[a]
-
-
-# -- input transforms: V[xi, c, u] = (B^T d B)[xi] for tile t0 + u --------------------
-
-@jit(parallel=True)
-def _input_f2(x, V, t0, nt, th, tw, oh, ow):
-    N, C, H, W = x.shape
-    nchunks = (nt + _CHUNK - 1) // _CHUNK
-    for job in prange(C * nchunks):
-        c, u0 = job // nchunks, (job % nchunks) * _CHUNK
-        d = np.empty((1, 1, 4, 4), x.dtype)                     # an edge tile, zero-padded
-        for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u                                           # tile t = (n*th + i)*tw + j
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            h0, w0 = i * 2 + oh, j * 2 + ow
-            if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
-                _tile_f2(x, n, c, h0, w0, V, c, u)
-            else:
-                _gather(x, d, n, c, h0, w0)
-                _tile_f2(d, 0, 0, 0, 0, V, c, u)
-
-
-@jit(parallel=True)
-def _input_f4(x, V, t0, nt, th, tw, oh, ow):
-    N, C, H, W = x.shape
-    nchunks = (nt + _CHUNK - 1) // _CHUNK
-    for job in prange(C * nchunks):
-        c, u0 = job // nchunks, (job % nchunks) * _CHUNK
-        d = np.empty((1, 1, 6, 6), x.dtype)
-        for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            h0, w0 = i * 4 + oh, j * 4 + ow
-            if h0 >= 0 and w0 >= 0 and h0 + 6 <= H and w0 + 6 <= W:
-                _tile_f4(x, n, c, h0, w0, V, c, u)
-            else:
-                _gather(x, d, n, c, h0, w0)
-                _tile_f4(d, 0, 0, 0, 0, V, c, u)
-
-
-# -- output transforms: y = A^T M A, cropped to the output ----------------------------
-
-@jit(parallel=True, fastmath=_FASTMATH)
-def _output_f2(M, y, t0, nt, th, tw):
-    N, K, P, Q = y.shape
-    nchunks = (nt + _CHUNK - 1) // _CHUNK
-    for job in prange(K * nchunks):
-        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
-        for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            p0, q0 = i * 2, j * 2
-            c0 = _at2(M[0, k, u], M[4, k, u], M[8, k, u], M[12, k, u])    # A^T along h
-            c1 = _at2(M[1, k, u], M[5, k, u], M[9, k, u], M[13, k, u])
-            c2 = _at2(M[2, k, u], M[6, k, u], M[10, k, u], M[14, k, u])
-            c3 = _at2(M[3, k, u], M[7, k, u], M[11, k, u], M[15, k, u])
-            for a in range(min(2, P - p0)):                               # then along w
-                row = _at2(c0[a], c1[a], c2[a], c3[a])
-                if q0 + 2 <= Q:
-                    y[n, k, p0 + a, q0] = row[0]
-                    y[n, k, p0 + a, q0 + 1] = row[1]
-                else:
-                    y[n, k, p0 + a, q0] = row[0]
-
-
-@jit(parallel=True, fastmath=_FASTMATH)
-def _output_f4(M, y, t0, nt, th, tw):
-    N, K, P, Q = y.shape
-    nchunks = (nt + _CHUNK - 1) // _CHUNK
-    for job in prange(K * nchunks):
-        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
-        for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            p0, q0 = i * 4, j * 4
-            c0 = _at4(M[0, k, u], M[6, k, u], M[12, k, u], M[18, k, u], M[24, k, u], M[30, k, u])
-            c1 = _at4(M[1, k, u], M[7, k, u], M[13, k, u], M[19, k, u], M[25, k, u], M[31, k, u])
-            c2 = _at4(M[2, k, u], M[8, k, u], M[14, k, u], M[20, k, u], M[26, k, u], M[32, k, u])
-            c3 = _at4(M[3, k, u], M[9, k, u], M[15, k, u], M[21, k, u], M[27, k, u], M[33, k, u])
-            c4 = _at4(M[4, k, u], M[10, k, u], M[16, k, u], M[22, k, u], M[28, k, u], M[34, k, u])
-            c5 = _at4(M[5, k, u], M[11, k, u], M[17, k, u], M[23, k, u], M[29, k, u], M[35, k, u])
-            for a in range(min(4, P - p0)):
-                row = _at4(c0[a], c1[a], c2[a], c3[a], c4[a], c5[a])
-                if q0 + 4 <= Q:
-                    y[n, k, p0 + a, q0] = row[0]
-                    y[n, k, p0 + a, q0 + 1] = row[1]
-                    y[n, k, p0 + a, q0 + 2] = row[2]
-                    y[n, k, p0 + a, q0 + 3] = row[3]
-                else:
-                    for b in range(Q - q0):
-                        y[n, k, p0 + a, q0 + b] = row[b]
-
-
-# -- grad-weight transforms (the transposes of the output and filter transforms) -----
-
-@jit(inline="always")
 def _a2(d0, d1):
     """A = AT2^T applied to (d0, d1)."""
     return d0, d0 + d1, d0 - d1, -d1
@@ -347,71 +170,168 @@ def _gt4(v0, v1, v2, v3, v4, v5):
             s2 * (1.0 / 6.0) - s + v5)
 
 
+# -- one tile, all channels (innermost loops run over contiguous channels) ----------
+# ``tmp`` (alpha, alpha, >= channels) holds the tile after its first 1-D pass.
+
 @jit(fastmath=_FASTMATH)
-def _dtile_f2(dy, n, k, p0, q0, dM, mk, u):
-    """dM[:, mk, u] = A d A^T for the tile d = dy[n, k, p0:p0 + 2, q0:q0 + 2]."""
-    r0 = _a2(dy[n, k, p0, q0], dy[n, k, p0, q0 + 1])
-    r1 = _a2(dy[n, k, p0 + 1, q0], dy[n, k, p0 + 1, q0 + 1])
-    for b in range(4):
-        col = _a2(r0[b], r1[b])
-        for a in range(4):
-            dM[a * 4 + b, mk, u] = col[a]
+def _in_tile2(Xp, n, h0, w0, tmp, V, u):
+    """V[:, u, :] = B^T d B for the tile d = Xp[n, h0:h0 + 4, w0:w0 + 4, :]."""
+    for a in range(4):                                    # B^T along w, row by row
+        src, dst = Xp[n, h0 + a], tmp[a]
+        for c in range(Xp.shape[3]):
+            r = _bt2(src[w0, c], src[w0 + 1, c], src[w0 + 2, c], src[w0 + 3, c])
+            dst[0, c], dst[1, c], dst[2, c], dst[3, c] = r
+    for b in range(4):                                    # then along h: xi = a*4 + b
+        for c in range(Xp.shape[3]):
+            r = _bt2(tmp[0, b, c], tmp[1, b, c], tmp[2, b, c], tmp[3, b, c])
+            V[b, u, c], V[4 + b, u, c], V[8 + b, u, c], V[12 + b, u, c] = r
 
 
 @jit(fastmath=_FASTMATH)
-def _dtile_f4(dy, n, k, p0, q0, dM, mk, u):
-    """dM[:, mk, u] = A d A^T for the tile d = dy[n, k, p0:p0 + 4, q0:q0 + 4]."""
-    r0 = _a4(dy[n, k, p0, q0], dy[n, k, p0, q0 + 1], dy[n, k, p0, q0 + 2], dy[n, k, p0, q0 + 3])
-    r1 = _a4(dy[n, k, p0 + 1, q0], dy[n, k, p0 + 1, q0 + 1], dy[n, k, p0 + 1, q0 + 2],
-             dy[n, k, p0 + 1, q0 + 3])
-    r2 = _a4(dy[n, k, p0 + 2, q0], dy[n, k, p0 + 2, q0 + 1], dy[n, k, p0 + 2, q0 + 2],
-             dy[n, k, p0 + 2, q0 + 3])
-    r3 = _a4(dy[n, k, p0 + 3, q0], dy[n, k, p0 + 3, q0 + 1], dy[n, k, p0 + 3, q0 + 2],
-             dy[n, k, p0 + 3, q0 + 3])
+def _in_tile4(Xp, n, h0, w0, tmp, V, u):
+    """V[:, u, :] = B^T d B for the tile d = Xp[n, h0:h0 + 6, w0:w0 + 6, :]."""
+    for a in range(6):
+        src, dst = Xp[n, h0 + a], tmp[a]
+        for c in range(Xp.shape[3]):
+            r = _bt4(src[w0, c], src[w0 + 1, c], src[w0 + 2, c], src[w0 + 3, c],
+                     src[w0 + 4, c], src[w0 + 5, c])
+            dst[0, c], dst[1, c], dst[2, c], dst[3, c], dst[4, c], dst[5, c] = r
     for b in range(6):
-        col = _a4(r0[b], r1[b], r2[b], r3[b])
-        for a in range(6):
-            dM[a * 6 + b, mk, u] = col[a]
+        for c in range(Xp.shape[3]):
+            r = _bt4(tmp[0, b, c], tmp[1, b, c], tmp[2, b, c], tmp[3, b, c], tmp[4, b, c],
+                     tmp[5, b, c])
+            (V[b, u, c], V[6 + b, u, c], V[12 + b, u, c], V[18 + b, u, c], V[24 + b, u, c],
+             V[30 + b, u, c]) = r
+
+
+@jit(fastmath=_FASTMATH)
+def _out_tile2(M, u, tmp, Y, n, p0, q0):
+    """Y[n, p0:p0 + 2, q0:q0 + 2, :] = A^T M[:, u, :] A."""
+    for b in range(4):                                    # A^T along h
+        for k in range(M.shape[2]):
+            tmp[0, b, k], tmp[1, b, k] = _at2(M[b, u, k], M[4 + b, u, k], M[8 + b, u, k],
+                                              M[12 + b, u, k])
+    for a in range(2):                                    # then along w
+        dst = Y[n, p0 + a]
+        for k in range(M.shape[2]):
+            dst[q0, k], dst[q0 + 1, k] = _at2(tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k],
+                                              tmp[a, 3, k])
+
+
+@jit(fastmath=_FASTMATH)
+def _out_tile4(M, u, tmp, Y, n, p0, q0):
+    """Y[n, p0:p0 + 4, q0:q0 + 4, :] = A^T M[:, u, :] A."""
+    for b in range(6):
+        for k in range(M.shape[2]):
+            tmp[0, b, k], tmp[1, b, k], tmp[2, b, k], tmp[3, b, k] = _at4(
+                M[b, u, k], M[6 + b, u, k], M[12 + b, u, k], M[18 + b, u, k],
+                M[24 + b, u, k], M[30 + b, u, k])
+    for a in range(4):
+        dst = Y[n, p0 + a]
+        for k in range(M.shape[2]):
+            dst[q0, k], dst[q0 + 1, k], dst[q0 + 2, k], dst[q0 + 3, k] = _at4(
+                tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k], tmp[a, 4, k],
+                tmp[a, 5, k])
+
+
+@jit(fastmath=_FASTMATH)
+def _dy_tile2(D, n, p0, q0, tmp, dM, u):
+    """dM[:, u, :] = A d A^T for the tile d = D[n, p0:p0 + 2, q0:q0 + 2, :]."""
+    for a in range(2):                                    # A along w, row by row
+        src, dst = D[n, p0 + a], tmp[a]
+        for k in range(D.shape[3]):
+            dst[0, k], dst[1, k], dst[2, k], dst[3, k] = _a2(src[q0, k], src[q0 + 1, k])
+    for b in range(4):                                    # then along h
+        for k in range(D.shape[3]):
+            dM[b, u, k], dM[4 + b, u, k], dM[8 + b, u, k], dM[12 + b, u, k] = _a2(
+                tmp[0, b, k], tmp[1, b, k])
+
+
+@jit(fastmath=_FASTMATH)
+def _dy_tile4(D, n, p0, q0, tmp, dM, u):
+    """dM[:, u, :] = A d A^T for the tile d = D[n, p0:p0 + 4, q0:q0 + 4, :]."""
+    for a in range(4):
+        src, dst = D[n, p0 + a], tmp[a]
+        for k in range(D.shape[3]):
+            dst[0, k], dst[1, k], dst[2, k], dst[3, k], dst[4, k], dst[5, k] = _a4(
+                src[q0, k], src[q0 + 1, k], src[q0 + 2, k], src[q0 + 3, k])
+    for b in range(6):
+        for k in range(D.shape[3]):
+            (dM[b, u, k], dM[6 + b, u, k], dM[12 + b, u, k], dM[18 + b, u, k],
+             dM[24 + b, u, k], dM[30 + b, u, k]) = _a4(tmp[0, b, k], tmp[1, b, k],
+                                                       tmp[2, b, k], tmp[3, b, k])
+
+
+# -- layout changes: NCHW <-> zero-padded channels-last -----------------------------
+
+@jit(parallel=True)
+def _to_channels_last(x, Xp, oh, ow):
+    """Xp[n, h, w, c] = x[n, c, h + oh, w + ow], zeros outside x."""
+    N, C, H, W = x.shape
+    Hp, Wp = Xp.shape[1], Xp.shape[2]
+    # Each w reads a column of channels, one per plane. When planes are a multiple of
+    # 4 KiB apart, these all fall in one L1 set: then read 8 channels at a time.
+    cb = 8 if H * W * x.itemsize % 4096 == 0 else C
+    lo, hi = max(0, -ow), min(Wp, W - ow)          # the columns of Xp inside x
+    for it in prange(N * Hp):
+        n, h = it // Hp, it % Hp
+        hs = h + oh
+        row = Xp[n, h]
+        if hs < 0 or hs >= H:
+            row[:, :] = 0
+            continue
+        row[:lo, :] = 0
+        row[hi:, :] = 0
+        for c0 in range(0, C, cb):
+            for w in range(lo, hi):
+                for c in range(c0, min(C, c0 + cb)):
+                    row[w, c] = x[n, c, hs, w + ow]
 
 
 @jit(parallel=True)
-def _dy_f2(dy, dM, t0, nt, th, tw):
-    """dM[xi, k, u] = (A d A^T)[xi] for tile t0 + u of dy (zeros past the output's edge)."""
-    N, K, P, Q = dy.shape
-    nchunks = (nt + _CHUNK - 1) // _CHUNK
-    for job in prange(K * nchunks):
-        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
-        d = np.empty((1, 1, 2, 2), dy.dtype)
-        for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            if i * 2 + 2 <= P and j * 2 + 2 <= Q:
-                _dtile_f2(dy, n, k, i * 2, j * 2, dM, k, u)
-            else:
-                _gather(dy, d, n, k, i * 2, j * 2)
-                _dtile_f2(d, 0, 0, 0, 0, dM, k, u)
+def _from_channels_last(Y, y):
+    """y[n, k, p, q] = Y[n, p, q, k] (Y may extend past the output's P, Q)."""
+    N, K, P, Q = y.shape
+    for it in prange(N * P):
+        n, p = it // P, it % P
+        for k in range(K):
+            for q in range(Q):
+                y[n, k, p, q] = Y[n, p, q, k]
+
+
+# -- filter transforms: U[xi, c, k] = (G w[k, c] G^T)[xi] -----------------------------
+
+@jit(parallel=True)
+def _filter_f2(w, U):
+    K, C = w.shape[0], w.shape[1]
+    for c in prange(C):
+        for k in range(K):
+            r0 = _g2(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])   # G along s
+            r1 = _g2(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
+            r2 = _g2(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
+            for b in range(4):                                       # then G along r
+                col = _g2(r0[b], r1[b], r2[b])
+                for a in range(4):
+                    U[a * 4 + b, c, k] = col[a]
 
 
 @jit(parallel=True)
-def _dy_f4(dy, dM, t0, nt, th, tw):
-    N, K, P, Q = dy.shape
-    nchunks = (nt + _CHUNK - 1) // _CHUNK
-    for job in prange(K * nchunks):
-        k, u0 = job // nchunks, (job % nchunks) * _CHUNK
-        d = np.empty((1, 1, 4, 4), dy.dtype)
-        for u in range(u0, min(nt, u0 + _CHUNK)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            if i * 4 + 4 <= P and j * 4 + 4 <= Q:
-                _dtile_f4(dy, n, k, i * 4, j * 4, dM, k, u)
-            else:
-                _gather(dy, d, n, k, i * 4, j * 4)
-                _dtile_f4(d, 0, 0, 0, 0, dM, k, u)
+def _filter_f4(w, U):
+    K, C = w.shape[0], w.shape[1]
+    for c in prange(C):
+        for k in range(K):
+            r0 = _g4(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])
+            r1 = _g4(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
+            r2 = _g4(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
+            for b in range(6):
+                col = _g4(r0[b], r1[b], r2[b])
+                for a in range(6):
+                    U[a * 6 + b, c, k] = col[a]
 
 
 @jit(parallel=True)
 def _filter_t2(dU, dw):
-    """dw[k, c] = G^T dU[:, k, c] G, in float64."""
+    """dw[k, c] = G^T dU[:, k, c] G, in float64 (dU: alpha^2, K, C)."""
     K, C = dw.shape[0], dw.shape[1]
     for k in prange(K):
         for c in range(C):
@@ -446,64 +366,155 @@ def _filter_t4(dU, dw):
                     dw[k, c, r, s] = col[r]
 
 
+# -- the parallel kernels --------------------------------------------------------------
+
+@jit(parallel=True)
+def _fused(Xp, U, Y, m, th, tw, Vb, Mb, Tb):
+    """Y (channels last, whole tiles) = the correlation of Xp with the transformed filter
+    U. Thread ``tid`` takes tile batches tid, tid + nthreads, ... (tile t = (n*th + i)*tw
+    + j) with its own V, M and tmp: ``Vb[tid]``, ``Mb[tid]``, ``Tb[tid]``."""
+    nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
+    T = Xp.shape[0] * th * tw
+    nbatches = (T + tb - 1) // tb
+    for tid in prange(nthreads):
+        V, M, tmp = Vb[tid], Mb[tid], Tb[tid]
+        for batch in range(tid, nbatches, nthreads):
+            t0 = batch * tb
+            nt = min(tb, T - t0)
+            for u in range(tb):
+                t = t0 + u
+                n, i, j = t // (th * tw), (t // tw) % th, t % tw
+                if u >= nt:
+                    V[:, u, :] = 0            # a short last batch: its GEMM rows unused
+                elif m == 2:
+                    _in_tile2(Xp, n, 2 * i, 2 * j, tmp, V, u)
+                else:
+                    _in_tile4(Xp, n, 4 * i, 4 * j, tmp, V, u)
+            for xi in range(alpha2):
+                np.dot(V[xi], U[xi], M[xi])
+            for u in range(nt):
+                t = t0 + u
+                n, i, j = t // (th * tw), (t // tw) % th, t % tw
+                if m == 2:
+                    _out_tile2(M, u, tmp, Y, n, 2 * i, 2 * j)
+                else:
+                    _out_tile4(M, u, tmp, Y, n, 4 * i, 4 * j)
+
+
+@jit(parallel=True)
+def _input_tiles(Xp, V, m, t0, th, tw):
+    """V[:, u, :] for the tiles t0 + u of Xp."""
+    nt = V.shape[1]
+    for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
+        tmp = np.empty((m + 2, m + 2, Xp.shape[3]), Xp.dtype)
+        for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            if m == 2:
+                _in_tile2(Xp, n, 2 * i, 2 * j, tmp, V, u)
+            else:
+                _in_tile4(Xp, n, 4 * i, 4 * j, tmp, V, u)
+
+
+@jit(parallel=True)
+def _output_tiles(M, Y, m, t0, th, tw):
+    """The output tiles t0 + u of Y from M[:, u, :]."""
+    nt = M.shape[1]
+    for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
+        tmp = np.empty((m + 2, m + 2, M.shape[2]), M.dtype)
+        for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            if m == 2:
+                _out_tile2(M, u, tmp, Y, n, 2 * i, 2 * j)
+            else:
+                _out_tile4(M, u, tmp, Y, n, 4 * i, 4 * j)
+
+
+@jit(parallel=True)
+def _dy_tiles(D, dM, m, t0, th, tw):
+    """dM[:, u, :] for the m x m tiles t0 + u of the output gradient D."""
+    nt = dM.shape[1]
+    for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
+        tmp = np.empty((m + 2, m + 2, D.shape[3]), D.dtype)
+        for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
+            t = t0 + u
+            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            if m == 2:
+                _dy_tile2(D, n, 2 * i, 2 * j, tmp, dM, u)
+            else:
+                _dy_tile4(D, n, 4 * i, 4 * j, tmp, dM, u)
+
+
 # -- drivers --------------------------------------------------------------------------
 
-_KERNELS = {2: (_filter_f2, _input_f2, _output_f2), 4: (_filter_f4, _input_f4, _output_f4)}
-
+_FILTERS = {2: (_filter_f2, _filter_t2), 4: (_filter_f4, _filter_t4)}
 
 #: transformed filters of recently used weights (checked bitwise on every hit)
 _filters = WeightCache()
 
 
-def _workspace(sizes, dtype, slots="UVM"):
-    """Flat buffers of ``sizes`` elements, reused across calls per thread (see
-    ``fastconv._config.workspace``): one slot per array."""
-    return [workspace("winograd_" + slot, size, dtype) for slot, size in zip(slots, sizes)]
-
-
-def _plane_stride(size):
-    """Elements between consecutive xi-planes of U, V, M: the size rounded up to 16 plus
-    16, so the alpha^2 planes the transforms write at once start in different cache
-    sets (with power-of-two plane sizes they all collide and each store misses)."""
-    return -(-size // 16) * 16 + 16
-
-
-def _planes(buf, alpha2, rows, cols):
-    """An (alpha2, rows, cols) view of ``buf``, each plane C-contiguous, planes
-    ``_plane_stride(rows * cols)`` elements apart (np.matmul accepts any batch stride)."""
-    stride = _plane_stride(rows * cols)
-    return buf[:alpha2 * stride].reshape(alpha2, stride)[:, :rows * cols].reshape(alpha2, rows, cols)
+def _buffer(slot, shape, dtype):
+    """A C-contiguous array of ``shape`` on the calling thread's reused workspace."""
+    return workspace("winograd_" + slot, int(np.prod(shape)), dtype).reshape(shape)
 
 
 def _transformed_filter(m, w):
-    """U = G w G^T as (alpha^2, K, C) planes, in memory of its own (it may be cached)."""
+    """U = G w G^T as (alpha^2, C, K), in memory of its own (it may be cached)."""
     K, C = w.shape[:2]
-    alpha2 = (m + 2) ** 2
-    U = _planes(np.empty(_plane_stride(K * C) * alpha2, w.dtype), alpha2, K, C)
-    _KERNELS[m][0](w, U)
+    U = np.empty(((m + 2) ** 2, C, K), w.dtype)
+    _FILTERS[m][0](w, U)
     return U
+
+
+def _tiling(m, N, P, Q, per_image):
+    """Tile rows and columns of the output, and how many images to process at once so
+    that their ``per_image`` elements (of the padded copies) fit the workspace limit."""
+    th, tw = -(-P // m), -(-Q // m)
+    return th, tw, max(1, min(N, get_workspace_limit() // per_image))
+
+
+#: filters up to this size run fused per thread; larger ones would be re-read from
+#: memory for every batch of tiles, so they run each GEMM once over many tiles
+FUSED_MAX_FILTER_BYTES = 3 * 2**20
 
 
 def _winograd(m, x, U, y, off_h, off_w):
     """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
     * w[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3); x (N, C, H, W) C-contiguous,
     U the transformed filter of w (K, C, 3, 3), y (N, K, P, Q) filled."""
-    _, input_kernel, output_kernel = _KERNELS[m]
     N, C = x.shape[:2]
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
-    th, tw = -(-P // m), -(-Q // m)
-    T = N * th * tw
-    tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
-    vbuf, mbuf = _workspace([_plane_stride(C * tb) * alpha2, _plane_stride(K * tb) * alpha2],
-                            x.dtype, slots="VM")
-    for t0 in range(0, T, tb):
-        nt = min(tb, T - t0)
-        V = _planes(vbuf, alpha2, C, nt)
-        M = _planes(mbuf, alpha2, K, nt)
-        input_kernel(x, V, t0, nt, th, tw, off_h, off_w)
-        np.matmul(U, V, out=M)
-        output_kernel(M, y, t0, nt, th, tw)
+    Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
+    th, tw, group = _tiling(m, N, P, Q, (Hp * Wp * C + (Hp - 2) * (Wp - 2) * K) * x.itemsize)
+    Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
+    Y = _buffer("Y", (group, Hp - 2, Wp - 2, K), x.dtype)
+    if U.nbytes <= FUSED_MAX_FILTER_BYTES:
+        # 64 tiles per GEMM keep a batch's V and M near the thread's L2; at most an
+        # equal share of the tiles per thread
+        nthreads = get_num_threads()
+        tb = max(1, min(64, -(-group * th * tw // nthreads)))
+        Vb = _buffer("V", (nthreads, alpha2, tb, C), x.dtype)
+        Mb = _buffer("M", (nthreads, alpha2, tb, K), x.dtype)
+        Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, K)), x.dtype)
+    else:
+        tb = max(1, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize))
+    for n0 in range(0, N, group):
+        n1 = min(N, n0 + group)
+        _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
+        if U.nbytes <= FUSED_MAX_FILTER_BYTES:
+            with single_threaded_blas():
+                _fused(Xp[:n1 - n0], U, Y[:n1 - n0], m, th, tw, Vb, Mb, Tb)
+        else:
+            for t0 in range(0, (n1 - n0) * th * tw, tb):
+                nt = min(tb, (n1 - n0) * th * tw - t0)
+                V = _buffer("V", (alpha2, nt, C), x.dtype)
+                M = _buffer("M", (alpha2, nt, K), x.dtype)
+                _input_tiles(Xp[:n1 - n0], V, m, t0, th, tw)
+                np.matmul(V, U, out=M)
+                _output_tiles(M, Y[:n1 - n0], m, t0, th, tw)
+        _from_channels_last(Y[:n1 - n0], y[n0:n1])
 
 
 def _forward(m):
@@ -526,39 +537,38 @@ def _backward_input(m):
     return conv2d_input
 
 
-_WEIGHT_KERNELS = {2: (_dy_f2, _filter_t2), 4: (_dy_f4, _filter_t4)}
-
-
 def _winograd_weight(m, x, dy, dw, off_h, off_w):
     """dw[k, c, r, s] = sum dy[n, k, p, q] * x[n, c, p + off_h + r, q + off_w + s] with
-    F(m x m, 3x3) transposed: dU[xi] = sum over tiles of (A dy A^T)[xi] (B^T x B)[xi]^T
+    F(m x m, 3x3) transposed: dU[xi] = sum over tiles of (A dy A^T)[xi]^T (B^T x B)[xi]
     (alpha^2 GEMMs [K x tiles] x [tiles x C]), then dw = G^T dU G."""
-    input_kernel = _KERNELS[m][1]
-    dy_kernel, filter_kernel = _WEIGHT_KERNELS[m]
     N, C = x.shape[:2]
     K, P, Q = dy.shape[1:]
     alpha2 = (m + 2) ** 2
-    th, tw = -(-P // m), -(-Q // m)
-    T = N * th * tw
+    Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
+    th, tw, group = _tiling(m, N, P, Q, (Hp * Wp * C + (Hp - 2) * (Wp - 2) * K) * x.itemsize)
+    T = group * th * tw
     tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
-    sizes = [_plane_stride(K * C) * alpha2, _plane_stride(C * tb) * alpha2,
-             _plane_stride(K * tb) * alpha2]
-    ubuf, vbuf, mbuf = _workspace(sizes, x.dtype)
-    dU = _planes(ubuf, alpha2, K, C)
-    if tb < T:                                   # the GEMMs of later batches, summed
-        part = _planes(_workspace([sizes[0]], x.dtype, slots="P")[0], alpha2, K, C)
-    for t0 in range(0, T, tb):
-        nt = min(tb, T - t0)
-        V = _planes(vbuf, alpha2, C, nt)
-        dM = _planes(mbuf, alpha2, K, nt)
-        input_kernel(x, V, t0, nt, th, tw, off_h, off_w)
-        dy_kernel(dy, dM, t0, nt, th, tw)
-        if t0 == 0:
-            np.matmul(dM, V.transpose(0, 2, 1), out=dU)
-        else:
-            np.matmul(dM, V.transpose(0, 2, 1), out=part)
-            dU += part
-    filter_kernel(dU, dw)
+    Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
+    D = _buffer("Y", (group, Hp - 2, Wp - 2, K), x.dtype)
+    dU = _buffer("U", (alpha2, K, C), x.dtype)
+    first = True
+    for n0 in range(0, N, group):
+        n1 = min(N, n0 + group)
+        _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
+        _to_channels_last(dy[n0:n1], D[:n1 - n0], 0, 0)      # zeros past P, Q
+        for t0 in range(0, (n1 - n0) * th * tw, tb):
+            nt = min(tb, (n1 - n0) * th * tw - t0)
+            V = _buffer("V", (alpha2, nt, C), x.dtype)
+            dM = _buffer("M", (alpha2, nt, K), x.dtype)
+            _input_tiles(Xp[:n1 - n0], V, m, t0, th, tw)
+            _dy_tiles(D[:n1 - n0], dM, m, t0, th, tw)
+            if first:
+                np.matmul(dM.transpose(0, 2, 1), V, out=dU)
+                first = False
+            else:
+                dU += np.matmul(dM.transpose(0, 2, 1), V,
+                                out=_buffer("P", (alpha2, K, C), x.dtype))
+    _FILTERS[m][1](dU, dw)
 
 
 def _backward_weight(m):
