@@ -237,6 +237,36 @@ def _copy_source(a, ind, dst, d0, src, s0, n, J):
     a(f"{ind}        {dst}[{d0} + np.uint64(e)] = {src}[{s0} + np.uint64(e)]")
 
 
+def _tile_source(a, J):
+    """Emit the copy of plane x[n, c] into the depthwise kernels' phase-split tile:
+    input row h is padded row hp = h + pt = i*sh + a, kept if i < Hq; column likewise."""
+    a("        h0 = max(0, -pt)")
+    a("        i = (h0 + pt) // sh")
+    a("        ph = (h0 + pt) % sh")
+    a("        for h in range(h0, H):")
+    a("            if i >= Hq:")
+    a("                break")
+    a("            row = ph * sw * phase + i * Wq")
+    a("            ph += 1")
+    a("            if ph == sh:")
+    a("                ph = 0")
+    a("                i += 1")
+    a("            if sw == 1:")
+    a("                lo = max(0, -pl)")
+    a("                to = np.uint64(row + pl + lo)")
+    a("                xo = np.uint64(((n * C + c) * H + h) * W + lo)")
+    a("                cnt = min(W, Wq - pl) - lo")
+    _copy_source(a, " " * 16, "tile", "to", "xf", "xo", "cnt", J)
+    a("            else:")
+    a("                xr = x[n, c, h]")
+    a("                for ww in range(max(0, -pl), W):")
+    a("                    wp = ww + pl                  # = j*sw + b")
+    a("                    j = wp // sw")
+    a("                    if j >= Wq:")
+    a("                        break")
+    a("                    tile[row + (wp % sw) * phase + j] = xr[ww]")
+
+
 def _dw_source(J, M):
     """Depthwise kernel (one input plane per output plane): M output rows x J columns of
     one plane in scalar accumulators, the J columns the vector lanes. Each plane is
@@ -266,32 +296,7 @@ def _dw_source(J, M):
     a("        n = it // K")
     a("        k = it % K")
     a("        c = k // Kg")
-    # copy the plane: input row h is padded row hp = h + pt = i*sh + a (kept if i < Hq)
-    a("        h0 = max(0, -pt)")
-    a("        i = (h0 + pt) // sh")
-    a("        ph = (h0 + pt) % sh")
-    a("        for h in range(h0, H):")
-    a("            if i >= Hq:")
-    a("                break")
-    a("            row = ph * sw * phase + i * Wq")
-    a("            ph += 1")
-    a("            if ph == sh:")
-    a("                ph = 0")
-    a("                i += 1")
-    a("            if sw == 1:")
-    a("                lo = max(0, -pl)")
-    a("                to = np.uint64(row + pl + lo)")
-    a("                xo = np.uint64(((n * C + c) * H + h) * W + lo)")
-    a("                cnt = min(W, Wq - pl) - lo")
-    _copy_source(a, " " * 16, "tile", "to", "xf", "xo", "cnt", J)
-    a("            else:")
-    a("                xr = x[n, c, h]")
-    a("                for ww in range(max(0, -pl), W):")
-    a("                    wp = ww + pl                  # = j*sw + b")
-    a("                    j = wp // sw")
-    a("                    if j >= Wq:")
-    a("                        break")
-    a("                    tile[row + (wp % sw) * phase + j] = xr[ww]")
+    _tile_source(a, J)
     a("        for r in range(R):")
     a("            for s in range(S):")
     a("                wt[r * S + s] = w[k, 0, R - 1 - r, S - 1 - s] if flip else w[k, 0, r, s]")
@@ -302,9 +307,9 @@ def _dw_source(J, M):
     a(f"                xb = pb * {M} * Wq + qb * {J}")
     a("                for t in range(R * S):")
     a("                    wv = wt[t]")
-    a("                    xo = xb + toff[t]")
+    a("                    xt = xb + toff[t]")
     for m in range(M):
-        a(f"                    xm = np.uint64(xo + {m} * Wq)")
+        a(f"                    xm = np.uint64(xt + {m} * Wq)")
         a("                    " + "; ".join(f"x{j} = tile[xm + ux{j}]" for j in range(J)))
         a("                    " + "; ".join(f"a{m}_{j} += x{j} * wv" for j in range(J)))
     a(f"                ob = pb * {M} * Qp + qb * {J}")
@@ -318,12 +323,70 @@ def _dw_source(J, M):
     return "\n".join(L) + "\n"
 
 
+def _dww_source(J, M):
+    """Depthwise weight gradient: out[k, 0, r, s] = sum over n, p, q of dy[n, k, p, q] *
+    x_pad[n, k // Kg, p*sh + r*dh, q*sw + s*dw]. Per image, the x plane goes into the
+    phase-split tile of ``dw`` and the dy plane into a tile of the same block shape
+    (zeros past P, Q, so the extra lanes add nothing); then, tap by tap, M x J products
+    in scalar accumulators over all blocks, summed into the tap's total."""
+    L = []
+    a = L.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def dww_{J}_{M}(x, dy, out, toff, Kg, sh, sw, pt, pl, Hq, Wq, zero, it0, it1):")
+    a("    N, C, H, W = x.shape")
+    a("    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]")
+    a("    R, S = out.shape[2], out.shape[3]")
+    a(f"    nP = (P + {M - 1}) // {M}")
+    a(f"    nQ = (Q + {J - 1}) // {J}")
+    a(f"    Qp = nQ * {J}")
+    a("    phase = Hq * Wq")
+    a("    xf = x.reshape(x.size)")
+    a("    dyf = dy.reshape(dy.size)")
+    a("    tile = np.zeros(sh * sw * phase, x.dtype)    # positions never written stay 0")
+    a(f"    dyt = np.zeros(nP * {M} * Qp, x.dtype)")
+    a("    wsum = np.empty(R * S, x.dtype)")
+    for j in range(J):
+        a(f"    ux{j} = np.uint64({j})")
+    a("    for k in range(it0, it1):           # of K output channels")
+    a("        c = k // Kg")
+    a("        wsum[:] = 0")
+    a("        for n in range(N):")
+    body = []
+    _tile_source(body.append, J)
+    for line in body:                        # the tile copy, one level deeper
+        a("    " + line)
+    a("            for p_ in range(P):")
+    a("                to = np.uint64(p_ * Qp)")
+    a("                yo = np.uint64(((n * K + k) * P + p_) * Q)")
+    _copy_source(a, " " * 16, "dyt", "to", "dyf", "yo", "Q", J)
+    a("            for t in range(R * S):")
+    for m in range(M):
+        a("                " + "; ".join(f"a{m}_{j} = zero" for j in range(J)))
+    a("                for pb in range(nP):")
+    a("                    for qb in range(nQ):")
+    a(f"                        xt = pb * {M} * Wq + qb * {J} + toff[t]")
+    a(f"                        yb = pb * {M} * Qp + qb * {J}")
+    for m in range(M):
+        a(f"                        xm = np.uint64(xt + {m} * Wq)")
+        a(f"                        ym = np.uint64(yb + {m} * Qp)")
+        a("                        " + "; ".join(f"x{j} = tile[xm + ux{j}]" for j in range(J)))
+        a("                        " + "; ".join(f"d{j} = dyt[ym + ux{j}]" for j in range(J)))
+        a("                        " + "; ".join(f"a{m}_{j} += x{j} * d{j}" for j in range(J)))
+    a("                wsum[t] += " + " + ".join(
+        "(" + " + ".join(f"a{m}_{j}" for m in range(M)) + ")" for j in range(J)))
+    a("        for r in range(R):")
+    a("            for s in range(S):")
+    a("                out[k, 0, r, s] = wsum[r * S + s]")
+    return "\n".join(L) + "\n"
+
+
 def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
     parts += [_flat_source(J, KB) for J, KB in FLAT_BLOCKS]
     parts += [_bww_source(L) for L in BWW_LANES]
     parts.append(_dw_source(*DW_BLOCK))
+    parts.append(_dww_source(*DW_BLOCK))
     return "\n\n".join(parts)
 
 

@@ -317,22 +317,28 @@ def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
 # -- Depthwise (C/groups == 1) ------------------------------------------------------------
 
 
+def _dw_tile(P, Q, R, S, sh, sw, dh, dw):
+    """Phase-plane rows/columns (Hq, Wq) of the depthwise kernels' tile, and the offset of
+    each tap in it: whole blocks of outputs plus the furthest tap's reach. Tap (r, s)
+    reads padded row p*sh + r*dh: phase (r*dh) % sh, tile row p + (r*dh) // sh."""
+    J, M = _direct_gen.DW_BLOCK
+    Hq = -(-P // M) * M + (R - 1) * dh // sh
+    Wq = -(-Q // J) * J + (S - 1) * dw // sw
+    toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
+                     + (r * dh) // sh * Wq + (s * dw) // sw
+                     for r in range(R) for s in range(S)], np.int64)
+    return Hq, Wq, toff
+
+
 def _dw_planes(x, w, out, Kg, sh, sw, pt, pl, dh, dw, flip=False):
     """Depthwise convolution, plane by plane: out[n, k] = x_pad[n, k // Kg] correlated with
     w[k, 0] (``flip``: rotated by 180 degrees, the input gradient's weight), by the
     generated ``dw`` kernel on a phase-split tile of each plane (see ``_direct_gen``)."""
     N, K, P, Q = out.shape
     R, S = w.shape[2], w.shape[3]
-    J, M = _direct_gen.DW_BLOCK
-    # tile rows/columns per phase: whole blocks of outputs plus the furthest tap's offset
-    Hq = -(-P // M) * M + (R - 1) * dh // sh
-    Wq = -(-Q // J) * J + (S - 1) * dw // sw
-    # tap (r, s) reads padded row p*sh + r*dh: phase (r*dh) % sh, tile row p + (r*dh) // sh
-    toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
-                     + (r * dh) // sh * Wq + (s * dw) // sw
-                     for r in range(R) for s in range(S)], np.int64)
-    _run(getattr(_gen(), f"dw_{J}_{M}"), N * K, x, w, out, toff, Kg, sh, sw, pt, pl, Hq, Wq,
-         flip, x.dtype.type(0))
+    Hq, Wq, toff = _dw_tile(P, Q, R, S, sh, sw, dh, dw)
+    _run(getattr(_gen(), "dw_%d_%d" % _direct_gen.DW_BLOCK), N * K, x, w, out, toff, Kg, sh,
+         sw, pt, pl, Hq, Wq, flip, x.dtype.type(0))
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -364,37 +370,6 @@ def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
                         else:
                             for q in range(q_lo, q_hi):
                                 o[q * sw + off] += wv * d[q]
-
-
-@jit(parallel=True, fastmath=_FASTMATH)
-def _dw_weight(x, dy, out, Kg, sh, sw, pt, pl, dh, dw):
-    """Depthwise weight gradient: out[k, 0, r, s] = sum_{n,p,q} dy[n,k,p,q] * x_pad[...]."""
-    N, C, H, W = x.shape
-    _, K, P, Q = dy.shape
-    R, S = out.shape[2], out.shape[3]
-    for k in prange(K):
-        c = k // Kg
-        for r in range(R):
-            for s in range(S):
-                off = s * dw - pl
-                q_lo, q_hi = valid_range(Q, W, sw, off)
-                acc = 0.0
-                for n in range(N):
-                    for p_ in range(P):
-                        h = p_ * sh - pt + r * dh
-                        if h < 0 or h >= H:
-                            continue
-                        d = dy[n, k, p_]
-                        xr = x[n, c, h]
-                        if sw == 1:                    # contiguous: vectorised
-                            xs = xr[off + q_lo:off + q_hi]
-                            ds = d[q_lo:q_hi]
-                            for q in range(q_hi - q_lo):
-                                acc += ds[q] * xs[q]
-                        else:
-                            for q in range(q_lo, q_hi):
-                                acc += d[q] * xr[q * sw + off]
-                out[k, 0, r, s] = acc
 
 
 def _depthwise(p):
@@ -501,8 +476,10 @@ def _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L):
 def conv2d_weight(x, dy, p, out):
     """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
     if _depthwise(p):
-        _dw_weight(x, dy, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
-                   p.dil_h, p.dil_w)
+        Hq, Wq, toff = _dw_tile(p.P, p.Q, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w)
+        _run(getattr(_gen(), "dww_%d_%d" % _direct_gen.DW_BLOCK), p.K, x, dy, out, toff,
+             p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left, Hq, Wq,
+             x.dtype.type(0))
         return
     dtype = x.dtype
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
