@@ -17,9 +17,9 @@ import argparse
 import json
 import sys
 
+import fastconv  # noqa: I001  (first: it sets OpenBLAS/OpenMP thread settings)
 import numpy as np
 
-import fastconv
 from fastconv import _dispatch, reference
 from fastconv.bench import LAYERS, ODD_LAYERS, Layer, fma_peak, interleaved, layer, median_ratio
 

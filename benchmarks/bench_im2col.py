@@ -9,10 +9,10 @@ and the median per-round ratio NumPy/fastconv (> 1: fastconv faster).
 """
 import argparse
 
+import fastconv  # noqa: I001  (first: it sets OpenBLAS/OpenMP thread settings)
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-import fastconv
 from fastconv.bench import LAYERS, interleaved, layer, median_ratio
 
 

@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+import fastconv  # noqa: I001  (first: it sets OpenBLAS/OpenMP thread settings)
 import numpy as np
 
-import fastconv
 from fastconv import nn
 from fastconv.data import load_mnist
 

@@ -17,9 +17,9 @@ import json
 import platform
 import sys
 
+import fastconv  # noqa: I001  (first: it sets OpenBLAS/OpenMP thread settings)
 import numpy as np
 
-import fastconv
 from fastconv.bench import _CHAINS, _LANES, _compiled_probe, interleaved, layer
 
 ANCHOR_ITERATIONS = 200_000  # about 2 ms on the machine the baseline was recorded on

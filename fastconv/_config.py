@@ -15,6 +15,11 @@ import warnings
 # im2col + GEMM 1.5x slower, the gather alone 8x). Read when libgomp starts, so before
 # Numba's first parallel call; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Likewise OpenBLAS's workers: by default they spin for 2^28 cycles (about 0.1 s here)
+# after each GEMM, and a Numba kernel that follows ran 1.5-2x slower meanwhile (fused
+# Winograd after an im2col GEMM, measured). 2^20 cycles (0.3 ms) still covers the gaps
+# between the GEMMs of one layer. Read when OpenBLAS loads: import fastconv before NumPy.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
