@@ -88,21 +88,23 @@ def supports(algorithm, backend, p):
 # -- The selection rules: what ``auto`` runs when nothing was autotuned -----------------
 
 
-# Measured with benchmarks/bench_conv.py --algorithms (float32, 1 and 2 threads, N=1
-# and 8, OpenBLAS's AVX-512 kernels; figures in the issue notes):
+# Measured with benchmarks/bench_conv.py --algorithms (float32, 2 threads, N=1 and 8,
+# OpenBLAS's AVX-512 kernels; figures in the issue notes):
 # - 3x3 stride-1 layers with >= 16 channels: Winograd F(4x4,3x3) from 20x20 outputs
-#   per image (res2/res3/VGG/CIFAR: 1.1-3.4x PyTorch at 2 threads); F(2x2,3x3) on
-#   10x10-19x19 images (res4, conv5_2: 1.2-2.4x at N=8), but a single image's
-#   grad-input is faster through im2col (1.3-1.8x against 0.9x); 7x7 images through
-#   im2col (res5: 1.2-1.9x; too few tiles for the transforms to pay).
+#   per image (res2/res3/VGG/CIFAR: 1.3-3.6x PyTorch forward), and for forward and
+#   grad-input from 1000 outputs per channel over the batch (14x14 at N=8: F4 1.4-2.8x
+#   against F2 1.2-2.5x; its grad-weight stays with F2, 1.2-1.3x against 0.7-1.1x).
+#   F(2x2,3x3) from 100 outputs (res4 and conv5_2 at N=1: 1.5-1.75x against im2col
+#   0.8-1.5x; res5 at N=8: 1.6x against 1.2x), but grad-input only from 300 (a single
+#   14x14 image: im2col 1.0-1.3x, F2 0.9-1.2x). Below: im2col (res5 at N=1).
 # - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
 # - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
 #   and at least 16 output channels, and depthwise layers: direct. Everything else,
 #   and both backward passes of those: im2col.
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
-F2_MIN_IMAGE = 100              # P*Q from which F(2x2,3x3) beats im2col
-F2_MIN_GRAD_INPUT_OUTPUTS = 1000  # N*P*Q from which F(2x2,3x3) grad-input beats im2col
+F4_MIN_OUTPUTS = 1000           # N*P*Q from which F4 forward and grad-input beat F2
+F2_MIN_OUTPUTS = {"conv2d": 100, "conv2d_input": 300, "conv2d_weight": 100}  # N*P*Q: F2 beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
 
 
@@ -116,13 +118,12 @@ def _auto(op, p):
     if p.groups > 1 and p.groups == p.C == p.K:
         return "direct"
     if supports("winograd_f4", "numba", p) and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS:
-        image = p.P * p.Q
-        if image >= F4_MIN_IMAGE:
+        image, outputs = p.P * p.Q, p.N * p.P * p.Q
+        if image >= F4_MIN_IMAGE or (op != "conv2d_weight" and outputs >= F4_MIN_OUTPUTS):
             return "winograd_f4"
-        if image < F2_MIN_IMAGE or (op == "conv2d_input"
-                                    and p.N * image < F2_MIN_GRAD_INPUT_OUTPUTS):
-            return "im2col"
-        return "winograd_f2"
+        if outputs >= F2_MIN_OUTPUTS[op]:
+            return "winograd_f2"
+        return "im2col"
     if (op == "conv2d" and (p.C // p.groups) * p.R * p.S < DIRECT_MAX_PATCH
             and p.K // p.groups >= 16):  # direct holds 16 output channels in registers
         return "direct"
