@@ -47,7 +47,7 @@ def _fwd_source(J, KB=16):
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
-    a(f"def fwd_{J}(xf, wf, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q, zero,"
+    a(f"def fwd_{J}(xf, wf, out, soff, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero,"
       " it0, it1):")
     a(f"    nq = (Q + {J - 1}) // {J}")
     a("    Cg = C // G")
@@ -81,8 +81,8 @@ def _fwd_source(J, KB=16):
     # x layout [n, c, hp, phase, wq]: padded column wp = wq*sw + phase; row hp = p*sh + r*dh
     a("                    xrow = (((n * C + g * Cg + c) * Hp + p_ * sh + r * dh) * sw) * Wq + q0")
     a("                    for s in range(S):")
-    # column (q0+j)*sw + s*dw = phase (s*dw) % sw, wq = q0 + j + (s*dw) // sw
-    a("                        xo = np.uint64(xrow + ((s * dw) % sw) * Wq + (s * dw) // sw)")
+    # column (q0+j)*sw + s*dw = phase (s*dw) % sw, wq = q0 + j + (s*dw) // sw: soff[s]
+    a("                        xo = np.uint64(xrow + soff[s])")
     for j in range(J):
         a(f"                        x{j} = xf[xo + ux{j}]")
     for k in range(KB):

@@ -302,8 +302,10 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     assert orow == ocol == (0, 1)
     wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
                       lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
+    # offset of tap column s in a row: phase (s*dw) % sw, then (s*dw) // sw columns in
+    soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
     fn = getattr(_gen(), f"fwd_{J}")
-    _run(fn, N * G * Kb * P, xb, wb, out, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, dw, P, Q,
+    _run(fn, N * G * Kb * P, xb, wb, out, soff, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q,
          zero)
 
 
