@@ -52,6 +52,10 @@ def test_strides_dilation_asymmetric_padding(dtype):
     _check(dtype, 2, 64, 8, 8, 64, 3, 3, padding=1)                # full blocks
     _check(dtype, 2, 7, 15, 14, 9, 4, 3, stride=(2, 3), padding=(1, 2))   # input-grad phases
     _check(dtype, 1, 3, 17, 17, 16, 7, 7, stride=2, padding=3)       # a conv1
+    # stride-2 conversion: rows of >= 16 column pairs, odd/even padding, cropped columns
+    for pad in (0, 1, 2):
+        _check(dtype, 1, 2, 9, 41, 17, 3, 4, stride=2, padding=pad)
+    _check(dtype, 1, 2, 9, 40, 17, 3, 1, stride=2, padding=0)        # last columns unread
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

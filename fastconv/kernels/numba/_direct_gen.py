@@ -380,11 +380,61 @@ def _dww_source(J, M):
     return "\n".join(L) + "\n"
 
 
+def _phase2_source(J):
+    """Stride-2 forward layout conversion, one padded row per work item: dst[n, c, hp,
+    b, wq] = x_pad[n, c, hp, 2*wq + b]. Pairs of consecutive input columns go to the two
+    phases; J pairs at a time (the last chunk overlapping the one before) so that SLP
+    turns them into two vector loads, shuffles and two vector stores."""
+    L = []
+    a = L.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def phase2_{J}(src, dst, Hp, Wq, pt, pl, zero, it0, it1):")
+    a("    N, C, Hs, Ws = src.shape")
+    a("    sf = src.reshape(src.size)")
+    for j in range(2 * J):
+        a(f"    ux{j} = np.uint64({j})")
+    a("    for it in range(it0, it1):          # of N * C * Hp padded rows")
+    a("        hp = it % Hp")
+    a("        base = it * 2 * Wq")
+    a("        for e in range(2 * Wq):")
+    a("            dst[np.uint64(base + e)] = zero")
+    a("        h = hp - pt")
+    a("        if h < 0 or h >= Hs:")
+    a("            continue")
+    a("        so = ((it // Hp) * Hs + h) * Ws")
+    # source columns w with 0 <= w + pl < 2*Wq; column w goes to phase (w+pl) % 2, (w+pl) // 2
+    a("        w = max(0, -pl)")
+    a("        w_hi = min(Ws, 2 * Wq - pl)")
+    a("        if w < w_hi and (w + pl) % 2 == 1:       # a lone first column: phase 1")
+    a("            dst[np.uint64(base + Wq + (w + pl) // 2)] = sf[np.uint64(so + w)]")
+    a("            w += 1")
+    a("        npairs = max(0, w_hi - w) // 2")
+    a("        d0 = base + (w + pl) // 2                # pair e: columns w + 2e, w + 2e + 1")
+    a(f"        if npairs >= {J}:")
+    a(f"            for e in range(0, npairs, {J}):")
+    a(f"                e0 = min(e, npairs - {J})")
+    a("                s0 = np.uint64(so + w + 2 * e0)")
+    a("                t0 = np.uint64(d0 + e0)")
+    a("                t1 = np.uint64(d0 + e0 + Wq)")
+    a("                " + "; ".join(f"v{j} = sf[s0 + ux{j}]" for j in range(2 * J)))
+    a("                " + "; ".join(f"dst[t0 + ux{j}] = v{2 * j}" for j in range(J)))
+    a("                " + "; ".join(f"dst[t1 + ux{j}] = v{2 * j + 1}" for j in range(J)))
+    a("        else:")
+    a("            for e in range(npairs):")
+    a("                dst[np.uint64(d0 + e)] = sf[np.uint64(so + w + 2 * e)]")
+    a("                dst[np.uint64(d0 + e + Wq)] = sf[np.uint64(so + w + 2 * e + 1)]")
+    a("        last = w + 2 * npairs")
+    a("        if last < w_hi:                          # a lone last column: phase 0")
+    a("            dst[np.uint64(base + (last + pl) // 2)] = sf[np.uint64(so + last)]")
+    return "\n".join(L) + "\n"
+
+
 def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
     parts += [_flat_source(J, KB) for J, KB in FLAT_BLOCKS]
     parts += [_bww_source(L) for L in BWW_LANES]
+    parts.append(_phase2_source(16))
     parts.append(_dw_source(*DW_BLOCK))
     parts.append(_dww_source(*DW_BLOCK))
     return "\n\n".join(parts)

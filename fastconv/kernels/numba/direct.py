@@ -298,7 +298,10 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     J = _pixel_block(Q, dtype)
     Wq = max(Q, J) + ((S - 1) * dw) // sw           # columns per phase read by any block
     xb = workspace("direct_x", N * C * Hp * sw * Wq, dtype)
-    _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
+    if sw == 2 and ish == isw == 1:
+        _run(_gen().phase2_16, N * C * Hp, x, xb, Hp, Wq, pt, pl, zero)
+    else:
+        _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
     assert orow == ocol == (0, 1)
     wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
                       lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
