@@ -133,6 +133,10 @@ def _gen():
 #: above it, all pixel blocks of one channel block (weights reused instead)
 _L2_WEIGHTS = 384 * 1024
 
+#: the strided forward converts and convolves the batch in slices of images whose
+#: re-laid-out input stays under this many bytes (at least one image)
+_L2_IMAGES = 1024 * 1024
+
 
 def _pixel_block(Q, dtype):
     """Output pixels per register block of the strided (row) kernel, the vector lanes: 16
@@ -283,33 +287,48 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         J, KB = _direct_gen.FLAT_BLOCKS[0]
         Kb = -(-Kg // KB)
         Wq = Q + (S - 1) * dw
-        body = N * C * Hp * Wq
-        xb = workspace("direct_x", body + J + (S - 1) * dw, dtype)   # last block reads past
-        xb[body:] = 0
-        _to_phase(x, xb, Hp, Wq, 1, pt, pl, ish, isw)
+        tail = J + (S - 1) * dw                     # the last block reads past the planes
         wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
         nf = -(-P * Wq // J)
-        _run(getattr(_gen(), f"flat_{J}_{KB}"), N * G * Kb * nf, xb, wb, out, N, C, G, Hp, Wq,
-             Kb, Kg, R, S, dh, dw, P, Q, orow[0], orow[1], ocol[0], ocol[1],
-             wb.nbytes <= _L2_WEIGHTS, zero)
-        return
-    Kb = -(-Kg // 16)
-    J = _pixel_block(Q, dtype)
-    Wq = max(Q, J) + ((S - 1) * dw) // sw           # columns per phase read by any block
-    xb = workspace("direct_x", N * C * Hp * sw * Wq, dtype)
-    if sw == 2 and ish == isw == 1:
-        _run(_gen().phase2_16, N * C * Hp, x, xb, Hp, Wq, pt, pl, zero)
+
+        def convert(xs, xb):
+            _to_phase(xs, xb, Hp, Wq, 1, pt, pl, ish, isw)
+
+        def kernel(n, xb, os_):
+            _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, n, C, G, Hp,
+                 Wq, Kb, Kg, R, S, dh, dw, P, Q, orow[0], orow[1], ocol[0], ocol[1],
+                 wb.nbytes <= _L2_WEIGHTS, zero)
     else:
-        _to_phase(x, xb, Hp, Wq, sw, pt, pl, ish, isw)
-    assert orow == ocol == (0, 1)
-    wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
-                      lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
-    # offset of tap column s in a row: phase (s*dw) % sw, then (s*dw) // sw columns in
-    soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
-    fn = getattr(_gen(), f"fwd_{J}")
-    _run(fn, N * G * Kb * P, xb, wb, out, soff, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q,
-         zero)
+        # output rows in blocks of J pixels; column phases split so each tap reads J in a row
+        Kb = -(-Kg // 16)
+        J = _pixel_block(Q, dtype)
+        Wq = max(Q, J) + ((S - 1) * dw) // sw       # columns per phase read by any block
+        tail = 0
+        assert orow == ocol == (0, 1)
+        wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
+                          lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
+        # offset of tap column s in a row: phase (s*dw) % sw, then (s*dw) // sw columns in
+        soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
+
+        def convert(xs, xb):
+            if sw == 2 and ish == isw == 1:
+                _run(_gen().phase2_16, len(xs) * C * Hp, xs, xb, Hp, Wq, pt, pl, zero)
+            else:
+                _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
+
+        def kernel(n, xb, os_):
+            _run(getattr(_gen(), f"fwd_{J}"), n * G * Kb * P, xb, wb, os_, soff, n, C, G, Hp, Wq,
+                 Kb, Kg, R, S, sh, sw, dh, P, Q, zero)
+    # a few images at a time, so that the layout is still in cache when the kernel reads it
+    image = C * Hp * sw * Wq
+    nb = max(1, min(N, _L2_IMAGES // (image * dtype.itemsize)))
+    xb = workspace("direct_x", nb * image + tail, dtype)
+    xb[nb * image:] = 0
+    for n0 in range(0, N, nb):
+        xs = x[n0:n0 + nb]
+        convert(xs, xb)
+        kernel(len(xs), xb, out[n0:n0 + nb])
 
 
 def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
