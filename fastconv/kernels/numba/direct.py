@@ -16,6 +16,7 @@ counts in the kernel's time) and never returned::
                                                          Wq = Q + (S-1)*dil_w columns
     forward input, stride > 1 xb[n, c, hp, phase, wq]   padded column wp = wq*sw + phase,
                                                          so each tap reads consecutive wq
+                                                         (stride 2: generated ``phase2_16``)
     forward weight            wb[g, kb, c, r, s, k]     k < KB (12 or 16) output channels
     weight-gradient input     xb[n, g, cbk, hp, wp, c]  channels last, L = 16 (8 fp64)
     weight-gradient dy        dyb[n, g, kb, p, q, k]    16 output channels last
@@ -27,7 +28,7 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   special case; columns q >= Q are computed and dropped) x 12 output channels: two
   vector loads and 12 broadcasts per 24 FMAs.
 * ``fwd_16`` / ``fwd_8`` (strided, and all float64): 16 (8) pixels of one output row x
-  16 output channels.
+  16 output channels; the tap columns' offsets come from a table (no division per tap).
 * ``bww_16`` / ``bww_8``: weight gradient, 16 (8) input channels in the lanes x 16 output
   channels broadcast from dy, summed over the pixels of a batch slice.
 * Gradient wrt input: the forward kernels on ``grad_output`` with the weight rotated by
@@ -39,11 +40,15 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   zero-padded, phase-split tile that stays in L1, then blocks of 4 output rows x 16
   columns (the lanes) with one weight broadcast per tap. The input gradient for
   stride 1 and K = C is the same kernel with the weight rotated; otherwise NCHW loops.
+  ``dww_16_4``, the depthwise weight gradient, works on the same tiles tap by tap.
+
+The forward converts and convolves the batch in slices of images whose layout fits in
+about 1 MB, so the kernel reads the layout from cache rather than memory.
 
 Work items (image, group, channel block, pixel block) are split into 4 ranges per
-thread and run on a thread pool of ``numba.get_num_threads()`` workers (the kernels
-release the GIL): a Numba ``prange`` around the generated bodies compiled 6x slower
-and vectorised worse. Both cores are busy for N = 1.
+thread, taken in turn by the calling thread and ``numba.get_num_threads() - 1`` pool
+workers (the kernels release the GIL): a Numba ``prange`` around the generated bodies
+compiled 6x slower and vectorised worse. Both cores are busy for N = 1.
 
 Scratch layouts live in ``fastconv._config.workspace`` (per Python thread, reused
 across calls: no fresh pages to fault in). Weight re-layouts are cached (see
