@@ -371,8 +371,9 @@ def _filter_t4(dU, dw):
 
 @jit(parallel=True)
 def _fused(Xp, U, y, m, th, tw, Vb, Mb, Tb):
-    """y (NCHW) = the correlation of Xp with the transformed filter U. Thread ``tid`` takes tile batches tid, tid + nthreads, ... (tile t = (n*th + i)*tw
-    + j) with its own V, M and tmp: ``Vb[tid]``, ``Mb[tid]``, ``Tb[tid]``."""
+    """y (NCHW) = the correlation of Xp with the transformed filter U. Thread ``tid``
+    takes tile batches tid, tid + nthreads, ... (tile t = (n*th + i)*tw + j) with its own
+    V, M and tmp: ``Vb[tid]``, ``Mb[tid]``, ``Tb[tid]``."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
     T = Xp.shape[0] * th * tw
     nbatches = (T + tb - 1) // tb
