@@ -104,7 +104,8 @@ def supports(algorithm, backend, p):
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
 F4_MIN_OUTPUTS = 1000           # N*P*Q from which F4 forward and grad-input beat F2
-F2_MIN_OUTPUTS = {"conv2d": 100, "conv2d_input": 300, "conv2d_weight": 100}  # N*P*Q: F2 beats im2col
+# N*P*Q from which F2 beats im2col
+F2_MIN_OUTPUTS = {"conv2d": 100, "conv2d_input": 300, "conv2d_weight": 100}
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
 
 
