@@ -172,3 +172,35 @@ print(json.dumps(dict(calls=len(calls), winner=_dispatch._load_tuned().get(key),
     assert second.returncode == 0, second.stderr
     r2 = json.loads(second.stdout.strip().splitlines()[-1])
     assert r2["calls"] == 0 and r2["winner"] == r1["winner"] and r2["ok"]
+
+
+def test_blas_held_at_one_thread_inside_kernels_and_restored_after():
+    """Kernels that call BLAS from each Numba thread (fused Winograd) hold BLAS at one
+    thread meanwhile, also when Python threads overlap, and restore the user's count."""
+    from fastconv._config import single_threaded_blas
+    before = _blas_threads()
+    with single_threaded_blas():
+        assert _blas_threads() == {1}
+        with single_threaded_blas():
+            assert _blas_threads() == {1}
+        assert _blas_threads() == {1}
+    assert _blas_threads() == before
+    xw, ww = arrays(5, np.float32, (2, 16, 20, 20), (16, 16, 3, 3))
+    want = fastconv.conv2d(xw, ww, padding=1, algorithm="reference")
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                assert_close(fastconv.conv2d(xw, ww, padding=1, algorithm="winograd_f4"), want,
+                             1e-4, "winograd_f4 from a Python thread")
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert _blas_threads() == before
