@@ -16,7 +16,7 @@ counts in the kernel's time) and never returned::
                                                          Wq = Q + (S-1)*dil_w columns
     forward input, stride > 1 xb[n, c, hp, phase, wq]   padded column wp = wq*sw + phase,
                                                          so each tap reads consecutive wq
-                                                         (stride 2: generated ``phase2_16``)
+                                                         (stride 2: generated ``phase2_8``)
     forward weight            wb[g, kb, c, r, s, k]     k < KB (12 or 16) output channels
     weight-gradient input     xb[n, g, cbk, hp, wp, c]  channels last, L = 16 (8 fp64)
     weight-gradient dy        dyb[n, g, kb, p, q, k]    16 output channels last
@@ -318,7 +318,8 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
 
         def convert(xs, xb):
             if sw == 2 and ish == isw == 1:
-                _run(_gen().phase2_16, len(xs) * C * Hp, xs, xb, Hp, Wq, pt, pl, zero)
+                _run(getattr(_gen(), f"phase2_{_direct_gen.PAIRS}"), len(xs) * C * Hp, xs, xb,
+                     Hp, Wq, pt, pl, zero)
             else:
                 _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
 
