@@ -49,12 +49,14 @@ def _edge_cases():
     return cases
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_edge_tiles_and_padding(algorithm, dtype):
+def test_edge_tiles_and_padding(algorithm, dtype, fused, monkeypatch):
     """H, W in 1..13 (partial tiles, images smaller than a tile), asymmetric padding up
     to 3, C and K in 1..40 and 60..70: forward, grad-input and grad-weight against the
-    reference."""
+    reference, with the forward passes fused per thread and not."""
+    monkeypatch.setattr(wg, "FUSED_MAX_FILTER_BYTES", 2**40 if fused else 0)
     forward, backward, weight = KERNELS[algorithm]
     tol = EDGE_TOL[dtype][algorithm]
     for seed, case in enumerate(_edge_cases()):

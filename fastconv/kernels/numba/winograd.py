@@ -24,10 +24,12 @@ and any padding, even asymmetric, are exact. The output transform writes the NCH
 output directly (its stores cross planes, but a channels-last result plus a transposing
 pass measured 7-25% slower).
 
-Forward: each thread takes batches of ``tb`` tiles in turn and runs the input
-transform, the alpha^2 GEMMs (one-thread BLAS, called from the thread) and the output
-transform on its batch while V and M are in its own cache (fused, as NNPACK and
-oneDNN do; separate passes over large V and M ran at memory speed).
+Forward, with a transformed filter of at most ``FUSED_MAX_FILTER_BYTES``: each thread
+takes batches of ``tb`` tiles in turn and runs the input transform, the alpha^2 GEMMs
+(one-thread BLAS, called from the thread) and the output transform on its batch while V
+and M are in its own cache (fused, as NNPACK and oneDNN do). With a larger filter,
+which each batch would read again, the three steps run one after the other on batches
+of many tiles, each on all threads (BLAS's own threads for the GEMMs).
 
 The gradient with respect to the input of a stride-1 3x3 convolution is the same
 computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
@@ -475,9 +477,11 @@ def _tiling(m, N, P, Q, per_image):
     return th, tw, max(1, min(N, get_workspace_limit() // per_image))
 
 
-#: filters up to this size run fused per thread; larger ones would be re-read from
-#: memory for every batch of tiles, so they run each GEMM once over many tiles
-FUSED_MAX_FILTER_BYTES = 3 * 2**20
+#: Transformed filters up to this size run fused per thread; larger ones would be re-read
+#: for every batch of tiles, so their GEMMs run once over many tiles on all threads.
+#: Measured (2 threads, F4): fused 1.1-1.3x faster with 64 channels (0.6 MiB), 1.05-2x
+#: slower from 128 channels (2.2 MiB).
+FUSED_MAX_FILTER_BYTES = 2**20
 
 
 def _winograd(m, x, U, y, off_h, off_w):
