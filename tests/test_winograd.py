@@ -49,14 +49,25 @@ def _edge_cases():
     return cases
 
 
-@pytest.mark.parametrize("fused", [True, False])
+#: the three ways the forward passes run: fused per thread on tile batches, fused with
+#: the output channels shared out among threads, and unfused
+PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40, SPLIT_MAX_TILES=0),
+         "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_FILTER_BYTES=2**40,
+                       SPLIT_MAX_TILES=2**40),
+         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_TILES=0)}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_edge_tiles_and_padding(algorithm, dtype, fused, monkeypatch):
+def test_edge_tiles_and_padding(algorithm, dtype, path, monkeypatch):
     """H, W in 1..13 (partial tiles, images smaller than a tile), asymmetric padding up
-    to 3, C and K in 1..40 and 60..70: forward, grad-input and grad-weight against the
-    reference, with the forward passes fused per thread and not."""
-    monkeypatch.setattr(wg, "FUSED_MAX_FILTER_BYTES", 2**40 if fused else 0)
+    to 3, C and K in 1..40 and 60..70 (K not a multiple of the thread count): forward,
+    grad-input and grad-weight against the reference, on each path."""
+    if path == "split" and fastconv.get_num_threads() < 2:
+        pytest.skip("the output channels are shared out only among 2 or more threads")
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(wg, name, value)
     forward, backward, weight = KERNELS[algorithm]
     tol = EDGE_TOL[dtype][algorithm]
     for seed, case in enumerate(_edge_cases()):

@@ -372,17 +372,21 @@ def _filter_t4(dU, dw):
 # -- the parallel kernels --------------------------------------------------------------
 
 @jit(parallel=True)
-def _fused(Xp, U, y, m, th, tw, Vb, Mb, Tb):
-    """y (NCHW) = the correlation of Xp with the transformed filter U. Thread ``tid``
-    takes tile batches tid, tid + nthreads, ... (tile t = (n*th + i)*tw + j) with its own
-    V, M and tmp: ``Vb[tid]``, ``Mb[tid]``, ``Tb[tid]``."""
+def _fused(Xp, Uk, y, m, th, tw, Vb, Mb, Tb):
+    """y (NCHW) = the correlation of Xp with the transformed filter ``Uk`` (nsplit,
+    alpha^2, C, kp), split into ``nsplit`` slices of kp output channels (zero-padded).
+    Work item ``(batch, part)`` runs the input transform of tile batch ``batch`` (tile
+    t = (n*th + i)*tw + j), its GEMMs with filter slice ``part`` and the output
+    transform of those kp channels; thread ``tid`` takes items tid, tid + nthreads, ...
+    with its own V, M and tmp: ``Vb[tid]``, ``Mb[tid]``, ``Tb[tid]``."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
+    nsplit, kp, K = Uk.shape[0], Uk.shape[3], y.shape[1]
     T = Xp.shape[0] * th * tw
-    nbatches = (T + tb - 1) // tb
+    nitems = (T + tb - 1) // tb * nsplit
     for tid in prange(nthreads):
         V, M, tmp = Vb[tid], Mb[tid], Tb[tid]
-        for batch in range(tid, nbatches, nthreads):
-            t0 = batch * tb
+        for item in range(tid, nitems, nthreads):
+            t0, part = item // nsplit * tb, item % nsplit
             nt = min(tb, T - t0)
             for u in range(tb):
                 t = t0 + u
@@ -394,14 +398,15 @@ def _fused(Xp, U, y, m, th, tw, Vb, Mb, Tb):
                 else:
                     _in_tile4(Xp, n, 4 * i, 4 * j, tmp, V, u)
             for xi in range(alpha2):
-                np.dot(V[xi], U[xi], M[xi])
+                np.dot(V[xi], Uk[part, xi], M[xi])
+            yk = y[:, part * kp:min(K, part * kp + kp)]
             for u in range(nt):
                 t = t0 + u
                 n, i, j = t // (th * tw), (t // tw) % th, t % tw
                 if m == 2:
-                    _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j)
+                    _out_tile2(M, u, tmp, yk, n, 2 * i, 2 * j)
                 else:
-                    _out_tile4(M, u, tmp, y, n, 4 * i, 4 * j)
+                    _out_tile4(M, u, tmp, yk, n, 4 * i, 4 * j)
 
 
 @jit(parallel=True)
@@ -470,6 +475,24 @@ def _transformed_filter(m, w):
     return U
 
 
+def _filter(m, w, kind, nsplit):
+    """The transformed filter of ``w`` (``kind`` "fwd"; "rot" for the gradient with
+    respect to the input: rotated 180 degrees, C and K swapped) as ``nsplit`` slices of
+    output channels, (nsplit, alpha^2, C, ceil(K / nsplit)), zero-padded; cached."""
+    def build():
+        g = w if kind == "fwd" else np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        U = _transformed_filter(m, g)
+        if nsplit == 1:
+            return U[None]
+        kp = -(-U.shape[2] // nsplit)
+        Uk = np.zeros((nsplit, *U.shape[:2], kp), U.dtype)
+        for part in range(nsplit):
+            piece = U[:, :, part * kp:part * kp + kp]
+            Uk[part, :, :, :piece.shape[2]] = piece
+        return Uk
+    return _filters.get(w, (kind, m, nsplit), build)
+
+
 def _tiling(m, N, P, Q, per_image):
     """Tile rows and columns of the output, and how many images to process at once so
     that their ``per_image`` elements (of the padded copies) fit the workspace limit."""
@@ -482,49 +505,62 @@ def _tiling(m, N, P, Q, per_image):
 #: Measured (2 threads, F4): fused 1.1-1.3x faster with 64 channels (0.6 MiB), 1.05-2x
 #: slower from 128 channels (2.2 MiB).
 FUSED_MAX_FILTER_BYTES = 2**20
+#: With at most this many tiles (a small batch) and a larger filter up to
+#: ``SPLIT_MAX_FILTER_BYTES``, the fused work is shared out by output channels instead
+#: (each thread transforms the tiles itself and reads only its slice of the filter):
+#: 2 threads, N=1, against unfused: res3 (2.2 MiB) 1.5x faster, filters of 4 MiB and
+#: more 0.7-0.9x; against fused on tile batches, with 64 channels: 0.7-0.95x.
+SPLIT_MAX_TILES = 256
+SPLIT_MAX_FILTER_BYTES = 3 * 2**20
 
 
-def _winograd(m, x, U, y, off_h, off_w):
+def _winograd(m, x, w, kind, y, off_h, off_w):
     """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
-    * w[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3); x (N, C, H, W) C-contiguous,
-    U the transformed filter of w (K, C, 3, 3), y (N, K, P, Q) filled."""
+    * g[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3), where g is ``w`` (``kind``
+    "fwd") or ``w`` rotated with C and K swapped ("rot"); x (N, C, H, W) C-contiguous,
+    y (N, K, P, Q) filled."""
     N, C = x.shape[:2]
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
     Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
     th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
-    if U.nbytes <= FUSED_MAX_FILTER_BYTES:
+    nthreads = get_num_threads()
+    filter_bytes = alpha2 * C * K * x.itemsize
+    fused = filter_bytes <= FUSED_MAX_FILTER_BYTES
+    split = (not fused and nthreads > 1 and N * th * tw <= SPLIT_MAX_TILES
+             and filter_bytes <= SPLIT_MAX_FILTER_BYTES)
+    fused = fused or split
+    Uk = _filter(m, w, kind, nthreads if split else 1)
+    if fused:
         # 64 tiles per GEMM keep a batch's V and M near the thread's L2; at most an
         # equal share of the tiles per thread
-        nthreads = get_num_threads()
-        tb = max(1, min(64, -(-group * th * tw // nthreads)))
+        tb = max(1, min(64, -(-group * th * tw // (1 if split else nthreads))))
         Vb = _buffer("V", (nthreads, alpha2, tb, C), x.dtype)
-        Mb = _buffer("M", (nthreads, alpha2, tb, K), x.dtype)
-        Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, K)), x.dtype)
+        Mb = _buffer("M", (nthreads, alpha2, tb, Uk.shape[3]), x.dtype)
+        Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, Uk.shape[3])), x.dtype)
     else:
         tb = max(1, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize))
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
         _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
-        if U.nbytes <= FUSED_MAX_FILTER_BYTES:
+        if fused:
             with single_threaded_blas():
-                _fused(Xp[:n1 - n0], U, y[n0:n1], m, th, tw, Vb, Mb, Tb)
+                _fused(Xp[:n1 - n0], Uk, y[n0:n1], m, th, tw, Vb, Mb, Tb)
         else:
             for t0 in range(0, (n1 - n0) * th * tw, tb):
                 nt = min(tb, (n1 - n0) * th * tw - t0)
                 V = _buffer("V", (alpha2, nt, C), x.dtype)
                 M = _buffer("M", (alpha2, nt, K), x.dtype)
                 _input_tiles(Xp[:n1 - n0], V, m, t0, th, tw)
-                np.matmul(V, U, out=M)
+                np.matmul(V, Uk[0], out=M)
                 _output_tiles(M, y[n0:n1], m, t0, th, tw)
 
 
 def _forward(m):
     def conv2d(x, w, p, out):
         """Forward convolution into ``out`` (N, K, P, Q)."""
-        U = _filters.get(w, ("fwd", m), lambda: _transformed_filter(m, w))
-        _winograd(m, x, U, out, -p.pad_top, -p.pad_left)
+        _winograd(m, x, w, "fwd", out, -p.pad_top, -p.pad_left)
     conv2d.__name__ = conv2d.__qualname__ = f"conv2d_f{m}"
     return conv2d
 
@@ -533,9 +569,7 @@ def _backward_input(m):
     def conv2d_input(dy, w, p, out):
         """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
         computation on dy with the filter rotated 180 degrees and C, K swapped."""
-        U = _filters.get(w, ("rot", m), lambda: _transformed_filter(
-            m, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))))
-        _winograd(m, np.ascontiguousarray(dy), U, out, p.pad_top - 2, p.pad_left - 2)
+        _winograd(m, np.ascontiguousarray(dy), w, "rot", out, p.pad_top - 2, p.pad_left - 2)
     conv2d_input.__name__ = conv2d_input.__qualname__ = f"conv2d_input_f{m}"
     return conv2d_input
 
