@@ -58,6 +58,17 @@ def test_strides_dilation_asymmetric_padding(dtype):
     _check(dtype, 1, 2, 9, 40, 17, 3, 1, stride=2, padding=0)        # last columns unread
 
 
+def test_stride2_kernels():
+    """Stride 2 float32 runs the flat kernel on four phase planes when it wastes fewer
+    lanes than the row kernel (Q = 14: 14 of 16 lanes against 14 of 15), else the row
+    kernel (Q = 16 fills its lanes exactly)."""
+    assert direct._flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 14, 24, 1)
+    assert not direct._flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 16, 32, 1)
+    _check(np.float32, 3, 5, 28, 28, 24, 3, 3, stride=2, padding=1)
+    _check(np.float32, 2, 5, 31, 31, 24, 3, 3, stride=2, padding=2, dilation=2)
+    _check(np.float32, 1, 4, 32, 32, 32, 3, 3, stride=2, padding=1)  # Q = 16: row kernel
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_groups_and_depthwise(dtype):
     _check(dtype, 2, 12, 9, 8, 20, 3, 3, padding=1, groups=4)

@@ -106,17 +106,20 @@ def _fwd_source(J, KB=16):
 
 
 def _flat_source(J, KB):
-    """Stride-1 forward kernel: J consecutive pixels of the flattened padded output grid
+    """Forward kernel: J consecutive pixels of the flattened output grid of a phase plane
     (rows of Wq columns, the columns past Q are computed and dropped) as the vector lanes,
-    x KB output channels. Two vector loads of x and KB weight broadcasts feed 2*KB FMAs."""
+    x KB output channels. Tap t of an input channel reads the J pixels at offset
+    ``toff[t]`` from the block's start in the channel's ``plane`` elements (stride 1: one
+    padded plane, offset r*dh*Wq + s*dw; stride 2: four phase planes). Two vector loads
+    of x and KB weight broadcasts feed 2*KB FMAs."""
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
-    a(f"def flat_{J}_{KB}(xf, wf, out, N, C, G, Hp, Wq, Kb, Kg, R, S, dh, dw, P, Q, oh0, osh,"
+    a(f"def flat_{J}_{KB}(xf, wf, out, toff, N, C, G, plane, Wq, Kb, Kg, P, Q, oh0, osh,"
       " ow0, osw, kb_inner, zero, it0, it1):")
     a(f"    nf = (P * Wq + {J - 1}) // {J}")
     a("    Cg = C // G")
-    a("    plane = Hp * Wq")
+    a("    T = toff.size")
     a(f"    uKB = np.uint64({KB})")
     for k in range(KB):
         a(f"    uw{k} = np.uint64({k})")
@@ -142,21 +145,19 @@ def _flat_source(J, KB):
     a(f"        nk = min({KB}, Kg - kb * {KB})")
     for j in range(J):
         a("        " + "; ".join(f"a{j}_{k} = zero" for k in range(KB)))
-    # w block layout [g, kb, c, r, s, k]
-    a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
+    # w block layout [g, kb, c, t, k]
+    a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * T * {KB})")
     a("        for c in range(Cg):")
-    # x layout [n, c, hp, wq]; flat pixel f = p*Wq + q reads f + r*dh*Wq + s*dw
+    # x layout [n, c, plane]; flat pixel f = p*Wq + q of tap t reads f + toff[t]
     a("            xc = (n * C + g * Cg + c) * plane + f0")
-    a("            for r in range(R):")
-    a("                xrow = xc + r * dh * Wq")
-    a("                for s in range(S):")
-    a("                    xo = np.uint64(xrow + s * dw)")
+    a("            for t in range(T):")
+    a("                xo = np.uint64(xc + toff[t])")
     for j in range(J):
-        a(f"                    x{j} = xf[xo + ux{j}]")
+        a(f"                x{j} = xf[xo + ux{j}]")
     for k in range(KB):
-        a(f"                    w = wf[wo + uw{k}]")
-        a("                    " + "; ".join(f"a{j}_{k} += x{j} * w" for j in range(J)))
-    a("                    wo += uKB")
+        a(f"                w = wf[wo + uw{k}]")
+        a("                " + "; ".join(f"a{j}_{k} += x{j} * w" for j in range(J)))
+    a("                wo += uKB")
     for k in range(KB):
         a("        " + "; ".join(f"buf[{k}, {j}] = a{j}_{k}" for j in range(J)))
     # scatter the valid pixels (q < Q, p < P) to out[n, k, oh0 + p*osh, ow0 + q*osw]
@@ -417,26 +418,35 @@ def _pairs_source(a, ind, dst, base, pitch, src, so, Ws, Wq, J):
 
 
 def _phase2_source(J):
-    """Stride-2 forward layout conversion, one padded row per work item: dst[n, c, hp,
-    b, wq] = x_pad[n, c, hp, 2*wq + b] (see ``_pairs_source``)."""
+    """Stride-2 forward layout conversion, one padded row hp of channel (n, c) per work
+    item (see ``_pairs_source``). Rows layout (``planes`` false, Hp rows):
+    dst[n, c, hp, b, wq] = x_pad[n, c, hp, 2*wq + b]. Planes layout (``planes`` true,
+    Hp = 2*Hq rows): dst[n, c, a, b, i, wq] = x_pad[n, c, 2*i + a, 2*wq + b]."""
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
-    a(f"def phase2_{J}(src, dst, Hp, Wq, pt, pl, zero, it0, it1):")
+    a(f"def phase2_{J}(src, dst, Hp, Hq, Wq, pt, pl, planes, zero, it0, it1):")
     a("    N, C, Hs, Ws = src.shape")
     a("    sf = src.reshape(src.size)")
     for j in range(2 * J):
         a(f"    ux{j} = np.uint64({j})")
     a("    for it in range(it0, it1):          # of N * C * Hp padded rows")
     a("        hp = it % Hp")
-    a("        base = it * 2 * Wq")
-    a("        for e in range(2 * Wq):")
+    a("        nc = it // Hp")
+    a("        if planes:")
+    a("            base = ((nc * 2 + hp % 2) * 2 * Hq + hp // 2) * Wq")
+    a("            pitch = Hq * Wq")
+    a("        else:")
+    a("            base = it * 2 * Wq")
+    a("            pitch = Wq")
+    a("        for e in range(Wq):")
     a("            dst[np.uint64(base + e)] = zero")
+    a("            dst[np.uint64(base + pitch + e)] = zero")
     a("        h = hp - pt")
     a("        if h < 0 or h >= Hs:")
     a("            continue")
-    a("        so = ((it // Hp) * Hs + h) * Ws")
-    _pairs_source(a, " " * 8, "dst", "base", "Wq", "sf", "so", "Ws", "Wq", J)
+    a("        so = (nc * Hs + h) * Ws")
+    _pairs_source(a, " " * 8, "dst", "base", "pitch", "sf", "so", "Ws", "Wq", J)
     return "\n".join(L) + "\n"
 
 

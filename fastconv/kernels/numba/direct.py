@@ -14,6 +14,8 @@ counts in the kernel's time) and never returned::
 
     forward input, stride 1   xb[n, c, hp, wq]          zero-padded planes, rows of
                                                          Wq = Q + (S-1)*dil_w columns
+    forward input, stride 2   xb[n, c, a, b, i, wq]     phase planes: padded pixel
+      (flat kernel)                                      (2*i + a, 2*wq + b)
     forward input, stride > 1 xb[n, c, hp, phase, wq]   padded column wp = wq*sw + phase,
                                                          so each tap reads consecutive wq
                                                          (stride 2: generated ``phase2_8``)
@@ -23,10 +25,12 @@ counts in the kernel's time) and never returned::
 
 Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
 
-* ``flat_32_12`` (float32, stride 1): 32 consecutive pixels of the flattened padded
-  grid (f = p*Wq + q; every tap reads f + r*dil_h*Wq + s*dil_w, so rows need no
-  special case; columns q >= Q are computed and dropped) x 12 output channels: two
-  vector loads and 12 broadcasts per 24 FMAs.
+* ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
+  kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
+  p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
+  into one of the four phase planes for stride 2, so rows need no special case; columns
+  q >= Q are computed and dropped) x 12 output channels: two vector loads and 12
+  broadcasts per 24 FMAs.
 * ``fwd_16`` / ``fwd_8`` (strided, and all float64): 16 (8) pixels of one output row x
   16 output channels; the tap columns' offsets come from a table (no division per tap).
 * ``bww_16`` / ``bww_8``: weight gradient, 16 (8) input channels in the lanes x 16 output
@@ -287,30 +291,42 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     wkey = w if wkey is None else wkey
     dtype = x.dtype
     Cg, Kg = C // G, K // G
-    Hp = (P - 1) * sh + (R - 1) * dh + 1
     zero = dtype.type(0)
-    if sh == sw == 1 and dtype == np.float32:
-        # flattened rows: pixels f = p*Wq + q of the padded grid are the vector lanes
+    pairs = getattr(_gen(), f"phase2_{_direct_gen.PAIRS}")
+    if _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, (S - 1) * dw // sw):
+        # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
         J, KB = _direct_gen.FLAT_BLOCKS[0]
         Kb = -(-Kg // KB)
-        Wq = Q + (S - 1) * dw
-        tail = J + (S - 1) * dw                     # the last block reads past the planes
+        # tap (r, s) reads padded (p*sh + r*dh, q*sw + s*dw): phase plane ((r*dh) % sh,
+        # (s*dw) % sw), pixel (p + (r*dh) // sh, q + (s*dw) // sw) of that Hq x Wq plane
+        Hq = P + (R - 1) * dh // sh
+        Wq = Q + (S - 1) * dw // sw
+        toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
+                         + (r * dh) // sh * Wq + (s * dw) // sw
+                         for r in range(R) for s in range(S)], np.int64)
+        plane = sh * sw * Hq * Wq
+        tail = J + Wq - Q                           # the last block reads past the planes
         wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
         nf = -(-P * Wq // J)
 
         def convert(xs, xb):
-            _to_phase(xs, xb, Hp, Wq, 1, pt, pl, ish, isw)
+            if sh == 1:
+                _to_phase(xs, xb, Hq, Wq, 1, pt, pl, ish, isw)
+            else:
+                _run(pairs, len(xs) * C * 2 * Hq, xs, xb, 2 * Hq, Hq, Wq, pt, pl, True, zero)
 
         def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, n, C, G, Hp,
-                 Wq, Kb, Kg, R, S, dh, dw, P, Q, orow[0], orow[1], ocol[0], ocol[1],
+            _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, toff, n, C, G,
+                 plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
                  wb.nbytes <= _L2_WEIGHTS, zero)
     else:
         # output rows in blocks of J pixels; column phases split so each tap reads J in a row
+        Hp = (P - 1) * sh + (R - 1) * dh + 1
         Kb = -(-Kg // 16)
         J = _pixel_block(Q, dtype)
         Wq = max(Q, J) + ((S - 1) * dw) // sw       # columns per phase read by any block
+        plane = Hp * sw * Wq
         tail = 0
         assert orow == ocol == (0, 1)
         wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
@@ -320,8 +336,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
 
         def convert(xs, xb):
             if sw == 2 and ish == isw == 1:
-                _run(getattr(_gen(), f"phase2_{_direct_gen.PAIRS}"), len(xs) * C * Hp, xs, xb,
-                     Hp, Wq, pt, pl, zero)
+                _run(pairs, len(xs) * C * Hp, xs, xb, Hp, 0, Wq, pt, pl, False, zero)
             else:
                 _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
 
@@ -329,7 +344,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
             _run(getattr(_gen(), f"fwd_{J}"), n * G * Kb * P, xb, wb, os_, soff, n, C, G, Hp, Wq,
                  Kb, Kg, R, S, sh, sw, dh, P, Q, zero)
     # a few images at a time, so that the layout is still in cache when the kernel reads it
-    image = C * Hp * sw * Wq
+    image = C * plane
     nb = max(1, min(N, numba.get_num_threads() * _L2_IMAGES // (image * dtype.itemsize)))
     xb = workspace("direct_x", nb * image + tail, dtype)
     xb[nb * image:] = 0
@@ -337,6 +352,23 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         xs = x[n0:n0 + nb]
         convert(xs, xb)
         kernel(len(xs), xb, out[n0:n0 + nb])
+
+
+def _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
+    """Whether the flat kernel (32 pixels x 12 output channels, float32) runs the forward:
+    always for stride 1; for stride 2 (without inserted zeros) when it wastes fewer lanes
+    than the row kernel (16 pixels of a row x 16 channels), whose last block of a row of Q
+    pixels is partly empty; the flat kernel computes ``extra`` dropped columns per row
+    (res3 3x3/2: 28 of 32 lanes against 28 of 29 and 128 of 132 channels)."""
+    if dtype != np.float32:
+        return False
+    if sh == sw == 1:
+        return True
+    if not (sh == sw == 2 and ish == isw == 1):
+        return False
+    rows = Q / (16 * -(-Q // 16)) * Kg / (16 * -(-Kg // 16))
+    flat = Q / (Q + extra) * Kg / (12 * -(-Kg // 12))
+    return flat > rows
 
 
 def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
