@@ -137,10 +137,12 @@ def _gen():
 # -- Blocking choices --------------------------------------------------------------------
 
 
-#: below this many bytes of re-laid-out weight the flat kernel runs all output-channel
-#: blocks of one pixel block back to back (input reused from L1/L2, weights stay in L2);
-#: above it, all pixel blocks of one channel block (weights reused instead)
-_L2_WEIGHTS = 384 * 1024
+#: the flat kernel runs all output-channel blocks of one pixel block back to back (input
+#: reused from L1/L2, the weights streamed once per pixel block) unless the re-laid-out
+#: weight is larger than the batch slice's input layout; then all pixel blocks of one
+#: channel block (weights reused, the input streamed once per channel block). Measured
+#: at N=1 and 8: channel blocks inside win 9-14% on res3 3x3/2 (1.7 MB of input per
+#: image, 0.6 MB of weight); outside win 3% where the weight is much larger (res5)
 
 #: the forward converts and convolves the batch in slices of images whose re-laid-out
 #: input stays under this many bytes per thread (at least one image; each thread's work
@@ -319,7 +321,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         def kernel(n, xb, os_):
             _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, toff, n, C, G,
                  plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
-                 wb.nbytes <= _L2_WEIGHTS, zero)
+                 wb.nbytes <= xb.nbytes, zero)
     else:
         # output rows in blocks of J pixels; column phases split so each tap reads J in a row
         Hp = (P - 1) * sh + (R - 1) * dh + 1
