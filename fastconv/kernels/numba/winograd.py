@@ -302,71 +302,73 @@ def _to_channels_last(x, Xp, oh, ow):
                     row[w, c] = x[n, c, hs, w + ow]
 
 
-# -- filter transforms: U[xi, c, k] = (G w[k, c] G^T)[xi] -----------------------------
+# -- filter transforms, in float64 (passes over contiguous channels where possible) ---
 
 @jit(parallel=True)
 def _filter_f2(w, U):
+    """U[xi, c, k] = (G w[k, c] G^T)[xi]."""
     K, C = w.shape[0], w.shape[1]
     for c in prange(C):
-        for k in range(K):
-            r0 = _g2(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])   # G along s
-            r1 = _g2(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
-            r2 = _g2(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
-            for b in range(4):                                       # then G along r
-                col = _g2(r0[b], r1[b], r2[b])
-                for a in range(4):
-                    U[a * 4 + b, c, k] = col[a]
+        tmp = np.empty((3, 4, K))
+        for r in range(3):                                    # G along s
+            for k in range(K):
+                tmp[r, 0, k], tmp[r, 1, k], tmp[r, 2, k], tmp[r, 3, k] = _g2(
+                    w[k, c, r, 0], w[k, c, r, 1], w[k, c, r, 2])
+        for b in range(4):                                    # then along r: xi = a*4 + b
+            for k in range(K):
+                U[b, c, k], U[4 + b, c, k], U[8 + b, c, k], U[12 + b, c, k] = _g2(
+                    tmp[0, b, k], tmp[1, b, k], tmp[2, b, k])
 
 
 @jit(parallel=True)
 def _filter_f4(w, U):
+    """U[xi, c, k] = (G w[k, c] G^T)[xi]."""
     K, C = w.shape[0], w.shape[1]
     for c in prange(C):
-        for k in range(K):
-            r0 = _g4(w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2])
-            r1 = _g4(w[k, c, 1, 0], w[k, c, 1, 1], w[k, c, 1, 2])
-            r2 = _g4(w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2])
-            for b in range(6):
-                col = _g4(r0[b], r1[b], r2[b])
-                for a in range(6):
-                    U[a * 6 + b, c, k] = col[a]
+        tmp = np.empty((3, 6, K))
+        for r in range(3):
+            for k in range(K):
+                (tmp[r, 0, k], tmp[r, 1, k], tmp[r, 2, k], tmp[r, 3, k], tmp[r, 4, k],
+                 tmp[r, 5, k]) = _g4(w[k, c, r, 0], w[k, c, r, 1], w[k, c, r, 2])
+        for b in range(6):
+            for k in range(K):
+                (U[b, c, k], U[6 + b, c, k], U[12 + b, c, k], U[18 + b, c, k], U[24 + b, c, k],
+                 U[30 + b, c, k]) = _g4(tmp[0, b, k], tmp[1, b, k], tmp[2, b, k])
 
 
 @jit(parallel=True)
 def _filter_t2(dU, dw):
-    """dw[k, c] = G^T dU[:, k, c] G, in float64 (dU: alpha^2, K, C)."""
-    K, C = dw.shape[0], dw.shape[1]
+    """dw[k, c] = G^T dU[:, k, c] G, from dU (alpha^2, K, C)."""
+    K, C = dU.shape[1], dU.shape[2]
     for k in prange(K):
-        for c in range(C):
-            r0 = _gt2(dU[0, k, c], dU[1, k, c], dU[2, k, c], dU[3, k, c])   # along xb
-            r1 = _gt2(dU[4, k, c], dU[5, k, c], dU[6, k, c], dU[7, k, c])
-            r2 = _gt2(dU[8, k, c], dU[9, k, c], dU[10, k, c], dU[11, k, c])
-            r3 = _gt2(dU[12, k, c], dU[13, k, c], dU[14, k, c], dU[15, k, c])
-            for s in range(3):                                               # along xa
-                col = _gt2(r0[s], r1[s], r2[s], r3[s])
-                for r in range(3):
-                    dw[k, c, r, s] = col[r]
+        tmp = np.empty((4, 3, C))
+        for a in range(4):                                    # G^T along xb, row xa = a
+            for c in range(C):
+                tmp[a, 0, c], tmp[a, 1, c], tmp[a, 2, c] = _gt2(
+                    dU[4 * a, k, c], dU[4 * a + 1, k, c], dU[4 * a + 2, k, c],
+                    dU[4 * a + 3, k, c])
+        for s in range(3):                                    # then along xa
+            for c in range(C):
+                dw[k, c, 0, s], dw[k, c, 1, s], dw[k, c, 2, s] = _gt2(
+                    tmp[0, s, c], tmp[1, s, c], tmp[2, s, c], tmp[3, s, c])
 
 
 @jit(parallel=True)
 def _filter_t4(dU, dw):
-    K, C = dw.shape[0], dw.shape[1]
+    """dw[k, c] = G^T dU[:, k, c] G, from dU (alpha^2, K, C)."""
+    K, C = dU.shape[1], dU.shape[2]
     for k in prange(K):
-        for c in range(C):
-            r0 = _gt4(dU[0, k, c], dU[1, k, c], dU[2, k, c], dU[3, k, c], dU[4, k, c], dU[5, k, c])
-            r1 = _gt4(dU[6, k, c], dU[7, k, c], dU[8, k, c], dU[9, k, c], dU[10, k, c], dU[11, k, c])
-            r2 = _gt4(dU[12, k, c], dU[13, k, c], dU[14, k, c], dU[15, k, c], dU[16, k, c],
-                      dU[17, k, c])
-            r3 = _gt4(dU[18, k, c], dU[19, k, c], dU[20, k, c], dU[21, k, c], dU[22, k, c],
-                      dU[23, k, c])
-            r4 = _gt4(dU[24, k, c], dU[25, k, c], dU[26, k, c], dU[27, k, c], dU[28, k, c],
-                      dU[29, k, c])
-            r5 = _gt4(dU[30, k, c], dU[31, k, c], dU[32, k, c], dU[33, k, c], dU[34, k, c],
-                      dU[35, k, c])
-            for s in range(3):
-                col = _gt4(r0[s], r1[s], r2[s], r3[s], r4[s], r5[s])
-                for r in range(3):
-                    dw[k, c, r, s] = col[r]
+        tmp = np.empty((6, 3, C))
+        for a in range(6):
+            for c in range(C):
+                tmp[a, 0, c], tmp[a, 1, c], tmp[a, 2, c] = _gt4(
+                    dU[6 * a, k, c], dU[6 * a + 1, k, c], dU[6 * a + 2, k, c],
+                    dU[6 * a + 3, k, c], dU[6 * a + 4, k, c], dU[6 * a + 5, k, c])
+        for s in range(3):
+            for c in range(C):
+                dw[k, c, 0, s], dw[k, c, 1, s], dw[k, c, 2, s] = _gt4(
+                    tmp[0, s, c], tmp[1, s, c], tmp[2, s, c], tmp[3, s, c], tmp[4, s, c],
+                    tmp[5, s, c])
 
 
 # -- the parallel kernels --------------------------------------------------------------
