@@ -96,24 +96,34 @@ def test_set_num_threads_reaches_numba_and_blas():
         fastconv.set_num_threads(old)
 
 
-def test_concurrent_calls_from_python_threads():
-    want = fastconv.conv2d(x, w, padding=1)
-    want_pool = fastconv.max_pool2d(x, 2)
-    results, errors = [], []
+def _in_threads(work, n):
+    """Run ``work`` in ``n`` Python threads at once; re-raise the first error."""
+    errors = []
 
-    def work():
+    def run():
         try:
-            for _ in range(5):
-                results.append((fastconv.conv2d(x, w, padding=1), fastconv.max_pool2d(x, 2)))
+            work()
         except Exception as exc:  # reported below, with the failing thread's error
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_concurrent_calls_from_python_threads():
+    want = fastconv.conv2d(x, w, padding=1)
+    want_pool = fastconv.max_pool2d(x, 2)
+    results = []
+
+    def work():
+        for _ in range(5):
+            results.append((fastconv.conv2d(x, w, padding=1), fastconv.max_pool2d(x, 2)))
+
+    _in_threads(work, 4)
     assert len(results) == 20
     for y, pooled in results:
         np.testing.assert_array_equal(y, want)
@@ -187,20 +197,11 @@ def test_blas_held_at_one_thread_inside_kernels_and_restored_after():
     assert _blas_threads() == before
     xw, ww = arrays(5, np.float32, (2, 16, 20, 20), (16, 16, 3, 3))
     want = fastconv.conv2d(xw, ww, padding=1, algorithm="reference")
-    errors = []
 
     def work():
-        try:
-            for _ in range(5):
-                assert_close(fastconv.conv2d(xw, ww, padding=1, algorithm="winograd_f4"), want,
-                             1e-4, "winograd_f4 from a Python thread")
-        except Exception as exc:  # reported below
-            errors.append(exc)
+        for _ in range(5):
+            assert_close(fastconv.conv2d(xw, ww, padding=1, algorithm="winograd_f4"), want,
+                         1e-4, "winograd_f4 from a Python thread")
 
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    _in_threads(work, 3)
     assert _blas_threads() == before

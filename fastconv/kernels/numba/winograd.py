@@ -412,18 +412,23 @@ def _fused(Xp, Uk, y, m, th, tw, Vb, Mb, Tb):
 
 
 @jit(parallel=True)
-def _input_tiles(Xp, V, m, t0, th, tw):
-    """V[:, u, :] for the tiles t0 + u of Xp."""
-    nt = V.shape[1]
+def _transform_tiles(src, dst, m, t0, th, tw, dy):
+    """dst[:, u, :] for the tiles t0 + u of src: the input transform of the padded
+    channels-last input, or (``dy``) that of the output gradient's m x m tiles."""
+    nt = dst.shape[1]
     for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
-        tmp = np.empty((m + 2, m + 2, Xp.shape[3]), Xp.dtype)
+        tmp = np.empty((m + 2, m + 2, src.shape[3]), src.dtype)
         for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
             t = t0 + u
             n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            if m == 2:
-                _in_tile2(Xp, n, 2 * i, 2 * j, tmp, V, u)
+            if m == 2 and dy:
+                _dy_tile2(src, n, 2 * i, 2 * j, tmp, dst, u)
+            elif m == 2:
+                _in_tile2(src, n, 2 * i, 2 * j, tmp, dst, u)
+            elif dy:
+                _dy_tile4(src, n, 4 * i, 4 * j, tmp, dst, u)
             else:
-                _in_tile4(Xp, n, 4 * i, 4 * j, tmp, V, u)
+                _in_tile4(src, n, 4 * i, 4 * j, tmp, dst, u)
 
 
 @jit(parallel=True)
@@ -439,21 +444,6 @@ def _output_tiles(M, y, m, t0, th, tw):
                 _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j)
             else:
                 _out_tile4(M, u, tmp, y, n, 4 * i, 4 * j)
-
-
-@jit(parallel=True)
-def _dy_tiles(D, dM, m, t0, th, tw):
-    """dM[:, u, :] for the m x m tiles t0 + u of the output gradient D."""
-    nt = dM.shape[1]
-    for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
-        tmp = np.empty((m + 2, m + 2, D.shape[3]), D.dtype)
-        for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
-            if m == 2:
-                _dy_tile2(D, n, 2 * i, 2 * j, tmp, dM, u)
-            else:
-                _dy_tile4(D, n, 4 * i, 4 * j, tmp, dM, u)
 
 
 # -- drivers --------------------------------------------------------------------------
@@ -554,7 +544,7 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
                 nt = min(tb, (n1 - n0) * th * tw - t0)
                 V = _buffer("V", (alpha2, nt, C), x.dtype)
                 M = _buffer("M", (alpha2, nt, K), x.dtype)
-                _input_tiles(Xp[:n1 - n0], V, m, t0, th, tw)
+                _transform_tiles(Xp[:n1 - n0], V, m, t0, th, tw, False)
                 np.matmul(V, Uk[0], out=M)
                 _output_tiles(M, y[n0:n1], m, t0, th, tw)
 
@@ -599,8 +589,8 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
             nt = min(tb, (n1 - n0) * th * tw - t0)
             V = _buffer("V", (alpha2, nt, C), x.dtype)
             dM = _buffer("M", (alpha2, nt, K), x.dtype)
-            _input_tiles(Xp[:n1 - n0], V, m, t0, th, tw)
-            _dy_tiles(D[:n1 - n0], dM, m, t0, th, tw)
+            _transform_tiles(Xp[:n1 - n0], V, m, t0, th, tw, False)
+            _transform_tiles(D[:n1 - n0], dM, m, t0, th, tw, True)
             if first:
                 np.matmul(dM.transpose(0, 2, 1), V, out=dU)
                 first = False
