@@ -93,7 +93,9 @@ def supports(algorithm, backend, p):
 # - 3x3 stride-1 layers with >= 16 channels: Winograd F(4x4,3x3) from 20x20 outputs
 #   per image (res2/res3/VGG/CIFAR: 1.3-3.6x PyTorch forward), and for forward and
 #   grad-input from 1000 outputs per channel over the batch (14x14 at N=8: F4 1.4-2.8x
-#   against F2 1.2-2.5x; its grad-weight stays with F2, 1.2-1.3x against 0.7-1.1x).
+#   against F2 1.2-2.5x); for grad-weight on small images with C*K up to 256*256
+#   (res4 N=1: F4 1.0x, F2 0.8x); larger filters' grad-weight stays with F2 (conv5_2:
+#   1.0-1.5x against 0.6-1.4x).
 #   F(2x2,3x3) from 100 outputs (res4 and conv5_2 at N=1: 1.5-1.75x against im2col
 #   0.8-1.5x; res5 at N=8: 1.6x against 1.2x), but grad-input only from 300 (a single
 #   14x14 image: im2col 1.0-1.3x, F2 0.9-1.2x). Below: im2col (res5 at N=1).
@@ -104,6 +106,7 @@ def supports(algorithm, backend, p):
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
 F4_MIN_OUTPUTS = 1000           # N*P*Q from which F4 forward and grad-input beat F2
+F4_MAX_WEIGHT_FILTER = 256 * 256  # C*K up to which F4 grad-weight beats F2 on small images
 # N*P*Q from which F2 beats im2col
 F2_MIN_OUTPUTS = {"conv2d": 100, "conv2d_input": 300, "conv2d_weight": 100}
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
@@ -120,7 +123,11 @@ def _auto(op, p):
         return "direct"
     if supports("winograd_f4", "numba", p) and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS:
         image, outputs = p.P * p.Q, p.N * p.P * p.Q
-        if image >= F4_MIN_IMAGE or (op != "conv2d_weight" and outputs >= F4_MIN_OUTPUTS):
+        if op == "conv2d_weight":
+            f4 = outputs >= F2_MIN_OUTPUTS[op] and p.C * p.K <= F4_MAX_WEIGHT_FILTER
+        else:
+            f4 = outputs >= F4_MIN_OUTPUTS
+        if image >= F4_MIN_IMAGE or f4:
             return "winograd_f4"
         if outputs >= F2_MIN_OUTPUTS[op]:
             return "winograd_f2"
