@@ -29,7 +29,9 @@ takes batches of ``tb`` tiles in turn and runs the input transform, the alpha^2 
 (one-thread BLAS, called from the thread) and the output transform on its batch while V
 and M are in its own cache (fused, as NNPACK and oneDNN do). With a larger filter,
 which each batch would read again, the three steps run one after the other on batches
-of many tiles, each on all threads (BLAS's own threads for the GEMMs).
+of many tiles, each on all threads (BLAS's own threads for the GEMMs); but a few tiles
+(one image) with a filter up to ``SPLIT_MAX_FILTER_BYTES`` run fused again, each
+thread on its own slice of the output channels.
 
 The gradient with respect to the input of a stride-1 3x3 convolution is the same
 computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
@@ -96,7 +98,7 @@ _8 = np.float32(8.0)
 # the output (it spreads to the whole output tile, a superset of direct convolution's)
 _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
-_CHUNK = 32          # tiles per parallel work item of the grad-weight transforms
+_CHUNK = 32          # tiles per parallel work item of the unfused transforms
 
 
 # -- 1-D transforms (one row or column of a tile) ------------------------------------
