@@ -29,7 +29,7 @@ from ..._config import CACHE_DIR
 
 #: pixel-block sizes J of the forward kernel and channel-tile sizes of the weight-grad kernel
 FWD_BLOCKS = (8, 16)
-FLAT_BLOCKS = ((32, 12),)   # (pixels, output channels) of the stride-1 kernel, float32
+FLAT_BLOCKS = ((32, 12),)   # (pixels, output channels) of the flat kernel, float32
 BWW_LANES = (16, 8)      # input channels per weight-gradient block: float32, float64
 PAIRS = 8                # column pairs per chunk of the stride-2 splits
 DW_BLOCK = (16, 4)       # (columns, rows) of the depthwise kernel, both dtypes

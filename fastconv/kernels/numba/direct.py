@@ -137,13 +137,6 @@ def _gen():
 # -- Blocking choices --------------------------------------------------------------------
 
 
-#: the flat kernel runs all output-channel blocks of one pixel block back to back (input
-#: reused from L1/L2, the weights streamed once per pixel block) unless the re-laid-out
-#: weight is larger than the batch slice's input layout; then all pixel blocks of one
-#: channel block (weights reused, the input streamed once per channel block). Measured
-#: at N=1 and 8: channel blocks inside win 9-14% on res3 3x3/2 (1.7 MB of input per
-#: image, 0.6 MB of weight); outside win 3% where the weight is much larger (res5)
-
 #: the forward converts and convolves the batch in slices of images whose re-laid-out
 #: input stays under this many bytes per thread (at least one image; each thread's work
 #: items are a contiguous range of the slice's images). Measured on conv1, res3 3x3/2
@@ -153,9 +146,10 @@ _L2_IMAGES = 2 * 1024 * 1024
 
 def _pixel_block(Q, dtype):
     """Output pixels per register block of the strided (row) kernel, the vector lanes: 16
-    for float32, 8 for float64 (one zmm register either way). Stride 1 float32 takes the
-    flat kernel instead. (A float32 8-pixel variant would suit Q <= 8; left out to keep
-    the first-use compile time down.)"""
+    for float32, 8 for float64 (one zmm register either way). Float32 stride 1, and stride
+    2 where it wastes fewer lanes, take the flat kernel instead (``_flat_wins``). (A
+    float32 8-pixel variant would suit Q <= 8; left out to keep the first-use compile
+    time down.)"""
     return 16 if dtype == np.float32 else 8
 
 
@@ -289,7 +283,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl.
     ``wkey``/``kind``: the array and tag the weight cache keys on (``w`` derived from
     ``wkey``); ``orow``/``ocol`` (offset, step): output pixel (p, q) goes to
-    ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (flat stride-1 kernel only)."""
+    ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (stride 1: the flat kernel)."""
     wkey = w if wkey is None else wkey
     dtype = x.dtype
     Cg, Kg = C // G, K // G
@@ -319,6 +313,11 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                 _run(pairs, len(xs) * C * 2 * Hq, _staged(xs), xb, 2 * Hq, Hq, Wq, pt, pl, True,
                      zero)
 
+        # all output-channel blocks of one pixel block back to back (input reused from
+        # L1/L2, weights streamed once per pixel block) unless the weight layout is larger
+        # than the slice's input layout; then all pixel blocks of one channel block. At N=1
+        # and 8 the first wins 9-14% on res3 3x3/2 (1.7 MB of input per image, 0.6 MB of
+        # weight), the second 3% where the weight is much larger (res5)
         def kernel(n, xb, os_):
             _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, toff, n, C, G,
                  plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
