@@ -114,3 +114,17 @@ def test_threads_agree():
         fastconv.set_num_threads(n)
     y2 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
     np.testing.assert_array_equal(y1, y2)                 # deterministic across thread counts
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_slices(monkeypatch, dtype):
+    """Batches converted and convolved a slice at a time: one image per slice (forward
+    layouts, weight-gradient partial sums added slice by slice), and a last slice with
+    fewer images than the weight gradient's batch splits."""
+    monkeypatch.setattr(direct, "_L2_IMAGES", 1)
+    _check(dtype, 3, 5, 12, 13, 18, 3, 3, padding=1)
+    _check(dtype, 3, 4, 15, 29, 24, 3, 3, stride=2, padding=1)
+    # weight-gradient input layout: 14 x 15 pixels x 16 (fp64: 8) lanes = 13440 bytes an
+    # image, so slices of 2 images; 9 items (< 16), so 2 batch splits
+    monkeypatch.setattr(direct, "_L2_IMAGES", 2 * 13440)
+    _check(dtype, 3, 5, 12, 13, 16, 3, 3, padding=1)

@@ -180,7 +180,7 @@ def _bww_source(L):
     a = out.append
     a(f"@jit(fastmath={{'contract'}})")
     a(f"def bww_{L}(xf, dyf, acc, nsplit, N, G, Cb, Hp, Wp, Kb, R, S, sh, sw, dh, dw, P, Q,"
-      " zero, it0, it1):")
+      " add, zero, it0, it1):")
     a(f"    uxs = np.uint64(sw * {L})")
     a(f"    uKB = np.uint64({KB})")
     for k in range(KB):
@@ -219,8 +219,12 @@ def _bww_source(L):
     a("                    do += uKB")
     # acc layout [sp, g, kb, cbk, r, s, k, c]
     a(f"        ao = ((((((sp * G + g) * Kb + kb) * Cb + cbk) * R + r) * S + s) * {KB}) * {L}")
+    a("        if add:                          # a later batch slice")
     for k in range(KB):
-        a("        " + "; ".join(f"acc[ao + {k * L + c}] = a{c}_{k}" for c in range(L)))
+        a("            " + "; ".join(f"acc[ao + {k * L + c}] += a{c}_{k}" for c in range(L)))
+    a("        else:")
+    for k in range(KB):
+        a("            " + "; ".join(f"acc[ao + {k * L + c}] = a{c}_{k}" for c in range(L)))
     return "\n".join(out) + "\n"
 
 

@@ -562,13 +562,20 @@ def conv2d_weight(x, dy, p, out):
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
     Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
     Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
-    xb = workspace("direct_x", p.N * G * Cb * Hp * Wp * L, dtype)
-    _to_blocked(x, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left)
-    dyb = workspace("direct_dy", p.N * G * Kb * p.P * p.Q * 16, dtype)
-    _dy_blocked(dy, dyb, G, Kg, Kb)
+    # batch slices whose input layout fits in _L2_IMAGES (not scaled by the thread count,
+    # so that the order of the sums, and the result, does not depend on it)
+    image = G * Cb * Hp * Wp * L
+    nb = max(1, min(p.N, _L2_IMAGES // (image * dtype.itemsize)))
+    xb = workspace("direct_x", nb * image, dtype)
+    dyb = workspace("direct_dy", nb * G * Kb * p.P * p.Q * 16, dtype)
     items = G * Kb * Cb * p.R * p.S
-    nsplit = max(1, min(p.N, -(-16 // items)))      # >= 16 work items for 2 threads
+    nsplit = max(1, min(nb, -(-16 // items)))       # >= 16 work items for 2 threads
     acc = workspace("direct_acc", nsplit * items * 16 * L, dtype)
-    _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, p.N, G, Cb, Hp, Wp,
-         Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, dtype.type(0))
+    for n0 in range(0, p.N, nb):
+        xs, dys = x[n0:n0 + nb], dy[n0:n0 + nb]
+        _to_blocked(xs, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left)
+        _dy_blocked(dys, dyb, G, Kg, Kb)
+        _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, len(xs), G, Cb,
+             Hp, Wp, Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, n0 > 0,
+             dtype.type(0))
     _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L)
