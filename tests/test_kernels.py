@@ -145,6 +145,9 @@ def test_auto_conv_uses_a_registered_kernel_for_every_case():
     ((8, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d", "winograd_f2"),
     ((8, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d_input", "winograd_f2"),
     ((1, 3, 224, 224), dict(K=64, R=7, stride=2, padding=3), "conv2d", "direct"),
+    ((8, 128, 56, 56), dict(K=128, R=3, stride=2, padding=1), "conv2d", "direct"),
+    ((8, 128, 56, 56), dict(K=128, R=3, stride=2, padding=1), "conv2d_weight", "im2col"),
+    ((8, 256, 56, 56), dict(K=512, R=1, stride=2), "conv2d", "im2col"),
     ((1, 1, 28, 28), dict(K=8, R=3), "conv2d", "im2col"),
     ((8, 256, 28, 28), dict(K=256, R=3, padding=1, groups=256), "conv2d_weight", "direct"),
 ])
