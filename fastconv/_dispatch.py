@@ -88,17 +88,15 @@ def supports(algorithm, backend, p):
 # -- The selection rules: what ``auto`` runs when nothing was autotuned -----------------
 
 
-# Measured with benchmarks/bench_conv.py --algorithms (float32, 2 threads, N=1 and 8,
-# OpenBLAS's AVX-512 kernels; figures in the issue notes):
+# Measured with benchmarks/bench_conv.py --algorithms (float32, 1 and 2 threads, N=1
+# and 8, OpenBLAS's AVX-512 kernels; figures in the issue notes):
 # - 3x3 stride-1 layers with >= 16 channels: Winograd F(4x4,3x3) from 20x20 outputs
-#   per image (res2/res3/VGG/CIFAR: 1.3-3.6x PyTorch forward), and for forward and
+#   per image (res2/res3/VGG/CIFAR: 1.3-3x PyTorch forward), and for forward and
 #   grad-input from 1000 outputs per channel over the batch (14x14 at N=8: F4 1.4-2.8x
-#   against F2 1.2-2.5x); for grad-weight on small images with C*K up to 256*256
-#   (res4 N=1: F4 1.0x, F2 0.8x); larger filters' grad-weight stays with F2 (conv5_2:
-#   1.0-1.5x against 0.6-1.4x).
-#   F(2x2,3x3) from 100 outputs (res4 and conv5_2 at N=1: 1.5-1.75x against im2col
-#   0.8-1.5x; res5 at N=8: 1.6x against 1.2x), but grad-input only from 300 (a single
-#   14x14 image: im2col 1.0-1.3x, F2 0.9-1.2x). Below: im2col (res5 at N=1).
+#   against F2 1.2-2.5x; grad-weight stays with F2 there, 1.2-1.5x against 0.7-1.4x).
+#   F(2x2,3x3) from 100 outputs (a single 14x14 image, res4/conv5_2/C=192: forward
+#   1.3-1.75x, grad-input 1.1-1.85x against im2col's 0.8-1.4x; res5 at N=8: 1.6x
+#   against 1.2x). Below: im2col (res5 at N=1: 1.0-1.2x, Winograd 0.4-0.9x).
 # - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
 # - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
 #   and at least 16 output channels, and depthwise layers: direct. Also the forward of
@@ -109,9 +107,7 @@ def supports(algorithm, backend, p):
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
 F4_MIN_OUTPUTS = 1000           # N*P*Q from which F4 forward and grad-input beat F2
-F4_MAX_WEIGHT_FILTER = 256 * 256  # C*K up to which F4 grad-weight beats F2 on small images
-# N*P*Q from which F2 beats im2col
-F2_MIN_OUTPUTS = {"conv2d": 100, "conv2d_input": 300, "conv2d_weight": 100}
+F2_MIN_OUTPUTS = 100            # N*P*Q from which F(2x2,3x3) beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
 
 
@@ -126,13 +122,9 @@ def _auto(op, p):
         return "direct"
     if supports("winograd_f4", "numba", p) and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS:
         image, outputs = p.P * p.Q, p.N * p.P * p.Q
-        if op == "conv2d_weight":
-            f4 = outputs >= F2_MIN_OUTPUTS[op] and p.C * p.K <= F4_MAX_WEIGHT_FILTER
-        else:
-            f4 = outputs >= F4_MIN_OUTPUTS
-        if image >= F4_MIN_IMAGE or f4:
+        if image >= F4_MIN_IMAGE or (op != "conv2d_weight" and outputs >= F4_MIN_OUTPUTS):
             return "winograd_f4"
-        if outputs >= F2_MIN_OUTPUTS[op]:
+        if outputs >= F2_MIN_OUTPUTS:
             return "winograd_f2"
         return "im2col"
     if op == "conv2d" and p.K // p.groups >= 16 and (  # direct: 16 output channels in registers
