@@ -20,6 +20,17 @@ settings.register_profile(
     derandomize=bool(os.environ.get("CI")))
 settings.load_profile("default")
 
+
+@pytest.fixture(autouse=True)
+def _restore_thread_count():
+    """Every test starts with the machine's thread count: a test that changes it (the
+    CLI's ``--threads`` defaults to 1) must not leave later tests on one thread, where
+    the kernels' parallel paths would go untested."""
+    n = fastconv.get_num_threads()
+    yield
+    if fastconv.get_num_threads() != n:
+        fastconv.set_num_threads(n)
+
 # -- Tolerances: max |got - want| / max(|want|), per dtype and algorithm ---------------------
 # Winograd's transforms lose precision with the tile size (Lavin & Gray 2016): measured
 # on C=256 layers, F(2x2,3x3) about 2e-6 and F(4x4,3x3) about 4e-5 of the output's
