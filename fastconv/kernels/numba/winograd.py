@@ -14,22 +14,24 @@ The matrices are those of Lavin's ``wincnn`` for the interpolation points
 F(2x2,3x3): 0, 1, -1, inf and F(4x4,3x3): 0, 1, -1, 2, -2, inf (see ``BT2, G2, AT2``
 and ``BT4, G4, AT4`` below; the Numba code writes their products out by hand).
 
-Layout: channels last. The input is first copied into a zero-padded channels-last
-array ``Xp[n, h, w, c] = x[n, c, h + off_h, w + off_w]`` (zeros outside x) that covers
-whole tiles, so no tile needs an edge check and every transform is a loop over
-contiguous channels, which LLVM vectorises. Output tile ``(i, j)`` of image ``n``
-covers output rows ``i*m .. i*m + m - 1`` and reads ``Xp`` rows ``i*m .. i*m + alpha -
-1`` (columns alike); outputs past the edge are computed and dropped, so partial tiles
-and any padding, even asymmetric, are exact. The output transform writes the NCHW
-output directly (its stores cross planes, but a channels-last result plus a transposing
-pass measured 7-25% slower).
+Layout: channels last. The input is copied into zero-padded channels-last slabs
+``S[h, w, c] = x[n, c, h + off_h, w + off_w]`` (zeros outside x) that cover whole
+tiles, so no tile needs an edge check and every transform is a loop over contiguous
+channels, which LLVM vectorises. Output tile ``(i, j)`` of image ``n`` covers output rows
+``i*m .. i*m + m - 1`` and reads input rows ``i*m .. i*m + alpha - 1`` of its slab
+(columns alike); outputs past the edge are computed and dropped, so partial tiles and
+any padding, even asymmetric, are exact. The output transform writes the NCHW output
+directly (its stores cross planes, but a channels-last result plus a transposing pass
+measured 7-25% slower).
 
 Forward, with a transformed filter of at most ``FUSED_MAX_FILTER_BYTES``: each thread
-takes batches of ``tb`` tiles in turn and runs the input transform, the alpha^2 GEMMs
-(one-thread BLAS, called from the thread) and the output transform on its batch while V
-and M are in its own cache (fused, as NNPACK and oneDNN do). With a larger filter,
-which each batch would read again, the three steps run one after the other on batches
-of many tiles, each on all threads (BLAS's own threads for the GEMMs); but a few tiles
+takes blocks of tile rows (about 64 tiles) in turn; it copies the input rows of a block
+into its own slab and runs the input transform, the alpha^2 GEMMs (one-thread BLAS,
+called from the thread) and the output transform while slab, V and M are in its cache
+(fused, as NNPACK and oneDNN do; a separate whole-image layout pass measured 1.1-1.4x
+slower). With a larger filter, which each block would read again, the whole group of
+images is laid out first and the three steps run one after the other on batches of
+many tiles, each on all threads (BLAS's own threads for the GEMMs); but a few tiles
 (one image) with a filter up to ``SPLIT_MAX_FILTER_BYTES`` run fused again, each
 thread on its own slice of the output channels.
 
@@ -42,9 +44,9 @@ input transform ``V``, ``dM = A dy A^T`` on m x m tiles of ``dy`` (zeros past th
 output's edge), alpha^2 GEMMs ``dU[xi] = dM[xi]^T @ V[xi]`` (K x C) summed over tile
 batches, and ``dw = G^T dU G``.
 
-Workspace: images are processed in groups whose padded channels-last copies fit in
-``fastconv._config.get_workspace_limit()`` (at least one image per group), and the
-grad-weight's tile batches likewise; all buffers are reused across calls
+Workspace: the unfused paths process images in groups whose padded channels-last
+copies fit in ``fastconv._config.get_workspace_limit()`` (at least one image per
+group), and the grad-weight's tile batches likewise; all buffers are reused across calls
 (``fastconv._config.workspace``). Accuracy: F(2x2,3x3) is about as accurate as direct
 convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 ``tests/test_winograd.py``).
@@ -280,19 +282,18 @@ def _dy_tile4(D, n, p0, q0, tmp, dM, u):
 
 # -- layout change: NCHW -> zero-padded channels-last -----------------------------
 
-@jit(parallel=True)
-def _to_channels_last(x, Xp, oh, ow):
-    """Xp[n, h, w, c] = x[n, c, h + oh, w + ow], zeros outside x."""
-    N, C, H, W = x.shape
-    Hp, Wp = Xp.shape[1], Xp.shape[2]
-    # Each w reads a column of channels, one per plane. When planes are a multiple of
-    # 4 KiB apart, these all fall in one L1 set: then read 8 channels at a time.
+@jit()
+def _slab(x, n, h0, ow, S):
+    """S[0, r, w, c] = x[n, c, h0 + r, w + ow] for all rows r and columns w of S (a
+    padded channels-last slab of image n), zeros outside x."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    lo, hi = max(0, -ow), min(S.shape[2], W - ow)        # the columns of S inside x
+    # Each column reads one value per plane. Planes a multiple of 4 KiB apart (32x32,
+    # 224x224) fall in one L1 set: then read 8 planes at a time.
     cb = 8 if H * W * x.itemsize % 4096 == 0 else C
-    lo, hi = max(0, -ow), min(Wp, W - ow)          # the columns of Xp inside x
-    for it in prange(N * Hp):
-        n, h = it // Hp, it % Hp
-        hs = h + oh
-        row = Xp[n, h]
+    for r in range(S.shape[1]):
+        hs = h0 + r
+        row = S[0, r]
         if hs < 0 or hs >= H:
             row[:, :] = 0
             continue
@@ -302,6 +303,15 @@ def _to_channels_last(x, Xp, oh, ow):
             for w in range(lo, hi):
                 for c in range(c0, min(C, c0 + cb)):
                     row[w, c] = x[n, c, hs, w + ow]
+
+
+@jit(parallel=True)
+def _to_channels_last(x, Xp, oh, ow):
+    """Xp[n, h, w, c] = x[n, c, h + oh, w + ow], zeros outside x."""
+    Hp = Xp.shape[1]
+    for it in prange(x.shape[0] * Hp):
+        n, h = it // Hp, it % Hp
+        _slab(x, n, h + oh, ow, Xp[n:n + 1, h:h + 1])
 
 
 # -- filter transforms, in float64 (passes over contiguous channels where possible) ---
@@ -376,37 +386,43 @@ def _filter_t4(dU, dw):
 # -- the parallel kernels --------------------------------------------------------------
 
 @jit(parallel=True)
-def _fused(Xp, Uk, y, m, th, tw, Vb, Mb, Tb):
-    """y (NCHW) = the correlation of Xp with the transformed filter ``Uk`` (nsplit,
-    alpha^2, C, kp), split into ``nsplit`` slices of kp output channels (zero-padded).
-    Work item ``(batch, part)`` runs the input transform of tile batch ``batch`` (tile
-    t = (n*th + i)*tw + j), its GEMMs with filter slice ``part`` and the output
-    transform of those kp channels; thread ``tid`` takes items tid, tid + nthreads, ...
-    with its own V, M and tmp: ``Vb[tid]``, ``Mb[tid]``, ``Tb[tid]``."""
+def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb):
+    """y (NCHW) = the correlation of x (NCHW; input rows and columns offset by oh, ow)
+    with the transformed filter ``Uk`` (nsplit, alpha^2, C, kp), split into ``nsplit``
+    slices of kp output channels (zero-padded). Work item ``(n, block, part)`` takes R =
+    ``Vb.shape[2] // tw`` tile rows of image n: it copies the input rows they read into
+    its thread's channels-last slab (``Sb[tid]``, zero-padded), runs their input
+    transforms, the GEMMs with filter slice ``part`` and the output transform of those
+    kp channels. Thread ``tid`` takes items tid, tid + nthreads, ... with its own slab,
+    V, M and tmp (``Sb``, ``Vb``, ``Mb``, ``Tb`` [tid])."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
     nsplit, kp, K = Uk.shape[0], Uk.shape[3], y.shape[1]
-    T = Xp.shape[0] * th * tw
-    nitems = (T + tb - 1) // tb * nsplit
+    R = tb // tw
+    nblocks = (th + R - 1) // R
+    nitems = x.shape[0] * nblocks * nsplit
     for tid in prange(nthreads):
-        V, M, tmp = Vb[tid], Mb[tid], Tb[tid]
+        S, V, M, tmp = Sb[tid], Vb[tid], Mb[tid], Tb[tid]
+        in_slab = -1                                     # the (n, block) held in S
         for item in range(tid, nitems, nthreads):
-            t0, part = item // nsplit * tb, item % nsplit
-            nt = min(tb, T - t0)
+            nb, part = item // nsplit, item % nsplit
+            n, i0 = nb // nblocks, nb % nblocks * R
+            if nb != in_slab:
+                _slab(x, n, i0 * m + oh, ow, S)
+                in_slab = nb
+            nt = (min(th, i0 + R) - i0) * tw
             for u in range(tb):
-                t = t0 + u
-                n, i, j = t // (th * tw), (t // tw) % th, t % tw
+                i, j = u // tw, u % tw                   # tile (i0 + i, j); S row m*i
                 if u >= nt:
-                    V[:, u, :] = 0            # a short last batch: its GEMM rows unused
+                    V[:, u, :] = 0            # a short last block: its GEMM rows unused
                 elif m == 2:
-                    _in_tile2(Xp, n, 2 * i, 2 * j, tmp, V, u)
+                    _in_tile2(S, 0, 2 * i, 2 * j, tmp, V, u)
                 else:
-                    _in_tile4(Xp, n, 4 * i, 4 * j, tmp, V, u)
+                    _in_tile4(S, 0, 4 * i, 4 * j, tmp, V, u)
             for xi in range(alpha2):
                 np.dot(V[xi], Uk[part, xi], M[xi])
             yk = y[:, part * kp:min(K, part * kp + kp)]
             for u in range(nt):
-                t = t0 + u
-                n, i, j = t // (th * tw), (t // tw) % th, t % tw
+                i, j = i0 + u // tw, u % tw
                 if m == 2:
                     _out_tile2(M, u, tmp, yk, n, 2 * i, 2 * j)
                 else:
@@ -517,38 +533,37 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
     Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
-    th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
-    Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
     nthreads = get_num_threads()
     filter_bytes = alpha2 * C * K * x.itemsize
     fused = filter_bytes <= FUSED_MAX_FILTER_BYTES
+    th, tw = -(-P // m), -(-Q // m)
     split = (not fused and nthreads > 1 and N * th * tw <= SPLIT_MAX_TILES
              and filter_bytes <= SPLIT_MAX_FILTER_BYTES)
-    fused = fused or split
     Uk = _filter(m, w, kind, nthreads if split else 1)
-    if fused:
-        # 64 tiles per GEMM keep a batch's V and M near the thread's L2; at most an
-        # equal share of the tiles per thread
-        tb = max(1, min(64, -(-group * th * tw // (1 if split else nthreads))))
-        Vb = _buffer("V", (nthreads, alpha2, tb, C), x.dtype)
-        Mb = _buffer("M", (nthreads, alpha2, tb, Uk.shape[3]), x.dtype)
+    if fused or split:
+        # blocks of R tile rows, about 64 tiles: a block's V and M stay near the
+        # thread's L2; at least one block per thread
+        R = max(1, min(64 // tw, -(-N * th // (1 if split else nthreads))))
+        Sb = _buffer("X", (nthreads, 1, m * R + 2, Wp, C), x.dtype)
+        Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
+        Mb = _buffer("M", (nthreads, alpha2, R * tw, Uk.shape[3]), x.dtype)
         Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, Uk.shape[3])), x.dtype)
-    else:
-        tb = max(1, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize))
+        with single_threaded_blas():
+            _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb)
+        return
+    th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
+    Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
+    tb = max(1, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize))
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
         _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
-        if fused:
-            with single_threaded_blas():
-                _fused(Xp[:n1 - n0], Uk, y[n0:n1], m, th, tw, Vb, Mb, Tb)
-        else:
-            for t0 in range(0, (n1 - n0) * th * tw, tb):
-                nt = min(tb, (n1 - n0) * th * tw - t0)
-                V = _buffer("V", (alpha2, nt, C), x.dtype)
-                M = _buffer("M", (alpha2, nt, K), x.dtype)
-                _transform_tiles(Xp[:n1 - n0], V, m, t0, th, tw, False)
-                np.matmul(V, Uk[0], out=M)
-                _output_tiles(M, y[n0:n1], m, t0, th, tw)
+        for t0 in range(0, (n1 - n0) * th * tw, tb):
+            nt = min(tb, (n1 - n0) * th * tw - t0)
+            V = _buffer("V", (alpha2, nt, C), x.dtype)
+            M = _buffer("M", (alpha2, nt, K), x.dtype)
+            _transform_tiles(Xp[:n1 - n0], V, m, t0, th, tw, False)
+            np.matmul(V, Uk[0], out=M)
+            _output_tiles(M, y[n0:n1], m, t0, th, tw)
 
 
 def _forward(m):
