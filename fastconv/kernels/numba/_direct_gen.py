@@ -42,6 +42,24 @@ from fastconv.kernels.numba._ranges import valid_range
 '''
 
 
+def _zero_source(a, ind, J, KB):
+    """Emit the J x KB scalar accumulators a{j}_{k} = zero."""
+    for j in range(J):
+        a(ind + "; ".join(f"a{j}_{k} = zero" for k in range(KB)))
+
+
+def _fma_source(a, ind, J, KB):
+    """Emit one reduction step of the register block: J consecutive inputs from
+    xf[xo:] (the vector lanes), then for each of the KB output channels a broadcast
+    weight from wf[wo:] and J multiply-adds; wo moves on by KB."""
+    for j in range(J):
+        a(f"{ind}x{j} = xf[xo + ux{j}]")
+    for k in range(KB):
+        a(f"{ind}w = wf[wo + uw{k}]")
+        a(ind + "; ".join(f"a{j}_{k} += x{j} * w" for j in range(J)))
+    a(f"{ind}wo += uKB")
+
+
 def _fwd_source(J, KB=16):
     """Forward kernel: J output pixels (the vector lanes) x KB output channels of scalar
     accumulators. The input is read as J consecutive values of the phase-split layout
@@ -74,8 +92,7 @@ def _fwd_source(J, KB=16):
     # the last block overlaps the previous one instead of running past Q (when Q >= J)
     a(f"            q0 = max(0, min(qi * {J}, Q - {J}))")
     a("            jv = Q - q0")
-    for j in range(J):
-        a("            " + "; ".join(f"a{j}_{k} = zero" for k in range(KB)))
+    _zero_source(a, " " * 12, J, KB)
     # w block layout [g, kb, c, r, s, k]: walked contiguously by the (c, r, s) loops
     a(f"            wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
     a("            for c in range(Cg):")
@@ -85,12 +102,7 @@ def _fwd_source(J, KB=16):
     a("                    for s in range(S):")
     # column (q0+j)*sw + s*dw = phase (s*dw) % sw, wq = q0 + j + (s*dw) // sw: soff[s]
     a("                        xo = np.uint64(xrow + soff[s])")
-    for j in range(J):
-        a(f"                        x{j} = xf[xo + ux{j}]")
-    for k in range(KB):
-        a(f"                        w = wf[wo + uw{k}]")
-        a("                        " + "; ".join(f"a{j}_{k} += x{j} * w" for j in range(J)))
-    a("                        wo += uKB")
+    _fma_source(a, " " * 24, J, KB)
     # stores straight into NCHW rows; guarded for the channel tail (nk) and pixel tail (jv)
     a(f"            if nk == {KB} and jv >= {J}:")
     for k in range(KB):
@@ -143,8 +155,7 @@ def _flat_source(J, KB):
     a(f"        f0 = fb * {J}")
     a(f"        k0 = g * Kg + kb * {KB}")
     a(f"        nk = min({KB}, Kg - kb * {KB})")
-    for j in range(J):
-        a("        " + "; ".join(f"a{j}_{k} = zero" for k in range(KB)))
+    _zero_source(a, " " * 8, J, KB)
     # w block layout [g, kb, c, t, k]
     a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * T * {KB})")
     a("        for c in range(Cg):")
@@ -152,12 +163,7 @@ def _flat_source(J, KB):
     a("            xc = (n * C + g * Cg + c) * plane + f0")
     a("            for t in range(T):")
     a("                xo = np.uint64(xc + toff[t])")
-    for j in range(J):
-        a(f"                x{j} = xf[xo + ux{j}]")
-    for k in range(KB):
-        a(f"                w = wf[wo + uw{k}]")
-        a("                " + "; ".join(f"a{j}_{k} += x{j} * w" for j in range(J)))
-    a("                wo += uKB")
+    _fma_source(a, " " * 16, J, KB)
     for k in range(KB):
         a("        " + "; ".join(f"buf[{k}, {j}] = a{j}_{k}" for j in range(J)))
     # scatter the valid pixels (q < Q, p < P) to out[n, k, oh0 + p*osh, ow0 + q*osw]
