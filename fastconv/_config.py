@@ -111,6 +111,11 @@ def workspace(slot, size, dtype):
     return buf[:size]
 
 
+def workspace_array(slot, shape, dtype):
+    """A C-contiguous array of ``shape`` on the calling thread's :func:`workspace`."""
+    return workspace(slot, int(np.prod(shape)), dtype).reshape(shape)
+
+
 def release_workspace():
     """Free the calling thread's reusable kernel workspace (see :func:`workspace`)."""
     _local.__dict__.pop("buffers", None)

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import _dispatch
+from fastconv.kernels.numba import im2col as nb_im2col
 
-from conftest import (DTYPES, LIMITS, arrays, assert_close, conv_cases, conv_outputs, kernel_pairs,
-                      pool_cases, tolerance)
+from conftest import (DTYPES, LIMITS, arrays, assert_close, conv_args, conv_cases, conv_outputs,
+                      kernel_pairs, pool_cases, tolerance)
 
 CONV_PAIRS = sorted({ab for op in ("conv2d", "conv2d_input", "conv2d_weight")
                      for ab in kernel_pairs(op)})
@@ -48,6 +49,51 @@ def test_conv_algorithms_agree_with_each_other(algorithm, backend, data):
     for op, value in got.items():
         if value is not None:
             assert_close(value, other[op], 1e-11, f"{op} {algorithm} vs im2col")
+
+
+def _pointwise(N, H, W, groups):
+    return fastconv._geometry.conv_params("test", (N, 6, H, W), (10, 6 // groups, 1, 1),
+                                          groups=groups)
+
+
+POINTWISE_PAIRS = [ab for ab in CONV_PAIRS if _dispatch.supports(*ab, _pointwise(1, 5, 7, 1))]
+
+
+@pytest.mark.parametrize("algorithm,backend", POINTWISE_PAIRS)
+@pytest.mark.parametrize("N,HW,groups", [(1, (5, 7), 1), (3, (5, 7), 1), (3, (5, 7), 2),
+                                         (2, (12, 12), 1), (2, (12, 12), 2)])
+def test_pointwise_layers_match_reference(algorithm, backend, N, HW, groups):
+    """1x1 stride-1 layers (rare among the random geometries above) take their own
+    paths: one GEMM per image, or one for the whole batch when planes are small."""
+    H, W = HW
+    params = _pointwise(N, H, W, groups)
+    case = dict(N=N, C=6, H=H, W=W, K=10, R=1, S=1, stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1), groups=groups, params=params)
+    x, w, dy = arrays(N, np.float64, params.input_shape, params.weight_shape, params.output_shape)
+    got = conv_outputs(case, x, w, dy, algorithm, backend)
+    want = conv_outputs(case, x, w, dy, "reference", "numpy")
+    for op, value in got.items():
+        if value is not None:
+            assert_close(value, want[op], tolerance(np.float64, algorithm), f"{op} {algorithm} {params}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_im2col_blocked_weight_gradient(data, dtype):
+    """im2col's blocked weight-gradient path (taken by layers with many output pixels
+    per patch row, such as a 7x7 RGB stem), forced on every geometry with small bands
+    and blocks, so partial bands, several blocks and groups all occur."""
+    case = data.draw(conv_cases("im2col"))
+    p = case["params"]
+    x, w, dy = arrays(p.N + p.C, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    kw = conv_args(case)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nb_im2col, "WEIGHT_FUSED_MIN_RATIO", 0)
+        mp.setattr(nb_im2col, "WEIGHT_BAND_COLUMNS", data.draw(st.sampled_from([1, 7, 40])))
+        mp.setattr(nb_im2col, "WEIGHT_BLOCK_BYTES", data.draw(st.sampled_from([64, 1000, 2**20])))
+        got = fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm="im2col")
+    want = fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm="reference")
+    assert_close(got, want, tolerance(dtype, "im2col"), f"blocked grad-weight {p}")
 
 
 @pytest.mark.parametrize("algorithm,backend", kernel_pairs("max_pool2d"))

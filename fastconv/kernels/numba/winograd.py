@@ -54,7 +54,7 @@ convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 import numpy as np
 from numba import prange
 
-from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace
+from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace_array
 from ..weight_cache import WeightCache
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
@@ -473,8 +473,7 @@ _filters = WeightCache()
 
 
 def _buffer(slot, shape, dtype):
-    """A C-contiguous array of ``shape`` on the calling thread's reused workspace."""
-    return workspace("winograd_" + slot, int(np.prod(shape)), dtype).reshape(shape)
+    return workspace_array("winograd_" + slot, shape, dtype)
 
 
 def _transformed_filter(m, w):
