@@ -58,6 +58,18 @@ def test_strides_dilation_asymmetric_padding(dtype):
     _check(dtype, 1, 2, 9, 40, 17, 3, 1, stride=2, padding=0)        # last columns unread
 
 
+def test_flat_pitch():
+    """The flat kernel's rows share one zero column as right and left padding (3x3 pad 1:
+    Q + 1 columns), and keep both where a read past the row end would meet data (the
+    stride-2 phase planes of res3 3x3/2) or there is no left padding to land in."""
+    assert direct._flat_pitch(28, 3, 1, 1, 1, 28) == 29
+    assert direct._flat_pitch(28, 3, 2, 1, 1, 56) == 29
+    assert direct._flat_pitch(28, 3, 1, 1, 0, 30) == 30
+    assert direct._flat_pitch(5, 3, 1, 2, -1, 9) == 9
+    _check(np.float32, 2, 5, 6, 28, 20, 3, 3, padding=1)
+    _check(np.float32, 1, 4, 9, 11, 20, 3, 5, padding=(1, 2), dilation=(1, 2))
+
+
 def test_stride2_kernels():
     """Stride 2 float32 runs the flat kernel on four phase planes when it wastes fewer
     lanes than the row kernel (Q = 14: 14 of 16 lanes against 14 of 15), else the row

@@ -289,19 +289,20 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     Cg, Kg = C // G, K // G
     zero = dtype.type(0)
     pairs = getattr(_gen(), f"phase2_{_direct_gen.PAIRS}")
-    if _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, (S - 1) * dw // sw):
+    if _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
+                  _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
         J, KB = _direct_gen.FLAT_BLOCKS[0]
         Kb = -(-Kg // KB)
         # tap (r, s) reads padded (p*sh + r*dh, q*sw + s*dw): phase plane ((r*dh) % sh,
         # (s*dw) % sw), pixel (p + (r*dh) // sh, q + (s*dw) // sw) of that Hq x Wq plane
         Hq = P + (R - 1) * dh // sh
-        Wq = Q + (S - 1) * dw // sw
+        Wq = _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1)
         toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
                          + (r * dh) // sh * Wq + (s * dw) // sw
                          for r in range(R) for s in range(S)], np.int64)
         plane = sh * sw * Hq * Wq
-        tail = J + Wq - Q                           # the last block reads past the planes
+        tail = J + (S - 1) * dw // sw               # the last block reads past the planes
         wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
         nf = -(-P * Wq // J)
@@ -363,6 +364,21 @@ def _staged(xs):
     st = workspace("direct_staged", xs.size, xs.dtype).reshape(xs.shape)
     np.copyto(st, xs)
     return st
+
+
+def _flat_pitch(Q, S, sw, dw, pl, Wv):
+    """Columns Wq per row of the flat kernel's (phase) planes: the fewest (>= Q) such
+    that every read of a kept pixel (q < Q) past a row's end, at column wq >= Wq, reads a
+    zero of the padding both where it should (virtual column wq*sw + b >= pl + Wv) and
+    where it lands (column wq - Wq of the next row, < pl: left padding), so the right
+    padding of a row is the left padding of the next (res3 3x3: 29 columns for 28
+    outputs, not 30). ``Wv``: the virtual input width (inserted zeros do not count)."""
+    taps = {((s * dw) % sw, (s * dw) // sw) for s in range(S)}
+    for Wq in range(Q, Q + (S - 1) * dw // sw):
+        if all(wq * sw + b >= pl + Wv and (wq - Wq) * sw + b < pl
+               for b, e in taps for wq in range(max(Wq, e), Q + e)):
+            return Wq
+    return Q + (S - 1) * dw // sw
 
 
 def _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
