@@ -54,7 +54,8 @@ def _edge_cases():
 PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40, SPLIT_MAX_TILES=0),
          "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_FILTER_BYTES=2**40,
                        SPLIT_MAX_TILES=2**40),
-         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_TILES=0)}
+         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_TILES=0),
+         "unfused, BLAS": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_TILES=0, OWN_GEMM_MAX_ROWS=0)}
 
 
 @pytest.mark.parametrize("path", PATHS)

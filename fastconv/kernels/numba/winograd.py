@@ -31,7 +31,9 @@ called from the thread) and the output transform while slab, V and M are in its 
 (fused, as NNPACK and oneDNN do; a separate whole-image layout pass measured 1.1-1.4x
 slower). With a larger filter, which each block would read again, the whole group of
 images is laid out first and the three steps run one after the other on batches of
-many tiles, each on all threads (BLAS's own threads for the GEMMs); but a few tiles
+many tiles, each on all threads (for up to ``OWN_GEMM_MAX_ROWS`` tiles on several
+threads, the GEMMs are our register-tiled kernel, which reads the filter in place and
+shares the alpha^2 products out among the threads; else BLAS's); but a few tiles
 (one image) with a filter up to ``SPLIT_MAX_FILTER_BYTES`` run fused again, each
 thread on its own slice of the output channels.
 
@@ -56,6 +58,8 @@ from numba import prange
 
 from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace_array
 from ..weight_cache import WeightCache
+from . import _direct_gen
+from .direct import _run
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
 
@@ -484,22 +488,24 @@ def _transformed_filter(m, w):
     return U
 
 
-def _filter(m, w, kind, nsplit):
+def _filter(m, w, kind, nsplit, multiple=1):
     """The transformed filter of ``w`` (``kind`` "fwd"; "rot" for the gradient with
     respect to the input: rotated 180 degrees, C and K swapped) as ``nsplit`` slices of
-    output channels, (nsplit, alpha^2, C, ceil(K / nsplit)), zero-padded; cached."""
+    output channels, (nsplit, alpha^2, C, kp), kp = ceil(K / nsplit) rounded up to a
+    ``multiple``, zero-padded; cached."""
     def build():
         g = w if kind == "fwd" else np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         U = _transformed_filter(m, g)
-        if nsplit == 1:
-            return U[None]
         kp = -(-U.shape[2] // nsplit)
+        kp = -(-kp // multiple) * multiple
+        if nsplit == 1 and kp == U.shape[2]:
+            return U[None]
         Uk = np.zeros((nsplit, *U.shape[:2], kp), U.dtype)
         for part in range(nsplit):
             piece = U[:, :, part * kp:part * kp + kp]
             Uk[part, :, :, :piece.shape[2]] = piece
         return Uk
-    return _filters.get(w, (kind, m, nsplit), build)
+    return _filters.get(w, (kind, m, nsplit, multiple), build)
 
 
 def _tiling(m, N, P, Q, per_image):
@@ -538,8 +544,8 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
     th, tw = -(-P // m), -(-Q // m)
     split = (not fused and nthreads > 1 and N * th * tw <= SPLIT_MAX_TILES
              and filter_bytes <= SPLIT_MAX_FILTER_BYTES)
-    Uk = _filter(m, w, kind, nthreads if split else 1)
     if fused or split:
+        Uk = _filter(m, w, kind, nthreads if split else 1)
         # blocks of R tile rows, about 64 tiles: a block's V and M stay near the
         # thread's L2; at least one block per thread
         R = max(1, min(64 // tw, -(-N * th // (1 if split else nthreads))))
@@ -550,19 +556,50 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         with single_threaded_blas():
             _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb)
         return
+    own = x.dtype == np.float32 and nthreads > 1 and N * th * tw <= OWN_GEMM_MAX_ROWS
+    J, TB = _direct_gen.GEMM_BLOCK if own else (1, 1)
+    U = _filter(m, w, kind, 1, J)[0]             # (alpha^2, C, K rounded up to J)
     th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
-    tb = max(1, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize))
+    tb = max(TB, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize) // TB * TB)
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
         _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
         for t0 in range(0, (n1 - n0) * th * tw, tb):
             nt = min(tb, (n1 - n0) * th * tw - t0)
-            V = _buffer("V", (alpha2, nt, C), x.dtype)
-            M = _buffer("M", (alpha2, nt, K), x.dtype)
-            _transform_tiles(Xp[:n1 - n0], V, m, t0, th, tw, False)
-            np.matmul(V, Uk[0], out=M)
-            _output_tiles(M, y[n0:n1], m, t0, th, tw)
+            rows = -(-nt // TB) * TB                # the GEMMs' rows: whole blocks
+            V = _buffer("V", (alpha2, rows, C), x.dtype)
+            M = _buffer("M", (alpha2, rows, U.shape[2]), x.dtype)
+            V[:, nt:] = 0
+            _transform_tiles(Xp[:n1 - n0], V[:, :nt], m, t0, th, tw, False)
+            if own:
+                _gemm(V, U, M)
+            else:
+                np.matmul(V, U, out=M)
+            _output_tiles(M[:, :nt], y[n0:n1], m, t0, th, tw)
+
+
+#: The unfused path multiplies with ``_gemm`` on several threads when there are at most
+#: this many tiles (against OpenBLAS's batched GEMM, 2 threads: 16-49 tiles of res4,
+#: res5, VGG conv5_2 and conv4_2 at N=1 1.1-1.5x faster, 128 tiles (N=8) 1.02-1.13x,
+#: 392 tiles 0.95-0.98x; 1 thread: 0.91-1.14x)
+OWN_GEMM_MAX_ROWS = 256
+
+#: bytes of V's rows that ``_gemm`` keeps in cache while it runs through U's columns
+GEMM_ROWS_BYTES = 256 * 1024
+
+
+def _gemm(V, U, M):
+    """M[x] = V[x] @ U[x] for every x, float32, on all threads, by the generated kernel
+    (``_direct_gen._gemm_source``); V's rows a multiple of its row block, U's and M's
+    columns of its column block."""
+    J, TB = _direct_gen.GEMM_BLOCK
+    X, T, C = V.shape
+    Kp = U.shape[2]
+    ntb = T // TB
+    CH = max(1, min(ntb, GEMM_ROWS_BYTES // (TB * C * V.itemsize)))
+    _run(_direct_gen.load().gemm_64_6, X * -(-ntb // CH) * (Kp // J) * CH,
+         V.reshape(-1), U.reshape(-1), M.reshape(-1), X, T, C, Kp, CH, np.float32(0))
 
 
 def _forward(m):
