@@ -434,10 +434,9 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb):
 
 
 @jit(parallel=True)
-def _transform_tiles(src, dst, m, t0, th, tw, dy):
-    """dst[:, u, :] for the tiles t0 + u of src: the input transform of the padded
-    channels-last input, or (``dy``) that of the output gradient's m x m tiles."""
-    nt = dst.shape[1]
+def _transform_tiles(src, dst, nt, m, t0, th, tw, dy):
+    """dst[:, u, :] for the tiles t0 + u, u < nt, of src: the input transform of the
+    padded channels-last input, or (``dy``) that of the output gradient's m x m tiles."""
     for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
         tmp = np.empty((m + 2, m + 2, src.shape[3]), src.dtype)
         for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
@@ -454,9 +453,8 @@ def _transform_tiles(src, dst, m, t0, th, tw, dy):
 
 
 @jit(parallel=True)
-def _output_tiles(M, y, m, t0, th, tw):
-    """The output tiles t0 + u of y from M[:, u, :]."""
-    nt = M.shape[1]
+def _output_tiles(M, nt, y, m, t0, th, tw):
+    """The output tiles t0 + u, u < nt, of y from M[:, u, :]."""
     for chunk in prange((nt + _CHUNK - 1) // _CHUNK):
         tmp = np.empty((m + 2, m + 2, M.shape[2]), M.dtype)
         for u in range(chunk * _CHUNK, min(nt, chunk * _CHUNK + _CHUNK)):
@@ -571,12 +569,12 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
             V = _buffer("V", (alpha2, rows, C), x.dtype)
             M = _buffer("M", (alpha2, rows, U.shape[2]), x.dtype)
             V[:, nt:] = 0
-            _transform_tiles(Xp[:n1 - n0], V[:, :nt], m, t0, th, tw, False)
+            _transform_tiles(Xp[:n1 - n0], V, nt, m, t0, th, tw, False)
             if own:
                 _gemm(V, U, M)
             else:
                 np.matmul(V, U, out=M)
-            _output_tiles(M[:, :nt], y[n0:n1], m, t0, th, tw)
+            _output_tiles(M, nt, y[n0:n1], m, t0, th, tw)
 
 
 #: The unfused path multiplies with ``_gemm`` on several threads when there are at most
@@ -642,8 +640,8 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
             nt = min(tb, (n1 - n0) * th * tw - t0)
             V = _buffer("V", (alpha2, nt, C), x.dtype)
             dM = _buffer("M", (alpha2, nt, K), x.dtype)
-            _transform_tiles(Xp[:n1 - n0], V, m, t0, th, tw, False)
-            _transform_tiles(D[:n1 - n0], dM, m, t0, th, tw, True)
+            _transform_tiles(Xp[:n1 - n0], V, nt, m, t0, th, tw, False)
+            _transform_tiles(D[:n1 - n0], dM, nt, m, t0, th, tw, True)
             if first:
                 np.matmul(dM.transpose(0, 2, 1), V, out=dU)
                 first = False
