@@ -31,9 +31,9 @@ called from the thread) and the output transform while slab, V and M are in its 
 (fused, as NNPACK and oneDNN do; a separate whole-image layout pass measured 1.1-1.4x
 slower). With a larger filter, which each block would read again, the whole group of
 images is laid out first and the three steps run one after the other on batches of
-many tiles, each on all threads (for up to ``OWN_GEMM_MAX_ROWS`` tiles on several
-threads, the GEMMs are our register-tiled kernel, which reads the filter in place and
-shares the alpha^2 products out among the threads; else BLAS's); but a few tiles
+many tiles, each on all threads (in float32 the GEMMs are our register-tiled kernel,
+``_gemm``, which reads the filter in place and shares the alpha^2 products out among the
+threads; float64 uses BLAS); but a few tiles
 (one image) with a filter up to ``SPLIT_MAX_FILTER_BYTES`` run fused again, each
 thread on its own slice of the output channels.
 
@@ -554,7 +554,7 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         with single_threaded_blas():
             _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb)
         return
-    own = x.dtype == np.float32 and nthreads > 1 and N * th * tw <= OWN_GEMM_MAX_ROWS
+    own = x.dtype == np.float32                  # our GEMM kernel (float32), else BLAS
     J, TB = _direct_gen.GEMM_BLOCK if own else (1, 1)
     U = _filter(m, w, kind, 1, J)[0]             # (alpha^2, C, K rounded up to J)
     th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
@@ -577,12 +577,6 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
             _output_tiles(M, nt, y[n0:n1], m, t0, th, tw)
 
 
-#: The unfused path multiplies with ``_gemm`` on several threads when there are at most
-#: this many tiles (against OpenBLAS's batched GEMM, 2 threads: 16-49 tiles of res4,
-#: res5, VGG conv5_2 and conv4_2 at N=1 1.1-1.5x faster, 128 tiles (N=8) 1.02-1.13x,
-#: 392 tiles 0.95-0.98x; 1 thread: 0.91-1.14x)
-OWN_GEMM_MAX_ROWS = 256
-
 #: bytes of V's rows that ``_gemm`` keeps in cache while it runs through U's columns
 GEMM_ROWS_BYTES = 256 * 1024
 
@@ -590,7 +584,9 @@ GEMM_ROWS_BYTES = 256 * 1024
 def _gemm(V, U, M):
     """M[x] = V[x] @ U[x] for every x, float32, on all threads, by the generated kernel
     (``_direct_gen._gemm_source``); V's rows a multiple of its row block, U's and M's
-    columns of its column block."""
+    columns of its column block. Against OpenBLAS's batched GEMM, in one process (the
+    whole unfused Winograd call): 2 threads, 16-49 tiles (res4, res5, VGG conv4_2 and
+    conv5_2 at N=1) 1.05-1.6x faster, 128-392 tiles (N=8) 1.0-1.15x; 1 thread 0.93-1.25x."""
     J, TB = _direct_gen.GEMM_BLOCK
     X, T, C = V.shape
     Kp = U.shape[2]
