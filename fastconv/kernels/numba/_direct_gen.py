@@ -481,7 +481,6 @@ def _gemm_source(J, TB):
     for j in range(J):
         a(f"    ux{j} = np.uint64({j})")
     a("    uKp = np.uint64(Kp)")
-    a(f"    uTB = np.uint64({TB})")
     a("    for it in range(it0, it1):          # of X * nch * nkb * CH")
     a("        t = it // CH")
     a("        kb = t % nkb")
