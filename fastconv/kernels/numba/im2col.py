@@ -100,13 +100,16 @@ def _phases(x, xs, sh, sw, pt, pl):
                     dst[hi:] = 0
 
 
-@jit()
+# Not cached (compiled once per process, about a second): a cached caller of the
+# generated GEMM would name the generated module of its first compile, which a changed
+# generator renames.
+@jit(cache=False)
 def _mult_blas(Col, D, T):
     """T = Col @ D by BLAS (one thread)."""
     np.dot(Col, D, T)
 
 
-@jit()
+@jit(cache=False)
 def _mult_own(Col, D, T):
     """T = Col @ D (float32; rows a multiple of ``GEMM_BLOCK[1]``, columns of
     ``GEMM_BLOCK[0]``) by the generated register-tiled GEMM."""
@@ -115,7 +118,7 @@ def _mult_own(Col, D, T):
           rows // _GEMM_ROWS, np.float32(0), 0, kp // _GEMM_COLS * (rows // _GEMM_ROWS))
 
 
-@jit()
+@jit(cache=False)
 def _weight_fused(xs, dy, Db, Cb, Tb, Ab, mult, R, S, sh, sw, dh, dw, it0, it1):
     """The weight gradient, sum over images and output pixels of patches x dy^T, with
     the patches read from the phase planes ``xs`` (see ``_phases``), into one
