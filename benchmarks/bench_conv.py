@@ -106,15 +106,17 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--passes", default="fwd,bwd_input,bwd_weight")
-    ap.add_argument("--layers", default="", help="comma-separated names (default: all + odd channels)")
+    ap.add_argument("--layers", default="",
+                    help="comma-separated names (default: all, odd channels and depthwise_3x3)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--algorithms", action="store_true", help="also time each algorithm forced")
     ap.add_argument("--accuracy", action="store_true", help="only print the accuracy table")
     ap.add_argument("--json", help="write all figures to this file")
     args = ap.parse_args(argv)
-    layers = [layer(n) for n in args.layers.split(",")] if args.layers else LAYERS + ODD_LAYERS
+    layers = ([DEPTHWISE if n == DEPTHWISE.name else layer(n) for n in args.layers.split(",")]
+              if args.layers else LAYERS + ODD_LAYERS + [DEPTHWISE])
     if args.accuracy:
-        res = accuracy(layers)
+        res = accuracy([L for L in layers if L is not DEPTHWISE])   # dense layers only
         if args.json:
             json.dump(res, open(args.json, "w"), indent=1)
         return
@@ -133,7 +135,9 @@ def main(argv=None):
         for N in map(int, args.batch.split(",")):
             for pass_ in args.passes.split(","):
                 print(f"\n-- {pass_}, N={N}: GFLOP/s (median) and PyTorch time / fastconv time --")
-                for L in layers + ([DEPTHWISE] if pass_ == "fwd" else []):
+                for L in layers:
+                    if L is DEPTHWISE and pass_ != "fwd":      # its bar is forward only
+                        continue
                     groups = L.C if L is DEPTHWISE else 1
                     row, ratios, chosen = run_layer(torch, L, N, pass_, args.rounds,
                                                     args.algorithms, groups)
