@@ -89,6 +89,7 @@ def test_im2col_blocked_weight_gradient(data, dtype):
     kw = conv_args(case)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(nb_im2col, "WEIGHT_FUSED_MIN_RATIO", 0)
+        mp.setattr(nb_im2col, "WEIGHT_FUSED_MIN_CHANNELS", 0)
         mp.setattr(nb_im2col, "WEIGHT_BAND_COLUMNS", data.draw(st.sampled_from([1, 7, 40])))
         mp.setattr(nb_im2col, "WEIGHT_BLOCK_BYTES", data.draw(st.sampled_from([64, 1000, 2**20])))
         got = fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm="im2col")

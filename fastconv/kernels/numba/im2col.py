@@ -193,6 +193,9 @@ def _weight_blocks(p, itemsize):
 #: conv1 (85 pixels per row) 1.1-1.35x faster; res3 3x3/2 (0.7) 0.8-1.1x, res4, res5
 #: (0.1 and less) 0.75-1.0x.
 WEIGHT_FUSED_MIN_RATIO = 16
+#: ... and at least this many output channels per group (the GEMM's 64 columns; with
+#: the 8 of a small MNIST network it ran 1.2-3x slower than one GEMM per tile)
+WEIGHT_FUSED_MIN_CHANNELS = 64
 WEIGHT_BAND_COLUMNS = 1024
 WEIGHT_BLOCK_BYTES = 512 * 1024
 
@@ -323,7 +326,8 @@ def conv2d_weight(x, dy, p, out):
     if _is_pointwise(p) and _one_gemm(p):
         np.matmul(_batch_major(dy, G, "dyt"), _batch_major(x, G, "xt").transpose(0, 2, 1),
                   out=out.reshape(G, Kg, CgRS))
-    elif not _is_pointwise(p) and p.P * p.Q >= WEIGHT_FUSED_MIN_RATIO * CgRS:
+    elif (not _is_pointwise(p) and p.P * p.Q >= WEIGHT_FUSED_MIN_RATIO * CgRS
+          and Kg >= WEIGHT_FUSED_MIN_CHANNELS):
         _weight_blocked(x, dy, p, out)
     else:                                       # one GEMM per tile, BLAS's threads
         acc = np.zeros((G, Kg, CgRS), x.dtype)
