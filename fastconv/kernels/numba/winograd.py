@@ -554,7 +554,10 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         with single_threaded_blas():
             _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb)
         return
-    own = x.dtype == np.float32                  # our GEMM kernel (float32), else BLAS
+    # our GEMM kernel (float32, K padded to its 64 columns), else BLAS (K = 160, padded
+    # to 192: 0.84-0.96x against BLAS)
+    J = _direct_gen.GEMM_BLOCK[0]
+    own = x.dtype == np.float32 and -(-K // J) * J <= K * GEMM_MAX_PADDING
     J, TB = _direct_gen.GEMM_BLOCK if own else (1, 1)
     U = _filter(m, w, kind, 1, J)[0]             # (alpha^2, C, K rounded up to J)
     th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
@@ -576,6 +579,10 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
                 np.matmul(V, U, out=M)
             _output_tiles(M, nt, y[n0:n1], m, t0, th, tw)
 
+
+#: largest ratio of padded to real output channels for which the unfused path uses
+#: ``_gemm``
+GEMM_MAX_PADDING = 1.125
 
 #: bytes of V's rows that ``_gemm`` keeps in cache while it runs through U's columns
 GEMM_ROWS_BYTES = 256 * 1024
