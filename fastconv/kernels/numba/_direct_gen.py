@@ -466,8 +466,9 @@ def _gemm_source(J, TB):
     the shapes (X, T, C) @ (X, C, Kp) -> (X, T, Kp), T a multiple of TB and Kp of J, all
     C-contiguous and passed flat. Work item (x, chunk of ``CH`` row blocks, block of J
     columns, row block in the chunk): consecutive items reuse the C x J slice of U[x],
-    and the chunk's CH*TB rows of V[x] stay in cache across the column blocks. J consecutive columns of a row of U are the vector lanes (J/16 vectors), and
-    each of the TB rows of V broadcasts one element per step: TB*J/16 accumulators and
+    and the chunk's CH*TB rows of V[x] stay in cache across the column blocks. J
+    consecutive columns of a row of U are the vector lanes (J/16 vectors), and each of
+    the TB rows of V broadcasts one element per step: TB*J/16 accumulators and
     TB*J/16 FMAs per J/16 vector loads and TB broadcasts, U and V read in place (BLAS
     packs both per call, which dominates with few rows: with 16-48 rows and 256-512
     channels this kernel ran 1.5-2.6x as fast as one-thread OpenBLAS)."""

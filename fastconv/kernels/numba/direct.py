@@ -62,73 +62,18 @@ private copy kept at the time of the re-layout. A weight changed in place (an op
 never returns a stale layout; the check costs one memcmp of the weight, cheaper than
 the strided re-layout it saves.
 """
-import itertools
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import prange
-from numba.core import config as _numba_config
 
 from ..._config import jit, workspace
 from ..weight_cache import WeightCache
 from . import _direct_gen
 from ._ranges import valid_range
+from ._threads import run as _run
 
 _FASTMATH = {"contract", "reassoc"}
-
-# -- SLP-vectorised compile of the generated kernels ------------------------------------
-
-_compiled = set()
-_compile_lock = threading.Lock()
-_pool = None
-
-
-def _executor():
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_numba_config.NUMBA_NUM_THREADS,
-                                   thread_name_prefix="fastconv-direct")
-    return _pool
-
-
-def _run(fn, total, *args):
-    """Run a generated kernel over work items [0, total) on ``numba.get_num_threads()``
-    threads (the kernels release the GIL): 4 chunks per thread, taken in turn by the
-    calling thread and ``threads - 1`` pool workers, so the calling thread starts at once
-    and a worker that wakes late (a pool hand-off costs about 40 us here) takes fewer
-    chunks. The first call per dtype compiles (or loads from the cache) with the SLP
-    vectorizer on and restores Numba's setting afterwards."""
-    key = (fn, args[0].dtype)
-    if key not in _compiled:
-        with _compile_lock:
-            old = _numba_config.SLP_VECTORIZE
-            _numba_config.SLP_VECTORIZE = 1
-            try:
-                fn(*args, 0, 0)                     # empty range: compile only
-            finally:
-                _numba_config.SLP_VECTORIZE = old
-            _compiled.add(key)
-    nt = numba.get_num_threads()
-    chunks = min(total, 4 * nt) if nt > 1 else 1
-    if chunks <= 1:
-        fn(*args, 0, total)
-        return
-    bounds = [total * i // chunks for i in range(chunks + 1)]
-    turn = itertools.count()                        # next() is atomic under the GIL
-
-    def work():
-        i = next(turn)
-        while i < chunks:
-            fn(*args, bounds[i], bounds[i + 1])
-            i = next(turn)
-
-    helpers = [_executor().submit(work) for _ in range(min(nt, chunks) - 1)]
-    work()
-    for f in helpers:
-        f.result()
-
 
 def _gen():
     return _direct_gen.load()

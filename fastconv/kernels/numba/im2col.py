@@ -32,7 +32,7 @@ from ..._config import (get_num_threads, get_workspace_limit, jit, single_thread
                         workspace, workspace_array)
 from . import _direct_gen
 from ._ranges import valid_range
-from .direct import _run
+from ._threads import run as _run
 
 _GEMM_COLS, _GEMM_ROWS = _direct_gen.GEMM_BLOCK
 _GEMM = getattr(_direct_gen.load(), "gemm_%d_%d" % _direct_gen.GEMM_BLOCK)
@@ -129,7 +129,7 @@ def _weight_fused(xs, dy, Db, Cb, Tb, Ab, mult, R, S, sh, sw, dh, dw, it0, it1):
     thread copies the band of dy, pixel-major, into its ``Db`` (once per band), the block's patch rows into its ``Cb``, and adds ``mult(Cb, Db[g])``
     (a one-thread GEMM) to the block of its accumulator. "Thread" t in [it0, it1) takes
     the t-th of ``len(Db)`` contiguous ranges of the items, so the threads split the
-    sum over pixels (the long dimension of these layers); ``direct._run`` runs them."""
+    sum over pixels (the long dimension of these layers); ``_threads.run`` runs them."""
     nthreads, G, cols, Kgp = Db.shape
     nblocks, rbp = Ab.shape[2], Ab.shape[3]
     N, K, P, Q = dy.shape

@@ -59,7 +59,7 @@ from numba import prange
 from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace_array
 from ..weight_cache import WeightCache
 from . import _direct_gen
-from .direct import _run
+from ._threads import run as _run
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
 
@@ -556,9 +556,10 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         return
     # our GEMM kernel (float32, K padded to its 64 columns), else BLAS (K = 160, padded
     # to 192: 0.84-0.96x against BLAS)
-    J = _direct_gen.GEMM_BLOCK[0]
+    J, TB = _direct_gen.GEMM_BLOCK
     own = x.dtype == np.float32 and -(-K // J) * J <= K * GEMM_MAX_PADDING
-    J, TB = _direct_gen.GEMM_BLOCK if own else (1, 1)
+    if not own:
+        J, TB = 1, 1                             # BLAS: no padding
     U = _filter(m, w, kind, 1, J)[0]             # (alpha^2, C, K rounded up to J)
     th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
