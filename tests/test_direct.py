@@ -140,3 +140,34 @@ def test_batch_slices(monkeypatch, dtype):
     # image, so slices of 2 images; 9 items (< 16), so 2 batch splits
     monkeypatch.setattr(direct, "_L2_IMAGES", 2 * 13440)
     _check(dtype, 3, 5, 12, 13, 16, 3, 3, padding=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block(dtype):
+    """The register transpose of the layout conversions: an L x L block between offsets
+    and row strides of two flat arrays, nothing else written."""
+    import numba
+    from fastconv.kernels.numba._transpose import lanes, transpose_block
+
+    @numba.njit
+    def run(src, so, ss, dst, do, ds):
+        transpose_block(src, so, ss, dst, do, ds)
+
+    L = lanes(np.dtype(dtype))
+    src = np.arange(L * 40, dtype=dtype)
+    dst = np.full(L * (L + 9) + 7, -1, dtype)
+    run(src, 3, 40, dst, 7, L + 9)
+    want = np.full_like(dst, -1)
+    for j in range(L):                      # row j of dst: column j of the source block
+        want[7 + j * (L + 9):7 + j * (L + 9) + L] = src[3 + j:3 + j + L * 40:40]
+    assert np.array_equal(dst, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_layout_transposes(dtype):
+    """Rows of at least one vector of columns and full 16-channel blocks take the block
+    transposes in the weight gradient's conversions (the last block of a row
+    overlapping the one before), with a channel tail, groups and stride 2 beside."""
+    _check(dtype, 2, 40, 5, 37, 40, 3, 3, padding=1)
+    _check(dtype, 1, 64, 6, 35, 64, 3, 3, padding=1, groups=2)
+    _check(dtype, 2, 32, 7, 40, 48, 3, 3, stride=2, padding=1)

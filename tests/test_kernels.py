@@ -97,6 +97,27 @@ def test_im2col_blocked_weight_gradient(data, dtype):
     assert_close(got, want, tolerance(dtype, "im2col"), f"blocked grad-weight {p}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C,K,W,stride,groups", [(3, 32, 37, 1, 1), (4, 64, 40, 2, 2),
+                                                  (2, 24, 40, 1, 1)])
+def test_im2col_blocked_weight_gradient_transposes(dtype, C, K, W, stride, groups):
+    """The blocked weight gradient copies dy pixel-major by block transposes when a
+    group's channels are whole vectors and a row at least one (the last block of a row
+    overlapping the one before), element by element otherwise (K/groups = 24)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, C, 6, W)).astype(dtype)
+    w_shape = (K, C // groups, 3, 3)
+    kw = dict(stride=stride, padding=1, groups=groups)
+    dy = rng.standard_normal(fastconv.conv2d(x, np.zeros(w_shape, dtype), **kw).shape).astype(dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nb_im2col, "WEIGHT_FUSED_MIN_RATIO", 0)
+        mp.setattr(nb_im2col, "WEIGHT_FUSED_MIN_CHANNELS", 0)
+        mp.setattr(nb_im2col, "WEIGHT_BAND_COLUMNS", 50)
+        got = fastconv.conv2d_weight(x, w_shape, dy, **kw, algorithm="im2col")
+    want = fastconv.conv2d_weight(x, w_shape, dy, **kw, algorithm="reference")
+    assert_close(got, want, tolerance(dtype, "im2col"), "blocked grad-weight")
+
+
 @pytest.mark.parametrize("algorithm,backend", kernel_pairs("max_pool2d"))
 @settings(max_examples=80)
 @given(case=pool_cases(max_pool=True), dtype=st.sampled_from(DTYPES))

@@ -429,35 +429,39 @@ def _pairs_source(a, ind, dst, base, pitch, src, so, Ws, Wq, J):
 
 
 def _phase2_source(J):
-    """Stride-2 forward layout conversion, one padded row hp of channel (n, c) per work
-    item (see ``_pairs_source``). Rows layout (``planes`` false, Hp rows):
-    dst[n, c, hp, b, wq] = x_pad[n, c, hp, 2*wq + b]. Planes layout (``planes`` true,
-    Hp = 2*Hq rows): dst[n, c, a, b, i, wq] = x_pad[n, c, 2*i + a, 2*wq + b]."""
+    """Stride-2 forward layout conversion, one channel plane (n, c) per work item: the
+    plane is first copied whole into a scratch row (one contiguous stream, many loads in
+    flight: the split itself reads too few at a time to stream from memory), then each
+    padded row hp is split from there (see ``_pairs_source``). Rows layout (``planes``
+    false, Hp rows): dst[n, c, hp, b, wq] = x_pad[n, c, hp, 2*wq + b]. Planes layout
+    (``planes`` true, Hp = 2*Hq rows): dst[n, c, a, b, i, wq] = x_pad[n, c, 2*i + a, 2*wq + b]."""
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
     a(f"def phase2_{J}(src, dst, Hp, Hq, Wq, pt, pl, planes, zero, it0, it1):")
     a("    N, C, Hs, Ws = src.shape")
     a("    sf = src.reshape(src.size)")
+    a("    area = Hs * Ws")
+    a("    tmp = np.empty(area, src.dtype)")
     for j in range(2 * J):
         a(f"    ux{j} = np.uint64({j})")
-    a("    for it in range(it0, it1):          # of N * C * Hp padded rows")
-    a("        hp = it % Hp")
-    a("        nc = it // Hp")
-    a("        if planes:")
-    a("            base = ((nc * 2 + hp % 2) * 2 * Hq + hp // 2) * Wq")
-    a("            pitch = Hq * Wq")
-    a("        else:")
-    a("            base = it * 2 * Wq")
-    a("            pitch = Wq")
-    a("        for e in range(Wq):")
-    a("            dst[np.uint64(base + e)] = zero")
-    a("            dst[np.uint64(base + pitch + e)] = zero")
-    a("        h = hp - pt")
-    a("        if h < 0 or h >= Hs:")
-    a("            continue")
-    a("        so = (nc * Hs + h) * Ws")
-    _pairs_source(a, " " * 8, "dst", "base", "pitch", "sf", "so", "Ws", "Wq", J)
+    a("    for nc in range(it0, it1):          # of N * C planes")
+    _copy_source(a, " " * 8, "tmp", "np.uint64(0)", "sf", "np.uint64(nc * area)", "area", 2 * J)
+    a("        for hp in range(Hp):")
+    a("            if planes:")
+    a("                base = ((nc * 2 + hp % 2) * 2 * Hq + hp // 2) * Wq")
+    a("                pitch = Hq * Wq")
+    a("            else:")
+    a("                base = (nc * Hp + hp) * 2 * Wq")
+    a("                pitch = Wq")
+    a("            for e in range(Wq):")
+    a("                dst[np.uint64(base + e)] = zero")
+    a("                dst[np.uint64(base + pitch + e)] = zero")
+    a("            h = hp - pt")
+    a("            if h < 0 or h >= Hs:")
+    a("                continue")
+    a("            so = h * Ws")
+    _pairs_source(a, " " * 12, "dst", "base", "pitch", "tmp", "so", "Ws", "Wq", J)
     return "\n".join(L) + "\n"
 
 

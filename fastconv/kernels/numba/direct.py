@@ -72,6 +72,7 @@ from ..weight_cache import WeightCache
 from . import _direct_gen
 from ._ranges import valid_range
 from ._threads import run as _run
+from ._transpose import lanes, transpose_block
 
 _FASTMATH = {"contract", "reassoc"}
 
@@ -148,8 +149,10 @@ def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
 @jit(parallel=True)
 def _to_blocked(src, dst, G, Cg, Cb, cb, Hp, Wp, pt, pl):
     """dst[n, g, cbk, hp, wp, c] = src[n, g*Cg + cbk*cb + c, hp - pt, wp - pl] inside src,
-    else 0 (padding, channel tail): channels-last blocks of the weight gradient."""
+    else 0 (padding, channel tail): channels-last blocks of the weight gradient, cb =
+    ``lanes(dtype)``, by block transposes where a block has all its channels."""
     N, _, Hs, Ws = src.shape
+    sf = src.reshape(src.size)
     for it in prange(N * G * Cb * Hp):
         hp = it % Hp
         t = it // Hp
@@ -158,21 +161,35 @@ def _to_blocked(src, dst, G, Cg, Cb, cb, Hp, Wp, pt, pl):
         g = t % G
         n = t // G
         base = it * Wp * cb
-        dst[base:base + Wp * cb] = 0
         h = hp - pt
         if h < 0 or h >= Hs:
+            dst[base:base + Wp * cb] = 0
             continue
         c0 = g * Cg + cbk * cb
-        for c in range(min(cb, Cg - cbk * cb)):
-            row = src[n, c0 + c, h]
-            for w in range(max(0, -pl), min(Ws, Wp - pl)):
-                dst[base + (w + pl) * cb + c] = row[w]
+        nc = min(cb, Cg - cbk * cb)
+        w0, w1 = max(0, -pl), min(Ws, Wp - pl)
+        dst[base:base + (w0 + pl) * cb] = 0
+        dst[base + max(w0, w1) * cb + pl * cb:base + Wp * cb] = 0
+        if nc == cb and w1 - w0 >= cb:
+            so = ((n * G * Cg + c0) * Hs + h) * Ws
+            for wb in range(w0, w1, cb):                # the last block overlaps
+                wq = min(wb, w1 - cb)
+                transpose_block(sf, so + wq, Hs * Ws, dst, base + (wq + pl) * cb, cb)
+            continue
+        for w in range(w0, w1):
+            d = base + (w + pl) * cb
+            for c in range(nc):
+                dst[d + c] = src[n, c0 + c, h, w]
+            dst[d + nc:d + cb] = 0
 
 
 @jit(parallel=True)
 def _dy_blocked(dy, dst, G, Kg, Kb):
-    """dst[n, g, kb, p, q, k] = dy[n, g*Kg + kb*16 + k, p, q] (0 past the group's K)."""
-    N, _, P, Q = dy.shape
+    """dst[n, g, kb, p, q, k] = dy[n, g*Kg + kb*16 + k, p, q] (0 past the group's K), by
+    block transposes of 16 / ``lanes(dtype)`` sub-blocks of channels."""
+    N, K, P, Q = dy.shape
+    L = 64 // dy.itemsize                           # lanes(dtype)
+    df = dy.reshape(dy.size)
     for it in prange(N * G * Kb * P):
         p_ = it % P
         t = it // P
@@ -181,9 +198,18 @@ def _dy_blocked(dy, dst, G, Kg, Kb):
         g = t % G
         n = t // G
         base = it * Q * 16
+        k0 = g * Kg + kb * 16
+        nk = min(16, Kg - kb * 16)
+        if nk == 16 and Q >= L:
+            for ks in range(0, 16, L):
+                so = ((n * K + k0 + ks) * P + p_) * Q
+                for qb in range(0, Q, L):               # the last block overlaps
+                    q = min(qb, Q - L)
+                    transpose_block(df, so + q, P * Q, dst, base + q * 16 + ks, 16)
+            continue
         dst[base:base + Q * 16] = 0
-        for k in range(min(16, Kg - kb * 16)):
-            row = dy[n, g * Kg + kb * 16 + k, p_]
+        for k in range(nk):
+            row = dy[n, k0 + k, p_]
             for q in range(Q):
                 dst[base + q * 16 + k] = row[q]
 
@@ -256,8 +282,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
             if sh == 1:
                 _to_phase(xs, xb, Hq, Wq, 1, pt, pl, ish, isw)
             else:
-                _run(pairs, len(xs) * C * 2 * Hq, _staged(xs), xb, 2 * Hq, Hq, Wq, pt, pl, True,
-                     zero)
+                _run(pairs, len(xs) * C, xs, xb, 2 * Hq, Hq, Wq, pt, pl, True, zero)
 
         # all output-channel blocks of one pixel block back to back (input reused from
         # L1/L2, weights streamed once per pixel block) unless the weight layout is larger
@@ -284,7 +309,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
 
         def convert(xs, xb):
             if sw == 2 and ish == isw == 1:
-                _run(pairs, len(xs) * C * Hp, _staged(xs), xb, Hp, 0, Wq, pt, pl, False, zero)
+                _run(pairs, len(xs) * C, xs, xb, Hp, 0, Wq, pt, pl, False, zero)
             else:
                 _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
 
@@ -300,15 +325,6 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         xs = x[n0:n0 + nb]
         convert(xs, xb)
         kernel(len(xs), xb, out[n0:n0 + nb])
-
-
-def _staged(xs):
-    """``xs`` copied into a workspace: the stride-2 split reads its input row by row with
-    too few loads in flight to stream from memory (res3 3x3/2, N=8: 0.35 ms an image from
-    memory, 0.1 from cache), while a plain copy streams at full speed."""
-    st = workspace("direct_staged", xs.size, xs.dtype).reshape(xs.shape)
-    np.copyto(st, xs)
-    return st
 
 
 def _flat_pitch(Q, S, sw, dw, pl, Wv):
@@ -519,7 +535,7 @@ def conv2d_weight(x, dy, p, out):
         return
     dtype = x.dtype
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
-    L = 16 if dtype == np.float32 else 8             # input channels in the vector lanes
+    L = lanes(dtype)                                 # input channels in the vector lanes
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
     Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
     Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1

@@ -33,6 +33,7 @@ from ..._config import (get_num_threads, get_workspace_limit, jit, single_thread
 from . import _direct_gen
 from ._ranges import valid_range
 from ._threads import run as _run
+from ._transpose import transpose_block
 
 _GEMM_COLS, _GEMM_ROWS = _direct_gen.GEMM_BLOCK
 _GEMM = getattr(_direct_gen.load(), "gemm_%d_%d" % _direct_gen.GEMM_BLOCK)
@@ -126,7 +127,8 @@ def _weight_fused(xs, dy, Db, Cb, Tb, Ab, mult, R, S, sh, sw, dh, dw, it0, it1):
     ``j*rb' + i`` of group g (rb' the real rows per block) in ``[g, j, i]``.
 
     Work item (image n, band of ``pr`` output rows, group g, block of patch rows): the
-    thread copies the band of dy, pixel-major, into its ``Db`` (once per band), the block's patch rows into its ``Cb``, and adds ``mult(Cb, Db[g])``
+    thread copies the band of dy, pixel-major, into its ``Db`` (once per band, by block
+    transposes), the block's patch rows into its ``Cb``, and adds ``mult(Cb, Db[g])``
     (a one-thread GEMM) to the block of its accumulator. "Thread" t in [it0, it1) takes
     the t-th of ``len(Db)`` contiguous ranges of the items, so the threads split the
     sum over pixels (the long dimension of these layers); ``_threads.run`` runs them."""
@@ -138,8 +140,11 @@ def _weight_fused(xs, dy, Db, Cb, Tb, Ab, mult, R, S, sh, sw, dh, dw, it0, it1):
     CgRS, nbands = Cg * R * S, (P + pr - 1) // pr
     rb = (CgRS + nblocks - 1) // nblocks            # real patch rows per block
     nitems = N * nbands * G * nblocks
+    L = 64 // dy.itemsize                           # lanes(dtype)
+    dyf = dy.reshape(dy.size)
     for t in range(it0, it1):
         D, Col, T, A = Db[t], Cb[t], Tb[t], Ab[t]
+        Df = D.reshape(D.size)
         A[...] = 0
         D[...] = 0                                  # the padding columns stay zero
         held = -1                                   # the (n, band) copied into D
@@ -153,7 +158,16 @@ def _weight_fused(xs, dy, Db, Cb, Tb, Ab, mult, R, S, sh, sw, dh, dw, it0, it1):
                         if p0 + i >= P:             # rows past P: zeros
                             D[gg, i * Q:i * Q + Q, :Kg] = 0
                             continue
-                        for q in range(Q):          # reads cycle through Kg planes' lines
+                        if Kg % L == 0 and Q >= L:  # L x L block transposes
+                            so = ((n * K + gg * Kg) * P + p0 + i) * Q
+                            do = (gg * cols + i * Q) * Kgp
+                            for k0 in range(0, Kg, L):
+                                for qb in range(0, Q, L):   # the last block overlaps
+                                    q = min(qb, Q - L)
+                                    transpose_block(dyf, so + k0 * P * Q + q, P * Q, Df,
+                                                    do + q * Kgp + k0, Kgp)
+                            continue
+                        for q in range(Q):
                             for k in range(Kg):
                                 D[gg, i * Q + q, k] = dy[n, gg * Kg + k, p0 + i, q]
                 held = nb
