@@ -46,6 +46,10 @@ def _edge_cases():
         if W + pads[2] + pads[3] < 3:
             pads[3] = 3 - W - pads[2]
         cases.append((1, C, H, W, K, *pads))
+    # rows of at least one vector and whole vectors of channels: the channels-last
+    # conversions' block transposes (last block of a row overlapping; a channel tail)
+    cases += [(2, 32, 4, 37, 40, 1, 1, 1, 1), (1, 40, 3, 17, 33, 0, 2, 3, 0),
+              (1, 48, 5, 16, 16, 1, 1, 0, 0)]
     return cases
 
 
@@ -62,7 +66,8 @@ PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40, SPLIT_MAX_TILES=0),
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_edge_tiles_and_padding(algorithm, dtype, path, monkeypatch):
     """H, W in 1..13 (partial tiles, images smaller than a tile), asymmetric padding up
-    to 3, C and K in 1..40 and 60..70 (K not a multiple of the thread count): forward,
+    to 3, C and K in 1..40 and 60..70 (K not a multiple of the thread count), and a few
+    rows of 16-37 columns with 32-48 channels: forward,
     grad-input and grad-weight against the reference, on each path."""
     if path == "split" and fastconv.get_num_threads() < 2:
         pytest.skip("the output channels are shared out only among 2 or more threads")

@@ -60,6 +60,7 @@ from ..._config import get_num_threads, get_workspace_limit, jit, single_threade
 from ..weight_cache import WeightCache
 from . import _direct_gen
 from ._threads import run as _run
+from ._transpose import transpose_block
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
 
@@ -287,23 +288,34 @@ def _dy_tile4(D, n, p0, q0, tmp, dM, u):
 # -- layout change: NCHW -> zero-padded channels-last -----------------------------
 
 @jit()
-def _slab(x, n, h0, ow, S):
-    """S[0, r, w, c] = x[n, c, h0 + r, w + ow] for all rows r and columns w of S (a
-    padded channels-last slab of image n), zeros outside x."""
+def _slab(x, n, h0, ow, S, r0, nr):
+    """S[r0 + r, w, c] = x[n, c, h0 + r, w + ow] for the rows r < nr and all columns w
+    of S (rows, columns, C), a padded channels-last image or slab, C-contiguous like x;
+    zeros outside x. Whole vectors of channels by block transposes, a tail of channels
+    (or a row shorter than a vector) element by element."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    lo, hi = max(0, -ow), min(S.shape[2], W - ow)        # the columns of S inside x
-    # Each column reads one value per plane. Planes a multiple of 4 KiB apart (32x32,
-    # 224x224) fall in one L1 set: then read 8 planes at a time.
+    Sw = S.shape[1]
+    lo, hi = max(0, -ow), min(Sw, W - ow)                # the columns of S inside x
+    L = 64 // x.itemsize                                 # lanes(dtype)
+    cfull = C - C % L if hi - lo >= L else 0
+    xf, sf = x.reshape(x.size), S.reshape(S.size)
+    # The tail reads one value per plane per column. Planes a multiple of 4 KiB apart
+    # (32x32, 224x224) fall in one L1 set: then read 8 planes at a time.
     cb = 8 if H * W * x.itemsize % 4096 == 0 else C
-    for r in range(S.shape[1]):
-        hs = h0 + r
-        row = S[0, r]
+    for r in range(r0, r0 + nr):
+        hs = h0 + r - r0
+        row = S[r]
         if hs < 0 or hs >= H:
             row[:, :] = 0
             continue
         row[:lo, :] = 0
         row[hi:, :] = 0
-        for c0 in range(0, C, cb):
+        for c0 in range(0, cfull, L):
+            so = ((n * C + c0) * H + hs) * W + ow
+            for wb in range(lo, hi, L):                  # the last block overlaps
+                w = min(wb, hi - L)
+                transpose_block(xf, so + w, H * W, sf, (r * Sw + w) * C + c0, C)
+        for c0 in range(cfull, C, cb):
             for w in range(lo, hi):
                 for c in range(c0, min(C, c0 + cb)):
                     row[w, c] = x[n, c, hs, w + ow]
@@ -315,7 +327,7 @@ def _to_channels_last(x, Xp, oh, ow):
     Hp = Xp.shape[1]
     for it in prange(x.shape[0] * Hp):
         n, h = it // Hp, it % Hp
-        _slab(x, n, h + oh, ow, Xp[n:n + 1, h:h + 1])
+        _slab(x, n, h + oh, ow, Xp[n], h, 1)
 
 
 # -- filter transforms, in float64 (passes over contiguous channels where possible) ---
@@ -411,7 +423,7 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb):
             nb, part = item // nsplit, item % nsplit
             n, i0 = nb // nblocks, nb % nblocks * R
             if nb != in_slab:
-                _slab(x, n, i0 * m + oh, ow, S)
+                _slab(x, n, i0 * m + oh, ow, S[0], 0, S.shape[1])
                 in_slab = nb
             nt = (min(th, i0 + R) - i0) * tw
             for u in range(tb):
