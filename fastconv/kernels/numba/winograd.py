@@ -20,16 +20,17 @@ tiles, so no tile needs an edge check and every transform is a loop over contigu
 channels, which LLVM vectorises. Output tile ``(i, j)`` of image ``n`` covers output rows
 ``i*m .. i*m + m - 1`` and reads input rows ``i*m .. i*m + alpha - 1`` of its slab
 (columns alike); outputs past the edge are computed and dropped, so partial tiles and
-any padding, even asymmetric, are exact. The output transform writes the NCHW output
-directly (its stores cross planes, but a channels-last result plus a transposing pass
-measured 7-25% slower).
+any padding, even asymmetric, are exact. The fused path's output transform writes a
+channels-last slab of output rows, which block transposes (``_transpose``) store to the
+NCHW output; the unfused path's writes the NCHW output directly (its stores cross
+planes; with an element-wise transposing pass instead, 7-25% slower).
 
 Forward, with a transformed filter of at most ``FUSED_MAX_FILTER_BYTES``: each thread
 takes blocks of tile rows (about 64 tiles) in turn; it copies the input rows of a block
 into its own slab and runs the input transform, the alpha^2 GEMMs (one-thread BLAS,
 called from the thread) and the output transform while slab, V and M are in its cache
 (fused, as NNPACK and oneDNN do; a separate whole-image layout pass measured 1.1-1.4x
-slower). With a larger filter, which each block would read again, the whole group of
+slower), then stores the block's output rows. With a larger filter, which each block would read again, the whole group of
 images is laid out first and the three steps run one after the other on batches of
 many tiles, each on all threads (in float32 the GEMMs are our register-tiled kernel,
 ``_gemm``, which reads the filter in place and shares the alpha^2 products out among the
@@ -258,6 +259,57 @@ def _out_tile4(M, u, tmp, y, n, p0, q0):
 
 
 @jit(fastmath=_FASTMATH)
+def _out_tile2_cl(M, u, tmp, O, r0, q0):
+    """O[r0 + a, q0 + b, :] = (A^T M[:, u, :] A)[a, b], a, b < 2: a whole tile into a
+    channels-last slab O (rows, columns, channels)."""
+    for b in range(4):
+        for k in range(O.shape[2]):
+            tmp[0, b, k], tmp[1, b, k] = _at2(M[b, u, k], M[4 + b, u, k], M[8 + b, u, k],
+                                              M[12 + b, u, k])
+    for a in range(2):
+        o = O[r0 + a]
+        for k in range(O.shape[2]):
+            o[q0, k], o[q0 + 1, k] = _at2(tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k])
+
+
+@jit(fastmath=_FASTMATH)
+def _out_tile4_cl(M, u, tmp, O, r0, q0):
+    """O[r0 + a, q0 + b, :] = (A^T M[:, u, :] A)[a, b], a, b < 4 (see ``_out_tile2_cl``)."""
+    for b in range(6):
+        for k in range(O.shape[2]):
+            tmp[0, b, k], tmp[1, b, k], tmp[2, b, k], tmp[3, b, k] = _at4(
+                M[b, u, k], M[6 + b, u, k], M[12 + b, u, k], M[18 + b, u, k],
+                M[24 + b, u, k], M[30 + b, u, k])
+    for a in range(4):
+        o = O[r0 + a]
+        for k in range(O.shape[2]):
+            o[q0, k], o[q0 + 1, k], o[q0 + 2, k], o[q0 + 3, k] = _at4(
+                tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k], tmp[a, 4, k],
+                tmp[a, 5, k])
+
+
+@jit()
+def _store_rows(O, y, n, p0, k0, nk):
+    """y[n, k0 + k, p0 + r, q] = O[r, q, k] for k < nk and the rows and columns of O
+    inside y: the channels-last output slab back to NCHW, by block transposes for whole
+    vectors of channels in rows of at least one vector, element by element otherwise."""
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    Wo, kp = O.shape[1], O.shape[2]
+    L = 64 // y.itemsize                                 # lanes(dtype)
+    kfull = nk - nk % L if Q >= L else 0
+    of, yf = O.reshape(O.size), y.reshape(y.size)
+    for r in range(min(O.shape[0], P - p0)):
+        yo = ((n * K + k0) * P + p0 + r) * Q
+        for kb in range(0, kfull, L):
+            for qb in range(0, Q, L):                    # the last block overlaps
+                q = min(qb, Q - L)
+                transpose_block(of, (r * Wo + q) * kp + kb, kp, yf, yo + kb * P * Q + q, P * Q)
+        for k in range(kfull, nk):
+            for q in range(Q):
+                yf[yo + k * P * Q + q] = O[r, q, k]
+
+
+@jit(fastmath=_FASTMATH)
 def _dy_tile2(D, n, p0, q0, tmp, dM, u):
     """dM[:, u, :] = A d A^T for the tile d = D[n, p0:p0 + 2, q0:q0 + 2, :]."""
     for a in range(2):                                    # A along w, row by row
@@ -402,22 +454,23 @@ def _filter_t4(dU, dw):
 # -- the parallel kernels --------------------------------------------------------------
 
 @jit(parallel=True)
-def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb):
+def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob):
     """y (NCHW) = the correlation of x (NCHW; input rows and columns offset by oh, ow)
     with the transformed filter ``Uk`` (nsplit, alpha^2, C, kp), split into ``nsplit``
     slices of kp output channels (zero-padded). Work item ``(n, block, part)`` takes R =
     ``Vb.shape[2] // tw`` tile rows of image n: it copies the input rows they read into
     its thread's channels-last slab (``Sb[tid]``, zero-padded), runs their input
-    transforms, the GEMMs with filter slice ``part`` and the output transform of those
-    kp channels. Thread ``tid`` takes items tid, tid + nthreads, ... with its own slab,
-    V, M and tmp (``Sb``, ``Vb``, ``Mb``, ``Tb`` [tid])."""
+    transforms, the GEMMs with filter slice ``part``, the output transform of those kp
+    channels into a channels-last output slab (``Ob[tid]``) and stores that to y.
+    Thread ``tid`` takes items tid, tid + nthreads, ... with its own slabs, V, M and tmp
+    (``Sb``, ``Vb``, ``Mb``, ``Tb``, ``Ob`` [tid])."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
     nsplit, kp, K = Uk.shape[0], Uk.shape[3], y.shape[1]
     R = tb // tw
     nblocks = (th + R - 1) // R
     nitems = x.shape[0] * nblocks * nsplit
     for tid in prange(nthreads):
-        S, V, M, tmp = Sb[tid], Vb[tid], Mb[tid], Tb[tid]
+        S, V, M, tmp, O = Sb[tid], Vb[tid], Mb[tid], Tb[tid], Ob[tid]
         in_slab = -1                                     # the (n, block) held in S
         for item in range(tid, nitems, nthreads):
             nb, part = item // nsplit, item % nsplit
@@ -436,13 +489,13 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb):
                     _in_tile4(S, 0, 4 * i, 4 * j, tmp, V, u)
             for xi in range(alpha2):
                 np.dot(V[xi], Uk[part, xi], M[xi])
-            yk = y[:, part * kp:min(K, part * kp + kp)]
             for u in range(nt):
-                i, j = i0 + u // tw, u % tw
+                i, j = u // tw, u % tw
                 if m == 2:
-                    _out_tile2(M, u, tmp, yk, n, 2 * i, 2 * j)
+                    _out_tile2_cl(M, u, tmp, O, 2 * i, 2 * j)
                 else:
-                    _out_tile4(M, u, tmp, yk, n, 4 * i, 4 * j)
+                    _out_tile4_cl(M, u, tmp, O, 4 * i, 4 * j)
+            _store_rows(O, y, n, m * i0, part * kp, min(K, part * kp + kp) - part * kp)
 
 
 @jit(parallel=True)
@@ -563,8 +616,9 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
         Mb = _buffer("M", (nthreads, alpha2, R * tw, Uk.shape[3]), x.dtype)
         Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, Uk.shape[3])), x.dtype)
+        Ob = _buffer("O", (nthreads, m * R, m * tw, Uk.shape[3]), x.dtype)
         with single_threaded_blas():
-            _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb)
+            _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb, Ob)
         return
     # our GEMM kernel (float32, K padded to its 64 columns), else BLAS (K = 160, padded
     # to 192: 0.84-0.96x against BLAS)
