@@ -91,12 +91,15 @@ def supports(algorithm, backend, p):
 # Measured with benchmarks/bench_conv.py --algorithms (float32, 1 and 2 threads, N=1
 # and 8, OpenBLAS's AVX-512 kernels; figures in the issue notes):
 # - 3x3 stride-1 layers with >= 16 channels: Winograd F(4x4,3x3) from 20x20 outputs
-#   per image (res2/res3/VGG/CIFAR: 1.3-3x PyTorch forward), and for forward and
-#   grad-input from 1000 outputs per channel over the batch (14x14 at N=8: F4 1.4-2.8x
-#   against F2 1.2-2.5x; grad-weight stays with F2 there, 1.2-1.5x against 0.7-1.4x).
-#   F(2x2,3x3) from 100 outputs (a single 14x14 image, res4/conv5_2/C=192: forward
-#   1.3-1.75x, grad-input 1.1-1.85x against im2col's 0.8-1.4x; res5 at N=8: 1.6x
-#   against 1.2x). Below: im2col (res5 at N=1: 1.0-1.2x, Winograd 0.4-0.9x).
+#   per image (res2/res3/VGG/CIFAR: 1.3-3x PyTorch forward). For forward and grad-input
+#   from 100 outputs per channel over the batch: F4 too, unless its transformed filter
+#   (36*C*K*4 bytes) is over 16 MiB, which it then reads from memory, and the batch has
+#   fewer than 32 of its 4x4 tiles: then F(2x2,3x3) (VGG conv5_2 N=1: F2 1.43-1.50x
+#   against F4 1.20-1.45x; F4 at res4 and C=192 N=1, 1.64-1.95x against F2's
+#   1.27-1.73x; res5 at N=8, 32 tiles: 1.33-1.55x against 1.06-1.28x). The weight
+#   gradient takes F2 from 100 outputs when F4 does not reach 20x20 (14x14 at N=8: F2
+#   1.2-1.5x against F4's 0.7-1.4x). Below 100 outputs: im2col (res5 at N=1: 1.0-1.2x,
+#   Winograd 0.4-0.9x).
 # - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
 # - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
 #   and at least 16 output channels, and depthwise layers: direct. Also the forward of
@@ -111,7 +114,8 @@ def supports(algorithm, backend, p):
 #   Everything else, and grad-input of those: im2col.
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
-F4_MIN_OUTPUTS = 1000           # N*P*Q from which F4 forward and grad-input beat F2
+F4_MAX_STREAMED_FILTER = 16 * 2**20  # F4 filter bytes above which F2 wins on few tiles
+F4_MIN_TILES = 32               # F4 tiles over the batch from which F4 wins regardless
 F2_MIN_OUTPUTS = 100            # N*P*Q from which F(2x2,3x3) beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
 DIRECT_WEIGHT_MIN_OUTPUTS = 784  # N*P*Q from which direct's stride-2 grad-weight wins
@@ -128,11 +132,16 @@ def _auto(op, p):
         return "direct"
     if supports("winograd_f4", "numba", p) and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS:
         image, outputs = p.P * p.Q, p.N * p.P * p.Q
-        if image >= F4_MIN_IMAGE or (op != "conv2d_weight" and outputs >= F4_MIN_OUTPUTS):
+        if image >= F4_MIN_IMAGE:
             return "winograd_f4"
-        if outputs >= F2_MIN_OUTPUTS:
-            return "winograd_f2"
-        return "im2col"
+        if outputs < F2_MIN_OUTPUTS:
+            return "im2col"
+        f4_filter = 36 * p.C * p.K * 4
+        f4_tiles = p.N * -(-p.P // 4) * -(-p.Q // 4)
+        if op != "conv2d_weight" and (f4_filter <= F4_MAX_STREAMED_FILTER
+                                      or f4_tiles >= F4_MIN_TILES):
+            return "winograd_f4"
+        return "winograd_f2"
     if p.K // p.groups < 16:                          # direct: 16 output channels in registers
         return "im2col"
     patch = (p.C // p.groups) * p.R * p.S

@@ -55,10 +55,10 @@ def _edge_cases():
 
 #: the three ways the forward passes run: fused per thread on tile batches, fused with
 #: the output channels shared out among threads, and unfused
-PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40, SPLIT_MAX_TILES=0),
-         "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_FILTER_BYTES=2**40,
-                       SPLIT_MAX_TILES=2**40),
-         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_TILES=0)}   # float32: own GEMM
+PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40),
+         "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40),
+         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,
+                         SPLIT_MAX_STREAM_BYTES=0)}   # float32: own GEMM
 
 
 @pytest.mark.parametrize("path", PATHS)

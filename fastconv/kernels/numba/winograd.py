@@ -31,13 +31,14 @@ takes blocks of tile rows (about 64 tiles) in turn; it copies the input rows of 
 into its own slab and runs the input transform, the alpha^2 GEMMs (one-thread BLAS,
 called from the thread) and the output transform while slab, V and M are in its cache
 (fused, as NNPACK and oneDNN do; a separate whole-image layout pass measured 1.1-1.4x
-slower), then stores the block's output rows. With a larger filter, which each block would read again, the whole group of
-images is laid out first and the three steps run one after the other on batches of
-many tiles, each on all threads (in float32 the GEMMs are our register-tiled kernel,
-``_gemm``, which reads the filter in place and shares the alpha^2 products out among the
-threads; float64 uses BLAS); but a few tiles
-(one image) with a filter up to ``SPLIT_MAX_FILTER_BYTES`` run fused again, each
-thread on its own slice of the output channels.
+slower), then stores the block's output rows. With a larger filter, which each block
+would read again, the whole group of images is laid out first and the three steps run
+one after the other on batches of many tiles, each on all threads (in float32 the GEMMs
+are our register-tiled kernel, ``_gemm``, which reads the filter in place and shares the
+alpha^2 products out among the threads; float64 uses BLAS); but with 2 or more threads
+and a filter whose slices stay in cache, or are read for few blocks of tiles, the tiles
+run fused again, each thread on its own slice of the output channels
+(``SPLIT_MAX_SLICE_BYTES``).
 
 The gradient with respect to the input of a stride-1 3x3 convolution is the same
 computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
@@ -614,13 +615,24 @@ def _tiling(m, N, P, Q, per_image):
 #: Measured (2 threads, F4): fused 1.1-1.3x faster with 64 channels (0.6 MiB), 1.05-2x
 #: slower from 128 channels (2.2 MiB).
 FUSED_MAX_FILTER_BYTES = 2**20
-#: With at most this many tiles (a small batch) and a larger filter up to
-#: ``SPLIT_MAX_FILTER_BYTES``, the fused work is shared out by output channels instead
-#: (each thread transforms the tiles itself and reads only its slice of the filter):
-#: 2 threads, N=1, against unfused: res3 (2.2 MiB) 1.5x faster, filters of 4 MiB and
-#: more 0.7-0.9x; against fused on tile batches, with 64 channels: 0.7-0.95x.
-SPLIT_MAX_TILES = 256
-SPLIT_MAX_FILTER_BYTES = 3 * 2**20
+#: With 2 or more threads and a larger filter, the fused work is shared out by output
+#: channels instead (each thread transforms all tiles itself and reads only its slice of
+#: the filter, once per block of tiles) when a thread's slice stays in its L2, at most
+#: ``SPLIT_MAX_SLICE_BYTES``, or when the slices it streams over all blocks total at
+#: most ``SPLIT_MAX_STREAM_BYTES``. Measured (2 threads, F4 unless said, against
+#: unfused, PyTorch/fastconv): res3 N=8 (1.2 MiB slices) 2.03 against 1.85; res4 and
+#: C=192 at N=1 (one block of 4.7 and 2.6 MiB) 1.81-1.95 against 1.29-1.31, 1.92
+#: against 1.53; streaming more: VGG conv3_2 N=1 (4 blocks of 4.7 MiB) 1.53 against
+#: 2.39, res4 N=8 (8 blocks) 0.43 against 1.73, VGG conv5_2 N=1 F2 (8.4 MiB) 1.11
+#: against 1.43.
+SPLIT_MAX_SLICE_BYTES = 3 * 2**19
+SPLIT_MAX_STREAM_BYTES = 6 * 2**20
+
+
+def _split_rows(nthreads, N, th, tw):
+    """Tile rows R per block of the fused path (about 64 tiles, within one image; at
+    least one block per thread unless the output channels are split)."""
+    return max(1, min(64 // tw, -(-N * th // nthreads)))
 
 
 def _winograd(m, x, w, kind, y, off_h, off_w):
@@ -636,13 +648,13 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
     filter_bytes = alpha2 * C * K * x.itemsize
     fused = filter_bytes <= FUSED_MAX_FILTER_BYTES
     th, tw = -(-P // m), -(-Q // m)
-    split = (not fused and nthreads > 1 and N * th * tw <= SPLIT_MAX_TILES
-             and filter_bytes <= SPLIT_MAX_FILTER_BYTES)
+    slice_bytes, blocks = filter_bytes / nthreads, N * -(-th // _split_rows(1, N, th, tw))
+    split = not fused and nthreads > 1 and (slice_bytes <= SPLIT_MAX_SLICE_BYTES or
+                                            blocks * slice_bytes <= SPLIT_MAX_STREAM_BYTES)
     if fused or split:
         Uk = _filter(m, w, kind, nthreads if split else 1)
-        # blocks of R tile rows, about 64 tiles: a block's V and M stay near the
-        # thread's L2; at least one block per thread
-        R = max(1, min(64 // tw, -(-N * th // (1 if split else nthreads))))
+        # a block's V and M stay near the thread's L2
+        R = _split_rows(1 if split else nthreads, N, th, tw)
         Sb = _buffer("X", (nthreads, 1, m * R + 2, Wp, C), x.dtype)
         Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
         Mb = _buffer("M", (nthreads, alpha2, R * tw, Uk.shape[3]), x.dtype)
