@@ -18,25 +18,25 @@ several images, the batch is copied channels-first and multiplied in one GEMM.
 
 The weight gradient of layers with many output pixels per patch row (a 7x7 RGB stem:
 12544 pixels, 147 rows) is a long sum of small products, which BLAS splits badly. There
-each thread takes a share of the pixels and works on blocks small enough for its L2:
-it copies a band of dy, gathers the block's patch rows from the input split into
-stride phases (so every patch row is a run of consecutive elements), and adds a
-one-thread GEMM to its own accumulator (``_weight_fused``): in float32 the generated
-register-tiled kernel that Winograd uses (``_direct_gen``; 230-260 GFLOP/s on one core
-here, where OpenBLAS reached 175), in float64 BLAS.
+no patch matrix is gathered: the input is copied zero-padded, the pixels are split into
+a fixed number of slices, each with its own accumulator, and per band of output rows a
+slice copies dy pixel-major (a block small enough for L1) and runs a one-thread
+register-tiled GEMM (``_direct_gen``'s ``patch_gemm``) that reads the patch rows in
+place from the padded input (``_weight_fused``). The GEMM ran at about 245 GFLOP/s on
+one core here (the FMA peak measured 268), where gathering the patch rows and copying
+dy had cost as much again as the multiplications.
 """
 import numpy as np
 from numba import prange
 
-from ..._config import (get_num_threads, get_workspace_limit, jit, single_threaded_blas,
-                        workspace, workspace_array)
+from ..._config import get_workspace_limit, jit, workspace, workspace_array
 from . import _direct_gen
 from ._ranges import valid_range
 from ._threads import run as _run
 from ._transpose import transpose_block
 
-_GEMM_COLS, _GEMM_ROWS = _direct_gen.GEMM_BLOCK
-_GEMM = getattr(_direct_gen.load(), "gemm_%d_%d" % _direct_gen.GEMM_BLOCK)
+_PATCH_GEMM = dict(zip((np.dtype(np.float32), np.dtype(np.float64)),
+                       _direct_gen.PATCH_GEMM_BLOCKS))
 
 
 @jit(parallel=True)
@@ -77,127 +77,56 @@ def _col2im(col, dx, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
                         dx[n0 + t, c, h, q * sw + off] += col[row, base + q]
 
 
-@jit(parallel=True)
-def _phases(x, xs, sh, sw, pt, pl):
-    """The zero-padded input split into its stride phases: ``xs[n, c, a*sw + b, i, j] =
-    x[n, c, i*sh + a - pt, j*sw + b - pl]`` (0 outside x), so that every row of a patch
-    matrix is a run of consecutive elements of one phase plane."""
-    C, H, W = x.shape[1:]
-    Hph, Wph = xs.shape[3:]
-    for nc in prange(x.shape[0] * C):
-        n, c = nc // C, nc % C
-        for a in range(sh):
-            for i in range(Hph):
-                h = i * sh + a - pt
-                for b in range(sw):
-                    dst = xs[n, c, a * sw + b, i]
-                    if h < 0 or h >= H:
-                        dst[:] = 0
-                        continue
-                    lo, hi = valid_range(Wph, W, sw, b - pl)
-                    dst[:lo] = 0
-                    for j in range(lo, hi):
-                        dst[j] = x[n, c, h, j * sw + b - pl]
-                    dst[hi:] = 0
-
-
 # Not cached (compiled once per process, about a second): a cached caller of the
 # generated GEMM would name the generated module of its first compile, which a changed
 # generator renames.
 @jit(cache=False)
-def _mult_blas(Col, D, T):
-    """T = Col @ D by BLAS (one thread)."""
-    np.dot(Col, D, T)
-
-
-@jit(cache=False)
-def _mult_own(Col, D, T):
-    """T = Col @ D (float32; rows a multiple of ``GEMM_BLOCK[1]``, columns of
-    ``GEMM_BLOCK[0]``) by the generated register-tiled GEMM."""
-    rows, inner, kp = Col.shape[0], Col.shape[1], D.shape[1]
-    _GEMM(Col.reshape(Col.size), D.reshape(D.size), T.reshape(T.size), 1, rows, inner, kp,
-          rows // _GEMM_ROWS, np.float32(0), 0, kp // _GEMM_COLS * (rows // _GEMM_ROWS))
-
-
-@jit(cache=False)
-def _weight_fused(xs, dy, Db, Cb, Tb, Ab, mult, R, S, sh, sw, dh, dw, it0, it1):
+def _weight_fused(xp, dy, offs, sh, sw, Db, Ab, gemm, it0, it1):
     """The weight gradient, sum over images and output pixels of patches x dy^T, with
-    the patches read from the phase planes ``xs`` (see ``_phases``), into one
-    accumulator per thread, ``Ab[t]`` (G, blocks, rb, K/G rounded up): patch row
-    ``j*rb' + i`` of group g (rb' the real rows per block) in ``[g, j, i]``.
+    the patches read in place from the zero-padded input ``xp`` (see ``_padded``), in
+    ``len(Ab)`` slices of the (image, band of output rows) items: slice t adds its items
+    into its own accumulator ``Ab[t]`` (G, rows, K/G rounded up), patch row i of group g
+    in ``[g, i]``. ``offs[g, i]`` is the offset of patch row i of group g in an image
+    at output pixel (0, 0); the next pixel is ``sw`` further, the next row ``sh`` rows.
 
-    Work item (image n, band of ``pr`` output rows, group g, block of patch rows): the
-    thread copies the band of dy, pixel-major, into its ``Db`` (once per band, by block
-    transposes), the block's patch rows into its ``Cb``, and adds ``mult(Cb, Db[g])``
-    (a one-thread GEMM) to the block of its accumulator. "Thread" t in [it0, it1) takes
-    the t-th of ``len(Db)`` contiguous ranges of the items, so the threads split the
-    sum over pixels (the long dimension of these layers); ``_threads.run`` runs them."""
-    nthreads, G, cols, Kgp = Db.shape
-    nblocks, rbp = Ab.shape[2], Ab.shape[3]
+    Item (image n, band of ``pr`` output rows): the slice copies the band of dy,
+    pixel-major, into its ``Db[t]`` (by block transposes) and runs ``gemm`` (a
+    one-thread GEMM that reads the patch rows from ``xp``) per group. Slices, not
+    threads, own the accumulators, so the result does not depend on the thread count;
+    ``_threads.run`` runs slices [it0, it1)."""
+    nslices, G, cols, Kgp = Db.shape
+    rows = Ab.shape[2]
     N, K, P, Q = dy.shape
-    C, Kg = xs.shape[1], K // G
-    Cg, pr = C // G, cols // Q
-    CgRS, nbands = Cg * R * S, (P + pr - 1) // pr
-    rb = (CgRS + nblocks - 1) // nblocks            # real patch rows per block
-    nitems = N * nbands * G * nblocks
+    Kg, pr = K // G, cols // Q
+    nbands = (P + pr - 1) // pr
+    nitems = N * nbands
+    image, pitch = xp[0].size, sh * xp.shape[3]
     L = 64 // dy.itemsize                           # lanes(dtype)
-    dyf = dy.reshape(dy.size)
+    dyf, xf = dy.reshape(dy.size), xp.reshape(xp.size)
     for t in range(it0, it1):
-        D, Col, T, A = Db[t], Cb[t], Tb[t], Ab[t]
-        Df = D.reshape(D.size)
+        D, A = Db[t], Ab[t]
+        Df, Af = D.reshape(D.size), A.reshape(A.size)
         A[...] = 0
         D[...] = 0                                  # the padding columns stay zero
-        held = -1                                   # the (n, band) copied into D
-        for item in range(nitems * t // nthreads, nitems * (t + 1) // nthreads):
-            nb, gj = item // (G * nblocks), item % (G * nblocks)
-            g, j = gj // nblocks, gj % nblocks
-            n, p0 = nb // nbands, nb % nbands * pr
-            if nb != held:
-                for gg in range(G):
-                    for i in range(pr):
-                        if p0 + i >= P:             # rows past P: zeros
-                            D[gg, i * Q:i * Q + Q, :Kg] = 0
-                            continue
-                        if Kg % L == 0 and Q >= L:  # L x L block transposes
-                            so = ((n * K + gg * Kg) * P + p0 + i) * Q
-                            do = (gg * cols + i * Q) * Kgp
-                            for k0 in range(0, Kg, L):
-                                for qb in range(0, Q, L):   # the last block overlaps
-                                    q = min(qb, Q - L)
-                                    transpose_block(dyf, so + k0 * P * Q + q, P * Q, Df,
-                                                    do + q * Kgp + k0, Kgp)
-                            continue
-                        for q in range(Q):
-                            for k in range(Kg):
-                                D[gg, i * Q + q, k] = dy[n, gg * Kg + k, p0 + i, q]
-                held = nb
-            for i in range(rbp):                    # patch row j*rb + i of group g
-                row = j * rb + i
-                if i >= rb or row >= CgRS:
-                    Col[i] = 0
-                    continue
-                c = g * Cg + row // (R * S)
-                r, s = (row // S) % R, row % S
-                # padded input row p*sh + r*dh is row p + r*dh//sh of phase r*dh % sh
-                plane = (r * dh) % sh * sw + (s * dw) % sw
-                i0, j0 = (r * dh) // sh, (s * dw) // sw
-                for b in range(pr):
-                    if p0 + b < P:
-                        Col[i, b * Q:b * Q + Q] = xs[n, c, plane, p0 + b + i0, j0:j0 + Q]
-                    else:
-                        Col[i, b * Q:b * Q + Q] = 0
-            mult(Col, D[g], T)
-            A[g, j] += T
-
-
-def _weight_blocks(p, itemsize):
-    """(pr, rb): bands of ``pr`` output rows, about WEIGHT_BAND_COLUMNS pixels, and
-    blocks of ``rb`` patch rows whose gathered block is at most WEIGHT_BLOCK_BYTES."""
-    pr = max(1, min(p.P, WEIGHT_BAND_COLUMNS // p.Q))
-    CgRS = (p.C // p.groups) * p.R * p.S
-    rb = max(1, min(CgRS, WEIGHT_BLOCK_BYTES // (pr * p.Q * itemsize)))
-    nblocks = -(-CgRS // rb)
-    return pr, -(-CgRS // nblocks)                  # blocks of even size
+        for item in range(nitems * t // nslices, nitems * (t + 1) // nslices):
+            n, p0 = item // nbands, item % nbands * pr
+            nb = min(pr, P - p0)                    # output rows in the band
+            for g in range(G):
+                for i in range(nb):
+                    if Kg % L == 0 and Q >= L:      # L x L block transposes
+                        so = ((n * K + g * Kg) * P + p0 + i) * Q
+                        do = (g * cols + i * Q) * Kgp
+                        for k0 in range(0, Kg, L):
+                            for qb in range(0, Q, L):   # the last block overlaps
+                                q = min(qb, Q - L)
+                                transpose_block(dyf, so + k0 * P * Q + q, P * Q, Df,
+                                                do + q * Kgp + k0, Kgp)
+                        continue
+                    for q in range(Q):
+                        for k in range(Kg):
+                            D[g, i * Q + q, k] = dy[n, g * Kg + k, p0 + i, q]
+                gemm(xf, n * image + p0 * pitch, offs[g], Df, g * cols * Kgp, Af,
+                     g * rows * Kgp, rows, Kgp, nb, Q, pitch, sw)
 
 
 #: the weight gradient takes the fused path (``_weight_fused``, the threads split the
@@ -207,11 +136,18 @@ def _weight_blocks(p, itemsize):
 #: conv1 (85 pixels per row) 1.1-1.35x faster; res3 3x3/2 (0.7) 0.8-1.1x, res4, res5
 #: (0.1 and less) 0.75-1.0x.
 WEIGHT_FUSED_MIN_RATIO = 16
-#: ... and at least this many output channels per group (the GEMM's 64 columns; with
+#: ... and at least this many output channels per group (the float32 GEMM's 64 columns; with
 #: the 8 of a small MNIST network it ran 1.2-3x slower than one GEMM per tile)
 WEIGHT_FUSED_MIN_CHANNELS = 64
-WEIGHT_BAND_COLUMNS = 1024
-WEIGHT_BLOCK_BYTES = 512 * 1024
+#: bands of ``WEIGHT_BAND_COLUMNS // Q`` output rows (at least one): dy's band stays in
+#: L1 while the GEMM runs over it (ResNet conv1, Q=112, float32: bands of 2, 3 and 4
+#: rows ran within 0.97-1.03x of one row, 1 and 2 threads, N=1 and 8)
+WEIGHT_BAND_COLUMNS = 128
+#: the pixels (image, band) are split into this many slices, each with its own
+#: accumulator (summed in order at the end, so the result does not depend on the thread
+#: count); ``_threads.run`` hands out 4 chunks per thread. ResNet conv1: 8, 24 and 32
+#: slices ran within 0.98-1.02x of 16, 12 slices (uneven chunks on 2 threads) 0.88-0.95x
+WEIGHT_SLICES = 16
 
 
 def _tiles(p, itemsize):
@@ -357,42 +293,52 @@ def conv2d_weight(x, dy, p, out):
         out[...] = acc.reshape(out.shape)
 
 
+def _padded(x, xp, pt, pl):
+    """``xp[n, c, i, j] = x[n, c, i - pt, j - pl]``, 0 outside x (xp may end before or
+    after x's last row and column)."""
+    H, W = x.shape[2:]
+    Hp, Wp = xp.shape[2:]
+    h, w = max(0, min(H, Hp - pt)), max(0, min(W, Wp - pl))  # x inside xp
+    xp[:, :, :pt] = 0
+    xp[:, :, pt + h:] = 0
+    xp[:, :, pt:pt + h, :pl] = 0
+    xp[:, :, pt:pt + h, pl + w:] = 0
+    xp[:, :, pt:pt + h, pl:pl + w] = x[:, :, :h, :w]
+
+
 def _weight_blocked(x, dy, p, out):
-    """The weight gradient by ``_weight_fused``: blocks of the patch matrix gathered
-    and multiplied where they stay in each thread's cache; in float32 by the generated
-    GEMM (Winograd's), in float64 by BLAS."""
+    """The weight gradient by ``_weight_fused``: the generated GEMM reads the patch rows
+    in place from the zero-padded input, adding into one accumulator per slice of the
+    pixels (summed at the end, in a fixed order)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
-    nthreads = get_num_threads()
-    own = x.dtype == np.float32
-    cols_block, rows_block = (_GEMM_COLS, _GEMM_ROWS) if own else (1, 1)
-    pr, rb = _weight_blocks(p, x.itemsize)
-    cols = pr * p.Q
-    nblocks = -(-CgRS // rb)
-    rbp, Kgp = -(-rb // rows_block) * rows_block, -(-Kg // cols_block) * cols_block
-    D = _buffer("D", (nthreads, G, cols, Kgp), x.dtype)
-    Col = _buffer("col", (nthreads, rbp, cols), x.dtype)
-    T = _buffer("T", (nthreads, rbp, Kgp), x.dtype)
-    A = _buffer("A", (nthreads, G, nblocks, rbp, Kgp), x.dtype)
-    plane = (p.stride_h * p.stride_w, p.P + (p.R - 1) * p.dil_h // p.stride_h,
-             p.Q + (p.S - 1) * p.dil_w // p.stride_w)
-    group = max(1, min(p.N, get_workspace_limit() // (p.C * int(np.prod(plane)) * x.itemsize)))
-    xs = _buffer("phases", (group, p.C) + plane, x.dtype)
+    J, TB = _PATCH_GEMM[x.dtype]
+    gemm = getattr(_direct_gen.load(), "patch_gemm_%d_%d" % (J, TB))
+    pr = max(1, min(p.P, WEIGHT_BAND_COLUMNS // p.Q))
+    rows, Kgp = -(-CgRS // TB) * TB, -(-Kg // J) * J
+    sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
+    # the padded rows and columns that patches read
+    Hp, Wp = (p.P - 1) * sh + (p.R - 1) * dh + 1, (p.Q - 1) * sw + (p.S - 1) * dw + 1
+    # patch row (c, r, s) = (row // RS, row // S % R, row % S) of group g starts at
+    # padded row r*dh, column s*dw of channel c
+    row = np.minimum(np.arange(rows), CgRS - 1)     # padding rows repeat the last
+    c = np.arange(G)[:, None] * (p.C // G) + row // (p.R * p.S)
+    offs = (c * Hp + row // p.S % p.R * dh) * Wp + row % p.S * dw
+    nslices = WEIGHT_SLICES
+    D = _buffer("D", (nslices, G, pr * p.Q, Kgp), x.dtype)
+    A = _buffer("A", (nslices, G, rows, Kgp), x.dtype)
+    group = max(1, min(p.N, get_workspace_limit() // (p.C * Hp * Wp * x.itemsize)))
+    xp = _buffer("padded", (group, p.C, Hp, Wp), x.dtype)
     dy = np.ascontiguousarray(dy)
-    acc = _buffer("acc", (G, nblocks, rbp, Kgp), x.dtype)
-    for n0 in range(0, p.N, group):              # images whose phase planes fit the bound
+    acc = _buffer("acc", (G, rows, Kgp), x.dtype)
+    for n0 in range(0, p.N, group):              # images whose padded copies fit the bound
         n1 = min(p.N, n0 + group)
-        _phases(x[n0:n1], xs[:n1 - n0], p.stride_h, p.stride_w, p.pad_top, p.pad_left)
-        with single_threaded_blas():
-            _run(_weight_fused, nthreads, xs[:n1 - n0], dy[n0:n1], D, Col, T, A,
-                 _mult_own if own else _mult_blas, p.R, p.S, p.stride_h, p.stride_w,
-                 p.dil_h, p.dil_w)
+        _padded(x[n0:n1], xp[:n1 - n0], p.pad_top, p.pad_left)
+        _run(_weight_fused, nslices, xp[:n1 - n0], dy[n0:n1], offs, sh, sw, D, A, gemm)
         if n0 == 0:
             np.sum(A, axis=0, out=acc)
         else:
             acc += A.sum(axis=0)
-    # acc[g, j, i, k] holds patch row j*rb + i of output channel g*Kg + k
-    out.reshape(G, Kg, CgRS)[...] = acc[:, :, :rb, :Kg].transpose(0, 3, 1, 2).reshape(
-        G, Kg, -1)[:, :, :CgRS]
+    out.reshape(G, Kg, CgRS)[...] = acc[:, :CgRS, :Kg].transpose(0, 2, 1)
 
 
 def _buffer(slot, shape, dtype):
