@@ -468,6 +468,19 @@ def _phase2_source(J):
     return "\n".join(L) + "\n"
 
 
+def _gemm_step_source(a, ind, J, TB, vf, vstep):
+    """Emit one step of a GEMM register block: J consecutive values of ``uf[u:]`` (the
+    vector lanes), then for each of the TB rows a broadcast ``vf[v{t}]`` and J
+    multiply-adds, ``v{t}`` moving on by ``vstep`` and ``u`` by ``uKp``."""
+    for j in range(J):
+        a(f"{ind}x{j} = uf[u + ux{j}]")
+    for t in range(TB):
+        a(f"{ind}w = {vf}[v{t}]")
+        a(ind + "; ".join(f"a{j}_{t} += x{j} * w" for j in range(J)))
+        a(f"{ind}v{t} += {vstep}")
+    a(f"{ind}u += uKp")
+
+
 def _gemm_source(J, TB):
     """Batched GEMM ``M[x] = V[x] @ U[x]`` (float32; Winograd's alpha^2 products), with
     the shapes (X, T, C) @ (X, C, Kp) -> (X, T, Kp), T a multiple of TB and Kp of J, all
@@ -489,6 +502,7 @@ def _gemm_source(J, TB):
     for j in range(J):
         a(f"    ux{j} = np.uint64({j})")
     a("    uKp = np.uint64(Kp)")
+    a("    u1 = np.uint64(1)")
     a("    for it in range(it0, it1):          # of X * nch * nkb * CH")
     a("        t = it // CH")
     a("        kb = t % nkb")
@@ -498,17 +512,11 @@ def _gemm_source(J, TB):
     a("        if tb >= ntb:")
     a("            continue")
     _zero_source(a, " " * 8, J, TB)
-    a(f"        uo = np.uint64(x * C * Kp + kb * {J})")
+    a(f"        u = np.uint64(x * C * Kp + kb * {J})")
     for t in range(TB):
-        a(f"        vo{t} = np.uint64((x * T + tb * {TB} + {t}) * C)")
+        a(f"        v{t} = np.uint64((x * T + tb * {TB} + {t}) * C)")
     a("        for c in range(C):")
-    for j in range(J):
-        a(f"            x{j} = uf[uo + ux{j}]")
-    for t in range(TB):
-        a(f"            w = vf[vo{t}]")
-        a("            " + "; ".join(f"a{j}_{t} += x{j} * w" for j in range(J)))
-        a(f"            vo{t} += np.uint64(1)")
-    a("            uo += uKp")
+    _gemm_step_source(a, " " * 12, J, TB, "vf", "u1")
     for t in range(TB):
         a(f"        mo = np.uint64((x * T + tb * {TB} + {t}) * Kp + kb * {J})")
         a("        " + "; ".join(f"mf[mo + ux{j}] = a{j}_{t}" for j in range(J)))
@@ -542,13 +550,7 @@ def _patch_gemm_source(J, TB):
     for t in range(TB):
         a(f"                v{t} = np.uint64(xo + offs[tb * {TB} + {t}] + b * pitch)")
     a("                for q in range(Q):")
-    for j in range(J):
-        a(f"                    x{j} = uf[u + ux{j}]")
-    for t in range(TB):
-        a(f"                    w = xf[v{t}]")
-        a("                    " + "; ".join(f"a{j}_{t} += x{j} * w" for j in range(J)))
-        a(f"                    v{t} += ustep")
-    a("                    u += uKp")
+    _gemm_step_source(a, " " * 20, J, TB, "xf", "ustep")
     for t in range(TB):
         a("            " + "; ".join(f"af[m{t} + ux{j}] = a{j}_{t}" for j in range(J)))
     return "\n".join(L) + "\n"
