@@ -78,6 +78,10 @@ def test_stride2_kernels():
     assert not direct._flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 16, 32, 1)
     _check(np.float32, 3, 5, 28, 28, 24, 3, 3, stride=2, padding=1)
     _check(np.float32, 2, 5, 31, 31, 24, 3, 3, stride=2, padding=2, dilation=2)
+    # rows of one column (Wq = 1): a tap past the last row of phase plane (0, 0) read
+    # the first column of plane (0, 1), input data, until the planes got a padding row
+    _check(np.float32, 1, 2, 1, 1, 1, 1, 2, stride=2, padding=(0, 1), dilation=(1, 2))
+    _check(np.float32, 2, 3, 5, 3, 20, 2, 2, stride=2, padding=(1, 1), dilation=(1, 2))
     _check(np.float32, 1, 4, 32, 32, 32, 3, 3, stride=2, padding=1)  # Q = 16: row kernel
 
 

@@ -267,8 +267,11 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         Kb = -(-Kg // KB)
         # tap (r, s) reads padded (p*sh + r*dh, q*sw + s*dw): phase plane ((r*dh) % sh,
         # (s*dw) % sw), pixel (p + (r*dh) // sh, q + (s*dw) // sw) of that Hq x Wq plane
-        Hq = P + (R - 1) * dh // sh
         Wq = _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1)
+        # reads past a row's end land in the next row's left padding; past the last row
+        # of a phase plane that would be the next plane's first column, so stride 2 adds
+        # a row to each plane when its rows are shorter than the taps reach
+        Hq = P + (R - 1) * dh // sh + (sh * sw > 1 and Wq < Q + (S - 1) * dw // sw)
         toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
                          + (r * dh) // sh * Wq + (s * dw) // sw
                          for r in range(R) for s in range(S)], np.int64)
