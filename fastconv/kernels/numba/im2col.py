@@ -60,21 +60,48 @@ def _im2col(x, col, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
 
 @jit(parallel=True)
 def _col2im(col, dx, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
-    # one (image, channel) plane per iteration: no two iterations write the same plane
-    for tc in prange(nt * C):
+    """dx[n0 + t] += the patches in ``col`` (output rows p0 .. p0 + pr of nt images) added
+    back where they were gathered from. Stride 1 along the columns: each tap's run of Q
+    values adds to a run of dx. Larger strides: a dx row is summed as its ``sw`` column
+    phases (every tap's run adds to a run of one phase) and the phases are then added
+    to the row interleaved (a strided scatter per tap measured 1.9x slower on res3
+    3x3/2, where it was a third to half of the input gradient's time)."""
+    Wph = (W + sw - 1) // sw                       # columns per phase
+    for tc in prange(nt * C):                      # one (image, channel) plane each
         t, c = tc // C, tc % C
-        for r in range(R):
-            for s in range(S):
-                row = (c * R + r) * S + s
-                off = s * dw - pl
-                q_lo, q_hi = valid_range(Q, W, sw, off)
-                for i in range(pr):
-                    h = (p0 + i) * sh - pt + r * dh
-                    if h < 0 or h >= H:
-                        continue
-                    base = (t * pr + i) * Q
-                    for q in range(q_lo, q_hi):
-                        dx[n0 + t, c, h, q * sw + off] += col[row, base + q]
+        ph = np.empty((sw, Wph), col.dtype)
+        h_lo = max(0, p0 * sh - pt)
+        h_hi = min(H, (p0 + pr - 1) * sh - pt + (R - 1) * dh + 1)
+        for h in range(h_lo, h_hi):
+            ph[:] = 0
+            for r in range(R):
+                hh = h + pt - r * dh               # = (p0 + i) * sh for the row i it came from
+                if hh % sh != 0 or not (0 <= hh // sh - p0 < pr):
+                    continue
+                base = (t * pr + hh // sh - p0) * Q
+                for s in range(S):
+                    row = (c * R + r) * S + s
+                    off = s * dw - pl              # dx column q*sw + off: phase b, index q + j0
+                    b = off % sw
+                    j0 = (off - b) // sw
+                    q_lo, q_hi = valid_range(Q, W, sw, off)
+                    dst = ph[b, q_lo + j0:q_hi + j0]
+                    src = col[row, base + q_lo:base + q_hi]
+                    for q in range(q_hi - q_lo):
+                        dst[q] += src[q]
+            out = dx[n0 + t, c, h]
+            if sw == 1:
+                for w in range(W):
+                    out[w] += ph[0, w]
+            elif sw == 2:
+                for j in range(W // 2):
+                    out[2 * j] += ph[0, j]
+                    out[2 * j + 1] += ph[1, j]
+                if W % 2:
+                    out[W - 1] += ph[0, W // 2]
+            else:
+                for w in range(W):
+                    out[w] += ph[w % sw, w // sw]
 
 
 # Not cached (compiled once per process, about a second): a cached caller of the
