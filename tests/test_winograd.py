@@ -54,11 +54,16 @@ def _edge_cases():
 
 
 #: the three ways the forward passes run: fused per thread on tile batches, fused with
-#: the output channels shared out among threads, and unfused
-PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40),
-         "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40),
-         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,
-                         SPLIT_MAX_STREAM_BYTES=0)}   # float32: own GEMM
+#: the output channels shared out among threads, and unfused; the weight gradient runs
+#: fused on the first (in 1, 2 or 4 parts of a few blocks of 8 tiles), unfused on the
+#: others
+PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40,
+                       WEIGHT_FUSED_MAX_FILTER_BYTES=2**40, WEIGHT_PART_MIN_TILES=2,
+                       WEIGHT_FOUR_PARTS_TILES=12, WEIGHT_BLOCK_TILES=8),
+         "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40,
+                       WEIGHT_FUSED_MAX_FILTER_BYTES=0),
+         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,   # float32: own GEMM
+                         SPLIT_MAX_STREAM_BYTES=0, WEIGHT_FUSED_MAX_FILTER_BYTES=0)}
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -155,6 +160,35 @@ def test_workspace_tiling(path, dtype, tol, monkeypatch):
         got = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm=algorithm,
                                      backend="numba")
         assert_close(got, want_dw, tol, f"{algorithm} conv2d_weight")
+
+
+@pytest.mark.parametrize("parts", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_weight_gradient_independent_of_threads(algorithm, dtype, parts, monkeypatch):
+    """The fused weight gradient sums fixed runs of tiles into a fixed number of parts
+    and adds those in order: bit-identical on 1 and 2 threads (and close to the
+    reference), with 2 parts (the defaults) and 4."""
+    if fastconv.get_num_threads() < 2:
+        pytest.skip("needs 2 threads")
+    if parts == 4:
+        monkeypatch.setattr(wg, "WEIGHT_FOUR_PARTS_TILES", 128)
+    x, w = arrays(5, dtype, (3, 6, 30, 29), (7, 6, 3, 3))
+    (dy,) = arrays(6, dtype, (3, 7, 30, 29))
+    m = int(algorithm[-1])
+    assert wg._weight_parts(3 * -(-30 // m) * -(-29 // m)) == parts
+    threads = fastconv.get_num_threads()
+    got = {}
+    try:
+        for n in (1, 2):
+            fastconv.set_num_threads(n)
+            got[n] = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm=algorithm,
+                                            backend="numba")
+    finally:
+        fastconv.set_num_threads(threads)
+    assert np.array_equal(got[1], got[2])
+    want = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm="reference")
+    assert_close(got[2], want, EDGE_TOL[dtype][algorithm], algorithm)
 
 
 def test_supports():

@@ -47,7 +47,14 @@ computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
 The gradient with respect to the weight runs the transposed computation: the same
 input transform ``V``, ``dM = A dy A^T`` on m x m tiles of ``dy`` (zeros past the
 output's edge), alpha^2 GEMMs ``dU[xi] = dM[xi]^T @ V[xi]`` (K x C) summed over tile
-batches, and ``dw = G^T dU G``.
+batches, and ``dw = G^T dU G``. With a transformed filter of at most
+``WEIGHT_FUSED_MAX_FILTER_BYTES`` it runs fused like the forward: blocks of tile rows
+(about 64 tiles) whose x and dy rows each thread copies into its own slabs, transforms
+and adds into a partial dU (BLAS GEMMs with beta = 1); the blocks are shared among a
+fixed number of partial sums (1, 2 or 4, from the tile count), added in order at the
+end, so the result does not depend on the thread count. Larger filters: whole groups
+of images laid out, then the transforms and GEMMs on batches of tiles, each on all
+threads.
 
 Workspace: the unfused paths process images in groups whose padded channels-last
 copies fit in ``fastconv._config.get_workspace_limit()`` (at least one image per
@@ -56,8 +63,9 @@ group), and the grad-weight's tile batches likewise; all buffers are reused acro
 convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 ``tests/test_winograd.py``).
 """
+import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
 
 from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace_array
 from ..weight_cache import WeightCache
@@ -419,17 +427,28 @@ def _filter_f4(w, U):
                  U[30 + b, c, k]) = _g4(tmp[0, b, k], tmp[1, b, k], tmp[2, b, k])
 
 
+@jit(inline="always")
+def _add_parts(dU, k):
+    """dU[0, :, k] += dU[1, :, k], then dU[2, :, k], ... (the partial sums, in order)."""
+    for g in range(1, dU.shape[0]):
+        for xi in range(dU.shape[1]):
+            for c in range(dU.shape[3]):
+                dU[0, xi, k, c] += dU[g, xi, k, c]
+
+
 @jit(parallel=True)
 def _filter_t2(dU, dw):
-    """dw[k, c] = G^T dU[:, k, c] G, from dU (alpha^2, K, C)."""
-    K, C = dU.shape[1], dU.shape[2]
+    """dw[k, c] = G^T dU[:, k, c] G, where dU (parts, alpha^2, K, C) holds partial sums
+    (added in order into dU[0])."""
+    K, C = dU.shape[2], dU.shape[3]
     for k in prange(K):
+        _add_parts(dU, k)
         tmp = np.empty((4, 3, C))
         for a in range(4):                                    # G^T along xb, row xa = a
             for c in range(C):
                 tmp[a, 0, c], tmp[a, 1, c], tmp[a, 2, c] = _gt2(
-                    dU[4 * a, k, c], dU[4 * a + 1, k, c], dU[4 * a + 2, k, c],
-                    dU[4 * a + 3, k, c])
+                    dU[0, 4 * a, k, c], dU[0, 4 * a + 1, k, c], dU[0, 4 * a + 2, k, c],
+                    dU[0, 4 * a + 3, k, c])
         for s in range(3):                                    # then along xa
             for c in range(C):
                 dw[k, c, 0, s], dw[k, c, 1, s], dw[k, c, 2, s] = _gt2(
@@ -438,15 +457,17 @@ def _filter_t2(dU, dw):
 
 @jit(parallel=True)
 def _filter_t4(dU, dw):
-    """dw[k, c] = G^T dU[:, k, c] G, from dU (alpha^2, K, C)."""
-    K, C = dU.shape[1], dU.shape[2]
+    """dw[k, c] = G^T dU[:, k, c] G, where dU (parts, alpha^2, K, C) holds partial sums
+    (added in order into dU[0])."""
+    K, C = dU.shape[2], dU.shape[3]
     for k in prange(K):
+        _add_parts(dU, k)
         tmp = np.empty((6, 3, C))
         for a in range(6):
             for c in range(C):
                 tmp[a, 0, c], tmp[a, 1, c], tmp[a, 2, c] = _gt4(
-                    dU[6 * a, k, c], dU[6 * a + 1, k, c], dU[6 * a + 2, k, c],
-                    dU[6 * a + 3, k, c], dU[6 * a + 4, k, c], dU[6 * a + 5, k, c])
+                    dU[0, 6 * a, k, c], dU[0, 6 * a + 1, k, c], dU[0, 6 * a + 2, k, c],
+                    dU[0, 6 * a + 3, k, c], dU[0, 6 * a + 4, k, c], dU[0, 6 * a + 5, k, c])
         for s in range(3):
             for c in range(C):
                 dw[k, c, 0, s], dw[k, c, 1, s], dw[k, c, 2, s] = _gt4(
@@ -510,6 +531,54 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob):
                     _out_tile4_cl(M, u, tmp, O, 4 * i, 4 * j)
             _store_rows(O, y, n, m * i0, part * kp, min(K, part * kp + kp) - part * kp, 0,
                         y.shape[3])
+
+
+#: BLAS ``?gemm`` through Numba's wrapper (the one ``np.dot`` calls, so
+#: ``single_threaded_blas`` holds it too), for its ``beta``: C = alpha A B + beta C
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp,   # kind, trans, m n k
+    types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,     # alpha, a, b
+    types.voidptr, types.voidptr, types.intp))                               # beta, c
+
+
+@jit(parallel=True)
+def _fused_weight(x, dy, m, th, tw, oh, ow, Sb, Db, Vb, Mb, Tb, dU):
+    """dU[g, xi] = sum of dM[xi]^T V[xi] over the tiles of the work items of part g, for
+    x (NCHW; input rows and columns offset by oh, ow) and dy (NCHW). Work item ``(n,
+    block)`` takes R = ``Vb.shape[2] // tw`` tile rows of image n: it copies the input
+    rows and the dy rows they read into its thread's channels-last slabs (``Sb``,
+    ``Db`` [tid], zero-padded), runs their input and dy transforms into V and dM and adds
+    the alpha^2 products into dU[g]. Part g takes the items g*nitems // parts ..
+    (g + 1)*nitems // parts - 1, in order; thread ``tid`` takes parts tid, tid + nthreads,
+    ..., so the sums do not depend on the thread count."""
+    nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
+    parts, K, C = dU.shape[0], dU.shape[2], dU.shape[3]
+    R = tb // tw
+    nblocks = (th + R - 1) // R
+    nitems = x.shape[0] * nblocks
+    kind = 115 if x.itemsize == 4 else 100                # 's' or 'd'
+    for tid in prange(nthreads):
+        S, D, V, dM, tmp = Sb[tid], Db[tid], Vb[tid], Mb[tid], Tb[tid]
+        one, beta = np.ones(1, x.dtype), np.empty(1, x.dtype)
+        for g in range(tid, parts, nthreads):
+            for item in range(g * nitems // parts, (g + 1) * nitems // parts):
+                n, i0 = item // nblocks, item % nblocks * R
+                _slab(x, n, i0 * m + oh, ow, S[0], 0, S.shape[1])
+                _slab(dy, n, i0 * m, 0, D[0], 0, D.shape[1])     # zeros past P, Q
+                nt = (min(th, i0 + R) - i0) * tw
+                for u in range(nt):
+                    i, j = u // tw, u % tw               # tile (i0 + i, j); slab row m*i
+                    if m == 2:
+                        _in_tile2(S, 0, 2 * i, 2 * j, tmp, V, u)
+                        _dy_tile2(D, 0, 2 * i, 2 * j, tmp, dM, u)
+                    else:
+                        _in_tile4(S, 0, 4 * i, 4 * j, tmp, V, u)
+                        _dy_tile4(D, 0, 4 * i, 4 * j, tmp, dM, u)
+                # dU[g, xi] (K x C, row-major) is C x K column-major: V[xi]^T dM[xi]
+                beta[0] = 0 if item == g * nitems // parts else 1
+                for xi in range(alpha2):
+                    _xxgemm(kind, 110, 116, C, K, nt, one.ctypes, V[xi].ctypes, C,
+                            dM[xi].ctypes, K, beta.ctypes, dU[g, xi].ctypes, C)
 
 
 @jit(parallel=True)
@@ -755,20 +824,89 @@ def _backward_input(m):
     return conv2d_input
 
 
+#: Weight gradients with transformed filters up to this size run fused per thread (each
+#: part's dU is read and written once per work item). Measured against the unfused
+#: path (float32, interleaved; 2 threads / 1 thread): C=K=64 F4 (0.6 MiB) 1.5-2.6x /
+#: 0.9-2.6x; res3 and C96-K160 F4 (2.2-2.4 MiB) 1.3-1.9x / 1.0-1.6x; res4 and C192 F2
+#: (2.4-4 MiB) 1.15-1.8x / 0.92-1.06x; VGG conv3_2 F4 (9.4 MiB) 1.0x; conv5_2 F2
+#: (16 MiB) 0.83x / 0.98x.
+WEIGHT_FUSED_MAX_FILTER_BYTES = 4 * 2**20
+#: The fused weight gradient sums its work items into 1, 2 or ``WEIGHT_PARTS`` partial
+#: dU, each over a fixed run of items, then adds them up in order: the result does not
+#: depend on the thread count (threads take whole parts), and up to that many threads
+#: share the work. Each part costs a pass over its dU (alpha^2*K*C), so: 1 part below
+#: 2*``WEIGHT_PART_MIN_TILES`` tiles, 4 from ``WEIGHT_FOUR_PARTS_TILES``. Measured (2
+#: threads, F4, C=K=64, against 2 parts): 4 parts 0.90x on 512 tiles (CIFAR N=8),
+#: 0.98x on 1568-3136 (res2 N=8, VGG conv1_2 N=1), 1.0x on 25088 (VGG N=8); 8 parts
+#: 0.91-0.93x on 1568-3136; 1 part on 64 tiles (CIFAR N=1) no slower, 0.67x on 196.
+WEIGHT_PARTS = 4
+WEIGHT_PART_MIN_TILES = 64
+WEIGHT_FOUR_PARTS_TILES = 4096
+#: tiles per work item of the fused weight gradient, about (32: 0.93-0.98x, 128:
+#: 0.92-1.09x)
+WEIGHT_BLOCK_TILES = 64
+
+
+#: Partial sums dU up to this size are added up and transformed back on the calling
+#: thread alone: waking the others costs more. Whole weight gradient, 2 threads, one
+#: thread against two here: C=K=64 F4 (0.6 MiB) 1.09x faster at N=1, C24-K48 1.16x; 1.2
+#: MiB (2 parts) 1.02x; res3 (2.2 MiB) 0.95x, res4 (4 MiB) 0.90x.
+SERIAL_FILTER_T_MAX_BYTES = 2**20
+
+
+def _weight_filter(m, dU, dw):
+    """dw = G^T (dU[0] + dU[1] + ...) G (``_filter_t2/4``), on one thread when small."""
+    nthreads = numba.get_num_threads()
+    if dU.nbytes > SERIAL_FILTER_T_MAX_BYTES or nthreads == 1:
+        _FILTERS[m][1](dU, dw)
+        return
+    numba.set_num_threads(1)
+    try:
+        _FILTERS[m][1](dU, dw)
+    finally:
+        numba.set_num_threads(nthreads)
+
+
+def _weight_parts(tiles):
+    """How many partial dU the fused weight gradient sums ``tiles`` tiles into."""
+    if tiles < 2 * WEIGHT_PART_MIN_TILES:
+        return 1
+    return 2 if tiles < WEIGHT_FOUR_PARTS_TILES else WEIGHT_PARTS
+
+
 def _winograd_weight(m, x, dy, dw, off_h, off_w):
     """dw[k, c, r, s] = sum dy[n, k, p, q] * x[n, c, p + off_h + r, q + off_w + s] with
     F(m x m, 3x3) transposed: dU[xi] = sum over tiles of (A dy A^T)[xi]^T (B^T x B)[xi]
-    (alpha^2 GEMMs [K x tiles] x [tiles x C]), then dw = G^T dU G."""
+    (alpha^2 GEMMs [K x tiles] x [tiles x C]), then dw = G^T dU G. The fused path's sums
+    and their order follow from the shape alone: the same result on any thread count."""
     N, C = x.shape[:2]
     K, P, Q = dy.shape[1:]
     alpha2 = (m + 2) ** 2
     Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
+    th, tw = -(-P // m), -(-Q // m)
+    if alpha2 * C * K * x.itemsize <= WEIGHT_FUSED_MAX_FILTER_BYTES:
+        # blocks of R tile rows, about 64 tiles, at least one per part; from the shape
+        # only, like the parts (the tiles each GEMM sums must not depend on the threads)
+        parts = _weight_parts(N * th * tw)
+        R = max(1, min(WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
+        parts = min(parts, N * -(-th // R))
+        nthreads = min(get_num_threads(), parts)
+        Sb = _buffer("X", (nthreads, 1, m * R + 2, Wp, C), x.dtype)
+        Db = _buffer("Y", (nthreads, 1, m * R, Wp - 2, K), x.dtype)
+        Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
+        Mb = _buffer("M", (nthreads, alpha2, R * tw, K), x.dtype)
+        Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, K)), x.dtype)
+        dU = _buffer("U", (parts, alpha2, K, C), x.dtype)
+        with single_threaded_blas():
+            _fused_weight(x, dy, m, th, tw, off_h, off_w, Sb, Db, Vb, Mb, Tb, dU)
+        _weight_filter(m, dU, dw)
+        return
     th, tw, group = _tiling(m, N, P, Q, (Hp * Wp * C + (Hp - 2) * (Wp - 2) * K) * x.itemsize)
     T = group * th * tw
     tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
     D = _buffer("Y", (group, Hp - 2, Wp - 2, K), x.dtype)
-    dU = _buffer("U", (alpha2, K, C), x.dtype)
+    dU = _buffer("U", (1, alpha2, K, C), x.dtype)
     first = True
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
@@ -781,11 +919,11 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
             _transform_tiles(Xp[:n1 - n0], V, nt, m, t0, th, tw, False)
             _transform_tiles(D[:n1 - n0], dM, nt, m, t0, th, tw, True)
             if first:
-                _matmul(dM, V, dU, transpose_a=True)
+                _matmul(dM, V, dU[0], transpose_a=True)
                 first = False
             else:
-                dU += _matmul(dM, V, _buffer("P", (alpha2, K, C), x.dtype), transpose_a=True)
-    _FILTERS[m][1](dU, dw)
+                dU[0] += _matmul(dM, V, _buffer("P", (alpha2, K, C), x.dtype), transpose_a=True)
+    _weight_filter(m, dU, dw)
 
 
 def _backward_weight(m):
