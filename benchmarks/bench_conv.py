@@ -66,7 +66,7 @@ def run_layer(torch, L, N, pass_, rounds, with_algorithms, groups=1):
            for name in contenders_for(op, p, with_algorithms)}
     if torch is not None:
         fns["torch"] = torch_call(torch, pass_, x, w, dy, L, groups)
-    times = interleaved(fns, rounds=rounds, warmup=1, min_time=0.03)
+    times = interleaved(fns, rounds=rounds, warmup=1, min_time=0.03, warmup_time=0.3)
     row = {name: p.flops / np.median(t) / 1e9 for name, t in times.items()}
     ratios = {name: median_ratio(times, "torch", name) for name in fns if name != "torch"} \
         if torch is not None else {}

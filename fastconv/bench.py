@@ -65,17 +65,22 @@ def layer(name):
     raise ValueError(f"unknown layer {name!r}; known: {', '.join(e.name for e in LAYERS + ODD_LAYERS)}")
 
 
-def interleaved(contenders, rounds=7, warmup=1, min_time=0.0):
+def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0):
     """Time each callable in ``contenders`` (a dict name -> fn) ``rounds`` times,
     interleaved in rotating order; return dict name -> array of seconds.
 
-    With ``min_time``, each timing repeats its call until that many seconds have
-    passed and reports the mean per call (for calls much shorter than the timer's
-    resolution or the scheduler's noise)."""
+    ``warmup`` untimed rounds come first, repeated until ``warmup_time`` seconds have
+    passed (the first calls of a shape run slow for a while here: fresh workspace
+    pages, threads waking, caches). With ``min_time``, each timing repeats its call
+    until that many seconds have passed and reports the mean per call (for calls much
+    shorter than the timer's resolution or the scheduler's noise)."""
     names = list(contenders)
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - t0 < warmup_time:
         for name in names:
             contenders[name]()
+        done += 1
     times = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
