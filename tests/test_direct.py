@@ -175,3 +175,21 @@ def test_weight_gradient_layout_transposes(dtype):
     _check(dtype, 2, 40, 5, 37, 40, 3, 3, padding=1)
     _check(dtype, 1, 64, 6, 35, 64, 3, 3, padding=1, groups=2)
     _check(dtype, 2, 32, 7, 40, 48, 3, 3, stride=2, padding=1)
+
+
+def test_lanes_kernel():
+    """The lanes kernel (output channels in the vector lanes, 14 pixels of a row
+    broadcast; float32, stride 1 and 2, from 256 inputs per output and 14 columns): a
+    channel tail (K = 40: 32 + 8), rows of 14, 15 and 16 columns (the last block
+    overlapping), groups, dilation and asymmetric padding."""
+    f32 = np.dtype(np.float32)
+    assert direct._lanes_wins(f32, 2, 2, 1, 1, 28, 1152)       # res3 3x3/2
+    assert direct._lanes_wins(f32, 1, 1, 1, 1, 14, 2304)       # res4 3x3
+    assert not direct._lanes_wins(f32, 2, 2, 1, 1, 112, 147)   # conv1: short reductions
+    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 4608)    # res5: rows under 14
+    assert not direct._lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 1152)
+    _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1)                 # Q = 16
+    _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2)       # Q = 15, Cg = 32
+    _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1)       # Q = 15
+    _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2)
+    _check(np.float32, 1, 30, 6, 18, 32, 3, 3, padding=(0, 2))            # Q = 20

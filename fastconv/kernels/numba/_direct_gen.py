@@ -30,6 +30,8 @@ from ..._config import CACHE_DIR
 #: pixel-block sizes J of the forward kernel and channel-tile sizes of the weight-grad kernel
 FWD_BLOCKS = (8, 16)
 FLAT_BLOCKS = ((32, 12),)   # (pixels, output channels) of the flat kernel, float32
+LANES_BLOCK = (14, 32)      # (pixels, output channels) of the lanes kernel, float32
+LANES_STRIDES = (1, 2)      # column strides it is generated for
 BWW_LANES = (16, 8)      # input channels per weight-gradient block: float32, float64
 PAIRS = 8                # column pairs per chunk of the stride-2 splits
 DW_BLOCK = (16, 4)       # (columns, rows) of the depthwise kernel, both dtypes
@@ -178,6 +180,60 @@ def _flat_source(J, KB):
     a("            if q < Q and p_ < P:")
     a("                for k in range(nk):")
     a("                    out[n, k0 + k, oh0 + p_ * osh, ow0 + q * osw] = buf[k, j]")
+    return "\n".join(L) + "\n"
+
+
+def _lanes_source(J, KB, SW):
+    """Forward kernel with the output channels in the vector lanes (KB/16 vectors) and J
+    output pixels of one row broadcast from a zero-padded NCHW copy of the input, for
+    column stride SW (a constant, so each pixel's input is at a fixed offset: no
+    stride phases needed). The accumulators go through a (J, KB) buffer, whose stores
+    over consecutive channels make SLP pack them by channel, then to ``out``."""
+    L = []
+    a = L.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def lanes_{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P, Q,"
+      " zero, it0, it1):")
+    a(f"    nq = (Q + {J - 1}) // {J}")
+    a("    Cg = C // G")
+    a(f"    uKB = np.uint64({KB})")
+    for k in range(KB):
+        a(f"    uk{k} = np.uint64({k})")
+    for j in range(J):
+        a(f"    uj{j} = np.uint64({SW * j})")
+    a(f"    buf = np.empty(({J}, {KB}), xf.dtype)")
+    a("    for it in range(it0, it1):          # of N * G * Kb * P * nq")
+    a("        qb = it % nq")
+    a("        t = it // nq")
+    a("        p_ = t % P")
+    a("        t = t // P")
+    a("        kb = t % Kb")
+    a("        t = t // Kb")
+    a("        g = t % G")
+    a("        n = t // G")
+    # the last block of a row overlaps the one before (Q >= J)
+    a(f"        q0 = max(0, min(qb * {J}, Q - {J}))")
+    _zero_source(a, " " * 8, J, KB)
+    # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
+    a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
+    a("        for c in range(Cg):")
+    a("            for r in range(R):")
+    a(f"                xrow = ((n * C + g * Cg + c) * Hp + p_ * sh + r * dh) * Wp + q0 * {SW}")
+    a("                for s in range(S):")
+    a("                    xo = np.uint64(xrow + s * dw)")
+    for k in range(KB):
+        a(f"                    w{k} = wf[wo + uk{k}]")
+    for j in range(J):
+        a(f"                    x = xf[xo + uj{j}]")
+        a("                    " + "; ".join(f"a{j}_{k} += x * w{k}" for k in range(KB)))
+    a("                    wo += uKB")
+    for j in range(J):
+        a("        " + "; ".join(f"buf[{j}, {k}] = a{j}_{k}" for k in range(KB)))
+    a(f"        k0 = g * Kg + kb * {KB}")
+    a(f"        for k in range(min({KB}, Kg - kb * {KB})):")
+    a(f"            o = out[n, k0 + k, p_]")
+    a(f"            for j in range(min({J}, Q - q0)):")
+    a("                o[q0 + j] = buf[j, k]")
     return "\n".join(L) + "\n"
 
 
@@ -560,6 +616,7 @@ def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
     parts += [_flat_source(J, KB) for J, KB in FLAT_BLOCKS]
+    parts += [_lanes_source(*LANES_BLOCK, sw) for sw in LANES_STRIDES]
     parts += [_bww_source(L) for L in BWW_LANES]
     parts.append(_phase2_source(PAIRS))
     parts.append(_dw_source(*DW_BLOCK))
