@@ -178,72 +178,83 @@ def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
                     dst[base + (wp % sw) * Wq + wq] = row[w]
 
 
-@jit(parallel=True)
-def _to_blocked(src, dst, G, Cg, Cb, cb, Hp, Wp, pt, pl):
-    """dst[n, g, cbk, hp, wp, c] = src[n, g*Cg + cbk*cb + c, hp - pt, wp - pl] inside src,
-    else 0 (padding, channel tail): channels-last blocks of the weight gradient, cb =
-    ``lanes(dtype)``, by block transposes where a block has all its channels."""
-    N, _, Hs, Ws = src.shape
-    sf = src.reshape(src.size)
-    for it in prange(N * G * Cb * Hp):
-        hp = it % Hp
-        t = it // Hp
-        cbk = t % Cb
-        t = t // Cb
-        g = t % G
-        n = t // G
-        base = it * Wp * cb
-        h = hp - pt
-        if h < 0 or h >= Hs:
-            dst[base:base + Wp * cb] = 0
-            continue
-        c0 = g * Cg + cbk * cb
-        nc = min(cb, Cg - cbk * cb)
-        w0, w1 = max(0, -pl), min(Ws, Wp - pl)
-        dst[base:base + (w0 + pl) * cb] = 0
-        dst[base + max(w0, w1) * cb + pl * cb:base + Wp * cb] = 0
-        if nc == cb and w1 - w0 >= cb:
-            so = ((n * G * Cg + c0) * Hs + h) * Ws
-            for wb in range(w0, w1, cb):                # the last block overlaps
-                wq = min(wb, w1 - cb)
-                transpose_block(sf, so + wq, Hs * Ws, dst, base + (wq + pl) * cb, cb)
-            continue
-        for w in range(w0, w1):
-            d = base + (w + pl) * cb
-            for c in range(nc):
-                dst[d + c] = src[n, c0 + c, h, w]
-            dst[d + nc:d + cb] = 0
+@jit(inline="always")
+def _blocked_row(src, sf, dst, G, Cg, Cb, cb, Hp, Wp, pt, pl, it):
+    """Row ``it`` of dst[n, g, cbk, hp, wp, c] = src[n, g*Cg + cbk*cb + c, hp - pt, wp - pl]
+    inside src, else 0 (padding, channel tail): the weight gradient's channels-last input
+    blocks, cb = ``lanes(dtype)``, by block transposes where a block has all its channels
+    (``sf``: src flat)."""
+    Hs, Ws = src.shape[2], src.shape[3]
+    hp = it % Hp
+    t = it // Hp
+    cbk = t % Cb
+    t = t // Cb
+    g = t % G
+    n = t // G
+    base = it * Wp * cb
+    h = hp - pt
+    if h < 0 or h >= Hs:
+        dst[base:base + Wp * cb] = 0
+        return
+    c0 = g * Cg + cbk * cb
+    nc = min(cb, Cg - cbk * cb)
+    w0, w1 = max(0, -pl), min(Ws, Wp - pl)
+    dst[base:base + (w0 + pl) * cb] = 0
+    dst[base + max(w0, w1) * cb + pl * cb:base + Wp * cb] = 0
+    if nc == cb and w1 - w0 >= cb:
+        so = ((n * G * Cg + c0) * Hs + h) * Ws
+        for wb in range(w0, w1, cb):                    # the last block overlaps
+            wq = min(wb, w1 - cb)
+            transpose_block(sf, so + wq, Hs * Ws, dst, base + (wq + pl) * cb, cb)
+        return
+    for w in range(w0, w1):
+        d = base + (w + pl) * cb
+        for c in range(nc):
+            dst[d + c] = src[n, c0 + c, h, w]
+        dst[d + nc:d + cb] = 0
+
+
+@jit(inline="always")
+def _dy_row(dy, df, dst, G, Kg, Kb, it):
+    """Row ``it`` of dst[n, g, kb, p, q, k] = dy[n, g*Kg + kb*16 + k, p, q] (0 past the
+    group's K), by block transposes of 16 / ``lanes(dtype)`` sub-blocks of channels."""
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    L = 64 // dy.itemsize                               # lanes(dtype)
+    p_ = it % P
+    t = it // P
+    kb = t % Kb
+    t = t // Kb
+    g = t % G
+    n = t // G
+    base = it * Q * 16
+    k0 = g * Kg + kb * 16
+    nk = min(16, Kg - kb * 16)
+    if nk == 16 and Q >= L:
+        for ks in range(0, 16, L):
+            so = ((n * K + k0 + ks) * P + p_) * Q
+            for qb in range(0, Q, L):                   # the last block overlaps
+                q = min(qb, Q - L)
+                transpose_block(df, so + q, P * Q, dst, base + q * 16 + ks, 16)
+        return
+    dst[base:base + Q * 16] = 0
+    for k in range(nk):
+        row = dy[n, k0 + k, p_]
+        for q in range(Q):
+            dst[base + q * 16 + k] = row[q]
 
 
 @jit(parallel=True)
-def _dy_blocked(dy, dst, G, Kg, Kb):
-    """dst[n, g, kb, p, q, k] = dy[n, g*Kg + kb*16 + k, p, q] (0 past the group's K), by
-    block transposes of 16 / ``lanes(dtype)`` sub-blocks of channels."""
-    N, K, P, Q = dy.shape
-    L = 64 // dy.itemsize                           # lanes(dtype)
-    df = dy.reshape(dy.size)
-    for it in prange(N * G * Kb * P):
-        p_ = it % P
-        t = it // P
-        kb = t % Kb
-        t = t // Kb
-        g = t % G
-        n = t // G
-        base = it * Q * 16
-        k0 = g * Kg + kb * 16
-        nk = min(16, Kg - kb * 16)
-        if nk == 16 and Q >= L:
-            for ks in range(0, 16, L):
-                so = ((n * K + k0 + ks) * P + p_) * Q
-                for qb in range(0, Q, L):               # the last block overlaps
-                    q = min(qb, Q - L)
-                    transpose_block(df, so + q, P * Q, dst, base + q * 16 + ks, 16)
-            continue
-        dst[base:base + Q * 16] = 0
-        for k in range(nk):
-            row = dy[n, k0 + k, p_]
-            for q in range(Q):
-                dst[base + q * 16 + k] = row[q]
+def _weight_layouts(src, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, dy, dyb, Kg, Kb):
+    """The weight gradient's two layouts of a batch slice, in one parallel loop (one
+    thread hand-off per slice instead of two): xb from the input (``_blocked_row``) and
+    dyb from grad_output (``_dy_row``)."""
+    nx = src.shape[0] * G * Cb * Hp
+    sf, df = src.reshape(src.size), dy.reshape(dy.size)
+    for it in prange(nx + dy.shape[0] * G * Kb * dy.shape[2]):
+        if it < nx:
+            _blocked_row(src, sf, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, it)
+        else:
+            _dy_row(dy, df, dyb, G, Kg, Kb, it - nx)
 
 
 @jit(parallel=True)
@@ -620,8 +631,7 @@ def conv2d_weight(x, dy, p, out):
     acc = workspace("direct_acc", nsplit * items * 16 * L, dtype)
     for n0 in range(0, p.N, nb):
         xs, dys = x[n0:n0 + nb], dy[n0:n0 + nb]
-        _to_blocked(xs, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left)
-        _dy_blocked(dys, dyb, G, Kg, Kb)
+        _weight_layouts(xs, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left, dys, dyb, Kg, Kb)
         _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, len(xs), G, Cb,
              Hp, Wp, Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, n0 > 0,
              dtype.type(0))
