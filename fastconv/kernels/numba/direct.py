@@ -309,7 +309,6 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         Hp, Wq = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
         plane, tail = Hp * Wq, 0
         Kb = -(-Kg // KB)
-        assert orow == ocol == (0, 1)
         wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
 
