@@ -79,6 +79,7 @@ from numba import prange
 from ..._config import jit, workspace
 from ..weight_cache import WeightCache
 from . import _direct_gen
+from ._layout import to_padded
 from ._ranges import valid_range
 from ._threads import run as _run
 from ._transpose import lanes, transpose_block
@@ -109,29 +110,6 @@ def _pixel_block(Q, dtype):
 
 
 # -- Layout conversions (parallel) -------------------------------------------------------
-
-
-@jit(parallel=True)
-def _to_padded(src, dst, Hp, Wq, pt, pl):
-    """dst[n, c, hp, wq] = src[n, c, hp - pt, wq - pl] inside src, else 0: zero-padded
-    planes, a plane per work item (row copies as slices; 1.4-1.6x faster than
-    ``_to_phase``'s row per work item on res3, N=4 and 8)."""
-    N, C, Hs, Ws = src.shape
-    lo, hi = max(0, -pl), min(Ws, Wq - pl)               # the columns of src kept
-    h0, h1 = max(0, min(Hp, pt)), max(0, min(Hp, Hs + pt))   # rows hp holding src rows
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        base = nc * Hp * Wq
-        dst[base:base + h0 * Wq] = 0
-        dst[base + max(h0, h1) * Wq:base + Hp * Wq] = 0
-        for hp in range(h0, h1):
-            d = base + hp * Wq
-            if hi <= lo:
-                dst[d:d + Wq] = 0
-                continue
-            dst[d:d + lo + pl] = 0
-            dst[d + lo + pl:d + hi + pl] = src[n, c, hp - pt, lo:hi]
-            dst[d + hi + pl:d + Wq] = 0
 
 
 @jit(parallel=True)
@@ -313,7 +291,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                           lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
 
         def convert(xs, xb):
-            _to_padded(xs, xb, Hp, Wq, pt, pl)
+            to_padded(xs, xb, Hp, Wq, pt, pl)
 
         def kernel(n, xb, os_):
             _run(getattr(_gen(), f"lanes_{J}_{KB}_{sw}"),
@@ -343,7 +321,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         def convert(xs, xb):
             if sh == 1:
                 if ish == isw == 1:
-                    _to_padded(xs, xb, Hq, Wq, pt, pl)
+                    to_padded(xs, xb, Hq, Wq, pt, pl)
                 else:
                     _to_phase(xs, xb, Hq, Wq, 1, pt, pl, ish, isw)
             else:

@@ -31,6 +31,7 @@ from numba import prange
 
 from ..._config import get_workspace_limit, jit, workspace, workspace_array
 from . import _direct_gen
+from ._layout import to_padded
 from ._ranges import valid_range
 from ._threads import run as _run
 from ._transpose import transpose_block
@@ -122,7 +123,7 @@ def _col2im(col, dx, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
 @jit(cache=False)
 def _weight_fused(xp, dy, offs, sh, sw, Db, Ab, gemm, it0, it1):
     """The weight gradient, sum over images and output pixels of patches x dy^T, with
-    the patches read in place from the zero-padded input ``xp`` (see ``_padded``), in
+    the patches read in place from the zero-padded input ``xp`` (``_layout.to_padded``), in
     ``len(Ab)`` slices of the (image, band of output rows) items: slice t adds its items
     into its own accumulator ``Ab[t]`` (G, rows, K/G rounded up), patch row i of group g
     in ``[g, i]``. ``offs[g, i]`` is the offset of patch row i of group g in an image
@@ -332,19 +333,6 @@ def conv2d_weight(x, dy, p, out):
         out[...] = acc.reshape(out.shape)
 
 
-def _padded(x, xp, pt, pl):
-    """``xp[n, c, i, j] = x[n, c, i - pt, j - pl]``, 0 outside x (xp may end before or
-    after x's last row and column)."""
-    H, W = x.shape[2:]
-    Hp, Wp = xp.shape[2:]
-    h, w = max(0, min(H, Hp - pt)), max(0, min(W, Wp - pl))  # x inside xp
-    xp[:, :, :pt] = 0
-    xp[:, :, pt + h:] = 0
-    xp[:, :, pt:pt + h, :pl] = 0
-    xp[:, :, pt:pt + h, pl + w:] = 0
-    xp[:, :, pt:pt + h, pl:pl + w] = x[:, :, :h, :w]
-
-
 def _weight_blocked(x, dy, p, out):
     """The weight gradient by ``_weight_fused``: the generated GEMM reads the patch rows
     in place from the zero-padded input, adding into one accumulator per slice of the
@@ -371,7 +359,7 @@ def _weight_blocked(x, dy, p, out):
     acc = _buffer("acc", (G, rows, Kgp), x.dtype)
     for n0 in range(0, p.N, group):              # images whose padded copies fit the bound
         n1 = min(p.N, n0 + group)
-        _padded(x[n0:n1], xp[:n1 - n0], p.pad_top, p.pad_left)
+        to_padded(x[n0:n1], xp.reshape(-1), Hp, Wp, p.pad_top, p.pad_left)
         _run(_weight_fused, nslices, xp[:n1 - n0], dy[n0:n1], offs, sh, sw, D, A, gemm)
         if n0 == 0:
             np.sum(A, axis=0, out=acc)
