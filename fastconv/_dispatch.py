@@ -98,8 +98,10 @@ def supports(algorithm, backend, p):
 #   against F4 1.20-1.45x; F4 at res4 and C=192 N=1, 1.64-1.95x against F2's
 #   1.27-1.73x; res5 at N=8, 32 tiles: 1.33-1.55x against 1.06-1.28x). The weight
 #   gradient takes F2 from 100 outputs when F4 does not reach 20x20 (14x14 at N=8: F2
-#   1.2-1.5x against F4's 0.7-1.4x). Below 100 outputs: im2col (res5 at N=1: 1.0-1.2x,
-#   Winograd 0.4-0.9x).
+#   1.2-1.5x against F4's 0.7-1.4x). Below 100 outputs: direct's lanes kernel where its
+#   blocks fit (rows of 7, 2 rows), forward and grad-input (res5 at N=1, 1 / 2 threads:
+#   1.29 / 1.14x PyTorch forward, 1.24 / 1.23x grad-input, against im2col's 1.08 / 1.11x
+#   and 1.18 / 1.19x, F2's 1.22 / 1.00x and 1.16 / 1.03x, F4's 0.71-0.85x); else im2col.
 # - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
 # - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
 #   and at least 16 output channels, and depthwise layers: direct. Also the forward of
@@ -135,7 +137,8 @@ def _auto(op, p):
         if image >= F4_MIN_IMAGE:
             return "winograd_f4"
         if outputs < F2_MIN_OUTPUTS:
-            return "im2col"
+            lanes = nb_direct._lanes_block(p.P, p.Q) is not None
+            return "direct" if op != "conv2d_weight" and lanes else "im2col"
         f4_filter = 36 * p.C * p.K * 4
         f4_tiles = p.N * -(-p.P // 4) * -(-p.Q // 4)
         if op != "conv2d_weight" and (f4_filter <= F4_MAX_STREAMED_FILTER

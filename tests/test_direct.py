@@ -178,18 +178,51 @@ def test_weight_gradient_layout_transposes(dtype):
 
 
 def test_lanes_kernel():
-    """The lanes kernel (output channels in the vector lanes, 14 pixels of a row
-    broadcast; float32, stride 1 and 2, from 256 inputs per output and 14 columns): a
-    channel tail (K = 40: 32 + 8), rows of 14, 15 and 16 columns (the last block
-    overlapping), groups, dilation and asymmetric padding."""
+    """The lanes kernels (output channels in the vector lanes, pixels broadcast; float32,
+    stride 1 and 2, from 256 inputs per output): 1 x 14 pixels on rows of 14 or more,
+    2 x 7 on shorter rows (last blocks of a row and of the rows overlapping). A channel
+    tail (K = 40: 32 + 8), rows of 7-16 columns, 2-7 rows, groups, dilation, asymmetric
+    padding."""
     f32 = np.dtype(np.float32)
-    assert direct._lanes_wins(f32, 2, 2, 1, 1, 28, 1152)       # res3 3x3/2
-    assert direct._lanes_wins(f32, 1, 1, 1, 1, 14, 2304)       # res4 3x3
-    assert not direct._lanes_wins(f32, 2, 2, 1, 1, 112, 147)   # conv1: short reductions
-    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 4608)    # res5: rows under 14
-    assert not direct._lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 1152)
+    assert direct._lanes_wins(f32, 2, 2, 1, 1, 28, 28, 1152)       # res3 3x3/2
+    assert direct._lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)       # res4 3x3
+    assert direct._lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)         # res5 3x3
+    assert direct._lanes_block(7, 7) == (2, 7, 32)
+    assert direct._lanes_block(7, 14) == (1, 14, 32)
+    assert not direct._lanes_wins(f32, 2, 2, 1, 1, 112, 112, 147)  # conv1: short reductions
+    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 6, 4608)     # rows under 7
+    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 1, 9, 4608)     # a single row of 9
+    assert not direct._lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 28, 1152)
     _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1)                 # Q = 16
     _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2)       # Q = 15, Cg = 32
     _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1)       # Q = 15
     _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2)
     _check(np.float32, 1, 30, 6, 18, 32, 3, 3, padding=(0, 2))            # Q = 20
+    _check(np.float32, 2, 40, 7, 7, 40, 3, 3, padding=1)                  # 2 x 7: res5-like
+    _check(np.float32, 1, 64, 2, 11, 72, 3, 3, padding=1, groups=2)       # P = 2, Q = 11
+    _check(np.float32, 1, 30, 12, 19, 33, 3, 3, stride=2, padding=(1, 2))  # 6 x 10, stride 2
+    _check(np.float32, 1, 29, 9, 13, 36, 3, 3, padding=(0, 1), dilation=(1, 2))  # 7 x 9
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_weight_layout(dtype):
+    """The blocked weight layouts (block transposes where a block of output channels is
+    whole, element by element at the tails) against their definition, for the forward and
+    the rotated input-gradient weight: channel tails, groups, 1x1 to 7x7 filters."""
+    rng = np.random.default_rng(5)
+    for K, Cg, R, S, G, KB in [(40, 20, 3, 3, 1, 32), (24, 10, 3, 3, 2, 12), (70, 33, 5, 5, 1, 16),
+                               (16, 3, 7, 7, 1, 16), (64, 2, 1, 1, 4, 16), (33, 17, 2, 3, 1, 32)]:
+        w = rng.standard_normal((K, Cg, R, S)).astype(dtype)
+        for flip in (False, True):
+            Kgf, Cgf = (Cg, K // G) if flip else (K // G, Cg)    # the forward's counts
+            Kb = -(-Kgf // KB)
+            wb = np.full(G * Kb * Cgf * R * S * KB, np.nan, dtype)
+            direct._w_blocked(w.reshape(-1), wb, G, Kgf, Kb, Cgf, R, S, flip, KB)
+            want = np.zeros((G, Kb * KB, Cgf, R, S), dtype)
+            for g in range(G):
+                if flip:                  # w[g*Cgf + c, k, R-1-r, S-1-s]
+                    want[g, :Kgf] = w[g * Cgf:(g + 1) * Cgf, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+                else:
+                    want[g, :Kgf] = w[g * Kgf:(g + 1) * Kgf]
+            want = want.reshape(G, Kb, KB, Cgf, R, S).transpose(0, 1, 3, 4, 5, 2)
+            np.testing.assert_array_equal(wb, want.reshape(-1), err_msg=f"{K, Cg, R, S, G, KB, flip}")

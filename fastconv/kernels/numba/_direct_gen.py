@@ -30,8 +30,10 @@ from ..._config import CACHE_DIR
 #: pixel-block sizes J of the forward kernel and channel-tile sizes of the weight-grad kernel
 FWD_BLOCKS = (8, 16)
 FLAT_BLOCKS = ((32, 12),)   # (pixels, output channels) of the flat kernel, float32
-LANES_BLOCK = (14, 32)      # (pixels, output channels) of the lanes kernel, float32
-LANES_STRIDES = (1, 2)      # column strides it is generated for
+#: (rows, pixels per row, output channels) of the lanes kernels, float32: 1 x 14 pixels for
+#: rows of 14 or more, 2 x 7 for shorter rows (res5's 7 x 7)
+LANES_BLOCKS = ((1, 14, 32), (2, 7, 32))
+LANES_STRIDES = (1, 2)      # column strides they are generated for
 BWW_LANES = (16, 8)      # input channels per weight-gradient block: float32, float64
 PAIRS = 8                # column pairs per chunk of the stride-2 splits
 DW_BLOCK = (16, 4)       # (columns, rows) of the depthwise kernel, both dtypes
@@ -183,57 +185,66 @@ def _flat_source(J, KB):
     return "\n".join(L) + "\n"
 
 
-def _lanes_source(J, KB, SW):
-    """Forward kernel with the output channels in the vector lanes (KB/16 vectors) and J
-    output pixels of one row broadcast from a zero-padded NCHW copy of the input, for
-    column stride SW (a constant, so each pixel's input is at a fixed offset: no
-    stride phases needed). The accumulators go through a (J, KB) buffer, whose stores
-    over consecutive channels make SLP pack them by channel, then to ``out``."""
+def _lanes_source(M, J, KB, SW):
+    """Forward kernel with the output channels in the vector lanes (KB/16 vectors) and M
+    rows x J output pixels broadcast from a zero-padded NCHW copy of the input, for
+    column stride SW (a constant, so each pixel's input is at a fixed offset from its
+    row's: no stride phases needed). The accumulators go through an (M*J, KB) buffer,
+    whose stores over consecutive channels make SLP pack them by channel, then to
+    ``out``. The last block of a row (of the rows) overlaps the one before: Q >= J, P >= M."""
     L = []
     a = L.append
+    MJ = M * J
     a(f"@jit(fastmath={{'contract'}})")
-    a(f"def lanes_{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P, Q,"
-      " zero, it0, it1):")
+    a(f"def lanes_{M}x{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P,"
+      " Q, zero, it0, it1):")
     a(f"    nq = (Q + {J - 1}) // {J}")
+    a(f"    np_ = (P + {M - 1}) // {M}")
     a("    Cg = C // G")
     a(f"    uKB = np.uint64({KB})")
+    a("    urow = np.uint64(sh * Wp)          # from one output row's inputs to the next's")
     for k in range(KB):
         a(f"    uk{k} = np.uint64({k})")
     for j in range(J):
         a(f"    uj{j} = np.uint64({SW * j})")
-    a(f"    buf = np.empty(({J}, {KB}), xf.dtype)")
-    a("    for it in range(it0, it1):          # of N * G * Kb * P * nq")
+    a(f"    buf = np.empty(({MJ}, {KB}), xf.dtype)")
+    a("    for it in range(it0, it1):          # of N * G * Kb * np_ * nq")
     a("        qb = it % nq")
     a("        t = it // nq")
-    a("        p_ = t % P")
-    a("        t = t // P")
+    a("        pb = t % np_")
+    a("        t = t // np_")
     a("        kb = t % Kb")
     a("        t = t // Kb")
     a("        g = t % G")
     a("        n = t // G")
-    # the last block of a row overlaps the one before (Q >= J)
+    # the last block of a row (of rows) overlaps the one before (Q >= J, P >= M)
     a(f"        q0 = max(0, min(qb * {J}, Q - {J}))")
-    _zero_source(a, " " * 8, J, KB)
+    a(f"        p0 = max(0, min(pb * {M}, P - {M}))")
+    _zero_source(a, " " * 8, MJ, KB)
     # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
     a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
     a("        for c in range(Cg):")
     a("            for r in range(R):")
-    a(f"                xrow = ((n * C + g * Cg + c) * Hp + p_ * sh + r * dh) * Wp + q0 * {SW}")
+    a(f"                xrow = ((n * C + g * Cg + c) * Hp + p0 * sh + r * dh) * Wp + q0 * {SW}")
     a("                for s in range(S):")
     a("                    xo = np.uint64(xrow + s * dw)")
     for k in range(KB):
         a(f"                    w{k} = wf[wo + uk{k}]")
-    for j in range(J):
-        a(f"                    x = xf[xo + uj{j}]")
-        a("                    " + "; ".join(f"a{j}_{k} += x * w{k}" for k in range(KB)))
+    for m in range(M):
+        if m:
+            a("                    xo += urow")
+        for j in range(J):
+            a(f"                    x = xf[xo + uj{j}]")
+            a("                    " + "; ".join(f"a{m * J + j}_{k} += x * w{k}" for k in range(KB)))
     a("                    wo += uKB")
-    for j in range(J):
-        a("        " + "; ".join(f"buf[{j}, {k}] = a{j}_{k}" for k in range(KB)))
+    for i in range(MJ):
+        a("        " + "; ".join(f"buf[{i}, {k}] = a{i}_{k}" for k in range(KB)))
     a(f"        k0 = g * Kg + kb * {KB}")
     a(f"        for k in range(min({KB}, Kg - kb * {KB})):")
-    a(f"            o = out[n, k0 + k, p_]")
-    a(f"            for j in range(min({J}, Q - q0)):")
-    a("                o[q0 + j] = buf[j, k]")
+    a(f"            for m in range({M}):")
+    a(f"                o = out[n, k0 + k, p0 + m]")
+    a(f"                for j in range(min({J}, Q - q0)):")
+    a(f"                    o[q0 + j] = buf[m * {J} + j, k]")
     return "\n".join(L) + "\n"
 
 
@@ -616,7 +627,7 @@ def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
     parts += [_flat_source(J, KB) for J, KB in FLAT_BLOCKS]
-    parts += [_lanes_source(*LANES_BLOCK, sw) for sw in LANES_STRIDES]
+    parts += [_lanes_source(M, J, KB, sw) for M, J, KB in LANES_BLOCKS for sw in LANES_STRIDES]
     parts += [_bww_source(L) for L in BWW_LANES]
     parts.append(_phase2_source(PAIRS))
     parts.append(_dw_source(*DW_BLOCK))

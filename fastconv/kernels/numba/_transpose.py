@@ -3,9 +3,10 @@ vector per row), for the layout conversions between planar (NCHW) and channels-l
 blocks.
 
 Written as LLVM IR through ``numba.extending.intrinsic``: L vector loads, log2(L)
-rounds of two-source shuffles, L vector stores. Numba's loop and SLP vectorizers
-emit a scalar load and store per element for the same copy (the element-wise loop,
-or 256 scalar locals, measured 4-6x slower on a res3-sized plane).
+rounds of two-source shuffles, L vector stores (``transpose_rows``: the first m of them,
+for blocks cut short by the end of a row). Numba's loop and SLP vectorizers emit a
+scalar load and store per element for the same copy (the element-wise loop, or 256
+scalar locals, measured 4-6x slower on a res3-sized plane).
 """
 from llvmlite import ir
 from numba import types
@@ -17,47 +18,80 @@ def lanes(dtype):
     return 64 // dtype.itemsize
 
 
+def _transposed_rows(context, builder, src_type, sdata, so, ss):
+    """The L rows of the transpose of the L x L block at src[so + i*ss + j], as vectors:
+    L vector loads, log2(L) rounds of two-source shuffles."""
+    L = 16 if src_type.dtype == types.float32 else 8
+    vty = ir.VectorType(context.get_value_type(src_type.dtype), L)
+    rows = [builder.load(_row(builder, sdata, so, ss, i, vty), align=1) for i in range(L)]
+    # round d swaps the off-diagonal d x d blocks of every 2d x 2d block, i.e. bit d of
+    # the row and column indices; after all rounds element (i, j) sits at (j, i)
+    d_ = 1
+    while d_ < L:
+        for i in range(L):
+            if i & d_:
+                continue
+            a, b = rows[i], rows[i | d_]
+            lo = [j if not j & d_ else L + j - d_ for j in range(L)]
+            hi = [j + d_ if not j & d_ else L + j for j in range(L)]
+            mask = ir.VectorType(ir.IntType(32), L)
+            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask, lo))
+            rows[i | d_] = builder.shuffle_vector(a, b, ir.Constant(mask, hi))
+        d_ *= 2
+    return rows, vty
+
+
+def _row(builder, data, off, stride, i, vty):
+    """Pointer to the vector at data[off + i*stride]."""
+    at = builder.add(off, builder.mul(ir.Constant(ir.IntType(64), i), stride))
+    return builder.bitcast(builder.gep(data, [at]), vty.as_pointer())
+
+
+def _float_arrays(src, dst):
+    return (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64))
+
+
+def _args64(context, builder, signature, args, positions):
+    """The integer arguments at ``positions`` as int64 values."""
+    return [context.cast(builder, args[i], signature.args[i], types.int64) for i in positions]
+
+
+def _store_rows(context, builder, signature, args, m_):
+    """Codegen of the transposes: all L rows stored, or those j < m_ (an int64 value)."""
+    so_, ss_, do_, ds_ = _args64(context, builder, signature, args, (1, 2, 4, 5))
+    sdata = context.make_array(signature.args[0])(context, builder, args[0]).data
+    ddata = context.make_array(signature.args[3])(context, builder, args[3]).data
+    rows, vty = _transposed_rows(context, builder, signature.args[0], sdata, so_, ss_)
+    for j, v in enumerate(rows):
+        if m_ is None:
+            builder.store(v, _row(builder, ddata, do_, ds_, j, vty), align=1)
+            continue
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(ir.IntType(64), j), m_)):
+            builder.store(v, _row(builder, ddata, do_, ds_, j, vty), align=1)
+    return context.get_dummy_value()
+
+
 @intrinsic
 def transpose_block(typingctx, src, so, ss, dst, do, ds):
     """dst[do + j*ds + i] = src[so + i*ss + j] for i, j < L (1-D arrays of one float
     dtype; offsets and strides in elements, unchecked: the caller keeps them inside)."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)):
+    if not _float_arrays(src, dst):
         return None
-    L = 16 if src.dtype == types.float32 else 8
-    sig = types.void(src, so, ss, dst, do, ds)
+    return types.void(src, so, ss, dst, do, ds), (
+        lambda context, builder, signature, args:
+        _store_rows(context, builder, signature, args, None))
+
+
+@intrinsic
+def transpose_rows(typingctx, src, so, ss, dst, do, ds, m):
+    """``transpose_block`` storing only the first m rows of dst (j < m): all L rows of
+    the source block are read."""
+    if not _float_arrays(src, dst):
+        return None
 
     def codegen(context, builder, signature, args):
-        s, so_, ss_, d, do_, ds_ = args
-        i64 = ir.IntType(64)
-        ints = signature.args[1:3] + signature.args[4:6]
-        so_, ss_, do_, ds_ = (context.cast(builder, v, t, types.int64)
-                              for v, t in zip((so_, ss_, do_, ds_), ints))
-        sdata = context.make_array(signature.args[0])(context, builder, s).data
-        ddata = context.make_array(signature.args[3])(context, builder, d).data
-        vty = ir.VectorType(context.get_value_type(signature.args[0].dtype), L)
+        m_ = context.cast(builder, args[6], signature.args[6], types.int64)
+        return _store_rows(context, builder, signature, args, m_)
 
-        def row(data, off, stride, i):
-            at = builder.add(off, builder.mul(ir.Constant(i64, i), stride))
-            return builder.bitcast(builder.gep(data, [at]), vty.as_pointer())
-
-        rows = [builder.load(row(sdata, so_, ss_, i), align=1) for i in range(L)]
-        # round d swaps the off-diagonal d x d blocks of every 2d x 2d block, i.e. bit d
-        # of the row and column indices; after all rounds element (i, j) sits at (j, i)
-        d_ = 1
-        while d_ < L:
-            for i in range(L):
-                if i & d_:
-                    continue
-                a, b = rows[i], rows[i | d_]
-                lo = [j if not j & d_ else L + j - d_ for j in range(L)]
-                hi = [j + d_ if not j & d_ else L + j for j in range(L)]
-                mask = ir.VectorType(ir.IntType(32), L)
-                rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask, lo))
-                rows[i | d_] = builder.shuffle_vector(a, b, ir.Constant(mask, hi))
-            d_ *= 2
-        for j in range(L):
-            builder.store(rows[j], row(ddata, do_, ds_, j), align=1)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.void(src, so, ss, dst, do, ds, m), codegen

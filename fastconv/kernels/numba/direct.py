@@ -28,12 +28,15 @@ never returned::
 
 Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
 
-* ``lanes_14_32_1`` / ``lanes_14_32_2`` (float32, stride 1 and 2, rows of at least 14
-  pixels, at least 256 inputs per output): 14 pixels of one output row, each a
-  broadcast from the padded input (column stride a constant of the kernel) x 32 output
-  channels (two vectors of weights): two vector loads and 14 broadcasts per 28 FMAs, no
-  lanes wasted on padding columns or phase planes. res3 3x3: 250 GFLOP/s on one core
-  (93% of the FMA peak) against the flat kernel's 215.
+* ``lanes_1x14_32_{1,2}`` (float32, stride 1 and 2, rows of at least 14 pixels, at
+  least 256 inputs per output): 14 pixels of one output row, each a broadcast from the
+  padded input (column stride a constant of the kernel) x 32 output channels (two
+  vectors of weights): two vector loads and 14 broadcasts per 28 FMAs, no lanes wasted
+  on padding columns or phase planes. res3 3x3: 250 GFLOP/s on one core (93% of the FMA
+  peak) against the flat kernel's 215. ``lanes_2x7_32_{1,2}``, for rows of 7 to 13
+  pixels: the same on 7 pixels of two rows (res5 3x3 7x7: 1.10-1.12x the flat kernel's
+  forward, whose 32 lanes held 49 of 63 pixels; a 1 x 7 x 32 block ran the same with
+  half the FMAs per weight load, 1 x 7 x 64 spilled, 0.82-0.90x).
 * ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
   kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
   p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
@@ -82,7 +85,7 @@ from . import _direct_gen
 from ._layout import to_padded
 from ._ranges import valid_range
 from ._threads import run as _run
-from ._transpose import lanes, transpose_block
+from ._transpose import lanes, transpose_block, transpose_rows
 
 _FASTMATH = {"contract", "reassoc"}
 
@@ -236,28 +239,51 @@ def _weight_layouts(src, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, dy, dyb, Kg, Kb):
 
 
 @jit(parallel=True)
-def _w_blocked(w, dst, G, Kg, Kb, Cg, flip, KB):
+def _w_blocked(wf, dst, G, Kg, Kb, Cg, R, S, flip, KB):
     """dst[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past the group's Kg); with
     ``flip`` the weight of the input gradient, w[g*Cg + c, kb*KB + k, R-1-r, S-1-s]
-    (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts)."""
-    R, S = w.shape[2], w.shape[3]
-    for it in prange(G * Kb * Cg):
-        c = it % Cg
-        t = it // Cg
-        kb = t % Kb
-        g = t // Kb
-        for r in range(R):
-            for s in range(S):
-                base = ((it * R + r) * S + s) * KB
-                for k in range(KB):
-                    kk = kb * KB + k
-                    v = 0.0
-                    if kk < Kg:
-                        if flip:
-                            v = w[g * Cg + c, kk, R - 1 - r, S - 1 - s]
-                        else:
-                            v = w[g * Kg + kk, c, r, s]
-                    dst[base + k] = v
+    (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts); ``wf`` and
+    ``dst`` flat. Each (g, kb) (each (g, kb, c) with ``flip``) is the transpose of a KB x n
+    block of w, rows k and n = Cg*R*S (R*S) columns (reversed with ``flip``), into n rows
+    of KB: by L x L block transposes (``lanes``) where L rows lie inside Kg, else element
+    by element (res5 3x3 to 32 channels: 0.29 ms against 1.07 element by element)."""
+    L = 64 // wf.itemsize
+    RS = R * S
+    n = RS if flip else Cg * RS
+    for it in prange(G * Kb):
+        kb = it % Kb
+        g = it // Kb
+        rows = min(KB, Kg - kb * KB)
+        for c in range(Cg if flip else 1):
+            so = ((g * Cg + c) * Kg + kb * KB) * RS if flip else (g * Kg + kb * KB) * n
+            ss = RS if flip else n                      # w's elements from k to k + 1
+            do = (it * (Cg if flip else 1) + c) * n * KB
+            for i0 in range(0, n, L):
+                m = min(L, n - i0)                      # columns i0.. of w, rows of dst
+                # dst row of column i0 + i: i0 + i, or n - 1 - i0 - i with flip
+                d0, ds = (do + (n - 1 - i0) * KB, -KB) if flip else (do + i0 * KB, KB)
+                for k0 in range(0, KB, L):
+                    # the transposes read L columns from each row (past a short row's end
+                    # into the next: those land in rows past m, not stored)
+                    if k0 + L <= rows and so + (k0 + L - 1) * ss + i0 + L <= wf.size:
+                        transpose_rows(wf, so + k0 * ss + i0, ss, dst, d0 + k0, ds, m)
+                        continue
+                    for i in range(m):
+                        for l in range(min(L, KB - k0)):
+                            v = wf[so + (k0 + l) * ss + i0 + i] if k0 + l < rows else 0
+                            dst[d0 + i * ds + k0 + l] = v
+
+
+def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
+    """The blocked weight layout of ``w`` (see ``_w_blocked``), from the cache when
+    ``wkey`` (the caller's array, ``w`` derived from it) was seen before."""
+    def build():
+        wc = np.ascontiguousarray(w)
+        wb = np.empty(G * Kb * Cg * w.shape[2] * w.shape[3] * KB, w.dtype)
+        _w_blocked(wc.reshape(wc.size), wb, G, Kg, Kb, Cg, w.shape[2], w.shape[3], flip, KB)
+        return wb
+
+    return _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind, build)
 
 
 # -- Weight re-layout cache ----------------------------------------------------------------
@@ -281,21 +307,20 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     Cg, Kg = C // G, K // G
     zero = dtype.type(0)
     pairs = getattr(_gen(), f"phase2_{_direct_gen.PAIRS}")
-    if orow == ocol == (0, 1) and _lanes_wins(dtype, sh, sw, ish, isw, Q, Cg * R * S):
+    if orow == ocol == (0, 1) and _lanes_wins(dtype, sh, sw, ish, isw, P, Q, Cg * R * S):
         # output channels in the lanes, pixels of a row broadcast from a padded copy
-        J, KB = _direct_gen.LANES_BLOCK
+        M, J, KB = _lanes_block(P, Q)
         Hp, Wq = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
         plane, tail = Hp * Wq, 0
         Kb = -(-Kg // KB)
-        wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
-                          lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
+        wb = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
 
         def convert(xs, xb):
             to_padded(xs, xb, Hp, Wq, pt, pl)
 
         def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"lanes_{J}_{KB}_{sw}"),
-                 n * G * Kb * P * -(-Q // J), xb, wb, os_, n, C, G, Hp, Wq, Kb, Kg, R, S, sh,
+            _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"),
+                 n * G * Kb * -(-P // M) * -(-Q // J), xb, wb, os_, n, C, G, Hp, Wq, Kb, Kg, R, S, sh,
                  dh, dw, P, Q, zero)
     elif _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
                   _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
@@ -314,8 +339,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                          for r in range(R) for s in range(S)], np.int64)
         plane = sh * sw * Hq * Wq
         tail = J + (S - 1) * dw // sw               # the last block reads past the planes
-        wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind,
-                          lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB))
+        wb = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
         nf = -(-P * Wq // J)
 
         def convert(xs, xb):
@@ -345,8 +369,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         plane = Hp * sw * Wq
         tail = 0
         assert orow == ocol == (0, 1)
-        wb = _weights.get(wkey, ("fwd", flip, G, Kg, Cg, 16) + kind,
-                          lambda: _make_wb(w, G, Kg, Kb, Cg, flip, dtype, 16))
+        wb = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, 16)
         # offset of tap column s in a row: phase (s*dw) % sw, then (s*dw) // sw columns in
         soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
 
@@ -409,19 +432,19 @@ def _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
 LANES_MIN_PATCH = 256
 
 
-def _lanes_wins(dtype, sh, sw, ish, isw, Q, patch):
-    """Whether the lanes kernel (output channels in the lanes, ``LANES_BLOCK``) runs the
-    forward: float32, stride 2 (no inserted zeros), rows of at least its J pixels and
-    long reductions (``LANES_MIN_PATCH``)."""
+def _lanes_wins(dtype, sh, sw, ish, isw, P, Q, patch):
+    """Whether a lanes kernel (output channels in the lanes, ``LANES_BLOCKS``) runs the
+    forward: float32, stride 1 or 2 (no inserted zeros), outputs that hold one of its
+    blocks and long reductions (``LANES_MIN_PATCH``)."""
     return (dtype == np.float32 and sh == sw and sw in _direct_gen.LANES_STRIDES
-            and ish == isw == 1 and Q >= _direct_gen.LANES_BLOCK[0] and patch >= LANES_MIN_PATCH)
+            and ish == isw == 1 and _lanes_block(P, Q) is not None
+            and patch >= LANES_MIN_PATCH)
 
 
-def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
-    R, S = w.shape[2], w.shape[3]
-    wb = np.empty(G * Kb * Cg * R * S * KB, dtype)
-    _w_blocked(w, wb, G, Kg, Kb, Cg, flip, KB)
-    return wb
+def _lanes_block(P, Q):
+    """(rows, pixels per row, output channels) of the lanes kernel for P x Q outputs: the
+    first of ``LANES_BLOCKS`` that fits, or None."""
+    return next((b for b in _direct_gen.LANES_BLOCKS if b[0] <= P and b[1] <= Q), None)
 
 
 # -- Depthwise (C/groups == 1) ------------------------------------------------------------
