@@ -92,11 +92,11 @@ def supports(algorithm, backend, p):
 # and 8, OpenBLAS's AVX-512 kernels; figures in the issue notes):
 # - 3x3 stride-1 layers with >= 16 channels: Winograd F(4x4,3x3) from 20x20 outputs
 #   per image (res2/res3/VGG/CIFAR: 1.3-3x PyTorch forward). For forward and grad-input
-#   from 100 outputs per channel over the batch: F4 too, unless its transformed filter
-#   (36*C*K*4 bytes) is over 16 MiB, which it then reads from memory, and the batch has
-#   fewer than 32 of its 4x4 tiles: then F(2x2,3x3) (VGG conv5_2 N=1: F2 1.43-1.50x
-#   against F4 1.20-1.45x; F4 at res4 and C=192 N=1, 1.64-1.95x against F2's
-#   1.27-1.73x; res5 at N=8, 32 tiles: 1.33-1.55x against 1.06-1.28x). The weight
+#   from 100 outputs per channel over the batch: F4 too (F4 at res4 and C=192 N=1,
+#   1.64-1.95x against F2's 1.27-1.73x; with a transformed filter of 16 MiB or more and
+#   few tiles, F4 transforms the filter on the fly: VGG conv5_2 N=1, 1 / 2 threads,
+#   1.58 / 1.35x forward and 1.86 / 1.53x grad-input, against F2's 1.45 / 1.36x and
+#   1.52 / 1.41x; res5 N=8 1.46-1.54 / 1.27-1.28x and 1.66-1.70 / 1.44x). The weight
 #   gradient takes F2 from 100 outputs when F4 does not reach 20x20 (14x14 at N=8: F2
 #   1.2-1.5x against F4's 0.7-1.4x). Below 100 outputs: direct's lanes kernel where its
 #   blocks fit (rows of 7, 2 rows), forward and grad-input (res5 at N=1, 1 / 2 threads:
@@ -116,8 +116,6 @@ def supports(algorithm, backend, p):
 #   Everything else, and grad-input of those: im2col.
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
-F4_MAX_STREAMED_FILTER = 16 * 2**20  # F4 filter bytes above which F2 wins on few tiles
-F4_MIN_TILES = 32               # F4 tiles over the batch from which F4 wins regardless
 F2_MIN_OUTPUTS = 100            # N*P*Q from which F(2x2,3x3) beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
 DIRECT_WEIGHT_MIN_OUTPUTS = 784  # N*P*Q from which direct's stride-2 grad-weight wins
@@ -139,12 +137,7 @@ def _auto(op, p):
         if outputs < F2_MIN_OUTPUTS:
             lanes = nb_direct._lanes_block(p.P, p.Q) is not None
             return "direct" if op != "conv2d_weight" and lanes else "im2col"
-        f4_filter = 36 * p.C * p.K * 4
-        f4_tiles = p.N * -(-p.P // 4) * -(-p.Q // 4)
-        if op != "conv2d_weight" and (f4_filter <= F4_MAX_STREAMED_FILTER
-                                      or f4_tiles >= F4_MIN_TILES):
-            return "winograd_f4"
-        return "winograd_f2"
+        return "winograd_f2" if op == "conv2d_weight" else "winograd_f4"
     if p.K // p.groups < 16:                          # direct: 16 output channels in registers
         return "im2col"
     patch = (p.C // p.groups) * p.R * p.S

@@ -235,14 +235,14 @@ def test_auto_conv_uses_a_registered_kernel_for_every_case():
     ((1, 256, 14, 14), dict(K=256, R=3, padding=1), "conv2d", "winograd_f4"),   # 9 MiB
     ((1, 256, 14, 14), dict(K=256, R=3, padding=1), "conv2d_input", "winograd_f4"),
     ((1, 256, 14, 14), dict(K=256, R=3, padding=1), "conv2d_weight", "winograd_f2"),
-    ((1, 512, 14, 14), dict(K=512, R=3, padding=1), "conv2d", "winograd_f2"),   # 36 MiB, 16 tiles
+    ((1, 512, 14, 14), dict(K=512, R=3, padding=1), "conv2d", "winograd_f4"),   # 36 MiB, 16 tiles
     ((1, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d_input", "direct"),    # lanes 2 x 7
     ((1, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d", "direct"),
     ((1, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d_weight", "im2col"),
     ((1, 64, 6, 6), dict(K=64, R=3, padding=1), "conv2d", "im2col"),           # rows under 7
     ((8, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d", "winograd_f4"),     # 32 tiles
     ((8, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d_input", "winograd_f4"),
-    ((4, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d", "winograd_f2"),
+    ((4, 512, 7, 7), dict(K=512, R=3, padding=1), "conv2d", "winograd_f4"),
     ((1, 3, 224, 224), dict(K=64, R=7, stride=2, padding=3), "conv2d", "direct"),
     ((8, 128, 56, 56), dict(K=128, R=3, stride=2, padding=1), "conv2d", "direct"),
     ((8, 128, 56, 56), dict(K=128, R=3, stride=2, padding=1), "conv2d_weight", "direct"),

@@ -94,6 +94,29 @@ def test_edge_tiles_and_padding(algorithm, dtype, path, monkeypatch):
             assert_close(got, want, tol, f"{algorithm} {what} {np.dtype(dtype)} {case}")
 
 
+def test_filter_transformed_on_the_fly(monkeypatch):
+    """F(4x4,3x3) float32 with the filter transformed per call in the work items
+    (``_streamed_items``: 64 output channels, chunks of 32 input channels), forced on the
+    edge cases (channel tails in both, partial tiles, padding) and on 64-130 channels
+    (several panels and chunks): forward and grad-input against the reference."""
+    monkeypatch.setattr(wg, "STREAM_MIN_FILTER_BYTES", 0)
+    monkeypatch.setattr(wg, "STREAM_MAX_TILES", 2**40)
+    assert wg._streams(4, np.float32, 0, 1) and not wg._streams(2, np.float32, 0, 1)
+    tol = EDGE_TOL[np.float32]["winograd_f4"]
+    for seed, case in enumerate(_edge_cases() + [(2, 130, 9, 9, 70, 1, 1, 1, 1),
+                                                   (1, 64, 6, 11, 129, 0, 2, 1, 0)]):
+        p = _params(*case)
+        x, w, dy = arrays(seed, np.float32, p.input_shape, p.weight_shape, p.output_shape)
+        for kernel, ref, args, shape, what in [
+                (wg.conv2d_f4, reference.conv2d, (x, w), p.output_shape, "conv2d"),
+                (wg.conv2d_input_f4, reference.conv2d_input, (dy, w), p.input_shape,
+                 "conv2d_input")]:
+            got, want = np.empty(shape, np.float32), np.empty(shape)
+            kernel(*args, p, got)
+            ref(*args, p, want)
+            assert_close(got, want, tol, f"streamed {what} {case}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_public_api(algorithm, dtype):

@@ -590,6 +590,33 @@ def _gemm_source(J, TB):
     return "\n".join(L) + "\n"
 
 
+def _gemm_acc_source(J, TB):
+    """``M += V @ U`` on one block of J columns (float32; Winograd's alpha^2 products with
+    the filter transformed on the fly): V (T, CB) rows at ``vf[vo + t*vs:]``, U (CB, J)
+    contiguous at ``uf[uo:]``, M (T, J) rows at ``mf[mo + t*ms:]``; T a multiple of TB.
+    The register block of ``gemm``: per block of TB rows the accumulators are loaded from
+    M, run over the CB channels and stored back."""
+    L = []
+    a = L.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def gemm_acc_{J}_{TB}(vf, vo, vs, uf, uo, mf, mo, ms, T, CB):")
+    for j in range(J):
+        a(f"    ux{j} = np.uint64({j})")
+    a(f"    uKp = np.uint64({J})")
+    a("    u1 = np.uint64(1)")
+    a(f"    for tb in range(T // {TB}):")
+    for t in range(TB):
+        a(f"        m{t} = np.uint64(mo + (tb * {TB} + {t}) * ms)")
+        a("        " + "; ".join(f"a{j}_{t} = mf[m{t} + ux{j}]" for j in range(J)))
+        a(f"        v{t} = np.uint64(vo + (tb * {TB} + {t}) * vs)")
+    a("        u = np.uint64(uo)")
+    a("        for c in range(CB):")
+    _gemm_step_source(a, " " * 12, J, TB, "vf", "u1")
+    for t in range(TB):
+        a("        " + "; ".join(f"mf[m{t} + ux{j}] = a{j}_{t}" for j in range(J)))
+    return "\n".join(L) + "\n"
+
+
 def _patch_gemm_source(J, TB):
     """``A += V @ U`` for im2col's weight gradient, with the rows of V (patch rows of
     ``nb`` output rows of Q pixels) read in place from the zero-padded input: patch row
@@ -633,6 +660,7 @@ def source():
     parts.append(_dw_source(*DW_BLOCK))
     parts.append(_dww_source(*DW_BLOCK))
     parts.append(_gemm_source(*GEMM_BLOCK))
+    parts.append(_gemm_acc_source(*GEMM_BLOCK))
     parts += [_patch_gemm_source(J, TB) for J, TB in PATCH_GEMM_BLOCKS]
     return "\n\n".join(parts)
 

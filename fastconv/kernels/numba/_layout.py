@@ -1,8 +1,10 @@
-"""Zero-padded planes, the layout that direct's flat and lanes kernels and im2col's
-blocked weight gradient read their input from."""
+"""Layouts shared by the kernels: zero-padded planes (the input of direct's flat and
+lanes kernels and of im2col's blocked weight gradient) and blocked weights (output
+channels last: direct's forward kernels, Winograd's filter transformed on the fly)."""
 from numba import prange
 
 from ..._config import jit
+from ._transpose import transpose_rows
 
 
 @jit(parallel=True)
@@ -27,3 +29,46 @@ def to_padded(src, dst, Hp, Wq, pt, pl):
             dst[d:d + lo + pl] = 0
             dst[d + lo + pl:d + hi + pl] = src[n, c, hp - pt, lo:hi]
             dst[d + hi + pl:d + Wq] = 0
+
+
+@jit(parallel=True)
+def w_blocked(wf, dst, G, Kg, Kb, Cg, R, S, flip, KB):
+    """dst[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past the group's Kg); with
+    ``flip`` the weight of the input gradient, w[g*Cg + c, kb*KB + k, R-1-r, S-1-s]
+    (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts); ``wf`` and
+    ``dst`` flat. A block (g, kb) per work item (``w_block``); res5 3x3 to 32 channels:
+    0.29 ms against 1.07 element by element."""
+    for it in prange(G * Kb):
+        w_block(wf, dst, it * Cg * R * S * KB, it // Kb, it % Kb, 0, Cg, Kg, Cg, R * S, flip, KB)
+
+
+@jit(inline="always")
+def w_block(wf, dst, do, g, kb, c0, cb, Kg, Cg, RS, flip, KB):
+    """dst[do + ((c - c0)*RS + rs)*KB + k] = w[g*Kg + kb*KB + k, c, rs] for the cb input
+    channels c from c0 and k < KB (0 past Kg; rs = r*S + s); with ``flip``
+    w[g*Cg + c, kb*KB + k, RS-1-rs] (see ``w_blocked``). The rows k of w over the cb*RS
+    columns (c, rs) (each c's RS columns, reversed, with ``flip``) are transposed into
+    cb*RS rows of KB: by L x L block transposes (``lanes``) where L rows lie inside Kg,
+    else element by element."""
+    L = 64 // wf.itemsize
+    rows = min(KB, Kg - kb * KB)
+    n = RS if flip else cb * RS                         # columns per transpose
+    for ci in range(cb if flip else 1):
+        c = c0 + ci
+        so = ((g * Cg + c) * Kg + kb * KB) * RS if flip else ((g * Kg + kb * KB) * Cg + c0) * RS
+        ss = RS if flip else Cg * RS                    # w's elements from k to k + 1
+        dc = do + ci * n * KB
+        for i0 in range(0, n, L):
+            m = min(L, n - i0)                          # columns i0.. of w, rows of dst
+            # dst row of column i0 + i: i0 + i, or n - 1 - i0 - i with flip
+            d0, ds = (dc + (n - 1 - i0) * KB, -KB) if flip else (dc + i0 * KB, KB)
+            for k0 in range(0, KB, L):
+                # the transposes read L columns from each row (past a short row's end
+                # into the next: those land in rows past m, not stored)
+                if k0 + L <= rows and so + (k0 + L - 1) * ss + i0 + L <= wf.size:
+                    transpose_rows(wf, so + k0 * ss + i0, ss, dst, d0 + k0, ds, m)
+                    continue
+                for i in range(m):
+                    for l in range(min(L, KB - k0)):
+                        v = wf[so + (k0 + l) * ss + i0 + i] if k0 + l < rows else 0
+                        dst[d0 + i * ds + k0 + l] = v

@@ -82,10 +82,10 @@ from numba import prange
 from ..._config import jit, workspace
 from ..weight_cache import WeightCache
 from . import _direct_gen
-from ._layout import to_padded
+from ._layout import to_padded, w_blocked as _w_blocked
 from ._ranges import valid_range
 from ._threads import run as _run
-from ._transpose import lanes, transpose_block, transpose_rows
+from ._transpose import lanes, transpose_block
 
 _FASTMATH = {"contract", "reassoc"}
 
@@ -236,42 +236,6 @@ def _weight_layouts(src, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, dy, dyb, Kg, Kb):
             _blocked_row(src, sf, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, it)
         else:
             _dy_row(dy, df, dyb, G, Kg, Kb, it - nx)
-
-
-@jit(parallel=True)
-def _w_blocked(wf, dst, G, Kg, Kb, Cg, R, S, flip, KB):
-    """dst[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past the group's Kg); with
-    ``flip`` the weight of the input gradient, w[g*Cg + c, kb*KB + k, R-1-r, S-1-s]
-    (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts); ``wf`` and
-    ``dst`` flat. Each (g, kb) (each (g, kb, c) with ``flip``) is the transpose of a KB x n
-    block of w, rows k and n = Cg*R*S (R*S) columns (reversed with ``flip``), into n rows
-    of KB: by L x L block transposes (``lanes``) where L rows lie inside Kg, else element
-    by element (res5 3x3 to 32 channels: 0.29 ms against 1.07 element by element)."""
-    L = 64 // wf.itemsize
-    RS = R * S
-    n = RS if flip else Cg * RS
-    for it in prange(G * Kb):
-        kb = it % Kb
-        g = it // Kb
-        rows = min(KB, Kg - kb * KB)
-        for c in range(Cg if flip else 1):
-            so = ((g * Cg + c) * Kg + kb * KB) * RS if flip else (g * Kg + kb * KB) * n
-            ss = RS if flip else n                      # w's elements from k to k + 1
-            do = (it * (Cg if flip else 1) + c) * n * KB
-            for i0 in range(0, n, L):
-                m = min(L, n - i0)                      # columns i0.. of w, rows of dst
-                # dst row of column i0 + i: i0 + i, or n - 1 - i0 - i with flip
-                d0, ds = (do + (n - 1 - i0) * KB, -KB) if flip else (do + i0 * KB, KB)
-                for k0 in range(0, KB, L):
-                    # the transposes read L columns from each row (past a short row's end
-                    # into the next: those land in rows past m, not stored)
-                    if k0 + L <= rows and so + (k0 + L - 1) * ss + i0 + L <= wf.size:
-                        transpose_rows(wf, so + k0 * ss + i0, ss, dst, d0 + k0, ds, m)
-                        continue
-                    for i in range(m):
-                        for l in range(min(L, KB - k0)):
-                            v = wf[so + (k0 + l) * ss + i0 + i] if k0 + l < rows else 0
-                            dst[d0 + i * ds + k0 + l] = v
 
 
 def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):

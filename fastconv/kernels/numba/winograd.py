@@ -40,6 +40,15 @@ and a filter whose slices stay in cache, or are read for few blocks of tiles, th
 run fused again, each thread on its own slice of the output channels
 (``SPLIT_MAX_SLICE_BYTES``).
 
+F(4x4,3x3) in float32 with a transformed filter of ``STREAM_MIN_FILTER_BYTES`` or more
+and few tiles (ResNet's res5, VGG's conv5_2 at N=1) transforms the filter on the fly:
+cached, it would be read from memory on every call (16-38 MB with the weight and its
+copy do not stay in a 32 MB L3) for GEMMs of a few dozen rows. Each work item takes 64
+output channels and, 32 input channels at a time, block-transposes the weight chunk,
+transforms it into a U chunk in its own cache (float32 arithmetic) and adds V @ U into
+M (a generated GEMM, ``gemm_acc``): the weight is read once per call, nothing else of
+the filter's, and no weight cache is needed.
+
 The gradient with respect to the input of a stride-1 3x3 convolution is the same
 computation on ``dy`` with the filter rotated 180 degrees, C and K swapped, and
 ``off_h = pad_top - 2`` (padding ``2 - pad_top``; a negative padding just crops).
@@ -71,6 +80,7 @@ from ..._config import get_num_threads, get_workspace_limit, jit, single_threade
 from ..weight_cache import WeightCache
 from . import _direct_gen
 from ._threads import run as _run
+from ._layout import w_block
 from ._transpose import transpose_block
 
 # -- Transform matrices (reference and documentation; the kernels inline them) -------
@@ -111,6 +121,8 @@ _2 = np.float32(2.0)
 _4 = np.float32(4.0)
 _5 = np.float32(5.0)
 _8 = np.float32(8.0)
+_Q, _M6 = np.float32(0.25), np.float32(-1 / 6)    # G4's (rounded: the float32 transform)
+_6, _12, _24 = np.float32(1 / 6), np.float32(1 / 12), np.float32(1 / 24)
 
 # fast-math without 'nnan'/'ninf': a NaN or Inf in the input must stay non-finite in
 # the output (it spreads to the whole output tile, a superset of direct convolution's)
@@ -632,6 +644,98 @@ def _output_tiles(M, nt, y, m, t0, th, tw):
         _store_rows(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1))
 
 
+#: output channels per work item, and input channels per chunk, of the F(4x4,3x3) path
+#: that transforms the filter on the fly (``_streamed_items``)
+STREAM_PANEL = _direct_gen.GEMM_BLOCK[0]
+STREAM_CHANNELS = 32
+
+
+@jit(inline="always")
+def _g4f(g0, g1, g2):
+    """``_g4`` in float32 (the transform on the fly: a rounding of U's elements, against
+    F(4x4,3x3)'s own error about 100 times larger)."""
+    s = (g0 + g2) * _M6
+    t = g0 * _24 + g2 * _6
+    return g0 * _Q, s - g1 * _6, s + g1 * _6, t + g1 * _12, t - g1 * _12, g2
+
+
+@jit(fastmath=_FASTMATH)
+def _filter_chunk4(Wt, Ut, cb, tmp):
+    """Ut[xi, c*J + k] = (G4 g G4^T)[xi] for the cb channels c of a chunk, g[k, c] the 3x3
+    filter at Wt[c, r*3 + s, k] (k < J = 64: the vector lanes); G4 along s into tmp (3, 6,
+    J), then along r (xi = a*6 + e). 16 float32 lanes: 4.5 us a chunk of 32 channels
+    (one loop over both passes and unsigned offsets: 19 us, not vectorised)."""
+    J = Wt.shape[2]
+    for c in range(cb):
+        for r in range(3):
+            for k in range(J):
+                a0, a1, a2, a3, a4, a5 = _g4f(Wt[c, 3 * r, k], Wt[c, 3 * r + 1, k],
+                                              Wt[c, 3 * r + 2, k])
+                tmp[r, 0, k] = a0
+                tmp[r, 1, k] = a1
+                tmp[r, 2, k] = a2
+                tmp[r, 3, k] = a3
+                tmp[r, 4, k] = a4
+                tmp[r, 5, k] = a5
+        for e in range(6):
+            for k in range(J):
+                a0, a1, a2, a3, a4, a5 = _g4f(tmp[0, e, k], tmp[1, e, k], tmp[2, e, k])
+                o = c * J + k
+                Ut[e, o] = a0
+                Ut[6 + e, o] = a1
+                Ut[12 + e, o] = a2
+                Ut[18 + e, o] = a3
+                Ut[24 + e, o] = a4
+                Ut[30 + e, o] = a5
+
+
+@jit(fastmath=_FASTMATH)
+def _streamed_items(Vc, wf, M, K, flip, gemm, it0, it1):
+    """Work items it: the output channels [64*it, 64*it + 64) of M (36, T, Kp) =
+    V (36, T, C) @ U (36, C, 64) for F(4x4,3x3), V given by chunks of channels (Vc, see
+    ``_by_chunks``), with U = G g G^T transformed here from
+    the weight, ``STREAM_CHANNELS`` input channels at a time, in the thread's cache (g =
+    w, or with ``flip`` w rotated 180 degrees with C and K swapped; ``wf`` w flat, K the
+    output channels): the weight is read once per call and no transformed filter is
+    kept, so nothing is streamed from memory but the weight. ``gemm``: the generated
+    ``gemm_acc``."""
+    X, T, C = Vc.shape[1], Vc.shape[2], wf.size // (9 * K)
+    Kp = M.shape[2]
+    J, CB = STREAM_PANEL, STREAM_CHANNELS
+    Wt = np.empty(CB * 9 * J, Vc.dtype)               # [c, rs, k]: the chunk, k last
+    # Ut[xi, c, k] at xi*pitch + c*J + k: with a pitch of 8 KB (32 x 64 float32) all 36
+    # stores of a (c, k) fell in one L1 set (4K aliasing), 25x slower; one line more
+    pitch = CB * J + 64 // Vc.itemsize
+    Ut = np.empty(X * pitch, Vc.dtype)
+    Wt3, Ut2 = Wt.reshape((CB, 9, J)), Ut.reshape((X, pitch))
+    tmp = np.empty((3, 6, J), Vc.dtype)
+    vf, mf = Vc.reshape(Vc.size), M.reshape(M.size)
+    for it in range(it0, it1):
+        k0 = it * J
+        for xi in range(X):
+            M[xi, :, k0:k0 + J] = 0
+        for c0 in range(0, C, CB):
+            cb = min(CB, C - c0)
+            w_block(wf, Wt, 0, 0, it, c0, cb, K, C, 9, flip, J)
+            _filter_chunk4(Wt3, Ut2, cb, tmp)
+            for xi in range(X):
+                gemm(vf, ((c0 // CB) * X + xi) * T * CB, CB, Ut, xi * pitch, mf,
+                     xi * T * Kp + k0, Kp, T, cb)
+
+
+@jit(parallel=True)
+def _by_chunks(V, Vc, CB):
+    """Vc[ch, xi, t, j] = V[xi, t, ch*CB + j] (j < CB, within C): the channels of V in
+    chunks of CB, so that a GEMM over one chunk reads contiguous rows (with the rows C
+    apart instead: 1.3x slower on 2 threads)."""
+    X, T, C = V.shape
+    for it in prange(Vc.shape[0] * X):
+        ch, xi = it // X, it % X
+        n = min(CB, C - ch * CB)
+        for t in range(T):
+            Vc[ch, xi, t, :n] = V[xi, t, ch * CB:ch * CB + n]
+
+
 # -- drivers --------------------------------------------------------------------------
 
 _FILTERS = {2: (_filter_f2, _filter_t2), 4: (_filter_f4, _filter_t4)}
@@ -698,6 +802,19 @@ SPLIT_MAX_SLICE_BYTES = 3 * 2**19
 SPLIT_MAX_STREAM_BYTES = 6 * 2**20
 
 
+#: F(4x4,3x3) transforms the filter on the fly (``_streamed_items``) when its transformed
+#: filter has at least this many bytes, which a cached one would read from memory on
+#: every call, and there are at most ``STREAM_MAX_TILES`` tiles to reuse it on
+STREAM_MIN_FILTER_BYTES = 16 * 2**20
+STREAM_MAX_TILES = 64
+
+
+def _streams(m, dtype, filter_bytes, tiles):
+    """Whether ``_winograd`` transforms the filter on the fly (float32 F(4x4,3x3))."""
+    return (m == 4 and dtype == np.float32 and filter_bytes >= STREAM_MIN_FILTER_BYTES
+            and tiles <= STREAM_MAX_TILES)
+
+
 def _split_rows(nthreads, N, th, tw):
     """Tile rows R per block of the fused path (about 64 tiles, within one image; at
     least one block per thread unless the output channels are split)."""
@@ -720,6 +837,22 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
     slice_bytes, blocks = filter_bytes / nthreads, N * -(-th // _split_rows(1, N, th, tw))
     split = not fused and nthreads > 1 and (slice_bytes <= SPLIT_MAX_SLICE_BYTES or
                                             blocks * slice_bytes <= SPLIT_MAX_STREAM_BYTES)
+    J, TB = _direct_gen.GEMM_BLOCK
+    if _streams(m, x.dtype, filter_bytes, N * th * tw):
+        nt = N * th * tw
+        rows = -(-nt // TB) * TB                    # the GEMMs' rows: whole blocks
+        Xp = _buffer("X", (N, Hp, Wp, C), x.dtype)
+        V = _buffer("V", (alpha2, rows, C), x.dtype)
+        M = _buffer("M", (alpha2, rows, -(-K // J) * J), x.dtype)
+        _to_channels_last(x, Xp, off_h, off_w)
+        V[:, nt:] = 0
+        _transform_tiles(Xp, V, nt, m, 0, th, tw, False)
+        Vc = _buffer("Vc", (-(-C // STREAM_CHANNELS), alpha2, rows, STREAM_CHANNELS), x.dtype)
+        _by_chunks(V, Vc, STREAM_CHANNELS)
+        _run(_streamed_items, M.shape[2] // J, Vc, np.ascontiguousarray(w).reshape(-1), M, K,
+             kind == "rot", getattr(_direct_gen.load(), "gemm_acc_%d_%d" % (J, TB)))
+        _output_tiles(M, nt, y, m, 0, th, tw)
+        return
     if fused or split:
         Uk = _filter(m, w, kind, nthreads if split else 1)
         # a block's V and M stay near the thread's L2
@@ -734,7 +867,6 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         return
     # our GEMM kernel (float32, K padded to its 64 columns), else BLAS (K = 160, padded
     # to 192: 0.84-0.96x against BLAS)
-    J, TB = _direct_gen.GEMM_BLOCK
     own = x.dtype == np.float32 and -(-K // J) * J <= K * GEMM_MAX_PADDING
     if not own:
         J, TB = 1, 1                             # BLAS: no padding
