@@ -45,6 +45,7 @@ _HEADER = '''\
 import numpy as np
 from fastconv._config import jit
 from fastconv.kernels.numba._ranges import valid_range
+from fastconv.kernels.numba._transpose import transpose_block, transpose_block_n
 '''
 
 
@@ -187,8 +188,10 @@ def _lanes_source(J, KB, SW):
     """Forward kernel with the output channels in the vector lanes (KB/16 vectors) and J
     output pixels of one row broadcast from a zero-padded NCHW copy of the input, for
     column stride SW (a constant, so each pixel's input is at a fixed offset: no
-    stride phases needed). The accumulators go through a (J, KB) buffer, whose stores
-    over consecutive channels make SLP pack them by channel, then to ``out``."""
+    stride phases needed). Work item: one output row of KB channels, in blocks of J
+    pixels (the last overlapping the one before). The accumulators go to a (Q, KB) row
+    buffer (stores over consecutive channels make SLP pack them by channel), which goes
+    to ``out`` by 16 x 16 block transposes: vector stores along the rows of NCHW."""
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
@@ -196,44 +199,59 @@ def _lanes_source(J, KB, SW):
       " zero, it0, it1):")
     a(f"    nq = (Q + {J - 1}) // {J}")
     a("    Cg = C // G")
+    a("    K = out.shape[1]")
+    a("    of = out.reshape(out.size)")
     a(f"    uKB = np.uint64({KB})")
     for k in range(KB):
         a(f"    uk{k} = np.uint64({k})")
     for j in range(J):
         a(f"    uj{j} = np.uint64({SW * j})")
-    a(f"    buf = np.empty(({J}, {KB}), xf.dtype)")
-    a("    for it in range(it0, it1):          # of N * G * Kb * P * nq")
-    a("        qb = it % nq")
-    a("        t = it // nq")
-    a("        p_ = t % P")
-    a("        t = t // P")
+    a(f"    rb = np.empty((Q + 15) // 16 * 16 * {KB}, xf.dtype)   # rows past Q: never stored")
+    a("    for it in range(it0, it1):          # of N * G * Kb * P")
+    a("        p_ = it % P")
+    a("        t = it // P")
     a("        kb = t % Kb")
     a("        t = t // Kb")
     a("        g = t % G")
     a("        n = t // G")
+    a("        for qb in range(nq):")
     # the last block of a row overlaps the one before (Q >= J)
-    a(f"        q0 = max(0, min(qb * {J}, Q - {J}))")
-    _zero_source(a, " " * 8, J, KB)
+    a(f"            q0 = max(0, min(qb * {J}, Q - {J}))")
+    _zero_source(a, " " * 12, J, KB)
     # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
-    a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
-    a("        for c in range(Cg):")
-    a("            for r in range(R):")
-    a(f"                xrow = ((n * C + g * Cg + c) * Hp + p_ * sh + r * dh) * Wp + q0 * {SW}")
-    a("                for s in range(S):")
-    a("                    xo = np.uint64(xrow + s * dw)")
+    a(f"            wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
+    a("            for c in range(Cg):")
+    a("                for r in range(R):")
+    a(f"                    xrow = ((n * C + g * Cg + c) * Hp + p_ * sh + r * dh) * Wp + q0 * {SW}")
+    a("                    for s in range(S):")
+    a("                        xo = np.uint64(xrow + s * dw)")
     for k in range(KB):
-        a(f"                    w{k} = wf[wo + uk{k}]")
+        a(f"                        w{k} = wf[wo + uk{k}]")
     for j in range(J):
-        a(f"                    x = xf[xo + uj{j}]")
-        a("                    " + "; ".join(f"a{j}_{k} += x * w{k}" for k in range(KB)))
-    a("                    wo += uKB")
+        a(f"                        x = xf[xo + uj{j}]")
+        a("                        " + "; ".join(f"a{j}_{k} += x * w{k}" for k in range(KB)))
+    a("                        wo += uKB")
+    # row buffer rb[q, k]
+    a(f"            ro = np.uint64(q0 * {KB})")
     for j in range(J):
-        a("        " + "; ".join(f"buf[{j}, {k}] = a{j}_{k}" for k in range(KB)))
+        a("            " + "; ".join(f"rb[ro + np.uint64({j * KB + k})] = a{j}_{k}"
+                                  for k in range(KB)))
+    # rb[q, ks:ks + 16] -> out[n, k0 + ks:k0 + ks + 16, p, q] for 16 columns q at a time
+    # (the last block masked); element by element for a channel tail
     a(f"        k0 = g * Kg + kb * {KB}")
-    a(f"        for k in range(min({KB}, Kg - kb * {KB})):")
-    a(f"            o = out[n, k0 + k, p_]")
-    a(f"            for j in range(min({J}, Q - q0)):")
-    a("                o[q0 + j] = buf[j, k]")
+    a(f"        nk = min({KB}, Kg - kb * {KB})")
+    a("        for ks in range(0, nk, 16):")
+    a("            ob = ((n * K + k0 + ks) * P + p_) * Q")
+    a("            if ks + 16 <= nk:")
+    a("                for q in range(0, Q - 15, 16):")
+    a(f"                    transpose_block(rb, q * {KB} + ks, {KB}, of, ob + q, P * Q)")
+    a("                if Q % 16:                     # the last columns: masked stores")
+    a("                    q = Q - Q % 16")
+    a(f"                    transpose_block_n(rb, q * {KB} + ks, {KB}, of, ob + q, P * Q, Q - q)")
+    a("            else:")
+    a("                for k in range(min(16, nk - ks)):")
+    a("                    for q in range(Q):")
+    a(f"                        of[ob + k * P * Q + q] = rb[q * {KB} + ks + k]")
     return "\n".join(L) + "\n"
 
 

@@ -29,11 +29,14 @@ never returned::
 Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
 
 * ``lanes_14_32_1`` / ``lanes_14_32_2`` (float32, stride 1 and 2, rows of at least 14
-  pixels, at least 256 inputs per output): 14 pixels of one output row, each a
-  broadcast from the padded input (column stride a constant of the kernel) x 32 output
-  channels (two vectors of weights): two vector loads and 14 broadcasts per 28 FMAs, no
-  lanes wasted on padding columns or phase planes. res3 3x3: 250 GFLOP/s on one core
-  (93% of the FMA peak) against the flat kernel's 215.
+  pixels): 14 pixels of one output row, each a broadcast from the padded input (column
+  stride a constant of the kernel) x 32 output channels (two vectors of weights): two
+  vector loads and 14 broadcasts per 28 FMAs, no lanes wasted on padding columns or
+  phase planes. A work item is a whole output row, gathered in a (Q, 32) buffer and
+  written to NCHW by 16 x 16 register transposes, the last Q % 16 columns by masked
+  stores (element-wise stores had cost conv1, 147 inputs per output, 15-30% against
+  the row kernel). res3 3x3: 250 GFLOP/s on one
+  core (93% of the FMA peak) against the flat kernel's 215; conv1 225 against 195.
 * ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
   kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
   p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
@@ -281,7 +284,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     Cg, Kg = C // G, K // G
     zero = dtype.type(0)
     pairs = getattr(_gen(), f"phase2_{_direct_gen.PAIRS}")
-    if orow == ocol == (0, 1) and _lanes_wins(dtype, sh, sw, ish, isw, Q, Cg * R * S):
+    if orow == ocol == (0, 1) and _lanes_wins(dtype, sh, sw, ish, isw, Q):
         # output channels in the lanes, pixels of a row broadcast from a padded copy
         J, KB = _direct_gen.LANES_BLOCK
         Hp, Wq = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
@@ -294,9 +297,8 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
             to_padded(xs, xb, Hp, Wq, pt, pl)
 
         def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"lanes_{J}_{KB}_{sw}"),
-                 n * G * Kb * P * -(-Q // J), xb, wb, os_, n, C, G, Hp, Wq, Kb, Kg, R, S, sh,
-                 dh, dw, P, Q, zero)
+            _run(getattr(_gen(), f"lanes_{J}_{KB}_{sw}"), n * G * Kb * P, xb, wb, os_, n, C, G,
+                 Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero)
     elif _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
                   _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
@@ -402,19 +404,15 @@ def _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
     return flat > rows
 
 
-#: the forward runs the lanes kernel from this many inputs per output (C/groups*R*S).
-#: Against the flat kernel, in one process, 1 and 2 threads: res3 3x3/2 (1152) 1.09-1.15x,
-#: res2, res3, res4, VGG conv3_2 and C96->160 3x3 (576-2304) 1.09-1.19x; conv1 (147, 7x7
-#: RGB) 0.79-0.86x against its row kernel: short reductions pay the element-wise stores
-LANES_MIN_PATCH = 256
-
-
-def _lanes_wins(dtype, sh, sw, ish, isw, Q, patch):
+def _lanes_wins(dtype, sh, sw, ish, isw, Q):
     """Whether the lanes kernel (output channels in the lanes, ``LANES_BLOCK``) runs the
-    forward: float32, stride 2 (no inserted zeros), rows of at least its J pixels and
-    long reductions (``LANES_MIN_PATCH``)."""
+    forward: float32, stride 1 or 2 (no inserted zeros) and rows of at least its J pixels.
+    In one process, 1 and 2 threads: res2..res4 3x3 and res3 3x3/2 1.09-1.19x the flat
+    kernel (with the element-wise stores of its first version, which lost on short
+    reductions); with the row transposes, conv1 (7x7/2 RGB) 1.15-1.42x the row kernel
+    and res2 1x1 (C=64) 1.7-2.3x the flat kernel."""
     return (dtype == np.float32 and sh == sw and sw in _direct_gen.LANES_STRIDES
-            and ish == isw == 1 and Q >= _direct_gen.LANES_BLOCK[0] and patch >= LANES_MIN_PATCH)
+            and ish == isw == 1 and Q >= _direct_gen.LANES_BLOCK[0])
 
 
 def _make_wb(w, G, Kg, Kb, Cg, flip, dtype, KB):
