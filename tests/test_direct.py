@@ -168,6 +168,28 @@ def test_transpose_block(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block_n(dtype):
+    """The masked transpose (the lanes kernel's last columns of a row): only the first n
+    elements of each destination row written."""
+    import numba
+    from fastconv.kernels.numba._transpose import lanes, transpose_block_n
+
+    @numba.njit
+    def run(src, so, ss, dst, do, ds, n):
+        transpose_block_n(src, so, ss, dst, do, ds, n)
+
+    L = lanes(np.dtype(dtype))
+    src = np.arange(L * 40, dtype=dtype)
+    for n in (1, L - 2, L):
+        dst = np.full(L * (L + 9) + 7, -1, dtype)
+        run(src, 3, 40, dst, 7, L + 9, n)
+        want = np.full_like(dst, -1)
+        for j in range(L):
+            want[7 + j * (L + 9):7 + j * (L + 9) + n] = src[3 + j:3 + j + n * 40:40]
+        assert np.array_equal(dst, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weight_gradient_layout_transposes(dtype):
     """Rows of at least one vector of columns and full 16-channel blocks take the block
     transposes in the weight gradient's conversions (the last block of a row
@@ -179,21 +201,28 @@ def test_weight_gradient_layout_transposes(dtype):
 
 def test_lanes_kernel():
     """The lanes kernels (output channels in the vector lanes, pixels broadcast; float32,
-    stride 1 and 2, from 256 inputs per output): 1 x 14 pixels on rows of 14 or more,
-    2 x 7 on shorter rows (last blocks of a row and of the rows overlapping). A channel
-    tail (K = 40: 32 + 8), rows of 7-16 columns, 2-7 rows, groups, dilation, asymmetric
-    padding."""
+    stride 1 and 2): 1 x 14 pixels on rows of 14 or more, 2 x 7 on shorter rows from 256
+    inputs per output (last blocks of a row and of the rows overlapping); rows written by
+    16 x 16 transposes, the last columns of a row masked, element by element for a
+    channel tail. A channel tail (K = 40: 32 + 8), rows of 7-20 columns, 2-7 rows,
+    groups, dilation, asymmetric padding, and conv1's shape (3 input channels, 7x7,
+    stride 2)."""
     f32 = np.dtype(np.float32)
     assert direct._lanes_wins(f32, 2, 2, 1, 1, 28, 28, 1152)       # res3 3x3/2
     assert direct._lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)       # res4 3x3
     assert direct._lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)         # res5 3x3
+    assert direct._lanes_wins(f32, 2, 2, 1, 1, 112, 112, 147)      # conv1
     assert direct._lanes_block(7, 7) == (2, 7, 32)
     assert direct._lanes_block(7, 14) == (1, 14, 32)
-    assert not direct._lanes_wins(f32, 2, 2, 1, 1, 112, 112, 147)  # conv1: short reductions
+    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 7, 147)      # 2 x 7, short reductions
+    assert not direct._lanes_wins(f32, 3, 3, 1, 1, 28, 28, 1152)   # stride 3
     assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 6, 4608)     # rows under 7
     assert not direct._lanes_wins(f32, 1, 1, 1, 1, 1, 9, 4608)     # a single row of 9
     assert not direct._lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 28, 1152)
+    _check(np.float32, 2, 3, 40, 38, 40, 7, 7, stride=2, padding=3)       # Q = 19
+    _check(np.float32, 1, 3, 35, 35, 64, 7, 7, stride=2, padding=(3, 2))  # Q = 17
     _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1)                 # Q = 16
+    _check(np.float32, 1, 16, 6, 14, 32, 3, 3, padding=1)                 # Q = 14
     _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2)       # Q = 15, Cg = 32
     _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1)       # Q = 15
     _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2)

@@ -47,6 +47,7 @@ _HEADER = '''\
 import numpy as np
 from fastconv._config import jit
 from fastconv.kernels.numba._ranges import valid_range
+from fastconv.kernels.numba._transpose import transpose_block, transpose_block_n
 '''
 
 
@@ -189,9 +190,92 @@ def _lanes_source(M, J, KB, SW):
     """Forward kernel with the output channels in the vector lanes (KB/16 vectors) and M
     rows x J output pixels broadcast from a zero-padded NCHW copy of the input, for
     column stride SW (a constant, so each pixel's input is at a fixed offset from its
-    row's: no stride phases needed). The accumulators go through an (M*J, KB) buffer,
-    whose stores over consecutive channels make SLP pack them by channel, then to
-    ``out``. The last block of a row (of the rows) overlaps the one before: Q >= J, P >= M."""
+    row's: no stride phases needed). Work item: M whole output rows of KB channels, in
+    blocks of J pixels (the last block of the rows, and of the row blocks, overlapping
+    the one before: Q >= J, P >= M). The accumulators go to a (M, Q, KB) row buffer
+    (stores over consecutive channels make SLP pack them by channel), which goes to
+    ``out`` by 16 x 16 block transposes, the last Q % 16 columns masked: vector stores
+    along the rows of NCHW (element by element for a channel tail)."""
+    L = []
+    a = L.append
+    MJ = M * J
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def lanes_{M}x{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P,"
+      " Q, zero, it0, it1):")
+    a(f"    nq = (Q + {J - 1}) // {J}")
+    a(f"    np_ = (P + {M - 1}) // {M}")
+    a("    Cg = C // G")
+    a("    K = out.shape[1]")
+    a("    of = out.reshape(out.size)")
+    a(f"    uKB = np.uint64({KB})")
+    a("    urow = np.uint64(sh * Wp)          # from one output row's inputs to the next's")
+    for k in range(KB):
+        a(f"    uk{k} = np.uint64({k})")
+    for j in range(J):
+        a(f"    uj{j} = np.uint64({SW * j})")
+    a("    RQ = (Q + 15) // 16 * 16            # row buffer pitch: columns past Q never stored")
+    a(f"    rb = np.empty({M} * RQ * {KB}, xf.dtype)")
+    a("    for it in range(it0, it1):          # of N * G * Kb * np_")
+    a("        pb = it % np_")
+    a("        t = it // np_")
+    a("        kb = t % Kb")
+    a("        t = t // Kb")
+    a("        g = t % G")
+    a("        n = t // G")
+    a(f"        p0 = max(0, min(pb * {M}, P - {M}))")
+    a("        for qb in range(nq):")
+    a(f"            q0 = max(0, min(qb * {J}, Q - {J}))")
+    _zero_source(a, " " * 12, MJ, KB)
+    # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
+    a(f"            wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
+    a("            for c in range(Cg):")
+    a("                for r in range(R):")
+    a(f"                    xrow = ((n * C + g * Cg + c) * Hp + p0 * sh + r * dh) * Wp + q0 * {SW}")
+    a("                    for s in range(S):")
+    a("                        xo = np.uint64(xrow + s * dw)")
+    for k in range(KB):
+        a(f"                        w{k} = wf[wo + uk{k}]")
+    for m in range(M):
+        if m:
+            a("                        xo += urow")
+        for j in range(J):
+            a(f"                        x = xf[xo + uj{j}]")
+            a("                        " + "; ".join(f"a{m * J + j}_{k} += x * w{k}"
+                                                      for k in range(KB)))
+    a("                        wo += uKB")
+    # row buffer rb[m, q, k]
+    for m in range(M):
+        a(f"            ro = np.uint64(({m} * RQ + q0) * {KB})")
+        for j in range(J):
+            a("            " + "; ".join(f"rb[ro + np.uint64({j * KB + k})] = a{m * J + j}_{k}"
+                                      for k in range(KB)))
+    # rb[m, q, ks:ks + 16] -> out[n, k0 + ks:k0 + ks + 16, p0 + m, q] for 16 columns q at
+    # a time (the last block masked); element by element for a channel tail
+    a(f"        k0 = g * Kg + kb * {KB}")
+    a(f"        nk = min({KB}, Kg - kb * {KB})")
+    a(f"        for m in range({M}):")
+    a(f"            rm = m * RQ * {KB}")
+    a("            for ks in range(0, nk, 16):")
+    a("                ob = ((n * K + k0 + ks) * P + p0 + m) * Q")
+    a("                if ks + 16 <= nk:")
+    a("                    for q in range(0, Q - 15, 16):")
+    a(f"                        transpose_block(rb, rm + q * {KB} + ks, {KB}, of, ob + q, P * Q)")
+    a("                    if Q % 16:                 # the last columns: masked stores")
+    a("                        q = Q - Q % 16")
+    a(f"                        transpose_block_n(rb, rm + q * {KB} + ks, {KB}, of, ob + q,"
+      " P * Q, Q - q)")
+    a("                else:")
+    a("                    for k in range(min(16, nk - ks)):")
+    a("                        for q in range(Q):")
+    a(f"                            of[ob + k * P * Q + q] = rb[rm + q * {KB} + ks + k]")
+    return "\n".join(L) + "\n"
+
+
+def _lanes_rows_source(M, J, KB, SW):
+    """``_lanes_source`` for rows shorter than 16 pixels, M > 1 rows at a time: a work item
+    is one block of M rows x J pixels, whose accumulators go through an (M*J, KB) buffer
+    to ``out`` element by element (res5 7x7, 2 x 7: with ``_lanes_source``'s loop over
+    the blocks of a row in the item and its row buffer, 0.61-0.66x)."""
     L = []
     a = L.append
     MJ = M * J
@@ -654,7 +738,8 @@ def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
     parts += [_flat_source(J, KB) for J, KB in FLAT_BLOCKS]
-    parts += [_lanes_source(M, J, KB, sw) for M, J, KB in LANES_BLOCKS for sw in LANES_STRIDES]
+    parts += [(_lanes_source if M == 1 else _lanes_rows_source)(M, J, KB, sw)
+              for M, J, KB in LANES_BLOCKS for sw in LANES_STRIDES]
     parts += [_bww_source(L) for L in BWW_LANES]
     parts.append(_phase2_source(PAIRS))
     parts.append(_dw_source(*DW_BLOCK))

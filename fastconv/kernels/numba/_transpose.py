@@ -4,12 +4,15 @@ blocks.
 
 Written as LLVM IR through ``numba.extending.intrinsic``: L vector loads, log2(L)
 rounds of two-source shuffles, L vector stores (``transpose_rows``: the first m of them,
-for blocks cut short by the end of a row). Numba's loop and SLP vectorizers emit a
+for blocks cut short by the end of a row; ``transpose_block_n``: masked stores of the
+first n elements of each, for the lanes forward kernel's last Q % 16 columns, which
+element-wise stores had made 1-2% slower on res4 at Q = 14). Numba's loop and SLP vectorizers emit a
 scalar load and store per element for the same copy (the element-wise loop, or 256
 scalar locals, measured 4-6x slower on a res3-sized plane).
 """
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 
@@ -57,12 +60,30 @@ def _args64(context, builder, signature, args, positions):
     return [context.cast(builder, args[i], signature.args[i], types.int64) for i in positions]
 
 
-def _store_rows(context, builder, signature, args, m_):
-    """Codegen of the transposes: all L rows stored, or those j < m_ (an int64 value)."""
+def _store_rows(context, builder, signature, args, m_=None, n_=None):
+    """Codegen of the transposes: all L rows stored, or those j < m_, or the first n_
+    elements of each (int64 values)."""
     so_, ss_, do_, ds_ = _args64(context, builder, signature, args, (1, 2, 4, 5))
     sdata = context.make_array(signature.args[0])(context, builder, args[0]).data
     ddata = context.make_array(signature.args[3])(context, builder, args[3]).data
     rows, vty = _transposed_rows(context, builder, signature.args[0], sdata, so_, ss_)
+    L = len(rows)
+    if n_ is not None:
+        # lanes i < n of each row: llvm.masked.store (a vmovups with a k-mask)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        nv = builder.insert_element(ir.Constant(ir.VectorType(i64, L), None), n_,
+                                    ir.Constant(i32, 0))
+        nv = builder.shuffle_vector(nv, nv, ir.Constant(ir.VectorType(i32, L), [0] * L))
+        keep = builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, L), list(range(L))), nv)
+        def at(j):                                  # element pointer to row j
+            return builder.gep(ddata, [builder.add(do_, builder.mul(ir.Constant(i64, j), ds_))])
+
+        fnty = ir.FunctionType(ir.VoidType(), [vty, at(0).type, i32, keep.type])
+        store = cgutils.get_or_insert_function(
+            builder.module, fnty, f"llvm.masked.store.v{L}f{512 // L}.p0")
+        for j, v in enumerate(rows):
+            builder.call(store, [v, at(j), ir.Constant(i32, 1), keep])
+        return context.get_dummy_value()
     for j, v in enumerate(rows):
         if m_ is None:
             builder.store(v, _row(builder, ddata, do_, ds_, j, vty), align=1)
@@ -84,6 +105,21 @@ def transpose_block(typingctx, src, so, ss, dst, do, ds):
 
 
 @intrinsic
+def transpose_block_n(typingctx, src, so, ss, dst, do, ds, n):
+    """``transpose_block`` writing only the first ``n`` (<= L) elements of each row of
+    dst, dst[do + j*ds + i] for i < n (masked vector stores): the last block of a row
+    shorter than L. All L rows of the source block are read."""
+    if not _float_arrays(src, dst):
+        return None
+
+    def codegen(context, builder, signature, args):
+        n_ = context.cast(builder, args[6], signature.args[6], types.int64)
+        return _store_rows(context, builder, signature, args, n_=n_)
+
+    return types.void(src, so, ss, dst, do, ds, n), codegen
+
+
+@intrinsic
 def transpose_rows(typingctx, src, so, ss, dst, do, ds, m):
     """``transpose_block`` storing only the first m rows of dst (j < m): all L rows of
     the source block are read."""
@@ -92,6 +128,6 @@ def transpose_rows(typingctx, src, so, ss, dst, do, ds, m):
 
     def codegen(context, builder, signature, args):
         m_ = context.cast(builder, args[6], signature.args[6], types.int64)
-        return _store_rows(context, builder, signature, args, m_)
+        return _store_rows(context, builder, signature, args, m_=m_)
 
     return types.void(src, so, ss, dst, do, ds, m), codegen

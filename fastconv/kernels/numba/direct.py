@@ -28,15 +28,19 @@ never returned::
 
 Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
 
-* ``lanes_1x14_32_{1,2}`` (float32, stride 1 and 2, rows of at least 14 pixels, at
-  least 256 inputs per output): 14 pixels of one output row, each a broadcast from the
-  padded input (column stride a constant of the kernel) x 32 output channels (two
-  vectors of weights): two vector loads and 14 broadcasts per 28 FMAs, no lanes wasted
-  on padding columns or phase planes. res3 3x3: 250 GFLOP/s on one core (93% of the FMA
-  peak) against the flat kernel's 215. ``lanes_2x7_32_{1,2}``, for rows of 7 to 13
-  pixels: the same on 7 pixels of two rows (res5 3x3 7x7: 1.10-1.12x the flat kernel's
-  forward, whose 32 lanes held 49 of 63 pixels; a 1 x 7 x 32 block ran the same with
-  half the FMAs per weight load, 1 x 7 x 64 spilled, 0.82-0.90x).
+* ``lanes_1x14_32_{1,2}`` (float32, stride 1 and 2, rows of at least 14 pixels): 14
+  pixels of one output row, each a broadcast from the padded input (column stride a
+  constant of the kernel) x 32 output channels (two vectors of weights): two vector
+  loads and 14 broadcasts per 28 FMAs, no lanes wasted on padding columns or phase
+  planes. A work item is a whole output row, gathered in a (Q, 32) buffer and written
+  to NCHW by 16 x 16 register transposes, the last Q % 16 columns by masked stores
+  (element-wise stores had cost conv1, 147 inputs per output, 15-30% against the row
+  kernel). res3 3x3: 250 GFLOP/s on one core (93% of the FMA peak) against the flat
+  kernel's 215; conv1 225 against 195. ``lanes_2x7_32_{1,2}``, for rows of 7 to 13
+  pixels and at least 256 inputs per output: the same on 7 pixels of two rows (res5
+  3x3 7x7: 1.10-1.12x the flat kernel's forward, whose 32 lanes held 49 of 63 pixels;
+  a 1 x 7 x 32 block ran the same with half the FMAs per weight load, 1 x 7 x 64
+  spilled, 0.82-0.90x).
 * ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
   kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
   p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
@@ -283,8 +287,8 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
             to_padded(xs, xb, Hp, Wq, pt, pl)
 
         def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"),
-                 n * G * Kb * -(-P // M) * -(-Q // J), xb, wb, os_, n, C, G, Hp, Wq, Kb, Kg, R, S, sh,
+            _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"),     # M > 1: blocks of a row too
+                 n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J)), xb, wb, os_, n, C, G, Hp, Wq, Kb, Kg, R, S, sh,
                  dh, dw, P, Q, zero)
     elif _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
                   _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
@@ -389,20 +393,21 @@ def _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
     return flat > rows
 
 
-#: the forward runs the lanes kernel from this many inputs per output (C/groups*R*S).
-#: Against the flat kernel, in one process, 1 and 2 threads: res3 3x3/2 (1152) 1.09-1.15x,
-#: res2, res3, res4, VGG conv3_2 and C96->160 3x3 (576-2304) 1.09-1.19x; conv1 (147, 7x7
-#: RGB) 0.79-0.86x against its row kernel: short reductions pay the element-wise stores
+#: the forward runs the 2 x 7 lanes kernel (rows of 7 to 13 pixels) from this many inputs
+#: per output (C/groups*R*S; measured on res5, 4608); the 1 x 14 one runs from any: with
+#: its rows stored by transposes, conv1 (7x7/2 RGB, 147) 1.15-1.42x the row kernel and
+#: res2 1x1 (C=64) 1.7-2.3x the flat kernel; res2..res4 3x3 and res3 3x3/2 1.09-1.19x
 LANES_MIN_PATCH = 256
 
 
 def _lanes_wins(dtype, sh, sw, ish, isw, P, Q, patch):
     """Whether a lanes kernel (output channels in the lanes, ``LANES_BLOCKS``) runs the
-    forward: float32, stride 1 or 2 (no inserted zeros), outputs that hold one of its
-    blocks and long reductions (``LANES_MIN_PATCH``)."""
+    forward: float32, stride 1 or 2 (no inserted zeros) and outputs that hold one of its
+    blocks (for 2 x 7, long reductions: ``LANES_MIN_PATCH``)."""
+    block = _lanes_block(P, Q)
     return (dtype == np.float32 and sh == sw and sw in _direct_gen.LANES_STRIDES
-            and ish == isw == 1 and _lanes_block(P, Q) is not None
-            and patch >= LANES_MIN_PATCH)
+            and ish == isw == 1 and block is not None
+            and (block[0] == 1 or patch >= LANES_MIN_PATCH))
 
 
 def _lanes_block(P, Q):
