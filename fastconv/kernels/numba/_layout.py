@@ -58,11 +58,11 @@ def w_block(wf, dst, do, g, kb, c0, cb, Kg, Cg, RS, flip, KB):
         so = ((g * Cg + c) * Kg + kb * KB) * RS if flip else ((g * Kg + kb * KB) * Cg + c0) * RS
         ss = RS if flip else Cg * RS                    # w's elements from k to k + 1
         dc = do + ci * n * KB
-        for i0 in range(0, n, L):
-            m = min(L, n - i0)                          # columns i0.. of w, rows of dst
-            # dst row of column i0 + i: i0 + i, or n - 1 - i0 - i with flip
-            d0, ds = (dc + (n - 1 - i0) * KB, -KB) if flip else (dc + i0 * KB, KB)
-            for k0 in range(0, KB, L):
+        for k0 in range(0, KB, L):                      # L rows of w at a time
+            for i0 in range(0, n, L):
+                m = min(L, n - i0)                      # columns i0.. of w, rows of dst
+                # dst row of column i0 + i: i0 + i, or n - 1 - i0 - i with flip
+                d0, ds = (dc + (n - 1 - i0) * KB, -KB) if flip else (dc + i0 * KB, KB)
                 # the transposes read L columns from each row (past a short row's end
                 # into the next: those land in rows past m, not stored)
                 if k0 + L <= rows and so + (k0 + L - 1) * ss + i0 + L <= wf.size:
