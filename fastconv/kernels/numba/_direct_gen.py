@@ -240,57 +240,82 @@ def _lanes_source(J, KB, SW):
 def _bww_source(L):
     """Weight-gradient kernel: L input channels (the vector lanes, channels-last input
     block) x 16 output channels (broadcast from a k-last grad_output block) of scalar
-    accumulators, summed over the pixels: the forward kernel's shape, transposed."""
+    accumulators, summed over the pixels: the forward kernel's shape, transposed. A work
+    item is a (batch split, group, output-channel block, input-channel block) and runs
+    the R*S taps one after another. Each tap's block is stored to (or, unless ``first``,
+    added to) its place in ``acc``, blocked [k, c] (stores over consecutive input
+    channels make SLP pack the accumulators by input channel); with ``last`` (the last
+    batch slice) the item's taps are then copied into ``gf[sp]``, the gradient's own
+    (K, C/groups, R, S) layout, R*S consecutive values per (k, c): a copy a tap at a
+    time, 16 x 16 values R*S apart whose cache lines the tap's pixel stream had evicted
+    since, cost 7% of the kernel on res3 3x3/2 (flat, uint64 offsets: indexing a 5-d
+    array with its wraparound checks cost 15%)."""
     KB = 16
     out = []
     a = out.append
     a(f"@jit(fastmath={{'contract'}})")
-    a(f"def bww_{L}(xf, dyf, acc, nsplit, N, G, Cb, Hp, Wp, Kb, R, S, sh, sw, dh, dw, P, Q,"
-      " add, zero, it0, it1):")
+    a(f"def bww_{L}(xf, dyf, acc, gf, nsplit, N, G, Cb, Cg, Hp, Wp, Kb, Kg, R, S, sh, sw, dh,"
+      " dw, P, Q, first, last, zero, it0, it1):")
     a(f"    uxs = np.uint64(sw * {L})")
     a(f"    uKB = np.uint64({KB})")
     for k in range(KB):
         a(f"    uk{k} = np.uint64({k})")
     for c in range(L):
         a(f"    uc{c} = np.uint64({c})")
-    a("    for it in range(it0, it1):          # of nsplit * G * Kb * Cb * R * S")
-    a("        s = it % S")
-    a("        t = it // S")
-    a("        r = t % R")
-    a("        t = t // R")
+    a("    RS = R * S")
+    a(f"    uKL = np.uint64({KB * L})")
+    # consecutive items share the input block (kept in L2 with all of dy's blocks)
+    a("    for it in range(it0, it1):          # of nsplit * G * Cb * Kb")
+    a("        kb = it % Kb")
+    a("        t = it // Kb")
     a("        cbk = t % Cb")
     a("        t = t // Cb")
-    a("        kb = t % Kb")
-    a("        t = t // Kb")
     a("        g = t % G")
     a("        sp = t // G")
     a("        n0 = sp * N // nsplit")
     a("        n1 = (sp + 1) * N // nsplit")
+    # acc layout [sp, g, kb, cbk, r, s, k, c]: the item's R*S blocks of KB x L
+    a(f"        ai = ((((sp * G + g) * Kb + kb) * Cb + cbk) * RS) * {KB * L}")
+    a("        for r in range(R):")
+    a("            for s in range(S):")
     for k in range(KB):
-        a("        " + "; ".join(f"a{c}_{k} = zero" for c in range(L)))
-    a("        for n in range(n0, n1):")
-    a("            for p_ in range(P):")
+        a("                " + "; ".join(f"a{c}_{k} = zero" for c in range(L)))
+    a("                for n in range(n0, n1):")
+    a("                    for p_ in range(P):")
     # x block [n, g, cbk, hp, wp, c]: hp = p*sh + r*dh, wp = q*sw + s*dw
-    a(f"                xo = np.uint64(((((n * G + g) * Cb + cbk) * Hp + p_ * sh + r * dh) * Wp"
-      f" + s * dw) * {L})")
+    a(f"                        xo = np.uint64(((((n * G + g) * Cb + cbk) * Hp + p_ * sh + r * dh)"
+      f" * Wp + s * dw) * {L})")
     # dy block [n, g, kb, p, q, k]
-    a(f"                do = np.uint64((((n * G + g) * Kb + kb) * P + p_) * Q * {KB})")
-    a("                for q in range(Q):")
+    a(f"                        do = np.uint64((((n * G + g) * Kb + kb) * P + p_) * Q * {KB})")
+    a("                        for q in range(Q):")
     for c in range(L):
-        a(f"                    x{c} = xf[xo + uc{c}]")
+        a(f"                            x{c} = xf[xo + uc{c}]")
     for k in range(KB):
-        a(f"                    d = dyf[do + uk{k}]")
-        a("                    " + "; ".join(f"a{c}_{k} += x{c} * d" for c in range(L)))
-    a("                    xo += uxs")
-    a("                    do += uKB")
-    # acc layout [sp, g, kb, cbk, r, s, k, c]
-    a(f"        ao = ((((((sp * G + g) * Kb + kb) * Cb + cbk) * R + r) * S + s) * {KB}) * {L}")
-    a("        if add:                          # a later batch slice")
+        a(f"                            d = dyf[do + uk{k}]")
+        a("                            " + "; ".join(f"a{c}_{k} += x{c} * d" for c in range(L)))
+    a("                            xo += uxs")
+    a("                            do += uKB")
+    a(f"                ao = ai + (r * S + s) * {KB * L}")
+    a("                if first:")
     for k in range(KB):
-        a("            " + "; ".join(f"acc[ao + {k * L + c}] += a{c}_{k}" for c in range(L)))
-    a("        else:")
+        a("                    " + "; ".join(f"acc[ao + {k * L + c}] = a{c}_{k}" for c in range(L)))
+    a("                else:                    # a later batch slice")
     for k in range(KB):
-        a("            " + "; ".join(f"acc[ao + {k * L + c}] = a{c}_{k}" for c in range(L)))
+        a("                    " + "; ".join(f"acc[ao + {k * L + c}] += a{c}_{k}"
+                                            for c in range(L)))
+    a("        if not last:")
+    a("            continue")
+    # gf[sp, k0 + k, c0 + c, t] (flat), t = r*S + s: k0 + k is one of group g's output
+    # channels, c0 + c an input channel within the group
+    a(f"        go = np.uint64((((sp * G + g) * Kg + kb * {KB}) * Cg + cbk * {L}) * RS)")
+    a("        uCRS = np.uint64(Cg * RS)")
+    a(f"        for k in range(min({KB}, Kg - kb * {KB})):")
+    a(f"            for c in range(min({L}, Cg - cbk * {L})):")
+    a(f"                ak = np.uint64(ai + k * {L} + c)")
+    a("                o = go + np.uint64(c * RS)")
+    a("                for t in range(RS):")
+    a("                    gf[o + np.uint64(t)] = acc[ak + np.uint64(t) * uKL]")
+    a("            go += uCRS")
     return "\n".join(out) + "\n"
 
 

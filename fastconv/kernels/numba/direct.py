@@ -561,28 +561,6 @@ def conv2d_input(dy, w, p, out):
                      p.dil_h, p.dil_w, p.H, p.W, ish=p.stride_h, isw=p.stride_w, flip=True)
 
 
-@jit(parallel=True)
-def _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L):
-    """out[g*Kg + k, c, r, s] = sum over splits of acc[sp, g, kb, cbk, r, s, k', c']."""
-    K, _, R, S = out.shape
-    per = G * Kb * Cb * R * S * 16 * L
-    for kk in prange(K):
-        g = kk // Kg
-        k = kk % Kg
-        kb = k // 16
-        k16 = k % 16
-        for c in range(Cg):
-            cbk = c // L
-            cl = c % L
-            for r in range(R):
-                for s in range(S):
-                    i = (((((g * Kb + kb) * Cb + cbk) * R + r) * S + s) * 16 + k16) * L + cl
-                    v = acc[i]
-                    for sp in range(1, nsplit):
-                        v += acc[sp * per + i]
-                    out[kk, c, r, s] = v
-
-
 def conv2d_weight(x, dy, p, out):
     """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
     if _depthwise(p):
@@ -603,13 +581,19 @@ def conv2d_weight(x, dy, p, out):
     nb = max(1, min(p.N, _L2_IMAGES // (image * dtype.itemsize)))
     xb = workspace("direct_x", nb * image, dtype)
     dyb = workspace("direct_dy", nb * G * Kb * p.P * p.Q * 16, dtype)
-    items = G * Kb * Cb * p.R * p.S
-    nsplit = max(1, min(nb, -(-16 // items)))       # >= 16 work items for 2 threads
-    acc = workspace("direct_acc", nsplit * items * 16 * L, dtype)
+    items = G * Kb * Cb
+    # with few items, the images of a slice in nsplit parts, each summed into its own
+    # copy of the gradient (>= 16 work items for 2 threads); the kernel sums the slices
+    # into acc (blocked) and writes the last into out itself
+    nsplit = max(1, min(nb, -(-16 // items)))
+    acc = workspace("direct_acc", nsplit * items * p.R * p.S * 16 * L, dtype)
+    gw = out.reshape(out.size) if nsplit == 1 else workspace("direct_gw", nsplit * out.size,
+                                                             dtype)
     for n0 in range(0, p.N, nb):
         xs, dys = x[n0:n0 + nb], dy[n0:n0 + nb]
         _weight_layouts(xs, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left, dys, dyb, Kg, Kb)
-        _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, len(xs), G, Cb,
-             Hp, Wp, Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, n0 > 0,
-             dtype.type(0))
-    _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L)
+        _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, gw, nsplit, len(xs), G,
+             Cb, Cg, Hp, Wp, Kb, Kg, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P,
+             p.Q, n0 == 0, n0 + nb >= p.N, dtype.type(0))
+    if nsplit > 1:
+        np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)
