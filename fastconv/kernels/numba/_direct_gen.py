@@ -251,19 +251,18 @@ def _bww_source(L):
     and no thread hand-off per slice. Each tap's block is stored to (for a later image,
     added to) its place in ``acc``, blocked [k, c] (stores over consecutive input
     channels make SLP pack the accumulators by input channel); at the end the items'
-    sums are copied into ``gf[sp]``, the gradient's own (K, C/groups, R, S) layout
-    (flat; uint64 offsets: through a 5-d index the copy cost 15% of the kernel), R*S
-    consecutive values per (k, c) (a tap at a time, the lines that the pixel stream had
-    evicted meanwhile, 7%)."""
+    sums are copied into ``gf[sp]``, the gradient's own (K, C/groups, R, S) layout,
+    tap by tap (contiguous reads, writes R*S apart; flat with uint64 offsets: through a
+    5-d index the copy cost 15% of the kernel, right after each tap 7%)."""
     KB = 16
     out = []
     a = out.append
     a(f"@jit(fastmath={{'contract'}})")
-    a(f"def bww_{L}(x, dyf, acc, gf, nsplit, G, Cb, Cg, Hp, Wp, Kb, Kg, R, S, sh, sw, dh, dw,"
-      " pt, pl, P, Q, zero, it0, it1):")
-    a("    N = x.shape[0]")
+    a(f"def bww_{L}(x, dyf, acc, gf, nsplit, G, Cb, Cg, Kb, Kg, R, S, sh, sw, dh, dw, pt, pl,"
+      " P, Q, zero, it0, it1):")
+    a("    N, H, W = x.shape[0], x.shape[2], x.shape[3]")
     a("    sf = x.reshape(x.size)")
-    a(f"    xf = np.empty(Hp * Wp * {L}, x.dtype)  # the input block of the current item")
+    a(f"    xf = np.empty(H * W * {L}, x.dtype)    # the input block of the current item")
     a("    held = -1                            # which: (n * G + g) * Cb + cbk")
     a(f"    uxs = np.uint64(sw * {L})")
     a(f"    uKB = np.uint64({KB})")
@@ -272,7 +271,6 @@ def _bww_source(L):
     for c in range(L):
         a(f"    uc{c} = np.uint64({c})")
     a("    RS = R * S")
-    a(f"    uKL = np.uint64({KB * L})")
     a("    for n in range(N):")
     # consecutive items share the input block
     a("        for it in range(it0, it1):      # of nsplit * G * Cb * Kb")
@@ -287,20 +285,26 @@ def _bww_source(L):
     a("                continue")
     a("            if held != (n * G + g) * Cb + cbk:")
     a(f"                channels_last_block(x, sf, xf, n, g * Cg + cbk * {L},"
-      f" min({L}, Cg - cbk * {L}), Hp, Wp, pt, pl)")
+      f" min({L}, Cg - cbk * {L}))")
     a("                held = (n * G + g) * Cb + cbk")
     # acc layout [sp, g, kb, cbk, r, s, k, c]: the item's R*S blocks of KB x L
     a(f"            ai = ((((sp * G + g) * Kb + kb) * Cb + cbk) * RS) * {KB * L}")
+    # tap (r, s) reads input (p*sh + r*dh - pt, q*sw + s*dw - pl): only the outputs whose
+    # input is inside the image (no padding stored, no products with it)
     a("            for r in range(R):")
+    a("                p0, p1 = valid_range(P, H, sh, r * dh - pt)")
     a("                for s in range(S):")
+    a("                    q0, q1 = valid_range(Q, W, sw, s * dw - pl)")
     for k in range(KB):
         a("                    " + "; ".join(f"a{c}_{k} = zero" for c in range(L)))
-    a("                    for p_ in range(P):")
-    # x block [hp, wp, c]: hp = p*sh + r*dh, wp = q*sw + s*dw
-    a(f"                        xo = np.uint64(((p_ * sh + r * dh) * Wp + s * dw) * {L})")
+    a("                    for p_ in range(p0, p1):")
+    # x block [h, w, c]
+    a(f"                        xo = np.uint64(((p_ * sh + r * dh - pt) * W + q0 * sw + s * dw"
+      f" - pl) * {L})")
     # dy block [n, g, kb, p, q, k]
-    a(f"                        do = np.uint64((((n * G + g) * Kb + kb) * P + p_) * Q * {KB})")
-    a("                        for q in range(Q):")
+    a(f"                        do = np.uint64(((((n * G + g) * Kb + kb) * P + p_) * Q + q0)"
+      f" * {KB})")
+    a("                        for q in range(q1 - q0):")
     for c in range(L):
         a(f"                            x{c} = xf[xo + uc{c}]")
     for k in range(KB):
@@ -329,13 +333,16 @@ def _bww_source(L):
     # channels, c0 + c an input channel within the group
     a(f"        go = np.uint64((((sp * G + g) * Kg + kb * {KB}) * Cg + cbk * {L}) * RS)")
     a("        uCRS = np.uint64(Cg * RS)")
-    a(f"        for k in range(min({KB}, Kg - kb * {KB})):")
-    a(f"            for c in range(min({L}, Cg - cbk * {L})):")
-    a(f"                ak = np.uint64(ai + k * {L} + c)")
-    a("                o = go + np.uint64(c * RS)")
-    a("                for t in range(RS):")
-    a("                    gf[o + np.uint64(t)] = acc[ak + np.uint64(t) * uKL]")
-    a("            go += uCRS")
+    a("        uRS = np.uint64(RS)")
+    a(f"        nc = min({L}, Cg - cbk * {L})")
+    a("        for t in range(RS):")
+    a("            o = go + np.uint64(t)")
+    a(f"            ak = np.uint64(ai + t * {KB * L})")
+    a(f"            for k in range(min({KB}, Kg - kb * {KB})):")
+    a("                for c in range(nc):")
+    a("                    gf[o + np.uint64(c) * uRS] = acc[ak + np.uint64(c)]")
+    a("                o += uCRS")
+    a(f"                ak += np.uint64({L})")
     return "\n".join(out) + "\n"
 
 

@@ -32,31 +32,24 @@ def to_padded(src, dst, Hp, Wq, pt, pl):
 
 
 @jit()
-def channels_last_block(src, sf, dst, n, c0, nc, Hp, Wp, pt, pl):
-    """dst[hp, wp, c] = src[n, c0 + c, hp - pt, wp - pl] for c < nc inside src, else 0
-    (padding, channel tail): one block of L = ``lanes(dtype)`` channels of one image,
-    channels last (``dst`` flat, Hp x Wp x L; ``sf``: src flat), by block transposes
-    where the block has all its channels and a row has at least L columns (the last
-    block of a row overlapping the one before). The direct weight gradient's input."""
-    N, C, Hs, Ws = src.shape
+def channels_last_block(src, sf, dst, n, c0, nc):
+    """dst[h, w, c] = src[n, c0 + c, h, w] for c < nc, else 0 (channel tail): one block of
+    L = ``lanes(dtype)`` channels of one image, channels last, unpadded (``dst`` flat,
+    H x W x L; ``sf``: src flat), by block transposes where the block has all its
+    channels and rows have at least L columns (the last block of a row overlapping the
+    one before). The direct weight gradient's input."""
+    N, C, H, W = src.shape
     L = 64 // src.itemsize
-    w0, w1 = max(0, -pl), min(Ws, Wp - pl)              # the columns of src kept
-    for hp in range(Hp):
-        base = hp * Wp * L
-        h = hp - pt
-        if h < 0 or h >= Hs or w1 <= w0:
-            dst[base:base + Wp * L] = 0
+    for h in range(H):
+        base = h * W * L
+        if nc == L and W >= L:
+            so = ((n * C + c0) * H + h) * W
+            for wb in range(0, W, L):
+                w = min(wb, W - L)
+                transpose_block(sf, so + w, H * W, dst, base + w * L, L)
             continue
-        dst[base:base + (w0 + pl) * L] = 0
-        dst[base + (w1 + pl) * L:base + Wp * L] = 0
-        if nc == L and w1 - w0 >= L:
-            so = ((n * C + c0) * Hs + h) * Ws
-            for wb in range(w0, w1, L):
-                wq = min(wb, w1 - L)
-                transpose_block(sf, so + wq, Hs * Ws, dst, base + (wq + pl) * L, L)
-            continue
-        for w in range(w0, w1):
-            d = base + (w + pl) * L
+        for w in range(W):
+            d = base + w * L
             for c in range(nc):
                 dst[d + c] = src[n, c0 + c, h, w]
             dst[d + nc:d + L] = 0

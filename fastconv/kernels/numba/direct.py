@@ -23,9 +23,9 @@ never returned::
                                                          so each tap reads consecutive wq
                                                          (stride 2: generated ``phase2_8``)
     forward weight            wb[g, kb, c, r, s, k]     k < KB (12, 16 or 32) output channels
-    weight-gradient input     xf[hp, wp, c]             one channel block of one image,
+    weight-gradient input     xf[h, w, c]               one channel block of one image,
                                                          channels last, L = 16 (8 fp64),
-                                                         built by the kernel per thread
+                                                         unpadded, built by the kernel
     weight-gradient dy        dyb[n, g, kb, p, q, k]    16 output channels last
 
 Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
@@ -534,8 +534,6 @@ def conv2d_weight(x, dy, p, out):
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
     L = lanes(dtype)                                 # input channels in the vector lanes
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
-    Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
-    Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
     dyb = workspace("direct_dy", p.N * G * Kb * p.P * p.Q * 16, dtype)
     _dy_blocked(dy, dyb, G, Kg, Kb)
     # the kernel converts the input blocks itself, per thread (see _direct_gen); with few
@@ -546,8 +544,8 @@ def conv2d_weight(x, dy, p, out):
     acc = workspace("direct_acc", nsplit * items * p.R * p.S * 16 * L, dtype)
     gw = out.reshape(out.size) if nsplit == 1 else workspace("direct_gw", nsplit * out.size,
                                                              dtype)
-    _run(getattr(_gen(), f"bww_{L}"), nsplit * items, x, dyb, acc, gw, nsplit, G, Cb, Cg, Hp,
-         Wp, Kb, Kg, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
-         p.P, p.Q, dtype.type(0))
+    _run(getattr(_gen(), f"bww_{L}"), nsplit * items, x, dyb, acc, gw, nsplit, G, Cb, Cg, Kb,
+         Kg, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left, p.P,
+         p.Q, dtype.type(0))
     if nsplit > 1:
         np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)
