@@ -108,17 +108,15 @@ def supports(algorithm, backend, p):
 #   stride-2 layers (not 1x1) with at least 16 output channels: direct (res3 3x3/2:
 #   1.03x PyTorch at N=1 against im2col's 0.75x; other 3x3/2 layers 1.0-1.4x faster
 #   than im2col; 1x1 stride 2 stays with im2col, where direct is 0.4-0.5x as fast).
-# - grad-weight of those stride-2 layers (at least 256 inputs per output) from 784
-#   outputs per channel over the batch: direct (res3 3x3/2 N=8: 0.71-0.86x PyTorch
-#   against im2col's 0.58-0.61x; 3x3/2 on 28x28 to 112x112 inputs and 5x5/2: 0.69-0.99x
-#   against 0.36-0.86x). Fewer outputs (14x14 inputs; 28x28 at N=1): im2col, 0.84-1.09x
-#   against direct's 0.60-0.95x.
+# - grad-weight of those stride-2 layers (at least 256 inputs per output): direct (res3
+#   3x3/2 at N=1 and 8, 1 and 2 threads: 1.12-1.25x PyTorch; 3x3/2 on 28x28 inputs at
+#   N=1 and 2: 1.03-1.14x against im2col's 0.69-0.78x; on 14x14 inputs at N=8: 0.95x /
+#   1.29x (1 / 2 threads) against 0.96x / 0.70x, at N=1: 2.9-4.3x against 0.8-1.9x).
 #   Everything else, and grad-input of those: im2col.
 WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the saving
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
 F2_MIN_OUTPUTS = 100            # N*P*Q from which F(2x2,3x3) beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
-DIRECT_WEIGHT_MIN_OUTPUTS = 784  # N*P*Q from which direct's stride-2 grad-weight wins
 
 
 def _auto(op, p):
@@ -144,8 +142,7 @@ def _auto(op, p):
     stride2 = p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1 and p.R > 1 and p.S > 1
     if op == "conv2d" and (patch < DIRECT_MAX_PATCH or stride2):
         return "direct"
-    if (op == "conv2d_weight" and stride2 and patch >= DIRECT_MAX_PATCH
-            and p.N * p.P * p.Q >= DIRECT_WEIGHT_MIN_OUTPUTS):
+    if op == "conv2d_weight" and stride2 and patch >= DIRECT_MAX_PATCH:
         return "direct"
     return "im2col"
 

@@ -134,16 +134,39 @@ def test_threads_agree():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_slices(monkeypatch, dtype):
-    """Batches converted and convolved a slice at a time: one image per slice (forward
-    layouts, weight-gradient partial sums added slice by slice), and a last slice with
-    fewer images than the weight gradient's batch splits."""
+    """Forward batches converted and convolved a slice at a time (one image per slice);
+    weight gradients with batch splits of 1 and 2 images (1 work item: splits of the
+    5 images into 3 parts) and images added in turn into the blocked sums."""
     monkeypatch.setattr(direct, "_L2_IMAGES", 1)
     _check(dtype, 3, 5, 12, 13, 18, 3, 3, padding=1)
     _check(dtype, 3, 4, 15, 29, 24, 3, 3, stride=2, padding=1)
-    # weight-gradient input layout: 14 x 15 pixels x 16 (fp64: 8) lanes = 13440 bytes an
-    # image, so slices of 2 images; 9 items (< 16), so 2 batch splits
-    monkeypatch.setattr(direct, "_L2_IMAGES", 2 * 13440)
-    _check(dtype, 3, 5, 12, 13, 16, 3, 3, padding=1)
+    _check(dtype, 5, 5, 12, 13, 16, 3, 3, padding=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_threads_agree(dtype):
+    """The weight gradient adds the images and batch splits in a fixed order, whatever
+    the thread count: the same bits on one thread as on all. Several work items
+    (channel tails: 3 x 3 input x output blocks, written straight into the gradient),
+    then one item and 5 images in 5 batch splits."""
+    rng = np.random.default_rng(2)
+
+    def grads(N, C, H, K, **kw):
+        x = rng.standard_normal((N, C, H, H)).astype(dtype)
+        w = (K, C, 3, 3)
+        dy = rng.standard_normal(fastconv.conv2d(x, np.zeros(w, dtype), **kw).shape)
+        dy = dy.astype(dtype)
+        n = fastconv.get_num_threads()
+        try:
+            fastconv.set_num_threads(1)
+            one = fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct")
+        finally:
+            fastconv.set_num_threads(n)
+        every = fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct")
+        np.testing.assert_array_equal(one, every)
+
+    grads(3, 40, 11, 40, stride=2, padding=1)
+    grads(5, 5, 12, 16, padding=1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

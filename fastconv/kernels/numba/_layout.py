@@ -1,10 +1,11 @@
 """Layouts shared by the kernels: zero-padded planes (the input of direct's flat and
-lanes kernels and of im2col's blocked weight gradient) and blocked weights (output
-channels last: direct's forward kernels, Winograd's filter transformed on the fly)."""
+lanes kernels and of im2col's blocked weight gradient), channels-last blocks of one
+image (direct's weight-gradient input) and blocked weights (output channels last:
+direct's forward kernels, Winograd's filter transformed on the fly)."""
 from numba import prange
 
 from ..._config import jit
-from ._transpose import transpose_rows
+from ._transpose import transpose_block, transpose_rows
 
 
 @jit(parallel=True)
@@ -72,3 +73,27 @@ def w_block(wf, dst, do, g, kb, c0, cb, Kg, Cg, RS, flip, KB):
                     for l in range(min(L, KB - k0)):
                         v = wf[so + (k0 + l) * ss + i0 + i] if k0 + l < rows else 0
                         dst[d0 + i * ds + k0 + l] = v
+
+
+@jit()
+def channels_last_block(src, sf, dst, n, c0, nc):
+    """dst[h, w, c] = src[n, c0 + c, h, w] for c < nc, else 0 (channel tail): one block of
+    L = ``lanes(dtype)`` channels of one image, channels last, unpadded (``dst`` flat,
+    H x W x L; ``sf``: src flat), by block transposes where the block has all its
+    channels and rows have at least L columns (the last block of a row overlapping the
+    one before). The direct weight gradient's input."""
+    N, C, H, W = src.shape
+    L = 64 // src.itemsize
+    for h in range(H):
+        base = h * W * L
+        if nc == L and W >= L:
+            so = ((n * C + c0) * H + h) * W
+            for wb in range(0, W, L):
+                w = min(wb, W - L)
+                transpose_block(sf, so + w, H * W, dst, base + w * L, L)
+            continue
+        for w in range(W):
+            d = base + w * L
+            for c in range(nc):
+                dst[d + c] = src[n, c0 + c, h, w]
+            dst[d + nc:d + L] = 0

@@ -23,7 +23,9 @@ never returned::
                                                          so each tap reads consecutive wq
                                                          (stride 2: generated ``phase2_8``)
     forward weight            wb[g, kb, c, r, s, k]     k < KB (12, 16 or 32) output channels
-    weight-gradient input     xb[n, g, cbk, hp, wp, c]  channels last, L = 16 (8 fp64)
+    weight-gradient input     xf[h, w, c]               one channel block of one image,
+                                                         channels last, L = 16 (8 fp64),
+                                                         unpadded, built by the kernel
     weight-gradient dy        dyb[n, g, kb, p, q, k]    16 output channels last
 
 Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
@@ -50,7 +52,8 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
 * ``fwd_16`` / ``fwd_8`` (strided, and all float64): 16 (8) pixels of one output row x
   16 output channels; the tap columns' offsets come from a table (no division per tap).
 * ``bww_16`` / ``bww_8``: weight gradient, 16 (8) input channels in the lanes x 16 output
-  channels broadcast from dy, summed over the pixels of a batch slice.
+  channels broadcast from dy, summed over the pixels of the batch (or of a batch split)
+  image by image; writes the gradient's own layout.
 * Gradient wrt input: the forward kernels on ``grad_output`` with the weight rotated by
   180 degrees and C, K swapped (padding ``dil*(R-1) - pad``). For stride > 1 (dilation
   1 along that axis, float32) one stride-1 call per residue class of the output rows
@@ -164,42 +167,6 @@ def _to_phase(src, dst, Hp, Wq, sw, pt, pl, ish, isw):
 
 
 @jit(inline="always")
-def _blocked_row(src, sf, dst, G, Cg, Cb, cb, Hp, Wp, pt, pl, it):
-    """Row ``it`` of dst[n, g, cbk, hp, wp, c] = src[n, g*Cg + cbk*cb + c, hp - pt, wp - pl]
-    inside src, else 0 (padding, channel tail): the weight gradient's channels-last input
-    blocks, cb = ``lanes(dtype)``, by block transposes where a block has all its channels
-    (``sf``: src flat)."""
-    Hs, Ws = src.shape[2], src.shape[3]
-    hp = it % Hp
-    t = it // Hp
-    cbk = t % Cb
-    t = t // Cb
-    g = t % G
-    n = t // G
-    base = it * Wp * cb
-    h = hp - pt
-    if h < 0 or h >= Hs:
-        dst[base:base + Wp * cb] = 0
-        return
-    c0 = g * Cg + cbk * cb
-    nc = min(cb, Cg - cbk * cb)
-    w0, w1 = max(0, -pl), min(Ws, Wp - pl)
-    dst[base:base + (w0 + pl) * cb] = 0
-    dst[base + max(w0, w1) * cb + pl * cb:base + Wp * cb] = 0
-    if nc == cb and w1 - w0 >= cb:
-        so = ((n * G * Cg + c0) * Hs + h) * Ws
-        for wb in range(w0, w1, cb):                    # the last block overlaps
-            wq = min(wb, w1 - cb)
-            transpose_block(sf, so + wq, Hs * Ws, dst, base + (wq + pl) * cb, cb)
-        return
-    for w in range(w0, w1):
-        d = base + (w + pl) * cb
-        for c in range(nc):
-            dst[d + c] = src[n, c0 + c, h, w]
-        dst[d + nc:d + cb] = 0
-
-
-@jit(inline="always")
 def _dy_row(dy, df, dst, G, Kg, Kb, it):
     """Row ``it`` of dst[n, g, kb, p, q, k] = dy[n, g*Kg + kb*16 + k, p, q] (0 past the
     group's K), by block transposes of 16 / ``lanes(dtype)`` sub-blocks of channels."""
@@ -229,17 +196,11 @@ def _dy_row(dy, df, dst, G, Kg, Kb, it):
 
 
 @jit(parallel=True)
-def _weight_layouts(src, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, dy, dyb, Kg, Kb):
-    """The weight gradient's two layouts of a batch slice, in one parallel loop (one
-    thread hand-off per slice instead of two): xb from the input (``_blocked_row``) and
-    dyb from grad_output (``_dy_row``)."""
-    nx = src.shape[0] * G * Cb * Hp
-    sf, df = src.reshape(src.size), dy.reshape(dy.size)
-    for it in prange(nx + dy.shape[0] * G * Kb * dy.shape[2]):
-        if it < nx:
-            _blocked_row(src, sf, xb, G, Cg, Cb, cb, Hp, Wp, pt, pl, it)
-        else:
-            _dy_row(dy, df, dyb, G, Kg, Kb, it - nx)
+def _dy_blocked(dy, dyb, G, Kg, Kb):
+    """The weight gradient's grad_output layout dyb[n, g, kb, p, q, k] (``_dy_row``)."""
+    df = dy.reshape(dy.size)
+    for it in prange(dy.shape[0] * G * Kb * dy.shape[2]):
+        _dy_row(dy, df, dyb, G, Kg, Kb, it)
 
 
 def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
@@ -553,28 +514,6 @@ def conv2d_input(dy, w, p, out):
                      p.dil_h, p.dil_w, p.H, p.W, ish=p.stride_h, isw=p.stride_w, flip=True)
 
 
-@jit(parallel=True)
-def _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L):
-    """out[g*Kg + k, c, r, s] = sum over splits of acc[sp, g, kb, cbk, r, s, k', c']."""
-    K, _, R, S = out.shape
-    per = G * Kb * Cb * R * S * 16 * L
-    for kk in prange(K):
-        g = kk // Kg
-        k = kk % Kg
-        kb = k // 16
-        k16 = k % 16
-        for c in range(Cg):
-            cbk = c // L
-            cl = c % L
-            for r in range(R):
-                for s in range(S):
-                    i = (((((g * Kb + kb) * Cb + cbk) * R + r) * S + s) * 16 + k16) * L + cl
-                    v = acc[i]
-                    for sp in range(1, nsplit):
-                        v += acc[sp * per + i]
-                    out[kk, c, r, s] = v
-
-
 def conv2d_weight(x, dy, p, out):
     """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
     if _depthwise(p):
@@ -587,21 +526,18 @@ def conv2d_weight(x, dy, p, out):
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
     L = lanes(dtype)                                 # input channels in the vector lanes
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
-    Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
-    Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
-    # batch slices whose input layout fits in _L2_IMAGES (not scaled by the thread count,
-    # so that the order of the sums, and the result, does not depend on it)
-    image = G * Cb * Hp * Wp * L
-    nb = max(1, min(p.N, _L2_IMAGES // (image * dtype.itemsize)))
-    xb = workspace("direct_x", nb * image, dtype)
-    dyb = workspace("direct_dy", nb * G * Kb * p.P * p.Q * 16, dtype)
-    items = G * Kb * Cb * p.R * p.S
-    nsplit = max(1, min(nb, -(-16 // items)))       # >= 16 work items for 2 threads
-    acc = workspace("direct_acc", nsplit * items * 16 * L, dtype)
-    for n0 in range(0, p.N, nb):
-        xs, dys = x[n0:n0 + nb], dy[n0:n0 + nb]
-        _weight_layouts(xs, xb, G, Cg, Cb, L, Hp, Wp, p.pad_top, p.pad_left, dys, dyb, Kg, Kb)
-        _run(getattr(_gen(), f"bww_{L}"), nsplit * items, xb, dyb, acc, nsplit, len(xs), G, Cb,
-             Hp, Wp, Kb, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.P, p.Q, n0 > 0,
-             dtype.type(0))
-    _acc_unblocked(acc, out, nsplit, G, Kg, Kb, Cg, Cb, L)
+    dyb = workspace("direct_dy", p.N * G * Kb * p.P * p.Q * 16, dtype)
+    _dy_blocked(dy, dyb, G, Kg, Kb)
+    # the kernel converts the input blocks itself, per thread (see _direct_gen); with few
+    # items, the batch in nsplit parts, each summed into its own copy of the gradient
+    # (>= 16 work items for 2 threads)
+    items = G * Cb * Kb
+    nsplit = max(1, min(p.N, -(-16 // items)))
+    acc = workspace("direct_acc", nsplit * items * p.R * p.S * 16 * L, dtype)
+    gw = out.reshape(out.size) if nsplit == 1 else workspace("direct_gw", nsplit * out.size,
+                                                             dtype)
+    _run(getattr(_gen(), f"bww_{L}"), nsplit * items, x, dyb, acc, gw, nsplit, G, Cb, Cg, Kb,
+         Kg, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left, p.P,
+         p.Q, dtype.type(0))
+    if nsplit > 1:
+        np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)
