@@ -31,6 +31,16 @@ def _restore_thread_count():
     if fastconv.get_num_threads() != n:
         fastconv.set_num_threads(n)
 
+def on_one_thread(fn):
+    """``fn()`` run with fastconv on one thread (the thread count restored after)."""
+    n = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(1)
+        return fn()
+    finally:
+        fastconv.set_num_threads(n)
+
+
 # -- Tolerances: max |got - want| / max(|want|), per dtype and algorithm ---------------------
 # Winograd's transforms lose precision with the tile size (Lavin & Gray 2016): measured
 # on C=256 layers, F(2x2,3x3) about 2e-6 and F(4x4,3x3) about 4e-5 of the output's

@@ -7,7 +7,7 @@ import pytest
 import fastconv
 from fastconv.kernels.numba import direct
 
-from conftest import assert_close, tolerance
+from conftest import assert_close, on_one_thread, tolerance
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
@@ -122,12 +122,7 @@ def test_threads_agree():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 16, 10, 10)).astype(np.float32)
     w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
-    n = fastconv.get_num_threads()
-    try:
-        fastconv.set_num_threads(1)
-        y1 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
-    finally:
-        fastconv.set_num_threads(n)
+    y1 = on_one_thread(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct"))
     y2 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
     np.testing.assert_array_equal(y1, y2)                 # deterministic across thread counts
 
@@ -156,12 +151,7 @@ def test_weight_gradient_threads_agree(dtype):
         w = (K, C, 3, 3)
         dy = rng.standard_normal(fastconv.conv2d(x, np.zeros(w, dtype), **kw).shape)
         dy = dy.astype(dtype)
-        n = fastconv.get_num_threads()
-        try:
-            fastconv.set_num_threads(1)
-            one = fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct")
-        finally:
-            fastconv.set_num_threads(n)
+        one = on_one_thread(lambda: fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct"))
         every = fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct")
         np.testing.assert_array_equal(one, every)
 

@@ -187,6 +187,29 @@ def _flat_source(J, KB):
     return "\n".join(L) + "\n"
 
 
+def _lanes_block_source(a, ind, M, J, KB, SW):
+    """Emit the register block of the lanes kernels: accumulators a{m*J + j}_{k} of output
+    rows p0 + m, columns q0 + j and channels k of block kb, summed over the input
+    channels and taps (two rows: ``xo`` moves on by ``urow``)."""
+    _zero_source(a, ind, M * J, KB)
+    # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
+    a(f"{ind}wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
+    a(f"{ind}for c in range(Cg):")
+    a(f"{ind}    for r in range(R):")
+    a(f"{ind}        xrow = ((n * C + g * Cg + c) * Hp + p0 * sh + r * dh) * Wp + q0 * {SW}")
+    a(f"{ind}        for s in range(S):")
+    a(f"{ind}            xo = np.uint64(xrow + s * dw)")
+    for k in range(KB):
+        a(f"{ind}            w{k} = wf[wo + uk{k}]")
+    for m in range(M):
+        if m:
+            a(f"{ind}            xo += urow")
+        for j in range(J):
+            a(f"{ind}            x = xf[xo + uj{j}]")
+            a(f"{ind}            " + "; ".join(f"a{m * J + j}_{k} += x * w{k}" for k in range(KB)))
+    a(f"{ind}            wo += uKB")
+
+
 def _lanes_source(M, J, KB, SW):
     """Forward kernel with the output channels in the vector lanes (KB/16 vectors) and M
     rows x J output pixels broadcast from a zero-padded NCHW copy of the input, for
@@ -226,24 +249,7 @@ def _lanes_source(M, J, KB, SW):
     a(f"        p0 = max(0, min(pb * {M}, P - {M}))")
     a("        for qb in range(nq):")
     a(f"            q0 = max(0, min(qb * {J}, Q - {J}))")
-    _zero_source(a, " " * 12, MJ, KB)
-    # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
-    a(f"            wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
-    a("            for c in range(Cg):")
-    a("                for r in range(R):")
-    a(f"                    xrow = ((n * C + g * Cg + c) * Hp + p0 * sh + r * dh) * Wp + q0 * {SW}")
-    a("                    for s in range(S):")
-    a("                        xo = np.uint64(xrow + s * dw)")
-    for k in range(KB):
-        a(f"                        w{k} = wf[wo + uk{k}]")
-    for m in range(M):
-        if m:
-            a("                        xo += urow")
-        for j in range(J):
-            a(f"                        x = xf[xo + uj{j}]")
-            a("                        " + "; ".join(f"a{m * J + j}_{k} += x * w{k}"
-                                                      for k in range(KB)))
-    a("                        wo += uKB")
+    _lanes_block_source(a, " " * 12, M, J, KB, SW)
     # row buffer rb[m, q, k]
     for m in range(M):
         a(f"            ro = np.uint64(({m} * RQ + q0) * {KB})")
@@ -305,23 +311,7 @@ def _lanes_rows_source(M, J, KB, SW):
     # the last block of a row (of rows) overlaps the one before (Q >= J, P >= M)
     a(f"        q0 = max(0, min(qb * {J}, Q - {J}))")
     a(f"        p0 = max(0, min(pb * {M}, P - {M}))")
-    _zero_source(a, " " * 8, MJ, KB)
-    # w block layout [g, kb, c, r, s, k]; x padded [n, c, hp, wp], hp = p*sh + r*dh
-    a(f"        wo = np.uint64(((g * Kb + kb) * Cg) * R * S * {KB})")
-    a("        for c in range(Cg):")
-    a("            for r in range(R):")
-    a(f"                xrow = ((n * C + g * Cg + c) * Hp + p0 * sh + r * dh) * Wp + q0 * {SW}")
-    a("                for s in range(S):")
-    a("                    xo = np.uint64(xrow + s * dw)")
-    for k in range(KB):
-        a(f"                    w{k} = wf[wo + uk{k}]")
-    for m in range(M):
-        if m:
-            a("                    xo += urow")
-        for j in range(J):
-            a(f"                    x = xf[xo + uj{j}]")
-            a("                    " + "; ".join(f"a{m * J + j}_{k} += x * w{k}" for k in range(KB)))
-    a("                    wo += uKB")
+    _lanes_block_source(a, " " * 8, M, J, KB, SW)
     for i in range(MJ):
         a("        " + "; ".join(f"buf[{i}, {k}] = a{i}_{k}" for k in range(KB)))
     a(f"        k0 = g * Kg + kb * {KB}")

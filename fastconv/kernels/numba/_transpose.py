@@ -6,9 +6,9 @@ Written as LLVM IR through ``numba.extending.intrinsic``: L vector loads, log2(L
 rounds of two-source shuffles, L vector stores (``transpose_rows``: the first m of them,
 for blocks cut short by the end of a row; ``transpose_block_n``: masked stores of the
 first n elements of each, for the lanes forward kernel's last Q % 16 columns, which
-element-wise stores had made 1-2% slower on res4 at Q = 14). Numba's loop and SLP vectorizers emit a
-scalar load and store per element for the same copy (the element-wise loop, or 256
-scalar locals, measured 4-6x slower on a res3-sized plane).
+element-wise stores had made 1-2% slower on res4 at Q = 14). Numba's loop and SLP
+vectorizers emit a scalar load and store per element for the same copy (the
+element-wise loop, or 256 scalar locals, measured 4-6x slower on a res3-sized plane).
 """
 from llvmlite import ir
 from numba import types
@@ -104,30 +104,26 @@ def transpose_block(typingctx, src, so, ss, dst, do, ds):
         _store_rows(context, builder, signature, args, None))
 
 
-@intrinsic
-def transpose_block_n(typingctx, src, so, ss, dst, do, ds, n):
-    """``transpose_block`` writing only the first ``n`` (<= L) elements of each row of
-    dst, dst[do + j*ds + i] for i < n (masked vector stores): the last block of a row
-    shorter than L. All L rows of the source block are read."""
-    if not _float_arrays(src, dst):
-        return None
+def _partial(name, which):
+    """An intrinsic ``(src, so, ss, dst, do, ds, count)``: ``transpose_block`` storing part
+    of the block (``which``: "n_" the first count elements of each row, "m_" the first
+    count rows); all L rows of the source block are read."""
+    def typer(typingctx, src, so, ss, dst, do, ds, count):
+        if not _float_arrays(src, dst):
+            return None
 
-    def codegen(context, builder, signature, args):
-        n_ = context.cast(builder, args[6], signature.args[6], types.int64)
-        return _store_rows(context, builder, signature, args, n_=n_)
+        def codegen(context, builder, signature, args):
+            c = context.cast(builder, args[6], signature.args[6], types.int64)
+            return _store_rows(context, builder, signature, args, **{which: c})
 
-    return types.void(src, so, ss, dst, do, ds, n), codegen
+        return types.void(src, so, ss, dst, do, ds, count), codegen
+
+    typer.__name__ = typer.__qualname__ = name           # numba keys intrinsics by name
+    return intrinsic(typer)
 
 
-@intrinsic
-def transpose_rows(typingctx, src, so, ss, dst, do, ds, m):
-    """``transpose_block`` storing only the first m rows of dst (j < m): all L rows of
-    the source block are read."""
-    if not _float_arrays(src, dst):
-        return None
-
-    def codegen(context, builder, signature, args):
-        m_ = context.cast(builder, args[6], signature.args[6], types.int64)
-        return _store_rows(context, builder, signature, args, m_=m_)
-
-    return types.void(src, so, ss, dst, do, ds, m), codegen
+#: dst[do + j*ds + i] = src[so + i*ss + j] for j < L, i < n (<= L), by masked vector
+#: stores: the last block of a row shorter than L
+transpose_block_n = _partial("transpose_block_n", "n_")
+#: the same for the rows j < m (<= L) of dst, all columns: blocks cut short by a row end
+transpose_rows = _partial("transpose_rows", "m_")
