@@ -98,10 +98,13 @@ def supports(algorithm, backend, p):
 #   1.58 / 1.35x forward and 1.86 / 1.53x grad-input, against F2's 1.45 / 1.36x and
 #   1.52 / 1.41x; res5 N=8 1.46-1.54 / 1.27-1.28x and 1.66-1.70 / 1.44x). The weight
 #   gradient takes F2 from 100 outputs when F4 does not reach 20x20 (14x14 at N=8: F2
-#   1.2-1.5x against F4's 0.7-1.4x). Below 100 outputs: direct's lanes kernel where its
-#   blocks fit (rows of 7, 2 rows), forward and grad-input (res5 at N=1, 1 / 2 threads:
-#   1.29 / 1.14x PyTorch forward, 1.24 / 1.23x grad-input, against im2col's 1.08 / 1.11x
-#   and 1.18 / 1.19x, F2's 1.22 / 1.00x and 1.16 / 1.03x, F4's 0.71-0.85x); else im2col.
+#   1.2-1.5x against F4's 0.7-1.4x). Below 100 outputs: direct, for the forward and
+#   grad-input where its lanes kernel's blocks fit (rows of 7, 2 rows; res5 at N=1, 1 /
+#   2 threads: 1.29 / 1.14x PyTorch forward, 1.24 / 1.23x grad-input, against im2col's
+#   1.08 / 1.11x and 1.18 / 1.19x, F2's 1.22 / 1.00x and 1.16 / 1.03x, F4's 0.71-0.85x),
+#   else im2col; for the weight gradient always (res5 N=1: 2.7 / 1.3 ms against F2's
+#   2.9 / 1.9 and im2col's 5.6 / 4.6; 4x4 to 9x9 images of 16-256 channels: 1.2-2.9x
+#   im2col's speed, but for two small ones on 2 threads, 0.73x and 0.90x).
 # - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
 # - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
 #   and at least 16 output channels, and depthwise layers: direct. Also the forward of
@@ -134,7 +137,7 @@ def _auto(op, p):
             return "winograd_f4"
         if outputs < F2_MIN_OUTPUTS:
             lanes = nb_direct._lanes_block(p.P, p.Q) is not None
-            return "direct" if op != "conv2d_weight" and lanes else "im2col"
+            return "direct" if op == "conv2d_weight" or lanes else "im2col"
         return "winograd_f2" if op == "conv2d_weight" else "winograd_f4"
     if p.K // p.groups < 16:                          # direct: 16 output channels in registers
         return "im2col"
