@@ -39,16 +39,28 @@ class WeightCache:
 
     def get(self, w, kind, build):
         """``build()``'s result for weight ``w`` and tag ``kind``, cached."""
-        key = (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, kind)
+        derived, check = self.get_unchecked(w, kind, build)
+        return derived if check is None or check() else self.put(w, kind, build())
+
+    def get_unchecked(self, w, kind, build):
+        """(derived, check) for weight ``w`` and tag ``kind``: a cached entry and the
+        function that says whether it is still valid (``w`` bitwise equal to the copy),
+        which the caller must call before using the entry's results (it may run it while
+        other threads already compute with the entry); or ``build()``'s result, stored,
+        and None."""
+        key = self._key(w, kind)
         with self.lock:
             hit = self.entries.get(key)
-        if hit is not None:
-            copy, derived = hit
-            if bitwise_equal(copy, w):
-                with self.lock:
-                    self.entries.move_to_end(key)
-                return derived
-        derived = build()
+            if hit is not None:
+                self.entries.move_to_end(key)
+        if hit is None:
+            return self.put(w, kind, build()), None
+        copy, derived = hit
+        return derived, lambda: bitwise_equal(copy, w)
+
+    def put(self, w, kind, derived):
+        """Store ``derived`` for weight ``w`` (a copy of it is taken) and tag ``kind``."""
+        key = self._key(w, kind)
         with self.lock:
             self.entries[key] = (w.copy(), derived)
             self.entries.move_to_end(key)
@@ -56,6 +68,10 @@ class WeightCache:
                     len(self.entries) > self.size or self._nbytes() > self.max_bytes):
                 self.entries.popitem(last=False)
         return derived
+
+    @staticmethod
+    def _key(w, kind):
+        return (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, kind)
 
     def _nbytes(self):
         return sum(c.nbytes + d.nbytes for c, d in self.entries.values())

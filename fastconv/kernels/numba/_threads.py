@@ -22,13 +22,15 @@ def _executor():
     return _pool
 
 
-def run(fn, total, *args):
+def run(fn, total, *args, first=None):
     """Run a generated kernel over work items [0, total) on ``numba.get_num_threads()``
     threads (the kernels release the GIL): 4 chunks per thread, taken in turn by the
     calling thread and ``threads - 1`` pool workers, so the calling thread starts at once
     and a worker that wakes late (a pool hand-off costs about 40 us here) takes fewer
-    chunks. The first call per dtype compiles (or loads from the cache) with the SLP
-    vectorizer on and restores Numba's setting afterwards."""
+    chunks. ``first``: a function the calling thread runs before it takes chunks (while
+    the workers start on them); its result is returned. The first call per dtype
+    compiles (or loads from the cache) with the SLP vectorizer on and restores Numba's
+    setting afterwards."""
     key = (fn, args[0].dtype)
     if key not in _compiled:
         with _compile_lock:
@@ -42,8 +44,9 @@ def run(fn, total, *args):
     nt = numba.get_num_threads()
     chunks = min(total, 4 * nt) if nt > 1 else 1
     if chunks <= 1:
+        result = first() if first is not None else None
         fn(*args, 0, total)
-        return
+        return result
     bounds = [total * i // chunks for i in range(chunks + 1)]
     turn = itertools.count()                        # next() is atomic under the GIL
 
@@ -54,6 +57,10 @@ def run(fn, total, *args):
             i = next(turn)
 
     helpers = [_executor().submit(work) for _ in range(min(nt, chunks) - 1)]
-    work()
-    for f in helpers:
-        f.result()
+    try:
+        result = first() if first is not None else None
+        work()
+    finally:
+        for f in helpers:
+            f.result()
+    return result

@@ -76,10 +76,12 @@ compiled 6x slower and vectorised worse. Both cores are busy for N = 1.
 Scratch layouts live in ``fastconv._config.workspace`` (per Python thread, reused
 across calls: no fresh pages to fault in). Weight re-layouts are cached (see
 ``fastconv.kernels.weight_cache``): the key is the array's address, shape, strides and
-dtype, and a hit is only taken after an exact bitwise comparison of the weight with a
-private copy kept at the time of the re-layout. A weight changed in place (an optimiser step) therefore
-never returns a stale layout; the check costs one memcmp of the weight, cheaper than
-the strided re-layout it saves.
+dtype, and a hit's results are only returned after an exact bitwise comparison of
+the weight with a private copy kept at the time of the re-layout. A weight changed in
+place (an optimiser step) therefore never returns a stale layout. The comparison (one
+memcmp of the weight) runs on the calling thread while the pool's threads start the
+first kernel run with the cached layout; when it fails, that run is repeated with a
+fresh one (res5 N=1 on 2 threads: 1.16-1.18x against comparing first).
 """
 
 import numba
@@ -204,15 +206,24 @@ def _dy_blocked(dy, dyb, G, Kg, Kb):
 
 
 def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
-    """The blocked weight layout of ``w`` (see ``_w_blocked``), from the cache when
-    ``wkey`` (the caller's array, ``w`` derived from it) was seen before."""
+    """A function ``weight(fresh=False)`` -> (wb, check): the blocked weight layout of
+    ``w`` (see ``_w_blocked``) from the cache when ``wkey`` (the caller's array, ``w``
+    derived from it) was seen before, with the check the kernel's first run makes while
+    it already computes (``_forward_blocked``), else (or ``fresh``) built, and None."""
+    tag = ("fwd", flip, G, Kg, Cg, KB) + kind
+
     def build():
         wc = np.ascontiguousarray(w)
         wb = np.empty(G * Kb * Cg * w.shape[2] * w.shape[3] * KB, w.dtype)
         _w_blocked(wc.reshape(wc.size), wb, G, Kg, Kb, Cg, w.shape[2], w.shape[3], flip, KB)
         return wb
 
-    return _weights.get(wkey, ("fwd", flip, G, Kg, Cg, KB) + kind, build)
+    def weight(fresh=False):
+        if fresh:
+            return _weights.put(wkey, tag, build()), None
+        return _weights.get_unchecked(wkey, tag, build)
+
+    return weight
 
 
 # -- Weight re-layout cache ----------------------------------------------------------------
@@ -242,15 +253,15 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         Hp, Wq = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
         plane, tail = Hp * Wq, 0
         Kb = -(-Kg // KB)
-        wb = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
+        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
 
         def convert(xs, xb):
             to_padded(xs, xb, Hp, Wq, pt, pl)
 
-        def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"),     # M > 1: blocks of a row too
-                 n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J)), xb, wb, os_, n, C, G, Hp, Wq, Kb, Kg, R, S, sh,
-                 dh, dw, P, Q, zero)
+        def kernel(n, xb, os_, wb, first):
+            items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))   # M > 1: blocks
+            return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"), items, xb, wb, os_, n, C,
+                        G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, first=first)
     elif _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
                   _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
@@ -268,7 +279,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                          for r in range(R) for s in range(S)], np.int64)
         plane = sh * sw * Hq * Wq
         tail = J + (S - 1) * dw // sw               # the last block reads past the planes
-        wb = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
+        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
         nf = -(-P * Wq // J)
 
         def convert(xs, xb):
@@ -285,10 +296,10 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         # than the slice's input layout; then all pixel blocks of one channel block. At N=1
         # and 8 the first wins 9-14% on res3 3x3/2 (1.7 MB of input per image, 0.6 MB of
         # weight), the second 3% where the weight is much larger (res5)
-        def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, toff, n, C, G,
-                 plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
-                 wb.nbytes <= xb.nbytes, zero)
+        def kernel(n, xb, os_, wb, first):
+            return _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, toff,
+                        n, C, G, plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
+                        wb.nbytes <= xb.nbytes, zero, first=first)
     else:
         # output rows in blocks of J pixels; column phases split so each tap reads J in a row
         Hp = (P - 1) * sh + (R - 1) * dh + 1
@@ -298,7 +309,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         plane = Hp * sw * Wq
         tail = 0
         assert orow == ocol == (0, 1)
-        wb = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, 16)
+        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, 16)
         # offset of tap column s in a row: phase (s*dw) % sw, then (s*dw) // sw columns in
         soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
 
@@ -308,18 +319,25 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
             else:
                 _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
 
-        def kernel(n, xb, os_):
-            _run(getattr(_gen(), f"fwd_{J}"), n * G * Kb * P, xb, wb, os_, soff, n, C, G, Hp, Wq,
-                 Kb, Kg, R, S, sh, sw, dh, P, Q, zero)
+        def kernel(n, xb, os_, wb, first):
+            return _run(getattr(_gen(), f"fwd_{J}"), n * G * Kb * P, xb, wb, os_, soff, n, C, G,
+                        Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero, first=first)
     # a few images at a time, so that the layout is still in cache when the kernel reads it
     image = C * plane
     nb = max(1, min(N, numba.get_num_threads() * _L2_IMAGES // (image * dtype.itemsize)))
     xb = workspace("direct_x", nb * image + tail, dtype)
     xb[nb * image:] = 0
+    # a cached layout is checked by the calling thread while the workers start the first
+    # kernel run (res5 N=1, 2 threads: the 9.4 MB compare overlaps the work); if the
+    # weight changed, that run is done again with a fresh layout
+    wb, check = weight()
     for n0 in range(0, N, nb):
         xs = x[n0:n0 + nb]
         convert(xs, xb)
-        kernel(len(xs), xb, out[n0:n0 + nb])
+        if kernel(len(xs), xb, out[n0:n0 + nb], wb, check) is False:
+            wb, _ = weight(fresh=True)
+            kernel(len(xs), xb, out[n0:n0 + nb], wb, None)
+        check = None
 
 
 def _flat_pitch(Q, S, sw, dw, pl, Wv):
