@@ -96,7 +96,7 @@ def test_edge_tiles_and_padding(algorithm, dtype, path, monkeypatch):
 
 def test_filter_transformed_on_the_fly(monkeypatch):
     """F(4x4,3x3) float32 with the filter transformed per call in the work items
-    (``_streamed_items``: 64 output channels, chunks of 32 input channels), forced on the
+    (``_streamed_items``: 64 output channels, chunks of 64 input channels), forced on the
     edge cases (channel tails in both, partial tiles, padding) and on 64-130 channels
     (several panels and chunks): forward and grad-input against the reference."""
     monkeypatch.setattr(wg, "STREAM_MIN_FILTER_BYTES", 0)
