@@ -279,10 +279,12 @@ def _lanes_source(M, J, KB, SW):
 
 
 def _lanes_rows_source(M, J, KB, SW):
-    """``_lanes_source`` for rows shorter than 16 pixels, M > 1 rows at a time: a work item
-    is one block of M rows x J pixels, whose accumulators go through an (M*J, KB) buffer
-    to ``out`` element by element (res5 7x7, 2 x 7: with ``_lanes_source``'s loop over
-    the blocks of a row in the item and its row buffer, 0.61-0.66x)."""
+    """``_lanes_source`` for rows shorter than 16 pixels, M = 2 rows at a time: a work item
+    is one block of M rows x J pixels (of one row: the last row of an odd P), whose
+    accumulators go through an (M*J, KB) buffer to ``out`` element by element (res5 7x7,
+    2 x 7: with ``_lanes_source``'s loop over the blocks of a row in the item and its row
+    buffer, 0.61-0.66x)."""
+    assert M == 2
     L = []
     a = L.append
     MJ = M * J
@@ -308,15 +310,22 @@ def _lanes_rows_source(M, J, KB, SW):
     a("        t = t // Kb")
     a("        g = t % G")
     a("        n = t // G")
-    # the last block of a row (of rows) overlaps the one before (Q >= J, P >= M)
+    # the last block of a row overlaps the one before (Q >= J); an odd last row of the
+    # image is a block of its own (res5 7x7 on 2 x 7 blocks: 7 rows computed, not 8)
     a(f"        q0 = max(0, min(qb * {J}, Q - {J}))")
-    a(f"        p0 = max(0, min(pb * {M}, P - {M}))")
-    _lanes_block_source(a, " " * 8, M, J, KB, SW)
+    a(f"        p0 = pb * {M}")
+    a(f"        nr = min({M}, P - p0)")
+    a(f"        if nr == {M}:")
+    _lanes_block_source(a, " " * 12, M, J, KB, SW)
     for i in range(MJ):
-        a("        " + "; ".join(f"buf[{i}, {k}] = a{i}_{k}" for k in range(KB)))
+        a("            " + "; ".join(f"buf[{i}, {k}] = a{i}_{k}" for k in range(KB)))
+    a("        else:")
+    _lanes_block_source(a, " " * 12, 1, J, KB, SW)
+    for i in range(J):
+        a("            " + "; ".join(f"buf[{i}, {k}] = a{i}_{k}" for k in range(KB)))
     a(f"        k0 = g * Kg + kb * {KB}")
     a(f"        for k in range(min({KB}, Kg - kb * {KB})):")
-    a(f"            for m in range({M}):")
+    a(f"            for m in range(nr):")
     a(f"                o = out[n, k0 + k, p0 + m]")
     a(f"                for j in range(min({J}, Q - q0)):")
     a(f"                    o[q0 + j] = buf[m * {J} + j, k]")

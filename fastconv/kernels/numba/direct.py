@@ -39,8 +39,9 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   (element-wise stores had cost conv1, 147 inputs per output, 15-30% against the row
   kernel). res3 3x3: 250 GFLOP/s on one core (93% of the FMA peak) against the flat
   kernel's 215; conv1 225 against 195. ``lanes_2x7_32_{1,2}``, for rows of 7 to 13
-  pixels and at least 256 inputs per output: the same on 7 pixels of two rows (res5
-  3x3 7x7: 1.10-1.12x the flat kernel's forward, whose 32 lanes held 49 of 63 pixels;
+  pixels and at least 256 inputs per output: the same on 7 pixels of two rows, the last
+  row of an odd P alone (res5 3x3 7x7: 1.10-1.12x the flat kernel's forward, whose 32
+  lanes held 49 of 63 pixels, and 1.03-1.18x again without an overlapping last block;
   a 1 x 7 x 32 block ran the same with half the FMAs per weight load, 1 x 7 x 64
   spilled, 0.82-0.90x).
 * ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
