@@ -187,6 +187,24 @@ def _flat_source(J, KB):
     return "\n".join(L) + "\n"
 
 
+def _lanes_prologue(a, M, J, KB, SW):
+    """Emit the lanes kernels' signature and constants: blocks per row (nq) and per
+    image (np_), unsigned offsets of the KB channels, of the J pixels (stride SW) and of
+    the next output row's inputs."""
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def lanes_{M}x{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P,"
+      " Q, zero, it0, it1):")
+    a(f"    nq = (Q + {J - 1}) // {J}")
+    a(f"    np_ = (P + {M - 1}) // {M}")
+    a("    Cg = C // G")
+    a(f"    uKB = np.uint64({KB})")
+    a("    urow = np.uint64(sh * Wp)          # from one output row's inputs to the next's")
+    for k in range(KB):
+        a(f"    uk{k} = np.uint64({k})")
+    for j in range(J):
+        a(f"    uj{j} = np.uint64({SW * j})")
+
+
 def _lanes_block_source(a, ind, M, J, KB, SW):
     """Emit the register block of the lanes kernels: accumulators a{m*J + j}_{k} of output
     rows p0 + m, columns q0 + j and channels k of block kb, summed over the input
@@ -223,20 +241,9 @@ def _lanes_source(M, J, KB, SW):
     L = []
     a = L.append
     MJ = M * J
-    a(f"@jit(fastmath={{'contract'}})")
-    a(f"def lanes_{M}x{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P,"
-      " Q, zero, it0, it1):")
-    a(f"    nq = (Q + {J - 1}) // {J}")
-    a(f"    np_ = (P + {M - 1}) // {M}")
-    a("    Cg = C // G")
+    _lanes_prologue(a, M, J, KB, SW)
     a("    K = out.shape[1]")
     a("    of = out.reshape(out.size)")
-    a(f"    uKB = np.uint64({KB})")
-    a("    urow = np.uint64(sh * Wp)          # from one output row's inputs to the next's")
-    for k in range(KB):
-        a(f"    uk{k} = np.uint64({k})")
-    for j in range(J):
-        a(f"    uj{j} = np.uint64({SW * j})")
     a("    RQ = (Q + 15) // 16 * 16            # row buffer pitch: columns past Q never stored")
     a(f"    rb = np.empty({M} * RQ * {KB}, xf.dtype)")
     a("    for it in range(it0, it1):          # of N * G * Kb * np_")
@@ -288,18 +295,7 @@ def _lanes_rows_source(M, J, KB, SW):
     L = []
     a = L.append
     MJ = M * J
-    a(f"@jit(fastmath={{'contract'}})")
-    a(f"def lanes_{M}x{J}_{KB}_{SW}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P,"
-      " Q, zero, it0, it1):")
-    a(f"    nq = (Q + {J - 1}) // {J}")
-    a(f"    np_ = (P + {M - 1}) // {M}")
-    a("    Cg = C // G")
-    a(f"    uKB = np.uint64({KB})")
-    a("    urow = np.uint64(sh * Wp)          # from one output row's inputs to the next's")
-    for k in range(KB):
-        a(f"    uk{k} = np.uint64({k})")
-    for j in range(J):
-        a(f"    uj{j} = np.uint64({SW * j})")
+    _lanes_prologue(a, M, J, KB, SW)
     a(f"    buf = np.empty(({MJ}, {KB}), xf.dtype)")
     a("    for it in range(it0, it1):          # of N * G * Kb * np_ * nq")
     a("        qb = it % nq")
@@ -330,6 +326,13 @@ def _lanes_rows_source(M, J, KB, SW):
     a(f"                for j in range(min({J}, Q - q0)):")
     a(f"                    o[q0 + j] = buf[m * {J} + j, k]")
     return "\n".join(L) + "\n"
+
+
+def _bww_item_source(a, ind):
+    """Emit the weight-gradient kernel's work item it = (sp, g, cbk, kb), kb innermost."""
+    for line in ("kb = it % Kb", "t = it // Kb", "cbk = t % Cb", "t = t // Cb", "g = t % G",
+                 "sp = t // G"):
+        a(ind + line)
 
 
 def _bww_source(L):
@@ -368,12 +371,7 @@ def _bww_source(L):
     a("    for n in range(N):")
     # consecutive items share the input block
     a("        for it in range(it0, it1):      # of nsplit * G * Cb * Kb")
-    a("            kb = it % Kb")
-    a("            t = it // Kb")
-    a("            cbk = t % Cb")
-    a("            t = t // Cb")
-    a("            g = t % G")
-    a("            sp = t // G")
+    _bww_item_source(a, " " * 12)
     a("            n0 = sp * N // nsplit")
     a("            if n < n0 or n >= (sp + 1) * N // nsplit:")
     a("                continue")
@@ -416,12 +414,7 @@ def _bww_source(L):
         a("                        " + "; ".join(f"acc[ao + {k * L + c}] += a{c}_{k}"
                                                 for c in range(L)))
     a("    for it in range(it0, it1):")
-    a("        kb = it % Kb")
-    a("        t = it // Kb")
-    a("        cbk = t % Cb")
-    a("        t = t // Cb")
-    a("        g = t % G")
-    a("        sp = t // G")
+    _bww_item_source(a, " " * 8)
     a(f"        ai = ((((sp * G + g) * Kb + kb) * Cb + cbk) * RS) * {KB * L}")
     # gf[sp, k0 + k, c0 + c, t] (flat), t = r*S + s: k0 + k is one of group g's output
     # channels, c0 + c an input channel within the group
