@@ -132,6 +132,12 @@ _CHUNK = 32          # tiles per parallel work item of the unfused transforms, a
 
 
 @jit(inline="always")
+def _tile(t, th, tw):
+    """(image, tile row, tile column) of tile t of th x tw tiles per image."""
+    return t // (th * tw), (t // tw) % th, t % tw
+
+
+@jit(inline="always")
 def _chunk(nt):
     """Tiles per work item of the unfused transforms: ``_CHUNK``, fewer for few tiles (at
     least 8 items; one item of 32 tiles left res5's 32 at N=8 to one thread)."""
@@ -618,8 +624,7 @@ def _transform_tiles(src, dst, nt, m, t0, th, tw, dy):
     for chunk in prange((nt + ch - 1) // ch):
         tmp = np.empty((m + 2, m + 2, src.shape[3]), src.dtype)
         for u in range(chunk * ch, min(nt, chunk * ch + ch)):
-            t = t0 + u
-            n, i, j = t // (th * tw), (t // tw) % th, t % tw
+            n, i, j = _tile(t0 + u, th, tw)
             if m == 2 and dy:
                 _dy_tile2(src, n, 2 * i, 2 * j, tmp, dst, u)
             elif m == 2:
@@ -643,8 +648,7 @@ def _output_tiles(M, nt, y, m, t0, th, tw):
         for chunk in prange((nt + ch - 1) // ch):
             tmp = np.empty((m + 2, m + 2, M.shape[2]), M.dtype)
             for u in range(chunk * ch, min(nt, chunk * ch + ch)):
-                t = t0 + u
-                n, i, j = t // (th * tw), (t // tw) % th, t % tw
+                n, i, j = _tile(t0 + u, th, tw)
                 if m == 2:
                     _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j)
                 else:
