@@ -246,6 +246,30 @@ def test_lanes_kernel():
     _check(np.float32, 1, 29, 9, 13, 36, 3, 3, padding=(0, 1), dilation=(1, 2))  # 7 x 9
 
 
+def test_streamed_lanes_kernel(monkeypatch):
+    """The 2 x 7 lanes kernel that lays out the weight per work item (``_s``), forced on
+    small weights: input channels in chunks (70 = 64 + 6), a channel tail (K = 40),
+    several images per item, groups, stride 2, dilation, asymmetric padding, and the
+    input gradient (rotated weight, stride-2 phases); a weight changed in place is
+    seen at once (no layout is kept). At res5's size it is the one auto runs."""
+    assert direct._streams_weight(512 * 512 * 9 * 4)                # res5 3x3
+    assert not direct._streams_weight(256 * 256 * 9 * 4)
+    monkeypatch.setattr(direct, "STREAM_MIN_WEIGHT", 0)
+    _check(np.float32, 3, 70, 7, 7, 40, 3, 3, padding=1)                  # chunks, K tail
+    _check(np.float32, 1, 140, 9, 10, 72, 3, 3, padding=(0, 1), groups=2)  # Cg = 70
+    _check(np.float32, 2, 40, 15, 17, 33, 3, 3, stride=2, padding=1)      # 8 x 9, stride 2
+    _check(np.float32, 1, 36, 11, 13, 64, 3, 3, padding=(1, 2), dilation=2)
+    _check(np.float32, 1, 30, 8, 12, 32, 5, 5, padding=2)                 # 5 x 5, Q = 12
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 64, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    w *= -0.5
+    assert_close(fastconv.conv2d(x, w, padding=1, algorithm="direct"),
+                 fastconv.conv2d(x, w, padding=1, algorithm="reference"),
+                 tolerance(np.float32, "direct"), "after an in-place change")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blocked_weight_layout(dtype):
     """The blocked weight layouts (block transposes where a block of output channels is

@@ -43,7 +43,11 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   row of an odd P alone (res5 3x3 7x7: 1.10-1.12x the flat kernel's forward, whose 32
   lanes held 49 of 63 pixels, and 1.03-1.18x again without an overlapping last block;
   a 1 x 7 x 32 block ran the same with half the FMAs per weight load, 1 x 7 x 64
-  spilled, 0.82-0.90x).
+  spilled, 0.82-0.90x). ``lanes_2x7_32_{1,2}_s``, the same for weights of 8 MB or more
+  (``STREAM_MIN_WEIGHT``), takes the weight as it is: a work item is one block of 32
+  output channels over all the blocks of the images, and lays out that block of the
+  weight itself, 64 input channels at a time, into a buffer that stays in cache (res5
+  N=1: the weight read once per call, not three times with a cached layout's check).
 * ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
   kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
   p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
@@ -254,15 +258,27 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         Hp, Wq = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
         plane, tail = Hp * Wq, 0
         Kb = -(-Kg // KB)
-        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
 
         def convert(xs, xb):
             to_padded(xs, xb, Hp, Wq, pt, pl)
 
-        def kernel(n, xb, os_, wb, first):
-            items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))   # M > 1: blocks
-            return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"), items, xb, wb, os_, n, C,
-                        G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, first=first)
+        if M > 1 and _streams_weight(w.nbytes):
+            # each work item lays out its block of the weight itself: no cached layout
+            wc = np.ascontiguousarray(w).reshape(-1)
+
+            def weight(fresh=False):
+                return wc, None
+
+            def kernel(n, xb, os_, wb, first):
+                return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}_s"), G * Kb, xb, wb, os_,
+                            n, C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, flip, zero)
+        else:
+            weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
+
+            def kernel(n, xb, os_, wb, first):
+                items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))  # M > 1: blocks
+                return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"), items, xb, wb, os_, n,
+                            C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, first=first)
     elif _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
                   _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
@@ -388,6 +404,19 @@ def _lanes_wins(dtype, sh, sw, ish, isw, P, Q, patch):
     return (dtype == np.float32 and sh == sw and sw in _direct_gen.LANES_STRIDES
             and ish == isw == 1 and block is not None
             and (block[0] == 1 or patch >= LANES_MIN_PATCH))
+
+
+#: the 2 x 7 lanes kernel lays out the weight per work item, in chunks, with no cached
+#: layout (``lanes_2x7_32_*_s``), from this many bytes of weight: its check against the
+#: cached layout's copy reads twice the weight per call (2, 1 threads; streamed against
+#: cached: 9.4 MB (res5) N=1 1.05x, 1.04x, N=8 0.98-1.03x, 1.03-1.04x; 2.4 MB (7x7, 256
+#: channels) 0.91-0.94x, 1.0x)
+STREAM_MIN_WEIGHT = 8 * 1024 * 1024
+
+
+def _streams_weight(nbytes):
+    """Whether the 2 x 7 lanes kernel takes a weight of ``nbytes`` as it is."""
+    return nbytes >= STREAM_MIN_WEIGHT
 
 
 def _lanes_block(P, Q):
