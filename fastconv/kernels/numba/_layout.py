@@ -2,18 +2,39 @@
 lanes kernels and of im2col's blocked weight gradient), channels-last blocks of one
 image (direct's weight-gradient input) and blocked weights (output channels last:
 direct's forward kernels, Winograd's filter transformed on the fly)."""
+import numba
 from numba import prange
 
 from ..._config import jit
 from ._transpose import transpose_block, transpose_rows
 
 
-@jit(parallel=True)
+#: below this many rows (N*C*Hp) of padded planes, ``to_padded`` copies on the calling
+#: thread alone: waking the OpenMP workers costs about 45 us here, a row about 7 ns (2
+#: threads, res5 N=1's 512 x 9 rows: 73 us, 36 on the calling thread; conv1's 3 x 230:
+#: 64 and 17 us)
+PAD_SERIAL_ROWS = 8192
+
+
 def to_padded(src, dst, Hp, Wq, pt, pl):
     """dst[n, c, hp, wq] = src[n, c, hp - pt, wq - pl] inside src, else 0 (``dst`` flat,
     Hp x Wq planes; negative offsets crop src): a plane per work item, row copies as
     slices (1.4-1.6x faster than direct's ``_to_phase``, a row per work item, on res3 at
-    N=4 and 8; a single-threaded NumPy copy ran 0.96-0.97x there on 2 threads)."""
+    N=4 and 8; a single-threaded NumPy copy ran 0.96-0.97x there on 2 threads), on one
+    thread below ``PAD_SERIAL_ROWS`` rows."""
+    threads = numba.get_num_threads()
+    if threads == 1 or src.shape[0] * src.shape[1] * Hp >= PAD_SERIAL_ROWS:
+        _padded(src, dst, Hp, Wq, pt, pl)
+        return
+    numba.set_num_threads(1)                # this thread's setting only
+    try:
+        _padded(src, dst, Hp, Wq, pt, pl)
+    finally:
+        numba.set_num_threads(threads)
+
+
+@jit(parallel=True)
+def _padded(src, dst, Hp, Wq, pt, pl):
     N, C, Hs, Ws = src.shape
     lo, hi = max(0, -pl), min(Ws, Wq - pl)               # the columns of src kept
     h0, h1 = max(0, min(Hp, pt)), max(0, min(Hp, Hs + pt))   # rows hp holding src rows
