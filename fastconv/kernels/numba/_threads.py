@@ -28,7 +28,11 @@ def run(fn, total, *args, first=None):
     calling thread and ``threads - 1`` pool workers, so the calling thread starts at once
     and a worker that wakes late (a pool hand-off costs about 40 us here) takes fewer
     chunks. ``first``: a function the calling thread runs before it takes chunks (while
-    the workers start on them); its result is returned. The first call per dtype
+    the workers start on them); its result is returned. When the calling thread took
+    every chunk, the workers (which then find none) are not waited for: a small call
+    (res5-sized 3x3 with 32 channels, N=1) took 87 us instead of 101 on 2 threads, where
+    waiting for a worker to wake and find nothing had cost about 25 us. The first call
+    per dtype
     compiles (or loads from the cache) with the SLP vectorizer on and restores Numba's
     setting afterwards."""
     key = (fn, args[0].dtype)
@@ -51,16 +55,21 @@ def run(fn, total, *args, first=None):
     turn = itertools.count()                        # next() is atomic under the GIL
 
     def work():
-        i = next(turn)
+        i, taken = next(turn), 0
         while i < chunks:
             fn(*args, bounds[i], bounds[i + 1])
-            i = next(turn)
+            i, taken = next(turn), taken + 1
+        return taken
 
     helpers = [_executor().submit(work) for _ in range(min(nt, chunks) - 1)]
+    taken = 0
     try:
         result = first() if first is not None else None
-        work()
+        taken = work()
     finally:
-        for f in helpers:
-            f.result()
+        # a small call can be over before a worker wakes: one that finds no chunk left
+        # touches nothing, so it is not waited for
+        if taken < chunks:
+            for f in helpers:
+                f.result()
     return result
