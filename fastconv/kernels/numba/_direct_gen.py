@@ -753,7 +753,9 @@ def _patch_gemm_source(J, TB):
     multiple of TB, Kp of J. Per block of TB rows and J columns the accumulators are
     loaded from A, run over the nb*Q pixels (J/16 vector loads of U and TB broadcasts
     of V per step: the stride ``step`` costs nothing) and stored back, so no patch
-    matrix is gathered."""
+    matrix is gathered. Also direct's pointwise forward: V the pixels of the batch, read
+    in place from NCHW (``step`` = H*W, one offset per pixel, nb = 1), U the blocked
+    weight."""
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
