@@ -409,12 +409,12 @@ def _lanes_block(P, Q):
 #: output pixels of the batch per work item of the pointwise forward, about (whole
 #: 6-row blocks; fewer where the threads need more items). The items of a row chunk are
 #: consecutive (its input read from cache again; the weight, streamed, from L3): res5
-#: 1x1, 2 threads, N=8 / 16 / 32: 1.0 / 1.1 / 1.35x the other order (where the input
+#: 1x1, 2 threads, N=8 / 16 / 32: 1.04 / 1.09 / 1.36x the other order (where the input
 #: came from memory again for each block of 64 output channels); 48 to 192 rows within
-#: 2-8% of 96
+#: 6% of 96
 POINTWISE_ROWS = 96
 #: input channels per call of its GEMM (the slice of the weight block it runs over from
-#: the thread's cache): res5 1x1 at N=1 and 8, 256 1.02-1.10x 64's speed
+#: the thread's cache): res5 1x1 at N=1 and 8, 256 1.02-1.12x 64's speed
 POINTWISE_KC = 256
 
 
