@@ -105,7 +105,15 @@ def supports(algorithm, backend, p):
 #   else im2col; for the weight gradient always (res5 N=1: 2.7 / 1.3 ms against F2's
 #   2.9 / 1.9 and im2col's 5.6 / 4.6; 4x4 to 9x9 images of 16-256 channels: 1.2-2.9x
 #   im2col's speed, but for two small ones on 2 threads, 0.73x and 0.90x).
-# - 1x1 stride-1: one GEMM, im2col (1.6-2.8x).
+# - 1x1 stride-1: one GEMM, im2col (1.6-2.8x); for the float32 forward of batches of at
+#   least 4 images of fewer than 100 pixels, with at least 4 times as many input as
+#   output channels and at least 64 of those: direct's pointwise GEMM (its weight blocked
+#   once, the pixels read in place; im2col copies the batch channels-first and back).
+#   Against im2col, 2 / 1 threads: res5 1x1 (2048->512, 7x7) N=8 1.21 / 0.98x, N=4
+#   1.12 / 0.99x, N=16 1.11 / 0.99x, N=32 1.09 / 1.02x, 3x3 planes N=8 1.23 / 1.08x;
+#   1024->256 7x7 N=8 1.34 / 1.06x. Not where it measured slower: N=1 (0.71 / 0.89x)
+#   and 2, C < 4K (512->2048 7x7 0.97 / 0.94x, 256->256 0.83 / 1.06x), K < 64 (0.43x),
+#   14x14 and larger planes (0.84-0.94x; res2 1x1 at 56x56 0.60-0.81x).
 # - forward of layers with few inputs per output (C*R*S < 256, e.g. the 7x7 RGB stem)
 #   and at least 16 output channels, and depthwise layers: direct. Also the forward of
 #   stride-2 layers (not 1x1) with at least 16 output channels: direct (res3 3x3/2:
@@ -120,15 +128,24 @@ WINOGRAD_MIN_CHANNELS = 16      # C and K: below, the transforms outweigh the sa
 F4_MIN_IMAGE = 400              # P*Q from which F(4x4,3x3) beats F(2x2,3x3)
 F2_MIN_OUTPUTS = 100            # N*P*Q from which F(2x2,3x3) beats im2col
 DIRECT_MAX_PATCH = 256          # C/groups*R*S below which direct beats im2col forward
+POINTWISE_MIN_IMAGES = 4        # direct's pointwise forward: from this many images,
+POINTWISE_MAX_IMAGE = 100       # of fewer pixels than this,
+POINTWISE_MIN_REDUCTION = 4     # with C >= this * K,
+POINTWISE_MIN_OUTPUTS = 64      # and K >= this (its blocks of output channels)
 
 
-def _auto(op, p):
-    """The algorithm ``auto`` prefers for ``op`` on geometry ``p`` (the rules above)."""
+def _auto(op, p, dtype=None):
+    """The algorithm ``auto`` prefers for ``op`` on geometry ``p`` and ``dtype`` (None:
+    not known) (the rules above)."""
     if op not in CONV_OPS:
         return "direct"
     if p.R == p.S == p.stride_h == p.stride_w == 1 and not (
             p.pad_top or p.pad_bottom or p.pad_left or p.pad_right):
-        return "im2col"
+        pointwise = (op == "conv2d" and dtype is not None and np.dtype(dtype) == np.float32
+                     and p.groups == 1 and p.N >= POINTWISE_MIN_IMAGES
+                     and p.P * p.Q < POINTWISE_MAX_IMAGE and p.K >= POINTWISE_MIN_OUTPUTS
+                     and p.C >= POINTWISE_MIN_REDUCTION * p.K)
+        return "direct" if pointwise else "im2col"
     if p.groups > 1 and p.groups == p.C == p.K:
         return "direct"
     if supports("winograd_f4", "numba", p) and min(p.C, p.K) >= WINOGRAD_MIN_CHANNELS:
@@ -257,7 +274,7 @@ def select(op, algorithm, backend, p, dtype=None):
         if tuned is not None and tuple(tuned) in pairs and supports(*tuned, p):
             return REGISTRY[(op, *tuned)]
     if algorithm == "auto":
-        preferred = _auto(op, p)
+        preferred = _auto(op, p, dtype)
         candidates = [(a, b) for a, b in pairs if backend in ("auto", b) and supports(a, b, p)]
         candidates.sort(key=lambda ab: (ab[0] != preferred, ab[0] == "reference"))
     else:

@@ -292,3 +292,58 @@ def test_blocked_weight_layout(dtype):
                     want[g, :Kgf] = w[g * Kgf:(g + 1) * Kgf]
             want = want.reshape(G, Kb, KB, Cgf, R, S).transpose(0, 1, 3, 4, 5, 2)
             np.testing.assert_array_equal(wb, want.reshape(-1), err_msg=f"{K, Cg, R, S, G, KB, flip}")
+
+
+# -- The pointwise forward (float32 1x1, stride 1, no padding): a GEMM on the batch's pixels
+
+
+def _pointwise(N, C, H, W, K, groups=1, seed=0):
+    """The pointwise path's forward against the reference, on all threads and on one
+    (the same bits: each output is summed in one order whatever the work items)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // groups, 1, 1)).astype(np.float32)
+    p = fastconv._geometry.conv_params("t", x.shape, w.shape, groups=groups)
+    assert direct._is_pointwise(x.dtype, p)
+    y = fastconv.conv2d(x, w, groups=groups, algorithm="direct")
+    want = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), groups=groups,
+                           algorithm="reference")
+    assert y.dtype == np.float32
+    assert_close(y, want, tolerance(np.float32, "direct"), f"pointwise {x.shape} {w.shape}")
+    one = on_one_thread(lambda: fastconv.conv2d(x, w, groups=groups, algorithm="direct"))
+    np.testing.assert_array_equal(one, y)
+
+
+# input channels around the 6 x 64 GEMM's and the transposes' 16; output channels around
+# the 64-channel weight blocks and their 16-channel stores (tails stored element-wise);
+# 3 x 5 planes: fewer pixels than a 16-pixel transpose, rows not a multiple of 6
+@pytest.mark.parametrize("C", list(range(1, 41)) + list(range(60, 71)))
+def test_pointwise_channels(C):
+    _pointwise(1, C, 3, 5, [1, 16, 63, 64, 65, 100, 128, 130][C % 8], seed=C)
+
+
+# pixel counts: one pixel; odd planes; images split across the row chunks of the work
+# items and their 6-row blocks (N*H*W not a multiple of 6, chunks crossing images)
+@pytest.mark.parametrize("N,H,W", [(1, 1, 1), (1, 7, 7), (3, 5, 7), (2, 17, 19), (8, 7, 7),
+                                   (5, 13, 11), (1, 31, 33)])
+def test_pointwise_pixels(N, H, W):
+    _pointwise(N, 24, H, W, 80)
+
+
+def test_pointwise_groups():
+    _pointwise(2, 12, 5, 5, 9, groups=3)
+    _pointwise(3, 128, 7, 5, 130, groups=2)                     # 65 outputs per group
+    _pointwise(1, 66, 4, 9, 6, groups=6)                         # 11 inputs, 1 output each
+
+
+def test_pointwise_weight_changed_in_place():
+    """The cached weight layout is compared with the weight while the product runs; after
+    an in-place edit that run is repeated with a fresh layout."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 70, 5, 7)).astype(np.float32)
+    w = rng.standard_normal((90, 70, 1, 1)).astype(np.float32)
+    for edit in (lambda: w.__imul__(-0.5), lambda: w.__setitem__((89, 69, 0, 0), 7.0)):
+        fastconv.conv2d(x, w, algorithm="direct")
+        edit()
+        assert_close(fastconv.conv2d(x, w, algorithm="direct"),
+                     fastconv.conv2d(x, w, algorithm="reference"), 1e-5, "after an edit")

@@ -225,6 +225,14 @@ def test_auto_conv_uses_a_registered_kernel_for_every_case():
 
 @pytest.mark.parametrize("shape,kw,op,want", [
     ((1, 64, 56, 56), dict(K=256, R=1), "conv2d", "im2col"),             # pointwise: one GEMM
+    ((8, 64, 56, 56), dict(K=256, R=1), "conv2d", "im2col"),
+    ((8, 2048, 7, 7), dict(K=512, R=1), "conv2d", "direct"),             # the pointwise GEMM
+    ((4, 1024, 3, 3), dict(K=256, R=1), "conv2d", "direct"),
+    ((2, 2048, 7, 7), dict(K=512, R=1), "conv2d", "im2col"),             # too few images
+    ((8, 512, 7, 7), dict(K=2048, R=1), "conv2d", "im2col"),             # C < 4K
+    ((8, 1024, 14, 14), dict(K=256, R=1), "conv2d", "im2col"),           # 196 pixels
+    ((8, 128, 7, 7), dict(K=32, R=1), "conv2d", "im2col"),               # K < 64
+    ((8, 2048, 7, 7), dict(K=512, R=1), "conv2d_input", "im2col"),
     ((8, 128, 28, 28), dict(K=128, R=3, padding=1), "conv2d", "winograd_f4"),
     ((8, 256, 14, 14), dict(K=256, R=3, padding=1), "conv2d_input", "winograd_f4"),
     ((8, 512, 14, 14), dict(K=512, R=3, padding=1), "conv2d_weight", "winograd_f2"),
@@ -252,12 +260,21 @@ def test_auto_conv_uses_a_registered_kernel_for_every_case():
     ((8, 256, 28, 28), dict(K=256, R=3, padding=1, groups=256), "conv2d_weight", "direct"),
 ])
 def test_selection_rules(shape, kw, op, want):
-    """The rules of fastconv._dispatch._auto pick what the benchmarks measured fastest."""
+    """The rules of fastconv._dispatch._auto pick what the benchmarks measured fastest
+    (float32)."""
     kw = dict(kw)
     K, R, groups = kw.pop("K"), kw.pop("R"), kw.get("groups", 1)
     p = fastconv._geometry.conv_params("t", shape, (K, shape[1] // groups, R, R), **kw)
-    assert _dispatch._auto(op, p) == want
+    assert _dispatch._auto(op, p, np.float32) == want
     assert _dispatch.select(op, "auto", "auto", p, np.float32) is _dispatch.REGISTRY[(op, want, "numba")]
+
+
+def test_pointwise_selection_is_float32_only():
+    """direct's pointwise forward is float32; other dtypes (or none given) keep im2col."""
+    p = fastconv._geometry.conv_params("t", (8, 2048, 7, 7), (512, 2048, 1, 1))
+    assert _dispatch._auto("conv2d", p, np.float32) == "direct"
+    assert _dispatch._auto("conv2d", p, np.float64) == "im2col"
+    assert _dispatch._auto("conv2d", p) == "im2col"
 
 
 @pytest.mark.parametrize("algorithm,backend", CONV_PAIRS)

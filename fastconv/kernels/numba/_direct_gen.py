@@ -826,7 +826,7 @@ def _patch_gemm_source(J, TB):
     multiple of TB, Kp of J. Per block of TB rows and J columns the accumulators are
     loaded from A, run over the nb*Q pixels (J/16 vector loads of U and TB broadcasts
     of V per step: the stride ``step`` costs nothing) and stored back, so no patch
-    matrix is gathered."""
+    matrix is gathered. Also direct's pointwise forward (``_pointwise_source``)."""
     L = []
     a = L.append
     a(f"@jit(fastmath={{'contract'}})")
@@ -851,6 +851,71 @@ def _patch_gemm_source(J, TB):
     return "\n".join(L) + "\n"
 
 
+def _pointwise_source(J, TB):
+    """direct's pointwise forward (float32 1x1, stride 1, no padding): work items (g, chunk
+    of rows, kb), the kb innermost (consecutive items reuse the chunk's input from
+    cache): output channels g*Kg + kb*J + [0, J) of a chunk of the batch's pixels (rows
+    t = n*H*W + q, ``nch`` chunks of whole TB-row blocks). M = V @ U by
+    ``patch_gemm_{J}_{TB}``, V (rows, C/G) the group's input read in place (row t starts
+    at x[n, g*Cg, q], its channels H*W apart; rows past the batch repeat its last pixel,
+    computed and dropped), U (Cg, J) block (g, kb) of the blocked weight [g, kb, c, k]
+    (zero past Kg), KC input channels at a time, into a (rows, J) buffer that goes to
+    ``out`` (N, K, H, W) by 16 x 16 block transposes (masked for the last pixels of an
+    image's run in the chunk; element by element for a channel tail)."""
+    L = []
+    a = L.append
+    a(f"@jit(fastmath={{'contract'}})")
+    a(f"def pointwise_{J}_{TB}(x, uf, out, G, Kb, nch, KC, it0, it1):")
+    a("    N, C, H, W = x.shape")
+    a("    K = out.shape[1]")
+    a("    HW = H * W")
+    a("    T = N * HW")
+    a("    Cg, Kg = C // G, K // G")
+    a(f"    nb = (T + {TB - 1}) // {TB}              # row blocks")
+    a(f"    RM = (nb + nch - 1) // nch * {TB}      # rows of the largest chunk")
+    a(f"    mb = np.empty((RM + 16) * {J}, x.dtype)  # the transposes read up to 16 rows on")
+    a("    offs = np.empty(RM, np.int64)")
+    a("    xf = x.reshape(x.size)")
+    a("    of = out.reshape(out.size)")
+    a("    for it in range(it0, it1):          # of G * nch * Kb")
+    a("        kb = it % Kb")
+    a("        ch = it // Kb % nch")
+    a("        g = it // (nch * Kb)")
+    a(f"        r0 = ch * nb // nch * {TB}")
+    a(f"        nr = (ch + 1) * nb // nch * {TB} - r0")
+    a("        for i in range(nr):")
+    a("            t = min(r0 + i, T - 1)")
+    a("            n = t // HW")
+    a("            offs[i] = (n * C + g * Cg) * HW + t - n * HW     # x[n, g*Cg, t - n*HW]")
+    a(f"        mb[:nr * {J}] = 0")
+    a("        for c0 in range(0, Cg, KC):")
+    # channel c0 is c0*HW further into x; rows c0.. of U block (g, kb)
+    a(f"            patch_gemm_{J}_{TB}(xf, c0 * HW, offs, uf, ((g * Kb + kb) * Cg + c0) * {J},"
+      f" mb, 0, nr, {J}, 1, min(KC, Cg - c0), 0, HW)")
+    a(f"        k0 = g * Kg + kb * {J}")
+    a(f"        nk = min({J}, Kg - kb * {J})")
+    a("        t = r0")
+    a("        while t < min(r0 + nr, T):      # the chunk's pixels, a run per image")
+    a("            n = t // HW")
+    a("            q0 = t - n * HW")
+    a("            e = min(r0 + nr, T, (n + 1) * HW) - t")
+    a("            for ks in range(0, nk, 16):")
+    a(f"                mo = (t - r0) * {J} + ks          # mb[row t - r0, channel ks]")
+    a("                ob = (n * K + k0 + ks) * HW + q0    # out[n, k0 + ks, q0]")
+    a("                if ks + 16 <= nk:")
+    a("                    for q in range(0, e - 15, 16):")
+    a(f"                        transpose_block(mb, mo + q * {J}, {J}, of, ob + q, HW)")
+    a("                    if e % 16:")
+    a("                        q = e - e % 16")
+    a(f"                        transpose_block_n(mb, mo + q * {J}, {J}, of, ob + q, HW, e - q)")
+    a("                else:")
+    a("                    for k in range(nk - ks):")
+    a("                        for q in range(e):")
+    a(f"                            of[ob + k * HW + q] = mb[mo + q * {J} + k]")
+    a("            t += e")
+    return "\n".join(L) + "\n"
+
+
 def source():
     parts = [_HEADER]
     parts += [_fwd_source(J) for J in FWD_BLOCKS]
@@ -866,6 +931,7 @@ def source():
     parts.append(_gemm_source(*GEMM_BLOCK))
     parts.append(_gemm_acc_source(*GEMM_BLOCK))
     parts += [_patch_gemm_source(J, TB) for J, TB in PATCH_GEMM_BLOCKS]
+    parts.append(_pointwise_source(*PATCH_GEMM_BLOCKS[0]))
     return "\n\n".join(parts)
 
 
