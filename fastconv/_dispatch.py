@@ -139,8 +139,7 @@ def _auto(op, p, dtype=None):
     not known) (the rules above)."""
     if op not in CONV_OPS:
         return "direct"
-    if p.R == p.S == p.stride_h == p.stride_w == 1 and not (
-            p.pad_top or p.pad_bottom or p.pad_left or p.pad_right):
+    if p.pointwise:
         pointwise = (op == "conv2d" and dtype is not None and np.dtype(dtype) == np.float32
                      and p.groups == 1 and p.N >= POINTWISE_MIN_IMAGES
                      and p.P * p.Q < POINTWISE_MAX_IMAGE and p.K >= POINTWISE_MIN_OUTPUTS

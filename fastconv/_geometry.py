@@ -98,6 +98,13 @@ class ConvParams:
         return (self.N, self.K, self.P, self.Q)
 
     @property
+    def pointwise(self):
+        """1x1 kernel, stride 1, no padding: the input planes already are the patch
+        matrix (dilation is then irrelevant)."""
+        return (self.R == self.S == self.stride_h == self.stride_w == 1
+                and self.pad_top == self.pad_bottom == self.pad_left == self.pad_right == 0)
+
+    @property
     def flops(self):
         """Multiply-adds x 2 of the forward pass (also of each backward pass)."""
         return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S

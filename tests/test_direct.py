@@ -304,7 +304,7 @@ def _pointwise(N, C, H, W, K, groups=1, seed=0):
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((K, C // groups, 1, 1)).astype(np.float32)
     p = fastconv._geometry.conv_params("t", x.shape, w.shape, groups=groups)
-    assert direct._is_pointwise(x.dtype, p)
+    assert p.pointwise
     y = fastconv.conv2d(x, w, groups=groups, algorithm="direct")
     want = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), groups=groups,
                            algorithm="reference")

@@ -447,13 +447,6 @@ POINTWISE_ROWS = 96
 POINTWISE_KC = 256
 
 
-def _is_pointwise(dtype, p):
-    """Whether the forward of ``p`` takes the pointwise path (``_pointwise``): float32,
-    1x1, stride 1, no padding (dilation is then irrelevant)."""
-    return (dtype == np.float32 and p.R == p.S == p.stride_h == p.stride_w == 1
-            and not (p.pad_top or p.pad_bottom or p.pad_left or p.pad_right))
-
-
 def _pointwise(x, w, out, G):
     """out = the 1x1 stride-1 unpadded convolution of x (float32) as a GEMM on all
     threads: the batch's pixels are the rows, read in place from x, times the blocked
@@ -550,7 +543,7 @@ def conv2d(x, w, p, out):
         _dw_planes(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                    p.dil_h, p.dil_w)
         return
-    if _is_pointwise(x.dtype, p):
+    if x.dtype == np.float32 and p.pointwise:
         _pointwise(x, w, out, p.groups)
         return
     _forward_blocked(x, w, out, p.N, p.C, p.K, p.R, p.S, p.groups, p.stride_h, p.stride_w,

@@ -207,12 +207,6 @@ def _tiles(p, itemsize):
                 yield n0, 1, p0, min(pr, p.P - p0)
 
 
-def _is_pointwise(p):
-    """1x1 kernel, stride 1, no padding: the input planes already are the patch matrix."""
-    return (p.R == p.S == p.stride_h == p.stride_w == 1
-            and p.pad_top == p.pad_bottom == p.pad_left == p.pad_right == 0)
-
-
 #: 1x1 layers with planes smaller than this and more than one image run one GEMM over
 #: the whole batch, on copies with the channels first (res5 1x1, 7x7 planes, N=8, 2
 #: threads: 1.13x PyTorch against 1.01x for one GEMM per image; 14x14: 0.94x
@@ -256,7 +250,7 @@ def _patches(x, p, colbuf):
     """For each tile, ``(n0, nt, p0, pr, col)`` with ``col`` its (G, C/G*R*S, cols)
     patch matrix, gathered into ``colbuf`` (of a 1x1 layer: each image's planes)."""
     G, CgRS = p.groups, (p.C // p.groups) * p.R * p.S
-    if _is_pointwise(p):
+    if p.pointwise:
         for n in range(p.N):
             yield n, 1, 0, p.P, x[n].reshape(G, CgRS, p.H * p.W)
         return
@@ -271,11 +265,11 @@ def conv2d(x, w, p, out):
     """Forward convolution into ``out`` (N, K, P, Q)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wmat = w.reshape(G, Kg, CgRS)
-    if _is_pointwise(p) and _one_gemm(p):
+    if p.pointwise and _one_gemm(p):
         res = np.matmul(wmat, _batch_major(x, G, "xt"), out=_buffer("res", (G, Kg, p.N * p.P * p.Q), x.dtype))
         _from_batch_major(res, out)
         return
-    if _is_pointwise(p):
+    if p.pointwise:
         np.matmul(wmat, x.reshape(p.N, G, CgRS, p.H * p.W), out=out.reshape(p.N, G, Kg, p.P * p.Q))
         return
     colbuf, resbuf = _buffers(p, x.dtype)
@@ -292,11 +286,11 @@ def conv2d_input(dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): GEMM then col2im."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wT = w.reshape(G, Kg, CgRS).transpose(0, 2, 1)
-    if _is_pointwise(p) and _one_gemm(p):
+    if p.pointwise and _one_gemm(p):
         res = np.matmul(wT, _batch_major(dy, G, "dyt"), out=_buffer("res", (G, CgRS, p.N * p.P * p.Q), dy.dtype))
         _from_batch_major(res, out)
         return
-    if _is_pointwise(p):
+    if p.pointwise:
         np.matmul(wT, dy.reshape(p.N, G, Kg, p.P * p.Q), out=out.reshape(p.N, G, CgRS, p.H * p.W))
         return
     out[...] = 0
@@ -313,10 +307,10 @@ def conv2d_input(dy, w, p, out):
 def conv2d_weight(x, dy, p, out):
     """Gradient with respect to the weight, into ``out`` (K, C/groups, R, S)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
-    if _is_pointwise(p) and _one_gemm(p):
+    if p.pointwise and _one_gemm(p):
         np.matmul(_batch_major(dy, G, "dyt"), _batch_major(x, G, "xt").transpose(0, 2, 1),
                   out=out.reshape(G, Kg, CgRS))
-    elif (not _is_pointwise(p) and p.P * p.Q >= WEIGHT_FUSED_MIN_RATIO * CgRS
+    elif (not p.pointwise and p.P * p.Q >= WEIGHT_FUSED_MIN_RATIO * CgRS
           and Kg >= WEIGHT_FUSED_MIN_CHANNELS):
         _weight_blocked(x, dy, p, out)
     else:                                       # one GEMM per tile, BLAS's threads
