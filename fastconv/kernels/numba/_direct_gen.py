@@ -5,8 +5,9 @@ block is plain scalar locals and LLVM's SLP vectorizer packs them into vector
 registers (see /work/shared/PERFORMANCE.md). So the inner bodies are written out here
 as Python source, one function per block size, saved to a file in fastconv's JIT cache
 directory (so ``cache=True`` works: Numba caches only functions that live in a file) and
-imported. The file name carries a hash of the source, so a changed generator never
-meets a stale file or a stale cache entry.
+imported. The file name carries a hash of the source and of the modules whose functions
+the kernels call, so a changed generator or callee never meets a stale file or a stale
+cache entry.
 
 Compile these functions with ``numba.core.config.SLP_VECTORIZE = 1`` (``direct.py``
 does, around their first call only). They are serial over a range ``[it0, it1)`` of work
@@ -23,6 +24,7 @@ vector lanes are consecutive elements of one array (lanes over strided elements 
 import hashlib
 import importlib.util
 import os
+import pathlib
 import sys
 
 from ..._config import CACHE_DIR
@@ -938,13 +940,22 @@ def source():
 _module = None
 
 
+#: the modules the generated kernels call into (``_HEADER``)
+_CALLED_MODULES = ("fastconv._config", "fastconv.kernels.numba._layout",
+                   "fastconv.kernels.numba._ranges", "fastconv.kernels.numba._transpose")
+
+
 def load():
     """The generated module (written to the cache directory on first use)."""
     global _module
     if _module is not None:
         return _module
     src = source()
-    digest = hashlib.sha1(src.encode()).hexdigest()[:12]
+    # Numba's cache is keyed by the generated file, so its name must change with the
+    # modules whose functions the kernels call too (Numba does not look into those)
+    deps = [pathlib.Path(importlib.import_module(m).__file__).read_text()
+            for m in _CALLED_MODULES]
+    digest = hashlib.sha1("".join([src] + deps).encode()).hexdigest()[:12]
     name = f"fastconv_direct_gen_{digest}"
     folder = os.path.join(CACHE_DIR, "generated")
     os.makedirs(folder, exist_ok=True)

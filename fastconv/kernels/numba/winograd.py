@@ -712,7 +712,9 @@ def _filter_chunk4(Wt, Ut, cb, tmp):
                 Ut[30 + e, o] = a5
 
 
-@jit(fastmath=_FASTMATH)
+# Not cached (compiled once per process, about 1.5 s): typed by its GEMM argument's
+# object, it missed the cache in every process and added a cache file each time
+@jit(fastmath=_FASTMATH, cache=False)
 def _streamed_items(Vc, wf, M, K, flip, gemm, it0, it1):
     """Work items it: the output channels [64*it, 64*it + 64) of M (36, T, Kp) =
     V (36, T, C) @ U (36, C, 64) for F(4x4,3x3), V given by chunks of channels (Vc, see
