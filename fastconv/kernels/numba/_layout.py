@@ -2,10 +2,9 @@
 lanes kernels and of im2col's blocked weight gradient), channels-last blocks of one
 image (direct's weight-gradient input) and blocked weights (output channels last:
 direct's forward kernels, Winograd's filter transformed on the fly)."""
-import numba
 from numba import prange
 
-from ..._config import jit
+from ..._config import jit, one_thread
 from ._transpose import transpose_block, transpose_rows
 
 
@@ -22,15 +21,8 @@ def to_padded(src, dst, Hp, Wq, pt, pl):
     slices (1.4-1.6x faster than direct's ``_to_phase``, a row per work item, on res3 at
     N=4 and 8; a single-threaded NumPy copy ran 0.96-0.97x there on 2 threads), on one
     thread below ``PAD_SERIAL_ROWS`` rows."""
-    threads = numba.get_num_threads()
-    if threads == 1 or src.shape[0] * src.shape[1] * Hp >= PAD_SERIAL_ROWS:
+    with one_thread(src.shape[0] * src.shape[1] * Hp < PAD_SERIAL_ROWS):
         _padded(src, dst, Hp, Wq, pt, pl)
-        return
-    numba.set_num_threads(1)                # this thread's setting only
-    try:
-        _padded(src, dst, Hp, Wq, pt, pl)
-    finally:
-        numba.set_num_threads(threads)
 
 
 @jit(parallel=True)

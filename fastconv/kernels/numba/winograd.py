@@ -76,7 +76,8 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..._config import get_num_threads, get_workspace_limit, jit, single_threaded_blas, workspace_array
+from ..._config import (get_num_threads, get_workspace_limit, jit, one_thread,
+                         single_threaded_blas, workspace_array)
 from ..weight_cache import WeightCache
 from . import _direct_gen
 from ._threads import run as _run
@@ -834,6 +835,12 @@ STREAM_MIN_FILTER_BYTES = 16 * 2**20
 STREAM_MAX_TILES = 64
 
 
+#: with at most this many tiles the streamed path's transforms and copies run on the
+#: calling thread alone (``one_thread``), not worth waking the OpenMP workers for: VGG
+#: conv5_2 N=1 (16 tiles), 2 threads, 1.04-1.05x; res5 N=8 (32 tiles) 0.98-0.99x
+STREAM_SERIAL_TILES = 16
+
+
 def _streams(m, dtype, filter_bytes, tiles):
     """Whether ``_winograd`` transforms the filter on the fly (float32 F(4x4,3x3))."""
     return (m == 4 and dtype == np.float32 and filter_bytes >= STREAM_MIN_FILTER_BYTES
@@ -869,14 +876,18 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         Xp = _buffer("X", (N, Hp, Wp, C), x.dtype)
         V = _buffer("V", (alpha2, rows, C), x.dtype)
         M = _buffer("M", (alpha2, rows, -(-K // J) * J), x.dtype)
-        _to_channels_last(x, Xp, off_h, off_w)
-        V[:, nt:] = 0
-        _transform_tiles(Xp, V, nt, m, 0, th, tw, False)
-        Vc = _buffer("Vc", (-(-C // STREAM_CHANNELS), alpha2, rows, STREAM_CHANNELS), x.dtype)
-        _by_chunks(V, Vc, STREAM_CHANNELS)
+        small = nt <= STREAM_SERIAL_TILES
+        with one_thread(small):
+            _to_channels_last(x, Xp, off_h, off_w)
+            V[:, nt:] = 0
+            _transform_tiles(Xp, V, nt, m, 0, th, tw, False)
+            Vc = _buffer("Vc", (-(-C // STREAM_CHANNELS), alpha2, rows, STREAM_CHANNELS),
+                         x.dtype)
+            _by_chunks(V, Vc, STREAM_CHANNELS)
         _run(_streamed_items, M.shape[2] // J, Vc, np.ascontiguousarray(w).reshape(-1), M, K,
              kind == "rot", getattr(_direct_gen.load(), "gemm_acc_%d_%d" % (J, TB)))
-        _output_tiles(M, nt, y, m, 0, th, tw)
+        with one_thread(small):
+            _output_tiles(M, nt, y, m, 0, th, tw)
         return
     if fused or split:
         Uk = _filter(m, w, kind, nthreads if split else 1)
