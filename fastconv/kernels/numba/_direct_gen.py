@@ -291,20 +291,31 @@ def _lanes_source(M, J, KB, SW):
     a(f"        nk = min({KB}, Kg - kb * {KB})")
     a(f"        for m in range({M}):")
     a(f"            rm = m * RQ * {KB}")
-    a("            for ks in range(0, nk, 16):")
-    a("                ob = ((n * K + k0 + ks) * P + p0 + m) * Q")
-    a("                if ks + 16 <= nk:")
-    a("                    for q in range(0, Q - 15, 16):")
-    a(f"                        transpose_block(rb, rm + q * {KB} + ks, {KB}, of, ob + q, P * Q)")
-    a("                    if Q % 16:                 # the last columns: masked stores")
-    a("                        q = Q - Q % 16")
-    a(f"                        transpose_block_n(rb, rm + q * {KB} + ks, {KB}, of, ob + q,"
-      " P * Q, Q - q)")
-    a("                else:")
-    a("                    for k in range(min(16, nk - ks)):")
-    a("                        for q in range(Q):")
-    a(f"                            of[ob + k * P * Q + q] = rb[rm + q * {KB} + ks + k]")
+    _store_transposed(a, " " * 12, "rb", "rm + ks", KB, "Q",
+                      "((n * K + k0 + ks) * P + p0 + m) * Q", "P * Q")
     return "\n".join(L) + "\n"
+
+
+def _store_transposed(a, ind, src, so, pitch, n, ob, ostride):
+    """Emit the store of n rows (pixels) of a channels-last buffer ``src`` to ``out``
+    (flat ``of``) by 16 x 16 block transposes, 16 channels ks at a time: row q, channel
+    ks + k at ``src[so + q*pitch + k]`` goes to ``of[ob + k*ostride + q]`` (``so`` and
+    ``ob`` expressions in ks), the last n % 16 rows by masked stores, a tail of fewer
+    than 16 of the ``nk`` channels element by element."""
+    a(f"{ind}for ks in range(0, nk, 16):")
+    a(f"{ind}    so = {so}")
+    a(f"{ind}    ob = {ob}")
+    a(f"{ind}    if ks + 16 <= nk:")
+    a(f"{ind}        for q in range(0, {n} - 15, 16):")
+    a(f"{ind}            transpose_block({src}, so + q * {pitch}, {pitch}, of, ob + q, {ostride})")
+    a(f"{ind}        if {n} % 16:                 # the last rows: masked stores")
+    a(f"{ind}            q = {n} - {n} % 16")
+    a(f"{ind}            transpose_block_n({src}, so + q * {pitch}, {pitch}, of, ob + q,"
+      f" {ostride}, {n} - q)")
+    a(f"{ind}    else:")
+    a(f"{ind}        for k in range(nk - ks):")
+    a(f"{ind}            for q in range({n}):")
+    a(f"{ind}                of[ob + k * {ostride} + q] = {src}[so + q * {pitch} + k]")
 
 
 def _lanes_rows_source(M, J, KB, SW):
@@ -751,6 +762,13 @@ def _gemm_step_source(a, ind, J, TB, vf, vstep):
     a(f"{ind}u += uKp")
 
 
+def _acc_rows_source(a, ind, J, t, at, store=False):
+    """Emit one line loading the J accumulators a{j}_{t} of GEMM row t from ``at`` (an
+    element pattern in j and t), or with ``store`` storing them there."""
+    pairs = [(f"a{j}_{t}", at.format(j=j, t=t)) for j in range(J)]
+    a(ind + "; ".join(f"{m} = {acc}" if store else f"{acc} = {m}" for acc, m in pairs))
+
+
 def _gemm_source(J, TB):
     """Batched GEMM ``M[x] = V[x] @ U[x]`` (float32; Winograd's alpha^2 products), with
     the shapes (X, T, C) @ (X, C, Kp) -> (X, T, Kp), T a multiple of TB and Kp of J, all
@@ -789,7 +807,7 @@ def _gemm_source(J, TB):
     _gemm_step_source(a, " " * 12, J, TB, "vf", "u1")
     for t in range(TB):
         a(f"        mo = np.uint64((x * T + tb * {TB} + {t}) * Kp + kb * {J})")
-        a("        " + "; ".join(f"mf[mo + ux{j}] = a{j}_{t}" for j in range(J)))
+        _acc_rows_source(a, " " * 8, J, t, "mf[mo + ux{j}]", store=True)
     return "\n".join(L) + "\n"
 
 
@@ -810,13 +828,13 @@ def _gemm_acc_source(J, TB):
     a(f"    for tb in range(T // {TB}):")
     for t in range(TB):
         a(f"        m{t} = np.uint64(mo + (tb * {TB} + {t}) * ms)")
-        a("        " + "; ".join(f"a{j}_{t} = mf[m{t} + ux{j}]" for j in range(J)))
+        _acc_rows_source(a, " " * 8, J, t, "mf[m{t} + ux{j}]")
         a(f"        v{t} = np.uint64(vo + (tb * {TB} + {t}) * vs)")
     a("        u = np.uint64(uo)")
     a("        for c in range(CB):")
     _gemm_step_source(a, " " * 12, J, TB, "vf", "u1")
     for t in range(TB):
-        a("        " + "; ".join(f"mf[m{t} + ux{j}] = a{j}_{t}" for j in range(J)))
+        _acc_rows_source(a, " " * 8, J, t, "mf[m{t} + ux{j}]", store=True)
     return "\n".join(L) + "\n"
 
 
@@ -841,7 +859,7 @@ def _patch_gemm_source(J, TB):
     a(f"        for kb in range(Kp // {J}):")
     for t in range(TB):
         a(f"            m{t} = np.uint64(ao + (tb * {TB} + {t}) * Kp + kb * {J})")
-        a("            " + "; ".join(f"a{j}_{t} = af[m{t} + ux{j}]" for j in range(J)))
+        _acc_rows_source(a, " " * 12, J, t, "af[m{t} + ux{j}]")
     a(f"            u = np.uint64(uo + kb * {J})")
     a("            for b in range(nb):")
     for t in range(TB):
@@ -849,7 +867,7 @@ def _patch_gemm_source(J, TB):
     a("                for q in range(Q):")
     _gemm_step_source(a, " " * 20, J, TB, "xf", "ustep")
     for t in range(TB):
-        a("            " + "; ".join(f"af[m{t} + ux{j}] = a{j}_{t}" for j in range(J)))
+        _acc_rows_source(a, " " * 12, J, t, "af[m{t} + ux{j}]", store=True)
     return "\n".join(L) + "\n"
 
 
@@ -901,19 +919,9 @@ def _pointwise_source(J, TB):
     a("            n = t // HW")
     a("            q0 = t - n * HW")
     a("            e = min(r0 + nr, T, (n + 1) * HW) - t")
-    a("            for ks in range(0, nk, 16):")
-    a(f"                mo = (t - r0) * {J} + ks          # mb[row t - r0, channel ks]")
-    a("                ob = (n * K + k0 + ks) * HW + q0    # out[n, k0 + ks, q0]")
-    a("                if ks + 16 <= nk:")
-    a("                    for q in range(0, e - 15, 16):")
-    a(f"                        transpose_block(mb, mo + q * {J}, {J}, of, ob + q, HW)")
-    a("                    if e % 16:")
-    a("                        q = e - e % 16")
-    a(f"                        transpose_block_n(mb, mo + q * {J}, {J}, of, ob + q, HW, e - q)")
-    a("                else:")
-    a("                    for k in range(nk - ks):")
-    a("                        for q in range(e):")
-    a(f"                            of[ob + k * HW + q] = mb[mo + q * {J} + k]")
+    # mb[row t - r0, channel ks] -> out[n, k0 + ks, q0]
+    _store_transposed(a, " " * 12, "mb", f"(t - r0) * {J} + ks", J, "e",
+                      "(n * K + k0 + ks) * HW + q0", "HW")
     a("            t += e")
     return "\n".join(L) + "\n"
 
