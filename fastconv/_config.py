@@ -1,8 +1,9 @@
-"""Run-time settings in one place: threads, the JIT cache directory, the im2col
-workspace bound, and the Numba compile flags every kernel uses.
+"""Run-time settings that every backend shares: threads, the cache directory, the
+workspace bound and the per-thread scratch arrays, and BLAS held at one thread.
 
-Imported before any kernel module, because Numba reads its cache directory when a
-function is decorated.
+Nothing here imports Numba: ``import fastconv`` stays light, and a backend's own
+settings (Numba's JIT flags, cache and threading layer: ``kernels/numba/_jit.py``) load
+with its first kernel.
 """
 import contextlib
 import os
@@ -10,23 +11,19 @@ import tempfile
 import threading
 import warnings
 
-# Idle OpenMP workers must sleep, not spin: after a Numba parallel region, spinning
-# workers take the cores from the BLAS threads of the GEMM that follows (measured here:
-# im2col + GEMM 1.5x slower, the gather alone 8x). Read when libgomp starts, so before
-# Numba's first parallel call; a user's own setting wins.
+# Idle OpenMP workers must sleep, not spin: after a parallel region, spinning workers
+# take the cores from the BLAS threads of the GEMM that follows. Read when the OpenMP
+# runtime starts, so before the first parallel call; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Likewise OpenBLAS's workers: by default they spin for 2^28 cycles (about 0.1 s here)
-# after each GEMM, and a Numba kernel that follows ran 1.5-2x slower meanwhile (fused
-# Winograd after an im2col GEMM, measured). 2^20 cycles (0.3 ms) still covers the gaps
-# between the GEMMs of one layer. Read when OpenBLAS loads: import fastconv before NumPy.
+# Likewise OpenBLAS's workers spin for about 0.1 s after each GEMM by default, slowing
+# the kernel that follows; 2^20 cycles still cover the gaps between one layer's GEMMs.
+# Read when OpenBLAS loads: import fastconv before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
-import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba.core import config as _numba_config  # noqa: E402
 from threadpoolctl import ThreadpoolController, threadpool_limits  # noqa: E402
 
-# -- JIT cache: a writable directory, chosen before any kernel is decorated ----------
+# -- Cache directory (the JIT cache, autotune results) --------------------------------
 
 
 def _writable(path):
@@ -56,23 +53,6 @@ def _choose_cache_dir():
 
 
 CACHE_DIR = _choose_cache_dir()
-_numba_config.CACHE_DIR = CACHE_DIR
-# Numba's workqueue layer aborts on concurrent calls from several Python threads;
-# prefer OpenMP (always present with GCC's libgomp here), then TBB.
-_numba_config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-
-# -- Compile flags -----------------------------------------------------------------
-
-#: flags of every fastconv kernel: cached on disk, no GIL, no bounds checks (the
-#: wrappers validate), no division-by-zero checks in loops. No fastmath here: pooling
-#: must see NaN; kernels that may reassociate ask for it themselves.
-JIT_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-
-
-def jit(**extra):
-    """``numba.njit`` with fastconv's flags (see ``JIT_FLAGS``)."""
-    return numba.njit(**{**JIT_FLAGS, **extra})
-
 
 # -- Workspace bound for im2col ------------------------------------------------------
 
@@ -124,43 +104,48 @@ def release_workspace():
 # -- Threads -------------------------------------------------------------------------
 
 
+def _default_threads():
+    """NUMBA_NUM_THREADS if set, else the CPUs this process may run on (Numba's rule)."""
+    env = os.environ.get("NUMBA_NUM_THREADS")
+    if env:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                           # not on Linux
+        return os.cpu_count() or 1
+
+
+#: the most threads a kernel may use, fixed at import (``NUMBA_NUM_THREADS``)
+MAX_THREADS = _default_threads()
+_threads = threading.local()
+#: backends' own thread settings: functions called with n by :func:`set_num_threads`
+#: (a backend registers one when it loads)
+thread_hooks = []
+
+
 def set_num_threads(n):
-    """Use ``n`` threads in the Numba kernels and in BLAS (through threadpoolctl).
+    """Use ``n`` threads in every backend's kernels and in BLAS (through threadpoolctl).
 
     Kernels that call BLAS from inside a parallel region hold it at one thread there
-    (:func:`single_threaded_blas`), so the two never multiply.
-    ``n`` can be at most the number of threads Numba started with
-    (``NUMBA_NUM_THREADS``, fixed when Numba is imported). As in Numba, the setting
-    is per Python thread.
+    (:func:`single_threaded_blas`), so the two never multiply. ``n`` can be at most
+    ``NUMBA_NUM_THREADS`` (read when fastconv is imported; default: the CPUs this
+    process may use). As in Numba, the setting is per Python thread.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
-    if n > _numba_config.NUMBA_NUM_THREADS:
+    if n > MAX_THREADS:
         raise ValueError(
-            f"set_num_threads: n={n} exceeds NUMBA_NUM_THREADS="
-            f"{_numba_config.NUMBA_NUM_THREADS}; set that environment variable before "
-            f"importing fastconv to allow more")
-    numba.set_num_threads(n)
+            f"set_num_threads: n={n} exceeds NUMBA_NUM_THREADS={MAX_THREADS}; set that "
+            f"environment variable before importing fastconv to allow more")
+    _threads.n = n
     threadpool_limits(limits=n)
+    for hook in thread_hooks:
+        hook(n)
 
 
 def get_num_threads():
-    """The number of threads the kernels use."""
-    return numba.get_num_threads()
-
-
-@contextlib.contextmanager
-def one_thread(on=True):
-    """Numba's parallel regions on the calling thread alone inside the block (when
-    ``on``; this thread's setting only), for work too small to pay for waking the
-    OpenMP workers: about 45 us on 2 threads here."""
-    threads = numba.get_num_threads()
-    if on and threads > 1:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
+    """The number of threads the kernels use (this Python thread's setting)."""
+    return getattr(_threads, "n", MAX_THREADS)
 
 
 # -- BLAS called from every thread of a parallel kernel ------------------------------
@@ -173,8 +158,8 @@ _blas_libs = None
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """BLAS at one thread inside the block, for kernels that call BLAS (Numba's
-    ``np.dot``, through SciPy) from each thread of a Numba parallel region: BLAS's
+    """BLAS at one thread inside the block, for kernels that call BLAS (SciPy's, e.g.
+    Numba's ``np.dot``) from each thread of a parallel region: BLAS's
     own threads would multiply with Numba's. Safe from several Python threads at
     once: the first in sets one thread, the last out restores the user's setting."""
     global _blas_users, _blas_saved, _blas_libs

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._config import jit
 from ._geometry import conv_params
 
 
@@ -127,6 +126,8 @@ def _compiled_probe():
     global _probe
     if _probe is None:
         from numba.core import config
+
+        from .kernels.numba._jit import jit
         namespace = {"np": np}
         exec(_probe_source(), namespace)
         old = config.SLP_VECTORIZE

@@ -1,14 +1,14 @@
 """Convolution and pooling on NumPy arrays with ``torch.nn.functional`` semantics.
 
 Every function here does the same three things: validate and normalise the
-arguments (through ``fastconv._geometry``), pick a kernel (``fastconv._dispatch``),
+arguments (through ``fastconv._geometry``), plan the call (``fastconv._plan``),
 and call it on C-contiguous arrays with a freshly allocated output. Arrays are NCHW,
 float32 or float64; a 3-D ``(C, H, W)`` input is treated as a batch of one and the
 result has no batch axis either.
 """
 import numpy as np
 
-from . import _dispatch
+from . import _plan
 from ._geometry import (PoolParams, adaptive_windows, check_dtype, check_grad_output,
                         conv_params, pair, pool_params, transpose_output_size)
 
@@ -100,9 +100,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
-    kernel = _dispatch.select("conv2d", algorithm, backend, p, dtype)
+    plan = _plan.make("conv2d", p, dtype, algorithm, backend)
     out = np.empty(p.output_shape, dtype)
-    kernel(x, w, p, out)
+    _plan.run(plan, x, w, p, out)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return _unbatch(out, unbatched)
@@ -131,9 +131,9 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     size = _size("conv2d_input", "input_size", input_size, unbatched)
     p = conv_params("conv2d_input", size, w.shape, stride, padding, dilation, groups)
     check_grad_output("conv2d_input", p, dy.shape)
-    kernel = _dispatch.select("conv2d_input", algorithm, backend, p, dtype)
+    plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
     out = np.empty(p.input_shape, dtype)
-    kernel(dy, w, p, out)
+    _plan.run(plan, dy, w, p, out)
     return _unbatch(out, unbatched)
 
 
@@ -162,9 +162,9 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     size = tuple(int(d) for d in weight_size)
     p = conv_params("conv2d_weight", x.shape, size, stride, padding, dilation, groups)
     check_grad_output("conv2d_weight", p, dy.shape)
-    kernel = _dispatch.select("conv2d_weight", algorithm, backend, p, dtype)
+    plan = _plan.make("conv2d_weight", p, dtype, algorithm, backend)
     out = np.empty(p.weight_shape, dtype)
-    kernel(x, dy, p, out)
+    _plan.run(plan, x, dy, p, out)
     return out
 
 
@@ -229,9 +229,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # output_padding >= stride (allowed when < dilation): the forward conv of the
         # output size has more rows than the input; those rows carry zero gradient.
         x = np.pad(x, ((0, 0), (0, 0), (0, p.P - H), (0, p.Q - W)))
-    kernel = _dispatch.select("conv2d_input", algorithm, backend, p, dtype)
+    plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
     out = np.empty(p.input_shape, dtype)
-    kernel(x, w, p, out)
+    _plan.run(plan, x, w, p, out)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return _unbatch(out, unbatched)
@@ -268,10 +268,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _batched("max_pool2d", "input", input)
     dtype = check_dtype("max_pool2d", input=x)
     p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    kernel = _dispatch.select("max_pool2d", algorithm, backend, p)
+    plan = _plan.make("max_pool2d", p, dtype, algorithm, backend)
     out = np.empty(p.output_shape, dtype)
     indices = np.empty(p.output_shape, np.int64)
-    kernel(x, p, out, indices)
+    _plan.run(plan, x, p, out, indices)
     if return_indices:
         return _unbatch(out, unbatched), _unbatch(indices, unbatched)
     return _unbatch(out, unbatched)
@@ -311,9 +311,9 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", 
                          f"{tuple(input_shape)}, got values in [{idx.min()}, {idx.max()}]")
     # only the plane size (H, W) and the output size (P, Q) matter here
     p = PoolParams(N, C, H, W, 1, 1, 1, 1, 0, 0, 1, 1, dy.shape[2], dy.shape[3])
-    kernel = _dispatch.select(op, algorithm, backend, p)
+    plan = _plan.make(op, p, dtype, algorithm, backend)
     out = np.empty((N, C, H, W), dtype)
-    kernel(dy, idx, p, out)
+    _plan.run(plan, dy, idx, p, out)
     return _unbatch(out, unbatched)
 
 
@@ -353,9 +353,9 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     dtype = check_dtype("avg_pool2d", input=x)
     p = pool_params("avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
     cip, div = _avg_pool_args("avg_pool2d", kernel_size, count_include_pad, divisor_override)
-    kernel = _dispatch.select("avg_pool2d", algorithm, backend, p)
+    plan = _plan.make("avg_pool2d", p, dtype, algorithm, backend)
     out = np.empty(p.output_shape, dtype)
-    kernel(x, p, cip, div, out)
+    _plan.run(plan, x, p, cip, div, out)
     return _unbatch(out, unbatched)
 
 
@@ -376,9 +376,9 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
         raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
                          f"the pooling output shape {p.output_shape} of input_shape {size}")
     cip, div = _avg_pool_args(op, kernel_size, count_include_pad, divisor_override)
-    kernel = _dispatch.select(op, algorithm, backend, p)
+    plan = _plan.make(op, p, dtype, algorithm, backend)
     out = np.empty(size, dtype)
-    kernel(dy, p, cip, div, out)
+    _plan.run(plan, dy, p, cip, div, out)
     return _unbatch(out, unbatched)
 
 
@@ -400,7 +400,7 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
         raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
     if min(x.shape) < 1:
         raise ValueError(f"{op}: empty arrays are not supported, got input of shape {x.shape}")
-    kernel = _dispatch.select(op, algorithm, backend, None)
+    plan = _plan.make(op, None, dtype, algorithm, backend)
     out = np.empty(x.shape[:2] + (P, Q), dtype)
-    kernel(x, adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q), out)
+    _plan.run(plan, x, adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q), out)
     return _unbatch(out, unbatched)

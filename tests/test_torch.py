@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _dispatch
+from fastconv import _dispatch, _plan
 
 from conftest import (DTYPES, LIMITS, TORCH_TOLERANCE, arrays, assert_close, conv_args, conv_cases,
                       conv_outputs, pool_cases, torch_or_skip)
@@ -29,7 +29,7 @@ def _np(t):
 def _conv_pairs(p):
     """(algorithm, backend) pairs registered for any conv op that handle geometry p."""
     return sorted({(a, b) for op in ("conv2d", "conv2d_input", "conv2d_weight")
-                   for a, b in fastconv.algorithms(op) if _dispatch.supports(a, b, p)})
+                   for a, b in fastconv.algorithms(op) if _plan.supports(a, p)})
 
 
 def _torch_conv(case, x, w, b, dy):
@@ -119,7 +119,7 @@ def test_conv_transpose2d_matches_torch(c):
         for algorithm, backend in fastconv.algorithms("conv2d_input"):
             p = fastconv._geometry.conv_params("t", want.shape, w.shape, c["stride"],
                                                c["padding"], c["dilation"], c["groups"])
-            if _dispatch.supports(algorithm, backend, p):
+            if _plan.supports(algorithm, p):
                 got = fastconv.conv_transpose2d(x, w, b, **args, algorithm=algorithm, backend=backend)
                 assert_close(got, want, TORCH_TOLERANCE[dtype],
                              f"conv_transpose2d {algorithm} {dtype.__name__} {c}")
@@ -187,7 +187,7 @@ def test_padding_same_with_even_kernel_matches_torch():
     p = fastconv._geometry.conv_params("t", x.shape, w.shape, 1, "same", (1, 3))
     assert (p.pad_top, p.pad_bottom, p.pad_left, p.pad_right) == (1, 2, 1, 2)
     for algorithm, backend in fastconv.algorithms("conv2d"):
-        if not _dispatch.supports(algorithm, backend, p):
+        if not _plan.supports(algorithm, p):
             continue
         assert_close(fastconv.conv2d(x, w, padding="same", dilation=(1, 3), algorithm=algorithm,
                                      backend=backend),

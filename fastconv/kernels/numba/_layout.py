@@ -4,15 +4,9 @@ image (direct's weight-gradient input) and blocked weights (output channels last
 direct's forward kernels, Winograd's filter transformed on the fly)."""
 from numba import prange
 
-from ..._config import jit, one_thread
+from ... import _tuning
+from ._jit import jit, one_thread
 from ._transpose import transpose_block, transpose_rows
-
-
-#: below this many rows (N*C*Hp) of padded planes, ``to_padded`` copies on the calling
-#: thread alone: waking the OpenMP workers costs about 45 us here, a row about 7 ns (2
-#: threads, res5 N=1's 512 x 9 rows: 73 us, 36 on the calling thread; conv1's 3 x 230:
-#: 64 and 17 us)
-PAD_SERIAL_ROWS = 8192
 
 
 def to_padded(src, dst, Hp, Wq, pt, pl):
@@ -20,8 +14,8 @@ def to_padded(src, dst, Hp, Wq, pt, pl):
     Hp x Wq planes; negative offsets crop src): a plane per work item, row copies as
     slices (1.4-1.6x faster than direct's ``_to_phase``, a row per work item, on res3 at
     N=4 and 8; a single-threaded NumPy copy ran 0.96-0.97x there on 2 threads), on one
-    thread below ``PAD_SERIAL_ROWS`` rows."""
-    with one_thread(src.shape[0] * src.shape[1] * Hp < PAD_SERIAL_ROWS):
+    thread below ``fastconv._tuning.PAD_SERIAL_ROWS`` rows."""
+    with one_thread(src.shape[0] * src.shape[1] * Hp < _tuning.PAD_SERIAL_ROWS):
         _padded(src, dst, Hp, Wq, pt, pl)
 
 

@@ -1,5 +1,5 @@
 """Index arithmetic shared by the Numba kernels."""
-from ..._config import jit
+from ._jit import jit
 
 
 @jit(inline="always")

@@ -100,13 +100,15 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..._config import jit, workspace
+from ..._config import workspace
+from ..layouts import flat_pitch, lanes_block
 from ..weight_cache import WeightCache
 from . import _direct_gen
+from ._jit import jit
 from ._layout import to_padded, w_blocked as _w_blocked
 from ._ranges import valid_range
 from ._threads import run as _run
-from ._transpose import lanes, transpose_block
+from ._transpose import transpose_block
 
 _FASTMATH = {"contract", "reassoc"}
 
@@ -115,13 +117,6 @@ def _gen():
 
 
 # -- Blocking choices --------------------------------------------------------------------
-
-
-#: the forward converts and convolves the batch in slices of images whose re-laid-out
-#: input stays under this many bytes per thread (at least one image; each thread's work
-#: items are a contiguous range of the slice's images). Measured on conv1, res3 3x3/2
-#: and a C=24 layer at N=8: 1 or 2 MB best on 1 thread, 2 MB per thread on 2
-_L2_IMAGES = 2 * 1024 * 1024
 
 
 def _pixel_block(Q, dtype):
@@ -247,10 +242,13 @@ _weights = WeightCache()
 # -- Forward core (used by conv2d and conv2d_input) ----------------------------------------
 
 
-def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
-                     ish=1, isw=1, flip=False, wkey=None, kind=(), orow=(0, 1), ocol=(0, 1)):
+def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw,
+                     P, Q, ish=1, isw=1, flip=False, wkey=None, kind=(), orow=(0, 1),
+                     ocol=(0, 1)):
     """out (N, K, P, Q) = direct convolution of x (N, C, H', W') by w, where the virtual
-    input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl.
+    input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl, by
+    the plan's ``core`` (``fastconv._plan.DIRECT_CORES``), converting and convolving
+    the batch in slices of about ``slice_bytes`` of layout per thread.
     ``wkey``/``kind``: the array and tag the weight cache keys on (``w`` derived from
     ``wkey``); ``orow``/``ocol`` (offset, step): output pixel (p, q) goes to
     ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (stride 1: the flat kernel)."""
@@ -259,9 +257,9 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
     Cg, Kg = C // G, K // G
     zero = dtype.type(0)
     pairs = getattr(_gen(), f"phase2_{_direct_gen.PAIRS}")
-    if orow == ocol == (0, 1) and _lanes_wins(dtype, sh, sw, ish, isw, P, Q, Cg * R * S):
+    if core in ("lanes", "lanes_streamed"):
         # output channels in the lanes, pixels of a row broadcast from a padded copy
-        M, J, KB = _lanes_block(P, Q)
+        M, J, KB = lanes_block(P, Q)
         Hp, Wq = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
         plane, tail = Hp * Wq, 0
         Kb = -(-Kg // KB)
@@ -269,7 +267,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         def convert(xs, xb):
             to_padded(xs, xb, Hp, Wq, pt, pl)
 
-        if M > 1 and _streams_weight(w.nbytes):
+        if core == "lanes_streamed":
             # each work item lays out its block of the weight itself: no cached layout
             wc = np.ascontiguousarray(w).reshape(-1)
 
@@ -286,14 +284,13 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                 items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))  # M > 1: blocks
                 return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"), items, xb, wb, os_, n,
                             C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, first=first)
-    elif _flat_wins(dtype, sh, sw, ish, isw, Q, Kg,
-                  _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1) - Q):
+    elif core == "flat":
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
         J, KB = _direct_gen.FLAT_BLOCKS[0]
         Kb = -(-Kg // KB)
         # tap (r, s) reads padded (p*sh + r*dh, q*sw + s*dw): phase plane ((r*dh) % sh,
         # (s*dw) % sw), pixel (p + (r*dh) // sh, q + (s*dw) // sw) of that Hq x Wq plane
-        Wq = _flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1)
+        Wq = flat_pitch(Q, S, sw, dw, pl, (x.shape[3] - 1) * isw + 1)
         # reads past a row's end land in the next row's left padding; past the last row
         # of a phase plane that would be the next plane's first column, so stride 2 adds
         # a row to each plane when its rows are shorter than the taps reach
@@ -348,7 +345,7 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
                         Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero, first=first)
     # a few images at a time, so that the layout is still in cache when the kernel reads it
     image = C * plane
-    nb = max(1, min(N, numba.get_num_threads() * _L2_IMAGES // (image * dtype.itemsize)))
+    nb = max(1, min(N, numba.get_num_threads() * slice_bytes // (image * dtype.itemsize)))
     xb = workspace("direct_x", nb * image + tail, dtype)
     xb[nb * image:] = 0
     # a cached layout is checked by the calling thread while the workers start the first
@@ -364,90 +361,10 @@ def _forward_blocked(x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw, P, Q,
         check = None
 
 
-def _flat_pitch(Q, S, sw, dw, pl, Wv):
-    """Columns Wq per row of the flat kernel's (phase) planes: the fewest (>= Q) such
-    that every read of a kept pixel (q < Q) past a row's end, at column wq >= Wq, reads a
-    zero of the padding both where it should (virtual column wq*sw + b >= pl + Wv) and
-    where it lands (column wq - Wq of the next row, < pl: left padding), so the right
-    padding of a row is the left padding of the next (res3 3x3: 29 columns for 28
-    outputs, not 30). ``Wv``: the virtual input width (inserted zeros do not count)."""
-    taps = {((s * dw) % sw, (s * dw) // sw) for s in range(S)}
-    for Wq in range(Q, Q + (S - 1) * dw // sw):
-        if all(wq * sw + b >= pl + Wv and (wq - Wq) * sw + b < pl
-               for b, e in taps for wq in range(max(Wq, e), Q + e)):
-            return Wq
-    return Q + (S - 1) * dw // sw
-
-
-def _flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
-    """Whether the flat kernel (32 pixels x 12 output channels, float32) runs the forward:
-    always for stride 1; for stride 2 (without inserted zeros) when it wastes fewer lanes
-    than the row kernel (16 pixels of a row x 16 channels), whose last block of a row of Q
-    pixels is partly empty; the flat kernel computes ``extra`` dropped columns per row
-    (res3 3x3/2: 28 of 32 lanes against 28 of 29 and 128 of 132 channels)."""
-    if dtype != np.float32:
-        return False
-    if sh == sw == 1:
-        return True
-    if not (sh == sw == 2 and ish == isw == 1):
-        return False
-    rows = Q / (16 * -(-Q // 16)) * Kg / (16 * -(-Kg // 16))
-    flat = Q / (Q + extra) * Kg / (12 * -(-Kg // 12))
-    return flat > rows
-
-
-#: the forward runs the 2 x 7 lanes kernel (rows of 7 to 13 pixels) from this many inputs
-#: per output (C/groups*R*S; measured on res5, 4608); the 1 x 14 one runs from any: with
-#: its rows stored by transposes, conv1 (7x7/2 RGB, 147) 1.15-1.42x the row kernel and
-#: res2 1x1 (C=64) 1.7-2.3x the flat kernel; res2..res4 3x3 and res3 3x3/2 1.09-1.19x
-LANES_MIN_PATCH = 256
-
-
-def _lanes_wins(dtype, sh, sw, ish, isw, P, Q, patch):
-    """Whether a lanes kernel (output channels in the lanes, ``LANES_BLOCKS``) runs the
-    forward: float32, stride 1 or 2 (no inserted zeros) and outputs that hold one of its
-    blocks (for 2 x 7, long reductions: ``LANES_MIN_PATCH``)."""
-    block = _lanes_block(P, Q)
-    return (dtype == np.float32 and sh == sw and sw in _direct_gen.LANES_STRIDES
-            and ish == isw == 1 and block is not None
-            and (block[0] == 1 or patch >= LANES_MIN_PATCH))
-
-
-#: the 2 x 7 lanes kernel lays out the weight per work item, in chunks, with no cached
-#: layout (``lanes_2x7_32_*_s``), from this many bytes of weight: its check against the
-#: cached layout's copy reads twice the weight per call (2, 1 threads; streamed against
-#: cached: 9.4 MB (res5) N=1 1.05x, 1.04x, N=8 0.98-1.03x, 1.03-1.04x; 2.4 MB (7x7, 256
-#: channels) 0.91-0.94x, 1.0x)
-STREAM_MIN_WEIGHT = 8 * 1024 * 1024
-
-
-def _streams_weight(nbytes):
-    """Whether the 2 x 7 lanes kernel takes a weight of ``nbytes`` as it is."""
-    return nbytes >= STREAM_MIN_WEIGHT
-
-
-def _lanes_block(P, Q):
-    """(rows, pixels per row, output channels) of the lanes kernel for P x Q outputs: the
-    first of ``LANES_BLOCKS`` that fits, or None."""
-    return next((b for b in _direct_gen.LANES_BLOCKS if b[0] <= P and b[1] <= Q), None)
-
-
 # -- Pointwise forward (1x1, stride 1, no padding, float32) -------------------------------
 
 
-#: output pixels of the batch per work item of the pointwise forward, about (whole
-#: 6-row blocks; fewer where the threads need more items). The items of a row chunk are
-#: consecutive (its input read from cache again; the weight, streamed, from L3): res5
-#: 1x1, 2 threads, N=8 / 16 / 32: 1.04 / 1.09 / 1.36x the other order (where the input
-#: came from memory again for each block of 64 output channels); 48 to 192 rows within
-#: 6% of 96
-POINTWISE_ROWS = 96
-#: input channels per call of its GEMM (the slice of the weight block it runs over from
-#: the thread's cache): res5 1x1 at N=1 and 8, 256 1.02-1.12x 64's speed
-POINTWISE_KC = 256
-
-
-def _pointwise(x, w, out, G):
+def _pointwise(plan, x, w, out, G):
     """out = the 1x1 stride-1 unpadded convolution of x (float32) as a GEMM on all
     threads: the batch's pixels are the rows, read in place from x, times the blocked
     weight (64 output channels per block), each work item's result written back to NCHW
@@ -456,17 +373,17 @@ def _pointwise(x, w, out, G):
     N, C, H, W = x.shape
     K = out.shape[1]
     Cg, Kg = C // G, K // G
-    J, TB = _direct_gen.PATCH_GEMM_BLOCKS[0]
+    TB, J = plan["block"]
     Kb = -(-Kg // J)
     nb = -(-N * H * W // TB)
-    # chunks of about POINTWISE_ROWS rows, and at least 2 items per thread when possible
-    nch = max(1, min(nb, max(round(nb * TB / POINTWISE_ROWS),
+    # chunks of about the plan's rows, and at least 2 items per thread when possible
+    nch = max(1, min(nb, max(round(nb * TB / plan["rows"]),
                              -(-2 * numba.get_num_threads() // (G * Kb)))))
     weight = _blocked_weight(w, w, (), G, Kg, Kb, Cg, False, J)
     items = getattr(_gen(), "pointwise_%d_%d" % (J, TB))
 
     def kernel(wb, first):
-        return _run(items, G * Kb * nch, x, wb, out, G, Kb, nch, POINTWISE_KC, first=first)
+        return _run(items, G * Kb * nch, x, wb, out, G, Kb, nch, plan["kc"], first=first)
 
     if kernel(*weight()) is False:              # the cached layout was stale: again
         kernel(weight(fresh=True)[0], None)
@@ -530,91 +447,69 @@ def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
                                 o[q * sw + off] += wv * d[q]
 
 
-def _depthwise(p):
-    return p.C == p.groups
+# -- The registry's kernels: run a plan (fastconv._plan._direct) ---------------------------
 
 
-# -- The registry's kernels ---------------------------------------------------------------
-
-
-def conv2d(x, w, p, out):
+def conv2d(plan, x, w, p, out):
     """Forward direct convolution into ``out`` (N, K, P, Q)."""
-    if _depthwise(p):
+    if plan.variant == "depthwise":
         _dw_planes(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                    p.dil_h, p.dil_w)
-        return
-    if x.dtype == np.float32 and p.pointwise:
-        _pointwise(x, w, out, p.groups)
-        return
-    _forward_blocked(x, w, out, p.N, p.C, p.K, p.R, p.S, p.groups, p.stride_h, p.stride_w,
-                     p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q)
+    elif plan.variant == "pointwise":
+        _pointwise(plan, x, w, out, p.groups)
+    else:
+        _forward_blocked(plan.variant, plan["slice_bytes"], x, w, out, p.N, p.C, p.K, p.R,
+                         p.S, p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
+                         p.dil_h, p.dil_w, p.P, p.Q)
 
 
-def _phases(stride, dil, pad, R, H, P):
-    """Per residue class rho of (h + pad) mod stride: (taps slice, pad', output offset,
-    output count) of the stride-1 forward convolution of dy that gives those rows of dx.
-    With dilation 1, rows h = rho - pad + i*stride take taps r = rho + m*stride from
-    dy[i - m]: a full correlation with the Rr = len(taps) sub-kernel rotated."""
-    if stride == 1:
-        return [(slice(None), dil * (R - 1) - pad, 0, H, dil)]
-    out = []
-    for rho in range(stride):
-        taps = range(rho, R, stride)
-        i0 = -((rho - pad) // stride)                  # first i with h >= 0
-        i1 = (H - 1 + pad - rho) // stride             # last i with h < H
-        if len(taps) == 0 or i1 < i0:
-            out.append((None, 0, rho - pad + i0 * stride, max(0, i1 - i0 + 1), 1))
-            continue
-        out.append((slice(rho, R, stride), len(taps) - 1 - i0, rho - pad + i0 * stride,
-                    i1 - i0 + 1, 1))
-    return out
-
-
-def _input_grad_phases(dy, w, p, out):
+def _input_grad_phases(plan, dy, w, p, out):
     """Input gradient for stride > 1 without inserted zeros: one stride-1 forward call per
-    (row, column) residue class, each writing its rows/columns of dx with a stride."""
-    rows = _phases(p.stride_h, p.dil_h, p.pad_top, p.R, p.H, p.P)
-    cols = _phases(p.stride_w, p.dil_w, p.pad_left, p.S, p.W, p.Q)
-    if any(r[0] is None for r in rows) or any(c[0] is None for c in cols):
+    (row, column) residue class of the plan, each writing its rows/columns of dx with a
+    stride."""
+    rows, cols, cores = plan["rows"], plan["cols"], plan["cores"]
+    if "" in cores:
         out[...] = 0                                   # classes no tap reaches stay zero
     for a, (tr, ptr, oh0, Hi, dh) in enumerate(rows):
         for b, (tc, plc, ow0, Wi, dw) in enumerate(cols):
-            if tr is None or tc is None or Hi == 0 or Wi == 0:
+            core = cores[a * len(cols) + b]
+            if not core:
                 continue
-            wsub = np.ascontiguousarray(w[:, :, tr, tc])
-            _forward_blocked(dy, wsub, out, p.N, p.K, p.C, wsub.shape[2], wsub.shape[3],
-                             p.groups, 1, 1, ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,
+            wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
+                                          slice(*tc) if tc else slice(None)])
+            _forward_blocked(core, plan["slice_bytes"], dy, wsub, out, p.N, p.K, p.C,
+                             wsub.shape[2], wsub.shape[3], p.groups, 1, 1, ptr, plc, dh, dw,
+                             Hi, Wi, flip=True, wkey=w,
                              kind=("phase", a, b, p.stride_h, p.stride_w),
                              orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
 
 
-def conv2d_input(dy, w, p, out):
+def conv2d_input(plan, dy, w, p, out):
     """Gradient wrt the input into ``out`` (N, C, H, W): forward kernel on grad_output with
-    the weight rotated 180 degrees, C and K swapped (zeros inserted for stride > 1)."""
-    if _depthwise(p) and p.K == p.C and p.stride_h == p.stride_w == 1:
+    the weight rotated 180 degrees, C and K swapped (zeros inserted for stride > 1, or
+    one call per residue class: the plan's ``phases``)."""
+    if plan.variant == "depthwise":
         # one output channel per input channel: the forward with the rotated weight
         _dw_planes(dy, w, out, 1, 1, 1, p.dil_h * (p.R - 1) - p.pad_top,
                    p.dil_w * (p.S - 1) - p.pad_left, p.dil_h, p.dil_w, flip=True)
-        return
-    if _depthwise(p):
+    elif plan.variant == "depthwise_scatter":
         _dw_input(dy, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                   p.dil_h, p.dil_w)
-        return
-    if (p.stride_h > 1 or p.stride_w > 1) and dy.dtype == np.float32 and \
-            (p.stride_h == 1 or p.dil_h == 1) and (p.stride_w == 1 or p.dil_w == 1):
-        _input_grad_phases(dy, w, p, out)
-        return
-    # dx[h] = sum_r' D[h - pt' + r'*dh] * w[R-1-r'], D = dy with stride-1 zeros between
-    # rows, pt' = dh*(R-1) - pt (may be negative: the conversion handles any offset)
-    pt2 = p.dil_h * (p.R - 1) - p.pad_top
-    pl2 = p.dil_w * (p.S - 1) - p.pad_left
-    _forward_blocked(dy, w, out, p.N, p.K, p.C, p.R, p.S, p.groups, 1, 1, pt2, pl2,
-                     p.dil_h, p.dil_w, p.H, p.W, ish=p.stride_h, isw=p.stride_w, flip=True)
+    elif plan.variant == "phases":
+        _input_grad_phases(plan, dy, w, p, out)
+    else:
+        # dx[h] = sum_r' D[h - pt' + r'*dh] * w[R-1-r'], D = dy with stride-1 zeros
+        # between rows, pt' = dh*(R-1) - pt (may be negative: the conversion handles it)
+        pt2 = p.dil_h * (p.R - 1) - p.pad_top
+        pl2 = p.dil_w * (p.S - 1) - p.pad_left
+        _forward_blocked(plan.variant, plan["slice_bytes"], dy, w, out, p.N, p.K, p.C, p.R,
+                         p.S, p.groups, 1, 1, pt2, pl2, p.dil_h, p.dil_w, p.H, p.W,
+                         ish=p.stride_h, isw=p.stride_w, flip=True)
 
 
-def conv2d_weight(x, dy, p, out):
+def conv2d_weight(plan, x, dy, p, out):
     """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
-    if _depthwise(p):
+    if plan.variant == "depthwise":
         Hq, Wq, toff = _dw_tile(p.P, p.Q, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w)
         _run(getattr(_gen(), "dww_%d_%d" % _direct_gen.DW_BLOCK), p.K, x, dy, out, toff,
              p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left, Hq, Wq,
@@ -622,15 +517,14 @@ def conv2d_weight(x, dy, p, out):
         return
     dtype = x.dtype
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
-    L = lanes(dtype)                                 # input channels in the vector lanes
+    L = plan["lanes"]                                # input channels in the vector lanes
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
     dyb = workspace("direct_dy", p.N * G * Kb * p.P * p.Q * 16, dtype)
     _dy_blocked(dy, dyb, G, Kg, Kb)
     # the kernel converts the input blocks itself, per thread (see _direct_gen); with few
-    # items, the batch in nsplit parts, each summed into its own copy of the gradient
-    # (>= 16 work items for 2 threads)
+    # items, the batch in the plan's parts, each summed into its own copy of the gradient
     items = G * Cb * Kb
-    nsplit = max(1, min(p.N, -(-16 // items)))
+    nsplit = plan["batch_splits"]
     acc = workspace("direct_acc", nsplit * items * p.R * p.S * 16 * L, dtype)
     gw = out.reshape(out.size) if nsplit == 1 else workspace("direct_gw", nsplit * out.size,
                                                              dtype)

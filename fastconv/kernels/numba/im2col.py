@@ -29,16 +29,13 @@ dy had cost as much again as the multiplications.
 import numpy as np
 from numba import prange
 
-from ..._config import get_workspace_limit, jit, workspace, workspace_array
+from ..._config import get_workspace_limit, workspace, workspace_array
 from . import _direct_gen
+from ._jit import jit
 from ._layout import to_padded
 from ._ranges import valid_range
 from ._threads import run as _run
 from ._transpose import transpose_block
-
-_PATCH_GEMM = dict(zip((np.dtype(np.float32), np.dtype(np.float64)),
-                       _direct_gen.PATCH_GEMM_BLOCKS))
-
 
 @jit(parallel=True)
 def _im2col(x, col, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
@@ -169,53 +166,17 @@ def _weight_fused(xp, dy, offs, sh, sw, Db, Ab, gemm, it0, it1):
                      g * rows * Kgp, rows, Kgp, nb, Q, pitch, sw)
 
 
-#: the weight gradient takes the fused path (``_weight_fused``, the threads split the
-#: sum over pixels) when an image has this many output pixels per patch row, where
-#: BLAS, which splits the small K x C*R*S result among its threads, does poorly.
-#: Against one GEMM per tile of the batch with BLAS's threads, in one process: ResNet
-#: conv1 (85 pixels per row) 1.1-1.35x faster; res3 3x3/2 (0.7) 0.8-1.1x, res4, res5
-#: (0.1 and less) 0.75-1.0x.
-WEIGHT_FUSED_MIN_RATIO = 16
-#: ... and at least this many output channels per group (the float32 GEMM's 64 columns; with
-#: the 8 of a small MNIST network it ran 1.2-3x slower than one GEMM per tile)
-WEIGHT_FUSED_MIN_CHANNELS = 64
-#: bands of ``WEIGHT_BAND_COLUMNS // Q`` output rows (at least one): dy's band stays in
-#: L1 while the GEMM runs over it (ResNet conv1, Q=112, float32: bands of 2, 3 and 4
-#: rows ran within 0.97-1.03x of one row, 1 and 2 threads, N=1 and 8)
-WEIGHT_BAND_COLUMNS = 128
-#: the pixels (image, band) are split into this many slices, each with its own
-#: accumulator (summed in order at the end, so the result does not depend on the thread
-#: count); ``_threads.run`` hands out 4 chunks per thread. ResNet conv1: 8, 24 and 32
-#: slices ran within 0.98-1.02x of 16, 12 slices (uneven chunks on 2 threads) 0.88-0.95x
-WEIGHT_SLICES = 16
-
-
-def _tiles(p, itemsize):
-    """(n0, nt, p0, pr) tiles whose workspace, (C*R*S + K) values per output column,
-    fits the bound: whole images when one fits, else bands of output rows."""
-    per_column = (p.C * p.R * p.S + p.K) * itemsize
-    budget = get_workspace_limit()
-    per_image = per_column * p.P * p.Q
-    if per_image <= budget:
-        nt = max(1, min(p.N, budget // per_image))
+def _tiles(plan, p):
+    """(n0, nt, p0, pr) tiles of the plan's (images, output rows) tile: whole images,
+    or bands of one image's output rows."""
+    nt, pr = plan["tile"]
+    if pr == p.P:
         for n0 in range(0, p.N, nt):
             yield n0, min(nt, p.N - n0), 0, p.P
     else:
-        pr = max(1, budget // (per_column * p.Q))
         for n0 in range(p.N):
             for p0 in range(0, p.P, pr):
                 yield n0, 1, p0, min(pr, p.P - p0)
-
-
-#: 1x1 layers with planes smaller than this and more than one image run one GEMM over
-#: the whole batch, on copies with the channels first (res5 1x1, 7x7 planes, N=8, 2
-#: threads: 1.13x PyTorch against 1.01x for one GEMM per image; 14x14: 0.94x
-#: against 1.23x)
-POINTWISE_ONE_GEMM_BELOW = 100
-
-
-def _one_gemm(p):
-    return p.N > 1 and p.P * p.Q < POINTWISE_ONE_GEMM_BELOW
 
 
 def _batch_major(a, G, slot):
@@ -238,15 +199,15 @@ def _geometry_args(p):
             p.dil_h, p.dil_w, p.Q)
 
 
-def _buffers(p, dtype):
+def _buffers(plan, p, dtype):
     """Flat buffers for the largest tile's patch matrix and GEMM result (reused)."""
-    n0, nt, p0, pr = next(_tiles(p, np.dtype(dtype).itemsize))
-    cols = nt * pr * p.Q
+    nt, pr = plan["tile"]
+    cols = min(nt, p.N) * pr * p.Q
     return (workspace("im2col.col", p.C * p.R * p.S * cols, dtype),
             workspace("im2col.res", p.K * cols, dtype))
 
 
-def _patches(x, p, colbuf):
+def _patches(plan, x, p, colbuf):
     """For each tile, ``(n0, nt, p0, pr, col)`` with ``col`` its (G, C/G*R*S, cols)
     patch matrix, gathered into ``colbuf`` (of a 1x1 layer: each image's planes)."""
     G, CgRS = p.groups, (p.C // p.groups) * p.R * p.S
@@ -254,26 +215,26 @@ def _patches(x, p, colbuf):
         for n in range(p.N):
             yield n, 1, 0, p.P, x[n].reshape(G, CgRS, p.H * p.W)
         return
-    for n0, nt, p0, pr in _tiles(p, x.itemsize):
+    for n0, nt, p0, pr in _tiles(plan, p):
         cols = nt * pr * p.Q
         col = colbuf[:p.C * p.R * p.S * cols].reshape(G, CgRS, cols)
         _im2col(x, col.reshape(-1, cols), n0, nt, p0, pr, *_geometry_args(p))
         yield n0, nt, p0, pr, col
 
 
-def conv2d(x, w, p, out):
+def conv2d(plan, x, w, p, out):
     """Forward convolution into ``out`` (N, K, P, Q)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wmat = w.reshape(G, Kg, CgRS)
-    if p.pointwise and _one_gemm(p):
+    if plan.variant == "batch_gemm":
         res = np.matmul(wmat, _batch_major(x, G, "xt"), out=_buffer("res", (G, Kg, p.N * p.P * p.Q), x.dtype))
         _from_batch_major(res, out)
         return
-    if p.pointwise:
+    if plan.variant == "image_gemm":
         np.matmul(wmat, x.reshape(p.N, G, CgRS, p.H * p.W), out=out.reshape(p.N, G, Kg, p.P * p.Q))
         return
-    colbuf, resbuf = _buffers(p, x.dtype)
-    for n0, nt, p0, pr, col in _patches(x, p, colbuf):
+    colbuf, resbuf = _buffers(plan, p, x.dtype)
+    for n0, nt, p0, pr, col in _patches(plan, x, p, colbuf):
         cols = col.shape[2]
         if nt == 1 and pr == p.P:                       # one whole image: GEMM writes NCHW
             np.matmul(wmat, col, out=out[n0].reshape(G, Kg, cols))
@@ -282,20 +243,20 @@ def conv2d(x, w, p, out):
             out[n0:n0 + nt, :, p0:p0 + pr] = res.reshape(p.K, nt, pr, p.Q).transpose(1, 0, 2, 3)
 
 
-def conv2d_input(dy, w, p, out):
+def conv2d_input(plan, dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): GEMM then col2im."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wT = w.reshape(G, Kg, CgRS).transpose(0, 2, 1)
-    if p.pointwise and _one_gemm(p):
+    if plan.variant == "batch_gemm":
         res = np.matmul(wT, _batch_major(dy, G, "dyt"), out=_buffer("res", (G, CgRS, p.N * p.P * p.Q), dy.dtype))
         _from_batch_major(res, out)
         return
-    if p.pointwise:
+    if plan.variant == "image_gemm":
         np.matmul(wT, dy.reshape(p.N, G, Kg, p.P * p.Q), out=out.reshape(p.N, G, CgRS, p.H * p.W))
         return
     out[...] = 0
-    colbuf, resbuf = _buffers(p, dy.dtype)
-    for n0, nt, p0, pr in _tiles(p, dy.itemsize):
+    colbuf, resbuf = _buffers(plan, p, dy.dtype)
+    for n0, nt, p0, pr in _tiles(plan, p):
         cols = nt * pr * p.Q
         dyt = resbuf[:p.K * cols].reshape(p.K, nt, pr, p.Q)
         dyt[...] = dy[n0:n0 + nt, :, p0:p0 + pr].transpose(1, 0, 2, 3)
@@ -304,19 +265,19 @@ def conv2d_input(dy, w, p, out):
         _col2im(col.reshape(-1, cols), out, n0, nt, p0, pr, *_geometry_args(p))
 
 
-def conv2d_weight(x, dy, p, out):
+def conv2d_weight(plan, x, dy, p, out):
     """Gradient with respect to the weight, into ``out`` (K, C/groups, R, S)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
-    if p.pointwise and _one_gemm(p):
+    if plan.variant == "batch_gemm":
         np.matmul(_batch_major(dy, G, "dyt"), _batch_major(x, G, "xt").transpose(0, 2, 1),
                   out=out.reshape(G, Kg, CgRS))
-    elif (not p.pointwise and p.P * p.Q >= WEIGHT_FUSED_MIN_RATIO * CgRS
-          and Kg >= WEIGHT_FUSED_MIN_CHANNELS):
-        _weight_blocked(x, dy, p, out)
+    elif plan.variant == "patch_gemm":
+        _weight_blocked(plan, x, dy, p, out)
     else:                                       # one GEMM per tile, BLAS's threads
         acc = np.zeros((G, Kg, CgRS), x.dtype)
-        colbuf, resbuf = _buffers(p, x.dtype)
-        for n0, nt, p0, pr, col in _patches(x, p, colbuf):
+        # image_gemm: each image's planes are its patch matrix, no buffers
+        colbuf, resbuf = (None, None) if p.pointwise else _buffers(plan, p, x.dtype)
+        for n0, nt, p0, pr, col in _patches(plan, x, p, colbuf):
             cols = col.shape[2]
             if nt == 1 and pr == p.P:
                 dyt = dy[n0].reshape(G, Kg, cols)
@@ -327,14 +288,14 @@ def conv2d_weight(x, dy, p, out):
         out[...] = acc.reshape(out.shape)
 
 
-def _weight_blocked(x, dy, p, out):
+def _weight_blocked(plan, x, dy, p, out):
     """The weight gradient by ``_weight_fused``: the generated GEMM reads the patch rows
     in place from the zero-padded input, adding into one accumulator per slice of the
     pixels (summed at the end, in a fixed order)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
-    J, TB = _PATCH_GEMM[x.dtype]
+    TB, J = plan["block"]
     gemm = getattr(_direct_gen.load(), "patch_gemm_%d_%d" % (J, TB))
-    pr = max(1, min(p.P, WEIGHT_BAND_COLUMNS // p.Q))
+    pr = plan["band_rows"]
     rows, Kgp = -(-CgRS // TB) * TB, -(-Kg // J) * J
     sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
     # the padded rows and columns that patches read
@@ -344,7 +305,7 @@ def _weight_blocked(x, dy, p, out):
     row = np.minimum(np.arange(rows), CgRS - 1)     # padding rows repeat the last
     c = np.arange(G)[:, None] * (p.C // G) + row // (p.R * p.S)
     offs = (c * Hp + row // p.S % p.R * dh) * Wp + row % p.S * dw
-    nslices = WEIGHT_SLICES
+    nslices = plan["slices"]
     D = _buffer("D", (nslices, G, pr * p.Q, Kgp), x.dtype)
     A = _buffer("A", (nslices, G, rows, Kgp), x.dtype)
     group = max(1, min(p.N, get_workspace_limit() // (p.C * Hp * Wp * x.itemsize)))

@@ -8,7 +8,7 @@ No fastmath: max pooling must see NaN.
 import numpy as np
 from numba import prange
 
-from ..._config import jit
+from ._jit import jit
 from ._ranges import valid_range
 
 
@@ -130,14 +130,14 @@ def _adaptive_avg_pool2d(x, out, h_starts, h_ends, w_starts, w_ends):
                 out[n, c, i, j] = acc / ((h_ends[i] - h_starts[i]) * (w_ends[j] - w_starts[j]))
 
 
-# -- registry signatures (same as fastconv.reference) --------------------------------
+# -- the registry's kernels: (plan, the reference's arguments) ----------------------------
 
 
-def max_pool2d(x, p, out, indices):
+def max_pool2d(plan, x, p, out, indices):
     _max_pool2d(x, out, indices, *p.as_tuple())
 
 
-def max_pool2d_backward(dy, indices, p, out):
+def max_pool2d_backward(plan, dy, indices, p, out):
     _max_pool2d_backward(dy, indices, out, p.N, p.C, p.W, p.P, p.Q)
 
 
@@ -146,14 +146,14 @@ def _avg_args(p):
             p.pad_h, p.pad_w, p.P, p.Q)
 
 
-def avg_pool2d(x, p, count_include_pad, divisor_override, out):
+def avg_pool2d(plan, x, p, count_include_pad, divisor_override, out):
     _avg_pool2d(x, out, bool(count_include_pad), int(divisor_override or 0), *_avg_args(p))
 
 
-def avg_pool2d_backward(dy, p, count_include_pad, divisor_override, out):
+def avg_pool2d_backward(plan, dy, p, count_include_pad, divisor_override, out):
     _avg_pool2d_backward(dy, out, bool(count_include_pad), int(divisor_override or 0),
                          *_avg_args(p))
 
 
-def adaptive_avg_pool2d(x, h_windows, w_windows, out):
+def adaptive_avg_pool2d(plan, x, h_windows, w_windows, out):
     _adaptive_avg_pool2d(x, out, *h_windows, *w_windows)

@@ -72,14 +72,15 @@ group), and the grad-weight's tile batches likewise; all buffers are reused acro
 convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 ``tests/test_winograd.py``).
 """
-import numba
 import numpy as np
 from numba import prange, types
 
-from ..._config import (get_num_threads, get_workspace_limit, jit, one_thread,
-                         single_threaded_blas, workspace_array)
+from ... import _tuning
+from ..._config import get_num_threads, single_threaded_blas, workspace_array
+from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import WeightCache
 from . import _direct_gen
+from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
 from ._transpose import transpose_block, transpose_rows
@@ -129,8 +130,6 @@ _6, _12, _24 = np.float32(1 / 6), np.float32(1 / 12), np.float32(1 / 24)
 # the output (it spreads to the whole output tile, a superset of direct convolution's)
 _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
-_CHUNK = 32          # tiles per parallel work item of the unfused transforms, at most
-
 
 @jit(inline="always")
 def _tile(t, th, tw):
@@ -140,9 +139,9 @@ def _tile(t, th, tw):
 
 @jit(inline="always")
 def _chunk(nt):
-    """Tiles per work item of the unfused transforms: ``_CHUNK``, fewer for few tiles (at
-    least 8 items; one item of 32 tiles left res5's 32 at N=8 to one thread)."""
-    return max(1, min(_CHUNK, nt // 8))
+    """Tiles per work item of the unfused transforms: ``WINOGRAD_CHUNK_TILES``, fewer for
+    few tiles (at least 8 items, so that every thread gets some)."""
+    return max(1, min(WINOGRAD_CHUNK_TILES, nt // 8))
 
 
 # -- 1-D transforms (one row or column of a tile) ------------------------------------
@@ -575,6 +574,9 @@ _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp,   # kind, trans, m n k
     types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,     # alpha, a, b
     types.voidptr, types.voidptr, types.intp))                               # beta, c
+#: its character arguments: the BLAS routine's type and the operands' transposition
+_SINGLE, _DOUBLE = ord("s"), ord("d")
+_NO_TRANS, _TRANS = ord("n"), ord("t")
 
 
 @jit(parallel=True)
@@ -592,7 +594,7 @@ def _fused_weight(x, dy, m, th, tw, oh, ow, Sb, Db, Vb, Mb, Tb, dU):
     R = tb // tw
     nblocks = (th + R - 1) // R
     nitems = x.shape[0] * nblocks
-    kind = 115 if x.itemsize == 4 else 100                # 's' or 'd'
+    kind = _SINGLE if x.itemsize == 4 else _DOUBLE
     for tid in prange(nthreads):
         S, D, V, dM, tmp = Sb[tid], Db[tid], Vb[tid], Mb[tid], Tb[tid]
         one, beta = np.ones(1, x.dtype), np.empty(1, x.dtype)
@@ -613,7 +615,7 @@ def _fused_weight(x, dy, m, th, tw, oh, ow, Sb, Db, Vb, Mb, Tb, dU):
                 # dU[g, xi] (K x C, row-major) is C x K column-major: V[xi]^T dM[xi]
                 beta[0] = 0 if item == g * nitems // parts else 1
                 for xi in range(alpha2):
-                    _xxgemm(kind, 110, 116, C, K, nt, one.ctypes, V[xi].ctypes, C,
+                    _xxgemm(kind, _NO_TRANS, _TRANS, C, K, nt, one.ctypes, V[xi].ctypes, C,
                             dM[xi].ctypes, K, beta.ctypes, dU[g, xi].ctypes, C)
 
 
@@ -668,10 +670,9 @@ def _output_tiles(M, nt, y, m, t0, th, tw):
         _store_rows(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1))
 
 
-#: output channels per work item, and input channels per chunk, of the F(4x4,3x3) path
-#: that transforms the filter on the fly (``_streamed_items``)
-STREAM_PANEL = _direct_gen.GEMM_BLOCK[0]
-STREAM_CHANNELS = 64            # (32: 0.95-0.98x on res5 N=8 and VGG conv5_2 N=1)
+#: output channels per work item of the F(4x4,3x3) path that transforms the filter on
+#: the fly (``_streamed_items``); its input channels per chunk are ``STREAM_CHANNELS``
+STREAM_PANEL = GEMM_BLOCK[0]
 
 
 @jit(inline="always")
@@ -802,97 +803,40 @@ def _filter(m, w, kind, nsplit, multiple=1):
     return _filters.get(w, (kind, m, nsplit, multiple), build)
 
 
-def _tiling(m, N, P, Q, per_image):
-    """Tile rows and columns of the output, and how many images to process at once so
-    that their ``per_image`` elements (of the padded copies) fit the workspace limit."""
-    th, tw = -(-P // m), -(-Q // m)
-    return th, tw, max(1, min(N, get_workspace_limit() // per_image))
-
-
-#: Transformed filters up to this size run fused per thread; larger ones would be re-read
-#: for every batch of tiles, so their GEMMs run once over many tiles on all threads.
-#: Measured (2 threads, F4): fused 1.1-1.3x faster with 64 channels (0.6 MiB), 1.05-2x
-#: slower from 128 channels (2.2 MiB).
-FUSED_MAX_FILTER_BYTES = 2**20
-#: With 2 or more threads and a larger filter, the fused work is shared out by output
-#: channels instead (each thread transforms all tiles itself and reads only its slice of
-#: the filter, once per block of tiles) when a thread's slice stays in its L2, at most
-#: ``SPLIT_MAX_SLICE_BYTES``, or when the slices it streams over all blocks total at
-#: most ``SPLIT_MAX_STREAM_BYTES``. Measured (2 threads, F4 unless said, against
-#: unfused, PyTorch/fastconv): res3 N=8 (1.2 MiB slices) 2.03 against 1.85; res4 and
-#: C=192 at N=1 (one block of 4.7 and 2.6 MiB) 1.81-1.95 against 1.29-1.31, 1.92
-#: against 1.53; streaming more: VGG conv3_2 N=1 (4 blocks of 4.7 MiB) 1.53 against
-#: 2.39, res4 N=8 (8 blocks) 0.43 against 1.73, VGG conv5_2 N=1 F2 (8.4 MiB) 1.11
-#: against 1.43.
-SPLIT_MAX_SLICE_BYTES = 3 * 2**19
-SPLIT_MAX_STREAM_BYTES = 6 * 2**20
-
-
-#: F(4x4,3x3) transforms the filter on the fly (``_streamed_items``) when its transformed
-#: filter has at least this many bytes, which a cached one would read from memory on
-#: every call, and there are at most ``STREAM_MAX_TILES`` tiles to reuse it on
-STREAM_MIN_FILTER_BYTES = 16 * 2**20
-STREAM_MAX_TILES = 64
-
-
-#: with at most this many tiles the streamed path's transforms and copies run on the
-#: calling thread alone (``one_thread``), not worth waking the OpenMP workers for: VGG
-#: conv5_2 N=1 (16 tiles), 2 threads, 1.04-1.05x; res5 N=8 (32 tiles) 0.98-0.99x
-STREAM_SERIAL_TILES = 16
-
-
-def _streams(m, dtype, filter_bytes, tiles):
-    """Whether ``_winograd`` transforms the filter on the fly (float32 F(4x4,3x3))."""
-    return (m == 4 and dtype == np.float32 and filter_bytes >= STREAM_MIN_FILTER_BYTES
-            and tiles <= STREAM_MAX_TILES)
-
-
-def _split_rows(nthreads, N, th, tw):
-    """Tile rows R per block of the fused path (about 64 tiles, within one image; at
-    least one block per thread unless the output channels are split)."""
-    return max(1, min(64 // tw, -(-N * th // nthreads)))
-
-
-def _winograd(m, x, w, kind, y, off_h, off_w):
+def _winograd(plan, m, x, w, kind, y, off_h, off_w):
     """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
     * g[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3), where g is ``w`` (``kind``
     "fwd") or ``w`` rotated with C and K swapped ("rot"); x (N, C, H, W) C-contiguous,
-    y (N, K, P, Q) filled."""
+    y (N, K, P, Q) filled; by the plan's variant (``fastconv._plan._winograd``)."""
     N, C = x.shape[:2]
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
-    Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
-    nthreads = get_num_threads()
-    filter_bytes = alpha2 * C * K * x.itemsize
-    fused = filter_bytes <= FUSED_MAX_FILTER_BYTES
-    th, tw = -(-P // m), -(-Q // m)
-    slice_bytes, blocks = filter_bytes / nthreads, N * -(-th // _split_rows(1, N, th, tw))
-    split = not fused and nthreads > 1 and (slice_bytes <= SPLIT_MAX_SLICE_BYTES or
-                                            blocks * slice_bytes <= SPLIT_MAX_STREAM_BYTES)
-    J, TB = _direct_gen.GEMM_BLOCK
-    if _streams(m, x.dtype, filter_bytes, N * th * tw):
+    th, tw = plan["tiles"]
+    Hp, Wp = m * th + 2, m * tw + 2
+    nthreads = plan.threads
+    if plan.variant == "streamed":
+        J, TB = GEMM_BLOCK
         nt = N * th * tw
         rows = -(-nt // TB) * TB                    # the GEMMs' rows: whole blocks
+        CB = plan["channels"]
         Xp = _buffer("X", (N, Hp, Wp, C), x.dtype)
         V = _buffer("V", (alpha2, rows, C), x.dtype)
         M = _buffer("M", (alpha2, rows, -(-K // J) * J), x.dtype)
-        small = nt <= STREAM_SERIAL_TILES
-        with one_thread(small):
+        with one_thread(plan["serial"]):
             _to_channels_last(x, Xp, off_h, off_w)
             V[:, nt:] = 0
             _transform_tiles(Xp, V, nt, m, 0, th, tw, False)
-            Vc = _buffer("Vc", (-(-C // STREAM_CHANNELS), alpha2, rows, STREAM_CHANNELS),
-                         x.dtype)
-            _by_chunks(V, Vc, STREAM_CHANNELS)
+            Vc = _buffer("Vc", (-(-C // CB), alpha2, rows, CB), x.dtype)
+            _by_chunks(V, Vc, CB)
         _run(_streamed_items, M.shape[2] // J, Vc, np.ascontiguousarray(w).reshape(-1), M, K,
              kind == "rot", getattr(_direct_gen.load(), "gemm_acc_%d_%d" % (J, TB)))
-        with one_thread(small):
+        with one_thread(plan["serial"]):
             _output_tiles(M, nt, y, m, 0, th, tw)
         return
-    if fused or split:
-        Uk = _filter(m, w, kind, nthreads if split else 1)
+    if plan.variant in ("fused", "split"):
+        Uk = _filter(m, w, kind, plan["filter_slices"])
         # a block's V and M stay near the thread's L2
-        R = _split_rows(1 if split else nthreads, N, th, tw)
+        R = plan["block_rows"]
         Sb = _buffer("X", (nthreads, 1, m * R + 2, Wp, C), x.dtype)
         Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
         Mb = _buffer("M", (nthreads, alpha2, R * tw, Uk.shape[3]), x.dtype)
@@ -901,15 +845,12 @@ def _winograd(m, x, w, kind, y, off_h, off_w):
         with single_threaded_blas():
             _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb, Ob)
         return
-    # our GEMM kernel (float32, K padded to its 64 columns), else BLAS (K = 160, padded
-    # to 192: 0.84-0.96x against BLAS)
-    own = x.dtype == np.float32 and -(-K // J) * J <= K * GEMM_MAX_PADDING
-    if not own:
-        J, TB = 1, 1                             # BLAS: no padding
+    # unfused: our GEMM kernel (float32, K padded to its columns), or BLAS (unfused_blas)
+    TB, J = plan["gemm_block"]
+    own = plan.variant == "unfused"
     U = _filter(m, w, kind, 1, J)[0]             # (alpha^2, C, K rounded up to J)
-    th, tw, group = _tiling(m, N, P, Q, Hp * Wp * C * x.itemsize)
+    group, tb = plan["images"], plan["tile_batch"]
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
-    tb = max(TB, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize) // TB * TB)
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
         _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
@@ -952,97 +893,28 @@ def _matmul(A, B, out, transpose_a=False):
     return out
 
 
-#: largest ratio of padded to real output channels for which the unfused path uses
-#: ``_gemm``
-GEMM_MAX_PADDING = 1.125
-
-#: bytes of V's rows that ``_gemm`` keeps in cache while it runs through U's columns
-GEMM_ROWS_BYTES = 256 * 1024
-
-
 def _gemm(V, U, M):
     """M[x] = V[x] @ U[x] for every x, float32, on all threads, by the generated kernel
     (``_direct_gen._gemm_source``); V's rows a multiple of its row block, U's and M's
     columns of its column block. Against OpenBLAS's batched GEMM, in one process (the
     whole unfused Winograd call): 2 threads, 16-49 tiles (res4, res5, VGG conv4_2 and
     conv5_2 at N=1) 1.05-1.6x faster, 128-392 tiles (N=8) 1.0-1.15x; 1 thread 0.93-1.25x."""
-    J, TB = _direct_gen.GEMM_BLOCK
+    J, TB = GEMM_BLOCK
     X, T, C = V.shape
     Kp = U.shape[2]
     ntb = T // TB
-    CH = max(1, min(ntb, GEMM_ROWS_BYTES // (TB * C * V.itemsize)))
+    CH = max(1, min(ntb, _tuning.GEMM_ROWS_BYTES // (TB * C * V.itemsize)))
     _run(_direct_gen.load().gemm_64_6, X * -(-ntb // CH) * (Kp // J) * CH,
          V.reshape(-1), U.reshape(-1), M.reshape(-1), X, T, C, Kp, CH, np.float32(0))
 
 
-def _forward(m):
-    def conv2d(x, w, p, out):
-        """Forward convolution into ``out`` (N, K, P, Q)."""
-        _winograd(m, x, w, "fwd", out, -p.pad_top, -p.pad_left)
-    conv2d.__name__ = conv2d.__qualname__ = f"conv2d_f{m}"
-    return conv2d
-
-
-def _backward_input(m):
-    def conv2d_input(dy, w, p, out):
-        """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
-        computation on dy with the filter rotated 180 degrees and C, K swapped."""
-        _winograd(m, np.ascontiguousarray(dy), w, "rot", out, p.pad_top - 2, p.pad_left - 2)
-    conv2d_input.__name__ = conv2d_input.__qualname__ = f"conv2d_input_f{m}"
-    return conv2d_input
-
-
-#: Weight gradients with transformed filters up to this size run fused per thread (each
-#: part's dU is read and written once per work item). Measured against the unfused
-#: path (float32, interleaved; 2 threads / 1 thread): C=K=64 F4 (0.6 MiB) 1.5-2.6x /
-#: 0.9-2.6x; res3 and C96-K160 F4 (2.2-2.4 MiB) 1.3-1.9x / 1.0-1.6x; res4 and C192 F2
-#: (2.4-4 MiB) 1.15-1.8x / 0.92-1.06x; VGG conv3_2 F4 (9.4 MiB) 1.0x; conv5_2 F2
-#: (16 MiB) 0.83x / 0.98x.
-WEIGHT_FUSED_MAX_FILTER_BYTES = 4 * 2**20
-#: The fused weight gradient sums its work items into 1, 2 or ``WEIGHT_PARTS`` partial
-#: dU, each over a fixed run of items, then adds them up in order: the result does not
-#: depend on the thread count (threads take whole parts), and up to that many threads
-#: share the work. Each part costs a pass over its dU (alpha^2*K*C), so: 1 part below
-#: 2*``WEIGHT_PART_MIN_TILES`` tiles, 4 from ``WEIGHT_FOUR_PARTS_TILES``. Measured (2
-#: threads, F4, C=K=64, against 2 parts): 4 parts 0.90x on 512 tiles (CIFAR N=8),
-#: 0.98x on 1568-3136 (res2 N=8, VGG conv1_2 N=1), 1.0x on 25088 (VGG N=8); 8 parts
-#: 0.91-0.93x on 1568-3136; 1 part on 64 tiles (CIFAR N=1) no slower, 0.67x on 196.
-WEIGHT_PARTS = 4
-WEIGHT_PART_MIN_TILES = 64
-WEIGHT_FOUR_PARTS_TILES = 4096
-#: tiles per work item of the fused weight gradient, about (32: 0.93-0.98x, 128:
-#: 0.92-1.09x)
-WEIGHT_BLOCK_TILES = 64
-
-
-#: Partial sums dU up to this size are added up and transformed back on the calling
-#: thread alone: waking the others costs more. Whole weight gradient, 2 threads, one
-#: thread against two here: C=K=64 F4 (0.6 MiB) 1.09x faster at N=1, C24-K48 1.16x; 1.2
-#: MiB (2 parts) 1.02x; res3 (2.2 MiB) 0.95x, res4 (4 MiB) 0.90x.
-SERIAL_FILTER_T_MAX_BYTES = 2**20
-
-
 def _weight_filter(m, dU, dw):
     """dw = G^T (dU[0] + dU[1] + ...) G (``_filter_t2/4``), on one thread when small."""
-    nthreads = numba.get_num_threads()
-    if dU.nbytes > SERIAL_FILTER_T_MAX_BYTES or nthreads == 1:
+    with one_thread(dU.nbytes <= _tuning.SERIAL_FILTER_T_MAX_BYTES):
         _FILTERS[m][1](dU, dw)
-        return
-    numba.set_num_threads(1)
-    try:
-        _FILTERS[m][1](dU, dw)
-    finally:
-        numba.set_num_threads(nthreads)
 
 
-def _weight_parts(tiles):
-    """How many partial dU the fused weight gradient sums ``tiles`` tiles into."""
-    if tiles < 2 * WEIGHT_PART_MIN_TILES:
-        return 1
-    return 2 if tiles < WEIGHT_FOUR_PARTS_TILES else WEIGHT_PARTS
-
-
-def _winograd_weight(m, x, dy, dw, off_h, off_w):
+def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
     """dw[k, c, r, s] = sum dy[n, k, p, q] * x[n, c, p + off_h + r, q + off_w + s] with
     F(m x m, 3x3) transposed: dU[xi] = sum over tiles of (A dy A^T)[xi]^T (B^T x B)[xi]
     (alpha^2 GEMMs [K x tiles] x [tiles x C]), then dw = G^T dU G. The fused path's sums
@@ -1050,15 +922,12 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
     N, C = x.shape[:2]
     K, P, Q = dy.shape[1:]
     alpha2 = (m + 2) ** 2
-    Hp, Wp = m * -(-P // m) + 2, m * -(-Q // m) + 2
-    th, tw = -(-P // m), -(-Q // m)
-    if alpha2 * C * K * x.itemsize <= WEIGHT_FUSED_MAX_FILTER_BYTES:
-        # blocks of R tile rows, about 64 tiles, at least one per part; from the shape
-        # only, like the parts (the tiles each GEMM sums must not depend on the threads)
-        parts = _weight_parts(N * th * tw)
-        R = max(1, min(WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
-        parts = min(parts, N * -(-th // R))
-        nthreads = min(get_num_threads(), parts)
+    th, tw = plan["tiles"]
+    Hp, Wp = m * th + 2, m * tw + 2
+    if plan.variant == "fused":
+        # blocks of R tile rows in a fixed number of parts (the tiles each GEMM sums
+        # must not depend on the threads)
+        R, parts, nthreads = plan["block_rows"], plan["parts"], plan["threads_used"]
         Sb = _buffer("X", (nthreads, 1, m * R + 2, Wp, C), x.dtype)
         Db = _buffer("Y", (nthreads, 1, m * R, Wp - 2, K), x.dtype)
         Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
@@ -1069,9 +938,7 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
             _fused_weight(x, dy, m, th, tw, off_h, off_w, Sb, Db, Vb, Mb, Tb, dU)
         _weight_filter(m, dU, dw)
         return
-    th, tw, group = _tiling(m, N, P, Q, (Hp * Wp * C + (Hp - 2) * (Wp - 2) * K) * x.itemsize)
-    T = group * th * tw
-    tb = max(1, min(T, get_workspace_limit() // (alpha2 * (C + K) * x.itemsize)))
+    group, tb = plan["images"], plan["tile_batch"]
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
     D = _buffer("Y", (group, Hp - 2, Wp - 2, K), x.dtype)
     dU = _buffer("U", (1, alpha2, K, C), x.dtype)
@@ -1094,20 +961,24 @@ def _winograd_weight(m, x, dy, dw, off_h, off_w):
     _weight_filter(m, dU, dw)
 
 
-def _backward_weight(m):
-    def conv2d_weight(x, dy, p, out):
-        """Gradient with respect to the weight, into ``out`` (K, C, 3, 3)."""
-        _winograd_weight(m, x, np.ascontiguousarray(dy), out, -p.pad_top, -p.pad_left)
-    conv2d_weight.__name__ = conv2d_weight.__qualname__ = f"conv2d_weight_f{m}"
-    return conv2d_weight
+# -- The registry's kernels: run a plan (fastconv._plan._winograd) --------------------------
+
+_TILE = {"winograd_f2": 2, "winograd_f4": 4}
 
 
-conv2d_f2, conv2d_f4 = _forward(2), _forward(4)
-conv2d_weight_f2, conv2d_weight_f4 = _backward_weight(2), _backward_weight(4)
-conv2d_input_f2, conv2d_input_f4 = _backward_input(2), _backward_input(4)
+def conv2d(plan, x, w, p, out):
+    """Forward convolution into ``out`` (N, K, P, Q)."""
+    _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left)
 
 
-def supports(p):
-    """Winograd handles 3x3 kernels, stride 1, dilation 1, groups 1 (any padding)."""
-    return (p.R == 3 and p.S == 3 and p.stride_h == 1 and p.stride_w == 1
-            and p.dil_h == 1 and p.dil_w == 1 and p.groups == 1)
+def conv2d_input(plan, dy, w, p, out):
+    """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
+    computation on dy with the filter rotated 180 degrees and C, K swapped."""
+    _winograd(plan, _TILE[plan.algorithm], np.ascontiguousarray(dy), w, "rot", out,
+              p.pad_top - 2, p.pad_left - 2)
+
+
+def conv2d_weight(plan, x, dy, p, out):
+    """Gradient with respect to the weight, into ``out`` (K, C, 3, 3)."""
+    _winograd_weight(plan, _TILE[plan.algorithm], x, np.ascontiguousarray(dy), out,
+                     -p.pad_top, -p.pad_left)

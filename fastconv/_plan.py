@@ -1,0 +1,723 @@
+"""The selector: one place that decides how a call runs, as a :class:`Plan`.
+
+A plan names the algorithm, the backend, and the variant with its blocking (tiles,
+weight layout, thread split). Backends hold loops only: given a plan and arrays, they
+run it. ``fastconv.plan(...)`` returns the plan a call would run (as PyTorch exposes
+``select_conv_backend`` for tests); ``fastconv.autotune`` chooses among plans,
+variants included. Every threshold a rule reads is in ``fastconv._tuning``.
+
+How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
+
+- 1x1 stride-1 layers: im2col (one GEMM); direct's pointwise GEMM for the float32
+  forward of batches of several small planes with C >> K (res5's 2048 -> 512).
+- depthwise layers: direct.
+- 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
+  image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
+  for the weight gradient there; below 100 outputs, direct (where its lanes kernel
+  fits) or im2col.
+- forwards with few inputs per output (RGB stems) and stride-2 forwards: direct; the
+  weight gradient of stride-2 layers with long patches: direct.
+- everything else: im2col.
+
+``backend="auto"`` takes the first backend in :data:`fastconv._dispatch.PREFERENCE`
+that is installed and has a kernel for the op and algorithm.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import platform
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _config, _dispatch, _tuning
+from ._geometry import ConvParams, check_dtype, conv_params, pool_params
+from .kernels import layouts
+
+CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call runs: ``op`` by ``algorithm`` on ``backend``, in ``variant`` with
+    ``blocking`` (name, value) pairs, on ``threads`` threads, for ``dtype``.
+    ``plan["name"]`` reads a blocking value."""
+
+    op: str
+    algorithm: str
+    backend: str
+    variant: str = ""
+    blocking: tuple = ()
+    threads: int = 1
+    dtype: str = "float32"
+    geometry: object = field(default=None, repr=False, compare=False)
+
+    def __getitem__(self, name):
+        for key, value in self.blocking:
+            if key == name:
+                return value
+        raise KeyError(f"plan for {self.op} ({self.algorithm}, {self.variant or '-'}) "
+                       f"has no blocking value {name!r}; it has "
+                       f"{', '.join(k for k, _ in self.blocking) or 'none'}")
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __repr__(self):
+        parts = [f"{self.op}: {self.algorithm}/{self.backend}"]
+        if self.variant:
+            parts.append(f"variant={self.variant!r}")
+        parts += [f"{k}={v!r}" for k, v in self.blocking]
+        parts += [f"threads={self.threads}", self.dtype]
+        return f"Plan({', '.join(parts)})"
+
+
+# -- Which algorithm -------------------------------------------------------------------
+
+
+def _algorithm(op, p, dtype):
+    """The algorithm ``auto`` prefers for ``op`` on geometry ``p`` and ``dtype`` (the
+    rules in the module docstring)."""
+    t = _tuning
+    if op not in CONV_OPS:
+        return "direct"
+    if p.pointwise:
+        pointwise = (op == "conv2d" and dtype == np.float32 and p.groups == 1
+                     and p.N >= t.POINTWISE_MIN_IMAGES and p.P * p.Q < t.POINTWISE_MAX_IMAGE
+                     and p.K >= t.POINTWISE_MIN_OUTPUTS
+                     and p.C >= t.POINTWISE_MIN_REDUCTION * p.K)
+        return "direct" if pointwise else "im2col"
+    if p.groups > 1 and p.groups == p.C == p.K:
+        return "direct"
+    if winograd_supports(p) and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS:
+        image, outputs = p.P * p.Q, p.N * p.P * p.Q
+        if image >= t.F4_MIN_IMAGE:
+            return "winograd_f4"
+        if outputs < t.F2_MIN_OUTPUTS:
+            lanes = layouts.lanes_block(p.P, p.Q) is not None
+            return "direct" if op == "conv2d_weight" or lanes else "im2col"
+        return "winograd_f2" if op == "conv2d_weight" else "winograd_f4"
+    if p.K // p.groups < t.DIRECT_MIN_OUTPUTS:
+        return "im2col"
+    patch = (p.C // p.groups) * p.R * p.S
+    stride2 = p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1 and p.R > 1 and p.S > 1
+    if op == "conv2d" and (patch < t.DIRECT_MAX_PATCH or stride2):
+        return "direct"
+    if op == "conv2d_weight" and stride2 and patch >= t.DIRECT_MAX_PATCH:
+        return "direct"
+    return "im2col"
+
+
+def winograd_supports(p):
+    """Winograd handles 3x3 kernels, stride 1, dilation 1, groups 1 (any padding)."""
+    return (p.R == 3 and p.S == 3 and p.stride_h == 1 and p.stride_w == 1
+            and p.dil_h == 1 and p.dil_w == 1 and p.groups == 1)
+
+
+#: geometries an algorithm handles, where it does not handle every valid one
+SUPPORTS = {"winograd_f2": winograd_supports, "winograd_f4": winograd_supports}
+
+
+def supports(algorithm, p):
+    """Whether ``algorithm`` handles the geometry ``p``."""
+    rule = SUPPORTS.get(algorithm)
+    return rule is None or rule(p)
+
+
+# -- direct: which forward core, with what blocking ----------------------------------------
+
+
+def flat_wins(dtype, sh, sw, ish, isw, Q, Kg, extra):
+    """Whether the flat kernel (32 pixels x 12 output channels, float32) runs the forward:
+    always for stride 1; for stride 2 (without inserted zeros) when it wastes fewer lanes
+    than the row kernel (16 pixels of a row x 16 channels), whose last block of a row of Q
+    pixels is partly empty; the flat kernel computes ``extra`` dropped columns per row."""
+    if dtype != np.float32:
+        return False
+    if sh == sw == 1:
+        return True
+    if not (sh == sw == 2 and ish == isw == 1):
+        return False
+    rows = Q / (16 * -(-Q // 16)) * Kg / (16 * -(-Kg // 16))
+    flat = Q / (Q + extra) * Kg / (12 * -(-Kg // 12))
+    return flat > rows
+
+
+def lanes_wins(dtype, sh, sw, ish, isw, P, Q, patch):
+    """Whether a lanes kernel (output channels in the lanes) runs the forward: float32,
+    stride 1 or 2 (no inserted zeros) and outputs that hold one of its blocks (for 2 x 7,
+    long reductions: ``LANES_MIN_PATCH``)."""
+    block = layouts.lanes_block(P, Q)
+    return (dtype == np.float32 and sh == sw and sw in layouts.LANES_STRIDES
+            and ish == isw == 1 and block is not None
+            and (block[0] == 1 or patch >= _tuning.LANES_MIN_PATCH))
+
+
+def streams_weight(nbytes):
+    """Whether the 2 x 7 lanes kernel takes a weight of ``nbytes`` as it is."""
+    return nbytes >= _tuning.LANES_STREAM_MIN_WEIGHT
+
+
+#: direct's forward cores: the generated kernel family each runs
+DIRECT_CORES = ("lanes", "lanes_streamed", "flat", "row")
+
+
+def direct_core(dtype, sh, sw, ish, isw, P, Q, R, S, dw, pl, Wv, Cg, Kg, wbytes,
+                lanes_ok=True):
+    """The forward core (one of ``DIRECT_CORES``) for a blocked direct forward of
+    P x Q outputs of Kg channels from Cg*R*S inputs each, on a virtual input ``Wv``
+    columns wide (``ish``/``isw`` - 1 zeros inserted between pixels); ``lanes_ok``:
+    whether the outputs are written as one dense block (not strided phases)."""
+    if lanes_ok and lanes_wins(dtype, sh, sw, ish, isw, P, Q, Cg * R * S):
+        M = layouts.lanes_block(P, Q)[0]
+        return "lanes_streamed" if M > 1 and streams_weight(wbytes) else "lanes"
+    if flat_wins(dtype, sh, sw, ish, isw, Q, Kg, layouts.flat_pitch(Q, S, sw, dw, pl, Wv) - Q):
+        return "flat"
+    return "row"
+
+
+def input_grad_phases(stride, dil, pad, R, H, P):
+    """Per residue class rho of (h + pad) mod stride: ((start, stop, step) of its taps or
+    None, pad', output offset, output count, dilation) of the stride-1 forward
+    convolution of dy that gives those rows of dx. With dilation 1, rows h = rho - pad +
+    i*stride take taps r = rho + m*stride from dy[i - m]: a full correlation with the
+    len(taps) sub-kernel rotated."""
+    if stride == 1:
+        return ((None, dil * (R - 1) - pad, 0, H, dil),)
+    out = []
+    for rho in range(stride):
+        taps = range(rho, R, stride)
+        i0 = -((rho - pad) // stride)                  # first i with h >= 0
+        i1 = (H - 1 + pad - rho) // stride             # last i with h < H
+        if len(taps) == 0 or i1 < i0:
+            out.append(((0, 0, 1), 0, rho - pad + i0 * stride, max(0, i1 - i0 + 1), 1))
+            continue
+        out.append(((rho, R, stride), len(taps) - 1 - i0, rho - pad + i0 * stride,
+                    i1 - i0 + 1, 1))
+    return tuple(out)
+
+
+def _taps(spec, R):
+    """Number of taps a phase's (start, stop, step) (None: all) selects."""
+    return R if spec is None else len(range(*spec))
+
+
+def _direct(op, p, dtype, threads):
+    """(variant, blocking) of direct for ``op`` on ``p``."""
+    itemsize = dtype.itemsize
+    G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
+    wbytes = p.K * Cg * p.R * p.S * itemsize
+    depthwise = p.C == p.groups
+    if op == "conv2d_weight":
+        if depthwise:
+            return "depthwise", (("block", layouts.DW_BLOCK),)
+        L = layouts.lanes(dtype)
+        items = G * -(-Cg // L) * -(-Kg // layouts.DY_BLOCK)
+        splits = max(1, min(p.N, -(-_tuning.DIRECT_WEIGHT_GRAD_ITEMS // items)))
+        return "blocked", (("lanes", L), ("batch_splits", splits))
+    if op == "conv2d":
+        if depthwise:
+            return "depthwise", (("block", layouts.DW_BLOCK),)
+        if dtype == np.float32 and p.pointwise:
+            J, TB = layouts.PATCH_GEMM_BLOCKS[0]
+            return "pointwise", (("block", (TB, J)), ("rows", _tuning.POINTWISE_ROWS),
+                                 ("kc", _tuning.POINTWISE_KC))
+        core = direct_core(dtype, p.stride_h, p.stride_w, 1, 1, p.P, p.Q, p.R, p.S, p.dil_w,
+                           p.pad_left, p.W, Cg, Kg, wbytes)
+        return core, _core_blocking(core, p.P, p.Q, dtype)
+    # conv2d_input
+    if depthwise and p.K == p.C and p.stride_h == p.stride_w == 1:
+        return "depthwise", (("block", layouts.DW_BLOCK), ("flip", True))
+    if depthwise:
+        return "depthwise_scatter", ()
+    if (p.stride_h > 1 or p.stride_w > 1) and dtype == np.float32 and \
+            (p.stride_h == 1 or p.dil_h == 1) and (p.stride_w == 1 or p.dil_w == 1):
+        rows = input_grad_phases(p.stride_h, p.dil_h, p.pad_top, p.R, p.H, p.P)
+        cols = input_grad_phases(p.stride_w, p.dil_w, p.pad_left, p.S, p.W, p.Q)
+        phases = []
+        for tr, ptr, _, Hi, dh in rows:
+            for tc, plc, _, Wi, dw in cols:
+                Rr, Ss = _taps(tr, p.R), _taps(tc, p.S)
+                if Rr == 0 or Ss == 0 or Hi == 0 or Wi == 0:
+                    phases.append("")
+                    continue
+                phases.append(direct_core(dtype, 1, 1, 1, 1, Hi, Wi, Rr, Ss, dw, plc, p.Q,
+                                          Kg, Cg, p.C * Kg * Rr * Ss * itemsize,
+                                          lanes_ok=False))
+        return "phases", (("rows", rows), ("cols", cols), ("cores", tuple(phases)),
+                          ("slice_bytes", _tuning.DIRECT_SLICE_BYTES))
+    # the forward on dy (zeros inserted between its pixels for stride > 1), the weight
+    # rotated, C and K swapped
+    pl2 = p.dil_w * (p.S - 1) - p.pad_left
+    core = direct_core(dtype, 1, 1, p.stride_h, p.stride_w, p.H, p.W, p.R, p.S, p.dil_w,
+                       pl2, (p.Q - 1) * p.stride_w + 1, Kg, Cg, wbytes)
+    return core, _core_blocking(core, p.H, p.W, dtype)
+
+
+def _core_blocking(core, P, Q, dtype):
+    """Blocking of a direct forward core on P x Q outputs: its register block (rows,
+    pixels, output channels), and the layout bytes per thread of a slice of images."""
+    block = {"lanes": lambda: layouts.lanes_block(P, Q),
+             "lanes_streamed": lambda: layouts.lanes_block(P, Q),
+             "flat": lambda: (1,) + layouts.FLAT_BLOCKS[0],
+             "row": lambda: (1, layouts.FWD_BLOCKS[dtype == np.float32], 16)}[core]()
+    return (("block", block), ("slice_bytes", _tuning.DIRECT_SLICE_BYTES))
+
+
+# -- Winograd: which path, with what tiles -------------------------------------------------
+
+
+def split_rows(nthreads, N, th, tw):
+    """Tile rows per block of the fused path (about 64 tiles, within one image; at least
+    one block per thread unless the output channels are split)."""
+    return max(1, min(64 // tw, -(-N * th // nthreads)))
+
+
+def weight_parts(tiles):
+    """How many partial dU the fused Winograd weight gradient sums ``tiles`` tiles into
+    (fixed by the shape: the result does not depend on the threads)."""
+    if tiles < 2 * _tuning.WEIGHT_PART_MIN_TILES:
+        return 1
+    return 2 if tiles < _tuning.WEIGHT_FOUR_PARTS_TILES else _tuning.WEIGHT_PARTS
+
+
+def _winograd(op, m, p, dtype, threads):
+    """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``."""
+    t = _tuning
+    itemsize = dtype.itemsize
+    alpha2 = (m + 2) ** 2
+    C, K, P, Q = p.C, p.K, p.P, p.Q
+    if op == "conv2d_input":                   # the forward on dy: C and K swapped
+        C, K, P, Q = p.K, p.C, p.H, p.W
+    N = p.N
+    th, tw = -(-P // m), -(-Q // m)
+    Hp, Wp = m * th + 2, m * tw + 2
+    filter_bytes = alpha2 * C * K * itemsize
+    tiles = N * th * tw
+    if op == "conv2d_weight":
+        if filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES:
+            parts = weight_parts(tiles)
+            R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
+            parts = min(parts, N * -(-th // R))
+            return "fused", (("tiles", (th, tw)), ("block_rows", R), ("parts", parts),
+                             ("threads_used", min(threads, parts)))
+        group = max(1, min(N, _config.get_workspace_limit()
+                           // ((Hp * Wp * C + (Hp - 2) * (Wp - 2) * K) * itemsize)))
+        tb = max(1, min(group * th * tw,
+                        _config.get_workspace_limit() // (alpha2 * (C + K) * itemsize)))
+        return "unfused", (("tiles", (th, tw)), ("images", group), ("tile_batch", tb))
+    if (m == 4 and dtype == np.float32 and filter_bytes >= t.STREAM_MIN_FILTER_BYTES
+            and tiles <= t.STREAM_MAX_TILES):
+        return "streamed", (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
+                            ("serial", tiles <= t.STREAM_SERIAL_TILES))
+    fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES
+    slice_bytes, blocks = filter_bytes / threads, N * -(-th // split_rows(1, N, th, tw))
+    split = not fused and threads > 1 and (slice_bytes <= t.SPLIT_MAX_SLICE_BYTES or
+                                           blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES)
+    if fused or split:
+        R = split_rows(1 if split else threads, N, th, tw)
+        return ("split" if split else "fused"), (("tiles", (th, tw)), ("block_rows", R),
+                                                 ("filter_slices", threads if split else 1))
+    J, TB = layouts.GEMM_BLOCK
+    own = dtype == np.float32 and -(-K // J) * J <= K * t.GEMM_MAX_PADDING
+    if not own:
+        J, TB = 1, 1
+    group = max(1, min(N, _config.get_workspace_limit() // (Hp * Wp * C * itemsize)))
+    tb = max(TB, _config.get_workspace_limit() // (alpha2 * (C + K) * itemsize) // TB * TB)
+    return ("unfused" if own else "unfused_blas"), (
+        ("tiles", (th, tw)), ("images", group), ("tile_batch", tb), ("gemm_block", (TB, J)))
+
+
+# -- im2col ---------------------------------------------------------------------------------
+
+
+def _im2col(op, p, dtype, threads):
+    """(variant, blocking) of im2col for ``op`` on ``p``."""
+    t = _tuning
+    one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
+    if p.pointwise:
+        return ("batch_gemm" if one_gemm else "image_gemm"), ()
+    CgRS = (p.C // p.groups) * p.R * p.S
+    if (op == "conv2d_weight" and p.P * p.Q >= t.WEIGHT_FUSED_MIN_RATIO * CgRS
+            and p.K // p.groups >= t.WEIGHT_FUSED_MIN_CHANNELS):
+        J, TB = layouts.patch_gemm_block(dtype)
+        return "patch_gemm", (("block", (TB, J)),
+                              ("band_rows", max(1, min(p.P, t.WEIGHT_BAND_COLUMNS // p.Q))),
+                              ("slices", t.WEIGHT_SLICES))
+    per_column = (p.C * p.R * p.S + p.K) * dtype.itemsize
+    budget = _config.get_workspace_limit()
+    per_image = per_column * p.P * p.Q
+    if per_image <= budget:
+        tile = (max(1, min(p.N, budget // per_image)), p.P)
+    else:
+        tile = (1, max(1, budget // (per_column * p.Q)))
+    return "tiled", (("tile", tile),)
+
+
+_VARIANTS = {
+    "direct": _direct,
+    "im2col": _im2col,
+    "winograd_f2": lambda op, p, dtype, threads: _winograd(op, 2, p, dtype, threads),
+    "winograd_f4": lambda op, p, dtype, threads: _winograd(op, 4, p, dtype, threads),
+}
+
+
+# -- Making a plan ------------------------------------------------------------------------
+
+
+def _backend_for(op, algorithm, backend):
+    """The backend that runs (op, algorithm) given the user's ``backend=``."""
+    have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
+    if backend == "auto":
+        if algorithm == "reference":
+            return "numpy"
+        for b in _dispatch.PREFERENCE:
+            if b in have:
+                return b
+        return None
+    return backend if backend in have else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
+    """The plan (memoised: training calls the same shapes every step)."""
+    conv = op in CONV_OPS
+    pairs = _dispatch.pairs(op)
+    if backend not in ("auto", "numpy") and backend not in _dispatch.available_backends():
+        raise ValueError(
+            f"{op}: backend {backend!r} is not available; available: "
+            f"{', '.join(_dispatch.available_backends())} (and 'auto')"
+            + _dispatch.missing_reason(backend))
+    if algorithm == "auto":
+        preferred = _algorithm(op, p, dtype) if conv else "direct"
+        order = [preferred] + [a for a, _ in pairs if a not in (preferred, "reference")]
+        order.append("reference")
+        chosen = None
+        for a in dict.fromkeys(order):
+            b = _backend_for(op, a, backend)
+            if b is not None and (not conv or supports(a, p)):
+                chosen = (a, b)
+                break
+        if chosen is None:
+            raise ValueError(f"{op}: no kernel for backend={backend!r}; registered: "
+                             f"{_registered(pairs)}")
+        algorithm, backend = chosen
+    else:
+        b = _backend_for(op, algorithm, backend)
+        if b is None:
+            raise ValueError(
+                f"{op}: no kernel for algorithm={algorithm!r}, backend={backend!r}; "
+                f"registered: {_registered(pairs)}, and 'auto' for either")
+        backend = b
+        if conv and not supports(algorithm, p):
+            raise ValueError(
+                f"{op}: algorithm={algorithm!r} (backend={backend!r}) does not handle this "
+                f"geometry: {p}; {SUPPORTS[algorithm].__doc__}")
+    variant, blocking = "", ()
+    if conv and algorithm in _VARIANTS:
+        variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads)
+    return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
+
+
+def _registered(pairs):
+    return ", ".join(f"(algorithm={a!r}, backend={b!r})" for a, b in pairs)
+
+
+def make(op, p, dtype, algorithm="auto", backend="auto"):
+    """The plan for ``op`` on validated geometry ``p`` and ``dtype``, given the user's
+    ``algorithm=`` and ``backend=`` (``"auto"``: autotuned winner if any, else the
+    rules)."""
+    dtype = np.dtype(dtype)
+    threads = _config.get_num_threads()
+    if backend == "auto":
+        backend = _dispatch.default_backend()
+    if (algorithm == "auto" and backend == "auto" and op in CONV_OPS
+            and (_autotune_enabled or _load_tuned())):
+        tuned = _load_tuned().get(_key(op, p, dtype))
+        if tuned is None and _autotune_enabled:
+            tuned = tune(op, p, dtype)
+        if tuned is not None:
+            plan = _from_tuned(op, p, dtype, tuned, threads)
+            if plan is not None:
+                return plan
+    return _make(op, p, dtype, algorithm, backend, threads, _tuning.generation,
+                 _config.get_workspace_limit())
+
+
+# -- Tracing: which plans ran -----------------------------------------------------------
+
+_trace = threading.local()
+
+
+@contextlib.contextmanager
+def trace():
+    """Record the plans the calling thread runs inside the block, in a list::
+
+        with fastconv.trace_plans() as ran:
+            fastconv.conv2d(x, w, algorithm="direct")
+        ran[-1].variant          # e.g. 'lanes'
+    """
+    ran = []
+    outer = getattr(_trace, "ran", None)
+    _trace.ran = ran
+    try:
+        yield ran
+    finally:
+        _trace.ran = outer
+
+
+def run(plan, *args):
+    """Run ``plan`` on ``args`` (the op's arrays and geometry) by its backend's kernel."""
+    ran = getattr(_trace, "ran", None)
+    if ran is not None:
+        ran.append(plan)
+    _dispatch.kernel(plan.op, plan.algorithm, plan.backend)(plan, *args)
+
+
+# -- The public view ----------------------------------------------------------------------
+
+
+def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation=1, groups=1,
+         kernel_size=None, ceil_mode=False, dtype=np.float32, algorithm="auto",
+         backend="auto"):
+    """The plan a call with these arguments would run, without running it.
+
+    Parameters
+    ----------
+    op : str
+        ``"conv2d"``, ``"conv2d_input"``, ``"conv2d_weight"``, or a pooling op
+        (``"max_pool2d"``, ``"avg_pool2d"``, with ``kernel_size``, and their backward).
+    input_shape : tuple of int
+        (N, C, H, W) of the forward pass's input.
+    weight_shape : tuple of int
+        (K, C/groups, R, S), for the conv ops.
+    stride, padding, dilation, groups, algorithm, backend
+        As in :func:`fastconv.conv2d` (pooling: ``stride`` defaults to ``kernel_size``).
+    dtype : numpy dtype
+        float32 or float64.
+
+    Returns
+    -------
+    Plan
+        A frozen object: ``.algorithm``, ``.backend``, ``.variant`` and ``.blocking``
+        (``plan["name"]``); its ``repr`` reads as one line.
+
+    Examples
+    --------
+    >>> fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1)  # doctest: +SKIP
+    Plan(conv2d: winograd_f4/numba, variant='fused', ...)
+    """
+    dt = check_dtype(op, input=np.empty(0, dtype))
+    if op in CONV_OPS:
+        if weight_shape is None:
+            raise ValueError(f"plan: {op} needs weight_shape")
+        p = conv_params(op, tuple(input_shape), tuple(weight_shape),
+                        1 if stride is None else stride, padding,
+                        dilation, groups)
+    elif op in _dispatch.OPS:
+        if op == "adaptive_avg_pool2d" or op == "max_pool2d_backward":
+            p = None
+        else:
+            if kernel_size is None:
+                raise ValueError(f"plan: {op} needs kernel_size")
+            p = pool_params(op, tuple(input_shape), kernel_size, stride, padding, dilation,
+                            ceil_mode)
+    else:
+        raise ValueError(f"plan: unknown op {op!r}; ops are {', '.join(_dispatch.OPS)}")
+    return make(op, p, dt, algorithm, backend)
+
+
+# -- Autotuning: time the candidate plans once per geometry, remember the winner ----------
+
+_tuned = None             # key -> [algorithm, backend, variant], loaded on first use
+_autotune_enabled = False
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_CPU = _cpu_name()
+
+
+def _tune_file():
+    return os.path.join(os.path.dirname(_config.CACHE_DIR.rstrip(os.sep)), "autotune.json")
+
+
+def _key(op, p, dtype):
+    """Autotune key: op, geometry, dtype, thread count and CPU."""
+    return "|".join([op, ",".join(map(str, p.as_tuple())), np.dtype(dtype).name,
+                     str(_config.get_num_threads()), _CPU])
+
+
+def _load_tuned():
+    global _tuned
+    if _tuned is None:
+        try:
+            with open(_tune_file()) as f:
+                _tuned = json.load(f)
+        except (OSError, ValueError):
+            _tuned = {}
+    return _tuned
+
+
+def _save_tuned():
+    path = _tune_file()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False,
+                                         suffix=".tmp") as f:
+            json.dump(_tuned, f, indent=0, sort_keys=True)
+        os.replace(f.name, path)
+    except OSError as exc:
+        warnings.warn(f"fastconv: could not save autotune results to {path!r}: {exc}",
+                      RuntimeWarning, stacklevel=3)
+
+
+#: the variants autotune may force, per algorithm and op, beside the rules' choice
+_ALTERNATIVES = {
+    ("direct", "conv2d"): ("lanes", "flat", "row"),
+    ("winograd_f2", "conv2d"): ("fused", "split", "unfused", "unfused_blas"),
+    ("winograd_f4", "conv2d"): ("fused", "split", "unfused", "unfused_blas"),
+    ("winograd_f2", "conv2d_input"): ("fused", "split", "unfused", "unfused_blas"),
+    ("winograd_f4", "conv2d_input"): ("fused", "split", "unfused", "unfused_blas"),
+}
+
+
+def _forced(plan, variant):
+    """``plan`` with ``variant`` instead of the rules' choice, or None where that
+    variant cannot run the geometry."""
+    if variant == plan.variant:
+        return plan
+    p, dtype = plan.geometry, np.dtype(plan.dtype)
+    if plan.algorithm == "direct":
+        if plan.variant not in DIRECT_CORES or dtype != np.float32:
+            return None
+        if variant == "lanes" and not (p.stride_h == p.stride_w and p.stride_w in
+                                       layouts.LANES_STRIDES
+                                       and layouts.lanes_block(p.P, p.Q) is not None):
+            return None
+        if variant == "flat" and not (p.stride_h == p.stride_w and p.stride_w in (1, 2)):
+            return None
+        return Plan(plan.op, plan.algorithm, plan.backend, variant,
+                    _core_blocking(variant, p.P, p.Q, dtype), plan.threads, plan.dtype, p)
+    if plan.variant not in ("fused", "split", "unfused", "unfused_blas"):
+        return None                             # streamed: the only one for its filter
+    if variant == "split" and plan.threads < 2:
+        return None
+    if variant == "unfused" and dtype != np.float32:
+        return None
+    m = 2 if plan.algorithm == "winograd_f2" else 4
+    C, K, P, Q = ((p.K, p.C, p.H, p.W) if plan.op == "conv2d_input" else (p.C, p.K, p.P, p.Q))
+    th, tw = -(-P // m), -(-Q // m)
+    if variant in ("fused", "split"):
+        split = variant == "split"
+        R = split_rows(1 if split else plan.threads, p.N, th, tw)
+        blocking = (("tiles", (th, tw)), ("block_rows", R),
+                    ("filter_slices", plan.threads if split else 1))
+    else:
+        J, TB = layouts.GEMM_BLOCK if variant == "unfused" else (1, 1)
+        itemsize = dtype.itemsize
+        Hp, Wp = m * th + 2, m * tw + 2
+        limit = _config.get_workspace_limit()
+        group = max(1, min(p.N, limit // (Hp * Wp * C * itemsize)))
+        tb = max(TB, limit // ((m + 2) ** 2 * (C + K) * itemsize) // TB * TB)
+        blocking = (("tiles", (th, tw)), ("images", group), ("tile_batch", tb),
+                    ("gemm_block", (TB, J)))
+    return Plan(plan.op, plan.algorithm, plan.backend, variant, blocking, plan.threads,
+                plan.dtype, p)
+
+
+def candidates(op, p, dtype):
+    """Every plan autotune times for conv ``op`` on ``p``: each registered algorithm
+    (but the reference) that handles ``p``, on each backend, in each variant it may
+    run."""
+    dtype = np.dtype(dtype)
+    out = []
+    for a, b in _dispatch.pairs(op):
+        if a == "reference" or not supports(a, p) or b not in _dispatch.available_backends():
+            continue
+        base = _make(op, p, dtype, a, b, _config.get_num_threads(), _tuning.generation,
+                     _config.get_workspace_limit())
+        out.append(base)
+        for variant in _ALTERNATIVES.get((a, op), ()):
+            alt = _forced(base, variant)
+            if alt is not None and alt not in out:
+                out.append(alt)
+    return out
+
+
+def _from_tuned(op, p, dtype, tuned, threads):
+    """The plan a remembered winner [algorithm, backend, variant] names, or None when it
+    no longer applies (an algorithm or backend gone, a variant that cannot run)."""
+    algorithm, backend = tuned[0], tuned[1]
+    variant = tuned[2] if len(tuned) > 2 else None
+    if (algorithm, backend) not in _dispatch.pairs(op) or not supports(algorithm, p) \
+            or backend not in _dispatch.available_backends():
+        return None
+    base = _make(op, p, dtype, algorithm, backend, threads, _tuning.generation,
+                 _config.get_workspace_limit())
+    return base if variant is None else _forced(base, variant)
+
+
+def _operands(op, p, dtype):
+    """Random operands for timing ``op`` on geometry ``p`` (never the user's arrays)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(p.input_shape).astype(dtype)
+    w = rng.standard_normal(p.weight_shape).astype(dtype)
+    dy = rng.standard_normal(p.output_shape).astype(dtype)
+    if op == "conv2d":
+        return x, w, np.empty(p.output_shape, dtype)
+    if op == "conv2d_input":
+        return dy, w, np.empty(p.input_shape, dtype)
+    return x, dy, np.empty(p.weight_shape, dtype)
+
+
+def tune(op, p, dtype, rounds=3):
+    """Time every candidate plan (:func:`candidates`) of conv ``op`` on geometry ``p``,
+    interleaved; remember the fastest in memory and on disk; return its plan."""
+    from .bench import interleaved
+    if op not in CONV_OPS:
+        raise ValueError(f"autotune: only {', '.join(CONV_OPS)} are tuned, got {op!r}")
+    a, b, out = _operands(op, p, dtype)
+    plans = candidates(op, p, dtype)
+    times = interleaved({i: (lambda pl=pl: run(pl, a, b, p, out)) for i, pl in enumerate(plans)},
+                        rounds=rounds, warmup=1)
+    best = plans[min(times, key=lambda k: np.median(times[k]))]
+    _load_tuned()[_key(op, p, dtype)] = [best.algorithm, best.backend, best.variant]
+    _save_tuned()
+    return [best.algorithm, best.backend, best.variant]
+
+
+def autotune(enable=True):
+    """Switch autotuning on or off for ``algorithm="auto"`` (off by default).
+
+    When on, the first conv2d, conv2d_input or conv2d_weight call of each geometry,
+    dtype and thread count times every candidate plan (algorithms, backends and their
+    variants) on random data (like cuDNN's benchmark mode) and every later ``auto`` call
+    runs the fastest. Winners persist in ``autotune.json`` beside the JIT cache, keyed
+    also by CPU, and are used even when tuning is off; an explicit ``algorithm=`` always
+    wins.
+    """
+    global _autotune_enabled
+    _autotune_enabled = bool(enable)
+
+
+__all__ = ["Plan", "plan", "make", "run", "trace", "autotune", "tune", "candidates",
+           "supports", "SUPPORTS", "CONV_OPS", "ConvParams"]

@@ -1,0 +1,138 @@
+"""Every tuning threshold of fastconv, in one place: its default, its unit and why.
+
+The selector (``fastconv._plan``) reads these when it makes a plan; the kernels never
+decide anything from them. Change one for an experiment with :func:`set`, put them all
+back with :func:`reset` (the tests do, as stumpy's ``config._reset`` does). The figures
+behind each default are in the benchmarks' output and the issue notes, not here.
+
+Each rule was measured on the CPUs named in its line (Zen 4/5: AMD EPYC Zen 4 and Zen
+5; Xeon: the Intel Xeon with AVX-512 that LLVM calls ``rocketlake``); on another CPU it
+is a starting point, which ``fastconv.autotune(True)`` replaces by measurement.
+"""
+
+#: name -> (default, unit, why)
+DEFAULTS = {
+    # -- which algorithm auto runs (fastconv._plan._algorithm) -------------------------
+    "WINOGRAD_MIN_CHANNELS": (16, "channels",
+        "Winograd needs C and K of at least this: below, the transforms outweigh the saving (Zen 5)"),
+    "F4_MIN_IMAGE": (400, "outputs per image",
+        "F(4x4,3x3) beats F(2x2,3x3) from this P*Q (Zen 5)"),
+    "F2_MIN_OUTPUTS": (100, "outputs per batch",
+        "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5)"),
+    "DIRECT_MAX_PATCH": (256, "inputs per output",
+        "forwards with C/groups*R*S below this (RGB stems) run direct (Zen 5, Xeon)"),
+    "DIRECT_MIN_OUTPUTS": (16, "output channels per group",
+        "direct keeps 16 output channels in registers: fewer go to im2col (Zen 5)"),
+    "POINTWISE_MIN_IMAGES": (4, "images",
+        "direct's pointwise GEMM runs 1x1 forwards of at least this many images (Zen 5)"),
+    "POINTWISE_MAX_IMAGE": (100, "pixels per image",
+        "... of planes smaller than this (im2col's one GEMM wins on larger ones; Zen 5)"),
+    "POINTWISE_MIN_REDUCTION": (4, "C / K",
+        "... with C at least this many times K (Zen 5)"),
+    "POINTWISE_MIN_OUTPUTS": (64, "output channels",
+        "... and K at least its block of 64 output channels (Zen 5)"),
+    # -- direct (fastconv._plan._direct) ----------------------------------------------
+    "DIRECT_SLICE_BYTES": (2 * 2**20, "bytes per thread",
+        "the forward lays out and convolves the batch in slices of images this big, so the "
+        "kernel reads the layout from L2 (Zen 5)"),
+    "LANES_MIN_PATCH": (256, "inputs per output",
+        "the 2 x 7 lanes kernel (rows of 7-13 pixels) needs a reduction this long to beat "
+        "the flat and row kernels (Zen 5)"),
+    "LANES_STREAM_MIN_WEIGHT": (8 * 2**20, "bytes",
+        "weights this big are laid out per work item by the 2 x 7 lanes kernel, not cached: "
+        "checking a cached layout reads the weight twice more (Zen 5)"),
+    "POINTWISE_ROWS": (96, "pixels",
+        "pixels of the batch per work item of the pointwise GEMM (Zen 5)"),
+    "POINTWISE_KC": (256, "input channels",
+        "input channels per call of the pointwise GEMM: the weight slice stays in L2 (Zen 5)"),
+    "PAD_SERIAL_ROWS": (8192, "rows",
+        "zero-padded copies of fewer rows run on the calling thread: waking OpenMP's "
+        "workers costs more (Zen 5)"),
+    "DIRECT_WEIGHT_GRAD_ITEMS": (16, "work items",
+        "the weight gradient splits the batch until it has this many items for the threads (Zen 5)"),
+    # -- im2col (fastconv._plan._im2col) ---------------------------------------------
+    "POINTWISE_ONE_GEMM_BELOW": (100, "pixels per image",
+        "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5)"),
+    "WEIGHT_FUSED_MIN_RATIO": (16, "output pixels per patch row",
+        "im2col's weight gradient reads patch rows in place (own GEMM) from this ratio: "
+        "BLAS splits a long sum of small products badly (Zen 5)"),
+    "WEIGHT_FUSED_MIN_CHANNELS": (64, "output channels per group",
+        "... and from this many output channels, its GEMM's 64 columns (Zen 5)"),
+    "WEIGHT_BAND_COLUMNS": (128, "output pixels",
+        "... in bands of rows of about this many pixels, so dy's band stays in L1 (Zen 5)"),
+    "WEIGHT_SLICES": (16, "slices",
+        "... summed in this many fixed slices: the result does not depend on the threads (Zen 5)"),
+    # -- Winograd (fastconv._plan._winograd) -----------------------------------------
+    "FUSED_MAX_FILTER_BYTES": (2**20, "bytes",
+        "transformed filters up to this size run fused per thread; larger ones would be "
+        "re-read for every block of tiles (Zen 5)"),
+    "SPLIT_MAX_SLICE_BYTES": (3 * 2**19, "bytes",
+        "on 2+ threads the fused work is shared by output channels when a thread's filter "
+        "slice stays in its L2 ... (Zen 5)"),
+    "SPLIT_MAX_STREAM_BYTES": (6 * 2**20, "bytes",
+        "... or when the slices it streams over all blocks total at most this (Zen 5)"),
+    "STREAM_MIN_FILTER_BYTES": (16 * 2**20, "bytes",
+        "F4 transforms filters this big on the fly: a cached one is read from memory on "
+        "every call ... (Zen 5)"),
+    "STREAM_MAX_TILES": (64, "tiles",
+        "... when there are at most this many tiles to reuse it on (Zen 5)"),
+    "STREAM_SERIAL_TILES": (16, "tiles",
+        "the streamed path's transforms run on one thread up to this many tiles (Zen 5)"),
+    "GEMM_MAX_PADDING": (1.125, "padded / real output channels",
+        "the unfused path uses fastconv's GEMM (64 columns) while padding K costs at most "
+        "this, else BLAS (Zen 5)"),
+    "GEMM_ROWS_BYTES": (256 * 1024, "bytes",
+        "rows of V the unfused GEMM keeps in cache while it runs through U (Zen 5)"),
+    "WEIGHT_FUSED_MAX_FILTER_BYTES": (4 * 2**20, "bytes",
+        "Winograd weight gradients with transformed filters up to this run fused (Zen 5)"),
+    "WEIGHT_PARTS": (4, "partial sums",
+        "the fused weight gradient sums into at most this many parts, fixed by the shape "
+        "(the same result on any thread count; Zen 5)"),
+    "WEIGHT_PART_MIN_TILES": (64, "tiles",
+        "... one part below twice this many tiles (Zen 5)"),
+    "WEIGHT_FOUR_PARTS_TILES": (4096, "tiles",
+        "... WEIGHT_PARTS parts from this many tiles, else 2 (Zen 5)"),
+    "WEIGHT_BLOCK_TILES": (64, "tiles",
+        "tiles per work item of the fused weight gradient (Zen 5)"),
+    "SERIAL_FILTER_T_MAX_BYTES": (2**20, "bytes",
+        "partial dU up to this size are summed and transformed back on one thread (Zen 5)"),
+}
+
+
+def _apply(values):
+    globals().update(values)
+    global generation
+    generation += 1
+
+
+generation = 0
+"""Bumped by every change, so plans memoised under old values are not reused."""
+
+
+def set(name, value):
+    """Set threshold ``name`` (one of :data:`DEFAULTS`) to ``value`` for this process."""
+    if name not in DEFAULTS:
+        raise ValueError(f"fastconv._tuning: unknown threshold {name!r}; "
+                         f"known: {', '.join(sorted(DEFAULTS))}")
+    _apply({name: value})
+
+
+def get(name):
+    """The current value of threshold ``name``."""
+    if name not in DEFAULTS:
+        raise ValueError(f"fastconv._tuning: unknown threshold {name!r}")
+    return globals()[name]
+
+
+def reset():
+    """Every threshold back to its default."""
+    _apply({name: spec[0] for name, spec in DEFAULTS.items()})
+
+
+def describe():
+    """One line per threshold: name, value, unit, why."""
+    return "\n".join(f"{n} = {globals()[n]!r} ({u}): {why}"
+                     for n, (_, u, why) in DEFAULTS.items())
+
+
+reset()

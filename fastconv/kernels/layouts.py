@@ -1,0 +1,72 @@
+"""Layout specs and blocking constants that every backend shares: the selector
+(``fastconv._plan``) plans with them, and each backend's kernels are built for them, so
+two backends given one plan run the same blocks.
+
+Blocked layouts (built per call from NCHW, never returned)::
+
+    padded planes        xb[n, c, hp, wq]         zero-padded rows of Wq columns
+    phase planes         xb[n, c, hp, phase, wq]  padded column wp = wq*sw + phase
+    blocked weight       wb[g, kb, c, r, s, k]    k < KB output channels last
+    channels-last block  xf[h, w, c]              one channel block of one image
+    blocked dy           dyb[n, g, kb, p, q, k]   16 output channels last
+"""
+import numpy as np
+
+#: pixels per block of direct's row kernel (``fwd_J``): float64, float32
+FWD_BLOCKS = (8, 16)
+#: (pixels, output channels) of direct's flat kernel, float32
+FLAT_BLOCKS = ((32, 12),)
+#: (rows, pixels per row, output channels) of direct's lanes kernels, float32: 1 x 14
+#: pixels for rows of 14 or more, 2 x 7 for shorter rows (res5's 7 x 7)
+LANES_BLOCKS = ((1, 14, 32), (2, 7, 32))
+#: column strides the lanes kernels exist for
+LANES_STRIDES = (1, 2)
+#: input channels per chunk of a weight laid out on the fly (the streamed lanes kernel,
+#: Winograd's streamed filter): the chunk stays in the thread's cache
+STREAM_CHANNELS = 64
+#: input channels per block of direct's weight gradient: float32, float64
+BWW_LANES = (16, 8)
+#: column pairs per chunk of the stride-2 phase split
+PAIRS = 8
+#: (columns, rows) of the depthwise kernels, both dtypes
+DW_BLOCK = (16, 4)
+#: (columns, rows) of the register-tiled GEMM (Winograd's products), float32
+GEMM_BLOCK = (64, 6)
+#: (columns, rows) of the GEMM that reads patch rows in place (im2col's weight gradient,
+#: direct's pointwise forward): float32, float64
+PATCH_GEMM_BLOCKS = ((64, 6), (32, 6))
+#: output channels per block of direct's weight gradient (dy's layout)
+DY_BLOCK = 16
+#: tiles per parallel work item of Winograd's unfused transforms, at most
+WINOGRAD_CHUNK_TILES = 32
+
+
+def lanes(dtype):
+    """Elements of ``dtype`` in one 64-byte vector (16 float32, 8 float64)."""
+    return 64 // np.dtype(dtype).itemsize
+
+
+def lanes_block(P, Q):
+    """(rows, pixels per row, output channels) of the lanes kernel for P x Q outputs: the
+    first of ``LANES_BLOCKS`` that fits, or None."""
+    return next((b for b in LANES_BLOCKS if b[0] <= P and b[1] <= Q), None)
+
+
+def flat_pitch(Q, S, sw, dw, pl, Wv):
+    """Columns Wq per row of the flat kernel's (phase) planes: the fewest (>= Q) such
+    that every read of a kept pixel (q < Q) past a row's end, at column wq >= Wq, reads a
+    zero of the padding both where it should (virtual column wq*sw + b >= pl + Wv) and
+    where it lands (column wq - Wq of the next row, < pl: left padding), so the right
+    padding of a row is the left padding of the next (res3 3x3: 29 columns for 28
+    outputs, not 30). ``Wv``: the virtual input width (inserted zeros do not count)."""
+    taps = {((s * dw) % sw, (s * dw) // sw) for s in range(S)}
+    for Wq in range(Q, Q + (S - 1) * dw // sw):
+        if all(wq * sw + b >= pl + Wv and (wq - Wq) * sw + b < pl
+               for b, e in taps for wq in range(max(Wq, e), Q + e)):
+            return Wq
+    return Q + (S - 1) * dw // sw
+
+
+def patch_gemm_block(dtype):
+    """(columns, rows) of the patch GEMM for ``dtype``."""
+    return PATCH_GEMM_BLOCKS[0 if np.dtype(dtype) == np.float32 else 1]

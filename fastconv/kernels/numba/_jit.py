@@ -1,0 +1,50 @@
+"""Numba's settings for fastconv's kernels: the JIT cache directory, the threading
+layer, the compile flags, and the thread count kept in step with
+``fastconv.set_num_threads``. Imported before any Numba kernel module is, because
+Numba reads its cache directory when a function is decorated."""
+import contextlib
+
+import numba
+from numba.core import config as _numba_config
+
+from ... import _config
+
+_numba_config.CACHE_DIR = _config.CACHE_DIR
+# Numba's workqueue layer aborts on concurrent calls from several Python threads;
+# prefer OpenMP (GCC's libgomp), then TBB.
+_numba_config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+#: flags of every fastconv kernel: cached on disk, no GIL, no bounds checks (the
+#: wrappers validate), no division-by-zero checks in loops. No fastmath here: pooling
+#: must see NaN; kernels that may reassociate ask for it themselves.
+JIT_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+
+
+def jit(**extra):
+    """``numba.njit`` with fastconv's flags (see ``JIT_FLAGS``)."""
+    return numba.njit(**{**JIT_FLAGS, **extra})
+
+
+def sync_threads():
+    """Numba's thread count for the calling thread = fastconv's (``set_num_threads``
+    may have been called before Numba was imported, or on another backend's behalf)."""
+    n = _config.get_num_threads()
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def one_thread(on=True):
+    """Numba's parallel regions on the calling thread alone inside the block (when
+    ``on``; this thread's setting only), for work too small to pay for waking the
+    OpenMP workers (tens of microseconds)."""
+    threads = numba.get_num_threads()
+    if on and threads > 1:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+_config.thread_hooks.append(numba.set_num_threads)
