@@ -20,7 +20,7 @@ import sys
 import fastconv  # noqa: I001  (first: it sets OpenBLAS/OpenMP thread settings)
 import numpy as np
 
-from fastconv import _dispatch, reference
+from fastconv import _plan, reference
 from fastconv.bench import LAYERS, ODD_LAYERS, Layer, fma_peak, interleaved, layer, median_ratio
 
 PASSES = {"fwd": "conv2d", "bwd_input": "conv2d_input", "bwd_weight": "conv2d_weight"}
@@ -50,7 +50,7 @@ def contenders_for(op, p, with_algorithms):
     names = ["auto"]
     if with_algorithms:
         names += [a for a, b in fastconv.algorithms(op)
-                  if a != "reference" and _dispatch.supports(a, b, p)]
+                  if a != "reference" and _plan.supports(a, p)]
     return names
 
 
@@ -70,9 +70,8 @@ def run_layer(torch, L, N, pass_, rounds, with_algorithms, groups=1):
     row = {name: p.flops / np.median(t) / 1e9 for name, t in times.items()}
     ratios = {name: median_ratio(times, "torch", name) for name in fns if name != "torch"} \
         if torch is not None else {}
-    chosen = [a for a, b in fastconv.algorithms(op)
-              if _dispatch.REGISTRY[(op, a, b)] is _dispatch.select(op, "auto", "auto", p, np.float32)]
-    return row, ratios, chosen[0]
+    chosen = _plan.make(op, p, np.float32)
+    return row, ratios, f"{chosen.algorithm}:{chosen.variant}" if chosen.variant else chosen.algorithm
 
 
 def accuracy(layers, N=1):
@@ -89,7 +88,7 @@ def accuracy(layers, N=1):
         scale = np.abs(want).max()
         row = {}
         for alg, backend in fastconv.algorithms("conv2d"):
-            if alg == "reference" or not _dispatch.supports(alg, backend, p):
+            if alg == "reference" or not _plan.supports(alg, p):
                 continue
             got = fastconv.conv2d(x.astype(np.float32), w.astype(np.float32), stride=L.stride,
                                   padding=L.pad, algorithm=alg, backend=backend)

@@ -1,0 +1,179 @@
+"""Two fastconv checkouts against each other, interleaved: did a change make anything
+slower?
+
+One worker process per checkout (``PYTHONPATH`` set to it) stays up for the whole run;
+the driver asks them in turn to time the same case, alternating which goes first, so
+both see the same machine state. Reported per case: each side's median time and the
+median over rounds of old/new (> 1: the new checkout is faster).
+
+Cases: every layer of ``fastconv.bench.LAYERS`` (forward, grad-input, grad-weight,
+``auto``), and whole networks from ``benchmarks/networks.py`` (forward), at the given
+batch sizes and thread counts. Only the public API is called, so any two versions
+compare.
+
+    python benchmarks/ab.py --old ../old --new . --threads 1 2 --batch 1 8
+    python benchmarks/ab.py --old ../old --new . --networks resnet18 mobilenet_v2 --no-layers
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PASSES = ("fwd", "bwd_input", "bwd_weight")
+
+
+# -- worker: runs inside one checkout ------------------------------------------------------
+
+def _serve():
+    import numpy as np
+
+    import fastconv
+    from fastconv.bench import LAYERS, layer
+
+    sys.path.insert(0, HERE)
+    import networks
+
+    prepared = {}
+
+    def prepare(case):
+        kind, name, pass_, N = case["kind"], case["name"], case.get("pass"), case["N"]
+        rng = np.random.default_rng(0)
+        if kind == "network":
+            net = networks.build(name)
+            x = rng.standard_normal((N, 3, 224, 224), dtype=np.float32)
+            return lambda: net(x)
+        L = layer(name)
+        xs, ws = L.shapes(N)
+        x = rng.standard_normal(xs, dtype=np.float32)
+        w = rng.standard_normal(ws, dtype=np.float32)
+        kw = dict(stride=L.stride, padding=L.pad)
+        dy = rng.standard_normal(fastconv.conv2d(x, w, **kw).shape, dtype=np.float32)
+        if pass_ == "fwd":
+            return lambda: fastconv.conv2d(x, w, **kw)
+        if pass_ == "bwd_input":
+            return lambda: fastconv.conv2d_input(x.shape, w, dy, **kw)
+        return lambda: fastconv.conv2d_weight(x, w.shape, dy, **kw)
+
+    print(json.dumps({"ready": fastconv.__file__}), flush=True)
+    for line in sys.stdin:
+        case = json.loads(line)
+        fastconv.set_num_threads(case["threads"])
+        key = json.dumps(case, sort_keys=True)
+        if key not in prepared:
+            prepared.clear()                    # one case's arrays at a time
+            prepared[key] = prepare(case)
+            for _ in range(2):                  # compile, fault in the workspace
+                prepared[key]()
+        fn, calls, t0 = prepared[key], 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= case["min_time"]:
+                break
+        print(json.dumps({"seconds": elapsed / calls}), flush=True)
+
+
+# -- driver ------------------------------------------------------------------------------
+
+def _worker(checkout):
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.abspath(checkout))
+    ready = json.loads(proc.stdout.readline())
+    return proc, ready["ready"]
+
+
+def _ask(proc, case):
+    proc.stdin.write(json.dumps(case) + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"worker died on {case}")
+    return json.loads(line)["seconds"]
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv=None):
+    import numpy as np
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--old", help="the baseline checkout")
+    ap.add_argument("--new", default=os.path.dirname(HERE), help="the changed checkout")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--min-time", type=float, default=0.05,
+                    help="seconds each timing repeats its call for")
+    ap.add_argument("--layers", nargs="*", help="layer names (default: every layer)")
+    ap.add_argument("--no-layers", action="store_true")
+    ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    ap.add_argument("--networks", nargs="*", default=[], help="networks to run forward")
+    ap.add_argument("--json", help="write every timing to this file")
+    args = ap.parse_args(argv)
+    if args.serve:
+        return _serve()
+    if not args.old:
+        ap.error("--old is required")
+    sys.path.insert(0, os.path.abspath(args.new))
+    from fastconv.bench import LAYERS
+
+    cases = []
+    names = [] if args.no_layers else (args.layers or [L.name for L in LAYERS])
+    for threads in args.threads:
+        for N in args.batch:
+            cases += [dict(kind="network", name=n, N=N, threads=threads) for n in args.networks]
+            cases += [dict(kind="layer", name=n, N=N, threads=threads, **{"pass": p})
+                      for n in names for p in args.passes]
+    old, old_file = _worker(args.old)
+    new, new_file = _worker(args.new)
+    print(f"CPU: {_cpu()}; old: {old_file}; new: {new_file}; {args.rounds} rounds, "
+          f"interleaved (the first side alternates)", flush=True)
+    print(f"{'case':44s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
+    results = []
+    for case in cases:
+        case = dict(case, min_time=args.min_time)
+        t_old, t_new = [], []
+        for r in range(args.rounds):
+            order = [(old, t_old), (new, t_new)]
+            for proc, times in (order if r % 2 == 0 else order[::-1]):
+                times.append(_ask(proc, case))
+        t_old, t_new = np.array(t_old), np.array(t_new)
+        ratio = float(np.median(t_old / t_new))
+        label = (f"{case['name']} N={case['N']} t={case['threads']}"
+                 + (f" {case['pass']}" if case["kind"] == "layer" else ""))
+        print(f"{label:44s} {np.median(t_old) * 1e3:9.3f} {np.median(t_new) * 1e3:9.3f} "
+              f"{ratio:8.3f}", flush=True)
+        results.append(dict(case, old=t_old.tolist(), new=t_new.tolist(), ratio=ratio))
+    for proc in (old, new):
+        proc.stdin.close()
+        proc.wait()
+    ratios = np.array([r["ratio"] for r in results])
+    print(f"\nmedian old/new over {len(ratios)} cases: {np.median(ratios):.3f} "
+          f"(min {ratios.min():.3f}, max {ratios.max():.3f})")
+    for kind in ("network", "layer"):
+        sub = [r["ratio"] for r in results if r["kind"] == kind]
+        if sub:
+            print(f"  {kind}s: median {np.median(sub):.3f} over {len(sub)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(cpu=_cpu(), old=old_file, new=new_file, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
