@@ -15,6 +15,13 @@ PyTorch does. Kernels only need the top/left offsets and the output size:
     input col  w = q * stride_w - pad_left + s * dil_w
     P = floor((H + pad_top + pad_bottom - dil_h * (R - 1) - 1) / stride_h) + 1
 
+Arguments take the forms PyTorch takes: a pair is an int, a 1-tuple or a 2-tuple (or
+list) of ints (NumPy integers too, never bools); pooling's ``stride`` may be ``None``
+or ``()`` for the kernel size. Only the batch axis may be empty (``N = 0``), and a
+convolution's channel axis (``C = 0``, weight ``(K, 0, R, S)``), as in PyTorch: the
+result is then empty (PyTorch's shape) and no kernel runs (``ConvParams.empty``,
+``PoolParams.empty``; ``fastconv.functional`` returns before picking a kernel).
+
 Every check raises ``ValueError``/``TypeError`` with a message that names the op and
 the shapes or values involved. Kernels never validate: only what passed these
 checks reaches them.
@@ -22,6 +29,7 @@ checks reaches them.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +37,38 @@ import numpy as np
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _int(value):
+    """``value`` as an int if it is an integer (Python's, NumPy's, anything with
+    ``__index__``) but not a bool; else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def pair(value, name, op):
-    """Normalise an int or a pair of ints to a tuple ``(h, w)``."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        return (int(value[0]), int(value[1]))
-    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    """Normalise an int, a 1-tuple or a pair of ints to a tuple ``(h, w)``, as PyTorch
+    reads them (a 1-tuple ``(v,)`` means ``(v, v)``)."""
+    single = _int(value)
+    if single is not None:
+        return (single, single)
+    if isinstance(value, (tuple, list)):
+        if len(value) not in (1, 2):
+            raise ValueError(f"{op}: {name} must be an int or a tuple of 1 or 2 ints, "
+                             f"got {value!r} of length {len(value)}")
+        items = [_int(v) for v in value]
+        if None not in items:
+            return (items[0], items[-1])
+    raise TypeError(f"{op}: {name} must be an int or a tuple of 1 or 2 ints, got {value!r}")
+
+
+def flag(value, name, op):
+    """A bool argument (``ceil_mode``, ``count_include_pad``): PyTorch takes no ints."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_dtype(op, **arrays):
@@ -95,7 +126,14 @@ class ConvParams:
 
     @property
     def output_shape(self):
-        return (self.N, self.K, self.P, self.Q)
+        # PyTorch: an input without channels gives an output without channels
+        return (self.N, self.K if self.C else 0, self.P, self.Q)
+
+    @property
+    def empty(self):
+        """No images or no input channels: the result is empty (the weight gradient
+        zero) and no kernel may run."""
+        return self.N == 0 or self.C == 0
 
     @property
     def pointwise(self):
@@ -124,23 +162,44 @@ def _hashable(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+def _typed(value):
+    """A memo key that tells apart what Python counts as equal (``2``, ``2.0``,
+    ``True``): only one of them may be a valid argument."""
+    kind = type(value)
+    if kind is int or kind is str or value is None:        # the common case, bare
+        return value
+    if kind is tuple or kind is list:
+        return kind, tuple(map(_typed, value))
+    return kind, value
+
+
+MEMO_SIZE = 4096
+
+
 def _memoised(check):
-    """Geometry checks are pure functions of small arguments: remember the last few
-    thousand results (training calls the same shapes every step). Errors are not
-    remembered; unhashable arguments skip the memo."""
-    cached = functools.lru_cache(maxsize=4096)(check)
+    """Geometry checks are pure functions of small arguments: remember up to
+    ``MEMO_SIZE`` results (training calls the same shapes every step; a full memo
+    starts over), keyed by the arguments' types as well as their values. Errors are
+    not remembered; unhashable arguments skip the memo."""
+    memo = {}
 
     @functools.wraps(check)
     def front(op, *args, **kwargs):
-        args = tuple(_hashable(a) for a in args)
-        kwargs = {k: _hashable(v) for k, v in kwargs.items()}
+        key = (op, _typed(args), _typed(tuple(sorted(kwargs.items()))) if kwargs else ())
         try:
-            return cached(op, *args, **kwargs)
-        except TypeError as exc:
-            if "unhashable" not in str(exc):
-                raise
-            return check(op, *args, **kwargs)
+            return memo[key]
+        except KeyError:
+            hashable = True
+        except TypeError:
+            hashable = False
+        result = check(op, *map(_hashable, args), **{k: _hashable(v) for k, v in kwargs.items()})
+        if hashable:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = result
+        return result
 
+    front.cache_clear = memo.clear
     return front
 
 
@@ -149,8 +208,9 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
     """Validate a convolution's arguments and return its :class:`ConvParams`.
 
     ``input_shape`` is 4-D ``(N, C, H, W)``; ``weight_shape`` is ``(K, C/groups, R, S)``.
-    ``padding`` is an int, a pair, ``'same'`` or ``'valid'``. The same check serves the
-    forward pass and both backward passes.
+    ``padding`` is an int, a 1-tuple or pair, ``'same'`` or ``'valid'``. The same check
+    serves the forward pass and both backward passes. ``N`` and ``C`` may be 0 (then
+    ``p.empty``: see :attr:`ConvParams.empty`), as in PyTorch; no other axis may.
     """
     input_shape, weight_shape = _shape(input_shape), _shape(weight_shape)
     if len(input_shape) != 4:
@@ -161,15 +221,28 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
         raise ValueError(
             f"{op}: expected weight of shape (K, C/groups, R, S), got shape {weight_shape}"
         )
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+    g = _int(groups)
+    if g is None:
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if g < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    groups = int(groups)
+    groups = g
+    if min(input_shape + weight_shape) < 0:
+        raise ValueError(f"{op}: negative size in input shape {input_shape} or weight shape "
+                         f"{weight_shape}")
     N, C, H, W = input_shape
     K, Cg, R, S = weight_shape
-    if min(input_shape) < 1 or min(weight_shape) < 1:
+    if H < 1 or W < 1:
         raise ValueError(
-            f"{op}: empty arrays are not supported, got input of shape {input_shape} "
-            f"and weight of shape {weight_shape}"
+            f"{op}: input of shape {input_shape} has no rows or no columns; only the batch "
+            f"(N) and channel (C) axes may be 0"
+        )
+    if K < 1:
+        raise ValueError(f"{op}: weight of shape {weight_shape} has no output channels (K=0)")
+    if R < 1 or S < 1:
+        raise ValueError(
+            f"{op}: weight of shape {weight_shape} has an empty kernel ({R}x{S}); the kernel "
+            f"size must be positive"
         )
     if K % groups:
         raise ValueError(
@@ -202,7 +275,8 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
             pb, pr = th - pt, tw - pl
         else:
             raise ValueError(
-                f"{op}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}"
+                f"{op}: padding must be an int, a tuple of 1 or 2 ints, 'same' or 'valid', "
+                f"got {padding!r}"
             )
     else:
         ph, pw = pair(padding, "padding", op)
@@ -257,6 +331,11 @@ class PoolParams:
     def output_shape(self):
         return (self.N, self.C, self.P, self.Q)
 
+    @property
+    def empty(self):
+        """No images: the result is empty and no kernel may run."""
+        return self.N == 0
+
     def as_tuple(self):
         return (self.N, self.C, self.H, self.W, self.kernel_h, self.kernel_w,
                 self.stride_h, self.stride_w, self.pad_h, self.pad_w,
@@ -276,14 +355,21 @@ def pool_out_size(size, kernel, stride, pad, dilation, ceil_mode):
 @_memoised
 def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1,
                 ceil_mode=False):
-    """Validate a pooling's arguments and return its :class:`PoolParams`."""
+    """Validate a pooling's arguments and return its :class:`PoolParams`.
+
+    ``stride`` ``None`` or ``()`` means the kernel size, as in PyTorch. The batch axis
+    may be empty (``N = 0``: ``p.empty``); the others may not.
+    """
     input_shape = _shape(input_shape)
     if len(input_shape) != 4:
         raise ValueError(
             f"{op}: expected input of shape (N, C, H, W) or (C, H, W), got shape {input_shape}"
         )
-    if min(input_shape) < 1:
-        raise ValueError(f"{op}: empty arrays are not supported, got input of shape {input_shape}")
+    if min(input_shape[1:]) < 1 or input_shape[0] < 0:
+        raise ValueError(
+            f"{op}: input of shape {input_shape} has an empty channel, row or column axis; "
+            f"only the batch axis (N) may be 0"
+        )
     N, C, H, W = input_shape
     kh, kw = pair(kernel_size, "kernel_size", op)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
@@ -291,6 +377,7 @@ def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1
     sh, sw = pair(stride, "stride", op)
     ph, pw = pair(padding, "padding", op)
     dh, dw = pair(dilation, "dilation", op)
+    ceil_mode = flag(ceil_mode, "ceil_mode", op)
     if kh < 1 or kw < 1:
         raise ValueError(f"{op}: kernel_size must be positive, got kernel_size={kernel_size!r}")
     if sh < 1 or sw < 1:
@@ -323,6 +410,58 @@ def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1
     return PoolParams(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q)
 
 
+def avg_pool_args(op, count_include_pad, divisor_override):
+    """``(count_include_pad, divisor)`` of an average pooling: ``divisor`` is 0 for
+    none, else a nonzero int, negative ones too (PyTorch divides by them)."""
+    count_include_pad = flag(count_include_pad, "count_include_pad", op)
+    if divisor_override is None:
+        return count_include_pad, 0
+    div = _int(divisor_override)
+    if div is None:
+        raise TypeError(f"{op}: divisor_override must be an int or None, "
+                        f"got {divisor_override!r}")
+    if div == 0:
+        raise ValueError(f"{op}: divisor_override must not be zero")
+    return count_include_pad, div
+
+
+def adaptive_output_size(op, input_shape, output_size):
+    """Validate an adaptive pooling's arguments; return its output size ``(P, Q)``.
+
+    ``output_size`` is an int or a pair of ints, where ``None`` keeps the input's size
+    along that axis (a 1-tuple is refused, as in PyTorch). 0 gives an empty output; so
+    do ``N = 0`` and ``C = 0``; the input must have rows and columns.
+    """
+    input_shape = _shape(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{op}: expected input of shape (N, C, H, W) or (C, H, W), got shape {input_shape}"
+        )
+    if input_shape[2] < 1 or input_shape[3] < 1:
+        raise ValueError(
+            f"{op}: input of shape {input_shape} has no rows or no columns; only the batch "
+            f"(N) and channel (C) axes may be 0"
+        )
+    single = _int(output_size)
+    if single is not None:
+        sizes = (single, single)
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        sizes = tuple(input_shape[2 + i] if v is None else _int(v)
+                      for i, v in enumerate(output_size))
+        if None in sizes:
+            raise TypeError(f"{op}: output_size must be an int or a pair of ints or None, "
+                            f"got {output_size!r}")
+    elif isinstance(output_size, (tuple, list)):
+        raise ValueError(f"{op}: output_size must be an int or a pair of 2 values, got "
+                         f"{output_size!r} of length {len(output_size)}")
+    else:
+        raise TypeError(f"{op}: output_size must be an int or a pair of ints or None, "
+                        f"got {output_size!r}")
+    if min(sizes) < 0:
+        raise ValueError(f"{op}: output_size must be non-negative, got {output_size!r}")
+    return sizes
+
+
 def adaptive_windows(size, out):
     """Start and end (exclusive) of each adaptive pooling window along one axis:
     ``start = floor(i * size / out)``, ``end = ceil((i + 1) * size / out)``."""
@@ -340,8 +479,59 @@ def transpose_output_size(op, size, kernel, stride, pad, dilation, output_paddin
     return out
 
 
+@_memoised
+def transpose_params(op, input_shape, weight_shape, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1):
+    """Validate a transposed convolution's arguments (PyTorch's order) and return the
+    :class:`ConvParams` of the convolution it is the input gradient of: its input is
+    the transposed convolution's output ``(N, C_out, H_out, W_out)``, its output
+    ``(P, Q)`` at least the given input's ``(H, W)`` (more when ``output_padding`` is
+    not smaller than the stride). Only the batch axis may be empty (``p.empty``).
+    """
+    input_shape, weight_shape = _shape(input_shape), _shape(weight_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"{op}: expected input of shape (N, C_in, H, W) or (C_in, H, W), "
+                         f"got shape {input_shape}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"{op}: expected weight of shape (C_in, C_out/groups, R, S), "
+                         f"got shape {weight_shape}")
+    if min(weight_shape) < 1 or min(input_shape[1:]) < 1:
+        raise ValueError(f"{op}: input of shape {input_shape} and weight of shape "
+                         f"{weight_shape}: only the batch axis (N) may be 0")
+    if input_shape[1] != weight_shape[0]:
+        raise ValueError(f"{op}: weight of shape {weight_shape} expects input with "
+                         f"{weight_shape[0]} channels, got input of shape {input_shape}")
+    if isinstance(padding, str):
+        raise TypeError(f"{op}: padding must be an int or a tuple of 1 or 2 ints, got "
+                        f"{padding!r} ('same' and 'valid' are conv2d's only)")
+    (sh, sw), (ph, pw) = pair(stride, "stride", op), pair(padding, "padding", op)
+    (dh, dw), (oh, ow) = pair(dilation, "dilation", op), pair(output_padding, "output_padding", op)
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw, oh, ow) < 0:
+        raise ValueError(f"{op}: stride and dilation must be positive and padding and "
+                         f"output_padding non-negative, got stride={stride!r}, "
+                         f"dilation={dilation!r}, padding={padding!r}, "
+                         f"output_padding={output_padding!r}")
+    if not (oh < sh or oh < dh) or not (ow < sw or ow < dw):
+        raise ValueError(f"{op}: output_padding must be smaller than either stride or "
+                         f"dilation, got output_padding={(oh, ow)}, stride={(sh, sw)}, "
+                         f"dilation={(dh, dw)}")
+    g = _int(groups)
+    if g is None:
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if g < 1 or weight_shape[0] % g:
+        raise ValueError(f"{op}: groups={groups!r} must be a positive divisor of the "
+                         f"{weight_shape[0]} input channels of weight {weight_shape}")
+    N, _, H, W = input_shape
+    C_out = weight_shape[1] * g
+    H_out = transpose_output_size(op, H, weight_shape[2], sh, ph, dh, oh)
+    W_out = transpose_output_size(op, W, weight_shape[3], sw, pw, dw, ow)
+    return conv_params(op, (N, C_out, H_out, W_out), weight_shape, (sh, sw), (ph, pw),
+                       (dh, dw), g)
+
+
 __all__ = [
-    "ConvParams", "PoolParams", "conv_params", "pool_params", "check_dtype",
-    "check_grad_output", "pair", "out_size", "pool_out_size", "adaptive_windows",
-    "transpose_output_size", "SUPPORTED_DTYPES",
+    "ConvParams", "PoolParams", "conv_params", "pool_params", "transpose_params",
+    "check_dtype", "check_grad_output", "pair", "flag", "out_size", "pool_out_size",
+    "avg_pool_args", "adaptive_output_size", "adaptive_windows", "transpose_output_size",
+    "SUPPORTED_DTYPES",
 ]

@@ -392,11 +392,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
     """The plan (memoised: training calls the same shapes every step)."""
     conv = op in CONV_OPS
     pairs = _dispatch.pairs(op)
-    if backend not in ("auto", "numpy") and backend not in _dispatch.available_backends():
-        raise ValueError(
-            f"{op}: backend {backend!r} is not available; available: "
-            f"{', '.join(_dispatch.available_backends())} (and 'auto')"
-            + _dispatch.missing_reason(backend))
+    check_names(op, algorithm, backend)
     if algorithm == "auto":
         preferred = _algorithm(op, p, dtype) if conv else "direct"
         order = [preferred] + [a for a, _ in pairs if a not in (preferred, "reference")]
@@ -412,12 +408,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
                              f"{_registered(pairs)}")
         algorithm, backend = chosen
     else:
-        b = _backend_for(op, algorithm, backend)
-        if b is None:
-            raise ValueError(
-                f"{op}: no kernel for algorithm={algorithm!r}, backend={backend!r}; "
-                f"registered: {_registered(pairs)}, and 'auto' for either")
-        backend = b
+        backend = _backend_for(op, algorithm, backend)
         if conv and not supports(algorithm, p):
             raise ValueError(
                 f"{op}: algorithm={algorithm!r} (backend={backend!r}) does not handle this "
@@ -426,6 +417,20 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
     if conv and algorithm in _VARIANTS:
         variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads)
     return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
+
+
+def check_names(op, algorithm, backend):
+    """Raise ValueError unless ``algorithm=`` and ``backend=`` name a registered kernel of
+    ``op`` on an available backend (``"auto"`` for either)."""
+    if backend not in ("auto", "numpy") and backend not in _dispatch.available_backends():
+        raise ValueError(
+            f"{op}: backend {backend!r} is not available; available: "
+            f"{', '.join(_dispatch.available_backends())} (and 'auto')"
+            + _dispatch.missing_reason(backend))
+    if algorithm != "auto" and _backend_for(op, algorithm, backend) is None:
+        raise ValueError(
+            f"{op}: no kernel for algorithm={algorithm!r}, backend={backend!r}; "
+            f"registered: {_registered(_dispatch.pairs(op))}, and 'auto' for either")
 
 
 def _registered(pairs):

@@ -4,13 +4,17 @@ Every function here does the same three things: validate and normalise the
 arguments (through ``fastconv._geometry``), plan the call (``fastconv._plan``),
 and call it on C-contiguous arrays with a freshly allocated output. Arrays are NCHW,
 float32 or float64; a 3-D ``(C, H, W)`` input is treated as a batch of one and the
-result has no batch axis either.
+result has no batch axis either. Pair arguments (stride, padding, dilation, kernel_size,
+output_padding) take an int or a tuple or list of 1 or 2 ints, as in PyTorch. An empty
+batch (``N = 0``), or a convolution's empty channel axis, gives PyTorch's empty result
+(zeros for the weight gradient) without calling a kernel.
 """
 import numpy as np
 
 from . import _plan
-from ._geometry import (PoolParams, adaptive_windows, check_dtype, check_grad_output,
-                        conv_params, pair, pool_params, transpose_output_size)
+from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
+                        check_dtype, check_grad_output, conv_params, pool_params,
+                        transpose_params)
 
 __all__ = [
     "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
@@ -100,6 +104,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
+    if p.empty:
+        _plan.check_names("conv2d", algorithm, backend)
+        return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
     plan = _plan.make("conv2d", p, dtype, algorithm, backend)
     out = np.empty(p.output_shape, dtype)
     _plan.run(plan, x, w, p, out)
@@ -131,6 +138,9 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     size = _size("conv2d_input", "input_size", input_size, unbatched)
     p = conv_params("conv2d_input", size, w.shape, stride, padding, dilation, groups)
     check_grad_output("conv2d_input", p, dy.shape)
+    if p.empty:
+        _plan.check_names("conv2d_input", algorithm, backend)
+        return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
     plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
     out = np.empty(p.input_shape, dtype)
     _plan.run(plan, dy, w, p, out)
@@ -162,6 +172,9 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     size = tuple(int(d) for d in weight_size)
     p = conv_params("conv2d_weight", x.shape, size, stride, padding, dilation, groups)
     check_grad_output("conv2d_weight", p, dy.shape)
+    if p.empty:
+        _plan.check_names("conv2d_weight", algorithm, backend)
+        return np.zeros(p.weight_shape, dtype)
     plan = _plan.make("conv2d_weight", p, dtype, algorithm, backend)
     out = np.empty(p.weight_shape, dtype)
     _plan.run(plan, x, dy, p, out)
@@ -197,34 +210,13 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     x, unbatched = _batched(op, "input", input)
     w = np.ascontiguousarray(weight)
     dtype = check_dtype(op, input=x, weight=w, bias=bias)
-    if w.ndim != 4:
-        raise ValueError(f"{op}: expected weight of shape (C_in, C_out/groups, R, S), "
-                         f"got shape {w.shape}")
-    if x.shape[1] != w.shape[0]:
-        raise ValueError(f"{op}: weight of shape {w.shape} expects input with {w.shape[0]} "
-                         f"channels, got input of shape {x.shape}")
-    if isinstance(padding, str):
-        raise ValueError(f"{op}: padding must be an int or a pair, got {padding!r}")
-    (sh, sw), (ph, pw) = pair(stride, "stride", op), pair(padding, "padding", op)
-    (dh, dw), (oh, ow) = pair(dilation, "dilation", op), pair(output_padding, "output_padding", op)
-    if min(sh, sw, dh, dw) < 1 or min(ph, pw, oh, ow) < 0:
-        raise ValueError(f"{op}: stride and dilation must be positive and padding and "
-                         f"output_padding non-negative, got stride={stride!r}, "
-                         f"dilation={dilation!r}, padding={padding!r}, "
-                         f"output_padding={output_padding!r}")
-    if not (oh < sh or oh < dh) or not (ow < sw or ow < dw):
-        raise ValueError(f"{op}: output_padding must be smaller than either stride or "
-                         f"dilation, got output_padding={(oh, ow)}, stride={(sh, sw)}, "
-                         f"dilation={(dh, dw)}")
-    if not isinstance(groups, (int, np.integer)) or groups < 1 or w.shape[0] % groups:
-        raise ValueError(f"{op}: groups={groups!r} must be a positive divisor of the "
-                         f"{w.shape[0]} input channels of weight {w.shape}")
-    N, _, H, W = x.shape
-    C_out = w.shape[1] * groups
-    H_out = transpose_output_size(op, H, w.shape[2], sh, ph, dh, oh)
-    W_out = transpose_output_size(op, W, w.shape[3], sw, pw, dw, ow)
-    bias = _check_bias(op, bias, C_out, dtype)
-    p = conv_params(op, (N, C_out, H_out, W_out), w.shape, (sh, sw), (ph, pw), (dh, dw), groups)
+    p = transpose_params(op, x.shape, w.shape, stride, padding, output_padding, groups,
+                         dilation)
+    bias = _check_bias(op, bias, p.C, dtype)
+    if p.empty:
+        _plan.check_names("conv2d_input", algorithm, backend)
+        return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
+    H, W = x.shape[2:]
     if (p.P, p.Q) != (H, W):
         # output_padding >= stride (allowed when < dilation): the forward conv of the
         # output size has more rows than the input; those rows carry zero gradient.
@@ -268,6 +260,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _batched("max_pool2d", "input", input)
     dtype = check_dtype("max_pool2d", input=x)
     p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if p.empty:
+        _plan.check_names("max_pool2d", algorithm, backend)
+        out, indices = np.zeros(p.output_shape, dtype), np.zeros(p.output_shape, np.int64)
+        return (_unbatch(out, unbatched), _unbatch(indices, unbatched)) if return_indices \
+            else _unbatch(out, unbatched)
     plan = _plan.make("max_pool2d", p, dtype, algorithm, backend)
     out = np.empty(p.output_shape, dtype)
     indices = np.empty(p.output_shape, np.int64)
@@ -303,9 +300,15 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", 
                          f"of shape {np.shape(grad_output)}")
     idx = np.ascontiguousarray(idx.reshape(dy.shape), dtype=np.int64)
     N, C, H, W = _size(op, "input_shape", input_shape, unbatched)
-    if (N, C) != dy.shape[:2] or H < 1 or W < 1:
+    if min(C, H, W) < 1:
+        raise ValueError(f"{op}: input_shape {tuple(input_shape)} has an empty channel, row "
+                         f"or column axis; only the batch axis (N) may be 0")
+    if (N, C) != dy.shape[:2]:
         raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
                          f"input_shape {tuple(input_shape)} in batch and channels")
+    if dy.size == 0:
+        _plan.check_names("max_pool2d_backward", algorithm, backend)
+        return _unbatch(np.zeros((N, C, H, W), dtype), unbatched)
     if idx.min() < 0 or idx.max() >= H * W:
         raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape "
                          f"{tuple(input_shape)}, got values in [{idx.min()}, {idx.max()}]")
@@ -315,14 +318,6 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", 
     out = np.empty((N, C, H, W), dtype)
     _plan.run(plan, dy, idx, p, out)
     return _unbatch(out, unbatched)
-
-
-def _avg_pool_args(op, kernel_size, count_include_pad, divisor_override):
-    if divisor_override is not None and (
-            not isinstance(divisor_override, (int, np.integer)) or divisor_override < 1):
-        raise ValueError(f"{op}: divisor_override must be a positive int or None, "
-                         f"got {divisor_override!r}")
-    return bool(count_include_pad), (int(divisor_override) if divisor_override else 0)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -352,10 +347,17 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     x, unbatched = _batched("avg_pool2d", "input", input)
     dtype = check_dtype("avg_pool2d", input=x)
     p = pool_params("avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
-    cip, div = _avg_pool_args("avg_pool2d", kernel_size, count_include_pad, divisor_override)
+    cip, div = avg_pool_args("avg_pool2d", count_include_pad, divisor_override)
+    if p.empty:
+        _plan.check_names("avg_pool2d", algorithm, backend)
+        return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
+    # kernels take a positive divisor (0: none); a negative one negates the result
+    negate, div = div < 0, abs(div)
     plan = _plan.make("avg_pool2d", p, dtype, algorithm, backend)
     out = np.empty(p.output_shape, dtype)
     _plan.run(plan, x, p, cip, div, out)
+    if negate:
+        np.negative(out, out=out)
     return _unbatch(out, unbatched)
 
 
@@ -375,10 +377,16 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     if dy.shape != p.output_shape:
         raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
                          f"the pooling output shape {p.output_shape} of input_shape {size}")
-    cip, div = _avg_pool_args(op, kernel_size, count_include_pad, divisor_override)
+    cip, div = avg_pool_args(op, count_include_pad, divisor_override)
+    if p.empty:
+        _plan.check_names("avg_pool2d_backward", algorithm, backend)
+        return _unbatch(np.zeros(size, dtype), unbatched)
+    negate, div = div < 0, abs(div)        # as in avg_pool2d
     plan = _plan.make(op, p, dtype, algorithm, backend)
     out = np.empty(size, dtype)
     _plan.run(plan, dy, p, cip, div, out)
+    if negate:
+        np.negative(out, out=out)
     return _unbatch(out, unbatched)
 
 
@@ -392,14 +400,10 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     op = "adaptive_avg_pool2d"
     x, unbatched = _batched(op, "input", input)
     dtype = check_dtype(op, input=x)
-    if not isinstance(output_size, (tuple, list)):
-        output_size = (output_size, output_size)
-    P, Q = (x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
-    P, Q = pair((P, Q), "output_size", op)
-    if P < 1 or Q < 1:
-        raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
-    if min(x.shape) < 1:
-        raise ValueError(f"{op}: empty arrays are not supported, got input of shape {x.shape}")
+    P, Q = adaptive_output_size(op, x.shape, output_size)
+    if min(x.shape[:2] + (P, Q)) == 0:
+        _plan.check_names("adaptive_avg_pool2d", algorithm, backend)
+        return _unbatch(np.zeros(x.shape[:2] + (P, Q), dtype), unbatched)
     plan = _plan.make(op, None, dtype, algorithm, backend)
     out = np.empty(x.shape[:2] + (P, Q), dtype)
     _plan.run(plan, x, adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q), out)

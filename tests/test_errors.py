@@ -68,7 +68,7 @@ CASES = [
     (lambda: fastconv.max_pool2d_backward(np.zeros((2, 4, 4, 4), np.float32),
                                           np.zeros((2, 4, 4, 3), np.int64), x4.shape),
      ValueError, ["(2, 4, 4, 3)"]),
-    (lambda: fastconv.adaptive_avg_pool2d(x4, 0), ValueError, ["output_size"]),
+    (lambda: fastconv.adaptive_avg_pool2d(x4, (-1, 2)), ValueError, ["output_size", "-1"]),
     (lambda: fastconv.algorithms("conv3d"), ValueError, ["conv3d", "conv2d"]),
     (lambda: fastconv.set_num_threads(0), ValueError, ["n"]),
     (lambda: fastconv.set_num_threads(10_000), ValueError, ["NUMBA_NUM_THREADS"]),
