@@ -12,7 +12,7 @@ Blocked layouts (built per call from NCHW, never returned)::
 """
 import numpy as np
 
-#: pixels per block of direct's row kernel (``fwd_J``): float64, float32
+#: pixels per block of direct's row kernel (``direct_row_{J}px_k16``): float64, float32
 FWD_BLOCKS = (8, 16)
 #: (pixels, output channels) of direct's flat kernel, float32
 FLAT_BLOCKS = ((32, 12),)

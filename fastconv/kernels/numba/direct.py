@@ -21,7 +21,7 @@ never returned::
       (flat kernel)                                      (2*i + a, 2*wq + b)
     forward input, stride > 1 xb[n, c, hp, phase, wq]   padded column wp = wq*sw + phase,
                                                          so each tap reads consecutive wq
-                                                         (stride 2: generated ``phase2_8``)
+                                                         (stride 2: ``split_stride2_8pairs``)
     forward weight            wb[g, kb, c, r, s, k]     k < KB (12, 16, 32; pointwise 64)
                                                          output channels
     weight-gradient input     xf[h, w, c]               one channel block of one image,
@@ -29,9 +29,9 @@ never returned::
                                                          unpadded, built by the kernel
     weight-gradient dy        dyb[n, g, kb, p, q, k]    16 output channels last
 
-Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
+Kernels (generated as source by ``codegen``, names explained there; compiled with SLP on):
 
-* ``lanes_1x14_32_{1,2}`` (float32, stride 1 and 2, rows of at least 14 pixels): 14
+* ``direct_lanes_1x14_k32_s{1,2}`` (float32, strides 1, 2, rows of 14 pixels or more): 14
   pixels of one output row, each a broadcast from the padded input (column stride a
   constant of the kernel) x 32 output channels (two vectors of weights): two vector
   loads and 14 broadcasts per 28 FMAs, no lanes wasted on padding columns or phase
@@ -39,31 +39,31 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   to NCHW by 16 x 16 register transposes, the last Q % 16 columns by masked stores
   (element-wise stores had cost conv1, 147 inputs per output, 15-30% against the row
   kernel). res3 3x3: 250 GFLOP/s on one core (93% of the FMA peak) against the flat
-  kernel's 215; conv1 225 against 195. ``lanes_2x7_32_{1,2}``, for rows of 7 to 13
+  kernel's 215; conv1 225 against 195. ``direct_lanes_2x7_k32_s{1,2}``, for rows of 7 to 13
   pixels and at least 256 inputs per output: the same on 7 pixels of two rows, the last
   row of an odd P alone (res5 3x3 7x7: 1.10-1.12x the flat kernel's forward, whose 32
   lanes held 49 of 63 pixels, and 1.03-1.18x again without an overlapping last block;
   a 1 x 7 x 32 block ran the same with half the FMAs per weight load, 1 x 7 x 64
-  spilled, 0.82-0.90x). ``lanes_2x7_32_{1,2}_s``, the same for weights of 8 MB or more
+  spilled, 0.82-0.90x). ``direct_lanes_streamed_2x7_k32_s{1,2}``, the same for weights >= 8 MB
   (``STREAM_MIN_WEIGHT``), takes the weight as it is: a work item is one block of 32
   output channels over all the blocks of the images, and lays out that block of the
   weight itself, 64 input channels at a time, into a buffer that stays in cache (res5
   N=1: the weight read once per call, not three times with a cached layout's check).
-* ``flat_32_12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
+* ``direct_flat_32px_k12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
   kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
   p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
   into one of the four phase planes for stride 2, so rows need no special case; columns
   q >= Q are computed and dropped) x 12 output channels: two vector loads and 12
   broadcasts per 24 FMAs.
-* ``pointwise_64_6`` (float32 1x1, stride 1, no padding): a GEMM whose rows are the
+* ``direct_pointwise_6px_k64`` (float32 1x1, stride 1, no padding): a GEMM whose rows are the
   pixels of the batch, read in place from NCHW (a row's channels H*W apart: no layout
-  conversion), by ``patch_gemm_64_6`` (6 pixels x 64 output channels of accumulators),
+  conversion), by ``patch_gemm_6x64`` (6 pixels x 64 output channels of accumulators),
   a work item's (rows, 64) result written to NCHW by 16 x 16 block transposes. res5
   1x1 (2048 -> 512, 7x7) at N=8 on 2 threads: 1.2x im2col (one OpenBLAS GEMM on a
   channels-first copy of the batch), 1.3x the lanes kernel it replaced for 1x1.
-* ``fwd_16`` / ``fwd_8`` (strided, and all float64): 16 (8) pixels of one output row x
+* ``direct_row_{16,8}px_k16`` (strided, and all float64): 16 (8) pixels of one output row x
   16 output channels; the tap columns' offsets come from a table (no division per tap).
-* ``bww_16`` / ``bww_8``: weight gradient, 16 (8) input channels in the lanes x 16 output
+* ``direct_weight_grad_c{16,8}_k16``: weight gradient, 16 (8) input channels (lanes) x 16 output
   channels broadcast from dy, summed over the pixels of the batch (or of a batch split)
   image by image; writes the gradient's own layout.
 * Gradient wrt input: the forward kernels on ``grad_output`` with the weight rotated by
@@ -71,11 +71,11 @@ Kernels (generated as source by ``_direct_gen``, compiled with SLP on):
   1 along that axis, float32) one stride-1 call per residue class of the output rows
   and columns, each with its sub-kernel, writing strided rows of dx; otherwise the
   layout conversion inserts ``stride - 1`` zeros between grad_output pixels.
-* ``dw_16_4`` (depthwise, C/groups = 1, both dtypes): each plane copied into a
+* ``depthwise_4x16`` (depthwise, C/groups = 1, both dtypes): each plane copied into a
   zero-padded, phase-split tile that stays in L1, then blocks of 4 output rows x 16
   columns (the lanes) with one weight broadcast per tap. The input gradient for
   stride 1 and K = C is the same kernel with the weight rotated; otherwise NCHW loops.
-  ``dww_16_4``, the depthwise weight gradient, works on the same tiles tap by tap.
+  ``depthwise_weight_grad_4x16``, the weight gradient, works on the same tiles tap by tap.
 
 The forward converts and convolves the batch in slices of images whose layout fits in
 about 2 MB per thread, so the kernel reads the layout from cache rather than memory.
@@ -101,9 +101,9 @@ import numpy as np
 from numba import prange
 
 from ..._config import workspace
-from ..layouts import flat_pitch, lanes_block
+from ..layouts import DW_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
 from ..weight_cache import WeightCache
-from . import _direct_gen
+from . import codegen
 from ._jit import jit
 from ._layout import to_padded, w_blocked as _w_blocked
 from ._ranges import valid_range
@@ -111,10 +111,6 @@ from ._threads import run as _run
 from ._transpose import transpose_block
 
 _FASTMATH = {"contract", "reassoc"}
-
-def _gen():
-    return _direct_gen.load()
-
 
 # -- Blocking choices --------------------------------------------------------------------
 
@@ -256,7 +252,7 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
     dtype = x.dtype
     Cg, Kg = C // G, K // G
     zero = dtype.type(0)
-    pairs = getattr(_gen(), f"phase2_{_direct_gen.PAIRS}")
+    pairs = codegen.kernel("split_stride2", pairs=PAIRS)
     if core in ("lanes", "lanes_streamed"):
         # output channels in the lanes, pixels of a row broadcast from a padded copy
         M, J, KB = lanes_block(P, Q)
@@ -275,18 +271,20 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
                 return wc, None
 
             def kernel(n, xb, os_, wb, first):
-                return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}_s"), G * Kb, xb, wb, os_,
+                return _run(codegen.kernel("direct_lanes_streamed", rows=M, cols=J,
+                                           channels=KB, stride=sw), G * Kb, xb, wb, os_,
                             n, C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, flip, zero)
         else:
             weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
 
             def kernel(n, xb, os_, wb, first):
                 items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))  # M > 1: blocks
-                return _run(getattr(_gen(), f"lanes_{M}x{J}_{KB}_{sw}"), items, xb, wb, os_, n,
+                return _run(codegen.kernel("direct_lanes", rows=M, cols=J, channels=KB,
+                                           stride=sw), items, xb, wb, os_, n,
                             C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, first=first)
     elif core == "flat":
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
-        J, KB = _direct_gen.FLAT_BLOCKS[0]
+        J, KB = FLAT_BLOCKS[0]
         Kb = -(-Kg // KB)
         # tap (r, s) reads padded (p*sh + r*dh, q*sw + s*dw): phase plane ((r*dh) % sh,
         # (s*dw) % sw), pixel (p + (r*dh) // sh, q + (s*dw) // sw) of that Hq x Wq plane
@@ -318,7 +316,8 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
         # and 8 the first wins 9-14% on res3 3x3/2 (1.7 MB of input per image, 0.6 MB of
         # weight), the second 3% where the weight is much larger (res5)
         def kernel(n, xb, os_, wb, first):
-            return _run(getattr(_gen(), f"flat_{J}_{KB}"), n * G * Kb * nf, xb, wb, os_, toff,
+            return _run(codegen.kernel("direct_flat", pixels=J, channels=KB), n * G * Kb * nf,
+                        xb, wb, os_, toff,
                         n, C, G, plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
                         wb.nbytes <= xb.nbytes, zero, first=first)
     else:
@@ -341,7 +340,8 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
                 _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
 
         def kernel(n, xb, os_, wb, first):
-            return _run(getattr(_gen(), f"fwd_{J}"), n * G * Kb * P, xb, wb, os_, soff, n, C, G,
+            return _run(codegen.kernel("direct_row", pixels=J, channels=16), n * G * Kb * P, xb,
+                        wb, os_, soff, n, C, G,
                         Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero, first=first)
     # a few images at a time, so that the layout is still in cache when the kernel reads it
     image = C * plane
@@ -380,7 +380,7 @@ def _pointwise(plan, x, w, out, G):
     nch = max(1, min(nb, max(round(nb * TB / plan["rows"]),
                              -(-2 * numba.get_num_threads() // (G * Kb)))))
     weight = _blocked_weight(w, w, (), G, Kg, Kb, Cg, False, J)
-    items = getattr(_gen(), "pointwise_%d_%d" % (J, TB))
+    items = codegen.kernel("direct_pointwise", pixels=TB, channels=J)
 
     def kernel(wb, first):
         return _run(items, G * Kb * nch, x, wb, out, G, Kb, nch, plan["kc"], first=first)
@@ -396,7 +396,7 @@ def _dw_tile(P, Q, R, S, sh, sw, dh, dw):
     """Phase-plane rows/columns (Hq, Wq) of the depthwise kernels' tile, and the offset of
     each tap in it: whole blocks of outputs plus the furthest tap's reach. Tap (r, s)
     reads padded row p*sh + r*dh: phase (r*dh) % sh, tile row p + (r*dh) // sh."""
-    J, M = _direct_gen.DW_BLOCK
+    J, M = DW_BLOCK
     Hq = -(-P // M) * M + (R - 1) * dh // sh
     Wq = -(-Q // J) * J + (S - 1) * dw // sw
     toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
@@ -408,12 +408,12 @@ def _dw_tile(P, Q, R, S, sh, sw, dh, dw):
 def _dw_planes(x, w, out, Kg, sh, sw, pt, pl, dh, dw, flip=False):
     """Depthwise convolution, plane by plane: out[n, k] = x_pad[n, k // Kg] correlated with
     w[k, 0] (``flip``: rotated by 180 degrees, the input gradient's weight), by the
-    generated ``dw`` kernel on a phase-split tile of each plane (see ``_direct_gen``)."""
+    generated ``depthwise`` kernel on a phase-split tile of each plane (see ``codegen``)."""
     N, K, P, Q = out.shape
     R, S = w.shape[2], w.shape[3]
     Hq, Wq, toff = _dw_tile(P, Q, R, S, sh, sw, dh, dw)
-    _run(getattr(_gen(), "dw_%d_%d" % _direct_gen.DW_BLOCK), N * K, x, w, out, toff, Kg, sh,
-         sw, pt, pl, Hq, Wq, flip, x.dtype.type(0))
+    _run(codegen.kernel("depthwise", rows=DW_BLOCK[1], cols=DW_BLOCK[0]), N * K, x, w, out,
+         toff, Kg, sh, sw, pt, pl, Hq, Wq, flip, x.dtype.type(0))
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -511,7 +511,8 @@ def conv2d_weight(plan, x, dy, p, out):
     """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
     if plan.variant == "depthwise":
         Hq, Wq, toff = _dw_tile(p.P, p.Q, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w)
-        _run(getattr(_gen(), "dww_%d_%d" % _direct_gen.DW_BLOCK), p.K, x, dy, out, toff,
+        _run(codegen.kernel("depthwise_weight_grad", rows=DW_BLOCK[1], cols=DW_BLOCK[0]), p.K,
+             x, dy, out, toff,
              p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left, Hq, Wq,
              x.dtype.type(0))
         return
@@ -521,14 +522,15 @@ def conv2d_weight(plan, x, dy, p, out):
     Cb, Kb = -(-Cg // L), -(-Kg // 16)
     dyb = workspace("direct_dy", p.N * G * Kb * p.P * p.Q * 16, dtype)
     _dy_blocked(dy, dyb, G, Kg, Kb)
-    # the kernel converts the input blocks itself, per thread (see _direct_gen); with few
+    # the kernel converts the input blocks itself, per thread (see codegen.direct); with few
     # items, the batch in the plan's parts, each summed into its own copy of the gradient
     items = G * Cb * Kb
     nsplit = plan["batch_splits"]
     acc = workspace("direct_acc", nsplit * items * p.R * p.S * 16 * L, dtype)
     gw = out.reshape(out.size) if nsplit == 1 else workspace("direct_gw", nsplit * out.size,
                                                              dtype)
-    _run(getattr(_gen(), f"bww_{L}"), nsplit * items, x, dyb, acc, gw, nsplit, G, Cb, Cg, Kb,
+    _run(codegen.kernel("direct_weight_grad", in_channels=L, channels=16), nsplit * items, x,
+         dyb, acc, gw, nsplit, G, Cb, Cg, Kb,
          Kg, p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left, p.P,
          p.Q, dtype.type(0))
     if nsplit > 1:

@@ -21,7 +21,7 @@ The weight gradient of layers with many output pixels per patch row (a 7x7 RGB s
 no patch matrix is gathered: the input is copied zero-padded, the pixels are split into
 a fixed number of slices, each with its own accumulator, and per band of output rows a
 slice copies dy pixel-major (a block small enough for L1) and runs a one-thread
-register-tiled GEMM (``_direct_gen``'s ``patch_gemm``) that reads the patch rows in
+register-tiled GEMM (``codegen``'s ``patch_gemm``) that reads the patch rows in
 place from the padded input (``_weight_fused``). The GEMM ran at about 245 GFLOP/s on
 one core here (the FMA peak measured 268), where gathering the patch rows and copying
 dy had cost as much again as the multiplications.
@@ -30,7 +30,7 @@ import numpy as np
 from numba import prange
 
 from ..._config import get_workspace_limit, workspace, workspace_array
-from . import _direct_gen
+from . import codegen
 from ._jit import jit
 from ._layout import to_padded
 from ._ranges import valid_range
@@ -294,7 +294,7 @@ def _weight_blocked(plan, x, dy, p, out):
     pixels (summed at the end, in a fixed order)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     TB, J = plan["block"]
-    gemm = getattr(_direct_gen.load(), "patch_gemm_%d_%d" % (J, TB))
+    gemm = codegen.kernel("patch_gemm", rows=TB, cols=J)
     pr = plan["band_rows"]
     rows, Kgp = -(-CgRS // TB) * TB, -(-Kg // J) * J
     sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w

@@ -79,7 +79,7 @@ from ... import _tuning
 from ..._config import get_num_threads, single_threaded_blas, workspace_array
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import WeightCache
-from . import _direct_gen
+from . import codegen
 from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
@@ -829,7 +829,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
             Vc = _buffer("Vc", (-(-C // CB), alpha2, rows, CB), x.dtype)
             _by_chunks(V, Vc, CB)
         _run(_streamed_items, M.shape[2] // J, Vc, np.ascontiguousarray(w).reshape(-1), M, K,
-             kind == "rot", getattr(_direct_gen.load(), "gemm_acc_%d_%d" % (J, TB)))
+             kind == "rot", codegen.kernel("gemm_acc", rows=TB, cols=J))
         with one_thread(plan["serial"]):
             _output_tiles(M, nt, y, m, 0, th, tw)
         return
@@ -895,7 +895,7 @@ def _matmul(A, B, out, transpose_a=False):
 
 def _gemm(V, U, M):
     """M[x] = V[x] @ U[x] for every x, float32, on all threads, by the generated kernel
-    (``_direct_gen._gemm_source``); V's rows a multiple of its row block, U's and M's
+    (``codegen.gemm.gemm``); V's rows a multiple of its row block, U's and M's
     columns of its column block. Against OpenBLAS's batched GEMM, in one process (the
     whole unfused Winograd call): 2 threads, 16-49 tiles (res4, res5, VGG conv4_2 and
     conv5_2 at N=1) 1.05-1.6x faster, 128-392 tiles (N=8) 1.0-1.15x; 1 thread 0.93-1.25x."""
@@ -904,7 +904,7 @@ def _gemm(V, U, M):
     Kp = U.shape[2]
     ntb = T // TB
     CH = max(1, min(ntb, _tuning.GEMM_ROWS_BYTES // (TB * C * V.itemsize)))
-    _run(_direct_gen.load().gemm_64_6, X * -(-ntb // CH) * (Kp // J) * CH,
+    _run(codegen.kernel("gemm", rows=TB, cols=J), X * -(-ntb // CH) * (Kp // J) * CH,
          V.reshape(-1), U.reshape(-1), M.reshape(-1), X, T, C, Kp, CH, np.float32(0))
 
 
