@@ -18,8 +18,8 @@ except (OSError, AttributeError, TypeError):   # no C library handle (Windows)
 
 def bitwise_equal(a, b):
     """Whether arrays ``a`` and ``b`` of one shape and dtype hold the same bits (NaN ==
-    NaN, -0 != 0). memcmp when both are C-contiguous: 2.4x faster than
-    ``np.array_equal`` on a 9.4 MB weight, and it stops at the first difference."""
+    NaN, -0 != 0). memcmp when both are C-contiguous: faster than ``np.array_equal``,
+    and it stops at the first difference."""
     if _memcmp is not None and a.flags.c_contiguous and b.flags.c_contiguous:
         return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     bits = np.dtype(f"u{a.itemsize}")

@@ -12,9 +12,9 @@ from ._transpose import transpose_block, transpose_rows
 def to_padded(src, dst, Hp, Wq, pt, pl):
     """dst[n, c, hp, wq] = src[n, c, hp - pt, wq - pl] inside src, else 0 (``dst`` flat,
     Hp x Wq planes; negative offsets crop src): a plane per work item, row copies as
-    slices (1.4-1.6x faster than direct's ``_to_phase``, a row per work item, on res3 at
-    N=4 and 8; a single-threaded NumPy copy ran 0.96-0.97x there on 2 threads), on one
-    thread below ``fastconv._tuning.PAD_SERIAL_ROWS`` rows."""
+    slices (faster than a row per work item, as direct's ``_to_phase`` does, or a
+    single-threaded NumPy copy), on one thread below ``fastconv._tuning.PAD_SERIAL_ROWS``
+    rows."""
     with one_thread(src.shape[0] * src.shape[1] * Hp < _tuning.PAD_SERIAL_ROWS):
         _padded(src, dst, Hp, Wq, pt, pl)
 
@@ -44,8 +44,8 @@ def w_blocked(wf, dst, G, Kg, Kb, Cg, R, S, flip, KB):
     """dst[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past the group's Kg); with
     ``flip`` the weight of the input gradient, w[g*Cg + c, kb*KB + k, R-1-r, S-1-s]
     (``w`` is then (K, C/groups, R, S) and Kg, Cg are the swapped counts); ``wf`` and
-    ``dst`` flat. A block (g, kb) per work item (``w_block``); res5 3x3 to 32 channels:
-    0.29 ms against 1.07 element by element."""
+    ``dst`` flat. A block (g, kb) per work item (``w_block``: block transposes, faster
+    than element by element)."""
     for it in prange(G * Kb):
         w_block(wf, dst, it * Cg * R * S * KB, it // Kb, it % Kb, 0, Cg, Kg, Cg, R * S, flip, KB)
 

@@ -5,10 +5,10 @@ blocks.
 Written as LLVM IR through ``numba.extending.intrinsic``: L vector loads, log2(L)
 rounds of two-source shuffles, L vector stores (``transpose_rows``: the first m of them,
 for blocks cut short by the end of a row; ``transpose_block_n``: masked stores of the
-first n elements of each, for the lanes forward kernel's last Q % 16 columns, which
-element-wise stores had made 1-2% slower on res4 at Q = 14). Numba's loop and SLP
-vectorizers emit a scalar load and store per element for the same copy (the
-element-wise loop, or 256 scalar locals, measured 4-6x slower on a res3-sized plane).
+first n elements of each, for the lanes forward kernel's last Q % 16 columns, where
+element-wise stores were slower). Numba's loop and SLP vectorizers emit a scalar load
+and store per element for the same copy, whether written as an element-wise loop or as
+256 scalar locals: much slower.
 """
 from llvmlite import ir
 from numba import types

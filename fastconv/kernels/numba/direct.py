@@ -37,18 +37,16 @@ Kernels (generated as source by ``codegen``, names explained there; compiled wit
   loads and 14 broadcasts per 28 FMAs, no lanes wasted on padding columns or phase
   planes. A work item is a whole output row, gathered in a (Q, 32) buffer and written
   to NCHW by 16 x 16 register transposes, the last Q % 16 columns by masked stores
-  (element-wise stores had cost conv1, 147 inputs per output, 15-30% against the row
-  kernel). res3 3x3: 250 GFLOP/s on one core (93% of the FMA peak) against the flat
-  kernel's 215; conv1 225 against 195. ``direct_lanes_2x7_k32_s{1,2}``, for rows of 7 to 13
-  pixels and at least 256 inputs per output: the same on 7 pixels of two rows, the last
-  row of an odd P alone (res5 3x3 7x7: 1.10-1.12x the flat kernel's forward, whose 32
-  lanes held 49 of 63 pixels, and 1.03-1.18x again without an overlapping last block;
-  a 1 x 7 x 32 block ran the same with half the FMAs per weight load, 1 x 7 x 64
-  spilled, 0.82-0.90x). ``direct_lanes_streamed_2x7_k32_s{1,2}``, the same for weights >= 8 MB
-  (``STREAM_MIN_WEIGHT``), takes the weight as it is: a work item is one block of 32
+  (element-wise stores were slower, the more so the fewer inputs per output).
+  ``direct_lanes_2x7_k32_s{1,2}``, for rows of 7 to 13 pixels and at least 256 inputs
+  per output: the same on 7 pixels of two rows, the last row of an odd P alone (no
+  lanes spent on the padding columns the flat kernel computes on short rows, and no
+  overlapping last block; a 1 x 7 x 64 block spills registers).
+  ``direct_lanes_streamed_2x7_k32_s{1,2}``, the same for weights >= 8 MB
+  (``LANES_STREAM_MIN_WEIGHT``), takes the weight as it is: a work item is one block of 32
   output channels over all the blocks of the images, and lays out that block of the
-  weight itself, 64 input channels at a time, into a buffer that stays in cache (res5
-  N=1: the weight read once per call, not three times with a cached layout's check).
+  weight itself, 64 input channels at a time, into a buffer that stays in cache (the
+  weight read once per call, not three times as with a cached layout and its check).
 * ``direct_flat_32px_k12`` (float32, stride 1; stride 2 when it wastes fewer lanes than the row
   kernel, e.g. res3 3x3/2): 32 consecutive pixels of the flattened padded grid (f =
   p*Wq + q; every tap reads f + a per-tap offset, r*dil_h*Wq + s*dil_w for stride 1,
@@ -58,9 +56,8 @@ Kernels (generated as source by ``codegen``, names explained there; compiled wit
 * ``direct_pointwise_6px_k64`` (float32 1x1, stride 1, no padding): a GEMM whose rows are the
   pixels of the batch, read in place from NCHW (a row's channels H*W apart: no layout
   conversion), by ``patch_gemm_6x64`` (6 pixels x 64 output channels of accumulators),
-  a work item's (rows, 64) result written to NCHW by 16 x 16 block transposes. res5
-  1x1 (2048 -> 512, 7x7) at N=8 on 2 threads: 1.2x im2col (one OpenBLAS GEMM on a
-  channels-first copy of the batch), 1.3x the lanes kernel it replaced for 1x1.
+  a work item's (rows, 64) result written to NCHW by 16 x 16 block transposes (no
+  channels-first copy of the batch, which im2col's single GEMM needs).
 * ``direct_row_{16,8}px_k16`` (strided, and all float64): 16 (8) pixels of one output row x
   16 output channels; the tap columns' offsets come from a table (no division per tap).
 * ``direct_weight_grad_c{16,8}_k16``: weight gradient, 16 (8) input channels (lanes) x 16 output
@@ -83,7 +80,7 @@ about 2 MB per thread, so the kernel reads the layout from cache rather than mem
 Work items (image, group, channel block, pixel block) are split into 4 ranges per
 thread, taken in turn by the calling thread and ``numba.get_num_threads() - 1`` pool
 workers (the kernels release the GIL): a Numba ``prange`` around the generated bodies
-compiled 6x slower and vectorised worse. Both cores are busy for N = 1.
+compiled slower and vectorised worse. Both cores are busy for N = 1.
 
 Scratch layouts live in ``fastconv._config.workspace`` (per Python thread, reused
 across calls: no fresh pages to fault in). Weight re-layouts are cached (see
@@ -93,7 +90,7 @@ the weight with a private copy kept at the time of the re-layout. A weight chang
 place (an optimiser step) therefore never returns a stale layout. The comparison (one
 memcmp of the weight) runs on the calling thread while the pool's threads start the
 first kernel run with the cached layout; when it fails, that run is repeated with a
-fresh one (res5 N=1 on 2 threads: 1.16-1.18x against comparing first).
+fresh one (so an unchanged weight's check costs no time of its own).
 """
 
 import numba
@@ -312,9 +309,8 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
 
         # all output-channel blocks of one pixel block back to back (input reused from
         # L1/L2, weights streamed once per pixel block) unless the weight layout is larger
-        # than the slice's input layout; then all pixel blocks of one channel block. At N=1
-        # and 8 the first wins 9-14% on res3 3x3/2 (1.7 MB of input per image, 0.6 MB of
-        # weight), the second 3% where the weight is much larger (res5)
+        # than the slice's input layout; then all pixel blocks of one channel block (the
+        # weights reused instead)
         def kernel(n, xb, os_, wb, first):
             return _run(codegen.kernel("direct_flat", pixels=J, channels=KB), n * G * Kb * nf,
                         xb, wb, os_, toff,
@@ -349,8 +345,8 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
     xb = workspace("direct_x", nb * image + tail, dtype)
     xb[nb * image:] = 0
     # a cached layout is checked by the calling thread while the workers start the first
-    # kernel run (res5 N=1, 2 threads: the 9.4 MB compare overlaps the work); if the
-    # weight changed, that run is done again with a fresh layout
+    # kernel run (the compare overlaps the work); if the weight changed, that run is
+    # done again with a fresh layout
     wb, check = weight()
     for n0 in range(0, N, nb):
         xs = x[n0:n0 + nb]

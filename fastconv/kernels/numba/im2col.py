@@ -22,9 +22,8 @@ no patch matrix is gathered: the input is copied zero-padded, the pixels are spl
 a fixed number of slices, each with its own accumulator, and per band of output rows a
 slice copies dy pixel-major (a block small enough for L1) and runs a one-thread
 register-tiled GEMM (``codegen``'s ``patch_gemm``) that reads the patch rows in
-place from the padded input (``_weight_fused``). The GEMM ran at about 245 GFLOP/s on
-one core here (the FMA peak measured 268), where gathering the patch rows and copying
-dy had cost as much again as the multiplications.
+place from the padded input (``_weight_fused``): gathering a patch matrix and copying
+dy whole cost about as much as the multiplications.
 """
 import numpy as np
 from numba import prange
@@ -62,9 +61,8 @@ def _col2im(col, dx, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
     back where they were gathered from. Stride 1 along the columns: each tap's run of Q
     values adds to a run of dx. Larger strides: a dx row is summed as its ``sw`` column
     phases (every tap's run adds to a run of one phase) and the phases are then added
-    to the row interleaved (a strided scatter per tap measured 1.1-1.45x slower on res3
-    3x3/2 and the 7x7/2 stem, where it was a third to half of the input gradient's time;
-    stride 1 keeps the direct adds, 0.9-0.96x with the phase buffer on res5)."""
+    to the row interleaved (faster than a strided scatter per tap; stride 1 keeps the
+    direct adds, which the phase buffer would only slow down)."""
     Wph = (W + sw - 1) // sw                       # columns per phase
     for tc in prange(nt * C):                      # one (image, channel) plane each
         t, c = tc // C, tc % C
@@ -114,7 +112,7 @@ def _col2im(col, dx, n0, nt, p0, pr, C, H, W, R, S, sh, sw, pt, pl, dh, dw, Q):
                     out[w] += ph[w % sw, w // sw]
 
 
-# Not cached (compiled once per process, about a second): a cached caller of the
+# Not cached (compiled once per process): a cached caller of the
 # generated GEMM would name the generated module of its first compile, which a changed
 # generator renames.
 @jit(cache=False)

@@ -23,15 +23,14 @@ channels, which LLVM vectorises. Output tile ``(i, j)`` of image ``n`` covers ou
 any padding, even asymmetric, are exact. The output transform writes a channels-last
 slab of output rows, which block transposes (``_transpose``) store to the NCHW output;
 for rows shorter than a vector, where those cannot run, it writes the NCHW output
-directly (its stores cross planes; with an element-wise transposing pass instead,
-7-25% slower).
+directly (its stores cross planes, still faster than an element-wise transposing pass).
 
 Forward, with a transformed filter of at most ``FUSED_MAX_FILTER_BYTES``: each thread
 takes blocks of tile rows (about 64 tiles) in turn; it copies the input rows of a block
 into its own slab and runs the input transform, the alpha^2 GEMMs (one-thread BLAS,
 called from the thread) and the output transform while slab, V and M are in its cache
-(fused, as NNPACK and oneDNN do; a separate whole-image layout pass measured 1.1-1.4x
-slower), then stores the block's output rows. With a larger filter, which each block
+(fused, as NNPACK and oneDNN do, rather than a separate whole-image layout pass:
+faster), then stores the block's output rows. With a larger filter, which each block
 would read again, the whole group of images is laid out first and the three steps run
 one after the other on batches of many tiles, each on all threads (in float32 the GEMMs
 are our register-tiled kernel, ``_gemm``, which reads the filter in place and shares the
@@ -42,8 +41,8 @@ run fused again, each thread on its own slice of the output channels
 
 F(4x4,3x3) in float32 with a transformed filter of ``STREAM_MIN_FILTER_BYTES`` or more
 and few tiles (ResNet's res5, VGG's conv5_2 at N=1) transforms the filter on the fly:
-cached, it would be read from memory on every call (16-38 MB with the weight and its
-copy do not stay in a 32 MB L3) for GEMMs of a few dozen rows. Each work item takes 64
+cached, it would be read from memory on every call (with the weight and its copy it
+does not stay in L3) for GEMMs of a few dozen rows. Each work item takes 64
 output channels and, 64 input channels at a time, block-transposes the weight chunk,
 transforms it into a U chunk in its own cache (float32 arithmetic) and adds V @ U into
 M (a generated GEMM, ``gemm_acc``): the weight is read once per call, nothing else of
@@ -380,8 +379,8 @@ def _slab(x, n, h0, ow, S, r0, nr):
     """S[r0 + r, w, c] = x[n, c, h0 + r, w + ow] for the rows r < nr and all columns w
     of S (rows, columns, C), a padded channels-last image or slab, C-contiguous like x;
     zeros outside x. Whole vectors of channels by block transposes (of the first columns
-    only for a row shorter than a vector: 2x faster than element by element on res5's
-    7 columns), a tail of channels element by element."""
+    only for a row shorter than a vector: still faster than element by element), a tail
+    of channels element by element."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Sw = S.shape[1]
     lo, hi = max(0, -ow), min(Sw, W - ow)                # the columns of S inside x
@@ -642,8 +641,8 @@ def _transform_tiles(src, dst, nt, m, t0, th, tw, dy):
 def _output_tiles(M, nt, y, m, t0, th, tw):
     """The output tiles t0 + u, u < nt, of y from M[:, u, :]. Rows of at least one vector
     of columns: a row of tiles (or the part of one in this batch) at a time, into a
-    channels-last slab, then stored by block transposes (1.0-1.06x faster on res3 and
-    VGG conv3_2); shorter rows (0.92x with the element-wise store): tile by tile
+    channels-last slab, then stored by block transposes (faster than tile by tile);
+    shorter rows, where a slab's element-wise store would be slower: tile by tile
     straight into y."""
     K, Q = y.shape[1], y.shape[3]
     if Q < 64 // y.itemsize:
@@ -688,8 +687,8 @@ def _g4f(g0, g1, g2):
 def _filter_chunk4(Wt, Ut, cb, tmp):
     """Ut[xi, c*J + k] = (G4 g G4^T)[xi] for the cb channels c of a chunk, g[k, c] the 3x3
     filter at Wt[c, r*3 + s, k] (k < J = 64: the vector lanes); G4 along s into tmp (3, 6,
-    J), then along r (xi = a*6 + e). 16 float32 lanes: 4.5 us a chunk of 32 channels
-    (one loop over both passes and unsigned offsets: 19 us, not vectorised)."""
+    J), then along r (xi = a*6 + e). 16 float32 lanes, two passes (one loop over both
+    passes with unsigned offsets was not vectorised)."""
     J = Wt.shape[2]
     for c in range(cb):
         for r in range(3):
@@ -714,7 +713,7 @@ def _filter_chunk4(Wt, Ut, cb, tmp):
                 Ut[30 + e, o] = a5
 
 
-# Not cached (compiled once per process, about 1.5 s): typed by its GEMM argument's
+# Not cached (compiled once per process): typed by its GEMM argument's
 # object, it missed the cache in every process and added a cache file each time
 @jit(fastmath=_FASTMATH, cache=False)
 def _streamed_items(Vc, wf, M, K, flip, gemm, it0, it1):
@@ -731,7 +730,7 @@ def _streamed_items(Vc, wf, M, K, flip, gemm, it0, it1):
     J, CB = STREAM_PANEL, STREAM_CHANNELS
     Wt = np.empty(CB * 9 * J, Vc.dtype)               # [c, rs, k]: the chunk, k last
     # Ut[xi, c, k] at xi*pitch + c*J + k: with a pitch of CB*J floats (a multiple of 4 KB)
-    # all 36 stores of a (c, k) fell in one L1 set (4K aliasing), 25x slower; one line more
+    # all 36 stores of a (c, k) fell in one L1 set (4K aliasing); one line more
     pitch = CB * J + 64 // Vc.itemsize
     Ut = np.empty(X * pitch, Vc.dtype)
     Wt3, Ut2 = Wt.reshape((CB, 9, J)), Ut.reshape((X, pitch))
@@ -753,8 +752,8 @@ def _streamed_items(Vc, wf, M, K, flip, gemm, it0, it1):
 @jit(parallel=True)
 def _by_chunks(V, Vc, CB):
     """Vc[ch, xi, t, j] = V[xi, t, ch*CB + j] (j < CB, within C): the channels of V in
-    chunks of CB, so that a GEMM over one chunk reads contiguous rows (with the rows C
-    apart instead: 1.3x slower on 2 threads)."""
+    chunks of CB, so that a GEMM over one chunk reads contiguous rows (faster than rows
+    C apart)."""
     X, T, C = V.shape
     for it in prange(Vc.shape[0] * X):
         ch, xi = it // X, it % X
@@ -882,9 +881,8 @@ def _batched_dot(A, B, out, transpose_a):
 def _matmul(A, B, out, transpose_a=False):
     """out[x] = A[x] @ B[x] (A[x] transposed with ``transpose_a``), returns out. On 2 or
     more threads the threads share out the alpha^2 products, each a one-thread BLAS call
-    (numpy's batched matmul on OpenBLAS's threads ran these 2-3.9x slower: 16-36 products
-    of 64-512 channels over 16-512 tiles); on one thread numpy's matmul (1.0-1.3x faster
-    than Numba's calls there)."""
+    (numpy's batched matmul on OpenBLAS's threads is slower on these many small
+    products); on one thread numpy's matmul (faster than Numba's calls there)."""
     if get_num_threads() > 1:
         with single_threaded_blas():
             _batched_dot(A, B, out, transpose_a)
@@ -896,9 +894,8 @@ def _matmul(A, B, out, transpose_a=False):
 def _gemm(V, U, M):
     """M[x] = V[x] @ U[x] for every x, float32, on all threads, by the generated kernel
     (``codegen.gemm.gemm``); V's rows a multiple of its row block, U's and M's
-    columns of its column block. Against OpenBLAS's batched GEMM, in one process (the
-    whole unfused Winograd call): 2 threads, 16-49 tiles (res4, res5, VGG conv4_2 and
-    conv5_2 at N=1) 1.05-1.6x faster, 128-392 tiles (N=8) 1.0-1.15x; 1 thread 0.93-1.25x."""
+    columns of its column block. It reads V and U in place, where BLAS packs both per
+    call, which costs most with few tiles."""
     J, TB = GEMM_BLOCK
     X, T, C = V.shape
     Kp = U.shape[2]

@@ -12,14 +12,14 @@ changed generator or callee never meets a stale file or a stale cache entry.
 Compile these functions with ``numba.core.config.SLP_VECTORIZE = 1`` (``_threads.run``
 does, around their first call only). They are serial over a range ``[it0, it1)`` of
 work items, run on threads by ``_threads.run`` (the functions release the GIL). A
-``prange`` here compiled 6x slower and vectorised worse (parfor lowering reshapes the
+``prange`` here compiled slower and vectorised worse (parfor lowering reshapes the
 loop nest before SLP sees it).
 
 Two details the vectorizer needs (checked with ``inspect_asm()``: the hot loops are
 ``vmovups`` + ``vfmadd231ps mem{1to16}, %zmm``): array offsets are ``np.uint64``, so Numba
 emits no negative-index wraparound selects (with them SLP gathered the loads), and the
 vector lanes are consecutive elements of one array (lanes over strided elements became
-``vgatherqps`` + shuffles, 3-10x slower).
+``vgatherqps`` + shuffles, much slower).
 
 The package
 -----------

@@ -258,9 +258,9 @@ def _lanes_source(name, M, J, KB, SW):
 def _lanes_rows_source(name, M, J, KB, SW):
     """``_lanes_source`` for rows shorter than 16 pixels, M = 2 rows at a time: a work item
     is one block of M rows x J pixels (of one row: the last row of an odd P), whose
-    accumulators go through an (M*J, KB) buffer to ``out`` element by element (res5 7x7,
-    2 x 7: with ``_lanes_source``'s loop over the blocks of a row in the item and its row
-    buffer, 0.61-0.66x)."""
+    accumulators go through an (M*J, KB) buffer to ``out`` element by element (on rows
+    this short, faster than ``_lanes_source``'s loop over a row's blocks with its row
+    buffer)."""
     assert M == 2
     L = []
     a = L.append
@@ -312,10 +312,9 @@ def lanes_streamed(name, rows, cols, channels, stride):
     ``STREAM_CHANNELS``. Each chunk of the weight is laid out (``w_block``) in a buffer
     that stays in cache while every block adds that chunk's sum to its accumulators
     (kept in ``acc`` between chunks). The weight is read once per call and no layout is
-    kept: res5 N=1 (a 9.4 MB weight, which a cached layout reads three times per call
-    with the copy for its exact check) 1.05-1.18x the cached layout's speed. Whole
-    blocks of the weight laid out per item ran 1.0-1.1x; prefetching the next chunk or
-    item (``prefetcht1``, spread over the channel steps) 0.98-1.09x."""
+    kept (a cached layout, with the copy for its exact check, is read three times per
+    call). Whole blocks of the weight laid out per item, or ``prefetcht1`` of the next
+    chunk or item, were no faster."""
     M, J, KB, SW = rows, cols, channels, stride
     assert M == 2
     L = []
@@ -375,8 +374,8 @@ def weight_grad(name, in_channels, channels):
     added to) its place in ``acc``, blocked [k, c] (stores over consecutive input
     channels make SLP pack the accumulators by input channel); at the end the items'
     sums are copied into ``gf[sp]``, the gradient's own (K, C/groups, R, S) layout,
-    tap by tap (contiguous reads, writes R*S apart; flat with uint64 offsets: through a
-    5-d index the copy cost 15% of the kernel, right after each tap 7%)."""
+    tap by tap (contiguous reads, writes R*S apart; flat with uint64 offsets and once at
+    the end, not through a 5-d index or after each tap: both cheaper)."""
     L, KB = in_channels, channels
     out = []
     a = out.append
