@@ -43,8 +43,9 @@ def _serve():
         kind, name, pass_, N = case["kind"], case["name"], case.get("pass"), case["N"]
         rng = np.random.default_rng(0)
         if kind == "network":
-            net = networks.build(name)
-            x = rng.standard_normal((N, 3, 224, 224), dtype=np.float32)
+            spec = networks.build(name)
+            net = networks.fastconv_forward(spec)
+            x = rng.standard_normal((N,) + spec["input"], dtype=np.float32)
             return lambda: net(x)
         L = layer(name)
         xs, ws = L.shapes(N)

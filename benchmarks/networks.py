@@ -1,39 +1,36 @@
-"""Whole networks built from fastconv's functional API, for benchmarks: a network
-pays costs that one layer called again and again hides (weights seen once per pass,
-layout conversions, thread hand-offs between small layers).
+"""Whole networks for benchmarks, built from fastconv's functional API: a network pays
+costs that one layer called again and again hides (weights seen once per pass, layout
+conversions, thread hand-offs between small layers).
 
-Each network is a list of weights (BatchNorm folded into a bias; random He-init,
-seeded) and a ``forward(x)`` that runs it with ``fastconv.conv2d`` (bias added by
-fastconv), NumPy's ``maximum`` for ReLU and ``+`` for the residual adds, fastconv's
-pooling and a NumPy matmul head. Only the public functional API is used, so the same
-code runs against any fastconv version (``benchmarks/ab.py`` compares two).
+A network is a spec: a list of weights (BatchNorm folded into a bias; random He-init,
+seeded) and the order they run in. ``fastconv_forward(spec)`` runs it with
+``fastconv.conv2d`` (bias added by fastconv), NumPy's ``maximum``/``clip`` for ReLU and
+ReLU6 and ``+`` for the residual adds, fastconv's pooling and a NumPy matmul head;
+``torch_module(spec)`` is the same network in PyTorch (eager), with the same weights.
+Only the public functional API is used, so the same code runs against any fastconv
+version (``benchmarks/ab.py`` compares two).
 
-    net = networks.build("resnet18")
-    logits = net(np.random.rand(8, 3, 224, 224).astype(np.float32))
+    spec = networks.build("resnet18")
+    logits = networks.fastconv_forward(spec)(np.random.rand(8, 3, 224, 224).astype(np.float32))
 """
+import time
+
 import numpy as np
 
 import fastconv
 
 
-def _conv(rng, cin, cout, k, stride=1, pad=None, groups=1):
+def _conv(rng, name, cin, cout, k, stride=1, pad=None, groups=1, act="relu"):
     w = rng.standard_normal((cout, cin // groups, k, k), dtype=np.float32)
     w *= np.float32(np.sqrt(2.0 / (cin // groups * k * k)))
-    b = (rng.standard_normal(cout, dtype=np.float32) * np.float32(0.01))
-    return dict(w=w, b=b, stride=stride, padding=k // 2 if pad is None else pad, groups=groups)
-
-
-def _apply(layer, x, relu=True, relu6=False):
-    y = fastconv.conv2d(x, layer["w"], layer["b"], stride=layer["stride"],
-                        padding=layer["padding"], groups=layer["groups"])
-    if relu6:
-        return np.clip(y, 0, 6, out=y)
-    return np.maximum(y, 0, out=y) if relu else y
+    b = rng.standard_normal(cout, dtype=np.float32) * np.float32(0.01)
+    return dict(name=name, w=w, b=b, stride=stride, padding=k // 2 if pad is None else pad,
+                groups=groups, act=act)
 
 
 def _head(rng, cin, classes=1000):
     w = rng.standard_normal((classes, cin), dtype=np.float32) * np.float32(np.sqrt(1.0 / cin))
-    return w, np.zeros(classes, np.float32)
+    return dict(w=w, b=np.zeros(classes, np.float32))
 
 
 def resnet(depth, seed=0):
@@ -41,80 +38,200 @@ def resnet(depth, seed=0):
     rng = np.random.default_rng(seed)
     bottleneck = depth == 50
     counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
-    stem = _conv(rng, 3, 64, 7, 2, 3)
-    blocks, cin = [], 64
+    spec = dict(kind="resnet", stem=_conv(rng, "conv1", 3, 64, 7, 2, 3), pool=(3, 2, 1),
+                blocks=[])
+    cin = 64
     for stage, (n, width) in enumerate(zip(counts, (64, 128, 256, 512))):
         for i in range(n):
             stride = 2 if stage > 0 and i == 0 else 1
             cout = width * 4 if bottleneck else width
+            name = f"layer{stage + 1}.{i}"
             if bottleneck:
-                convs = [_conv(rng, cin, width, 1), _conv(rng, width, width, 3, stride),
-                         _conv(rng, width, cout, 1)]
+                convs = [_conv(rng, f"{name}.conv1", cin, width, 1),
+                         _conv(rng, f"{name}.conv2", width, width, 3, stride),
+                         _conv(rng, f"{name}.conv3", width, cout, 1, act=None)]
             else:
-                convs = [_conv(rng, cin, width, 3, stride), _conv(rng, width, width, 3)]
-            down = _conv(rng, cin, cout, 1, stride, 0) if stride != 1 or cin != cout else None
-            blocks.append((convs, down))
+                convs = [_conv(rng, f"{name}.conv1", cin, width, 3, stride),
+                         _conv(rng, f"{name}.conv2", width, width, 3, act=None)]
+            down = (_conv(rng, f"{name}.downsample", cin, cout, 1, stride, 0, act=None)
+                    if stride != 1 or cin != cout else None)
+            spec["blocks"].append(dict(convs=convs, down=down, act="relu"))
             cin = cout
-    fc_w, fc_b = _head(rng, cin)
+    spec["fc"] = _head(rng, cin)
+    return spec
 
-    def forward(x):
-        y = _apply(stem, x)
-        y = fastconv.max_pool2d(y, 3, 2, 1)
-        for convs, down in blocks:
-            shortcut = y if down is None else _apply(down, y, relu=False)
-            for layer in convs[:-1]:
-                y = _apply(layer, y)
-            y = _apply(convs[-1], y, relu=False)
-            y += shortcut
-            np.maximum(y, 0, out=y)
-        y = fastconv.adaptive_avg_pool2d(y, 1).reshape(len(x), -1)
-        return y @ fc_w.T + fc_b
 
-    return forward
+def vgg16(seed=0):
+    """VGG-16 (configuration D), without its fully connected layers but the last."""
+    rng = np.random.default_rng(seed)
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+           512, 512, 512, "M"]
+    layers, cin, stage, i = [], 3, 1, 1
+    for v in cfg:
+        if v == "M":
+            layers.append("M")
+            stage, i = stage + 1, 1
+            continue
+        layers.append(_conv(rng, f"conv{stage}_{i}", cin, v, 3))
+        cin, i = v, i + 1
+    return dict(kind="plain", layers=layers, fc=_head(rng, cin))
 
 
 def mobilenet_v2(seed=0):
-    """MobileNet-v2: inverted residuals (expansion 1x1, depthwise 3x3, projection 1x1),
-    ReLU6, torchvision's widths and strides."""
+    """MobileNet-v2: inverted residuals (expansion 1x1, depthwise 3x3 with stride 2 in
+    places, projection 1x1), ReLU6, torchvision's widths and strides."""
     rng = np.random.default_rng(seed)
     setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                (6, 160, 3, 2), (6, 320, 1, 1)]
-    stem = _conv(rng, 3, 32, 3, 2, 1)
-    blocks, cin = [], 32
+    spec = dict(kind="mobilenet", stem=_conv(rng, "features.0", 3, 32, 3, 2, 1, act="relu6"),
+                blocks=[])
+    cin, b = 32, 1
     for t, c, n, s in setting:
         for i in range(n):
-            hidden = cin * t
-            expand = _conv(rng, cin, hidden, 1) if t != 1 else None
-            dw = _conv(rng, hidden, hidden, 3, s if i == 0 else 1, 1, groups=hidden)
-            project = _conv(rng, hidden, c, 1)
-            stride = s if i == 0 else 1
-            blocks.append((expand, dw, project, stride == 1 and cin == c))
-            cin = c
-    last = _conv(rng, cin, 1280, 1)
-    fc_w, fc_b = _head(rng, 1280)
+            hidden, stride, name = cin * t, s if i == 0 else 1, f"features.{b}"
+            convs = ([_conv(rng, f"{name}.expand", cin, hidden, 1, act="relu6")] if t != 1
+                     else [])
+            convs += [_conv(rng, f"{name}.dw", hidden, hidden, 3, stride, 1, groups=hidden,
+                            act="relu6"),
+                      _conv(rng, f"{name}.project", hidden, c, 1, act=None)]
+            spec["blocks"].append(dict(convs=convs, down=None, act=None,
+                                       residual=stride == 1 and cin == c))
+            cin, b = c, b + 1
+    spec["last"] = _conv(rng, f"features.{b}", cin, 1280, 1, act="relu6")
+    spec["fc"] = _head(rng, 1280)
+    return spec
+
+
+def mnist(seed=0):
+    """The seed MNIST network: two 5x5 convolutions with max pooling (28 x 28 input)."""
+    rng = np.random.default_rng(seed)
+    return dict(kind="plain", layers=[_conv(rng, "conv1", 1, 32, 5), "M",
+                                      _conv(rng, "conv2", 32, 64, 5), "M"],
+                fc=_head(rng, 64, 10), input=(1, 28, 28))
+
+
+NETWORKS = {"resnet18": lambda: resnet(18), "resnet50": lambda: resnet(50),
+            "vgg16": vgg16, "mobilenet_v2": mobilenet_v2, "mnist": mnist}
+
+
+def build(name):
+    """The spec of network ``name`` (one of ``NETWORKS``)."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(NETWORKS)}")
+    spec = NETWORKS[name]()
+    spec.setdefault("input", (3, 224, 224))
+    spec["name"] = name
+    return spec
+
+
+def convs(spec):
+    """Every convolution of the spec, in order."""
+    out = [spec["stem"]] if "stem" in spec else []
+    out += [L for L in spec.get("layers", []) if L != "M"]
+    for block in spec.get("blocks", []):
+        out += block["convs"] + ([block["down"]] if block["down"] is not None else [])
+    if "last" in spec:
+        out.append(spec["last"])
+    return out
+
+
+# -- fastconv ---------------------------------------------------------------------------
+
+def fastconv_forward(spec, profile=None):
+    """The network as ``forward(x) -> logits`` on fastconv's functional API. With a
+    list ``profile``, each convolution appends (layer, plan, seconds, flops)."""
+
+    def conv(layer, x):
+        kw = dict(stride=layer["stride"], padding=layer["padding"], groups=layer["groups"])
+        if profile is not None:
+            t0 = time.perf_counter()
+            with fastconv.trace_plans() as ran:
+                y = fastconv.conv2d(x, layer["w"], layer["b"], **kw)
+            seconds = time.perf_counter() - t0
+            K, Cg, R, S = layer["w"].shape
+            flops = 2 * y.shape[0] * y.shape[2] * y.shape[3] * K * Cg * R * S
+            profile.append((layer["name"], ran[-1] if ran else None, seconds, flops))
+        else:
+            y = fastconv.conv2d(x, layer["w"], layer["b"], **kw)
+        if layer["act"] == "relu":
+            np.maximum(y, 0, out=y)
+        elif layer["act"] == "relu6":
+            np.clip(y, 0, 6, out=y)
+        return y
 
     def forward(x):
-        y = _apply(stem, x, relu6=True)
-        for expand, dw, project, residual in blocks:
-            h = y if expand is None else _apply(expand, y, relu6=True)
-            h = _apply(dw, h, relu6=True)
-            h = _apply(project, h, relu=False)
-            if residual:
+        y = conv(spec["stem"], x) if "stem" in spec else x
+        if spec["kind"] == "resnet":
+            y = fastconv.max_pool2d(y, *spec["pool"])
+        for layer in spec.get("layers", []):
+            y = fastconv.max_pool2d(y, 2, 2) if layer == "M" else conv(layer, y)
+        for block in spec.get("blocks", []):
+            h = y
+            for layer in block["convs"]:
+                h = conv(layer, h)
+            if block["down"] is not None:
+                h += conv(block["down"], y)
+            elif block.get("residual", spec["kind"] == "resnet"):
                 h += y
+            if block["act"] == "relu":
+                np.maximum(h, 0, out=h)
             y = h
-        y = _apply(last, y, relu6=True)
+        if "last" in spec:
+            y = conv(spec["last"], y)
         y = fastconv.adaptive_avg_pool2d(y, 1).reshape(len(x), -1)
-        return y @ fc_w.T + fc_b
+        return y @ spec["fc"]["w"].T + spec["fc"]["b"]
 
     return forward
 
 
-NETWORKS = {"resnet18": lambda: resnet(18), "resnet50": lambda: resnet(50),
-            "mobilenet_v2": mobilenet_v2}
+# -- PyTorch ------------------------------------------------------------------------------
 
+def torch_module(spec):
+    """The same network as a ``torch.nn.Module`` (eager), with the same weights."""
+    import torch
+    import torch.nn.functional as F
 
-def build(name):
-    """The forward function of network ``name`` (one of ``NETWORKS``)."""
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; known: {', '.join(NETWORKS)}")
-    return NETWORKS[name]()
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.params = torch.nn.ParameterList()
+            self.index = {}
+            for layer in convs(spec) + [dict(name="fc", **spec["fc"])]:
+                self.index[layer["name"]] = len(self.params)
+                self.params.append(torch.nn.Parameter(torch.from_numpy(layer["w"].copy()),
+                                                      requires_grad=False))
+                self.params.append(torch.nn.Parameter(torch.from_numpy(layer["b"].copy()),
+                                                      requires_grad=False))
+
+        def conv(self, layer, x):
+            i = self.index[layer["name"]]
+            y = F.conv2d(x, self.params[i], self.params[i + 1], layer["stride"],
+                         layer["padding"], 1, layer["groups"])
+            if layer["act"] == "relu":
+                return F.relu(y)
+            return F.relu6(y) if layer["act"] == "relu6" else y
+
+        def forward(self, x):
+            y = self.conv(spec["stem"], x) if "stem" in spec else x
+            if spec["kind"] == "resnet":
+                y = F.max_pool2d(y, *spec["pool"])
+            for layer in spec.get("layers", []):
+                y = F.max_pool2d(y, 2, 2) if layer == "M" else self.conv(layer, y)
+            for block in spec.get("blocks", []):
+                h = y
+                for layer in block["convs"]:
+                    h = self.conv(layer, h)
+                if block["down"] is not None:
+                    h = h + self.conv(block["down"], y)
+                elif block.get("residual", spec["kind"] == "resnet"):
+                    h = h + y
+                if block["act"] == "relu":
+                    h = F.relu(h)
+                y = h
+            if "last" in spec:
+                y = self.conv(spec["last"], y)
+            y = F.adaptive_avg_pool2d(y, 1).flatten(1)
+            i = self.index["fc"]
+            return F.linear(y, self.params[i], self.params[i + 1])
+
+    return Net().eval()
