@@ -25,10 +25,17 @@ def jit(**extra):
     return numba.njit(**{**JIT_FLAGS, **extra})
 
 
+def _set_threads(n):
+    """Numba's thread count for the calling thread: ``n``, at most the threads Numba
+    started with (``NUMBA_NUM_THREADS`` may have changed between fastconv's import and
+    Numba's, e.g. in a Dask worker whose nanny sets it)."""
+    numba.set_num_threads(min(n, _numba_config.NUMBA_NUM_THREADS))
+
+
 def sync_threads():
     """Numba's thread count for the calling thread = fastconv's (``set_num_threads``
     may have been called before Numba was imported, or on another backend's behalf)."""
-    n = _config.get_num_threads()
+    n = min(_config.get_num_threads(), _numba_config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
 
@@ -47,4 +54,4 @@ def one_thread(on=True):
         numba.set_num_threads(threads)
 
 
-_config.thread_hooks.append(numba.set_num_threads)
+_config.thread_hooks.append(_set_threads)
