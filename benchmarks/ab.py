@@ -7,7 +7,7 @@ both see the same machine state. Reported per case: each side's median time and 
 median over rounds of old/new (> 1: the new checkout is faster).
 
 Cases: every layer of ``fastconv.bench.LAYERS`` (forward, grad-input, grad-weight,
-``auto``), and whole networks from ``benchmarks/networks.py`` (forward), at the given
+``auto``), and whole networks from ``fastconv/networks.py`` (forward), at the given
 batch sizes and thread counts. Only the public API is called, so any two versions
 compare.
 
@@ -34,8 +34,11 @@ def _serve():
     import fastconv
     from fastconv.bench import LAYERS, layer
 
-    sys.path.insert(0, HERE)
-    import networks
+    # the networks of the new checkout, run on either side (they use the public API only)
+    import importlib.util
+    spec_ = importlib.util.spec_from_file_location("ab_networks", os.environ["AB_NETWORKS"])
+    networks = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(networks)
 
     prepared = {}
 
@@ -81,8 +84,8 @@ def _serve():
 
 # -- driver ------------------------------------------------------------------------------
 
-def _worker(checkout):
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
+def _worker(checkout, networks):
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout), AB_NETWORKS=networks)
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             cwd=os.path.abspath(checkout))
@@ -141,8 +144,9 @@ def main(argv=None):
             cases += [dict(kind="network", name=n, N=N, threads=threads) for n in args.networks]
             cases += [dict(kind="layer", name=n, N=N, threads=threads, **{"pass": p})
                       for n in names for p in args.passes]
-    old, old_file = _worker(args.old)
-    new, new_file = _worker(args.new)
+    networks = os.path.join(os.path.abspath(args.new), "fastconv", "networks.py")
+    old, old_file = _worker(args.old, networks)
+    new, new_file = _worker(args.new, networks)
     print(f"CPU: {_cpu()}; old: {old_file}; new: {new_file}; {args.rounds} rounds, "
           f"interleaved (the first side alternates)", flush=True)
     print(f"{'case':44s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")

@@ -10,6 +10,7 @@ ReLU6 and ``+`` for the residual adds, fastconv's pooling and a NumPy matmul hea
 Only the public functional API is used, so the same code runs against any fastconv
 version (``benchmarks/ab.py`` compares two).
 
+    from fastconv import networks
     spec = networks.build("resnet18")
     logits = networks.fastconv_forward(spec)(np.random.rand(8, 3, 224, 224).astype(np.float32))
 """
