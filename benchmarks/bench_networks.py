@@ -1,0 +1,264 @@
+"""Whole networks: fastconv's functional API against PyTorch eager, ONNX Runtime and
+OpenVINO, with the same weights (issue 13's yardstick).
+
+Networks from ``fastconv/networks.py`` (BatchNorm folded, random He-init weights,
+float32). Each engine runs in its own process, all alive for the whole run; the driver
+asks them in turn to time one forward pass (rotating which goes first), round by round,
+and reports each engine's median and the median per-round ratio engine time /
+fastconv time (> 1: fastconv faster). Outputs are checked against fastconv's once per
+network. PyTorch, ONNX Runtime and OpenVINO are optional: an engine that is not
+installed is skipped (ONNX Runtime and OpenVINO run the ONNX export of the PyTorch
+network; OpenVINO with ``INFERENCE_PRECISION_HINT=f32``, since it defaults to bf16 on
+CPUs with AMX).
+
+``--layers`` adds a per-layer breakdown of fastconv's time: each convolution, the plan
+it ran, its GFLOP/s and % of the FMA peak measured in the same run.
+
+    python benchmarks/bench_networks.py                        # resnet18, resnet50, mobilenet_v2; N=1, 8; 2 and 1 threads
+    python benchmarks/bench_networks.py --networks resnet18 --batch 1 --threads 2 --layers
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ENGINES = ("fastconv", "torch", "onnxruntime", "openvino")
+
+
+# -- worker: one engine ------------------------------------------------------------------
+
+def _serve(engine):
+    import numpy as np
+
+    import fastconv  # noqa: F401  (first: it sets the OpenMP/OpenBLAS variables)
+    from fastconv import networks
+
+    runners = {}
+
+    def runner(name, threads):
+        key = (name, threads)
+        if key in runners:
+            return runners[key]
+        spec = networks.build(name)
+        if engine == "fastconv":
+            fastconv.set_num_threads(threads)
+            fn = networks.fastconv_forward(spec)
+        elif engine == "torch":
+            import torch
+            torch.set_num_threads(threads)
+            module = networks.torch_module(spec)
+
+            def fn(x):
+                with torch.no_grad():
+                    return module(torch.from_numpy(x)).numpy()
+        else:
+            path = _onnx(spec)
+            if engine == "onnxruntime":
+                import onnxruntime as ort
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = threads
+                so.inter_op_num_threads = 1
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+                def fn(x):
+                    return session.run(None, {"x": x})[0]
+            else:
+                import openvino as ov
+                compiled = ov.Core().compile_model(path, "CPU", {
+                    "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                    "PERFORMANCE_HINT": "LATENCY"})
+
+                def fn(x):
+                    return compiled(x)[0]
+        runners.clear()
+        runners[key] = (spec, fn)
+        return runners[key]
+
+    def _onnx(spec):
+        import torch
+        path = os.path.join(tempfile.gettempdir(), f"fastconv-bench-{spec['name']}.onnx")
+        if not os.path.exists(path):
+            module = networks.torch_module(spec)
+            x = torch.zeros((1,) + spec["input"])
+            tmp = f"{path}.{os.getpid()}"
+            import warnings
+            with warnings.catch_warnings():          # the TorchScript exporter is deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (x,), tmp, dynamo=False, input_names=["x"],
+                                  output_names=["y"], dynamic_axes={"x": {0: "n"}})
+            os.replace(tmp, path)
+        return path
+
+    print(json.dumps({"ready": engine}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        spec, fn = runner(req["network"], req["threads"])
+        x = np.random.default_rng(1).standard_normal((req["N"],) + spec["input"],
+                                                     dtype=np.float32)
+        if req["what"] == "output":
+            print(json.dumps({"output": np.asarray(fn(x)).tolist()}), flush=True)
+            continue
+        if req["what"] == "layers":
+            fastconv.set_num_threads(req["threads"])
+            from fastconv.bench import fma_peak
+            peak = fma_peak(req["threads"])
+            networks.fastconv_forward(spec)(x)
+            rows = {}
+            for _ in range(3):
+                profile = []
+                networks.fastconv_forward(spec, profile)(x)
+                for layer, plan, seconds, flops in profile:
+                    rows.setdefault(layer, [repr(plan), flops, []])[2].append(seconds)
+            print(json.dumps({"peak": peak, "layers": [
+                [k, v[0], v[1], float(np.median(v[2]))] for k, v in rows.items()]}), flush=True)
+            continue
+        for _ in range(req.get("warmup", 2)):
+            fn(x)
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            fn(x)
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= req["min_time"]:
+                break
+        print(json.dumps({"seconds": elapsed / calls}), flush=True)
+
+
+# -- driver -------------------------------------------------------------------------------
+
+def _available(engine):
+    import importlib.util
+    module = {"fastconv": "fastconv", "torch": "torch", "onnxruntime": "onnxruntime",
+              "openvino": "openvino"}[engine]
+    if importlib.util.find_spec(module) is None:
+        return False
+    return engine in ("fastconv", "torch") or importlib.util.find_spec("torch") is not None
+
+
+def _start(engine):
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", engine],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    json.loads(proc.stdout.readline())
+    return proc
+
+
+def _ask(proc, req):
+    proc.stdin.write(json.dumps(req) + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"engine worker died on {req}")
+    return json.loads(line)
+
+
+def machine():
+    """CPU model, vector features, cores and library versions, for every report."""
+    import numpy as np
+    info = {"cpu": platform.processor(), "cores": os.cpu_count(), "features": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    info["features"] = [f for f in flags if f.startswith(("avx", "fma", "amx"))]
+                    break
+    except OSError:
+        pass
+    import importlib.metadata as md
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for pkg in ("fastconv", "numba", "torch", "onnxruntime", "openvino"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    info["versions"] = versions
+    return info
+
+
+def main(argv=None):
+    import numpy as np
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--networks", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--layers", action="store_true", help="fastconv's per-layer breakdown")
+    ap.add_argument("--json", help="write the results to this file")
+    args = ap.parse_args(argv)
+    if args.serve:
+        return _serve(args.serve)
+    engines = [e for e in args.engines if _available(e)]
+    info = machine()
+    print(f"CPU: {info['cpu']} ({info['cores']} cores; {' '.join(info['features'])})")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    skipped = [e for e in args.engines if e not in engines]
+    if skipped:
+        print(f"not installed, skipped: {', '.join(skipped)}")
+    procs = {e: _start(e) for e in engines}
+    results = []
+    try:
+        for threads in args.threads:
+            print(f"\nfloat32, {threads} thread(s), median ms over {args.rounds} rounds "
+                  f"(ratio: engine time / fastconv time)")
+            print(f"{'network':16s} {'N':>3s} " + " ".join(f"{e:>18s}" for e in engines))
+            for name in args.networks:
+                for N in args.batch:
+                    base = dict(network=name, N=N, threads=threads)
+                    want = np.array(_ask(procs["fastconv"], dict(base, what="output"))["output"])
+                    errors = {}
+                    for e in engines[1:]:
+                        got = np.array(_ask(procs[e], dict(base, what="output"))["output"])
+                        errors[e] = float(np.abs(got - want).max() / np.abs(want).max())
+                    times = {e: [] for e in engines}
+                    for r in range(args.rounds):
+                        order = engines[r % len(engines):] + engines[:r % len(engines)]
+                        for e in order:
+                            times[e].append(_ask(procs[e], dict(base, what="time",
+                                                                min_time=args.min_time))["seconds"])
+                    t = {e: np.array(v) for e, v in times.items()}
+                    ratio = {e: float(np.median(t[e] / t["fastconv"])) for e in engines}
+                    cells = " ".join(f"{np.median(t[e]) * 1e3:9.2f} ({ratio[e]:5.2f})"
+                                     for e in engines)
+                    print(f"{name:16s} {N:3d} {cells}", flush=True)
+                    results.append(dict(base, median_ms={e: float(np.median(t[e]) * 1e3)
+                                                         for e in engines},
+                                        ratio_to_fastconv=ratio, max_rel_error=errors,
+                                        times=times))
+                    bad = {e: v for e, v in errors.items() if v > 1e-4}
+                    if bad:
+                        print(f"  output differs from fastconv's: {bad}")
+            if args.layers:
+                for name in args.networks:
+                    for N in args.batch:
+                        rep = _ask(procs["fastconv"], dict(network=name, N=N, threads=threads,
+                                                           what="layers"))
+                        print(f"\n{name} N={N}, {threads} thread(s): fastconv per layer "
+                              f"(FMA peak {rep['peak']:.0f} GFLOP/s measured now)")
+                        total = sum(row[3] for row in rep["layers"])
+                        for layer, plan, flops, seconds in rep["layers"]:
+                            gf = flops / seconds / 1e9
+                            print(f"  {layer:24s} {seconds * 1e3:8.3f} ms {seconds / total:6.1%} "
+                                  f"{gf:7.1f} GFLOP/s {gf / rep['peak']:6.1%}  {plan}")
+                        results.append(dict(network=name, N=N, threads=threads,
+                                            layers=rep["layers"], peak=rep["peak"]))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=info, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
