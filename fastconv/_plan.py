@@ -610,6 +610,8 @@ def _forced(plan, variant):
     variant cannot run the geometry."""
     if variant == plan.variant:
         return plan
+    if variant not in _ALTERNATIVES.get((plan.algorithm, plan.op), ()):
+        return None                 # e.g. a remembered 'streamed' or weight-gradient 'fused'
     p, dtype = plan.geometry, np.dtype(plan.dtype)
     if plan.algorithm == "direct":
         if plan.variant not in DIRECT_CORES or dtype != np.float32:

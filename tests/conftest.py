@@ -1,6 +1,7 @@
 """Shared test setup: tolerances, the Hypothesis profile, strategies that build only
 valid geometries, and one checker that compares every output of an op with the
 reference."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _dispatch
+from fastconv import _dispatch, _plan, _tuning
 
 # -- Hypothesis: one profile, derandomised in CI ------------------------------------------
 
@@ -30,6 +31,58 @@ def _restore_thread_count():
     yield
     if fastconv.get_num_threads() != n:
         fastconv.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _reset_tuning():
+    """Every test starts and ends with the default thresholds (``fastconv._tuning``),
+    whatever a test that forced a path set and however it ended."""
+    yield
+    _tuning.reset()
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_winners(monkeypatch):
+    """No autotuned winner from disk steers ``algorithm="auto"``: the JIT cache's
+    neighbour ``autotune.json`` may hold winners tuned on another run (the rules are
+    what the tests check); autotuning is off unless a test turns it on."""
+    monkeypatch.setattr(_plan, "_tuned", {})
+    monkeypatch.setattr(_plan, "_autotune_enabled", False)
+
+
+@contextlib.contextmanager
+def tuned(**values):
+    """Thresholds of ``fastconv._tuning`` set to ``values`` inside the block and put back
+    after (also when the block raises; blocks nest); ``_reset_tuning`` resets them all
+    after each test besides. Plans are memoised per tuning generation, so the new
+    values apply to the next call. Hypothesis tests use this inside the test body (a
+    function-scoped fixture would not reset per example)."""
+    before = {}
+    try:
+        for name, value in values.items():
+            old = _tuning.get(name)                 # an unknown name raises here
+            _tuning.set(name, value)
+            before[name] = old
+        yield
+    finally:
+        for name, value in before.items():
+            _tuning.set(name, value)
+
+
+def ran_plan(call, **want):
+    """Run ``call()`` and check the plan it ran last (``fastconv.trace_plans``) has each
+    attribute or blocking value in ``want`` (e.g. ``variant="lanes"``, ``parts=2``);
+    returns (result, plan)."""
+    with fastconv.trace_plans() as ran:
+        result = call()
+    assert ran, "no plan ran"
+    plan = ran[-1]
+    for name, value in want.items():
+        got = getattr(plan, name) if name in ("op", "algorithm", "backend", "variant",
+                                              "threads", "dtype") else plan[name]
+        assert got == value, f"{name}: ran {got!r}, forced {value!r}: {plan!r}"
+    return result, plan
+
 
 def on_one_thread(fn):
     """``fn()`` run with fastconv on one thread (the thread count restored after)."""
@@ -87,7 +140,7 @@ def kernel_pairs(op):
 # -- Strategies ---------------------------------------------------------------------------
 
 # geometry limits of algorithms that do not handle every convolution (see
-# fastconv._dispatch.SUPPORTS); a test checks each drawn case satisfies them
+# fastconv._plan.SUPPORTS); test_registry checks they are exactly those rules
 LIMITS = {
     "winograd_f2": dict(kernel=3, stride=1, dilation=1, groups=1),
     "winograd_f4": dict(kernel=3, stride=1, dilation=1, groups=1),
@@ -168,9 +221,11 @@ def conv_args(case):
                 groups=case["groups"])
 
 
-def conv_outputs(case, x, w, dy, algorithm, backend):
-    """Output, grad-input and grad-weight of one (algorithm, backend); None where the
-    algorithm does not register that op."""
+def conv_outputs(case, x, w, dy, algorithm, backend,
+                 ops=("conv2d", "conv2d_input", "conv2d_weight")):
+    """Output, grad-input and grad-weight (of ``ops``) of one (algorithm, backend); None
+    where the algorithm does not register that op. Each call is checked to have run a plan of
+    that op, algorithm and backend (``fastconv.trace_plans``)."""
     kw = conv_args(case)
     results = {}
     for op, call in [
@@ -178,8 +233,13 @@ def conv_outputs(case, x, w, dy, algorithm, backend):
         ("conv2d_input", lambda **a: fastconv.conv2d_input(x.shape, w, dy, **kw, **a)),
         ("conv2d_weight", lambda **a: fastconv.conv2d_weight(x, w.shape, dy, **kw, **a)),
     ]:
-        registered = (op, algorithm, backend) in _dispatch.REGISTRY
-        results[op] = call(algorithm=algorithm, backend=backend) if registered else None
+        if op not in ops:
+            continue
+        if (op, algorithm, backend) not in _dispatch.REGISTRY:
+            results[op] = None
+            continue
+        results[op], _ = ran_plan(lambda: call(algorithm=algorithm, backend=backend),
+                                  op=op, algorithm=algorithm, backend=backend)
     return results
 
 

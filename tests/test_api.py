@@ -1,6 +1,6 @@
 """Behaviour users rely on beyond the numbers: array layouts, unbatched input, threads,
-workspace tiling, the JIT cache directory, concurrent calls."""
-import json
+the JIT cache directory, concurrent calls (workspace tiling: test_im2col.py and
+test_winograd.py; autotuning: test_selection.py)."""
 import os
 import subprocess
 import sys
@@ -54,27 +54,6 @@ def test_arguments_as_lists_and_numpy_ints():
 
 def test_pool_stride_defaults_to_kernel_size():
     np.testing.assert_array_equal(fastconv.max_pool2d(x, 3), fastconv.max_pool2d(x, 3, 3))
-
-
-@pytest.mark.parametrize("limit", [1, 4096, 40_000, 10**6])
-def test_workspace_tiling_gives_the_same_answer(limit):
-    """Tiny bounds force row bands of one image; middle ones several images per tile."""
-    big_x, big_w = arrays(1, np.float64, (5, 3, 13, 12), (4, 3, 3, 2))
-    p_args = dict(stride=(2, 1), padding=1, dilation=(1, 2))
-    want = fastconv.conv2d(big_x, big_w, **p_args, algorithm="reference")
-    dy = np.ones_like(want)
-    dx_ref = fastconv.conv2d_input(big_x.shape, big_w, dy, **p_args, algorithm="reference")
-    dw_ref = fastconv.conv2d_weight(big_x, big_w.shape, dy, **p_args, algorithm="reference")
-    old = fastconv.get_workspace_limit()
-    try:
-        fastconv.set_workspace_limit(limit)
-        assert_close(fastconv.conv2d(big_x, big_w, **p_args, algorithm="im2col"), want, 1e-12, "fwd")
-        assert_close(fastconv.conv2d_input(big_x.shape, big_w, dy, **p_args, algorithm="im2col"),
-                     dx_ref, 1e-12, "grad-input")
-        assert_close(fastconv.conv2d_weight(big_x, big_w.shape, dy, **p_args, algorithm="im2col"),
-                     dw_ref, 1e-12, "grad-weight")
-    finally:
-        fastconv.set_workspace_limit(old)
 
 
 def _blas_threads():
@@ -150,38 +129,6 @@ def test_cache_dir_is_configurable(tmp_path):
                          timeout=300)
     with warnings.catch_warnings():
         assert run.stdout.strip() == str(tmp_path / "jit"), run.stderr
-
-
-def test_autotune_times_once_remembers_on_disk_and_auto_uses_it(tmp_path):
-    """In a fresh process with its own cache: tuning writes autotune.json, a second
-    process with tuning off reads the winner back and does not time again."""
-    env = dict(os.environ, FASTCONV_CACHE_DIR=str(tmp_path / "jit"))
-    code = r"""
-import json, numpy as np, fastconv
-from fastconv import _plan
-x = np.random.rand(2, 8, 12, 12).astype(np.float32); w = np.random.rand(8, 8, 3, 3).astype(np.float32)
-p = fastconv._geometry.conv_params("t", x.shape, w.shape, 1, 1)
-fastconv.autotune(%s)
-calls = []
-real = _plan.tune
-_plan.tune = lambda *a, **k: calls.append(1) or real(*a, **k)
-y1 = fastconv.conv2d(x, w, padding=1); y2 = fastconv.conv2d(x, w, padding=1)
-key = _plan._key("conv2d", p, np.float32)
-print(json.dumps(dict(calls=len(calls), winner=_plan._load_tuned().get(key),
-                      ok=bool(np.allclose(y1, fastconv.conv2d(x, w, padding=1, algorithm="reference"), rtol=1e-4, atol=1e-4)))))
-"""
-    first = subprocess.run([sys.executable, "-c", code % "True"], env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert first.returncode == 0, first.stderr
-    r1 = json.loads(first.stdout.strip().splitlines()[-1])
-    assert r1["calls"] == 1 and r1["ok"]
-    assert tuple(r1["winner"][:2]) in fastconv.algorithms("conv2d")  # [algorithm, backend, variant]
-    assert (tmp_path / "autotune.json").exists()
-    second = subprocess.run([sys.executable, "-c", code % "False"], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
-    r2 = json.loads(second.stdout.strip().splitlines()[-1])
-    assert r2["calls"] == 0 and r2["winner"] == r1["winner"] and r2["ok"]
 
 
 def test_blas_held_at_one_thread_inside_kernels_and_restored_after():

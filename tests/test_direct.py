@@ -1,34 +1,74 @@
 """Kernel-specific tests of the Numba direct convolution: the blocking edges (channel
 counts that are not multiples of 16, pixel blocks past the row end, odd sizes), groups
-and depthwise, strides with zero insertion, asymmetric padding, and the weight cache."""
+and depthwise, strides with zero insertion, asymmetric padding, and the weight cache.
+
+Each forward core (lanes, lanes_streamed, flat, row), the pointwise GEMM, the depthwise
+kernels, the input gradient's residue classes (phases) and the weight gradient's batch
+splits: a test that means one of them checks the plan that ran names it (or forces the
+core on the plan, as autotune does)."""
 import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _plan
+from fastconv._geometry import conv_params
+from fastconv.kernels import layouts
 from fastconv.kernels.numba import direct
 
-from conftest import assert_close, on_one_thread, tolerance
+from conftest import assert_close, on_one_thread, ran_plan, tolerance, tuned
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
 
-def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0):
+def _want(name, value):
+    """ran_plan's expectation for a variant (a 'blocked' weight gradient with an int:
+    its batch splits; a tuple for phases: their cores)."""
+    if isinstance(value, int):
+        return dict(variant="blocked", batch_splits=value)
+    if isinstance(value, tuple):
+        return dict(variant="phases", cores=value)
+    return {} if value is None else dict(variant=value)
+
+
+def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0,
+           fwd=None, inp=None, wgt=None):
+    """Forward, grad-input and grad-weight by direct against the reference; ``fwd``,
+    ``inp``, ``wgt``: the variant each must have run (see ``_want``), when given."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((K, C // groups, R, S)).astype(dtype)
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y = fastconv.conv2d(x, w, **args, algorithm="direct")
+    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, **args, algorithm="direct"),
+                    op="conv2d", algorithm="direct", **_want("conv2d", fwd))
     y_ref = fastconv.conv2d(x, w, **args, algorithm="reference")
     tol = tolerance(dtype, "direct")
     assert y.dtype == dtype
     assert_close(y, y_ref, tol, "conv2d")
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct")
+    dx, _ = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct"),
+                     op="conv2d_input", algorithm="direct", **_want("conv2d_input", inp))
     assert_close(dx, fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="reference"), tol,
                  "conv2d_input")
-    dw = fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct")
+    dw, _ = ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct"),
+                     op="conv2d_weight", algorithm="direct", **_want("conv2d_weight", wgt))
     assert_close(dw, fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="reference"), tol,
                  "conv2d_weight")
+
+
+def _forced(core, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0):
+    """The float32 forward by direct with its core forced to ``core`` (as autotune
+    forces it), against the reference."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // groups, R, S)).astype(np.float32)
+    p = conv_params("t", x.shape, w.shape, stride, padding, dilation, groups)
+    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct"), core)
+    assert plan is not None and plan.variant == core, f"{core} cannot be forced on {p}"
+    y = np.empty(p.output_shape, np.float32)
+    _plan.run(plan, x, w, p, y)
+    assert_close(y, fastconv.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,
+                                    groups=groups, algorithm="reference"),
+                 tolerance(np.float32, "direct"), f"{core} forced on {p}")
 
 
 # channel counts around the 16-blocks and the 4x4 weight-gradient tiles; first layers
@@ -36,64 +76,98 @@ def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1
                                  (70, 60)])
 def test_channel_blocking(C, K):
     _check(np.float32, 1, C, 7, 9, K, 3, 3, padding=1)
+    if C > 1:                                     # every forward core on the same edges
+        for core in ("flat", "row", "lanes"):
+            _forced(core, 1, C, 7, 9, K, 3, 3, padding=1)
 
 
 # row lengths around the 8/16-pixel blocks (overlapped last block, masked short rows)
 @pytest.mark.parametrize("H,W", [(1, 1), (5, 7), (9, 15), (11, 17), (4, 33)])
 def test_pixel_blocking(H, W):
     _check(np.float32, 2, 5, H, W, 18, 1, 3, padding=(0, 1))
+    for core in ("flat", "row") + (("lanes",) if layouts.lanes_block(H, W) else ()):
+        _forced(core, 2, 5, H, W, 18, 1, 3, padding=(0, 1))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_strides_dilation_asymmetric_padding(dtype):
-    _check(dtype, 2, 6, 13, 12, 20, 3, 2, stride=(2, 3), padding=(2, 0), dilation=(1, 2))
+    f32 = dtype == np.float32
+    _check(dtype, 2, 6, 13, 12, 20, 3, 2, stride=(2, 3), padding=(2, 0), dilation=(1, 2),
+           fwd="row", inp="flat" if f32 else "row")      # zeros inserted (dilated columns)
     _check(dtype, 1, 5, 10, 11, 7, 4, 4, padding="same")           # pad_bottom = pad_top + 1
-    _check(dtype, 1, 4, 9, 9, 19, 3, 3, stride=3, padding=4)        # padding > kernel
+    _check(dtype, 1, 4, 9, 9, 19, 3, 3, stride=3, padding=4,         # padding > kernel
+           inp=("flat",) * 9 if f32 else "row")                      # 3 x 3 residue classes
     _check(dtype, 2, 64, 8, 8, 64, 3, 3, padding=1)                # full blocks
-    _check(dtype, 2, 7, 15, 14, 9, 4, 3, stride=(2, 3), padding=(1, 2))   # input-grad phases
-    _check(dtype, 1, 3, 17, 17, 16, 7, 7, stride=2, padding=3)       # a conv1
+    _check(dtype, 2, 7, 15, 14, 9, 4, 3, stride=(2, 3), padding=(1, 2),  # input-grad phases
+           inp=("flat",) * 6 if f32 else "row")
+    _check(dtype, 1, 3, 17, 17, 16, 7, 7, stride=2, padding=3,       # a conv1
+           fwd="flat" if f32 else "row")
     # stride-2 conversion: rows of >= 16 column pairs, odd/even padding, cropped columns
     for pad in (0, 1, 2):
         _check(dtype, 1, 2, 9, 41, 17, 3, 4, stride=2, padding=pad)
-    _check(dtype, 1, 2, 9, 40, 17, 3, 1, stride=2, padding=0)        # last columns unread
+    _check(dtype, 1, 2, 9, 40, 17, 3, 1, stride=2, padding=0,        # last columns unread
+           inp=("flat", "", "flat", "") if f32 else "row")             # classes no tap reaches
 
 
 def test_flat_pitch():
     """The flat kernel's rows share one zero column as right and left padding (3x3 pad 1:
     Q + 1 columns), and keep both where a read past the row end would meet data (the
     stride-2 phase planes of res3 3x3/2) or there is no left padding to land in."""
-    assert direct._flat_pitch(28, 3, 1, 1, 1, 28) == 29
-    assert direct._flat_pitch(28, 3, 2, 1, 1, 56) == 29
-    assert direct._flat_pitch(28, 3, 1, 1, 0, 30) == 30
-    assert direct._flat_pitch(5, 3, 1, 2, -1, 9) == 9
-    _check(np.float32, 2, 5, 6, 28, 20, 3, 3, padding=1)
-    _check(np.float32, 1, 4, 9, 11, 20, 3, 5, padding=(1, 2), dilation=(1, 2))
+    assert layouts.flat_pitch(28, 3, 1, 1, 1, 28) == 29
+    assert layouts.flat_pitch(28, 3, 2, 1, 1, 56) == 29
+    assert layouts.flat_pitch(28, 3, 1, 1, 0, 30) == 30
+    assert layouts.flat_pitch(5, 3, 1, 2, -1, 9) == 9
+    _check(np.float32, 2, 5, 6, 28, 20, 3, 3, padding=1, fwd="lanes")   # rows of 14 or more
+    _forced("flat", 2, 5, 6, 28, 20, 3, 3, padding=1)
+    _check(np.float32, 1, 4, 9, 11, 20, 3, 5, padding=(1, 2), dilation=(1, 2), fwd="flat")
 
 
 def test_stride2_kernels():
-    """Stride 2 float32 runs the flat kernel on four phase planes when it wastes fewer
-    lanes than the row kernel (Q = 14: 14 of 16 lanes against 14 of 15), else the row
-    kernel (Q = 16 fills its lanes exactly)."""
-    assert direct._flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 14, 24, 1)
-    assert not direct._flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 16, 32, 1)
-    _check(np.float32, 3, 5, 28, 28, 24, 3, 3, stride=2, padding=1)
-    _check(np.float32, 2, 5, 31, 31, 24, 3, 3, stride=2, padding=2, dilation=2)
-    # rows of one column (Wq = 1): a tap past the last row of phase plane (0, 0) read
-    # the first column of plane (0, 1), input data, until the planes got a padding row
-    _check(np.float32, 1, 2, 1, 1, 1, 1, 2, stride=2, padding=(0, 1), dilation=(1, 2))
-    _check(np.float32, 2, 3, 5, 3, 20, 2, 2, stride=2, padding=(1, 1), dilation=(1, 2))
-    _check(np.float32, 1, 4, 32, 32, 32, 3, 3, stride=2, padding=1)  # Q = 16: row kernel
+    """Stride 2 float32 (where no lanes kernel fits) runs the flat kernel on four phase
+    planes when it wastes fewer lanes than the row kernel (Q = 14: 14 of 16 lanes
+    against 14 of 15), else the row kernel (Q = 16 fills its lanes exactly); each of
+    the three cores is also forced on each layer."""
+    assert _plan.flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 14, 24, 1)
+    assert not _plan.flat_wins(np.dtype(np.float32), 2, 2, 1, 1, 16, 32, 1)
+    assert not _plan.flat_wins(np.dtype(np.float32), 2, 2, 2, 2, 14, 24, 1)   # zeros inserted
+    assert not _plan.flat_wins(np.dtype(np.float64), 1, 1, 1, 1, 14, 24, 1)
+    layers = [dict(N=3, C=5, H=28, W=28, K=24, R=3, S=3, stride=2, padding=1),
+              dict(N=2, C=5, H=31, W=31, K=24, R=3, S=3, stride=2, padding=2, dilation=2),
+              # rows of one column (Wq = 1): a tap past the last row of phase plane
+              # (0, 0) read the first column of plane (0, 1), input data, until the
+              # planes got a padding row
+              dict(N=1, C=2, H=1, W=1, K=1, R=1, S=2, stride=2, padding=(0, 1),
+                   dilation=(1, 2)),
+              dict(N=2, C=3, H=5, W=3, K=20, R=2, S=2, stride=2, padding=(1, 1),
+                   dilation=(1, 2)),
+              dict(N=1, C=4, H=32, W=32, K=32, R=3, S=3, stride=2, padding=1)]   # Q = 16
+    wants = ["lanes", "lanes", "flat", "flat", "lanes"]
+    for layer, fwd in zip(layers, wants):
+        _check(np.float32, *(layer.pop(k) for k in "NCHWKRS"), fwd=fwd, **layer)
+    for core in ("flat", "row", "lanes"):
+        _forced(core, 3, 5, 28, 28, 24, 3, 3, stride=2, padding=1)             # Q = 14
+        _forced(core, 1, 4, 32, 32, 32, 3, 3, stride=2, padding=1)             # Q = 16
+        _forced(core, 2, 5, 31, 31, 24, 3, 3, stride=2, padding=2, dilation=2)
+    _forced("row", 2, 3, 5, 3, 20, 2, 2, stride=2, padding=(1, 1), dilation=(1, 2))
+    _forced("row", 1, 2, 1, 1, 1, 1, 2, stride=2, padding=(0, 1), dilation=(1, 2))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_groups_and_depthwise(dtype):
-    _check(dtype, 2, 12, 9, 8, 20, 3, 3, padding=1, groups=4)
-    _check(dtype, 2, 32, 9, 8, 32, 3, 3, padding=1, groups=32)       # depthwise
-    _check(dtype, 1, 8, 11, 10, 16, 5, 3, stride=2, padding=(2, 1), groups=8)  # multiplier 2
-    _check(dtype, 1, 6, 10, 9, 6, 2, 2, padding="same", dilation=2, groups=6)
+    """Groups through the blocked cores; depthwise layers (C/groups = 1) through the
+    depthwise kernels: the input gradient as a forward with the rotated weight when
+    K = C at stride 1, else scattered."""
+    dw = dict(fwd="depthwise", inp="depthwise", wgt="depthwise")
+    scatter = dict(dw, inp="depthwise_scatter")
+    _check(dtype, 2, 12, 9, 8, 20, 3, 3, padding=1, groups=4, wgt=2)
+    _check(dtype, 2, 32, 9, 8, 32, 3, 3, padding=1, groups=32, **dw)       # depthwise
+    _check(dtype, 1, 8, 11, 10, 16, 5, 3, stride=2, padding=(2, 1), groups=8,  # multiplier 2
+           **scatter)
+    _check(dtype, 1, 6, 10, 9, 6, 2, 2, padding="same", dilation=2, groups=6, **dw)
     # rows of >= 16 columns (vector copies in and out of the tile), P not a multiple of 4
-    _check(dtype, 2, 16, 29, 35, 16, 3, 3, padding=1, groups=16)
-    _check(dtype, 1, 4, 33, 40, 8, 3, 5, stride=(2, 3), padding=(1, 2), groups=4)
+    _check(dtype, 2, 16, 29, 35, 16, 3, 3, padding=1, groups=16, **dw)
+    _check(dtype, 1, 4, 33, 40, 8, 3, 5, stride=(2, 3), padding=(1, 2), groups=4, **scatter)
+    _check(dtype, 2, 8, 9, 9, 8, 3, 3, stride=2, padding=1, groups=8, **scatter)  # K = C
 
 
 def test_weight_cache_sees_in_place_changes():
@@ -128,35 +202,48 @@ def test_threads_agree():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_slices(monkeypatch, dtype):
-    """Forward batches converted and convolved a slice at a time (one image per slice);
-    weight gradients with batch splits of 1 and 2 images (1 work item: splits of the
-    5 images into 3 parts) and images added in turn into the blocked sums."""
-    monkeypatch.setattr(direct, "_L2_IMAGES", 1)
-    _check(dtype, 3, 5, 12, 13, 18, 3, 3, padding=1)
-    _check(dtype, 3, 4, 15, 29, 24, 3, 3, stride=2, padding=1)
-    _check(dtype, 5, 5, 12, 13, 16, 3, 3, padding=1)
+def test_batch_slices(dtype):
+    """Forward batches converted and convolved a slice at a time (slices of 1 byte: one
+    image per slice); weight gradients with the batch in 1, 3 and 5 splits (1 work
+    item: 5 images in 3 parts of 2, 2 and 1) and images added in turn into the blocked
+    sums."""
+    f32 = dtype == np.float32
+    with tuned(DIRECT_SLICE_BYTES=1):
+        _check(dtype, 3, 5, 12, 13, 18, 3, 3, padding=1, fwd="flat" if f32 else "row", wgt=3)
+        _check(dtype, 3, 4, 15, 29, 24, 3, 3, stride=2, padding=1, fwd="lanes" if f32 else "row",
+               wgt=3)
+        _check(dtype, 5, 5, 12, 13, 16, 3, 3, padding=1, wgt=5)
+        assert fastconv.plan("conv2d", (5, 5, 12, 13), (16, 5, 3, 3), padding=1, dtype=dtype,
+                             algorithm="direct")["slice_bytes"] == 1
+    for items, splits in ((3, 3), (1, 1)):
+        with tuned(DIRECT_WEIGHT_GRAD_ITEMS=items):
+            _check(dtype, 5, 5, 12, 13, 16, 3, 3, padding=1, wgt=splits)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weight_gradient_threads_agree(dtype):
     """The weight gradient adds the images and batch splits in a fixed order, whatever
     the thread count: the same bits on one thread as on all. Several work items
-    (channel tails: 3 x 3 input x output blocks, written straight into the gradient),
-    then one item and 5 images in 5 batch splits."""
+    (channel tails: 3 x 3 input x output blocks, float32; 5 x 3 float64) in 2 batch
+    splits, then one item and 5 images in 5 batch splits."""
     rng = np.random.default_rng(2)
 
-    def grads(N, C, H, K, **kw):
+    def grads(N, C, H, K, splits, **kw):
         x = rng.standard_normal((N, C, H, H)).astype(dtype)
         w = (K, C, 3, 3)
         dy = rng.standard_normal(fastconv.conv2d(x, np.zeros(w, dtype), **kw).shape)
         dy = dy.astype(dtype)
-        one = on_one_thread(lambda: fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct"))
-        every = fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct")
+
+        def grad():
+            return ran_plan(lambda: fastconv.conv2d_weight(x, w, dy, **kw, algorithm="direct"),
+                            variant="blocked", batch_splits=splits)[0]
+
+        one = on_one_thread(grad)
+        every = grad()
         np.testing.assert_array_equal(one, every)
 
-    grads(3, 40, 11, 40, stride=2, padding=1)
-    grads(5, 5, 12, 16, padding=1)
+    grads(3, 40, 11, 40, 2, stride=2, padding=1)
+    grads(5, 5, 12, 16, 5, padding=1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -207,9 +294,9 @@ def test_weight_gradient_layout_transposes(dtype):
     """Rows of at least one vector of columns and full 16-channel blocks take the block
     transposes in the weight gradient's conversions (the last block of a row
     overlapping the one before), with a channel tail, groups and stride 2 beside."""
-    _check(dtype, 2, 40, 5, 37, 40, 3, 3, padding=1)
-    _check(dtype, 1, 64, 6, 35, 64, 3, 3, padding=1, groups=2)
-    _check(dtype, 2, 32, 7, 40, 48, 3, 3, stride=2, padding=1)
+    _check(dtype, 2, 40, 5, 37, 40, 3, 3, padding=1, wgt=2)
+    _check(dtype, 1, 64, 6, 35, 64, 3, 3, padding=1, groups=2, wgt=1)
+    _check(dtype, 2, 32, 7, 40, 48, 3, 3, stride=2, padding=1, wgt=2)
 
 
 def test_lanes_kernel():
@@ -221,52 +308,68 @@ def test_lanes_kernel():
     groups, dilation, asymmetric padding, and conv1's shape (3 input channels, 7x7,
     stride 2)."""
     f32 = np.dtype(np.float32)
-    assert direct._lanes_wins(f32, 2, 2, 1, 1, 28, 28, 1152)       # res3 3x3/2
-    assert direct._lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)       # res4 3x3
-    assert direct._lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)         # res5 3x3
-    assert direct._lanes_wins(f32, 2, 2, 1, 1, 112, 112, 147)      # conv1
-    assert direct._lanes_block(7, 7) == (2, 7, 32)
-    assert direct._lanes_block(7, 14) == (1, 14, 32)
-    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 7, 147)      # 2 x 7, short reductions
-    assert not direct._lanes_wins(f32, 3, 3, 1, 1, 28, 28, 1152)   # stride 3
-    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 7, 6, 4608)     # rows under 7
-    assert not direct._lanes_wins(f32, 1, 1, 1, 1, 1, 9, 4608)     # a single row of 9
-    assert not direct._lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 28, 1152)
-    _check(np.float32, 2, 3, 40, 38, 40, 7, 7, stride=2, padding=3)       # Q = 19
-    _check(np.float32, 1, 3, 35, 35, 64, 7, 7, stride=2, padding=(3, 2))  # Q = 17
-    _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1)                 # Q = 16
-    _check(np.float32, 1, 16, 6, 14, 32, 3, 3, padding=1)                 # Q = 14
-    _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2)       # Q = 15, Cg = 32
-    _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1)       # Q = 15
-    _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2)
-    _check(np.float32, 1, 30, 6, 18, 32, 3, 3, padding=(0, 2))            # Q = 20
-    _check(np.float32, 2, 40, 7, 7, 40, 3, 3, padding=1)                  # 2 x 7: res5-like
-    _check(np.float32, 1, 64, 2, 11, 72, 3, 3, padding=1, groups=2)       # P = 2, Q = 11
-    _check(np.float32, 1, 30, 12, 19, 33, 3, 3, stride=2, padding=(1, 2))  # 6 x 10, stride 2
-    _check(np.float32, 1, 29, 9, 13, 36, 3, 3, padding=(0, 1), dilation=(1, 2))  # 7 x 9
+    assert _plan.lanes_wins(f32, 2, 2, 1, 1, 28, 28, 1152)       # res3 3x3/2
+    assert _plan.lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)       # res4 3x3
+    assert _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)         # res5 3x3
+    assert _plan.lanes_wins(f32, 2, 2, 1, 1, 112, 112, 147)      # conv1
+    assert layouts.lanes_block(7, 7) == (2, 7, 32)
+    assert layouts.lanes_block(7, 14) == (1, 14, 32)
+    assert layouts.lanes_block(1, 13) is None
+    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 7, 147)      # 2 x 7, short reductions
+    assert not _plan.lanes_wins(f32, 3, 3, 1, 1, 28, 28, 1152)   # stride 3
+    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 6, 4608)     # rows under 7
+    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 1, 9, 4608)     # a single row of 9
+    assert not _plan.lanes_wins(f32, 1, 1, 2, 2, 28, 28, 1152)   # zeros inserted
+    assert not _plan.lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 28, 1152)
+    with tuned(LANES_MIN_PATCH=10**6):                           # 2 x 7 needs long patches
+        assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)
+        assert _plan.lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)   # 1 x 14: any patch
+    lanes = dict(fwd="lanes")
+    _check(np.float32, 2, 3, 40, 38, 40, 7, 7, stride=2, padding=3, **lanes)       # Q = 19
+    _check(np.float32, 1, 3, 35, 35, 64, 7, 7, stride=2, padding=(3, 2), **lanes)  # Q = 17
+    _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1, **lanes, inp="lanes")    # Q = 16
+    _check(np.float32, 1, 16, 6, 14, 32, 3, 3, padding=1, **lanes, inp="lanes")    # Q = 14
+    _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2, **lanes)       # Cg = 32
+    _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1, **lanes)       # Q = 15
+    _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2, **lanes)
+    _check(np.float32, 1, 30, 6, 18, 32, 3, 3, padding=(0, 2), **lanes)            # Q = 20
+    _check(np.float32, 2, 40, 7, 7, 40, 3, 3, padding=1, **lanes, inp="lanes")     # 2 x 7: res5
+    _check(np.float32, 1, 64, 2, 11, 72, 3, 3, padding=1, groups=2, **lanes)       # P = 2, Q = 11
+    _check(np.float32, 1, 30, 12, 19, 33, 3, 3, stride=2, padding=(1, 2), **lanes)  # 6 x 10
+    _check(np.float32, 1, 29, 9, 13, 36, 3, 3, padding=(0, 1), dilation=(1, 2), **lanes)
+    _forced("lanes", 2, 5, 7, 9, 24, 3, 3, padding=1)            # 2 x 7 on a short patch
 
 
-def test_streamed_lanes_kernel(monkeypatch):
+def test_streamed_lanes_kernel():
     """The 2 x 7 lanes kernel that lays out the weight per work item (``_s``), forced on
     small weights: input channels in chunks (70 = 64 + 6), a channel tail (K = 40),
     several images per item, groups, stride 2, dilation, asymmetric padding, and the
     input gradient (rotated weight, stride-2 phases); a weight changed in place is
     seen at once (no layout is kept). At res5's size it is the one auto runs."""
-    assert direct._streams_weight(512 * 512 * 9 * 4)                # res5 3x3
-    assert not direct._streams_weight(256 * 256 * 9 * 4)
-    monkeypatch.setattr(direct, "STREAM_MIN_WEIGHT", 0)
-    _check(np.float32, 3, 70, 7, 7, 40, 3, 3, padding=1)                  # chunks, K tail
-    _check(np.float32, 1, 140, 9, 10, 72, 3, 3, padding=(0, 1), groups=2)  # Cg = 70
-    _check(np.float32, 2, 40, 15, 17, 33, 3, 3, stride=2, padding=1)      # 8 x 9, stride 2
-    _check(np.float32, 1, 36, 11, 13, 64, 3, 3, padding=(1, 2), dilation=2)
-    _check(np.float32, 1, 30, 8, 12, 32, 5, 5, padding=2)                 # 5 x 5, Q = 12
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 64, 7, 7)).astype(np.float32)
-    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
-    fastconv.conv2d(x, w, padding=1, algorithm="direct")
-    w *= -0.5
-    assert_close(fastconv.conv2d(x, w, padding=1, algorithm="direct"),
-                 fastconv.conv2d(x, w, padding=1, algorithm="reference"),
+    assert _plan.streams_weight(512 * 512 * 9 * 4)                # res5 3x3
+    assert not _plan.streams_weight(256 * 256 * 9 * 4)
+    assert fastconv.plan("conv2d", (1, 256, 7, 7), (256, 256, 3, 3), padding=1,
+                         algorithm="direct").variant == "lanes"
+    assert fastconv.plan("conv2d", (1, 512, 7, 7), (512, 512, 3, 3),
+                         padding=1).variant == "lanes_streamed"
+    streamed = dict(fwd="lanes_streamed", inp="lanes_streamed")
+    with tuned(LANES_STREAM_MIN_WEIGHT=0):
+        _check(np.float32, 3, 70, 7, 7, 40, 3, 3, padding=1, **streamed)      # chunks, K tail
+        _check(np.float32, 1, 140, 9, 10, 72, 3, 3, padding=(0, 1), groups=2,  # Cg = 70
+               **streamed)
+        _check(np.float32, 2, 40, 15, 17, 33, 3, 3, stride=2, padding=1,      # 8 x 9, stride 2
+               fwd="lanes_streamed", inp=("flat",) * 4)
+        _check(np.float32, 1, 36, 11, 13, 64, 3, 3, padding=(1, 2), dilation=2, **streamed)
+        _check(np.float32, 1, 30, 8, 12, 32, 5, 5, padding=2, **streamed)     # 5 x 5, Q = 12
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((1, 64, 7, 7)).astype(np.float32)
+        w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+        ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct"),
+                 variant="lanes_streamed")
+        w *= -0.5
+        got, _ = ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct"),
+                          variant="lanes_streamed")
+    assert_close(got, fastconv.conv2d(x, w, padding=1, algorithm="reference"),
                  tolerance(np.float32, "direct"), "after an in-place change")
 
 
@@ -305,7 +408,9 @@ def _pointwise(N, C, H, W, K, groups=1, seed=0):
     w = rng.standard_normal((K, C // groups, 1, 1)).astype(np.float32)
     p = fastconv._geometry.conv_params("t", x.shape, w.shape, groups=groups)
     assert p.pointwise
-    y = fastconv.conv2d(x, w, groups=groups, algorithm="direct")
+    # one input channel per group is a depthwise layer (its own kernel)
+    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, groups=groups, algorithm="direct"),
+                    variant="depthwise" if C == groups else "pointwise")
     want = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), groups=groups,
                            algorithm="reference")
     assert y.dtype == np.float32
@@ -330,6 +435,13 @@ def test_pointwise_pixels(N, H, W):
     _pointwise(N, 24, H, W, 80)
 
 
+def test_pointwise_is_float32_only():
+    """float64 1x1 layers run a blocked core (the pointwise GEMM is float32)."""
+    x, w = np.ones((2, 24, 5, 7)), np.ones((80, 24, 1, 1))
+    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, algorithm="direct"), variant="row")
+    np.testing.assert_array_equal(y, np.full((2, 80, 5, 7), 24.0))
+
+
 def test_pointwise_groups():
     _pointwise(2, 12, 5, 5, 9, groups=3)
     _pointwise(3, 128, 7, 5, 130, groups=2)                     # 65 outputs per group
@@ -343,7 +455,7 @@ def test_pointwise_weight_changed_in_place():
     x = rng.standard_normal((2, 70, 5, 7)).astype(np.float32)
     w = rng.standard_normal((90, 70, 1, 1)).astype(np.float32)
     for edit in (lambda: w.__imul__(-0.5), lambda: w.__setitem__((89, 69, 0, 0), 7.0)):
-        fastconv.conv2d(x, w, algorithm="direct")
+        ran_plan(lambda: fastconv.conv2d(x, w, algorithm="direct"), variant="pointwise")
         edit()
         assert_close(fastconv.conv2d(x, w, algorithm="direct"),
                      fastconv.conv2d(x, w, algorithm="reference"), 1e-5, "after an edit")

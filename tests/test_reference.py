@@ -1,10 +1,11 @@
-"""The reference checked by hand-computed cases and by central finite differences."""
+"""The reference's convolutions checked by hand-computed cases and by central finite
+differences (its pooling: test_pool.py)."""
 import numpy as np
 import pytest
 
 import fastconv
 from fastconv import reference
-from fastconv._geometry import conv_params, pool_params
+from fastconv._geometry import conv_params
 
 from conftest import arrays, numerical_grad
 
@@ -32,29 +33,6 @@ def test_sobel_with_padding_one():
     assert out.shape == (1, 1, 4, 4)
 
 
-def test_max_pool_2x2_by_hand():
-    x = np.array([[1, 3, 2, 0], [4, 2, 1, 5], [0, 1, 7, 6], [2, 9, 3, 3]], np.float64)
-    x = x.reshape(1, 1, 4, 4)
-    y, idx = fastconv.max_pool2d(x, 2, return_indices=True, algorithm="reference")
-    np.testing.assert_array_equal(y[0, 0], [[4, 5], [9, 7]])
-    np.testing.assert_array_equal(idx[0, 0], [[4, 7], [13, 10]])  # flat h*4 + w
-    dx = fastconv.max_pool2d_backward(np.ones_like(y), idx, x.shape, algorithm="reference")
-    want = np.zeros((4, 4))
-    want[1, 0] = want[1, 3] = want[3, 1] = want[2, 2] = 1
-    np.testing.assert_array_equal(dx[0, 0], want)
-
-
-def test_avg_pool_by_hand():
-    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
-    y = fastconv.avg_pool2d(x, 2, algorithm="reference")
-    np.testing.assert_array_equal(y[0, 0], [[2.5, 4.5], [10.5, 12.5]])
-    # padding 1, count_include_pad: corner window holds x[0,0]=0 and three pads
-    y = fastconv.avg_pool2d(x, 2, padding=1, algorithm="reference")
-    assert y[0, 0, 0, 0] == 0.0 and y[0, 0, 0, 1] == (1 + 2) / 4
-    y = fastconv.avg_pool2d(x, 2, padding=1, count_include_pad=False, algorithm="reference")
-    assert y[0, 0, 0, 1] == (1 + 2) / 2
-
-
 @pytest.mark.parametrize("geometry", [
     dict(stride=1, padding=0, dilation=1, groups=1),
     dict(stride=2, padding=1, dilation=1, groups=2),
@@ -79,35 +57,3 @@ def test_conv_gradients_by_finite_differences(geometry):
     np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
     # bias: d<dy, y + b>/db_k = sum of dy over n, p, q
     np.testing.assert_allclose(reference.conv2d_bias(dy), dy.sum(axis=(0, 2, 3)))
-
-
-@pytest.mark.parametrize("kind", ["max", "avg"])
-def test_pool_gradients_by_finite_differences(kind):
-    # distinct, well separated values: no ties and no max switch within eps
-    rng = np.random.default_rng(0)
-    x = rng.permutation(2 * 3 * 7 * 6).astype(np.float64).reshape(2, 3, 7, 6) / 10
-    p = pool_params("t", x.shape, (3, 2), (2, 1), (1, 1), 1, True)
-    (dy,) = arrays(5, np.float64, p.output_shape)
-    out, idx = np.empty(p.output_shape), np.empty(p.output_shape, np.int64)
-
-    def loss():
-        if kind == "max":
-            reference.max_pool2d(x, p, out, idx)
-        else:
-            reference.avg_pool2d(x, p, False, 0, out)
-        return float((out * dy).sum())
-
-    loss()
-    dx = np.empty(x.shape)
-    if kind == "max":
-        reference.max_pool2d_backward(dy, idx, p, dx)
-    else:
-        reference.avg_pool2d_backward(dy, p, False, 0, dx)
-    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
-
-
-def test_adaptive_avg_pool_windows_by_hand():
-    x = np.arange(5, dtype=np.float64).reshape(1, 1, 1, 5)
-    # 5 -> 3: windows [0,2), [1,4), [3,5)
-    y = fastconv.adaptive_avg_pool2d(x, (1, 3), algorithm="reference")
-    np.testing.assert_allclose(y[0, 0, 0], [0.5, 2.0, 3.5])

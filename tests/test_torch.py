@@ -1,15 +1,16 @@
-"""fastconv against PyTorch's CPU functions, for every registered algorithm, on 300
-random valid geometries per op in float32 and float64 (skipped without PyTorch)."""
+"""fastconv's convolutions against PyTorch's CPU functions, for every registered
+algorithm, on 300 random valid geometries per op in float32 and float64 (skipped
+without PyTorch). Pooling against PyTorch: test_pool.py."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _dispatch, _plan
+from fastconv import _plan
 
 from conftest import (DTYPES, LIMITS, TORCH_TOLERANCE, arrays, assert_close, conv_args, conv_cases,
-                      conv_outputs, pool_cases, torch_or_skip)
+                      conv_outputs, torch_or_skip)
 
 torch = torch_or_skip()
 F = torch.nn.functional
@@ -125,62 +126,6 @@ def test_conv_transpose2d_matches_torch(c):
                              f"conv_transpose2d {algorithm} {dtype.__name__} {c}")
 
 
-@EXAMPLES
-@given(case=pool_cases(max_pool=True))
-def test_max_pool2d_and_backward_match_torch(case):
-    args = {k: case[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
-    args["stride"] = args["stride"] or None
-    for dtype in DTYPES:
-        x, = arrays(case["H"] * 7 + case["W"], dtype, (case["N"], case["C"], case["H"], case["W"]))
-        tx = _t(x, True)
-        y_t, idx_t = F.max_pool2d(tx, **args, return_indices=True)
-        dy, = arrays(1, dtype, tuple(y_t.shape))
-        (dx_t,) = torch.autograd.grad(y_t, tx, _t(dy))
-        for algorithm, backend in fastconv.algorithms("max_pool2d"):
-            y, idx = fastconv.max_pool2d(x, **args, return_indices=True, algorithm=algorithm,
-                                         backend=backend)
-            np.testing.assert_array_equal(y, _np(y_t))
-            np.testing.assert_array_equal(idx, idx_t.numpy())
-        for algorithm, backend in fastconv.algorithms("max_pool2d_backward"):
-            dx = fastconv.max_pool2d_backward(dy, idx, x.shape, algorithm=algorithm, backend=backend)
-            assert_close(dx, _np(dx_t), TORCH_TOLERANCE[dtype], f"max_pool2d_backward {algorithm}")
-
-
-@EXAMPLES
-@given(case=pool_cases(max_pool=False), count_include_pad=st.booleans(),
-       divisor_override=st.sampled_from([None, 1, 2, 5]))
-def test_avg_pool2d_and_backward_match_torch(case, count_include_pad, divisor_override):
-    args = dict(kernel_size=case["kernel_size"], stride=case["stride"] or None,
-                padding=case["padding"], ceil_mode=case["ceil_mode"],
-                count_include_pad=count_include_pad, divisor_override=divisor_override)
-    for dtype in DTYPES:
-        x, = arrays(case["H"] + case["W"], dtype, (case["N"], case["C"], case["H"], case["W"]))
-        tx = _t(x, True)
-        y_t = F.avg_pool2d(tx, **args)
-        dy, = arrays(2, dtype, tuple(y_t.shape))
-        (dx_t,) = torch.autograd.grad(y_t, tx, _t(dy))
-        tol = TORCH_TOLERANCE[dtype]
-        for algorithm, backend in fastconv.algorithms("avg_pool2d"):
-            assert_close(fastconv.avg_pool2d(x, **args, algorithm=algorithm, backend=backend),
-                         _np(y_t), tol, f"avg_pool2d {algorithm}")
-        for algorithm, backend in fastconv.algorithms("avg_pool2d_backward"):
-            dx = fastconv.avg_pool2d_backward(dy, x.shape, **args, algorithm=algorithm,
-                                              backend=backend)
-            assert_close(dx, _np(dx_t), tol, f"avg_pool2d_backward {algorithm}")
-
-
-@EXAMPLES
-@given(H=st.integers(1, 24), W=st.integers(1, 24),
-       out=st.tuples(st.one_of(st.none(), st.integers(1, 12)), st.one_of(st.none(), st.integers(1, 12))))
-def test_adaptive_avg_pool2d_matches_torch(H, W, out):
-    for dtype in DTYPES:
-        x, = arrays(H * W, dtype, (2, 3, H, W))
-        want = _np(F.adaptive_avg_pool2d(_t(x), out))
-        for algorithm, backend in fastconv.algorithms("adaptive_avg_pool2d"):
-            assert_close(fastconv.adaptive_avg_pool2d(x, out, algorithm=algorithm, backend=backend),
-                         want, TORCH_TOLERANCE[dtype], f"adaptive_avg_pool2d {algorithm} {out}")
-
-
 def test_padding_same_with_even_kernel_matches_torch():
     """'same' with an even dilated kernel pads one more at the bottom/right."""
     x, w = arrays(0, np.float64, (2, 3, 7, 8), (4, 3, 4, 2))
@@ -207,39 +152,3 @@ def test_nan_and_inf_propagate_as_in_torch():
             continue
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
-    for algorithm, backend in fastconv.algorithms("max_pool2d"):
-        got, idx = fastconv.max_pool2d(x, 2, return_indices=True, algorithm=algorithm, backend=backend)
-        want_y, want_idx = F.max_pool2d(_t(x), 2, return_indices=True)
-        np.testing.assert_array_equal(got, _np(want_y))
-        np.testing.assert_array_equal(idx, want_idx.numpy())
-    for algorithm, backend in fastconv.algorithms("avg_pool2d"):
-        assert_close(fastconv.avg_pool2d(x, 3, 1, 1, algorithm=algorithm, backend=backend),
-                     _np(F.avg_pool2d(_t(x), 3, 1, 1)), 1e-6, "avg_pool2d with NaN and Inf")
-
-
-@pytest.mark.parametrize("H,kernel,stride,padding", [
-    (5, 2, 2, 1),   # ceil adds a window that would start in the right padding: dropped
-    (6, 3, 2, 1),   # ceil adds a window that starts inside the input: kept
-    (4, 3, 3, 0),   # the extra window holds one input column
-    (1, 2, 2, 1),   # one pixel, all but one tap padding
-    (7, 4, 3, 2),   # pad = kernel/2
-])
-def test_ceil_mode_edge_cases_match_torch(H, kernel, stride, padding):
-    x, = arrays(H, np.float64, (1, 2, H, H + 1))
-    tx = _t(x)
-    for ceil_mode in (False, True):
-        y_t, i_t = F.max_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
-        a_t = F.avg_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode)
-        a_t_nopad = F.avg_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode,
-                                 count_include_pad=False)
-        for algorithm, backend in fastconv.algorithms("max_pool2d"):
-            y, i = fastconv.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode,
-                                       return_indices=True, algorithm=algorithm, backend=backend)
-            np.testing.assert_array_equal(y, _np(y_t))
-            np.testing.assert_array_equal(i, i_t.numpy())
-        for algorithm, backend in fastconv.algorithms("avg_pool2d"):
-            for cip, want in ((True, a_t), (False, a_t_nopad)):
-                assert_close(fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode,
-                                                 count_include_pad=cip, algorithm=algorithm,
-                                                 backend=backend),
-                             _np(want), 1e-12, f"avg_pool2d ceil_mode {cip}")

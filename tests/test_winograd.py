@@ -1,18 +1,20 @@
-"""Winograd F(2x2,3x3) and F(4x4,3x3): edge tiles, asymmetric and large padding, the
-transform matrices, and the float32 accuracy on a large-C layer (Lavin & Gray 2016)."""
+"""Winograd F(2x2,3x3) and F(4x4,3x3): edge tiles, asymmetric and large padding on each
+of its paths (fused, split, unfused with its own GEMM or BLAS, the filter transformed
+on the fly; the weight gradient fused in fixed parts or unfused), each forced by
+thresholds and checked to be the plan that ran; the transform matrices, and the
+float32 accuracy on a large-C layer (Lavin & Gray 2016)."""
 import numpy as np
 import pytest
 
 import fastconv
-from fastconv import reference
+from fastconv import _plan
 from fastconv._geometry import ConvParams
 from fastconv.kernels.numba import winograd as wg
 
-from conftest import arrays, assert_close
+from conftest import arrays, assert_close, ran_plan, tuned
 
 ALGORITHMS = ("winograd_f2", "winograd_f4")
-KERNELS = {"winograd_f2": (wg.conv2d_f2, wg.conv2d_input_f2, wg.conv2d_weight_f2),
-           "winograd_f4": (wg.conv2d_f4, wg.conv2d_input_f4, wg.conv2d_weight_f4)}
+OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 # max |error| / max |reference|, on small C (float32 accuracy on large C: see below)
 EDGE_TOL = {np.float32: {"winograd_f2": 2e-6, "winograd_f4": 2e-5},
             np.float64: {"winograd_f2": 1e-14, "winograd_f4": 1e-13}}
@@ -53,68 +55,117 @@ def _edge_cases():
     return cases
 
 
-#: the three ways the forward passes run: fused per thread on tile batches, fused with
-#: the output channels shared out among threads, and unfused; the weight gradient runs
-#: fused on the first (in 1, 2 or 4 parts of a few blocks of 8 tiles), unfused on the
-#: others
+#: the ways the forward passes run: fused per thread on tile batches, fused with the
+#: output channels shared out among threads, and unfused (float32: fastconv's GEMM with
+#: K padded to its columns; BLAS: float64, or float32 when padding K costs too much);
+#: the weight gradient runs fused on the first (in 1, 2 or 4 parts of a few blocks of 8
+#: tiles), unfused on the others
 PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40,
                        WEIGHT_FUSED_MAX_FILTER_BYTES=2**40, WEIGHT_PART_MIN_TILES=2,
                        WEIGHT_FOUR_PARTS_TILES=12, WEIGHT_BLOCK_TILES=8),
          "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40,
                        WEIGHT_FUSED_MAX_FILTER_BYTES=0),
-         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,   # float32: own GEMM
-                         SPLIT_MAX_STREAM_BYTES=0, WEIGHT_FUSED_MAX_FILTER_BYTES=0)}
+         "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,
+                         SPLIT_MAX_STREAM_BYTES=0, WEIGHT_FUSED_MAX_FILTER_BYTES=0,
+                         GEMM_MAX_PADDING=2**40),
+         "unfused_blas": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,
+                              SPLIT_MAX_STREAM_BYTES=0, WEIGHT_FUSED_MAX_FILTER_BYTES=0,
+                              GEMM_MAX_PADDING=0)}
+#: (forward and grad-input variant, grad-weight variant) each path runs, by dtype
+VARIANTS = {("fused", np.float32): ("fused", "fused"), ("fused", np.float64): ("fused", "fused"),
+            ("split", np.float32): ("split", "unfused"),
+            ("split", np.float64): ("split", "unfused"),
+            ("unfused", np.float32): ("unfused", "unfused"),
+            ("unfused_blas", np.float32): ("unfused_blas", "unfused"),
+            ("unfused_blas", np.float64): ("unfused_blas", "unfused")}
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def _run(op, algorithm, p, dtype, x, w, dy):
+    """(result, plan) of ``op`` by ``algorithm`` on ``p``, through the public call and
+    traced (``ran_plan``)."""
+    pads = (p.pad_top, p.pad_bottom, p.pad_left, p.pad_right)
+    if pads[0] != pads[1] or pads[2] != pads[3]:
+        # asymmetric padding has no public spelling: the plan run on the kernel
+        plan = _plan.make(op, p, dtype, algorithm)
+        shape = {"conv2d": p.output_shape, "conv2d_input": p.input_shape,
+                 "conv2d_weight": p.weight_shape}[op]
+        out = np.empty(shape, dtype)
+        args = {"conv2d": (x, w), "conv2d_input": (dy, w), "conv2d_weight": (x, dy)}[op]
+        return ran_plan(lambda: _plan.run(plan, *args, p, out) or out, op=op,
+                        algorithm=algorithm)
+    kw = dict(padding=(pads[0], pads[2]), algorithm=algorithm, backend="numba")
+    call = {"conv2d": lambda: fastconv.conv2d(x, w, **kw),
+            "conv2d_input": lambda: fastconv.conv2d_input(x.shape, w, dy, **kw),
+            "conv2d_weight": lambda: fastconv.conv2d_weight(x, w.shape, dy, **kw)}[op]
+    return ran_plan(call, op=op, algorithm=algorithm)
+
+
+def _reference(op, p, x, w, dy):
+    out = np.empty({"conv2d": p.output_shape, "conv2d_input": p.input_shape,
+                    "conv2d_weight": p.weight_shape}[op])
+    args = {"conv2d": (x, w), "conv2d_input": (dy, w), "conv2d_weight": (x, dy)}[op]
+    _plan.run(_plan.make(op, p, np.float64, "reference"), *args, p, out)
+    return out
+
+
+@pytest.mark.parametrize("path,dtype", sorted(VARIANTS, key=lambda k: (k[0], k[1].__name__)),
+                         ids=lambda v: v if isinstance(v, str) else v.__name__)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_edge_tiles_and_padding(algorithm, dtype, path, monkeypatch):
+def test_edge_tiles_and_padding(algorithm, dtype, path):
     """H, W in 1..13 (partial tiles, images smaller than a tile), asymmetric padding up
     to 3, C and K in 1..40 and 60..70 (K not a multiple of the thread count), and a few
-    rows of 16-37 columns with 32-48 channels: forward,
-    grad-input and grad-weight against the reference, on each path."""
+    rows of 16-37 columns with 32-48 channels: forward, grad-input and grad-weight
+    against the reference, on each path (checked to be the one that ran)."""
     if path == "split" and fastconv.get_num_threads() < 2:
         pytest.skip("the output channels are shared out only among 2 or more threads")
-    for name, value in PATHS[path].items():
-        monkeypatch.setattr(wg, name, value)
-    forward, backward, weight = KERNELS[algorithm]
+    want = VARIANTS[(path, dtype)]
     tol = EDGE_TOL[dtype][algorithm]
-    for seed, case in enumerate(_edge_cases()):
-        p = _params(*case)
-        assert wg.supports(p)
-        x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
-        for kernel, ref, args, shape, what in [
-                (forward, reference.conv2d, (x, w), p.output_shape, "conv2d"),
-                (backward, reference.conv2d_input, (dy, w), p.input_shape, "conv2d_input"),
-                (weight, reference.conv2d_weight, (x, dy), p.weight_shape, "conv2d_weight")]:
-            got, want = np.empty(shape, dtype), np.empty(shape)
-            kernel(*args, p, got)
-            ref(*args, p, want)
-            assert_close(got, want, tol, f"{algorithm} {what} {np.dtype(dtype)} {case}")
+    parts = set()
+    with tuned(**PATHS[path]):
+        for seed, case in enumerate(_edge_cases()):
+            p = _params(*case)
+            assert _plan.supports(algorithm, p)
+            x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
+            for op in OPS:
+                got, plan = _run(op, algorithm, p, dtype, x, w, dy)
+                assert plan.variant == want[op == "conv2d_weight"], plan
+                if plan.variant == "fused" and op == "conv2d_weight":
+                    parts.add(plan["parts"])
+                if plan.variant == "split":
+                    assert plan["filter_slices"] == plan.threads
+                assert_close(got, _reference(op, p, x, w, dy), tol,
+                             f"{algorithm} {op} {np.dtype(dtype)} {case} {plan!r}")
+    if path == "fused":
+        # 1, 2 and 4 parts (3: four parts clamped to the three blocks of a small image)
+        assert {1, 2, 4} <= parts, f"weight gradient parts met: {parts}"
 
 
-def test_filter_transformed_on_the_fly(monkeypatch):
+def test_filter_transformed_on_the_fly():
     """F(4x4,3x3) float32 with the filter transformed per call in the work items
     (``_streamed_items``: 64 output channels, chunks of 64 input channels), forced on the
     edge cases (channel tails in both, partial tiles, padding) and on 64-130 channels
-    (several panels and chunks): forward and grad-input against the reference."""
-    monkeypatch.setattr(wg, "STREAM_MIN_FILTER_BYTES", 0)
-    monkeypatch.setattr(wg, "STREAM_MAX_TILES", 2**40)
-    assert wg._streams(4, np.float32, 0, 1) and not wg._streams(2, np.float32, 0, 1)
+    (several panels and chunks), on one thread for its transforms (few tiles) and on
+    all: forward and grad-input against the reference. F(2x2,3x3) and float64 never
+    stream."""
     tol = EDGE_TOL[np.float32]["winograd_f4"]
-    for seed, case in enumerate(_edge_cases() + [(2, 130, 9, 9, 70, 1, 1, 1, 1),
-                                                   (1, 64, 6, 11, 129, 0, 2, 1, 0)]):
-        p = _params(*case)
-        x, w, dy = arrays(seed, np.float32, p.input_shape, p.weight_shape, p.output_shape)
-        for kernel, ref, args, shape, what in [
-                (wg.conv2d_f4, reference.conv2d, (x, w), p.output_shape, "conv2d"),
-                (wg.conv2d_input_f4, reference.conv2d_input, (dy, w), p.input_shape,
-                 "conv2d_input")]:
-            got, want = np.empty(shape, np.float32), np.empty(shape)
-            kernel(*args, p, got)
-            ref(*args, p, want)
-            assert_close(got, want, tol, f"streamed {what} {case}")
+    streamed = dict(STREAM_MIN_FILTER_BYTES=0, STREAM_MAX_TILES=2**40)
+    with tuned(**streamed):
+        assert fastconv.plan("conv2d", (1, 8, 9, 9), (8, 8, 3, 3), padding=1,
+                             algorithm="winograd_f2").variant == "fused"
+        assert fastconv.plan("conv2d", (1, 8, 9, 9), (8, 8, 3, 3), padding=1,
+                             algorithm="winograd_f4", dtype=np.float64).variant == "fused"
+    for serial in (2**40, 0):
+        with tuned(**streamed, STREAM_SERIAL_TILES=serial):
+            for seed, case in enumerate(_edge_cases() + [(2, 130, 9, 9, 70, 1, 1, 1, 1),
+                                                           (1, 64, 6, 11, 129, 0, 2, 1, 0)]):
+                p = _params(*case)
+                x, w, dy = arrays(seed, np.float32, p.input_shape, p.weight_shape,
+                                  p.output_shape)
+                for op in ("conv2d", "conv2d_input"):
+                    got, plan = _run(op, "winograd_f4", p, np.float32, x, w, dy)
+                    assert plan.variant == "streamed" and plan["serial"] == bool(serial), plan
+                    assert_close(got, _reference(op, p, x, w, dy), tol,
+                                 f"streamed {op} {case}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -165,50 +216,71 @@ def test_float32_accuracy_large_channels(algorithm, bound):
         assert err <= bound, f"{algorithm} {op}: relative error {err:.3g} > {bound:.0e}"
 
 
+@pytest.fixture
+def one_byte_workspace():
+    old = fastconv.get_workspace_limit()
+    fastconv.set_workspace_limit(1)
+    yield
+    fastconv.set_workspace_limit(old)
+
+
 @pytest.mark.parametrize("path", ["fused", "unfused"])
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
-def test_workspace_tiling(path, dtype, tol, monkeypatch):
-    """A workspace limit of one tile's worth gives the same result, tile by tile (and
-    grad-weight sums its tile batches)."""
+def test_workspace_tiling(path, dtype, tol, one_byte_workspace):
+    """A workspace limit of one tile's worth gives the same result, tile by tile (one
+    image, one GEMM block of tiles at a time), and grad-weight sums its tile batches
+    (one tile each)."""
     x, w = arrays(3, dtype, (2, 3, 10, 9), (60, 3, 3, 3))   # 60 channels: the own GEMM, padded
     want = fastconv.conv2d(x, w, padding=1, algorithm="reference")
-    for name, value in PATHS[path].items():
-        monkeypatch.setattr(wg, name, value)
-    monkeypatch.setattr(wg, "get_workspace_limit", lambda: 1)
     dy = np.ones_like(want)
     want_dw = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm="reference")
-    for algorithm in ALGORITHMS:
-        got = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="numba")
-        assert_close(got, want, tol, algorithm)
-        got = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm=algorithm,
-                                     backend="numba")
-        assert_close(got, want_dw, tol, f"{algorithm} conv2d_weight")
+    unfused = path == "unfused"
+    forward = "unfused" if unfused and dtype == np.float32 else \
+        "unfused_blas" if unfused else "fused"
+    with tuned(**PATHS[path]):
+        for algorithm in ALGORITHMS:
+            got, plan = ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm=algorithm,
+                                                         backend="numba"), variant=forward)
+            if unfused:
+                assert plan["images"] == 1 and plan["tile_batch"] == plan["gemm_block"][0]
+            assert_close(got, want, tol, algorithm)
+            got, plan = ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, padding=1,
+                                                                algorithm=algorithm,
+                                                                backend="numba"),
+                                 variant="unfused" if unfused else "fused")
+            if unfused:
+                assert plan["images"] == 1 and plan["tile_batch"] == 1
+            assert_close(got, want_dw, tol, f"{algorithm} conv2d_weight")
 
 
 @pytest.mark.parametrize("parts", [2, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_weight_gradient_independent_of_threads(algorithm, dtype, parts, monkeypatch):
+def test_weight_gradient_independent_of_threads(algorithm, dtype, parts):
     """The fused weight gradient sums fixed runs of tiles into a fixed number of parts
     and adds those in order: bit-identical on 1 and 2 threads (and close to the
-    reference), with 2 parts (the defaults) and 4."""
+    reference), with 2 parts (the defaults) and 4; the plans differ only in the threads
+    they use."""
     if fastconv.get_num_threads() < 2:
         pytest.skip("needs 2 threads")
-    if parts == 4:
-        monkeypatch.setattr(wg, "WEIGHT_FOUR_PARTS_TILES", 128)
     x, w = arrays(5, dtype, (3, 6, 30, 29), (7, 6, 3, 3))
     (dy,) = arrays(6, dtype, (3, 7, 30, 29))
     m = int(algorithm[-1])
-    assert wg._weight_parts(3 * -(-30 // m) * -(-29 // m)) == parts
     threads = fastconv.get_num_threads()
-    got = {}
-    try:
-        for n in (1, 2):
-            fastconv.set_num_threads(n)
-            got[n] = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm=algorithm,
-                                            backend="numba")
-    finally:
-        fastconv.set_num_threads(threads)
+    got, plans = {}, {}
+    with tuned(**({"WEIGHT_FOUR_PARTS_TILES": 128} if parts == 4 else {})):
+        assert _plan.weight_parts(3 * -(-30 // m) * -(-29 // m)) == parts
+        try:
+            for n in (1, 2):
+                fastconv.set_num_threads(n)
+                got[n], plans[n] = ran_plan(
+                    lambda: fastconv.conv2d_weight(x, w.shape, dy, padding=1,
+                                                   algorithm=algorithm, backend="numba"),
+                    variant="fused", parts=parts)
+        finally:
+            fastconv.set_num_threads(threads)
+    assert plans[1]["threads_used"] == 1 and plans[2]["threads_used"] == 2
+    assert plans[1]["block_rows"] == plans[2]["block_rows"]
     assert np.array_equal(got[1], got[2])
     want = fastconv.conv2d_weight(x, w.shape, dy, padding=1, algorithm="reference")
     assert_close(got[2], want, EDGE_TOL[dtype][algorithm], algorithm)
@@ -217,10 +289,12 @@ def test_weight_gradient_independent_of_threads(algorithm, dtype, parts, monkeyp
 def test_supports():
     """3x3, stride 1, dilation 1, groups 1 only; the docstring names the limits."""
     ok = _params(1, 4, 8, 8, 4, 1, 1, 1, 1)
-    assert wg.supports(ok)
-    for change in [dict(R=5, S=5), dict(stride_h=2), dict(dil_w=2), dict(groups=2)]:
-        assert not wg.supports(ConvParams(**{**ok.__dict__, **change}))
-    assert "3x3" in wg.supports.__doc__
+    for algorithm in ALGORITHMS:
+        assert _plan.supports(algorithm, ok)
+        assert _plan.SUPPORTS[algorithm] is _plan.winograd_supports
+        for change in [dict(R=5, S=5), dict(stride_h=2), dict(dil_w=2), dict(groups=2)]:
+            assert not _plan.supports(algorithm, ConvParams(**{**ok.__dict__, **change}))
+    assert "3x3" in _plan.winograd_supports.__doc__
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -1,0 +1,636 @@
+"""Selection: the plans ``fastconv.plan`` returns and the calls run.
+
+The rules (``fastconv._plan``) as a table of layers and the (algorithm, variant) they
+get; ``auto`` over many drawn geometries (a registered kernel that handles the
+geometry, the plan shown is the plan run, the result right); the thresholds
+(``fastconv._tuning``); the ``Plan`` object; planning errors; and autotuning (its
+candidate plans, a remembered winner with its variant, winners on disk).
+"""
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _config, _dispatch, _plan, _tuning
+from fastconv._geometry import conv_params
+
+from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases, kernel_pairs,
+                      ran_plan, tolerance, tuned)
+
+CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
+SOURCE = Path(fastconv.__file__).resolve().parent
+
+
+def _row(op, shape, K, R, want, **kw):
+    return pytest.param(op, shape, K, R, kw, want,
+                        id=f"{op}-{'x'.join(map(str, shape))}-K{K}-R{R}"
+                           + "".join(f"-{k}{v if not isinstance(v, type) else v.__name__}"
+                                     for k, v in kw.items()))
+
+
+f64 = np.float64
+#: (op, input shape, K, R (= S), expected (algorithm, variant), other arguments): what the
+#: rules pick, float32 unless said, with what the benchmarks measured fastest (the rules'
+#: docstring); ``threads``: the variant depends on the thread count
+TABLE = [
+    # ResNet-50 1x1: im2col's GEMMs, one per image or one over the batch (planes < 100
+    # pixels); direct's pointwise GEMM for res5's C >> K float32 forward
+    _row("conv2d", (1, 64, 56, 56), 256, 1, ("im2col", "image_gemm")),
+    _row("conv2d", (8, 64, 56, 56), 256, 1, ("im2col", "image_gemm")),
+    _row("conv2d", (8, 2048, 7, 7), 512, 1, ("direct", "pointwise")),
+    _row("conv2d", (4, 1024, 3, 3), 256, 1, ("direct", "pointwise")),
+    _row("conv2d", (2, 2048, 7, 7), 512, 1, ("im2col", "batch_gemm")),       # too few images
+    _row("conv2d", (8, 512, 7, 7), 2048, 1, ("im2col", "batch_gemm")),       # C < 4K
+    _row("conv2d", (8, 1024, 14, 14), 256, 1, ("im2col", "image_gemm")),     # 196 pixels
+    _row("conv2d", (8, 128, 7, 7), 32, 1, ("im2col", "batch_gemm")),         # K < 64
+    _row("conv2d", (8, 2048, 7, 7), 512, 1, ("im2col", "batch_gemm"), dtype=f64),
+    _row("conv2d_input", (8, 2048, 7, 7), 512, 1, ("im2col", "batch_gemm")),
+    _row("conv2d_weight", (1, 64, 56, 56), 64, 1, ("im2col", "image_gemm")),
+    _row("conv2d_weight", (8, 512, 7, 7), 2048, 1, ("im2col", "batch_gemm")),
+    _row("conv2d", (8, 256, 56, 56), 512, 1, ("im2col", "tiled"), stride=2),  # downsample
+    # ResNet 3x3: Winograd F(4x4) from 20x20 outputs per image, F(2x2) for the weight
+    # gradient below; fused filters up to 1 MiB, split on 2+ threads, else unfused
+    _row("conv2d", (1, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1),
+    _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1),
+    _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1,
+         dtype=f64),
+    _row("conv2d_weight", (1, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "split"), padding=1, threads=2),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1, threads=1),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused_blas"), padding=1,
+         dtype=f64),
+    _row("conv2d_input", (8, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1),
+    _row("conv2d_weight", (8, 512, 14, 14), 512, 3, ("winograd_f2", "unfused"), padding=1),
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1, threads=2),
+    _row("conv2d_input", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1,
+         threads=2),
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1, threads=1),
+    _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "fused"), padding=1),
+    _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1,
+         dtype=f64),
+    # big filters on few tiles: F(4x4) transforms the filter on the fly
+    _row("conv2d", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d_input", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "unfused_blas"), padding=1,
+         dtype=f64),
+    # res5 3x3 at N=1 (49 outputs): direct's 2 x 7 lanes kernel, weight taken as it is
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "lanes_streamed"), padding=1),
+    _row("conv2d_input", (1, 512, 7, 7), 512, 3, ("direct", "lanes_streamed"), padding=1),
+    _row("conv2d_weight", (1, 512, 7, 7), 512, 3, ("direct", "blocked"), padding=1),
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "row"), padding=1, dtype=f64),
+    _row("conv2d", (1, 64, 6, 6), 64, 3, ("im2col", "tiled"), padding=1),     # rows under 7
+    # stems and stride 2: direct (lanes kernel) forwards, blocked weight gradients
+    _row("conv2d", (1, 3, 224, 224), 64, 7, ("direct", "lanes"), stride=2, padding=3),
+    _row("conv2d", (1, 3, 224, 224), 64, 7, ("direct", "row"), stride=2, padding=3, dtype=f64),
+    _row("conv2d_weight", (8, 3, 224, 224), 64, 7, ("im2col", "patch_gemm"), stride=2,
+         padding=3),
+    _row("conv2d", (8, 128, 56, 56), 128, 3, ("direct", "lanes"), stride=2, padding=1),
+    _row("conv2d_weight", (8, 128, 56, 56), 128, 3, ("direct", "blocked"), stride=2,
+         padding=1),
+    _row("conv2d_weight", (1, 128, 56, 56), 128, 3, ("direct", "blocked"), stride=2,
+         padding=1),
+    _row("conv2d_weight", (1, 256, 28, 28), 256, 3, ("direct", "blocked"), stride=2,
+         padding=1),
+    _row("conv2d_weight", (8, 512, 14, 14), 512, 3, ("direct", "blocked"), stride=2,
+         padding=1),
+    _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1),
+    # the input gradient of a stride-2 layer by direct: one forward per residue class
+    # (float32), or the forward on dy with zeros inserted (float64)
+    _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
+         algorithm="direct"),
+    _row("conv2d_input", (1, 3, 224, 224), 64, 7, ("direct", "phases"), stride=2, padding=3,
+         algorithm="direct"),
+    _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "row"), stride=2, padding=1,
+         algorithm="direct", dtype=f64),
+    _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
+    # VGG-16
+    _row("conv2d", (1, 3, 224, 224), 64, 3, ("direct", "lanes"), padding=1),     # conv1_1
+    _row("conv2d", (1, 64, 224, 224), 64, 3, ("winograd_f4", "fused"), padding=1),
+    _row("conv2d", (1, 256, 56, 56), 256, 3, ("winograd_f4", "unfused"), padding=1),
+    _row("conv2d_input", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    # MobileNet: depthwise 3x3 (stride 1 and 2), pointwise 1x1, the stride-2 stem
+    _row("conv2d", (8, 32, 112, 112), 32, 3, ("direct", "depthwise"), padding=1, groups=32),
+    _row("conv2d_input", (8, 32, 112, 112), 32, 3, ("direct", "depthwise"), padding=1,
+         groups=32),
+    _row("conv2d_weight", (8, 256, 28, 28), 256, 3, ("direct", "depthwise"), padding=1,
+         groups=256),
+    _row("conv2d", (8, 64, 112, 112), 64, 3, ("direct", "depthwise"), stride=2, padding=1,
+         groups=64),
+    _row("conv2d_input", (8, 64, 112, 112), 64, 3, ("direct", "depthwise_scatter"), stride=2,
+         padding=1, groups=64),
+    _row("conv2d", (8, 32, 112, 112), 32, 3, ("direct", "depthwise"), padding=1, groups=32,
+         dtype=f64),
+    _row("conv2d", (8, 32, 112, 112), 64, 1, ("im2col", "image_gemm")),
+    _row("conv2d", (8, 3, 224, 224), 32, 3, ("direct", "lanes"), stride=2, padding=1),
+    # explicit algorithms get their own variants
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("im2col", "tiled"), padding=1, algorithm="im2col"),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("direct", "lanes"), padding=1, algorithm="direct"),
+    _row("conv2d", (1, 64, 56, 56), 64, 3, ("winograd_f2", "fused"), padding=1,
+         algorithm="winograd_f2"),
+    _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f2", "fused"), padding=1,
+         algorithm="winograd_f2"),
+    _row("conv2d", (1, 64, 56, 56), 256, 1, ("reference", ""), algorithm="reference"),
+]
+
+
+@pytest.mark.parametrize("op,shape,K,R,kw,want", TABLE)
+def test_plan_table(op, shape, K, R, kw, want):
+    kw = dict(kw)
+    threads = kw.pop("threads", None)
+    if threads is not None:
+        if threads > _config.MAX_THREADS:
+            pytest.skip(f"needs {threads} threads")
+        fastconv.set_num_threads(threads)
+    groups = kw.get("groups", 1)
+    plan = fastconv.plan(op, shape, (K, shape[1] // groups, R, R), **kw)
+    assert (plan.algorithm, plan.variant) == want, plan
+    assert plan.backend == ("numpy" if want[0] == "reference" else "numba")
+    assert plan.op == op and plan.dtype == np.dtype(kw.get("dtype", np.float32)).name
+    assert plan.threads == fastconv.get_num_threads()
+    if kw.get("algorithm", "auto") == "auto":
+        assert _plan._algorithm(op, plan.geometry, np.dtype(plan.dtype)) == want[0]
+
+
+def test_plan_blocking_of_table_layers():
+    """Blocking values the kernels read, for a few layers of the table."""
+    res3 = fastconv.plan("conv2d_input", (8, 128, 56, 56), (128, 128, 3, 3), stride=2,
+                         padding=1, algorithm="direct")
+    assert res3["cores"] == ("flat",) * 4                 # 2 x 2 residue classes, 28 x 28
+    assert [r[3] for r in res3["rows"]] == [28, 28]
+    stem = fastconv.plan("conv2d_input", (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3,
+                         algorithm="direct")
+    assert len(stem["cores"]) == 4 and all(stem["cores"])
+    assert fastconv.plan("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), padding=1)["block"] == \
+        (2, 7, 32)
+    assert fastconv.plan("conv2d", (1, 3, 224, 224), (64, 3, 7, 7), stride=2,
+                         padding=3)["block"] == (1, 14, 32)
+    wf = fastconv.plan("conv2d_weight", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert wf["tiles"] == (14, 14) and wf["parts"] == 2                # 1568 tiles
+    assert fastconv.plan("conv2d", (1, 512, 14, 14), (512, 512, 3, 3),
+                         padding=1)["serial"] is True                  # 16 tiles
+    assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3),
+                         padding=1)["serial"] is False                 # 32 tiles
+    assert fastconv.plan("conv2d", (1, 64, 6, 6), (64, 64, 3, 3), padding=1)["tile"] == (1, 6)
+
+
+def test_pointwise_selection_is_float32_only():
+    """direct's pointwise forward is float32; float64 keeps im2col. fastconv.plan's dtype
+    defaults to float32."""
+    args = ("conv2d", (8, 2048, 7, 7), (512, 2048, 1, 1))
+    assert fastconv.plan(*args).variant == "pointwise"
+    assert fastconv.plan(*args, dtype=np.float32).algorithm == "direct"
+    assert fastconv.plan(*args, dtype=np.float64).algorithm == "im2col"
+    p = conv_params("t", (8, 2048, 7, 7), (512, 2048, 1, 1))
+    assert _plan._algorithm("conv2d", p, np.dtype(np.float64)) == "im2col"
+
+
+def test_pool_plans():
+    for op in ("max_pool2d", "avg_pool2d"):
+        plan = fastconv.plan(op, (2, 3, 8, 8), kernel_size=2)
+        assert (plan.op, plan.algorithm, plan.backend, plan.variant) == (op, "direct", "numba", "")
+        assert fastconv.plan(op, (2, 3, 8, 8), kernel_size=2,
+                             algorithm="reference").backend == "numpy"
+    x = arrays(0, np.float32, (2, 3, 8, 8))[0]
+    _, plan = ran_plan(lambda: fastconv.max_pool2d(x, 2), op="max_pool2d", algorithm="direct")
+    assert plan == fastconv.plan("max_pool2d", x.shape, kernel_size=2)
+
+
+# -- auto over drawn geometries -------------------------------------------------------------
+
+#: thresholds under which auto picks other algorithms and variants on small layers
+TUNINGS = {
+    "defaults": {},
+    "winograd": dict(WINOGRAD_MIN_CHANNELS=1, F2_MIN_OUTPUTS=1),
+    "winograd unfused": dict(WINOGRAD_MIN_CHANNELS=1, F4_MIN_IMAGE=1, FUSED_MAX_FILTER_BYTES=0,
+                             SPLIT_MAX_SLICE_BYTES=0, SPLIT_MAX_STREAM_BYTES=0,
+                             WEIGHT_FUSED_MAX_FILTER_BYTES=0),
+    "winograd streamed": dict(WINOGRAD_MIN_CHANNELS=1, F2_MIN_OUTPUTS=1, F4_MIN_IMAGE=1,
+                              STREAM_MIN_FILTER_BYTES=0, STREAM_MAX_TILES=10**6),
+    "pointwise": dict(POINTWISE_MIN_IMAGES=1, POINTWISE_MAX_IMAGE=10**9, POINTWISE_MIN_OUTPUTS=1,
+                      POINTWISE_MIN_REDUCTION=0),
+    "direct": dict(DIRECT_MAX_PATCH=10**9, DIRECT_MIN_OUTPUTS=1, WINOGRAD_MIN_CHANNELS=10**9,
+                   LANES_MIN_PATCH=0, LANES_STREAM_MIN_WEIGHT=0, DIRECT_SLICE_BYTES=1),
+    "im2col": dict(DIRECT_MIN_OUTPUTS=10**9, WINOGRAD_MIN_CHANNELS=10**9,
+                   WEIGHT_FUSED_MIN_RATIO=0, WEIGHT_FUSED_MIN_CHANNELS=0,
+                   POINTWISE_ONE_GEMM_BELOW=10**9),
+}
+
+
+@st.composite
+def layers(draw):
+    """A geometry: any valid one (``conv_cases``), or a layer of a kind the rules treat
+    apart, with channels around auto's thresholds (16 and up): 3x3 stride 1, 1x1,
+    depthwise, 3x3 stride 2."""
+    kind = draw(st.sampled_from(["any", "3x3", "1x1", "depthwise", "stride2"]))
+    if kind == "any":
+        return draw(conv_cases(max_channels=draw(st.sampled_from([20, 40]))))
+    N, H, W = draw(st.integers(1, 4)), draw(st.integers(3, 20)), draw(st.integers(3, 20))
+    C, K = draw(st.sampled_from([16, 17, 24, 40, 64])), draw(st.sampled_from([8, 16, 33, 64]))
+    R, stride, padding, groups = 3, 1, draw(st.integers(0, 1)), 1
+    if kind == "1x1":
+        R, padding, groups = 1, 0, draw(st.sampled_from([1, 1, 2]))
+        C, K = C * groups, K * groups
+    elif kind == "depthwise":
+        groups, K, stride = C, C * draw(st.sampled_from([1, 2])), draw(st.integers(1, 2))
+    elif kind == "stride2":
+        stride = 2
+    case = dict(N=N, C=C, H=H, W=W, K=K, R=R, S=R, stride=(stride, stride),
+                padding=(padding, padding), dilation=(1, 1), groups=groups)
+    case["params"] = conv_params("t", (N, C, H, W), (K, C // groups, R, R), stride, padding,
+                                 1, groups)
+    return case
+
+
+def _call(op, case, x, w, dy, **kw):
+    args = conv_args(case)
+    if op == "conv2d":
+        return fastconv.conv2d(x, w, **args, **kw)
+    if op == "conv2d_input":
+        return fastconv.conv2d_input(x.shape, w, dy, **args, **kw)
+    return fastconv.conv2d_weight(x, w.shape, dy, **args, **kw)
+
+
+@settings(max_examples=150)
+@given(case=layers(), dtype=st.sampled_from(DTYPES), tuning=st.sampled_from(sorted(TUNINGS)))
+def test_auto_runs_the_plan_it_shows(case, dtype, tuning):
+    """On drawn geometries, under the default and lowered thresholds: ``auto``'s plan
+    names a registered (algorithm, backend) that handles the geometry (the rules'
+    algorithm), ``fastconv.plan`` is exactly the plan the call runs, and the result
+    matches the reference."""
+    p = case["params"]
+    x, w, dy = arrays(p.N + p.C, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    with tuned(**TUNINGS[tuning]):
+        for op in CONV_OPS:
+            shown = fastconv.plan(op, p.input_shape, p.weight_shape, **conv_args(case),
+                                  dtype=dtype)
+            assert (shown.algorithm, shown.backend) in kernel_pairs(op), shown
+            assert _plan.supports(shown.algorithm, p), shown
+            assert shown.algorithm == _plan._algorithm(op, p, np.dtype(dtype))
+            with fastconv.trace_plans() as ran:
+                got = _call(op, case, x, w, dy)
+            assert ran == [shown], f"{op}: showed {shown!r}, ran {ran!r}"
+            want = _call(op, case, x, w, dy, algorithm="reference")
+            assert_close(got, want, tolerance(dtype, shown.algorithm), f"{op} {shown!r} {p}")
+
+
+# -- The thresholds --------------------------------------------------------------------------
+
+
+def test_set_get_reset():
+    default = _tuning.DEFAULTS["F4_MIN_IMAGE"][0]
+    assert _tuning.get("F4_MIN_IMAGE") == default
+    generation = _tuning.generation
+    _tuning.set("F4_MIN_IMAGE", 7)
+    assert _tuning.get("F4_MIN_IMAGE") == 7 == _tuning.F4_MIN_IMAGE
+    assert _tuning.generation > generation
+    _tuning.reset()
+    assert all(_tuning.get(n) == d[0] for n, d in _tuning.DEFAULTS.items())
+
+
+def test_an_unknown_threshold_is_refused():
+    for call in (lambda: _tuning.set("F5_MIN_IMAGE", 1), lambda: _tuning.get("F5_MIN_IMAGE")):
+        with pytest.raises(ValueError, match="F5_MIN_IMAGE"):
+            call()
+    with pytest.raises(ValueError, match="F4_MIN_IMAGE"):          # names the known ones
+        _tuning.set("F5_MIN_IMAGE", 1)
+
+
+def test_tuned_puts_every_threshold_back_after_an_error():
+    with pytest.raises(RuntimeError):
+        with tuned(F4_MIN_IMAGE=1, WEIGHT_SLICES=3):
+            assert _tuning.F4_MIN_IMAGE == 1 and _tuning.WEIGHT_SLICES == 3
+            with tuned(F4_MIN_IMAGE=2):
+                assert _tuning.F4_MIN_IMAGE == 2
+            assert _tuning.F4_MIN_IMAGE == 1              # the outer block's value
+            raise RuntimeError
+    assert _tuning.F4_MIN_IMAGE == _tuning.DEFAULTS["F4_MIN_IMAGE"][0]
+    assert _tuning.WEIGHT_SLICES == _tuning.DEFAULTS["WEIGHT_SLICES"][0]
+    with pytest.raises(ValueError):
+        with tuned(F4_MIN_IMAGE=5, NOT_A_THRESHOLD=1):
+            pass
+    assert _tuning.F4_MIN_IMAGE == _tuning.DEFAULTS["F4_MIN_IMAGE"][0]
+
+
+def test_a_changed_threshold_changes_the_plan_at_once():
+    """Plans are memoised per tuning generation: a threshold set takes effect on the
+    next plan and call, and reset puts the old plan back."""
+    args = ("conv2d_weight", (2, 16, 28, 28), (16, 16, 3, 3))
+    assert fastconv.plan(*args, padding=1).algorithm == "winograd_f4"      # 784 >= 400
+    x, w = arrays(0, np.float32, args[1], args[2])
+    dy = arrays(1, np.float32, args[1][:1] + (16, 28, 28))[0]
+    with tuned(F4_MIN_IMAGE=10**6):
+        assert fastconv.plan(*args, padding=1).algorithm == "winograd_f2"
+        ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, padding=1),
+                 algorithm="winograd_f2")
+    assert fastconv.plan(*args, padding=1).algorithm == "winograd_f4"
+    ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, padding=1), algorithm="winograd_f4")
+    # blocking thresholds reach the plan's blocking
+    im2col = ("conv2d_weight", (2, 3, 64, 64), (64, 3, 3, 3))
+    assert fastconv.plan(*im2col, algorithm="im2col")["slices"] == 16
+    with tuned(WEIGHT_SLICES=5, WEIGHT_BAND_COLUMNS=64):
+        plan = fastconv.plan(*im2col, algorithm="im2col")
+        assert plan["slices"] == 5 and plan["band_rows"] == 1
+    with tuned(DIRECT_SLICE_BYTES=123):
+        assert fastconv.plan("conv2d", (1, 8, 9, 9), (16, 8, 3, 3),
+                             algorithm="direct")["slice_bytes"] == 123
+
+
+def test_every_threshold_is_documented():
+    assert _tuning.DEFAULTS
+    for name, entry in _tuning.DEFAULTS.items():
+        assert name.isupper(), name
+        assert isinstance(entry, tuple) and len(entry) == 3, name
+        value, unit, why = entry
+        assert isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, name
+        assert isinstance(unit, str) and unit.strip(), f"{name}: no unit"
+        assert isinstance(why, str) and len(why.strip()) > 10, f"{name}: no reason"
+    lines = _tuning.describe().splitlines()
+    assert [line.split(" = ")[0] for line in lines] == list(_tuning.DEFAULTS)
+
+
+def test_every_threshold_is_read_somewhere():
+    """Each name in DEFAULTS is read (``_tuning.NAME``, ``t.NAME``) by the selector or a
+    kernel: a threshold nothing reads would be tuned in vain."""
+    source = "\n".join(path.read_text() for path in SOURCE.rglob("*.py")
+                       if path.name != "_tuning.py")
+    unread = [n for n in _tuning.DEFAULTS if not re.search(rf"\.{n}\b", source)]
+    assert not unread, f"thresholds nothing reads: {unread}"
+
+
+# -- The Plan object ------------------------------------------------------------------------
+
+
+def test_plan_is_frozen_hashable_and_readable():
+    plan = fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert (plan.algorithm, plan.variant) == ("winograd_f4", "fused")
+    for name in ("variant", "algorithm", "blocking"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(plan, name, "other")
+    text = repr(plan)
+    for part in ("conv2d", "winograd_f4", "numba", "'fused'", "tiles=(14, 14)", "float32"):
+        assert part in text, f"{part!r} not in {text}"
+    assert "\n" not in text
+    assert plan == fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert hash(plan) == hash(fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3),
+                                            padding=1))
+    assert plan != fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1,
+                                 dtype=np.float64)
+
+
+def test_plan_blocking_lookup():
+    plan = fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert plan["tiles"] == (14, 14)
+    assert plan.get("tiles") == (14, 14) and plan.get("missing", 5) == 5
+    with pytest.raises(KeyError) as info:
+        plan["missing"]
+    message = str(info.value)
+    assert "'missing'" in message
+    for name, _ in plan.blocking:
+        assert name in message, f"{name} not named in {message}"
+    pool = fastconv.plan("max_pool2d", (1, 2, 8, 8), kernel_size=2)
+    with pytest.raises(KeyError, match="none"):
+        pool["tiles"]
+    assert "variant" not in repr(pool) and "max_pool2d" in repr(pool)
+
+
+# -- Planning errors --------------------------------------------------------------------------
+
+
+def test_an_unavailable_backend_is_named_with_those_available():
+    shapes = ((1, 4, 8, 8), (4, 4, 3, 3))
+    with pytest.raises(ValueError) as info:
+        fastconv.plan("conv2d", *shapes, backend="cython")
+    message = str(info.value)
+    assert "'cython'" in message
+    for backend in _dispatch.available_backends():
+        assert backend in message, f"{backend} not in {message}"
+    x, w = arrays(0, np.float32, *shapes)
+    with pytest.raises(ValueError, match="cython"):
+        fastconv.conv2d(x, w, backend="cython")
+
+
+def test_an_unknown_algorithm_is_named_with_those_registered():
+    with pytest.raises(ValueError) as info:
+        fastconv.plan("conv2d", (1, 4, 8, 8), (4, 4, 3, 3), algorithm="fft")
+    message = str(info.value)
+    assert "'fft'" in message
+    for algorithm, backend in fastconv.algorithms("conv2d"):
+        assert f"algorithm={algorithm!r}, backend={backend!r}" in message
+
+
+@pytest.mark.parametrize("algorithm", sorted(_plan.SUPPORTS))
+def test_a_limited_algorithm_refuses_a_geometry_it_cannot_run(algorithm):
+    for op in CONV_OPS:
+        with pytest.raises(ValueError, match=algorithm) as info:
+            fastconv.plan(op, (1, 4, 9, 9), (4, 4, 5, 5), algorithm=algorithm)
+        assert "3x3" in str(info.value)
+    assert fastconv.plan("conv2d", (1, 4, 9, 9), (4, 4, 3, 3), algorithm=algorithm)
+
+
+def test_plan_argument_errors():
+    with pytest.raises(ValueError, match="weight_shape"):
+        fastconv.plan("conv2d", (1, 4, 8, 8))
+    with pytest.raises(ValueError, match="kernel_size"):
+        fastconv.plan("max_pool2d", (1, 4, 8, 8))
+    with pytest.raises(ValueError, match="conv3d"):
+        fastconv.plan("conv3d", (1, 4, 8, 8), (4, 4, 3, 3))
+    with pytest.raises(TypeError, match="int32"):
+        fastconv.plan("conv2d", (1, 4, 8, 8), (4, 4, 3, 3), dtype=np.int32)
+
+
+# -- Autotuning ------------------------------------------------------------------------------
+
+SMALL = conv_params("t", (2, 16, 9, 9), (16, 16, 3, 3), 1, 1)     # auto: winograd_f4
+ONE = conv_params("t", (1, 16, 9, 9), (16, 16, 3, 3), 1, 1)       # auto: direct (flat)
+
+
+def _operands(op, p, dtype):
+    x, w, dy = arrays(3, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    return {"conv2d": (x, w, p.output_shape), "conv2d_input": (dy, w, p.input_shape),
+            "conv2d_weight": (x, dy, p.weight_shape)}[op]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_autotune_candidates_each_run_correctly(op, dtype):
+    """Every plan autotune may pick: a registered pair that handles the geometry, the
+    rules' plan of each pair among them, no two alike, and each one run gives the
+    reference's result (direct's forced cores and Winograd's forced variants too)."""
+    cands = _plan.candidates(op, SMALL, dtype)
+    assert len(set(cands)) == len(cands)
+    pairs = [(a, b) for a, b in kernel_pairs(op) if _plan.supports(a, SMALL)]
+    assert {(c.algorithm, c.backend) for c in cands} == set(pairs)
+    for a, b in pairs:
+        assert _plan.make(op, SMALL, dtype, a, b) in cands
+    variants = {(c.algorithm, c.variant) for c in cands}
+    if dtype == np.float32 and op == "conv2d":
+        assert {("direct", v) for v in ("lanes", "flat", "row")} <= variants
+    if op != "conv2d_weight" and fastconv.get_num_threads() > 1:
+        assert ("winograd_f4", "split") in variants
+    a, b, shape = _operands(op, SMALL, dtype)
+    want = np.empty(shape, dtype)
+    _plan.run(_plan.make(op, SMALL, dtype, "reference"), a, b, SMALL, want)
+    for plan in cands:
+        got = np.empty(shape, dtype)
+        _plan.run(plan, a, b, SMALL, got)
+        assert_close(got, want, tolerance(dtype, plan.algorithm), repr(plan))
+
+
+@pytest.mark.parametrize("winner,want", [
+    (["direct", "numba", "row"], ("direct", "row")),             # a forced core
+    (["direct", "numba", "flat"], ("direct", "flat")),
+    (["winograd_f2", "numba", "unfused_blas"], ("winograd_f2", "unfused_blas")),
+    (["im2col", "numba", "tiled"], ("im2col", "tiled")),
+    (["im2col", "numba"], ("im2col", "tiled")),                  # no variant: the rules'
+    # winners that no longer apply give the rules' plan
+    (["fft", "numba", ""], ("direct", "flat")),
+    (["winograd_f4", "numba", "streamed"], ("direct", "flat")),  # not forcible
+    (["direct", "cython", "row"], ("direct", "flat")),
+])
+def test_a_remembered_winner_is_what_runs(monkeypatch, winner, want):
+    """A remembered [algorithm, backend, variant] is the plan ``auto`` shows and runs
+    (explicit algorithms ignore it); one that no longer applies falls back to the
+    rules."""
+    x, w = arrays(4, np.float32, ONE.input_shape, ONE.weight_shape)
+    rules = fastconv.plan("conv2d", x.shape, w.shape, padding=1)
+    assert (rules.algorithm, rules.variant) == ("direct", "flat")      # 81 outputs < 100
+    monkeypatch.setattr(_plan, "_tuned", {_plan._key("conv2d", ONE, np.float32): winner})
+    shown = fastconv.plan("conv2d", x.shape, w.shape, padding=1)
+    assert (shown.algorithm, shown.variant) == want
+    y, ran = ran_plan(lambda: fastconv.conv2d(x, w, padding=1))
+    assert ran == shown
+    assert_close(y, fastconv.conv2d(x, w, padding=1, algorithm="reference"), 1e-4, repr(ran))
+    assert fastconv.plan("conv2d", x.shape, w.shape, padding=1, algorithm="im2col").variant \
+        == "tiled"
+
+
+def test_autotune_in_process_times_the_candidates_and_remembers(monkeypatch, tmp_path):
+    """autotune(True): the first auto call of a geometry times the candidates (once),
+    remembers [algorithm, backend, variant], and runs that plan; later calls run it
+    without timing; autotune(False) still uses it."""
+    monkeypatch.setattr(_plan, "_tune_file", lambda: str(tmp_path / "autotune.json"))
+    timed = []
+    real = _plan.tune
+    monkeypatch.setattr(_plan, "tune", lambda *a, **k: timed.append(a[0]) or real(*a, **k))
+    x, w = arrays(5, np.float32, SMALL.input_shape, SMALL.weight_shape)
+    want = fastconv.conv2d(x, w, padding=1, algorithm="reference")
+    try:
+        fastconv.autotune(True)
+        y1, first = ran_plan(lambda: fastconv.conv2d(x, w, padding=1))
+        y2, second = ran_plan(lambda: fastconv.conv2d(x, w, padding=1))
+    finally:
+        fastconv.autotune(False)
+    assert timed == ["conv2d"]
+    winner = _plan._tuned[_plan._key("conv2d", SMALL, np.float32)]
+    assert isinstance(winner, list) and len(winner) == 3
+    assert [first.algorithm, first.backend, first.variant] == winner
+    assert first == second
+    assert first in _plan.candidates("conv2d", SMALL, np.float32)
+    assert json.loads((tmp_path / "autotune.json").read_text()) == _plan._tuned
+    assert_close(y1, want, tolerance(np.float32, first.algorithm), repr(first))
+    np.testing.assert_array_equal(y1, y2)
+    _, third = ran_plan(lambda: fastconv.conv2d(x, w, padding=1))
+    assert third == first and timed == ["conv2d"]
+
+
+def test_autotune_times_once_remembers_on_disk_and_auto_uses_it(tmp_path):
+    """In a fresh process: tuning writes the autotune file with the winner [algorithm,
+    backend, variant]; a second process with tuning off reads it back, does not time
+    again, and runs that plan (variant included). The processes share this one's JIT
+    cache (a cache of their own would compile every candidate again, minutes) and use
+    their own autotune file (where it sits by default: the next test)."""
+    env = dict(os.environ, FASTCONV_CACHE_DIR=_config.CACHE_DIR,
+               TUNE_FILE=str(tmp_path / "autotune.json"))
+    code = r"""
+import json, os, numpy as np, fastconv
+from fastconv import _plan
+_plan._tune_file = lambda: os.environ["TUNE_FILE"]
+x = np.random.rand(2, 8, 12, 12).astype(np.float32); w = np.random.rand(8, 8, 3, 3).astype(np.float32)
+p = fastconv._geometry.conv_params("t", x.shape, w.shape, 1, 1)
+fastconv.autotune(%s)
+calls = []
+real = _plan.tune
+_plan.tune = lambda *a, **k: calls.append(1) or real(*a, **k)
+with fastconv.trace_plans() as ran1:         # the first call also times the candidates
+    y1 = fastconv.conv2d(x, w, padding=1)
+with fastconv.trace_plans() as ran2:
+    y2 = fastconv.conv2d(x, w, padding=1)
+ran = ran1[-1:] + ran2
+key = _plan._key("conv2d", p, np.float32)
+print(json.dumps(dict(calls=len(calls), winner=_plan._load_tuned().get(key),
+                      ran=[[r.algorithm, r.backend, r.variant] for r in ran],
+                      candidates=[[c.algorithm, c.backend, c.variant]
+                                  for c in _plan.candidates("conv2d", p, np.float32)],
+                      ok=bool(np.allclose(y1, fastconv.conv2d(x, w, padding=1, algorithm="reference"), rtol=1e-4, atol=1e-4)))))
+"""
+    first = subprocess.run([sys.executable, "-c", code % "True"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    r1 = json.loads(first.stdout.strip().splitlines()[-1])
+    assert r1["calls"] == 1 and r1["ok"]
+    winner = r1["winner"]
+    assert isinstance(winner, list) and len(winner) == 3       # [algorithm, backend, variant]
+    assert tuple(winner[:2]) in fastconv.algorithms("conv2d")
+    assert winner in r1["candidates"]
+    assert r1["ran"] == [winner, winner]
+    saved = json.loads((tmp_path / "autotune.json").read_text())
+    assert list(saved.values()) == [winner]
+    second = subprocess.run([sys.executable, "-c", code % "False"], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    r2 = json.loads(second.stdout.strip().splitlines()[-1])
+    assert r2["calls"] == 0 and r2["winner"] == winner and r2["ok"]
+    assert r2["ran"] == [winner, winner]
+
+
+def test_trace_sees_only_the_calling_thread():
+    """trace_plans collects the calling thread's plans: another thread's calls meanwhile
+    are not in it, and nested blocks each see their own."""
+    import threading
+    x, w = arrays(6, np.float32, (1, 4, 8, 8), (4, 4, 3, 3))
+    with fastconv.trace_plans() as outer:
+        worker = threading.Thread(target=lambda: [fastconv.conv2d(x, w, algorithm="im2col")
+                                                  for _ in range(3)])
+        worker.start()
+        worker.join()
+        fastconv.conv2d(x, w, algorithm="direct")
+        with fastconv.trace_plans() as inner:
+            fastconv.max_pool2d(x, 2)
+        fastconv.conv2d(x, w, algorithm="reference")
+    assert [pl.algorithm for pl in outer] == ["direct", "reference"]
+    assert [pl.op for pl in inner] == ["max_pool2d"]
+
+
+def test_autotune_file_sits_beside_the_jit_cache(tmp_path):
+    """Winners are saved in autotune.json beside the JIT cache directory and read back
+    by the next process (no kernel needed: nothing is compiled)."""
+    env = dict(os.environ, FASTCONV_CACHE_DIR=str(tmp_path / "jit"))
+    save = ("import fastconv, sys\n"
+            "from fastconv import _plan\n"
+            "_plan._load_tuned()['k'] = ['im2col', 'numba', 'tiled']\n"
+            "_plan._save_tuned()\n"
+            "assert 'numba' not in sys.modules\n")
+    load = "from fastconv import _plan; import json; print(json.dumps(_plan._load_tuned()))"
+    for code in (save, load):
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "autotune.json").read_text()) == \
+        {"k": ["im2col", "numba", "tiled"]}
+    assert json.loads(run.stdout) == {"k": ["im2col", "numba", "tiled"]}
+
+
+def test_autotune_refuses_pooling_ops():
+    with pytest.raises(ValueError, match="conv2d"):
+        _plan.tune("max_pool2d", None, np.float32)
