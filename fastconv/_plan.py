@@ -254,7 +254,8 @@ def _direct(op, p, dtype, threads):
                                           Kg, Cg, p.C * Kg * Rr * Ss * itemsize,
                                           lanes_ok=False))
         return "phases", (("rows", rows), ("cols", cols), ("cores", tuple(phases)),
-                          ("slice_bytes", _tuning.DIRECT_SLICE_BYTES))
+                          ("slice_bytes", _tuning.DIRECT_SLICE_BYTES),
+                          ("pad_serial_rows", _tuning.PAD_SERIAL_ROWS))
     # the forward on dy (zeros inserted between its pixels for stride > 1), the weight
     # rotated, C and K swapped
     pl2 = p.dil_w * (p.S - 1) - p.pad_left
@@ -270,7 +271,8 @@ def _core_blocking(core, P, Q, dtype):
              "lanes_streamed": lambda: layouts.lanes_block(P, Q),
              "flat": lambda: (1,) + layouts.FLAT_BLOCKS[0],
              "row": lambda: (1, layouts.FWD_BLOCKS[dtype == np.float32], 16)}[core]()
-    return (("block", block), ("slice_bytes", _tuning.DIRECT_SLICE_BYTES))
+    return (("block", block), ("slice_bytes", _tuning.DIRECT_SLICE_BYTES),
+            ("pad_serial_rows", _tuning.PAD_SERIAL_ROWS))
 
 
 # -- Winograd: which path, with what tiles -------------------------------------------------
@@ -309,12 +311,15 @@ def _winograd(op, m, p, dtype, threads):
             R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
             parts = min(parts, N * -(-th // R))
             return "fused", (("tiles", (th, tw)), ("block_rows", R), ("parts", parts),
-                             ("threads_used", min(threads, parts)))
+                             ("threads_used", min(threads, parts)),
+                             ("serial_filter", parts * filter_bytes
+                              <= t.SERIAL_FILTER_T_MAX_BYTES))
         group = max(1, min(N, _config.get_workspace_limit()
                            // ((Hp * Wp * C + (Hp - 2) * (Wp - 2) * K) * itemsize)))
         tb = max(1, min(group * th * tw,
                         _config.get_workspace_limit() // (alpha2 * (C + K) * itemsize)))
-        return "unfused", (("tiles", (th, tw)), ("images", group), ("tile_batch", tb))
+        return "unfused", (("tiles", (th, tw)), ("images", group), ("tile_batch", tb),
+                           ("serial_filter", filter_bytes <= t.SERIAL_FILTER_T_MAX_BYTES))
     if (m == 4 and dtype == np.float32 and filter_bytes >= t.STREAM_MIN_FILTER_BYTES
             and tiles <= t.STREAM_MAX_TILES):
         return "streamed", (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
@@ -334,7 +339,8 @@ def _winograd(op, m, p, dtype, threads):
     group = max(1, min(N, _config.get_workspace_limit() // (Hp * Wp * C * itemsize)))
     tb = max(TB, _config.get_workspace_limit() // (alpha2 * (C + K) * itemsize) // TB * TB)
     return ("unfused" if own else "unfused_blas"), (
-        ("tiles", (th, tw)), ("images", group), ("tile_batch", tb), ("gemm_block", (TB, J)))
+        ("tiles", (th, tw)), ("images", group), ("tile_batch", tb), ("gemm_block", (TB, J)),
+        ("gemm_rows_bytes", t.GEMM_ROWS_BYTES))
 
 
 # -- im2col ---------------------------------------------------------------------------------
@@ -352,7 +358,8 @@ def _im2col(op, p, dtype, threads):
         J, TB = layouts.patch_gemm_block(dtype)
         return "patch_gemm", (("block", (TB, J)),
                               ("band_rows", max(1, min(p.P, t.WEIGHT_BAND_COLUMNS // p.Q))),
-                              ("slices", t.WEIGHT_SLICES))
+                              ("slices", t.WEIGHT_SLICES),
+                              ("pad_serial_rows", t.PAD_SERIAL_ROWS))
     per_column = (p.C * p.R * p.S + p.K) * dtype.itemsize
     budget = _config.get_workspace_limit()
     per_image = per_column * p.P * p.Q
@@ -646,7 +653,7 @@ def _forced(plan, variant):
         group = max(1, min(p.N, limit // (Hp * Wp * C * itemsize)))
         tb = max(TB, limit // ((m + 2) ** 2 * (C + K) * itemsize) // TB * TB)
         blocking = (("tiles", (th, tw)), ("images", group), ("tile_batch", tb),
-                    ("gemm_block", (TB, J)))
+                    ("gemm_block", (TB, J)), ("gemm_rows_bytes", _tuning.GEMM_ROWS_BYTES))
     return Plan(plan.op, plan.algorithm, plan.backend, variant, blocking, plan.threads,
                 plan.dtype, p)
 

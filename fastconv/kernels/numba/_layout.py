@@ -4,18 +4,17 @@ image (direct's weight-gradient input) and blocked weights (output channels last
 direct's forward kernels, Winograd's filter transformed on the fly)."""
 from numba import prange
 
-from ... import _tuning
 from ._jit import jit, one_thread
 from ._transpose import transpose_block, transpose_rows
 
 
-def to_padded(src, dst, Hp, Wq, pt, pl):
+def to_padded(src, dst, Hp, Wq, pt, pl, serial_rows):
     """dst[n, c, hp, wq] = src[n, c, hp - pt, wq - pl] inside src, else 0 (``dst`` flat,
     Hp x Wq planes; negative offsets crop src): a plane per work item, row copies as
     slices (faster than a row per work item, as direct's ``_to_phase`` does, or a
-    single-threaded NumPy copy), on one thread below ``fastconv._tuning.PAD_SERIAL_ROWS``
+    single-threaded NumPy copy), on one thread below ``serial_rows`` (the plan's ``pad_serial_rows``)
     rows."""
-    with one_thread(src.shape[0] * src.shape[1] * Hp < _tuning.PAD_SERIAL_ROWS):
+    with one_thread(src.shape[0] * src.shape[1] * Hp < serial_rows):
         _padded(src, dst, Hp, Wq, pt, pl)
 
 

@@ -235,9 +235,9 @@ _weights = WeightCache()
 # -- Forward core (used by conv2d and conv2d_input) ----------------------------------------
 
 
-def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt, pl, dh, dw,
-                     P, Q, ish=1, isw=1, flip=False, wkey=None, kind=(), orow=(0, 1),
-                     ocol=(0, 1)):
+def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G, sh, sw,
+                     pt, pl, dh, dw, P, Q, ish=1, isw=1, flip=False, wkey=None, kind=(),
+                     orow=(0, 1), ocol=(0, 1)):
     """out (N, K, P, Q) = direct convolution of x (N, C, H', W') by w, where the virtual
     input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl, by
     the plan's ``core`` (``fastconv._plan.DIRECT_CORES``), converting and convolving
@@ -258,7 +258,7 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
         Kb = -(-Kg // KB)
 
         def convert(xs, xb):
-            to_padded(xs, xb, Hp, Wq, pt, pl)
+            to_padded(xs, xb, Hp, Wq, pt, pl, serial_rows)
 
         if core == "lanes_streamed":
             # each work item lays out its block of the weight itself: no cached layout
@@ -301,7 +301,7 @@ def _forward_blocked(core, slice_bytes, x, w, out, N, C, K, R, S, G, sh, sw, pt,
         def convert(xs, xb):
             if sh == 1:
                 if ish == isw == 1:
-                    to_padded(xs, xb, Hq, Wq, pt, pl)
+                    to_padded(xs, xb, Hq, Wq, pt, pl, serial_rows)
                 else:
                     _to_phase(xs, xb, Hq, Wq, 1, pt, pl, ish, isw)
             else:
@@ -454,9 +454,9 @@ def conv2d(plan, x, w, p, out):
     elif plan.variant == "pointwise":
         _pointwise(plan, x, w, out, p.groups)
     else:
-        _forward_blocked(plan.variant, plan["slice_bytes"], x, w, out, p.N, p.C, p.K, p.R,
-                         p.S, p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
-                         p.dil_h, p.dil_w, p.P, p.Q)
+        _forward_blocked(plan.variant, plan["slice_bytes"], plan["pad_serial_rows"], x, w, out,
+                         p.N, p.C, p.K, p.R, p.S, p.groups, p.stride_h, p.stride_w,
+                         p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q)
 
 
 def _input_grad_phases(plan, dy, w, p, out):
@@ -473,9 +473,9 @@ def _input_grad_phases(plan, dy, w, p, out):
                 continue
             wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
                                           slice(*tc) if tc else slice(None)])
-            _forward_blocked(core, plan["slice_bytes"], dy, wsub, out, p.N, p.K, p.C,
-                             wsub.shape[2], wsub.shape[3], p.groups, 1, 1, ptr, plc, dh, dw,
-                             Hi, Wi, flip=True, wkey=w,
+            _forward_blocked(core, plan["slice_bytes"], plan["pad_serial_rows"], dy, wsub, out,
+                             p.N, p.K, p.C, wsub.shape[2], wsub.shape[3], p.groups, 1, 1,
+                             ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,
                              kind=("phase", a, b, p.stride_h, p.stride_w),
                              orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
 
@@ -498,9 +498,9 @@ def conv2d_input(plan, dy, w, p, out):
         # between rows, pt' = dh*(R-1) - pt (may be negative: the conversion handles it)
         pt2 = p.dil_h * (p.R - 1) - p.pad_top
         pl2 = p.dil_w * (p.S - 1) - p.pad_left
-        _forward_blocked(plan.variant, plan["slice_bytes"], dy, w, out, p.N, p.K, p.C, p.R,
-                         p.S, p.groups, 1, 1, pt2, pl2, p.dil_h, p.dil_w, p.H, p.W,
-                         ish=p.stride_h, isw=p.stride_w, flip=True)
+        _forward_blocked(plan.variant, plan["slice_bytes"], plan["pad_serial_rows"], dy, w, out,
+                         p.N, p.K, p.C, p.R, p.S, p.groups, 1, 1, pt2, pl2, p.dil_h, p.dil_w,
+                         p.H, p.W, ish=p.stride_h, isw=p.stride_w, flip=True)
 
 
 def conv2d_weight(plan, x, dy, p, out):

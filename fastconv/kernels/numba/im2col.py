@@ -312,7 +312,8 @@ def _weight_blocked(plan, x, dy, p, out):
     acc = _buffer("acc", (G, rows, Kgp), x.dtype)
     for n0 in range(0, p.N, group):              # images whose padded copies fit the bound
         n1 = min(p.N, n0 + group)
-        to_padded(x[n0:n1], xp.reshape(-1), Hp, Wp, p.pad_top, p.pad_left)
+        to_padded(x[n0:n1], xp.reshape(-1), Hp, Wp, p.pad_top, p.pad_left,
+                  plan["pad_serial_rows"])
         _run(_weight_fused, nslices, xp[:n1 - n0], dy[n0:n1], offs, sh, sw, D, A, gemm)
         if n0 == 0:
             np.sum(A, axis=0, out=acc)

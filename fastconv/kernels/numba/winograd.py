@@ -74,7 +74,6 @@ convolution; F(4x4,3x3) loses about one more decimal digit in float32 (see
 import numpy as np
 from numba import prange, types
 
-from ... import _tuning
 from ..._config import get_num_threads, single_threaded_blas, workspace_array
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import WeightCache
@@ -861,7 +860,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
             V[:, nt:] = 0
             _transform_tiles(Xp[:n1 - n0], V, nt, m, t0, th, tw, False)
             if own:
-                _gemm(V, U, M)
+                _gemm(V, U, M, plan["gemm_rows_bytes"])
             else:
                 _matmul(V, U, M)
             _output_tiles(M, nt, y[n0:n1], m, t0, th, tw)
@@ -891,7 +890,7 @@ def _matmul(A, B, out, transpose_a=False):
     return out
 
 
-def _gemm(V, U, M):
+def _gemm(V, U, M, rows_bytes):
     """M[x] = V[x] @ U[x] for every x, float32, on all threads, by the generated kernel
     (``codegen.gemm.gemm``); V's rows a multiple of its row block, U's and M's
     columns of its column block. It reads V and U in place, where BLAS packs both per
@@ -900,14 +899,14 @@ def _gemm(V, U, M):
     X, T, C = V.shape
     Kp = U.shape[2]
     ntb = T // TB
-    CH = max(1, min(ntb, _tuning.GEMM_ROWS_BYTES // (TB * C * V.itemsize)))
+    CH = max(1, min(ntb, rows_bytes // (TB * C * V.itemsize)))
     _run(codegen.kernel("gemm", rows=TB, cols=J), X * -(-ntb // CH) * (Kp // J) * CH,
          V.reshape(-1), U.reshape(-1), M.reshape(-1), X, T, C, Kp, CH, np.float32(0))
 
 
-def _weight_filter(m, dU, dw):
-    """dw = G^T (dU[0] + dU[1] + ...) G (``_filter_t2/4``), on one thread when small."""
-    with one_thread(dU.nbytes <= _tuning.SERIAL_FILTER_T_MAX_BYTES):
+def _weight_filter(m, dU, dw, serial):
+    """dw = G^T (dU[0] + dU[1] + ...) G (``_filter_t2/4``), on one thread if ``serial``."""
+    with one_thread(serial):
         _FILTERS[m][1](dU, dw)
 
 
@@ -933,7 +932,7 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
         dU = _buffer("U", (parts, alpha2, K, C), x.dtype)
         with single_threaded_blas():
             _fused_weight(x, dy, m, th, tw, off_h, off_w, Sb, Db, Vb, Mb, Tb, dU)
-        _weight_filter(m, dU, dw)
+        _weight_filter(m, dU, dw, plan["serial_filter"])
         return
     group, tb = plan["images"], plan["tile_batch"]
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
@@ -955,7 +954,7 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
                 first = False
             else:
                 dU[0] += _matmul(dM, V, _buffer("P", (alpha2, K, C), x.dtype), transpose_a=True)
-    _weight_filter(m, dU, dw)
+    _weight_filter(m, dU, dw, plan["serial_filter"])
 
 
 # -- The registry's kernels: run a plan (fastconv._plan._winograd) --------------------------
