@@ -9,6 +9,8 @@ extensions: the Cython backend, ``fastconv/kernels/cython/`` (docs/cython.md).
   defaults), AVX2 + FMA and AVX-512 (F, BW, DQ, VL, 512-bit vectors preferred); one
   portable build elsewhere. The modules choose among them at import by what the CPU
   runs (``_isa.py``). A variant the compiler cannot build is left out, with a warning.
+- The compiled modules are also copied beside their sources, as ``build_ext
+  --inplace`` does, so the tests, run from the repository root, find them.
 
 Build-time settings (environment variables):
 
@@ -59,6 +61,14 @@ def _warn(message):
 class BuildExt(build_ext):
     """build_ext that probes OpenMP and the instruction sets, compiles the per-ISA
     objects once, and links them into every module that takes the table."""
+
+    def run(self):
+        super().run()
+        if not self.inplace:
+            # also beside their sources (as --inplace does): tests run from the
+            # repository root import the source tree (``python -m pytest`` puts the
+            # current directory first on sys.path), which then has them too
+            self.copy_extensions_to_source()
 
     def finalize_options(self):
         super().finalize_options()
@@ -119,7 +129,7 @@ class BuildExt(build_ext):
         unix = self.compiler.compiler_type != "msvc"
         openmp = self._openmp_flags()
         variants = self._variants()
-        opt = ["-O3"] if unix else ["/O2"]
+        opt = ["-O3", "-g0"] if unix else ["/O2"]
         if NATIVE and unix:
             opt.append("-march=native")
         macros = [("FC_NATIVE", "1")] if variants == ["native"] else [
@@ -128,7 +138,7 @@ class BuildExt(build_ext):
         for name in variants:
             flags = ISA_FLAGS[name] if unix else []
             if unix:
-                flags = flags + ["-O3", "-fvisibility=hidden"]
+                flags = flags + ["-O3", "-g0", "-fvisibility=hidden"]
             objects += self.compiler.compile(
                 [os.path.join(SRC, f"isa_{name}.c")],
                 output_dir=os.path.join(self.build_temp, "fastconv-isa"),
