@@ -195,6 +195,26 @@ def test_patch_gemm_at_the_planners_blocks(dtype):
         assert_close(got, numba, tolerance(dtype, "im2col"), f"patch_gemm K={K} vs numba")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C,K,groups", [(3, 7, 1), (4, 26, 2), (5, 64, 1)])
+def test_patch_gemm_register_block_remainders(monkeypatch, dtype, C, K, groups):
+    """Blocks the register tile does not divide (5 rows x 20 or 12 columns): the GEMM's
+    element-by-element remainders."""
+    from fastconv.kernels import layouts
+    monkeypatch.setattr(layouts, "PATCH_GEMM_BLOCKS", ((20, 5), (12, 5)))
+    x = arrays(C, dtype, (2, C, 11, 9))[0]
+    (dy,) = arrays(K, dtype, (2, K, 11, 9))
+    w_shape = (K, C // groups, 3, 3)
+    with tuned(WEIGHT_FUSED_MIN_RATIO=0, WEIGHT_FUSED_MIN_CHANNELS=0, WEIGHT_BAND_COLUMNS=20):
+        with fastconv.trace_plans() as ran:
+            got = fastconv.conv2d_weight(x, w_shape, dy, padding=1, groups=groups,
+                                         algorithm="im2col", backend="cython")
+    assert ran[0].variant == "patch_gemm" and ran[0]["block"][0] == 5
+    want = fastconv.conv2d_weight(x, w_shape, dy, padding=1, groups=groups,
+                                  algorithm="reference")
+    assert_close(got, want, tolerance(dtype, "im2col"), "patch_gemm remainders")
+
+
 def _pool_all(case, x, dy_seed, backend, algorithm="direct"):
     args = {k: case[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
     kw = dict(algorithm=algorithm, backend=backend)
