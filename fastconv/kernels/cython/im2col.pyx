@@ -1,0 +1,468 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""im2col + GEMM convolution: the Cython twin of ``fastconv/kernels/numba/im2col.py``
+(same functions, same plans; see that file for the layouts and the reasons).
+
+Every variant the planner (``fastconv._plan._im2col``) makes runs here:
+
+- ``tiled``: per tile of ``plan["tile"]`` = (images, output rows), the patch matrix
+  ``col[(c*R + r)*S + s, (t*pr + i)*Q + q]`` is gathered (a patch row per parallel
+  iteration) and multiplied by BLAS, one GEMM per group. A tile of one image (whole,
+  or a band of its output rows) is read and written by the GEMM in place in NCHW (rows
+  P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
+- ``image_gemm`` (1x1 stride-1 layers): the planes are the patch matrix, a GEMM per
+  image and group.
+- ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
+  GEMM per group.
+- ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
+  matrix; the input copied zero-padded, the (image, band of ``plan["band_rows"]``
+  output rows) items split into ``plan["slices"]`` slices, each with its own
+  accumulator, run in parallel; per item the slice copies the band of dy pixel-major
+  and runs the register-tiled GEMM that reads the patch rows in place
+  (``patch_gemm`` in ``src/fc_impl.h``, as wide as the instruction set). Slices own the
+  accumulators and are summed in a fixed order: the result does not depend on the
+  thread count.
+
+BLAS is SciPy's (``scipy.linalg.cython_blas``), called with the GIL released and never
+inside a parallel region, so its threads and OpenMP's never multiply. The gathers,
+scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
+loops come from the instruction-set variant ``_isa.ISA`` names.
+"""
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import numpy as np
+
+from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
+from ._hot cimport fc_conv, fc_int, fc_kernels, fc_table
+from ._isa import ISA
+
+cdef const fc_kernels *hot = fc_table(ISA.encode("ascii"))
+if hot == NULL:
+    raise ImportError(f"fastconv.kernels.cython.im2col: no hot loops for ISA {ISA!r}")
+
+ctypedef fused real:
+    float
+    double
+
+#: copies and gathers of fewer elements run on the calling thread alone: waking
+#: OpenMP's workers costs tens of microseconds (docs/cython.md)
+cdef Py_ssize_t SERIAL_ELEMENTS = 32768
+
+
+cdef inline int _par(Py_ssize_t elements, int nt) noexcept nogil:
+    """The threads for a parallel loop over ``elements`` elements."""
+    return 1 if elements < SERIAL_ELEMENTS else nt
+
+
+cdef fc_conv _geometry(p):
+    """The geometry of ConvParams ``p``."""
+    cdef fc_conv g
+    g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.G = p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.groups
+    g.sh, g.sw, g.pt, g.pl = p.stride_h, p.stride_w, p.pad_top, p.pad_left
+    g.dh, g.dw, g.P, g.Q = p.dil_h, p.dil_w, p.P, p.Q
+    return g
+
+
+# -- BLAS and copies --------------------------------------------------------------------
+
+
+cdef void _gemm(bint ta, bint tb, int M, int N, int Kd, const real *A, int lda,
+                const real *B, int ldb, real beta, real *C, int ldc) noexcept nogil:
+    """Row-major C (M x N, rows ldc apart) = op(A) @ op(B) + beta * C, op(A) M x Kd
+    (A stored Kd x M when ``ta``), op(B) Kd x N (B stored N x Kd when ``tb``). BLAS is
+    column-major: it computes C^T = op(B)^T op(A)^T."""
+    cdef char opa = b'T' if tb else b'N'
+    cdef char opb = b'T' if ta else b'N'
+    cdef real one = 1
+    cdef Py_ssize_t i, j
+    if M <= 0 or N <= 0:
+        return
+    if Kd <= 0:                                     # an empty sum
+        for i in range(M):
+            for j in range(N):
+                C[i * ldc + j] = 0 if beta == 0 else beta * C[i * ldc + j]
+        return
+    if real is float:
+        sgemm(&opa, &opb, &N, &M, &Kd, &one, <float *>B, &ldb, <float *>A, &lda, &beta,
+              C, &ldc)
+    else:
+        dgemm(&opa, &opb, &N, &M, &Kd, &one, <double *>B, &ldb, <double *>A, &lda, &beta,
+              C, &ldc)
+
+
+cdef void _swap_axes(const real *src, real *dst, Py_ssize_t A, Py_ssize_t B, Py_ssize_t L,
+                     int nt) noexcept nogil:
+    """dst (B, A, L) = src (A, B, L) with its first two axes swapped: runs of L copied."""
+    cdef Py_ssize_t ab, a, b
+    for ab in prange(A * B, num_threads=_par(A * B * L, nt), schedule="static"):
+        a, b = ab // B, ab % B
+        memcpy(dst + (b * A + a) * L, src + ab * L, L * sizeof(real))
+
+
+cdef inline void _tile(Py_ssize_t i, Py_ssize_t N, Py_ssize_t P, Py_ssize_t tn, Py_ssize_t tr,
+                       Py_ssize_t *n0, Py_ssize_t *nt, Py_ssize_t *p0,
+                       Py_ssize_t *pr) noexcept nogil:
+    """Tile i of the plan's (images, output rows) tile: whole images, or bands of one
+    image's output rows (the Numba kernel's ``_tiles``)."""
+    cdef Py_ssize_t bands
+    if tr >= P:
+        n0[0] = i * tn
+        nt[0] = min(tn, N - n0[0])
+        p0[0] = 0
+        pr[0] = P
+    else:
+        bands = (P + tr - 1) // tr
+        n0[0] = i // bands
+        nt[0] = 1
+        p0[0] = i % bands * tr
+        pr[0] = min(tr, P - p0[0])
+
+
+cdef inline Py_ssize_t _ntiles(Py_ssize_t N, Py_ssize_t P, Py_ssize_t tn,
+                               Py_ssize_t tr) noexcept nogil:
+    return (N + tn - 1) // tn if tr >= P else N * ((P + tr - 1) // tr)
+
+
+cdef void _gather(const real *x, real *col, const fc_conv *g, Py_ssize_t n0, Py_ssize_t nt,
+                  Py_ssize_t p0, Py_ssize_t pr, int threads) noexcept nogil:
+    """The tile's patch matrix into ``col`` (C*R*S, nt*pr*Q): a patch row per iteration."""
+    cdef Py_ssize_t rows = g.C * g.R * g.S, row
+    for row in prange(rows, num_threads=_par(rows * nt * pr * g.Q, threads),
+                      schedule="static"):
+        if real is float:
+            hot.im2col_row_f32(x, col, g, row, n0, nt, p0, pr)
+        else:
+            hot.im2col_row_f64(x, col, g, row, n0, nt, p0, pr)
+
+
+cdef void _rows_to_tile(const real *src, real *dst, const fc_conv *g, Py_ssize_t n0,
+                        Py_ssize_t nt, Py_ssize_t KC, int threads) noexcept nogil:
+    """dst (KC, nt, P*Q) = src[n0:n0 + nt] ((N, KC, P*Q) of whole images)."""
+    _swap_axes(src + n0 * KC * g.P * g.Q, dst, nt, KC, g.P * g.Q, threads)
+
+
+# -- forward -----------------------------------------------------------------------------
+
+
+cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
+                  real[:, :, :, ::1] out, real[::1] colbuf, real[::1] resbuf,
+                  const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt) except -1:
+    cdef Py_ssize_t G = g.G, Kg = g.K // g.G, Cg = g.C // g.G
+    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, NHW = g.N * HW
+    cdef Py_ssize_t gi, n, i, n0, ntl, p0, prl, cols
+    cdef const real *wp = &w[0, 0, 0, 0]
+    cdef real *col
+    cdef real *res
+    if variant == "batch_gemm":                 # 1x1: the batch channels-first, one GEMM
+        col, res = &colbuf[0], &resbuf[0]
+        with nogil:
+            _swap_axes(&x[0, 0, 0, 0], col, g.N, g.C, HW, nt)
+            for gi in range(G):
+                _gemm(False, False, Kg, NHW, Cg, wp + gi * Kg * Cg, Cg, col + gi * Cg * NHW,
+                      NHW, 0, res + gi * Kg * NHW, NHW)
+            _swap_axes(<const real *>res, &out[0, 0, 0, 0], g.K, g.N, PQ, nt)
+        return 0
+    if variant == "image_gemm":                 # 1x1: each image's planes
+        with nogil:
+            for n in range(g.N):
+                for gi in range(G):
+                    _gemm(False, False, Kg, HW, Cg, wp + gi * Kg * Cg, Cg, &x[n, gi * Cg, 0, 0],
+                          HW, 0, &out[n, gi * Kg, 0, 0], HW)
+        return 0
+    col, res = &colbuf[0], &resbuf[0]
+    with nogil:
+        for i in range(_ntiles(g.N, g.P, tn, tr)):
+            _tile(i, g.N, g.P, tn, tr, &n0, &ntl, &p0, &prl)
+            cols = ntl * prl * g.Q
+            _gather(&x[0, 0, 0, 0], col, g, n0, ntl, p0, prl, nt)
+            if ntl == 1:                        # the GEMM writes NCHW (rows PQ apart)
+                for gi in range(G):
+                    _gemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
+                          col + gi * CgRS * cols, cols, 0, &out[n0, gi * Kg, p0, 0], PQ)
+            else:                               # whole images: (K, ntl, PQ) -> NCHW
+                for gi in range(G):
+                    _gemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
+                          col + gi * CgRS * cols, cols, 0, res + gi * Kg * cols, cols)
+                _swap_axes(<const real *>res, &out[n0, 0, 0, 0], g.K, ntl, PQ, nt)
+    return 0
+
+
+# -- gradient with respect to the input ---------------------------------------------------
+
+
+cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::1] w,
+                real[:, :, :, ::1] out, real[::1] colbuf, real[::1] resbuf, real[:, ::1] ph,
+                const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt) except -1:
+    cdef Py_ssize_t G = g.G, Kg = g.K // g.G, Cg = g.C // g.G
+    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, NPQ = g.N * PQ
+    cdef Py_ssize_t gi, n, i, n0, ntl, p0, prl, cols, tc, ldb
+    cdef const real *wp = &w[0, 0, 0, 0]
+    cdef const real *dyt
+    cdef real *col
+    cdef real *res
+    if variant == "batch_gemm":
+        col, res = &colbuf[0], &resbuf[0]
+        with nogil:
+            _swap_axes(&dy[0, 0, 0, 0], res, g.N, g.K, PQ, nt)      # (K, N, PQ)
+            for gi in range(G):
+                _gemm(True, False, Cg, NPQ, Kg, wp + gi * Kg * Cg, Cg, res + gi * Kg * NPQ,
+                      NPQ, 0, col + gi * Cg * NPQ, NPQ)
+            _swap_axes(<const real *>col, &out[0, 0, 0, 0], g.C, g.N, HW, nt)
+        return 0
+    if variant == "image_gemm":
+        with nogil:
+            for n in range(g.N):
+                for gi in range(G):
+                    _gemm(True, False, Cg, HW, Kg, wp + gi * Kg * Cg, Cg, &dy[n, gi * Kg, 0, 0],
+                          PQ, 0, &out[n, gi * Cg, 0, 0], HW)
+        return 0
+    col, res = &colbuf[0], &resbuf[0]
+    with nogil:
+        memset(&out[0, 0, 0, 0], 0, g.N * g.C * HW * sizeof(real))
+        for i in range(_ntiles(g.N, g.P, tn, tr)):
+            _tile(i, g.N, g.P, tn, tr, &n0, &ntl, &p0, &prl)
+            cols = ntl * prl * g.Q
+            if ntl == 1:                        # dy's rows read in place (PQ apart)
+                dyt = &dy[n0, 0, p0, 0]
+                ldb = PQ
+            else:
+                _rows_to_tile(&dy[0, 0, 0, 0], res, g, n0, ntl, g.K, nt)
+                dyt = res
+                ldb = cols
+            for gi in range(G):
+                _gemm(True, False, CgRS, cols, Kg, wp + gi * Kg * CgRS, CgRS,
+                      dyt + gi * Kg * ldb, ldb, 0, col + gi * CgRS * cols, cols)
+            for tc in prange(ntl * g.C, num_threads=_par(g.C * g.R * g.S * cols, nt),
+                             schedule="static"):
+                if real is float:
+                    hot.col2im_plane_f32(col, &out[0, 0, 0, 0], g, tc // g.C, tc % g.C, n0, ntl,
+                                         p0, prl, &ph[threadid(), 0])
+                else:
+                    hot.col2im_plane_f64(col, &out[0, 0, 0, 0], g, tc // g.C, tc % g.C, n0, ntl,
+                                         p0, prl, &ph[threadid(), 0])
+    return 0
+
+
+# -- gradient with respect to the weight --------------------------------------------------
+
+
+cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
+                 real[:, :, :, ::1] out, real[::1] colbuf, real[::1] resbuf,
+                 const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt) except -1:
+    cdef Py_ssize_t G = g.G, Kg = g.K // g.G, Cg = g.C // g.G
+    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, NHW = g.N * HW
+    cdef Py_ssize_t gi, n, i, n0, ntl, p0, prl, cols, lda
+    cdef real *wp = &out[0, 0, 0, 0]
+    cdef const real *dyt
+    cdef real *col
+    cdef real *res
+    if variant == "batch_gemm":
+        col, res = &colbuf[0], &resbuf[0]
+        with nogil:
+            _swap_axes(&x[0, 0, 0, 0], col, g.N, g.C, HW, nt)       # (C, N, HW)
+            _swap_axes(&dy[0, 0, 0, 0], res, g.N, g.K, HW, nt)      # (K, N, HW)
+            for gi in range(G):
+                _gemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
+                      NHW, 0, wp + gi * Kg * Cg, Cg)
+        return 0
+    if variant == "image_gemm":
+        with nogil:
+            for n in range(g.N):
+                for gi in range(G):
+                    _gemm(False, True, Kg, Cg, HW, &dy[n, gi * Kg, 0, 0], HW, &x[n, gi * Cg, 0, 0],
+                          HW, 0 if n == 0 else 1, wp + gi * Kg * Cg, Cg)
+        return 0
+    col, res = &colbuf[0], &resbuf[0]
+    with nogil:
+        for i in range(_ntiles(g.N, g.P, tn, tr)):
+            _tile(i, g.N, g.P, tn, tr, &n0, &ntl, &p0, &prl)
+            cols = ntl * prl * g.Q
+            _gather(&x[0, 0, 0, 0], col, g, n0, ntl, p0, prl, nt)
+            if ntl == 1:
+                dyt = &dy[n0, 0, p0, 0]
+                lda = PQ
+            else:
+                _rows_to_tile(&dy[0, 0, 0, 0], res, g, n0, ntl, g.K, nt)
+                dyt = res
+                lda = cols
+            for gi in range(G):
+                _gemm(False, True, Kg, CgRS, cols, dyt + gi * Kg * lda, lda,
+                      col + gi * CgRS * cols, cols, 0 if i == 0 else 1, wp + gi * Kg * CgRS,
+                      CgRS)
+    return 0
+
+
+cdef int _to_padded(const real[:, :, :, ::1] src, real[:, :, :, ::1] dst, Py_ssize_t pt,
+                    Py_ssize_t pl, int nt) except -1:
+    """dst[n, c, hp, wq] = src[n, c, hp - pt, wq - pl] inside src, else 0 (rows and
+    columns of src past dst's end are cropped): the Numba layout's ``to_padded``."""
+    cdef Py_ssize_t C = src.shape[1], Hs = src.shape[2], Ws = src.shape[3]
+    cdef Py_ssize_t Hp = dst.shape[2], Wq = dst.shape[3]
+    cdef Py_ssize_t lo = max(0, -pl), hi = min(Ws, Wq - pl)
+    cdef Py_ssize_t h0 = max(0, min(Hp, pt)), h1 = max(0, min(Hp, Hs + pt))
+    cdef Py_ssize_t nc, n, c, hp
+    cdef real *d
+    with nogil:
+        for nc in prange(src.shape[0] * C, num_threads=_par(src.shape[0] * C * Hp * Wq, nt),
+                         schedule="static"):
+            n, c = nc // C, nc % C
+            d = &dst[n, c, 0, 0]
+            memset(d, 0, h0 * Wq * sizeof(real))
+            memset(d + max(h0, h1) * Wq, 0, (Hp - max(h0, h1)) * Wq * sizeof(real))
+            for hp in range(h0, h1):
+                if hi <= lo:
+                    memset(d + hp * Wq, 0, Wq * sizeof(real))
+                    continue
+                memset(d + hp * Wq, 0, (lo + pl) * sizeof(real))
+                memcpy(d + hp * Wq + lo + pl, &src[n, c, hp - pt, lo], (hi - lo) * sizeof(real))
+                memset(d + hp * Wq + hi + pl, 0, (Wq - hi - pl) * sizeof(real))
+    return 0
+
+
+cdef int _weight_fused(const real[:, :, :, ::1] xp, const real[:, :, :, ::1] dy,
+                       Py_ssize_t n0, Py_ssize_t nimg, const int64_t[:, ::1] offs,
+                       Py_ssize_t sh, Py_ssize_t sw, real[:, :, :, ::1] D,
+                       real[:, :, :, ::1] A, int nt) except -1:
+    """Images [n0, n0 + nimg) of the weight gradient, their padded copies in ``xp``:
+    slice t (of ``len(A)``) adds its (image, band) items into ``A[t]`` (G, rows, Kgp),
+    copying each band of dy pixel-major into ``D[t]`` (G, band pixels, Kgp) for the GEMM
+    (the Numba kernel's ``_weight_fused``)."""
+    cdef Py_ssize_t nslices = D.shape[0], G = D.shape[1], cols = D.shape[2], Kgp = D.shape[3]
+    cdef Py_ssize_t rows = A.shape[2], P = dy.shape[2], Q = dy.shape[3]
+    cdef Py_ssize_t Kg = dy.shape[1] // G, pr = cols // Q
+    cdef Py_ssize_t nbands = (P + pr - 1) // pr, nitems = nimg * nbands
+    cdef Py_ssize_t pitch = sh * xp.shape[3]
+    cdef Py_ssize_t t, item, n, p0, nb, gi
+    with nogil:
+        for t in prange(nslices, num_threads=nt, schedule="dynamic"):
+            memset(&A[t, 0, 0, 0], 0, G * rows * Kgp * sizeof(real))
+            memset(&D[t, 0, 0, 0], 0, G * cols * Kgp * sizeof(real))   # padding columns: 0
+            for item in range(nitems * t // nslices, nitems * (t + 1) // nslices):
+                n = item // nbands
+                p0 = item % nbands * pr
+                nb = min(pr, P - p0)
+                for gi in range(G):
+                    if real is float:
+                        hot.pixel_major_f32(&dy[n0 + n, gi * Kg, p0, 0], P * Q, Kg, nb * Q,
+                                            &D[t, gi, 0, 0], Kgp)
+                        hot.patch_gemm_f32(&xp[n, 0, 0, 0] + p0 * pitch, &offs[gi, 0],
+                                           &D[t, gi, 0, 0], &A[t, gi, 0, 0], rows, Kgp, nb, Q,
+                                           pitch, sw)
+                    else:
+                        hot.pixel_major_f64(&dy[n0 + n, gi * Kg, p0, 0], P * Q, Kg, nb * Q,
+                                            &D[t, gi, 0, 0], Kgp)
+                        hot.patch_gemm_f64(&xp[n, 0, 0, 0] + p0 * pitch, &offs[gi, 0],
+                                           &D[t, gi, 0, 0], &A[t, gi, 0, 0], rows, Kgp, nb, Q,
+                                           pitch, sw)
+    return 0
+
+
+def _weight_blocked(plan, x, dy, p, out):
+    """The weight gradient of the ``patch_gemm`` variant (the Numba kernel's
+    ``_weight_blocked``): the padded input in groups of images that fit the workspace
+    bound, each group's slices summed in a fixed order."""
+    G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
+    TB, J = plan["block"]
+    pr = plan["band_rows"]
+    rows, Kgp = -(-CgRS // TB) * TB, -(-Kg // J) * J
+    sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
+    # the padded rows and columns that patches read
+    Hp, Wp = (p.P - 1) * sh + (p.R - 1) * dh + 1, (p.Q - 1) * sw + (p.S - 1) * dw + 1
+    # patch row (c, r, s) of group g starts at padded row r*dh, column s*dw of channel c
+    row = np.minimum(np.arange(rows), CgRS - 1)     # padding rows repeat the last
+    c = np.arange(G)[:, None] * (p.C // G) + row // (p.R * p.S)
+    offs = np.ascontiguousarray((c * Hp + row // p.S % p.R * dh) * Wp + row % p.S * dw,
+                                dtype=np.int64)
+    nslices = plan["slices"]
+    D = _buffer("D", (nslices, G, pr * p.Q, Kgp), x.dtype)
+    A = _buffer("A", (nslices, G, rows, Kgp), x.dtype)
+    group = max(1, min(p.N, get_workspace_limit() // (p.C * Hp * Wp * x.itemsize)))
+    xp = _buffer("padded", (group, p.C, Hp, Wp), x.dtype)
+    acc = _buffer("acc", (G, rows, Kgp), x.dtype)
+    nt = get_num_threads()
+    for n0 in range(0, p.N, group):
+        n1 = min(p.N, n0 + group)
+        if x.dtype == np.float32:
+            _to_padded[float](x[n0:n1], xp[:n1 - n0], p.pad_top, p.pad_left, nt)
+            _weight_fused[float](xp, dy, n0, n1 - n0, offs, sh, sw, D, A, nt)
+        else:
+            _to_padded[double](x[n0:n1], xp[:n1 - n0], p.pad_top, p.pad_left, nt)
+            _weight_fused[double](xp, dy, n0, n1 - n0, offs, sh, sw, D, A, nt)
+        if n0 == 0:
+            np.sum(A, axis=0, out=acc)
+        else:
+            acc += A.sum(axis=0)
+    out.reshape(G, Kg, CgRS)[...] = acc[:, :CgRS, :Kg].transpose(0, 2, 1)
+
+
+# -- the registry's kernels: (plan, the reference's arguments) ----------------------------
+
+
+def _buffer(slot, shape, dtype):
+    return workspace_array("im2col." + slot, shape, dtype)
+
+
+def _buffers(plan, p, dtype):
+    """Flat buffers (reused per Python thread) for the variant: the patch matrix and
+    GEMM result of the largest tile, or the batch channels-first and its result."""
+    if plan.variant == "batch_gemm":
+        return (workspace("im2col.xt", p.N * max(p.C, p.K) * p.H * p.W, dtype),
+                workspace("im2col.res", p.N * max(p.C, p.K) * p.P * p.Q, dtype))
+    if plan.variant == "image_gemm":
+        return workspace("im2col.col", 1, dtype), workspace("im2col.res", 1, dtype)
+    nt, pr = plan["tile"]
+    cols = min(nt, p.N) * min(pr, p.P) * p.Q
+    return (workspace("im2col.col", p.C * p.R * p.S * cols, dtype),
+            workspace("im2col.res", max(1, p.K * cols), dtype))
+
+
+def _tiles(plan):
+    return plan["tile"] if plan.variant == "tiled" else (1, 1)
+
+
+def conv2d(plan, x, w, p, out):
+    """Forward convolution into ``out`` (N, K, P, Q)."""
+    if p.K == 0:
+        return
+    cdef fc_conv g = _geometry(p)
+    colbuf, resbuf = _buffers(plan, p, x.dtype)
+    tn, tr = _tiles(plan)
+    if x.dtype == np.float32:
+        _forward[float](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
+    else:
+        _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
+
+
+def conv2d_input(plan, dy, w, p, out):
+    """Gradient with respect to the input, into ``out`` (N, C, H, W): GEMM then col2im."""
+    if p.K == 0:
+        out[...] = 0
+        return
+    cdef fc_conv g = _geometry(p)
+    colbuf, resbuf = _buffers(plan, p, dy.dtype)
+    tn, tr = _tiles(plan)
+    nt = get_num_threads()
+    sw = p.stride_w
+    ph = _buffer("phases", (nt, sw * (-(-p.W // sw))), dy.dtype)
+    if dy.dtype == np.float32:
+        _input[float](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
+    else:
+        _input[double](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
+
+
+def conv2d_weight(plan, x, dy, p, out):
+    """Gradient with respect to the weight, into ``out`` (K, C/groups, R, S)."""
+    if p.K == 0:
+        return
+    if plan.variant == "patch_gemm":
+        _weight_blocked(plan, x, dy, p, out)
+        return
+    cdef fc_conv g = _geometry(p)
+    colbuf, resbuf = _buffers(plan, p, x.dtype)
+    tn, tr = _tiles(plan)
+    if x.dtype == np.float32:
+        _weight[float](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
+    else:
+        _weight[double](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())

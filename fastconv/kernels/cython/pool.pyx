@@ -1,0 +1,156 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Max and average pooling, forward and backward: the Cython twin of
+``fastconv/kernels/numba/pool.py`` (same functions, same plans, same results).
+
+One (image, channel) plane per parallel iteration (OpenMP ``prange`` on
+``fastconv.get_num_threads()`` threads), so no two iterations write the same memory;
+each plane runs a hot loop of ``src/fc_impl.h`` from the instruction-set variant
+``_isa.ISA`` names. Sums are taken in double in the Numba kernels' order; max pooling
+sees NaN (no fast-math anywhere).
+"""
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport int64_t
+
+import numpy as np
+
+from ..._config import get_num_threads, workspace_array
+from ._hot cimport fc_kernels, fc_pool, fc_table
+from ._isa import ISA
+
+cdef const fc_kernels *hot = fc_table(ISA.encode("ascii"))
+if hot == NULL:
+    raise ImportError(f"fastconv.kernels.cython.pool: no hot loops for ISA {ISA!r}")
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef fc_pool _geometry(p):
+    """The plane geometry of PoolParams ``p``."""
+    cdef fc_pool g
+    g.H, g.W, g.kh, g.kw = p.H, p.W, p.kernel_h, p.kernel_w
+    g.sh, g.sw, g.ph, g.pw = p.stride_h, p.stride_w, p.pad_h, p.pad_w
+    g.dh, g.dw, g.P, g.Q = p.dil_h, p.dil_w, p.P, p.Q
+    return g
+
+
+cdef int _max_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                   int64_t[:, :, :, ::1] idx, const fc_pool *g, int nt) except -1:
+    cdef Py_ssize_t C = x.shape[1], nc, n, c
+    with nogil:
+        for nc in prange(x.shape[0] * C, num_threads=nt, schedule="static"):
+            n, c = nc // C, nc % C
+            if real is float:
+                hot.max_pool_plane_f32(&x[n, c, 0, 0], &y[n, c, 0, 0], &idx[n, c, 0, 0], g)
+            else:
+                hot.max_pool_plane_f64(&x[n, c, 0, 0], &y[n, c, 0, 0], &idx[n, c, 0, 0], g)
+    return 0
+
+
+cdef int _max_pool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] idx,
+                            real[:, :, :, ::1] dx, int nt) except -1:
+    cdef Py_ssize_t C = dx.shape[1], nc, n, c
+    cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], PQ = dy.shape[2] * dy.shape[3]
+    with nogil:
+        for nc in prange(dx.shape[0] * C, num_threads=nt, schedule="static"):
+            n, c = nc // C, nc % C
+            if real is float:
+                hot.max_pool_backward_plane_f32(&dy[n, c, 0, 0], &idx[n, c, 0, 0],
+                                                &dx[n, c, 0, 0], HW, PQ)
+            else:
+                hot.max_pool_backward_plane_f64(&dy[n, c, 0, 0], &idx[n, c, 0, 0],
+                                                &dx[n, c, 0, 0], HW, PQ)
+    return 0
+
+
+cdef int _avg_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const fc_pool *g,
+                   int cip, int64_t dov, double[:, ::1] acc, int nt) except -1:
+    cdef Py_ssize_t C = x.shape[1], nc, n, c
+    with nogil:
+        for nc in prange(x.shape[0] * C, num_threads=nt, schedule="static"):
+            n, c = nc // C, nc % C
+            if real is float:
+                hot.avg_pool_plane_f32(&x[n, c, 0, 0], &y[n, c, 0, 0], g, cip, dov,
+                                       &acc[threadid(), 0])
+            else:
+                hot.avg_pool_plane_f64(&x[n, c, 0, 0], &y[n, c, 0, 0], g, cip, dov,
+                                       &acc[threadid(), 0])
+    return 0
+
+
+cdef int _avg_pool_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx,
+                            const fc_pool *g, int cip, int64_t dov, int nt) except -1:
+    cdef Py_ssize_t C = dx.shape[1], nc, n, c
+    with nogil:
+        for nc in prange(dx.shape[0] * C, num_threads=nt, schedule="static"):
+            n, c = nc // C, nc % C
+            if real is float:
+                hot.avg_pool_backward_plane_f32(&dy[n, c, 0, 0], &dx[n, c, 0, 0], g, cip, dov)
+            else:
+                hot.avg_pool_backward_plane_f64(&dy[n, c, 0, 0], &dx[n, c, 0, 0], g, cip, dov)
+    return 0
+
+
+cdef int _adaptive_avg_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                            const int64_t[::1] hs, const int64_t[::1] he,
+                            const int64_t[::1] ws, const int64_t[::1] we, int nt) except -1:
+    cdef Py_ssize_t C = x.shape[1], nc, n, c
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], P = y.shape[2], Q = y.shape[3]
+    with nogil:
+        for nc in prange(x.shape[0] * C, num_threads=nt, schedule="static"):
+            n, c = nc // C, nc % C
+            if real is float:
+                hot.adaptive_avg_plane_f32(&x[n, c, 0, 0], &y[n, c, 0, 0], H, W,
+                                           &hs[0], &he[0], P, &ws[0], &we[0], Q)
+            else:
+                hot.adaptive_avg_plane_f64(&x[n, c, 0, 0], &y[n, c, 0, 0], H, W,
+                                           &hs[0], &he[0], P, &ws[0], &we[0], Q)
+    return 0
+
+
+# -- the registry's kernels: (plan, the reference's arguments) ----------------------------
+
+
+def max_pool2d(plan, x, p, out, indices):
+    cdef fc_pool g = _geometry(p)
+    if x.dtype == np.float32:
+        _max_pool[float](x, out, indices, &g, get_num_threads())
+    else:
+        _max_pool[double](x, out, indices, &g, get_num_threads())
+
+
+def max_pool2d_backward(plan, dy, indices, p, out):
+    if dy.dtype == np.float32:
+        _max_pool_backward[float](dy, indices, out, get_num_threads())
+    else:
+        _max_pool_backward[double](dy, indices, out, get_num_threads())
+
+
+def avg_pool2d(plan, x, p, count_include_pad, divisor_override, out):
+    cdef fc_pool g = _geometry(p)
+    nt = get_num_threads()
+    acc = workspace_array("pool.acc", (nt, max(1, p.Q)), np.float64)
+    cip, dov = bool(count_include_pad), int(divisor_override or 0)
+    if x.dtype == np.float32:
+        _avg_pool[float](x, out, &g, cip, dov, acc, nt)
+    else:
+        _avg_pool[double](x, out, &g, cip, dov, acc, nt)
+
+
+def avg_pool2d_backward(plan, dy, p, count_include_pad, divisor_override, out):
+    cdef fc_pool g = _geometry(p)
+    cip, dov = bool(count_include_pad), int(divisor_override or 0)
+    if dy.dtype == np.float32:
+        _avg_pool_backward[float](dy, out, &g, cip, dov, get_num_threads())
+    else:
+        _avg_pool_backward[double](dy, out, &g, cip, dov, get_num_threads())
+
+
+def adaptive_avg_pool2d(plan, x, h_windows, w_windows, out):
+    hs, he = (np.ascontiguousarray(a, np.int64) for a in h_windows)
+    ws, we = (np.ascontiguousarray(a, np.int64) for a in w_windows)
+    if x.dtype == np.float32:
+        _adaptive_avg_pool[float](x, out, hs, he, ws, we, get_num_threads())
+    else:
+        _adaptive_avg_pool[double](x, out, hs, he, ws, we, get_num_threads())

@@ -1,0 +1,384 @@
+/* The hot loops, for one element type: included by fc_isa.h with T (float or double)
+ * and X (its suffix, f32 or f64) defined, once per instruction set. Every function is
+ * static: only the table (fc_isa.h) leaves the object.
+ *
+ * Each loop computes what the Numba backend's loop of the same name computes
+ * (fastconv/kernels/numba/im2col.py and pool.py), in the same order of operations, so
+ * the two backends give the same values (the GEMM's FMAs aside); see those files for
+ * the index arithmetic's derivation. No -ffast-math: max pooling must see NaN, and
+ * sums keep their order.
+ */
+#define FN(name) FC_CAT(name, X)
+
+/* -- im2col: gather and scatter ---------------------------------------------------- */
+
+/* dst[q] = src[q*sw] for q < n */
+static inline void FN(gather)(T *restrict dst, const T *restrict src, fc_int n, fc_int sw)
+{
+    if (sw == 1) {
+        memcpy(dst, src, (size_t)n * sizeof(T));
+    } else if (sw == 2) {
+        for (fc_int q = 0; q < n; q++) dst[q] = src[2 * q];
+    } else {
+        for (fc_int q = 0; q < n; q++) dst[q] = src[q * sw];
+    }
+}
+
+static void FN(im2col_row)(const T *x, T *col, const fc_conv *g, fc_int row,
+                           fc_int n0, fc_int nt, fc_int p0, fc_int pr)
+{
+    const fc_int RS = g->R * g->S, Q = g->Q, H = g->H, W = g->W;
+    const fc_int c = row / RS, r = (row / g->S) % g->R, s = row % g->S;
+    const fc_int off = s * g->dw - g->pl;            /* input column = q*sw + off */
+    const fc_int cols = nt * pr * Q;
+    fc_int q_lo, q_hi;
+    fc_valid_range(Q, W, g->sw, off, &q_lo, &q_hi);
+    T *dst = col + row * cols;
+    for (fc_int t = 0; t < nt; t++) {
+        const T *plane = x + ((n0 + t) * g->C + c) * H * W;
+        for (fc_int i = 0; i < pr; i++) {
+            const fc_int h = (p0 + i) * g->sh - g->pt + r * g->dh;
+            T *d = dst + (t * pr + i) * Q;
+            if (h < 0 || h >= H) {
+                memset(d, 0, (size_t)Q * sizeof(T));
+                continue;
+            }
+            if (q_lo > 0) memset(d, 0, (size_t)q_lo * sizeof(T));
+            FN(gather)(d + q_lo, plane + h * W + q_lo * g->sw + off, q_hi - q_lo, g->sw);
+            if (q_hi < Q) memset(d + q_hi, 0, (size_t)(Q - q_hi) * sizeof(T));
+        }
+    }
+}
+
+/* dst[q] += src[q] for q < n */
+static inline void FN(add_run)(T *restrict dst, const T *restrict src, fc_int n)
+{
+    for (fc_int q = 0; q < n; q++) dst[q] += src[q];
+}
+
+static void FN(col2im_plane)(const T *col, T *dx, const fc_conv *g, fc_int t, fc_int c,
+                             fc_int n0, fc_int nt, fc_int p0, fc_int pr, T *ph)
+{
+    const fc_int R = g->R, S = g->S, H = g->H, W = g->W, Q = g->Q, sw = g->sw;
+    const fc_int cols = nt * pr * Q;
+    T *plane = dx + ((n0 + t) * g->C + c) * H * W;
+    if (sw == 1) {
+        for (fc_int r = 0; r < R; r++) {
+            for (fc_int s = 0; s < S; s++) {
+                const fc_int row = (c * R + r) * S + s, off = s * g->dw - g->pl;
+                fc_int q_lo, q_hi;
+                fc_valid_range(Q, W, 1, off, &q_lo, &q_hi);
+                for (fc_int i = 0; i < pr; i++) {
+                    const fc_int h = (p0 + i) * g->sh - g->pt + r * g->dh;
+                    if (h < 0 || h >= H) continue;
+                    const T *src = col + row * cols + (t * pr + i) * Q;
+                    FN(add_run)(plane + h * W + q_lo + off, src + q_lo, q_hi - q_lo);
+                }
+            }
+        }
+        return;
+    }
+    /* larger column strides: a dx row summed as its sw column phases, then added to
+     * the row interleaved (see the Numba kernel's docstring) */
+    const fc_int Wph = (W + sw - 1) / sw;
+    fc_int h_lo = p0 * g->sh - g->pt, h_hi = (p0 + pr - 1) * g->sh - g->pt + (R - 1) * g->dh + 1;
+    if (h_lo < 0) h_lo = 0;
+    if (h_hi > H) h_hi = H;
+    for (fc_int h = h_lo; h < h_hi; h++) {
+        memset(ph, 0, (size_t)(sw * Wph) * sizeof(T));
+        for (fc_int r = 0; r < R; r++) {
+            const fc_int hh = h + g->pt - r * g->dh;     /* = (p0 + i) * sh for its row i */
+            if (hh < 0 || hh % g->sh != 0) continue;
+            const fc_int i = hh / g->sh - p0;
+            if (i < 0 || i >= pr) continue;
+            const T *base = col + (t * pr + i) * Q;
+            for (fc_int s = 0; s < S; s++) {
+                const fc_int row = (c * R + r) * S + s, off = s * g->dw - g->pl;
+                /* dx column q*sw + off: phase b, index q + j0 */
+                const fc_int b = ((off % sw) + sw) % sw, j0 = (off - b) / sw;
+                fc_int q_lo, q_hi;
+                fc_valid_range(Q, W, sw, off, &q_lo, &q_hi);
+                FN(add_run)(ph + b * Wph + q_lo + j0, base + row * cols + q_lo, q_hi - q_lo);
+            }
+        }
+        T *out = plane + h * W;
+        if (sw == 2) {
+            for (fc_int j = 0; j < W / 2; j++) {
+                out[2 * j] += ph[j];
+                out[2 * j + 1] += ph[Wph + j];
+            }
+            if (W % 2) out[W - 1] += ph[W / 2];
+        } else {
+            for (fc_int w = 0; w < W; w++) out[w] += ph[(w % sw) * Wph + w / sw];
+        }
+    }
+}
+
+/* -- pooling --------------------------------------------------------------------------- */
+
+/* One step of max pooling over n outputs: tap values xs[j*sw] (flat index base + j*sw)
+ * against the best so far; larger or NaN wins (as PyTorch), branch-free. */
+static inline void FN(max_step)(T *restrict best, int64_t *restrict bi, const T *restrict xs,
+                                int64_t base, fc_int n, fc_int sw)
+{
+    if (sw == 1) {
+        for (fc_int j = 0; j < n; j++) {
+            const T v = xs[j];
+            const int take = (v > best[j]) | (v != v);
+            best[j] = take ? v : best[j];
+            bi[j] = take ? base + j : bi[j];
+        }
+    } else if (sw == 2) {
+        for (fc_int j = 0; j < n; j++) {
+            const T v = xs[2 * j];
+            const int take = (v > best[j]) | (v != v);
+            best[j] = take ? v : best[j];
+            bi[j] = take ? base + 2 * j : bi[j];
+        }
+    } else {
+        for (fc_int j = 0; j < n; j++) {
+            const T v = xs[j * sw];
+            const int take = (v > best[j]) | (v != v);
+            best[j] = take ? v : best[j];
+            bi[j] = take ? base + j * sw : bi[j];
+        }
+    }
+}
+
+
+static void FN(max_pool_plane)(const T *x, T *y, int64_t *idx, const fc_pool *g)
+{
+    const fc_int H = g->H, W = g->W, kw = g->kw, sw = g->sw, pw = g->pw, dw = g->dw;
+    const fc_int Q = g->Q;
+    fc_int j_lo, j_hi;
+    fc_inner_range_(Q, W, sw, pw, dw, kw, &j_lo, &j_hi);
+    for (fc_int i = 0; i < g->P; i++) {
+        const fc_int h0 = i * g->sh - g->ph;
+        fc_int a_lo, a_hi;
+        fc_valid_range(g->kh, H, g->dh, h0, &a_lo, &a_hi);
+        T *yr = y + i * Q;
+        int64_t *ir = idx + i * Q;
+        /* windows cut by the padding: one at a time, from the first valid tap */
+        for (fc_int j = 0; j < Q; j++) {
+            if (j == j_lo && j_hi > j_lo) j = j_hi;
+            if (j >= Q) break;
+            const fc_int w0 = j * sw - pw;
+            fc_int b_lo, b_hi;
+            fc_valid_range(kw, W, dw, w0, &b_lo, &b_hi);
+            fc_int h = h0 + a_lo * g->dh;
+            T best = x[h * W + w0 + b_lo * dw];
+            int64_t best_idx = h * W + w0 + b_lo * dw;
+            for (fc_int a = a_lo; a < a_hi; a++) {
+                h = h0 + a * g->dh;
+                for (fc_int b = b_lo; b < b_hi; b++) {
+                    const T v = x[h * W + w0 + b * dw];
+                    const int take = (v > best) | (v != v);
+                    best = take ? v : best;
+                    best_idx = take ? h * W + w0 + b * dw : best_idx;
+                }
+            }
+            yr[j] = best;
+            ir[j] = best_idx;
+        }
+        if (j_hi <= j_lo) continue;
+        /* whole windows along the row: all outputs at once, tap by tap (the same
+         * comparisons in the same order per output as above) */
+        const fc_int n = j_hi - j_lo;
+        fc_int h = h0 + a_lo * g->dh;
+        int64_t base = h * W + j_lo * sw - pw;
+        FN(gather)(yr + j_lo, x + base, n, sw);
+        for (fc_int j = 0; j < n; j++) ir[j_lo + j] = base + j * sw;
+        for (fc_int a = a_lo; a < a_hi; a++) {
+            h = h0 + a * g->dh;
+            for (fc_int b = 0; b < kw; b++) {
+                if (a == a_lo && b == 0) continue;      /* the first tap, taken above */
+                base = h * W + j_lo * sw - pw + b * dw;
+                FN(max_step)(yr + j_lo, ir + j_lo, x + base, base, n, sw);
+            }
+        }
+    }
+}
+
+static void FN(max_pool_backward_plane)(const T *dy, const int64_t *idx, T *dx, fc_int HW,
+                                        fc_int PQ)
+{
+    memset(dx, 0, (size_t)HW * sizeof(T));
+    for (fc_int k = 0; k < PQ; k++) dx[idx[k]] += dy[k];
+}
+
+
+/* acc[j] += xs[j*sw] for j < n (sums in double, as the Numba kernel's) */
+static inline void FN(sum_step)(double *restrict acc, const T *restrict xs, fc_int n, fc_int sw)
+{
+    if (sw == 1) {
+        for (fc_int j = 0; j < n; j++) acc[j] += (double)xs[j];
+    } else if (sw == 2) {
+        for (fc_int j = 0; j < n; j++) acc[j] += (double)xs[2 * j];
+    } else {
+        for (fc_int j = 0; j < n; j++) acc[j] += (double)xs[j * sw];
+    }
+}
+
+static void FN(avg_pool_plane)(const T *x, T *y, const fc_pool *g, int cip, fc_int dov,
+                               double *acc)
+{
+    const fc_int W = g->W, Q = g->Q, kw = g->kw, sw = g->sw, pw = g->pw;
+    fc_int j_lo, j_hi;
+    fc_inner_range_(Q, W, sw, pw, 1, kw, &j_lo, &j_hi);
+    for (fc_int i = 0; i < g->P; i++) {
+        T *yr = y + i * Q;
+        for (fc_int j = 0; j < Q; j++) {
+            if (j == j_lo && j_hi > j_lo) j = j_hi;
+            if (j >= Q) break;
+            fc_int h0, h1, w0, w1, div;
+            fc_avg_window_(g, i, j, cip, dov, &h0, &h1, &w0, &w1, &div);
+            double s = 0.0;
+            for (fc_int h = h0; h < h1; h++)
+                for (fc_int w = w0; w < w1; w++) s += (double)x[h * W + w];
+            yr[j] = (T)(s / (double)div);
+        }
+        if (j_hi <= j_lo) continue;
+        /* whole windows along the row: every output's sum in the same order as above */
+        fc_int h0, h1, w0, w1, div;
+        fc_avg_window_(g, i, j_lo, cip, dov, &h0, &h1, &w0, &w1, &div);
+        const fc_int n = j_hi - j_lo;
+        for (fc_int j = 0; j < n; j++) acc[j] = 0.0;
+        for (fc_int h = h0; h < h1; h++)
+            for (fc_int b = 0; b < kw; b++)
+                FN(sum_step)(acc, x + h * W + w0 + b, n, sw);
+        for (fc_int j = 0; j < n; j++) yr[j_lo + j] = (T)(acc[j] / (double)div);
+    }
+}
+
+static void FN(avg_pool_backward_plane)(const T *dy, T *dx, const fc_pool *g, int cip,
+                                        fc_int dov)
+{
+    const fc_int W = g->W;
+    memset(dx, 0, (size_t)(g->H * W) * sizeof(T));
+    for (fc_int i = 0; i < g->P; i++) {
+        for (fc_int j = 0; j < g->Q; j++) {
+            fc_int h0, h1, w0, w1, div;
+            fc_avg_window_(g, i, j, cip, dov, &h0, &h1, &w0, &w1, &div);
+            const double d = (double)dy[i * g->Q + j] / (double)div;
+            for (fc_int h = h0; h < h1; h++)
+                for (fc_int w = w0; w < w1; w++)
+                    dx[h * W + w] = (T)((double)dx[h * W + w] + d);
+        }
+    }
+}
+
+static void FN(adaptive_avg_plane)(const T *x, T *y, fc_int H, fc_int W,
+                                   const int64_t *hs, const int64_t *he, fc_int P,
+                                   const int64_t *ws, const int64_t *we, fc_int Q)
+{
+    (void)H;
+    for (fc_int i = 0; i < P; i++) {
+        for (fc_int j = 0; j < Q; j++) {
+            double s = 0.0;
+            for (fc_int h = hs[i]; h < he[i]; h++)
+                for (fc_int w = ws[j]; w < we[j]; w++) s += (double)x[h * W + w];
+            y[i * Q + j] = (T)(s / (double)((he[i] - hs[i]) * (we[j] - ws[j])));
+        }
+    }
+}
+
+/* -- im2col's weight gradient: the GEMM that reads patch rows in place ----------------- */
+
+/* rows [r0, r1) x columns [k0, k1) of A += V @ U, one element at a time (the blocks'
+ * remainders) */
+static void FN(patch_gemm_tail)(const T *xf, const fc_int *offs, const T *U, T *A,
+                                fc_int r0, fc_int r1, fc_int k0, fc_int k1, fc_int Kp,
+                                fc_int nb, fc_int Q, fc_int pitch, fc_int step)
+{
+    for (fc_int t = r0; t < r1; t++) {
+        for (fc_int k = k0; k < k1; k++) {
+            T a = A[t * Kp + k];
+            for (fc_int b = 0; b < nb; b++) {
+                const T *v = xf + offs[t] + b * pitch;
+                const T *u = U + b * Q * Kp + k;
+                for (fc_int q = 0; q < Q; q++) a += v[q * step] * u[q * Kp];
+            }
+            A[t * Kp + k] = a;
+        }
+    }
+}
+
+#if FC_VECTORS
+/* The register block: FC_MR rows x FC_NV vectors of FC_VB bytes (ISA-wide: 6 x 4 zmm
+ * with AVX-512, 6 x 2 ymm with AVX2, 6 x 2 xmm in the baseline), in GCC/Clang vector
+ * extensions, so one source serves every width: the accumulators stay in registers
+ * across the nb*Q pixels, each step loading FC_NV vectors of U and broadcasting one
+ * value of each of the FC_MR patch rows. */
+typedef T FN(vec) __attribute__((vector_size(FC_VB)));
+#define VL ((fc_int)(FC_VB / sizeof(T)))
+
+static inline FN(vec) FN(vload)(const T *p)
+{
+    FN(vec) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void FN(vstore)(T *p, FN(vec) v) { memcpy(p, &v, sizeof v); }
+
+static void FN(patch_gemm_block)(const T *restrict xf, const fc_int *offs, const T *restrict U,
+                                 T *restrict A, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,
+                                 fc_int step)
+{
+    FN(vec) acc[FC_MR][FC_NV];
+    for (int t = 0; t < FC_MR; t++)
+        for (int k = 0; k < FC_NV; k++) acc[t][k] = FN(vload)(A + t * Kp + k * VL);
+    for (fc_int b = 0; b < nb; b++) {
+        const T *v[FC_MR];
+        for (int t = 0; t < FC_MR; t++) v[t] = xf + offs[t] + b * pitch;
+        const T *u = U + b * Q * Kp;
+        for (fc_int q = 0; q < Q; q++) {
+            FN(vec) us[FC_NV];
+            for (int k = 0; k < FC_NV; k++) us[k] = FN(vload)(u + k * VL);
+            for (int t = 0; t < FC_MR; t++) {
+                const T w = v[t][q * step];             /* broadcast by the operator */
+                for (int k = 0; k < FC_NV; k++) acc[t][k] += us[k] * w;
+            }
+            u += Kp;
+        }
+    }
+    for (int t = 0; t < FC_MR; t++)
+        for (int k = 0; k < FC_NV; k++) FN(vstore)(A + t * Kp + k * VL, acc[t][k]);
+}
+#endif
+
+static void FN(patch_gemm)(const T *xf, const fc_int *offs, const T *U, T *A, fc_int rows,
+                           fc_int Kp, fc_int nb, fc_int Q, fc_int pitch, fc_int step)
+{
+    fc_int t0 = 0;
+#if FC_VECTORS
+    const fc_int CW = FC_NV * VL;                  /* columns per register block */
+    for (; t0 + FC_MR <= rows; t0 += FC_MR) {
+        fc_int k0 = 0;
+        for (; k0 + CW <= Kp; k0 += CW)
+            FN(patch_gemm_block)(xf, offs + t0, U + k0, A + t0 * Kp + k0, Kp, nb, Q, pitch, step);
+        if (k0 < Kp)
+            FN(patch_gemm_tail)(xf, offs, U, A, t0, t0 + FC_MR, k0, Kp, Kp, nb, Q, pitch, step);
+    }
+#endif
+    if (t0 < rows)
+        FN(patch_gemm_tail)(xf, offs, U, A, t0, rows, 0, Kp, Kp, nb, Q, pitch, step);
+}
+
+static void FN(pixel_major)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D, fc_int Kgp)
+{
+    enum { B = 16 };                                /* B x B blocks stay in L1 */
+    for (fc_int k0 = 0; k0 < Kg; k0 += B) {
+        const fc_int k1 = k0 + B < Kg ? k0 + B : Kg;
+        for (fc_int p0 = 0; p0 < npx; p0 += B) {
+            const fc_int p1 = p0 + B < npx ? p0 + B : npx;
+            for (fc_int px = p0; px < p1; px++)
+                for (fc_int k = k0; k < k1; k++) D[px * Kgp + k] = src[k * ld + px];
+        }
+    }
+}
+
+#ifdef VL
+#  undef VL
+#endif
+#undef FN

@@ -1,0 +1,112 @@
+/* The hot loops of fastconv's Cython backend, reached through a table of function
+ * pointers.
+ *
+ * The loops (fc_impl.h) are compiled once per instruction set, each build in its own
+ * object with its own flags (isa_*.c): baseline x86-64 (SSE2), AVX2 + FMA, AVX-512
+ * (F, BW, DQ, VL at 512-bit width); elsewhere (or with FASTCONV_NATIVE=1: -march=native)
+ * one portable build. Each object exports only its table (fc_kernels_<isa>()); every
+ * loop in it is static, so code built for a wider instruction set can run only through
+ * its table. The Cython modules take the table _isa.py chooses at import
+ * (fc_table(name)): the widest the CPU runs, or FASTCONV_ISA's lower one.
+ *
+ * Which variants are built comes from the build (setup.py): FC_NATIVE, or FC_HAVE_AVX2
+ * and FC_HAVE_AVX512 beside the baseline.
+ */
+#ifndef FASTCONV_KERNELS_H
+#define FASTCONV_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(_WIN32)
+#  define FC_HIDDEN __attribute__((visibility("hidden")))
+#else
+#  define FC_HIDDEN
+#endif
+
+typedef int64_t fc_int;
+
+/* A convolution's geometry (fastconv._geometry.ConvParams): input (N, C, H, W), weight
+ * (K, C/G, R, S), output (N, K, P, Q), stride (sh, sw), top/left padding (pt, pl),
+ * dilation (dh, dw). */
+typedef struct {
+    fc_int N, C, H, W, K, R, S, G;
+    fc_int sh, sw, pt, pl, dh, dw, P, Q;
+} fc_conv;
+
+/* A pooling sweep's geometry (fastconv._geometry.PoolParams) for one (H, W) plane:
+ * window (kh, kw), stride (sh, sw), padding (ph, pw), dilation (dh, dw), output (P, Q). */
+typedef struct {
+    fc_int H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q;
+} fc_pool;
+
+#define FC_SIGNATURES(T, X)                                                              \
+    /* col row `row` = (c*R + r)*S + s of a tile of nt images from n0, output rows     \
+     * p0 .. p0+pr: col[row*cols + (t*pr + i)*Q + q], cols = nt*pr*Q (0 outside x) */  \
+    void (*im2col_row_##X)(const T *x, T *col, const fc_conv *g, fc_int row,            \
+                           fc_int n0, fc_int nt, fc_int p0, fc_int pr);                 \
+    /* dx[n0 + t, c] += the patches of channel c in col, added back where gathered;    \
+     * ph: sw * ceil(W / sw) elements of scratch */                                     \
+    void (*col2im_plane_##X)(const T *col, T *dx, const fc_conv *g, fc_int t, fc_int c, \
+                             fc_int n0, fc_int nt, fc_int p0, fc_int pr, T *ph);        \
+    /* one (image, channel) plane of max pooling: values and flat indices */           \
+    void (*max_pool_plane_##X)(const T *x, T *y, int64_t *idx, const fc_pool *g);       \
+    void (*max_pool_backward_plane_##X)(const T *dy, const int64_t *idx, T *dx,         \
+                                        fc_int HW, fc_int PQ);                           \
+    /* acc: Q doubles of scratch */                                                     \
+    void (*avg_pool_plane_##X)(const T *x, T *y, const fc_pool *g, int count_include_pad, \
+                               fc_int divisor_override, double *acc);                   \
+    void (*avg_pool_backward_plane_##X)(const T *dy, T *dx, const fc_pool *g,           \
+                                        int count_include_pad, fc_int divisor_override); \
+    void (*adaptive_avg_plane_##X)(const T *x, T *y, fc_int H, fc_int W,                \
+                                   const int64_t *hs, const int64_t *he, fc_int P,      \
+                                   const int64_t *ws, const int64_t *we, fc_int Q);     \
+    /* A (rows, Kp) += V @ U: V's row i, pixel (b, q) is xf[offs[i] + b*pitch + q*step] \
+     * (patch rows read in place), U (nb*Q, Kp) row-major */                            \
+    void (*patch_gemm_##X)(const T *xf, const fc_int *offs, const T *U, T *A,           \
+                           fc_int rows, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,   \
+                           fc_int step);                                                 \
+    /* D[px*Kgp + k] = src[k*ld + px] for k < Kg, px < npx */                           \
+    void (*pixel_major_##X)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D,       \
+                            fc_int Kgp);
+
+typedef struct {
+    const char *name;
+    FC_SIGNATURES(float, f32)
+    FC_SIGNATURES(double, f64)
+} fc_kernels;
+
+FC_HIDDEN const fc_kernels *fc_kernels_baseline(void);
+FC_HIDDEN const fc_kernels *fc_kernels_avx2(void);
+FC_HIDDEN const fc_kernels *fc_kernels_avx512(void);
+FC_HIDDEN const fc_kernels *fc_kernels_native(void);
+
+/* The variants this build holds, narrowest first, comma-separated. */
+#if defined(FC_NATIVE)
+#  define FC_BUILT "native"
+#elif defined(FC_HAVE_AVX2) && defined(FC_HAVE_AVX512)
+#  define FC_BUILT "baseline,avx2,avx512"
+#elif defined(FC_HAVE_AVX2)
+#  define FC_BUILT "baseline,avx2"
+#else
+#  define FC_BUILT "baseline"
+#endif
+
+/* The table of variant `name` (one of FC_BUILT), or NULL. */
+static inline const fc_kernels *fc_table(const char *name)
+{
+#if defined(FC_NATIVE)
+    if (strcmp(name, "native") == 0) return fc_kernels_native();
+#else
+    if (strcmp(name, "baseline") == 0) return fc_kernels_baseline();
+#  if defined(FC_HAVE_AVX2)
+    if (strcmp(name, "avx2") == 0) return fc_kernels_avx2();
+#  endif
+#  if defined(FC_HAVE_AVX512)
+    if (strcmp(name, "avx512") == 0) return fc_kernels_avx512();
+#  endif
+#endif
+    return NULL;
+}
+
+#endif

@@ -1,0 +1,405 @@
+"""The Cython backend (fastconv/kernels/cython/, docs/cython.md): registered when
+built, each kernel against its Numba twin and the reference in every variant the
+planner makes, each instruction-set variant forced in a subprocess, thread counts and
+concurrent Python threads.
+
+Skipped, with the reason, when the extension is not built (a source tree used in
+place); with ``FASTCONV_REQUIRE_CYTHON=1`` (CI) a missing build fails instead.
+"""
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _dispatch, _tuning
+from fastconv.kernels import cython as cy
+
+from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases, on_one_thread,
+                      pool_cases, tolerance)
+
+WHY_NOT = cy.available()
+if WHY_NOT is not None and os.environ.get("FASTCONV_REQUIRE_CYTHON") != "1":
+    pytest.skip(f"Cython backend not available: {WHY_NOT}", allow_module_level=True)
+
+CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
+POOL_OPS = ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+            "adaptive_avg_pool2d")
+
+
+# -- registry and planner ----------------------------------------------------------------
+
+
+def test_backend_is_registered_and_available():
+    assert WHY_NOT is None, WHY_NOT
+    assert "cython" in _dispatch.available_backends()
+    for op in CONV_OPS:
+        assert ("im2col", "cython") in fastconv.algorithms(op)
+    for op in POOL_OPS:
+        assert ("direct", "cython") in fastconv.algorithms(op)
+    assert cy.ISA in cy.SUPPORTED and set(cy.SUPPORTED) <= set(cy.BUILT)
+    if cy.BUILT != ("native",) and os.uname().machine == "x86_64":
+        assert cy.BUILT == ("baseline", "avx2", "avx512")
+
+
+def test_auto_still_prefers_numba():
+    for op in CONV_OPS:
+        plan = fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), padding=1, algorithm="im2col")
+        assert plan.backend == "numba"
+    assert fastconv.plan("max_pool2d", (2, 8, 12, 12), kernel_size=2).backend == "numba"
+
+
+def test_backend_cython_runs_what_it_has_and_names_the_rest():
+    x, w = arrays(0, np.float32, (1, 4, 8, 8), (4, 4, 3, 3))
+    with fastconv.trace_plans() as ran:
+        fastconv.conv2d(x, w, padding=1, backend="cython")           # auto: im2col here
+        fastconv.max_pool2d(x, 2, backend="cython")
+    assert [(p.algorithm, p.backend) for p in ran] == [("im2col", "cython"), ("direct", "cython")]
+    for algorithm in ("direct", "winograd_f2", "winograd_f4"):
+        with pytest.raises(ValueError, match=rf"algorithm='{algorithm}', backend='cython'.*"
+                                             r"registered:.*\(algorithm='im2col', backend='cython'\)"):
+            fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="cython")
+
+
+# -- every kernel against Numba and the reference -----------------------------------------
+
+
+def _conv_all(case, x, w, dy, backend, algorithm="im2col"):
+    kw = dict(conv_args(case), algorithm=algorithm, backend=backend)
+    return {"conv2d": fastconv.conv2d(x, w, **kw),
+            "conv2d_input": fastconv.conv2d_input(x.shape, w, dy, **kw),
+            "conv2d_weight": fastconv.conv2d_weight(x, w.shape, dy, **kw)}
+
+
+def _check_conv(case, dtype, seed, ops=CONV_OPS):
+    p = case["params"]
+    x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    with fastconv.trace_plans() as ran:
+        got = _conv_all(case, x, w, dy, "cython")
+    numba = _conv_all(case, x, w, dy, "numba")
+    want = _conv_all(case, x, w, dy, "numpy", "reference")
+    tol = tolerance(dtype, "im2col")
+    for op in ops:
+        assert got[op].dtype == dtype
+        assert_close(got[op], want[op], tol, f"{op} cython vs reference {p}")
+        assert_close(got[op], numba[op], tol, f"{op} cython vs numba {p}")
+    return {plan.op: plan.variant for plan in ran}
+
+
+@settings(max_examples=25)
+@given(case=conv_cases("im2col"), dtype=st.sampled_from(DTYPES))
+def test_im2col_matches_numba_and_reference(case, dtype):
+    _check_conv(case, dtype, case["params"].N + 3)
+
+
+@contextlib.contextmanager
+def tuned(workspace=None, **thresholds):
+    """Tuning thresholds (and the workspace limit) set inside the block, put back after."""
+    limit = fastconv.get_workspace_limit()
+    try:
+        for name, value in thresholds.items():
+            _tuning.set(name, value)
+        if workspace is not None:
+            fastconv.set_workspace_limit(workspace)
+        yield
+    finally:
+        _tuning.reset()
+        fastconv.set_workspace_limit(limit)
+
+
+@st.composite
+def pointwise_cases(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    C, K = groups * draw(st.integers(1, 6)), groups * draw(st.integers(1, 6))
+    N, H, W = draw(st.integers(2, 4)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    params = fastconv._geometry.conv_params("t", (N, C, H, W), (K, C // groups, 1, 1),
+                                            groups=groups)
+    return dict(N=N, C=C, H=H, W=W, K=K, R=1, S=1, stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1), groups=groups, params=params)
+
+
+@pytest.mark.parametrize("variant", ["image_gemm", "batch_gemm"])
+@settings(max_examples=10)
+@given(case=pointwise_cases(), dtype=st.sampled_from(DTYPES))
+def test_pointwise_variants(variant, case, dtype):
+    """1x1 layers: a GEMM per image, or one over the batch channels-first."""
+    with tuned(POINTWISE_ONE_GEMM_BELOW=0 if variant == "image_gemm" else 10**9):
+        ran = _check_conv(case, dtype, 1)
+    assert set(ran.values()) == {variant}
+
+
+@pytest.mark.parametrize("limit", [1500, 20000])
+@settings(max_examples=10)
+@given(case=conv_cases("im2col", max_hw=16), dtype=st.sampled_from(DTYPES))
+def test_tiles_of_images_and_of_output_rows(limit, case, dtype):
+    """A small workspace: bands of one image's output rows (1500 bytes), or tiles of a
+    few images (20000), each GEMM writing NCHW in place or through the tile buffer."""
+    with tuned(workspace=limit):
+        ran = _check_conv(case, dtype, 2)
+    assert set(ran.values()) <= {"tiled", "image_gemm", "batch_gemm"}
+
+
+@settings(max_examples=20)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_patch_gemm_weight_gradient(data, dtype):
+    """The weight gradient read in place by the register-tiled GEMM, forced on every
+    geometry, with small bands and several slices (partial bands, several register
+    blocks and their remainders, groups)."""
+    case = data.draw(conv_cases("im2col"))
+    p = case["params"]
+    assume(not p.pointwise)                     # 1x1 layers keep their GEMM variants
+    x, w, dy = arrays(p.N + p.C, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    kw = conv_args(case)
+    # padded copies of a few images at a time, or of all
+    with tuned(workspace=data.draw(st.sampled_from([None, 4000])),
+               WEIGHT_FUSED_MIN_RATIO=0, WEIGHT_FUSED_MIN_CHANNELS=0,
+               WEIGHT_BAND_COLUMNS=data.draw(st.sampled_from([1, 7, 40])),
+               WEIGHT_SLICES=data.draw(st.sampled_from([1, 3, 16]))):
+        with fastconv.trace_plans() as ran:
+            got = fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm="im2col",
+                                         backend="cython")
+        numba = fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm="im2col", backend="numba")
+    assert ran[0].variant == "patch_gemm"
+    want = fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm="reference")
+    # relative to the sum of the terms' magnitudes (see test_kernels' blocked test)
+    terms = fastconv.conv2d_weight(np.abs(x), w.shape, np.abs(dy), **kw, algorithm="reference")
+    scale = max(np.abs(terms).max(), 1e-30)
+    for other, name in ((want, "reference"), (numba, "numba")):
+        err = np.abs(got - other).max() / scale
+        assert err <= tolerance(dtype, "im2col"), f"patch_gemm vs {name} {p}: {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_patch_gemm_at_the_planners_blocks(dtype):
+    """A layer with many output pixels per patch row, whose weight gradient the planner
+    sends to patch_gemm unforced (64 and 80 output channels: whole register blocks, and
+    a padded last block)."""
+    x = arrays(4, dtype, (2, 3, 26, 24))[0]
+    for K in (64, 80):
+        (dy,) = arrays(K, dtype, (2, K, 26, 24))
+        with fastconv.trace_plans() as ran:
+            got = fastconv.conv2d_weight(x, (K, 3, 3, 3), dy, padding=1, algorithm="im2col",
+                                         backend="cython")
+        assert ran[0].variant == "patch_gemm"
+        numba = fastconv.conv2d_weight(x, (K, 3, 3, 3), dy, padding=1, algorithm="im2col",
+                                       backend="numba")
+        want = fastconv.conv2d_weight(x, (K, 3, 3, 3), dy, padding=1, algorithm="reference")
+        assert_close(got, want, tolerance(dtype, "im2col"), f"patch_gemm K={K} vs reference")
+        assert_close(got, numba, tolerance(dtype, "im2col"), f"patch_gemm K={K} vs numba")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C,K,groups", [(3, 7, 1), (4, 26, 2), (5, 64, 1)])
+def test_patch_gemm_register_block_remainders(monkeypatch, dtype, C, K, groups):
+    """Blocks the register tile does not divide (5 rows x 20 or 12 columns): the GEMM's
+    element-by-element remainders."""
+    from fastconv.kernels import layouts
+    monkeypatch.setattr(layouts, "PATCH_GEMM_BLOCKS", ((20, 5), (12, 5)))
+    x = arrays(C, dtype, (2, C, 11, 9))[0]
+    (dy,) = arrays(K, dtype, (2, K, 11, 9))
+    w_shape = (K, C // groups, 3, 3)
+    with tuned(WEIGHT_FUSED_MIN_RATIO=0, WEIGHT_FUSED_MIN_CHANNELS=0, WEIGHT_BAND_COLUMNS=20):
+        with fastconv.trace_plans() as ran:
+            got = fastconv.conv2d_weight(x, w_shape, dy, padding=1, groups=groups,
+                                         algorithm="im2col", backend="cython")
+    assert ran[0].variant == "patch_gemm" and ran[0]["block"][0] == 5
+    want = fastconv.conv2d_weight(x, w_shape, dy, padding=1, groups=groups,
+                                  algorithm="reference")
+    assert_close(got, want, tolerance(dtype, "im2col"), "patch_gemm remainders")
+
+
+def _pool_all(case, x, dy_seed, backend, algorithm="direct"):
+    args = {k: case[k] for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
+    kw = dict(algorithm=algorithm, backend=backend)
+    y, idx = fastconv.max_pool2d(x, **args, return_indices=True, **kw)
+    (dy,) = arrays(dy_seed, x.dtype, y.shape)
+    avg = dict(args, count_include_pad=case["cip"], divisor_override=case["div"])
+    del avg["dilation"]
+    a = fastconv.avg_pool2d(x, **avg, **kw)
+    (da,) = arrays(dy_seed + 1, x.dtype, a.shape)
+    return {"max_pool2d": y, "indices": idx,
+            "max_pool2d_backward": fastconv.max_pool2d_backward(dy, idx, x.shape, **kw),
+            "avg_pool2d": a,
+            "avg_pool2d_backward": fastconv.avg_pool2d_backward(da, x.shape, **avg, **kw),
+            "adaptive_avg_pool2d": fastconv.adaptive_avg_pool2d(x, case["adaptive"], **kw)}
+
+
+@settings(max_examples=30)
+@given(case=pool_cases(max_pool=True), dtype=st.sampled_from(DTYPES), cip=st.booleans(),
+       div=st.sampled_from([None, 1, 3]),
+       adaptive=st.tuples(st.integers(1, 7), st.integers(1, 7)))
+def test_pooling_matches_numba_and_reference(case, dtype, cip, div, adaptive):
+    """Every pooling op; max pooling's values and indices equal the reference's and
+    Numba's exactly, the sums (gradients of overlapping windows too) agree within the
+    tolerance (average pooling has no
+    dilation: the drawn one is dropped there)."""
+    case = dict(case, cip=cip, div=div, adaptive=adaptive)
+    (x,) = arrays(case["H"] * 3 + case["W"], dtype, (case["N"], case["C"], case["H"], case["W"]))
+    got = _pool_all(case, x, 5, "cython")
+    numba = _pool_all(case, x, 5, "numba")
+    want = _pool_all(case, x, 5, "numpy", "reference")
+    for key in ("max_pool2d", "indices"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_array_equal(got[key], numba[key], err_msg=key)
+    for key in ("max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d"):
+        assert got[key].dtype == dtype
+        assert_close(got[key], want[key], tolerance(dtype, "direct"), f"{key} vs reference")
+        assert_close(got[key], numba[key], tolerance(dtype, "direct"), f"{key} vs numba")
+
+
+def test_pooling_sees_nan_and_inf():
+    x = np.arange(2 * 3 * 7 * 9, dtype=np.float32).reshape(2, 3, 7, 9)
+    x[0, 0, 1, 1] = np.nan
+    x[1, 2, 3, 4] = np.inf
+    x[0, 1, 5, 8] = -np.inf
+    for kw in (dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=2)):
+        got = fastconv.max_pool2d(x, **kw, return_indices=True, backend="cython")
+        want = fastconv.max_pool2d(x, **kw, return_indices=True, algorithm="reference")
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        assert_close(fastconv.avg_pool2d(x, **kw, backend="cython"),
+                     fastconv.avg_pool2d(x, **kw, algorithm="reference"), 1e-6, "avg")
+
+
+# -- instruction-set variants, forced in a subprocess ------------------------------------
+
+_SCRIPT = r"""
+import sys, numpy as np, fastconv, fastconv._tuning as tuning
+import fastconv.kernels.cython as cy
+rng = np.random.default_rng(7)
+out = {}
+for dt in (np.float32, np.float64):
+    x = rng.standard_normal((2, 6, 17, 15)).astype(dt)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(dt)
+    kw = dict(padding=1, stride=(1, 2), groups=2, backend="cython")
+    y = fastconv.conv2d(x, w, **kw)
+    dy = rng.standard_normal(y.shape).astype(dt)
+    out[f"conv2d_{dt.__name__}"] = y
+    out[f"conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(x.shape, w, dy, **kw)
+    tuning.set("WEIGHT_FUSED_MIN_RATIO", 0); tuning.set("WEIGHT_FUSED_MIN_CHANNELS", 0)
+    out[f"conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(x, w.shape, dy, **kw)
+    tuning.reset()
+    z, i = fastconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True, backend="cython")
+    out[f"max_pool2d_{dt.__name__}"], out[f"indices_{dt.__name__}"] = z, i
+    out[f"avg_pool2d_{dt.__name__}"] = fastconv.avg_pool2d(x, 3, stride=1, padding=1, backend="cython")
+np.savez(sys.argv[1], **out)
+print(cy.ISA, "numba" in sys.modules)
+"""
+
+
+def _run_forced(isa, path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(fastconv.__file__).resolve().parents[1])]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if isa is None:
+        env.pop("FASTCONV_ISA", None)
+    else:
+        env["FASTCONV_ISA"] = isa
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    isa_ran, numba_imported = proc.stdout.split()
+    return isa_ran, numba_imported == "True", dict(np.load(path)), proc.stderr
+
+
+@pytest.fixture(scope="module")
+def default_isa_results(tmp_path_factory):
+    return _run_forced(None, tmp_path_factory.mktemp("isa") / "default.npz")
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_forced_isa_gives_the_same_results(isa, tmp_path, default_isa_results):
+    """Each variant the CPU runs, forced by FASTCONV_ISA, reports itself and gives the
+    default variant's results: gathers, copies and pooling bit for bit, the GEMMs within
+    the tolerance (a variant with FMA rounds its products differently)."""
+    if isa not in cy.SUPPORTED:
+        pytest.skip(f"this CPU or build does not run {isa} (it runs {', '.join(cy.SUPPORTED)})")
+    best, numba_imported, want, _ = default_isa_results
+    assert best == cy.SUPPORTED[-1]
+    assert not numba_imported, "the Cython kernels imported Numba"
+    ran, _, got, _ = _run_forced(isa, tmp_path / f"{isa}.npz")
+    assert ran == isa
+    for key, value in want.items():
+        if key.startswith(("max_pool2d", "indices", "avg_pool2d")):
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{key} under {isa}")
+        else:
+            assert_close(got[key], value, tolerance(value.dtype, "im2col"), f"{key} under {isa}")
+
+
+def test_unknown_or_unsupported_isa_is_ignored_with_a_warning(tmp_path):
+    ran, _, _, stderr = _run_forced("sse9", tmp_path / "bad.npz")
+    assert ran == cy.SUPPORTED[-1]
+    assert "FASTCONV_ISA='sse9' is not in this build" in stderr
+
+
+# -- threads ---------------------------------------------------------------------------
+
+
+def _every_op(seed, dtype=np.float32):
+    """Each Cython kernel once, on fixed data (the weight gradient both ways)."""
+    x, w = arrays(seed, dtype, (3, 8, 19, 17), (16, 4, 3, 3))
+    kw = dict(padding=1, groups=2, algorithm="im2col", backend="cython")
+    y = fastconv.conv2d(x, w, **kw)
+    res = {"conv2d": y, "conv2d_input": fastconv.conv2d_input(x.shape, w, y, **kw),
+           "conv2d_weight": fastconv.conv2d_weight(x, w.shape, y, **kw)}
+    xs, dys = arrays(seed + 1, dtype, (2, 3, 24, 24), (2, 64, 24, 24))
+    with fastconv.trace_plans() as ran:
+        res["patch_gemm"] = fastconv.conv2d_weight(xs, (64, 3, 3, 3), dys, padding=1,
+                                                   algorithm="im2col", backend="cython")
+    assert ran[0].variant == "patch_gemm"
+    z, idx = fastconv.max_pool2d(y, 3, stride=2, padding=1, return_indices=True,
+                                 backend="cython")
+    res.update(max_pool2d=z, indices=idx,
+               max_pool2d_backward=fastconv.max_pool2d_backward(z, idx, y.shape, backend="cython"),
+               avg_pool2d=fastconv.avg_pool2d(y, 3, stride=2, padding=1, backend="cython"),
+               avg_pool2d_backward=fastconv.avg_pool2d_backward(z, y.shape, 3, stride=2,
+                                                                padding=1, backend="cython"),
+               adaptive_avg_pool2d=fastconv.adaptive_avg_pool2d(y, (4, 3), backend="cython"))
+    return res
+
+
+def test_one_thread_and_two_give_the_same_results():
+    if fastconv._config.MAX_THREADS < 2:
+        pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
+    one = on_one_thread(lambda: _every_op(3))
+    fastconv.set_num_threads(2)
+    two = _every_op(3)
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+
+
+def test_repeated_calls_are_bitwise_equal():
+    a, b = _every_op(5), _every_op(5)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_concurrent_calls_from_python_threads():
+    want = _every_op(9)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(_every_op(9))
+        except Exception as exc:       # re-raised below in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 12
+    for res in results:
+        for key in want:
+            np.testing.assert_array_equal(res[key], want[key], err_msg=key)
