@@ -11,13 +11,14 @@ from ._plan import Plan, autotune, plan
 from ._plan import trace as trace_plans
 from .functional import (adaptive_avg_pool2d, avg_pool2d, avg_pool2d_backward, conv2d,
                          conv2d_input, conv2d_weight, conv_transpose2d, max_pool2d,
-                         max_pool2d_backward)
+                         max_pool2d_backward, prepare_weight)
+from .kernels.weight_cache import PreparedWeight
 
 __version__ = "0.1.0"
 
 __all__ = [
     "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
-    "algorithms", "autotune", "plan", "Plan", "trace_plans", "set_num_threads", "get_num_threads", "set_workspace_limit",
+    "prepare_weight", "PreparedWeight", "algorithms", "autotune", "plan", "Plan", "trace_plans", "set_num_threads", "get_num_threads", "set_workspace_limit",
     "get_workspace_limit", "release_workspace",
 ]

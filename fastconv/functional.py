@@ -15,9 +15,10 @@ from . import _plan
 from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
                         check_dtype, check_grad_output, conv_params, pool_params,
                         transpose_params)
+from .kernels.weight_cache import PreparedWeight
 
 __all__ = [
-    "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
+    "prepare_weight", "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
 ]
 
@@ -43,6 +44,22 @@ def _size(op, name, size, unbatched):
     return size
 
 
+def _weight(weight):
+    """The weight's C-contiguous array: a :class:`PreparedWeight`'s own copy, whose
+    derived layouts the kernels keep with it."""
+    if isinstance(weight, PreparedWeight):
+        return weight.array
+    return np.ascontiguousarray(weight)
+
+
+def prepare_weight(weight):
+    """A weight prepared once for many calls (:class:`PreparedWeight`): a private
+    read-only copy, with every layout or transformed filter the kernels derive from it
+    kept with it, reused with no check and no copy. Use it for weights that stay the
+    same between calls (inference); prepare again after changing the weight."""
+    return PreparedWeight(weight)
+
+
 def _unbatch(a, unbatched):
     return a[0] if unbatched else a
 
@@ -64,7 +81,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     Parameters
     ----------
     input : ndarray, shape (N, C, H, W) or (C, H, W)
-    weight : ndarray, shape (K, C/groups, R, S)
+    weight : ndarray or PreparedWeight, shape (K, C/groups, R, S)
     bias : ndarray, shape (K,), optional
     stride, dilation : int or (int, int)
     padding : int, (int, int), 'same' or 'valid'
@@ -100,7 +117,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
              [-8., -8.]]]], dtype=float32)
     """
     x, unbatched = _batched("conv2d", "input", input)
-    w = np.ascontiguousarray(weight)
+    w = _weight(weight)
     dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
@@ -124,7 +141,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     input_size : tuple of int
         Shape (N, C, H, W) of the forward pass's input ((C, H, W) if ``grad_output``
         is 3-D).
-    weight : ndarray, shape (K, C/groups, R, S)
+    weight : ndarray or PreparedWeight, shape (K, C/groups, R, S)
     grad_output : ndarray, shape (N, K, P, Q) or (K, P, Q)
     stride, padding, dilation, groups, algorithm, backend : as in :func:`conv2d`.
 
@@ -133,7 +150,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     ndarray of shape ``input_size``.
     """
     dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
-    w = np.ascontiguousarray(weight)
+    w = _weight(weight)
     dtype = check_dtype("conv2d_input", weight=w, grad_output=dy)
     size = _size("conv2d_input", "input_size", input_size, unbatched)
     p = conv_params("conv2d_input", size, w.shape, stride, padding, dilation, groups)
@@ -188,7 +205,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     Parameters
     ----------
     input : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
-    weight : ndarray, shape (C_in, C_out/groups, R, S)
+    weight : ndarray or PreparedWeight, shape (C_in, C_out/groups, R, S)
     bias : ndarray, shape (C_out,), optional
     stride, padding, dilation : int or (int, int)
     output_padding : int or (int, int)
@@ -208,7 +225,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """
     op = "conv_transpose2d"
     x, unbatched = _batched(op, "input", input)
-    w = np.ascontiguousarray(weight)
+    w = _weight(weight)
     dtype = check_dtype(op, input=x, weight=w, bias=bias)
     p = transpose_params(op, x.shape, w.shape, stride, padding, output_padding, groups,
                          dilation)

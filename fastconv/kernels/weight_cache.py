@@ -1,9 +1,19 @@
-"""A small cache of arrays derived from weights (re-layouts, transformed filters),
-shared by the kernels, for layers that call with the same weight again (inference, a
-benchmark loop). Never at the cost of a wrong answer: a hit requires the weight to be
-bitwise equal to a copy taken when the entry was built."""
+"""What kernels derive from a weight (re-layouts, transformed filters), kept for the
+next call with the same weight, two ways:
+
+- **Prepared weights** (:class:`PreparedWeight`, ``fastconv.prepare_weight``): a private
+  read-only copy of the weight made once, for weights that do not change between calls
+  (inference, as oneDNN, ONNX Runtime and cuDNN prepack constant weights). Whatever a
+  kernel derives from it is kept with it, for as long as it lives: no check, no
+  eviction, no copy per call.
+- **Plain arrays**: :data:`CACHE`, bounded in bytes, keyed by the array's address,
+  shape, strides and dtype. A hit requires the weight to be bitwise equal to a copy
+  taken when the entry was built (one memcmp of the weight per lookup), so an in-place
+  update (an optimiser step) or a reused address never returns a stale layout.
+"""
 import ctypes
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -18,23 +28,81 @@ except (OSError, AttributeError, TypeError):   # no C library handle (Windows)
 
 def bitwise_equal(a, b):
     """Whether arrays ``a`` and ``b`` of one shape and dtype hold the same bits (NaN ==
-    NaN, -0 != 0). memcmp when both are C-contiguous: faster than ``np.array_equal``,
-    and it stops at the first difference."""
+    NaN, -0 != 0). memcmp when both are C-contiguous (faster than ``np.array_equal``,
+    and it stops at the first difference)."""
     if _memcmp is not None and a.flags.c_contiguous and b.flags.c_contiguous:
         return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     bits = np.dtype(f"u{a.itemsize}")
     return bool(np.array_equal(a.view(bits), b.view(bits)))
 
 
-class WeightCache:
-    """Derived arrays of recently used weights. Key: (address, shape, strides, dtype,
-    kind). A hit requires the weight to be bitwise equal to the copy taken when the
-    entry was built, so in-place updates and reused addresses are always detected.
-    Holds at most ``size`` entries and ``max_bytes`` bytes (copies included)."""
+#: id of a prepared weight's array -> weak reference to its PreparedWeight
+_PREPARED = {}
 
-    def __init__(self, size=8, max_bytes=512 * 2**20):
-        self.size, self.max_bytes = size, max_bytes
-        self.entries = OrderedDict()
+
+class PreparedWeight:
+    """A convolution weight prepared once for many calls.
+
+    Holds a private, read-only, C-contiguous copy of ``weight`` (``.array``); every
+    layout or transformed filter a kernel derives from it is kept with it and reused
+    without a check, since nothing can change the copy. Pass it wherever
+    ``fastconv.conv2d``, ``conv2d_input`` or ``conv_transpose2d`` take a weight. After
+    changing the weight, prepare it again.
+
+    Examples
+    --------
+    >>> pw = fastconv.prepare_weight(w)                      # doctest: +SKIP
+    >>> for x in batches:                                     # doctest: +SKIP
+    ...     y = fastconv.conv2d(x, pw, padding=1)
+    """
+
+    def __init__(self, weight):
+        array = np.array(weight, copy=True, order="C")
+        if array.ndim != 4:
+            raise ValueError(f"prepare_weight: expected a weight of shape (K, C/groups, R, S),"
+                             f" got shape {array.shape}")
+        array.flags.writeable = False
+        self.array = array
+        self.derived = {}
+        key = id(array)
+        _PREPARED[key] = weakref.ref(self)
+        weakref.finalize(self, _PREPARED.pop, key, None)
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    @property
+    def nbytes(self):
+        """Bytes held: the copy and everything derived from it."""
+        return self.array.nbytes + sum(d.nbytes for d in self.derived.values())
+
+    def __repr__(self):
+        return (f"PreparedWeight(shape={self.array.shape}, dtype={self.array.dtype}, "
+                f"derived={len(self.derived)}, nbytes={self.nbytes})")
+
+
+def prepared(w):
+    """The PreparedWeight whose array ``w`` is, or None."""
+    ref = _PREPARED.get(id(w))
+    pw = ref() if ref is not None else None
+    return pw if pw is not None and pw.array is w else None
+
+
+class WeightCache:
+    """Derived arrays of recently used weights. Key: (address, shape, strides, dtype),
+    then the kernel's tag. One copy of each weight is kept, taken when its first entry
+    was built; a hit requires the weight to be bitwise equal to it. Holds at most
+    ``max_bytes`` bytes (copies included), least recently used first out; the derived
+    arrays of prepared weights live with them instead."""
+
+    def __init__(self, max_bytes=512 * 2**20):
+        self.max_bytes = max_bytes
+        self.entries = OrderedDict()          # key -> [copy, {tag: derived}]
         self.lock = threading.Lock()
 
     def get(self, w, kind, build):
@@ -47,31 +115,54 @@ class WeightCache:
         function that says whether it is still valid (``w`` bitwise equal to the copy),
         which the caller must call before using the entry's results (it may run it while
         other threads already compute with the entry); or ``build()``'s result, stored,
-        and None."""
-        key = self._key(w, kind)
+        and None. For a prepared weight: its own derived array, and None."""
+        pw = prepared(w)
+        if pw is not None:
+            derived = pw.derived.get(kind)
+            if derived is None:
+                derived = pw.derived[kind] = build()
+            return derived, None
+        key = self._key(w)
         with self.lock:
             hit = self.entries.get(key)
             if hit is not None:
                 self.entries.move_to_end(key)
-        if hit is None:
+                derived = hit[1].get(kind)
+        if hit is None or derived is None:
             return self.put(w, kind, build()), None
-        copy, derived = hit
+        copy = hit[0]
         return derived, lambda: bitwise_equal(copy, w)
 
     def put(self, w, kind, derived):
-        """Store ``derived`` for weight ``w`` (a copy of it is taken) and tag ``kind``."""
-        key = self._key(w, kind)
+        """Store ``derived`` for weight ``w`` and tag ``kind``. A weight that no longer
+        matches its copy starts a new entry (a copy of it is taken)."""
+        pw = prepared(w)
+        if pw is not None:
+            pw.derived[kind] = derived
+            return derived
+        key = self._key(w)
         with self.lock:
-            self.entries[key] = (w.copy(), derived)
+            entry = self.entries.get(key)
+            if entry is None or not bitwise_equal(entry[0], w):
+                entry = self.entries[key] = [w.copy(), {}]
+            entry[1][kind] = derived
             self.entries.move_to_end(key)
-            while len(self.entries) > 1 and (
-                    len(self.entries) > self.size or self._nbytes() > self.max_bytes):
+            while len(self.entries) > 1 and self._nbytes() > self.max_bytes:
                 self.entries.popitem(last=False)
         return derived
 
+    def clear(self):
+        with self.lock:
+            self.entries.clear()
+
     @staticmethod
-    def _key(w, kind):
-        return (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, kind)
+    def _key(w):
+        return (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str)
 
     def _nbytes(self):
-        return sum(c.nbytes + d.nbytes for c, d in self.entries.values())
+        return sum(c.nbytes + sum(d.nbytes for d in ds.values())
+                   for c, ds in self.entries.values())
+
+
+#: the cache every kernel shares for plain weight arrays
+CACHE = WeightCache()

@@ -160,7 +160,7 @@ class Module:
             p.grad = np.zeros_like(p.data)
         for _, owner, name in self._named_buffers():
             owner._buffers[name] = owner._buffers[name].astype(dtype)
-        return self
+        return self.train(self.training)          # prepared weights follow the new arrays
 
     def state_dict(self):
         """``{name: array copy}`` of every parameter and buffer."""
@@ -203,6 +203,7 @@ class Module:
                 obj.data[...] = state[name]
             else:
                 obj._buffers[buf][...] = state[name]
+        self.train(self.training)                 # prepared weights follow the new values
 
     def save(self, path, metadata=None):
         """Write ``state_dict()`` (and an optional JSON-able ``metadata`` dict) to an
@@ -270,6 +271,11 @@ class Conv2d(Module):
 
     ``algorithm=`` and ``backend=`` are passed to :func:`fastconv.conv2d` and its two
     gradient functions.
+
+    In eval mode the layer runs on a prepared copy of its weight
+    (:func:`fastconv.prepare_weight`), made when ``eval()`` (or ``load_state_dict``) is
+    called: its layouts are built once and reused with no per-call check. Change the
+    weight in training mode, or call ``eval()`` again after changing it.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -287,10 +293,17 @@ class Conv2d(Module):
         if bias:
             self.bias = self._parameters["bias"] = Parameter(np.zeros(out_channels, dtype))
         self._x = None
+        self._prepared = None
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._prepared = None if mode else F.prepare_weight(self.weight.data)
+        return self
 
     def forward(self, x):
         self._x = x
-        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
+        w = self.weight.data if self.training or self._prepared is None else self._prepared
+        return F.conv2d(x, w, None if self.bias is None else self.bias.data,
                         self.stride, self.padding, self.dilation, self.groups,
                         algorithm=self.algorithm, backend=self.backend)
 

@@ -3,6 +3,7 @@ layer, the compile flags, and the thread count kept in step with
 ``fastconv.set_num_threads``. Imported before any Numba kernel module is, because
 Numba reads its cache directory when a function is decorated."""
 import contextlib
+import os
 
 import numba
 from numba.core import config as _numba_config
@@ -10,6 +11,25 @@ from numba.core import config as _numba_config
 from ... import _config
 
 _numba_config.CACHE_DIR = _config.CACHE_DIR
+
+
+def _target_features():
+    """The CPU features Numba compiles for: the host's, with LLVM's preference for
+    256-bit vectors turned off on CPUs with AVX-512 (LLVM tunes Intel's AVX-512 cores,
+    Skylake-X to Sapphire Rapids, for 256-bit vectors, so the generated kernels ran at
+    half the width the CPU has; AMD's Zen 4/5 have no such preference).
+    ``FASTCONV_VECTOR_WIDTH=256`` keeps LLVM's choice. A user's ``NUMBA_CPU_FEATURES``
+    wins. Numba applies this to every function it compiles in the process."""
+    if _numba_config.CPU_FEATURES or os.environ.get("FASTCONV_VECTOR_WIDTH") == "256":
+        return _numba_config.CPU_FEATURES
+    import llvmlite.binding as ll
+    features = ll.get_host_cpu_features()
+    if not features.get("avx512f"):
+        return _numba_config.CPU_FEATURES
+    return features.flatten() + ",-prefer-256-bit"
+
+
+_numba_config.CPU_FEATURES = _target_features()
 # Numba's workqueue layer aborts on concurrent calls from several Python threads;
 # prefer OpenMP (GCC's libgomp), then TBB.
 _numba_config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]

@@ -98,9 +98,15 @@ import numpy as np
 from numba import prange
 
 from ..._config import workspace
+<<<<<<< HEAD
+from ..layouts import flat_pitch, lanes_block
+from ..weight_cache import CACHE as _weights
+from . import _direct_gen
+=======
 from ..layouts import DW_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
 from ..weight_cache import WeightCache
 from . import codegen
+>>>>>>> main
 from ._jit import jit
 from ._layout import to_padded, w_blocked as _w_blocked
 from ._ranges import valid_range
@@ -210,7 +216,7 @@ def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
     ``w`` (see ``_w_blocked``) from the cache when ``wkey`` (the caller's array, ``w``
     derived from it) was seen before, with the check the kernel's first run makes while
     it already computes (``_forward_blocked``), else (or ``fresh``) built, and None."""
-    tag = ("fwd", flip, G, Kg, Cg, KB) + kind
+    tag = ("direct", flip, G, Kg, Cg, KB) + kind
 
     def build():
         wc = np.ascontiguousarray(w)
@@ -224,12 +230,6 @@ def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
         return _weights.get_unchecked(wkey, tag, build)
 
     return weight
-
-
-# -- Weight re-layout cache ----------------------------------------------------------------
-
-
-_weights = WeightCache()
 
 
 # -- Forward core (used by conv2d and conv2d_input) ----------------------------------------

@@ -76,8 +76,13 @@ from numba import prange, types
 
 from ..._config import get_num_threads, single_threaded_blas, workspace_array
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
+<<<<<<< HEAD
+from ..weight_cache import CACHE as _filters
+from . import _direct_gen
+=======
 from ..weight_cache import WeightCache
 from . import codegen
+>>>>>>> main
 from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
@@ -765,8 +770,6 @@ def _by_chunks(V, Vc, CB):
 
 _FILTERS = {2: (_filter_f2, _filter_t2), 4: (_filter_f4, _filter_t4)}
 
-#: transformed filters of recently used weights (checked bitwise on every hit)
-_filters = WeightCache()
 
 
 def _buffer(slot, shape, dtype):
@@ -798,7 +801,7 @@ def _filter(m, w, kind, nsplit, multiple=1):
             piece = U[:, :, part * kp:part * kp + kp]
             Uk[part, :, :, :piece.shape[2]] = piece
         return Uk
-    return _filters.get(w, (kind, m, nsplit, multiple), build)
+    return _filters.get(w, ("winograd", kind, m, nsplit, multiple), build)
 
 
 def _winograd(plan, m, x, w, kind, y, off_h, off_w):
