@@ -37,3 +37,67 @@ def test_hit_and_in_place_miss():
     assert cache.get(w, "k", build) is first and len(builds) == 1
     w[3, 3] = 5                                   # same array, new contents: rebuilt
     assert cache.get(w, "k", build)[3, 3] == 10 and len(builds) == 2
+
+
+def test_bounded_in_bytes_one_copy_per_weight():
+    """Entries are evicted least recently used first once the bytes (copies and derived
+    arrays) pass the bound; several derived arrays of one weight share its one copy."""
+    w1, w2 = np.ones((256, 256), np.float32), np.full((256, 256), 2, np.float32)  # 256 KiB each
+    cache = WeightCache(max_bytes=3 * w1.nbytes)
+    cache.get(w1, "a", lambda: w1 * 2)
+    cache.get(w1, "b", lambda: w1 * 3)
+    assert len(cache.entries) == 1 and cache._nbytes() == 3 * w1.nbytes
+    cache.get(w2, "a", lambda: w2 * 2)               # over the bound: w1's entry goes
+    assert list(cache.entries) == [cache._key(w2)] and cache._nbytes() <= cache.max_bytes
+
+
+def test_a_network_of_weights_fits():
+    """The default bound holds more than the 8 weights the cache used to: ResNet-18's 21
+    convolutions' derived layouts stay cached (built once over three passes)."""
+    cache = WeightCache()
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((128, 128, 3, 3)).astype(np.float32) for _ in range(21)]
+    builds = []
+    for _ in range(3):
+        for w in weights:
+            cache.get(w, "layout", lambda w=w: builds.append(1) or w.copy())
+    assert len(builds) == 21
+
+
+def test_prepared_weight_derives_once_without_a_copy_or_check():
+    """A PreparedWeight's derived arrays live with it: built once, never checked against a
+    copy (its array is a private read-only copy), gone with it."""
+    import fastconv
+    w = np.random.default_rng(1).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    pw = fastconv.prepare_weight(w)
+    assert pw.array is not w and not pw.array.flags.writeable
+    w[...] = 0                                        # the caller's array: no effect
+    cache, builds = WeightCache(), []
+    first = cache.get(pw.array, "k", lambda: builds.append(1) or pw.array * 2)
+    assert cache.get(pw.array, "k", lambda: builds.append(1) or pw.array * 2) is first
+    assert builds == [1] and not cache.entries and "k" in pw.derived
+    with pytest.raises(ValueError, match="prepare_weight"):
+        fastconv.prepare_weight(np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "winograd_f4", "im2col"])
+def test_prepared_weight_gives_the_arrays_answer(algorithm):
+    """conv2d and conv2d_input take a PreparedWeight wherever they take a weight, with the
+    same result, and its layouts are kept on it (not in the shared cache)."""
+    import fastconv
+    from fastconv.kernels import weight_cache as wc
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
+    pw = fastconv.prepare_weight(w)
+    for _ in range(2):
+        np.testing.assert_array_equal(fastconv.conv2d(x, pw, padding=1, algorithm=algorithm),
+                                      fastconv.conv2d(x, w, padding=1, algorithm=algorithm))
+        np.testing.assert_array_equal(
+            fastconv.conv2d_input(x.shape, pw, dy, padding=1, algorithm=algorithm),
+            fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm=algorithm))
+    if algorithm != "im2col":                         # im2col derives nothing from weights
+        assert pw.derived
+        assert all(wc.prepared(c) is None for c, _ in wc.CACHE.entries.values())
+    assert wc.prepared(pw.array) is pw and wc.prepared(w) is None

@@ -98,15 +98,9 @@ import numpy as np
 from numba import prange
 
 from ..._config import workspace
-<<<<<<< HEAD
-from ..layouts import flat_pitch, lanes_block
-from ..weight_cache import CACHE as _weights
-from . import _direct_gen
-=======
 from ..layouts import DW_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
-from ..weight_cache import WeightCache
+from ..weight_cache import CACHE as _weights
 from . import codegen
->>>>>>> main
 from ._jit import jit
 from ._layout import to_padded, w_blocked as _w_blocked
 from ._ranges import valid_range

@@ -76,13 +76,8 @@ from numba import prange, types
 
 from ..._config import get_num_threads, single_threaded_blas, workspace_array
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
-<<<<<<< HEAD
 from ..weight_cache import CACHE as _filters
-from . import _direct_gen
-=======
-from ..weight_cache import WeightCache
 from . import codegen
->>>>>>> main
 from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
