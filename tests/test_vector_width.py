@@ -1,6 +1,7 @@
-"""The generated kernels compile to the widest FMA the CPU has (512-bit on AVX-512 CPUs,
-Intel's included, where LLVM prefers 256-bit vectors unless told otherwise), and a CPU
-with AVX2 but no AVX-512 still gets correct, AVX2-wide kernels.
+"""With ``FASTCONV_VECTOR_WIDTH=512`` the generated kernels compile to the widest FMA the
+CPU has (512-bit on AVX-512 CPUs, Intel's included, where LLVM prefers 256-bit vectors
+unless told otherwise), and a CPU with AVX2 but no AVX-512 still gets correct,
+AVX2-wide kernels.
 
 Each check compiles in a fresh process with an empty JIT cache, so the assembly read is
 that of the target asked for."""
@@ -47,7 +48,7 @@ def _run(tmp_path, **env):
 def test_avx512_cpus_get_512_bit_fmas(tmp_path):
     if not _features().get("avx512f"):
         pytest.skip("this CPU has no AVX-512")
-    r = _run(tmp_path)
+    r = _run(tmp_path, FASTCONV_VECTOR_WIDTH="512")
     assert r["variant"] == "lanes" and r["err"] < 1e-5
     assert r["zmm"] >= 28 and r["ymm"] == 0, r          # 14 pixels x 2 vectors of 16 channels
 
@@ -58,6 +59,7 @@ def test_an_avx2_cpu_gets_correct_256_bit_kernels(tmp_path):
         pytest.skip("this CPU cannot run AVX2 code")
     haswell = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
                "+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f")
-    r = _run(tmp_path, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=haswell)
+    r = _run(tmp_path, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=haswell,
+             FASTCONV_VECTOR_WIDTH="512")
     assert r["variant"] == "lanes" and r["err"] < 1e-5
     assert r["zmm"] == 0 and r["ymm"] >= 28, r
