@@ -101,3 +101,24 @@ def test_prepared_weight_gives_the_arrays_answer(algorithm):
         assert pw.derived
         assert all(wc.prepared(c) is None for c, _ in wc.CACHE.entries.values())
     assert wc.prepared(pw.array) is pw and wc.prepared(w) is None
+
+
+def test_conv2d_layer_runs_on_a_prepared_weight_in_eval_mode():
+    """nn.Conv2d prepares its weight at eval() and again at load_state_dict, so eval-mode
+    calls skip the cache's check, and new weights are never missed."""
+    from fastconv import nn
+    rng = np.random.default_rng(3)
+    layer = nn.Conv2d(4, 8, 3, padding=1, rng=rng)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    train_out = layer(x)
+    layer.eval()
+    assert layer._prepared is not None and layer._prepared.shape == layer.weight.data.shape
+    np.testing.assert_array_equal(layer(x), train_out)
+    state = layer.state_dict()
+    state["weight"] = state["weight"] * 2
+    layer.load_state_dict(state)
+    np.testing.assert_allclose(layer(x) - layer.bias.data[:, None, None],
+                               2 * (train_out - layer.bias.data[:, None, None]), rtol=1e-5,
+                               atol=1e-5)
+    layer.train()
+    assert layer._prepared is None
