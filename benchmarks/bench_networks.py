@@ -3,7 +3,9 @@ OpenVINO, with the same weights (issue 13's yardstick).
 
 Networks from ``fastconv/networks.py`` (BatchNorm folded, random He-init weights,
 float32). Each engine runs in its own process, all alive for the whole run; the driver
-asks them in turn to time one forward pass (rotating which goes first), round by round,
+asks them in turn to time one forward pass (rotating which goes first, with a pause
+between engines so that no engine's idle threads spin into the next one's turn; ONNX
+Runtime's spinning is off), round by round,
 and reports each engine's median and the median per-round ratio engine time /
 fastconv time (> 1: fastconv faster). Outputs are checked against fastconv's once per
 network. PyTorch, ONNX Runtime and OpenVINO are optional: an engine that is not
@@ -63,6 +65,8 @@ def _serve(engine):
                 so.intra_op_num_threads = threads
                 so.inter_op_num_threads = 1
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # idle workers must not spin into the next engine's turn
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
                 def fn(x):
@@ -192,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--pause", type=float, default=0.3,
+                    help="seconds between engines, for the last one's threads to go idle")
     ap.add_argument("--layers", action="store_true", help="fastconv's per-layer breakdown")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
@@ -225,6 +231,7 @@ def main(argv=None):
                         for e in order:
                             times[e].append(_ask(procs[e], dict(base, what="time",
                                                                 min_time=args.min_time))["seconds"])
+                            time.sleep(args.pause)      # the last engine's threads go idle
                     t = {e: np.array(v) for e, v in times.items()}
                     ratio = {e: float(np.median(t[e] / t["fastconv"])) for e in engines}
                     cells = " ".join(f"{np.median(t[e]) * 1e3:9.2f} ({ratio[e]:5.2f})"
