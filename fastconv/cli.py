@@ -4,6 +4,12 @@
                    [--epochs N] [--batch-size B] [--lr LR] [--optimizer sgd|adam]
                    [--seed S] [--threads T] [--save MODEL.npz] [--json RESULT.json] [--quiet]
     fastconv cam MODEL.npz IMAGE_INDEX --out cam.png [--data PATH] [--class-index C]
+    fastconv bench [--quick] [--layers ...] [--networks ...] [--ops ...] [--algorithms ...]
+                   [--backends ...] [--threads ...] [--batch ...] [--json PATH] [--plot PATH]
+
+``fastconv bench`` times the layer table x the registry x the ops and whole networks
+against PyTorch and the FMA peak measured in the same run (``fastconv/bench.py``;
+docs/benchmarks.md).
 
 Splits (fixed, so figures are comparable):
 
@@ -210,7 +216,7 @@ def _cam(args):
 def _parser():
     p = argparse.ArgumentParser(prog="fastconv", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{train,cam}")
+    sub = p.add_subparsers(dest="command", metavar="{train,cam,bench}")
     t = sub.add_parser("train", help="train a small network and report test accuracy",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--dataset", choices=DATASETS, default="digits")
@@ -237,6 +243,10 @@ def _parser():
     c.add_argument("--out", required=True, metavar="FILE.png")
     c.add_argument("--data", metavar="PATH", help="override the data path stored in the model")
     c.add_argument("--class-index", type=int, help="default: the predicted class")
+    from . import bench
+    b = sub.add_parser("bench", help="time layers and networks against PyTorch and the FMA peak",
+                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(b)
     return p
 
 
@@ -248,6 +258,9 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        if args.command == "bench":
+            from . import bench
+            return bench.run_cli(args)
         return _train(args) if args.command == "train" else _cam(args)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"fastconv {args.command}: error: {e}", file=sys.stderr)
