@@ -17,7 +17,6 @@ compare.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ def _serve():
     import numpy as np
 
     import fastconv
-    from fastconv.bench import LAYERS, layer
+    from fastconv.bench import layer
 
     # the networks of the new checkout, run on either side (they use the public API only)
     import importlib.util
@@ -102,17 +101,6 @@ def _ask(proc, case):
     return json.loads(line)["seconds"]
 
 
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv=None):
     import numpy as np
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -135,7 +123,7 @@ def main(argv=None):
     if not args.old:
         ap.error("--old is required")
     sys.path.insert(0, os.path.abspath(args.new))
-    from fastconv.bench import LAYERS
+    from fastconv.bench import LAYERS, cpu_model
 
     cases = []
     names = [] if args.no_layers else (args.layers or [L.name for L in LAYERS])
@@ -147,7 +135,7 @@ def main(argv=None):
     networks = os.path.join(os.path.abspath(args.new), "fastconv", "networks.py")
     old, old_file = _worker(args.old, networks)
     new, new_file = _worker(args.new, networks)
-    print(f"CPU: {_cpu()}; old: {old_file}; new: {new_file}; {args.rounds} rounds, "
+    print(f"CPU: {cpu_model()}; old: {old_file}; new: {new_file}; {args.rounds} rounds, "
           f"interleaved (the first side alternates)", flush=True)
     print(f"{'case':44s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
     results = []
@@ -177,7 +165,7 @@ def main(argv=None):
             print(f"  {kind}s: median {np.median(sub):.3f} over {len(sub)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(cpu=_cpu(), old=old_file, new=new_file, results=results), f, indent=1)
+            json.dump(dict(cpu=cpu_model(), old=old_file, new=new_file, results=results), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ it ran, its GFLOP/s and % of the FMA peak measured in the same run.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -161,29 +160,19 @@ def _ask(proc, req):
 
 
 def machine():
-    """CPU model, vector features, cores and library versions, for every report."""
-    import numpy as np
-    info = {"cpu": platform.processor(), "cores": os.cpu_count(), "features": []}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    info["features"] = [f for f in flags if f.startswith(("avx", "fma", "amx"))]
-                    break
-    except OSError:
-        pass
-    import importlib.metadata as md
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for pkg in ("fastconv", "numba", "torch", "onnxruntime", "openvino"):
+    """CPU model, vector features, cores and library versions, for every report (the
+    shared harness's records, ``fastconv.bench``)."""
+    from fastconv.bench import machine_info, versions
+    info = machine_info()
+    vers = {k: v for k, v in versions().items() if v is not None}
+    for pkg in ("onnxruntime", "openvino"):
         try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
+            import importlib.metadata as md
+            vers[pkg] = md.version(pkg)
+        except Exception:                          # not installed
             pass
-    info["versions"] = versions
-    return info
+    return dict(cpu=info["cpu_model"], cores=info["usable_cores"],
+                features=info["cpu_flags"], versions=vers, machine=info)
 
 
 def main(argv=None):

@@ -28,7 +28,6 @@ import contextlib
 import functools
 import json
 import os
-import platform
 import tempfile
 import threading
 import warnings
@@ -38,6 +37,7 @@ import numpy as np
 
 from . import _config, _dispatch, _tuning
 from ._geometry import ConvParams, check_dtype, conv_params, pool_params
+from .bench import cpu_model
 from .kernels import layouts
 
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -554,18 +554,7 @@ _tuned = None             # key -> [algorithm, backend, variant], loaded on firs
 _autotune_enabled = False
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-_CPU = _cpu_name()
+_CPU = cpu_model()
 
 
 def _tune_file():
