@@ -37,7 +37,7 @@ import dask.array as da
 import numpy as np
 
 from ..nn.layers import Module, Sequential
-from ..nn.train import _check_xy, _metric_fns, _model_dtype, _safe, evaluate
+from ..nn.train import _check_xy, _metric_fns, _model_dtype, end_epoch
 
 __all__ = ["predict", "fit"]
 
@@ -371,19 +371,8 @@ def fit(model, X, y, loss, optimizer, client, epochs=1, batch_size=32, validatio
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{total / (i + len(idx)):.4f}", refresh=False)
         history["seconds"].append(time.perf_counter() - t0)
-        history["loss"].append(total / N)
-        post = {"loss": f"{total / N:.4f}"}
-        for name, fn in fns.items():
-            history[name].append(_safe(fn, ye, outputs))
-            post[name] = f"{history[name][-1]:.4f}"
-        if validation_data is not None:
-            Xv, yv = validation_data
-            res = evaluate(model, Xv, yv, loss, fns, batch_size=max(batch_size, 256))
-            history["val_loss"].append(res["loss"])
-            post["val_loss"] = f"{res['loss']:.4f}"
-            for name in fns:
-                history[f"val_{name}"].append(res[name])
-                post[f"val_{name}"] = f"{res[name]:.4f}"
+        post = end_epoch(history, model, loss, fns, total / N, ye, outputs, validation_data,
+                         batch_size)
         if checkpoint is not None:
             model.save(checkpoint, metadata={"epoch": epoch + 1, "epochs": epochs,
                                              "steps": step, "loss": history["loss"][-1]})

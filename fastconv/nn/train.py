@@ -81,6 +81,25 @@ def evaluate(model, X, y, loss=None, metrics=("accuracy",), batch_size=256):
     return result
 
 
+def end_epoch(history, model, loss, fns, mean_loss, y, outputs, validation_data, batch_size):
+    """Record an epoch's loss, metrics (on its training outputs) and, with validation
+    data, their validation values in ``history``; return them as progress-bar text."""
+    history["loss"].append(mean_loss)
+    post = {"loss": f"{mean_loss:.4f}"}
+    for name, fn in fns.items():
+        history[name].append(_safe(fn, y, outputs))
+        post[name] = f"{history[name][-1]:.4f}"
+    if validation_data is not None:
+        Xv, yv = validation_data
+        res = evaluate(model, Xv, yv, loss, fns, batch_size=max(batch_size, 256))
+        history["val_loss"].append(res["loss"])
+        post["val_loss"] = f"{res['loss']:.4f}"
+        for name in fns:
+            history[f"val_{name}"].append(res[name])
+            post[f"val_{name}"] = f"{res[name]:.4f}"
+    return post
+
+
 def fit(model, X, y, loss, optimizer, epochs=1, batch_size=32, validation_data=None,
         metrics=("accuracy",), shuffle=True, seed=None, verbose=True):
     """Train ``model`` on ``(X, y)`` by mini-batch gradient descent.
@@ -166,20 +185,8 @@ def fit(model, X, y, loss, optimizer, epochs=1, batch_size=32, validation_data=N
                     pending, last_refresh = 0, now
         seconds = time.perf_counter() - t0
         history["seconds"].append(seconds)
-        history["loss"].append(total / N)
-        post = {"loss": f"{total / N:.4f}"}
-        for name, fn in fns.items():
-            history[name].append(_safe(fn, ye, outputs))
-            post[name] = f"{history[name][-1]:.4f}"
-        if validation_data is not None:
-            Xv, yv = validation_data
-            res = evaluate(model, Xv, yv, loss, fns, batch_size=max(batch_size, 256))
-            history["val_loss"].append(res["loss"])
-            post["val_loss"] = f"{res['loss']:.4f}"
-            for name, fn in fns.items():
-                value = res[name]
-                history[f"val_{name}"].append(value)
-                post[f"val_{name}"] = f"{value:.4f}"
+        post = end_epoch(history, model, loss, fns, total / N, ye, outputs, validation_data,
+                         batch_size)
         if bar is not None:
             bar.set_postfix(post, refresh=False)
             bar.update(pending)
