@@ -24,12 +24,18 @@ result is then empty (PyTorch's shape) and no kernel runs (``ConvParams.empty``,
 
 Every check raises ``ValueError``/``TypeError`` with a message that names the op and
 the shapes or values involved. Kernels never validate: only what passed these
-checks reaches them.
+checks reaches them. One more check runs after them, before anything is allocated:
+:func:`check_memory` raises ``MemoryError`` (naming the op, the shapes and the bytes)
+when a call's output and workspace cannot fit in the memory available, instead of
+letting an overcommitted allocation page in until the OOM killer ends the process.
 """
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import operator
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,11 +54,31 @@ def _int(value):
         return None
 
 
+def int_tuple(op, name, value):
+    """A size argument (``input_size``, ``weight_size``, ``input_shape``: a tuple, list
+    or 1-D array of ints) as a tuple of ints; TypeError naming ``op`` otherwise."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or \
+            (isinstance(value, np.ndarray) and value.ndim != 1):
+        raise TypeError(f"{op}: {name} must be a tuple of ints, got {value!r}")
+    out = tuple(_int(d) for d in value)
+    if None in out:
+        raise TypeError(f"{op}: {name} must be a tuple of ints, got {value!r}")
+    return out
+
+
+def _int64(op, name, value, given):
+    """``value``, unless it does not fit the kernels' 64-bit integers (ValueError)."""
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{op}: {name} must fit in a 64-bit integer, got {given!r}")
+    return value
+
+
 def pair(value, name, op):
     """Normalise an int, a 1-tuple or a pair of ints to a tuple ``(h, w)``, as PyTorch
     reads them (a 1-tuple ``(v,)`` means ``(v, v)``)."""
     single = _int(value)
     if single is not None:
+        _int64(op, name, single, value)
         return (single, single)
     if isinstance(value, (tuple, list)):
         if len(value) not in (1, 2):
@@ -60,6 +86,8 @@ def pair(value, name, op):
                              f"got {value!r} of length {len(value)}")
         items = [_int(v) for v in value]
         if None not in items:
+            for v in items:
+                _int64(op, name, v, value)
             return (items[0], items[-1])
     raise TypeError(f"{op}: {name} must be an int or a tuple of 1 or 2 ints, got {value!r}")
 
@@ -226,7 +254,7 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
         raise TypeError(f"{op}: groups must be an int, got {groups!r}")
     if g < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    groups = g
+    groups = _int64(op, "groups", g, groups)
     if min(input_shape + weight_shape) < 0:
         raise ValueError(f"{op}: negative size in input shape {input_shape} or weight shape "
                          f"{weight_shape}")
@@ -352,6 +380,14 @@ def pool_out_size(size, kernel, stride, pad, dilation, ceil_mode):
     return out
 
 
+def _window_reads_input(start, k, d, size):
+    """Whether a pooling window whose tap ``a`` reads ``start + a*d`` (``a < k``) reads
+    some position in ``[0, size)``: its first tap at or after 0 is inside (exact in
+    Python integers, without listing the taps: kernel sizes may be huge)."""
+    a = max(0, -(start // d))                   # smallest a with start + a*d >= 0
+    return a < k and start + a * d < size
+
+
 @_memoised
 def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1,
                 ceil_mode=False):
@@ -400,9 +436,11 @@ def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1
             f"dilation={(dh, dw)}"
         )
     for axis, size, k, s, pad, d, out in (("rows", H, kh, sh, ph, dh, P), ("columns", W, kw, sw, pw, dw, Q)):
-        # tap a of window i reads i*s - pad + a*d; each window needs one inside the input
-        taps = np.arange(out)[:, None] * s - pad + np.arange(k)[None, :] * d
-        if not ((taps >= 0) & (taps < size)).any(axis=1).all():
+        # a window starting inside the input reads it: only those starting in the
+        # padding (at most pad/stride + 1 on each side) need a look
+        edge = itertools.chain(range(min(out, -(-pad // s))),
+                               range(max(-(-pad // s), -(-(size + pad) // s)), out))
+        if not all(_window_reads_input(i * s - pad, k, d, size) for i in edge):
             raise ValueError(
                 f"{op}: a pooling window covers only padding along the {axis}: input of shape "
                 f"{input_shape} with kernel_size={(kh, kw)}, stride={(sh, sw)}, "
@@ -422,7 +460,7 @@ def avg_pool_args(op, count_include_pad, divisor_override):
                         f"got {divisor_override!r}")
     if div == 0:
         raise ValueError(f"{op}: divisor_override must not be zero")
-    return count_include_pad, div
+    return count_include_pad, _int64(op, "divisor_override", div, divisor_override)
 
 
 def adaptive_output_size(op, input_shape, output_size):
@@ -529,8 +567,80 @@ def transpose_params(op, input_shape, weight_shape, stride=1, padding=0, output_
                        (dh, dw), g)
 
 
+# -- Memory: fail before allocating what cannot fit -------------------------------------
+
+#: below this many bytes of output and workspace a call is not checked (reading the
+#: available memory costs tens of microseconds; small calls must not pay it)
+MEMORY_CHECK_BYTES = 256 * 2**20
+#: refused whatever the machine says: no NumPy array of this size fits any machine
+MEMORY_MAX_BYTES = 2**50
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def memory_available():
+    """Bytes this process can still allocate, as far as is known: the smallest of
+    ``MemAvailable`` (``/proc/meminfo``), the cgroup's ``memory.max`` less
+    ``memory.current`` (containers) and ``RLIMIT_AS``; None when none is known."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    cap, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if cap is not None and used is not None:
+        limits.append(max(0, cap - used))
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    if not limits and hasattr(os, "sysconf"):
+        try:
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    return min(limits) if limits else None
+
+
+def _gib(nbytes):
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def check_memory(op, *needs):
+    """Raise ``MemoryError`` naming ``op`` when the arrays a call will allocate, each
+    ``(what, shape, itemsize)``, need more memory than is available (or than any
+    machine has), before any of them is allocated. Called by ``fastconv.functional``
+    after validation and planning; calls under ``MEMORY_CHECK_BYTES`` pass at once."""
+    total = sum(math.prod(shape) * itemsize for _, shape, itemsize in needs)
+    if total <= MEMORY_CHECK_BYTES:
+        return
+    available = MEMORY_MAX_BYTES if total > MEMORY_MAX_BYTES else memory_available()
+    if available is None or total <= available:
+        return
+    parts = " and ".join(f"{what} of shape {tuple(shape)} ({_gib(math.prod(shape) * itemsize)})"
+                         for what, shape, itemsize in needs)
+    where = ("no machine has that much" if available == MEMORY_MAX_BYTES
+             else f"only {_gib(available)} is available")
+    raise MemoryError(f"{op}: {parts} would need {_gib(total)} of memory; {where}. "
+                      f"Check the sizes, strides, paddings and dilations, or split the batch")
+
+
 __all__ = [
-    "ConvParams", "PoolParams", "conv_params", "pool_params", "transpose_params",
+    "ConvParams", "PoolParams", "check_memory", "memory_available", "int_tuple", "conv_params", "pool_params", "transpose_params",
     "check_dtype", "check_grad_output", "pair", "flag", "out_size", "pool_out_size",
     "avg_pool_args", "adaptive_output_size", "adaptive_windows", "transpose_output_size",
     "SUPPORTED_DTYPES",

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _config, _dispatch, _tuning
-from ._geometry import ConvParams, check_dtype, conv_params, pool_params
+from ._geometry import ConvParams, check_dtype, conv_params, int_tuple, pool_params
 from .bench import cpu_model
 from .kernels import layouts
 
@@ -528,10 +528,18 @@ def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation
     >>> fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1)  # doctest: +SKIP
     Plan(conv2d: winograd_f4/numba, variant='fused', ...)
     """
-    dt = check_dtype(op, input=np.empty(0, dtype))
+    if not isinstance(op, str) or op not in _dispatch.OPS:
+        raise ValueError(f"plan: unknown op {op!r}; ops are {', '.join(_dispatch.OPS)}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"plan: dtype must be float32 or float64, got {dtype!r}") from None
+    dt = check_dtype("plan", dtype=np.empty(0, dt))
+    input_shape = int_tuple("plan", "input_shape", input_shape)
     if op in CONV_OPS:
         if weight_shape is None:
             raise ValueError(f"plan: {op} needs weight_shape")
+        weight_shape = int_tuple("plan", "weight_shape", weight_shape)
         p = conv_params(op, tuple(input_shape), tuple(weight_shape),
                         1 if stride is None else stride, padding,
                         dilation, groups)

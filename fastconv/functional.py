@@ -13,8 +13,8 @@ import numpy as np
 
 from . import _plan
 from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
-                        check_dtype, check_grad_output, conv_params, pool_params,
-                        transpose_params)
+                        check_dtype, check_grad_output, check_memory, conv_params, int_tuple,
+                        pool_params, transpose_params)
 from .kernels.weight_cache import PreparedWeight
 
 __all__ = [
@@ -23,20 +23,28 @@ __all__ = [
 ]
 
 
+def _contiguous(op, name, a):
+    """``a`` C-contiguous; a copy is checked first (a broadcast view may be huge)."""
+    a = np.asarray(a)
+    if not a.flags.c_contiguous:
+        check_memory(op, (f"a contiguous copy of {name}", a.shape, a.dtype.itemsize))
+    return np.ascontiguousarray(a)
+
+
 def _batched(op, name, a):
     """(4-D C-contiguous array, whether the caller passed 3-D)."""
     a = np.asarray(a)
     if a.ndim == 3:
-        return np.ascontiguousarray(a[None]), True
+        return _contiguous(op, name, a[None]), True
     if a.ndim == 4:
-        return np.ascontiguousarray(a), False
+        return _contiguous(op, name, a), False
     raise ValueError(f"{op}: expected {name} of shape (N, C, H, W) or (C, H, W), "
                      f"got shape {a.shape}")
 
 
 def _size(op, name, size, unbatched):
     """A 4-D size tuple from a 3-D or 4-D one."""
-    size = tuple(int(d) for d in size)
+    size = int_tuple(op, name, size)
     if len(size) == 3 and unbatched:
         return (1,) + size
     if len(size) != 4:
@@ -44,12 +52,12 @@ def _size(op, name, size, unbatched):
     return size
 
 
-def _weight(weight):
+def _weight(op, weight):
     """The weight's C-contiguous array: a :class:`PreparedWeight`'s own copy, whose
     derived layouts the kernels keep with it."""
     if isinstance(weight, PreparedWeight):
         return weight.array
-    return np.ascontiguousarray(weight)
+    return _contiguous(op, "weight", weight)
 
 
 def prepare_weight(weight):
@@ -62,6 +70,20 @@ def prepare_weight(weight):
 
 def _unbatch(a, unbatched):
     return a[0] if unbatched else a
+
+
+def _conv_room(op, p, dtype, out_shape, algorithm):
+    """MemoryError (``_geometry.check_memory``) unless the result, of ``out_shape``, and
+    the workspace fit: one zero-padded input image (direct's layout holds at least one),
+    or for the reference the whole zero-padded input and its result in float64."""
+    padded = (p.N, p.C, p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right)
+    if algorithm == "reference":
+        check_memory(op, ("output", out_shape, dtype.itemsize),
+                     ("the reference's float64 zero-padded input", padded, 8),
+                     ("its float64 result", out_shape, 8))
+    else:
+        check_memory(op, ("output", out_shape, dtype.itemsize),
+                     ("a zero-padded input image (workspace)", (1,) + padded[1:], dtype.itemsize))
 
 
 def _check_bias(op, bias, K, dtype):
@@ -117,7 +139,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
              [-8., -8.]]]], dtype=float32)
     """
     x, unbatched = _batched("conv2d", "input", input)
-    w = _weight(weight)
+    w = _weight("conv2d", weight)
     dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
@@ -125,6 +147,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         _plan.check_names("conv2d", algorithm, backend)
         return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
     plan = _plan.make("conv2d", p, dtype, algorithm, backend)
+    _conv_room("conv2d", p, dtype, p.output_shape, plan.algorithm)
     out = np.empty(p.output_shape, dtype)
     _plan.run(plan, x, w, p, out)
     if bias is not None:
@@ -150,7 +173,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     ndarray of shape ``input_size``.
     """
     dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
-    w = _weight(weight)
+    w = _weight("conv2d_input", weight)
     dtype = check_dtype("conv2d_input", weight=w, grad_output=dy)
     size = _size("conv2d_input", "input_size", input_size, unbatched)
     p = conv_params("conv2d_input", size, w.shape, stride, padding, dilation, groups)
@@ -159,6 +182,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         _plan.check_names("conv2d_input", algorithm, backend)
         return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
     plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
+    _conv_room("conv2d_input", p, dtype, p.input_shape, plan.algorithm)
     out = np.empty(p.input_shape, dtype)
     _plan.run(plan, dy, w, p, out)
     return _unbatch(out, unbatched)
@@ -186,13 +210,15 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         raise ValueError(f"conv2d_weight: input of shape {np.shape(input)} and grad_output of "
                          f"shape {np.shape(grad_output)} must both be 3-D or both 4-D")
     dtype = check_dtype("conv2d_weight", input=x, grad_output=dy)
-    size = tuple(int(d) for d in weight_size)
+    size = int_tuple("conv2d_weight", "weight_size", weight_size)
     p = conv_params("conv2d_weight", x.shape, size, stride, padding, dilation, groups)
     check_grad_output("conv2d_weight", p, dy.shape)
     if p.empty:
         _plan.check_names("conv2d_weight", algorithm, backend)
+        check_memory("conv2d_weight", ("output", p.weight_shape, dtype.itemsize))
         return np.zeros(p.weight_shape, dtype)
     plan = _plan.make("conv2d_weight", p, dtype, algorithm, backend)
+    _conv_room("conv2d_weight", p, dtype, p.weight_shape, plan.algorithm)
     out = np.empty(p.weight_shape, dtype)
     _plan.run(plan, x, dy, p, out)
     return out
@@ -225,20 +251,25 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """
     op = "conv_transpose2d"
     x, unbatched = _batched(op, "input", input)
-    w = _weight(weight)
+    w = _weight(op, weight)
     dtype = check_dtype(op, input=x, weight=w, bias=bias)
     p = transpose_params(op, x.shape, w.shape, stride, padding, output_padding, groups,
                          dilation)
     bias = _check_bias(op, bias, p.C, dtype)
-    if p.empty:
-        _plan.check_names("conv2d_input", algorithm, backend)
-        return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
+    try:               # its kernels are conv2d_input's: errors name both ops
+        if p.empty:
+            _plan.check_names("conv2d_input", algorithm, backend)
+            return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
+        plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
+    except ValueError as e:
+        raise ValueError(str(e).replace("conv2d_input:", f"{op} (conv2d_input's kernels):", 1)) \
+            from None
+    _conv_room(op, p, dtype, p.input_shape, plan.algorithm)
     H, W = x.shape[2:]
     if (p.P, p.Q) != (H, W):
         # output_padding >= stride (allowed when < dilation): the forward conv of the
         # output size has more rows than the input; those rows carry zero gradient.
         x = np.pad(x, ((0, 0), (0, 0), (0, p.P - H), (0, p.Q - W)))
-    plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
     out = np.empty(p.input_shape, dtype)
     _plan.run(plan, x, w, p, out)
     if bias is not None:
@@ -283,6 +314,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         return (_unbatch(out, unbatched), _unbatch(indices, unbatched)) if return_indices \
             else _unbatch(out, unbatched)
     plan = _plan.make("max_pool2d", p, dtype, algorithm, backend)
+    check_memory("max_pool2d", ("output", p.output_shape, dtype.itemsize),
+                 ("indices", p.output_shape, 8))
     out = np.empty(p.output_shape, dtype)
     indices = np.empty(p.output_shape, np.int64)
     _plan.run(plan, x, p, out, indices)
@@ -323,6 +356,7 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", 
     if (N, C) != dy.shape[:2]:
         raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
                          f"input_shape {tuple(input_shape)} in batch and channels")
+    check_memory(op, ("output", (N, C, H, W), dtype.itemsize))
     if dy.size == 0:
         _plan.check_names("max_pool2d_backward", algorithm, backend)
         return _unbatch(np.zeros((N, C, H, W), dtype), unbatched)
@@ -371,6 +405,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     # kernels take a positive divisor (0: none); a negative one negates the result
     negate, div = div < 0, abs(div)
     plan = _plan.make("avg_pool2d", p, dtype, algorithm, backend)
+    check_memory("avg_pool2d", ("output", p.output_shape, dtype.itemsize))
     out = np.empty(p.output_shape, dtype)
     _plan.run(plan, x, p, cip, div, out)
     if negate:
@@ -390,6 +425,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     dy, unbatched = _batched(op, "grad_output", grad_output)
     dtype = check_dtype(op, grad_output=dy)
     size = _size(op, "input_shape", input_shape, unbatched)
+    check_memory(op, ("output", size, dtype.itemsize))
     p = pool_params(op, size, kernel_size, stride, padding, 1, ceil_mode)
     if dy.shape != p.output_shape:
         raise ValueError(f"{op}: grad_output of shape {np.shape(grad_output)} does not match "
@@ -418,6 +454,8 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     x, unbatched = _batched(op, "input", input)
     dtype = check_dtype(op, input=x)
     P, Q = adaptive_output_size(op, x.shape, output_size)
+    check_memory(op, ("output", x.shape[:2] + (P, Q), dtype.itemsize),
+                 ("window bounds", (2 * (P + Q),), 8))
     if min(x.shape[:2] + (P, Q)) == 0:
         _plan.check_names("adaptive_avg_pool2d", algorithm, backend)
         return _unbatch(np.zeros(x.shape[:2] + (P, Q), dtype), unbatched)

@@ -71,16 +71,20 @@ def conv2d_bias(dy):
     return np.asarray(dy, np.float64).sum(axis=(0, 2, 3))
 
 
+def _inside(start, kernel, dil, size):
+    """Input positions ``start + a*dil`` (``0 <= a < kernel``) that lie in ``[0, size)``,
+    in order: ``range(kernel)`` filtered, without visiting the taps outside (a kernel
+    may be far larger than the input, with as much padding)."""
+    first = max(0, -(start // dil))                  # first a with start + a*dil >= 0
+    last = min(kernel - 1, (size - 1 - start) // dil)  # last a with start + a*dil < size
+    return [start + a * dil for a in range(first, last + 1)]
+
+
 def _pool_taps(p, i, j):
     """Valid (h, w) input positions of pooling window (i, j), in scan order."""
-    taps = []
-    for a in range(p.kernel_h):
-        h = i * p.stride_h - p.pad_h + a * p.dil_h
-        for b in range(p.kernel_w):
-            w = j * p.stride_w - p.pad_w + b * p.dil_w
-            if 0 <= h < p.H and 0 <= w < p.W:
-                taps.append((h, w))
-    return taps
+    rows = _inside(i * p.stride_h - p.pad_h, p.kernel_h, p.dil_h, p.H)
+    cols = _inside(j * p.stride_w - p.pad_w, p.kernel_w, p.dil_w, p.W)
+    return [(h, w) for h in rows for w in cols]
 
 
 def max_pool2d(x, p, out, indices):

@@ -10,7 +10,26 @@ from numba.core import config as _numba_config
 
 from ... import _config
 
-_numba_config.CACHE_DIR = _config.CACHE_DIR
+
+def _boundscheck():
+    """Whether kernels compile with bounds checks: ``FASTCONV_BOUNDSCHECK=1``, or
+    Numba's own ``NUMBA_BOUNDSCHECK=1`` (which Numba applies to every function whatever
+    its decorator says; a ``NUMBA_BOUNDSCHECK=0`` wins over ``FASTCONV_BOUNDSCHECK``).
+    An out-of-bounds index then raises IndexError instead of reading or writing
+    memory outside the array. For test runs: the checks cost speed."""
+    for var in ("FASTCONV_BOUNDSCHECK", "NUMBA_BOUNDSCHECK"):
+        value = os.environ.get(var, "").strip().lower()
+        if value:
+            return value not in ("0", "false", "no", "off")
+    return False
+
+
+#: kernels compiled with bounds checks (see ``_boundscheck``)
+BOUNDSCHECK = _boundscheck()
+# Numba's cache key does not include the bounds-check flag, so checked and unchecked
+# compiles must never share a cache directory
+_numba_config.CACHE_DIR = (os.path.join(_config.CACHE_DIR, "boundscheck") if BOUNDSCHECK
+                           else _config.CACHE_DIR)
 
 
 def _target_features():
@@ -36,10 +55,11 @@ _numba_config.CPU_FEATURES = _target_features()
 # prefer OpenMP (GCC's libgomp), then TBB.
 _numba_config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-#: flags of every fastconv kernel: cached on disk, no GIL, no bounds checks (the
-#: wrappers validate), no division-by-zero checks in loops. No fastmath here: pooling
-#: must see NaN; kernels that may reassociate ask for it themselves.
-JIT_FLAGS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+#: flags of every fastconv kernel (the generated ones too): cached on disk, no GIL, no
+#: bounds checks (the wrappers validate; ``FASTCONV_BOUNDSCHECK=1`` turns them on for a
+#: test run), no division-by-zero checks in loops. No fastmath here: pooling must see
+#: NaN; kernels that may reassociate ask for it themselves.
+JIT_FLAGS = dict(cache=True, nogil=True, boundscheck=BOUNDSCHECK, error_model="numpy")
 
 
 def jit(**extra):
