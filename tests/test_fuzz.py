@@ -207,10 +207,15 @@ def _spreads_non_finite(plan):
     transforms mix a tile; documented in conv2d), and direct's input gradient of a
     strided convolution through the zero-inserted forward (float64; float32 takes the
     exact 'phases' variant), where 0 x NaN lands on the inserted zeros: a bug this suite
-    found, kept visible by test_direct_strided_input_gradient_keeps_nan_in_place."""
+    found, kept visible by test_direct_strided_input_gradient_keeps_nan_in_place; and
+    direct's depthwise weight gradient, which sums whole blocks of outputs, so a NaN in
+    an input pixel that no output reads meets a zero of dy past the output's edge: a
+    bug this suite found, kept visible by test_depthwise_weight_gradient_keeps_nan_in_place."""
     if plan.algorithm.startswith("winograd"):
         return True
     p = plan.geometry
+    if plan.op == "conv2d_weight" and plan.algorithm == "direct" and plan.variant == "depthwise":
+        return True
     return (plan.op == "conv2d_input" and plan.algorithm == "direct" and p is not None
             and plan.variant in fastconv._plan.DIRECT_CORES and max(p.stride_h, p.stride_w) > 1)
 
@@ -535,6 +540,21 @@ def test_direct_strided_input_gradient_keeps_nan_in_place():
     w[0, 0, 1, 1] = np.nan
     want = fastconv.conv_transpose2d(x, w, stride=2, algorithm="reference")
     got = fastconv.conv_transpose2d(x, w, stride=2, algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
+@pytest.mark.xfail(strict=True, reason="bug found by this suite: direct's depthwise weight "
+                   "gradient sums whole output blocks, so a NaN in an input pixel that no output "
+                   "reads meets dy's zeros past the edge (the reference leaves that gradient finite)")
+def test_depthwise_weight_gradient_keeps_nan_in_place():
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    x[0, 1, 4, 4] = np.nan                     # read by no output of a 2x2 stride-2 window
+    dy = np.ones((1, 2, 2, 2), np.float32)
+    kw = dict(stride=2, groups=2)
+    want = fastconv.conv2d_weight(x, (2, 1, 2, 2), dy, **kw, algorithm="reference")
+    with fastconv.trace_plans() as ran:
+        got = fastconv.conv2d_weight(x, (2, 1, 2, 2), dy, **kw, algorithm="direct")
+    assert ran[-1].variant == "depthwise"
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
