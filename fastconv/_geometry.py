@@ -232,6 +232,15 @@ def _memoised(check):
 
 
 @_memoised
+def _check_indexable(op, what, shape):
+    """ValueError naming ``op`` when an array of ``shape`` could not exist in NumPy even
+    empty: its nonzero sides multiply past what an index reaches (float64 elements; a
+    zero batch with a huge plane, say)."""
+    if math.prod(max(d, 1) for d in shape) * 8 >= 2**63:
+        raise ValueError(f"{op}: the {what} would have shape {tuple(shape)}, more elements "
+                         f"than NumPy can index; check the strides, paddings and sizes")
+
+
 def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
     """Validate a convolution's arguments and return its :class:`ConvParams`.
 
@@ -320,7 +329,10 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
             f"padded by ({pt}+{pb}, {pl}+{pr}), is smaller than the dilated kernel "
             f"({dh * (R - 1) + 1}x{dw * (S - 1) + 1}) of weight {weight_shape}"
         )
-    return ConvParams(N, C, H, W, K, R, S, groups, sh, sw, pt, pb, pl, pr, dh, dw, P, Q)
+    params = ConvParams(N, C, H, W, K, R, S, groups, sh, sw, pt, pb, pl, pr, dh, dw, P, Q)
+    for what in ("input", "output"):
+        _check_indexable(op, what, getattr(params, what + "_shape"))
+    return params
 
 
 def check_grad_output(op, p: ConvParams, grad_output_shape):
@@ -445,7 +457,9 @@ def pool_params(op, input_shape, kernel_size, stride=None, padding=0, dilation=1
                 f"{op}: a pooling window covers only padding along the {axis}: input of shape "
                 f"{input_shape} with kernel_size={(kh, kw)}, stride={(sh, sw)}, "
                 f"padding={(ph, pw)}, dilation={(dh, dw)}; use less padding or dilation")
-    return PoolParams(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q)
+    params = PoolParams(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q)
+    _check_indexable(op, "output", params.output_shape)
+    return params
 
 
 def avg_pool_args(op, count_include_pad, divisor_override):

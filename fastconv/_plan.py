@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 import threading
@@ -186,23 +187,33 @@ def direct_core(dtype, sh, sw, ish, isw, P, Q, R, S, dw, pl, Wv, Cg, Kg, wbytes,
 
 
 def input_grad_phases(stride, dil, pad, R, H, P):
-    """Per residue class rho of (h + pad) mod stride: ((start, stop, step) of its taps or
-    None, pad', output offset, output count, dilation) of the stride-1 forward
-    convolution of dy that gives those rows of dx. With dilation 1, rows h = rho - pad +
-    i*stride take taps r = rho + m*stride from dy[i - m]: a full correlation with the
-    len(taps) sub-kernel rotated."""
+    """Per residue class rho of (h + pad) mod stride: ((start, stop, step) of its taps,
+    pad', output offset, output count, dilation) of the stride-1 forward convolution of
+    dy that gives those rows of dx.
+
+    Rows h = rho - pad + i*stride take the taps r with r*dil = rho (mod stride): with
+    g = gcd(dil, stride), none unless g divides rho, else r = r0 + m*T (T = stride/g),
+    reading dy[i - c - m*dil/g] (c = (r0*dil - rho)/stride): a correlation of dy with
+    the rotated sub-kernel at dilation dil/g. Nothing multiplies an inserted zero, so a
+    NaN weight reaches only the rows its tap reaches, as in the reference."""
     if stride == 1:
         return ((None, dil * (R - 1) - pad, 0, H, dil),)
+    g = math.gcd(dil, stride)
+    T, d2 = stride // g, dil // g
     out = []
-    for rho in range(stride):
-        taps = range(rho, R, stride)
+    # the classes some row h < H falls in: all of them, or fewer when stride > H
+    classes = range(stride) if stride <= H else sorted({(h + pad) % stride for h in range(H)})
+    for rho in classes:
         i0 = -((rho - pad) // stride)                  # first i with h >= 0
         i1 = (H - 1 + pad - rho) // stride             # last i with h < H
+        r0 = (rho // g) * pow(d2, -1, T) % T if T > 1 else 0
+        taps = range(r0, R, T) if rho % g == 0 else range(0)
         if len(taps) == 0 or i1 < i0:
             out.append(((0, 0, 1), 0, rho - pad + i0 * stride, max(0, i1 - i0 + 1), 1))
             continue
-        out.append(((rho, R, stride), len(taps) - 1 - i0, rho - pad + i0 * stride,
-                    i1 - i0 + 1, 1))
+        c = (r0 * dil - rho) // stride
+        out.append(((r0, R, T), (len(taps) - 1) * d2 + c - i0, rho - pad + i0 * stride,
+                    i1 - i0 + 1, d2))
     return tuple(out)
 
 
@@ -239,20 +250,15 @@ def _direct(op, p, dtype, threads):
         return "depthwise", (("block", layouts.DW_BLOCK), ("flip", True))
     if depthwise:
         return "depthwise_scatter", ()
-    if (p.stride_h > 1 or p.stride_w > 1) and dtype == np.float32 and \
-            (p.stride_h == 1 or p.dil_h == 1) and (p.stride_w == 1 or p.dil_w == 1):
+    if p.stride_h > 1 or p.stride_w > 1:
         rows = input_grad_phases(p.stride_h, p.dil_h, p.pad_top, p.R, p.H, p.P)
         cols = input_grad_phases(p.stride_w, p.dil_w, p.pad_left, p.S, p.W, p.Q)
         phases = []
-        for tr, ptr, _, Hi, dh in rows:
-            for tc, plc, _, Wi, dw in cols:
-                Rr, Ss = _taps(tr, p.R), _taps(tc, p.S)
-                if Rr == 0 or Ss == 0 or Hi == 0 or Wi == 0:
-                    phases.append("")
-                    continue
-                phases.append(direct_core(dtype, 1, 1, 1, 1, Hi, Wi, Rr, Ss, dw, plc, p.Q,
-                                          Kg, Cg, p.C * Kg * Rr * Ss * itemsize,
-                                          lanes_ok=False))
+        for tr, _, _, Hi, _ in rows:
+            for tc, _, _, Wi, _ in cols:
+                # flat: the core that writes strided rows; "" for a class no tap reaches
+                empty = _taps(tr, p.R) == 0 or _taps(tc, p.S) == 0 or Hi == 0 or Wi == 0
+                phases.append("" if empty else "flat")
         return "phases", (("rows", rows), ("cols", cols), ("cores", tuple(phases)),
                           ("slice_bytes", _tuning.DIRECT_SLICE_BYTES),
                           ("pad_serial_rows", _tuning.PAD_SERIAL_ROWS))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _machine
 from ._geometry import conv_params
 
 
@@ -233,7 +234,8 @@ def vector_features():
 
 
 def machine_info():
-    """CPU model, LLVM's core name, vector features, cores, and fastconv's threads."""
+    """CPU model, LLVM's core name, vector features and registers, caches, cores, and
+    fastconv's threads."""
     from ._config import MAX_THREADS, get_num_threads
     try:
         usable = len(os.sched_getaffinity(0))
@@ -249,6 +251,7 @@ def machine_info():
     except OSError:
         pass
     return dict(cpu_model=cpu_model(), llvm_cpu=llvm_cpu(), vector_features=vector_features(),
+                vector_registers=_machine.vector_registers(), caches=_machine.caches(),
                 cpu_flags=flags, logical_cores=os.cpu_count(), usable_cores=usable,
                 fastconv_max_threads=MAX_THREADS, fastconv_threads=get_num_threads(),
                 machine=platform.machine(), system=platform.platform(),

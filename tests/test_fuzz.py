@@ -204,20 +204,8 @@ def _winograd_close(got, want, tol, what):
 
 def _spreads_non_finite(plan):
     """Plans whose NaN/Inf may reach outputs the reference leaves finite: Winograd (its
-    transforms mix a tile; documented in conv2d), and direct's input gradient of a
-    strided convolution through the zero-inserted forward (float64; float32 takes the
-    exact 'phases' variant), where 0 x NaN lands on the inserted zeros: a bug this suite
-    found, kept visible by test_direct_strided_input_gradient_keeps_nan_in_place; and
-    direct's depthwise weight gradient, which sums whole blocks of outputs, so a NaN in
-    an input pixel that no output reads meets a zero of dy past the output's edge: a
-    bug this suite found, kept visible by test_depthwise_weight_gradient_keeps_nan_in_place."""
-    if plan.algorithm.startswith("winograd"):
-        return True
-    p = plan.geometry
-    if plan.op == "conv2d_weight" and plan.algorithm == "direct" and plan.variant == "depthwise":
-        return True
-    return (plan.op == "conv2d_input" and plan.algorithm == "direct" and p is not None
-            and plan.variant in fastconv._plan.DIRECT_CORES and max(p.stride_h, p.stride_w) > 1)
+    transforms mix a tile; documented in conv2d)."""
+    return plan.algorithm.startswith("winograd")
 
 
 def judge(op, fn, args, kwargs, algorithm_kw="algorithm"):
@@ -531,30 +519,36 @@ def test_plan_returns_a_runnable_plan_or_refuses_clearly(data):
         assert fastconv._plan.supports(plan.algorithm, plan.geometry)
 
 
-@pytest.mark.xfail(strict=True, reason="bug found by this suite: direct's float64 input "
-                   "gradient of a strided conv multiplies NaN weights by the zeros it inserts "
-                   "(PyTorch and the reference leave those positions 0)")
 def test_direct_strided_input_gradient_keeps_nan_in_place():
+    """A NaN weight reaches only the input-gradient pixels its tap reaches (PyTorch and the
+    reference leave the others finite): direct's strided input gradient runs one
+    stride-1 correlation per residue class, multiplying no inserted zero (a bug this
+    suite found when float64 still inserted zeros)."""
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 4))
     w = np.random.default_rng(1).standard_normal((3, 5, 3, 3))
     w[0, 0, 1, 1] = np.nan
     want = fastconv.conv_transpose2d(x, w, stride=2, algorithm="reference")
-    got = fastconv.conv_transpose2d(x, w, stride=2, algorithm="direct")
+    with fastconv.trace_plans() as ran:
+        got = fastconv.conv_transpose2d(x, w, stride=2, algorithm="direct")
+    assert ran[-1].variant == "phases"
+    assert np.isnan(want).any() and not np.isnan(want).all()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
-@pytest.mark.xfail(strict=True, reason="bug found by this suite: direct's depthwise weight "
-                   "gradient sums whole output blocks, so a NaN in an input pixel that no output "
-                   "reads meets dy's zeros past the edge (the reference leaves that gradient finite)")
 def test_depthwise_weight_gradient_keeps_nan_in_place():
+    """An input NaN that no output reads leaves direct's depthwise weight gradient finite,
+    as in the reference (a bug this suite found: blocks past the plane's last row or
+    column multiplied it by dy's zeros)."""
     x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
     x[0, 1, 4, 4] = np.nan                     # read by no output of a 2x2 stride-2 window
+    x[0, 0, 0, 0] = np.nan                     # read by tap (0, 0) of output (0, 0)
     dy = np.ones((1, 2, 2, 2), np.float32)
     kw = dict(stride=2, groups=2)
     want = fastconv.conv2d_weight(x, (2, 1, 2, 2), dy, **kw, algorithm="reference")
     with fastconv.trace_plans() as ran:
         got = fastconv.conv2d_weight(x, (2, 1, 2, 2), dy, **kw, algorithm="direct")
     assert ran[-1].variant == "depthwise"
+    assert np.isnan(want).sum() == 1
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 

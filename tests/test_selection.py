@@ -111,7 +111,7 @@ TABLE = [
          algorithm="direct"),
     _row("conv2d_input", (1, 3, 224, 224), 64, 7, ("direct", "phases"), stride=2, padding=3,
          algorithm="direct"),
-    _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "row"), stride=2, padding=1,
+    _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          algorithm="direct", dtype=f64),
     _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
     # VGG-16

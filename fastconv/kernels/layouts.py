@@ -12,13 +12,28 @@ Blocked layouts (built per call from NCHW, never returned)::
 """
 import numpy as np
 
+from .._machine import vector_registers
+
 #: pixels per block of direct's row kernel (``direct_row_{J}px_k16``): float64, float32
 FWD_BLOCKS = (8, 16)
+
+#: The register blocks of the float32 kernels, by the vector registers the CPU has: each
+#: keeps about three quarters of them as accumulators (the rest hold the operands).
+#: 32 registers (AVX-512): 1 x 14 pixels x 32 channels is 28 zmm (measured on Zen 4/5 and
+#: the Xeon). 16 registers (AVX2 without AVX-512): 1 x 4 x 24 is 12 ymm; the AVX-512
+#: blocks there spill and ran 2-3x slower (Zen 3, interleaved, 1 thread, res2-res5
+#: 3x3 layers; 1 x 6 x 16 and 1 x 12 x 8 were in between).
+_BLOCKS = {
+    32: dict(FLAT_BLOCKS=((32, 12),), LANES_BLOCKS=((1, 14, 32), (2, 7, 32)),
+             GEMM_BLOCK=(64, 6), PATCH_GEMM_BLOCKS=((64, 6), (32, 6))),
+    16: dict(FLAT_BLOCKS=((24, 4),), LANES_BLOCKS=((1, 4, 24), (2, 2, 24)),
+             GEMM_BLOCK=(24, 4), PATCH_GEMM_BLOCKS=((24, 4), (12, 4))),
+}[vector_registers()]
 #: (pixels, output channels) of direct's flat kernel, float32
-FLAT_BLOCKS = ((32, 12),)
-#: (rows, pixels per row, output channels) of direct's lanes kernels, float32: 1 x 14
-#: pixels for rows of 14 or more, 2 x 7 for shorter rows (res5's 7 x 7)
-LANES_BLOCKS = ((1, 14, 32), (2, 7, 32))
+FLAT_BLOCKS = _BLOCKS["FLAT_BLOCKS"]
+#: (rows, pixels per row, output channels) of direct's lanes kernels, float32: one row
+#: for rows that hold a block, two rows of half as many for shorter rows (res5's 7 x 7)
+LANES_BLOCKS = _BLOCKS["LANES_BLOCKS"]
 #: column strides the lanes kernels exist for
 LANES_STRIDES = (1, 2)
 #: input channels per chunk of a weight laid out on the fly (the streamed lanes kernel,
@@ -31,10 +46,10 @@ PAIRS = 8
 #: (columns, rows) of the depthwise kernels, both dtypes
 DW_BLOCK = (16, 4)
 #: (columns, rows) of the register-tiled GEMM (Winograd's products), float32
-GEMM_BLOCK = (64, 6)
+GEMM_BLOCK = _BLOCKS["GEMM_BLOCK"]
 #: (columns, rows) of the GEMM that reads patch rows in place (im2col's weight gradient,
 #: direct's pointwise forward): float32, float64
-PATCH_GEMM_BLOCKS = ((64, 6), (32, 6))
+PATCH_GEMM_BLOCKS = _BLOCKS["PATCH_GEMM_BLOCKS"]
 #: output channels per block of direct's weight gradient (dy's layout)
 DY_BLOCK = 16
 #: tiles per parallel work item of Winograd's unfused transforms, at most

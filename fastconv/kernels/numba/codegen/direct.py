@@ -567,9 +567,10 @@ def depthwise(name, rows, cols):
 def depthwise_weight_grad(name, rows, cols):
     """``depthwise_weight_grad``: out[k, 0, r, s] = sum over n, p, q of dy[n, k, p, q] *
     x_pad[n, k // Kg, p*sh + r*dh, q*sw + s*dw]. Per image, the x plane goes into the
-    phase-split tile of ``depthwise`` and the dy plane into a tile of the same block shape
-    (zeros past P, Q, so the extra lanes add nothing); then, tap by tap, M x J products
-    in scalar accumulators over all blocks, summed into the tap's total."""
+    phase-split tile of ``depthwise`` and the dy plane into a tile of the same block shape;
+    then, tap by tap, M x J products in scalar accumulators over all blocks, summed into
+    the tap's total. Blocks that cross the last row or column add their real outputs'
+    products only, so an input pixel no output reads never meets the gradient."""
     M, J = rows, cols
     L = []
     a = L.append
@@ -608,12 +609,25 @@ def depthwise_weight_grad(name, rows, cols):
     a("                    for qb in range(nQ):")
     a(f"                        xt = pb * {M} * Wq + qb * {J} + toff[t]")
     a(f"                        yb = pb * {M} * Qp + qb * {J}")
+    # a block past the last row or column (p >= P or q >= Q) must not read x there: dy is
+    # 0 there, but 0 x NaN is NaN, and the reference sums real outputs only
+    a(f"                        if (pb + 1) * {M} <= P and (qb + 1) * {J} <= Q:")
     for m in range(M):
-        a(f"                        xm = np.uint64(xt + {m} * Wq)")
-        a(f"                        ym = np.uint64(yb + {m} * Qp)")
-        a("                        " + "; ".join(f"x{j} = tile[xm + ux{j}]" for j in range(J)))
-        a("                        " + "; ".join(f"d{j} = dyt[ym + ux{j}]" for j in range(J)))
-        a("                        " + "; ".join(f"a{m}_{j} += x{j} * d{j}" for j in range(J)))
+        a(f"                            xm = np.uint64(xt + {m} * Wq)")
+        a(f"                            ym = np.uint64(yb + {m} * Qp)")
+        a("                            " + "; ".join(f"x{j} = tile[xm + ux{j}]"
+                                                     for j in range(J)))
+        a("                            " + "; ".join(f"d{j} = dyt[ym + ux{j}]" for j in range(J)))
+        a("                            " + "; ".join(f"a{m}_{j} += x{j} * d{j}" for j in range(J)))
+    a("                        else:")
+    a(f"                            nq = Q - qb * {J}")
+    for m in range(M):
+        a(f"                            if pb * {M} + {m} < P:")
+        a(f"                                xm = np.uint64(xt + {m} * Wq)")
+        a(f"                                ym = np.uint64(yb + {m} * Qp)")
+        for j in range(J):
+            a(f"                                if {j} < nq:")
+            a(f"                                    a{m}_{j} += tile[xm + ux{j}] * dyt[ym + ux{j}]")
     a("                wsum[t] += " + " + ".join(
         "(" + " + ".join(f"a{m}_{j}" for m in range(M)) + ")" for j in range(J)))
     a("        for r in range(R):")
