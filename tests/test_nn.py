@@ -271,9 +271,10 @@ def small_model(seed=0):
 
 
 def test_state_dict_names():
+    """PyTorch's names and order: each module's parameters, then its buffers."""
     assert list(small_model().state_dict()) == [
-        "0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias",
-        "1.running_mean", "1.running_var"]
+        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+        "1.num_batches_tracked", "4.weight", "4.bias"]
 
 
 def test_save_load_round_trip(tmp_path):
