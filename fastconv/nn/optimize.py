@@ -40,14 +40,16 @@ def _conv(x, w, bias, stride, padding, dilation, groups, activation, residual):
 
 
 class _Step:
-    """One operation: reads values ``srcs``, writes value ``dst``."""
+    """One operation: reads values ``srcs``, writes value ``dst``. ``label``: the
+    operation's kind, then what it is (``"conv layer1.0.conv2 [64->64 ...] + bn"``)."""
 
     def __init__(self, label, srcs, dst):
         self.label, self.srcs, self.dst = label, tuple(srcs), dst
 
     def describe(self):
-        args = ", ".join(f"%{s}" for s in self.srcs)
-        return f"%{self.dst} = {self.label}({args})"
+        kind, _, rest = self.label.partition(" ")
+        args = ", ".join(f"%{s}" for s in self.srcs[:1 if isinstance(self, _ConvStep) else None])
+        return f"%{self.dst} = {kind}({args}) {rest}".rstrip()
 
 
 class _ConvStep(_Step):
@@ -108,7 +110,6 @@ class _Builder:
         w = conv.weight.data.astype(np.float64)
         b = (np.zeros(conv.out_channels) if conv.bias is None
              else conv.bias.data.astype(np.float64))
-        label = f"conv {name}"
         if bn is not None:
             mean = bn._buffers["running_mean"].astype(np.float64)
             var = bn._buffers["running_var"].astype(np.float64)
@@ -117,13 +118,14 @@ class _Builder:
             scale = gamma / np.sqrt(var + bn.eps)
             w = w * scale[:, None, None, None]
             b = (b - mean) * scale + beta
-            label += " + bn"
         K, Cg, R, S = w.shape
-        label += (f" [{Cg * conv.groups}->{K} {R}x{S} stride={conv.stride} "
+        label = (f"conv {name} [{Cg * conv.groups}->{K} {R}x{S} stride={conv.stride} "
                   f"padding={conv.padding}" + (f" groups={conv.groups}" if conv.groups > 1 else "")
                   + (f" dilation={conv.dilation}" if conv.dilation not in (1, (1, 1)) else "") + "]")
+        if bn is not None:
+            label += " + bn"
         if residual is not None:
-            label += " + residual"
+            label += f" + residual %{residual}"
         if activation is not None:
             label += f" + {activation}"
         return self.emit(_ConvStep, label, (src,), w.astype(self.dtype), b.astype(self.dtype),
