@@ -85,10 +85,13 @@ def _init(init, shape, rng, dtype):
 
 
 def _to_numpy(value):
-    """A NumPy array from a NumPy array, a PyTorch tensor (without importing torch) or
-    anything ``numpy.asarray`` takes."""
+    """A NumPy array from a NumPy array, a PyTorch tensor (without importing torch;
+    bfloat16, which NumPy lacks, read as float32) or anything ``numpy.asarray`` takes."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
     return np.asarray(value)
 
 
