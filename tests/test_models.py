@@ -248,6 +248,10 @@ def test_load_torch_round_trip(tmp_path):
         ours.load_state_dict(state)
         for k, v in ref.state_dict().items():
             np.testing.assert_array_equal(ours.state_dict()[k], v.numpy())
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+            for k, v in ref.state_dict().items()}                # NumPy has no bfloat16
+    ours.load_state_dict(half)
+    np.testing.assert_array_equal(ours.state_dict()["0.weight"], half["0.weight"].float().numpy())
     torch.save(ref, tmp_path / "whole.pt")
     with pytest.raises(Exception):                               # weights_only refuses a model
         nn.load_torch(tmp_path / "whole.pt")
