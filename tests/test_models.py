@@ -286,3 +286,6 @@ def test_optimize_small_networks_and_errors():
         pass
     with pytest.raises(TypeError, match=r"no inference lowering for Weird \(1\)"):
         nn.optimize(nn.Sequential(nn.Conv2d(1, 2, 3), Weird()))
+    with pytest.raises(ValueError, match="optimize: 0 has 2 output channels, the BatchNorm2d "
+                                         "after it 3 features"):
+        nn.optimize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3)))

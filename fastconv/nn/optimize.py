@@ -95,13 +95,14 @@ class _Builder:
         self.steps = []
         self.n_values = 1                      # %0: the input
 
-    def emit(self, step_cls, label, srcs, *args):
-        dst = self.n_values
+    def _new_value(self):
         self.n_values += 1
-        if step_cls is _ConvStep:
-            self.steps.append(_ConvStep(label, srcs[0], dst, *args))
-        else:
-            self.steps.append(_FnStep(label, srcs, dst, *args))
+        return self.n_values - 1
+
+    def emit(self, label, srcs, fn):
+        """A step computing ``fn(*values[srcs])``; returns the value it writes."""
+        dst = self._new_value()
+        self.steps.append(_FnStep(label, srcs, dst, fn))
         return dst
 
     def conv(self, name, conv, bn, activation, src, residual=None):
@@ -111,6 +112,9 @@ class _Builder:
         b = (np.zeros(conv.out_channels) if conv.bias is None
              else conv.bias.data.astype(np.float64))
         if bn is not None:
+            if bn.num_features != conv.out_channels:
+                raise ValueError(f"optimize: {name} has {conv.out_channels} output channels, "
+                                 f"the BatchNorm2d after it {bn.num_features} features")
             mean = bn._buffers["running_mean"].astype(np.float64)
             var = bn._buffers["running_var"].astype(np.float64)
             gamma = np.ones_like(mean) if bn.weight is None else bn.weight.data.astype(np.float64)
@@ -128,8 +132,10 @@ class _Builder:
             label += f" + residual %{residual}"
         if activation is not None:
             label += f" + {activation}"
-        return self.emit(_ConvStep, label, (src,), w.astype(self.dtype), b.astype(self.dtype),
-                         conv, activation, residual)
+        dst = self._new_value()
+        self.steps.append(_ConvStep(label, src, dst, w.astype(self.dtype), b.astype(self.dtype),
+                                    conv, activation, residual))
+        return dst
 
     def sequence(self, named, src, residual=None):
         """Lower ``[(name, module), ...]`` run in order; a Conv2d takes a BatchNorm and a
@@ -157,9 +163,7 @@ class _Builder:
                 if last:
                     residual = None
                 i += 1
-        if residual is not None:
-            x = self.emit(_FnStep, "add", (x, residual), _add)
-        return x
+        return self._then_add(x, residual)
 
     def lower(self, name, layer, src, residual=None):
         """Lower one module reading value ``src`` (and adding value ``residual`` to its
@@ -189,7 +193,7 @@ class _Builder:
         return self._then_add(self._simple(name, layer, src), residual)
 
     def _then_add(self, x, residual):
-        return x if residual is None else self.emit(_FnStep, "add", (x, residual), _add)
+        return x if residual is None else self.emit("add", (x, residual), _add)
 
     def _simple(self, name, layer, src):
         """A layer without fusion: pooling, reshaping, Linear, a lone BatchNorm or
@@ -198,21 +202,21 @@ class _Builder:
         if isinstance(layer, MaxPool2d):
             args = (layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                     layer.ceil_mode)
-            return self.emit(_FnStep, f"{label} [kernel_size={layer.kernel_size}, "
+            return self.emit(f"{label} [kernel_size={layer.kernel_size}, "
                              f"stride={layer.stride}, padding={layer.padding}]", (src,),
                              lambda x: F.max_pool2d(x, *args))
         if isinstance(layer, AvgPool2d):
             args = layer.args
-            return self.emit(_FnStep, label, (src,), lambda x: F.avg_pool2d(x, *args))
+            return self.emit(label, (src,), lambda x: F.avg_pool2d(x, *args))
         if isinstance(layer, AdaptiveAvgPool2d):
             size = layer.output_size
-            return self.emit(_FnStep, f"{label} [{size}]", (src,),
+            return self.emit(f"{label} [{size}]", (src,),
                              lambda x: F.adaptive_avg_pool2d(x, size))
         if isinstance(layer, GlobalAvgPool2d):
-            return self.emit(_FnStep, label, (src,),
+            return self.emit(label, (src,),
                              lambda x: F.adaptive_avg_pool2d(x, 1).reshape(x.shape[:2]))
         if isinstance(layer, Flatten):
-            return self.emit(_FnStep, label, (src,), lambda x: x.reshape(len(x), -1))
+            return self.emit(label, (src,), lambda x: x.reshape(len(x), -1))
         if isinstance(layer, Linear):
             wt = np.ascontiguousarray(layer.weight.data.T, dtype=self.dtype)
             b = None if layer.bias is None else layer.bias.data.astype(self.dtype)
@@ -226,7 +230,7 @@ class _Builder:
                 if b is not None:
                     y += b
                 return y
-            return self.emit(_FnStep, f"{label} [{layer.in_features}->{layer.out_features}]",
+            return self.emit(f"{label} [{layer.in_features}->{layer.out_features}]",
                              (src,), linear)
         if isinstance(layer, BatchNorm2d):
             mean = layer._buffers["running_mean"].astype(np.float64)
@@ -237,17 +241,17 @@ class _Builder:
                                 shift * layer.weight.data + layer.bias.data)
             scale = scale.astype(self.dtype).reshape(1, -1, 1, 1)
             shift = shift.astype(self.dtype).reshape(1, -1, 1, 1)
-            return self.emit(_FnStep, label, (src,), lambda x: x * scale + shift)
+            return self.emit(label, (src,), lambda x: x * scale + shift)
         if isinstance(layer, ReLU):
-            return self.emit(_FnStep, label, (src,), _relu)
+            return self.emit(label, (src,), _relu)
         if isinstance(layer, ReLU6):
-            return self.emit(_FnStep, label, (src,), _relu6)
+            return self.emit(label, (src,), _relu6)
         if isinstance(layer, LeakyReLU):
             slope = layer.negative_slope
-            return self.emit(_FnStep, label, (src,),
+            return self.emit(label, (src,),
                              lambda x: np.where(x > 0, x, x * x.dtype.type(slope)))
         if isinstance(layer, Sigmoid):
-            return self.emit(_FnStep, label, (src,), _sigmoid)
+            return self.emit(label, (src,), _sigmoid)
         raise TypeError(f"optimize: no inference lowering for {type(layer).__name__} "
                         f"({name or 'the model'}); supported: Sequential, ResNet, MobileNetV2, "
                         f"BasicBlock, Bottleneck, InvertedResidual, Conv2d, BatchNorm2d, "
