@@ -268,7 +268,8 @@ class OptimizedModel:
 
     Attributes: ``steps`` (the flat list of steps; ``repr`` lists them), ``dtype``.
     It holds copies of the weights: changing the source model afterwards does not
-    change it (optimize again). Calls from several threads at once are safe.
+    change it (optimize again). A call keeps nothing between calls: its intermediate
+    arrays are its own.
     """
 
     def __init__(self, name, dtype, steps, output, n_values):
