@@ -86,7 +86,7 @@ def _add(a, b):
     return a + b
 
 
-# -- lowering ------------------------------------------------------------------------------------
+# -- lowering ----------------------------------------------------------------------------------
 
 
 class _Builder:
@@ -123,9 +123,13 @@ class _Builder:
             w = w * scale[:, None, None, None]
             b = (b - mean) * scale + beta
         K, Cg, R, S = w.shape
-        label = (f"conv {name} [{Cg * conv.groups}->{K} {R}x{S} stride={conv.stride} "
-                  f"padding={conv.padding}" + (f" groups={conv.groups}" if conv.groups > 1 else "")
-                  + (f" dilation={conv.dilation}" if conv.dilation not in (1, (1, 1)) else "") + "]")
+        label = f"conv {name} [{Cg * conv.groups}->{K} {R}x{S} stride={conv.stride} "
+        label += f"padding={conv.padding}"
+        if conv.groups > 1:
+            label += f" groups={conv.groups}"
+        if conv.dilation not in (1, (1, 1)):
+            label += f" dilation={conv.dilation}"
+        label += "]"
         if bn is not None:
             label += " + bn"
         if residual is not None:
@@ -259,7 +263,7 @@ class _Builder:
                         f"AdaptiveAvgPool2d, GlobalAvgPool2d, Flatten, Dropout, Linear")
 
 
-# -- the compiled model -------------------------------------------------------------------------------
+# -- the compiled model ----------------------------------------------------------------------
 
 
 class OptimizedModel:
