@@ -2,7 +2,10 @@
 OpenVINO, with the same weights (issue 13's yardstick).
 
 Networks from ``fastconv/networks.py`` (BatchNorm folded, random He-init weights,
-float32). Each engine runs in its own process, all alive for the whole run; the driver
+float32). The ``nn.optimize`` engine runs the same weights through
+``fastconv.nn.optimize(fastconv.nn.models.<network>())`` (ResNet-18/50, MobileNet-v2:
+the weights loaded by ``load_state_dict``, each bias as a BatchNorm that optimize folds
+back). Each engine runs in its own process, all alive for the whole run; the driver
 asks them in turn to time one forward pass (rotating which goes first, with a pause
 between engines so that no engine's idle threads spin into the next one's turn; ONNX
 Runtime's spinning is off), round by round,
@@ -27,7 +30,40 @@ import sys
 import tempfile
 import time
 
-ENGINES = ("fastconv", "torch", "onnxruntime", "openvino")
+ENGINES = ("fastconv", "nn.optimize", "torch", "onnxruntime", "openvino")
+# networks that fastconv.nn.models has, for the nn.optimize engine
+MODELS = ("resnet18", "resnet50", "mobilenet_v2")
+
+
+def _nn_model(spec):
+    """The spec's network as a ``fastconv.nn.models`` model with the same weights: each
+    convolution's weight, and its bias as the BatchNorm after it (mean 0, variance
+    ``1 - eps``, scale 1, shift the bias), so ``nn.optimize`` folds back the spec's
+    weights (to float rounding)."""
+    import numpy as np
+
+    from fastconv import networks, nn
+    model = getattr(nn.models, spec["name"])()
+    state = model.state_dict()
+    conv_keys = [k for k, v in state.items() if v.ndim == 4]
+    layers = networks.convs(spec)
+    assert len(conv_keys) == len(layers), (len(conv_keys), len(layers))
+    for key, layer in zip(conv_keys, layers):
+        assert state[key].shape == layer["w"].shape, (key, layer["name"])
+        module = key[:-len(".weight")]
+        head, _, last = module.rpartition(".")
+        bn = (f"{head}.{int(last) + 1}" if last.isdigit()
+              else (head + "." if head else "") + last.replace("conv", "bn"))
+        state[key] = layer["w"]
+        eps = np.float32(1e-5)
+        state[f"{bn}.weight"] = np.ones_like(layer["b"])
+        state[f"{bn}.bias"] = layer["b"]
+        state[f"{bn}.running_mean"] = np.zeros_like(layer["b"])
+        state[f"{bn}.running_var"] = np.full_like(layer["b"], 1 - eps)
+    fc = "classifier.1" if spec["name"] == "mobilenet_v2" else "fc"
+    state[f"{fc}.weight"], state[f"{fc}.bias"] = spec["fc"]["w"], spec["fc"]["b"]
+    model.load_state_dict(state)
+    return model
 
 
 # -- worker: one engine ------------------------------------------------------------------
@@ -48,6 +84,10 @@ def _serve(engine):
         if engine == "fastconv":
             fastconv.set_num_threads(threads)
             fn = networks.fastconv_forward(spec)
+        elif engine == "nn.optimize":
+            from fastconv import nn
+            fastconv.set_num_threads(threads)
+            fn = nn.optimize(_nn_model(spec))
         elif engine == "torch":
             import torch
             torch.set_num_threads(threads)
@@ -136,11 +176,11 @@ def _serve(engine):
 
 def _available(engine):
     import importlib.util
-    module = {"fastconv": "fastconv", "torch": "torch", "onnxruntime": "onnxruntime",
+    module = {"fastconv": "fastconv", "nn.optimize": "fastconv", "torch": "torch", "onnxruntime": "onnxruntime",
               "openvino": "openvino"}[engine]
     if importlib.util.find_spec(module) is None:
         return False
-    return engine in ("fastconv", "torch") or importlib.util.find_spec("torch") is not None
+    return engine in ("fastconv", "nn.optimize", "torch") or importlib.util.find_spec("torch") is not None
 
 
 def _start(engine):
@@ -211,23 +251,24 @@ def main(argv=None):
                     base = dict(network=name, N=N, threads=threads)
                     want = np.array(_ask(procs["fastconv"], dict(base, what="output"))["output"])
                     errors = {}
-                    for e in engines[1:]:
+                    here = [e for e in engines if e != "nn.optimize" or name in MODELS]
+                    for e in here[1:]:
                         got = np.array(_ask(procs[e], dict(base, what="output"))["output"])
                         errors[e] = float(np.abs(got - want).max() / np.abs(want).max())
-                    times = {e: [] for e in engines}
+                    times = {e: [] for e in here}
                     for r in range(args.rounds):
-                        order = engines[r % len(engines):] + engines[:r % len(engines)]
+                        order = here[r % len(here):] + here[:r % len(here)]
                         for e in order:
                             times[e].append(_ask(procs[e], dict(base, what="time",
                                                                 min_time=args.min_time))["seconds"])
                             time.sleep(args.pause)      # the last engine's threads go idle
                     t = {e: np.array(v) for e, v in times.items()}
-                    ratio = {e: float(np.median(t[e] / t["fastconv"])) for e in engines}
+                    ratio = {e: float(np.median(t[e] / t["fastconv"])) for e in here}
                     cells = " ".join(f"{np.median(t[e]) * 1e3:9.2f} ({ratio[e]:5.2f})"
-                                     for e in engines)
+                                     if e in t else f"{'-':>18s}" for e in engines)
                     print(f"{name:16s} {N:3d} {cells}", flush=True)
                     results.append(dict(base, median_ms={e: float(np.median(t[e]) * 1e3)
-                                                         for e in engines},
+                                                         for e in here},
                                         ratio_to_fastconv=ratio, max_rel_error=errors,
                                         times=times))
                     bad = {e: v for e, v in errors.items() if v > 1e-4}

@@ -48,30 +48,16 @@ DEFAULTS = {
 
 
 def build_model(architecture, input_shape, num_classes, seed=None):
-    """The two networks of the command line.
-
-    ``seed``: conv 3x3, 8 filters, no bias -> max-pool 2 -> linear to the classes (the
-    classic "CNN from scratch" MNIST network). ``gap``: three conv 3x3 (padding 1, no
-    bias) + BatchNorm + ReLU blocks with 16, 32, 64 filters, max-pool 2 after the first
-    two, then global average pooling and a linear layer (so class activation maps
-    apply). BatchNorm makes PneumoniaMNIST training steadier from seed to seed.
-    """
-    from . import nn
-    rng = np.random.default_rng(seed)
-    C, H, W = input_shape
-    if architecture == "seed":
-        P, Q = (H - 2) // 2, (W - 2) // 2
-        return nn.Sequential(nn.Conv2d(C, 8, 3, bias=False, rng=rng), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Linear(8 * P * Q, num_classes, rng=rng))
-    if architecture == "gap":
-        return nn.Sequential(
-            nn.Conv2d(C, 16, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.GlobalAvgPool2d(), nn.Linear(64, num_classes, rng=rng))
-    raise ValueError(f"unknown model {architecture!r}; choose from {', '.join(MODELS)}")
+    """The two networks of the command line, from :mod:`fastconv.nn.models`:
+    ``seed`` (:func:`~fastconv.nn.models.seed_cnn`, the classic "CNN from scratch"
+    MNIST network) and ``gap`` (:func:`~fastconv.nn.models.gap_cnn`: conv-BN-ReLU
+    blocks, global average pooling and a linear layer, so class activation maps
+    apply; BatchNorm makes PneumoniaMNIST training steadier from seed to seed)."""
+    from .nn import models
+    builders = {"seed": models.seed_cnn, "gap": models.gap_cnn}
+    if architecture not in builders:
+        raise ValueError(f"unknown model {architecture!r}; choose from {', '.join(MODELS)}")
+    return builders[architecture](tuple(input_shape), num_classes, rng=seed)
 
 
 # -- data ---------------------------------------------------------------------------------

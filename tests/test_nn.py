@@ -65,22 +65,44 @@ def test_linear_gradients():
     check_layer(nn.Linear(5, 3, rng=0), rand(4, 5))
 
 
-@pytest.mark.parametrize("layer", [nn.ReLU(), nn.LeakyReLU(0.1), nn.Sigmoid(), nn.Flatten()],
-                         ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("layer", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.1), nn.Sigmoid(),
+                                   nn.Flatten()], ids=lambda m: type(m).__name__)
 def test_activation_gradients(layer):
-    x = rand(3, 2, 4, 4)
+    x = rand(3, 2, 4, 4) * 4             # some values past ReLU6's 6
     x[np.abs(x) < 1e-3] = 0.5            # keep away from the kinks
+    x[np.abs(x - 6) < 1e-3] = 5.5
     check_layer(layer, x)
 
 
 @pytest.mark.parametrize("layer", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, padding=1),
                                    nn.AvgPool2d(2), nn.AvgPool2d(3, 2, padding=1,
                                                                  count_include_pad=False),
-                                   nn.GlobalAvgPool2d()], ids=repr)
+                                   nn.GlobalAvgPool2d(), nn.AdaptiveAvgPool2d((4, 5)),
+                                   nn.AdaptiveAvgPool2d(1)], ids=repr)
 def test_pooling_gradients(layer):
     # distinct values so that max pooling's argmax is stable under the perturbation
     x = np.random.default_rng(1).permutation(2 * 3 * 6 * 6).reshape(2, 3, 6, 6) * 0.01
     check_layer(layer, x)
+
+
+@pytest.mark.parametrize("make, channels", [
+    (lambda: nn.BasicBlock(3, 4, 2, nn.Sequential(nn.Conv2d(3, 4, 1, 2, bias=False),
+                                                  nn.BatchNorm2d(4)), rng=0), 3),
+    (lambda: nn.Bottleneck(8, 2, 1, rng=0), 8),
+    (lambda: _wide_expansion(nn.InvertedResidual(3, 3, 1, 2, rng=0)), 3),
+    (lambda: nn.InvertedResidual(3, 5, 2, 1, rng=0), 3)],
+    ids=["basic-downsample", "bottleneck", "inverted-residual", "inverted-stride2"])
+def test_residual_block_gradients(make, channels):
+    """The blocks of nn.models (training-mode BatchNorm), residual path included."""
+    check_layer(make(), rand(2, channels, 5, 5))
+
+
+def _wide_expansion(block):
+    """Scale 3 on the expansion's BatchNorm, so that ReLU6 clips at 6: otherwise the
+    depthwise conv's BatchNorm normalises that scale away, and its gradient is too
+    small for finite differences."""
+    block.conv[0][1].weight.data[...] = 3.0
+    return block
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -271,9 +293,10 @@ def small_model(seed=0):
 
 
 def test_state_dict_names():
+    """PyTorch's names and order: each module's parameters, then its buffers."""
     assert list(small_model().state_dict()) == [
-        "0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias",
-        "1.running_mean", "1.running_var"]
+        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+        "1.num_batches_tracked", "4.weight", "4.bias"]
 
 
 def test_save_load_round_trip(tmp_path):

@@ -18,9 +18,10 @@ import numpy as np
 from .. import functional as F
 
 __all__ = [
-    "Parameter", "Module", "Conv2d", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "MaxPool2d",
-    "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Dropout", "BatchNorm2d", "Sequential",
-    "he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "read_metadata",
+    "Parameter", "Module", "Conv2d", "Linear", "ReLU", "ReLU6", "LeakyReLU", "Sigmoid",
+    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "GlobalAvgPool2d", "Flatten", "Dropout",
+    "BatchNorm2d", "Sequential", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform",
+    "read_metadata", "load_torch",
 ]
 
 _META_KEY = "__fastconv_metadata__"
@@ -81,6 +82,17 @@ def _init(init, shape, rng, dtype):
 
 
 # -- base classes ---------------------------------------------------------------------
+
+
+def _to_numpy(value):
+    """A NumPy array from a NumPy array, a PyTorch tensor (without importing torch;
+    bfloat16, which NumPy lacks, read as float32) or anything ``numpy.asarray`` takes."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
 
 
 class Parameter:
@@ -144,17 +156,32 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def _named_buffers(self, prefix=""):
-        for name in self._buffers:
-            yield prefix + name, self, name
+        """(name, owner, key) of every floating-point buffer (the running statistics
+        that training updates); integer counters such as ``num_batches_tracked`` are
+        left out, here but not in ``state_dict``."""
+        for name, value in self._buffers.items():
+            if np.issubdtype(value.dtype, np.floating):
+                yield prefix + name, self, name
         for mname, m in self._modules.items():
             yield from m._named_buffers(f"{prefix}{mname}.")
+
+    def _named_state(self, prefix=""):
+        """(name, owner, key, is_parameter) in PyTorch's ``state_dict`` order: each
+        module's parameters, then its buffers, then its sub-modules."""
+        for name in self._parameters:
+            yield prefix + name, self, name, True
+        for name in self._buffers:
+            yield prefix + name, self, name, False
+        for mname, m in self._modules.items():
+            yield from m._named_state(f"{prefix}{mname}.")
 
     def zero_grad(self):
         for p in self.parameters():
             p.grad.fill(0)
 
     def astype(self, dtype):
-        """Cast every parameter and buffer to ``dtype`` in place. Returns self."""
+        """Cast every parameter and floating-point buffer to ``dtype`` in place (integer
+        buffers such as BatchNorm's ``num_batches_tracked`` stay integers). Returns self."""
         for p in self.parameters():
             p.data = np.ascontiguousarray(p.data, dtype=dtype)
             p.grad = np.zeros_like(p.data)
@@ -163,27 +190,34 @@ class Module:
         return self.train(self.training)          # prepared weights follow the new arrays
 
     def state_dict(self):
-        """``{name: array copy}`` of every parameter and buffer."""
-        state = {name: p.data.copy() for name, p in self.named_parameters()}
-        state.update({name: owner._buffers[b].copy() for name, owner, b in self._named_buffers()})
-        return state
+        """``{name: array copy}`` of every parameter and buffer, with PyTorch's names
+        and order (``"conv1.weight"``, ``"bn1.running_mean"``, ...)."""
+        return {name: (owner._parameters[key].data if is_param else owner._buffers[key]).copy()
+                for name, owner, key, is_param in self._named_state()}
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays from ``state`` into the parameters and buffers.
 
+        ``state`` maps names to NumPy arrays or PyTorch tensors (a ``torch`` model's
+        ``state_dict()`` loads as it is: tensors are read with ``.detach().cpu()``).
+        Values are cast to the model's dtypes. A BatchNorm's ``num_batches_tracked``
+        may be absent (older checkpoints have none), as in PyTorch.
+
         Raises ``ValueError`` naming every missing, unexpected or wrongly shaped entry
-        (``strict=False`` ignores missing and unexpected names, never wrong shapes).
+        in one message (``strict=False`` ignores missing and unexpected names, never
+        wrong shapes).
         """
-        targets = {name: (p, None) for name, p in self.named_parameters()}
-        targets.update({name: (owner, b) for name, owner, b in self._named_buffers()})
-        state = {k: v for k, v in state.items() if k != _META_KEY}
-        missing = [k for k in targets if k not in state]
+        targets = {name: (owner, key, is_param)
+                   for name, owner, key, is_param in self._named_state()}
+        state = {k: _to_numpy(v) for k, v in state.items() if k != _META_KEY}
+        missing = [k for k in targets
+                   if k not in state and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in state if k not in targets]
         wrong = []
-        for name, (obj, buf) in targets.items():
+        for name, (owner, key, is_param) in targets.items():
             if name in state:
-                have = obj.data.shape if buf is None else obj._buffers[buf].shape
-                got = np.shape(state[name])
+                have = (owner._parameters[key].data if is_param else owner._buffers[key]).shape
+                got = state[name].shape
                 if have != got:
                     wrong.append(f"{name}: model has shape {have}, file has {got}")
         problems = []
@@ -196,13 +230,10 @@ class Module:
         if problems:
             raise ValueError(f"load_state_dict: the state does not match {type(self).__name__}: "
                              + " | ".join(problems))
-        for name, (obj, buf) in targets.items():
-            if name not in state:
-                continue
-            if buf is None:
-                obj.data[...] = state[name]
-            else:
-                obj._buffers[buf][...] = state[name]
+        for name, (owner, key, is_param) in targets.items():
+            if name in state:
+                target = owner._parameters[key].data if is_param else owner._buffers[key]
+                target[...] = state[name]
         self.train(self.training)                 # prepared weights follow the new values
 
     def save(self, path, metadata=None):
@@ -261,6 +292,44 @@ def read_metadata(path):
         if _META_KEY not in f.files:
             return {}
         return json.loads(str(f[_META_KEY]))
+
+
+def load_torch(path):
+    """Read a PyTorch checkpoint (``.pt``/``.pth``) as ``{name: numpy array}``, ready
+    for ``model.load_state_dict``.
+
+    The file may hold a ``state_dict`` or a dict holding one under ``"state_dict"`` or
+    ``"model"`` (as training scripts save them); a ``"module."`` prefix that
+    ``torch.nn.DataParallel`` adds to every name is removed. Needs PyTorch (not
+    torchvision); the file is read with ``torch.load(..., weights_only=True)``, which
+    runs no code from it.
+
+    >>> from fastconv import nn
+    >>> model = nn.models.resnet18()                                 # doctest: +SKIP
+    >>> model.load_state_dict(nn.load_torch("resnet18-f37072fd.pth"))  # doctest: +SKIP
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("load_torch: reading a .pt/.pth checkpoint needs PyTorch "
+                          "(pip install torch); without it, save the state_dict on the "
+                          "PyTorch side as .npz: numpy.savez(path, **{k: v.numpy() for k, v "
+                          "in model.state_dict().items()})") from None
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_torch: no checkpoint at {path!r}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise ValueError(f"load_torch: {path!r} holds a {type(obj).__name__}, not a "
+                         f"state_dict (save model.state_dict(), not the model)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return {k: _to_numpy(v) for k, v in obj.items()}
 
 
 # -- layers with parameters -----------------------------------------------------------
@@ -378,6 +447,9 @@ class BatchNorm2d(Module):
             self.bias = self._parameters["bias"] = Parameter(np.zeros(num_features, dtype))
         self._buffers["running_mean"] = np.zeros(num_features, dtype)
         self._buffers["running_var"] = np.ones(num_features, dtype)
+        # PyTorch's counter of training batches: kept so that state_dict names match
+        # torch.nn.BatchNorm2d's; the update uses ``momentum`` (never the count).
+        self._buffers["num_batches_tracked"] = np.zeros((), np.int64)
         self._cache = None
 
     def forward(self, x):
@@ -393,6 +465,7 @@ class BatchNorm2d(Module):
             rm += self.momentum * mean
             rv *= 1 - self.momentum
             rv += self.momentum * var * (m / max(m - 1, 1))
+            self._buffers["num_batches_tracked"] += 1
         else:
             mean, var = self._buffers["running_mean"], self._buffers["running_var"]
         inv_std = 1.0 / np.sqrt(var + self.eps)
@@ -430,6 +503,17 @@ class ReLU(Module):
     def forward(self, x):
         self._mask = x > 0
         return x * self._mask
+
+    def backward(self, grad_output):
+        return grad_output * self._mask
+
+
+class ReLU6(Module):
+    """``min(max(x, 0), 6)``, as ``torch.nn.ReLU6`` (MobileNet's activation)."""
+
+    def forward(self, x):
+        self._mask = (x > 0) & (x < 6)
+        return np.clip(x, 0, 6)
 
     def backward(self, grad_output):
         return grad_output * self._mask
@@ -530,6 +614,37 @@ class GlobalAvgPool2d(Module):
         N, C, H, W = self._shape
         return F.avg_pool2d_backward(np.ascontiguousarray(grad_output).reshape(N, C, 1, 1),
                                      self._shape, (H, W))
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling, as ``torch.nn.AdaptiveAvgPool2d``: (N, C, H, W) ->
+    (N, C, oh, ow); output cell ``i`` averages rows ``floor(i*H/oh)`` to
+    ``ceil((i+1)*H/oh) - 1`` (columns alike). ``output_size``: int or pair."""
+
+    def __init__(self, output_size, *, algorithm="auto", backend="auto"):
+        super().__init__()
+        self.output_size = output_size
+        self.algorithm, self.backend = algorithm, backend
+
+    def forward(self, x):
+        self._shape = x.shape
+        return F.adaptive_avg_pool2d(x, self.output_size, algorithm=self.algorithm,
+                                     backend=self.backend)
+
+    def backward(self, grad_output):
+        N, C, H, W = self._shape
+        oh, ow = grad_output.shape[2:]
+        grad = np.zeros(self._shape, grad_output.dtype)
+        for i in range(oh):
+            h0, h1 = i * H // oh, -(-(i + 1) * H // oh)
+            for j in range(ow):
+                w0, w1 = j * W // ow, -(-(j + 1) * W // ow)
+                grad[:, :, h0:h1, w0:w1] += (grad_output[:, :, i:i + 1, j:j + 1]
+                                             / ((h1 - h0) * (w1 - w0)))
+        return grad
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
 
 
 class Flatten(Module):

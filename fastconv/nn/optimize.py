@@ -1,0 +1,347 @@
+"""``optimize(model)``: a ``fastconv.nn`` model compiled for inference.
+
+The model is lowered once to a flat list of steps over numbered values (``%0`` is the
+input): every BatchNorm is folded into the convolution before it (eval statistics, in
+float64, then cast back), the bias, the residual add and the ReLU/ReLU6 after a
+convolution become part of that convolution's call, the weights are prepared once
+(:func:`fastconv.prepare_weight`), and Dropout disappears. Running the result is a loop
+over the steps; each value is released after its last use.
+"""
+import numpy as np
+
+from .. import functional as F
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                     GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, ReLU, ReLU6, Sequential,
+                     Sigmoid, _sigmoid)
+from .models import InvertedResidual, MobileNetV2, ResNet, _Residual
+
+__all__ = ["optimize", "OptimizedModel"]
+
+_ACTIVATIONS = {ReLU: "relu", ReLU6: "relu6"}
+
+
+def _conv(x, w, bias, stride, padding, dilation, groups, activation, residual):
+    """``activation(conv2d(x, w, bias) + residual)``: every convolution of an optimized
+    model goes through here. The residual add and the activation are NumPy passes for
+    now; they are replaced by the fused kernel call ``fastconv.conv2d(...,
+    activation=..., residual=...)`` (issue 14, item 1), which applies them in the
+    kernel's store."""
+    y = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        y += residual
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
+    elif activation == "relu6":
+        np.clip(y, 0, 6, out=y)
+    return y
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+class _Step:
+    """One operation: reads values ``srcs``, writes value ``dst``. ``label``: the
+    operation's kind, then what it is (``"conv layer1.0.conv2 [64->64 ...] + bn"``)."""
+
+    def __init__(self, label, srcs, dst):
+        self.label, self.srcs, self.dst = label, tuple(srcs), dst
+
+    def describe(self):
+        kind, _, rest = self.label.partition(" ")
+        args = ", ".join(f"%{s}" for s in self.srcs[:1 if isinstance(self, _ConvStep) else None])
+        return f"%{self.dst} = {kind}({args}) {rest}".rstrip()
+
+
+class _ConvStep(_Step):
+    def __init__(self, label, src, dst, weight, bias, conv, activation, residual):
+        super().__init__(label, (src,) if residual is None else (src, residual), dst)
+        self.weight, self.bias = F.prepare_weight(weight), bias
+        self.args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        self.activation, self.residual = activation, residual
+
+    def run(self, values):
+        res = None if self.residual is None else values[self.residual]
+        return _conv(values[self.srcs[0]], self.weight, self.bias, *self.args,
+                     self.activation, res)
+
+
+class _FnStep(_Step):
+    def __init__(self, label, srcs, dst, fn):
+        super().__init__(label, srcs, dst)
+        self.fn = fn
+
+    def run(self, values):
+        return self.fn(*(values[s] for s in self.srcs))
+
+
+def _relu(x):
+    return np.maximum(x, 0)
+
+
+def _relu6(x):
+    return np.clip(x, 0, 6)
+
+
+def _add(a, b):
+    return a + b
+
+
+# -- lowering ----------------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.steps = []
+        self.n_values = 1                      # %0: the input
+
+    def _new_value(self):
+        self.n_values += 1
+        return self.n_values - 1
+
+    def emit(self, label, srcs, fn):
+        """A step computing ``fn(*values[srcs])``; returns the value it writes."""
+        dst = self._new_value()
+        self.steps.append(_FnStep(label, srcs, dst, fn))
+        return dst
+
+    def conv(self, name, conv, bn, activation, src, residual=None):
+        """A convolution with the BatchNorm after it folded in (float64, then cast):
+        ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``."""
+        w = conv.weight.data.astype(np.float64)
+        b = (np.zeros(conv.out_channels) if conv.bias is None
+             else conv.bias.data.astype(np.float64))
+        if bn is not None:
+            if bn.num_features != conv.out_channels:
+                raise ValueError(f"optimize: {name} has {conv.out_channels} output channels, "
+                                 f"the BatchNorm2d after it {bn.num_features} features")
+            mean = bn._buffers["running_mean"].astype(np.float64)
+            var = bn._buffers["running_var"].astype(np.float64)
+            gamma = np.ones_like(mean) if bn.weight is None else bn.weight.data.astype(np.float64)
+            beta = np.zeros_like(mean) if bn.bias is None else bn.bias.data.astype(np.float64)
+            scale = gamma / np.sqrt(var + bn.eps)
+            w = w * scale[:, None, None, None]
+            b = (b - mean) * scale + beta
+        K, Cg, R, S = w.shape
+        label = f"conv {name} [{Cg * conv.groups}->{K} {R}x{S} stride={conv.stride} "
+        label += f"padding={conv.padding}"
+        if conv.groups > 1:
+            label += f" groups={conv.groups}"
+        if conv.dilation not in (1, (1, 1)):
+            label += f" dilation={conv.dilation}"
+        label += "]"
+        if bn is not None:
+            label += " + bn"
+        if residual is not None:
+            label += f" + residual %{residual}"
+        if activation is not None:
+            label += f" + {activation}"
+        dst = self._new_value()
+        self.steps.append(_ConvStep(label, src, dst, w.astype(self.dtype), b.astype(self.dtype),
+                                    conv, activation, residual))
+        return dst
+
+    def sequence(self, named, src, residual=None):
+        """Lower ``[(name, module), ...]`` run in order; a Conv2d takes a BatchNorm and a
+        ReLU/ReLU6 right after it into its call, and the last convolution takes
+        ``residual`` when nothing follows it."""
+        i, x = 0, src
+        while i < len(named):
+            name, layer = named[i]
+            last = i == len(named) - 1
+            if isinstance(layer, Conv2d):
+                j = i + 1
+                bn = None
+                if j < len(named) and isinstance(named[j][1], BatchNorm2d):
+                    bn, j = named[j][1], j + 1
+                act = None
+                if j < len(named) and type(named[j][1]) in _ACTIVATIONS:
+                    act, j = _ACTIVATIONS[type(named[j][1])], j + 1
+                fuse = residual if j == len(named) and act is None else None
+                x = self.conv(name, layer, bn, act, x, fuse)
+                if fuse is not None:
+                    residual = None
+                i = j
+            else:
+                x = self.lower(name, layer, x, residual if last else None)
+                if last:
+                    residual = None
+                i += 1
+        return self._then_add(x, residual)
+
+    def lower(self, name, layer, src, residual=None):
+        """Lower one module reading value ``src`` (and adding value ``residual`` to its
+        output, when given); returns the value it writes."""
+        if isinstance(layer, Sequential):
+            return self.sequence([(f"{name}.{i}" if name else str(i), m)
+                                  for i, m in enumerate(layer)], src, residual)
+        if isinstance(layer, (ResNet, MobileNetV2)):
+            return self.sequence(layer._named_sequence(), src, residual)
+        if isinstance(layer, _Residual):
+            shortcut = src if layer.downsample is None else self.lower(
+                f"{name}.downsample", layer.downsample, src)
+            pairs = layer._pairs()
+            h = src
+            for k, (conv, bn) in enumerate(pairs, 1):
+                final = k == len(pairs)
+                h = self.conv(f"{name}.conv{k}", conv, bn, "relu", h,
+                              shortcut if final else None)
+            return self._then_add(h, residual)
+        if isinstance(layer, InvertedResidual):
+            inner = src if layer.use_res_connect else None
+            return self._then_add(self.lower(f"{name}.conv", layer.conv, src, inner), residual)
+        if isinstance(layer, Conv2d):
+            return self.conv(name, layer, None, None, src, residual)
+        if isinstance(layer, Dropout):
+            return self._then_add(src, residual)
+        return self._then_add(self._simple(name, layer, src), residual)
+
+    def _then_add(self, x, residual):
+        return x if residual is None else self.emit("add", (x, residual), _add)
+
+    def _simple(self, name, layer, src):
+        """A layer without fusion: pooling, reshaping, Linear, a lone BatchNorm or
+        activation."""
+        label = f"{type(layer).__name__.lower()} {name}"
+        if isinstance(layer, MaxPool2d):
+            args = (layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                    layer.ceil_mode)
+            return self.emit(f"{label} [kernel_size={layer.kernel_size}, "
+                             f"stride={layer.stride}, padding={layer.padding}]", (src,),
+                             lambda x: F.max_pool2d(x, *args))
+        if isinstance(layer, AvgPool2d):
+            args = layer.args
+            return self.emit(label, (src,), lambda x: F.avg_pool2d(x, *args))
+        if isinstance(layer, AdaptiveAvgPool2d):
+            size = layer.output_size
+            return self.emit(f"{label} [{size}]", (src,),
+                             lambda x: F.adaptive_avg_pool2d(x, size))
+        if isinstance(layer, GlobalAvgPool2d):
+            return self.emit(label, (src,),
+                             lambda x: F.adaptive_avg_pool2d(x, 1).reshape(x.shape[:2]))
+        if isinstance(layer, Flatten):
+            return self.emit(label, (src,), lambda x: x.reshape(len(x), -1))
+        if isinstance(layer, Linear):
+            wt = np.ascontiguousarray(layer.weight.data.T, dtype=self.dtype)
+            b = None if layer.bias is None else layer.bias.data.astype(self.dtype)
+            n_in = layer.in_features
+
+            def linear(x):
+                if x.ndim != 2 or x.shape[1] != n_in:
+                    raise ValueError(f"{label}: expected input of shape (N, {n_in}), "
+                                     f"got {x.shape}")
+                y = x @ wt
+                if b is not None:
+                    y += b
+                return y
+            return self.emit(f"{label} [{layer.in_features}->{layer.out_features}]",
+                             (src,), linear)
+        if isinstance(layer, BatchNorm2d):
+            mean = layer._buffers["running_mean"].astype(np.float64)
+            scale = 1 / np.sqrt(layer._buffers["running_var"].astype(np.float64) + layer.eps)
+            shift = -mean * scale
+            if layer.affine:
+                scale, shift = (scale * layer.weight.data,
+                                shift * layer.weight.data + layer.bias.data)
+            scale = scale.astype(self.dtype).reshape(1, -1, 1, 1)
+            shift = shift.astype(self.dtype).reshape(1, -1, 1, 1)
+            return self.emit(label, (src,), lambda x: x * scale + shift)
+        if isinstance(layer, ReLU):
+            return self.emit(label, (src,), _relu)
+        if isinstance(layer, ReLU6):
+            return self.emit(label, (src,), _relu6)
+        if isinstance(layer, LeakyReLU):
+            slope = layer.negative_slope
+            return self.emit(label, (src,),
+                             lambda x: np.where(x > 0, x, x * x.dtype.type(slope)))
+        if isinstance(layer, Sigmoid):
+            return self.emit(label, (src,), _sigmoid)
+        raise TypeError(f"optimize: no inference lowering for {type(layer).__name__} "
+                        f"({name or 'the model'}); supported: Sequential, ResNet, MobileNetV2, "
+                        f"BasicBlock, Bottleneck, InvertedResidual, Conv2d, BatchNorm2d, "
+                        f"ReLU, ReLU6, LeakyReLU, Sigmoid, MaxPool2d, AvgPool2d, "
+                        f"AdaptiveAvgPool2d, GlobalAvgPool2d, Flatten, Dropout, Linear")
+
+
+# -- the compiled model ----------------------------------------------------------------------
+
+
+class OptimizedModel:
+    """An inference-only callable made by :func:`optimize`: ``model(x)`` takes an
+    (N, C, H, W) batch and returns the output (the logits) as a NumPy array.
+
+    Attributes: ``steps`` (the flat list of steps; ``repr`` lists them), ``dtype``.
+    It holds copies of the weights: changing the source model afterwards does not
+    change it (optimize again). A call keeps nothing between calls: its intermediate
+    arrays are its own.
+    """
+
+    def __init__(self, name, dtype, steps, output, n_values):
+        self.name, self.dtype, self.steps, self.output = name, dtype, steps, output
+        last_use = {}
+        for k, step in enumerate(steps):
+            for s in step.srcs:
+                last_use[s] = k
+        self._free = [[s for s in step.srcs if last_use[s] == k and s != output]
+                      for k, step in enumerate(steps)]
+        self._n_values = n_values
+
+    def __call__(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise ValueError(f"{self.name} (optimized): expected an (N, C, H, W) NumPy array, "
+                             f"got {type(x).__name__} of shape {np.shape(x)}")
+        values = [None] * self._n_values
+        values[0] = np.ascontiguousarray(x, dtype=self.dtype)
+        for step, free in zip(self.steps, self._free):
+            values[step.dst] = step.run(values)
+            for s in free:
+                values[s] = None
+        return values[self.output]
+
+    def __repr__(self):
+        n_conv = sum(isinstance(s, _ConvStep) for s in self.steps)
+        lines = [f"  {s.describe()}" for s in self.steps]
+        return (f"OptimizedModel({self.name}, {self.dtype.name}, {len(self.steps)} steps, "
+                f"{n_conv} convolutions; %0 is the input, %{self.output} the output:\n"
+                + "\n".join(lines) + "\n)")
+
+
+def optimize(model):
+    """Compile a ``fastconv.nn`` model for inference.
+
+    BatchNorm layers are folded into the convolution before them (with their running
+    statistics, computed in float64), each convolution's bias, residual add and
+    ReLU/ReLU6 are applied in its call, weights are prepared once
+    (:func:`fastconv.prepare_weight`), Dropout is dropped, and the graph runs as a flat
+    list of steps.
+
+    Parameters
+    ----------
+    model : fastconv.nn.Module
+        A model of :mod:`fastconv.nn.models` (``resnet18``, ``resnet50``,
+        ``mobilenet_v2``, ...) or a ``Sequential`` of fastconv.nn layers, with its
+        weights loaded. Its mode does not matter: the result is always eval mode.
+
+    Returns
+    -------
+    OptimizedModel
+        ``f(x)``: (N, C, H, W) NumPy array, cast to the model's dtype (float32 unless
+        cast) -> output array, equal to ``model.eval()(x)`` within floating-point
+        rounding. ``repr(f)`` lists the fused steps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> f = nn.optimize(nn.models.resnet18(num_classes=10))
+    >>> f(np.zeros((1, 3, 64, 64), np.float32)).shape
+    (1, 10)
+    """
+    params = model.parameters()
+    dtype = np.dtype(params[0].data.dtype if params else np.float32)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"optimize: the model's parameters are {dtype}; expected float32 "
+                        f"or float64")
+    builder = _Builder(dtype)
+    out = builder.lower("", model, 0)
+    return OptimizedModel(type(model).__name__, dtype, builder.steps, out, builder.n_values)
