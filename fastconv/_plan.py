@@ -19,8 +19,10 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   weight gradient of stride-2 layers with long patches: direct.
 - everything else: im2col.
 
-``backend="auto"`` takes the first backend in :data:`fastconv._dispatch.PREFERENCE`
-that is installed and has a kernel for the op and algorithm.
+``backend="auto"`` (unless ``fastconv.set_backend`` or ``FASTCONV_BACKEND`` set another
+default) takes, for the algorithm chosen, the first backend in
+:data:`fastconv._dispatch.AUTO_ORDER` (Cython, then Numba) that is available and has a
+kernel for the op and algorithm.
 """
 from __future__ import annotations
 
@@ -387,7 +389,7 @@ def _backend_for(op, algorithm, backend):
     if backend == "auto":
         if algorithm == "reference":
             return "numpy"
-        for b in _dispatch.PREFERENCE:
+        for b in _dispatch.AUTO_ORDER:
             if b in have:
                 return b
         return None

@@ -49,11 +49,41 @@ def test_backend_is_registered_and_available():
         assert cy.BUILT == ("baseline", "avx2", "avx512")
 
 
-def test_auto_still_prefers_numba():
+def test_auto_prefers_cython_where_it_has_the_algorithm():
+    """backend="auto": the selector's algorithm, on Cython if Cython has it, else Numba
+    (docs/cython.md); the same plan before and after the Numba kernels ran."""
     for op in CONV_OPS:
-        plan = fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), padding=1, algorithm="im2col")
-        assert plan.backend == "numba"
-    assert fastconv.plan("max_pool2d", (2, 8, 12, 12), kernel_size=2).backend == "numba"
+        for algorithm, want in (("im2col", "cython"), ("direct", "numba"),
+                                ("reference", "numpy")):
+            kw = dict(padding=1, algorithm=algorithm)
+            plan = fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw)
+            assert plan.backend == want, plan
+            if want != "numpy":
+                fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw, backend="numba")
+            assert fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw) == plan
+    for op, kw in (("max_pool2d", {}), ("avg_pool2d", {})):
+        assert fastconv.plan(op, (2, 8, 12, 12), kernel_size=2, **kw).backend == "cython"
+    x, w = arrays(0, np.float32, (2, 8, 12, 12), (8, 8, 3, 3))
+    fastconv.conv2d(x, w, padding=1, algorithm="im2col", backend="numba")   # Numba warm now
+    with fastconv.trace_plans() as ran:
+        fastconv.conv2d(x, w, padding=1, algorithm="im2col")
+    assert ran[-1].backend == "cython"
+
+
+def test_set_backend_cython_runs_every_op_on_cython():
+    fastconv.set_backend("cython")
+    x, w = arrays(0, np.float32, (1, 4, 8, 8), (4, 4, 3, 3))
+    with fastconv.trace_plans() as ran:
+        y = fastconv.conv2d(x, w, padding=1)
+        fastconv.conv2d_input(x.shape, w, y, padding=1)
+        fastconv.conv2d_weight(x, w.shape, y, padding=1)
+        z, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+        fastconv.max_pool2d_backward(z, idx, x.shape)
+        fastconv.avg_pool2d_backward(fastconv.avg_pool2d(x, 2), x.shape, 2)
+        fastconv.adaptive_avg_pool2d(x, 3)
+    assert len(ran) == 8 and {p.backend for p in ran} == {"cython"}
+    with pytest.raises(ValueError, match=r"algorithm='direct', backend='cython'"):
+        fastconv.conv2d(x, w, padding=1, algorithm="direct")
 
 
 def test_backend_cython_runs_what_it_has_and_names_the_rest():
