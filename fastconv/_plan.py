@@ -39,7 +39,6 @@ import numpy as np
 
 from . import _config, _dispatch, _tuning
 from ._geometry import ConvParams, check_dtype, conv_params, int_tuple, pool_params
-from .bench import cpu_model
 from .kernels import layouts
 
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -564,7 +563,12 @@ _tuned = None             # key -> [algorithm, backend, variant], loaded on firs
 _autotune_enabled = False
 
 
-_CPU = cpu_model()
+@functools.lru_cache(maxsize=1)
+def _cpu():
+    """The CPU's model name (read on first use: ``fastconv.bench`` is not imported by
+    ``import fastconv``)."""
+    from .bench import cpu_model
+    return cpu_model()
 
 
 def _tune_file():
@@ -574,7 +578,7 @@ def _tune_file():
 def _key(op, p, dtype):
     """Autotune key: op, geometry, dtype, thread count and CPU."""
     return "|".join([op, ",".join(map(str, p.as_tuple())), np.dtype(dtype).name,
-                     str(_config.get_num_threads()), _CPU])
+                     str(_config.get_num_threads()), _cpu()])
 
 
 def _load_tuned():
