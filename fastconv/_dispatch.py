@@ -135,6 +135,13 @@ def pairs(op):
     return _PAIRS[op]
 
 
+def variants(op, algorithm, backend):
+    """The variants ``backend`` runs of (op, algorithm), from its manifest's ``VARIANTS``;
+    None: every variant the selector makes (the Numba backend's set)."""
+    manifest = _MANIFESTS.get(backend)
+    return None if manifest is None else getattr(manifest, "VARIANTS", {}).get((op, algorithm))
+
+
 def algorithms(op):
     """The registered ``(algorithm, backend)`` pairs for ``op``, e.g.
     ``fastconv.algorithms("conv2d")`` -> ``[('reference', 'numpy'), ('im2col', 'numba'), ...]``.

@@ -212,7 +212,7 @@ def _taps(spec, R):
     return R if spec is None else len(range(*spec))
 
 
-def _direct(op, p, dtype, threads):
+def _direct(op, p, dtype, threads, backend=None):
     """(variant, blocking) of direct for ``op`` on ``p``."""
     itemsize = dtype.itemsize
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
@@ -293,8 +293,15 @@ def weight_parts(tiles):
     return 2 if tiles < _tuning.WEIGHT_FOUR_PARTS_TILES else _tuning.WEIGHT_PARTS
 
 
-def _winograd(op, m, p, dtype, threads):
-    """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``."""
+def _winograd(op, m, p, dtype, threads, backend):
+    """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``, among the
+    variants ``backend`` runs (``_dispatch.variants``; the Cython backend: fused and
+    split, and the weight gradient's fused)."""
+    have = _dispatch.variants(op, f"winograd_f{m}", backend)
+
+    def runs(variant):
+        return have is None or variant in have
+
     t = _tuning
     itemsize = dtype.itemsize
     alpha2 = (m + 2) ** 2
@@ -307,7 +314,7 @@ def _winograd(op, m, p, dtype, threads):
     filter_bytes = alpha2 * C * K * itemsize
     tiles = N * th * tw
     if op == "conv2d_weight":
-        if filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES:
+        if filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES or not runs("unfused"):
             parts = weight_parts(tiles)
             R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
             parts = min(parts, N * -(-th // R))
@@ -322,14 +329,15 @@ def _winograd(op, m, p, dtype, threads):
         return "unfused", (("tiles", (th, tw)), ("images", group), ("tile_batch", tb),
                            ("serial_filter", filter_bytes <= t.SERIAL_FILTER_T_MAX_BYTES))
     if (m == 4 and dtype == np.float32 and filter_bytes >= t.STREAM_MIN_FILTER_BYTES
-            and tiles <= t.STREAM_MAX_TILES):
+            and tiles <= t.STREAM_MAX_TILES and runs("streamed")):
         return "streamed", (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
                             ("serial", tiles <= t.STREAM_SERIAL_TILES))
     fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES
     slice_bytes, blocks = filter_bytes / threads, N * -(-th // split_rows(1, N, th, tw))
     split = not fused and threads > 1 and (slice_bytes <= t.SPLIT_MAX_SLICE_BYTES or
-                                           blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES)
-    if fused or split:
+                                           blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES
+                                           or not runs("unfused"))
+    if fused or split or not (runs("unfused") and runs("unfused_blas")):
         R = split_rows(1 if split else threads, N, th, tw)
         return ("split" if split else "fused"), (("tiles", (th, tw)), ("block_rows", R),
                                                  ("filter_slices", threads if split else 1))
@@ -347,7 +355,7 @@ def _winograd(op, m, p, dtype, threads):
 # -- im2col ---------------------------------------------------------------------------------
 
 
-def _im2col(op, p, dtype, threads):
+def _im2col(op, p, dtype, threads, backend=None):
     """(variant, blocking) of im2col for ``op`` on ``p``."""
     t = _tuning
     one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
@@ -374,8 +382,10 @@ def _im2col(op, p, dtype, threads):
 _VARIANTS = {
     "direct": _direct,
     "im2col": _im2col,
-    "winograd_f2": lambda op, p, dtype, threads: _winograd(op, 2, p, dtype, threads),
-    "winograd_f4": lambda op, p, dtype, threads: _winograd(op, 4, p, dtype, threads),
+    "winograd_f2": lambda op, p, dtype, threads, backend: _winograd(op, 2, p, dtype, threads,
+                                                                    backend),
+    "winograd_f4": lambda op, p, dtype, threads, backend: _winograd(op, 4, p, dtype, threads,
+                                                                    backend),
 }
 
 
@@ -423,7 +433,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
                 f"geometry: {p}; {SUPPORTS[algorithm].__doc__}")
     variant, blocking = "", ()
     if conv and algorithm in _VARIANTS:
-        variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads)
+        variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads, backend)
     return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
 
 
@@ -620,6 +630,9 @@ def _forced(plan, variant):
     variant cannot run the geometry."""
     if variant == plan.variant:
         return plan
+    have = _dispatch.variants(plan.op, plan.algorithm, plan.backend)
+    if have is not None and variant not in have:
+        return None                 # a variant this backend does not run
     if variant not in _ALTERNATIVES.get((plan.algorithm, plan.op), ()):
         return None                 # e.g. a remembered 'streamed' or weight-gradient 'fused'
     p, dtype = plan.geometry, np.dtype(plan.dtype)

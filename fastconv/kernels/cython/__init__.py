@@ -21,11 +21,26 @@ KERNELS = {
     ("conv2d", "im2col"): ("im2col", "conv2d"),
     ("conv2d_input", "im2col"): ("im2col", "conv2d_input"),
     ("conv2d_weight", "im2col"): ("im2col", "conv2d_weight"),
+    ("conv2d", "winograd_f2"): ("winograd", "conv2d"),
+    ("conv2d_input", "winograd_f2"): ("winograd", "conv2d_input"),
+    ("conv2d_weight", "winograd_f2"): ("winograd", "conv2d_weight"),
+    ("conv2d", "winograd_f4"): ("winograd", "conv2d"),
+    ("conv2d_input", "winograd_f4"): ("winograd", "conv2d_input"),
+    ("conv2d_weight", "winograd_f4"): ("winograd", "conv2d_weight"),
     ("max_pool2d", "direct"): ("pool", "max_pool2d"),
     ("max_pool2d_backward", "direct"): ("pool", "max_pool2d_backward"),
     ("avg_pool2d", "direct"): ("pool", "avg_pool2d"),
     ("avg_pool2d_backward", "direct"): ("pool", "avg_pool2d_backward"),
     ("adaptive_avg_pool2d", "direct"): ("pool", "adaptive_avg_pool2d"),
+}
+
+#: (op, algorithm) -> the variants this backend runs, where it runs fewer than the
+#: selector makes for Numba (``fastconv._plan`` chooses only among these for it)
+VARIANTS = {
+    (op, algorithm): variants
+    for algorithm in ("winograd_f2", "winograd_f4")
+    for op, variants in (("conv2d", ("fused", "split")), ("conv2d_input", ("fused", "split")),
+                         ("conv2d_weight", ("fused",)))
 }
 
 
@@ -52,7 +67,7 @@ def load(op, algorithm):
 
 
 #: the modules that call BLAS (SciPy's ``cython_blas``)
-_BLAS_MODULES = ("im2col",)
+_BLAS_MODULES = ("im2col", "winograd")
 
 
 def _load_cython_blas():
