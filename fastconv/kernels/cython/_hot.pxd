@@ -72,6 +72,14 @@ cdef extern from "fc_kernels.h" nogil:
         void (*wino_output_f64)(const double *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
                                 fc_int tw, fc_int nt, double *y, fc_int P, fc_int Q,
                                 fc_int p0, double *tmp) noexcept nogil
+        void (*wino_filter_f32)(const float *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
+                                fc_int c, fc_int kp, float *U) noexcept nogil
+        void (*wino_filter_t_f32)(float *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
+                                  fc_int k, double *tmp, float *dw) noexcept nogil
+        void (*wino_filter_f64)(const double *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
+                                fc_int c, fc_int kp, double *U) noexcept nogil
+        void (*wino_filter_t_f64)(double *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
+                                  fc_int k, double *tmp, double *dw) noexcept nogil
 
     const char *FC_BUILT
     const fc_kernels *fc_table(const char *name)

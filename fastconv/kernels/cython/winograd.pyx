@@ -17,18 +17,18 @@ The variants this backend runs (``VARIANTS`` in the manifest; the selector,
 - weight gradient ``fused``: blocks of tile rows again, their input and dy transforms
   and the GEMMs ``dU[xi] += dM[xi]^T V[xi]`` added into ``plan["parts"]`` partial sums,
   each a fixed range of blocks, summed in order at the end: the result does not depend
-  on the thread count. Then ``dw = G^T dU G`` in float64.
+  on the thread count. Then ``dw = G^T dU G`` in double.
 
 The transforms are C (``src/fc_winograd.h``), compiled per instruction set and taken
 from the variant's table (``_isa.ISA``). The filter transform ``U = G g G^T`` runs in
-float64 (NumPy) and is cached per weight (``kernels/weight_cache``), as Numba's is.
+double and is cached per weight (``kernels/weight_cache``), as Numba's is.
 """
 from cython.parallel cimport prange, threadid
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
-from ..._config import single_threaded_blas, workspace
+from ..._config import get_num_threads, single_threaded_blas, workspace
 from ..weight_cache import CACHE as _filters
 from ._hot cimport fc_int, fc_kernels, fc_table
 from ._isa import ISA
@@ -41,14 +41,6 @@ ctypedef fused real:
     float
     double
 
-#: G of F(2x2,3x3) and F(4x4,3x3) (the Numba backend's ``G2``, ``G4``: wincnn's points
-#: 0, 1, -1 (, 2, -2), inf; float literals: the module compiles with cdivision, under
-#: which 1 / 2 would be C's integer division)
-G2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-G4 = np.array([[1.0, 0.0, 0.0], [-2.0, -2.0, -2.0], [-2.0, 2.0, -2.0],
-               [0.5, 1.0, 2.0], [0.5, -1.0, 2.0], [0.0, 0.0, 12.0]]) / np.array(
-                   [[4.0], [12.0], [12.0], [12.0], [12.0], [12.0]])
-_G = {2: G2, 4: G4}
 _TILE = {"winograd_f2": 2, "winograd_f4": 4}
 
 
@@ -187,6 +179,37 @@ cdef void _fused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_in
             item = item + 1
 
 
+# -- filter transforms ------------------------------------------------------------------
+
+
+def _filter_run(const real[::1] w, fc_int Kw, fc_int Cw, bint rot, fc_int m, fc_int kp,
+                real[::1] U, int nthreads):
+    """U (nsplit, alpha^2, C, kp) = the transformed filter, an input channel per
+    iteration (``wino_filter``)."""
+    cdef fc_int C = Kw if rot else Cw
+    cdef Py_ssize_t c
+    with nogil:
+        for c in prange(C, num_threads=nthreads, schedule="static"):
+            if real is float:
+                hot.wino_filter_f32(&w[0], Kw, Cw, rot, m, c, kp, &U[0])
+            else:
+                hot.wino_filter_f64(&w[0], Kw, Cw, rot, m, c, kp, &U[0])
+
+
+def _filter_t_run(real[::1] dU, fc_int parts, fc_int K, fc_int C, fc_int m,
+                  double[::1] tmp, real[::1] dw, int nthreads):
+    """dw = G^T (dU[0] + dU[1] + ...) G, an output channel per iteration
+    (``wino_filter_t``); tmp: 3*alpha*C doubles per thread."""
+    cdef Py_ssize_t k
+    cdef fc_int ts = 3 * (m + 2) * C
+    with nogil:
+        for k in prange(K, num_threads=nthreads, schedule="static"):
+            if real is float:
+                hot.wino_filter_t_f32(&dU[0], parts, K, C, m, k, &tmp[threadid() * ts], &dw[0])
+            else:
+                hot.wino_filter_t_f64(&dU[0], parts, K, C, m, k, &tmp[threadid() * ts], &dw[0])
+
+
 # -- drivers ------------------------------------------------------------------------------
 
 
@@ -199,20 +222,11 @@ def _filter(m, w, kind, nsplit):
     (nsplit, alpha^2, C, kp), zero-padded; g = w (``kind`` "fwd") or w rotated 180
     degrees with C and K swapped ("rot"); cached per weight."""
     def build():
-        g = np.asarray(w, np.float64)
-        if kind == "rot":
-            g = g[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        G = _G[m]
-        al = m + 2
-        K, C = g.shape[:2]
-        t = np.tensordot(G, g, axes=([1], [2]))          # (a, K, C, s)
-        t = np.tensordot(t, G, axes=([3], [1]))          # (a, K, C, b)
-        U = t.transpose(0, 3, 2, 1).reshape(al * al, C, K)
+        K, C = w.shape[:2] if kind == "fwd" else w.shape[1::-1]
         kp = -(-K // nsplit)
-        Uk = np.zeros((nsplit, al * al, C, kp), w.dtype)
-        for part in range(nsplit):
-            piece = U[:, :, part * kp:part * kp + kp]
-            Uk[part, :, :, :piece.shape[2]] = piece
+        Uk = np.zeros((nsplit, (m + 2) ** 2, C, kp), w.dtype)
+        _filter_run(np.ascontiguousarray(w).reshape(-1), w.shape[0], w.shape[1],
+                    kind == "rot", m, kp, Uk.reshape(-1), get_num_threads())
         return Uk
     return _filters.get(w, ("winograd_cython", kind, m, nsplit), build)
 
@@ -291,14 +305,9 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
     with single_threaded_blas():
         _weight_run(x.reshape(-1), dy.reshape(-1), dU, N, C, H, W, K, P, Q, m, th, tw,
                     off_h, off_w, R, parts, nthreads, S, D, V, M, T, tsize)
-    dU = dU.reshape(parts, al, al, K, C)
-    total = dU[0].copy()
-    for g in range(1, parts):                        # the partial sums, in order
-        total += dU[g]
-    G = _G[m]
-    t = np.tensordot(G, total.astype(np.float64), axes=([0], [0]))   # (r, b, K, C)
-    t = np.tensordot(t, G, axes=([1], [0]))                           # (r, K, C, s)
-    dw[...] = t.transpose(1, 2, 0, 3)
+    nt = 1 if plan["serial_filter"] else plan.threads
+    tmp = _buffer("F", nt * 3 * al * C, np.float64)
+    _filter_t_run(dU, parts, K, C, m, tmp, dw.reshape(-1), nt)
 
 
 # -- The registry's kernels: run a plan (fastconv._plan._winograd) --------------------------

@@ -104,7 +104,9 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .wino_slab_##X = wino_slab_##X,                    \
     .wino_input_##X = wino_input_##X,                  \
     .wino_dy_##X = wino_dy_##X,                        \
-    .wino_output_##X = wino_output_##X,
+    .wino_output_##X = wino_output_##X,                \
+    .wino_filter_##X = wino_filter_##X,                \
+    .wino_filter_t_##X = wino_filter_t_##X,
 
 static const fc_kernels fc_table_ = {
     .name = FC_STR(FC_ISA),

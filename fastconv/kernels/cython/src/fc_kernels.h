@@ -79,7 +79,12 @@ typedef struct {
                         fc_int nt, T *dM, fc_int ldt, T *tmp);                          \
     void (*wino_output_##X)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,     \
                             fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0,  \
-                            T *tmp);
+                            T *tmp);                                                    \
+    /* the filter transform of input channel c; the weight gradient's of output k */    \
+    void (*wino_filter_##X)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,        \
+                            fc_int c, fc_int kp, T *U);                                 \
+    void (*wino_filter_t_##X)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m,        \
+                              fc_int k, double *tmp, T *dw);
 
 typedef struct {
     const char *name;

@@ -231,3 +231,80 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
         }
     }
 }
+
+/* -- filter transforms, in double (as the Numba backend's) ----------------------------- */
+
+/* G of F(2x2,3x3) and F(4x4,3x3) */
+#ifndef FC_WINO_G
+#define FC_WINO_G
+static const double fc_wino_g2[4][3] = {
+    {1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}};
+static const double fc_wino_g4[6][3] = {
+    {1.0 / 4, 0.0, 0.0}, {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0.0, 0.0, 1.0}};
+#endif
+
+/* Input channel c of the transformed filter U (nsplit, alpha^2, C, kp), zero-padded
+ * beforehand: U[k / kp, a*alpha + b, c, k % kp] = (G g[k, c] G^T)[a, b] for every output
+ * channel k, where g = w (Kw, Cw, 3, 3), or with `rot` w rotated 180 degrees with its
+ * two channel axes swapped (g[k, c, r, s] = w[c, k, 2 - r, 2 - s]). */
+static void FN(wino_filter)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m, fc_int c,
+                            fc_int kp, T *U)
+{
+    const fc_int al = m + 2, al2 = al * al;
+    const fc_int K = rot ? Cw : Kw, C = rot ? Kw : Cw;
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
+    for (fc_int k = 0; k < K; k++) {
+        double g[3][3], t[6][3];
+        for (int r = 0; r < 3; r++)
+            for (int s = 0; s < 3; s++)
+                g[r][s] = rot ? (double)w[((c * Cw + k) * 3 + 2 - r) * 3 + 2 - s]
+                              : (double)w[((k * Cw + c) * 3 + r) * 3 + s];
+        for (fc_int a = 0; a < al; a++)            /* G g */
+            for (int s = 0; s < 3; s++)
+                t[a][s] = G[a][0] * g[0][s] + G[a][1] * g[1][s] + G[a][2] * g[2][s];
+        T *u = U + ((k / kp) * al2 * C + c) * kp + k % kp;
+        for (fc_int a = 0; a < al; a++)            /* (G g) G^T */
+            for (fc_int b = 0; b < al; b++)
+                u[(a * al + b) * C * kp] =
+                    (T)(t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2]);
+    }
+}
+
+/* Output channel k of the weight gradient: dU (parts, alpha^2, K, C) summed over its
+ * parts in order into dU[0], then dw[k, c] = G^T dU[0][:, k, c] G (in double) for every
+ * c; tmp: 3*alpha*C doubles. */
+static void FN(wino_filter_t)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m, fc_int k,
+                              double *tmp, T *dw)
+{
+    const fc_int al = m + 2, al2 = al * al;
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
+    for (fc_int g = 1; g < parts; g++)
+        for (fc_int xi = 0; xi < al2; xi++) {
+            T *dst = dU + (xi * K + k) * C;
+            const T *src = dU + ((g * al2 + xi) * K + k) * C;
+            for (fc_int c = 0; c < C; c++)
+                dst[c] += src[c];
+        }
+    for (fc_int a = 0; a < al; a++)                /* tmp[a, s, c] = (dU G)[a, s] */
+        for (int s = 0; s < 3; s++) {
+            double *t = tmp + (a * 3 + s) * C;
+            for (fc_int c = 0; c < C; c++)
+                t[c] = 0.0;
+            for (fc_int b = 0; b < al; b++) {
+                const double gb = G[b][s];
+                const T *d = dU + ((a * al + b) * K + k) * C;
+                if (gb != 0.0)
+                    for (fc_int c = 0; c < C; c++)
+                        t[c] += (double)d[c] * gb;
+            }
+        }
+    for (int r = 0; r < 3; r++)                    /* dw[k, c, r, s] = (G^T tmp)[r, s] */
+        for (int s = 0; s < 3; s++)
+            for (fc_int c = 0; c < C; c++) {
+                double v = 0.0;
+                for (fc_int a = 0; a < al; a++)
+                    v += G[a][r] * tmp[(a * 3 + s) * C + c];
+                dw[((k * C + c) * 3 + r) * 3 + s] = (T)v;
+            }
+}
