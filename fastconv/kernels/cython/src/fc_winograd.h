@@ -29,7 +29,15 @@ static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, f
         if (hi < lo) hi = lo;
         if (lo > 0) memset(row, 0, (size_t)(lo * C) * sizeof(T));
         if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
-        for (fc_int c = 0; c < C; c++) {
+        /* 8 channels at a time: 8 rows of x read, runs of 8 channels written */
+        fc_int c0 = 0;
+        for (; c0 + 8 <= C; c0 += 8) {
+            const T *src = x + (c0 * H + h) * W + ow;
+            for (fc_int w = lo; w < hi; w++)
+                for (fc_int cc = 0; cc < 8; cc++)
+                    row[w * C + c0 + cc] = src[cc * H * W + w];
+        }
+        for (fc_int c = c0; c < C; c++) {
             const T *src = x + (c * H + h) * W + ow;
             for (fc_int w = lo; w < hi; w++)
                 row[w * C + c] = src[w];
@@ -273,12 +281,14 @@ static void FN(wino_filter)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
 
 /* Output channel k of the weight gradient: dU (parts, alpha^2, K, C) summed over its
  * parts in order into dU[0], then dw[k, c] = G^T dU[0][:, k, c] G (in double) for every
- * c; tmp: 3*alpha*C doubles. */
-static void FN(wino_filter_t)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m, fc_int k,
-                              double *tmp, T *dw)
+ * c; tmp: (3*alpha + 9)*C doubles. m is a constant where the body is inlined (below),
+ * so G's entries fold and the loops over alpha unroll. */
+static inline void FN(wino_filter_t_body)(T *dU, fc_int parts, fc_int K, fc_int C,
+                                          const fc_int m, fc_int k, double *tmp, T *dw)
 {
     const fc_int al = m + 2, al2 = al * al;
     const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
+    double *out = tmp + 3 * al * C;                /* out[(r*3 + s)*C + c] */
     for (fc_int g = 1; g < parts; g++)
         for (fc_int xi = 0; xi < al2; xi++) {
             T *dst = dU + (xi * K + k) * C;
@@ -289,22 +299,34 @@ static void FN(wino_filter_t)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
     for (fc_int a = 0; a < al; a++)                /* tmp[a, s, c] = (dU G)[a, s] */
         for (int s = 0; s < 3; s++) {
             double *t = tmp + (a * 3 + s) * C;
-            for (fc_int c = 0; c < C; c++)
-                t[c] = 0.0;
-            for (fc_int b = 0; b < al; b++) {
-                const double gb = G[b][s];
-                const T *d = dU + ((a * al + b) * K + k) * C;
-                if (gb != 0.0)
-                    for (fc_int c = 0; c < C; c++)
-                        t[c] += (double)d[c] * gb;
+            for (fc_int c = 0; c < C; c++) {
+                double v = 0.0;
+                for (fc_int b = 0; b < al; b++)
+                    v += (double)dU[((a * al + b) * K + k) * C + c] * G[b][s];
+                t[c] = v;
             }
         }
-    for (int r = 0; r < 3; r++)                    /* dw[k, c, r, s] = (G^T tmp)[r, s] */
-        for (int s = 0; s < 3; s++)
+    for (int r = 0; r < 3; r++)                    /* out[r, s, c] = (G^T tmp)[r, s] */
+        for (int s = 0; s < 3; s++) {
+            double *o = out + (r * 3 + s) * C;
             for (fc_int c = 0; c < C; c++) {
                 double v = 0.0;
                 for (fc_int a = 0; a < al; a++)
                     v += G[a][r] * tmp[(a * 3 + s) * C + c];
-                dw[((k * C + c) * 3 + r) * 3 + s] = (T)v;
+                o[c] = v;
             }
+        }
+    T *d = dw + k * C * 9;                         /* dw[k, c, r, s] */
+    for (fc_int c = 0; c < C; c++)
+        for (int rs = 0; rs < 9; rs++)
+            d[c * 9 + rs] = (T)out[rs * C + c];
+}
+
+static void FN(wino_filter_t)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m, fc_int k,
+                              double *tmp, T *dw)
+{
+    if (m == 2)
+        FN(wino_filter_t_body)(dU, parts, K, C, 2, k, tmp, dw);
+    else
+        FN(wino_filter_t_body)(dU, parts, K, C, 4, k, tmp, dw);
 }
