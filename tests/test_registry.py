@@ -245,8 +245,8 @@ def _python(code):
 
 
 def test_import_and_planning_do_not_load_numba():
-    """``import fastconv`` and planning read the manifests only; the first kernel run
-    loads its backend (Numba)."""
+    """``import fastconv`` and planning read the manifests only; the first Numba kernel
+    run loads Numba (auto's Cython kernels do not)."""
     _python("import sys, fastconv\n"
             "assert 'numba' not in sys.modules, 'import fastconv imported numba'\n"
             "fastconv.plan('conv2d', (1, 64, 56, 56), (64, 64, 3, 3), padding=1)\n"
@@ -255,6 +255,9 @@ def test_import_and_planning_do_not_load_numba():
     if "numba" in _dispatch.available_backends():
         _python("import sys, numpy as np, fastconv\n"
                 "fastconv.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2)\n"
+                "assert ('numba' in sys.modules) == (fastconv.plan('max_pool2d', (1, 1, 4, 4), "
+                "kernel_size=2).backend == 'numba')\n"
+                "fastconv.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2, backend='numba')\n"
                 "assert 'numba' in sys.modules\n")
 
 
