@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 import numpy as np  # noqa: E402
-from threadpoolctl import ThreadpoolController, threadpool_limits  # noqa: E402
 
 # -- Cache directory (the JIT cache, autotune results) --------------------------------
 
@@ -137,6 +136,7 @@ def set_num_threads(n):
         raise ValueError(
             f"set_num_threads: n={n} exceeds NUMBA_NUM_THREADS={MAX_THREADS}; set that "
             f"environment variable before importing fastconv to allow more")
+    from threadpoolctl import threadpool_limits
     _threads.n = n
     threadpool_limits(limits=n)
     for hook in thread_hooks:
@@ -165,6 +165,7 @@ def single_threaded_blas():
     global _blas_users, _blas_saved, _blas_libs
     with _blas_lock:
         if _blas_libs is None:
+            from threadpoolctl import ThreadpoolController
             import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls)
             _blas_libs = [lib for lib in ThreadpoolController().lib_controllers
                           if lib.user_api == "blas"]

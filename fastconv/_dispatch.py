@@ -21,12 +21,21 @@ Every kernel takes ``(plan, *arrays_and_geometry)``, with the op's arguments:
 Tests and benchmarks loop over this registry: a kernel registered is a kernel tested.
 """
 import importlib
+import os
 
 from . import reference
 
-#: backends in the order ``backend="auto"`` prefers them (the first installed one with
-#: a kernel for the op and algorithm)
+#: the backend packages under ``fastconv/kernels/``, in the order the registry (and
+#: ``fastconv.algorithms``) lists them
 PREFERENCE = ("numba", "cython")
+
+#: the order in which ``backend="auto"`` tries the backends, for the algorithm the
+#: selector chose: the first available one with a kernel for the op and algorithm.
+#: Cython first: its kernels are compiled ahead of time (no JIT stall, Numba never
+#: imported for what it has), the choice never depends on what ran before (so
+#: repeated calls stay bitwise equal), and it costs nothing per call (plans are
+#: memoised). Numba runs the algorithms Cython lacks. docs/cython.md, "Choosing a backend".
+AUTO_ORDER = ("cython", "numba")
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight", "max_pool2d", "max_pool2d_backward",
        "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d")
@@ -61,9 +70,53 @@ def missing_reason(backend):
     return ""
 
 
+def _check_backend(name, where):
+    """``name`` if it is ``"auto"`` or an available backend, else ValueError naming them."""
+    if name == "auto" or (isinstance(name, str) and name in available_backends()):
+        return name
+    raise ValueError(f"{where}: unknown or unavailable backend {name!r}; available: "
+                     f"{', '.join(available_backends())}, or 'auto'"
+                     + (missing_reason(name) if isinstance(name, str) else ""))
+
+
+def _env_backend():
+    name = os.environ.get("FASTCONV_BACKEND", "").strip().lower()
+    return _check_backend(name, "FASTCONV_BACKEND") if name else "auto"
+
+
+def set_backend(name):
+    """Set the process default of every op's ``backend=`` argument.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"`` (the rule of docs/cython.md: Cython where it has the algorithm,
+        else Numba), an available backend (``"cython"``, ``"numba"``) or ``"numpy"``
+        (the reference). The environment variable ``FASTCONV_BACKEND`` sets the same
+        default when fastconv is imported.
+
+    A call's own ``backend=`` other than ``"auto"`` still wins. With a backend set,
+    ``algorithm="auto"`` chooses among that backend's algorithms, and an
+    ``algorithm=`` it lacks raises ValueError naming the registered pairs.
+
+    Examples
+    --------
+    >>> fastconv.set_backend("cython")      # doctest: +SKIP
+    >>> fastconv.get_backend()              # doctest: +SKIP
+    'cython'
+    """
+    global _default
+    _default = _check_backend(name, "set_backend")
+
+
+def get_backend():
+    """The process default of ``backend=`` (:func:`set_backend`, ``FASTCONV_BACKEND``)."""
+    return _default
+
+
 def default_backend():
-    """The process default for ``backend=``: ``"auto"``."""
-    return "auto"
+    """What ``backend="auto"`` in a call stands for: the process default."""
+    return _default
 
 
 #: (op, algorithm, backend) of every kernel of the available backends
@@ -72,12 +125,21 @@ REGISTRY = tuple(
     + [(op, algorithm, name) for name in available_backends() if name != "numpy"
        for op, algorithm in _MANIFESTS[name].KERNELS])
 
+_default = _env_backend()
+
 _PAIRS = {op: tuple((a, b) for o, a, b in REGISTRY if o == op) for op in OPS}
 
 
 def pairs(op):
     """The registered (algorithm, backend) pairs of ``op``."""
     return _PAIRS[op]
+
+
+def variants(op, algorithm, backend):
+    """The variants ``backend`` runs of (op, algorithm), from its manifest's ``VARIANTS``;
+    None: every variant the selector makes (the Numba backend's set)."""
+    manifest = _MANIFESTS.get(backend)
+    return None if manifest is None else getattr(manifest, "VARIANTS", {}).get((op, algorithm))
 
 
 def algorithms(op):

@@ -19,8 +19,10 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   weight gradient of stride-2 layers with long patches: direct.
 - everything else: im2col.
 
-``backend="auto"`` takes the first backend in :data:`fastconv._dispatch.PREFERENCE`
-that is installed and has a kernel for the op and algorithm.
+``backend="auto"`` (unless ``fastconv.set_backend`` or ``FASTCONV_BACKEND`` set another
+default) takes, for the algorithm chosen, the first backend in
+:data:`fastconv._dispatch.AUTO_ORDER` (Cython, then Numba) that is available and has a
+kernel for the op and algorithm.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ import numpy as np
 
 from . import _config, _dispatch, _tuning
 from ._geometry import ConvParams, check_dtype, conv_params, int_tuple, pool_params
-from .bench import cpu_model
 from .kernels import layouts
 
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -222,7 +223,7 @@ def _taps(spec, R):
     return R if spec is None else len(range(*spec))
 
 
-def _direct(op, p, dtype, threads):
+def _direct(op, p, dtype, threads, backend=None):
     """(variant, blocking) of direct for ``op`` on ``p``."""
     itemsize = dtype.itemsize
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
@@ -298,8 +299,15 @@ def weight_parts(tiles):
     return 2 if tiles < _tuning.WEIGHT_FOUR_PARTS_TILES else _tuning.WEIGHT_PARTS
 
 
-def _winograd(op, m, p, dtype, threads):
-    """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``."""
+def _winograd(op, m, p, dtype, threads, backend):
+    """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``, among the
+    variants ``backend`` runs (``_dispatch.variants``; the Cython backend: fused and
+    split, and the weight gradient's fused)."""
+    have = _dispatch.variants(op, f"winograd_f{m}", backend)
+
+    def runs(variant):
+        return have is None or variant in have
+
     t = _tuning
     itemsize = dtype.itemsize
     alpha2 = (m + 2) ** 2
@@ -312,7 +320,7 @@ def _winograd(op, m, p, dtype, threads):
     filter_bytes = alpha2 * C * K * itemsize
     tiles = N * th * tw
     if op == "conv2d_weight":
-        if filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES:
+        if filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES or not runs("unfused"):
             parts = weight_parts(tiles)
             R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
             parts = min(parts, N * -(-th // R))
@@ -327,14 +335,15 @@ def _winograd(op, m, p, dtype, threads):
         return "unfused", (("tiles", (th, tw)), ("images", group), ("tile_batch", tb),
                            ("serial_filter", filter_bytes <= t.SERIAL_FILTER_T_MAX_BYTES))
     if (m == 4 and dtype == np.float32 and filter_bytes >= t.STREAM_MIN_FILTER_BYTES
-            and tiles <= t.STREAM_MAX_TILES):
+            and tiles <= t.STREAM_MAX_TILES and runs("streamed")):
         return "streamed", (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
                             ("serial", tiles <= t.STREAM_SERIAL_TILES))
     fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES
     slice_bytes, blocks = filter_bytes / threads, N * -(-th // split_rows(1, N, th, tw))
     split = not fused and threads > 1 and (slice_bytes <= t.SPLIT_MAX_SLICE_BYTES or
-                                           blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES)
-    if fused or split:
+                                           blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES
+                                           or not runs("unfused"))
+    if fused or split or not (runs("unfused") and runs("unfused_blas")):
         R = split_rows(1 if split else threads, N, th, tw)
         return ("split" if split else "fused"), (("tiles", (th, tw)), ("block_rows", R),
                                                  ("filter_slices", threads if split else 1))
@@ -352,7 +361,7 @@ def _winograd(op, m, p, dtype, threads):
 # -- im2col ---------------------------------------------------------------------------------
 
 
-def _im2col(op, p, dtype, threads):
+def _im2col(op, p, dtype, threads, backend=None):
     """(variant, blocking) of im2col for ``op`` on ``p``."""
     t = _tuning
     one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
@@ -379,8 +388,10 @@ def _im2col(op, p, dtype, threads):
 _VARIANTS = {
     "direct": _direct,
     "im2col": _im2col,
-    "winograd_f2": lambda op, p, dtype, threads: _winograd(op, 2, p, dtype, threads),
-    "winograd_f4": lambda op, p, dtype, threads: _winograd(op, 4, p, dtype, threads),
+    "winograd_f2": lambda op, p, dtype, threads, backend: _winograd(op, 2, p, dtype, threads,
+                                                                    backend),
+    "winograd_f4": lambda op, p, dtype, threads, backend: _winograd(op, 4, p, dtype, threads,
+                                                                    backend),
 }
 
 
@@ -393,7 +404,7 @@ def _backend_for(op, algorithm, backend):
     if backend == "auto":
         if algorithm == "reference":
             return "numpy"
-        for b in _dispatch.PREFERENCE:
+        for b in _dispatch.AUTO_ORDER:
             if b in have:
                 return b
         return None
@@ -428,7 +439,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
                 f"geometry: {p}; {SUPPORTS[algorithm].__doc__}")
     variant, blocking = "", ()
     if conv and algorithm in _VARIANTS:
-        variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads)
+        variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads, backend)
     return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
 
 
@@ -568,7 +579,12 @@ _tuned = None             # key -> [algorithm, backend, variant], loaded on firs
 _autotune_enabled = False
 
 
-_CPU = cpu_model()
+@functools.lru_cache(maxsize=1)
+def _cpu():
+    """The CPU's model name (read on first use: ``fastconv.bench`` is not imported by
+    ``import fastconv``)."""
+    from .bench import cpu_model
+    return cpu_model()
 
 
 def _tune_file():
@@ -578,7 +594,7 @@ def _tune_file():
 def _key(op, p, dtype):
     """Autotune key: op, geometry, dtype, thread count and CPU."""
     return "|".join([op, ",".join(map(str, p.as_tuple())), np.dtype(dtype).name,
-                     str(_config.get_num_threads()), _CPU])
+                     str(_config.get_num_threads()), _cpu()])
 
 
 def _load_tuned():
@@ -620,6 +636,9 @@ def _forced(plan, variant):
     variant cannot run the geometry."""
     if variant == plan.variant:
         return plan
+    have = _dispatch.variants(plan.op, plan.algorithm, plan.backend)
+    if have is not None and variant not in have:
+        return None                 # a variant this backend does not run
     if variant not in _ALTERNATIVES.get((plan.algorithm, plan.op), ()):
         return None                 # e.g. a remembered 'streamed' or weight-gradient 'fused'
     p, dtype = plan.geometry, np.dtype(plan.dtype)

@@ -40,6 +40,26 @@ def _restore_thread_count():
 
 
 @pytest.fixture(autouse=True)
+def _restore_backend():
+    """Every test starts and ends with the process default ``backend="auto"``, whatever
+    a test passed to ``fastconv.set_backend``."""
+    before = fastconv.get_backend()
+    yield
+    fastconv.set_backend(before)
+
+
+def auto_backend(op, algorithm):
+    """The backend ``backend="auto"`` runs ``algorithm`` of ``op`` on, by the documented
+    rule (docs/cython.md): Cython where it is available and has the kernel, else Numba."""
+    if algorithm == "reference":
+        return "numpy"
+    if ("cython" in _dispatch.available_backends()
+            and (op, algorithm) in _dispatch._MANIFESTS["cython"].KERNELS):
+        return "cython"
+    return "numba"
+
+
+@pytest.fixture(autouse=True)
 def _reset_tuning():
     """Every test starts and ends with the default thresholds (``fastconv._tuning``),
     whatever a test that forced a path set and however it ended."""

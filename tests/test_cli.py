@@ -1,5 +1,6 @@
 """The ``fastconv`` command: train on the digits with few epochs, save, JSON, cam PNG."""
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,25 @@ def test_models_shapes():
     assert cli.build_model("seed", (1, 28, 28), 10)(x).shape == (2, 10)
     assert cli.build_model("gap", (1, 28, 28), 2)(x).shape == (2, 2)
     assert cli.build_model("seed", (1, 28, 28), 10)[3].weight.shape == (10, 8 * 13 * 13)
+
+
+@pytest.mark.parametrize("model", ["seed", "gap"])
+def test_train_on_cython_never_imports_numba(model):
+    """FASTCONV_BACKEND=cython: ``fastconv train`` runs its first epoch on Cython
+    kernels only, and never imports Numba (so nothing is JIT-compiled)."""
+    from fastconv import _dispatch
+    if "cython" not in _dispatch.available_backends():
+        pytest.skip("Cython backend not built")
+    code = ("import json, sys, fastconv\n"
+            "from fastconv import cli\n"
+            "with fastconv.trace_plans() as ran:\n"
+            f"    rc = cli.main(['train', '--model', '{model}', '--epochs', '1', '--quiet'])\n"
+            "assert rc == 0\n"
+            "print(json.dumps([sorted({p.backend for p in ran}), len(ran),\n"
+            "                  'numba' in sys.modules]))\n")
+    env = dict(os.environ, FASTCONV_BACKEND="cython")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    backends, n, numba = json.loads(r.stdout.strip().splitlines()[-1])
+    assert backends == ["cython"] and n > 1000 and not numba, r.stdout

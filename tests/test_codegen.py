@@ -143,9 +143,11 @@ GEMM_RUNS = [
 
 
 def _op(op, x, w, dy, algorithm, kw):
+    """``op`` by ``algorithm``, on the Numba backend (whose generated kernels these are)."""
+    backend = "numpy" if algorithm == "reference" else "numba"
     if op == "conv2d":
-        return fastconv.conv2d(x, w, algorithm=algorithm, **kw)
-    return fastconv.conv2d_weight(x, w.shape, dy, algorithm=algorithm, **kw)
+        return fastconv.conv2d(x, w, algorithm=algorithm, backend=backend, **kw)
+    return fastconv.conv2d_weight(x, w.shape, dy, algorithm=algorithm, backend=backend, **kw)
 
 
 def test_every_generated_kernel_compiles_and_runs():

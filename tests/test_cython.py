@@ -41,7 +41,8 @@ def test_backend_is_registered_and_available():
     assert WHY_NOT is None, WHY_NOT
     assert "cython" in _dispatch.available_backends()
     for op in CONV_OPS:
-        assert ("im2col", "cython") in fastconv.algorithms(op)
+        for algorithm in ("im2col", "winograd_f2", "winograd_f4"):
+            assert (algorithm, "cython") in fastconv.algorithms(op)
     for op in POOL_OPS:
         assert ("direct", "cython") in fastconv.algorithms(op)
     assert cy.ISA in cy.SUPPORTED and set(cy.SUPPORTED) <= set(cy.BUILT)
@@ -49,11 +50,41 @@ def test_backend_is_registered_and_available():
         assert cy.BUILT == ("baseline", "avx2", "avx512")
 
 
-def test_auto_still_prefers_numba():
+def test_auto_prefers_cython_where_it_has_the_algorithm():
+    """backend="auto": the selector's algorithm, on Cython if Cython has it, else Numba
+    (docs/cython.md); the same plan before and after the Numba kernels ran."""
     for op in CONV_OPS:
-        plan = fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), padding=1, algorithm="im2col")
-        assert plan.backend == "numba"
-    assert fastconv.plan("max_pool2d", (2, 8, 12, 12), kernel_size=2).backend == "numba"
+        for algorithm, want in (("im2col", "cython"), ("winograd_f4", "cython"),
+                                ("direct", "numba"), ("reference", "numpy")):
+            kw = dict(padding=1, algorithm=algorithm)
+            plan = fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw)
+            assert plan.backend == want, plan
+            if want != "numpy":
+                fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw, backend="numba")
+            assert fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw) == plan
+    for op, kw in (("max_pool2d", {}), ("avg_pool2d", {})):
+        assert fastconv.plan(op, (2, 8, 12, 12), kernel_size=2, **kw).backend == "cython"
+    x, w = arrays(0, np.float32, (2, 8, 12, 12), (8, 8, 3, 3))
+    fastconv.conv2d(x, w, padding=1, algorithm="im2col", backend="numba")   # Numba warm now
+    with fastconv.trace_plans() as ran:
+        fastconv.conv2d(x, w, padding=1, algorithm="im2col")
+    assert ran[-1].backend == "cython"
+
+
+def test_set_backend_cython_runs_every_op_on_cython():
+    fastconv.set_backend("cython")
+    x, w = arrays(0, np.float32, (1, 4, 8, 8), (4, 4, 3, 3))
+    with fastconv.trace_plans() as ran:
+        y = fastconv.conv2d(x, w, padding=1)
+        fastconv.conv2d_input(x.shape, w, y, padding=1)
+        fastconv.conv2d_weight(x, w.shape, y, padding=1)
+        z, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+        fastconv.max_pool2d_backward(z, idx, x.shape)
+        fastconv.avg_pool2d_backward(fastconv.avg_pool2d(x, 2), x.shape, 2)
+        fastconv.adaptive_avg_pool2d(x, 3)
+    assert len(ran) == 8 and {p.backend for p in ran} == {"cython"}
+    with pytest.raises(ValueError, match=r"algorithm='direct', backend='cython'"):
+        fastconv.conv2d(x, w, padding=1, algorithm="direct")
 
 
 def test_backend_cython_runs_what_it_has_and_names_the_rest():
@@ -62,10 +93,9 @@ def test_backend_cython_runs_what_it_has_and_names_the_rest():
         fastconv.conv2d(x, w, padding=1, backend="cython")           # auto: im2col here
         fastconv.max_pool2d(x, 2, backend="cython")
     assert [(p.algorithm, p.backend) for p in ran] == [("im2col", "cython"), ("direct", "cython")]
-    for algorithm in ("direct", "winograd_f2", "winograd_f4"):
-        with pytest.raises(ValueError, match=rf"algorithm='{algorithm}', backend='cython'.*"
-                                             r"registered:.*\(algorithm='im2col', backend='cython'\)"):
-            fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="cython")
+    with pytest.raises(ValueError, match=r"algorithm='direct', backend='cython'.*"
+                                         r"registered:.*\(algorithm='im2col', backend='cython'\)"):
+        fastconv.conv2d(x, w, padding=1, algorithm="direct", backend="cython")
 
 
 # -- every kernel against Numba and the reference -----------------------------------------
@@ -97,6 +127,113 @@ def _check_conv(case, dtype, seed, ops=CONV_OPS):
 @given(case=conv_cases("im2col"), dtype=st.sampled_from(DTYPES))
 def test_im2col_matches_numba_and_reference(case, dtype):
     _check_conv(case, dtype, case["params"].N + 3)
+
+
+WINOGRAD = ("winograd_f2", "winograd_f4")
+
+
+def _check_winograd(case, dtype, algorithm, seed=0):
+    """Cython's Winograd (forward, both gradients) against the reference and Numba's
+    within the tolerance of ``algorithm``; returns the plans Cython ran."""
+    p = case["params"]
+    x, w, dy = arrays(seed + p.N, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    with fastconv.trace_plans() as ran:
+        got = _conv_all(case, x, w, dy, "cython", algorithm)
+    numba = _conv_all(case, x, w, dy, "numba", algorithm)
+    want = _conv_all(case, x, w, dy, "numpy", "reference")
+    tol = tolerance(dtype, algorithm)
+    for op in CONV_OPS:
+        assert got[op].dtype == dtype
+        assert_close(got[op], want[op], tol, f"{op} {algorithm} cython vs reference {p}")
+        assert_close(got[op], numba[op], tol, f"{op} {algorithm} cython vs numba {p}")
+    assert {(pl.algorithm, pl.backend) for pl in ran} == {(algorithm, "cython")}
+    return ran
+
+
+@settings(max_examples=25)
+@given(data=st.data(), algorithm=st.sampled_from(WINOGRAD), dtype=st.sampled_from(DTYPES))
+def test_winograd_matches_numba_and_reference(data, algorithm, dtype):
+    """The planner's own plans: fused forward and input gradient, fused weight
+    gradient (partial tiles, any padding, asymmetric included)."""
+    ran = _check_winograd(data.draw(conv_cases(algorithm)), dtype, algorithm)
+    assert {pl.variant for pl in ran} <= {"fused", "split"}
+
+
+@settings(max_examples=15)
+@given(data=st.data(), algorithm=st.sampled_from(WINOGRAD), dtype=st.sampled_from(DTYPES),
+       threads=st.sampled_from([1, 2]))
+def test_winograd_split_and_weight_parts(data, algorithm, dtype, threads):
+    """Forced: the forward's filter split in slices of output channels (2 threads; one
+    thread runs fused, Cython having no unfused path), the weight gradient summed in
+    2 or 4 parts of small blocks of tile rows."""
+    if threads > fastconv._config.MAX_THREADS:
+        pytest.skip("needs 2 threads")
+    case = data.draw(conv_cases(algorithm, max_hw=20))
+    fastconv.set_num_threads(threads)
+    with tuned(FUSED_MAX_FILTER_BYTES=0, WEIGHT_PART_MIN_TILES=1,
+               WEIGHT_FOUR_PARTS_TILES=data.draw(st.sampled_from([3, 10**9])),
+               WEIGHT_BLOCK_TILES=data.draw(st.sampled_from([1, 8]))):
+        ran = _check_winograd(case, dtype, algorithm, seed=1)
+    by_op = {pl.op: pl for pl in ran}
+    want = "split" if threads == 2 else "fused"
+    assert by_op["conv2d"].variant == by_op["conv2d_input"].variant == want
+    assert by_op["conv2d_weight"].variant == "fused"
+    if want == "split":
+        assert by_op["conv2d"]["filter_slices"] == 2
+
+
+#: 3x3 layers whose Numba plans are streamed, unfused or unfused_blas (and fused/split)
+_VARIANT_LAYERS = [
+    ("conv2d", (1, 512, 7, 7), 512, np.float32),
+    ("conv2d", (8, 128, 28, 28), 128, np.float32),
+    ("conv2d", (8, 128, 28, 28), 128, np.float64),
+    ("conv2d_input", (8, 256, 14, 14), 256, np.float32),
+    ("conv2d_weight", (8, 512, 14, 14), 512, np.float32),
+    ("conv2d", (1, 64, 56, 56), 64, np.float32),
+]
+
+
+def test_plans_name_only_variants_the_backend_runs():
+    """The selector gives each backend only the variants its manifest declares
+    (``VARIANTS``); on these layers Numba's plans name variants Cython lacks, so the
+    test can fail."""
+    lacking = set()
+    for threads in sorted({1, min(2, fastconv._config.MAX_THREADS)}):
+        fastconv.set_num_threads(threads)
+        for op, shape, K, dtype in _VARIANT_LAYERS:
+            for algorithm in WINOGRAD:
+                args = (op, shape, (K, shape[1], 3, 3))
+                kw = dict(padding=1, dtype=dtype, algorithm=algorithm)
+                have = cy.VARIANTS[(op, algorithm)]
+                plan = fastconv.plan(*args, **kw, backend="cython")
+                assert plan.variant in have, plan
+                assert fastconv.plan(*args, **kw).variant in have    # auto: Cython
+                numba = fastconv.plan(*args, **kw, backend="numba")
+                if numba.variant not in have:
+                    lacking.add(numba.variant)
+                p = plan.geometry
+                for cand in fastconv._plan.candidates(op, p, dtype):
+                    if cand.backend == "cython" and cand.algorithm == algorithm:
+                        assert cand.variant in have, cand
+    assert {"streamed", "unfused", "unfused_blas"} <= lacking
+
+
+def test_winograd_edge_cases():
+    """One-pixel outputs, padding beyond the kernel, a single tile column, channels not
+    a multiple of a vector, and non-finite inputs, which stay non-finite."""
+    for shape, K, pad in (((1, 3, 1, 1), 2, 1), ((2, 5, 9, 3), 7, (2, 0)),
+                          ((1, 17, 6, 30), 33, 0), ((3, 1, 4, 4), 1, 3)):
+        for algorithm in WINOGRAD:
+            for dtype in DTYPES:
+                x, w = arrays(3, dtype, shape, (K, shape[1], 3, 3))
+                got = fastconv.conv2d(x, w, padding=pad, algorithm=algorithm, backend="cython")
+                want = fastconv.conv2d(x, w, padding=pad, algorithm="reference")
+                assert_close(got, want, tolerance(dtype, algorithm), f"{shape} {pad}")
+    x, w = arrays(4, np.float32, (1, 4, 16, 16), (4, 4, 3, 3))
+    x[0, 1, 3, 3] = np.nan
+    for algorithm in WINOGRAD:
+        y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="cython")
+        assert np.isnan(y[0, :, 3, 3]).all() and np.isfinite(y[0, :, 15, 15]).all()
 
 
 @contextlib.contextmanager
@@ -289,6 +426,14 @@ for dt in (np.float32, np.float64):
     z, i = fastconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True, backend="cython")
     out[f"max_pool2d_{dt.__name__}"], out[f"indices_{dt.__name__}"] = z, i
     out[f"avg_pool2d_{dt.__name__}"] = fastconv.avg_pool2d(x, 3, stride=1, padding=1, backend="cython")
+    xw = rng.standard_normal((2, 19, 13, 11)).astype(dt)
+    ww = rng.standard_normal((21, 19, 3, 3)).astype(dt)
+    for alg in ("winograd_f2", "winograd_f4"):
+        kw = dict(padding=1, algorithm=alg, backend="cython")
+        yw = fastconv.conv2d(xw, ww, **kw)
+        out[f"{alg}_conv2d_{dt.__name__}"] = yw
+        out[f"{alg}_conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(xw.shape, ww, yw, **kw)
+        out[f"{alg}_conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(xw, ww.shape, yw, **kw)
 np.savez(sys.argv[1], **out)
 print(cy.ISA, "numba" in sys.modules)
 """
@@ -331,7 +476,10 @@ def test_forced_isa_gives_the_same_results(isa, tmp_path, default_isa_results):
         if key.startswith(("max_pool2d", "indices", "avg_pool2d")):
             np.testing.assert_array_equal(got[key], value, err_msg=f"{key} under {isa}")
         else:
-            assert_close(got[key], value, tolerance(value.dtype, "im2col"), f"{key} under {isa}")
+            algorithm = key.split("_conv2d")[0] if key.startswith("winograd") else "im2col"
+            assert_close(got[key], value, tolerance(value.dtype, algorithm),
+                         f"{key} under {isa}")
+    assert any(key.startswith("winograd_f4") for key in want)
 
 
 def test_unknown_or_unsupported_isa_is_ignored_with_a_warning(tmp_path):
@@ -355,6 +503,15 @@ def _every_op(seed, dtype=np.float32):
         res["patch_gemm"] = fastconv.conv2d_weight(xs, (64, 3, 3, 3), dys, padding=1,
                                                    algorithm="im2col", backend="cython")
     assert ran[0].variant == "patch_gemm"
+    xw, dyw = arrays(seed + 2, dtype, (3, 16, 21, 18), (3, 24, 21, 18))
+    ww = arrays(seed + 3, dtype, (24, 16, 3, 3))[0]
+    for algorithm in ("winograd_f2", "winograd_f4"):
+        kw = dict(padding=1, algorithm=algorithm, backend="cython")
+        with fastconv.trace_plans() as ran:
+            res[f"{algorithm}_conv2d"] = fastconv.conv2d(xw, ww, **kw)
+            res[f"{algorithm}_conv2d_input"] = fastconv.conv2d_input(xw.shape, ww, dyw, **kw)
+            res[f"{algorithm}_conv2d_weight"] = fastconv.conv2d_weight(xw, ww.shape, dyw, **kw)
+        assert [pl.variant for pl in ran] == ["fused"] * 3
     z, idx = fastconv.max_pool2d(y, 3, stride=2, padding=1, return_indices=True,
                                  backend="cython")
     res.update(max_pool2d=z, indices=idx,

@@ -6,6 +6,7 @@ A kernel added to a backend's manifest is tested here without a line of new test
 algorithms that handle only some geometries draw from those (``conftest.LIMITS``, which
 a test below checks are exactly the selector's ``SUPPORTS`` rules).
 """
+import os
 import subprocess
 import sys
 
@@ -244,8 +245,8 @@ def _python(code):
 
 
 def test_import_and_planning_do_not_load_numba():
-    """``import fastconv`` and planning read the manifests only; the first kernel run
-    loads its backend (Numba)."""
+    """``import fastconv`` and planning read the manifests only; the first Numba kernel
+    run loads Numba (auto's Cython kernels do not)."""
     _python("import sys, fastconv\n"
             "assert 'numba' not in sys.modules, 'import fastconv imported numba'\n"
             "fastconv.plan('conv2d', (1, 64, 56, 56), (64, 64, 3, 3), padding=1)\n"
@@ -254,4 +255,49 @@ def test_import_and_planning_do_not_load_numba():
     if "numba" in _dispatch.available_backends():
         _python("import sys, numpy as np, fastconv\n"
                 "fastconv.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2)\n"
+                "assert ('numba' in sys.modules) == (fastconv.plan('max_pool2d', (1, 1, 4, 4), "
+                "kernel_size=2).backend == 'numba')\n"
+                "fastconv.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2, backend='numba')\n"
                 "assert 'numba' in sys.modules\n")
+
+
+# -- The process default backend: set_backend, FASTCONV_BACKEND ------------------------------
+
+
+def test_set_backend_sets_the_default_and_a_call_still_wins():
+    x, w = arrays(0, np.float32, (1, 4, 8, 8), (4, 4, 3, 3))
+    assert fastconv.get_backend() == "auto"
+    for name in _dispatch.available_backends():
+        fastconv.set_backend(name)
+        assert fastconv.get_backend() == name
+        with fastconv.trace_plans() as ran:
+            fastconv.conv2d(x, w, padding=1)
+            fastconv.max_pool2d(x, 2)
+        assert [p.backend for p in ran] == [name, name]
+        other = "numpy" if name != "numpy" else _dispatch.available_backends()[0]
+        assert fastconv.plan("conv2d", x.shape, w.shape, backend=other).backend == other
+    fastconv.set_backend("auto")
+    assert fastconv.plan("conv2d", x.shape, w.shape, algorithm="reference").backend == "numpy"
+
+
+@pytest.mark.parametrize("bad", ["bogus", "NUMBA", "", None, 1])
+def test_set_backend_refuses_what_is_not_available(bad):
+    names = ", ".join(_dispatch.available_backends())
+    with pytest.raises(ValueError, match=rf"set_backend: .*{bad!r}.*available: {names}, or 'auto'"):
+        fastconv.set_backend(bad)
+    assert fastconv.get_backend() == "auto"
+
+
+def test_fastconv_backend_environment_variable():
+    env = dict(os.environ)
+    for name in _dispatch.available_backends():
+        env["FASTCONV_BACKEND"] = name.upper()
+        run = subprocess.run([sys.executable, "-c", "import fastconv; print(fastconv.get_backend())"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0 and run.stdout.strip() == name, run.stderr
+    env["FASTCONV_BACKEND"] = "fortran"
+    run = subprocess.run([sys.executable, "-c", "import fastconv"], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode != 0
+    assert ("FASTCONV_BACKEND: unknown or unavailable backend 'fortran'; available: "
+            + ", ".join(_dispatch.available_backends())) in run.stderr

@@ -23,7 +23,7 @@ import fastconv
 from fastconv import _config, _dispatch, _plan, _tuning
 from fastconv._geometry import conv_params
 
-from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases, kernel_pairs,
+from conftest import (DTYPES, auto_backend, arrays, assert_close, conv_args, conv_cases, kernel_pairs,
                       ran_plan, tolerance, tuned)
 
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -146,6 +146,9 @@ TABLE = [
 
 @pytest.mark.parametrize("op,shape,K,R,kw,want", TABLE)
 def test_plan_table(op, shape, K, R, kw, want):
+    """The rules' plans, on the Numba backend (every variant the selector makes); auto
+    runs the same algorithm on the backend of the documented rule, in a variant that
+    backend runs."""
     kw = dict(kw)
     threads = kw.pop("threads", None)
     if threads is not None:
@@ -153,13 +156,19 @@ def test_plan_table(op, shape, K, R, kw, want):
             pytest.skip(f"needs {threads} threads")
         fastconv.set_num_threads(threads)
     groups = kw.get("groups", 1)
-    plan = fastconv.plan(op, shape, (K, shape[1] // groups, R, R), **kw)
+    shapes = (op, shape, (K, shape[1] // groups, R, R))
+    backend = "numpy" if want[0] == "reference" else "numba"
+    plan = fastconv.plan(*shapes, **kw, backend=backend)
     assert (plan.algorithm, plan.variant) == want, plan
-    assert plan.backend == ("numpy" if want[0] == "reference" else "numba")
+    assert plan.backend == backend
     assert plan.op == op and plan.dtype == np.dtype(kw.get("dtype", np.float32)).name
     assert plan.threads == fastconv.get_num_threads()
     if kw.get("algorithm", "auto") == "auto":
         assert _plan._algorithm(op, plan.geometry, np.dtype(plan.dtype)) == want[0]
+    auto = fastconv.plan(*shapes, **kw)
+    assert (auto.algorithm, auto.backend) == (want[0], auto_backend(op, want[0]))
+    have = _dispatch.variants(op, want[0], auto.backend)
+    assert auto.variant == want[1] if have is None or want[1] in have else auto.variant in have
 
 
 def test_plan_blocking_of_table_layers():
@@ -177,10 +186,10 @@ def test_plan_blocking_of_table_layers():
                          padding=3)["block"] == (1, 14, 32)
     wf = fastconv.plan("conv2d_weight", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)
     assert wf["tiles"] == (14, 14) and wf["parts"] == 2                # 1568 tiles
-    assert fastconv.plan("conv2d", (1, 512, 14, 14), (512, 512, 3, 3),
-                         padding=1)["serial"] is True                  # 16 tiles
-    assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3),
-                         padding=1)["serial"] is False                 # 32 tiles
+    assert fastconv.plan("conv2d", (1, 512, 14, 14), (512, 512, 3, 3), padding=1,
+                         backend="numba")["serial"] is True            # 16 tiles
+    assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1,
+                         backend="numba")["serial"] is False           # 32 tiles
     assert fastconv.plan("conv2d", (1, 64, 6, 6), (64, 64, 3, 3), padding=1)["tile"] == (1, 6)
 
 
@@ -198,7 +207,8 @@ def test_pointwise_selection_is_float32_only():
 def test_pool_plans():
     for op in ("max_pool2d", "avg_pool2d"):
         plan = fastconv.plan(op, (2, 3, 8, 8), kernel_size=2)
-        assert (plan.op, plan.algorithm, plan.backend, plan.variant) == (op, "direct", "numba", "")
+        assert (plan.op, plan.algorithm, plan.backend, plan.variant) == \
+            (op, "direct", auto_backend(op, "direct"), "")
         assert fastconv.plan(op, (2, 3, 8, 8), kernel_size=2,
                              algorithm="reference").backend == "numpy"
     x = arrays(0, np.float32, (2, 3, 8, 8))[0]
@@ -378,7 +388,7 @@ def test_plan_is_frozen_hashable_and_readable():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(plan, name, "other")
     text = repr(plan)
-    for part in ("conv2d", "winograd_f4", "numba", "'fused'", "tiles=(14, 14)", "float32"):
+    for part in ("conv2d", "winograd_f4", plan.backend, "'fused'", "tiles=(14, 14)", "float32"):
         assert part in text, f"{part!r} not in {text}"
     assert "\n" not in text
     assert plan == fastconv.plan("conv2d", (1, 64, 56, 56), (64, 64, 3, 3), padding=1)
@@ -422,11 +432,12 @@ def test_an_unavailable_backend_is_named_with_those_available():
 
 def test_a_backend_without_the_algorithm_names_what_is_registered():
     """A backend that is there but has no kernel for the algorithm (Cython has no
-    Winograd yet; with Cython not built, it is not available at all): a clear error."""
+    direct convolution yet; with Cython not built, it is not available at all): a clear
+    error."""
     shapes = ((1, 4, 8, 8), (4, 4, 3, 3))
     with pytest.raises(ValueError, match="cython") as info:
-        fastconv.plan("conv2d", *shapes, algorithm="winograd_f4", backend="cython")
-    assert "winograd_f4" in str(info.value) or "not available" in str(info.value)
+        fastconv.plan("conv2d", *shapes, algorithm="direct", backend="cython")
+    assert "direct" in str(info.value) or "not available" in str(info.value)
 
 
 def test_an_unknown_algorithm_is_named_with_those_registered():

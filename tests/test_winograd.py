@@ -86,7 +86,7 @@ def _run(op, algorithm, p, dtype, x, w, dy):
     pads = (p.pad_top, p.pad_bottom, p.pad_left, p.pad_right)
     if pads[0] != pads[1] or pads[2] != pads[3]:
         # asymmetric padding has no public spelling: the plan run on the kernel
-        plan = _plan.make(op, p, dtype, algorithm)
+        plan = _plan.make(op, p, dtype, algorithm, "numba")
         shape = {"conv2d": p.output_shape, "conv2d_input": p.input_shape,
                  "conv2d_weight": p.weight_shape}[op]
         out = np.empty(shape, dtype)

@@ -11,6 +11,7 @@ The hot loops are compiled once per instruction set and chosen at import
 a lower one. Build, variants and settings: ``docs/cython.md``.
 """
 import importlib
+import importlib.util
 
 NAME = "cython"
 
@@ -20,11 +21,26 @@ KERNELS = {
     ("conv2d", "im2col"): ("im2col", "conv2d"),
     ("conv2d_input", "im2col"): ("im2col", "conv2d_input"),
     ("conv2d_weight", "im2col"): ("im2col", "conv2d_weight"),
+    ("conv2d", "winograd_f2"): ("winograd", "conv2d"),
+    ("conv2d_input", "winograd_f2"): ("winograd", "conv2d_input"),
+    ("conv2d_weight", "winograd_f2"): ("winograd", "conv2d_weight"),
+    ("conv2d", "winograd_f4"): ("winograd", "conv2d"),
+    ("conv2d_input", "winograd_f4"): ("winograd", "conv2d_input"),
+    ("conv2d_weight", "winograd_f4"): ("winograd", "conv2d_weight"),
     ("max_pool2d", "direct"): ("pool", "max_pool2d"),
     ("max_pool2d_backward", "direct"): ("pool", "max_pool2d_backward"),
     ("avg_pool2d", "direct"): ("pool", "avg_pool2d"),
     ("avg_pool2d_backward", "direct"): ("pool", "avg_pool2d_backward"),
     ("adaptive_avg_pool2d", "direct"): ("pool", "adaptive_avg_pool2d"),
+}
+
+#: (op, algorithm) -> the variants this backend runs, where it runs fewer than the
+#: selector makes for Numba (``fastconv._plan`` chooses only among these for it)
+VARIANTS = {
+    (op, algorithm): variants
+    for algorithm in ("winograd_f2", "winograd_f4")
+    for op, variants in (("conv2d", ("fused", "split")), ("conv2d_input", ("fused", "split")),
+                         ("conv2d_weight", ("fused",)))
 }
 
 
@@ -42,10 +58,88 @@ def load(op, algorithm):
     """The kernel for (op, algorithm): ``kernel(plan, *args)``, its module imported on
     first use."""
     module, name = KERNELS[(op, algorithm)]
+    if module in _BLAS_MODULES:
+        _load_cython_blas()
     fn = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    if module == "im2col":
+    if module in _BLAS_MODULES:
         _blas_threads()
     return fn
+
+
+#: the modules that call BLAS (SciPy's ``cython_blas``)
+_BLAS_MODULES = ("im2col", "winograd")
+
+
+def _load_cython_blas():
+    """Load ``scipy.linalg.cython_blas`` (the BLAS the modules call) without SciPy's
+    ``scipy.linalg`` package, whose Python modules take most of a cold start's time
+    (docs/cython.md, "Cold start"): the extension alone, registered under its name, so
+    the modules' import of it finds it. A later ``import scipy.linalg`` runs as usual
+    and gets this same module as its ``cython_blas`` attribute (:class:`_LinalgFinder`).
+    Falls back to the ordinary import on any surprise."""
+    import sys
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    try:
+        import importlib.machinery
+        import importlib.util
+        import os
+        spec = importlib.util.find_spec("scipy")
+        folder = os.path.join(os.path.dirname(spec.origin), "linalg")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "cython_blas" + suffix)
+            if os.path.exists(path):
+                break
+        else:
+            return
+        blas = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(blas)
+        sys.modules[name] = module
+        try:
+            blas.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        sys.meta_path.insert(0, _LinalgFinder)
+    except Exception:  # noqa: BLE001 - the ordinary import (by the module) still works
+        return
+
+
+class _LinalgFinder:
+    """Once, when ``scipy.linalg`` is imported after :func:`_load_cython_blas`: the
+    package imported as usual, then given its ``cython_blas`` attribute (which the
+    import system sets only on a parent already imported)."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        import sys
+        if name != "scipy.linalg":
+            return None
+        sys.meta_path.remove(_LinalgFinder)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _WithBlas(spec.loader)
+        return spec
+
+
+class _WithBlas:
+    """A loader that runs ``loader`` and sets ``module.cython_blas``."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        import sys
+        self.loader.exec_module(module)
+        if "scipy.linalg.cython_blas" in sys.modules:
+            module.cython_blas = sys.modules["scipy.linalg.cython_blas"]
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
 
 
 def _blas_threads():

@@ -74,12 +74,18 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 #define T float
 #define X f32
 #include "fc_impl.h"
+#define FN(name) FC_CAT(name, X)
+#include "fc_winograd.h"
+#undef FN
 #undef T
 #undef X
 
 #define T double
 #define X f64
 #include "fc_impl.h"
+#define FN(name) FC_CAT(name, X)
+#include "fc_winograd.h"
+#undef FN
 #undef T
 #undef X
 
@@ -94,7 +100,13 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .avg_pool_backward_plane_##X = avg_pool_backward_plane_##X, \
     .adaptive_avg_plane_##X = adaptive_avg_plane_##X,  \
     .patch_gemm_##X = patch_gemm_##X,                  \
-    .pixel_major_##X = pixel_major_##X,
+    .pixel_major_##X = pixel_major_##X,                \
+    .wino_slab_##X = wino_slab_##X,                    \
+    .wino_input_##X = wino_input_##X,                  \
+    .wino_dy_##X = wino_dy_##X,                        \
+    .wino_output_##X = wino_output_##X,                \
+    .wino_filter_##X = wino_filter_##X,                \
+    .wino_filter_t_##X = wino_filter_t_##X,
 
 static const fc_kernels fc_table_ = {
     .name = FC_STR(FC_ISA),

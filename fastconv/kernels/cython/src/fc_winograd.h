@@ -1,0 +1,332 @@
+/* Winograd F(2x2,3x3) and F(4x4,3x3) transforms for one element type T (included by
+ * fc_isa.h with T and X defined, after fc_impl.h), the hot loops of winograd.pyx.
+ * The Numba backend's winograd.py holds the same arithmetic (Lavin & Gray 2016; the
+ * matrices BT, AT of wincnn for the points 0, 1, -1 (, 2, -2), inf).
+ *
+ * Layouts, channels last so that every loop runs over contiguous channels, which the
+ * compiler vectorises at the variant's width:
+ *   slab  S[(r*Sw + w)*C + c]              input rows of a block of tile rows, zero padded
+ *   V     V[(xi*ldt + u)*C + c]            input transform of tile u, xi = a*alpha + b
+ *   M     M[(xi*ldt + u)*kp + k]           the GEMMs' products
+ *   tmp   alpha*alpha*max(C, kp) elements of scratch
+ * Tile u of a block covers slab rows m*i .. m*i + alpha - 1 and columns m*j ..,
+ * i = u / tw, j = u % tw.
+ */
+
+/* S[r, w, c] = x[c, h0 + r, w + ow] (one image, C x H x W) for r < rows, w < Sw; zeros
+ * outside x. */
+static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
+                          fc_int rows, fc_int Sw, T *S)
+{
+    for (fc_int r = 0; r < rows; r++) {
+        T *row = S + r * Sw * C;
+        const fc_int h = h0 + r;
+        if (h < 0 || h >= H) {
+            memset(row, 0, (size_t)(Sw * C) * sizeof(T));
+            continue;
+        }
+        fc_int lo = -ow > 0 ? -ow : 0, hi = W - ow < Sw ? W - ow : Sw;
+        if (hi < lo) hi = lo;
+        if (lo > 0) memset(row, 0, (size_t)(lo * C) * sizeof(T));
+        if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
+        /* 8 channels at a time: 8 rows of x read, runs of 8 channels written */
+        fc_int c0 = 0;
+        for (; c0 + 8 <= C; c0 += 8) {
+            const T *src = x + (c0 * H + h) * W + ow;
+            for (fc_int w = lo; w < hi; w++)
+                for (fc_int cc = 0; cc < 8; cc++)
+                    row[w * C + c0 + cc] = src[cc * H * W + w];
+        }
+        for (fc_int c = c0; c < C; c++) {
+            const T *src = x + (c * H + h) * W + ow;
+            for (fc_int w = lo; w < hi; w++)
+                row[w * C + c] = src[w];
+        }
+    }
+}
+
+/* V[xi, u, :] = (B^T d B)[xi] for the tiles u < nt of slab S (Sw columns, C channels). */
+static void FN(wino_input)(const T *S, fc_int Sw, fc_int C, fc_int m, fc_int tw, fc_int nt,
+                           T *V, fc_int ldt, T *tmp)
+{
+    const fc_int al = m + 2;
+    for (fc_int u = 0; u < nt; u++) {
+        const fc_int i = u / tw, j = u % tw;
+        /* B^T along w, row by row: tmp[a, b, c] */
+        for (fc_int a = 0; a < al; a++) {
+            const T *d = S + ((m * i + a) * Sw + m * j) * C;
+            T *t = tmp + a * al * C;
+            if (m == 2) {
+                for (fc_int c = 0; c < C; c++) {
+                    T d0 = d[c], d1 = d[C + c], d2 = d[2 * C + c], d3 = d[3 * C + c];
+                    t[c] = d0 - d2;
+                    t[C + c] = d1 + d2;
+                    t[2 * C + c] = d2 - d1;
+                    t[3 * C + c] = d1 - d3;
+                }
+            } else {
+                for (fc_int c = 0; c < C; c++) {
+                    T d0 = d[c], d1 = d[C + c], d2 = d[2 * C + c], d3 = d[3 * C + c],
+                      d4 = d[4 * C + c], d5 = d[5 * C + c];
+                    T pa = d4 - (T)4 * d2, pb = d3 - (T)4 * d1, pc = d4 - d2,
+                      pe = (T)2 * (d3 - d1);
+                    t[c] = (T)4 * d0 - (T)5 * d2 + d4;
+                    t[C + c] = pa + pb;
+                    t[2 * C + c] = pa - pb;
+                    t[3 * C + c] = pc + pe;
+                    t[4 * C + c] = pc - pe;
+                    t[5 * C + c] = (T)4 * d1 - (T)5 * d3 + d5;
+                }
+            }
+        }
+        /* then along h: V[a*al + b] */
+        for (fc_int b = 0; b < al; b++) {
+            const T *t = tmp + b * C;              /* t[a*al*C + c] = tmp[a, b, c] */
+            const fc_int s = al * C;
+            T *v = V + u * C;
+            const fc_int vs = ldt * C;             /* from xi to xi + 1 */
+            if (m == 2) {
+                for (fc_int c = 0; c < C; c++) {
+                    T d0 = t[c], d1 = t[s + c], d2 = t[2 * s + c], d3 = t[3 * s + c];
+                    v[(0 * 4 + b) * vs + c] = d0 - d2;
+                    v[(1 * 4 + b) * vs + c] = d1 + d2;
+                    v[(2 * 4 + b) * vs + c] = d2 - d1;
+                    v[(3 * 4 + b) * vs + c] = d1 - d3;
+                }
+            } else {
+                for (fc_int c = 0; c < C; c++) {
+                    T d0 = t[c], d1 = t[s + c], d2 = t[2 * s + c], d3 = t[3 * s + c],
+                      d4 = t[4 * s + c], d5 = t[5 * s + c];
+                    T pa = d4 - (T)4 * d2, pb = d3 - (T)4 * d1, pc = d4 - d2,
+                      pe = (T)2 * (d3 - d1);
+                    v[(0 * 6 + b) * vs + c] = (T)4 * d0 - (T)5 * d2 + d4;
+                    v[(1 * 6 + b) * vs + c] = pa + pb;
+                    v[(2 * 6 + b) * vs + c] = pa - pb;
+                    v[(3 * 6 + b) * vs + c] = pc + pe;
+                    v[(4 * 6 + b) * vs + c] = pc - pe;
+                    v[(5 * 6 + b) * vs + c] = (T)4 * d1 - (T)5 * d3 + d5;
+                }
+            }
+        }
+    }
+}
+
+/* dM[xi, u, :] = (A d A^T)[xi] for the m x m tiles u < nt of the dy slab D (Dw columns,
+ * K channels; zeros past the output's edge). */
+static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc_int nt,
+                        T *dM, fc_int ldt, T *tmp)
+{
+    const fc_int al = m + 2;
+    for (fc_int u = 0; u < nt; u++) {
+        const fc_int i = u / tw, j = u % tw;
+        for (fc_int a = 0; a < m; a++) {           /* A along w: tmp[a, b, k] */
+            const T *d = D + ((m * i + a) * Dw + m * j) * K;
+            T *t = tmp + a * al * K;
+            if (m == 2) {
+                for (fc_int k = 0; k < K; k++) {
+                    T d0 = d[k], d1 = d[K + k];
+                    t[k] = d0;
+                    t[K + k] = d0 + d1;
+                    t[2 * K + k] = d0 - d1;
+                    t[3 * K + k] = -d1;
+                }
+            } else {
+                for (fc_int k = 0; k < K; k++) {
+                    T d0 = d[k], d1 = d[K + k], d2 = d[2 * K + k], d3 = d[3 * K + k];
+                    T e = d0 + d2, o = d1 + d3, e4 = d0 + (T)4 * d2,
+                      o4 = (T)2 * d1 + (T)8 * d3;
+                    t[k] = d0;
+                    t[K + k] = e + o;
+                    t[2 * K + k] = e - o;
+                    t[3 * K + k] = e4 + o4;
+                    t[4 * K + k] = e4 - o4;
+                    t[5 * K + k] = d3;
+                }
+            }
+        }
+        for (fc_int b = 0; b < al; b++) {          /* then along h */
+            const T *t = tmp + b * K;
+            const fc_int s = al * K;
+            T *v = dM + u * K;
+            const fc_int vs = ldt * K;
+            if (m == 2) {
+                for (fc_int k = 0; k < K; k++) {
+                    T d0 = t[k], d1 = t[s + k];
+                    v[(0 * 4 + b) * vs + k] = d0;
+                    v[(1 * 4 + b) * vs + k] = d0 + d1;
+                    v[(2 * 4 + b) * vs + k] = d0 - d1;
+                    v[(3 * 4 + b) * vs + k] = -d1;
+                }
+            } else {
+                for (fc_int k = 0; k < K; k++) {
+                    T d0 = t[k], d1 = t[s + k], d2 = t[2 * s + k], d3 = t[3 * s + k];
+                    T e = d0 + d2, o = d1 + d3, e4 = d0 + (T)4 * d2,
+                      o4 = (T)2 * d1 + (T)8 * d3;
+                    v[(0 * 6 + b) * vs + k] = d0;
+                    v[(1 * 6 + b) * vs + k] = e + o;
+                    v[(2 * 6 + b) * vs + k] = e - o;
+                    v[(3 * 6 + b) * vs + k] = e4 + o4;
+                    v[(4 * 6 + b) * vs + k] = e4 - o4;
+                    v[(5 * 6 + b) * vs + k] = d3;
+                }
+            }
+        }
+    }
+}
+
+/* The output tiles u < nt: y[k, p0 + m*i + a, m*j + b] = (A^T M[:, u, k] A)[a, b] for
+ * k < nk, cropped to P x Q; y points at channel 0 of this slice in one image (planes
+ * P*Q apart). tmp: m*alpha*kp, then m*m*kp elements. */
+static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
+                            fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0, T *tmp)
+{
+    const fc_int al = m + 2, PQ = P * Q;
+    T *o = tmp + m * al * kp;                      /* o[(a*m + b)*kp + k] */
+    for (fc_int u = 0; u < nt; u++) {
+        const fc_int i = u / tw, j = u % tw;
+        const fc_int r0 = p0 + m * i, q0 = m * j;
+        if (r0 >= P) continue;
+        for (fc_int b = 0; b < al; b++) {          /* A^T along h: tmp[a, b, k] */
+            const T *v = M + u * kp;
+            const fc_int vs = ldt * kp;
+            if (m == 2) {
+                for (fc_int k = 0; k < nk; k++) {
+                    T m0 = v[(0 * 4 + b) * vs + k], m1 = v[(1 * 4 + b) * vs + k],
+                      m2 = v[(2 * 4 + b) * vs + k], m3 = v[(3 * 4 + b) * vs + k];
+                    tmp[(0 * al + b) * kp + k] = m0 + m1 + m2;
+                    tmp[(1 * al + b) * kp + k] = m1 - m2 - m3;
+                }
+            } else {
+                for (fc_int k = 0; k < nk; k++) {
+                    T m0 = v[(0 * 6 + b) * vs + k], m1 = v[(1 * 6 + b) * vs + k],
+                      m2 = v[(2 * 6 + b) * vs + k], m3 = v[(3 * 6 + b) * vs + k],
+                      m4 = v[(4 * 6 + b) * vs + k], m5 = v[(5 * 6 + b) * vs + k];
+                    T pa = m1 + m2, pb = m1 - m2, pc = m3 + m4, pe = m3 - m4;
+                    tmp[(0 * al + b) * kp + k] = m0 + pa + pc;
+                    tmp[(1 * al + b) * kp + k] = pb + (T)2 * pe;
+                    tmp[(2 * al + b) * kp + k] = pa + (T)4 * pc;
+                    tmp[(3 * al + b) * kp + k] = pb + (T)8 * pe + m5;
+                }
+            }
+        }
+        for (fc_int a = 0; a < m; a++) {           /* then along w: o[a, b, k] */
+            const T *t = tmp + a * al * kp;
+            T *oa = o + a * m * kp;
+            if (m == 2) {
+                for (fc_int k = 0; k < nk; k++) {
+                    T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k];
+                    oa[k] = m0 + m1 + m2;
+                    oa[kp + k] = m1 - m2 - m3;
+                }
+            } else {
+                for (fc_int k = 0; k < nk; k++) {
+                    T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k],
+                      m4 = t[4 * kp + k], m5 = t[5 * kp + k];
+                    T pa = m1 + m2, pb = m1 - m2, pc = m3 + m4, pe = m3 - m4;
+                    oa[k] = m0 + pa + pc;
+                    oa[kp + k] = pb + (T)2 * pe;
+                    oa[2 * kp + k] = pa + (T)4 * pc;
+                    oa[3 * kp + k] = pb + (T)8 * pe + m5;
+                }
+            }
+        }
+        const fc_int ra = P - r0 < m ? P - r0 : m, cb = Q - q0 < m ? Q - q0 : m;
+        for (fc_int k = 0; k < nk; k++) {
+            T *yk = y + k * PQ + r0 * Q + q0;
+            for (fc_int a = 0; a < ra; a++)
+                for (fc_int b = 0; b < cb; b++)
+                    yk[a * Q + b] = o[(a * m + b) * kp + k];
+        }
+    }
+}
+
+/* -- filter transforms, in double (as the Numba backend's) ----------------------------- */
+
+/* G of F(2x2,3x3) and F(4x4,3x3) */
+#ifndef FC_WINO_G
+#define FC_WINO_G
+static const double fc_wino_g2[4][3] = {
+    {1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}};
+static const double fc_wino_g4[6][3] = {
+    {1.0 / 4, 0.0, 0.0}, {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0.0, 0.0, 1.0}};
+#endif
+
+/* Input channel c of the transformed filter U (nsplit, alpha^2, C, kp), zero-padded
+ * beforehand: U[k / kp, a*alpha + b, c, k % kp] = (G g[k, c] G^T)[a, b] for every output
+ * channel k, where g = w (Kw, Cw, 3, 3), or with `rot` w rotated 180 degrees with its
+ * two channel axes swapped (g[k, c, r, s] = w[c, k, 2 - r, 2 - s]). */
+static void FN(wino_filter)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m, fc_int c,
+                            fc_int kp, T *U)
+{
+    const fc_int al = m + 2, al2 = al * al;
+    const fc_int K = rot ? Cw : Kw, C = rot ? Kw : Cw;
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
+    for (fc_int k = 0; k < K; k++) {
+        double g[3][3], t[6][3];
+        for (int r = 0; r < 3; r++)
+            for (int s = 0; s < 3; s++)
+                g[r][s] = rot ? (double)w[((c * Cw + k) * 3 + 2 - r) * 3 + 2 - s]
+                              : (double)w[((k * Cw + c) * 3 + r) * 3 + s];
+        for (fc_int a = 0; a < al; a++)            /* G g */
+            for (int s = 0; s < 3; s++)
+                t[a][s] = G[a][0] * g[0][s] + G[a][1] * g[1][s] + G[a][2] * g[2][s];
+        T *u = U + ((k / kp) * al2 * C + c) * kp + k % kp;
+        for (fc_int a = 0; a < al; a++)            /* (G g) G^T */
+            for (fc_int b = 0; b < al; b++)
+                u[(a * al + b) * C * kp] =
+                    (T)(t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2]);
+    }
+}
+
+/* Output channel k of the weight gradient: dU (parts, alpha^2, K, C) summed over its
+ * parts in order into dU[0], then dw[k, c] = G^T dU[0][:, k, c] G (in double) for every
+ * c; tmp: (3*alpha + 9)*C doubles. m is a constant where the body is inlined (below),
+ * so G's entries fold and the loops over alpha unroll. */
+static inline void FN(wino_filter_t_body)(T *dU, fc_int parts, fc_int K, fc_int C,
+                                          const fc_int m, fc_int k, double *tmp, T *dw)
+{
+    const fc_int al = m + 2, al2 = al * al;
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
+    double *out = tmp + 3 * al * C;                /* out[(r*3 + s)*C + c] */
+    for (fc_int g = 1; g < parts; g++)
+        for (fc_int xi = 0; xi < al2; xi++) {
+            T *dst = dU + (xi * K + k) * C;
+            const T *src = dU + ((g * al2 + xi) * K + k) * C;
+            for (fc_int c = 0; c < C; c++)
+                dst[c] += src[c];
+        }
+    for (fc_int a = 0; a < al; a++)                /* tmp[a, s, c] = (dU G)[a, s] */
+        for (int s = 0; s < 3; s++) {
+            double *t = tmp + (a * 3 + s) * C;
+            for (fc_int c = 0; c < C; c++) {
+                double v = 0.0;
+                for (fc_int b = 0; b < al; b++)
+                    v += (double)dU[((a * al + b) * K + k) * C + c] * G[b][s];
+                t[c] = v;
+            }
+        }
+    for (int r = 0; r < 3; r++)                    /* out[r, s, c] = (G^T tmp)[r, s] */
+        for (int s = 0; s < 3; s++) {
+            double *o = out + (r * 3 + s) * C;
+            for (fc_int c = 0; c < C; c++) {
+                double v = 0.0;
+                for (fc_int a = 0; a < al; a++)
+                    v += G[a][r] * tmp[(a * 3 + s) * C + c];
+                o[c] = v;
+            }
+        }
+    T *d = dw + k * C * 9;                         /* dw[k, c, r, s] */
+    for (fc_int c = 0; c < C; c++)
+        for (int rs = 0; rs < 9; rs++)
+            d[c * 9 + rs] = (T)out[rs * C + c];
+}
+
+static void FN(wino_filter_t)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m, fc_int k,
+                              double *tmp, T *dw)
+{
+    if (m == 2)
+        FN(wino_filter_t_body)(dU, parts, K, C, 2, k, tmp, dw);
+    else
+        FN(wino_filter_t_body)(dU, parts, K, C, 4, k, tmp, dw);
+}

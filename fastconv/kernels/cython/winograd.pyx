@@ -1,0 +1,331 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Winograd convolution F(2x2,3x3) and F(4x4,3x3): the Cython twin of
+``fastconv/kernels/numba/winograd.py`` (same functions, same plans, same arithmetic;
+see that file for the algorithm, Lavin & Gray 2016, and the layouts).
+
+The variants this backend runs (``VARIANTS`` in the manifest; the selector,
+``fastconv._plan._winograd``, makes no other for it):
+
+- forward and input gradient ``fused``: each thread takes blocks of
+  ``plan["block_rows"]`` tile rows of one image in turn, copies the input rows they
+  read into its own zero-padded channels-last slab, runs the input transform, the
+  alpha^2 GEMMs with the transformed filter (SciPy's BLAS, one thread, called from
+  each OpenMP thread) and the output transform straight into the NCHW output, all
+  while the block is in its cache. ``split``: the same with the filter cut into
+  ``plan["filter_slices"]`` slices of output channels, a work item per (block, slice),
+  for filters too large for one thread's cache.
+- weight gradient ``fused``: blocks of tile rows again, their input and dy transforms
+  and the GEMMs ``dU[xi] += dM[xi]^T V[xi]`` added into ``plan["parts"]`` partial sums,
+  each a fixed range of blocks, summed in order at the end: the result does not depend
+  on the thread count. Then ``dw = G^T dU G`` in double.
+
+The transforms are C (``src/fc_winograd.h``), compiled per instruction set and taken
+from the variant's table (``_isa.ISA``). The filter transform ``U = G g G^T`` runs in
+double and is cached per weight (``kernels/weight_cache``), as Numba's is.
+"""
+from cython.parallel cimport prange, threadid
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import numpy as np
+
+from ..._config import get_num_threads, single_threaded_blas, workspace
+from ..weight_cache import CACHE as _filters
+from ._hot cimport fc_int, fc_kernels, fc_table
+from ._isa import ISA
+
+cdef const fc_kernels *hot = fc_table(ISA.encode("ascii"))
+if hot == NULL:
+    raise ImportError(f"fastconv.kernels.cython.winograd: no hot loops for ISA {ISA!r}")
+
+ctypedef fused real:
+    float
+    double
+
+_TILE = {"winograd_f2": 2, "winograd_f4": 4}
+
+
+cdef void _gemm(bint ta, int M, int N, int Kd, const real *A, int lda, const real *B,
+                int ldb, real beta, real *C, int ldc) noexcept nogil:
+    """Row-major C (M x N) = op(A) @ B + beta * C, op(A) M x Kd (A stored Kd x M when
+    ``ta``), B Kd x N; BLAS computes C^T = B^T op(A)^T."""
+    cdef char opa = b'N'
+    cdef char opb = b'T' if ta else b'N'
+    cdef real one = 1
+    if real is float:
+        sgemm(&opa, &opb, &N, &M, &Kd, &one, <float *>B, &ldb, <float *>A, &lda, &beta,
+              C, &ldc)
+    else:
+        dgemm(&opa, &opb, &N, &M, &Kd, &one, <double *>B, &ldb, <double *>A, &lda, &beta,
+              C, &ldc)
+
+
+cdef void _slab(const real *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
+                fc_int rows, fc_int Sw, real *S) noexcept nogil:
+    if real is float:
+        hot.wino_slab_f32(x, C, H, W, h0, ow, rows, Sw, S)
+    else:
+        hot.wino_slab_f64(x, C, H, W, h0, ow, rows, Sw, S)
+
+
+cdef void _input(const real *S, fc_int Sw, fc_int C, fc_int m, fc_int tw, fc_int nt,
+                 real *V, fc_int ldt, real *tmp) noexcept nogil:
+    if real is float:
+        hot.wino_input_f32(S, Sw, C, m, tw, nt, V, ldt, tmp)
+    else:
+        hot.wino_input_f64(S, Sw, C, m, tw, nt, V, ldt, tmp)
+
+
+cdef void _dy(const real *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc_int nt,
+              real *dM, fc_int ldt, real *tmp) noexcept nogil:
+    if real is float:
+        hot.wino_dy_f32(D, Dw, K, m, tw, nt, dM, ldt, tmp)
+    else:
+        hot.wino_dy_f64(D, Dw, K, m, tw, nt, dM, ldt, tmp)
+
+
+cdef void _output(const real *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m, fc_int tw,
+                  fc_int nt, real *y, fc_int P, fc_int Q, fc_int p0, real *tmp) noexcept nogil:
+    if real is float:
+        hot.wino_output_f32(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, tmp)
+    else:
+        hot.wino_output_f64(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, tmp)
+
+
+# -- the parallel kernels --------------------------------------------------------------
+
+
+cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_int H,
+                 fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
+                 fc_int oh, fc_int ow, fc_int R, fc_int nsplit, fc_int kp, int nthreads,
+                 real *Sb, real *Vb, real *Mb, real *Tb, fc_int tsize) noexcept nogil:
+    """y = the correlation of x (input rows, columns offset by oh, ow) with the
+    transformed filter U (nsplit, alpha^2, C, kp); work item (image, block of R tile
+    rows, filter slice); thread tid takes items tid, tid + nthreads, ... with its own
+    slab, V, M and scratch (``Sb``, ``Vb``, ``Mb``, ``Tb`` + tid * their size)."""
+    cdef fc_int al = m + 2, al2 = (m + 2) * (m + 2)
+    cdef fc_int Wp = m * tw + 2, rows = m * R + 2, tb = R * tw
+    cdef fc_int nblocks = (th + R - 1) // R
+    cdef fc_int nitems = N * nblocks * nsplit
+    cdef fc_int ssize = rows * Wp * C, vsize = al2 * tb * C, msize = al2 * tb * kp
+    cdef int tid
+    cdef fc_int item, nb, part, n, i0, nt, nk, xi, held
+    cdef real *S
+    cdef real *V
+    cdef real *M
+    cdef real *T
+    for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+        S, V, M, T = Sb + tid * ssize, Vb + tid * vsize, Mb + tid * msize, Tb + tid * tsize
+        held = -1                                    # the (image, block) in S and V
+        item = tid
+        while item < nitems:
+            nb, part = item // nsplit, item % nsplit
+            n, i0 = nb // nblocks, nb % nblocks * R
+            nt = ((th if th < i0 + R else i0 + R) - i0) * tw
+            if nb != held:
+                _slab(x + n * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S)
+                _input(S, Wp, C, m, tw, nt, V, tb, T)
+                held = nb
+            nk = (K if K < part * kp + kp else part * kp + kp) - part * kp
+            if nk > 0:
+                for xi in range(al2):
+                    _gemm(False, <int>nt, <int>kp, <int>C, V + xi * tb * C, <int>C,
+                          U + (part * al2 + xi) * C * kp, <int>kp, 0,
+                          M + xi * tb * kp, <int>kp)
+                _output(M, tb, kp, nk, m, tw, nt, y + (n * K + part * kp) * P * Q, P, Q,
+                        m * i0, T)
+            item = item + nthreads
+
+
+cdef void _fused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_int C,
+                        fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m,
+                        fc_int th, fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int parts,
+                        int nthreads, real *Sb, real *Db, real *Vb, real *Mb, real *Tb,
+                        fc_int tsize) noexcept nogil:
+    """dU[g, xi] (K x C) = sum of dM[xi]^T V[xi] over the blocks of part g: blocks
+    g*nitems // parts .. (g + 1)*nitems // parts - 1, in order; parts on the threads
+    (static, one at a time), so the sums do not depend on the thread count."""
+    cdef fc_int al2 = (m + 2) * (m + 2)
+    cdef fc_int Wp = m * tw + 2, rows = m * R + 2, tb = R * tw
+    cdef fc_int nblocks = (th + R - 1) // R
+    cdef fc_int nitems = N * nblocks
+    cdef fc_int ssize = rows * Wp * C, dsize = m * R * (Wp - 2) * K
+    cdef fc_int vsize = al2 * tb * C, msize = al2 * tb * K
+    cdef Py_ssize_t g
+    cdef int tid
+    cdef fc_int item, lo, hi, n, i0, nt, xi
+    cdef real beta
+    cdef real *S
+    cdef real *D
+    cdef real *V
+    cdef real *dM
+    cdef real *T
+    for g in prange(parts, num_threads=nthreads, schedule="static", chunksize=1):
+        tid = threadid()
+        S, D, T = Sb + tid * ssize, Db + tid * dsize, Tb + tid * tsize
+        V, dM = Vb + tid * vsize, Mb + tid * msize
+        lo, hi = g * nitems // parts, (g + 1) * nitems // parts
+        item = lo
+        while item < hi:
+            n, i0 = item // nblocks, item % nblocks * R
+            nt = ((th if th < i0 + R else i0 + R) - i0) * tw
+            _slab(x + n * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S)
+            _slab(dy + n * K * P * Q, K, P, Q, i0 * m, 0, m * R, Wp - 2, D)   # zeros past P, Q
+            _input(S, Wp, C, m, tw, nt, V, tb, T)
+            _dy(D, Wp - 2, K, m, tw, nt, dM, tb, T)
+            beta = 0 if item == lo else 1
+            for xi in range(al2):
+                _gemm(True, <int>K, <int>C, <int>nt, dM + xi * tb * K, <int>K,
+                      V + xi * tb * C, <int>C, beta, dU + (g * al2 + xi) * K * C, <int>C)
+            item = item + 1
+
+
+# -- filter transforms ------------------------------------------------------------------
+
+
+def _filter_run(const real[::1] w, fc_int Kw, fc_int Cw, bint rot, fc_int m, fc_int kp,
+                real[::1] U, int nthreads):
+    """U (nsplit, alpha^2, C, kp) = the transformed filter, an input channel per
+    iteration (``wino_filter``)."""
+    cdef fc_int C = Kw if rot else Cw
+    cdef Py_ssize_t c
+    with nogil:
+        for c in prange(C, num_threads=nthreads, schedule="static"):
+            if real is float:
+                hot.wino_filter_f32(&w[0], Kw, Cw, rot, m, c, kp, &U[0])
+            else:
+                hot.wino_filter_f64(&w[0], Kw, Cw, rot, m, c, kp, &U[0])
+
+
+def _filter_t_run(real[::1] dU, fc_int parts, fc_int K, fc_int C, fc_int m,
+                  double[::1] tmp, real[::1] dw, int nthreads):
+    """dw = G^T (dU[0] + dU[1] + ...) G, an output channel per iteration
+    (``wino_filter_t``); tmp: (3*alpha + 9)*C doubles per thread."""
+    cdef Py_ssize_t k
+    cdef fc_int ts = (3 * (m + 2) + 9) * C
+    with nogil:
+        for k in prange(K, num_threads=nthreads, schedule="static"):
+            if real is float:
+                hot.wino_filter_t_f32(&dU[0], parts, K, C, m, k, &tmp[threadid() * ts], &dw[0])
+            else:
+                hot.wino_filter_t_f64(&dU[0], parts, K, C, m, k, &tmp[threadid() * ts], &dw[0])
+
+
+# -- drivers ------------------------------------------------------------------------------
+
+
+def _buffer(slot, size, dtype):
+    return workspace("cython_winograd_" + slot, size, dtype)
+
+
+def _filter(m, w, kind, nsplit):
+    """U = G g G^T (float64, stored in w's dtype) as ``nsplit`` slices of output channels,
+    (nsplit, alpha^2, C, kp), zero-padded; g = w (``kind`` "fwd") or w rotated 180
+    degrees with C and K swapped ("rot"); cached per weight."""
+    def build():
+        K, C = w.shape[:2] if kind == "fwd" else w.shape[1::-1]
+        kp = -(-K // nsplit)
+        Uk = np.zeros((nsplit, (m + 2) ** 2, C, kp), w.dtype)
+        _filter_run(np.ascontiguousarray(w).reshape(-1), w.shape[0], w.shape[1],
+                    kind == "rot", m, kp, Uk.reshape(-1), get_num_threads())
+        return Uk
+    return _filters.get(w, ("winograd_cython", kind, m, nsplit), build)
+
+
+def _winograd(plan, m, x, w, kind, y, off_h, off_w):
+    """Stride-1 3x3 correlation of x (N, C, H, W) with g (w, or w rotated, "rot") into
+    y (N, K, P, Q), offsets off_h, off_w, by the plan's fused or split variant."""
+    N, C, H, W = x.shape
+    K, P, Q = y.shape[1:]
+    th, tw = plan["tiles"]
+    R, nsplit = plan["block_rows"], plan["filter_slices"]
+    Uk = _filter(m, w, kind, nsplit)
+    kp = Uk.shape[3]
+    al2 = (m + 2) ** 2
+    nthreads = plan.threads
+    tsize = ((m + 2) ** 2 + m * m) * max(C, kp)
+    dt = x.dtype
+    S = _buffer("S", nthreads * (m * R + 2) * (m * tw + 2) * C, dt)
+    V = _buffer("V", nthreads * al2 * R * tw * C, dt)
+    M = _buffer("M", nthreads * al2 * R * tw * kp, dt)
+    T = _buffer("T", nthreads * tsize, dt)
+    with single_threaded_blas():
+        if dt == np.float32:
+            _run_f32(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
+                     th, tw, off_h, off_w, R, nsplit, kp, nthreads, S, V, M, T, tsize)
+        else:
+            _run_f64(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
+                     th, tw, off_h, off_w, R, nsplit, kp, nthreads, S, V, M, T, tsize)
+
+
+def _run_f32(const float[::1] x, const float[::1] U, float[::1] y, fc_int N, fc_int C,
+             fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
+             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int nsplit, fc_int kp,
+             int nthreads, float[::1] S, float[::1] V, float[::1] M, float[::1] T,
+             fc_int tsize):
+    with nogil:
+        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, nsplit, kp,
+               nthreads, &S[0], &V[0], &M[0], &T[0], tsize)
+
+
+def _run_f64(const double[::1] x, const double[::1] U, double[::1] y, fc_int N, fc_int C,
+             fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
+             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int nsplit, fc_int kp,
+             int nthreads, double[::1] S, double[::1] V, double[::1] M, double[::1] T,
+             fc_int tsize):
+    with nogil:
+        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, nsplit, kp,
+               nthreads, &S[0], &V[0], &M[0], &T[0], tsize)
+
+
+def _weight_run(const real[::1] x, const real[::1] dy, real[::1] dU, fc_int N, fc_int C, fc_int H,
+                fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
+                fc_int oh, fc_int ow, fc_int R, fc_int parts, int nthreads, real[::1] S,
+                real[::1] D, real[::1] V, real[::1] M, real[::1] T, fc_int tsize):
+    with nogil:
+        _fused_weight(&x[0], &dy[0], &dU[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R,
+                      parts, nthreads, &S[0], &D[0], &V[0], &M[0], &T[0], tsize)
+
+
+def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
+    """dw (K, C, 3, 3) = the weight gradient of the stride-1 3x3 correlation of x with
+    offsets off_h, off_w, for dy (N, K, P, Q), by F(m x m, 3x3) transposed."""
+    N, C, H, W = x.shape
+    K, P, Q = dy.shape[1:]
+    th, tw = plan["tiles"]
+    R, parts, nthreads = plan["block_rows"], plan["parts"], plan["threads_used"]
+    al, dt = m + 2, x.dtype
+    al2 = al * al
+    tsize = al2 * max(C, K)
+    S = _buffer("S", nthreads * (m * R + 2) * (m * tw + 2) * C, dt)
+    D = _buffer("D", nthreads * m * R * m * tw * K, dt)
+    V = _buffer("V", nthreads * al2 * R * tw * C, dt)
+    M = _buffer("M", nthreads * al2 * R * tw * K, dt)
+    T = _buffer("T", nthreads * tsize, dt)
+    dU = _buffer("U", parts * al2 * K * C, dt)
+    with single_threaded_blas():
+        _weight_run(x.reshape(-1), dy.reshape(-1), dU, N, C, H, W, K, P, Q, m, th, tw,
+                    off_h, off_w, R, parts, nthreads, S, D, V, M, T, tsize)
+    nt = 1 if plan["serial_filter"] else plan.threads
+    tmp = _buffer("F", nt * (3 * al + 9) * C, np.float64)
+    _filter_t_run(dU, parts, K, C, m, tmp, dw.reshape(-1), nt)
+
+
+# -- The registry's kernels: run a plan (fastconv._plan._winograd) --------------------------
+
+
+def conv2d(plan, x, w, p, out):
+    """Forward convolution into ``out`` (N, K, P, Q)."""
+    _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left)
+
+
+def conv2d_input(plan, dy, w, p, out):
+    """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
+    computation on dy with the filter rotated 180 degrees and C, K swapped."""
+    _winograd(plan, _TILE[plan.algorithm], np.ascontiguousarray(dy), w, "rot", out,
+              p.pad_top - 2, p.pad_left - 2)
+
+
+def conv2d_weight(plan, x, dy, p, out):
+    """Gradient with respect to the weight, into ``out`` (K, C, 3, 3)."""
+    _winograd_weight(plan, _TILE[plan.algorithm], x, np.ascontiguousarray(dy), out,
+                     -p.pad_top, -p.pad_left)
