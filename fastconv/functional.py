@@ -171,6 +171,13 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     Returns
     -------
     ndarray of shape ``input_size``.
+
+    Notes
+    -----
+    A non-finite weight makes NaN the pixels its tap reaches, as in PyTorch; direct and
+    Winograd compute the gradient as a convolution of zero-padded ``grad_output``, so
+    there it also reaches the pixels within the kernel's extent of the border, which the
+    reference leaves finite (0 x NaN). im2col and direct's depthwise scatter do not.
     """
     dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
     w = _weight("conv2d_input", weight)

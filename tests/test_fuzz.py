@@ -204,8 +204,12 @@ def _winograd_close(got, want, tol, what):
 
 def _spreads_non_finite(plan):
     """Plans whose NaN/Inf may reach outputs the reference leaves finite: Winograd (its
-    transforms mix a tile; documented in conv2d)."""
-    return plan.algorithm.startswith("winograd")
+    transforms mix a tile; documented in conv2d), and direct's input gradient but its
+    depthwise scatter, whose convolution of zero-padded dy meets a non-finite weight
+    with the padding's zeros (documented in conv2d_input)."""
+    return plan.algorithm.startswith("winograd") or (
+        plan.op == "conv2d_input" and plan.algorithm == "direct"
+        and plan.variant != "depthwise_scatter")
 
 
 def judge(op, fn, args, kwargs, algorithm_kw="algorithm"):
@@ -520,10 +524,11 @@ def test_plan_returns_a_runnable_plan_or_refuses_clearly(data):
 
 
 def test_direct_strided_input_gradient_keeps_nan_in_place():
-    """A NaN weight reaches only the input-gradient pixels its tap reaches (PyTorch and the
-    reference leave the others finite): direct's strided input gradient runs one
-    stride-1 correlation per residue class, multiplying no inserted zero (a bug this
-    suite found when float64 still inserted zeros)."""
+    """A NaN weight at the centre tap (which never reads the border's padding) reaches
+    only the input-gradient pixels that tap reaches, as in the reference: direct's
+    strided input gradient runs one stride-1 correlation per residue class and
+    multiplies no inserted zero (a bug this suite found when float64 still inserted
+    zeros and turned every pixel NaN)."""
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 4))
     w = np.random.default_rng(1).standard_normal((3, 5, 3, 3))
     w[0, 0, 1, 1] = np.nan
