@@ -354,7 +354,7 @@ def main(argv=None):
     c = sub.add_parser("_bigimage_child")
     for q in (b, c):
         q.add_argument("--size", type=int, default=8192)
-        q.add_argument("--chunk", type=int, default=1024)
+        q.add_argument("--chunk", type=int, default=512)
         q.add_argument("--workers", type=int, default=2, help="Dask threads")
         q.add_argument("--tiles", type=int, default=3)
         q.add_argument("--limit-gib", type=float, default=2.0)

@@ -162,26 +162,30 @@ def test_adaptive_avg_pool2d_equals_in_memory_bit_for_bit(data, dtype, size):
 
 
 def test_batch_blocks_are_the_in_memory_call_and_chunks_follow_the_stride():
+    """A block of images is the in-memory call on those images by the plan's
+    algorithm (im2col in memory, 4 output channels: direct here)."""
     x, w = arrays(5, np.float32, (5, 3, 12, 10), (4, 3, 3, 3))
     xd = da.from_array(x, chunks=(2, 3, 12, 10))
     y = fd.conv2d(xd, w, padding="same")
-    for n0, n1 in [(0, 2), (2, 4), (4, 5)]:     # each block: fastconv.conv2d on its images
-        np.testing.assert_array_equal(y[n0:n1].compute(), fastconv.conv2d(x[n0:n1], w,
-                                                                          padding="same"))
+    assert fastconv.plan("conv2d", x.shape, w.shape, padding="same").algorithm == "im2col"
+    assert fd.plan(xd, w, padding="same").algorithm == "direct"
+    for n0, n1 in [(0, 2), (2, 4), (4, 5)]:
+        np.testing.assert_array_equal(
+            y[n0:n1].compute(), fastconv.conv2d(x[n0:n1], w, padding="same", algorithm="direct"))
     spatial = da.from_array(x, chunks=(5, 3, (4, 4, 4), (5, 5)))
     assert fd.conv2d(spatial, w, padding="same").chunks[2:] == ((4, 4, 4), (5, 5))
     assert fd.conv2d(spatial, w, stride=2, padding=1).chunks[2:] == ((2, 2, 2), (3, 2))
     assert fd.max_pool2d(spatial, 2).chunks[2:] == ((2, 2, 2), (3, 2))
     # unbatched input, as fastconv.conv2d takes it
     np.testing.assert_array_equal(fd.conv2d(xd[0], w, padding=1).compute(),
-                                  fastconv.conv2d(x[0], w, padding=1))
+                                  fastconv.conv2d(x[0], w, padding=1, algorithm="direct"))
 
 
 def test_weight_enters_the_graph_once():
     """One task holds the weight; every block's task refers to it by key, and carries
     only a few ints of its own (distributed sends each task on its own)."""
     (w,) = arrays(7, np.float32, (64, 64, 3, 3))            # 147 KB
-    for chunks in [(1, 64, 6, 6), (2, 16, 3, 6)]:           # 8 blocks; 32 blocks, 4 partial sums
+    for chunks in [(1, 64, 6, 6), (2, 16, 3, 6)]:           # 8 blocks; 8, channels gathered
         x = da.ones((8, 64, 6, 6), chunks=chunks, dtype=np.float32)
         graph = dict(fd.conv2d(x, w, padding=1).__dask_graph__())
         sizes = sorted(len(cloudpickle.dumps(task)) for key, task in graph.items()
