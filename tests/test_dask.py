@@ -25,7 +25,7 @@ from fastconv import nn  # noqa: E402
 from fastconv.data import load_digits  # noqa: E402
 
 from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases,  # noqa: E402
-                      pool_cases, tolerance)
+                      pool_cases, tolerance, tuned)
 
 # the workers unpickle this module's classes (the loss that kills a worker) by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -57,31 +57,72 @@ def chunkings(draw, shape, max_cuts=3):
     return tuple(axis(n) for n in shape)
 
 
-def conv_tolerance(case, dtype):
-    """The in-memory call and a block may run different algorithms (auto chooses per
-    shape): Winograd's looser entry where it may run."""
-    winograd = (case["R"], case["S"], case["stride"], case["dilation"], case["groups"]) == \
-        (3, 3, (1, 1), (1, 1), 1)
-    return tolerance(dtype, "winograd_f4" if winograd else "default")
+#: thresholds of fastconv._tuning under which ``auto`` plans the small test arrays as it
+#: plans large ones: direct (rather than im2col) for few output channels, Winograd
+#: F(4x4) for few channels and small images, and (last) Winograd's unfused path
+RULES = [{}, dict(DIRECT_MIN_OUTPUTS=1, WINOGRAD_MIN_CHANNELS=1, F4_MIN_IMAGE=1),
+         dict(DIRECT_MIN_OUTPUTS=1, WINOGRAD_MIN_CHANNELS=1, F4_MIN_IMAGE=1,
+              FUSED_MAX_FILTER_BYTES=0)]
 
 
-# -- convolution and pooling over chunked arrays ----------------------------------------------
+def ran_blocks(y):
+    """``y`` computed on the calling thread, and the plans its blocks ran."""
+    with fastconv.trace_plans() as ran:
+        got = y.compute(scheduler="sync")
+    return got, ran
 
 
-@settings(max_examples=30)
-@given(case=conv_cases(max_channels=8, max_hw=14, max_n=3), data=st.data(),
-       dtype=st.sampled_from(DTYPES), bias=st.booleans())
-def test_conv2d_equals_in_memory_for_any_chunking(case, data, dtype, bias):
+@settings(max_examples=40)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES), bias=st.booleans(),
+       algorithm=st.sampled_from(["auto", "auto", "direct", "winograd_f2", "winograd_f4"]),
+       rules=st.sampled_from(RULES))
+def test_conv2d_equals_in_memory_bit_for_bit_for_any_chunking(data, dtype, bias, algorithm,
+                                                             rules):
+    """Random geometries (groups, dilation, padding, stride), random chunkings along N, C,
+    H and W (uneven, down to one element: smaller than any halo): every block runs the
+    whole array's plan, and the result is the in-memory call's with that algorithm,
+    bit for bit, in float32 and float64; and the plain in-memory call's (algorithm
+    ``auto``) whenever its plan is one that splits exactly, else within tolerance."""
+    case = data.draw(conv_cases(None if algorithm in ("auto", "direct") else algorithm,
+                                max_channels=8, max_hw=14, max_n=3))
     p = case["params"]
     x, w, b = arrays(1, dtype, p.input_shape, p.weight_shape, (p.K,))
     b = b if bias else None
     chunks = data.draw(chunkings(x.shape))
-    y = fd.conv2d(da.from_array(x, chunks=chunks), w, b, **conv_args(case))
-    want = fastconv.conv2d(x, w, b, **conv_args(case))
-    assert y.shape == want.shape and y.dtype == want.dtype
-    assert y.chunks[0] == chunks[0]
-    assert_close(y.compute(scheduler="sync"), want, conv_tolerance(case, dtype),
-                 f"chunks {chunks}")
+    kw = dict(conv_args(case), algorithm=algorithm)
+    with tuned(**rules):
+        xd = da.from_array(x, chunks=chunks)
+        plan = fd.plan(xd, w, **kw)
+        y = fd.conv2d(xd, w, b, **kw)
+        got, ran = ran_blocks(y)
+        memory = fastconv.plan("conv2d", x.shape, w.shape, **kw, dtype=dtype)
+        want = fastconv.conv2d(x, w, b, **dict(kw, algorithm=plan.algorithm))
+        auto = fastconv.conv2d(x, w, b, **kw)
+    assert {(r.algorithm, r.backend) for r in ran} == {(plan.algorithm, plan.backend)}
+    if algorithm != "auto":
+        assert plan.algorithm == algorithm
+    assert y.shape == want.shape and y.dtype == want.dtype and y.chunks[0] == chunks[0]
+    if not fd_exact(plan):        # forced Winograd whose plan is its unfused path
+        assert algorithm != "auto" and plan.variant.startswith("unfused")
+        assert_close(got, want, tolerance(dtype, plan.algorithm), f"chunks {chunks}")
+        return
+    if plan.algorithm.startswith("winograd"):          # the fused path's blocks of rows
+        assert len(y.chunks[3]) == 1
+        rows = 2 * (1 + plan.algorithm.endswith("f4")) * plan["block_rows"]
+        assert all(c % rows == 0 for c in y.chunks[2][:-1]), y.chunks
+    np.testing.assert_array_equal(got, want, err_msg=f"{plan}, chunks {chunks}")
+    if memory.algorithm == plan.algorithm:
+        np.testing.assert_array_equal(got, auto, err_msg=f"{memory}, chunks {chunks}")
+    else:   # im2col or Winograd's unfused path in memory, or Winograd and W chunked
+        assert algorithm == "auto" and plan.algorithm == "direct"
+        assert not fd_exact(memory) or len(chunks[3]) > 1, memory
+        assert_close(got, auto, tolerance(dtype, memory.algorithm), f"chunks {chunks}")
+
+
+def fd_exact(plan):
+    """Whether fastconv.dask splits ``plan`` exactly (direct, Winograd's fused path)."""
+    return plan.backend == "numba" and (plan.algorithm == "direct" or (
+        plan.algorithm.startswith("winograd") and plan.variant in ("fused", "split")))
 
 
 @settings(max_examples=25)
@@ -121,26 +162,30 @@ def test_adaptive_avg_pool2d_equals_in_memory_bit_for_bit(data, dtype, size):
 
 
 def test_batch_blocks_are_the_in_memory_call_and_chunks_follow_the_stride():
+    """A block of images is the in-memory call on those images by the plan's
+    algorithm (im2col in memory, 4 output channels: direct here)."""
     x, w = arrays(5, np.float32, (5, 3, 12, 10), (4, 3, 3, 3))
     xd = da.from_array(x, chunks=(2, 3, 12, 10))
     y = fd.conv2d(xd, w, padding="same")
-    for n0, n1 in [(0, 2), (2, 4), (4, 5)]:     # each block: fastconv.conv2d on its images
-        np.testing.assert_array_equal(y[n0:n1].compute(), fastconv.conv2d(x[n0:n1], w,
-                                                                          padding="same"))
+    assert fastconv.plan("conv2d", x.shape, w.shape, padding="same").algorithm == "im2col"
+    assert fd.plan(xd, w, padding="same").algorithm == "direct"
+    for n0, n1 in [(0, 2), (2, 4), (4, 5)]:
+        np.testing.assert_array_equal(
+            y[n0:n1].compute(), fastconv.conv2d(x[n0:n1], w, padding="same", algorithm="direct"))
     spatial = da.from_array(x, chunks=(5, 3, (4, 4, 4), (5, 5)))
     assert fd.conv2d(spatial, w, padding="same").chunks[2:] == ((4, 4, 4), (5, 5))
     assert fd.conv2d(spatial, w, stride=2, padding=1).chunks[2:] == ((2, 2, 2), (3, 2))
     assert fd.max_pool2d(spatial, 2).chunks[2:] == ((2, 2, 2), (3, 2))
     # unbatched input, as fastconv.conv2d takes it
     np.testing.assert_array_equal(fd.conv2d(xd[0], w, padding=1).compute(),
-                                  fastconv.conv2d(x[0], w, padding=1))
+                                  fastconv.conv2d(x[0], w, padding=1, algorithm="direct"))
 
 
 def test_weight_enters_the_graph_once():
     """One task holds the weight; every block's task refers to it by key, and carries
     only a few ints of its own (distributed sends each task on its own)."""
     (w,) = arrays(7, np.float32, (64, 64, 3, 3))            # 147 KB
-    for chunks in [(1, 64, 6, 6), (2, 16, 3, 6)]:           # 8 blocks; 32 blocks, 4 partial sums
+    for chunks in [(1, 64, 6, 6), (2, 16, 3, 6)]:           # 8 blocks; 8, channels gathered
         x = da.ones((8, 64, 6, 6), chunks=chunks, dtype=np.float32)
         graph = dict(fd.conv2d(x, w, padding=1).__dask_graph__())
         sizes = sorted(len(cloudpickle.dumps(task)) for key, task in graph.items()
@@ -149,15 +194,60 @@ def test_weight_enters_the_graph_once():
             f"task sizes {sizes[-3:]} for a {w.nbytes}-byte weight"
 
 
-def test_channel_chunks_and_groups():
+def test_channel_chunks_are_gathered_or_summed_on_request():
     x, w, wg, b = arrays(8, np.float64, (2, 6, 9, 9), (5, 6, 3, 3), (6, 2, 3, 3), (5,))
     xd = da.from_array(x, chunks=(1, (1, 2, 3), 4, 5))
-    y = fd.conv2d(xd, w, b, stride=2, padding=1)           # partial sums over 3 chunks
-    assert y.chunks[1] == (5,)
-    assert_close(y.compute(), fastconv.conv2d(x, w, b, stride=2, padding=1), 1e-12)
-    yg = fd.conv2d(xd, wg, groups=3)                         # chunks rounded to whole groups
+    kw = dict(stride=2, padding=1)
+    # default: the 3 channel chunks gathered into one block, summed in the in-memory order
+    got, ran = ran_blocks(fd.conv2d(xd, w, b, **kw))
+    assert {r.geometry.C for r in ran} == {6}
+    np.testing.assert_array_equal(
+        got, fastconv.conv2d(x, w, b, **kw, algorithm=fd.plan(xd, w, **kw).algorithm))
+    # on request: a partial convolution per channel chunk, summed in a tree
+    tree = fd.conv2d(xd, w, b, **kw, split_channels=True)
+    assert tree.chunks[1] == (5,)
+    got, ran = ran_blocks(tree)
+    assert {r.geometry.C for r in ran} == {1, 2, 3}
+    assert_close(got, fastconv.conv2d(x, w, b, **kw), 1e-12)
+    # groups: chunks rounded to whole groups, each block convolving its own
+    yg = fd.conv2d(xd, wg, groups=3)
     assert sum(yg.chunks[1]) == 6 and all(c % 2 == 0 for c in yg.chunks[1])
-    assert_close(yg.compute(), fastconv.conv2d(x, wg, groups=3), 1e-12)
+    np.testing.assert_array_equal(
+        yg.compute(), fastconv.conv2d(x, wg, groups=3,
+                                      algorithm=fd.plan(xd, wg, groups=3).algorithm))
+    with pytest.raises(ValueError, match=r"split_channels=True .*needs groups=1, got groups=3"):
+        fd.conv2d(xd, wg, groups=3, split_channels=True)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "winograd_f4", "winograd_f2", "direct", "im2col"])
+def test_the_whole_arrays_plan_runs_in_every_block(algorithm):
+    """A layer ``auto`` runs by Winograd F(4x4) in memory (16 channels, 20 x 20), in
+    chunks of whole rows: every block runs the plan of the whole array, forced or not;
+    exactly the in-memory result but for a forced im2col (BLAS's rounding depends on
+    the GEMM's size)."""
+    x, w = arrays(13, np.float32, (2, 16, 20, 20), (16, 16, 3, 3))
+    xd = da.from_array(x, chunks=(1, 8, 7, 20))
+    plan = fd.plan(xd, w, padding=1, algorithm=algorithm)
+    assert plan.algorithm == ("winograd_f4" if algorithm == "auto" else algorithm)
+    y = fd.conv2d(xd, w, padding=1, algorithm=algorithm)
+    got, ran = ran_blocks(y)
+    assert len(ran) == np.prod(y.numblocks) > 1
+    assert {r.algorithm for r in ran} == {plan.algorithm}
+    want = fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
+    if algorithm == "im2col":
+        assert_close(got, want, tolerance(np.float32, "im2col"))
+    else:
+        np.testing.assert_array_equal(got, want)
+    if plan.algorithm.startswith("winograd"):       # whole rows, blocks of tile rows
+        assert {r.variant for r in ran} == {plan.variant} and len(y.chunks[3]) == 1
+        assert {r["block_rows"] for r in ran} == {plan["block_rows"]}
+    # chunked along W: auto runs direct (Winograd's blocks would be whole rows); a
+    # forced Winograd gathers bands of whole rows
+    columns = xd.rechunk({3: (9, 11)})
+    if algorithm in ("auto", "direct"):
+        assert fd.plan(columns, w, padding=1, algorithm=algorithm).algorithm == "direct"
+    elif algorithm != "im2col":
+        assert fd.conv2d(columns, w, padding=1, algorithm=algorithm).chunks[3] == (20,)
 
 
 def test_bad_input_names_the_problem():
@@ -178,10 +268,18 @@ def test_bad_input_names_the_problem():
 
 
 def test_conv2d_on_the_cluster(client):
-    x, w, b = arrays(10, np.float32, (3, 4, 16, 16), (6, 4, 3, 3), (6,))
-    y = fd.conv2d(da.from_array(x, chunks=(2, 2, 5, 7)), w, b, padding=1, stride=(1, 2))
-    got = client.compute(y).result()
-    assert_close(got, fastconv.conv2d(x, w, b, padding=1, stride=(1, 2)), 1e-5)
+    """On worker processes of one kernel thread each (the driver plans on 2): the
+    in-memory result bit for bit, by direct and by Winograd's fused path."""
+    x, w, b = arrays(10, np.float64, (3, 4, 16, 16), (6, 4, 3, 3), (6,))
+    xd = da.from_array(x, chunks=(2, 2, 5, 7))
+    kw = dict(padding=1, stride=(1, 2))
+    got = client.compute(fd.conv2d(xd, w, b, **kw)).result()
+    np.testing.assert_array_equal(got, fastconv.conv2d(x, w, b, **kw, algorithm="direct"))
+    x, w = arrays(14, np.float32, (2, 16, 20, 20), (16, 16, 3, 3))
+    xd = da.from_array(x, chunks=(1, 16, 9, 20))
+    assert fd.plan(xd, w, padding=1).algorithm == "winograd_f4"
+    got = client.compute(fd.conv2d(xd, w, padding=1)).result()
+    np.testing.assert_array_equal(got, fastconv.conv2d(x, w, padding=1))
 
 
 # -- prediction ------------------------------------------------------------------------------------

@@ -18,31 +18,58 @@ the kernel's extent; rows outside ``[0, H)`` are padding (the geometry of
    ``[0, H)`` is gathered by slicing (one slice per output chunk, concatenated and
    rechunked), so block ``i`` of the gathered array is exactly what output block ``i``
    reads; neighbouring blocks overlap by the halo.
-3. *Border.* A block pads what lies outside ``[0, H)`` itself, with zeros (``-inf``
-   for max pooling), and calls fastconv with ``padding=0``: it computes exactly the
-   windows of the in-memory call. Average pooling divides window sums by PyTorch's
-   divisor for each window's place in the whole image (the padding a block adds is
-   no padding to the kernel).
+3. *Border.* A block gets what lies outside ``[0, H)`` as padding: a convolution
+   block passes its own (top, bottom, left, right) padding to the kernel; a pooling
+   block pads itself, with zeros (``-inf`` for max pooling), and calls fastconv with
+   ``padding=0``: it computes exactly the windows of the in-memory call. Average
+   pooling divides window sums by PyTorch's divisor for each window's place in the
+   whole image (the padding a block adds is no padding to the kernel).
 
 An image in one chunk along both H and W skips all this: its blocks are the in-memory
 call with the caller's own arguments, on a part of the batch (and of the channels).
 
-Channels: with ``groups=1`` each channel chunk gives a partial convolution (all K
-outputs, from its slice of the weight); the partials are summed in a binary tree.
-With ``groups > 1`` the channel chunks are rechunked to whole groups (boundaries
-rounded to a multiple of C/groups), and each block convolves its groups alone.
+One plan for the whole array (convolution)
+-------------------------------------------
+``conv2d`` plans the call once, for the whole array (:func:`plan`), and every block
+runs that plan's algorithm with arithmetic per output pixel that does not depend on
+the block's size or place, so the result is the in-memory one bit for bit:
+
+- ``direct`` sums each output over (c, r, s) in one fixed order whatever the block's
+  shape (its variants differ in register blocking, not in the order), so its blocks
+  may be cut anywhere;
+- Winograd's fused path (``fused``, ``split``) multiplies a block of ``block_rows``
+  tile rows of one image, all ``tw`` tiles of a row, by one BLAS GEMM: a block is
+  given the whole array's ``block_rows`` and filter slices, every row of tiles (W in
+  one chunk), and H boundaries on multiples of ``m * block_rows`` outputs, so its
+  GEMMs are the in-memory ones, operand for operand;
+- im2col's GEMM and Winograd's unfused and streamed paths batch many pixels or tiles
+  into one BLAS call whose rounding depends on the batch (OpenBLAS's kernels are not
+  bitwise stable under a change of the matrix sizes), so ``algorithm="auto"`` runs
+  ``direct`` instead when the in-memory plan would be one of those, and also instead
+  of Winograd when the input is chunked along W (its blocks would be bands of whole
+  rows); forced (``algorithm="im2col"``), they run in the blocks, within tolerance.
+
+Channels: a convolution needs all the channels of a group in one block to sum them in
+the in-memory order, so the channel chunks are rechunked to one chunk
+(``groups=1``) or to whole groups (boundaries rounded to a multiple of C/groups; each
+block convolves its groups alone). With ``split_channels=True`` (``groups=1``) each
+channel chunk gives a partial convolution instead (all K outputs from its slice of
+the weight), summed in a binary tree: bounded memory for a large C, within tolerance.
 """
+import dataclasses
+
 import dask
 import dask.array as da
 import numpy as np
 
 import fastconv
 
+from .. import _config, _plan
 from .._geometry import (adaptive_output_size, avg_pool_args, check_dtype, conv_params, flag,
                          pool_params)
 from ..functional import _check_bias
 
-__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+__all__ = ["conv2d", "plan", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
 
 # -- input checks ----------------------------------------------------------------------
@@ -81,25 +108,33 @@ def _zeros(x, shape, dtype, unbatched):
 # -- splitting H and W -------------------------------------------------------------------
 
 
-def _axis_blocks(chunks, out, stride, pad, extent):
+def _axis_blocks(chunks, out, stride, pad, extent, align=1):
     """Output blocks along one axis: ``[(p0, p1, lo, hi)]``, outputs ``[p0, p1)`` reading
     input ``[lo, hi)`` (beyond ``[0, size)`` where they reach into the padding).
 
     Output boundaries are the input chunk boundaries ``b`` mapped to ``ceil(b / stride)``
-    (see the module docstring)."""
-    bounds = np.cumsum(chunks)[:-1]
-    cuts = sorted({0, out} | {min(out, -(-int(b) // stride)) for b in bounds})
+    (see the module docstring), rounded to the nearest multiple of ``align``; ``align``
+    None: one block."""
+    bounds = [] if align is None else np.cumsum(chunks)[:-1]
+    align = align or 1
+    cuts = sorted({0, out} | {min(out, (-(-int(b) // stride) + align // 2) // align * align)
+                              for b in bounds})
     return [(p0, p1, p0 * stride - pad, (p1 - 1) * stride - pad + extent)
             for p0, p1 in zip(cuts, cuts[1:])]
 
 
 def _inside(lo, hi, size):
-    """The part of ``[lo, hi)`` inside ``[0, size)`` (possibly empty), and the rows of
-    padding before and after it: ``(a, b), (before, after)``."""
+    """The part of ``[lo, hi)`` inside ``[0, size)``, the rows of padding before and after
+    it, and how many rows read to drop: ``(a, b), (before, after, drop)``. A range all in
+    the padding reads one row anyway, dropped (Dask drops empty chunks)."""
     a = min(max(lo, 0), size)
     b = max(min(hi, size), a)
     before = min(max(-lo, 0), hi - lo)
-    return (a, b), (before, hi - lo - before - (b - a))
+    after = hi - lo - before - (b - a)
+    if a == b:
+        a = min(a, size - 1)
+        return (a, a + 1), (before, after, 1)
+    return (a, b), (before, after, 0)
 
 
 def _gather(x, axis, ranges):
@@ -132,10 +167,17 @@ class _Tiling:
 
     def window(self, block, i, j, fill):
         """Block ``(i, j)`` of the gathered input with its border padding added."""
-        (t, b), (left, r) = self.pads[0][i], self.pads[1][j]
+        (t, b, dt), (left, r, dl) = self.pads[0][i], self.pads[1][j]
+        block = block[:, :, dt:, dl:]
         if t or b or left or r:
             block = np.pad(block, ((0, 0), (0, 0), (t, b), (left, r)), constant_values=fill)
         return block
+
+    def padding(self, i, j):
+        """The padding (top, bottom, left, right) block ``(i, j)`` adds at the image
+        border, or None when it reads no input row or column (a window of padding)."""
+        (t, b, dt), (left, r, dl) = self.pads[0][i], self.pads[1][j]
+        return None if dt or dl else (t, b, left, r)
 
 
 def _split(x, rows, cols):
@@ -170,9 +212,80 @@ def _group_chunks(chunks, size):
     return tuple(b - a for a, b in zip(cuts, cuts[1:]))
 
 
-def _conv_block(xb, params, *, tiling, partial, groups, kwargs, block_info=None):
+#: Winograd's tile size m, per algorithm
+_TILE = {"winograd_f2": 2, "winograd_f4": 4}
+
+
+def _exact(plan):
+    """Whether blocks can run ``plan`` with the whole array's arithmetic per output
+    pixel (see the module docstring): Numba's direct, and Winograd's fused paths."""
+    return plan.backend == "numba" and (
+        plan.algorithm == "direct"
+        or (plan.algorithm in _TILE and plan.variant in ("fused", "split")))
+
+
+def _whole_plan(p, dtype, algorithm, backend, w_chunks):
+    """The plan every block follows: the in-memory call's, or for ``auto``, where the
+    in-memory plan cannot be split exactly or is Winograd's and the input is chunked
+    along W (its blocks would be whole rows, larger than the input's chunks), direct's."""
+    whole = _plan.make("conv2d", p, dtype, algorithm, backend)
+    if algorithm == "auto" and (not _exact(whole) or (whole.algorithm in _TILE
+                                                      and len(w_chunks) > 1)):
+        try:
+            direct = _plan.make("conv2d", p, dtype, "direct", backend)
+        except ValueError:                   # backend="numpy": the reference only
+            return whole
+        if _exact(direct):
+            return direct
+    return whole
+
+
+def _bands(h_chunks, w_chunks, align):
+    """Chunks along H for bands of whole rows about as large as the input's largest
+    chunk (at least ``align`` rows), when W is gathered into one chunk."""
+    W = int(np.sum(w_chunks))
+    rows = max(align, max(h_chunks) * max(w_chunks) // W)
+    H = int(np.sum(h_chunks))
+    return (rows,) * (H // rows) + ((H % rows,) if H % rows else ())
+
+
+def _run_like(plan, x, w, bias, groups, stride, padding, dilation):
+    """``fastconv.conv2d`` of a block, by the whole array's ``plan`` (an exact one), with
+    ``padding`` as fastconv takes it or (top, bottom, left, right):
+    direct's own plan for the block (its order per pixel is the same in every variant),
+    or Winograd's with the whole array's blocking but the block's tile count."""
+    x = np.ascontiguousarray(x)
+    op = "fastconv.dask.conv2d"
+    if isinstance(padding, tuple) and len(padding) == 4:
+        # a block at the image border: its own padding, on any side (the kernels pad
+        # while laying out the input, so the block is not copied to pad it)
+        t, b, left, r = padding
+        padded = x.shape[:2] + (x.shape[2] + t + b, x.shape[3] + left + r)
+        pb = dataclasses.replace(conv_params(op, padded, w.shape, stride, 0, dilation, groups),
+                                 H=x.shape[2], W=x.shape[3], pad_top=t, pad_bottom=b,
+                                 pad_left=left, pad_right=r)
+    else:
+        pb = conv_params(op, x.shape, w.shape, stride, padding, dilation, groups)
+    if plan.algorithm == "direct":
+        run = _plan.make("conv2d", pb, x.dtype, "direct", plan.backend)
+    else:
+        m = _TILE[plan.algorithm]
+        blocking = tuple((k, (-(-pb.P // m), -(-pb.Q // m)) if k == "tiles" else v)
+                         for k, v in plan.blocking)
+        run = dataclasses.replace(plan, blocking=blocking, geometry=pb,
+                                  threads=_config.get_num_threads())
+    out = np.empty(pb.output_shape, x.dtype)
+    _plan.run(run, x, w, pb, out)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def _conv_block(xb, params, *, tiling, partial, groups, plan, exact, geometry,
+                block_info=None):
     """One output block: the convolution of input block ``xb`` with its channels'
-    weight (a partial sum over a channel slice when ``partial``, else its groups)."""
+    weight (a partial sum over a channel slice when ``partial``, else its groups), by
+    the whole array's ``plan`` (its algorithm and backend only, unless ``exact``)."""
     w, bias = params
     (c0, c1), i, j = _location(block_info)
     if partial:
@@ -182,10 +295,15 @@ def _conv_block(xb, params, *, tiling, partial, groups, kwargs, block_info=None)
         g0, g1 = c0 // Cg, c1 // Cg
         wb, g = w[g0 * Kg:g1 * Kg], g1 - g0
         bb = None if bias is None else bias[g0 * Kg:g1 * Kg]
-    if tiling.whole:
-        return fastconv.conv2d(xb, wb, bb, groups=g, **kwargs)
-    kwargs = dict(kwargs, padding=0)
-    return fastconv.conv2d(tiling.window(xb, i, j, 0), wb, bb, groups=g, **kwargs)
+    stride, padding, dilation = geometry
+    if exact and not tiling.whole and tiling.padding(i, j) is not None:
+        return _run_like(plan, xb, wb, bb, g, stride, tiling.padding(i, j), dilation)
+    if not tiling.whole:
+        xb, padding = tiling.window(xb, i, j, 0), 0
+    if exact:
+        return _run_like(plan, xb, wb, bb, g, stride, padding, dilation)
+    return fastconv.conv2d(xb, wb, bb, stride, padding, dilation, g,
+                           algorithm=plan.algorithm, backend=plan.backend)
 
 
 def _tree_sum(parts):
@@ -196,8 +314,48 @@ def _tree_sum(parts):
     return parts[0]
 
 
+def _conv_setup(op, input, weight, bias, stride, padding, dilation, groups, algorithm,
+                backend, split_channels):
+    """Validated ``(x, unbatched, w, bias, dtype, p, plan)`` of a conv2d call."""
+    x, unbatched = _input(op, input, "conv2d")
+    w = np.ascontiguousarray(weight)
+    dtype = check_dtype(op, input=np.empty(0, x.dtype), weight=w, bias=bias)
+    p = conv_params(op, x.shape, w.shape, stride, padding, dilation, groups)
+    bias = _check_bias(op, bias, p.K, dtype)
+    if flag(split_channels, "split_channels", op) and p.groups > 1:
+        raise ValueError(
+            f"{op}: split_channels=True sums partial convolutions over channel chunks, "
+            f"which needs groups=1, got groups={p.groups}; the channel chunks of a grouped "
+            f"convolution are rechunked to whole groups of {p.C // p.groups} channels "
+            f"(leave split_channels=False)")
+    plan = None if p.empty else _whole_plan(p, dtype, algorithm, backend, x.chunks[3])
+    return x, unbatched, w, bias, dtype, p, plan
+
+
+def plan(input, weight, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto",
+         backend="auto"):
+    """The plan every block of :func:`conv2d` with these arguments follows, planned once
+    for the whole array (a :class:`fastconv.Plan`; None for an empty result).
+
+    It is the plan of the in-memory ``fastconv.conv2d`` call on the whole array, except
+    with ``algorithm="auto"`` where that plan's arithmetic depends on the block
+    (im2col's GEMM, Winograd's unfused and streamed paths) or where it is Winograd's
+    and ``input`` is chunked along W (Winograd's blocks are bands of whole rows): then
+    it is ``direct``'s. It depends on the input's chunks along W only.
+    ``fastconv.conv2d(x, weight, ..., algorithm=plan.algorithm)`` is then
+    ``conv2d``'s result bit for bit (see ``docs/dask.md`` for when).
+
+    >>> import numpy as np, dask.array as da, fastconv.dask as fd
+    >>> x = da.ones((1, 3, 64, 64), chunks=(1, 3, 16, 16), dtype=np.float64)
+    >>> fd.plan(x, np.ones((8, 3, 3, 3)), padding=1).algorithm
+    'direct'
+    """
+    return _conv_setup("fastconv.dask.plan", input, weight, None, stride, padding, dilation,
+                       groups, algorithm, backend, False)[-1]
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", backend="auto"):
+           algorithm="auto", backend="auto", split_channels=False):
     """2-D convolution of a Dask array, as :func:`fastconv.conv2d`, lazily and by blocks.
 
     Parameters
@@ -209,13 +367,22 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     bias : ndarray, shape (K,), optional
     stride, padding, dilation, groups, algorithm, backend
         As in :func:`fastconv.conv2d` (validated there, for the whole array).
+    split_channels : bool
+        False (default): the channel chunks are rechunked to one chunk (``groups=1``)
+        or to whole groups, so each output sums its channels in the in-memory order.
+        True (``groups=1`` only): each channel chunk gives a partial convolution and
+        the partials are summed in a binary tree; memory bounded by the channel chunk,
+        result within float tolerance, not bit for bit.
 
     Returns
     -------
     dask.array.Array, shape (N, K, P, Q) (or (K, P, Q)), the input's dtype
-        Chunks: the input's along N; one chunk along K; along P and Q the input's
-        chunk boundaries divided by the stride (rounded up), so a 'same' convolution
-        keeps the input's chunks.
+        Chunks: the input's along N; along K one chunk, or with groups one per block
+        of whole groups; along P and Q the input's chunk boundaries divided by the
+        stride (rounded up), so a 'same' convolution keeps the input's chunks. When the
+        plan is Winograd's: one chunk along Q, and boundaries along P on multiples of
+        ``m * block_rows`` (for an input chunked along W, bands of whole rows of about
+        the bytes of its largest chunk).
 
     Shape
     -----
@@ -223,13 +390,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
     Notes
     -----
-    Each output block reads its own input rows and columns plus the halo the kernel
-    needs, however many input chunks that spans; blocks at the image border pad
-    themselves with zeros. The result equals ``fastconv.conv2d`` on the whole array up
-    to the float rounding of the kernel chosen per block shape (the tolerance table
-    of the tests), and of the pairwise sum over channel chunks when C is chunked and
-    ``groups=1``. With ``groups > 1`` the channel chunks are first rechunked to whole
-    groups. See ``docs/dask.md``.
+    The call is planned once for the whole array (:func:`plan`), and every block runs
+    that plan. Each output block reads its own input rows and columns plus the halo the
+    kernel needs, however many input chunks that spans; blocks at the image border pad
+    themselves with zeros. With ``algorithm="auto"`` (or ``"direct"``, or a Winograd
+    algorithm whose whole-array plan is its fused path) the result is
+    ``fastconv.conv2d(x, weight, ..., algorithm=plan(...).algorithm)`` bit for bit, for
+    any chunking; that is the plain in-memory ``fastconv.conv2d`` call whenever its own
+    plan is direct's or Winograd's fused path. A forced im2col (or Winograd's unfused
+    path) and ``split_channels=True`` are within float tolerance. See ``docs/dask.md``.
 
     Examples
     --------
@@ -242,19 +411,24 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     (8.0, 18.0)
     """
     op = "fastconv.dask.conv2d"
-    x, unbatched = _input(op, input, "conv2d")
-    w = np.ascontiguousarray(weight)
-    dtype = check_dtype(op, input=np.empty(0, x.dtype), weight=w, bias=bias)
-    p = conv_params(op, x.shape, w.shape, stride, padding, dilation, groups)
-    bias = _check_bias(op, bias, p.K, dtype)
+    x, unbatched, w, bias, dtype, p, whole = _conv_setup(
+        op, input, weight, bias, stride, padding, dilation, groups, algorithm, backend,
+        split_channels)
     if p.empty:
         return _zeros(x, p.output_shape, dtype, unbatched)
-    rows = _axis_blocks(x.chunks[2], p.P, p.stride_h, p.pad_top, p.dil_h * (p.R - 1) + 1)
-    cols = _axis_blocks(x.chunks[3], p.Q, p.stride_w, p.pad_left, p.dil_w * (p.S - 1) + 1)
+    exact = _exact(whole)
+    align_h, align_w, h_chunks = 1, 1, x.chunks[2]
+    if exact and whole.algorithm in _TILE:
+        # the fused path's GEMMs: whole rows of tiles, blocks of block_rows tile rows
+        align_h, align_w = _TILE[whole.algorithm] * whole["block_rows"], None
+        if len(x.chunks[3]) > 1:
+            h_chunks = _bands(x.chunks[2], x.chunks[3], align_h)
+    rows = _axis_blocks(h_chunks, p.P, p.stride_h, p.pad_top, p.dil_h * (p.R - 1) + 1,
+                        align_h)
+    cols = _axis_blocks(x.chunks[3], p.Q, p.stride_w, p.pad_left, p.dil_w * (p.S - 1) + 1,
+                        align_w)
     xg, tiling = _split(x, rows, cols)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, algorithm=algorithm,
-                  backend=backend)
-    partial = p.groups == 1 and len(xg.chunks[1]) > 1
+    partial = bool(split_channels) and len(xg.chunks[1]) > 1
     # one key holds the weight (and the bias): Dask sends it to each worker once
     params = dask.delayed((w, None if partial else bias), traverse=False)
     if partial:
@@ -263,9 +437,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         xg = xg.rechunk({1: _group_chunks(xg.chunks[1], p.C // p.groups)})
         k_chunks = tuple(c // (p.C // p.groups) * (p.K // p.groups) for c in xg.chunks[1])
     y = xg.map_blocks(
-        _conv_block, params, tiling=tiling, partial=partial,
-        groups=p.groups, kwargs=kwargs, chunks=(xg.chunks[0], k_chunks) + tiling.out_chunks,
-        dtype=dtype, meta=_meta(dtype))
+        _conv_block, params, tiling=tiling, partial=partial, groups=p.groups, plan=whole,
+        exact=exact and not partial, geometry=(stride, padding, dilation),
+        chunks=(xg.chunks[0], k_chunks) + tiling.out_chunks, dtype=dtype, meta=_meta(dtype))
     if partial:
         y = _tree_sum([y[:, k * p.K:(k + 1) * p.K] for k in range(len(k_chunks))])
         if bias is not None:
