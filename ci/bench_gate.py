@@ -4,24 +4,27 @@ What it measures. A few small *cases*, each one kernel of the registry (an op, a
 algorithm, a backend) on one layer, plus one small network. Each case is timed
 interleaved with an *anchor*, a fixed run of fastconv's FMA probe (pure arithmetic,
 independent of which BLAS loads), and scored as the median over rounds of
-``time(case) / time(anchor)``: the *normalised time*. Machine speed and background
-load scale both, so the score moves little when only the machine's state changes.
-Within one process the score repeats to 1-2%; between processes it does not always
-(direct's kernels ran 1.4-1.8x slower in some processes, all calls alike, on the Intel
-Xeon where this was written), so each measurement takes the best of several fresh
-processes (``--processes``). Cases run on one thread by default: on shared 2-core
-runners a second thread mostly measures the neighbours (thread scaling is what
-``fastconv bench`` is for).
+``time(case) / time(anchor)``: the *normalised time*. Times are the process's CPU time
+(``time.process_time``), not wall time: on a shared machine wall time also counts the
+slices other processes had the cores. Machine speed scales case and anchor alike, so
+the score moves little when only the machine's state changes. Within one process the
+score repeats to 1-4%; between processes it does not always (under a neighbour's load
+memory-bound cases ran up to 2x slower in some processes, all calls alike, while the
+anchor did not; direct's kernels ran 1.4-1.8x slower in some processes on an Intel
+Xeon), so each measurement takes the best of several fresh processes
+(``--processes``). Cases run on one thread by default: on shared 2-core runners a second
+thread mostly measures the neighbours (thread scaling is what ``fastconv bench`` is for).
 
 How it decides. Baselines are kept per CPU model in ``ci/baselines/<slug>.json`` (slug:
 ``fastconv.bench.cpu_slug()``, the model name plus LLVM's core name). A case is
 *suspect* when its score exceeds the baseline's by more than the threshold (default
 20%), widened by the two scores' standard errors (by at most ``--noise-cap``, 5 points:
 a 25% slowdown is always suspect).
-A suspect case is measured again from scratch, in new processes, up to ``--retries``
-times; it fails only when every measurement is over the allowance (load spikes and
-unlucky processes do not survive the second look; a real slowdown does). With no
-baseline for this CPU the gate records one (best of 3 processes), passes, and says so.
+A suspect case is measured again from scratch, in new processes, after a pause, up to
+``--retries`` (3) times, keeping its best score; it fails only when that is still over
+the allowance (load spikes and unlucky processes do not survive a second look; a real
+slowdown does). With no baseline for this CPU (or one timed on wall time) the gate
+records one (best of 5 processes), passes, and says so.
 
     python ci/bench_gate.py check                      # measure, compare with ci/baselines/<slug>.json
     python ci/bench_gate.py check --update-baseline    # measure and record the baseline
@@ -33,8 +36,9 @@ baseline for this CPU the gate records one (best of 3 processes), passes, and sa
 Test hook. ``FASTCONV_GATE_SLOWDOWN="PATTERN:FACTOR[,PATTERN:FACTOR]"`` makes the
 gate's own timing harness slower for the matching cases (and only there: fastconv
 never reads it): after each call it spins for ``(FACTOR - 1)`` times the call's
-duration. PATTERN is an fnmatch pattern on the case name or on its kernel
-``op/algorithm/backend``, e.g. ``FASTCONV_GATE_SLOWDOWN=conv2d/direct/numba:1.3``.
+CPU time (so the case's measured time grows by FACTOR, whatever the load). PATTERN is
+an fnmatch pattern on the case name or on its kernel ``op/algorithm/backend``, e.g.
+``FASTCONV_GATE_SLOWDOWN=conv2d/direct/numba:1.3``.
 
 Every command writes a Markdown report (``--report PATH``; also appended to
 ``$GITHUB_STEP_SUMMARY`` when that is set) naming each case's kernel, its old and new
@@ -68,8 +72,15 @@ DEFAULT_THRESHOLD = 0.20
 DEFAULT_NOISE_CAP = 0.05
 DEFAULT_ROUNDS = 15
 DEFAULT_MIN_TIME = 0.01      # seconds each timing repeats its call for
-BASELINE_PROCESSES = 3       # fresh processes a recorded baseline takes the best of
+BASELINE_PROCESSES = 5       # fresh processes a recorded baseline takes the best of
+#: what the gate times with: the process's CPU time, not wall time. On a shared machine
+#: wall time counts the slices other processes had the cores (scores of one case moved
+#: 1.5-3x between processes under a load of 4 on 2 cores); CPU time does not.
+CLOCK = time.process_time
+CLOCK_NAME = "process_time"
 CHECK_PROCESSES = 3          # ... and a check, and each re-measurement of a suspect
+DEFAULT_RETRIES = 3          # re-measurements of a suspect before it fails
+RETRY_PAUSE = 10.0           # seconds before each (a neighbour's burst of load may pass)
 
 
 @dataclass(frozen=True)
@@ -133,15 +144,17 @@ def slowdown_factor(case, table=None):
 
 
 def _slowed(fn, factor):
-    """``fn``, followed by a spin of ``factor - 1`` times its duration."""
+    """``fn``, followed by a spin of ``factor - 1`` times its duration, both read on the
+    gate's clock (CPU time): the measured time of the call grows by ``factor`` exactly,
+    whatever else the machine runs."""
     if factor == 1.0:
         return fn
 
     def run():
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        end = time.perf_counter() + (factor - 1) * (time.perf_counter() - t0)
-        while time.perf_counter() < end:
+        end = CLOCK() + (factor - 1) * (CLOCK() - t0)
+        while CLOCK() < end:
             pass
     return run
 
@@ -215,7 +228,7 @@ def measure(cases=None, rounds=DEFAULT_ROUNDS, min_time=DEFAULT_MIN_TIME, seed=0
         fn, plan = case_fn(case, seed)
         factor = slowdown_factor(case, table)
         t = interleaved({"case": _slowed(fn, factor), "anchor": anchor}, rounds=rounds,
-                        warmup=2, min_time=min_time, warmup_time=0.1)
+                        warmup=2, min_time=min_time, warmup_time=0.1, clock=CLOCK)
         ratios = t["case"] / t["anchor"]
         scores[case.name] = dict(score=float(np.median(ratios)), spread=standard_error(ratios),
                                  kernel=case.kernel, plan=plan,
@@ -231,7 +244,7 @@ def record(scores, threads, rounds, min_time, **extra):
     return dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 slug=bench.cpu_slug(), machine=bench.machine_info(), versions=bench.versions(),
                 git=bench.git_commit(), threads=threads,
-                settings=dict(rounds=rounds, min_time=min_time,
+                settings=dict(rounds=rounds, min_time=min_time, clock=CLOCK_NAME,
                               anchor_iterations=ANCHOR_ITERATIONS),
                 hook=os.environ.get(SLOWDOWN_ENV) or None, scores=scores, **extra)
 
@@ -248,6 +261,16 @@ def best_of(measurements):
     return out
 
 
+def _worker_env():
+    """The environment of a measuring process: this one's, with the directory this
+    process imported fastconv from first on the path (the same fastconv is measured)."""
+    env = dict(os.environ)
+    root = str(Path(fastconv.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    return env
+
+
 def measure_fresh(cases, processes, rounds=DEFAULT_ROUNDS, min_time=DEFAULT_MIN_TIME,
                   seed=0, threads=1):
     """:func:`measure` in ``processes`` fresh Python processes, one after the other (the
@@ -257,7 +280,7 @@ def measure_fresh(cases, processes, rounds=DEFAULT_ROUNDS, min_time=DEFAULT_MIN_
         cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", "--threads", str(threads),
                "--rounds", str(rounds), "--min-time", str(min_time), "--seed", str(seed + i),
                "--cases", *[c.name for c in cases]]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
         if done.returncode != 0:
             raise SystemExit(f"bench_gate: a measuring process failed:\n{done.stderr}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -412,6 +435,11 @@ def check(args):
               f"{bench.cpu_slug()}) at {path}: recording one; the gate passes", file=sys.stderr)
         return _baseline_record(args, cases, threads, "no baseline for this CPU yet")
     baseline = json.loads(path.read_text())
+    if baseline.get("settings", {}).get("clock", "perf_counter") != CLOCK_NAME:
+        print(f"bench_gate: {path} was timed on another clock: recording a new baseline; "
+              f"the gate passes", file=sys.stderr)
+        return _baseline_record(args, cases, threads, "the baseline was timed on another "
+                                "clock (wall time); this gate times CPU time")
     if baseline.get("threads") not in (None, threads):
         raise SystemExit(f"bench_gate: {path} was recorded on {baseline['threads']} thread(s), "
                          f"this run uses {threads}: pass --threads {baseline['threads']} or "
@@ -425,6 +453,7 @@ def check(args):
         suspects = [r["name"] for r in rows if r["verdict"] == "SLOWER"]
         if not suspects:
             break
+        time.sleep(getattr(args, "retry_pause", RETRY_PAUSE))
         print(f"bench_gate: re-measuring {len(suspects)} suspect case(s) in fresh processes: "
               f"{', '.join(suspects)}", file=sys.stderr)
         again = measure_fresh([c for c in cases if c.name in suspects], processes,
@@ -519,6 +548,7 @@ def selftest(args):
                          args.threshold, args.noise_cap)
             rc_check = check(argparse.Namespace(baseline=str(base), baselines_dir=None,
                                                 update_baseline=False, retries=args.retries,
+                                                retry_pause=args.retry_pause,
                                                 report=str(report), out=None, **common))
             text = report.read_text()
     finally:
@@ -544,9 +574,13 @@ def main(argv=None):
                      "BASELINES_DIR/<cpu slug>.json)")
     chk.add_argument("--baselines-dir", default=str(BASELINES))
     chk.add_argument("--update-baseline", action="store_true",
-                     help="record the baseline from this run (best of 3 processes)")
-    chk.add_argument("--retries", type=int, default=1,
-                     help="re-measurements of a suspect case before it fails (default 1)")
+                     help=f"record the baseline from this run (best of {BASELINE_PROCESSES} "
+                          f"processes)")
+    chk.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                     help=f"re-measurements of a suspect case before it fails (default "
+                          f"{DEFAULT_RETRIES})")
+    chk.add_argument("--retry-pause", type=float, default=RETRY_PAUSE,
+                     help=f"seconds to wait before each re-measurement (default {RETRY_PAUSE:g})")
     chk.add_argument("--out", help="also write this run's scores here")
     r = sub.add_parser("run", help="measure and write the scores")
     r.add_argument("--out", required=True)
@@ -558,6 +592,7 @@ def main(argv=None):
     st.add_argument("--control", default="max_pool_fwd_direct")
     st.add_argument("--factor", type=float, default=1.3)
     st.add_argument("--retries", type=int, default=1)
+    st.add_argument("--retry-pause", type=float, default=0.0)
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
     w.add_argument("--seed", type=int, default=0)
     for p in (chk, r, st, w):
