@@ -79,6 +79,11 @@ BASELINE_PROCESSES = 5       # fresh processes a recorded baseline takes the bes
 CLOCK = time.process_time
 CLOCK_NAME = "process_time"
 CHECK_PROCESSES = 3          # ... and a check, and each re-measurement of a suspect
+#: a case's change is also judged against the median change of the others, when there
+#: are at least this many (a neighbour's load slows the memory-bound cases together) ...
+MIN_PEERS = 4
+#: ... unless that median itself is over 1 + this: then every case counts in full
+DEFAULT_GLOBAL_THRESHOLD = 0.5
 DEFAULT_RETRIES = 3          # re-measurements of a suspect before it fails
 RETRY_PAUSE = 10.0           # seconds before each (a neighbour's burst of load may pass)
 
@@ -301,25 +306,40 @@ def allowance(new, old, threshold, noise_cap=None):
     return 1 + threshold + min(cap, new.get("spread", 0.0) + old.get("spread", 0.0))
 
 
-def judge(results, baseline, threshold=DEFAULT_THRESHOLD, noise_cap=None):
-    """One row per case of either file: name, kernel, old and new score, change, allowed
-    ratio and verdict (``ok``, ``SLOWER``, ``new``: not in the baseline, ``missing``:
-    not measured now)."""
+def judge(results, baseline, threshold=DEFAULT_THRESHOLD, noise_cap=None,
+          global_threshold=DEFAULT_GLOBAL_THRESHOLD):
+    """One row per case of either file: name, kernel, old and new score, change, the
+    others' median change (``common``), allowed ratio and verdict (``ok``, ``SLOWER``,
+    ``new``: not in the baseline, ``missing``: not measured now).
+
+    A case is SLOWER when its change exceeds the allowance both by itself and divided by
+    ``common``, the median change of the other cases (when there are at least
+    MIN_PEERS of them and it is above 1): a neighbour's load slows every memory-bound
+    case together, a regression slows its own kernel. A slowdown of every case together
+    counts in full once their median change exceeds ``1 + global_threshold``."""
     new_s, old_s = _scores(results), _scores(baseline)
+    changes = {n: new_s[n]["score"] / old_s[n]["score"] for n in new_s if n in old_s}
+    overall = float(np.median(list(changes.values()))) if changes else 1.0
     rows = []
     for name in list(dict.fromkeys(list(old_s) + list(new_s))):
         new, old = new_s.get(name), old_s.get(name)
         row = dict(name=name, kernel=(new or old).get("kernel", name),
                    plan=(new or old).get("plan"), old=old and old["score"],
-                   new=new and new["score"], change=None, allowed=None)
+                   new=new and new["score"], change=None, common=None, allowed=None)
         if new is None:
             row["verdict"] = "missing"
         elif old is None:
             row["verdict"] = "new"
         else:
-            row["change"] = new["score"] / old["score"]
+            peers = [c for n, c in changes.items() if n != name]
+            common = max(1.0, float(np.median(peers))) if len(peers) >= MIN_PEERS else 1.0
+            row["change"] = changes[name]
+            row["common"] = common
             row["allowed"] = allowance(new, old, threshold, noise_cap)
-            row["verdict"] = "SLOWER" if row["change"] > row["allowed"] else "ok"
+            over = row["change"] > row["allowed"]
+            alone = row["change"] / common > row["allowed"]
+            everything = overall > 1 + global_threshold
+            row["verdict"] = "SLOWER" if over and (alone or everything) else "ok"
         rows.append(row)
     return rows
 
@@ -333,7 +353,7 @@ def compare(results, baseline, tolerance=DEFAULT_THRESHOLD, noise_cap=None):
         if row["change"] is None:
             continue
         print(f"{row['name']:30s} {row['old']:9.3f} -> {row['new']:9.3f}  x{row['change']:5.2f} "
-              f"(allowed x{row['allowed']:4.2f})  {row['verdict']}")
+              f"(others x{row['common']:4.2f}, allowed x{row['allowed']:4.2f})  {row['verdict']}")
         if row["verdict"] == "SLOWER":
             slow.append(row["name"])
     return slow
@@ -348,8 +368,8 @@ def markdown(rows, title, notes=(), remeasured=None):
     and new normalised time and the change."""
     remeasured = remeasured or {}
     lines = [f"## {title}", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["| case | kernel | baseline | new | change | allowed | verdict |",
-              "|---|---|---:|---:|---:|---:|---|"]
+    lines += ["| case | kernel | baseline | new | change | others | allowed | verdict |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         old = "" if r["old"] is None else f"{r['old']:.3f}"
         new = "" if r["new"] is None else f"{r['new']:.3f}"
@@ -360,10 +380,13 @@ def markdown(rows, title, notes=(), remeasured=None):
         if r["verdict"] == "SLOWER":
             verdict = f"**{verdict}**"
         lines.append(f"| {r['name']} | `{r['kernel']}` | {old} | {new} | {_pct(r['change'])} "
-                     f"| {_pct(r['allowed'])} | {verdict} |")
+                     f"| {_pct(r['common'])} | {_pct(r['allowed'])} | {verdict} |")
     lines.append("")
-    lines.append("Normalised time: the case's time / the FMA probe's time, median over "
-                 "interleaved rounds (lower is faster). Plans: "
+    lines.append("Normalised time: the case's CPU time / the FMA probe's, median over "
+                 "interleaved rounds (lower is faster). Others: the median change of the "
+                 "other cases; a case fails when its change is over the allowance both by "
+                 "itself and divided by that (unless all cases together are slower by more "
+                 "than the global threshold). Plans: "
                  + "; ".join(f"{r['name']}: `{r['plan']}`" for r in rows if r.get("plan")))
     return "\n".join(lines) + "\n"
 
@@ -447,7 +470,7 @@ def check(args):
     processes = args.processes or CHECK_PROCESSES
     scores = measure_fresh(cases, processes, args.rounds, args.min_time, threads=threads)
     results = record(scores, threads, args.rounds, args.min_time)
-    rows = judge(results, baseline, args.threshold, args.noise_cap)
+    rows = judge(results, baseline, args.threshold, args.noise_cap, args.global_threshold)
     remeasured = {}
     for attempt in range(args.retries):
         suspects = [r["name"] for r in rows if r["verdict"] == "SLOWER"]
@@ -464,7 +487,7 @@ def check(args):
             prev = scores[name]
             scores[name] = dict(min((prev, new), key=lambda e: e["score"]),
                                 measurements=prev["measurements"] + new["measurements"])
-        rows = judge(results, baseline, args.threshold, args.noise_cap)
+        rows = judge(results, baseline, args.threshold, args.noise_cap, args.global_threshold)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     failed = [r for r in rows if r["verdict"] == "SLOWER"]
@@ -476,8 +499,10 @@ def check(args):
              f"baseline: {path} (recorded {baseline.get('created')}, commit "
              f"{(b.get('commit') or 'unknown')[:12]})",
              f"threshold: {100 * args.threshold:.0f}% (widened by the scores' standard errors, "
-             f"by at most {100 * args.noise_cap:.0f} points); each score the best of {processes} fresh processes; suspects "
-             f"re-measured up to {args.retries} time(s), failing only if still over"]
+             f"by at most {100 * args.noise_cap:.0f} points), also against the other cases' "
+             f"median change unless that is over {100 * args.global_threshold:.0f}%; each "
+             f"score the best of {processes} fresh processes; suspects re-measured up to "
+             f"{args.retries} time(s), failing only if still over"]
     if results["hook"]:
         notes.append(f"test hook {SLOWDOWN_ENV}={results['hook']} is set")
     _emit(markdown(rows, title, notes, remeasured), args.report)
@@ -492,7 +517,7 @@ def compare_files(args):
     """Judge a results file against a baseline file; report; 1 when a case is slower."""
     new = json.loads(Path(args.results).read_text())
     old = json.loads(Path(args.baseline).read_text())
-    rows = judge(new, old, args.threshold, args.noise_cap)
+    rows = judge(new, old, args.threshold, args.noise_cap, args.global_threshold)
     failed = [r for r in rows if r["verdict"] == "SLOWER"]
     title = ("fastconv performance gate: FAILED: " + ", ".join(
         f"`{r['kernel']}` ({r['name']}) {_pct(r['change'])}" for r in failed)
@@ -532,7 +557,8 @@ def selftest(args):
     names = [target.name, control.name]
     hook = f"{target.kernel}:{args.factor}"
     common = dict(cases=names, rounds=args.rounds, min_time=args.min_time,
-                  processes=args.processes, threshold=args.threshold, noise_cap=args.noise_cap)
+                  processes=args.processes, threshold=args.threshold, noise_cap=args.noise_cap,
+                  global_threshold=args.global_threshold)
     old_env = os.environ.pop(SLOWDOWN_ENV, None)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -543,9 +569,11 @@ def selftest(args):
             run(argparse.Namespace(out=str(slow), **common))
             rc_files = compare_files(argparse.Namespace(results=str(slow), baseline=str(base),
                                                         threshold=args.threshold,
-                                                        noise_cap=args.noise_cap, report=None))
+                                                        noise_cap=args.noise_cap,
+                                                        global_threshold=args.global_threshold,
+                                                        report=None))
             rows = judge(json.loads(slow.read_text()), json.loads(base.read_text()),
-                         args.threshold, args.noise_cap)
+                         args.threshold, args.noise_cap, args.global_threshold)
             rc_check = check(argparse.Namespace(baseline=str(base), baselines_dir=None,
                                                 update_baseline=False, retries=args.retries,
                                                 retry_pause=args.retry_pause,
@@ -609,6 +637,10 @@ def main(argv=None):
     for p in (chk, cmp_, st):
         p.add_argument("--threshold", "--tolerance", type=float, default=DEFAULT_THRESHOLD,
                        help="allowed slowdown as a fraction (default 0.20)")
+        p.add_argument("--global-threshold", type=float, default=DEFAULT_GLOBAL_THRESHOLD,
+                       help="a slowdown of every case together (their median change) fails "
+                            "in full beyond this fraction (default 0.5); below it each case "
+                            "is also judged against the others' median change")
         p.add_argument("--noise-cap", type=float, default=DEFAULT_NOISE_CAP,
                        help="the most the scores' standard errors widen the threshold by "
                             "(default 0.05)")
