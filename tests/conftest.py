@@ -37,6 +37,23 @@ def _profile():
     return current() if current else os.environ.get("HYPOTHESIS_PROFILE", "default")
 
 
+_chosen = []
+
+
+def pytest_configure(config):
+    _chosen.append(_profile())      # after --hypothesis-profile has loaded its choice
+
+
+@pytest.fixture(autouse=True)
+def _keep_hypothesis_profile():
+    """Every test ends under the profile chosen for the run: PyTorch's test helpers
+    (imported by test_opinfo.py's OpInfo database) load their own Hypothesis profile
+    (``pytorch_ci`` under CI: 200 ms deadlines) when imported."""
+    yield
+    if _chosen and _profile() != _chosen[0]:
+        settings.load_profile(_chosen[0])
+
+
 def pytest_addoption(parser):
     parser.addoption("--property-tests-only", action="store_true",
                      help="run only the Hypothesis (property) tests of the files given")
