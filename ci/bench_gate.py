@@ -4,24 +4,27 @@ What it measures. A few small *cases*, each one kernel of the registry (an op, a
 algorithm, a backend) on one layer, plus one small network. Each case is timed
 interleaved with an *anchor*, a fixed run of fastconv's FMA probe (pure arithmetic,
 independent of which BLAS loads), and scored as the median over rounds of
-``time(case) / time(anchor)``: the *normalised time*. Machine speed and background
-load scale both, so the score moves little when only the machine's state changes.
-Within one process the score repeats to 1-2%; between processes it does not always
-(direct's kernels ran 1.4-1.8x slower in some processes, all calls alike, on the Intel
-Xeon where this was written), so each measurement takes the best of several fresh
-processes (``--processes``). Cases run on one thread by default: on shared 2-core
-runners a second thread mostly measures the neighbours (thread scaling is what
-``fastconv bench`` is for).
+``time(case) / time(anchor)``: the *normalised time*. Times are the process's CPU time
+(``time.process_time``), not wall time: on a shared machine wall time also counts the
+slices other processes had the cores. Machine speed scales case and anchor alike, so
+the score moves little when only the machine's state changes. Within one process the
+score repeats to 1-4%; between processes it does not always (under a neighbour's load
+memory-bound cases ran up to 2x slower in some processes, all calls alike, while the
+anchor did not; direct's kernels ran 1.4-1.8x slower in some processes on an Intel
+Xeon), so each measurement takes the best of several fresh processes
+(``--processes``). Cases run on one thread by default: on shared 2-core runners a second
+thread mostly measures the neighbours (thread scaling is what ``fastconv bench`` is for).
 
 How it decides. Baselines are kept per CPU model in ``ci/baselines/<slug>.json`` (slug:
 ``fastconv.bench.cpu_slug()``, the model name plus LLVM's core name). A case is
 *suspect* when its score exceeds the baseline's by more than the threshold (default
 20%), widened by the two scores' standard errors (by at most ``--noise-cap``, 5 points:
 a 25% slowdown is always suspect).
-A suspect case is measured again from scratch, in new processes, up to ``--retries``
-times; it fails only when every measurement is over the allowance (load spikes and
-unlucky processes do not survive the second look; a real slowdown does). With no
-baseline for this CPU the gate records one (best of 3 processes), passes, and says so.
+A suspect case is measured again from scratch, in new processes, after a pause, up to
+``--retries`` (3) times, keeping its best score; it fails only when that is still over
+the allowance (load spikes and unlucky processes do not survive a second look; a real
+slowdown does). With no baseline for this CPU (or one timed on wall time) the gate
+records one (best of 5 processes), passes, and says so.
 
     python ci/bench_gate.py check                      # measure, compare with ci/baselines/<slug>.json
     python ci/bench_gate.py check --update-baseline    # measure and record the baseline
@@ -33,8 +36,9 @@ baseline for this CPU the gate records one (best of 3 processes), passes, and sa
 Test hook. ``FASTCONV_GATE_SLOWDOWN="PATTERN:FACTOR[,PATTERN:FACTOR]"`` makes the
 gate's own timing harness slower for the matching cases (and only there: fastconv
 never reads it): after each call it spins for ``(FACTOR - 1)`` times the call's
-duration. PATTERN is an fnmatch pattern on the case name or on its kernel
-``op/algorithm/backend``, e.g. ``FASTCONV_GATE_SLOWDOWN=conv2d/direct/numba:1.3``.
+CPU time (so the case's measured time grows by FACTOR, whatever the load). PATTERN is
+an fnmatch pattern on the case name or on its kernel ``op/algorithm/backend``, e.g.
+``FASTCONV_GATE_SLOWDOWN=conv2d/direct/numba:1.3``.
 
 Every command writes a Markdown report (``--report PATH``; also appended to
 ``$GITHUB_STEP_SUMMARY`` when that is set) naming each case's kernel, its old and new
@@ -68,8 +72,20 @@ DEFAULT_THRESHOLD = 0.20
 DEFAULT_NOISE_CAP = 0.05
 DEFAULT_ROUNDS = 15
 DEFAULT_MIN_TIME = 0.01      # seconds each timing repeats its call for
-BASELINE_PROCESSES = 3       # fresh processes a recorded baseline takes the best of
+BASELINE_PROCESSES = 5       # fresh processes a recorded baseline takes the best of
+#: what the gate times with: the process's CPU time, not wall time. On a shared machine
+#: wall time counts the slices other processes had the cores (scores of one case moved
+#: 1.5-3x between processes under a load of 4 on 2 cores); CPU time does not.
+CLOCK = time.process_time
+CLOCK_NAME = "process_time"
 CHECK_PROCESSES = 3          # ... and a check, and each re-measurement of a suspect
+#: a case's change is also judged against the median change of the others, when there
+#: are at least this many (a neighbour's load slows the memory-bound cases together) ...
+MIN_PEERS = 4
+#: ... unless that median itself is over 1 + this: then every case counts in full
+DEFAULT_GLOBAL_THRESHOLD = 0.5
+DEFAULT_RETRIES = 3          # re-measurements of a suspect before it fails
+RETRY_PAUSE = 10.0           # seconds before each (a neighbour's burst of load may pass)
 
 
 @dataclass(frozen=True)
@@ -133,15 +149,17 @@ def slowdown_factor(case, table=None):
 
 
 def _slowed(fn, factor):
-    """``fn``, followed by a spin of ``factor - 1`` times its duration."""
+    """``fn``, followed by a spin of ``factor - 1`` times its duration, both read on the
+    gate's clock (CPU time): the measured time of the call grows by ``factor`` exactly,
+    whatever else the machine runs."""
     if factor == 1.0:
         return fn
 
     def run():
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        end = time.perf_counter() + (factor - 1) * (time.perf_counter() - t0)
-        while time.perf_counter() < end:
+        end = CLOCK() + (factor - 1) * (CLOCK() - t0)
+        while CLOCK() < end:
             pass
     return run
 
@@ -215,7 +233,7 @@ def measure(cases=None, rounds=DEFAULT_ROUNDS, min_time=DEFAULT_MIN_TIME, seed=0
         fn, plan = case_fn(case, seed)
         factor = slowdown_factor(case, table)
         t = interleaved({"case": _slowed(fn, factor), "anchor": anchor}, rounds=rounds,
-                        warmup=2, min_time=min_time, warmup_time=0.1)
+                        warmup=2, min_time=min_time, warmup_time=0.1, clock=CLOCK)
         ratios = t["case"] / t["anchor"]
         scores[case.name] = dict(score=float(np.median(ratios)), spread=standard_error(ratios),
                                  kernel=case.kernel, plan=plan,
@@ -231,7 +249,7 @@ def record(scores, threads, rounds, min_time, **extra):
     return dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 slug=bench.cpu_slug(), machine=bench.machine_info(), versions=bench.versions(),
                 git=bench.git_commit(), threads=threads,
-                settings=dict(rounds=rounds, min_time=min_time,
+                settings=dict(rounds=rounds, min_time=min_time, clock=CLOCK_NAME,
                               anchor_iterations=ANCHOR_ITERATIONS),
                 hook=os.environ.get(SLOWDOWN_ENV) or None, scores=scores, **extra)
 
@@ -248,6 +266,16 @@ def best_of(measurements):
     return out
 
 
+def _worker_env():
+    """The environment of a measuring process: this one's, with the directory this
+    process imported fastconv from first on the path (the same fastconv is measured)."""
+    env = dict(os.environ)
+    root = str(Path(fastconv.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    return env
+
+
 def measure_fresh(cases, processes, rounds=DEFAULT_ROUNDS, min_time=DEFAULT_MIN_TIME,
                   seed=0, threads=1):
     """:func:`measure` in ``processes`` fresh Python processes, one after the other (the
@@ -257,7 +285,7 @@ def measure_fresh(cases, processes, rounds=DEFAULT_ROUNDS, min_time=DEFAULT_MIN_
         cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", "--threads", str(threads),
                "--rounds", str(rounds), "--min-time", str(min_time), "--seed", str(seed + i),
                "--cases", *[c.name for c in cases]]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
         if done.returncode != 0:
             raise SystemExit(f"bench_gate: a measuring process failed:\n{done.stderr}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -278,25 +306,40 @@ def allowance(new, old, threshold, noise_cap=None):
     return 1 + threshold + min(cap, new.get("spread", 0.0) + old.get("spread", 0.0))
 
 
-def judge(results, baseline, threshold=DEFAULT_THRESHOLD, noise_cap=None):
-    """One row per case of either file: name, kernel, old and new score, change, allowed
-    ratio and verdict (``ok``, ``SLOWER``, ``new``: not in the baseline, ``missing``:
-    not measured now)."""
+def judge(results, baseline, threshold=DEFAULT_THRESHOLD, noise_cap=None,
+          global_threshold=DEFAULT_GLOBAL_THRESHOLD):
+    """One row per case of either file: name, kernel, old and new score, change, the
+    others' median change (``common``), allowed ratio and verdict (``ok``, ``SLOWER``,
+    ``new``: not in the baseline, ``missing``: not measured now).
+
+    A case is SLOWER when its change exceeds the allowance both by itself and divided by
+    ``common``, the median change of the other cases (when there are at least
+    MIN_PEERS of them and it is above 1): a neighbour's load slows every memory-bound
+    case together, a regression slows its own kernel. A slowdown of every case together
+    counts in full once their median change exceeds ``1 + global_threshold``."""
     new_s, old_s = _scores(results), _scores(baseline)
+    changes = {n: new_s[n]["score"] / old_s[n]["score"] for n in new_s if n in old_s}
+    overall = float(np.median(list(changes.values()))) if changes else 1.0
     rows = []
     for name in list(dict.fromkeys(list(old_s) + list(new_s))):
         new, old = new_s.get(name), old_s.get(name)
         row = dict(name=name, kernel=(new or old).get("kernel", name),
                    plan=(new or old).get("plan"), old=old and old["score"],
-                   new=new and new["score"], change=None, allowed=None)
+                   new=new and new["score"], change=None, common=None, allowed=None)
         if new is None:
             row["verdict"] = "missing"
         elif old is None:
             row["verdict"] = "new"
         else:
-            row["change"] = new["score"] / old["score"]
+            peers = [c for n, c in changes.items() if n != name]
+            common = max(1.0, float(np.median(peers))) if len(peers) >= MIN_PEERS else 1.0
+            row["change"] = changes[name]
+            row["common"] = common
             row["allowed"] = allowance(new, old, threshold, noise_cap)
-            row["verdict"] = "SLOWER" if row["change"] > row["allowed"] else "ok"
+            over = row["change"] > row["allowed"]
+            alone = row["change"] / common > row["allowed"]
+            everything = overall > 1 + global_threshold
+            row["verdict"] = "SLOWER" if over and (alone or everything) else "ok"
         rows.append(row)
     return rows
 
@@ -310,7 +353,7 @@ def compare(results, baseline, tolerance=DEFAULT_THRESHOLD, noise_cap=None):
         if row["change"] is None:
             continue
         print(f"{row['name']:30s} {row['old']:9.3f} -> {row['new']:9.3f}  x{row['change']:5.2f} "
-              f"(allowed x{row['allowed']:4.2f})  {row['verdict']}")
+              f"(others x{row['common']:4.2f}, allowed x{row['allowed']:4.2f})  {row['verdict']}")
         if row["verdict"] == "SLOWER":
             slow.append(row["name"])
     return slow
@@ -325,8 +368,8 @@ def markdown(rows, title, notes=(), remeasured=None):
     and new normalised time and the change."""
     remeasured = remeasured or {}
     lines = [f"## {title}", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["| case | kernel | baseline | new | change | allowed | verdict |",
-              "|---|---|---:|---:|---:|---:|---|"]
+    lines += ["| case | kernel | baseline | new | change | others | allowed | verdict |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         old = "" if r["old"] is None else f"{r['old']:.3f}"
         new = "" if r["new"] is None else f"{r['new']:.3f}"
@@ -337,10 +380,13 @@ def markdown(rows, title, notes=(), remeasured=None):
         if r["verdict"] == "SLOWER":
             verdict = f"**{verdict}**"
         lines.append(f"| {r['name']} | `{r['kernel']}` | {old} | {new} | {_pct(r['change'])} "
-                     f"| {_pct(r['allowed'])} | {verdict} |")
+                     f"| {_pct(r['common'])} | {_pct(r['allowed'])} | {verdict} |")
     lines.append("")
-    lines.append("Normalised time: the case's time / the FMA probe's time, median over "
-                 "interleaved rounds (lower is faster). Plans: "
+    lines.append("Normalised time: the case's CPU time / the FMA probe's, median over "
+                 "interleaved rounds (lower is faster). Others: the median change of the "
+                 "other cases; a case fails when its change is over the allowance both by "
+                 "itself and divided by that (unless all cases together are slower by more "
+                 "than the global threshold). Plans: "
                  + "; ".join(f"{r['name']}: `{r['plan']}`" for r in rows if r.get("plan")))
     return "\n".join(lines) + "\n"
 
@@ -412,6 +458,11 @@ def check(args):
               f"{bench.cpu_slug()}) at {path}: recording one; the gate passes", file=sys.stderr)
         return _baseline_record(args, cases, threads, "no baseline for this CPU yet")
     baseline = json.loads(path.read_text())
+    if baseline.get("settings", {}).get("clock", "perf_counter") != CLOCK_NAME:
+        print(f"bench_gate: {path} was timed on another clock: recording a new baseline; "
+              f"the gate passes", file=sys.stderr)
+        return _baseline_record(args, cases, threads, "the baseline was timed on another "
+                                "clock (wall time); this gate times CPU time")
     if baseline.get("threads") not in (None, threads):
         raise SystemExit(f"bench_gate: {path} was recorded on {baseline['threads']} thread(s), "
                          f"this run uses {threads}: pass --threads {baseline['threads']} or "
@@ -419,12 +470,13 @@ def check(args):
     processes = args.processes or CHECK_PROCESSES
     scores = measure_fresh(cases, processes, args.rounds, args.min_time, threads=threads)
     results = record(scores, threads, args.rounds, args.min_time)
-    rows = judge(results, baseline, args.threshold, args.noise_cap)
+    rows = judge(results, baseline, args.threshold, args.noise_cap, args.global_threshold)
     remeasured = {}
     for attempt in range(args.retries):
         suspects = [r["name"] for r in rows if r["verdict"] == "SLOWER"]
         if not suspects:
             break
+        time.sleep(getattr(args, "retry_pause", RETRY_PAUSE))
         print(f"bench_gate: re-measuring {len(suspects)} suspect case(s) in fresh processes: "
               f"{', '.join(suspects)}", file=sys.stderr)
         again = measure_fresh([c for c in cases if c.name in suspects], processes,
@@ -435,7 +487,7 @@ def check(args):
             prev = scores[name]
             scores[name] = dict(min((prev, new), key=lambda e: e["score"]),
                                 measurements=prev["measurements"] + new["measurements"])
-        rows = judge(results, baseline, args.threshold, args.noise_cap)
+        rows = judge(results, baseline, args.threshold, args.noise_cap, args.global_threshold)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     failed = [r for r in rows if r["verdict"] == "SLOWER"]
@@ -447,8 +499,10 @@ def check(args):
              f"baseline: {path} (recorded {baseline.get('created')}, commit "
              f"{(b.get('commit') or 'unknown')[:12]})",
              f"threshold: {100 * args.threshold:.0f}% (widened by the scores' standard errors, "
-             f"by at most {100 * args.noise_cap:.0f} points); each score the best of {processes} fresh processes; suspects "
-             f"re-measured up to {args.retries} time(s), failing only if still over"]
+             f"by at most {100 * args.noise_cap:.0f} points), also against the other cases' "
+             f"median change unless that is over {100 * args.global_threshold:.0f}%; each "
+             f"score the best of {processes} fresh processes; suspects re-measured up to "
+             f"{args.retries} time(s), failing only if still over"]
     if results["hook"]:
         notes.append(f"test hook {SLOWDOWN_ENV}={results['hook']} is set")
     _emit(markdown(rows, title, notes, remeasured), args.report)
@@ -463,7 +517,7 @@ def compare_files(args):
     """Judge a results file against a baseline file; report; 1 when a case is slower."""
     new = json.loads(Path(args.results).read_text())
     old = json.loads(Path(args.baseline).read_text())
-    rows = judge(new, old, args.threshold, args.noise_cap)
+    rows = judge(new, old, args.threshold, args.noise_cap, args.global_threshold)
     failed = [r for r in rows if r["verdict"] == "SLOWER"]
     title = ("fastconv performance gate: FAILED: " + ", ".join(
         f"`{r['kernel']}` ({r['name']}) {_pct(r['change'])}" for r in failed)
@@ -503,7 +557,8 @@ def selftest(args):
     names = [target.name, control.name]
     hook = f"{target.kernel}:{args.factor}"
     common = dict(cases=names, rounds=args.rounds, min_time=args.min_time,
-                  processes=args.processes, threshold=args.threshold, noise_cap=args.noise_cap)
+                  processes=args.processes, threshold=args.threshold, noise_cap=args.noise_cap,
+                  global_threshold=args.global_threshold)
     old_env = os.environ.pop(SLOWDOWN_ENV, None)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -514,11 +569,14 @@ def selftest(args):
             run(argparse.Namespace(out=str(slow), **common))
             rc_files = compare_files(argparse.Namespace(results=str(slow), baseline=str(base),
                                                         threshold=args.threshold,
-                                                        noise_cap=args.noise_cap, report=None))
+                                                        noise_cap=args.noise_cap,
+                                                        global_threshold=args.global_threshold,
+                                                        report=None))
             rows = judge(json.loads(slow.read_text()), json.loads(base.read_text()),
-                         args.threshold, args.noise_cap)
+                         args.threshold, args.noise_cap, args.global_threshold)
             rc_check = check(argparse.Namespace(baseline=str(base), baselines_dir=None,
                                                 update_baseline=False, retries=args.retries,
+                                                retry_pause=args.retry_pause,
                                                 report=str(report), out=None, **common))
             text = report.read_text()
     finally:
@@ -544,9 +602,13 @@ def main(argv=None):
                      "BASELINES_DIR/<cpu slug>.json)")
     chk.add_argument("--baselines-dir", default=str(BASELINES))
     chk.add_argument("--update-baseline", action="store_true",
-                     help="record the baseline from this run (best of 3 processes)")
-    chk.add_argument("--retries", type=int, default=1,
-                     help="re-measurements of a suspect case before it fails (default 1)")
+                     help=f"record the baseline from this run (best of {BASELINE_PROCESSES} "
+                          f"processes)")
+    chk.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                     help=f"re-measurements of a suspect case before it fails (default "
+                          f"{DEFAULT_RETRIES})")
+    chk.add_argument("--retry-pause", type=float, default=RETRY_PAUSE,
+                     help=f"seconds to wait before each re-measurement (default {RETRY_PAUSE:g})")
     chk.add_argument("--out", help="also write this run's scores here")
     r = sub.add_parser("run", help="measure and write the scores")
     r.add_argument("--out", required=True)
@@ -558,6 +620,7 @@ def main(argv=None):
     st.add_argument("--control", default="max_pool_fwd_direct")
     st.add_argument("--factor", type=float, default=1.3)
     st.add_argument("--retries", type=int, default=1)
+    st.add_argument("--retry-pause", type=float, default=0.0)
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
     w.add_argument("--seed", type=int, default=0)
     for p in (chk, r, st, w):
@@ -574,6 +637,10 @@ def main(argv=None):
     for p in (chk, cmp_, st):
         p.add_argument("--threshold", "--tolerance", type=float, default=DEFAULT_THRESHOLD,
                        help="allowed slowdown as a fraction (default 0.20)")
+        p.add_argument("--global-threshold", type=float, default=DEFAULT_GLOBAL_THRESHOLD,
+                       help="a slowdown of every case together (their median change) fails "
+                            "in full beyond this fraction (default 0.5); below it each case "
+                            "is also judged against the others' median change")
         p.add_argument("--noise-cap", type=float, default=DEFAULT_NOISE_CAP,
                        help="the most the scores' standard errors widen the threshold by "
                             "(default 0.05)")

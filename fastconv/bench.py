@@ -76,7 +76,8 @@ def layer(name):
     raise ValueError(f"unknown layer {name!r}; known: {', '.join(e.name for e in LAYERS + ODD_LAYERS)}")
 
 
-def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0):
+def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0,
+                clock=time.perf_counter):
     """Time each callable in ``contenders`` (a dict name -> fn) ``rounds`` times,
     interleaved in rotating order; return dict name -> array of seconds.
 
@@ -84,7 +85,9 @@ def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0):
     passed (the first calls of a shape run slow for a while here: fresh workspace
     pages, threads waking, caches). With ``min_time``, each timing repeats its call
     until that many seconds have passed and reports the mean per call (for calls much
-    shorter than the timer's resolution or the scheduler's noise)."""
+    shorter than the timer's resolution or the scheduler's noise). ``clock``: what the
+    timings read (default wall time; ``time.process_time``, the process's CPU time,
+    leaves out the time other processes had the cores, see ci/bench_gate.py)."""
     names = list(contenders)
     t0 = time.perf_counter()
     done = 0
@@ -97,11 +100,11 @@ def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             fn, calls = contenders[name], 0
-            t0 = time.perf_counter()
+            t0 = clock()
             while True:
                 fn()
                 calls += 1
-                elapsed = time.perf_counter() - t0
+                elapsed = clock() - t0
                 if elapsed >= min_time:
                     break
             times[name].append(elapsed / calls)

@@ -2,6 +2,8 @@
 valid geometries, and one checker that compares every output of an op with the
 reference."""
 import contextlib
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -19,13 +21,143 @@ os.environ.setdefault("FASTCONV_VECTOR_REGISTERS", "32")
 import fastconv  # noqa: E402
 from fastconv import _dispatch, _plan, _tuning  # noqa: E402
 
-# -- Hypothesis: one profile, derandomised in CI ------------------------------------------
+# -- Hypothesis: profiles, and a count of the examples each run executed ------------------
+# ``default``: each test's own number of examples, derandomised in CI. ``ci-boundscheck``:
+# derandomised, at most BOUNDED_EXAMPLES examples per test whatever the test asks for
+# (the cheap second pass CI runs with bounds-checked kernels, .ci/run). Choose one with
+# ``--hypothesis-profile NAME`` or ``HYPOTHESIS_PROFILE=NAME``.
 
-settings.register_profile(
-    "default", deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=bool(os.environ.get("CI")))
-settings.load_profile("default")
+_COMMON = dict(deadline=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: the most examples a test runs under a bounded profile: {profile: cap}
+BOUNDED_EXAMPLES = {"ci-boundscheck": 10}
+settings.register_profile("default", derandomize=bool(os.environ.get("CI")), **_COMMON)
+settings.register_profile("ci-boundscheck", derandomize=True,
+                          max_examples=BOUNDED_EXAMPLES["ci-boundscheck"], **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def _profile():
+    """The Hypothesis profile in use (``--hypothesis-profile`` loads after this file)."""
+    current = getattr(settings, "get_current_profile_name", None)
+    return current() if current else os.environ.get("HYPOTHESIS_PROFILE", "default")
+
+
+_chosen = []
+
+
+def pytest_configure(config):
+    _chosen.append(_profile())      # after --hypothesis-profile has loaded its choice
+
+
+@pytest.fixture(autouse=True)
+def _keep_hypothesis_profile():
+    """Every test ends under the profile chosen for the run: PyTorch's test helpers
+    (imported by test_opinfo.py's OpInfo database) load their own Hypothesis profile
+    (``pytorch_ci`` under CI: 200 ms deadlines) when imported."""
+    yield
+    if _chosen and _profile() != _chosen[0]:
+        settings.load_profile(_chosen[0])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--property-tests-only", action="store_true",
+                     help="run only the Hypothesis (property) tests of the files given")
+
+
+#: examples run per Hypothesis test (``file::function``)
+_examples = {}
+
+
+def _counting(fn, key):
+    """Count the calls Hypothesis makes of a test's body (its ``inner_test``, which
+    Hypothesis documents as replaceable): one per example, shrinking included."""
+    inner = fn.hypothesis.inner_test
+    if getattr(inner, "_fastconv_counted", False):
+        return
+
+    def counted(*args, **kwargs):
+        _examples[key] = _examples.get(key, 0) + 1
+        return inner(*args, **kwargs)
+
+    counted._fastconv_counted = True
+    functools.update_wrapper(counted, inner)
+    fn.hypothesis.inner_test = counted
+
+
+def pytest_collection_modifyitems(config, items):
+    """Count examples; under a bounded profile cap each test's examples (a test's own
+    ``@settings(max_examples=...)`` wins over a profile otherwise); with
+    ``--property-tests-only`` deselect the tests that are not Hypothesis tests."""
+    cap = BOUNDED_EXAMPLES.get(_profile())
+    keep, drop = [], []
+    for item in items:
+        fn = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+        if not getattr(fn, "is_hypothesis_test", False):
+            (drop if config.getoption("--property-tests-only") else keep).append(item)
+            continue
+        keep.append(item)
+        _counting(fn, f"{item.path.name}::{fn.__name__}")
+        if cap is not None:
+            own = fn._hypothesis_internal_use_settings    # read by Hypothesis at each call
+            if own.max_examples > cap:
+                fn._hypothesis_internal_use_settings = settings(own, max_examples=cap)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def _boundschecks():
+    """``{backend: whether its kernels run with bounds checks}`` in this process."""
+    from fastconv.kernels import cython as cy
+    from fastconv.kernels.numba import _jit
+    state = {"numba": _jit.BOUNDSCHECK}
+    if cy.available() is None:
+        state["cython"] = cy.boundscheck()
+    return state
+
+
+def pytest_report_header(config):
+    return "bounds-checked kernels: " + ", ".join(
+        f"{backend} {'yes' if on else 'no'}" for backend, on in _boundschecks().items())
+
+
+def pytest_sessionstart(session):
+    """``FASTCONV_REQUIRE_BOUNDSCHECK=numba,cython`` (.ci/run's second pass): stop at once
+    unless those backends' kernels run with bounds checks."""
+    wanted = [b for b in os.environ.get("FASTCONV_REQUIRE_BOUNDSCHECK", "").split(",") if b]
+    state = _boundschecks()
+    missing = [b for b in wanted if not state.get(b)]
+    if missing:
+        raise pytest.UsageError(
+            f"FASTCONV_REQUIRE_BOUNDSCHECK={','.join(wanted)}: the kernels of "
+            f"{', '.join(missing)} run without bounds checks here ({state}); set "
+            f"NUMBA_BOUNDSCHECK=1 / build with FASTCONV_CYTHON_BOUNDSCHECK=1")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """How many examples the property tests ran, per file and in all; also written as
+    JSON to ``$FASTCONV_CASE_COUNTS`` when set (.ci/run reports it)."""
+    per_file = {}
+    for key, n in _examples.items():
+        name = key.split("::")[0]
+        tests, examples = per_file.get(name, (0, 0))
+        per_file[name] = (tests + 1, examples + n)
+    stats = terminalreporter.stats
+    ran = sum(len(stats.get(k, [])) for k in ("passed", "failed", "xfailed", "xpassed"))
+    total = sum(_examples.values())
+    tr = terminalreporter
+    tr.section("examples run (Hypothesis)")
+    tr.write_line(f"profile {_profile()}: {total} examples in {len(_examples)} property "
+                  f"tests; {ran} tests run in all")
+    for name, (tests, examples) in sorted(per_file.items()):
+        tr.write_line(f"  {name}: {examples} examples in {tests} tests")
+    out = os.environ.get("FASTCONV_CASE_COUNTS")
+    if out:
+        Path(out).write_text(json.dumps(dict(
+            profile=_profile(), examples=total, property_tests=len(_examples), tests_run=ran,
+            per_file={k: dict(tests=t, examples=e) for k, (t, e) in per_file.items()},
+            per_test=_examples), indent=1) + "\n")
 
 
 @pytest.fixture(autouse=True)

@@ -142,6 +142,14 @@ class _WithBlas:
         return getattr(self.loader, name)
 
 
+def boundscheck():
+    """Whether the kernel modules were compiled with bounds checks (a
+    ``FASTCONV_CYTHON_BOUNDSCHECK=1`` build, for tests): asked of the compiled code
+    itself, which raises IndexError for an index past a view's end only when checked."""
+    return all(importlib.import_module(f"{__name__}.{m}")._boundscheck_on()
+               for m in ("im2col", "pool"))
+
+
 def _blas_threads():
     """The im2col module loads SciPy's BLAS: put its thread count in step with a
     ``fastconv.set_num_threads`` made before it was loaded."""

@@ -1,0 +1,200 @@
+"""``fastconv bench`` (table, JSON, PNG) and the regression gate (ci/bench_gate.py): a
+kernel made 30% slower fails, named, through the test hook and from two JSON files; a
+CPU without a baseline records one and passes.
+
+Nothing here asserts a speed. The gate's own measurements run (in fresh processes) only
+where the test needs them, on two cases, so they take seconds."""
+import dataclasses
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastconv import bench, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+GATE = ROOT / "ci" / "bench_gate.py"
+
+spec = importlib.util.spec_from_file_location("bench_gate", GATE)
+gate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gate)
+
+#: the case the hook slows, and a control case that must pass beside it (both cheap)
+TARGET, CONTROL = "conv_fwd_winograd_f2_cifar", "avg_pool_bwd_direct"
+
+
+def _png_size(path):
+    """(width, height) from a PNG's IHDR chunk; fails unless the file is a PNG."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_bench_quick_table_json_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (the plot extra)")
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    # --quick with its network, cut to one small layer, two contenders and one round
+    rc = cli.main(["bench", "--quick", "--layers", "cifar_3x3", "--algorithms", "auto",
+                   "im2col", "--backends", "numba", "--rounds", "1", "--min-time", "0",
+                   "--no-progress", "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "GFLOP/s" in printed and "%peak" in printed
+    assert "cifar_3x3" in printed and "mnist" in printed and "im2col/numba" in printed
+
+    rec = json.loads(out.read_text())
+    m = rec["machine"]
+    assert m["cpu_model"] == bench.cpu_model() and m["llvm_cpu"] == bench.llvm_cpu()
+    assert m["vector_features"] and m["logical_cores"] >= 1 and m["usable_cores"] >= 1
+    assert rec["versions"]["fastconv"] and rec["versions"]["numpy"] and rec["versions"]["numba"]
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        assert rec["git"]["commit"] == head
+    kinds = {(r["kind"], r["case"], r["algorithm"]) for r in rec["results"]}
+    assert {("layer", "cifar_3x3", "auto"), ("layer", "cifar_3x3", "im2col"),
+            ("network", "mnist", "auto")} <= kinds
+    for r in rec["results"]:
+        assert r["median_s"] > 0 and r["gflops"] > 0 and r["percent_of_peak"] > 0
+    width, height = _png_size(png)
+    assert width > 100 and height > 100
+
+
+# -- the gate: two JSON files ---------------------------------------------------------------
+
+
+def _record(scores, spread=0.01):
+    """A gate results file's content with the given {case: score}."""
+    kernels = {c.name: c.kernel for c in gate.CASES}
+    return gate.record({name: dict(score=s, spread=spread, kernel=kernels[name], plan=None)
+                        for name, s in scores.items()}, threads=1, rounds=15, min_time=0.01)
+
+
+BASE = {"conv_fwd_direct_res3": 4.0, "conv_fwd_im2col_res4": 2.0, "max_pool_fwd_direct": 3.0}
+
+
+@pytest.mark.parametrize("how", ["library", "command"])
+def test_gate_fails_naming_the_kernel_30_percent_slower_from_two_json_files(tmp_path, how,
+                                                                           capsys):
+    slower = dict(BASE, conv_fwd_direct_res3=BASE["conv_fwd_direct_res3"] * 1.3,
+                  max_pool_fwd_direct=BASE["max_pool_fwd_direct"] * 1.1)   # noise: passes
+    new, old, report = tmp_path / "new.json", tmp_path / "old.json", tmp_path / "gate.md"
+    new.write_text(json.dumps(_record(slower)))
+    old.write_text(json.dumps(_record(BASE)))
+    args = ["compare", str(new), str(old), "--report", str(report)]
+    if how == "library":
+        rc, err = gate.main(args), capsys.readouterr().err
+    else:
+        done = subprocess.run([sys.executable, str(GATE), *args], capture_output=True,
+                              text=True, cwd=ROOT, env=_env())
+        rc, err = done.returncode, done.stderr
+    assert rc == 1
+    title = report.read_text().splitlines()[0]
+    assert "FAILED" in title and "`conv2d/direct/numba`" in title and "+30.0%" in title
+    assert "max_pool" not in title and "im2col" not in title
+    assert "conv2d/direct/numba (conv_fwd_direct_res3) +30.0%" in err
+    rows = {line.split("|")[1].strip(): line for line in report.read_text().splitlines()
+            if line.startswith("| ") and "case" not in line}
+    assert "**SLOWER**" in rows["conv_fwd_direct_res3"] and "4.000" in rows["conv_fwd_direct_res3"]
+    assert "| ok |" in rows["max_pool_fwd_direct"] and "+10.0%" in rows["max_pool_fwd_direct"]
+    # the same files within the threshold pass
+    new.write_text(json.dumps(_record(dict(BASE, conv_fwd_direct_res3=4.0 * 1.15))))
+    assert gate.main(args) == 0
+    assert report.read_text().startswith("## fastconv performance gate: passed")
+
+
+# -- the gate: the test hook, and a CPU without a baseline ------------------------------------
+
+
+def _env(**extra):
+    """This environment, with this tree's fastconv first on the path and no hook."""
+    env = {k: v for k, v in os.environ.items() if k != gate.SLOWDOWN_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get(
+        "PYTHONPATH", "").split(os.pathsep) if p])
+    env.update(extra)
+    return env
+
+
+def _gate(*args, **env):
+    """ci/bench_gate.py on the two cases, 7 rounds per measurement (seconds, not minutes)."""
+    return subprocess.run([sys.executable, str(GATE), *args, "--rounds", "7",
+                           "--cases", TARGET, CONTROL],
+                          capture_output=True, text=True, cwd=ROOT, env=_env(**env),
+                          timeout=900)
+
+
+def test_the_hook_scales_a_call_by_its_factor_on_the_gates_clock():
+    calls = []
+    slowed = gate._slowed(lambda: calls.append(sum(range(20_000))), 1.3)
+    ratios = []
+    for _ in range(5):
+        t0 = gate.CLOCK()
+        for _ in range(20):
+            calls.append(sum(range(20_000)))
+        plain = gate.CLOCK() - t0
+        t0 = gate.CLOCK()
+        for _ in range(20):
+            slowed()
+        ratios.append((gate.CLOCK() - t0) / plain)
+    assert len(calls) == 200
+    assert sorted(ratios)[2] > 1.2              # the spin adds 30% of each call's time
+    table = gate.slowdowns("conv2d/direct/numba:1.3, *pool*:1.1")
+    by_name = {c.name: gate.slowdown_factor(c, table) for c in gate.CASES}
+    assert by_name["conv_fwd_direct_res3"] == 1.3 and by_name["max_pool_fwd_direct"] == 1.1
+    assert by_name["conv_fwd_im2col_res4"] == 1.0
+    with pytest.raises(ValueError, match="PATTERN:FACTOR"):
+        gate.slowdowns("conv2d/direct/numba")
+
+
+def test_gate_fails_naming_the_kernel_made_30_percent_slower_by_the_hook(tmp_path,
+                                                                         monkeypatch):
+    """The hook, set in the environment, slows one kernel's timings by 30%; the gate's
+    measurements of it and of the same kernel without the hook, taken in this one
+    process alternately (so the machine's state, which moves scores between processes
+    on a loaded machine, is shared), make a results file and a baseline that fail,
+    naming the kernel, while a control case passes."""
+    target = next(c for c in gate.CASES if c.name == TARGET)
+    control = next(c for c in gate.CASES if c.name == CONTROL)
+    hooked = dataclasses.replace(target, name=TARGET + "_hooked")
+    monkeypatch.setenv(gate.SLOWDOWN_ENV, f"{hooked.name}:1.3")
+    assert gate.slowdown_factor(hooked) == 1.3 and gate.slowdown_factor(target) == 1.0
+    runs = [gate.measure(order, rounds=9)
+            for order in ([target, hooked, control], [hooked, target, control]) * 2]
+    assert all(r[hooked.name]["slowdown_hook"] == 1.3 and "slowdown_hook" not in r[TARGET]
+               for r in runs)
+    best = gate.best_of(runs)
+    old = dict(_record({}), scores={TARGET: best[TARGET], CONTROL: best[CONTROL]})
+    new = dict(_record({}), scores={TARGET: best[hooked.name], CONTROL: best[CONTROL]})
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    report = tmp_path / "gate.md"
+    assert gate.main(["compare", str(tmp_path / "new.json"), str(tmp_path / "old.json"),
+                      "--noise-cap", "0", "--report", str(report)]) == 1
+    title = report.read_text().splitlines()[0]
+    assert "FAILED" in title and f"`{target.kernel}` ({TARGET})" in title and CONTROL not in title
+
+
+def test_a_cpu_without_a_baseline_records_one_and_passes(tmp_path):
+    report = tmp_path / "gate.md"
+    done = _gate("check", "--baselines-dir", str(tmp_path), "--processes", "1",
+                 "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    assert "no baseline for this CPU" in done.stderr
+    recorded = tmp_path / f"{bench.cpu_slug()}.json"
+    rec = json.loads(recorded.read_text())
+    assert rec["slug"] == bench.cpu_slug() and set(rec["scores"]) == {TARGET, CONTROL}
+    assert rec["settings"]["clock"] == gate.CLOCK_NAME
+    assert all(s["score"] > 0 for s in rec["scores"].values())
+    title = report.read_text().splitlines()[0]
+    assert "baseline recorded (no baseline for this CPU yet), passed" in title
+    # the next run on this CPU is judged against it
+    done = _gate("check", "--baselines-dir", str(tmp_path), "--processes", "1",
+                 "--report", str(report), "--retries", "0")
+    assert "no baseline" not in done.stderr
+    assert str(recorded) in report.read_text()
