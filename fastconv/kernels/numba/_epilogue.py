@@ -7,41 +7,62 @@ from ._jit import jit
 
 @jit(inline="always")
 def put(of, o, v, k, bias, rf, act):
-    """of[o] = v (output element o, channel k) with the epilogue (stores of int
-    constants cast to of's dtype; comparisons keep NaN)."""
+    """of[o] = v (output element o, channel k) with the epilogue."""
+    zero, six = of.dtype.type(0), of.dtype.type(6)
     if bias.size:
         v += bias[k]
     if rf.size:
         v += rf[o]
-    if act != 0 and v < 0:
-        of[o] = 0
-    elif act == 2 and v > 6:
-        of[o] = 6
-    else:
-        of[o] = v
+    if act != 0:
+        v = zero if v < zero else v                # selects, no branches; NaN stays
+    if act == 2:
+        v = six if v > six else v
+    of[o] = v
 
 
 @jit(inline="always")
 def run(of, o, n, k, bias, rf, act):
-    """of[o:o + n] (channel k), just stored, with the epilogue applied in place."""
-    if bias.size:
-        b = bias[k]
-        for i in range(n):
-            of[o + i] += b
+    """of[o:o + n] (channel k), just stored, with the epilogue applied in place: one
+    loop, with or without the residual, the activation as selects (vectorised)."""
+    if bias.size == 0 and rf.size == 0 and act == 0:
+        return
+    zero, six = of.dtype.type(0), of.dtype.type(6)
+    b = bias[k] if bias.size else zero
     if rf.size:
         for i in range(n):
-            of[o + i] += rf[o + i]
-    if act == 1:
+            v = (of[o + i] + b) + rf[o + i]
+            if act != 0:
+                v = zero if v < zero else v
+            if act == 2:
+                v = six if v > six else v
+            of[o + i] = v
+    else:
         for i in range(n):
-            if of[o + i] < 0:
-                of[o + i] = 0
-    elif act == 2:
-        for i in range(n):
-            v = of[o + i]
-            if v < 0:
-                of[o + i] = 0
-            elif v > 6:
-                of[o + i] = 6
+            v = of[o + i] + b
+            if act != 0:
+                v = zero if v < zero else v
+            if act == 2:
+                v = six if v > six else v
+            of[o + i] = v
+
+
+@jit(inline="always")
+def run_channels(of, o, n, k0, bias, act):
+    """of[o:o + n], channels k0 .. k0 + n - 1 of one pixel (a channels-last block), with
+    the bias and the activation (no residual) applied in place."""
+    hb = bias.size > 0
+    if not hb and act == 0:
+        return
+    zero, six = of.dtype.type(0), of.dtype.type(6)
+    for i in range(n):
+        v = of[o + i]
+        if hb:
+            v += bias[k0 + i]
+        if act != 0:
+            v = zero if v < zero else v
+        if act == 2:
+            v = six if v > six else v
+        of[o + i] = v
 
 
 @jit(inline="always")

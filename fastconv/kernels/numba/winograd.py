@@ -79,7 +79,7 @@ from ..epilogue import none
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import CACHE as _filters
 from . import codegen
-from ._epilogue import put, run as ep_run
+from ._epilogue import put, run as ep_run, run_channels
 from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
@@ -327,14 +327,20 @@ def _store_rows(O, y, n, p0, k0, nk, q_lo, q_hi, bias, rf, act):
     """y[n, k0 + k, p0 + r, q] = O[r, q, k] for k < nk, q_lo <= q < q_hi and the rows of
     O inside y: a channels-last output slab back to NCHW, by block transposes for whole
     vectors of channels in runs of at least one vector of columns, element by element
-    otherwise; then the epilogue on each row just stored (in L1)."""
+    otherwise, through the epilogue: without a residual, applied to the slab's row (bias
+    and activation along the contiguous channels) before it is stored; with one, to
+    the rows just stored (in L2)."""
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     Wo, kp = O.shape[1], O.shape[2]
     L = 64 // y.itemsize                                 # lanes(dtype)
     kfull = nk - nk % L if q_hi - q_lo >= L else 0
     of, yf = O.reshape(O.size), y.reshape(y.size)
+    on_slab = rf.size == 0 and (bias.size > 0 or act != 0)
     for r in range(min(O.shape[0], P - p0)):
         yo = ((n * K + k0) * P + p0 + r) * Q
+        if on_slab:
+            for q in range(q_lo, q_hi):
+                run_channels(of, (r * Wo + q) * kp, nk, k0, bias, act)
         for kb in range(0, kfull, L):
             for qb in range(q_lo, q_hi, L):              # the last block overlaps
                 q = min(qb, q_hi - L)
@@ -342,8 +348,13 @@ def _store_rows(O, y, n, p0, k0, nk, q_lo, q_hi, bias, rf, act):
         for k in range(kfull, nk):
             for q in range(q_lo, q_hi):
                 yf[yo + k * P * Q + q] = O[r, q, k]
-        for k in range(nk):
-            ep_run(yf, yo + k * P * Q + q_lo, q_hi - q_lo, k0 + k, bias, rf, act)
+    if rf.size:
+        # after all the slab's rows are stored (right after a row's transposes, reading
+        # it back stalled on the stores)
+        for r in range(min(O.shape[0], P - p0)):
+            yo = ((n * K + k0) * P + p0 + r) * Q
+            for k in range(nk):
+                ep_run(yf, yo + k * P * Q + q_lo, q_hi - q_lo, k0 + k, bias, rf, act)
 
 
 @jit(fastmath=_FASTMATH)

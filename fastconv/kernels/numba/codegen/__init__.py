@@ -241,6 +241,7 @@ _HEADER = '''\
 {index}
 import numpy as np
 from fastconv.kernels.numba._epilogue import put as ep_put, run as ep_run
+from fastconv.kernels.numba._epilogue import run_channels as ep_channels
 from fastconv.kernels.numba._jit import jit
 from fastconv.kernels.numba._layout import channels_last_block, w_block
 from fastconv.kernels.numba._ranges import valid_range

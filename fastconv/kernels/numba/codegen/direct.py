@@ -259,13 +259,21 @@ def _lanes_source(name, M, J, KB, SW):
     # a time (the last block masked); element by element for a channel tail
     a(f"        k0 = g * Kg + kb * {KB}")
     a(f"        nk = min({KB}, Kg - kb * {KB})")
+    # the epilogue: without a residual, bias and activation on the row buffer (channels
+    # contiguous) before the stores; with one, on the rows just stored (reading a row
+    # back right after its transposed stores stalled on them: after all M rows)
+    a("        if rf.size == 0:")
+    a(f"            for mq in range({M} * Q):")
+    a(f"                ep_channels(rb, (mq // Q * RQ + mq % Q) * {KB}, nk, k0, bias, act)")
     a(f"        for m in range({M}):")
     a(f"            rm = m * RQ * {KB}")
     store_transposed(a, " " * 12, "rb", "rm + ks", KB, "Q",
                       "((n * K + k0 + ks) * P + p0 + m) * Q", "P * Q")
-    # the epilogue on the row just stored (in L1)
-    a("            for k in range(nk):")
-    a("                ep_run(of, ((n * K + k0 + k) * P + p0 + m) * Q, Q, k0 + k, bias, rf, act)")
+    a("        if rf.size:")
+    a(f"            for m in range({M}):")
+    a("                for k in range(nk):")
+    a("                    ep_run(of, ((n * K + k0 + k) * P + p0 + m) * Q, Q, k0 + k, bias, rf,"
+      " act)")
     return "\n".join(L) + "\n"
 
 
