@@ -584,7 +584,9 @@ def depthwise(name, rows, cols):
     a("            to = np.uint64(p_ * Qp)")
     a("            oo = np.uint64(((n * K + k) * P + p_) * Q)")
     _copy_source(a, " " * 12, "of", "oo", "otile", "to", "Q", J)
-    a("            ep_run(of, ((n * K + k) * P + p_) * Q, Q, k, bias, rf, act)   # in L1")
+    # the epilogue on the plane just stored (in L2; a row read back right after its
+    # copy stalled on the stores)
+    a("        ep_run(of, (n * K + k) * P * Q, P * Q, k, bias, rf, act)")
     return "\n".join(L) + "\n"
 
 
