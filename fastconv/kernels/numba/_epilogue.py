@@ -51,46 +51,60 @@ def put(of, o, v, k, bias, rf, act):
 @jit(inline="always")
 def run(of, o, n, k, bias, rf, act):
     """of[o:o + n] (channel k), just stored, with the epilogue applied in place: one
-    loop, with or without the residual, the activation as selects (vectorised)."""
+    loop per case, the activation as selects (each loop vectorised; a test of the
+    activation inside the loop kept it scalar)."""
     if bias.size == 0 and rf.size == 0 and act == 0:
         return
     zero, six = of.dtype.type(0), of.dtype.type(6)
     b = bias[k] if bias.size else zero
+    y = of[o:o + n]
     if rf.size:
+        r = rf[o:o + n]
+        if act == 0:
+            for i in range(n):
+                y[i] = (y[i] + b) + r[i]
+        elif act == 1:
+            for i in range(n):
+                y[i] = _below((y[i] + b) + r[i], zero)
+        else:
+            for i in range(n):
+                y[i] = _above(_below((y[i] + b) + r[i], zero), six)
+    elif act == 0:
         for i in range(n):
-            v = (of[o + i] + b) + rf[o + i]
-            if act != 0:
-                v = _below(v, zero)
-            if act == 2:
-                v = _above(v, six)
-            of[o + i] = v
+            y[i] = y[i] + b
+    elif act == 1:
+        for i in range(n):
+            y[i] = _below(y[i] + b, zero)
     else:
         for i in range(n):
-            v = of[o + i] + b
-            if act != 0:
-                v = _below(v, zero)
-            if act == 2:
-                v = _above(v, six)
-            of[o + i] = v
+            y[i] = _above(_below(y[i] + b, zero), six)
 
 
 @jit(inline="always")
 def run_channels(of, o, n, k0, bias, act):
     """of[o:o + n], channels k0 .. k0 + n - 1 of one pixel (a channels-last block), with
-    the bias and the activation (no residual) applied in place."""
-    hb = bias.size > 0
-    if not hb and act == 0:
+    the bias and the activation (no residual) applied in place (one loop per case)."""
+    if bias.size == 0 and act == 0:
         return
     zero, six = of.dtype.type(0), of.dtype.type(6)
-    for i in range(n):
-        v = of[o + i]
-        if hb:
-            v += bias[k0 + i]
-        if act != 0:
-            v = _below(v, zero)
-        if act == 2:
-            v = _above(v, six)
-        of[o + i] = v
+    y = of[o:o + n]
+    if bias.size:
+        bk = bias[k0:k0 + n]
+        if act == 0:
+            for i in range(n):
+                y[i] = y[i] + bk[i]
+        elif act == 1:
+            for i in range(n):
+                y[i] = _below(y[i] + bk[i], zero)
+        else:
+            for i in range(n):
+                y[i] = _above(_below(y[i] + bk[i], zero), six)
+    elif act == 1:
+        for i in range(n):
+            y[i] = _below(y[i], zero)
+    else:
+        for i in range(n):
+            y[i] = _above(_below(y[i], zero), six)
 
 
 @jit(inline="always")
