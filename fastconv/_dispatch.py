@@ -9,7 +9,7 @@ backend ``"numpy"``.
 
 Every kernel takes ``(plan, *arrays_and_geometry)``, with the op's arguments:
 
-    conv2d               (plan, x, w, p: ConvParams, out)
+    conv2d               (plan, x, w, p: ConvParams, out, epilogue=None)  (kernels.epilogue)
     conv2d_input         (plan, dy, w, p: ConvParams, out)
     conv2d_weight        (plan, x, dy, p: ConvParams, out)
     max_pool2d           (plan, x, p: PoolParams, out, indices)

@@ -344,6 +344,28 @@ def check_grad_output(op, p: ConvParams, grad_output_shape):
         )
 
 
+#: the activations conv2d's fused epilogue applies (``activation=``)
+ACTIVATIONS = (None, "relu", "relu6")
+
+
+def check_epilogue(op, p: ConvParams, residual, activation, unbatched=False):
+    """Validate conv2d's ``activation=`` and the shape of ``residual=`` (the output's,
+    (N, K, P, Q), or (K, P, Q) for a 3-D input; its dtype is checked with the other
+    arrays'); return the residual as a 4-D array, or None."""
+    if not (activation is None or (isinstance(activation, str) and activation in ACTIVATIONS)):
+        raise ValueError(f"{op}: activation must be None, 'relu' or 'relu6', got {activation!r}")
+    if residual is None:
+        return None
+    residual = np.asarray(residual)
+    want = p.output_shape[1:] if unbatched else p.output_shape
+    if residual.shape != want:
+        raise ValueError(
+            f"{op}: residual of shape {residual.shape} does not match the output shape "
+            f"{want} of input {p.input_shape[1:] if unbatched else p.input_shape} and "
+            f"weight {p.weight_shape}; it is added to the output, so it must have its shape")
+    return residual[None] if unbatched else residual
+
+
 @dataclass(frozen=True)
 class PoolParams:
     """Normalised geometry of one 2-D pooling window sweep."""

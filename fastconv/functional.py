@@ -13,8 +13,9 @@ import numpy as np
 
 from . import _plan
 from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
-                        check_dtype, check_grad_output, check_memory, conv_params, int_tuple,
-                        pool_params, transpose_params)
+                        check_dtype, check_epilogue, check_grad_output, check_memory,
+                        conv_params, int_tuple, pool_params, transpose_params)
+from .kernels import epilogue as _epilogue
 from .kernels.weight_cache import PreparedWeight
 
 __all__ = [
@@ -97,8 +98,10 @@ def _check_bias(op, bias, K, dtype):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", backend="auto"):
-    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+           activation=None, residual=None, algorithm="auto", backend="auto"):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``, optionally followed by
+    a residual add and an activation fused into the kernel's store:
+    ``activation(conv2d(input, weight, bias) + residual)``.
 
     Parameters
     ----------
@@ -112,12 +115,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     groups : int
         Input and output channels are split into this many groups; both C and K must
         be divisible by it.
+    activation : None, 'relu' or 'relu6'
+        Applied last, as ``torch.relu`` / ``torch.nn.functional.relu6`` (NaN stays NaN).
+    residual : ndarray, shape (N, K, P, Q) (or (K, P, Q) for 3-D input), optional
+        Added to the result (after the bias, before the activation): a ResNet block's
+        shortcut. Same dtype as the input.
     algorithm, backend : str
         A pair from ``fastconv.algorithms("conv2d")``, or ``"auto"``.
 
     Returns
     -------
     ndarray, shape (N, K, P, Q) (or (K, P, Q) for 3-D input), the input's dtype.
+
+    Fused epilogue
+    --------------
+    Bias, residual and activation are applied by every algorithm's kernel as it stores
+    each block of the output (while the block is in cache), not by passes over the
+    whole output afterwards: ``conv2d(x, w, b, activation="relu", residual=r)`` equals
+    ``np.maximum(conv2d(x, w) + b[:, None, None] + r, 0)`` and reads and writes the
+    output once. The result is the reference's (``algorithm="reference"``).
 
     Shape
     -----
@@ -140,18 +156,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """
     x, unbatched = _batched("conv2d", "input", input)
     w = _weight("conv2d", weight)
-    dtype = check_dtype("conv2d", input=x, weight=w, bias=bias)
+    dtype = check_dtype("conv2d", input=x, weight=w, bias=bias, residual=residual)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
+    residual = check_epilogue("conv2d", p, residual, activation, unbatched)
     if p.empty:
         _plan.check_names("conv2d", algorithm, backend)
         return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
     plan = _plan.make("conv2d", p, dtype, algorithm, backend)
     _conv_room("conv2d", p, dtype, p.output_shape, plan.algorithm)
+    if residual is not None:
+        residual = _contiguous("conv2d", "residual", residual)
     out = np.empty(p.output_shape, dtype)
-    _plan.run(plan, x, w, p, out)
-    if bias is not None:
-        out += bias.reshape(1, -1, 1, 1)
+    _plan.run(plan, x, w, p, out, _epilogue.make(dtype, bias, residual, activation))
     return _unbatch(out, unbatched)
 
 

@@ -4,8 +4,10 @@ conversions, thread hand-offs between small layers).
 
 A network is a spec: a list of weights (BatchNorm folded into a bias; random He-init,
 seeded) and the order they run in. ``fastconv_forward(spec)`` runs it with
-``fastconv.conv2d`` (bias added by fastconv), NumPy's ``maximum``/``clip`` for ReLU and
-ReLU6 and ``+`` for the residual adds, fastconv's pooling and a NumPy matmul head;
+``fastconv.conv2d``, the bias, the residual adds and ReLU/ReLU6 fused into the
+convolution that precedes them (``activation=``, ``residual=``; with ``fused=False``, or
+on a fastconv without them, NumPy's ``maximum``/``clip`` and ``+`` after the call),
+fastconv's pooling and a NumPy matmul head;
 ``torch_module(spec)`` is the same network in PyTorch (eager), with the same weights.
 Only the public functional API is used, so the same code runs against any fastconv
 version (``benchmarks/ab.py`` compares two).
@@ -14,6 +16,7 @@ version (``benchmarks/ab.py`` compares two).
     spec = networks.build("resnet18")
     logits = networks.fastconv_forward(spec)(np.random.rand(8, 3, 224, 224).astype(np.float32))
 """
+import inspect
 import time
 
 import numpy as np
@@ -138,12 +141,25 @@ def convs(spec):
 
 # -- fastconv ---------------------------------------------------------------------------
 
-def fastconv_forward(spec, profile=None):
-    """The network as ``forward(x) -> logits`` on fastconv's functional API. With a
-    list ``profile``, each convolution appends (layer, plan, seconds, flops)."""
+def _fuses():
+    """Whether this fastconv's conv2d fuses the residual and activation (``benchmarks/
+    ab.py`` runs this file against older versions too)."""
+    return "residual" in inspect.signature(fastconv.conv2d).parameters
 
-    def conv(layer, x):
+
+def fastconv_forward(spec, profile=None, fused=None):
+    """The network as ``forward(x) -> logits`` on fastconv's functional API. With a
+    list ``profile``, each convolution appends (layer, plan, seconds, flops). ``fused``
+    (default: when conv2d can): the residual add and the activation after a
+    convolution in its call, else in NumPy after it."""
+    fused = _fuses() if fused is None else fused
+
+    def conv(layer, x, residual=None, act=None):
+        """The layer on x, then + residual, then its activation or ``act``."""
+        act = layer["act"] or act
         kw = dict(stride=layer["stride"], padding=layer["padding"], groups=layer["groups"])
+        if fused:
+            kw.update(activation=act, residual=residual)
         if profile is not None:
             t0 = time.perf_counter()
             with fastconv.trace_plans() as ran:
@@ -154,9 +170,13 @@ def fastconv_forward(spec, profile=None):
             profile.append((layer["name"], ran[-1] if ran else None, seconds, flops))
         else:
             y = fastconv.conv2d(x, layer["w"], layer["b"], **kw)
-        if layer["act"] == "relu":
+        if fused:
+            return y
+        if residual is not None:
+            y += residual
+        if act == "relu":
             np.maximum(y, 0, out=y)
-        elif layer["act"] == "relu6":
+        elif act == "relu6":
             np.clip(y, 0, 6, out=y)
         return y
 
@@ -167,16 +187,17 @@ def fastconv_forward(spec, profile=None):
         for layer in spec.get("layers", []):
             y = fastconv.max_pool2d(y, 2, 2) if layer == "M" else conv(layer, y)
         for block in spec.get("blocks", []):
-            h = y
-            for layer in block["convs"]:
-                h = conv(layer, h)
+            # the shortcut first: the block's last convolution adds it, then its activation
             if block["down"] is not None:
-                h += conv(block["down"], y)
+                shortcut = conv(block["down"], y)
             elif block.get("residual", spec["kind"] == "resnet"):
-                h += y
-            if block["act"] == "relu":
-                np.maximum(h, 0, out=h)
-            y = h
+                shortcut = y
+            else:
+                shortcut = None
+            h = y
+            for layer in block["convs"][:-1]:
+                h = conv(layer, h)
+            y = conv(block["convs"][-1], h, shortcut, block["act"])
         if "last" in spec:
             y = conv(spec["last"], y)
         y = fastconv.adaptive_avg_pool2d(y, 1).reshape(len(x), -1)

@@ -12,6 +12,8 @@ is input row ``h = h' - pad_top``; out-of-range rows and columns read as zero.
 """
 import numpy as np
 
+from .kernels.epilogue import apply as apply_epilogue
+
 
 def _padded(x, p):
     """x in float64, zero-padded by (pad_top, pad_bottom, pad_left, pad_right)."""
@@ -32,14 +34,18 @@ def _groups(p):
     return [(slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)) for g in range(p.groups)]
 
 
-def conv2d(x, w, p, out):
-    """out[n, k, p, q] = sum_{c, r, s} x_pad[n, c, p*sh + r*dh, q*sw + s*dw] * w[k, c, r, s]."""
+def conv2d(x, w, p, out, epilogue=None):
+    """out[n, k, p, q] = act(sum_{c, r, s} x_pad[n, c, p*sh + r*dh, q*sw + s*dw] * w[k, c, r, s]
+    + bias[k] + residual[n, k, p, q]), the ``epilogue``'s parts (``kernels.epilogue``)
+    that are present, in float64."""
     xp, w = _padded(x, p), np.asarray(w, np.float64)
     y = np.zeros(p.output_shape)
     for cs, ks in _groups(p):
         for r in range(p.R):
             for s in range(p.S):
                 y[:, ks] += np.einsum("ncpq,kc->nkpq", _window(xp[:, cs], p, r, s), w[ks, :, r, s])
+    if epilogue is not None:
+        apply_epilogue(y, epilogue)
     out[...] = y
 
 

@@ -35,6 +35,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
+from ..epilogue import none
 from ._hot cimport fc_conv, fc_int, fc_kernels, fc_table
 from ._isa import ISA
 
@@ -143,18 +144,77 @@ cdef void _rows_to_tile(const real *src, real *dst, const fc_conv *g, Py_ssize_t
     _swap_axes(src + n0 * KC * g.P * g.Q, dst, nt, KC, g.P * g.Q, threads)
 
 
+# -- the fused epilogue (fastconv.kernels.epilogue) ---------------------------------------
+
+
+cdef inline real _act(real v, int act) noexcept nogil:
+    """``v`` through activation ``act`` (0 none, 1 relu, 2 relu6) as selects (no
+    branches: the loops vectorise); comparisons keep NaN."""
+    if act != 0:
+        v = 0 if v < 0 else v
+    if act == 2:
+        v = 6 if v > 6 else v
+    return v
+
+
+cdef inline void _epilogue_run(real *o, const real *r, real b, int act,
+                               Py_ssize_t L) noexcept nogil:
+    """o[:L] = act(o[:L] + b + r[:L]) (r NULL: no residual), one channel's run."""
+    cdef Py_ssize_t i
+    if r != NULL:
+        for i in range(L):
+            o[i] = _act((o[i] + b) + r[i], act)
+    else:
+        for i in range(L):
+            o[i] = _act(o[i] + b, act)
+
+
+cdef void _epilogue(real *out, const real *bias, const real *res, int act, Py_ssize_t n0,
+                    Py_ssize_t nt, Py_ssize_t K, Py_ssize_t PQ, Py_ssize_t off, Py_ssize_t L,
+                    int threads) noexcept nogil:
+    """The epilogue of a tile just written: elements [off, off + L) of the planes of
+    images n0 .. n0 + nt - 1 of ``out`` (N, K, PQ); ``bias``, ``res`` NULL when absent."""
+    cdef Py_ssize_t nk, o
+    for nk in prange(nt * K, num_threads=_par(nt * K * L, threads), schedule="static"):
+        o = ((n0 + nk // K) * K + nk % K) * PQ + off
+        _epilogue_run(out + o, NULL if res == NULL else res + o,
+                      0 if bias == NULL else bias[nk % K], act, L)
+
+
+cdef void _swap_epilogue(const real *src, real *dst, Py_ssize_t K, Py_ssize_t N,
+                         Py_ssize_t L, const real *bias, const real *res, int act,
+                         int nt) noexcept nogil:
+    """``_swap_axes`` of (K, N, L) into (N, K, L) with the epilogue on each run as it is
+    copied (in L1)."""
+    cdef Py_ssize_t ab, a, b, o
+    for ab in prange(K * N, num_threads=_par(K * N * L, nt), schedule="static"):
+        a, b = ab // N, ab % N
+        o = (b * K + a) * L
+        memcpy(dst + o, src + ab * L, L * sizeof(real))
+        _epilogue_run(dst + o, NULL if res == NULL else res + o,
+                      0 if bias == NULL else bias[a], act, L)
+
+
 # -- forward -----------------------------------------------------------------------------
 
 
 cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
                   real[:, :, :, ::1] out, real[::1] colbuf, real[::1] resbuf,
-                  const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt) except -1:
+                  const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt,
+                  const real[::1] bias_a, const real[::1] res_a, int act) except -1:
+    """The forward by the plan's variant, the epilogue (``bias_a``, ``res_a`` zero-size
+    when absent, ``act``) applied to each tile right after its GEMM while it is in cache
+    (BLAS writes the products), or in the copy that lays the tile out as NCHW."""
     cdef Py_ssize_t G = g.G, Kg = g.K // g.G, Cg = g.C // g.G
     cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, NHW = g.N * HW
     cdef Py_ssize_t gi, n, i, n0, ntl, p0, prl, cols
     cdef const real *wp = &w[0, 0, 0, 0]
     cdef real *col
     cdef real *res
+    cdef real *op = &out[0, 0, 0, 0]
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *resid = &res_a[0] if res_a.shape[0] else NULL
+    cdef bint ep = bias != NULL or resid != NULL or act != 0
     if variant == "batch_gemm":                 # 1x1: the batch channels-first, one GEMM
         col, res = &colbuf[0], &resbuf[0]
         with nogil:
@@ -162,7 +222,10 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
             for gi in range(G):
                 _gemm(False, False, Kg, NHW, Cg, wp + gi * Kg * Cg, Cg, col + gi * Cg * NHW,
                       NHW, 0, res + gi * Kg * NHW, NHW)
-            _swap_axes(<const real *>res, &out[0, 0, 0, 0], g.K, g.N, PQ, nt)
+            if ep:
+                _swap_epilogue(<const real *>res, op, g.K, g.N, PQ, bias, resid, act, nt)
+            else:
+                _swap_axes(<const real *>res, op, g.K, g.N, PQ, nt)
         return 0
     if variant == "image_gemm":                 # 1x1: each image's planes
         with nogil:
@@ -170,6 +233,8 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
                 for gi in range(G):
                     _gemm(False, False, Kg, HW, Cg, wp + gi * Kg * Cg, Cg, &x[n, gi * Cg, 0, 0],
                           HW, 0, &out[n, gi * Kg, 0, 0], HW)
+                if ep:
+                    _epilogue(op, bias, resid, act, n, 1, g.K, PQ, 0, PQ, nt)
         return 0
     col, res = &colbuf[0], &resbuf[0]
     with nogil:
@@ -181,11 +246,17 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
                 for gi in range(G):
                     _gemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
                           col + gi * CgRS * cols, cols, 0, &out[n0, gi * Kg, p0, 0], PQ)
+                if ep:
+                    _epilogue(op, bias, resid, act, n0, 1, g.K, PQ, p0 * g.Q, cols, nt)
             else:                               # whole images: (K, ntl, PQ) -> NCHW
                 for gi in range(G):
                     _gemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
                           col + gi * CgRS * cols, cols, 0, res + gi * Kg * cols, cols)
-                _swap_axes(<const real *>res, &out[n0, 0, 0, 0], g.K, ntl, PQ, nt)
+                if ep:
+                    _swap_epilogue(<const real *>res, op + n0 * g.K * PQ, g.K, ntl, PQ, bias,
+                                   NULL if resid == NULL else resid + n0 * g.K * PQ, act, nt)
+                else:
+                    _swap_axes(<const real *>res, &out[n0, 0, 0, 0], g.K, ntl, PQ, nt)
     return 0
 
 
@@ -422,17 +493,21 @@ def _tiles(plan):
     return plan["tile"] if plan.variant == "tiled" else (1, 1)
 
 
-def conv2d(plan, x, w, p, out):
-    """Forward convolution into ``out`` (N, K, P, Q)."""
+def conv2d(plan, x, w, p, out, epilogue=None):
+    """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue``
+    (``fastconv.kernels.epilogue``) applied tile by tile."""
     if p.K == 0:
         return
     cdef fc_conv g = _geometry(p)
+    ep = none(x.dtype) if epilogue is None else epilogue
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
     if x.dtype == np.float32:
-        _forward[float](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
+        _forward[float](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
+                        ep.bias, ep.residual, ep.act)
     else:
-        _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
+        _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
+                         ep.bias, ep.residual, ep.act)
 
 
 def conv2d_input(plan, dy, w, p, out):

@@ -98,6 +98,7 @@ import numpy as np
 from numba import prange
 
 from ..._config import workspace
+from ..epilogue import none
 from ..layouts import DW_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
 from ..weight_cache import CACHE as _weights
 from . import codegen
@@ -231,16 +232,18 @@ def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
 
 def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G, sh, sw,
                      pt, pl, dh, dw, P, Q, ish=1, isw=1, flip=False, wkey=None, kind=(),
-                     orow=(0, 1), ocol=(0, 1)):
+                     orow=(0, 1), ocol=(0, 1), ep=None):
     """out (N, K, P, Q) = direct convolution of x (N, C, H', W') by w, where the virtual
     input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl, by
     the plan's ``core`` (``fastconv._plan.DIRECT_CORES``), converting and convolving
     the batch in slices of about ``slice_bytes`` of layout per thread.
     ``wkey``/``kind``: the array and tag the weight cache keys on (``w`` derived from
     ``wkey``); ``orow``/``ocol`` (offset, step): output pixel (p, q) goes to
-    ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (stride 1: the flat kernel)."""
+    ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (stride 1: the flat kernel);
+    ``ep``: the forward's epilogue, which the kernels apply as they store each block."""
     wkey = w if wkey is None else wkey
     dtype = x.dtype
+    ep = none(dtype) if ep is None else ep
     Cg, Kg = C // G, K // G
     zero = dtype.type(0)
     pairs = codegen.kernel("split_stride2", pairs=PAIRS)
@@ -261,18 +264,18 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
             def weight(fresh=False):
                 return wc, None
 
-            def kernel(n, xb, os_, wb, first):
+            def kernel(n, xb, os_, wb, first, e):
                 return _run(codegen.kernel("direct_lanes_streamed", rows=M, cols=J,
                                            channels=KB, stride=sw), G * Kb, xb, wb, os_,
-                            n, C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, flip, zero)
+                            n, C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, flip, zero, *e)
         else:
             weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
 
-            def kernel(n, xb, os_, wb, first):
+            def kernel(n, xb, os_, wb, first, e):
                 items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))  # M > 1: blocks
                 return _run(codegen.kernel("direct_lanes", rows=M, cols=J, channels=KB,
                                            stride=sw), items, xb, wb, os_, n,
-                            C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, first=first)
+                            C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, zero, *e, first=first)
     elif core == "flat":
         # flattened rows of the (phase) planes: pixels f = p*Wq + q are the vector lanes
         J, KB = FLAT_BLOCKS[0]
@@ -305,11 +308,11 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
         # L1/L2, weights streamed once per pixel block) unless the weight layout is larger
         # than the slice's input layout; then all pixel blocks of one channel block (the
         # weights reused instead)
-        def kernel(n, xb, os_, wb, first):
+        def kernel(n, xb, os_, wb, first, e):
             return _run(codegen.kernel("direct_flat", pixels=J, channels=KB), n * G * Kb * nf,
                         xb, wb, os_, toff,
                         n, C, G, plane, Wq, Kb, Kg, P, Q, orow[0], orow[1], ocol[0], ocol[1],
-                        wb.nbytes <= xb.nbytes, zero, first=first)
+                        wb.nbytes <= xb.nbytes, zero, *e, first=first)
     else:
         # output rows in blocks of J pixels; column phases split so each tap reads J in a row
         Hp = (P - 1) * sh + (R - 1) * dh + 1
@@ -329,10 +332,10 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
             else:
                 _to_phase(xs, xb, Hp, Wq, sw, pt, pl, ish, isw)
 
-        def kernel(n, xb, os_, wb, first):
+        def kernel(n, xb, os_, wb, first, e):
             return _run(codegen.kernel("direct_row", pixels=J, channels=16), n * G * Kb * P, xb,
                         wb, os_, soff, n, C, G,
-                        Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero, first=first)
+                        Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero, *e, first=first)
     # a few images at a time, so that the layout is still in cache when the kernel reads it
     image = C * plane
     nb = max(1, min(N, numba.get_num_threads() * slice_bytes // (image * dtype.itemsize)))
@@ -345,16 +348,17 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
     for n0 in range(0, N, nb):
         xs = x[n0:n0 + nb]
         convert(xs, xb)
-        if kernel(len(xs), xb, out[n0:n0 + nb], wb, check) is False:
+        e = ep.images(n0, n0 + len(xs), K * P * Q)      # its residual: these images'
+        if kernel(len(xs), xb, out[n0:n0 + nb], wb, check, e) is False:
             wb, _ = weight(fresh=True)
-            kernel(len(xs), xb, out[n0:n0 + nb], wb, None)
+            kernel(len(xs), xb, out[n0:n0 + nb], wb, None, e)
         check = None
 
 
 # -- Pointwise forward (1x1, stride 1, no padding, float32) -------------------------------
 
 
-def _pointwise(plan, x, w, out, G):
+def _pointwise(plan, x, w, out, G, ep):
     """out = the 1x1 stride-1 unpadded convolution of x (float32) as a GEMM on all
     threads: the batch's pixels are the rows, read in place from x, times the blocked
     weight (64 output channels per block), each work item's result written back to NCHW
@@ -373,7 +377,7 @@ def _pointwise(plan, x, w, out, G):
     items = codegen.kernel("direct_pointwise", pixels=TB, channels=J)
 
     def kernel(wb, first):
-        return _run(items, G * Kb * nch, x, wb, out, G, Kb, nch, plan["kc"], first=first)
+        return _run(items, G * Kb * nch, x, wb, out, G, Kb, nch, plan["kc"], *ep, first=first)
 
     if kernel(*weight()) is False:              # the cached layout was stale: again
         kernel(weight(fresh=True)[0], None)
@@ -395,7 +399,7 @@ def _dw_tile(P, Q, R, S, sh, sw, dh, dw):
     return Hq, Wq, toff
 
 
-def _dw_planes(x, w, out, Kg, sh, sw, pt, pl, dh, dw, flip=False):
+def _dw_planes(x, w, out, Kg, sh, sw, pt, pl, dh, dw, flip=False, ep=None):
     """Depthwise convolution, plane by plane: out[n, k] = x_pad[n, k // Kg] correlated with
     w[k, 0] (``flip``: rotated by 180 degrees, the input gradient's weight), by the
     generated ``depthwise`` kernel on a phase-split tile of each plane (see ``codegen``)."""
@@ -403,7 +407,8 @@ def _dw_planes(x, w, out, Kg, sh, sw, pt, pl, dh, dw, flip=False):
     R, S = w.shape[2], w.shape[3]
     Hq, Wq, toff = _dw_tile(P, Q, R, S, sh, sw, dh, dw)
     _run(codegen.kernel("depthwise", rows=DW_BLOCK[1], cols=DW_BLOCK[0]), N * K, x, w, out,
-         toff, Kg, sh, sw, pt, pl, Hq, Wq, flip, x.dtype.type(0))
+         toff, Kg, sh, sw, pt, pl, Hq, Wq, flip, x.dtype.type(0),
+         *(none(x.dtype) if ep is None else ep))
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -440,17 +445,19 @@ def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
 # -- The registry's kernels: run a plan (fastconv._plan._direct) ---------------------------
 
 
-def conv2d(plan, x, w, p, out):
-    """Forward direct convolution into ``out`` (N, K, P, Q)."""
+def conv2d(plan, x, w, p, out, epilogue=None):
+    """Forward direct convolution into ``out`` (N, K, P, Q), with the ``epilogue``
+    (``fastconv.kernels.epilogue``) applied by every kernel as it stores a block."""
+    ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "depthwise":
         _dw_planes(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
-                   p.dil_h, p.dil_w)
+                   p.dil_h, p.dil_w, ep=ep)
     elif plan.variant == "pointwise":
-        _pointwise(plan, x, w, out, p.groups)
+        _pointwise(plan, x, w, out, p.groups, ep)
     else:
         _forward_blocked(plan.variant, plan["slice_bytes"], plan["pad_serial_rows"], x, w, out,
                          p.N, p.C, p.K, p.R, p.S, p.groups, p.stride_h, p.stride_w,
-                         p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q)
+                         p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q, ep=ep)
 
 
 def _input_grad_phases(plan, dy, w, p, out):

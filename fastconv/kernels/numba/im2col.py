@@ -29,7 +29,9 @@ import numpy as np
 from numba import prange
 
 from ..._config import get_workspace_limit, workspace, workspace_array
+from ..epilogue import none
 from . import codegen
+from ._epilogue import planes as _planes
 from ._jit import jit
 from ._layout import to_padded
 from ._ranges import valid_range
@@ -220,25 +222,48 @@ def _patches(plan, x, p, colbuf):
         yield n0, nt, p0, pr, col
 
 
-def conv2d(plan, x, w, p, out):
-    """Forward convolution into ``out`` (N, K, P, Q)."""
+def conv2d(plan, x, w, p, out, epilogue=None):
+    """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue``
+    (``kernels.epilogue``) applied to each tile right after its GEMM, while it is in
+    cache (BLAS writes the products; the epilogue cannot go into its store)."""
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wmat = w.reshape(G, Kg, CgRS)
+    ep = none(x.dtype) if epilogue is None else epilogue
+    of = out.reshape(-1)
+
+    def finish(src, n0, nt, p0, pr):
+        """The epilogue of a tile: copied from ``src`` (K, nt, pr*Q), or in place (None)."""
+        _planes(of, of if src is None else src.reshape(-1), src is None, n0, nt, p.K, p.P,
+                p.Q, p0, pr, ep.bias, ep.residual, ep.act)
+
     if plan.variant == "batch_gemm":
         res = np.matmul(wmat, _batch_major(x, G, "xt"), out=_buffer("res", (G, Kg, p.N * p.P * p.Q), x.dtype))
-        _from_batch_major(res, out)
+        if ep.empty:
+            _from_batch_major(res, out)
+        else:                                           # the transposing copy applies it
+            finish(res, 0, p.N, 0, p.P)
         return
     if plan.variant == "image_gemm":
-        np.matmul(wmat, x.reshape(p.N, G, CgRS, p.H * p.W), out=out.reshape(p.N, G, Kg, p.P * p.Q))
+        if ep.empty:
+            np.matmul(wmat, x.reshape(p.N, G, CgRS, p.H * p.W), out=out.reshape(p.N, G, Kg, p.P * p.Q))
+            return
+        for n in range(p.N):                            # image by image, each while in cache
+            np.matmul(wmat, x[n].reshape(G, CgRS, p.H * p.W), out=out[n].reshape(G, Kg, p.P * p.Q))
+            finish(None, n, 1, 0, p.P)
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     for n0, nt, p0, pr, col in _patches(plan, x, p, colbuf):
         cols = col.shape[2]
         if nt == 1 and pr == p.P:                       # one whole image: GEMM writes NCHW
             np.matmul(wmat, col, out=out[n0].reshape(G, Kg, cols))
+            if not ep.empty:
+                finish(None, n0, 1, 0, p.P)
         else:
             res = np.matmul(wmat, col, out=resbuf[:p.K * cols].reshape(G, Kg, cols))
-            out[n0:n0 + nt, :, p0:p0 + pr] = res.reshape(p.K, nt, pr, p.Q).transpose(1, 0, 2, 3)
+            if ep.empty:
+                out[n0:n0 + nt, :, p0:p0 + pr] = res.reshape(p.K, nt, pr, p.Q).transpose(1, 0, 2, 3)
+            else:
+                finish(res, n0, nt, p0, pr)
 
 
 def conv2d_input(plan, dy, w, p, out):

@@ -75,9 +75,11 @@ import numpy as np
 from numba import prange, types
 
 from ..._config import get_num_threads, single_threaded_blas, workspace_array
+from ..epilogue import none
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import CACHE as _filters
 from . import codegen
+from ._epilogue import put, run as ep_run, run_channels
 from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
@@ -251,44 +253,43 @@ def _in_tile4(Xp, n, h0, w0, tmp, V, u):
 
 
 @jit(fastmath=_FASTMATH)
-def _out_tile2(M, u, tmp, y, n, p0, q0):
-    """y[n, :, p0:p0 + 2, q0:q0 + 2] = A^T M[:, u, :] A, cropped to the output (NCHW:
-    the stores run across planes, still cheaper than a separate transposing pass)."""
+def _out_tile2(M, u, tmp, y, n, p0, q0, k0, nk, bias, rf, act):
+    """y[n, k0:k0 + nk, p0:p0 + 2, q0:q0 + 2] = A^T M[:, u, :nk] A, cropped to the output,
+    through the epilogue (NCHW: the stores run across planes, still cheaper than a
+    separate transposing pass)."""
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    yf = y.reshape(y.size)
     for b in range(4):                                    # A^T along h
-        for k in range(K):
+        for k in range(nk):
             tmp[0, b, k], tmp[1, b, k] = _at2(M[b, u, k], M[4 + b, u, k], M[8 + b, u, k],
                                               M[12 + b, u, k])
     for a in range(min(2, P - p0)):                       # then along w
-        for k in range(K):
+        for k in range(nk):
             r = _at2(tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k])
-            y[n, k, p0 + a, q0] = r[0]
+            o = ((n * K + k0 + k) * P + p0 + a) * Q + q0
+            put(yf, o, r[0], k0 + k, bias, rf, act)
             if q0 + 1 < Q:
-                y[n, k, p0 + a, q0 + 1] = r[1]
+                put(yf, o + 1, r[1], k0 + k, bias, rf, act)
 
 
 @jit(fastmath=_FASTMATH)
-def _out_tile4(M, u, tmp, y, n, p0, q0):
-    """y[n, :, p0:p0 + 4, q0:q0 + 4] = A^T M[:, u, :] A, cropped to the output."""
+def _out_tile4(M, u, tmp, y, n, p0, q0, k0, nk, bias, rf, act):
+    """y[n, k0:k0 + nk, p0:p0 + 4, q0:q0 + 4] = A^T M[:, u, :nk] A, cropped to the output,
+    through the epilogue."""
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    yf = y.reshape(y.size)
     for b in range(6):
-        for k in range(K):
+        for k in range(nk):
             tmp[0, b, k], tmp[1, b, k], tmp[2, b, k], tmp[3, b, k] = _at4(
                 M[b, u, k], M[6 + b, u, k], M[12 + b, u, k], M[18 + b, u, k],
                 M[24 + b, u, k], M[30 + b, u, k])
     for a in range(min(4, P - p0)):
-        if q0 + 4 <= Q:
-            for k in range(K):
-                r = _at4(tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k], tmp[a, 4, k],
-                         tmp[a, 5, k])
-                y[n, k, p0 + a, q0], y[n, k, p0 + a, q0 + 1] = r[0], r[1]
-                y[n, k, p0 + a, q0 + 2], y[n, k, p0 + a, q0 + 3] = r[2], r[3]
-        else:                                             # the last tile column
-            for k in range(K):
-                r = _at4(tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k], tmp[a, 4, k],
-                         tmp[a, 5, k])
-                for b in range(Q - q0):
-                    y[n, k, p0 + a, q0 + b] = r[b]
+        for k in range(nk):
+            r = _at4(tmp[a, 0, k], tmp[a, 1, k], tmp[a, 2, k], tmp[a, 3, k], tmp[a, 4, k],
+                     tmp[a, 5, k])
+            o = ((n * K + k0 + k) * P + p0 + a) * Q + q0
+            for b in range(min(4, Q - q0)):               # the last tile column: fewer
+                put(yf, o + b, r[b], k0 + k, bias, rf, act)
 
 
 @jit(fastmath=_FASTMATH)
@@ -322,18 +323,24 @@ def _out_tile4_cl(M, u, tmp, O, r0, q0):
 
 
 @jit()
-def _store_rows(O, y, n, p0, k0, nk, q_lo, q_hi):
+def _store_rows(O, y, n, p0, k0, nk, q_lo, q_hi, bias, rf, act):
     """y[n, k0 + k, p0 + r, q] = O[r, q, k] for k < nk, q_lo <= q < q_hi and the rows of
     O inside y: a channels-last output slab back to NCHW, by block transposes for whole
     vectors of channels in runs of at least one vector of columns, element by element
-    otherwise."""
+    otherwise, through the epilogue: without a residual, applied to the slab's row (bias
+    and activation along the contiguous channels) before it is stored; with one, to
+    the rows just stored (in L2)."""
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     Wo, kp = O.shape[1], O.shape[2]
     L = 64 // y.itemsize                                 # lanes(dtype)
     kfull = nk - nk % L if q_hi - q_lo >= L else 0
     of, yf = O.reshape(O.size), y.reshape(y.size)
+    on_slab = rf.size == 0 and (bias.size > 0 or act != 0)
     for r in range(min(O.shape[0], P - p0)):
         yo = ((n * K + k0) * P + p0 + r) * Q
+        if on_slab:
+            for q in range(q_lo, q_hi):
+                run_channels(of, (r * Wo + q) * kp, nk, k0, bias, act)
         for kb in range(0, kfull, L):
             for qb in range(q_lo, q_hi, L):              # the last block overlaps
                 q = min(qb, q_hi - L)
@@ -341,6 +348,13 @@ def _store_rows(O, y, n, p0, k0, nk, q_lo, q_hi):
         for k in range(kfull, nk):
             for q in range(q_lo, q_hi):
                 yf[yo + k * P * Q + q] = O[r, q, k]
+    if rf.size:
+        # after all the slab's rows are stored (right after a row's transposes, reading
+        # it back stalled on the stores)
+        for r in range(min(O.shape[0], P - p0)):
+            yo = ((n * K + k0) * P + p0 + r) * Q
+            for k in range(nk):
+                ep_run(yf, yo + k * P * Q + q_lo, q_hi - q_lo, k0 + k, bias, rf, act)
 
 
 @jit(fastmath=_FASTMATH)
@@ -511,7 +525,7 @@ def _filter_t4(dU, dw):
 # -- the parallel kernels --------------------------------------------------------------
 
 @jit(parallel=True)
-def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob):
+def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob, bias, rf, act):
     """y (NCHW) = the correlation of x (NCHW; input rows and columns offset by oh, ow)
     with the transformed filter ``Uk`` (nsplit, alpha^2, C, kp), split into ``nsplit``
     slices of kp output channels (zero-padded). Work item ``(n, block, part)`` takes R =
@@ -519,7 +533,8 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob):
     its thread's channels-last slab (``Sb[tid]``, zero-padded), runs their input
     transforms, the GEMMs with filter slice ``part``, the output transform of those kp
     channels into a channels-last output slab (``Ob[tid]``) and stores that to y (rows
-    shorter than a vector: tile by tile straight into y).
+    shorter than a vector: tile by tile straight into y), through the epilogue (``bias``,
+    ``rf``, ``act``: ``fastconv.kernels.epilogue``).
     Thread ``tid`` takes items tid, tid + nthreads, ... with its own slabs, V, M and tmp
     (``Sb``, ``Vb``, ``Mb``, ``Tb``, ``Ob`` [tid])."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
@@ -547,14 +562,15 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob):
                     _in_tile4(S, 0, 4 * i, 4 * j, tmp, V, u)
             for xi in range(alpha2):
                 np.dot(V[xi], Uk[part, xi], M[xi])
+            k0 = part * kp
+            nk = min(K, k0 + kp) - k0
             if y.shape[3] < 64 // y.itemsize:            # short rows: straight into y
-                yk = y[:, part * kp:min(K, part * kp + kp)]
                 for u in range(nt):
                     i, j = i0 + u // tw, u % tw
                     if m == 2:
-                        _out_tile2(M, u, tmp, yk, n, 2 * i, 2 * j)
+                        _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j, k0, nk, bias, rf, act)
                     else:
-                        _out_tile4(M, u, tmp, yk, n, 4 * i, 4 * j)
+                        _out_tile4(M, u, tmp, y, n, 4 * i, 4 * j, k0, nk, bias, rf, act)
                 continue
             for u in range(nt):
                 i, j = u // tw, u % tw
@@ -562,8 +578,7 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob):
                     _out_tile2_cl(M, u, tmp, O, 2 * i, 2 * j)
                 else:
                     _out_tile4_cl(M, u, tmp, O, 4 * i, 4 * j)
-            _store_rows(O, y, n, m * i0, part * kp, min(K, part * kp + kp) - part * kp, 0,
-                        y.shape[3])
+            _store_rows(O, y, n, m * i0, k0, nk, 0, y.shape[3], bias, rf, act)
 
 
 #: BLAS ``?gemm`` through Numba's wrapper (the one ``np.dot`` calls, so
@@ -637,12 +652,13 @@ def _transform_tiles(src, dst, nt, m, t0, th, tw, dy):
 
 
 @jit(parallel=True)
-def _output_tiles(M, nt, y, m, t0, th, tw):
+def _output_tiles(M, nt, y, m, t0, th, tw, bias, rf, act):
     """The output tiles t0 + u, u < nt, of y from M[:, u, :]. Rows of at least one vector
     of columns: a row of tiles (or the part of one in this batch) at a time, into a
     channels-last slab, then stored by block transposes (faster than tile by tile);
     shorter rows, where a slab's element-wise store would be slower: tile by tile
-    straight into y."""
+    straight into y. The epilogue (``bias``, ``rf`` y's residual, ``act``) applies as
+    each is stored."""
     K, Q = y.shape[1], y.shape[3]
     if Q < 64 // y.itemsize:
         ch = _chunk(nt)
@@ -651,9 +667,9 @@ def _output_tiles(M, nt, y, m, t0, th, tw):
             for u in range(chunk * ch, min(nt, chunk * ch + ch)):
                 n, i, j = _tile(t0 + u, th, tw)
                 if m == 2:
-                    _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j)
+                    _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j, 0, K, bias, rf, act)
                 else:
-                    _out_tile4(M, u, tmp, y, n, 4 * i, 4 * j)
+                    _out_tile4(M, u, tmp, y, n, 4 * i, 4 * j, 0, K, bias, rf, act)
         return
     for row in prange(t0 // tw, (t0 + nt - 1) // tw + 1):    # tile row n*th + i
         n, i = row // th, row % th
@@ -665,7 +681,7 @@ def _output_tiles(M, nt, y, m, t0, th, tw):
                 _out_tile2_cl(M, row * tw + j - t0, tmp, O, 0, 2 * j)
             else:
                 _out_tile4_cl(M, row * tw + j - t0, tmp, O, 0, 4 * j)
-        _store_rows(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1))
+        _store_rows(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1), bias, rf, act)
 
 
 #: output channels per work item of the F(4x4,3x3) path that transforms the filter on
@@ -799,11 +815,13 @@ def _filter(m, w, kind, nsplit, multiple=1):
     return _filters.get(w, ("winograd", kind, m, nsplit, multiple), build)
 
 
-def _winograd(plan, m, x, w, kind, y, off_h, off_w):
+def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     """Stride-1 3x3 correlation ``y[n, k, p, q] = sum x[n, c, p + off_h + r, q + off_w + s]
     * g[k, c, r, s]`` (zeros outside x) with F(m x m, 3x3), where g is ``w`` (``kind``
     "fwd") or ``w`` rotated with C and K swapped ("rot"); x (N, C, H, W) C-contiguous,
-    y (N, K, P, Q) filled; by the plan's variant (``fastconv._plan._winograd``)."""
+    y (N, K, P, Q) filled; by the plan's variant (``fastconv._plan._winograd``), with
+    the epilogue ``ep`` (``fastconv.kernels.epilogue``) in the output transform's
+    stores."""
     N, C = x.shape[:2]
     K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
@@ -827,7 +845,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
         _run(_streamed_items, M.shape[2] // J, Vc, np.ascontiguousarray(w).reshape(-1), M, K,
              kind == "rot", codegen.kernel("gemm_acc", rows=TB, cols=J))
         with one_thread(plan["serial"]):
-            _output_tiles(M, nt, y, m, 0, th, tw)
+            _output_tiles(M, nt, y, m, 0, th, tw, *ep)
         return
     if plan.variant in ("fused", "split"):
         Uk = _filter(m, w, kind, plan["filter_slices"])
@@ -839,7 +857,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
         Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, Uk.shape[3])), x.dtype)
         Ob = _buffer("O", (nthreads, m * R, m * tw, Uk.shape[3]), x.dtype)
         with single_threaded_blas():
-            _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb, Ob)
+            _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb, Ob, *ep)
         return
     # unfused: our GEMM kernel (float32, K padded to its columns), or BLAS (unfused_blas)
     TB, J = plan["gemm_block"]
@@ -861,7 +879,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
                 _gemm(V, U, M, plan["gemm_rows_bytes"])
             else:
                 _matmul(V, U, M)
-            _output_tiles(M, nt, y[n0:n1], m, t0, th, tw)
+            _output_tiles(M, nt, y[n0:n1], m, t0, th, tw, *ep.images(n0, n1, K * P * Q))
 
 
 @jit(parallel=True)
@@ -960,16 +978,18 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
 _TILE = {"winograd_f2": 2, "winograd_f4": 4}
 
 
-def conv2d(plan, x, w, p, out):
-    """Forward convolution into ``out`` (N, K, P, Q)."""
-    _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left)
+def conv2d(plan, x, w, p, out, epilogue=None):
+    """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue`` applied in
+    the output transform's stores."""
+    _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left,
+              none(x.dtype) if epilogue is None else epilogue)
 
 
 def conv2d_input(plan, dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
     computation on dy with the filter rotated 180 degrees and C, K swapped."""
     _winograd(plan, _TILE[plan.algorithm], np.ascontiguousarray(dy), w, "rot", out,
-              p.pad_top - 2, p.pad_left - 2)
+              p.pad_top - 2, p.pad_left - 2, none(dy.dtype))
 
 
 def conv2d_weight(plan, x, dy, p, out):

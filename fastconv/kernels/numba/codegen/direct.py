@@ -34,7 +34,9 @@ def row(name, pixels, channels):
     a = L.append
     a("@jit(fastmath={'contract'})")
     a(f"def {name}(xf, wf, out, soff, N, C, G, Hp, Wq, Kb, Kg, R, S, sh, sw, dh, P, Q, zero,"
-      " it0, it1):")
+      " bias, rf, act, it0, it1):")
+    a("    K = out.shape[1]")
+    a("    of = out.reshape(out.size)")
     a(f"    nq = (Q + {J - 1}) // {J}")
     a("    Cg = C // G")
     a("    plane = Hp * sw * Wq")
@@ -80,6 +82,11 @@ def row(name, pixels, channels):
         a(f"                    o = out[n, k0 + {k}, p_]")
         for j in range(J):
             a(f"                    if jv > {j}: o[q0 + {j}] = a{j}_{k}")
+    # the epilogue on the block just stored (in L1; the overlapping last block stores
+    # raw sums again before it)
+    a("            for k in range(nk):")
+    a(f"                ep_run(of, ((n * K + k0 + k) * P + p_) * Q + q0, min({J}, jv), k0 + k,"
+      " bias, rf, act)")
     return "\n".join(L) + "\n"
 
 
@@ -96,7 +103,9 @@ def flat(name, pixels, channels):
     a = L.append
     a("@jit(fastmath={'contract'})")
     a(f"def {name}(xf, wf, out, toff, N, C, G, plane, Wq, Kb, Kg, P, Q, oh0, osh,"
-      " ow0, osw, kb_inner, zero, it0, it1):")
+      " ow0, osw, kb_inner, zero, bias, rf, act, it0, it1):")
+    a("    K, OP, OQ = out.shape[1], out.shape[2], out.shape[3]")
+    a("    of = out.reshape(out.size)")
     a(f"    nf = (P * Wq + {J - 1}) // {J}")
     a("    Cg = C // G")
     a("    T = toff.size")
@@ -134,14 +143,16 @@ def flat(name, pixels, channels):
     _fma_source(a, " " * 16, J, KB)
     for k in range(KB):
         a("        " + "; ".join(f"buf[{k}, {j}] = a{j}_{k}" for j in range(J)))
-    # scatter the valid pixels (q < Q, p < P) to out[n, k, oh0 + p*osh, ow0 + q*osw]
+    # scatter the valid pixels (q < Q, p < P) to out[n, k, oh0 + p*osh, ow0 + q*osw],
+    # through the epilogue
     a(f"        for j in range({J}):")
     a("            f = f0 + j")
     a("            p_ = f // Wq")
     a("            q = f - p_ * Wq")
     a("            if q < Q and p_ < P:")
     a("                for k in range(nk):")
-    a("                    out[n, k0 + k, oh0 + p_ * osh, ow0 + q * osw] = buf[k, j]")
+    a("                    ep_put(of, ((n * K + k0 + k) * OP + oh0 + p_ * osh) * OQ + ow0 + q * osw,"
+      " buf[k, j], k0 + k, bias, rf, act)")
     return "\n".join(L) + "\n"
 
 
@@ -153,7 +164,9 @@ def _lanes_prologue(a, name, M, J, KB, SW, streamed=False):
     a("@jit(fastmath={'contract'})")
     extra = "flip, " if streamed else ""
     a(f"def {name}(xf, wf, out, N, C, G, Hp, Wp, Kb, Kg, R, S, sh, dh, dw, P, Q, {extra}zero,"
-      " it0, it1):")
+      " bias, rf, act, it0, it1):")
+    a("    K = out.shape[1]")
+    a("    of = out.reshape(out.size)")
     a(f"    nq = (Q + {J - 1}) // {J}")
     a(f"    np_ = (P + {M - 1}) // {M}")
     a("    Cg = C // G")
@@ -223,8 +236,6 @@ def _lanes_source(name, M, J, KB, SW):
     L = []
     a = L.append
     _lanes_prologue(a, name, M, J, KB, SW)
-    a("    K = out.shape[1]")
-    a("    of = out.reshape(out.size)")
     a("    RQ = (Q + 15) // 16 * 16            # row buffer pitch: columns past Q never stored")
     a(f"    rb = np.empty({M} * RQ * {KB}, xf.dtype)")
     a("    for it in range(it0, it1):          # of N * G * Kb * np_")
@@ -248,10 +259,21 @@ def _lanes_source(name, M, J, KB, SW):
     # a time (the last block masked); element by element for a channel tail
     a(f"        k0 = g * Kg + kb * {KB}")
     a(f"        nk = min({KB}, Kg - kb * {KB})")
+    # the epilogue: without a residual, bias and activation on the row buffer (channels
+    # contiguous) before the stores; with one, on the rows just stored (reading a row
+    # back right after its transposed stores stalled on them: after all M rows)
+    a("        if rf.size == 0:")
+    a(f"            for mq in range({M} * Q):")
+    a(f"                ep_channels(rb, (mq // Q * RQ + mq % Q) * {KB}, nk, k0, bias, act)")
     a(f"        for m in range({M}):")
     a(f"            rm = m * RQ * {KB}")
     store_transposed(a, " " * 12, "rb", "rm + ks", KB, "Q",
                       "((n * K + k0 + ks) * P + p0 + m) * Q", "P * Q")
+    a("        if rf.size:")
+    a(f"            for m in range({M}):")
+    a("                for k in range(nk):")
+    a("                    ep_run(of, ((n * K + k0 + k) * P + p0 + m) * Q, Q, k0 + k, bias, rf,"
+      " act)")
     return "\n".join(L) + "\n"
 
 
@@ -299,9 +321,9 @@ def _lanes_store_block(a, ind, J, KB, value):
     a(f"{ind}k0 = g * Kg + kb * {KB}")
     a(f"{ind}for k in range(min({KB}, Kg - kb * {KB})):")
     a(f"{ind}    for m in range(nr):")
-    a(f"{ind}        o = out[n, k0 + k, p0 + m]")
+    a(f"{ind}        o = ((n * K + k0 + k) * P + p0 + m) * Q + q0")
     a(f"{ind}        for j in range(min({J}, Q - q0)):")
-    a(f"{ind}            o[q0 + j] = {value}")
+    a(f"{ind}            ep_put(of, o + j, {value}, k0 + k, bias, rf, act)")
 
 
 def lanes_streamed(name, rows, cols, channels, stride):
@@ -518,7 +540,8 @@ def depthwise(name, rows, cols):
     L = []
     a = L.append
     a("@jit(fastmath={'contract'})")
-    a(f"def {name}(x, w, out, toff, Kg, sh, sw, pt, pl, Hq, Wq, flip, zero, it0, it1):")
+    a(f"def {name}(x, w, out, toff, Kg, sh, sw, pt, pl, Hq, Wq, flip, zero, bias, rf, act,"
+      " it0, it1):")
     a("    N, C, H, W = x.shape")
     a("    K, P, Q = out.shape[1], out.shape[2], out.shape[3]")
     a("    R, S = w.shape[2], w.shape[3]")
@@ -561,6 +584,9 @@ def depthwise(name, rows, cols):
     a("            to = np.uint64(p_ * Qp)")
     a("            oo = np.uint64(((n * K + k) * P + p_) * Q)")
     _copy_source(a, " " * 12, "of", "oo", "otile", "to", "Q", J)
+    # the epilogue on the plane just stored (in L2; a row read back right after its
+    # copy stalled on the stores)
+    a("        ep_run(of, (n * K + k) * P * Q, P * Q, k, bias, rf, act)")
     return "\n".join(L) + "\n"
 
 

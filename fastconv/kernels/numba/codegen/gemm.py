@@ -153,7 +153,7 @@ def pointwise(name, pixels, channels, patch_gemm_name):
     L = []
     a = L.append
     a("@jit(fastmath={'contract'})")
-    a(f"def {name}(x, uf, out, G, Kb, nch, KC, it0, it1):")
+    a(f"def {name}(x, uf, out, G, Kb, nch, KC, bias, rf, act, it0, it1):")
     a("    N, C, H, W = x.shape")
     a("    K = out.shape[1]")
     a("    HW = H * W")
@@ -190,5 +190,7 @@ def pointwise(name, pixels, channels, patch_gemm_name):
     # mb[row t - r0, channel ks] -> out[n, k0 + ks, q0]
     store_transposed(a, " " * 12, "mb", f"(t - r0) * {J} + ks", J, "e",
                       "(n * K + k0 + ks) * HW + q0", "HW")
+    a("            for k in range(nk):                # the epilogue, in L1")
+    a("                ep_run(of, (n * K + k0 + k) * HW + q0, e, k0 + k, bias, rf, act)")
     a("            t += e")
     return "\n".join(L) + "\n"
