@@ -22,18 +22,10 @@ _ACTIVATIONS = {ReLU: "relu", ReLU6: "relu6"}
 
 def _conv(x, w, bias, stride, padding, dilation, groups, activation, residual):
     """``activation(conv2d(x, w, bias) + residual)``: every convolution of an optimized
-    model goes through here. The residual add and the activation are NumPy passes for
-    now; they are replaced by the fused kernel call ``fastconv.conv2d(...,
-    activation=..., residual=...)`` (issue 14, item 1), which applies them in the
-    kernel's store."""
-    y = F.conv2d(x, w, bias, stride, padding, dilation, groups)
-    if residual is not None:
-        y += residual
-    if activation == "relu":
-        np.maximum(y, 0, out=y)
-    elif activation == "relu6":
-        np.clip(y, 0, 6, out=y)
-    return y
+    model goes through here, one fused call (the kernels apply the bias, residual and
+    activation as they store the output)."""
+    return F.conv2d(x, w, bias, stride, padding, dilation, groups, activation=activation,
+                    residual=residual)
 
 
 # -- steps -------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from ..._config import get_num_threads, single_threaded_blas, workspace
+from ..epilogue import apply
 from ..weight_cache import CACHE as _filters
 from ._hot cimport fc_int, fc_kernels, fc_table
 from ._isa import ISA
@@ -313,9 +314,13 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
 # -- The registry's kernels: run a plan (fastconv._plan._winograd) --------------------------
 
 
-def conv2d(plan, x, w, p, out):
-    """Forward convolution into ``out`` (N, K, P, Q)."""
+def conv2d(plan, x, w, p, out, epilogue=None):
+    """Forward convolution into ``out`` (N, K, P, Q), then the ``epilogue``
+    (``fastconv.kernels.epilogue``) over the whole output: not yet in the output
+    transform's stores, as the Numba backend's is."""
     _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left)
+    if epilogue is not None and not epilogue.empty:
+        apply(out, epilogue)
 
 
 def conv2d_input(plan, dy, w, p, out):
