@@ -461,3 +461,20 @@ def test_pointwise_weight_changed_in_place():
         edit()
         assert_close(fastconv.conv2d(x, w, algorithm="direct"),
                      fastconv.conv2d(x, w, algorithm="reference"), 1e-5, "after an edit")
+
+
+def test_phase_weights_are_cached_per_sub_kernel():
+    """One weight array through strided input gradients of different dilations: each
+    residue class's sub-kernel (its taps depend on the dilation too) gets its own cached
+    layout, not the one the last call left under the same class."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((20, 3, 2, 3)).astype(np.float32)
+    for dilation in [(1, 1), (1, 2), (1, 1), (2, 2)]:
+        kw = dict(stride=2, dilation=dilation, groups=4)
+        x = rng.standard_normal((2, 12, 17, 16)).astype(np.float32)
+        dy = rng.standard_normal(fastconv.conv2d(x, w, **kw).shape).astype(np.float32)
+        got, _ = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **kw,
+                                                        algorithm="direct"),
+                          variant="phases")
+        assert_close(got, fastconv.conv2d_input(x.shape, w, dy, **kw, algorithm="reference"),
+                     tolerance(np.float32, "direct"), f"dilation {dilation}")

@@ -477,7 +477,7 @@ def _input_grad_phases(plan, dy, w, p, out):
             _forward_blocked(core, plan["slice_bytes"], plan["pad_serial_rows"], dy, wsub, out,
                              p.N, p.K, p.C, wsub.shape[2], wsub.shape[3], p.groups, 1, 1,
                              ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,
-                             kind=("phase", a, b, p.stride_h, p.stride_w),
+                             kind=("phase", tr, tc),          # cached per sub-kernel
                              orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
 
 
