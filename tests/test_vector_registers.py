@@ -27,9 +27,12 @@ def check(op, algorithm, N, C, H, W, K, R, **kw):
     w = rng.standard_normal((K, C // kw.get("groups", 1), R, R)).astype(np.float32)
     y = fastconv.conv2d(x, w, **kw, algorithm="reference")
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    call = {"conv2d": lambda a: fastconv.conv2d(x, w, **kw, algorithm=a),
-            "conv2d_input": lambda a: fastconv.conv2d_input(x.shape, w, dy, **kw, algorithm=a),
-            "conv2d_weight": lambda a: fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm=a)}[op]
+    be = lambda a: "auto" if a == "reference" else "numba"          # the blocks are Numba's
+    call = {"conv2d": lambda a: fastconv.conv2d(x, w, **kw, algorithm=a, backend=be(a)),
+            "conv2d_input": lambda a: fastconv.conv2d_input(x.shape, w, dy, **kw, algorithm=a,
+                                                            backend=be(a)),
+            "conv2d_weight": lambda a: fastconv.conv2d_weight(x, w.shape, dy, **kw, algorithm=a,
+                                                              backend=be(a))}[op]
     with fastconv.trace_plans() as ran:
         got = call(algorithm)
     want = call("reference")

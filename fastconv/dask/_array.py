@@ -228,6 +228,12 @@ def _whole_plan(p, dtype, algorithm, backend, w_chunks):
     """The plan every block follows: the in-memory call's, or for ``auto``, where the
     in-memory plan cannot be split exactly or is Winograd's and the input is chunked
     along W (its blocks would be whole rows, larger than the input's chunks), direct's."""
+    if backend == "auto":
+        # exactness is the Numba kernels' (module docstring): their plans where they exist
+        try:
+            return _whole_plan(p, dtype, algorithm, "numba", w_chunks)
+        except ValueError:
+            pass
     whole = _plan.make("conv2d", p, dtype, algorithm, backend)
     if algorithm == "auto" and (not _exact(whole) or (whole.algorithm in _TILE
                                                       and len(w_chunks) > 1)):
