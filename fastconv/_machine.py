@@ -64,3 +64,15 @@ def vector_registers():
     except ImportError:                                          # NumPy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as feats
     return 32 if feats.get("AVX512F") else 16
+
+
+@functools.lru_cache(maxsize=None)
+def float32_lanes():
+    """float32 lanes of the widest vector the CPU has: 16 with AVX-512, 8 with AVX2 (4
+    before it). What the FMA probe (``fastconv.bench.fma_peak``) fills each chain with,
+    so its accumulators fit :func:`vector_registers`."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except ImportError:                                          # NumPy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as feats
+    return 16 if feats.get("AVX512F") else 8 if feats.get("AVX") else 4

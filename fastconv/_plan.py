@@ -15,9 +15,13 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, direct (where its lanes kernel
   fits) or im2col.
-- forwards with few inputs per output (RGB stems) and stride-2 forwards: direct; the
-  weight gradient of stride-2 layers with long patches: direct.
-- everything else: im2col.
+- forwards with few inputs per output (RGB stems, not 1x1) and 3x3 stride-2 forwards:
+  direct; the weight gradient of stride-2 layers with long patches: direct.
+- on CPUs with fewer vector registers than ``BLAS_BELOW_REGISTERS`` (AVX2's 16), the
+  forwards that direct's lanes kernel or Winograd on images under ``F4_MIN_IMAGE``
+  outputs would run go to im2col's BLAS GEMM (direct's register block is 12
+  accumulators there, not 28); stems stay direct.
+- everything else (1x1 with stride or padding included): im2col.
 
 ``backend="auto"`` (unless ``fastconv.set_backend`` or ``FASTCONV_BACKEND`` set another
 default) takes, for the algorithm chosen, the first backend in
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _config, _dispatch, _tuning
+from ._machine import vector_registers
 from ._geometry import ConvParams, check_dtype, conv_params, int_tuple, pool_params
 from .kernels import layouts
 
@@ -100,10 +105,15 @@ def _algorithm(op, p, dtype):
         return "direct" if pointwise else "im2col"
     if p.groups > 1 and p.groups == p.C == p.K:
         return "direct"
+    # on CPUs with few vector registers BLAS runs the forwards that direct's lanes kernel
+    # and Winograd on small images would (direct's register block is too small there)
+    blas = op == "conv2d" and vector_registers() < t.BLAS_BELOW_REGISTERS
     if winograd_supports(p) and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS:
         image, outputs = p.P * p.Q, p.N * p.P * p.Q
         if image >= t.F4_MIN_IMAGE:
             return "winograd_f4"
+        if blas:
+            return "im2col"
         if outputs < t.F2_MIN_OUTPUTS:
             lanes = layouts.lanes_block(p.P, p.Q) is not None
             return "direct" if op == "conv2d_weight" or lanes else "im2col"
@@ -112,7 +122,8 @@ def _algorithm(op, p, dtype):
         return "im2col"
     patch = (p.C // p.groups) * p.R * p.S
     stride2 = p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1 and p.R > 1 and p.S > 1
-    if op == "conv2d" and (patch < t.DIRECT_MAX_PATCH or stride2):
+    stem = patch < t.DIRECT_MAX_PATCH and p.R * p.S > 1       # not 1x1 with stride or padding
+    if op == "conv2d" and (stem or (stride2 and not blas)):
         return "direct"
     if op == "conv2d_weight" and stride2 and patch >= t.DIRECT_MAX_PATCH:
         return "direct"

@@ -117,34 +117,39 @@ def median_ratio(times, numerator, denominator):
 
 
 # -- FMA peak probe -----------------------------------------------------------------
-# 12 independent chains of 16-wide float32 FMAs (written as scalar locals, which LLVM's
-# SLP vectorizer packs into vector FMAs): enough chains in flight to cover the FMA
-# latency on both pipes. Flop count: 2 per FMA.
+# 12 independent chains of vector-wide float32 FMAs (written as scalar locals, which
+# LLVM's SLP vectorizer packs into vector FMAs): enough chains in flight to cover the FMA
+# latency on both pipes, few enough (12 accumulators) to stay in 16 registers. The peak
+# probe's chains are as wide as the CPU's vectors (``_machine.float32_lanes``; 16-wide
+# chains on an AVX2 CPU need 24 ymm accumulators, and spill to half the peak). Flop
+# count: 2 per FMA.
 
-_CHAINS, _LANES = 12, 16
+_CHAINS = 12
+#: lanes of the fixed workload the CI gate's anchor runs (its baselines were recorded with it)
+_LANES = 16
 
 
-def _probe_source():
-    names = [f"a{c}_{l}" for c in range(_CHAINS) for l in range(_LANES)]
+def _probe_source(lanes):
+    names = [f"a{c}_{l}" for c in range(_CHAINS) for l in range(lanes)]
     lines = ["def _fma_probe(n, x, y, out):"]
     lines += [f"    {v} = np.float32({i % 7})" for i, v in enumerate(names)]
     lines += ["    for _ in range(n):"]
-    lines += [f"        {v} = {v} * x[{i % _LANES}] + y[{i % _LANES}]" for i, v in enumerate(names)]
+    lines += [f"        {v} = {v} * x[{i % lanes}] + y[{i % lanes}]" for i, v in enumerate(names)]
     lines += ["    out[0] = " + " + ".join(names)]
     return "\n".join(lines)
 
 
-_probe = None
+_probes = {}
 
 
-def _compiled_probe():
-    global _probe
-    if _probe is None:
+def _compiled_probe(lanes=_LANES):
+    """The FMA probe with chains of ``lanes`` float32 lanes, compiled once per process."""
+    if lanes not in _probes:
         from numba.core import config
 
         from .kernels.numba._jit import jit
         namespace = {"np": np}
-        exec(_probe_source(), namespace)
+        exec(_probe_source(lanes), namespace)
         old = config.SLP_VECTORIZE
         config.SLP_VECTORIZE = True  # only for this function's compilation
         try:
@@ -152,8 +157,8 @@ def _compiled_probe():
             fn.compile("(int64, float32[::1], float32[::1], float32[::1])")
         finally:
             config.SLP_VECTORIZE = old
-        _probe = fn
-    return _probe
+        _probes[lanes] = fn
+    return _probes[lanes]
 
 
 def fma_peak(threads=None, seconds=0.2):
@@ -163,9 +168,11 @@ def fma_peak(threads=None, seconds=0.2):
 
     from ._config import get_num_threads
     threads = threads or get_num_threads()
-    probe = _compiled_probe()
-    x = np.full(_LANES, 0.999, np.float32)
-    y = np.full(_LANES, 0.001, np.float32)
+    from ._machine import float32_lanes
+    lanes = float32_lanes()
+    probe = _compiled_probe(lanes)
+    x = np.full(lanes, 0.999, np.float32)
+    y = np.full(lanes, 0.001, np.float32)
     out = np.zeros(1, np.float32)
     n = 1000
     while True:  # calibrate the iteration count on one thread
@@ -180,7 +187,7 @@ def fma_peak(threads=None, seconds=0.2):
             t0 = time.perf_counter()
             list(pool.map(lambda _: probe(n, x, y, np.zeros(1, np.float32)), range(threads)))
             elapsed = time.perf_counter() - t0
-            best = max(best, threads * n * _CHAINS * _LANES * 2 / elapsed / 1e9)
+            best = max(best, threads * n * _CHAINS * lanes * 2 / elapsed / 1e9)
     return best
 
 

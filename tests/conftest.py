@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 # The kernels' register blocks follow the CPU's vector registers (fastconv._machine): the
-# suite plans with AVX-512's 32-register table on every CPU, so what the tests expect of a
-# plan holds on any machine CI lands on; tests/test_vector_registers.py runs the
-# 16-register (AVX2) table in a process of its own.
-os.environ.setdefault("FASTCONV_VECTOR_REGISTERS", "32")
+# suite plans with the 16-register (AVX2) table on every CPU, so what the tests expect of
+# a plan holds on any machine CI lands on, and its kernels compile in seconds (AVX-512's
+# 1 x 14 x 32 block took 46 s to compile on Zen 3, its 2 x 7 x 32 block 62 s, against 14 s
+# for the whole first direct call with the 16-register blocks);
+# tests/test_vector_registers.py runs the 32-register (AVX-512) table in a process of its own.
+os.environ.setdefault("FASTCONV_VECTOR_REGISTERS", "16")
 
 import fastconv  # noqa: E402
 from fastconv import _dispatch, _plan, _tuning  # noqa: E402

@@ -221,7 +221,7 @@ def test_pool_plans():
 #: thresholds under which auto picks other algorithms and variants on small layers
 TUNINGS = {
     "defaults": {},
-    "winograd": dict(WINOGRAD_MIN_CHANNELS=1, F2_MIN_OUTPUTS=1),
+    "winograd": dict(WINOGRAD_MIN_CHANNELS=1, F2_MIN_OUTPUTS=1, BLAS_BELOW_REGISTERS=0),
     "winograd unfused": dict(WINOGRAD_MIN_CHANNELS=1, F4_MIN_IMAGE=1, FUSED_MAX_FILTER_BYTES=0,
                              SPLIT_MAX_SLICE_BYTES=0, SPLIT_MAX_STREAM_BYTES=0,
                              WEIGHT_FUSED_MAX_FILTER_BYTES=0),
@@ -230,6 +230,7 @@ TUNINGS = {
     "pointwise": dict(POINTWISE_MIN_IMAGES=1, POINTWISE_MAX_IMAGE=10**9, POINTWISE_MIN_OUTPUTS=1,
                       POINTWISE_MIN_REDUCTION=0),
     "direct": dict(DIRECT_MAX_PATCH=10**9, DIRECT_MIN_OUTPUTS=1, WINOGRAD_MIN_CHANNELS=10**9,
+                   BLAS_BELOW_REGISTERS=0,
                    LANES_MIN_PATCH=0, LANES_STREAM_MIN_WEIGHT=0, DIRECT_SLICE_BYTES=1),
     "im2col": dict(DIRECT_MIN_OUTPUTS=10**9, WINOGRAD_MIN_CHANNELS=10**9,
                    WEIGHT_FUSED_MIN_RATIO=0, WEIGHT_FUSED_MIN_CHANNELS=0,
