@@ -137,6 +137,20 @@ def pytest_sessionstart(session):
             f"NUMBA_BOUNDSCHECK=1 / build with FASTCONV_CYTHON_BOUNDSCHECK=1")
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its example counts to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fastconv_examples"] = json.dumps(_examples)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """Under pytest-xdist, the controller adds up the counts its workers ran."""
+    for key, n in json.loads(getattr(node, "workeroutput", {}).get("fastconv_examples", "{}")
+                             ).items():
+        _examples[key] = _examples.get(key, 0) + n
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """How many examples the property tests ran, per file and in all; also written as
     JSON to ``$FASTCONV_CASE_COUNTS`` when set (.ci/run reports it)."""

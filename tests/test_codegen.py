@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _tuning
+from fastconv.kernels import layouts
 from fastconv.kernels.numba import codegen
 
 #: fastconv's checkout, for the subprocesses (the one imported here)
@@ -35,6 +37,13 @@ def _run(code, tmp_path, **env):
 
 LOAD = "from fastconv.kernels.numba import codegen; print(codegen.load().__file__)"
 
+#: the register blocks of the table this process plans with (tests/conftest.py: the
+#: 16-register one; the subprocesses inherit its FASTCONV_VECTOR_REGISTERS):
+#: direct's one-row lanes block (rows, pixels, output channels), Winograd's GEMM block
+#: (columns, rows)
+LANES_ONE_ROW = layouts.LANES_BLOCKS[0]
+GEMM_COLS, GEMM_ROWS = layouts.GEMM_BLOCK
+
 
 def _assert_holds_every_kernel(text):
     for name in codegen.TABLE.values():
@@ -50,7 +59,8 @@ def test_debug_source_writes_the_generated_module_to_the_debug_dir(tmp_path):
     text = copy.read_text()
     assert text == Path(run.stdout.strip().splitlines()[-1]).read_text()  # the compiled one
     _assert_holds_every_kernel(text)
-    assert "direct_lanes_1x14_k32_s1" in text and "gemm_6x64" in text
+    M, J, KB = LANES_ONE_ROW
+    assert f"direct_lanes_{M}x{J}_k{KB}_s1" in text and f"gemm_{GEMM_ROWS}x{GEMM_COLS}" in text
 
 
 def test_debug_source_default_dir_and_flag_list(tmp_path):
@@ -88,9 +98,11 @@ def test_names_follow_the_scheme():
         # the blocking part: R x C blocks, pixel runs, k/c/s fields, pairs
         fields = name[len(family) + 1:].split("_")
         assert all(re.fullmatch(r"\d+x\d+|\d+px|[kcs]\d+|\d+pairs", f) for f in fields), name
-    assert codegen.kernel_name("direct_lanes", rows=1, cols=14, channels=32,
-                               stride=1) == "direct_lanes_1x14_k32_s1"
-    assert codegen.kernel_name("gemm", rows=6, cols=64) == "gemm_6x64"
+    M, J, KB = LANES_ONE_ROW                      # 1 x 4 x 24 (16 registers), 1 x 14 x 32
+    assert codegen.kernel_name("direct_lanes", rows=M, cols=J, channels=KB,
+                               stride=1) == f"direct_lanes_{M}x{J}_k{KB}_s1"
+    assert codegen.kernel_name("gemm", rows=GEMM_ROWS,
+                               cols=GEMM_COLS) == f"gemm_{GEMM_ROWS}x{GEMM_COLS}"
     assert codegen.kernel_name("direct_weight_grad", in_channels=16,
                                channels=16) == "direct_weight_grad_c16_k16"
 
@@ -100,26 +112,42 @@ def test_lookup_errors_name_what_exists():
         codegen.kernel_name("no_such_family", rows=1)
     with pytest.raises(TypeError, match="rows, cols"):
         codegen.kernel_name("gemm", rows=6)
-    with pytest.raises(KeyError, match="'rows': 6, 'cols': 64"):
-        codegen.kernel_name("gemm", rows=5, cols=64)
+    # a block the module does not have: the error names the one it has
+    with pytest.raises(KeyError, match=f"'rows': {GEMM_ROWS}, 'cols': {GEMM_COLS}"):
+        codegen.kernel_name("gemm", rows=GEMM_ROWS + 1, cols=GEMM_COLS)
 
+
+def _lanes_runs():
+    """Calls that reach every lanes kernel of the table this process plans with (either
+    table): per block (M rows, J pixels, KB output channels), M x J outputs (rows too
+    short for the blocks before it), stride 1 and 2, on 32 input channels (a 3x3 patch
+    of 288 >= LANES_MIN_PATCH, which a two-row block needs); for a two-row block also a
+    512 x 512 weight (>= LANES_STREAM_MIN_WEIGHT: the streamed kernel)."""
+    assert 32 * 9 >= _tuning.LANES_MIN_PATCH and 512 * 512 * 9 * 4 >= \
+        _tuning.LANES_STREAM_MIN_WEIGHT
+    runs = []
+    for M, J, KB in layouts.LANES_BLOCKS:
+        assert layouts.lanes_block(M, J) == (M, J, KB)
+        channels = (32, 512) if M > 1 else (32,)           # the streamed kernel: row pairs
+        for C in channels:
+            K = KB if C == 32 else C
+            runs += [("conv2d", (1, C, M, J), (K, C, 3, 3), np.float32, None, dict(padding=1)),
+                     ("conv2d", (1, C, 2 * M, 2 * J), (K, C, 3, 3), np.float32, None,
+                      dict(stride=2, padding=1))]
+    return runs
+
+
+#: rows one pixel shorter than the one-row lanes block (a two-row block fits them, but
+#: not on a short patch): 3 (16 registers), 13 (32)
+SHORT = layouts.LANES_BLOCKS[0][1] - 1
 
 #: calls that run every generated kernel: (op, input shape, weight shape, dtype,
 #: threads, keywords); the kernels are compiled on first run (or loaded from the cache)
 RUNS = [
     ("conv2d", (1, 8, 9, 9), (16, 8, 3, 3), np.float64, None, dict(stride=2)),  # row 8, split
     ("conv2d", (1, 8, 20, 20), (16, 8, 3, 3), np.float32, None, dict(stride=3)),  # row 16
-    ("conv2d", (1, 8, 6, 6), (16, 8, 3, 3), np.float32, None, dict(padding=1)),   # flat
-    ("conv2d", (1, 8, 16, 16), (32, 8, 3, 3), np.float32, None, dict(padding=1)),  # lanes 1x14
-    ("conv2d", (1, 8, 32, 32), (32, 8, 3, 3), np.float32, None,
-     dict(stride=2, padding=1)),
-    ("conv2d", (1, 64, 7, 7), (32, 64, 3, 3), np.float32, None, dict(padding=1)),  # lanes 2x7
-    ("conv2d", (1, 64, 13, 13), (32, 64, 3, 3), np.float32, None,
-     dict(stride=2, padding=1)),
-    ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), np.float32, None,               # streamed
-     dict(padding=1)),
-    ("conv2d", (1, 512, 13, 13), (512, 512, 3, 3), np.float32, None,
-     dict(stride=2, padding=1)),
+    ("conv2d", (1, 8, SHORT, SHORT), (16, 8, 3, 3), np.float32, None, dict(padding=1)),  # flat
+    *_lanes_runs(),                                     # lanes, one and two rows; streamed
     ("conv2d", (4, 256, 5, 5), (64, 256, 1, 1), np.float32, None, {}),           # pointwise
     ("conv2d_weight", (2, 16, 9, 9), (16, 16, 3, 3), np.float32, None, dict(padding=1)),
     ("conv2d_weight", (2, 8, 9, 9), (16, 8, 3, 3), np.float64, None, dict(padding=1)),

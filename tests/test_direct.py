@@ -19,6 +19,15 @@ from conftest import assert_close, on_one_thread, ran_plan, tolerance, tuned
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
+#: the lanes blocks (rows, pixels per row, output channels) of the table the tests plan
+#: with (tests/conftest.py; geometries below follow it, so they hold under either):
+#: the one-row block on rows that hold it, the two-row block on shorter rows (16 vector
+#: registers: 1 x 4 x 24 and 2 x 2 x 24; 32: 1 x 14 x 32 and 2 x 7 x 32)
+ONE_ROW, TWO_ROWS = layouts.LANES_BLOCKS
+#: the longest rows the one-row block does not fit (the two-row block does): 3 (16
+#: registers), 13 (32)
+SHORT = ONE_ROW[1] - 1
+
 
 def _want(name, value):
     """ran_plan's expectation for a variant (a 'blocked' weight gradient with an int:
@@ -31,15 +40,17 @@ def _want(name, value):
 
 
 def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0,
-           fwd=None, inp=None, wgt=None):
+           fwd=None, inp=None, wgt=None, block=None):
     """Forward, grad-input and grad-weight by direct against the reference; ``fwd``,
-    ``inp``, ``wgt``: the variant each must have run (see ``_want``), when given."""
+    ``inp``, ``wgt``: the variant each must have run (see ``_want``), when given;
+    ``block``: the register block the forward must have run (a lanes core's), when given."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((K, C // groups, R, S)).astype(dtype)
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     y, _ = ran_plan(lambda: fastconv.conv2d(x, w, **args, algorithm="direct"),
-                    op="conv2d", algorithm="direct", **_want("conv2d", fwd))
+                    op="conv2d", algorithm="direct", **_want("conv2d", fwd),
+                    **({} if block is None else dict(block=block)))
     y_ref = fastconv.conv2d(x, w, **args, algorithm="reference")
     tol = tolerance(dtype, "direct")
     assert y.dtype == dtype
@@ -119,9 +130,11 @@ def test_flat_pitch():
     assert layouts.flat_pitch(28, 3, 2, 1, 1, 56) == 29
     assert layouts.flat_pitch(28, 3, 1, 1, 0, 30) == 30
     assert layouts.flat_pitch(5, 3, 1, 2, -1, 9) == 9
-    _check(np.float32, 2, 5, 6, 28, 20, 3, 3, padding=1, fwd="lanes")   # rows of 14 or more
+    _check(np.float32, 2, 5, 6, 28, 20, 3, 3, padding=1, fwd="lanes")   # rows of the 1-row block
     _forced("flat", 2, 5, 6, 28, 20, 3, 3, padding=1)
-    _check(np.float32, 1, 4, 9, 11, 20, 3, 5, padding=(1, 2), dilation=(1, 2), fwd="flat")
+    # Q = SHORT: rows the two-row lanes block fits, on a short patch (60 inputs): flat
+    _check(np.float32, 1, 4, 9, SHORT + 4, 20, 3, 5, padding=(1, 2), dilation=(1, 2),
+           fwd="flat")
 
 
 def test_stride2_kernels():
@@ -211,7 +224,9 @@ def test_batch_slices(dtype):
     sums."""
     f32 = dtype == np.float32
     with tuned(DIRECT_SLICE_BYTES=1):
-        _check(dtype, 3, 5, 12, 13, 18, 3, 3, padding=1, fwd="flat" if f32 else "row", wgt=3)
+        # rows of SHORT on a short patch (45 inputs): flat
+        _check(dtype, 3, 5, 12, SHORT, 18, 3, 3, padding=1, fwd="flat" if f32 else "row",
+               wgt=3)
         _check(dtype, 3, 4, 15, 29, 24, 3, 3, stride=2, padding=1, fwd="lanes" if f32 else "row",
                wgt=3)
         _check(dtype, 5, 5, 12, 13, 16, 3, 3, padding=1, wgt=5)
@@ -303,68 +318,86 @@ def test_weight_gradient_layout_transposes(dtype):
 
 def test_lanes_kernel():
     """The lanes kernels (output channels in the vector lanes, pixels broadcast; float32,
-    stride 1 and 2): 1 x 14 pixels on rows of 14 or more, 2 x 7 on shorter rows from 256
-    inputs per output (last blocks of a row and of the rows overlapping); rows written by
-    16 x 16 transposes, the last columns of a row masked, element by element for a
-    channel tail. A channel tail (K = 40: 32 + 8), rows of 7-20 columns, 2-7 rows,
-    groups, dilation, asymmetric padding, and conv1's shape (3 input channels, 7x7,
-    stride 2)."""
+    stride 1 and 2), the blocks of ``layouts.LANES_BLOCKS``: the one-row block (1 x 4
+    pixels with 16 vector registers, 1 x 14 with 32) on rows that hold it, the two-row
+    block (2 x 2, 2 x 7) on shorter rows from 256 inputs per output (last blocks of a
+    row and of the rows overlapping); rows written by 16 x 16 transposes (one row) or
+    element by element (two rows), the last columns of a row masked, element by element
+    for a channel tail. A channel tail (K = 40), rows from the two-row block's width to
+    20 columns, 2-7 rows, groups, dilation, asymmetric padding, and conv1's shape (3
+    input channels, 7x7, stride 2)."""
     f32 = np.dtype(np.float32)
+    (M1, J1, _), (M2, J2, _) = ONE_ROW, TWO_ROWS
+    assert (M1, M2) == (1, 2) and J2 <= SHORT
     assert _plan.lanes_wins(f32, 2, 2, 1, 1, 28, 28, 1152)       # res3 3x3/2
     assert _plan.lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)       # res4 3x3
     assert _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)         # res5 3x3
     assert _plan.lanes_wins(f32, 2, 2, 1, 1, 112, 112, 147)      # conv1
-    assert layouts.lanes_block(7, 7) == (2, 7, 32)
-    assert layouts.lanes_block(7, 14) == (1, 14, 32)
-    assert layouts.lanes_block(1, 13) is None
-    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 7, 147)      # 2 x 7, short reductions
+    assert _plan.lanes_wins(f32, 1, 1, 1, 1, 7, SHORT, 4608)     # two rows, long reductions
+    assert layouts.lanes_block(7, J1) == layouts.lanes_block(1, 28) == ONE_ROW
+    assert layouts.lanes_block(7, SHORT) == layouts.lanes_block(2, J2) == TWO_ROWS
+    assert layouts.lanes_block(1, SHORT) is None                 # a single row under J1
+    assert layouts.lanes_block(7, J2 - 1) is None                # rows under J2
+    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, SHORT, 147)  # two rows, short reductions
     assert not _plan.lanes_wins(f32, 3, 3, 1, 1, 28, 28, 1152)   # stride 3
-    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 6, 4608)     # rows under 7
-    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 1, 9, 4608)     # a single row of 9
+    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, J2 - 1, 4608)     # rows under J2
+    assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 1, SHORT, 4608)      # a single row under J1
     assert not _plan.lanes_wins(f32, 1, 1, 2, 2, 28, 28, 1152)   # zeros inserted
     assert not _plan.lanes_wins(np.dtype(np.float64), 1, 1, 1, 1, 28, 28, 1152)
-    with tuned(LANES_MIN_PATCH=10**6):                           # 2 x 7 needs long patches
-        assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, 7, 4608)
-        assert _plan.lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)   # 1 x 14: any patch
-    lanes = dict(fwd="lanes")
-    _check(np.float32, 2, 3, 40, 38, 40, 7, 7, stride=2, padding=3, **lanes)       # Q = 19
-    _check(np.float32, 1, 3, 35, 35, 64, 7, 7, stride=2, padding=(3, 2), **lanes)  # Q = 17
-    _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1, **lanes, inp="lanes")    # Q = 16
-    _check(np.float32, 1, 16, 6, 14, 32, 3, 3, padding=1, **lanes, inp="lanes")    # Q = 14
-    _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2, **lanes)       # Cg = 32
-    _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1, **lanes)       # Q = 15
-    _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2, **lanes)
-    _check(np.float32, 1, 30, 6, 18, 32, 3, 3, padding=(0, 2), **lanes)            # Q = 20
-    _check(np.float32, 2, 40, 7, 7, 40, 3, 3, padding=1, **lanes, inp="lanes")     # 2 x 7: res5
-    _check(np.float32, 1, 64, 2, 11, 72, 3, 3, padding=1, groups=2, **lanes)       # P = 2, Q = 11
-    _check(np.float32, 1, 30, 12, 19, 33, 3, 3, stride=2, padding=(1, 2), **lanes)  # 6 x 10
-    _check(np.float32, 1, 29, 9, 13, 36, 3, 3, padding=(0, 1), dilation=(1, 2), **lanes)
-    _forced("lanes", 2, 5, 7, 9, 24, 3, 3, padding=1)            # 2 x 7 on a short patch
+    with tuned(LANES_MIN_PATCH=10**6):                           # two rows need long patches
+        assert not _plan.lanes_wins(f32, 1, 1, 1, 1, 7, SHORT, 4608)
+        assert _plan.lanes_wins(f32, 1, 1, 1, 1, 14, 14, 2304)   # one row: any patch
+    one, two = dict(fwd="lanes", block=ONE_ROW), dict(fwd="lanes", block=TWO_ROWS)
+    # one row: rows of 14-20 columns hold it under either table
+    _check(np.float32, 2, 3, 40, 38, 40, 7, 7, stride=2, padding=3, **one)        # Q = 19
+    _check(np.float32, 1, 3, 35, 35, 64, 7, 7, stride=2, padding=(3, 2), **one)   # Q = 17
+    _check(np.float32, 2, 32, 5, 16, 40, 3, 3, padding=1, **one, inp="lanes")     # Q = 16
+    _check(np.float32, 1, 16, 6, 14, 32, 3, 3, padding=1, **one, inp="lanes")     # Q = 14
+    _check(np.float32, 1, 16, 3, J1, 32, 3, 3, padding=1, **one, inp="lanes")     # Q = J1
+    _check(np.float32, 1, 64, 4, 15, 64, 3, 3, padding=1, groups=2, **one)        # Cg = 32
+    _check(np.float32, 2, 32, 9, 29, 40, 3, 3, stride=2, padding=1, **one)        # Q = 15
+    _check(np.float32, 1, 36, 7, 32, 33, 3, 3, stride=2, padding=(2, 0), dilation=2, **one)
+    _check(np.float32, 1, 30, 6, 18, 32, 3, 3, padding=(0, 2), **one)             # Q = 20
+    # two rows: rows of J2 (7 x 7 is res5 with 32 registers) to SHORT columns
+    _check(np.float32, 2, 40, 7, J2, 40, 3, 3, padding=1, **two, inp="lanes")     # 7 x J2
+    _check(np.float32, 1, 64, 2, SHORT, 72, 3, 3, padding=1, groups=2, **two)     # P = 2
+    _check(np.float32, 1, 30, 12, 2 * SHORT - 2, 33, 3, 3, stride=2, padding=(1, 2),
+           **two)                                                                # 6 x SHORT
+    _check(np.float32, 1, 29, 9, SHORT + 2, 36, 3, 3, padding=(0, 1), dilation=(1, 2),
+           **two)                                                                # 7 x SHORT
+    _forced("lanes", 2, 5, 7, SHORT, 24, 3, 3, padding=1)        # two rows on a short patch
 
 
 def test_streamed_lanes_kernel():
-    """The 2 x 7 lanes kernel that lays out the weight per work item (``_s``), forced on
+    """The two-row lanes kernel that lays out the weight per work item (``_s``), forced on
     small weights: input channels in chunks (70 = 64 + 6), a channel tail (K = 40),
     several images per item, groups, stride 2, dilation, asymmetric padding, and the
     input gradient (rotated weight, stride-2 phases); a weight changed in place is
-    seen at once (no layout is kept). At res5's size it is the one auto runs."""
+    seen at once (no layout is kept). At res5's channels it is the one auto runs where
+    auto runs direct (AVX-512 CPUs; with fewer vector registers than
+    BLAS_BELOW_REGISTERS auto runs such forwards on im2col: test_selection)."""
+    J2 = TWO_ROWS[1]                    # rows of the two-row block: 7 x 7 is res5's (32)
     assert _plan.streams_weight(512 * 512 * 9 * 4)                # res5 3x3
     assert not _plan.streams_weight(256 * 256 * 9 * 4)
-    assert fastconv.plan("conv2d", (1, 256, 7, 7), (256, 256, 3, 3), padding=1,
+    assert fastconv.plan("conv2d", (1, 256, 7, J2), (256, 256, 3, 3), padding=1,
                          algorithm="direct").variant == "lanes"
-    assert fastconv.plan("conv2d", (1, 512, 7, 7), (512, 512, 3, 3),
-                         padding=1).variant == "lanes_streamed"
-    streamed = dict(fwd="lanes_streamed", inp="lanes_streamed")
+    with tuned(BLAS_BELOW_REGISTERS=0):
+        plan = fastconv.plan("conv2d", (1, 512, 7, J2), (512, 512, 3, 3), padding=1)
+    assert (plan.algorithm, plan.variant, plan["block"]) == ("direct", "lanes_streamed",
+                                                             TWO_ROWS)
+    streamed = dict(fwd="lanes_streamed", inp="lanes_streamed", block=TWO_ROWS)
     with tuned(LANES_STREAM_MIN_WEIGHT=0):
-        _check(np.float32, 3, 70, 7, 7, 40, 3, 3, padding=1, **streamed)      # chunks, K tail
-        _check(np.float32, 1, 140, 9, 10, 72, 3, 3, padding=(0, 1), groups=2,  # Cg = 70
+        _check(np.float32, 3, 70, 7, J2, 40, 3, 3, padding=1, **streamed)     # chunks, K tail
+        _check(np.float32, 1, 140, 9, SHORT, 72, 3, 3, padding=(0, 1), groups=2,  # Cg = 70
                **streamed)
-        _check(np.float32, 2, 40, 15, 17, 33, 3, 3, stride=2, padding=1,      # 8 x 9, stride 2
-               fwd="lanes_streamed", inp=("flat",) * 4)
-        _check(np.float32, 1, 36, 11, 13, 64, 3, 3, padding=(1, 2), dilation=2, **streamed)
-        _check(np.float32, 1, 30, 8, 12, 32, 5, 5, padding=2, **streamed)     # 5 x 5, Q = 12
+        _check(np.float32, 2, 40, 15, 2 * SHORT - 1, 33, 3, 3, stride=2, padding=1,
+               fwd="lanes_streamed", block=TWO_ROWS,
+               inp=("flat",) * 4)                                     # 8 x SHORT, stride 2
+        _check(np.float32, 1, 36, 11, SHORT, 64, 3, 3, padding=(1, 2), dilation=2, **streamed)
+        _check(np.float32, 1, 30, 8, SHORT - 1, 32, 5, 5, padding=2,
+               **streamed)                                             # 5 x 5, Q = SHORT - 1
         rng = np.random.default_rng(1)
-        x = rng.standard_normal((1, 64, 7, 7)).astype(np.float32)
+        x = rng.standard_normal((1, 64, 7, J2)).astype(np.float32)
         w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
         ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct"),
                  variant="lanes_streamed")

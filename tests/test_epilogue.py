@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _plan, reference
 from fastconv._geometry import conv_params
-from fastconv.kernels import epilogue
+from fastconv.kernels import epilogue, layouts
 
 from conftest import (DTYPES, TORCH_TOLERANCE, arrays, assert_close, conv_args, conv_cases,
                       kernel_pairs, tolerance, torch_or_skip, tuned)
@@ -76,15 +76,20 @@ def _forced_run(plan, p, x, w):
     return run
 
 
+#: the lanes blocks of the table the tests plan with (tests/conftest.py): one row (1 x 4
+#: with 16 vector registers, 1 x 14 with 32), two rows (2 x 2, 2 x 7)
+ONE_ROW, TWO_ROWS = layouts.LANES_BLOCKS
+
 # direct's cores forced as autotune forces them (float32), on shapes where each
-# store path runs: flat (stride 1 and 2), row, lanes 1 x 14 (transposed row stores) and
-# 2 x 7 (element stores), with a channel tail
+# store path runs: flat (stride 1 and 2), row, the one-row lanes block (transposed row
+# stores) and the two-row one (element stores: rows one pixel short of the one-row
+# block), with a channel tail
 DIRECT_FORCED = [
     ("flat", (2, 5, 7, 9, 20, 3, 3), dict(padding=1)),
     ("flat", (1, 4, 12, 13, 14, 3, 3), dict(stride=2, padding=1)),
     ("row", (2, 3, 9, 21, 20, 3, 3), dict(stride=2, padding=(1, 0), dilation=(1, 2))),
     ("lanes", (1, 16, 6, 17, 40, 3, 3), dict(padding=1)),
-    ("lanes", (2, 5, 7, 9, 24, 3, 3), dict(padding=1)),
+    ("lanes", (2, 5, 7, ONE_ROW[1] - 1, 24, 3, 3), dict(padding=1)),
     ("lanes", (1, 8, 9, 31, 36, 3, 3), dict(stride=2, padding=1, groups=2)),
 ]
 
@@ -102,9 +107,10 @@ def test_direct_cores(core, shape, kw):
 
 
 # direct's other variants, by the rules (and LANES_STREAM_MIN_WEIGHT for the streamed
-# kernel on a small weight): (variant, dtype, input, weight, conv2d keywords, tuning)
+# kernel on a small weight, on rows of the two-row block): (variant, dtype, input,
+# weight, conv2d keywords, tuning)
 DIRECT_RULES = [
-    ("lanes_streamed", np.float32, (2, 70, 7, 7), (40, 70, 3, 3), dict(padding=1),
+    ("lanes_streamed", np.float32, (2, 70, 7, TWO_ROWS[1]), (40, 70, 3, 3), dict(padding=1),
      dict(LANES_STREAM_MIN_WEIGHT=0)),
     ("pointwise", np.float32, (3, 20, 5, 6), (70, 20, 1, 1), {}, {}),
     ("pointwise", np.float32, (2, 12, 4, 5), (18, 4, 1, 1), dict(groups=3), {}),

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv.kernels import layouts
 
 from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases, on_one_thread,
                       ran_plan, tolerance, tuned)
@@ -54,7 +55,8 @@ def test_blocked_weight_gradient_transposes(dtype, C, K, W, stride, groups):
     """The blocked weight gradient copies dy pixel-major by block transposes when a
     group's channels are whole vectors and a row at least one (the last block of a row
     overlapping the one before), element by element otherwise (K/groups = 24); with
-    K/groups = 80 its GEMM runs over several blocks of columns (64 float32, 32 float64)."""
+    K/groups = 80 its GEMM runs over several blocks of columns (``layouts``'
+    PATCH_GEMM_BLOCKS: 24 float32, 12 float64 with 16 vector registers; 64, 32 with 32)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, C, 6, W)).astype(dtype)
     w_shape = (K, C // groups, 3, 3)
@@ -64,7 +66,11 @@ def test_blocked_weight_gradient_transposes(dtype, C, K, W, stride, groups):
         got, plan = ran_plan(lambda: fastconv.conv2d_weight(x, w_shape, dy, **kw,
                                                             algorithm="im2col"),
                              algorithm="im2col", variant="patch_gemm")
-    assert plan["block"] == ((6, 64) if dtype == np.float32 else (6, 32))
+    cols, rows = layouts.patch_gemm_block(dtype)
+    assert plan["block"] == (rows, cols)
+    assert layouts.patch_gemm_block(dtype) == layouts.PATCH_GEMM_BLOCKS[dtype != np.float32]
+    if K // groups == 80:
+        assert K // groups > cols                 # several blocks of columns
     want = fastconv.conv2d_weight(x, w_shape, dy, **kw, algorithm="reference")
     assert_close(got, want, tolerance(dtype, "im2col"), "blocked grad-weight")
 

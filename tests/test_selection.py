@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _config, _dispatch, _plan, _tuning
 from fastconv._geometry import conv_params
+from fastconv.kernels import layouts
 
 from conftest import (DTYPES, auto_backend, arrays, assert_close, conv_args, conv_cases, kernel_pairs,
                       ran_plan, tolerance, tuned)
@@ -38,9 +39,19 @@ def _row(op, shape, K, R, want, **kw):
 
 
 f64 = np.float64
+#: direct's lanes blocks on the table the tests plan with (tests/conftest.py: 16 vector
+#: registers): rows of J2 pixels take the two-row block (2 x 2 x 24; 2 x 7 x 32 with 32
+#: registers, res5's 7 x 7), rows under NARROW + 1 pixels no block
+J2 = layouts.LANES_BLOCKS[1][1]
+NARROW = min(cols for _, cols, _ in layouts.LANES_BLOCKS) - 1
+#: a threshold the rows marked with it run under: the BLAS rule off, i.e. the plans of
+#: CPUs with 32 vector registers (AVX-512), where direct and Winograd keep the forwards
+NO_BLAS = dict(BLAS_BELOW_REGISTERS=0)
+
 #: (op, input shape, K, R (= S), expected (algorithm, variant), other arguments): what the
 #: rules pick, float32 unless said, with what the benchmarks measured fastest (the rules'
-#: docstring); ``threads``: the variant depends on the thread count
+#: docstring), on the 16-register table the tests plan with; ``threads``: the variant
+#: depends on the thread count; UPPER_CASE: a threshold of ``fastconv._tuning`` set
 TABLE = [
     # ResNet-50 1x1: im2col's GEMMs, one per image or one over the batch (planes < 100
     # pixels); direct's pointwise GEMM for res5's C >> K float32 forward
@@ -58,7 +69,8 @@ TABLE = [
     _row("conv2d_weight", (8, 512, 7, 7), 2048, 1, ("im2col", "batch_gemm")),
     _row("conv2d", (8, 256, 56, 56), 512, 1, ("im2col", "tiled"), stride=2),  # downsample
     # ResNet 3x3: Winograd F(4x4) from 20x20 outputs per image, F(2x2) for the weight
-    # gradient below; fused filters up to 1 MiB, split on 2+ threads, else unfused
+    # gradient below; fused filters up to 1 MiB, split on 2+ threads, else unfused (the
+    # forwards on images under 20x20 outputs: NO_BLAS, see the BLAS rows below)
     _row("conv2d", (1, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1),
     _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1),
     _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1,
@@ -70,32 +82,40 @@ TABLE = [
          dtype=f64),
     _row("conv2d_input", (8, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1),
     _row("conv2d_weight", (8, 512, 14, 14), 512, 3, ("winograd_f2", "unfused"), padding=1),
-    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1, threads=2),
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1, threads=2,
+         **NO_BLAS),
     _row("conv2d_input", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1,
          threads=2),
-    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1, threads=1),
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1, threads=1,
+         **NO_BLAS),
     _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "fused"), padding=1),
     _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1,
          dtype=f64),
     # big filters on few tiles: F(4x4) transforms the filter on the fly
-    _row("conv2d", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1),
-    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
+    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
     _row("conv2d_input", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
-    _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
     _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "unfused_blas"), padding=1,
-         dtype=f64),
-    # res5 3x3 at N=1 (49 outputs): direct's 2 x 7 lanes kernel, weight taken as it is
-    _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "lanes_streamed"), padding=1),
-    _row("conv2d_input", (1, 512, 7, 7), 512, 3, ("direct", "lanes_streamed"), padding=1),
+         dtype=f64, **NO_BLAS),
+    # res5 3x3 at N=1 (49 outputs): direct's lanes kernel (its forward: the BLAS rows);
+    # rows of 7 hold the one-row block here (1 x 4), the two-row one with 32 registers
+    _row("conv2d_input", (1, 512, 7, 7), 512, 3, ("direct", "lanes"), padding=1),
     _row("conv2d_weight", (1, 512, 7, 7), 512, 3, ("direct", "blocked"), padding=1),
-    _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "row"), padding=1, dtype=f64),
-    _row("conv2d", (1, 64, 6, 6), 64, 3, ("im2col", "tiled"), padding=1),     # rows under 7
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "row"), padding=1, dtype=f64, **NO_BLAS),
+    # ... on rows of the two-row block (res5's 7 x 7 with 32 registers; 7 x 2 here), a
+    # 9.4 MB weight taken as it is: the streamed kernel
+    _row("conv2d_input", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1),
+    _row("conv2d", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1, **NO_BLAS),
+    # rows narrower than every lanes block (6 x 6 with 32 registers; 6 x 1 here): im2col
+    _row("conv2d", (1, 64, 6, NARROW), 64, 3, ("im2col", "tiled"), padding=1, **NO_BLAS),
     # stems and stride 2: direct (lanes kernel) forwards, blocked weight gradients
     _row("conv2d", (1, 3, 224, 224), 64, 7, ("direct", "lanes"), stride=2, padding=3),
     _row("conv2d", (1, 3, 224, 224), 64, 7, ("direct", "row"), stride=2, padding=3, dtype=f64),
     _row("conv2d_weight", (8, 3, 224, 224), 64, 7, ("im2col", "patch_gemm"), stride=2,
          padding=3),
-    _row("conv2d", (8, 128, 56, 56), 128, 3, ("direct", "lanes"), stride=2, padding=1),
+    _row("conv2d", (8, 128, 56, 56), 128, 3, ("direct", "lanes"), stride=2, padding=1,
+         **NO_BLAS),
     _row("conv2d_weight", (8, 128, 56, 56), 128, 3, ("direct", "blocked"), stride=2,
          padding=1),
     _row("conv2d_weight", (1, 128, 56, 56), 128, 3, ("direct", "blocked"), stride=2,
@@ -114,6 +134,18 @@ TABLE = [
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          algorithm="direct", dtype=f64),
     _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
+    # the BLAS rule: with fewer vector registers than BLAS_BELOW_REGISTERS (these 16),
+    # the 3x3 forwards that direct's lanes kernel or Winograd on images under
+    # F4_MIN_IMAGE outputs would run, and 3x3 stride-2 forwards, run im2col's BLAS GEMM
+    # (the NO_BLAS rows above: the plans 32 registers keep); gradients, stems and
+    # images of F4_MIN_IMAGE outputs or more keep theirs
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("im2col", "tiled"), padding=1),
+    _row("conv2d", (8, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1),
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1),      # res5, N=1
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1, dtype=f64),
+    _row("conv2d", (1, 512, 7, J2), 512, 3, ("im2col", "tiled"), padding=1),
+    _row("conv2d", (1, 64, 6, 6), 64, 3, ("im2col", "tiled"), padding=1),       # 36 outputs
+    _row("conv2d", (8, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1),
     # VGG-16
     _row("conv2d", (1, 3, 224, 224), 64, 3, ("direct", "lanes"), padding=1),     # conv1_1
     _row("conv2d", (1, 64, 224, 224), 64, 3, ("winograd_f4", "fused"), padding=1),
@@ -155,6 +187,12 @@ def test_plan_table(op, shape, K, R, kw, want):
         if threads > _config.MAX_THREADS:
             pytest.skip(f"needs {threads} threads")
         fastconv.set_num_threads(threads)
+    thresholds = {k: kw.pop(k) for k in list(kw) if k.isupper()}
+    with tuned(**thresholds):
+        _plan_row(op, shape, K, R, kw, want)
+
+
+def _plan_row(op, shape, K, R, kw, want):
     groups = kw.get("groups", 1)
     shapes = (op, shape, (K, shape[1] // groups, R, R))
     backend = "numpy" if want[0] == "reference" else "numba"
@@ -180,16 +218,23 @@ def test_plan_blocking_of_table_layers():
     stem = fastconv.plan("conv2d_input", (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3,
                          algorithm="direct")
     assert len(stem["cores"]) == 4 and all(stem["cores"])
-    assert fastconv.plan("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), padding=1)["block"] == \
-        (2, 7, 32)
+    # direct's lanes blocks (layouts.LANES_BLOCKS): two rows on rows of J2 (res5's 7 x 7
+    # with 32 vector registers), one row on the stem's 112
+    one_row, two_rows = layouts.LANES_BLOCKS
+    assert fastconv.plan("conv2d_input", (1, 512, 7, J2), (512, 512, 3, 3),
+                         padding=1)["block"] == two_rows
+    with tuned(**NO_BLAS):
+        assert fastconv.plan("conv2d", (1, 512, 7, J2), (512, 512, 3, 3),
+                             padding=1)["block"] == two_rows
     assert fastconv.plan("conv2d", (1, 3, 224, 224), (64, 3, 7, 7), stride=2,
-                         padding=3)["block"] == (1, 14, 32)
+                         padding=3)["block"] == one_row
     wf = fastconv.plan("conv2d_weight", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)
     assert wf["tiles"] == (14, 14) and wf["parts"] == 2                # 1568 tiles
-    assert fastconv.plan("conv2d", (1, 512, 14, 14), (512, 512, 3, 3), padding=1,
-                         backend="numba")["serial"] is True            # 16 tiles
-    assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1,
-                         backend="numba")["serial"] is False           # 32 tiles
+    with tuned(**NO_BLAS):                       # forwards on images under F4_MIN_IMAGE
+        assert fastconv.plan("conv2d", (1, 512, 14, 14), (512, 512, 3, 3), padding=1,
+                             backend="numba")["serial"] is True        # 16 tiles
+        assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1,
+                             backend="numba")["serial"] is False       # 32 tiles
     assert fastconv.plan("conv2d", (1, 64, 6, 6), (64, 64, 3, 3), padding=1)["tile"] == (1, 6)
 
 
@@ -472,8 +517,11 @@ def test_plan_argument_errors():
 
 # -- Autotuning ------------------------------------------------------------------------------
 
-SMALL = conv_params("t", (2, 16, 9, 9), (16, 16, 3, 3), 1, 1)     # auto: winograd_f4
-ONE = conv_params("t", (1, 16, 9, 9), (16, 16, 3, 3), 1, 1)       # auto: direct (flat)
+# auto: Winograd (the forward: im2col, by the BLAS rule on the tests' 16-register table)
+SMALL = conv_params("t", (2, 16, 9, 9), (16, 16, 3, 3), 1, 1)
+# auto: direct (a stem: 72 inputs per output), flat (rows one pixel short of the one-row
+# lanes block, too short a patch for the two-row one): 9 x 3 (16 registers), 9 x 13 (32)
+ONE = conv_params("t", (1, 8, 9, layouts.LANES_BLOCKS[0][1] - 1), (16, 8, 3, 3), 1, 1)
 
 
 def _operands(op, p, dtype):
@@ -525,7 +573,7 @@ def test_a_remembered_winner_is_what_runs(monkeypatch, winner, want):
     rules."""
     x, w = arrays(4, np.float32, ONE.input_shape, ONE.weight_shape)
     rules = fastconv.plan("conv2d", x.shape, w.shape, padding=1)
-    assert (rules.algorithm, rules.variant) == ("direct", "flat")      # 81 outputs < 100
+    assert (rules.algorithm, rules.variant) == ("direct", "flat")      # see ONE
     monkeypatch.setattr(_plan, "_tuned", {_plan._key("conv2d", ONE, np.float32): winner})
     shown = fastconv.plan("conv2d", x.shape, w.shape, padding=1)
     assert (shown.algorithm, shown.variant) == want
