@@ -347,6 +347,12 @@ def fit(model, X, y, loss, optimizer, client, epochs=1, batch_size=32, validatio
                                        worker_timeout)
                     break
                 except errors as e:
+                    # a lost worker can take the only copy the scheduler knows of the
+                    # model and loss scattered at the start ("lost dependencies"): the
+                    # next attempt runs on fresh copies
+                    if attempt < retries:
+                        model_f = client.scatter(model, broadcast=True, hash=False)
+                        loss_f = client.scatter(loss, broadcast=True, hash=False)
                     if attempt == retries:
                         saved = (f"; the checkpoint {str(checkpoint)!r} holds the model after "
                                  f"epoch {epoch}" if checkpoint is not None and epoch else "")
