@@ -59,11 +59,7 @@ def vector_registers():
         if forced not in ("16", "32"):
             raise ValueError(f"FASTCONV_VECTOR_REGISTERS={forced!r}: expected 16 or 32")
         return int(forced)
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as feats
-    except ImportError:                                          # NumPy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as feats
-    return 32 if feats.get("AVX512F") else 16
+    return 32 if _cpu_features().get("AVX512F") else 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +67,14 @@ def float32_lanes():
     """float32 lanes of the widest vector the CPU has: 16 with AVX-512, 8 with AVX2 (4
     before it). What the FMA probe (``fastconv.bench.fma_peak``) fills each chain with,
     so its accumulators fit :func:`vector_registers`."""
+    feats = _cpu_features()
+    return 16 if feats.get("AVX512F") else 8 if feats.get("AVX") else 4
+
+
+def _cpu_features():
+    """NumPy's run-time CPU feature table: ``{"AVX2": True, ...}``."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as feats
     except ImportError:                                          # NumPy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as feats
-    return 16 if feats.get("AVX512F") else 8 if feats.get("AVX") else 4
+    return feats

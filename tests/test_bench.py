@@ -153,13 +153,16 @@ def test_the_hook_scales_a_call_by_its_factor_on_the_gates_clock():
         gate.slowdowns("conv2d/direct/numba")
 
 
+@pytest.mark.timing
 def test_gate_fails_naming_the_kernel_made_30_percent_slower_by_the_hook(tmp_path,
                                                                          monkeypatch):
     """The hook, set in the environment, slows one kernel's timings by 30%; the gate's
     measurements of it and of the same kernel without the hook, taken in this one
     process alternately (so the machine's state, which moves scores between processes
     on a loaded machine, is shared), make a results file and a baseline that fail,
-    naming the kernel, while a control case passes."""
+    naming the kernel, while a control case passes. Marked ``timing``: beside the
+    suite's other worker and CI's background job (three processes on two cores) the
+    30% measured as 18%, so .ci/run runs it alone, before the gate."""
     # one thread, as the gate's workers measure (`_worker --threads 1`): on two, the CPU
     # time of a call depends on whether the other core is free (the suite runs on
     # pytest-xdist's two workers), and the 30% got lost in that noise
