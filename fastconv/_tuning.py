@@ -27,7 +27,8 @@ DEFAULTS = {
         "on CPUs with fewer (AVX2: 16), 3x3 stride-2 forwards and 3x3 forwards on images "
         "under F4_MIN_IMAGE outputs run im2col's BLAS GEMM, not direct's lanes kernel (a 4 x 24 "
         "block there) or Winograd: 1.3-3.3x faster on ResNet-18's layers, N = 1 and 8, "
-        "1 thread (Zen 3); 0 turns it off. AVX-512 CPUs keep direct and Winograd (Zen 5, Xeon)"),
+        "1 thread, and 1.1-1.3x at N = 1 on 2 threads (Zen 3); 0 turns it off. AVX-512 CPUs "
+        "keep direct and Winograd (Zen 5, Xeon)"),
     "DIRECT_MIN_OUTPUTS": (16, "output channels per group",
         "direct keeps 16 output channels in registers: fewer go to im2col (Zen 5)"),
     "POINTWISE_MIN_IMAGES": (4, "images",
