@@ -296,10 +296,17 @@ def _core_blocking(core, P, Q, dtype):
 # -- Winograd: which path, with what tiles -------------------------------------------------
 
 
-def split_rows(nthreads, N, th, tw):
-    """Tile rows per block of the fused path (about 64 tiles, within one image; at least
-    one block per thread unless the output channels are split)."""
-    return max(1, min(64 // tw, -(-N * th // nthreads)))
+def fused_blocks(nthreads, N, th, tw):
+    """(tile rows R, images G) per block of the fused path: about BLOCK_TILES tiles,
+    at least one block per thread (``nthreads``: 1 when the output channels are split
+    instead). Rows of one image; or whole images, G of them in one GEMM, when an image
+    has at most half that many tiles and there are G >= 2 images per thread (few tiles
+    per image: each block reads the whole transformed filter)."""
+    target = _tuning.BLOCK_TILES
+    G = min(target // (th * tw), N // nthreads)
+    if G >= 2:
+        return th, G
+    return max(1, min(target // tw, -(-N * th // nthreads))), 1
 
 
 def weight_parts(tiles):
@@ -350,13 +357,15 @@ def _winograd(op, m, p, dtype, threads, backend):
         return "streamed", (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
                             ("serial", tiles <= t.STREAM_SERIAL_TILES))
     fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES
-    slice_bytes, blocks = filter_bytes / threads, N * -(-th // split_rows(1, N, th, tw))
+    R, G = fused_blocks(1, N, th, tw)
+    slice_bytes, blocks = filter_bytes / threads, -(-N // G) * -(-th // R)
     split = not fused and threads > 1 and (slice_bytes <= t.SPLIT_MAX_SLICE_BYTES or
                                            blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES
                                            or not runs("unfused"))
     if fused or split or not (runs("unfused") and runs("unfused_blas")):
-        R = split_rows(1 if split else threads, N, th, tw)
+        R, G = fused_blocks(1 if split else threads, N, th, tw)
         return ("split" if split else "fused"), (("tiles", (th, tw)), ("block_rows", R),
+                                                 ("images", G),
                                                  ("filter_slices", threads if split else 1))
     J, TB = layouts.GEMM_BLOCK
     own = dtype == np.float32 and -(-K // J) * J <= K * t.GEMM_MAX_PADDING
@@ -675,8 +684,8 @@ def _forced(plan, variant):
     th, tw = -(-P // m), -(-Q // m)
     if variant in ("fused", "split"):
         split = variant == "split"
-        R = split_rows(1 if split else plan.threads, p.N, th, tw)
-        blocking = (("tiles", (th, tw)), ("block_rows", R),
+        R, G = fused_blocks(1 if split else plan.threads, p.N, th, tw)
+        blocking = (("tiles", (th, tw)), ("block_rows", R), ("images", G),
                     ("filter_slices", plan.threads if split else 1))
     else:
         J, TB = layouts.GEMM_BLOCK if variant == "unfused" else (1, 1)

@@ -1,7 +1,6 @@
-"""With ``FASTCONV_VECTOR_WIDTH=512`` the generated kernels compile to the widest FMA the
-CPU has (512-bit on AVX-512 CPUs, Intel's included, where LLVM prefers 256-bit vectors
-unless told otherwise), and a CPU with AVX2 but no AVX-512 still gets correct,
-AVX2-wide kernels.
+"""By default the generated kernels compile to the widest FMA the CPU has (512-bit on
+AVX-512 CPUs, Intel's included, where LLVM prefers 256-bit vectors unless told
+otherwise), and a CPU with AVX2 but no AVX-512 still gets correct, AVX2-wide kernels.
 
 Each check compiles in a fresh process with an empty JIT cache, so the assembly read is
 that of the target asked for."""
@@ -39,8 +38,9 @@ def _features():
     return ll.get_host_cpu_features()
 
 
-def _run(tmp_path, **env):
-    full = dict(os.environ, FASTCONV_CACHE_DIR=str(tmp_path / "jit"), **env)
+def _run(tmp_path, base=None, **env):
+    full = dict(os.environ if base is None else base,
+                FASTCONV_CACHE_DIR=str(tmp_path / "jit"), **env)
     out = subprocess.run([sys.executable, "-c", CODE], env=full, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -50,7 +50,8 @@ def _run(tmp_path, **env):
 def test_avx512_cpus_get_512_bit_fmas(tmp_path):
     if not _features().get("avx512f"):
         pytest.skip("this CPU has no AVX-512")
-    r = _run(tmp_path, FASTCONV_VECTOR_WIDTH="512", FASTCONV_VECTOR_REGISTERS="32")
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_VECTOR_WIDTH"}
+    r = _run(tmp_path, env, FASTCONV_VECTOR_REGISTERS="32")         # the default width
     assert r["variant"] == "lanes" and r["err"] < 1e-5
     assert r["zmm"] >= 28 and r["ymm"] == 0, r          # 14 pixels x 2 vectors of 16 channels
 
@@ -62,6 +63,6 @@ def test_an_avx2_cpu_gets_correct_256_bit_kernels(tmp_path):
     haswell = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
                "+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f")
     r = _run(tmp_path, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=haswell,
-             FASTCONV_VECTOR_WIDTH="512", FASTCONV_VECTOR_REGISTERS="16")
+             FASTCONV_VECTOR_REGISTERS="16")
     assert r["variant"] == "lanes" and r["err"] < 1e-5
     assert r["zmm"] == 0 and r["ymm"] >= 12, r          # 4 pixels x 3 vectors of 8 channels

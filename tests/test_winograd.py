@@ -311,3 +311,34 @@ def test_nan_and_inf_stay_non_finite(algorithm):
     want = fastconv.conv2d_input(x.shape, w, np.ascontiguousarray(x[:, :1].repeat(3, 1)),
                                  padding=1, algorithm="reference")
     assert not np.isfinite(got[~np.isfinite(want)]).any()
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_blocks_of_whole_images(backend, path, dtype):
+    """Images with few tiles share a block (the fused path's ``images`` > 1: one GEMM
+    over the tiles of several images, the last group short): forward with a bias, a
+    residual and ReLU, and grad-input, against the reference, on both backends."""
+    if path == "split" and fastconv.get_num_threads() < 2:
+        pytest.skip("the output channels are shared out only among 2 or more threads")
+    pytest.importorskip(f"fastconv.kernels.{backend}.winograd")
+    for algorithm in ALGORITHMS:
+        for N, C, H, W, K in [(7, 24, 7, 6, 20), (5, 17, 3, 9, 33)]:
+            p = _params(N, C, H, W, K, 1, 1, 1, 1)
+            x, w, dy, b = arrays(N, dtype, p.input_shape, p.weight_shape, p.output_shape,
+                                 (K,))
+            kw = dict(padding=1, algorithm=algorithm, backend=backend)
+            with tuned(**PATHS[path]):
+                got, plan = ran_plan(lambda: fastconv.conv2d(x, w, b, residual=dy,
+                                                             activation="relu", **kw),
+                                     variant=path, backend=backend)
+                assert plan["images"] >= 2 and plan["block_rows"] == plan["tiles"][0], plan
+                want = fastconv.conv2d(x, w, b, residual=dy, activation="relu", padding=1,
+                                       algorithm="reference")
+                assert_close(got, want, EDGE_TOL[dtype][algorithm], f"{plan!r}")
+                got, plan = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **kw),
+                                     variant=path, backend=backend)
+                assert plan["images"] >= 2, plan
+                want = fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm="reference")
+                assert_close(got, want, EDGE_TOL[dtype][algorithm], f"{plan!r}")

@@ -38,7 +38,8 @@ the block's size or place, so the result is the in-memory one bit for bit:
   shape (its variants differ in register blocking, not in the order), so its blocks
   may be cut anywhere;
 - Winograd's fused path (``fused``, ``split``) multiplies a block of ``block_rows``
-  tile rows of one image, all ``tw`` tiles of a row, by one BLAS GEMM: a block is
+  tile rows of one image, all ``tw`` tiles of a row, by one BLAS GEMM (when its plan
+  has ``images`` 1; with several images per GEMM it is treated as im2col is): a block is
   given the whole array's ``block_rows`` and filter slices, every row of tiles (W in
   one chunk), and H boundaries on multiples of ``m * block_rows`` outputs, so its
   GEMMs are the in-memory ones, operand for operand;
@@ -218,10 +219,12 @@ _TILE = {"winograd_f2": 2, "winograd_f4": 4}
 
 def _exact(plan):
     """Whether blocks can run ``plan`` with the whole array's arithmetic per output
-    pixel (see the module docstring): Numba's direct, and Winograd's fused paths."""
+    pixel (see the module docstring): Numba's direct, and Winograd's fused paths whose
+    GEMMs hold the tiles of one image."""
     return plan.backend == "numba" and (
         plan.algorithm == "direct"
-        or (plan.algorithm in _TILE and plan.variant in ("fused", "split")))
+        or (plan.algorithm in _TILE and plan.variant in ("fused", "split")
+            and plan["images"] == 1))
 
 
 def _whole_plan(p, dtype, algorithm, backend, w_chunks):

@@ -97,43 +97,49 @@ cdef void _output(const real *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m, fc_
 
 cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_int H,
                  fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
-                 fc_int oh, fc_int ow, fc_int R, fc_int nsplit, fc_int kp, int nthreads,
-                 real *Sb, real *Vb, real *Mb, real *Tb, fc_int tsize) noexcept nogil:
+                 fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
+                 int nthreads, real *Sb, real *Vb, real *Mb, real *Tb,
+                 fc_int tsize) noexcept nogil:
     """y = the correlation of x (input rows, columns offset by oh, ow) with the
-    transformed filter U (nsplit, alpha^2, C, kp); work item (image, block of R tile
-    rows, filter slice); thread tid takes items tid, tid + nthreads, ... with its own
-    slab, V, M and scratch (``Sb``, ``Vb``, ``Mb``, ``Tb`` + tid * their size)."""
+    transformed filter U (nsplit, alpha^2, C, kp); work item (G images, block of R tile
+    rows, filter slice): G > 1 only when a block holds whole images (R >= th), so one
+    GEMM multiplies the tiles of G images. Thread tid takes items tid, tid + nthreads,
+    ... with its own slab, V, M and scratch (``Sb``, ``Vb``, ``Mb``, ``Tb`` + tid * their
+    size)."""
     cdef fc_int al = m + 2, al2 = (m + 2) * (m + 2)
-    cdef fc_int Wp = m * tw + 2, rows = m * R + 2, tb = R * tw
-    cdef fc_int nblocks = (th + R - 1) // R
-    cdef fc_int nitems = N * nblocks * nsplit
+    cdef fc_int Wp = m * tw + 2, rows = m * R + 2, tb = G * R * tw
+    cdef fc_int nblocks = (th + R - 1) // R, ngroups = (N + G - 1) // G
+    cdef fc_int nitems = ngroups * nblocks * nsplit
     cdef fc_int ssize = rows * Wp * C, vsize = al2 * tb * C, msize = al2 * tb * kp
     cdef int tid
-    cdef fc_int item, nb, part, n, i0, nt, nk, xi, held
+    cdef fc_int item, nb, part, n0, ng, g, i0, nt1, nk, xi, held
     cdef real *S
     cdef real *V
     cdef real *M
     cdef real *T
     for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
         S, V, M, T = Sb + tid * ssize, Vb + tid * vsize, Mb + tid * msize, Tb + tid * tsize
-        held = -1                                    # the (image, block) in S and V
+        held = -1                                    # the (images, block) in V
         item = tid
         while item < nitems:
             nb, part = item // nsplit, item % nsplit
-            n, i0 = nb // nblocks, nb % nblocks * R
-            nt = ((th if th < i0 + R else i0 + R) - i0) * tw
+            n0, i0 = nb // nblocks * G, nb % nblocks * R
+            ng = (N if N < n0 + G else n0 + G) - n0
+            nt1 = ((th if th < i0 + R else i0 + R) - i0) * tw    # tiles per image
             if nb != held:
-                _slab(x + n * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S)
-                _input(S, Wp, C, m, tw, nt, V, tb, T)
+                for g in range(ng):                  # image n0 + g: V rows g*nt1 on
+                    _slab(x + (n0 + g) * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S)
+                    _input(S, Wp, C, m, tw, nt1, V + g * nt1 * C, tb, T)
                 held = nb
             nk = (K if K < part * kp + kp else part * kp + kp) - part * kp
             if nk > 0:
                 for xi in range(al2):
-                    _gemm(False, <int>nt, <int>kp, <int>C, V + xi * tb * C, <int>C,
+                    _gemm(False, <int>(ng * nt1), <int>kp, <int>C, V + xi * tb * C, <int>C,
                           U + (part * al2 + xi) * C * kp, <int>kp, 0,
                           M + xi * tb * kp, <int>kp)
-                _output(M, tb, kp, nk, m, tw, nt, y + (n * K + part * kp) * P * Q, P, Q,
-                        m * i0, T)
+                for g in range(ng):
+                    _output(M + g * nt1 * kp, tb, kp, nk, m, tw, nt1,
+                            y + ((n0 + g) * K + part * kp) * P * Q, P, Q, m * i0, T)
             item = item + nthreads
 
 
@@ -238,7 +244,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
     N, C, H, W = x.shape
     K, P, Q = y.shape[1:]
     th, tw = plan["tiles"]
-    R, nsplit = plan["block_rows"], plan["filter_slices"]
+    R, G, nsplit = plan["block_rows"], plan["images"], plan["filter_slices"]
     Uk = _filter(m, w, kind, nsplit)
     kp = Uk.shape[3]
     al2 = (m + 2) ** 2
@@ -246,35 +252,35 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
     tsize = ((m + 2) ** 2 + m * m) * max(C, kp)
     dt = x.dtype
     S = _buffer("S", nthreads * (m * R + 2) * (m * tw + 2) * C, dt)
-    V = _buffer("V", nthreads * al2 * R * tw * C, dt)
-    M = _buffer("M", nthreads * al2 * R * tw * kp, dt)
+    V = _buffer("V", nthreads * al2 * G * R * tw * C, dt)
+    M = _buffer("M", nthreads * al2 * G * R * tw * kp, dt)
     T = _buffer("T", nthreads * tsize, dt)
     with single_threaded_blas():
         if dt == np.float32:
             _run_f32(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
-                     th, tw, off_h, off_w, R, nsplit, kp, nthreads, S, V, M, T, tsize)
+                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize)
         else:
             _run_f64(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
-                     th, tw, off_h, off_w, R, nsplit, kp, nthreads, S, V, M, T, tsize)
+                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize)
 
 
 def _run_f32(const float[::1] x, const float[::1] U, float[::1] y, fc_int N, fc_int C,
              fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
-             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int nsplit, fc_int kp,
+             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
              int nthreads, float[::1] S, float[::1] V, float[::1] M, float[::1] T,
              fc_int tsize):
     with nogil:
-        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, nsplit, kp,
+        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit, kp,
                nthreads, &S[0], &V[0], &M[0], &T[0], tsize)
 
 
 def _run_f64(const double[::1] x, const double[::1] U, double[::1] y, fc_int N, fc_int C,
              fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
-             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int nsplit, fc_int kp,
+             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
              int nthreads, double[::1] S, double[::1] V, double[::1] M, double[::1] T,
              fc_int tsize):
     with nogil:
-        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, nsplit, kp,
+        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit, kp,
                nthreads, &S[0], &V[0], &M[0], &T[0], tsize)
 
 

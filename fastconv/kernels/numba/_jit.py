@@ -33,15 +33,16 @@ _numba_config.CACHE_DIR = (os.path.join(_config.CACHE_DIR, "boundscheck") if BOU
 
 
 def _target_features():
-    """The CPU features Numba compiles for. With ``FASTCONV_VECTOR_WIDTH=512`` on a CPU
-    with AVX-512: the host's, with LLVM's preference for 256-bit vectors turned off
-    (LLVM tunes Intel's AVX-512 cores, Skylake-X to Sapphire Rapids, for 256-bit
-    vectors, so the generated kernels run at half the width the CPU has; AMD's Zen 4/5
-    have no such preference). Otherwise LLVM's choice. A user's ``NUMBA_CPU_NAME`` or
-    ``NUMBA_CPU_FEATURES`` wins. Numba applies this to every function it compiles in
-    the process."""
+    """The CPU features Numba compiles for. On a CPU with AVX-512 (unless
+    ``FASTCONV_VECTOR_WIDTH=256``): the host's, with LLVM's preference for 256-bit
+    vectors turned off (LLVM tunes Intel's AVX-512 cores, Skylake-X to Sapphire Rapids,
+    for 256-bit vectors, so the generated kernels would run at half the width the CPU
+    has, and the 32-register blocks would spill; AMD's Zen 4/5 have no such
+    preference). Otherwise, and with ``FASTCONV_VECTOR_WIDTH=256``, LLVM's choice. A
+    user's ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` wins. Numba applies this to
+    every function it compiles in the process."""
     if (_numba_config.CPU_FEATURES or _numba_config.CPU_NAME
-            or os.environ.get("FASTCONV_VECTOR_WIDTH") != "512"):
+            or os.environ.get("FASTCONV_VECTOR_WIDTH", "512").strip() == "256"):
         return _numba_config.CPU_FEATURES       # the user's target, or LLVM's choice
     import llvmlite.binding as ll
     features = ll.get_host_cpu_features()

@@ -525,60 +525,67 @@ def _filter_t4(dU, dw):
 # -- the parallel kernels --------------------------------------------------------------
 
 @jit(parallel=True)
-def _fused(x, Uk, y, m, th, tw, oh, ow, Sb, Vb, Mb, Tb, Ob, bias, rf, act):
+def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act):
     """y (NCHW) = the correlation of x (NCHW; input rows and columns offset by oh, ow)
     with the transformed filter ``Uk`` (nsplit, alpha^2, C, kp), split into ``nsplit``
-    slices of kp output channels (zero-padded). Work item ``(n, block, part)`` takes R =
-    ``Vb.shape[2] // tw`` tile rows of image n: it copies the input rows they read into
-    its thread's channels-last slab (``Sb[tid]``, zero-padded), runs their input
-    transforms, the GEMMs with filter slice ``part``, the output transform of those kp
-    channels into a channels-last output slab (``Ob[tid]``) and stores that to y (rows
-    shorter than a vector: tile by tile straight into y), through the epilogue (``bias``,
-    ``rf``, ``act``: ``fastconv.kernels.epilogue``).
+    slices of kp output channels (zero-padded). Work item ``(images, block, part)``
+    takes R tile rows of G images (G > 1 only when a block holds whole images, R >= th,
+    so one GEMM multiplies the tiles of G images): it copies the input rows an image's
+    tiles read into its thread's channels-last slab (``Sb[tid]``, zero-padded), runs
+    their input transforms, the GEMMs with filter slice ``part``, the output transform
+    of those kp channels into a channels-last output slab (``Ob[tid]``) and stores that
+    to y image by image (rows shorter than a vector: tile by tile straight into y),
+    through the epilogue (``bias``, ``rf``, ``act``: ``fastconv.kernels.epilogue``).
     Thread ``tid`` takes items tid, tid + nthreads, ... with its own slabs, V, M and tmp
     (``Sb``, ``Vb``, ``Mb``, ``Tb``, ``Ob`` [tid])."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
     nsplit, kp, K = Uk.shape[0], Uk.shape[3], y.shape[1]
-    R = tb // tw
+    N = x.shape[0]
     nblocks = (th + R - 1) // R
-    nitems = x.shape[0] * nblocks * nsplit
+    nitems = (N + G - 1) // G * nblocks * nsplit
     for tid in prange(nthreads):
         S, V, M, tmp, O = Sb[tid], Vb[tid], Mb[tid], Tb[tid], Ob[tid]
-        in_slab = -1                                     # the (n, block) held in S
+        held = -1                                        # the (images, block) in V
         for item in range(tid, nitems, nthreads):
             nb, part = item // nsplit, item % nsplit
-            n, i0 = nb // nblocks, nb % nblocks * R
-            if nb != in_slab:
-                _slab(x, n, i0 * m + oh, ow, S[0], 0, S.shape[1])
-                in_slab = nb
-            nt = (min(th, i0 + R) - i0) * tw
-            for u in range(tb):
-                i, j = u // tw, u % tw                   # tile (i0 + i, j); S row m*i
-                if u >= nt:
-                    V[:, u, :] = 0            # a short last block: its GEMM rows unused
-                elif m == 2:
-                    _in_tile2(S, 0, 2 * i, 2 * j, tmp, V, u)
-                else:
-                    _in_tile4(S, 0, 4 * i, 4 * j, tmp, V, u)
+            n0, i0 = nb // nblocks * G, nb % nblocks * R
+            ng = min(N, n0 + G) - n0
+            nt1 = (min(th, i0 + R) - i0) * tw            # tiles per image
+            nt = ng * nt1
+            if nb != held:
+                for g in range(ng):                      # image n0 + g: V rows g*nt1 on
+                    _slab(x, n0 + g, i0 * m + oh, ow, S[0], 0, S.shape[1])
+                    for u in range(nt1):
+                        i, j = u // tw, u % tw           # tile (i0 + i, j); S row m*i
+                        if m == 2:
+                            _in_tile2(S, 0, 2 * i, 2 * j, tmp, V, g * nt1 + u)
+                        else:
+                            _in_tile4(S, 0, 4 * i, 4 * j, tmp, V, g * nt1 + u)
+                V[:, nt:, :] = 0              # a short last block: its GEMM rows unused
+                held = nb
             for xi in range(alpha2):
                 np.dot(V[xi], Uk[part, xi], M[xi])
             k0 = part * kp
             nk = min(K, k0 + kp) - k0
-            if y.shape[3] < 64 // y.itemsize:            # short rows: straight into y
-                for u in range(nt):
-                    i, j = i0 + u // tw, u % tw
+            for g in range(ng):
+                n = n0 + g
+                if y.shape[3] < 64 // y.itemsize:        # short rows: straight into y
+                    for u in range(nt1):
+                        i, j = i0 + u // tw, u % tw
+                        if m == 2:
+                            _out_tile2(M, g * nt1 + u, tmp, y, n, 2 * i, 2 * j, k0, nk,
+                                       bias, rf, act)
+                        else:
+                            _out_tile4(M, g * nt1 + u, tmp, y, n, 4 * i, 4 * j, k0, nk,
+                                       bias, rf, act)
+                    continue
+                for u in range(nt1):
+                    i, j = u // tw, u % tw
                     if m == 2:
-                        _out_tile2(M, u, tmp, y, n, 2 * i, 2 * j, k0, nk, bias, rf, act)
+                        _out_tile2_cl(M, g * nt1 + u, tmp, O, 2 * i, 2 * j)
                     else:
-                        _out_tile4(M, u, tmp, y, n, 4 * i, 4 * j, k0, nk, bias, rf, act)
-                continue
-            for u in range(nt):
-                i, j = u // tw, u % tw
-                if m == 2:
-                    _out_tile2_cl(M, u, tmp, O, 2 * i, 2 * j)
-                else:
-                    _out_tile4_cl(M, u, tmp, O, 4 * i, 4 * j)
-            _store_rows(O, y, n, m * i0, k0, nk, 0, y.shape[3], bias, rf, act)
+                        _out_tile4_cl(M, g * nt1 + u, tmp, O, 4 * i, 4 * j)
+                _store_rows(O, y, n, m * i0, k0, nk, 0, y.shape[3], bias, rf, act)
 
 
 #: BLAS ``?gemm`` through Numba's wrapper (the one ``np.dot`` calls, so
@@ -850,14 +857,14 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     if plan.variant in ("fused", "split"):
         Uk = _filter(m, w, kind, plan["filter_slices"])
         # a block's V and M stay near the thread's L2
-        R = plan["block_rows"]
+        R, G = plan["block_rows"], plan["images"]
         Sb = _buffer("X", (nthreads, 1, m * R + 2, Wp, C), x.dtype)
-        Vb = _buffer("V", (nthreads, alpha2, R * tw, C), x.dtype)
-        Mb = _buffer("M", (nthreads, alpha2, R * tw, Uk.shape[3]), x.dtype)
+        Vb = _buffer("V", (nthreads, alpha2, G * R * tw, C), x.dtype)
+        Mb = _buffer("M", (nthreads, alpha2, G * R * tw, Uk.shape[3]), x.dtype)
         Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, Uk.shape[3])), x.dtype)
         Ob = _buffer("O", (nthreads, m * R, m * tw, Uk.shape[3]), x.dtype)
         with single_threaded_blas():
-            _fused(x, Uk, y, m, th, tw, off_h, off_w, Sb, Vb, Mb, Tb, Ob, *ep)
+            _fused(x, Uk, y, m, th, tw, off_h, off_w, R, G, Sb, Vb, Mb, Tb, Ob, *ep)
         return
     # unfused: our GEMM kernel (float32, K padded to its columns), or BLAS (unfused_blas)
     TB, J = plan["gemm_block"]
