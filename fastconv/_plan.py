@@ -437,6 +437,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
     conv = op in CONV_OPS
     pairs = _dispatch.pairs(op)
     check_names(op, algorithm, backend)
+    auto_backend = backend == "auto"
     if algorithm == "auto":
         preferred = _algorithm(op, p, dtype) if conv else "direct"
         order = [preferred] + [a for a, _ in pairs if a not in (preferred, "reference")]
@@ -460,7 +461,28 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
     variant, blocking = "", ()
     if conv and algorithm in _VARIANTS:
         variant, blocking = _VARIANTS[algorithm](op, p, dtype, threads, backend)
+        if auto_backend:
+            backend, variant, blocking = _backend_for_variant(op, p, dtype, algorithm,
+                                                              threads, backend, variant,
+                                                              blocking)
     return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
+
+
+def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blocking):
+    """(backend, variant, blocking) for ``backend="auto"``: ``backend`` (the first of
+    ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
+    among every backend's variants and a later backend in that order runs it (Winograd's
+    unfused and streamed paths, which Cython does not have: a large filter on few tiles)."""
+    best = _VARIANTS[algorithm](op, p, dtype, threads, None)
+    if variant == best[0]:
+        return backend, variant, blocking
+    have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
+    for b in _dispatch.AUTO_ORDER:
+        if b != backend and b in have:
+            v, blk = _VARIANTS[algorithm](op, p, dtype, threads, b)
+            if v == best[0]:
+                return b, v, blk
+    return backend, variant, blocking
 
 
 def check_names(op, algorithm, backend):

@@ -71,6 +71,23 @@ def test_auto_prefers_cython_where_it_has_the_algorithm():
     assert ran[-1].backend == "cython"
 
 
+def test_auto_runs_numba_for_the_variants_cython_lacks():
+    """A large filter on few tiles (ResNet's 7x7 512-channel layer at N=8): the rules
+    choose Winograd's streamed path, which only Numba has, so backend="auto" runs it on
+    Numba; backend="cython" still runs its own fused or split path, correctly."""
+    if "numba" not in _dispatch.available_backends():
+        pytest.skip("Numba is not installed: auto has only Cython's variants")
+    shapes = ((8, 512, 7, 7), (512, 512, 3, 3))
+    plan = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4")
+    assert (plan.backend, plan.variant) == ("numba", "streamed"), plan
+    forced = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4",
+                           backend="cython")
+    assert forced.backend == "cython" and forced.variant in ("fused", "split"), forced
+    small = fastconv.plan("conv2d", (8, 64, 7, 7), (64, 64, 3, 3), padding=1,
+                          algorithm="winograd_f4")
+    assert (small.backend, small.variant) == ("cython", "fused"), small
+
+
 def test_set_backend_cython_runs_every_op_on_cython():
     fastconv.set_backend("cython")
     x, w = arrays(0, np.float32, (1, 4, 8, 8), (4, 4, 3, 3))
