@@ -196,14 +196,17 @@ def _restore_backend():
     fastconv.set_backend(before)
 
 
-def auto_backend(op, algorithm):
+def auto_backend(op, algorithm, variant=None):
     """The backend ``backend="auto"`` runs ``algorithm`` of ``op`` on, by the documented
-    rule (docs/cython.md): Cython where it is available and has the kernel, else Numba."""
+    rule (docs/cython.md): Cython where it is available and has the kernel, and the
+    ``variant`` the rules choose among every backend's (Numba's plan), else Numba."""
     if algorithm == "reference":
         return "numpy"
     if ("cython" in _dispatch.available_backends()
             and (op, algorithm) in _dispatch._MANIFESTS["cython"].KERNELS):
-        return "cython"
+        have = _dispatch.variants(op, algorithm, "cython")
+        if variant is None or have is None or variant in have:
+            return "cython"
     return "numba"
 
 

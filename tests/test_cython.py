@@ -224,10 +224,13 @@ def test_plans_name_only_variants_the_backend_runs():
                 have = cy.VARIANTS[(op, algorithm)]
                 plan = fastconv.plan(*args, **kw, backend="cython")
                 assert plan.variant in have, plan
-                assert fastconv.plan(*args, **kw).variant in have    # auto: Cython
                 numba = fastconv.plan(*args, **kw, backend="numba")
+                auto = fastconv.plan(*args, **kw)
                 if numba.variant not in have:
-                    lacking.add(numba.variant)
+                    lacking.add(numba.variant)          # auto: Numba, which has it
+                    assert (auto.backend, auto.variant) == ("numba", numba.variant), auto
+                else:
+                    assert auto.backend == "cython" and auto.variant in have, auto
                 p = plan.geometry
                 for cand in fastconv._plan.candidates(op, p, dtype):
                     if cand.backend == "cython" and cand.algorithm == algorithm:
