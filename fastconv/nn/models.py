@@ -35,6 +35,25 @@ def conv_bn_act(in_channels, out_channels, kernel_size=3, stride=1, groups=1,
                       BatchNorm2d(out_channels), activation())
 
 
+class _Chain(Module):
+    """A model that runs its ``_named_sequence()`` of (name, layer) in order forward and
+    in reverse order backward (``fastconv.nn.optimize`` reads the same sequence)."""
+
+    def _named_sequence(self):
+        raise NotImplementedError
+
+    def forward(self, x):
+        for _, layer in self._named_sequence():
+            x = layer(x)
+        return x
+
+    def backward(self, grad_output):
+        g = grad_output
+        for _, layer in reversed(self._named_sequence()):
+            g = layer.backward(g)
+        return g
+
+
 # -- ResNet ------------------------------------------------------------------------------------
 
 
@@ -124,7 +143,7 @@ class Bottleneck(_Residual):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
-class ResNet(Module):
+class ResNet(_Chain):
     """torchvision's ResNet: 7x7/2 conv -> BN -> ReLU -> 3x3/2 max-pool -> four stages
     (``layer1``..``layer4``, 64/128/256/512 planes, stride 2 from the second on) ->
     adaptive average pool -> ``fc``. Input (N, 3, H, W), H and W at least 32
@@ -164,17 +183,6 @@ class ResNet(Module):
                  ("maxpool", self.maxpool)]
                 + [(f"layer{i + 1}", s) for i, s in enumerate(self.stages)]
                 + [("avgpool", self.avgpool), ("flatten", self._flatten), ("fc", self.fc)])
-
-    def forward(self, x):
-        for _, layer in self._named_sequence():
-            x = layer(x)
-        return x
-
-    def backward(self, grad_output):
-        g = grad_output
-        for _, layer in reversed(self._named_sequence()):
-            g = layer.backward(g)
-        return g
 
 
 def resnet18(num_classes=1000, rng=None):
@@ -218,7 +226,7 @@ class InvertedResidual(Module):
         return f"use_res_connect={self.use_res_connect}"
 
 
-class MobileNetV2(Module):
+class MobileNetV2(_Chain):
     """torchvision's MobileNet-v2 (Sandler et al. 2018, width 1.0): ``features`` (stem
     3x3/2 conv-BN-ReLU6, 17 inverted residual blocks, 1x1 conv to 1280 channels), global
     average pooling, ``classifier`` (Dropout(0.2), Linear). Output (N, num_classes)."""
@@ -247,17 +255,6 @@ class MobileNetV2(Module):
         """(name, layer) in the order the forward pass runs them."""
         return [("features", self.features), ("pool", self._pool),
                 ("classifier", self.classifier)]
-
-    def forward(self, x):
-        for _, layer in self._named_sequence():
-            x = layer(x)
-        return x
-
-    def backward(self, grad_output):
-        g = grad_output
-        for _, layer in reversed(self._named_sequence()):
-            g = layer.backward(g)
-        return g
 
 
 def mobilenet_v2(num_classes=1000, rng=None):

@@ -87,3 +87,17 @@ cdef extern from "fc_kernels.h" nogil:
 
 cdef extern from "fc_cpu.h" nogil:
     int fc_cpu_runs(const char *name)
+
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef inline const fc_kernels *load_table(module, isa) except NULL:
+    """The table of hot loops for instruction set ``isa`` (``_isa.ISA``), looked up by
+    ``module`` at its import; ImportError naming the module if this build lacks it."""
+    cdef const fc_kernels *table = fc_table(isa.encode("ascii"))
+    if table == NULL:
+        raise ImportError(f"{module}: no hot loops for ISA {isa!r}")
+    return table

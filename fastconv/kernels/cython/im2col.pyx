@@ -36,16 +36,10 @@ import numpy as np
 
 from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
 from ..epilogue import none
-from ._hot cimport fc_conv, fc_int, fc_kernels, fc_table
+from ._hot cimport fc_conv, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
-cdef const fc_kernels *hot = fc_table(ISA.encode("ascii"))
-if hot == NULL:
-    raise ImportError(f"fastconv.kernels.cython.im2col: no hot loops for ISA {ISA!r}")
-
-ctypedef fused real:
-    float
-    double
+cdef const fc_kernels *hot = load_table(__name__, ISA)
 
 #: copies and gathers of fewer elements run on the calling thread alone: waking
 #: OpenMP's workers costs tens of microseconds (docs/cython.md)
@@ -541,17 +535,3 @@ def conv2d_weight(plan, x, dy, p, out):
         _weight[float](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
     else:
         _weight[double](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
-
-
-def _boundscheck_on():
-    """Whether this module was compiled with ``boundscheck=True`` (setup.py's checked
-    build, ``FASTCONV_CYTHON_BOUNDSCHECK=1``): indexes one past the end of a one-element
-    view of a two-element array, which raises IndexError only when checks are on."""
-    cdef double[::1] view = np.zeros(2)[:1]
-    cdef Py_ssize_t i = 1
-    cdef double value
-    try:
-        value = view[i]
-    except IndexError:
-        return True
-    return value != value        # False (0.0); the read keeps the index from being elided

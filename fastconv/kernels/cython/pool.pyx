@@ -14,16 +14,10 @@ from libc.stdint cimport int64_t
 import numpy as np
 
 from ..._config import get_num_threads, workspace_array
-from ._hot cimport fc_kernels, fc_pool, fc_table
+from ._hot cimport fc_kernels, fc_pool, load_table, real
 from ._isa import ISA
 
-cdef const fc_kernels *hot = fc_table(ISA.encode("ascii"))
-if hot == NULL:
-    raise ImportError(f"fastconv.kernels.cython.pool: no hot loops for ISA {ISA!r}")
-
-ctypedef fused real:
-    float
-    double
+cdef const fc_kernels *hot = load_table(__name__, ISA)
 
 
 cdef fc_pool _geometry(p):
@@ -154,17 +148,3 @@ def adaptive_avg_pool2d(plan, x, h_windows, w_windows, out):
         _adaptive_avg_pool[float](x, out, hs, he, ws, we, get_num_threads())
     else:
         _adaptive_avg_pool[double](x, out, hs, he, ws, we, get_num_threads())
-
-
-def _boundscheck_on():
-    """Whether this module was compiled with ``boundscheck=True`` (setup.py's checked
-    build, ``FASTCONV_CYTHON_BOUNDSCHECK=1``): indexes one past the end of a one-element
-    view of a two-element array, which raises IndexError only when checks are on."""
-    cdef double[::1] view = np.zeros(2)[:1]
-    cdef Py_ssize_t i = 1
-    cdef double value
-    try:
-        value = view[i]
-    except IndexError:
-        return True
-    return value != value        # False (0.0); the read keeps the index from being elided

@@ -31,16 +31,10 @@ import numpy as np
 from ..._config import get_num_threads, single_threaded_blas, workspace
 from ..epilogue import apply
 from ..weight_cache import CACHE as _filters
-from ._hot cimport fc_int, fc_kernels, fc_table
+from ._hot cimport fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
-cdef const fc_kernels *hot = fc_table(ISA.encode("ascii"))
-if hot == NULL:
-    raise ImportError(f"fastconv.kernels.cython.winograd: no hot loops for ISA {ISA!r}")
-
-ctypedef fused real:
-    float
-    double
+cdef const fc_kernels *hot = load_table(__name__, ISA)
 
 _TILE = {"winograd_f2": 2, "winograd_f4": 4}
 
