@@ -29,7 +29,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from ..._config import get_num_threads, single_threaded_blas, workspace
-from ..epilogue import apply
+from ..epilogue import none
 from ..weight_cache import CACHE as _filters
 from ._hot cimport fc_int, fc_kernels, load_table, real
 from ._isa import ISA
@@ -79,11 +79,12 @@ cdef void _dy(const real *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc_int nt
 
 
 cdef void _output(const real *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m, fc_int tw,
-                  fc_int nt, real *y, fc_int P, fc_int Q, fc_int p0, real *tmp) noexcept nogil:
+                  fc_int nt, real *y, fc_int P, fc_int Q, fc_int p0, const real *bias,
+                  const real *res, int act, real *tmp) noexcept nogil:
     if real is float:
-        hot.wino_output_f32(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, tmp)
+        hot.wino_output_f32(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, bias, res, act, tmp)
     else:
-        hot.wino_output_f64(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, tmp)
+        hot.wino_output_f64(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, bias, res, act, tmp)
 
 
 # -- the parallel kernels --------------------------------------------------------------
@@ -92,12 +93,13 @@ cdef void _output(const real *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m, fc_
 cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_int H,
                  fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
                  fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
-                 int nthreads, real *Sb, real *Vb, real *Mb, real *Tb,
-                 fc_int tsize) noexcept nogil:
+                 int nthreads, real *Sb, real *Vb, real *Mb, real *Tb, fc_int tsize,
+                 const real *bias, const real *res, int act) noexcept nogil:
     """y = the correlation of x (input rows, columns offset by oh, ow) with the
     transformed filter U (nsplit, alpha^2, C, kp); work item (G images, block of R tile
     rows, filter slice): G > 1 only when a block holds whole images (R >= th), so one
-    GEMM multiplies the tiles of G images. Thread tid takes items tid, tid + nthreads,
+    GEMM multiplies the tiles of G images. The epilogue (``bias``, ``res`` NULL when
+    absent, ``act``) runs in the output transform's stores. Thread tid takes items tid, tid + nthreads,
     ... with its own slab, V, M and scratch (``Sb``, ``Vb``, ``Mb``, ``Tb`` + tid * their
     size)."""
     cdef fc_int al = m + 2, al2 = (m + 2) * (m + 2)
@@ -106,7 +108,7 @@ cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_i
     cdef fc_int nitems = ngroups * nblocks * nsplit
     cdef fc_int ssize = rows * Wp * C, vsize = al2 * tb * C, msize = al2 * tb * kp
     cdef int tid
-    cdef fc_int item, nb, part, n0, ng, g, i0, nt1, nk, xi, held
+    cdef fc_int item, nb, part, n0, ng, g, i0, nt1, nk, xi, held, o
     cdef real *S
     cdef real *V
     cdef real *M
@@ -132,8 +134,10 @@ cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_i
                           U + (part * al2 + xi) * C * kp, <int>kp, 0,
                           M + xi * tb * kp, <int>kp)
                 for g in range(ng):
-                    _output(M + g * nt1 * kp, tb, kp, nk, m, tw, nt1,
-                            y + ((n0 + g) * K + part * kp) * P * Q, P, Q, m * i0, T)
+                    o = ((n0 + g) * K + part * kp) * P * Q
+                    _output(M + g * nt1 * kp, tb, kp, nk, m, tw, nt1, y + o, P, Q, m * i0,
+                            NULL if bias == NULL else bias + part * kp,
+                            NULL if res == NULL else res + o, act, T)
             item = item + nthreads
 
 
@@ -232,9 +236,10 @@ def _filter(m, w, kind, nsplit):
     return _filters.get(w, ("winograd_cython", kind, m, nsplit), build)
 
 
-def _winograd(plan, m, x, w, kind, y, off_h, off_w):
+def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     """Stride-1 3x3 correlation of x (N, C, H, W) with g (w, or w rotated, "rot") into
-    y (N, K, P, Q), offsets off_h, off_w, by the plan's fused or split variant."""
+    y (N, K, P, Q), offsets off_h, off_w, by the plan's fused or split variant, with
+    the epilogue ``ep`` (``fastconv.kernels.epilogue``) in the output transform."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1:]
     th, tw = plan["tiles"]
@@ -243,7 +248,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
     kp = Uk.shape[3]
     al2 = (m + 2) ** 2
     nthreads = plan.threads
-    tsize = ((m + 2) ** 2 + m * m) * max(C, kp)
+    tsize = max((m + 2) ** 2 * C, m * (m + 2) * kp + m * m * tw * kp)
     dt = x.dtype
     S = _buffer("S", nthreads * (m * R + 2) * (m * tw + 2) * C, dt)
     V = _buffer("V", nthreads * al2 * G * R * tw * C, dt)
@@ -252,30 +257,36 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w):
     with single_threaded_blas():
         if dt == np.float32:
             _run_f32(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
-                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize)
+                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize,
+                     ep.bias, ep.residual, ep.act)
         else:
             _run_f64(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
-                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize)
+                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize,
+                     ep.bias, ep.residual, ep.act)
 
 
 def _run_f32(const float[::1] x, const float[::1] U, float[::1] y, fc_int N, fc_int C,
              fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
              fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
              int nthreads, float[::1] S, float[::1] V, float[::1] M, float[::1] T,
-             fc_int tsize):
+             fc_int tsize, const float[::1] bias, const float[::1] res, int act):
+    cdef const float *b = &bias[0] if bias.shape[0] else NULL
+    cdef const float *r = &res[0] if res.shape[0] else NULL
     with nogil:
         _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit, kp,
-               nthreads, &S[0], &V[0], &M[0], &T[0], tsize)
+               nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
 
 
 def _run_f64(const double[::1] x, const double[::1] U, double[::1] y, fc_int N, fc_int C,
              fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
              fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
              int nthreads, double[::1] S, double[::1] V, double[::1] M, double[::1] T,
-             fc_int tsize):
+             fc_int tsize, const double[::1] bias, const double[::1] res, int act):
+    cdef const double *b = &bias[0] if bias.shape[0] else NULL
+    cdef const double *r = &res[0] if res.shape[0] else NULL
     with nogil:
         _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit, kp,
-               nthreads, &S[0], &V[0], &M[0], &T[0], tsize)
+               nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
 
 
 def _weight_run(const real[::1] x, const real[::1] dy, real[::1] dU, fc_int N, fc_int C, fc_int H,
@@ -315,19 +326,17 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
 
 
 def conv2d(plan, x, w, p, out, epilogue=None):
-    """Forward convolution into ``out`` (N, K, P, Q), then the ``epilogue``
-    (``fastconv.kernels.epilogue``) over the whole output: not yet in the output
-    transform's stores, as the Numba backend's is."""
-    _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left)
-    if epilogue is not None and not epilogue.empty:
-        apply(out, epilogue)
+    """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue``
+    (``fastconv.kernels.epilogue``) in the output transform's stores."""
+    _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left,
+              none(x.dtype) if epilogue is None else epilogue)
 
 
 def conv2d_input(plan, dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
     computation on dy with the filter rotated 180 degrees and C, K swapped."""
     _winograd(plan, _TILE[plan.algorithm], np.ascontiguousarray(dy), w, "rot", out,
-              p.pad_top - 2, p.pad_left - 2)
+              p.pad_top - 2, p.pad_left - 2, none(dy.dtype))
 
 
 def conv2d_weight(plan, x, dy, p, out):

@@ -174,68 +174,91 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
     }
 }
 
-/* The output tiles u < nt: y[k, p0 + m*i + a, m*j + b] = (A^T M[:, u, k] A)[a, b] for
- * k < nk, cropped to P x Q; y points at channel 0 of this slice in one image (planes
- * P*Q apart). tmp: m*alpha*kp, then m*m*kp elements. */
+/* The output tiles u < nt, whole rows of tw tiles: y[k, p0 + m*i + a, m*j + b] =
+ * act((A^T M[:, u, k] A)[a, b] + bias[k] + res[k, p0 + m*i + a, m*j + b]) for k < nk,
+ * cropped to P x Q (the epilogue of fastconv.kernels.epilogue: act 0 none, 1 relu,
+ * 2 relu6, comparisons that keep NaN; bias and res NULL when absent). y and res point
+ * at channel 0 of this slice in one image (planes P*Q apart), bias at its first
+ * channel. A row of tiles is transformed into a channels-last slab of its m output
+ * rows, then stored a whole output row of a channel at a time (long runs, not m
+ * elements per plane). tmp: m*alpha*kp + m*m*tw*kp elements. */
 static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
-                            fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0, T *tmp)
+                            fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0,
+                            const T *bias, const T *res, int act, T *tmp)
 {
-    const fc_int al = m + 2, PQ = P * Q;
-    T *o = tmp + m * al * kp;                      /* o[(a*m + b)*kp + k] */
-    for (fc_int u = 0; u < nt; u++) {
-        const fc_int i = u / tw, j = u % tw;
-        const fc_int r0 = p0 + m * i, q0 = m * j;
-        if (r0 >= P) continue;
-        for (fc_int b = 0; b < al; b++) {          /* A^T along h: tmp[a, b, k] */
+    const fc_int al = m + 2, PQ = P * Q, Wr = m * tw;
+    T *slab = tmp + m * al * kp;                   /* slab[(a*Wr + q)*kp + k] */
+    for (fc_int i = 0; i * tw < nt; i++) {
+        const fc_int r0 = p0 + m * i;
+        if (r0 >= P) break;
+        for (fc_int j = 0; j < tw; j++) {
+            const fc_int u = i * tw + j;
             const T *v = M + u * kp;
             const fc_int vs = ldt * kp;
-            if (m == 2) {
-                for (fc_int k = 0; k < nk; k++) {
-                    T m0 = v[(0 * 4 + b) * vs + k], m1 = v[(1 * 4 + b) * vs + k],
-                      m2 = v[(2 * 4 + b) * vs + k], m3 = v[(3 * 4 + b) * vs + k];
-                    tmp[(0 * al + b) * kp + k] = m0 + m1 + m2;
-                    tmp[(1 * al + b) * kp + k] = m1 - m2 - m3;
+            for (fc_int b = 0; b < al; b++) {      /* A^T along h: tmp[a, b, k] */
+                if (m == 2) {
+                    for (fc_int k = 0; k < nk; k++) {
+                        T m0 = v[(0 * 4 + b) * vs + k], m1 = v[(1 * 4 + b) * vs + k],
+                          m2 = v[(2 * 4 + b) * vs + k], m3 = v[(3 * 4 + b) * vs + k];
+                        tmp[(0 * al + b) * kp + k] = m0 + m1 + m2;
+                        tmp[(1 * al + b) * kp + k] = m1 - m2 - m3;
+                    }
+                } else {
+                    for (fc_int k = 0; k < nk; k++) {
+                        T m0 = v[(0 * 6 + b) * vs + k], m1 = v[(1 * 6 + b) * vs + k],
+                          m2 = v[(2 * 6 + b) * vs + k], m3 = v[(3 * 6 + b) * vs + k],
+                          m4 = v[(4 * 6 + b) * vs + k], m5 = v[(5 * 6 + b) * vs + k];
+                        T pa = m1 + m2, pb = m1 - m2, pc = m3 + m4, pe = m3 - m4;
+                        tmp[(0 * al + b) * kp + k] = m0 + pa + pc;
+                        tmp[(1 * al + b) * kp + k] = pb + (T)2 * pe;
+                        tmp[(2 * al + b) * kp + k] = pa + (T)4 * pc;
+                        tmp[(3 * al + b) * kp + k] = pb + (T)8 * pe + m5;
+                    }
                 }
-            } else {
-                for (fc_int k = 0; k < nk; k++) {
-                    T m0 = v[(0 * 6 + b) * vs + k], m1 = v[(1 * 6 + b) * vs + k],
-                      m2 = v[(2 * 6 + b) * vs + k], m3 = v[(3 * 6 + b) * vs + k],
-                      m4 = v[(4 * 6 + b) * vs + k], m5 = v[(5 * 6 + b) * vs + k];
-                    T pa = m1 + m2, pb = m1 - m2, pc = m3 + m4, pe = m3 - m4;
-                    tmp[(0 * al + b) * kp + k] = m0 + pa + pc;
-                    tmp[(1 * al + b) * kp + k] = pb + (T)2 * pe;
-                    tmp[(2 * al + b) * kp + k] = pa + (T)4 * pc;
-                    tmp[(3 * al + b) * kp + k] = pb + (T)8 * pe + m5;
+            }
+            for (fc_int a = 0; a < m; a++) {       /* then along w: slab[a, m*j + b, k] */
+                const T *t = tmp + a * al * kp;
+                T *oa = slab + (a * Wr + m * j) * kp;
+                if (m == 2) {
+                    for (fc_int k = 0; k < nk; k++) {
+                        T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k];
+                        oa[k] = m0 + m1 + m2;
+                        oa[kp + k] = m1 - m2 - m3;
+                    }
+                } else {
+                    for (fc_int k = 0; k < nk; k++) {
+                        T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k],
+                          m4 = t[4 * kp + k], m5 = t[5 * kp + k];
+                        T pa = m1 + m2, pb = m1 - m2, pc = m3 + m4, pe = m3 - m4;
+                        oa[k] = m0 + pa + pc;
+                        oa[kp + k] = pb + (T)2 * pe;
+                        oa[2 * kp + k] = pa + (T)4 * pc;
+                        oa[3 * kp + k] = pb + (T)8 * pe + m5;
+                    }
                 }
             }
         }
-        for (fc_int a = 0; a < m; a++) {           /* then along w: o[a, b, k] */
-            const T *t = tmp + a * al * kp;
-            T *oa = o + a * m * kp;
-            if (m == 2) {
-                for (fc_int k = 0; k < nk; k++) {
-                    T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k];
-                    oa[k] = m0 + m1 + m2;
-                    oa[kp + k] = m1 - m2 - m3;
+        const fc_int ra = P - r0 < m ? P - r0 : m;
+        for (fc_int k = 0; k < nk; k++) {          /* the rows, a channel at a time */
+            const T bk = bias ? bias[k] : (T)0;
+            for (fc_int a = 0; a < ra; a++) {
+                const fc_int o = k * PQ + (r0 + a) * Q;
+                const T *sa = slab + a * Wr * kp + k;
+                T *yr = y + o;
+                if (res) {
+                    const T *rr = res + o;
+                    for (fc_int q = 0; q < Q; q++)
+                        yr[q] = (sa[q * kp] + bk) + rr[q];
+                } else {
+                    for (fc_int q = 0; q < Q; q++)
+                        yr[q] = sa[q * kp] + bk;
                 }
-            } else {
-                for (fc_int k = 0; k < nk; k++) {
-                    T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k],
-                      m4 = t[4 * kp + k], m5 = t[5 * kp + k];
-                    T pa = m1 + m2, pb = m1 - m2, pc = m3 + m4, pe = m3 - m4;
-                    oa[k] = m0 + pa + pc;
-                    oa[kp + k] = pb + (T)2 * pe;
-                    oa[2 * kp + k] = pa + (T)4 * pc;
-                    oa[3 * kp + k] = pb + (T)8 * pe + m5;
-                }
+                if (act != 0)
+                    for (fc_int q = 0; q < Q; q++) {
+                        T w = yr[q] < 0 ? (T)0 : yr[q];     /* NaN < 0 is false: kept */
+                        yr[q] = (act == 2 && w > 6) ? (T)6 : w;
+                    }
             }
-        }
-        const fc_int ra = P - r0 < m ? P - r0 : m, cb = Q - q0 < m ? Q - q0 : m;
-        for (fc_int k = 0; k < nk; k++) {
-            T *yk = y + k * PQ + r0 * Q + q0;
-            for (fc_int a = 0; a < ra; a++)
-                for (fc_int b = 0; b < cb; b++)
-                    yk[a * Q + b] = o[(a * m + b) * kp + k];
         }
     }
 }
