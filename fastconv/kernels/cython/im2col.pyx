@@ -10,7 +10,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   or a band of its output rows) is read and written by the GEMM in place in NCHW (rows
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
 - ``image_gemm`` (1x1 stride-1 layers): the planes are the patch matrix, a GEMM per
-  image and group; the forward's by NumPy's matmul (``_image_gemm``).
+  image and group: NumPy's matmul for the forward (``_image_gemm``) and the input
+  gradient, SciPy's BLAS adding image by image for the weight gradient.
 - ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
   GEMM per group.
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
@@ -22,8 +23,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   accumulators and are summed in a fixed order: the result does not depend on the
   thread count.
 
-BLAS is SciPy's (``scipy.linalg.cython_blas``; the forward's ``image_gemm``: NumPy's
-matmul, whose OpenBLAS build was faster on these streaming GEMMs), called with the GIL released and never
+BLAS is SciPy's (``scipy.linalg.cython_blas``; ``image_gemm``'s forward and input
+gradient: NumPy's matmul, whose OpenBLAS build was faster on these streaming GEMMs), called with the GIL released and never
 inside a parallel region, so its threads and OpenMP's never multiply. The gathers,
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
@@ -268,13 +269,6 @@ cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::
                       NPQ, 0, col + gi * Cg * NPQ, NPQ)
             _swap_axes(<const real *>col, &out[0, 0, 0, 0], g.C, g.N, HW, nt)
         return 0
-    if variant == "image_gemm":
-        with nogil:
-            for n in range(g.N):
-                for gi in range(G):
-                    _gemm(True, False, Cg, HW, Kg, wp + gi * Kg * Cg, Cg, &dy[n, gi * Kg, 0, 0],
-                          PQ, 0, &out[n, gi * Cg, 0, 0], HW)
-        return 0
     col, res = &colbuf[0], &resbuf[0]
     with nogil:
         memset(&out[0, 0, 0, 0], 0, g.N * g.C * HW * sizeof(real))
@@ -324,7 +318,7 @@ cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::
                 _gemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
                       NHW, 0, wp + gi * Kg * Cg, Cg)
         return 0
-    if variant == "image_gemm":
+    if variant == "image_gemm":                 # SciPy's BLAS adds image by image (beta 1)
         with nogil:
             for n in range(g.N):
                 for gi in range(G):
@@ -467,7 +461,7 @@ def _buffers(plan, p, dtype):
     if plan.variant == "batch_gemm":
         return (workspace("im2col.xt", p.N * max(p.C, p.K) * p.H * p.W, dtype),
                 workspace("im2col.res", p.N * max(p.C, p.K) * p.P * p.Q, dtype))
-    if plan.variant == "image_gemm":
+    if plan.variant == "image_gemm":            # the weight gradient's: none
         return workspace("im2col.col", 1, dtype), workspace("im2col.res", 1, dtype)
     nt, pr = plan["tile"]
     cols = min(nt, p.N) * min(pr, p.P) * p.Q
@@ -527,6 +521,11 @@ def conv2d_input(plan, dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): GEMM then col2im."""
     if p.K == 0:
         out[...] = 0
+        return
+    if plan.variant == "image_gemm":            # 1x1 stride 1: NumPy's matmul
+        G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
+        np.matmul(w.reshape(G, Kg, Cg).transpose(0, 2, 1), dy.reshape(p.N, G, Kg, p.P * p.Q),
+                  out=out.reshape(p.N, G, Cg, p.H * p.W))
         return
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, dy.dtype)
