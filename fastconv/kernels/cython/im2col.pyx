@@ -10,8 +10,9 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   or a band of its output rows) is read and written by the GEMM in place in NCHW (rows
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
 - ``image_gemm`` (1x1 stride-1 layers): the planes are the patch matrix, a GEMM per
-  image and group: NumPy's matmul for the forward (``_image_gemm``) and the input
-  gradient, SciPy's BLAS adding image by image for the weight gradient.
+  image and group: NumPy's matmul for the forward and the input gradient
+  (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
+  by image for the weight gradient.
 - ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
   GEMM per group.
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
@@ -24,8 +25,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   thread count.
 
 BLAS is SciPy's (``scipy.linalg.cython_blas``; ``image_gemm``'s forward and input
-gradient: NumPy's matmul, whose OpenBLAS build was faster on these streaming GEMMs), called with the GIL released and never
-inside a parallel region, so its threads and OpenMP's never multiply. The gathers,
+gradient: NumPy's matmul), called with the GIL released and never inside a parallel
+region, so its threads and OpenMP's never multiply. The gathers,
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
 """
@@ -37,6 +38,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
+from .. import image_gemm
 from ..epilogue import none
 from ._hot cimport fc_conv, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
@@ -223,7 +225,7 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
             else:
                 _swap_axes(<const real *>res, op, g.K, g.N, PQ, nt)
         return 0
-    col, res = &colbuf[0], &resbuf[0]             # tiled (image_gemm: _image_gemm)
+    col, res = &colbuf[0], &resbuf[0]             # tiled (image_gemm: conv2d)
     with nogil:
         for i in range(_ntiles(g.N, g.P, tn, tr)):
             _tile(i, g.N, g.P, tn, tr, &n0, &ntl, &p0, &prl)
@@ -481,7 +483,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "image_gemm":
-        _image_gemm(x, w, p, out, ep)
+        nt = get_num_threads()
+        image_gemm.forward(x, w, p, out, None if ep.empty else lambda n: _image_epilogue(
+            out.reshape(-1), ep.bias, ep.residual, ep.act, n, p.K, p.P * p.Q, nt))
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
@@ -493,24 +497,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
                          ep.bias, ep.residual, ep.act)
 
 
-def _image_gemm(x, w, p, out, ep):
-    """The forward of a 1x1 stride-1 layer: each image's planes are its patch matrix, one
-    GEMM per image and group by NumPy's matmul (NumPy's OpenBLAS, as the Numba backend's
-    image_gemm: on the Intel Xeon rocketlake its 0.3.31 ran these streaming GEMMs
-    1.1-1.5x faster than SciPy's 0.3.30), each image's epilogue right after its GEMM."""
-    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.H * p.W
-    wmat = w.reshape(G, Kg, Cg)
-    if ep.empty:
-        np.matmul(wmat, x.reshape(p.N, G, Cg, HW), out=out.reshape(p.N, G, Kg, HW))
-        return
-    nt = get_num_threads()
-    for n in range(p.N):                          # image by image, each while in cache
-        np.matmul(wmat, x[n].reshape(G, Cg, HW), out=out[n].reshape(G, Kg, HW))
-        _image_epilogue(out.reshape(-1), ep.bias, ep.residual, ep.act, n, p.K, HW, nt)
-
-
 def _image_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,
                     Py_ssize_t n, Py_ssize_t K, Py_ssize_t PQ, int nt):
+    """The epilogue of image n of ``out`` (N, K, PQ), flattened."""
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *resid = &res_a[0] if res_a.shape[0] else NULL
     with nogil:
@@ -522,10 +511,8 @@ def conv2d_input(plan, dy, w, p, out):
     if p.K == 0:
         out[...] = 0
         return
-    if plan.variant == "image_gemm":            # 1x1 stride 1: NumPy's matmul
-        G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
-        np.matmul(w.reshape(G, Kg, Cg).transpose(0, 2, 1), dy.reshape(p.N, G, Kg, p.P * p.Q),
-                  out=out.reshape(p.N, G, Cg, p.H * p.W))
+    if plan.variant == "image_gemm":
+        image_gemm.input_grad(dy, w, p, out)
         return
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, dy.dtype)

@@ -29,6 +29,7 @@ import numpy as np
 from numba import prange
 
 from ..._config import get_workspace_limit, workspace, workspace_array
+from .. import image_gemm
 from ..epilogue import none
 from . import codegen
 from ._epilogue import planes as _planes
@@ -244,12 +245,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
             finish(res, 0, p.N, 0, p.P)
         return
     if plan.variant == "image_gemm":
-        if ep.empty:
-            np.matmul(wmat, x.reshape(p.N, G, CgRS, p.H * p.W), out=out.reshape(p.N, G, Kg, p.P * p.Q))
-            return
-        for n in range(p.N):                            # image by image, each while in cache
-            np.matmul(wmat, x[n].reshape(G, CgRS, p.H * p.W), out=out[n].reshape(G, Kg, p.P * p.Q))
-            finish(None, n, 1, 0, p.P)
+        image_gemm.forward(x, w, p, out,
+                           None if ep.empty else lambda n: finish(None, n, 1, 0, p.P))
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     for n0, nt, p0, pr, col in _patches(plan, x, p, colbuf):
@@ -275,7 +272,7 @@ def conv2d_input(plan, dy, w, p, out):
         _from_batch_major(res, out)
         return
     if plan.variant == "image_gemm":
-        np.matmul(wT, dy.reshape(p.N, G, Kg, p.P * p.Q), out=out.reshape(p.N, G, CgRS, p.H * p.W))
+        image_gemm.input_grad(dy, w, p, out)
         return
     out[...] = 0
     colbuf, resbuf = _buffers(plan, p, dy.dtype)
