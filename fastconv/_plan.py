@@ -64,6 +64,10 @@ class Plan:
     threads: int = 1
     dtype: str = "float32"
     geometry: object = field(default=None, repr=False, compare=False)
+    #: the memory layout the kernel computes in: "nchw", or "nhwc" for a channels-last
+    #: call run on the channels-last data as it is (``_channels_last``); a channels-last
+    #: call with an "nchw" plan is converted to NCHW and its result back
+    layout: str = "nchw"
 
     def __getitem__(self, name):
         for key, value in self.blocking:
@@ -85,6 +89,8 @@ class Plan:
             parts.append(f"variant={self.variant!r}")
         parts += [f"{k}={v!r}" for k, v in self.blocking]
         parts += [f"threads={self.threads}", self.dtype]
+        if self.layout != "nchw":
+            parts.append(f"layout={self.layout!r}")
         return f"Plan({', '.join(parts)})"
 
 
@@ -432,12 +438,14 @@ def _backend_for(op, algorithm, backend):
 
 
 @functools.lru_cache(maxsize=4096)
-def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
+def _make(op, p, dtype, algorithm, backend, threads, generation, budget, layout="nchw"):
     """The plan (memoised: training calls the same shapes every step)."""
     conv = op in CONV_OPS
     pairs = _dispatch.pairs(op)
     check_names(op, algorithm, backend)
     auto_backend = backend == "auto"
+    auto_algorithm = algorithm == "auto"
+    user_backend = backend
     if algorithm == "auto":
         preferred = _algorithm(op, p, dtype) if conv else "direct"
         order = [preferred] + [a for a, _ in pairs if a not in (preferred, "reference")]
@@ -465,7 +473,51 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget):
             backend, variant, blocking = _backend_for_variant(op, p, dtype, algorithm,
                                                               threads, backend, variant,
                                                               blocking)
+    if layout == "nhwc":
+        nhwc = _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm,
+                              user_backend)
+        if nhwc is not None:
+            algorithm, backend, variant, blocking = nhwc
+            return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p,
+                        "nhwc")
     return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
+
+
+def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, user_backend):
+    """(algorithm, backend, variant, blocking) of a plan that computes a channels-last
+    call in that layout, or None where no kernel does (the call is converted):
+
+    - im2col, one group: ``nhwc_gemm`` for 1x1 stride 1 (one GEMM over every pixel of
+      the batch), else ``nhwc_tiled`` (patches gathered from channels-last rows);
+      both backends (``kernels/channels_last.py``);
+    - direct's depthwise with one output channel per input channel: ``depthwise_nhwc``
+      (Numba), the channels in the vector lanes;
+    - where ``algorithm="auto"`` chose direct for a one-group layer (stems, stride 2),
+      im2col's channels-last GEMM instead of a conversion each way.
+    """
+    if op != "conv2d":
+        return None
+    if (algorithm == "direct" and variant == "depthwise" and p.K == p.C
+            and backend == "numba"):
+        return algorithm, backend, "depthwise_nhwc", ()
+    if p.groups != 1:
+        return None
+    if algorithm != "im2col":
+        if not (auto_algorithm and algorithm == "direct"):
+            return None
+        backend = _backend_for(op, "im2col", user_backend)
+        if backend is None:
+            return None
+    if p.pointwise:
+        rows = max(16, _tuning.NHWC_GEMM_BYTES // (p.K * dtype.itemsize))
+        return "im2col", backend, "nhwc_gemm", (("rows", rows),)
+    per_row = (p.C * p.R * p.S + p.K) * dtype.itemsize * p.Q
+    budget = _config.get_workspace_limit()
+    if per_row * p.P <= budget:
+        tile = (max(1, min(p.N, budget // (per_row * p.P))), p.P)
+    else:
+        tile = (1, max(1, budget // per_row))
+    return "im2col", backend, "nhwc_tiled", (("tile", tile),)
 
 
 def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blocking):
@@ -503,15 +555,16 @@ def _registered(pairs):
     return ", ".join(f"(algorithm={a!r}, backend={b!r})" for a, b in pairs)
 
 
-def make(op, p, dtype, algorithm="auto", backend="auto"):
+def make(op, p, dtype, algorithm="auto", backend="auto", layout="nchw"):
     """The plan for ``op`` on validated geometry ``p`` and ``dtype``, given the user's
     ``algorithm=`` and ``backend=`` (``"auto"``: autotuned winner if any, else the
-    rules)."""
+    rules), for input in ``layout`` ("nchw", or "nhwc": channels-last; the plan's own
+    ``layout`` says whether its kernel computes in it)."""
     dtype = np.dtype(dtype)
     threads = _config.get_num_threads()
     if backend == "auto":
         backend = _dispatch.default_backend()
-    if (algorithm == "auto" and backend == "auto" and op in CONV_OPS
+    if (algorithm == "auto" and backend == "auto" and op in CONV_OPS and layout == "nchw"
             and (_autotune_enabled or _load_tuned())):
         tuned = _load_tuned().get(_key(op, p, dtype))
         if tuned is None and _autotune_enabled:
@@ -521,7 +574,7 @@ def make(op, p, dtype, algorithm="auto", backend="auto"):
             if plan is not None:
                 return plan
     return _make(op, p, dtype, algorithm, backend, threads, _tuning.generation,
-                 _config.get_workspace_limit())
+                 _config.get_workspace_limit(), layout)
 
 
 # -- Tracing: which plans ran -----------------------------------------------------------

@@ -59,6 +59,9 @@ DEFAULTS = {
     "DIRECT_WEIGHT_GRAD_ITEMS": (16, "work items",
         "the weight gradient splits the batch until it has this many items for the threads (Zen 5)"),
     # -- im2col (fastconv._plan._im2col) ---------------------------------------------
+    "NHWC_GEMM_BYTES": (1 << 20, "bytes of output",
+        "a channels-last 1x1 layer's GEMM over the batch runs in slices of rows of about "
+        "this much output, each given its epilogue while it is in cache (Xeon)"),
     "POINTWISE_ONE_GEMM_BELOW": (100, "pixels per image",
         "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5)"),
     "WEIGHT_FUSED_MIN_RATIO": (16, "output pixels per patch row",

@@ -3,7 +3,10 @@
 Every function here does the same three things: validate and normalise the
 arguments (through ``fastconv._geometry``), plan the call (``fastconv._plan``),
 and call it on C-contiguous arrays with a freshly allocated output. Arrays are NCHW,
-float32 or float64; a 3-D ``(C, H, W)`` input is treated as a batch of one and the
+float32 or float64; a channels-last array (PyTorch's ``channels_last`` memory format:
+:func:`channels_last`) gives a channels-last result, computed in that layout where the
+plan's kernel does (``plan.layout == "nhwc"``: docs/channels_last.md) and converted
+both ways where it does not; a 3-D ``(C, H, W)`` input is treated as a batch of one and the
 result has no batch axis either. Pair arguments (stride, padding, dilation, kernel_size,
 output_padding) take an int or a tuple or list of 1 or 2 ints, as in PyTorch. An empty
 batch (``N = 0``), or a convolution's empty channel axis, gives PyTorch's empty result
@@ -19,7 +22,7 @@ from .kernels import epilogue as _epilogue
 from .kernels.weight_cache import PreparedWeight
 
 __all__ = [
-    "prepare_weight", "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
+    "prepare_weight", "channels_last", "to_channels_last", "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
 ]
 
@@ -32,12 +35,39 @@ def _contiguous(op, name, a):
     return np.ascontiguousarray(a)
 
 
-def _batched(op, name, a):
-    """(4-D C-contiguous array, whether the caller passed 3-D)."""
+def channels_last(a):
+    """Whether ``a`` is in PyTorch's ``channels_last`` memory format: a 4-D (N, C, H, W)
+    array whose data is a C-contiguous (N, H, W, C) buffer, i.e. ``a.transpose(0, 2, 3,
+    1)`` is C-contiguous, and ``a`` is not C-contiguous itself (an array that is both,
+    as when C == 1 or H == W == 1, counts as NCHW, as in PyTorch)."""
+    return (a.ndim == 4 and not a.flags.c_contiguous
+            and a.transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def to_channels_last(a):
+    """``a`` (N, C, H, W) as a channels-last array of the same values (a copy unless it
+    is one already): ``np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)``."""
+    a = np.asarray(a)
+    if a.ndim != 4:
+        raise ValueError(f"to_channels_last: expected an (N, C, H, W) array, got shape {a.shape}")
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _layout_of(a, nhwc):
+    """The result ``a`` (C-contiguous NCHW) in the caller's layout: channels-last (a
+    converting copy) when the caller's input was (``nhwc``)."""
+    return to_channels_last(a) if nhwc else a
+
+
+def _batched(op, name, a, keep_channels_last=False):
+    """(4-D array, whether the caller passed 3-D): C-contiguous, or with
+    ``keep_channels_last`` a channels-last array as it is."""
     a = np.asarray(a)
     if a.ndim == 3:
         return _contiguous(op, name, a[None]), True
     if a.ndim == 4:
+        if keep_channels_last and channels_last(a):
+            return a, False
         return _contiguous(op, name, a), False
     raise ValueError(f"{op}: expected {name} of shape (N, C, H, W) or (C, H, W), "
                      f"got shape {a.shape}")
@@ -154,7 +184,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     array([[[[-8., -8.],
              [-8., -8.]]]], dtype=float32)
     """
-    x, unbatched = _batched("conv2d", "input", input)
+    x, unbatched = _batched("conv2d", "input", input, keep_channels_last=True)
+    nhwc = channels_last(x)
     w = _weight("conv2d", weight)
     dtype = check_dtype("conv2d", input=x, weight=w, bias=bias, residual=residual)
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
@@ -163,13 +194,22 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if p.empty:
         _plan.check_names("conv2d", algorithm, backend)
         return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
-    plan = _plan.make("conv2d", p, dtype, algorithm, backend)
+    plan = _plan.make("conv2d", p, dtype, algorithm, backend, "nhwc" if nhwc else "nchw")
     _conv_room("conv2d", p, dtype, p.output_shape, plan.algorithm)
+    if plan.layout == "nhwc":                       # computed channels last, as it is
+        if residual is not None:
+            residual = _contiguous("conv2d", "residual", residual.transpose(0, 2, 3, 1))
+        out = np.empty((p.N, p.P, p.Q, p.K), dtype)
+        _plan.run(plan, x.transpose(0, 2, 3, 1), w, p, out,
+                  _epilogue.make(dtype, bias, residual, activation))
+        return out.transpose(0, 3, 1, 2)
+    if nhwc:                                        # no kernel computes it channels last
+        x = _contiguous("conv2d", "input", x)
     if residual is not None:
         residual = _contiguous("conv2d", "residual", residual)
     out = np.empty(p.output_shape, dtype)
     _plan.run(plan, x, w, p, out, _epilogue.make(dtype, bias, residual, activation))
-    return _unbatch(out, unbatched)
+    return _unbatch(_layout_of(out, nhwc), unbatched)
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
@@ -196,6 +236,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     there it also reaches the pixels within the kernel's extent of the border, which the
     reference leaves finite (0 x NaN). im2col and direct's depthwise scatter do not.
     """
+    nhwc = channels_last(np.asarray(grad_output))
     dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
     w = _weight("conv2d_input", weight)
     dtype = check_dtype("conv2d_input", weight=w, grad_output=dy)
@@ -209,7 +250,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     _conv_room("conv2d_input", p, dtype, p.input_shape, plan.algorithm)
     out = np.empty(p.input_shape, dtype)
     _plan.run(plan, dy, w, p, out)
-    return _unbatch(out, unbatched)
+    return _unbatch(_layout_of(out, nhwc), unbatched)
 
 
 def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1,
@@ -329,6 +370,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     -----
     A NaN in a window makes its output NaN. Ties pick the first maximum in scan order.
     """
+    nhwc = channels_last(np.asarray(input))
     x, unbatched = _batched("max_pool2d", "input", input)
     dtype = check_dtype("max_pool2d", input=x)
     p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -343,8 +385,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     out = np.empty(p.output_shape, dtype)
     indices = np.empty(p.output_shape, np.int64)
     _plan.run(plan, x, p, out, indices)
+    out = _layout_of(out, nhwc)
     if return_indices:
-        return _unbatch(out, unbatched), _unbatch(indices, unbatched)
+        return _unbatch(out, unbatched), _unbatch(_layout_of(indices, nhwc), unbatched)
     return _unbatch(out, unbatched)
 
 
@@ -419,6 +462,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     -----
     ``P = floor((H + 2*pad_h - kernel_h) / stride_h) + 1`` (ceil in ceil mode).
     """
+    nhwc = channels_last(np.asarray(input))
     x, unbatched = _batched("avg_pool2d", "input", input)
     dtype = check_dtype("avg_pool2d", input=x)
     p = pool_params("avg_pool2d", x.shape, kernel_size, stride, padding, 1, ceil_mode)
@@ -434,7 +478,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     _plan.run(plan, x, p, cip, div, out)
     if negate:
         np.negative(out, out=out)
-    return _unbatch(out, unbatched)
+    return _unbatch(_layout_of(out, nhwc), unbatched)
 
 
 def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
@@ -475,6 +519,7 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     input's size along that axis.
     """
     op = "adaptive_avg_pool2d"
+    nhwc = channels_last(np.asarray(input))
     x, unbatched = _batched(op, "input", input)
     dtype = check_dtype(op, input=x)
     P, Q = adaptive_output_size(op, x.shape, output_size)
@@ -486,4 +531,4 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     plan = _plan.make(op, None, dtype, algorithm, backend)
     out = np.empty(x.shape[:2] + (P, Q), dtype)
     _plan.run(plan, x, adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q), out)
-    return _unbatch(out, unbatched)
+    return _unbatch(_layout_of(out, nhwc), unbatched)

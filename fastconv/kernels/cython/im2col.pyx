@@ -13,6 +13,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   image and group: NumPy's matmul for the forward and the input gradient
   (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
   by image for the weight gradient.
+- ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): ``kernels/channels_last.py``,
+  shared with Numba.
 - ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
   GEMM per group.
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
@@ -38,7 +40,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 import numpy as np
 
 from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
-from .. import image_gemm
+from .. import channels_last, image_gemm
 from ..epilogue import none
 from ._hot cimport fc_conv, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
@@ -479,6 +481,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue``
     (``fastconv.kernels.epilogue``) applied tile by tile."""
     if p.K == 0:
+        return
+    if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
+        channels_last.conv2d(plan, x, w, p, out, epilogue)
         return
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue

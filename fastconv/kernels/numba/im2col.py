@@ -29,7 +29,7 @@ import numpy as np
 from numba import prange
 
 from ..._config import get_workspace_limit, workspace, workspace_array
-from .. import image_gemm
+from .. import channels_last, image_gemm
 from ..epilogue import none
 from . import codegen
 from ._epilogue import planes as _planes
@@ -227,6 +227,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue``
     (``kernels.epilogue``) applied to each tile right after its GEMM, while it is in
     cache (BLAS writes the products; the epilogue cannot go into its store)."""
+    if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
+        channels_last.conv2d(plan, x, w, p, out, epilogue)
+        return
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wmat = w.reshape(G, Kg, CgRS)
     ep = none(x.dtype) if epilogue is None else epilogue
