@@ -597,6 +597,8 @@ def trace():
         yield ran
     finally:
         _trace.ran = outer
+        if outer is not None:                       # an enclosing block sees them too
+            outer.extend(ran)
 
 
 def run(plan, *args):

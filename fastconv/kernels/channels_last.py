@@ -11,29 +11,16 @@ output is the GEMM ``patches (pixels, R*S*C) @ weight (R*S*C, K)`` with no trans
 - ``nhwc_tiled``: tiles of whole images, or of rows of one image (``plan["tile"]``),
   zero-padded, their patches gathered by one strided copy, then one GEMM.
 
-The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are; the
-epilogue (``kernels.epilogue``, its residual flattened in NHWC order) is three NumPy
-passes over the tile just written.
+The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are; each
+backend applies the epilogue (``kernels.epilogue``, its residual flattened in NHWC
+order) to the rows just written, while they are in cache.
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .epilogue import none
 from .weight_cache import CACHE
 
 VARIANTS = ("nhwc_gemm", "nhwc_tiled")
-
-
-def _finish(y, ep, r0):
-    """The epilogue on ``y`` (rows, K): output rows r0 .. r0 + rows of the batch."""
-    if ep.bias.size:
-        y += ep.bias
-    if ep.residual.size:
-        y += ep.residual[r0 * y.shape[1]:(r0 + len(y)) * y.shape[1]].reshape(y.shape)
-    if ep.act == 1:
-        np.maximum(y, 0, out=y)                     # NaN stays NaN
-    elif ep.act == 2:
-        np.clip(y, 0, 6, out=y)
 
 
 def _weight_matrix(w):
@@ -43,10 +30,10 @@ def _weight_matrix(w):
                      lambda: np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, K)))
 
 
-def conv2d(plan, x, w, p, out, epilogue=None):
+def conv2d(plan, x, w, p, out, finish=None):
     """out (N, P, Q, K) = the convolution of x (N, H, W, C), both C-contiguous, with w
-    (K, C, R, S), one group, with the epilogue."""
-    ep = none(x.dtype) if epilogue is None else epilogue
+    (K, C, R, S), one group; ``finish(r0, r1)``, the backend's epilogue, on output
+    pixels r0 .. r1 - 1 of the batch right after their GEMM (None: no epilogue)."""
     K = p.K
     y = out.reshape(-1, K)
     if plan.variant == "nhwc_gemm":
@@ -56,8 +43,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         for r0 in range(0, len(xs), step):
             r1 = min(r0 + step, len(xs))
             np.matmul(xs[r0:r1], wt, out=y[r0:r1])
-            if not ep.empty:
-                _finish(y[r0:r1], ep, r0)
+            if finish is not None:
+                finish(r0, r1)
         return
     wmat = _weight_matrix(w)
     nt, pr = plan["tile"]
@@ -83,5 +70,5 @@ def conv2d(plan, x, w, p, out, epilogue=None):
             rows = slice((n0 * p.P + p0) * p.Q, ((n1 - 1) * p.P + p1) * p.Q)
             patches = view.reshape(-1, p.R * p.S * p.C)     # the gathering copy
             np.matmul(patches, wmat, out=y[rows])
-            if not ep.empty:
-                _finish(y[rows], ep, rows.start)
+            if finish is not None:
+                finish(rows.start, rows.stop)

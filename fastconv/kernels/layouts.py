@@ -45,6 +45,8 @@ BWW_LANES = (16, 8)
 PAIRS = 8
 #: (columns, rows) of the depthwise kernels, both dtypes
 DW_BLOCK = (16, 4)
+#: direct's channels-last depthwise kernel: (channels (the vector lanes), output pixels of a row)
+DW_NHWC_BLOCK = (16, 8)
 #: (columns, rows) of the register-tiled GEMM (Winograd's products), float32
 GEMM_BLOCK = _BLOCKS["GEMM_BLOCK"]
 #: (columns, rows) of the GEMM that reads patch rows in place (im2col's weight gradient,

@@ -6,9 +6,15 @@ float64, then cast back), the bias, the residual add and the ReLU/ReLU6 after a
 convolution become part of that convolution's call, the weights are prepared once
 (:func:`fastconv.prepare_weight`), and Dropout disappears. Running the result is a loop
 over the steps; each value is released after its last use.
+
+Activations flow between the steps channels last (PyTorch's ``channels_last`` memory
+format, which the functional ops keep) when every convolution of the network computes
+in that layout (its plan's ``layout`` is ``"nhwc"``): the input is converted once and
+no convolution converts. Otherwise they stay NCHW. ``memory_format=`` forces either.
 """
 import numpy as np
 
+from .. import _plan
 from .. import functional as F
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, ReLU, ReLU6, Sequential,
@@ -268,8 +274,10 @@ class OptimizedModel:
     arrays are its own.
     """
 
-    def __init__(self, name, dtype, steps, output, n_values):
+    def __init__(self, name, dtype, steps, output, n_values, memory_format="auto"):
         self.name, self.dtype, self.steps, self.output = name, dtype, steps, output
+        self.memory_format = memory_format
+        self._formats = {}                     # input shape -> memory format ("auto")
         last_use = {}
         for k, step in enumerate(steps):
             for s in step.srcs:
@@ -282,8 +290,37 @@ class OptimizedModel:
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             raise ValueError(f"{self.name} (optimized): expected an (N, C, H, W) NumPy array, "
                              f"got {type(x).__name__} of shape {np.shape(x)}")
+        fmt = self.memory_format
+        if fmt == "auto":
+            fmt = self._formats.get(x.shape)
+            if fmt is None:                   # the first call of this shape decides
+                with _plan.trace() as ran:
+                    y = self._run(np.ascontiguousarray(x, dtype=self.dtype))
+                self._formats[x.shape] = self._format_for(ran)
+                return y
+        x = x.astype(self.dtype, copy=False)
+        return self._run(F.to_channels_last(x) if fmt == "channels_last"
+                         else np.ascontiguousarray(x))
+
+    def format_for(self, shape):
+        """The memory format the activations of an input of ``shape`` flow in:
+        ``memory_format`` unless "auto", else as decided by the first call of that shape
+        (None before it)."""
+        if self.memory_format != "auto":
+            return self.memory_format
+        return self._formats.get(tuple(shape))
+
+    def _format_for(self, ran):
+        """"channels_last" if every convolution that ran (plans ``ran``) has a kernel
+        that computes it channels last, else "contiguous"."""
+        convs = [p for p in ran if p.op == "conv2d"]
+        native = all(_plan.make("conv2d", p.geometry, np.dtype(p.dtype),
+                                layout="nhwc").layout == "nhwc" for p in convs)
+        return "channels_last" if convs and native else "contiguous"
+
+    def _run(self, x):
         values = [None] * self._n_values
-        values[0] = np.ascontiguousarray(x, dtype=self.dtype)
+        values[0] = x
         for step, free in zip(self.steps, self._free):
             values[step.dst] = step.run(values)
             for s in free:
@@ -298,7 +335,7 @@ class OptimizedModel:
                 + "\n".join(lines) + "\n)")
 
 
-def optimize(model):
+def optimize(model, memory_format="auto"):
     """Compile a ``fastconv.nn`` model for inference.
 
     BatchNorm layers are folded into the convolution before them (with their running
@@ -313,6 +350,11 @@ def optimize(model):
         A model of :mod:`fastconv.nn.models` (``resnet18``, ``resnet50``,
         ``mobilenet_v2``, ...) or a ``Sequential`` of fastconv.nn layers, with its
         weights loaded. Its mode does not matter: the result is always eval mode.
+    memory_format : "auto", "channels_last" or "contiguous"
+        The layout of the activations between steps. "auto": channels last when every
+        convolution of the network computes in that layout for the input's shape
+        (decided by the first call of each shape, which runs NCHW), else NCHW
+        (``f.format_for(shape)`` says which).
 
     Returns
     -------
@@ -334,6 +376,10 @@ def optimize(model):
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"optimize: the model's parameters are {dtype}; expected float32 "
                         f"or float64")
+    if memory_format not in ("auto", "channels_last", "contiguous"):
+        raise ValueError(f"optimize: memory_format must be 'auto', 'channels_last' or "
+                         f"'contiguous', got {memory_format!r}")
     builder = _Builder(dtype)
     out = builder.lower("", model, 0)
-    return OptimizedModel(type(model).__name__, dtype, builder.steps, out, builder.n_values)
+    return OptimizedModel(type(model).__name__, dtype, builder.steps, out, builder.n_values,
+                          memory_format)

@@ -483,7 +483,10 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     if p.K == 0:
         return
     if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
-        channels_last.conv2d(plan, x, w, p, out, epilogue)
+        ep = none(x.dtype) if epilogue is None else epilogue
+        nt = get_num_threads()
+        channels_last.conv2d(plan, x, w, p, out, None if ep.empty else lambda r0, r1: (
+            _rows_epilogue(out.reshape(-1), ep.bias, ep.residual, ep.act, r0, r1, p.K, nt)))
         return
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
@@ -509,6 +512,31 @@ def _image_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a
     cdef const real *resid = &res_a[0] if res_a.shape[0] else NULL
     with nogil:
         _epilogue(&out[0], bias, resid, act, n, 1, K, PQ, 0, PQ, nt)
+
+
+def _rows_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,
+                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K, int nt):
+    """The epilogue of pixels r0 .. r1 - 1 of a channels-last ``out`` (rows of K
+    channels), flattened; ``res_a`` flattened in the same order."""
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
+    cdef real *o
+    cdef Py_ssize_t r, i
+    with nogil:
+        for r in prange(r0, r1, num_threads=_par((r1 - r0) * K, nt), schedule="static"):
+            o = &out[0] + r * K
+            if bias != NULL and res != NULL:
+                for i in range(K):
+                    o[i] = _act((o[i] + bias[i]) + res[r * K + i], act)
+            elif bias != NULL:
+                for i in range(K):
+                    o[i] = _act(o[i] + bias[i], act)
+            elif res != NULL:
+                for i in range(K):
+                    o[i] = _act(o[i] + res[r * K + i], act)
+            else:
+                for i in range(K):
+                    o[i] = _act(o[i], act)
 
 
 def conv2d_input(plan, dy, w, p, out):

@@ -2,7 +2,7 @@
 kernels call as they store a block of the output, with the bias ``bias`` (K,), the
 flat residual ``rf`` (zero-size when absent; the same flat offsets as the output's)
 and the activation code ``act`` (0 none, 1 relu, 2 relu6; NaN passes through)."""
-from numba import types
+from numba import prange, types
 from numba.core.extending import intrinsic
 
 from ._jit import jit
@@ -128,3 +128,29 @@ def planes(of, src, inplace, n0, nt, K, P, Q, p0, pr, bias, rf, act):
                 run(of, o, L, k, bias, rf, act)
             else:
                 store(src, (k * nt + t) * L, of, o, L, k, bias, rf, act)
+
+
+@jit(parallel=True)
+def rows(of, r0, r1, K, bias, rf, act):
+    """Rows r0 .. r1 - 1 of ``of`` (flat, rows of K channels: a channels-last output)
+    with the epilogue applied in place (``rf`` flattened in the same order)."""
+    zero, six = of.dtype.type(0), of.dtype.type(6)
+    for r in prange(r0, r1):
+        y = of[r * K:(r + 1) * K]
+        if rf.size:
+            res = rf[r * K:(r + 1) * K]
+            if bias.size:
+                for i in range(K):
+                    y[i] = (y[i] + bias[i]) + res[i]
+            else:
+                for i in range(K):
+                    y[i] = y[i] + res[i]
+        elif bias.size:
+            for i in range(K):
+                y[i] = y[i] + bias[i]
+        if act == 1:
+            for i in range(K):
+                y[i] = _below(y[i], zero)
+        elif act == 2:
+            for i in range(K):
+                y[i] = _above(_below(y[i], zero), six)

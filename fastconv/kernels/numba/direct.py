@@ -99,12 +99,11 @@ from numba import prange
 
 from ..._config import workspace
 from ..epilogue import none
-from ..layouts import DW_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
+from ..layouts import DW_BLOCK, DW_NHWC_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
 from ..weight_cache import CACHE as _weights
 from . import codegen
 from ._jit import jit
 from ._layout import to_padded, w_blocked as _w_blocked
-from ._epilogue import put
 from ._ranges import valid_range
 from ._threads import run as _run
 from ._transpose import transpose_block
@@ -443,35 +442,17 @@ def _dw_input(dy, w, out, Kg, sh, sw, pt, pl, dh, dw):
                                 o[q * sw + off] += wv * d[q]
 
 
-@jit(parallel=True, fastmath=_FASTMATH)
-def _dw_nhwc(x, w, out, sh, sw, pt, pl, dh, dw, bias, rf, act):
-    """Depthwise convolution channels last (one output channel per input channel):
-    out (N, P, Q, C) from x (N, H, W, C) and w (R, S, C), the channels in the vector
-    lanes; output rows (n, p) split among the threads, each pixel's C values summed over
-    the taps in place (they stay in L1) and stored with the epilogue (``rf``: the
-    residual flattened in NHWC order)."""
-    N, H, W, C = x.shape
-    _, P, Q, _ = out.shape
-    R, S = w.shape[0], w.shape[1]
-    of = out.reshape(-1)
-    for it in prange(N * P):
-        n, p_ = it // P, it % P
-        r_lo, r_hi = valid_range(R, H, dh, p_ * sh - pt)
-        for q in range(Q):
-            o = out[n, p_, q]
-            for c in range(C):
-                o[c] = 0
-            s_lo, s_hi = valid_range(S, W, dw, q * sw - pl)
-            for r in range(r_lo, r_hi):
-                xr = x[n, p_ * sh - pt + r * dh]
-                for s in range(s_lo, s_hi):
-                    xi = xr[q * sw - pl + s * dw]
-                    wi = w[r, s]
-                    for c in range(C):
-                        o[c] += xi[c] * wi[c]
-            base = (it * Q + q) * C
-            for c in range(C):
-                put(of, base + c, o[c], c, bias, rf, act)
+def _dw_nhwc(x, w, out, p, ep):
+    """Depthwise convolution channels last, one output channel per input channel: out
+    (N, P, Q, C) from x (N, H, W, C), by the generated ``depthwise_nhwc`` kernel (the
+    channels in the vector lanes), reading the input as it is (taps outside it are
+    skipped, not padded)."""
+    taps = _weights.get(w, "depthwise_nhwc",
+                        lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)))
+    J, M = DW_NHWC_BLOCK
+    _run(codegen.kernel("depthwise_nhwc", pixels=M, channels=J), p.N * p.P, x, taps, out,
+         p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, x.dtype.type(0),
+         *ep)
 
 
 # -- The registry's kernels: run a plan (fastconv._plan._direct) ---------------------------
@@ -485,10 +466,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         _dw_planes(x, w, out, p.K // p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
                    p.dil_h, p.dil_w, ep=ep)
     elif plan.variant == "depthwise_nhwc":          # x (N, H, W, C), out (N, P, Q, C)
-        taps = _weights.get(w, "depthwise_nhwc",
-                            lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)))
-        _dw_nhwc(x, taps, out, p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h,
-                 p.dil_w, *ep)
+        _dw_nhwc(x, w, out, p, ep)
     elif plan.variant == "pointwise":
         _pointwise(plan, x, w, out, p.groups, ep)
     else:

@@ -32,7 +32,7 @@ from ..._config import get_workspace_limit, workspace, workspace_array
 from .. import channels_last, image_gemm
 from ..epilogue import none
 from . import codegen
-from ._epilogue import planes as _planes
+from ._epilogue import planes as _planes, rows as _rows
 from ._jit import jit
 from ._layout import to_padded
 from ._ranges import valid_range
@@ -228,7 +228,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     (``kernels.epilogue``) applied to each tile right after its GEMM, while it is in
     cache (BLAS writes the products; the epilogue cannot go into its store)."""
     if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
-        channels_last.conv2d(plan, x, w, p, out, epilogue)
+        ep = none(x.dtype) if epilogue is None else epilogue
+        channels_last.conv2d(plan, x, w, p, out, None if ep.empty else lambda r0, r1: _rows(
+            out.reshape(-1), r0, r1, p.K, *ep))
         return
     G, Kg, CgRS = p.groups, p.K // p.groups, (p.C // p.groups) * p.R * p.S
     wmat = w.reshape(G, Kg, CgRS)

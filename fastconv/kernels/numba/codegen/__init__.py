@@ -63,6 +63,7 @@ The families and their blocking keywords (in name order)::
     direct_weight_grad      in_channels, channels         its weight gradient
     depthwise               rows, cols                    its "depthwise" variant
     depthwise_weight_grad   rows, cols
+    depthwise_nhwc          pixels, channels              its "depthwise_nhwc" variant
     split_stride2           pairs                         its stride-2 input layout
     gemm                    rows, cols                    Winograd's unfused products
     gemm_acc                rows, cols                    Winograd's streamed filter
@@ -85,6 +86,7 @@ the names they had before this scheme::
     split_stride2_8pairs                  phase2_8
     depthwise_4x16                        dw_16_4
     depthwise_weight_grad_4x16            dww_16_4
+    depthwise_nhwc_8px_c16                (new)
     gemm_6x64                             gemm_64_6
     gemm_acc_6x64                         gemm_acc_64_6
     patch_gemm_6x64                       patch_gemm_64_6
@@ -120,7 +122,7 @@ import sys
 from typing import Callable, NamedTuple
 
 from ...._config import CACHE_DIR
-from ...layouts import (BWW_LANES, DW_BLOCK, DY_BLOCK, FLAT_BLOCKS, FWD_BLOCKS, GEMM_BLOCK,
+from ...layouts import (BWW_LANES, DW_BLOCK, DW_NHWC_BLOCK, DY_BLOCK, FLAT_BLOCKS, FWD_BLOCKS, GEMM_BLOCK,
                         LANES_BLOCKS, LANES_STRIDES, PAIRS, PATCH_GEMM_BLOCKS)
 from . import direct, gemm
 
@@ -158,6 +160,8 @@ FAMILIES = {
     "depthwise": Family(("rows", "cols"), "depthwise_{rows}x{cols}", direct.depthwise),
     "depthwise_weight_grad": Family(("rows", "cols"), "depthwise_weight_grad_{rows}x{cols}",
                                     direct.depthwise_weight_grad),
+    "depthwise_nhwc": Family(("pixels", "channels"), "depthwise_nhwc_{pixels}px_c{channels}",
+                             direct.depthwise_nhwc),
     "split_stride2": Family(("pairs",), "split_stride2_{pairs}pairs", direct.split_stride2),
     "gemm": Family(("rows", "cols"), "gemm_{rows}x{cols}", gemm.gemm),
     "gemm_acc": Family(("rows", "cols"), "gemm_acc_{rows}x{cols}", gemm.gemm_acc),
@@ -188,6 +192,8 @@ def _blockings():
     J, M = DW_BLOCK
     yield "depthwise", dict(rows=M, cols=J)
     yield "depthwise_weight_grad", dict(rows=M, cols=J)
+    J, M = DW_NHWC_BLOCK
+    yield "depthwise_nhwc", dict(pixels=M, channels=J)
     J, TB = GEMM_BLOCK
     yield "gemm", dict(rows=TB, cols=J)
     yield "gemm_acc", dict(rows=TB, cols=J)

@@ -590,6 +590,83 @@ def depthwise(name, rows, cols):
     return "\n".join(L) + "\n"
 
 
+def depthwise_nhwc(name, pixels, channels):
+    """``depthwise_nhwc`` (channels last, one output channel per input channel): M =
+    ``pixels`` consecutive output pixels of a row x J = ``channels`` channels in scalar
+    accumulators, the channels the vector lanes, every tap reading J consecutive values
+    of ``x`` (N, H, W, C); ``w`` (R, S, C) holds the taps. A work item is an output row
+    (n, p), its tap rows cut to those inside the input; per block of J channels, the
+    columns [qa, qb) whose every tap lies inside the input run in blocks of M pixels,
+    the rest (the borders, and the last pixels of [qa, qb)) one pixel at a time with
+    their taps cut likewise (no padded copy, no bounds test in the blocks); the last
+    C % J channels by a plain loop. The accumulators start as the bias; the residual and
+    the activation are applied to the row once it is stored (in L1)."""
+    M, J = pixels, channels
+    L = []
+    a = L.append
+
+    def pixel_block(ind, q0, count, s_range):
+        """Accumulate ``count`` pixels from column q0 over taps s in ``s_range``."""
+        for m in range(count):
+            a(ind + "; ".join(f"a{m}_{j} = b{j}" for j in range(J)))
+        a(ind + "for r in range(r_lo, r_hi):")
+        a(ind + f"    for s in range({s_range}):")
+        a(ind + "        wo = np.uint64((r * S + s) * C + cb)")
+        a(ind + "        " + "; ".join(f"w{j} = wf[wo + ux{j}]" for j in range(J)))
+        a(ind + f"        xr = x0 + (r * dh * W + {q0} * sw + s * dw) * C + cb")
+        for m in range(count):
+            a(ind + f"        xm = np.uint64(xr + {m} * sw * C)")
+            a(ind + "        " + "; ".join(f"a{m}_{j} += xf[xm + ux{j}] * w{j}"
+                                          for j in range(J)))
+        for m in range(count):
+            a(ind + f"om = np.uint64(o0 + ({q0} + {m}) * C + cb)")
+            a(ind + "; ".join(f"of[om + ux{j}] = a{m}_{j}" for j in range(J)))
+
+    a("@jit(fastmath={'contract'})")
+    a(f"def {name}(x, w, out, sh, sw, pt, pl, dh, dw, zero, bias, rf, act, it0, it1):")
+    a("    N, H, W, C = x.shape")
+    a("    P, Q = out.shape[1], out.shape[2]")
+    a("    R, S = w.shape[0], w.shape[1]")
+    a("    xf = x.reshape(x.size)")
+    a("    wf = w.reshape(w.size)")
+    a("    of = out.reshape(out.size)")
+    a(f"    CJ = C - C % {J}")
+    a("    # columns [qa, qb): every tap inside the input; blocks of M pixels up to qm")
+    a("    qa, qb = valid_range(Q, W - (S - 1) * dw, sw, -pl)")
+    a(f"    qm = qa + (qb - qa) // {M} * {M}")
+    for j in range(J):
+        a(f"    ux{j} = np.uint64({j})")
+    a("    for it in range(it0, it1):          # output rows (n, p) of the batch")
+    a("        n = it // P")
+    a("        p_ = it % P")
+    a("        o0 = it * Q * C")
+    a("        h0 = p_ * sh - pt")
+    a("        r_lo, r_hi = valid_range(R, H, dh, h0)")
+    a("        x0 = ((n * H + h0) * W - pl) * C     # input row h0, column -pl")
+    a(f"        for cb in range(0, CJ, {J}):")
+    a("            bo = np.uint64(cb)")
+    a("            " + "; ".join(f"b{j} = bias[bo + ux{j}] if bias.size else zero"
+                             for j in range(J)))
+    a(f"            for q0 in range(qa, qm, {M}):")
+    pixel_block(" " * 16, "q0", M, "S")
+    a("            for q in range(Q):")
+    a("                if q >= qa and q < qm:      # done by the blocks")
+    a("                    continue")
+    a("                s_lo, s_hi = valid_range(S, W, dw, q * sw - pl)")
+    pixel_block(" " * 16, "q", 1, "s_lo, s_hi")
+    a("        for c in range(CJ, C):")
+    a("            for q in range(Q):")
+    a("                v = bias[c] if bias.size else zero")
+    a("                s_lo, s_hi = valid_range(S, W, dw, q * sw - pl)")
+    a("                for r in range(r_lo, r_hi):")
+    a("                    for s in range(s_lo, s_hi):")
+    a("                        v += (xf[x0 + (r * dh * W + q * sw + s * dw) * C + c]")
+    a("                              * wf[(r * S + s) * C + c])")
+    a("                of[o0 + q * C + c] = v")
+    a("        ep_run(of, o0, Q * C, 0, bias[:0], rf, act)")
+    return "\n".join(L) + "\n"
+
+
 def depthwise_weight_grad(name, rows, cols):
     """``depthwise_weight_grad``: out[k, 0, r, s] = sum over n, p, q of dy[n, k, p, q] *
     x_pad[n, k // Kg, p*sh + r*dh, q*sw + s*dw]. Per image, the x plane goes into the

@@ -1,0 +1,180 @@
+"""Channels-last data (PyTorch's ``channels_last`` memory format): every op takes it and
+returns its result in it; the kernels that compute in that layout (im2col's
+``nhwc_gemm`` and ``nhwc_tiled``, direct's ``depthwise_nhwc``) are checked to have run
+with ``layout == "nhwc"`` and against the reference, with every epilogue; and
+``nn.optimize`` keeps a network's activations channels last where every convolution
+computes so, with no conversion between two convolutions."""
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import nn, reference
+from fastconv.kernels import epilogue
+
+from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases, kernel_pairs,
+                      tolerance)
+
+cl = fastconv.to_channels_last
+
+
+def _distinct(shape):
+    """Whether channels last is a layout of its own for ``shape`` (not also NCHW)."""
+    return fastconv.channels_last(cl(np.empty(shape, np.float32)))
+
+
+def _reference(x, w, p, bias, res, act):
+    want = np.empty(p.output_shape, np.float64)
+    reference.conv2d(np.ascontiguousarray(x), w, p, want,
+                     epilogue.make(np.float64, bias,
+                                   None if res is None else np.ascontiguousarray(res), act))
+    return want
+
+
+def test_detection_and_conversion():
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    y = cl(x)
+    assert fastconv.channels_last(y) and not fastconv.channels_last(x)
+    assert y.shape == x.shape and np.array_equal(y, x)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert cl(y) is not None and np.shares_memory(cl(y), y)       # no second copy
+    # both layouts at once (C == 1, or 1x1 planes) count as NCHW, as in PyTorch
+    assert not fastconv.channels_last(cl(x[:, :1]))
+    assert not fastconv.channels_last(cl(x[:, :, :1, :1]))
+    # other strides are neither: they are copied to NCHW and the result is NCHW
+    odd = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not fastconv.channels_last(odd)
+    w = np.ones((2, 3, 3, 3), np.float32)
+    out = fastconv.conv2d(odd, w, padding=1)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, fastconv.conv2d(x, w, padding=1))
+    with pytest.raises(ValueError, match=r"expected an \(N, C, H, W\) array, got shape \(3, 4\)"):
+        cl(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("algorithm,backend", kernel_pairs("conv2d"))
+@settings(max_examples=5)
+@given(data=st.data())
+def test_every_algorithm(algorithm, backend, dtype, data):
+    """A channels-last input gives a channels-last output equal to the reference's, by
+    each (algorithm, backend), with a random epilogue; im2col computes every one-group
+    layer channels last (its plan's layout is "nhwc"), the others convert."""
+    case = data.draw(conv_cases(algorithm, max_channels=12, max_hw=16, max_n=3))
+    p = case["params"]
+    x, w, b, r = arrays(data.draw(st.integers(0, 99)), dtype, p.input_shape, p.weight_shape,
+                        (p.K,), p.output_shape)
+    bias = data.draw(st.sampled_from([None, b]))
+    res = data.draw(st.sampled_from([None, r]))
+    act = data.draw(st.sampled_from(list(epilogue.ACTIVATIONS)))
+    with fastconv.trace_plans() as ran:
+        y = fastconv.conv2d(cl(x), w, bias, **conv_args(case), activation=act,
+                            residual=None if res is None else cl(res), algorithm=algorithm,
+                            backend=backend)
+    plan = ran[-1]
+    assert (plan.algorithm, plan.backend) == (algorithm, backend)
+    assert fastconv.channels_last(y) == (_distinct(p.input_shape) and _distinct(p.output_shape))
+    if algorithm == "im2col" and p.groups == 1 and _distinct(p.input_shape):
+        assert plan.layout == "nhwc" and plan.variant in ("nhwc_gemm", "nhwc_tiled")
+    assert_close(y, _reference(x, w, p, bias, res, act), tolerance(dtype, algorithm),
+                 f"{algorithm}/{backend} {p} bias={bias is not None} "
+                 f"residual={res is not None} act={act}")
+
+
+@st.composite
+def depthwise_cases(draw):
+    """A depthwise geometry (groups = C = K) of any kernel, stride, dilation, padding."""
+    C = draw(st.integers(2, 40))                    # past one block of 16 lanes, with a tail
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, (dh * (R - 1)) // 2)), draw(st.integers(0, (dw * (S - 1)) // 2))
+    H = draw(st.integers(max(1, dh * (R - 1) + 1 - 2 * ph), 30))
+    W = draw(st.integers(max(1, dw * (S - 1) + 1 - 2 * pw), 30))
+    N = draw(st.integers(1, 3))
+    assume(H * W > 1)                                # else NCHW too: not channels last
+    return dict(N=N, C=C, H=H, W=W, K=C, R=R, S=S, stride=(sh, sw), padding=(ph, pw),
+                dilation=(dh, dw), groups=C)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@settings(max_examples=25)
+@given(case=depthwise_cases(), seed=st.integers(0, 99), data=st.data())
+def test_depthwise_nhwc(dtype, case, seed, data):
+    """Numba's channels-last depthwise kernel (blocks of 8 pixels x 16 channels, border
+    pixels and the channel tail one by one) against the reference, with an epilogue."""
+    if ("conv2d", "direct", "numba") not in fastconv._dispatch.REGISTRY:
+        pytest.skip("the Numba backend is not available")
+    p = fastconv._geometry.conv_params(
+        "test", (case["N"], case["C"], case["H"], case["W"]), (case["K"], 1, case["R"], case["S"]),
+        case["stride"], case["padding"], case["dilation"], case["groups"])
+    x, w, b, r = arrays(seed, dtype, p.input_shape, p.weight_shape, (p.K,), p.output_shape)
+    bias = data.draw(st.sampled_from([None, b]))
+    res = data.draw(st.sampled_from([None, r]))
+    act = data.draw(st.sampled_from(list(epilogue.ACTIVATIONS)))
+    with fastconv.trace_plans() as ran:
+        y = fastconv.conv2d(cl(x), w, bias, **conv_args(case), activation=act,
+                            residual=None if res is None else cl(res), algorithm="direct",
+                            backend="numba")
+    assert (ran[-1].variant, ran[-1].layout) == ("depthwise_nhwc", "nhwc"), ran[-1]
+    assert_close(y, _reference(x, w, p, bias, res, act), tolerance(dtype, "direct"),
+                 f"depthwise_nhwc {p}")
+
+
+def test_pooling_and_input_gradient_keep_the_layout():
+    """Pooling and the input gradient take channels-last arrays and return them
+    (computed NCHW: converted both ways), with the NCHW call's values."""
+    x, dy = arrays(0, np.float32, (2, 5, 9, 8), (2, 6, 9, 8))
+    w = arrays(1, np.float32, (6, 5, 3, 3))[0]
+    for fn in (lambda a: fastconv.max_pool2d(a, 3, 2, 1),
+               lambda a: fastconv.avg_pool2d(a, 2),
+               lambda a: fastconv.adaptive_avg_pool2d(a, (3, 2))):
+        got, want = fn(cl(x)), fn(x)
+        assert fastconv.channels_last(got) and want.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+    got, idx = fastconv.max_pool2d(cl(x), 2, return_indices=True)
+    assert fastconv.channels_last(idx)
+    np.testing.assert_array_equal(idx, fastconv.max_pool2d(x, 2, return_indices=True)[1])
+    got = fastconv.conv2d_input(x.shape, w, cl(dy), padding=1)
+    assert fastconv.channels_last(got)
+    np.testing.assert_array_equal(got, fastconv.conv2d_input(x.shape, w, dy, padding=1))
+    # the weight gradient's result is a weight: (K, C, R, S), C-contiguous
+    gw = fastconv.conv2d_weight(cl(x), w.shape, cl(dy), padding=1)
+    assert gw.flags.c_contiguous
+    np.testing.assert_allclose(gw, fastconv.conv2d_weight(x, w.shape, dy, padding=1),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_optimize_runs_mobilenet_channels_last_without_conversions():
+    """``nn.optimize``: MobileNet-v2's convolutions all compute channels last, so after
+    the first call (NCHW, which decides) its activations stay channels last and no
+    convolution converts (every plan's layout is "nhwc"); the logits equal the NCHW
+    run's. ResNet-18's 3x3 layers on 24x24 planes run Winograd, which has no
+    channels-last kernel: it stays NCHW."""
+    if ("conv2d", "direct", "numba") not in fastconv._dispatch.REGISTRY:
+        pytest.skip("the Numba backend is not available (depthwise_nhwc is Numba's)")
+    x = arrays(3, np.float32, (2, 3, 64, 64))[0]          # 2x2 planes at the end
+    model = nn.models.mobilenet_v2(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    assert fast.format_for(x.shape) is None
+    first = fast(x)
+    assert fast.format_for(x.shape) == "channels_last"
+    with fastconv.trace_plans() as ran:
+        second = fast(x)
+    convs = [p for p in ran if p.op == "conv2d"]
+    assert len(convs) == 52
+    assert all(p.layout == "nhwc" for p in convs), [p for p in convs if p.layout != "nhwc"]
+    tol = 1e-4 * np.abs(first).max()
+    np.testing.assert_allclose(second, first, rtol=0, atol=tol)
+    forced = nn.optimize(model, memory_format="contiguous")
+    with fastconv.trace_plans() as ran:
+        np.testing.assert_allclose(forced(x), first, rtol=0, atol=tol)
+    assert all(p.layout == "nchw" for p in ran if p.op == "conv2d")
+
+    resnet = nn.optimize(nn.models.resnet18(num_classes=10, rng=0))
+    x = arrays(4, np.float32, (1, 3, 96, 96))[0]     # layer1: 24x24, Winograd F(4x4,3x3)
+    resnet(x)
+    assert resnet.format_for(x.shape) == "contiguous"
+    with pytest.raises(ValueError, match="memory_format must be"):
+        nn.optimize(model, memory_format="nhwc")
