@@ -584,7 +584,8 @@ _trace = threading.local()
 
 @contextlib.contextmanager
 def trace():
-    """Record the plans the calling thread runs inside the block, in a list::
+    """Record the plans the calling thread runs inside the block, in a list (a block
+    nested in another records its plans in both)::
 
         with fastconv.trace_plans() as ran:
             fastconv.conv2d(x, w, algorithm="direct")
@@ -614,7 +615,7 @@ def run(plan, *args):
 
 def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation=1, groups=1,
          kernel_size=None, ceil_mode=False, dtype=np.float32, algorithm="auto",
-         backend="auto"):
+         backend="auto", layout="nchw"):
     """The plan a call with these arguments would run, without running it.
 
     Parameters
@@ -630,6 +631,8 @@ def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation
         As in :func:`fastconv.conv2d` (pooling: ``stride`` defaults to ``kernel_size``).
     dtype : numpy dtype
         float32 or float64.
+    layout : "nchw" or "nhwc"
+        The input's memory layout ("nhwc": channels last, docs/channels_last.md).
 
     Returns
     -------
@@ -667,7 +670,9 @@ def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation
                             ceil_mode)
     else:
         raise ValueError(f"plan: unknown op {op!r}; ops are {', '.join(_dispatch.OPS)}")
-    return make(op, p, dt, algorithm, backend)
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"plan: layout must be 'nchw' or 'nhwc', got {layout!r}")
+    return make(op, p, dt, algorithm, backend, layout)
 
 
 # -- Autotuning: time the candidate plans once per geometry, remember the winner ----------

@@ -6,6 +6,7 @@ Outputs must equal PyTorch's within 1e-4 of the largest |logit| (issue 14)."""
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import nn
 
 TOL = 1e-4
@@ -187,6 +188,11 @@ def test_model_matches_torch(name, size):
     got = fast(x)
     assert got.shape == (2, 10) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+    # the second call runs in the memory format the first chose (MobileNet-v2: channels
+    # last, every convolution computing so)
+    np.testing.assert_allclose(fast(x), expected, rtol=0, atol=tol)
+    if name == "mobilenet_v2" and ("conv2d", "direct", "numba") in fastconv._dispatch.REGISTRY:
+        assert fast.format_for(x.shape) == "channels_last"
     np.testing.assert_allclose(model.eval()(x), expected, rtol=0, atol=tol)
     text = repr(fast)
     assert "+ bn" in text and "batchnorm" not in text            # every BN folded

@@ -73,6 +73,9 @@ Kernels (generated as source by ``codegen``, names explained there; compiled wit
   columns (the lanes) with one weight broadcast per tap. The input gradient for
   stride 1 and K = C is the same kernel with the weight rotated; otherwise NCHW loops.
   ``depthwise_weight_grad_4x16``, the weight gradient, works on the same tiles tap by tap.
+* ``depthwise_nhwc_8px_c16`` (channels-last calls, K = C, both dtypes): 8 output pixels
+  of a row x 16 channels (the lanes) read from the input as it is, the taps outside it
+  cut from the border pixels' loops (``docs/channels_last.md``).
 
 The forward converts and convolves the batch in slices of images whose layout fits in
 about 2 MB per thread, so the kernel reads the layout from cache rather than memory.

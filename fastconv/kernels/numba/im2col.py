@@ -15,6 +15,8 @@ one batched matmul ``(G, K/G, C/G*R*S) @ (G, C/G*R*S, cols)``.
 
 1x1 stride-1 layers need no patch matrix (the planes are one); with small planes and
 several images, the batch is copied channels-first and multiplied in one GEMM.
+Channels-last calls (variants ``nhwc_gemm``, ``nhwc_tiled``) run
+``kernels/channels_last.py``, shared with Cython, with the epilogue compiled here.
 
 The weight gradient of layers with many output pixels per patch row (a 7x7 RGB stem:
 12544 pixels, 147 rows) is a long sum of small products, which BLAS splits badly. There
