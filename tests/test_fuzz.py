@@ -2,7 +2,8 @@
 
 Each example starts from a small plausible call and applies a few *mutations*: wrong
 ndim, zero-size axes, huge or negative strides, paddings and dilations, mismatched
-groups, integer/bool/float16/complex/object arrays and plain lists, non-contiguous,
+groups, integer/bool/float16/complex/object arrays and plain lists, channels-last,
+non-contiguous,
 negatively strided, Fortran-ordered, read-only and broadcast views, NaN and Inf,
 kernels larger than the padded input, absurd sizes, wrong argument types, unknown
 algorithm and backend names. The call must then either
@@ -98,13 +99,14 @@ def values(draw, shape, dtype):
 @st.composite
 def hostile(draw, a, wild=True, allow_dtype=True):
     """``a`` (an ndarray) as a caller might pass it: another layout with the same values
-    (non-contiguous, negative strides, Fortran order, read-only, broadcast, a plain
-    list), and when ``wild`` another dtype, or not an array at all."""
+    (channels last, non-contiguous, negative strides, Fortran order, read-only,
+    broadcast, a plain list), and when ``wild`` another dtype, or not an array at all."""
     if wild and allow_dtype and maybe(draw, 0.1):
         dt = draw(st.sampled_from(BAD_DTYPES))
         with np.errstate(invalid="ignore", over="ignore"):
             a = a.astype(dt)
-    layouts = ["c"] * 4 + ["strided", "negative", "fortran", "readonly", "broadcast", "list"]
+    layouts = ["c"] * 4 + ["channels_last"] * 2 + ["strided", "negative", "fortran",
+                                                    "readonly", "broadcast", "list"]
     layout = draw(st.sampled_from(layouts + (["scalar", "none"] if wild else [])))
     if layout == "strided" and a.ndim:
         big = np.zeros(tuple(2 * d for d in a.shape) or (1,), a.dtype)
@@ -114,6 +116,8 @@ def hostile(draw, a, wild=True, allow_dtype=True):
     if layout == "negative" and a.ndim:
         axis = draw(st.integers(0, a.ndim - 1))
         return np.flip(np.flip(a, axis).copy(), axis)
+    if layout == "channels_last" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     if layout == "fortran":
         return np.asfortranarray(a)
     if layout == "readonly":
