@@ -401,14 +401,18 @@ def _im2col(op, p, dtype, threads, backend=None):
                               ("band_rows", max(1, min(p.P, t.WEIGHT_BAND_COLUMNS // p.Q))),
                               ("slices", t.WEIGHT_SLICES),
                               ("pad_serial_rows", t.PAD_SERIAL_ROWS))
+    return "tiled", (("tile", _tile(p, dtype)),)
+
+
+def _tile(p, dtype):
+    """(images, output rows) of an im2col tile whose patches and GEMM result fit the
+    workspace limit: whole images when one fits, else bands of one image's rows."""
     per_column = (p.C * p.R * p.S + p.K) * dtype.itemsize
     budget = _config.get_workspace_limit()
     per_image = per_column * p.P * p.Q
     if per_image <= budget:
-        tile = (max(1, min(p.N, budget // per_image)), p.P)
-    else:
-        tile = (1, max(1, budget // (per_column * p.Q)))
-    return "tiled", (("tile", tile),)
+        return max(1, min(p.N, budget // per_image)), p.P
+    return 1, max(1, budget // (per_column * p.Q))
 
 
 _VARIANTS = {
@@ -511,13 +515,7 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, us
     if p.pointwise:
         rows = max(16, _tuning.NHWC_GEMM_BYTES // (p.K * dtype.itemsize))
         return "im2col", backend, "nhwc_gemm", (("rows", rows),)
-    per_row = (p.C * p.R * p.S + p.K) * dtype.itemsize * p.Q
-    budget = _config.get_workspace_limit()
-    if per_row * p.P <= budget:
-        tile = (max(1, min(p.N, budget // (per_row * p.P))), p.P)
-    else:
-        tile = (1, max(1, budget // per_row))
-    return "im2col", backend, "nhwc_tiled", (("tile", tile),)
+    return "im2col", backend, "nhwc_tiled", (("tile", _tile(p, dtype)),)
 
 
 def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blocking):

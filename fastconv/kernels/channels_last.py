@@ -18,6 +18,7 @@ order) to the rows just written, while they are in cache.
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .._config import workspace_array
 from .weight_cache import CACHE
 
 VARIANTS = ("nhwc_gemm", "nhwc_tiled")
@@ -53,8 +54,9 @@ def conv2d(plan, x, w, p, out, finish=None):
     padded = p.pad_top or p.pad_bottom or p.pad_left or p.pad_right
     for n0 in range(0, p.N, nt):
         n1 = min(n0 + nt, p.N)
-        if padded:
-            xp = np.zeros((n1 - n0, Hp, Wp, p.C), x.dtype)
+        if padded:                                  # reused workspace: no fresh pages
+            xp = workspace_array("nhwc_padded", (n1 - n0, Hp, Wp, p.C), x.dtype)
+            xp.fill(0)
             xp[:, p.pad_top:p.pad_top + p.H, p.pad_left:p.pad_left + p.W] = x[n0:n1]
         else:
             xp = x[n0:n1]
@@ -68,7 +70,9 @@ def conv2d(plan, x, w, p, out, finish=None):
                               (sn, sh_ * p.stride_h, sw_ * p.stride_w, sh_ * p.dil_h,
                                sw_ * p.dil_w, sc), writeable=False)
             rows = slice((n0 * p.P + p0) * p.Q, ((n1 - 1) * p.P + p1) * p.Q)
-            patches = view.reshape(-1, p.R * p.S * p.C)     # the gathering copy
+            patches = workspace_array("nhwc_patches", (rows.stop - rows.start,
+                                                       p.R * p.S * p.C), x.dtype)
+            patches.reshape(view.shape)[...] = view         # the gathering copy
             np.matmul(patches, wmat, out=y[rows])
             if finish is not None:
                 finish(rows.start, rows.stop)
