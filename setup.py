@@ -34,7 +34,7 @@ from setuptools.command.build_ext import build_ext
 
 PKG = os.path.join("fastconv", "kernels", "cython")
 SRC = os.path.join(PKG, "src")
-MODULES = ("_cpu", "im2col", "pool", "winograd")
+MODULES = ("_cpu", "im2col", "pool", "winograd", "direct")
 
 #: compiler flags of each instruction-set variant of the hot loops (GCC and Clang)
 ISA_FLAGS = {

@@ -241,7 +241,15 @@ def _taps(spec, R):
 
 
 def _direct(op, p, dtype, threads, backend=None):
-    """(variant, blocking) of direct for ``op`` on ``p``."""
+    """(variant, blocking) of direct for ``op`` on ``p``, among the variants ``backend``
+    runs (``_dispatch.variants``; the Cython backend has one forward core, ``lanes``,
+    which takes the forwards the rules give another core, and no ``pointwise``)."""
+    have = _dispatch.variants(op, "direct", backend)
+
+    def core_of(core):
+        return core if have is None or core in have else next(c for c in DIRECT_CORES
+                                                              if c in have)
+
     itemsize = dtype.itemsize
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
     wbytes = p.K * Cg * p.R * p.S * itemsize
@@ -256,12 +264,12 @@ def _direct(op, p, dtype, threads, backend=None):
     if op == "conv2d":
         if depthwise:
             return "depthwise", (("block", layouts.DW_BLOCK),)
-        if dtype == np.float32 and p.pointwise:
+        if dtype == np.float32 and p.pointwise and (have is None or "pointwise" in have):
             J, TB = layouts.PATCH_GEMM_BLOCKS[0]
             return "pointwise", (("block", (TB, J)), ("rows", _tuning.POINTWISE_ROWS),
                                  ("kc", _tuning.POINTWISE_KC))
-        core = direct_core(dtype, p.stride_h, p.stride_w, 1, 1, p.P, p.Q, p.R, p.S, p.dil_w,
-                           p.pad_left, p.W, Cg, Kg, wbytes)
+        core = core_of(direct_core(dtype, p.stride_h, p.stride_w, 1, 1, p.P, p.Q, p.R, p.S,
+                                   p.dil_w, p.pad_left, p.W, Cg, Kg, wbytes))
         return core, _core_blocking(core, p.P, p.Q, dtype)
     # conv2d_input
     if depthwise and p.K == p.C and p.stride_h == p.stride_w == 1:
@@ -283,8 +291,8 @@ def _direct(op, p, dtype, threads, backend=None):
     # the forward on dy (zeros inserted between its pixels for stride > 1), the weight
     # rotated, C and K swapped
     pl2 = p.dil_w * (p.S - 1) - p.pad_left
-    core = direct_core(dtype, 1, 1, p.stride_h, p.stride_w, p.H, p.W, p.R, p.S, p.dil_w,
-                       pl2, (p.Q - 1) * p.stride_w + 1, Kg, Cg, wbytes)
+    core = core_of(direct_core(dtype, 1, 1, p.stride_h, p.stride_w, p.H, p.W, p.R, p.S,
+                               p.dil_w, pl2, (p.Q - 1) * p.stride_w + 1, Kg, Cg, wbytes))
     return core, _core_blocking(core, p.H, p.W, dtype)
 
 
@@ -495,15 +503,19 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, us
       the batch), else ``nhwc_tiled`` (patches gathered from channels-last rows);
       both backends (``kernels/channels_last.py``);
     - direct's depthwise with one output channel per input channel: ``depthwise_nhwc``
-      (Numba), the channels in the vector lanes;
+      (Numba), the channels in the vector lanes, on the backend of the plan if it has
+      the variant, or for ``backend="auto"`` the first of ``AUTO_ORDER`` that has it;
     - where ``algorithm="auto"`` chose direct for a one-group layer (stems, stride 2),
       im2col's channels-last GEMM instead of a conversion each way.
     """
     if op != "conv2d":
         return None
-    if (algorithm == "direct" and variant == "depthwise" and p.K == p.C
-            and backend == "numba"):
-        return algorithm, backend, "depthwise_nhwc", ()
+    if algorithm == "direct" and variant == "depthwise" and p.K == p.C:
+        have = [b for a, b in _dispatch.pairs(op) if a == "direct"]
+        for b in _dispatch.AUTO_ORDER if user_backend == "auto" else (backend,):
+            runs = _dispatch.variants(op, "direct", b)
+            if b in have and (runs is None or "depthwise_nhwc" in runs):
+                return algorithm, b, "depthwise_nhwc", ()
     if p.groups != 1:
         return None
     if algorithm != "im2col":

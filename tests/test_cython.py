@@ -41,7 +41,7 @@ def test_backend_is_registered_and_available():
     assert WHY_NOT is None, WHY_NOT
     assert "cython" in _dispatch.available_backends()
     for op in CONV_OPS:
-        for algorithm in ("im2col", "winograd_f2", "winograd_f4"):
+        for algorithm in ("im2col", "winograd_f2", "winograd_f4", "direct"):
             assert (algorithm, "cython") in fastconv.algorithms(op)
     for op in POOL_OPS:
         assert ("direct", "cython") in fastconv.algorithms(op)
@@ -55,7 +55,7 @@ def test_auto_prefers_cython_where_it_has_the_algorithm():
     (docs/cython.md); the same plan before and after the Numba kernels ran."""
     for op in CONV_OPS:
         for algorithm, want in (("im2col", "cython"), ("winograd_f4", "cython"),
-                                ("direct", "numba"), ("reference", "numpy")):
+                                ("reference", "numpy")):
             kw = dict(padding=1, algorithm=algorithm)
             plan = fastconv.plan(op, (2, 8, 12, 12), (8, 8, 3, 3), **kw)
             assert plan.backend == want, plan
@@ -99,9 +99,8 @@ def test_set_backend_cython_runs_every_op_on_cython():
         fastconv.max_pool2d_backward(z, idx, x.shape)
         fastconv.avg_pool2d_backward(fastconv.avg_pool2d(x, 2), x.shape, 2)
         fastconv.adaptive_avg_pool2d(x, 3)
-    assert len(ran) == 8 and {p.backend for p in ran} == {"cython"}
-    with pytest.raises(ValueError, match=r"algorithm='direct', backend='cython'"):
         fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    assert len(ran) == 9 and {p.backend for p in ran} == {"cython"}
 
 
 def test_backend_cython_runs_what_it_has_and_names_the_rest():
@@ -110,9 +109,9 @@ def test_backend_cython_runs_what_it_has_and_names_the_rest():
         fastconv.conv2d(x, w, padding=1, backend="cython")           # auto: im2col here
         fastconv.max_pool2d(x, 2, backend="cython")
     assert [(p.algorithm, p.backend) for p in ran] == [("im2col", "cython"), ("direct", "cython")]
-    with pytest.raises(ValueError, match=r"algorithm='direct', backend='cython'.*"
-                                         r"registered:.*\(algorithm='im2col', backend='cython'\)"):
-        fastconv.conv2d(x, w, padding=1, algorithm="direct", backend="cython")
+    with pytest.raises(ValueError, match=r"algorithm='fft', backend='cython'.*"
+                                         r"registered:.*\(algorithm='direct', backend='cython'\)"):
+        fastconv.conv2d(x, w, padding=1, algorithm="fft", backend="cython")
 
 
 # -- every kernel against Numba and the reference -----------------------------------------
@@ -254,6 +253,119 @@ def test_winograd_edge_cases():
     for algorithm in WINOGRAD:
         y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="cython")
         assert np.isnan(y[0, :, 3, 3]).all() and np.isfinite(y[0, :, 15, 15]).all()
+
+
+# -- direct --------------------------------------------------------------------------------
+
+
+def _check_direct(case, dtype, seed):
+    """Cython's direct (the forward bare and with bias, residual and ReLU fused, both
+    gradients) against the reference and Numba's direct; returns the plans Cython ran,
+    each asserted to be Cython's direct in a variant it lists."""
+    p = case["params"]
+    x, w, dy, bias = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape, (p.K,))
+    fused = dict(bias=bias, residual=dy, activation="relu")
+    with fastconv.trace_plans() as ran:
+        got = _conv_all(case, x, w, dy, "cython", "direct")
+        got["epilogue"] = fastconv.conv2d(x, w, **fused, **conv_args(case), algorithm="direct",
+                                          backend="cython")
+    numba = _conv_all(case, x, w, dy, "numba", "direct")
+    want = _conv_all(case, x, w, dy, "numpy", "reference")
+    want["epilogue"] = fastconv.conv2d(x, w, **fused, **conv_args(case), algorithm="reference")
+    tol = tolerance(dtype, "direct")
+    for op in got:
+        assert got[op].dtype == dtype
+        assert_close(got[op], want[op], tol, f"{op} cython vs reference {p}")
+        if op in numba:
+            assert_close(got[op], numba[op], tol, f"{op} cython vs numba {p}")
+    assert [(pl.algorithm, pl.backend) for pl in ran] == [("direct", "cython")] * 4
+    for pl in ran:
+        assert pl.variant in cy.VARIANTS[(pl.op, "direct")], pl
+    return ran
+
+
+@settings(max_examples=30)
+@given(case=conv_cases("direct"), dtype=st.sampled_from(DTYPES))
+def test_direct_matches_numba_and_reference(case, dtype):
+    """Random valid geometries: groups, strides, dilation, padding (asymmetric "same"
+    included), non-square inputs and kernels."""
+    _check_direct(case, dtype, case["params"].N + 11)
+
+
+def _case(N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1):
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return dict(args, params=fastconv._geometry.conv_params(
+        "test", (N, C, H, W), (K, C // groups, R, S), stride, padding, dilation, groups))
+
+
+#: a geometry for each path of Cython's direct: (what, op -> variant it must run, case)
+DIRECT_PATHS = [
+    ("lanes, one-row blocks, channel tail", {"conv2d": "lanes", "conv2d_input": "lanes"},
+     _case(2, 5, 9, 31, 37, 3, 3, padding=1)),
+    ("lanes, two-row blocks (short rows, odd P)", {"conv2d": "lanes", "conv2d_input": "lanes"},
+     _case(1, 16, 7, 3, 16, 3, 3, padding=1)),
+    ("stride 2, RGB stem; input gradient by phases",
+     {"conv2d": "lanes", "conv2d_input": "phases"}, _case(1, 3, 21, 19, 20, 7, 7, 2, 3)),
+    ("strides (3, 2), dilation (2, 1), groups; a phase no tap reaches",
+     {"conv2d": "lanes", "conv2d_input": "phases"},
+     _case(2, 6, 11, 10, 9, 2, 3, (3, 2), (0, 1), (2, 1), 3)),
+    ("1x1, stride 1: lanes, not Numba's pointwise", {"conv2d": "lanes"},
+     _case(4, 80, 5, 6, 70, 1, 1)),
+    ("weight gradient in batch splits", {"conv2d_weight": "blocked"},
+     _case(4, 3, 10, 10, 16, 3, 3, padding=1)),
+    ("weight gradient, many items, no split", {"conv2d_weight": "blocked"},
+     _case(2, 48, 6, 6, 96, 3, 3, 2, 1)),
+    ("depthwise, stride 1", {"conv2d": "depthwise", "conv2d_input": "depthwise",
+                             "conv2d_weight": "depthwise"},
+     _case(2, 8, 13, 21, 8, 3, 3, padding=1, groups=8)),
+    ("depthwise, stride 2, dilation, multiplier 2",
+     {"conv2d": "depthwise", "conv2d_input": "depthwise_scatter", "conv2d_weight": "depthwise"},
+     _case(2, 4, 12, 9, 8, 3, 3, 2, (2, 1), (2, 1), 4)),
+    ("depthwise 5x5, stride (1, 3), padding past the taps", {"conv2d_input": "depthwise_scatter"},
+     _case(1, 3, 7, 11, 3, 5, 5, (1, 3), 2, 1, 3)),
+]
+
+
+@pytest.mark.parametrize("what,variants,case", DIRECT_PATHS, ids=[d[0] for d in DIRECT_PATHS])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_paths(what, variants, case, dtype):
+    """Each variant and each block shape of Cython's direct, asserted to have run."""
+    from fastconv.kernels.cython import direct
+    p = case["params"]
+    if "two-row" in what:
+        assert direct._rows(p.P, p.Q) == 2
+    ran = {pl.op: pl for pl in _check_direct(case, dtype, 1)}
+    plan_splits = ran["conv2d_weight"].get("batch_splits")
+    if "batch splits" in what:
+        assert plan_splits > 1
+    if "no split" in what:
+        assert plan_splits == 1
+    if "no tap" in what:
+        assert "" in ran["conv2d_input"]["cores"]
+    for op, variant in variants.items():
+        assert ran[op].variant == variant, ran[op]
+
+
+def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
+    """backend="auto" runs direct on Cython where Cython runs the variant the rules
+    choose among every backend's (``_plan._backend_for_variant``), else on Numba."""
+    if "numba" not in _dispatch.available_backends():
+        pytest.skip("Numba is not installed: auto has only Cython's variants")
+    cases = [("conv2d", (2, 8, 12, 12), (8, 1, 3, 3), dict(padding=1, groups=8), np.float32),
+             ("conv2d", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1), np.float64),
+             ("conv2d", (2, 20, 5, 6), (70, 20, 1, 1), {}, np.float32),
+             ("conv2d_input", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1, stride=2),
+              np.float32),
+             ("conv2d_weight", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1), np.float32)]
+    seen = set()
+    for op, xs, ws, kw, dtype in cases:
+        numba = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct", backend="numba")
+        auto = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct")
+        on_cython = numba.variant in cy.VARIANTS[(op, "direct")]
+        assert auto.backend == ("cython" if on_cython else "numba"), (numba, auto)
+        assert auto.variant == numba.variant
+        seen.add(auto.backend)
+    assert seen == {"cython", "numba"}
 
 
 @contextlib.contextmanager
@@ -454,6 +566,21 @@ for dt in (np.float32, np.float64):
         out[f"{alg}_conv2d_{dt.__name__}"] = yw
         out[f"{alg}_conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(xw.shape, ww, yw, **kw)
         out[f"{alg}_conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(xw, ww.shape, yw, **kw)
+    for name, xs, ws, kw in (
+            ("", (2, 6, 9, 17), (20, 3, 3, 3), dict(padding=1, groups=2)),
+            ("short", (1, 5, 6, 5), (18, 5, 3, 3), dict(padding=1)),
+            ("stride2", (2, 3, 15, 13), (24, 3, 5, 5), dict(padding=2, stride=2)),
+            ("dw", (2, 6, 10, 9), (6, 1, 3, 3), dict(padding=1, groups=6)),
+            ("dw2", (2, 6, 10, 9), (6, 1, 3, 3), dict(padding=1, stride=2, groups=6))):
+        kw = dict(kw, algorithm="direct", backend="cython")
+        xd, wd = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
+        yd = fastconv.conv2d(xd, wd, **kw)
+        key = f"direct{name}_{{}}_{dt.__name__}"
+        out[key.format("conv2d")] = yd
+        out[key.format("epilogue")] = fastconv.conv2d(xd, wd, bias=wd[:, 0, 0, 0], residual=yd,
+                                                      activation="relu6", **kw)
+        out[key.format("conv2d_input")] = fastconv.conv2d_input(xd.shape, wd, yd, **kw)
+        out[key.format("conv2d_weight")] = fastconv.conv2d_weight(xd, wd.shape, yd, **kw)
 np.savez(sys.argv[1], **out)
 print(cy.ISA, "numba" in sys.modules)
 """
@@ -500,6 +627,7 @@ def test_forced_isa_gives_the_same_results(isa, tmp_path, default_isa_results):
             assert_close(got[key], value, tolerance(value.dtype, algorithm),
                          f"{key} under {isa}")
     assert any(key.startswith("winograd_f4") for key in want)
+    assert any(key.startswith("direct") for key in want)
 
 
 def test_unknown_or_unsupported_isa_is_ignored_with_a_warning(tmp_path):

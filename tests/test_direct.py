@@ -48,7 +48,7 @@ def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((K, C // groups, R, S)).astype(dtype)
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, **args, algorithm="direct"),
+    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, **args, algorithm="direct", backend="numba"),
                     op="conv2d", algorithm="direct", **_want("conv2d", fwd),
                     **({} if block is None else dict(block=block)))
     y_ref = fastconv.conv2d(x, w, **args, algorithm="reference")
@@ -56,11 +56,11 @@ def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1
     assert y.dtype == dtype
     assert_close(y, y_ref, tol, "conv2d")
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, _ = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct"),
+    dx, _ = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct", backend="numba"),
                      op="conv2d_input", algorithm="direct", **_want("conv2d_input", inp))
     assert_close(dx, fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="reference"), tol,
                  "conv2d_input")
-    dw, _ = ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct"),
+    dw, _ = ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct", backend="numba"),
                      op="conv2d_weight", algorithm="direct", **_want("conv2d_weight", wgt))
     assert_close(dw, fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="reference"), tol,
                  "conv2d_weight")
@@ -73,7 +73,7 @@ def _forced(core, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((K, C // groups, R, S)).astype(np.float32)
     p = conv_params("t", x.shape, w.shape, stride, padding, dilation, groups)
-    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct"), core)
+    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct", "numba"), core)
     assert plan is not None and plan.variant == core, f"{core} cannot be forced on {p}"
     y = np.empty(p.output_shape, np.float32)
     _plan.run(plan, x, w, p, y)

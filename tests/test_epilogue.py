@@ -99,7 +99,7 @@ def test_direct_cores(core, shape, kw):
     N, C, H, W, K, R, S = shape
     p = conv_params("t", (N, C, H, W), (K, C // kw.get("groups", 1), R, S), kw.get("stride", 1),
                     kw.get("padding", 0), kw.get("dilation", 1), kw.get("groups", 1))
-    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct"), core)
+    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct", "numba"), core)
     assert plan is not None and plan.variant == core
     x, w, b, r = _operands(0, np.float32, p)
     _every_combo(_forced_run(plan, p, x, w), p, np.float32, x, w, b, r,

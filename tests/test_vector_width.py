@@ -19,7 +19,7 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((1, 32, 16, 16)).astype(np.float32)
 w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
 with fastconv.trace_plans() as ran:
-    y = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    y = fastconv.conv2d(x, w, padding=1, algorithm="direct", backend="numba")
 want = fastconv.conv2d(x, w, padding=1, algorithm="reference")
 M, J, KB = fastconv.kernels.layouts.LANES_BLOCKS[0]
 fn = codegen.kernel("direct_lanes", rows=M, cols=J, channels=KB, stride=1)

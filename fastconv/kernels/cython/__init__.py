@@ -27,6 +27,9 @@ KERNELS = {
     ("conv2d", "winograd_f4"): ("winograd", "conv2d"),
     ("conv2d_input", "winograd_f4"): ("winograd", "conv2d_input"),
     ("conv2d_weight", "winograd_f4"): ("winograd", "conv2d_weight"),
+    ("conv2d", "direct"): ("direct", "conv2d"),
+    ("conv2d_input", "direct"): ("direct", "conv2d_input"),
+    ("conv2d_weight", "direct"): ("direct", "conv2d_weight"),
     ("max_pool2d", "direct"): ("pool", "max_pool2d"),
     ("max_pool2d_backward", "direct"): ("pool", "max_pool2d_backward"),
     ("avg_pool2d", "direct"): ("pool", "avg_pool2d"),
@@ -42,6 +45,14 @@ VARIANTS = {
     for op, variants in (("conv2d", ("fused", "split")), ("conv2d_input", ("fused", "split")),
                          ("conv2d_weight", ("fused",)))
 }
+# direct: one forward core, ``lanes`` (output channels in the vector lanes), for every
+# geometry and both dtypes, where Numba also has ``flat``, ``row``, ``lanes_streamed``
+# and ``pointwise``; and the channels-last ``depthwise_nhwc`` is Numba's alone
+VARIANTS.update({
+    ("conv2d", "direct"): ("lanes", "depthwise"),
+    ("conv2d_input", "direct"): ("lanes", "phases", "depthwise", "depthwise_scatter"),
+    ("conv2d_weight", "direct"): ("blocked", "depthwise"),
+})
 
 
 def available():

@@ -12,8 +12,23 @@ cdef extern from "fc_kernels.h" nogil:
     ctypedef struct fc_pool:
         fc_int H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q
 
+    ctypedef struct fc_direct:
+        fc_int G, Cg, Kg, Kb, R, S, sh, dh, rp, plane, P, Q, rows, brow, bcol
+        fc_int K, OH, OW, oh0, ohs, ow0, ows
+        const fc_int *soff
+        const void *bias
+        const void *res
+        int act
+
+    ctypedef struct fc_dweight:
+        fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, Cp, P, Q
+
+    ctypedef struct fc_dw:
+        fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq
+
     ctypedef struct fc_kernels:
         const char *name
+        fc_int direct_pixels
         void (*im2col_row_f32)(const float *x, float *col, const fc_conv *g, fc_int row,
                                fc_int n0, fc_int nt, fc_int p0, fc_int pr) noexcept nogil
         void (*im2col_row_f64)(const double *x, double *col, const fc_conv *g, fc_int row,
@@ -82,6 +97,48 @@ cdef extern from "fc_kernels.h" nogil:
                                 fc_int c, fc_int kp, double *U) noexcept nogil
         void (*wino_filter_t_f64)(double *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
                                   fc_int k, double *tmp, double *dw) noexcept nogil
+        fc_int (*direct_block_f32)() noexcept nogil
+        void (*direct_phase_row_f32)(const float *src, fc_int H, fc_int W, float *dst, fc_int Hp,
+                                     fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
+                                     fc_int it) noexcept nogil
+        void (*direct_nhwc_row_f32)(const float *x, fc_int C, fc_int H, fc_int W, float *xf,
+                                    fc_int Hp, fc_int Wp, fc_int Cp, fc_int pt, fc_int pl,
+                                    fc_int it) noexcept nogil
+        void (*direct_dy_row_f32)(const float *dy, fc_int K, fc_int P, fc_int Q, fc_int G,
+                                  fc_int Kg, float *dyb, fc_int it) noexcept nogil
+        void (*direct_item_f32)(const float *xb, const float *wb, float *out, const fc_direct *d,
+                                fc_int it) noexcept nogil
+        void (*direct_weight_item_f32)(const float *xf, const float *dyb, float *gw,
+                                       const fc_dweight *d, fc_int n0, fc_int n1,
+                                       fc_int it) noexcept nogil
+        void (*dw_plane_f32)(const float *x, const float *w, float *out, const fc_dw *d, int flip,
+                             const float *bias, const float *res, int act, float *tile,
+                             fc_int it) noexcept nogil
+        void (*dw_scatter_f32)(const float *dy, const float *w, float *dx, const fc_dw *d,
+                               fc_int it) noexcept nogil
+        void (*dw_weight_f32)(const float *x, const float *dy, float *gw, const fc_dw *d,
+                              float *tile, fc_int k) noexcept nogil
+        fc_int (*direct_block_f64)() noexcept nogil
+        void (*direct_phase_row_f64)(const double *src, fc_int H, fc_int W, double *dst, fc_int Hp,
+                                     fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
+                                     fc_int it) noexcept nogil
+        void (*direct_nhwc_row_f64)(const double *x, fc_int C, fc_int H, fc_int W, double *xf,
+                                    fc_int Hp, fc_int Wp, fc_int Cp, fc_int pt, fc_int pl,
+                                    fc_int it) noexcept nogil
+        void (*direct_dy_row_f64)(const double *dy, fc_int K, fc_int P, fc_int Q, fc_int G,
+                                  fc_int Kg, double *dyb, fc_int it) noexcept nogil
+        void (*direct_item_f64)(const double *xb, const double *wb, double *out, const fc_direct *d,
+                                fc_int it) noexcept nogil
+        void (*direct_weight_item_f64)(const double *xf, const double *dyb, double *gw,
+                                       const fc_dweight *d, fc_int n0, fc_int n1,
+                                       fc_int it) noexcept nogil
+        void (*dw_plane_f64)(const double *x, const double *w, double *out, const fc_dw *d, int flip,
+                             const double *bias, const double *res, int act, double *tile,
+                             fc_int it) noexcept nogil
+        void (*dw_scatter_f64)(const double *dy, const double *w, double *dx, const fc_dw *d,
+                               fc_int it) noexcept nogil
+        void (*dw_weight_f64)(const double *x, const double *dy, double *gw, const fc_dw *d,
+                              double *tile, fc_int k) noexcept nogil
 
     const char *FC_BUILT
     const fc_kernels *fc_table(const char *name)

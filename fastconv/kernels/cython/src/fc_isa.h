@@ -25,6 +25,15 @@
 #  define FC_VECTORS 0
 #endif
 
+/* Direct's register block (fc_direct.h): FC_DMR pixels x FC_DNV vectors of output
+ * channels, 28 of 32 zmm, 12 of 16 ymm or xmm */
+#define FC_DNV 2
+#if FC_VECTORS && defined(__AVX512F__)
+#  define FC_DMR 14
+#else
+#  define FC_DMR 6
+#endif
+
 #if !defined(__GNUC__) && !defined(__clang__) && !defined(restrict)
 #  define restrict __restrict
 #endif
@@ -76,6 +85,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 #include "fc_impl.h"
 #define FN(name) FC_CAT(name, X)
 #include "fc_winograd.h"
+#include "fc_direct.h"
 #undef FN
 #undef T
 #undef X
@@ -85,6 +95,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 #include "fc_impl.h"
 #define FN(name) FC_CAT(name, X)
 #include "fc_winograd.h"
+#include "fc_direct.h"
 #undef FN
 #undef T
 #undef X
@@ -106,10 +117,20 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .wino_dy_##X = wino_dy_##X,                        \
     .wino_output_##X = wino_output_##X,                \
     .wino_filter_##X = wino_filter_##X,                \
-    .wino_filter_t_##X = wino_filter_t_##X,
+    .wino_filter_t_##X = wino_filter_t_##X,            \
+    .direct_block_##X = direct_block_##X,              \
+    .direct_phase_row_##X = direct_phase_row_##X,      \
+    .direct_nhwc_row_##X = direct_nhwc_row_##X,        \
+    .direct_dy_row_##X = direct_dy_row_##X,            \
+    .direct_item_##X = direct_item_##X,                \
+    .direct_weight_item_##X = direct_weight_item_##X,  \
+    .dw_plane_##X = dw_plane_##X,                      \
+    .dw_scatter_##X = dw_scatter_##X,                  \
+    .dw_weight_##X = dw_weight_##X,
 
 static const fc_kernels fc_table_ = {
     .name = FC_STR(FC_ISA),
+    .direct_pixels = FC_DMR,
     FC_ENTRIES(f32)
     FC_ENTRIES(f64)
 };

@@ -40,6 +40,33 @@ typedef struct {
     fc_int H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q;
 } fc_pool;
 
+/* Direct convolution (fc_direct.h): one forward call on a slice of images in the phase
+ * layout xb[n, c, hp, b, wq] (rp = sw*Wq elements per row, plane = Hp*rp per channel),
+ * blocks of `rows` x FC_DMR/rows output pixels (brow x bcol of them) x the variant's
+ * channel block (Kb blocks per group); output pixel (p, q) stored at out[n, k, oh0 +
+ * p*ohs, ow0 + q*ows] (OH x OW planes, K channels); soff[s] the offset of tap column s
+ * in a row; bias (K) and res (out's shape) NULL when absent, act the activation. */
+typedef struct {
+    fc_int G, Cg, Kg, Kb, R, S, sh, dh, rp, plane, P, Q, rows, brow, bcol;
+    fc_int K, OH, OW, oh0, ohs, ow0, ows;
+    const fc_int *soff;
+    const void *bias, *res;
+    int act;
+} fc_direct;
+
+/* The direct weight gradient: input xf[n, hp, wp, c] (Hp x Wp pixels of Cp channels,
+ * zero-padded), dy as dyb[n, g, kb, p, q, k]; Cb blocks of FC_DMR input channels and Kb
+ * of the channel block per group. */
+typedef struct {
+    fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, Cp, P, Q;
+} fc_dweight;
+
+/* Depthwise (C == groups, Kg = K / C outputs per input channel): input (N, C, H, W),
+ * output (N, K, P, Q), phase tiles of Hq x Wq per phase. */
+typedef struct {
+    fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq;
+} fc_dw;
+
 #define FC_SIGNATURES(T, X)                                                              \
     /* col row `row` = (c*R + r)*S + s of a tile of nt images from n0, output rows     \
      * p0 .. p0+pr: col[row*cols + (t*pr + i)*Q + q], cols = nt*pr*Q (0 outside x) */  \
@@ -84,10 +111,30 @@ typedef struct {
     void (*wino_filter_##X)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,        \
                             fc_int c, fc_int kp, T *U);                                 \
     void (*wino_filter_t_##X)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m,        \
-                              fc_int k, double *tmp, T *dw);
+                              fc_int k, double *tmp, T *dw);                   \
+    /* direct (fc_direct.h): the channel block; layouts row by row; a forward work    \
+     * item, a weight-gradient item; depthwise planes (forward, scatter, weight) */    \
+    fc_int (*direct_block_##X)(void);                                                   \
+    void (*direct_phase_row_##X)(const T *src, fc_int H, fc_int W, T *dst, fc_int Hp,  \
+                                 fc_int sw, fc_int Wq, fc_int pt, fc_int pl, fc_int it); \
+    void (*direct_nhwc_row_##X)(const T *x, fc_int C, fc_int H, fc_int W, T *xf,        \
+                                fc_int Hp, fc_int Wp, fc_int Cp, fc_int pt, fc_int pl,  \
+                                fc_int it);                                             \
+    void (*direct_dy_row_##X)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int G,      \
+                              fc_int Kg, T *dyb, fc_int it);                            \
+    void (*direct_item_##X)(const T *xb, const T *wb, T *out, const fc_direct *d,       \
+                            fc_int it);                                                 \
+    void (*direct_weight_item_##X)(const T *xf, const T *dyb, T *gw, const fc_dweight *d, \
+                                   fc_int n0, fc_int n1, fc_int it);                    \
+    void (*dw_plane_##X)(const T *x, const T *w, T *out, const fc_dw *d, int flip,      \
+                         const T *bias, const T *res, int act, T *tile, fc_int it);     \
+    void (*dw_scatter_##X)(const T *dy, const T *w, T *dx, const fc_dw *d, fc_int it);  \
+    void (*dw_weight_##X)(const T *x, const T *dy, T *gw, const fc_dw *d, T *tile,      \
+                          fc_int k);
 
 typedef struct {
     const char *name;
+    fc_int direct_pixels;          /* pixels of direct's register block (FC_DMR) */
     FC_SIGNATURES(float, f32)
     FC_SIGNATURES(double, f64)
 } fc_kernels;

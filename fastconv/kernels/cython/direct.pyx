@@ -1,0 +1,376 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Direct convolution: the Cython twin of ``fastconv/kernels/numba/direct.py`` (same
+functions, same plans from ``fastconv._plan._direct``), register-tiled C loops from
+``src/fc_direct.h`` compiled per instruction set.
+
+Variants (``VARIANTS`` in ``__init__.py``):
+
+- ``lanes`` (conv2d, and conv2d_input at stride 1): every geometry, both dtypes. The
+  output channels are the vector lanes: a register block of ``MR`` output pixels x
+  ``KB`` output channels (14 x 32 float32, 14 x 16 float64 with AVX-512; 6 x 16 and
+  6 x 8 with AVX2; 6 x 8 and 6 x 4 in the baseline), FMAs of two weight vectors by
+  each pixel's input broadcast, over the input channels and taps. The block is one
+  output row of MR pixels, or two rows of MR/2 where that wastes fewer lanes on short
+  rows (ResNet's 7 x 7). The input is laid out per slice of images (about
+  ``plan["slice_bytes"]`` per thread, so the kernel reads it from cache) as zero-padded
+  phase planes ``xb[n, c, hp, b, wq]`` (padded column ``wq*sw + b``), where every tap of
+  a block reads consecutive columns whatever the stride; the weight as
+  ``wb[g, kb, c, r, s, k]`` (KB output channels last, zero past the group's),
+  cached per weight (``kernels/weight_cache.py``). A work item (image, group, channel
+  block, pixel block) keeps its accumulators in registers and stores them once,
+  through the epilogue (bias, residual, activation). The input gradient is this
+  forward on ``grad_output`` with the weight rotated by 180 degrees, C and K swapped
+  (padding ``dil*(R-1) - pad``).
+- ``phases`` (conv2d_input, stride > 1): one stride-1 forward of ``grad_output`` per
+  residue class of the rows and columns of dx (the plan's ``rows``, ``cols``: the
+  class's taps, padding, first row and dilation, ``_plan.input_grad_phases``), each
+  with its sub-kernel, writing every stride-th row and column of dx; nothing multiplies
+  an inserted zero.
+- ``blocked`` (conv2d_weight): work items (group, block of MR input channels, block of
+  KB output channels, tap) summing over the batch's pixels, in order, FMAs of dy's KB
+  channels by the MR input channels broadcast; dy laid out ``dyb[n, g, kb, p, q, k]``
+  and the input channels last, zero-padded, ``xf[n, hp, wp, c]``. With few items the
+  batch is cut in the plan's ``batch_splits`` parts, each with its own gradient, summed
+  in order.
+- ``depthwise`` (C == groups): plane by plane, each input plane copied into a
+  zero-padded phase tile (in L1), blocks of two vectors of a row's output pixels with a
+  weight broadcast per tap; the input gradient at stride 1 with K == C is the same on
+  ``grad_output`` with the weight rotated. The weight gradient works per output
+  channel on the same tiles. ``depthwise_scatter`` (the other input gradients) adds each
+  tap's products into dx plane by plane.
+
+Work items run on ``fastconv.get_num_threads()`` OpenMP threads, each writing only its
+own outputs, so results do not depend on the thread count.
+"""
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+
+from ..._config import get_num_threads, workspace
+from ..epilogue import none
+from ..weight_cache import CACHE as _weights
+from ._hot cimport fc_direct, fc_dw, fc_dweight, fc_int, fc_kernels, load_table, real
+from ._isa import ISA
+
+cdef const fc_kernels *hot = load_table(__name__, ISA)
+
+#: pixels of the register block (FC_DMR in src/fc_isa.h)
+MR = hot.direct_pixels
+
+#: copies of fewer elements run on the calling thread alone (as in im2col.pyx)
+cdef Py_ssize_t SERIAL_ELEMENTS = 32768
+
+
+cdef inline int _par(Py_ssize_t elements, int nt) noexcept nogil:
+    return 1 if elements < SERIAL_ELEMENTS else nt
+
+
+def block(dtype):
+    """Output channels of the register block for ``dtype`` (two vectors)."""
+    return hot.direct_block_f32() if np.dtype(dtype) == np.float32 else hot.direct_block_f64()
+
+
+def _rows(P, Q):
+    """Rows of the forward's pixel block on P x Q outputs: 2 (of MR/2 pixels) where that
+    computes fewer padding pixels than rows of MR, else 1."""
+    one = P * -(-Q // MR) * MR
+    two = -(-P // 2) * 2 * -(-Q // (MR // 2)) * (MR // 2)
+    return 2 if P > 1 and two < one else 1
+
+
+def _blocked(w, G, KB, flip):
+    """wb[g, kb, c, r, s, k] = w[g*Kg + kb*KB + k, c, r, s] (0 past Kg); ``flip``: the
+    input gradient's, w rotated by 180 degrees with its two channel axes swapped."""
+    K, Cg, R, S = w.shape
+    v = w.reshape(G, K // G, Cg, R, S)
+    if flip:
+        v = v[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    O = v.shape[1]
+    wb = np.zeros((G, -(-O // KB) * KB) + v.shape[2:], w.dtype)
+    wb[:, :O] = v
+    return np.ascontiguousarray(wb.reshape((G, -1, KB) + v.shape[2:]).transpose(0, 1, 3, 4, 5, 2))
+
+
+# -- the forward core (conv2d, conv2d_input) -----------------------------------------------
+
+
+cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
+                   real[:, :, :, ::1] out, fc_direct *d, fc_int sw, fc_int Wq, fc_int pt,
+                   fc_int pl, const real[::1] bias_a, const real[::1] res_a,
+                   int nt) except -1:
+    """The phase layout of the slice x, then every work item of it into out (both the
+    slice's images; ``res_a`` the slice's residual)."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], Hp = d.plane // d.rp
+    cdef Py_ssize_t nrows = x.shape[0] * x.shape[1] * Hp
+    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.brow * d.bcol, it
+    d.bias = &bias_a[0] if bias_a.shape[0] else NULL
+    d.res = &res_a[0] if res_a.shape[0] else NULL
+    with nogil:
+        for it in prange(nrows, num_threads=_par(nrows * d.rp, nt), schedule="static"):
+            if real is float:
+                hot.direct_phase_row_f32(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
+            else:
+                hot.direct_phase_row_f64(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
+        for it in prange(items, num_threads=nt, schedule="dynamic"):
+            if real is float:
+                hot.direct_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+            else:
+                hot.direct_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+    return 0
+
+
+def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=False,
+          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None):
+    """out (N, K', OH, OW) at rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1] = the
+    direct correlation (P x Q outputs) of x (N, C', H, W) padded by (pt, pl) with w (K',
+    C'/G, R, S), or with w (C', K'/G, R, S) rotated (``flip``: the input gradient's),
+    through the epilogue ``ep``; the batch in slices of about ``slice_bytes`` of layout
+    per thread. ``wkey``/``kind``: the array and tag the weight cache keys on."""
+    cdef fc_direct d
+    dtype = x.dtype
+    N, C = x.shape[:2]
+    K = out.shape[1]
+    KB = block(dtype)
+    Cg, Kg = C // G, K // G
+    rows = _rows(P, Q)
+    CB = MR // rows
+    brow, bcol = -(-P // rows), -(-Q // CB)
+    # rows and phase columns every block's taps read: tap (r, s) of output (p, q) reads
+    # padded (p*sh + r*dh, q*sw + s*dw): row p*sh + r*dh, phase (s*dw) % sw, column
+    # q + (s*dw) // sw of it
+    Hp = (brow * rows - 1) * sh + (R - 1) * dh + 1
+    Wq = bcol * CB + (S - 1) * dw // sw
+    soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
+    cdef const fc_int[::1] soff_v = soff
+    d.G, d.Cg, d.Kg, d.Kb, d.R, d.S, d.sh, d.dh = G, Cg, Kg, -(-Kg // KB), R, S, sh, dh
+    d.rp, d.plane, d.P, d.Q, d.rows, d.brow, d.bcol = sw * Wq, Hp * sw * Wq, P, Q, rows, brow, bcol
+    d.K, d.OH, d.OW = K, out.shape[2], out.shape[3]
+    d.oh0, d.ohs, d.ow0, d.ows = orow[0], orow[1], ocol[0], ocol[1]
+    d.soff = &soff_v[0]
+    ep = none(dtype) if ep is None else ep
+    d.act = ep.act
+    wb = _weights.get(w if wkey is None else wkey, ("direct_cython", flip, G, KB) + kind,
+                      lambda: _blocked(w, G, KB, flip).reshape(-1))
+    nt = get_num_threads()
+    image = C * d.plane
+    nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
+    xb = workspace("cython_direct_x", nb * image, dtype)
+    per_image = K * P * Q
+    for n0 in range(0, N, nb):
+        n1 = min(N, n0 + nb)
+        e = ep.images(n0, n1, per_image)
+        if dtype == np.float32:
+            _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
+                             e.residual, nt)
+        else:
+            _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
+                              e.residual, nt)
+
+
+# -- depthwise -------------------------------------------------------------------------------
+
+
+cdef fc_dw _dw_geometry(N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, dtype):
+    """The depthwise geometry, with its phase tile: whole blocks of two vectors of a
+    row plus the taps' reach (tap (r, s) reads tile row p + (r*dh) // sh of phase
+    (r*dh) % sh, column q + (s*dw) // sw of phase (s*dw) % sw)."""
+    cdef fc_dw g
+    J = block(dtype)
+    g.N, g.K, g.Kg, g.H, g.W, g.R, g.S = N, K, Kg, H, W, R, S
+    g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.P, g.Q = sh, sw, pt, pl, dh, dw, P, Q
+    g.Hq = P + (R - 1) * dh // sh
+    g.Wq = -(-Q // J) * J + (S - 1) * dw // sw
+    return g
+
+
+cdef int _dw_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
+                 real[:, :, :, ::1] out, const fc_dw *g, bint flip, const real[::1] bias_a,
+                 const real[::1] res_a, int act, real[:, ::1] tiles, int nt) except -1:
+    """Every output plane of the depthwise forward (``dw_plane``)."""
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
+    cdef Py_ssize_t it
+    with nogil:
+        for it in prange(g.N * g.K, num_threads=nt, schedule="dynamic"):
+            if real is float:
+                hot.dw_plane_f32(&x[0, 0, 0, 0], &w[0, 0, 0, 0], &out[0, 0, 0, 0], g, flip,
+                                 bias, res, act, &tiles[threadid(), 0], it)
+            else:
+                hot.dw_plane_f64(&x[0, 0, 0, 0], &w[0, 0, 0, 0], &out[0, 0, 0, 0], g, flip,
+                                 bias, res, act, &tiles[threadid(), 0], it)
+    return 0
+
+
+cdef int _dw_scatter_run(const real[:, :, :, ::1] dy, const real[:, :, :, ::1] w,
+                         real[:, :, :, ::1] out, const fc_dw *g, int nt) except -1:
+    """Every input plane of the depthwise input gradient by scatter (``dw_scatter``)."""
+    cdef Py_ssize_t it
+    with nogil:
+        for it in prange(out.shape[0] * out.shape[1], num_threads=nt, schedule="dynamic"):
+            if real is float:
+                hot.dw_scatter_f32(&dy[0, 0, 0, 0], &w[0, 0, 0, 0], &out[0, 0, 0, 0], g, it)
+            else:
+                hot.dw_scatter_f64(&dy[0, 0, 0, 0], &w[0, 0, 0, 0], &out[0, 0, 0, 0], g, it)
+    return 0
+
+
+cdef int _dw_weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
+                        real[:, :, :, ::1] out, const fc_dw *g, real[:, ::1] tiles,
+                        int nt) except -1:
+    """Every output channel of the depthwise weight gradient (``dw_weight``)."""
+    cdef Py_ssize_t k
+    with nogil:
+        for k in prange(g.K, num_threads=nt, schedule="dynamic"):
+            if real is float:
+                hot.dw_weight_f32(&x[0, 0, 0, 0], &dy[0, 0, 0, 0], &out[0, 0, 0, 0], g,
+                                  &tiles[threadid(), 0], k)
+            else:
+                hot.dw_weight_f64(&x[0, 0, 0, 0], &dy[0, 0, 0, 0], &out[0, 0, 0, 0], g,
+                                  &tiles[threadid(), 0], k)
+    return 0
+
+
+def _dw_tiles(g, dtype, nt):
+    """A phase tile per thread."""
+    return workspace("cython_direct_tile", nt * g["sh"] * g["sw"] * g["Hq"] * g["Wq"],
+                     dtype).reshape(nt, -1)
+
+
+def _depthwise(x, w, out, p, flip, ep):
+    """The depthwise forward (``flip``: the stride-1 input gradient, on dy with the
+    rotated weight) into out."""
+    cdef fc_dw g
+    N, C, H, W = x.shape
+    K, P, Q = out.shape[1:]
+    if flip:
+        g = _dw_geometry(N, K, 1, H, W, p.R, p.S, 1, 1, p.dil_h * (p.R - 1) - p.pad_top,
+                         p.dil_w * (p.S - 1) - p.pad_left, p.dil_h, p.dil_w, P, Q, x.dtype)
+    else:
+        g = _dw_geometry(N, K, K // C, H, W, p.R, p.S, p.stride_h, p.stride_w, p.pad_top,
+                         p.pad_left, p.dil_h, p.dil_w, P, Q, x.dtype)
+    nt = get_num_threads()
+    tiles = _dw_tiles(g, x.dtype, nt)
+    if x.dtype == np.float32:
+        _dw_run[float](x, w, out, &g, flip, ep.bias, ep.residual, ep.act, tiles, nt)
+    else:
+        _dw_run[double](x, w, out, &g, flip, ep.bias, ep.residual, ep.act, tiles, nt)
+
+
+# -- the weight gradient ------------------------------------------------------------------
+
+
+cdef int _weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, real[::1] xf,
+                     real[::1] dyb, real[:, ::1] gw, const fc_dweight *d, fc_int pt,
+                     fc_int pl, int nt) except -1:
+    """The layouts of x and dy, then every (split, item) into gw[split]."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], nsplit = gw.shape[0]
+    cdef Py_ssize_t items = d.G * d.Cb * d.Kb * d.R * d.S, it, sp, i
+    cdef Py_ssize_t ny = N * d.G * d.Kb * d.P, nx = N * d.Hp
+    with nogil:
+        for it in prange(nx, num_threads=_par(nx * d.Wp * d.Cp, nt), schedule="static"):
+            if real is float:
+                hot.direct_nhwc_row_f32(&x[0, 0, 0, 0], C, H, W, &xf[0], d.Hp, d.Wp, d.Cp,
+                                        pt, pl, it)
+            else:
+                hot.direct_nhwc_row_f64(&x[0, 0, 0, 0], C, H, W, &xf[0], d.Hp, d.Wp, d.Cp,
+                                        pt, pl, it)
+        for it in prange(ny, num_threads=_par(ny * d.Q * 16, nt), schedule="static"):
+            if real is float:
+                hot.direct_dy_row_f32(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
+            else:
+                hot.direct_dy_row_f64(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
+        for i in prange(nsplit * items, num_threads=nt, schedule="dynamic"):
+            sp = i // items
+            if real is float:
+                hot.direct_weight_item_f32(&xf[0], &dyb[0], &gw[sp, 0], d, N * sp // nsplit,
+                                           N * (sp + 1) // nsplit, i % items)
+            else:
+                hot.direct_weight_item_f64(&xf[0], &dyb[0], &gw[sp, 0], d, N * sp // nsplit,
+                                           N * (sp + 1) // nsplit, i % items)
+    return 0
+
+
+# -- the registry's kernels: run a plan (fastconv._plan._direct) ----------------------------
+
+
+def conv2d(plan, x, w, p, out, epilogue=None):
+    """Forward direct convolution into ``out`` (N, K, P, Q), with the ``epilogue``
+    (``fastconv.kernels.epilogue``) applied by the kernels as they store each block."""
+    ep = none(x.dtype) if epilogue is None else epilogue
+    if plan.variant == "depthwise":
+        _depthwise(x, w, out, p, False, ep)
+        return
+    _core(x, w, out, plan["slice_bytes"], p.groups, p.P, p.Q, p.R, p.S, p.stride_h,
+          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep)
+
+
+def conv2d_input(plan, dy, w, p, out):
+    """Gradient wrt the input into ``out`` (N, C, H, W): the forward core on grad_output
+    with the weight rotated 180 degrees, C and K swapped; for stride > 1 one stride-1
+    call per residue class (``phases``)."""
+    cdef fc_dw g
+    if plan.variant == "depthwise":
+        _depthwise(dy, w, out, p, True, none(dy.dtype))
+    elif plan.variant == "depthwise_scatter":
+        g = _dw_geometry(p.N, p.K, p.K // p.groups, p.H, p.W, p.R, p.S, p.stride_h,
+                         p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q,
+                         dy.dtype)
+        if dy.dtype == np.float32:
+            _dw_scatter_run[float](dy, w, out, &g, get_num_threads())
+        else:
+            _dw_scatter_run[double](dy, w, out, &g, get_num_threads())
+    elif plan.variant == "phases":
+        rows, cols, cores = plan["rows"], plan["cols"], plan["cores"]
+        if "" in cores:
+            out[...] = 0                                # classes no tap reaches stay zero
+        for a, (tr, ptr, oh0, Hi, dh) in enumerate(rows):
+            for b, (tc, plc, ow0, Wi, dw) in enumerate(cols):
+                if not cores[a * len(cols) + b]:
+                    continue
+                wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
+                                              slice(*tc) if tc else slice(None)])
+                _core(dy, wsub, out, plan["slice_bytes"], p.groups, Hi, Wi, wsub.shape[2],
+                      wsub.shape[3], 1, 1, ptr, plc, dh, dw, flip=True, wkey=w,
+                      kind=("phase", tr, tc), orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
+    else:
+        _core(dy, w, out, plan["slice_bytes"], p.groups, p.H, p.W, p.R, p.S, 1, 1,
+              p.dil_h * (p.R - 1) - p.pad_top, p.dil_w * (p.S - 1) - p.pad_left, p.dil_h,
+              p.dil_w, flip=True)
+
+
+def conv2d_weight(plan, x, dy, p, out):
+    """Gradient wrt the weight into ``out`` (K, C/groups, R, S)."""
+    cdef fc_dw g
+    cdef fc_dweight d
+    dtype = x.dtype
+    nt = get_num_threads()
+    if plan.variant == "depthwise":
+        g = _dw_geometry(p.N, p.K, p.K // p.groups, p.H, p.W, p.R, p.S, p.stride_h,
+                         p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q, dtype)
+        tiles = _dw_tiles(g, dtype, nt)
+        if dtype == np.float32:
+            _dw_weight_run[float](x, dy, out, &g, tiles, nt)
+        else:
+            _dw_weight_run[double](x, dy, out, &g, tiles, nt)
+        return
+    KB = block(dtype)
+    G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
+    d.G, d.Cg, d.Kg, d.Cb, d.Kb = G, Cg, Kg, -(-Cg // MR), -(-Kg // KB)
+    d.R, d.S, d.sh, d.sw, d.dh, d.dw = p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w
+    d.P, d.Q = p.P, p.Q
+    # every pixel a tap reads: (p*sh + r*dh, q*sw + s*dw) of the padded input; the last
+    # group's last block of MR channels reads up to channel (G-1)*Cg + Cb*MR - 1
+    d.Hp, d.Wp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1, (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
+    d.Cp = max(p.C, (G - 1) * Cg + d.Cb * MR)
+    xf = workspace("cython_direct_xf", p.N * d.Hp * d.Wp * d.Cp, dtype)
+    dyb = workspace("cython_direct_dy", p.N * G * d.Kb * p.P * p.Q * KB, dtype)
+    nsplit = plan["batch_splits"]
+    gw = (out.reshape(1, -1) if nsplit == 1 else
+          workspace("cython_direct_gw", nsplit * out.size, dtype).reshape(nsplit, -1))
+    if dtype == np.float32:
+        _weight_run[float](x, dy, xf, dyb, gw, &d, p.pad_top, p.pad_left, nt)
+    else:
+        _weight_run[double](x, dy, xf, dyb, gw, &d, p.pad_top, p.pad_left, nt)
+    if nsplit > 1:
+        np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)
