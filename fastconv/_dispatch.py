@@ -12,7 +12,7 @@ Every kernel takes ``(plan, *arrays_and_geometry)``, with the op's arguments:
     conv2d               (plan, x, w, p: ConvParams, out, epilogue=None)  (kernels.epilogue)
     conv2d_input         (plan, dy, w, p: ConvParams, out)
     conv2d_weight        (plan, x, dy, p: ConvParams, out)
-    max_pool2d           (plan, x, p: PoolParams, out, indices)
+    max_pool2d           (plan, x, p: PoolParams, out, indices)  (indices None: values only)
     max_pool2d_backward  (plan, dy, indices, p: PoolParams, out)
     avg_pool2d           (plan, x, p: PoolParams, count_include_pad, divisor_override, out)
     avg_pool2d_backward  (plan, dy, p: PoolParams, count_include_pad, divisor_override, out)

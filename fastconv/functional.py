@@ -381,9 +381,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             else _unbatch(out, unbatched)
     plan = _plan.make("max_pool2d", p, dtype, algorithm, backend)
     check_memory("max_pool2d", ("output", p.output_shape, dtype.itemsize),
-                 ("indices", p.output_shape, 8))
+                 *([("indices", p.output_shape, 8)] if return_indices else []))
     out = np.empty(p.output_shape, dtype)
-    indices = np.empty(p.output_shape, np.int64)
+    # the kernels compute the indices only when asked for them
+    indices = np.empty(p.output_shape, np.int64) if return_indices else None
     _plan.run(plan, x, p, out, indices)
     out = _layout_of(out, nhwc)
     if return_indices:

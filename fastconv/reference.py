@@ -94,7 +94,8 @@ def _pool_taps(p, i, j):
 
 
 def max_pool2d(x, p, out, indices):
-    """Max over each window; index = h*W + w of the first maximum, NaN wins (as PyTorch)."""
+    """Max over each window; index = h*W + w of the first maximum, NaN wins (as PyTorch).
+    ``indices`` None: values only."""
     x = np.asarray(x, np.float64)
     for i in range(p.P):
         for j in range(p.Q):
@@ -107,7 +108,8 @@ def max_pool2d(x, p, out, indices):
                 best = np.where(take, v, best)
                 idx = np.where(take, h * p.W + w, idx)
             out[:, :, i, j] = best
-            indices[:, :, i, j] = idx
+            if indices is not None:
+                indices[:, :, i, j] = idx
 
 
 def max_pool2d_backward(dy, indices, p, out):

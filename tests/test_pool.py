@@ -46,7 +46,8 @@ def _with_nan(x, data, dtype):
 @given(case=pool_cases(max_pool=True), dtype=st.sampled_from(DTYPES), data=st.data())
 def test_max_pool_kernel_matches_reference(algorithm, backend, case, dtype, data):
     """Values and indices exactly (NaN wins its window, the first maximum's index, NaN
-    and Inf drawn in), and the gradient of every registered backward kernel."""
+    and Inf drawn in), values alone (no indices asked for) likewise, and the gradient of
+    every registered backward kernel."""
     (x,) = arrays(case["H"] * 3 + case["W"], dtype, (case["N"], case["C"], case["H"], case["W"]))
     x = _with_nan(x, data, dtype)
     args = _max_args(case)
@@ -57,6 +58,11 @@ def test_max_pool_kernel_matches_reference(algorithm, backend, case, dtype, data
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(idx, idx_ref)
     assert y.dtype == dtype and idx.dtype == np.int64
+    # without return_indices the kernels take their values-only path
+    y_only, _ = ran_plan(lambda: fastconv.max_pool2d(x, **args, algorithm=algorithm,
+                                                     backend=backend),
+                         op="max_pool2d", algorithm=algorithm, backend=backend)
+    np.testing.assert_array_equal(y_only, y_ref)
     (dy,) = arrays(5, dtype, y.shape)
     dx_ref = fastconv.max_pool2d_backward(dy, idx, x.shape, algorithm="reference")
     for bwd_alg, bwd_backend in kernel_pairs("max_pool2d_backward"):
@@ -130,6 +136,8 @@ def test_max_pool_nan_wins_by_hand():
                                      backend=backend)
         assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == 5
         np.testing.assert_array_equal(idx[0, 0, 0], [1, 7])
+        y = fastconv.max_pool2d(x, 2, algorithm=algorithm, backend=backend)
+        assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == 5
 
 
 def test_avg_pool_by_hand():

@@ -31,14 +31,18 @@ cdef fc_pool _geometry(p):
 
 cdef int _max_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                    int64_t[:, :, :, ::1] idx, const fc_pool *g, int nt) except -1:
+    """Values into y and, unless idx is None, flat indices into idx."""
     cdef Py_ssize_t C = x.shape[1], nc, n, c
+    cdef bint with_idx = idx is not None
+    cdef int64_t *ip
     with nogil:
         for nc in prange(x.shape[0] * C, num_threads=nt, schedule="static"):
             n, c = nc // C, nc % C
+            ip = &idx[n, c, 0, 0] if with_idx else NULL
             if real is float:
-                hot.max_pool_plane_f32(&x[n, c, 0, 0], &y[n, c, 0, 0], &idx[n, c, 0, 0], g)
+                hot.max_pool_plane_f32(&x[n, c, 0, 0], &y[n, c, 0, 0], ip, g)
             else:
-                hot.max_pool_plane_f64(&x[n, c, 0, 0], &y[n, c, 0, 0], &idx[n, c, 0, 0], g)
+                hot.max_pool_plane_f64(&x[n, c, 0, 0], &y[n, c, 0, 0], ip, g)
     return 0
 
 
@@ -107,6 +111,7 @@ cdef int _adaptive_avg_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
 
 
 def max_pool2d(plan, x, p, out, indices):
+    """Values into ``out`` and, unless ``indices`` is None, flat indices into it."""
     cdef fc_pool g = _geometry(p)
     if x.dtype == np.float32:
         _max_pool[float](x, out, indices, &g, get_num_threads())

@@ -58,6 +58,30 @@ def _max_pool2d(x, out, indices, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, 
 
 
 @jit(parallel=True)
+def _max_pool2d_values(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q):
+    """``_max_pool2d`` without the indices (none asked for): each output row starts as
+    its windows' first valid taps, then takes the max over the tap rows one by one."""
+    rows = _tap_ranges(P, sh, ph, dh, kh, H)
+    cols = _tap_ranges(Q, sw, pw, dw, kw, W)
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(P):
+            h0, a_lo, a_hi = rows[i, 0], rows[i, 1], rows[i, 2]
+            for j in range(Q):
+                out[n, c, i, j] = x[n, c, h0 + a_lo * dh, cols[j, 0] + cols[j, 1] * dw]
+            for a in range(a_lo, a_hi):
+                h = h0 + a * dh
+                for j in range(Q):
+                    w0, b_lo, b_hi = cols[j, 0], cols[j, 1], cols[j, 2]
+                    best = out[n, c, i, j]
+                    for b in range(b_lo, b_hi):
+                        v = x[n, c, h, w0 + b * dw]
+                        take = (v > best) | (v != v)
+                        best = v if take else best
+                    out[n, c, i, j] = best
+
+
+@jit(parallel=True)
 def _max_pool2d_backward(dy, indices, dx, N, C, W, P, Q):
     for nc in prange(N * C):
         n, c = nc // C, nc % C
@@ -134,7 +158,11 @@ def _adaptive_avg_pool2d(x, out, h_starts, h_ends, w_starts, w_ends):
 
 
 def max_pool2d(plan, x, p, out, indices):
-    _max_pool2d(x, out, indices, *p.as_tuple())
+    """Values into ``out`` and, unless ``indices`` is None, flat indices into it."""
+    if indices is None:
+        _max_pool2d_values(x, out, *p.as_tuple())
+    else:
+        _max_pool2d(x, out, indices, *p.as_tuple())
 
 
 def max_pool2d_backward(plan, dy, indices, p, out):

@@ -146,8 +146,77 @@ static inline void FN(max_step)(T *restrict best, int64_t *restrict bi, const T 
 }
 
 
+/* best[j] = max(best[j], xs[j*sw]) for j < n; NaN wins (as PyTorch). */
+static inline void FN(max_values_step)(T *restrict best, const T *restrict xs, fc_int n,
+                                       fc_int sw)
+{
+    if (sw == 1) {
+        for (fc_int j = 0; j < n; j++) {
+            const T v = xs[j];
+            best[j] = ((v > best[j]) | (v != v)) ? v : best[j];
+        }
+    } else if (sw == 2) {
+        for (fc_int j = 0; j < n; j++) {
+            const T v = xs[2 * j];
+            best[j] = ((v > best[j]) | (v != v)) ? v : best[j];
+        }
+    } else {
+        for (fc_int j = 0; j < n; j++) {
+            const T v = xs[j * sw];
+            best[j] = ((v > best[j]) | (v != v)) ? v : best[j];
+        }
+    }
+}
+
+/* Max pooling of one plane, values only (no indices asked for): as max_pool_plane,
+ * without the index arithmetic and stores. */
+static void FN(max_values_plane)(const T *x, T *y, const fc_pool *g)
+{
+    const fc_int H = g->H, W = g->W, kw = g->kw, sw = g->sw, pw = g->pw, dw = g->dw;
+    const fc_int Q = g->Q, dh = g->dh;
+    fc_int j_lo, j_hi;
+    fc_inner_range_(Q, W, sw, pw, dw, kw, &j_lo, &j_hi);
+    for (fc_int i = 0; i < g->P; i++) {
+        const fc_int h0 = i * g->sh - g->ph;
+        fc_int a_lo, a_hi;
+        fc_valid_range(g->kh, H, dh, h0, &a_lo, &a_hi);
+        T *yr = y + i * Q;
+        /* windows cut by the padding: one at a time, taps in scan order */
+        for (fc_int j = 0; j < Q; j++) {
+            if (j == j_lo && j_hi > j_lo) j = j_hi;
+            if (j >= Q) break;
+            const fc_int w0 = j * sw - pw;
+            fc_int b_lo, b_hi;
+            fc_valid_range(kw, W, dw, w0, &b_lo, &b_hi);
+            T best = x[(h0 + a_lo * dh) * W + w0 + b_lo * dw];
+            for (fc_int a = a_lo; a < a_hi; a++) {
+                const T *xr = x + (h0 + a * dh) * W + w0;
+                for (fc_int b = b_lo; b < b_hi; b++) {
+                    const T v = xr[b * dw];
+                    best = ((v > best) | (v != v)) ? v : best;
+                }
+            }
+            yr[j] = best;
+        }
+        if (j_hi <= j_lo) continue;
+        /* whole windows along the row: all outputs at once, tap by tap */
+        const fc_int n = j_hi - j_lo;
+        FN(gather)(yr + j_lo, x + (h0 + a_lo * dh) * W + j_lo * sw - pw, n, sw);
+        for (fc_int a = a_lo; a < a_hi; a++) {
+            const T *xr = x + (h0 + a * dh) * W + j_lo * sw - pw;
+            for (fc_int b = (a == a_lo); b < kw; b++)    /* tap (a_lo, 0): the gather */
+                FN(max_values_step)(yr + j_lo, xr + b * dw, n, sw);
+        }
+    }
+}
+
+/* Max pooling of one plane: values and flat indices (idx NULL: values only). */
 static void FN(max_pool_plane)(const T *x, T *y, int64_t *idx, const fc_pool *g)
 {
+    if (idx == NULL) {
+        FN(max_values_plane)(x, y, g);
+        return;
+    }
     const fc_int H = g->H, W = g->W, kw = g->kw, sw = g->sw, pw = g->pw, dw = g->dw;
     const fc_int Q = g->Q;
     fc_int j_lo, j_hi;
