@@ -599,8 +599,11 @@ def depthwise_nhwc(name, pixels, channels):
     columns [qa, qb) whose every tap lies inside the input run in blocks of M pixels,
     the rest (the borders, and the last pixels of [qa, qb)) one pixel at a time with
     their taps cut likewise (no padded copy, no bounds test in the blocks); the last
-    C % J channels by a plain loop. The accumulators start as the bias; the residual and
-    the activation are applied to the row once it is stored (in L1)."""
+    C % J channels by a plain loop. What the blocks of M leave of [qa, qb) runs in blocks
+    of M/2, M/4, ... 2 pixels: a pixel alone is one chain of dependent FMAs, bound by
+    their latency (a 7-pixel row ran 2x slower one pixel at a time). The accumulators
+    start as the bias; the residual and the activation are applied to the row once it is
+    stored (in L1)."""
     M, J = pixels, channels
     L = []
     a = L.append
@@ -634,6 +637,23 @@ def depthwise_nhwc(name, pixels, channels):
     a("    # columns [qa, qb): every tap inside the input; blocks of M pixels up to qm")
     a("    qa, qb = valid_range(Q, W - (S - 1) * dw, sw, -pl)")
     a(f"    qm = qa + (qb - qa) // {M} * {M}")
+    # then blocks of M/2, M/4, ... 2 pixels up to qm{m}: a pixel alone is one chain of
+    # dependent FMAs (latency-bound), so as few as possible go one at a time
+    sub_blocks = []
+    m = M // 2
+    while m >= 2:
+        sub_blocks.append(m)
+        m //= 2
+    last = sub_blocks[-1] if sub_blocks else ""
+    a(f"    qm{2 * sub_blocks[0]} = qm" if sub_blocks else "")
+    for m in sub_blocks:
+        a(f"    qm{m} = qm{2 * m} + (qb - qm{2 * m}) // {m} * {m}")
+    a("    # per column q: its taps s in [cols[q, 0], cols[q, 1]) inside the input (once a")
+    a("    # call: two divisions each, which per pixel and channel block cost more than")
+    a("    # the pixel's FMAs)")
+    a("    cols = np.empty((Q, 2), np.int64)")
+    a("    for q in range(Q):")
+    a("        cols[q, 0], cols[q, 1] = valid_range(S, W, dw, q * sw - pl)")
     for j in range(J):
         a(f"    ux{j} = np.uint64({j})")
     a("    for it in range(it0, it1):          # output rows (n, p) of the batch")
@@ -649,15 +669,18 @@ def depthwise_nhwc(name, pixels, channels):
                              for j in range(J)))
     a(f"            for q0 in range(qa, qm, {M}):")
     pixel_block(" " * 16, "q0", M, "S")
+    for m in sub_blocks:                     # what is left of [qa, qb), m pixels at once
+        a(f"            for q0 in range(qm{2 * m}, qm{m}, {m}):")
+        pixel_block(" " * 16, "q0", m, "S")
     a("            for q in range(Q):")
-    a("                if q >= qa and q < qm:      # done by the blocks")
+    a(f"                if q >= qa and q < qm{last}:      # done by the blocks")
     a("                    continue")
-    a("                s_lo, s_hi = valid_range(S, W, dw, q * sw - pl)")
+    a("                s_lo, s_hi = cols[q, 0], cols[q, 1]")
     pixel_block(" " * 16, "q", 1, "s_lo, s_hi")
     a("        for c in range(CJ, C):")
     a("            for q in range(Q):")
     a("                v = bias[c] if bias.size else zero")
-    a("                s_lo, s_hi = valid_range(S, W, dw, q * sw - pl)")
+    a("                s_lo, s_hi = cols[q, 0], cols[q, 1]")
     a("                for r in range(r_lo, r_hi):")
     a("                    for s in range(s_lo, s_hi):")
     a("                        v += (xf[x0 + (r * dh * W + q * sw + s * dw) * C + c]")
