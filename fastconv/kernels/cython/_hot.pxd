@@ -21,14 +21,16 @@ cdef extern from "fc_kernels.h" nogil:
         int act
 
     ctypedef struct fc_dweight:
-        fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, Cp, P, Q
+        fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, P, Q
 
     ctypedef struct fc_dw:
-        fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq
+        fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq, Hn, Wn
+        const fc_int *toff
 
     ctypedef struct fc_kernels:
         const char *name
         fc_int direct_pixels
+        fc_int depthwise_rows
         void (*im2col_row_f32)(const float *x, float *col, const fc_conv *g, fc_int row,
                                fc_int n0, fc_int nt, fc_int p0, fc_int pr) noexcept nogil
         void (*im2col_row_f64)(const double *x, double *col, const fc_conv *g, fc_int row,
@@ -101,16 +103,16 @@ cdef extern from "fc_kernels.h" nogil:
         void (*direct_phase_row_f32)(const float *src, fc_int H, fc_int W, float *dst, fc_int Hp,
                                      fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
                                      fc_int it) noexcept nogil
-        void (*direct_nhwc_row_f32)(const float *x, fc_int C, fc_int H, fc_int W, float *xf,
-                                    fc_int Hp, fc_int Wp, fc_int Cp, fc_int pt, fc_int pl,
-                                    fc_int it) noexcept nogil
+        void (*direct_xblock_row_f32)(const float *x, fc_int C, fc_int H, fc_int W, fc_int G,
+                                      fc_int Cg, float *xf, fc_int Hp, fc_int Wp, fc_int pt,
+                                      fc_int pl, fc_int it) noexcept nogil
         void (*direct_dy_row_f32)(const float *dy, fc_int K, fc_int P, fc_int Q, fc_int G,
                                   fc_int Kg, float *dyb, fc_int it) noexcept nogil
         void (*direct_item_f32)(const float *xb, const float *wb, float *out, const fc_direct *d,
                                 fc_int it) noexcept nogil
         void (*direct_weight_item_f32)(const float *xf, const float *dyb, float *gw,
                                        const fc_dweight *d, fc_int n0, fc_int n1,
-                                       fc_int it) noexcept nogil
+                                       fc_int it, float *acc) noexcept nogil
         void (*dw_plane_f32)(const float *x, const float *w, float *out, const fc_dw *d, int flip,
                              const float *bias, const float *res, int act, float *tile,
                              fc_int it) noexcept nogil
@@ -122,16 +124,16 @@ cdef extern from "fc_kernels.h" nogil:
         void (*direct_phase_row_f64)(const double *src, fc_int H, fc_int W, double *dst, fc_int Hp,
                                      fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
                                      fc_int it) noexcept nogil
-        void (*direct_nhwc_row_f64)(const double *x, fc_int C, fc_int H, fc_int W, double *xf,
-                                    fc_int Hp, fc_int Wp, fc_int Cp, fc_int pt, fc_int pl,
-                                    fc_int it) noexcept nogil
+        void (*direct_xblock_row_f64)(const double *x, fc_int C, fc_int H, fc_int W, fc_int G,
+                                      fc_int Cg, double *xf, fc_int Hp, fc_int Wp, fc_int pt,
+                                      fc_int pl, fc_int it) noexcept nogil
         void (*direct_dy_row_f64)(const double *dy, fc_int K, fc_int P, fc_int Q, fc_int G,
                                   fc_int Kg, double *dyb, fc_int it) noexcept nogil
         void (*direct_item_f64)(const double *xb, const double *wb, double *out, const fc_direct *d,
                                 fc_int it) noexcept nogil
         void (*direct_weight_item_f64)(const double *xf, const double *dyb, double *gw,
                                        const fc_dweight *d, fc_int n0, fc_int n1,
-                                       fc_int it) noexcept nogil
+                                       fc_int it, double *acc) noexcept nogil
         void (*dw_plane_f64)(const double *x, const double *w, double *out, const fc_dw *d, int flip,
                              const double *bias, const double *res, int act, double *tile,
                              fc_int it) noexcept nogil

@@ -56,6 +56,7 @@ cdef const fc_kernels *hot = load_table(__name__, ISA)
 
 #: pixels of the register block (FC_DMR in src/fc_isa.h)
 MR = hot.direct_pixels
+cdef Py_ssize_t MR_ = hot.direct_pixels
 
 #: copies of fewer elements run on the calling thread alone (as in im2col.pyx)
 cdef Py_ssize_t SERIAL_ELEMENTS = 32768
@@ -170,16 +171,29 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
 # -- depthwise -------------------------------------------------------------------------------
 
 
+#: output rows of the depthwise block (FC_DWR in src/fc_isa.h), of one vector each
+DW_ROWS = hot.depthwise_rows
+
+
 cdef fc_dw _dw_geometry(N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, dtype):
-    """The depthwise geometry, with its phase tile: whole blocks of two vectors of a
-    row plus the taps' reach (tap (r, s) reads tile row p + (r*dh) // sh of phase
-    (r*dh) % sh, column q + (s*dw) // sw of phase (s*dw) % sw)."""
+    """The depthwise geometry, with its phase tile: whole blocks of DW_ROWS rows x one
+    vector plus the taps' reach; tap (r, s) reads tile row p + (r*dh) // sh of phase
+    (r*dh) % sh, column q + (s*dw) // sw of phase (s*dw) % sw. Its tap offsets
+    (``toff``) live in the calling thread's workspace until its next call."""
     cdef fc_dw g
-    J = block(dtype)
+    cdef fc_int[::1] toff
+    J = block(dtype) // 2
     g.N, g.K, g.Kg, g.H, g.W, g.R, g.S = N, K, Kg, H, W, R, S
     g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.P, g.Q = sh, sw, pt, pl, dh, dw, P, Q
-    g.Hq = P + (R - 1) * dh // sh
+    g.Hq = -(-P // DW_ROWS) * DW_ROWS + (R - 1) * dh // sh
     g.Wq = -(-Q // J) * J + (S - 1) * dw // sw
+    g.Hn, g.Wn = P + (R - 1) * dh // sh, Q + (S - 1) * dw // sw  # what valid outputs read
+    taps = workspace("cython_direct_taps", R * S, np.int64)
+    taps[:] = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * g.Hq * g.Wq
+                        + (r * dh) // sh * g.Wq + (s * dw) // sw
+                        for r in range(R) for s in range(S)], np.int64)
+    toff = taps
+    g.toff = &toff[0]
     return g
 
 
@@ -191,7 +205,7 @@ cdef int _dw_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef Py_ssize_t it
     with nogil:
-        for it in prange(g.N * g.K, num_threads=nt, schedule="dynamic"):
+        for it in prange(g.N * g.K, num_threads=nt, schedule="static"):
             if real is float:
                 hot.dw_plane_f32(&x[0, 0, 0, 0], &w[0, 0, 0, 0], &out[0, 0, 0, 0], g, flip,
                                  bias, res, act, &tiles[threadid(), 0], it)
@@ -230,10 +244,13 @@ cdef int _dw_weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
     return 0
 
 
-def _dw_tiles(g, dtype, nt):
-    """A phase tile per thread."""
-    return workspace("cython_direct_tile", nt * g["sh"] * g["sw"] * g["Hq"] * g["Wq"],
-                     dtype).reshape(nt, -1)
+def _dw_tiles(sh, sw, Hq, Wq, dtype, nt, extra=0):
+    """A phase tile per thread, and ``extra`` elements, zeroed: the parts of a tile the
+    kernels never write (read for dropped pixels only) stay zero, not whatever was
+    there (denormals would slow the FMAs)."""
+    tiles = workspace("cython_direct_tile", nt * (sh * sw * Hq * Wq + extra), dtype)
+    tiles[:] = 0
+    return tiles.reshape(nt, -1)
 
 
 def _depthwise(x, w, out, p, flip, ep):
@@ -249,7 +266,7 @@ def _depthwise(x, w, out, p, flip, ep):
         g = _dw_geometry(N, K, K // C, H, W, p.R, p.S, p.stride_h, p.stride_w, p.pad_top,
                          p.pad_left, p.dil_h, p.dil_w, P, Q, x.dtype)
     nt = get_num_threads()
-    tiles = _dw_tiles(g, x.dtype, nt)
+    tiles = _dw_tiles(g.sh, g.sw, g.Hq, g.Wq, x.dtype, nt)
     if x.dtype == np.float32:
         _dw_run[float](x, w, out, &g, flip, ep.bias, ep.residual, ep.act, tiles, nt)
     else:
@@ -260,21 +277,22 @@ def _depthwise(x, w, out, p, flip, ep):
 
 
 cdef int _weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, real[::1] xf,
-                     real[::1] dyb, real[:, ::1] gw, const fc_dweight *d, fc_int pt,
-                     fc_int pl, int nt) except -1:
-    """The layouts of x and dy, then every (split, item) into gw[split]."""
+                     real[::1] dyb, real[:, ::1] gw, real[:, ::1] acc, const fc_dweight *d,
+                     fc_int pt, fc_int pl, int nt) except -1:
+    """The layouts of x and dy, then every (split, item) into gw[split] (``acc``: a
+    thread's accumulators)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dy.shape[1], nsplit = gw.shape[0]
-    cdef Py_ssize_t items = d.G * d.Cb * d.Kb * d.R * d.S, it, sp, i
-    cdef Py_ssize_t ny = N * d.G * d.Kb * d.P, nx = N * d.Hp
+    cdef Py_ssize_t items = d.G * d.Cb * d.Kb, it, sp, i
+    cdef Py_ssize_t ny = N * d.G * d.Kb * d.P, nx = N * d.G * d.Cb * d.Hp
     with nogil:
-        for it in prange(nx, num_threads=_par(nx * d.Wp * d.Cp, nt), schedule="static"):
+        for it in prange(nx, num_threads=_par(nx * d.Wp * MR_, nt), schedule="static"):
             if real is float:
-                hot.direct_nhwc_row_f32(&x[0, 0, 0, 0], C, H, W, &xf[0], d.Hp, d.Wp, d.Cp,
-                                        pt, pl, it)
+                hot.direct_xblock_row_f32(&x[0, 0, 0, 0], C, H, W, d.G, d.Cg, &xf[0], d.Hp,
+                                          d.Wp, pt, pl, it)
             else:
-                hot.direct_nhwc_row_f64(&x[0, 0, 0, 0], C, H, W, &xf[0], d.Hp, d.Wp, d.Cp,
-                                        pt, pl, it)
+                hot.direct_xblock_row_f64(&x[0, 0, 0, 0], C, H, W, d.G, d.Cg, &xf[0], d.Hp,
+                                          d.Wp, pt, pl, it)
         for it in prange(ny, num_threads=_par(ny * d.Q * 16, nt), schedule="static"):
             if real is float:
                 hot.direct_dy_row_f32(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
@@ -284,10 +302,12 @@ cdef int _weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, re
             sp = i // items
             if real is float:
                 hot.direct_weight_item_f32(&xf[0], &dyb[0], &gw[sp, 0], d, N * sp // nsplit,
-                                           N * (sp + 1) // nsplit, i % items)
+                                           N * (sp + 1) // nsplit, i % items,
+                                           &acc[threadid(), 0])
             else:
                 hot.direct_weight_item_f64(&xf[0], &dyb[0], &gw[sp, 0], d, N * sp // nsplit,
-                                           N * (sp + 1) // nsplit, i % items)
+                                           N * (sp + 1) // nsplit, i % items,
+                                           &acc[threadid(), 0])
     return 0
 
 
@@ -348,7 +368,8 @@ def conv2d_weight(plan, x, dy, p, out):
     if plan.variant == "depthwise":
         g = _dw_geometry(p.N, p.K, p.K // p.groups, p.H, p.W, p.R, p.S, p.stride_h,
                          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.P, p.Q, dtype)
-        tiles = _dw_tiles(g, dtype, nt)
+        J = block(dtype) // 2                       # dy's rows padded to whole vectors
+        tiles = _dw_tiles(g.sh, g.sw, g.Hq, g.Wq, dtype, nt, p.P * -(-p.Q // J) * J)
         if dtype == np.float32:
             _dw_weight_run[float](x, dy, out, &g, tiles, nt)
         else:
@@ -359,18 +380,18 @@ def conv2d_weight(plan, x, dy, p, out):
     d.G, d.Cg, d.Kg, d.Cb, d.Kb = G, Cg, Kg, -(-Cg // MR), -(-Kg // KB)
     d.R, d.S, d.sh, d.sw, d.dh, d.dw = p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w
     d.P, d.Q = p.P, p.Q
-    # every pixel a tap reads: (p*sh + r*dh, q*sw + s*dw) of the padded input; the last
-    # group's last block of MR channels reads up to channel (G-1)*Cg + Cb*MR - 1
-    d.Hp, d.Wp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1, (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
-    d.Cp = max(p.C, (G - 1) * Cg + d.Cb * MR)
-    xf = workspace("cython_direct_xf", p.N * d.Hp * d.Wp * d.Cp, dtype)
+    # every pixel a tap reads: (p*sh + r*dh, q*sw + s*dw) of the padded input
+    d.Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
+    d.Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
+    xf = workspace("cython_direct_xf", p.N * G * d.Cb * d.Hp * d.Wp * MR, dtype)
     dyb = workspace("cython_direct_dy", p.N * G * d.Kb * p.P * p.Q * KB, dtype)
     nsplit = plan["batch_splits"]
     gw = (out.reshape(1, -1) if nsplit == 1 else
           workspace("cython_direct_gw", nsplit * out.size, dtype).reshape(nsplit, -1))
+    acc = workspace("cython_direct_acc", nt * p.R * p.S * MR * KB, dtype).reshape(nt, -1)
     if dtype == np.float32:
-        _weight_run[float](x, dy, xf, dyb, gw, &d, p.pad_top, p.pad_left, nt)
+        _weight_run[float](x, dy, xf, dyb, gw, acc, &d, p.pad_top, p.pad_left, nt)
     else:
-        _weight_run[double](x, dy, xf, dyb, gw, &d, p.pad_top, p.pad_left, nt)
+        _weight_run[double](x, dy, xf, dyb, gw, acc, &d, p.pad_top, p.pad_left, nt)
     if nsplit > 1:
         np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)

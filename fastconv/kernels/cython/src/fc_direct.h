@@ -59,20 +59,25 @@ static void FN(direct_phase_row)(const T *src, fc_int H, fc_int W, T *dst, fc_in
     }
 }
 
-/* Row it = (n*Hp + hp) of the channels-last padded input xf[n, hp, wp, c] (Wp columns,
- * Cp >= C channels, the rest 0): x[n, c, hp - pt, wp - pl], 0 outside x. */
-static void FN(direct_nhwc_row)(const T *x, fc_int C, fc_int H, fc_int W, T *xf, fc_int Hp,
-                                fc_int Wp, fc_int Cp, fc_int pt, fc_int pl, fc_int it)
+/* Row it = ((n*G + g)*Cb + cb)*Hp + hp of the weight gradient's input layout xf[n, g,
+ * cb, hp, wp, j] (Hp x Wp pixels of FC_DMR channels): x[n, g*Cg + cb*FC_DMR + j, hp - pt,
+ * wp - pl], 0 outside x and past the group's Cg channels. */
+static void FN(direct_xblock_row)(const T *x, fc_int C, fc_int H, fc_int W, fc_int G,
+                                  fc_int Cg, T *xf, fc_int Hp, fc_int Wp, fc_int pt,
+                                  fc_int pl, fc_int it)
 {
-    T *d = xf + it * Wp * Cp;
-    const fc_int h = it % Hp - pt;
-    memset(d, 0, (size_t)(Wp * Cp) * sizeof(T));
+    const fc_int Cb = (Cg + FC_DMR - 1) / FC_DMR;
+    const fc_int h = it % Hp - pt, cb = it / Hp % Cb, g = it / Hp / Cb % G;
+    const fc_int n = it / Hp / Cb / G, c0 = cb * FC_DMR;
+    const fc_int nc = Cg - c0 < FC_DMR ? Cg - c0 : FC_DMR;
+    T *d = xf + it * Wp * FC_DMR;
+    memset(d, 0, (size_t)(Wp * FC_DMR) * sizeof(T));
     if (h < 0 || h >= H) return;
     fc_int lo, hi;
     fc_valid_range(Wp, W, 1, -pl, &lo, &hi);
-    const T *src = x + (it / Hp * C * H + h) * W - pl;
-    for (fc_int c = 0; c < C; c++)
-        for (fc_int wp = lo; wp < hi; wp++) d[wp * Cp + c] = src[c * H * W + wp];
+    const T *src = x + ((n * C + g * Cg + c0) * H + h) * W - pl;
+    for (fc_int wp = lo; wp < hi; wp++)
+        for (fc_int j = 0; j < nc; j++) d[wp * FC_DMR + j] = src[j * H * W + wp];
 }
 
 /* Row it = ((n*G + g)*Kb + kb)*P + p of dyb[n, g, kb, p, q, k] = dy[n, g*Kg + kb*DKB + k,
@@ -180,71 +185,98 @@ static void FN(direct_item)(const T *xb, const T *wb, T *out, const fc_direct *d
     }
 }
 
-/* -- weight gradient: DKB output channels x FC_DMR input channels of one tap ---------- */
+/* -- weight gradient: DKB output channels x FC_DMR input channels ------------------- */
 
-/* Work item it = ((((g*Cb + cb)*Kb + kb)*R + r)*S + s) over images [n0, n1): gw[k, c, r,
- * s] (K x Cg x R x S, the split's own) = sum over n, p, q of dyb[n, g, kb, p, q, k] *
- * xf[n, p*sh + r*dh, q*sw + s*dw, g*Cg + c] (the padded channels-last input), pixel by
- * pixel in order. */
+/* Work item it = ((g*Cb + cb)*Kb + kb) over images [n0, n1): gw[k, c, r, s] (K x Cg x R x
+ * S, the split's own) for output channels kb*DKB .. and input channels cb*FC_DMR .. of
+ * group g = the sum over n, p, q of dyb[n, g, kb, p, q, k] * xf[n, g, cb, p*sh + r*dh,
+ * q*sw + s*dw, c] (the padded input, a block of channels per pixel), in order. Image by
+ * image (its block of dy and of x in cache), each tap's register block is loaded from
+ * acc (R*S x FC_DMR x DKB, scratch), runs the image's P*Q pixels and is stored back. */
 static void FN(direct_weight_item)(const T *xf, const T *dyb, T *gw, const fc_dweight *d,
-                                   fc_int n0, fc_int n1, fc_int it)
+                                   fc_int n0, fc_int n1, fc_int it, T *acc)
 {
-    const fc_int s = it % d->S, r = it / d->S % d->R, kb = it / d->S / d->R % d->Kb;
-    const fc_int cb = it / d->S / d->R / d->Kb % d->Cb, g = it / d->S / d->R / d->Kb / d->Cb;
-    const fc_int Cp = d->Cp, Wp = d->Wp, P = d->P, Q = d->Q;
-    const fc_int c0 = cb * FC_DMR, k0 = kb * DKB;
-    FN(dvec) acc[FC_DMR][FC_DNV];
-    for (int j = 0; j < FC_DMR; j++)
-        for (int v = 0; v < FC_DNV; v++) acc[j][v] = (FN(dvec)){0};
+    const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
+    const fc_int Wp = d->Wp, P = d->P, Q = d->Q, R = d->R, S = d->S;
+    const fc_int c0 = cb * FC_DMR, k0 = kb * DKB, qs = d->sw * FC_DMR;
+    const T *xb = xf + ((n0 * d->G + g) * d->Cb + cb) * d->Hp * Wp * FC_DMR;
+    const fc_int nstep = d->G * d->Cb * d->Hp * Wp * FC_DMR;    /* one image on */
+    memset(acc, 0, (size_t)(R * S * FC_DMR * DKB) * sizeof(T));
     for (fc_int n = n0; n < n1; n++) {
         const T *dn = dyb + ((n * d->G + g) * d->Kb + kb) * P * Q * DKB;
-        for (fc_int p = 0; p < P; p++) {
-            const T *xr = xf + ((n * d->Hp + p * d->sh + r * d->dh) * Wp + s * d->dw) * Cp
-                          + g * d->Cg + c0;
-            const T *dr = dn + p * Q * DKB;
-            for (fc_int q = 0; q < Q; q++) {
-                const T *xq = xr + q * d->sw * Cp;
-                FN(dvec) dv[FC_DNV];
-                for (int v = 0; v < FC_DNV; v++) dv[v] = FN(dload)(dr + q * DKB + v * DVL);
-                for (int j = 0; j < FC_DMR; j++) {
-                    const T a = xq[j];
-                    for (int v = 0; v < FC_DNV; v++) acc[j][v] += dv[v] * a;
+        const T *xn = xb + (n - n0) * nstep;
+        for (fc_int r = 0; r < R; r++) {
+            for (fc_int s = 0; s < S; s++) {
+                T *at = acc + (r * S + s) * FC_DMR * DKB;
+                FN(dvec) a[FC_DMR][FC_DNV];
+                for (int j = 0; j < FC_DMR; j++)
+                    for (int v = 0; v < FC_DNV; v++) a[j][v] = FN(dload)(at + j * DKB + v * DVL);
+                for (fc_int p = 0; p < P; p++) {
+                    const T *xr = xn + ((p * d->sh + r * d->dh) * Wp + s * d->dw) * FC_DMR;
+                    const T *dr = dn + p * Q * DKB;
+                    for (fc_int q = 0; q < Q; q++) {
+                        const T *xq = xr + q * qs;
+                        FN(dvec) dv[FC_DNV];
+                        for (int v = 0; v < FC_DNV; v++) dv[v] = FN(dload)(dr + q * DKB + v * DVL);
+                        for (int j = 0; j < FC_DMR; j++) {
+                            const T x = xq[j];
+                            for (int v = 0; v < FC_DNV; v++) a[j][v] += dv[v] * x;
+                        }
+                    }
                 }
+                for (int j = 0; j < FC_DMR; j++)
+                    for (int v = 0; v < FC_DNV; v++) FN(dstore)(at + j * DKB + v * DVL, a[j][v]);
             }
         }
     }
-    T tmp[FC_DMR * DKB];
-    for (int j = 0; j < FC_DMR; j++)
-        for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
     const fc_int nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
     const fc_int nc = d->Cg - c0 < FC_DMR ? d->Cg - c0 : FC_DMR;
     for (fc_int k = 0; k < nk; k++)
         for (fc_int c = 0; c < nc; c++)
-            gw[(((g * d->Kg + k0 + k) * d->Cg + c0 + c) * d->R + r) * d->S + s] =
-                tmp[c * DKB + k];
+            for (fc_int rs = 0; rs < R * S; rs++)
+                gw[((g * d->Kg + k0 + k) * d->Cg + c0 + c) * R * S + rs] =
+                    acc[(rs * FC_DMR + c) * DKB + k];
 }
 
 /* -- depthwise (C == groups) ----------------------------------------------------------- */
 
+/* Short runs are copied by loops, not memcpy/memset calls (GCC turns such loops into
+ * calls unless told not to): planes of 7-28 columns run many of them. */
+#if defined(__GNUC__) && !defined(__clang__)
+#  define FC_NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#  define FC_NO_LIBCALLS
+#endif
+
 /* The phase tile of one H x W plane x: t[a, b, i, j] = x padded by (pt, pl) at row
- * i*sh + a, column j*sw + b (0 outside x), Hq x Wq per phase. */
-static void FN(dw_tile)(const T *x, fc_int H, fc_int W, fc_int sh, fc_int sw, fc_int pt,
-                        fc_int pl, fc_int Hq, fc_int Wq, T *t)
+ * i*sh + a, column j*sw + b (0 outside x), for the i < Hn, j < Wn the outputs' taps read;
+ * the rest of its Hq x Wq per phase (read only for pixels past the plane's, which are
+ * dropped) is left as it is (zero: direct.pyx zeroes the tiles once per call). */
+FC_NO_LIBCALLS static void FN(dw_tile)(const T *x, fc_int H, fc_int W, fc_int sh, fc_int sw,
+                                       fc_int pt, fc_int pl, fc_int Hq, fc_int Wq,
+                                       fc_int Hn, fc_int Wn, T *t)
 {
-    memset(t, 0, (size_t)(sh * sw * Hq * Wq) * sizeof(T));
     for (fc_int a = 0; a < sh; a++) {
         fc_int ilo, ihi, jlo, jhi;
-        fc_valid_range(Hq, H, sh, a - pt, &ilo, &ihi);
+        fc_valid_range(Hn, H, sh, a - pt, &ilo, &ihi);
         for (fc_int b = 0; b < sw; b++) {
-            fc_valid_range(Wq, W, sw, b - pl, &jlo, &jhi);
+            fc_valid_range(Wn, W, sw, b - pl, &jlo, &jhi);
             T *tb = t + (a * sw + b) * Hq * Wq;
+            for (fc_int i = 0; i < ilo; i++)
+                for (fc_int j = 0; j < Wn; j++) tb[i * Wq + j] = 0;
+            for (fc_int i = ihi; i < Hn; i++)
+                for (fc_int j = 0; j < Wn; j++) tb[i * Wq + j] = 0;
             for (fc_int i = ilo; i < ihi; i++) {
                 const T *row = x + (i * sh + a - pt) * W + b - pl;
                 T *d = tb + i * Wq;
+                for (fc_int j = 0; j < jlo; j++) d[j] = 0;
                 if (sw == 1)
-                    memcpy(d + jlo, row + jlo, (size_t)(jhi - jlo) * sizeof(T));
+                    for (fc_int j = jlo; j < jhi; j++) d[j] = row[j];
+                else if (sw == 2)
+                    for (fc_int j = jlo; j < jhi; j++) d[j] = row[2 * j];
                 else
                     for (fc_int j = jlo; j < jhi; j++) d[j] = row[j * sw];
+                for (fc_int j = jhi; j < Wn; j++) d[j] = 0;
             }
         }
     }
@@ -252,43 +284,51 @@ static void FN(dw_tile)(const T *x, fc_int H, fc_int W, fc_int sh, fc_int sw, fc
 
 /* Plane it = n*K + k of the depthwise forward: out[n, k] (P x Q) = the correlation of
  * x[n, k / Kg] (padded by pt, pl) with w[k] (R x S; rotated by 180 degrees when
- * `flip`), through the epilogue. tile: scratch of sh*sw*Hq*Wq elements, Wq a multiple
- * of 2 vectors past Q plus the taps' reach. Blocks of 2 vectors of a row. */
-static void FN(dw_plane)(const T *x, const T *w, T *out, const fc_dw *d, int flip,
+ * `flip`), through the epilogue. tile: scratch of sh*sw*Hq*Wq elements (Hq, Wq: whole
+ * blocks of FC_DWR rows x one vector plus the taps' reach); d->toff[r*S + s]: tap (r, s)'s
+ * offset in the tile. Blocks of FC_DWR rows x one vector, a weight broadcast per tap. */
+FC_NO_LIBCALLS static void FN(dw_plane)(const T *x, const T *w, T *out, const fc_dw *d, int flip,
                          const T *bias, const T *res, int act, T *tile, fc_int it)
 {
     const fc_int n = it / d->K, k = it % d->K, C = d->K / d->Kg;
-    const fc_int R = d->R, S = d->S, P = d->P, Q = d->Q, Hq = d->Hq, Wq = d->Wq;
+    const fc_int RS = d->R * d->S, P = d->P, Q = d->Q, Wq = d->Wq;
+    const fc_int *toff = d->toff;
     FN(dw_tile)(x + (n * C + k / d->Kg) * d->H * d->W, d->H, d->W, d->sh, d->sw, d->pt,
-                d->pl, Hq, Wq, tile);
+                d->pl, d->Hq, Wq, d->Hn, d->Wn, tile);
     T *y = out + it * P * Q;
     const T *rp = res != NULL ? res + it * P * Q : NULL;
-    const T b = bias != NULL ? bias[k] : 0;
-    const T *wk = w + k * R * S;
-    for (fc_int p = 0; p < P; p++) {
-        for (fc_int q0 = 0; q0 < Q; q0 += 2 * DVL) {
-            FN(dvec) a0 = (FN(dvec)){0}, a1 = (FN(dvec)){0};
-            for (fc_int r = 0; r < R; r++) {
-                for (fc_int s = 0; s < S; s++) {
-                    /* tap (r, s): phase ((r*dh) % sh, (s*dw) % sw), offset (r*dh) / sh,
-                     * (s*dw) / sw in it */
-                    const fc_int rr = r * d->dh, ss = s * d->dw;
-                    const T *t = tile + ((rr % d->sh) * d->sw + ss % d->sw) * Hq * Wq
-                                 + (p + rr / d->sh) * Wq + q0 + ss / d->sw;
-                    const T wv = flip ? wk[(R - 1 - r) * S + S - 1 - s] : wk[r * S + s];
-                    a0 += FN(dload)(t) * wv;
-                    a1 += FN(dload)(t + DVL) * wv;
-                }
+    const T *wk = w + k * RS;
+    const int plain = bias == NULL && res == NULL && act == 0;
+    for (fc_int p0 = 0; p0 < P; p0 += FC_DWR) {
+        for (fc_int q0 = 0; q0 < Q; q0 += DVL) {
+            FN(dvec) acc[FC_DWR];
+            for (int i = 0; i < FC_DWR; i++) acc[i] = (FN(dvec)){0};
+            const T *base = tile + p0 * Wq + q0;
+            for (fc_int t = 0; t < RS; t++) {
+                const T wv = wk[flip ? RS - 1 - t : t];
+                const T *b = base + toff[t];
+                for (int i = 0; i < FC_DWR; i++) acc[i] += FN(dload)(b + i * Wq) * wv;
             }
-            T v[2 * DVL];
-            FN(dstore)(v, a0);
-            FN(dstore)(v + DVL, a1);
-            const fc_int nq = Q - q0 < 2 * DVL ? Q - q0 : 2 * DVL;
-            for (fc_int q = 0; q < nq; q++) {
-                T o = v[q];
-                if (bias != NULL) o += b;
-                if (rp != NULL) o += rp[p * Q + q0 + q];
-                y[p * Q + q0 + q] = FN(dact)(o, act);
+            const fc_int nq = Q - q0 < DVL ? Q - q0 : DVL;
+            for (int i = 0; i < FC_DWR && p0 + i < P; i++) {
+                T *yr = y + (p0 + i) * Q + q0;
+                if (plain && nq == DVL) {
+                    FN(dstore)(yr, acc[i]);
+                    continue;
+                }
+                T v[DVL];
+                FN(dstore)(v, acc[i]);
+                if (plain) {
+                    for (fc_int q = 0; q < nq; q++) yr[q] = v[q];
+                    continue;
+                }
+                const T *rr = rp != NULL ? rp + (p0 + i) * Q + q0 : NULL;
+                for (fc_int q = 0; q < nq; q++) {
+                    T o = v[q];
+                    if (bias != NULL) o += bias[k];
+                    if (rr != NULL) o += rr[q];
+                    yr[q] = FN(dact)(o, act);
+                }
             }
         }
     }
@@ -327,36 +367,53 @@ static void FN(dw_scatter)(const T *dy, const T *w, T *dx, const fc_dw *d, fc_in
 
 /* Output channel k of the depthwise weight gradient: gw[k, r, s] = sum over n, p, q of
  * dy[n, k, p, q] * x[n, k / Kg] padded at (p*sh + r*dh, q*sw + s*dw), image by image on
- * the phase tile (scratch as dw_plane's), each tap's sum in vectors of pixels of a row
- * and added up in a fixed order. */
+ * the phase tile (scratch as dw_plane's), each tap's sum in vectors of a row's pixels
+ * added up in a fixed order. */
 static void FN(dw_weight)(const T *x, const T *dy, T *gw, const fc_dw *d, T *tile, fc_int k)
 {
-    const fc_int R = d->R, S = d->S, P = d->P, Q = d->Q, Hq = d->Hq, Wq = d->Wq;
-    const fc_int C = d->K / d->Kg, q1 = Q / DVL * DVL;
-    T *g = gw + k * R * S;
-    for (fc_int rs = 0; rs < R * S; rs++) g[rs] = 0;
+    enum { TG = 3 };                                /* taps at a time, 6 sums in flight */
+    const fc_int RS = d->R * d->S, P = d->P, Q = d->Q, Wq = d->Wq;
+    const fc_int C = d->K / d->Kg, q1 = Q / DVL * DVL, Qr = (Q + DVL - 1) / DVL * DVL;
+    T *g = gw + k * RS;
+    T *dyp = tile + d->sh * d->sw * d->Hq * Wq;    /* dy's plane, rows zero-padded to Qr */
+    for (fc_int t = 0; t < RS; t++) g[t] = 0;
     for (fc_int n = 0; n < d->N; n++) {
         FN(dw_tile)(x + (n * C + k / d->Kg) * d->H * d->W, d->H, d->W, d->sh, d->sw, d->pt,
-                    d->pl, Hq, Wq, tile);
+                    d->pl, d->Hq, Wq, d->Hn, d->Wn, tile);
         const T *dk = dy + (n * d->K + k) * P * Q;
-        for (fc_int r = 0; r < R; r++) {
-            for (fc_int s = 0; s < S; s++) {
-                const fc_int rr = r * d->dh, ss = s * d->dw;
-                const T *t = tile + ((rr % d->sh) * d->sw + ss % d->sw) * Hq * Wq
-                             + rr / d->sh * Wq + ss / d->sw;
-                FN(dvec) acc = (FN(dvec)){0};
-                T tail = 0;
-                for (fc_int p = 0; p < P; p++) {
-                    const T *tr = t + p * Wq, *dr = dk + p * Q;
-                    for (fc_int q = 0; q < q1; q += DVL)
-                        acc += FN(dload)(tr + q) * FN(dload)(dr + q);
-                    for (fc_int q = q1; q < Q; q++) tail += tr[q] * dr[q];
+        for (fc_int p = 0; p < P; p++) {
+            memcpy(dyp + p * Qr, dk + p * Q, (size_t)Q * sizeof(T));
+            memset(dyp + p * Qr + Q, 0, (size_t)(Qr - Q) * sizeof(T));
+        }
+        for (fc_int t0 = 0; t0 < RS; t0 += TG) {
+            const T *tt[TG];                        /* past the last tap: the last again */
+            FN(dvec) acc[TG], tail[TG];             /* full vectors; the rows' last */
+            for (int u = 0; u < TG; u++) {
+                tt[u] = tile + d->toff[t0 + u < RS ? t0 + u : RS - 1];
+                acc[u] = (FN(dvec)){0};
+                tail[u] = (FN(dvec)){0};
+            }
+            for (fc_int p = 0; p < P; p++) {
+                const T *dr = dyp + p * Qr;
+                for (fc_int q = 0; q < q1; q += DVL) {
+                    const FN(dvec) dv = FN(dload)(dr + q);
+                    for (int u = 0; u < TG; u++) acc[u] += FN(dload)(tt[u] + p * Wq + q) * dv;
                 }
-                T v[DVL];
-                FN(dstore)(v, acc);
+                if (q1 < Q) {
+                    const FN(dvec) dv = FN(dload)(dr + q1);
+                    for (int u = 0; u < TG; u++)
+                        tail[u] += FN(dload)(tt[u] + p * Wq + q1) * dv;
+                }
+            }
+            for (int u = 0; u < TG && t0 + u < RS; u++) {
+                T v[DVL], e[DVL];
+                FN(dstore)(v, acc[u]);
+                FN(dstore)(e, tail[u]);
                 T sum = 0;
                 for (fc_int l = 0; l < DVL; l++) sum += v[l];
-                g[r * S + s] += sum + tail;
+                /* the tail's lanes past Q are dropped: the tile may hold Inf or NaN there */
+                for (fc_int l = 0; l < Q - q1; l++) sum += e[l];
+                g[t0 + u] += sum;
             }
         }
     }

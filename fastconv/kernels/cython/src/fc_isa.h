@@ -33,6 +33,8 @@
 #else
 #  define FC_DMR 6
 #endif
+/* Depthwise's block: FC_DWR output rows x one vector */
+#define FC_DWR 8
 
 #if !defined(__GNUC__) && !defined(__clang__) && !defined(restrict)
 #  define restrict __restrict
@@ -120,7 +122,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .wino_filter_t_##X = wino_filter_t_##X,            \
     .direct_block_##X = direct_block_##X,              \
     .direct_phase_row_##X = direct_phase_row_##X,      \
-    .direct_nhwc_row_##X = direct_nhwc_row_##X,        \
+    .direct_xblock_row_##X = direct_xblock_row_##X,    \
     .direct_dy_row_##X = direct_dy_row_##X,            \
     .direct_item_##X = direct_item_##X,                \
     .direct_weight_item_##X = direct_weight_item_##X,  \
@@ -131,6 +133,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 static const fc_kernels fc_table_ = {
     .name = FC_STR(FC_ISA),
     .direct_pixels = FC_DMR,
+    .depthwise_rows = FC_DWR,
     FC_ENTRIES(f32)
     FC_ENTRIES(f64)
 };

@@ -54,17 +54,19 @@ typedef struct {
     int act;
 } fc_direct;
 
-/* The direct weight gradient: input xf[n, hp, wp, c] (Hp x Wp pixels of Cp channels,
- * zero-padded), dy as dyb[n, g, kb, p, q, k]; Cb blocks of FC_DMR input channels and Kb
- * of the channel block per group. */
+/* The direct weight gradient: input xf[n, g, cb, hp, wp, c] (Hp x Wp pixels of blocks of
+ * FC_DMR channels, zero-padded), dy as dyb[n, g, kb, p, q, k]; Cb blocks of FC_DMR input
+ * channels and Kb of the channel block per group. */
 typedef struct {
-    fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, Cp, P, Q;
+    fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, P, Q;
 } fc_dweight;
 
 /* Depthwise (C == groups, Kg = K / C outputs per input channel): input (N, C, H, W),
- * output (N, K, P, Q), phase tiles of Hq x Wq per phase. */
+ * output (N, K, P, Q), phase tiles of Hq x Wq per phase, of which the valid outputs
+ * read Hn x Wn; toff[r*S + s]: the offset of tap (r, s) in the tile. */
 typedef struct {
-    fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq;
+    fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq, Hn, Wn;
+    const fc_int *toff;
 } fc_dw;
 
 #define FC_SIGNATURES(T, X)                                                              \
@@ -117,15 +119,15 @@ typedef struct {
     fc_int (*direct_block_##X)(void);                                                   \
     void (*direct_phase_row_##X)(const T *src, fc_int H, fc_int W, T *dst, fc_int Hp,  \
                                  fc_int sw, fc_int Wq, fc_int pt, fc_int pl, fc_int it); \
-    void (*direct_nhwc_row_##X)(const T *x, fc_int C, fc_int H, fc_int W, T *xf,        \
-                                fc_int Hp, fc_int Wp, fc_int Cp, fc_int pt, fc_int pl,  \
-                                fc_int it);                                             \
+    void (*direct_xblock_row_##X)(const T *x, fc_int C, fc_int H, fc_int W, fc_int G,   \
+                                  fc_int Cg, T *xf, fc_int Hp, fc_int Wp, fc_int pt,    \
+                                  fc_int pl, fc_int it);                                \
     void (*direct_dy_row_##X)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int G,      \
                               fc_int Kg, T *dyb, fc_int it);                            \
     void (*direct_item_##X)(const T *xb, const T *wb, T *out, const fc_direct *d,       \
                             fc_int it);                                                 \
     void (*direct_weight_item_##X)(const T *xf, const T *dyb, T *gw, const fc_dweight *d, \
-                                   fc_int n0, fc_int n1, fc_int it);                    \
+                                   fc_int n0, fc_int n1, fc_int it, T *acc);            \
     void (*dw_plane_##X)(const T *x, const T *w, T *out, const fc_dw *d, int flip,      \
                          const T *bias, const T *res, int act, T *tile, fc_int it);     \
     void (*dw_scatter_##X)(const T *dy, const T *w, T *dx, const fc_dw *d, fc_int it);  \
@@ -135,6 +137,7 @@ typedef struct {
 typedef struct {
     const char *name;
     fc_int direct_pixels;          /* pixels of direct's register block (FC_DMR) */
+    fc_int depthwise_rows;         /* output rows of depthwise's block (FC_DWR) */
     FC_SIGNATURES(float, f32)
     FC_SIGNATURES(double, f64)
 } fc_kernels;
