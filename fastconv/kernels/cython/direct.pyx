@@ -103,7 +103,7 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
     slice's images; ``res_a`` the slice's residual)."""
     cdef Py_ssize_t H = x.shape[2], W = x.shape[3], Hp = d.plane // d.rp
     cdef Py_ssize_t nrows = x.shape[0] * x.shape[1] * Hp
-    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.brow * d.bcol, it
+    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.brow, it
     d.bias = &bias_a[0] if bias_a.shape[0] else NULL
     d.res = &res_a[0] if res_a.shape[0] else NULL
     with nogil:

@@ -97,10 +97,10 @@ static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int 
 
 /* -- forward: a block of pixels x DKB output channels -------------------------------- */
 
-/* acc[j] for the block's FC_DMR pixels, `rows` rows (1 or 2) of FC_DMR / rows: pixel
- * j reads x[j % CB + (j / CB)*r2] at each tap (x: tap (0, 0) of the block's first
- * pixel, input channel 0); input channel c, tap (r, s) at c*cp + r*rs + soff[s]; the
- * weight w[c, r, s, DKB] block by block. */
+/* tmp[j, k] = the block's FC_DMR pixels x DKB channels: `rows` rows (1 or 2) of
+ * FC_DMR / rows, pixel j reads x[j % CB + (j / CB)*r2] at each tap (x: tap (0, 0) of
+ * the block's first pixel, input channel 0); input channel c, tap (r, s) at c*cp +
+ * r*rs + soff[s]; the weight w[c, r, s, DKB] block by block. */
 static inline __attribute__((always_inline)) void FN(direct_block_rows)(
     const T *restrict x, const T *restrict w, fc_int Cg, fc_int R, fc_int S, fc_int cp,
     fc_int rs, const fc_int *soff, fc_int r2, const int rows, T *restrict tmp)
@@ -140,46 +140,47 @@ static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int R, fc_in
     FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, tmp);
 }
 
-/* Work item it = (((n*G + g)*Kb + kb)*brow + bp)*bcol + bq of the forward on the
- * phase layout xb (d->plane elements per channel plane): output channels kb*DKB ..
- * of group g, the block of pixels (bp, bq), stored to out[n, k, oh0 + p*ohs,
- * ow0 + q*ows] through the epilogue (bias[k], res at out's index, act). */
+/* Work item it = ((n*G + g)*Kb + kb)*brow + bp of the forward on the phase layout xb
+ * (d->plane elements per channel plane): output channels kb*DKB .. of group g, the
+ * blocks of pixels (bp, 0 .. bcol-1) (a whole band of output rows: two threads never
+ * write one cache line of a row), stored to out[n, k, oh0 + p*ohs, ow0 + q*ows] through
+ * the epilogue (bias[k], res at out's index, act). */
 static void FN(direct_item)(const T *xb, const T *wb, T *out, const fc_direct *d, fc_int it)
 {
-    const fc_int bq = it % d->bcol, bp = it / d->bcol % d->brow;
-    const fc_int kb = it / d->bcol / d->brow % d->Kb;
-    const fc_int g = it / d->bcol / d->brow / d->Kb % d->G;
-    const fc_int n = it / d->bcol / d->brow / d->Kb / d->G;
-    const fc_int CB = FC_DMR / d->rows, p0 = bp * d->rows, q0 = bq * CB;
-    const fc_int RSC = d->R * d->S * d->Cg;
-    const T *x = xb + (n * d->G + g) * d->Cg * d->plane + p0 * d->sh * d->rp + q0;
-    const T *w = wb + (g * d->Kb + kb) * RSC * DKB;
-    T tmp[FC_DMR * DKB];
-    if (d->rows == 1)
-        FN(direct_block1)(x, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp, d->soff, tmp);
-    else
-        FN(direct_block2)(x, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp, d->soff,
-                          d->sh * d->rp, tmp);
+    const fc_int bp = it % d->brow, kb = it / d->brow % d->Kb;
+    const fc_int g = it / d->brow / d->Kb % d->G, n = it / d->brow / d->Kb / d->G;
+    const fc_int CB = FC_DMR / d->rows, p0 = bp * d->rows;
+    const T *w = wb + (g * d->Kb + kb) * d->R * d->S * d->Cg * DKB;
     const T *bias = (const T *)d->bias, *res = (const T *)d->res;
-    const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
-    const fc_int nq = d->Q - q0 < CB ? d->Q - q0 : CB, ows = d->ows;
-    for (fc_int i = 0; i < d->rows && p0 + i < d->P; i++) {
-        for (fc_int k = 0; k < nk; k++) {
-            const fc_int ko = g * d->Kg + k0 + k;
-            const fc_int o = ((n * d->K + ko) * d->OH + d->oh0 + (p0 + i) * d->ohs) * d->OW
-                             + d->ow0 + q0 * ows;
-            const T *t = tmp + i * CB * DKB + k;
-            T *y = out + o;
-            if (bias == NULL && res == NULL && d->act == 0) {
-                for (fc_int q = 0; q < nq; q++) y[q * ows] = t[q * DKB];
-                continue;
-            }
-            const T b = bias != NULL ? bias[ko] : 0;
-            for (fc_int q = 0; q < nq; q++) {
-                T v = t[q * DKB];
-                if (bias != NULL) v += b;
-                if (res != NULL) v += res[o + q * ows];
-                y[q * ows] = FN(dact)(v, d->act);
+    const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, ows = d->ows;
+    const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * d->sh * d->rp;
+    T tmp[FC_DMR * DKB];
+    for (fc_int bq = 0; bq < d->bcol; bq++) {
+        const fc_int q0 = bq * CB, nq = d->Q - q0 < CB ? d->Q - q0 : CB;
+        if (d->rows == 1)
+            FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
+                              d->soff, tmp);
+        else
+            FN(direct_block2)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
+                              d->soff, d->sh * d->rp, tmp);
+        for (fc_int i = 0; i < d->rows && p0 + i < d->P; i++) {
+            for (fc_int k = 0; k < nk; k++) {
+                const fc_int ko = g * d->Kg + k0 + k;
+                const fc_int o = ((n * d->K + ko) * d->OH + d->oh0 + (p0 + i) * d->ohs) * d->OW
+                                 + d->ow0 + q0 * ows;
+                const T *t = tmp + i * CB * DKB + k;
+                T *y = out + o;
+                if (bias == NULL && res == NULL && d->act == 0) {
+                    for (fc_int q = 0; q < nq; q++) y[q * ows] = t[q * DKB];
+                    continue;
+                }
+                const T b = bias != NULL ? bias[ko] : 0;
+                for (fc_int q = 0; q < nq; q++) {
+                    T v = t[q * DKB];
+                    if (bias != NULL) v += b;
+                    if (res != NULL) v += res[o + q * ows];
+                    y[q * ows] = FN(dact)(v, d->act);
+                }
             }
         }
     }
