@@ -23,7 +23,6 @@
 #  endif
 #else
 #  define FC_VECTORS 0
-#  define FC_MR 6
 #endif
 
 /* Direct's register block (fc_direct.h): FC_DMR pixels x FC_DNV vectors of output
@@ -115,9 +114,6 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .adaptive_avg_plane_##X = adaptive_avg_plane_##X,  \
     .patch_gemm_##X = patch_gemm_##X,                  \
     .pixel_major_##X = pixel_major_##X,                \
-    .pointwise_panel_##X = pointwise_panel_##X,        \
-    .pointwise_pack_##X = pointwise_pack_##X,          \
-    .pointwise_cols_##X = pointwise_cols_##X,          \
     .wino_slab_##X = wino_slab_##X,                    \
     .wino_input_##X = wino_input_##X,                  \
     .wino_dy_##X = wino_dy_##X,                        \
