@@ -404,6 +404,40 @@ def test_pointwise_variants(variant, case, dtype):
     assert set(ran.values()) == {variant}
 
 
+@settings(max_examples=30)
+@given(groups=st.sampled_from([1, 2]), C=st.integers(1, 40), K=st.integers(1, 40),
+       N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
+       dtype=st.sampled_from(DTYPES), bias=st.booleans(), residual=st.booleans(),
+       activation=st.sampled_from([None, "relu", "relu6"]), nan=st.booleans(),
+       threads=st.sampled_from([1, 2]))
+def test_image_gemm_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, W, dtype,
+                                                            bias, residual, activation, nan,
+                                                            threads):
+    """Cython's 1x1 forward (``pointwise_panel``: panels of pixels by blocks of output
+    channels, the weight packed, the epilogue in the store) against the reference: any
+    panel and channel remainders, groups, slices of channels across threads, and a NaN
+    in the input (it stays NaN through ReLU/ReLU6)."""
+    C, K = C * groups, K * groups
+    rng = np.random.default_rng(C * 1000 + K * 10 + N)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    if nan:
+        x[0, 0, H // 2, W // 2] = np.nan
+    w = rng.standard_normal((K, C // groups, 1, 1)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if bias else None
+    r = rng.standard_normal((N, K, H, W)).astype(dtype) if residual else None
+    args = dict(groups=groups, activation=activation, residual=r)
+    want = fastconv.conv2d(x, w, b, algorithm="reference", **args)
+    saved = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
+            got = fastconv.conv2d(x, w, b, algorithm="im2col", backend="cython", **args)
+    finally:
+        fastconv.set_num_threads(saved)
+    assert [(q.backend, q.variant, q.threads) for q in ran] == [("cython", "image_gemm", threads)]
+    assert_close(got, want, tolerance(dtype, "im2col"), "image_gemm forward")
+
+
 @pytest.mark.parametrize("limit", [1500, 20000])
 @settings(max_examples=10)
 @given(case=conv_cases("im2col", max_hw=16), dtype=st.sampled_from(DTYPES))

@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t
 
 cdef extern from "fc_kernels.h" nogil:
     ctypedef int64_t fc_int
+    enum: FC_MR
 
     ctypedef struct fc_conv:
         fc_int N, C, H, W, K, R, S, G
@@ -71,6 +72,18 @@ cdef extern from "fc_kernels.h" nogil:
                                 fc_int Kgp) noexcept nogil
         void (*pixel_major_f64)(const double *src, fc_int ld, fc_int Kg, fc_int npx,
                                 double *D, fc_int Kgp) noexcept nogil
+        void (*pointwise_panel_f32)(const float *x, fc_int C, fc_int HW, fc_int p0,
+                                    fc_int np, const float *Wp, fc_int K, fc_int kb0,
+                                    fc_int kb1, float *y, const float *bias,
+                                    const float *res, int act, float *panel) noexcept nogil
+        void (*pointwise_panel_f64)(const double *x, fc_int C, fc_int HW, fc_int p0,
+                                    fc_int np, const double *Wp, fc_int K, fc_int kb0,
+                                    fc_int kb1, double *y, const double *bias,
+                                    const double *res, int act, double *panel) noexcept nogil
+        void (*pointwise_pack_f32)(const float *W, fc_int K, fc_int C, float *Wp) noexcept nogil
+        void (*pointwise_pack_f64)(const double *W, fc_int K, fc_int C, double *Wp) noexcept nogil
+        fc_int (*pointwise_cols_f32)() noexcept nogil
+        fc_int (*pointwise_cols_f64)() noexcept nogil
         void (*wino_slab_f32)(const float *x, fc_int C, fc_int H, fc_int W, fc_int h0,
                               fc_int ow, fc_int rows, fc_int Sw, float *S) noexcept nogil
         void (*wino_input_f32)(const float *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,

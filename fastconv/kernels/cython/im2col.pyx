@@ -42,7 +42,8 @@ import numpy as np
 from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
 from .. import channels_last, image_gemm
 from ..epilogue import none
-from ._hot cimport fc_conv, fc_int, fc_kernels, load_table, real
+from ..weight_cache import CACHE as _weights
+from ._hot cimport FC_MR, fc_conv, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
 cdef const fc_kernels *hot = load_table(__name__, ISA)
@@ -491,9 +492,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "image_gemm":
-        nt = get_num_threads()
-        image_gemm.forward(x, w, p, out, None if ep.empty else lambda n: _image_epilogue(
-            out.reshape(-1), ep.bias, ep.residual, ep.act, n, p.K, p.P * p.Q, nt))
+        _pointwise(x, w, p, out, ep)
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
@@ -503,6 +502,82 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     else:
         _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
                          ep.bias, ep.residual, ep.act)
+
+
+def _pointwise(x, w, p, out, ep):
+    """The 1x1 stride-1 forward (``image_gemm``): per (image, group, panel of pixels,
+    slice of output channels), on OpenMP's threads, ``pointwise_panel`` of
+    ``src/fc_impl.h`` with the weight packed once (cached per weight) and the epilogue
+    in its stores: one pass over the output, no BLAS."""
+    G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.H * p.W
+    nb = -(-Kg // FC_MR)
+    dt = x.dtype
+    wp = _weights.get(w, ("pointwise_packed", ISA), lambda: _pack(w, G, Kg, Cg, nb))
+    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
+    nt = get_num_threads()
+    items = p.N * G * -(-HW // cols)
+    # slices of the output channels, so every thread has work when the pixels are few
+    ks = 1 if items >= 4 * nt else min(nb, -(-4 * nt // items))
+    panels = workspace("im2col.panel", nt * Cg * cols, dt)
+    _pointwise_run(x.reshape(-1), wp, out.reshape(-1), ep.bias, ep.residual, ep.act, p.N, G,
+                   Cg, Kg, HW, cols, ks, panels, nt)
+
+
+def _pack(w, G, Kg, Cg, nb):
+    """The weight (K, C/G, 1, 1) packed per group: (G, nb, C/G, FC_MR), zero rows past
+    Kg (``pointwise_pack``)."""
+    src = np.ascontiguousarray(w).reshape(-1)
+    wp = np.empty(G * nb * Cg * FC_MR, w.dtype)
+    _pack_run(src, wp, G, Kg, Cg, nb)
+    return wp
+
+
+def _pack_run(const real[::1] src, real[::1] wp, fc_int G, fc_int Kg, fc_int Cg, fc_int nb):
+    cdef fc_int g
+    with nogil:
+        for g in range(G):
+            if real is float:
+                hot.pointwise_pack_f32(&src[0] + g * Kg * Cg, Kg, Cg,
+                                       &wp[0] + g * nb * Cg * FC_MR)
+            else:
+                hot.pointwise_pack_f64(&src[0] + g * Kg * Cg, Kg, Cg,
+                                       &wp[0] + g * nb * Cg * FC_MR)
+
+
+def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
+                   const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
+                   fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
+                   real[::1] panels, int nt):
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
+    cdef fc_int nb = (Kg + FC_MR - 1) // FC_MR, npan = (HW + cols - 1) // cols
+    cdef fc_int items = N * G * npan * ks, item, n, g, pan, part, p0, o
+    cdef int tid
+    with nogil:
+        for item in prange(items, num_threads=_par(N * G * Kg * HW, nt), schedule="static"):
+            tid = threadid()
+            part = item % ks                       # item = ((n*G + g)*npan + pan)*ks + part
+            pan = item // ks % npan
+            g = item // (ks * npan) % G
+            n = item // (ks * npan * G)
+            p0 = pan * cols
+            o = (n * G + g) * Kg * HW              # the group's first output plane
+            if real is float:
+                hot.pointwise_panel_f32(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
+                                        HW - p0 if HW - p0 < cols else cols,
+                                        &wp[0] + g * nb * Cg * FC_MR, Kg,
+                                        part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
+                                        NULL if bias == NULL else bias + g * Kg,
+                                        NULL if res == NULL else res + o, act,
+                                        &panels[0] + tid * Cg * cols)
+            else:
+                hot.pointwise_panel_f64(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
+                                        HW - p0 if HW - p0 < cols else cols,
+                                        &wp[0] + g * nb * Cg * FC_MR, Kg,
+                                        part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
+                                        NULL if bias == NULL else bias + g * Kg,
+                                        NULL if res == NULL else res + o, act,
+                                        &panels[0] + tid * Cg * cols)
 
 
 def _image_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,

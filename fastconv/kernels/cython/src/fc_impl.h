@@ -447,6 +447,153 @@ static void FN(pixel_major)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D
     }
 }
 
+/* -- 1x1 stride-1 convolution with a packed weight: pointwise_panel ------------------- */
+
+/* The panel: FC_PW_COLS pixels, the register block's columns (one FC_NV x VL block row
+ * with vectors; 16 in the scalar build). */
+#if FC_VECTORS
+#  define FC_PW_COLS (FC_NV * VL)
+#else
+#  define FC_PW_COLS 16
+#endif
+
+/* v with the activation: 1 ReLU, 2 ReLU6; NaN stays NaN (as np.maximum / np.clip). */
+static inline T FN(pw_act)(T v, int act)
+{
+    if (act >= 1 && v < 0) v = 0;
+    if (act == 2 && v > 6) v = 6;
+    return v;
+}
+
+#if FC_VECTORS
+typedef int64_t FN(pw_i64) __attribute__((vector_size(FC_VB)));
+typedef int32_t FN(pw_i32) __attribute__((vector_size(FC_VB)));
+
+/* the activation on a vector, by masks (NaN compares false: it stays) */
+static inline FN(vec) FN(pw_vact)(FN(vec) v, int act)
+{
+    if (act == 0) return v;
+    const FN(vec) zero = {0};
+    if (sizeof(T) == 4) {
+        FN(pw_i32) lo = (FN(pw_i32))(v < zero), r = (FN(pw_i32))v & ~lo;
+        if (act == 2) {
+            const FN(vec) six = zero + (T)6;
+            FN(pw_i32) hi = (FN(pw_i32))((FN(vec))r > six);
+            r = (r & ~hi) | ((FN(pw_i32))six & hi);
+        }
+        return (FN(vec))r;
+    } else {
+        FN(pw_i64) lo = (FN(pw_i64))(v < zero), r = (FN(pw_i64))v & ~lo;
+        if (act == 2) {
+            const FN(vec) six = zero + (T)6;
+            FN(pw_i64) hi = (FN(pw_i64))((FN(vec))r > six);
+            r = (r & ~hi) | ((FN(pw_i64))six & hi);
+        }
+        return (FN(vec))r;
+    }
+}
+#endif
+
+/* y[k*HW + p] = act(sum_c W[k, c] x[c*HW + p] + bias[k] + res[k*HW + p]) for the
+ * pixels p in [p0, p0 + np) (np <= FC_PW_COLS) and the output channels of row blocks
+ * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
+ * apart; Wp: the weight packed (ceil(K/FC_MR), C, FC_MR), zero rows past K; bias,
+ * res: NULL when absent; panel: C * FC_PW_COLS elements of scratch, which gets the
+ * pixels' columns (zero past np), so the FC_MR x FC_PW_COLS block runs in registers
+ * over all of C and the epilogue runs on it before its one store. */
+static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
+                                const T *Wp, fc_int K, fc_int kb0, fc_int kb1, T *y,
+                                const T *bias, const T *res, int act, T *panel)
+{
+    const fc_int CW = FC_PW_COLS;
+    for (fc_int c = 0; c < C; c++) {
+        memcpy(panel + c * CW, x + c * HW + p0, (size_t)np * sizeof(T));
+        if (np < CW) memset(panel + c * CW + np, 0, (size_t)(CW - np) * sizeof(T));
+    }
+    for (fc_int kb = kb0; kb < kb1; kb++) {
+        const T *w = Wp + kb * C * FC_MR;
+#if FC_VECTORS
+        FN(vec) acc[FC_MR][FC_NV];
+        const FN(vec) vzero = {0};
+        for (int t = 0; t < FC_MR; t++)
+            for (int k = 0; k < FC_NV; k++) acc[t][k] = vzero;
+        /* the block's residual and output rows (FC_MR rows HW apart, which the hardware
+         * prefetcher does not follow) start on their way while the block computes */
+        for (int t = 0; t < FC_MR && kb * FC_MR + t < K; t++) {
+            const fc_int off = (kb * FC_MR + t) * HW + p0;
+            for (fc_int q = 0; q < np; q += 64 / (fc_int)sizeof(T)) {
+                if (res != NULL) __builtin_prefetch(res + off + q, 0);
+                __builtin_prefetch(y + off + q, 1);
+            }
+        }
+        for (fc_int c = 0; c < C; c++) {
+            FN(vec) us[FC_NV];
+            for (int k = 0; k < FC_NV; k++) us[k] = FN(vload)(panel + c * CW + k * VL);
+            for (int t = 0; t < FC_MR; t++) {
+                const T wt = w[c * FC_MR + t];
+                for (int k = 0; k < FC_NV; k++) acc[t][k] += us[k] * wt;
+            }
+        }
+        for (int t = 0; t < FC_MR; t++) {
+            const fc_int row = kb * FC_MR + t;
+            if (row >= K) break;
+            T *yr = y + row * HW + p0;
+            const T *rr = res == NULL ? NULL : res + row * HW + p0;
+            for (int k = 0; k < FC_NV; k++) {
+                FN(vec) v = acc[t][k];
+                if (bias != NULL) v += bias[row];
+                const fc_int q0 = k * VL;
+                if (q0 + VL <= np) {                     /* a whole vector of pixels */
+                    if (rr != NULL) v += FN(vload)(rr + q0);
+                    FN(vstore)(yr + q0, FN(pw_vact)(v, act));
+                } else if (q0 < np) {                    /* the panel's last pixels */
+                    T tmp[VL];
+                    FN(vstore)(tmp, v);
+                    for (fc_int q = q0; q < np; q++) {
+                        T u = tmp[q - q0];
+                        if (rr != NULL) u += rr[q];
+                        yr[q] = FN(pw_act)(u, act);
+                    }
+                }
+            }
+        }
+#else
+        T acc[FC_MR][FC_PW_COLS];
+        memset(acc, 0, sizeof acc);
+        for (fc_int c = 0; c < C; c++)
+            for (int t = 0; t < FC_MR; t++)
+                for (fc_int q = 0; q < CW; q++) acc[t][q] += panel[c * CW + q] * w[c * FC_MR + t];
+        for (int t = 0; t < FC_MR; t++) {
+            const fc_int row = kb * FC_MR + t;
+            if (row >= K) break;
+            for (fc_int q = 0; q < np; q++) {
+                T u = acc[t][q];
+                if (bias != NULL) u += bias[row];
+                if (res != NULL) u += res[row * HW + p0 + q];
+                y[row * HW + p0 + q] = FN(pw_act)(u, act);
+            }
+        }
+#endif
+    }
+}
+
+/* The pixels of a pointwise_panel call (its panel's columns), in this variant. */
+static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
+
+/* Wp (ceil(K/FC_MR), C, FC_MR) = W (K, C), zero rows past K */
+static void FN(pointwise_pack)(const T *W, fc_int K, fc_int C, T *Wp)
+{
+    const fc_int nb = (K + FC_MR - 1) / FC_MR;
+    for (fc_int kb = 0; kb < nb; kb++)
+        for (fc_int c = 0; c < C; c++)
+            for (int t = 0; t < FC_MR; t++) {
+                const fc_int row = kb * FC_MR + t;
+                Wp[(kb * C + c) * FC_MR + t] = row < K ? W[row * C + c] : 0;
+            }
+}
+
+#undef FC_PW_COLS
+
 #ifdef VL
 #  undef VL
 #endif

@@ -10,7 +10,6 @@
  * as wide as the variant's registers, within their number (16 xmm/ymm, 32 zmm). */
 #if defined(__GNUC__) || defined(__clang__)
 #  define FC_VECTORS 1
-#  define FC_MR 6
 #  if defined(__AVX512F__)
 #    define FC_VB 64
 #    define FC_NV 4
@@ -114,6 +113,9 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .adaptive_avg_plane_##X = adaptive_avg_plane_##X,  \
     .patch_gemm_##X = patch_gemm_##X,                  \
     .pixel_major_##X = pixel_major_##X,                \
+    .pointwise_panel_##X = pointwise_panel_##X,        \
+    .pointwise_pack_##X = pointwise_pack_##X,          \
+    .pointwise_cols_##X = pointwise_cols_##X,          \
     .wino_slab_##X = wino_slab_##X,                    \
     .wino_input_##X = wino_input_##X,                  \
     .wino_dy_##X = wino_dy_##X,                        \

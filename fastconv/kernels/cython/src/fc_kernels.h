@@ -26,6 +26,10 @@
 
 typedef int64_t fc_int;
 
+/* Output channels per register block of patch_gemm and pointwise_panel (fc_impl.h),
+ * in every instruction-set variant; the packed weights' row blocks. */
+#define FC_MR 6
+
 /* A convolution's geometry (fastconv._geometry.ConvParams): input (N, C, H, W), weight
  * (K, C/G, R, S), output (N, K, P, Q), stride (sh, sw), top/left padding (pt, pl),
  * dilation (dh, dw). */
@@ -98,6 +102,14 @@ typedef struct {
     /* D[px*Kgp + k] = src[k*ld + px] for k < Kg, px < npx */                           \
     void (*pixel_major_##X)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D,       \
                             fc_int Kgp);                                                \
+    /* 1x1 stride-1 convolution of pixels [p0, p0+np) of one image and group, output   \
+     * row blocks [kb0, kb1), the epilogue in its store (fc_impl.h); Wp from          \
+     * pointwise_pack; panel: C * pointwise_cols() elements of scratch */              \
+    void (*pointwise_panel_##X)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,  \
+                                const T *Wp, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
+                                const T *bias, const T *res, int act, T *panel);        \
+    void (*pointwise_pack_##X)(const T *W, fc_int K, fc_int C, T *Wp);                  \
+    fc_int (*pointwise_cols_##X)(void);                                                 \
     /* Winograd (fc_winograd.h): channels-last slab of one image's rows, the input and \
      * dy transforms of a block of tiles, the output transform into NCHW with the epilogue */            \
     void (*wino_slab_##X)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0,          \
