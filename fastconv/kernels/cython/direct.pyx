@@ -112,7 +112,7 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
                 hot.direct_phase_row_f32(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
             else:
                 hot.direct_phase_row_f64(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
-        for it in prange(items, num_threads=nt, schedule="dynamic"):
+        for it in prange(items, num_threads=nt, schedule="static"):
             if real is float:
                 hot.direct_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
             else:
@@ -298,7 +298,7 @@ cdef int _weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, re
                 hot.direct_dy_row_f32(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
             else:
                 hot.direct_dy_row_f64(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
-        for i in prange(nsplit * items, num_threads=nt, schedule="dynamic"):
+        for i in prange(nsplit * items, num_threads=nt, schedule="static"):
             sp = i // items
             if real is float:
                 hot.direct_weight_item_f32(&xf[0], &dyb[0], &gw[sp, 0], d, N * sp // nsplit,
