@@ -25,7 +25,7 @@ cdef extern from "fc_kernels.h" nogil:
         fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, P, Q
 
     ctypedef struct fc_dw:
-        fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq, Hn, Wn
+        fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq, Hn, Wn, rows
         const fc_int *toff
 
     ctypedef struct fc_kernels:

@@ -176,8 +176,8 @@ DW_ROWS = hot.depthwise_rows
 
 
 cdef fc_dw _dw_geometry(N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, dtype):
-    """The depthwise geometry, with its phase tile: whole blocks of DW_ROWS rows x one
-    vector plus the taps' reach; tap (r, s) reads tile row p + (r*dh) // sh of phase
+    """The depthwise geometry, with its phase tile: whole blocks of ``rows`` rows (DW_ROWS,
+    or 7) x one vector plus the taps' reach; tap (r, s) reads tile row p + (r*dh) // sh of phase
     (r*dh) % sh, column q + (s*dw) // sw of phase (s*dw) % sw. Its tap offsets
     (``toff``) live in the calling thread's workspace until its next call."""
     cdef fc_dw g
@@ -185,7 +185,8 @@ cdef fc_dw _dw_geometry(N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, dtyp
     J = block(dtype) // 2
     g.N, g.K, g.Kg, g.H, g.W, g.R, g.S = N, K, Kg, H, W, R, S
     g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.P, g.Q = sh, sw, pt, pl, dh, dw, P, Q
-    g.Hq = -(-P // DW_ROWS) * DW_ROWS + (R - 1) * dh // sh
+    g.rows = 7 if P % 7 == 0 and P % DW_ROWS else DW_ROWS    # no rows computed in vain
+    g.Hq = -(-P // g.rows) * g.rows + (R - 1) * dh // sh
     g.Wq = -(-Q // J) * J + (S - 1) * dw // sw
     g.Hn, g.Wn = P + (R - 1) * dh // sh, Q + (S - 1) * dw // sw  # what valid outputs read
     taps = workspace("cython_direct_taps", R * S, np.int64)

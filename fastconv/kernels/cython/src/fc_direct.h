@@ -267,51 +267,81 @@ FC_NO_LIBCALLS static void FN(dw_tile)(const T *x, fc_int H, fc_int W, fc_int sh
                 for (fc_int j = 0; j < Wn; j++) tb[i * Wq + j] = 0;
             for (fc_int i = ihi; i < Hn; i++)
                 for (fc_int j = 0; j < Wn; j++) tb[i * Wq + j] = 0;
+            if (sw == 2 && b == 1)
+                continue;                           /* done with phase 0, below */
             for (fc_int i = ilo; i < ihi; i++) {
                 const T *row = x + (i * sh + a - pt) * W + b - pl;
                 T *d = tb + i * Wq;
                 for (fc_int j = 0; j < jlo; j++) d[j] = 0;
-                if (sw == 1)
+                if (sw == 1) {
                     for (fc_int j = jlo; j < jhi; j++) d[j] = row[j];
-                else if (sw == 2)
-                    for (fc_int j = jlo; j < jhi; j++) d[j] = row[2 * j];
-                else
+                } else if (sw == 2) {
+                    /* both column phases in one pass: d1[j] = padded column 2j + 1 */
+                    fc_int klo, khi;
+                    fc_valid_range(Wn, W, 2, 1 - pl, &klo, &khi);
+                    T *d1 = d + Hq * Wq;
+                    /* [lo, hi): where both are inside x (empty if nowhere) */
+                    const fc_int lo = jlo > klo ? jlo : klo;
+                    const fc_int hi = jhi < khi ? (jhi > lo ? jhi : lo) : (khi > lo ? khi : lo);
+                    for (fc_int j = 0; j < klo; j++) d1[j] = 0;
+                    for (fc_int j = jlo; j < lo && j < jhi; j++) d[j] = row[2 * j];
+                    for (fc_int j = klo; j < lo && j < khi; j++) d1[j] = row[2 * j + 1];
+                    for (fc_int j = lo; j < hi; j++) {
+                        d[j] = row[2 * j];
+                        d1[j] = row[2 * j + 1];
+                    }
+                    for (fc_int j = hi > jlo ? hi : jlo; j < jhi; j++) d[j] = row[2 * j];
+                    for (fc_int j = hi > klo ? hi : klo; j < khi; j++) d1[j] = row[2 * j + 1];
+                    for (fc_int j = khi; j < Wn; j++) d1[j] = 0;
+                } else {
                     for (fc_int j = jlo; j < jhi; j++) d[j] = row[j * sw];
+                }
                 for (fc_int j = jhi; j < Wn; j++) d[j] = 0;
             }
         }
     }
 }
 
+/* acc[i] = the depthwise block of `rows` output rows x one vector whose tap (0, 0) is at
+ * base in the tile (rows Wq apart), taps at toff, weight wk (rotated when `flip`). */
+static inline __attribute__((always_inline)) void FN(dw_block)(
+    const T *base, fc_int Wq, const fc_int *toff, const T *wk, fc_int RS, int flip,
+    const int rows, FN(dvec) *acc)
+{
+    for (int i = 0; i < rows; i++) acc[i] = (FN(dvec)){0};
+    for (fc_int t = 0; t < RS; t++) {
+        const T wv = wk[flip ? RS - 1 - t : t];
+        const T *b = base + toff[t];
+        for (int i = 0; i < rows; i++) acc[i] += FN(dload)(b + i * Wq) * wv;
+    }
+}
+
 /* Plane it = n*K + k of the depthwise forward: out[n, k] (P x Q) = the correlation of
  * x[n, k / Kg] (padded by pt, pl) with w[k] (R x S; rotated by 180 degrees when
  * `flip`), through the epilogue. tile: scratch of sh*sw*Hq*Wq elements (Hq, Wq: whole
- * blocks of FC_DWR rows x one vector plus the taps' reach); d->toff[r*S + s]: tap (r, s)'s
- * offset in the tile. Blocks of FC_DWR rows x one vector, a weight broadcast per tap. */
+ * blocks plus the taps' reach); d->toff[r*S + s]: tap (r, s)'s offset in the tile.
+ * Blocks of d->rows rows (FC_DWR, or 7 where P is a multiple of 7 and not of FC_DWR:
+ * no rows computed in vain on 56, 28, 14, 7) x one vector, a weight broadcast per tap. */
 FC_NO_LIBCALLS static void FN(dw_plane)(const T *x, const T *w, T *out, const fc_dw *d, int flip,
                          const T *bias, const T *res, int act, T *tile, fc_int it)
 {
     const fc_int n = it / d->K, k = it % d->K, C = d->K / d->Kg;
-    const fc_int RS = d->R * d->S, P = d->P, Q = d->Q, Wq = d->Wq;
-    const fc_int *toff = d->toff;
+    const fc_int RS = d->R * d->S, P = d->P, Q = d->Q, Wq = d->Wq, rows = d->rows;
     FN(dw_tile)(x + (n * C + k / d->Kg) * d->H * d->W, d->H, d->W, d->sh, d->sw, d->pt,
                 d->pl, d->Hq, Wq, d->Hn, d->Wn, tile);
     T *y = out + it * P * Q;
     const T *rp = res != NULL ? res + it * P * Q : NULL;
     const T *wk = w + k * RS;
     const int plain = bias == NULL && res == NULL && act == 0;
-    for (fc_int p0 = 0; p0 < P; p0 += FC_DWR) {
+    for (fc_int p0 = 0; p0 < P; p0 += rows) {
         for (fc_int q0 = 0; q0 < Q; q0 += DVL) {
             FN(dvec) acc[FC_DWR];
-            for (int i = 0; i < FC_DWR; i++) acc[i] = (FN(dvec)){0};
-            const T *base = tile + p0 * Wq + q0;
-            for (fc_int t = 0; t < RS; t++) {
-                const T wv = wk[flip ? RS - 1 - t : t];
-                const T *b = base + toff[t];
-                for (int i = 0; i < FC_DWR; i++) acc[i] += FN(dload)(b + i * Wq) * wv;
-            }
+            if (rows == 7)
+                FN(dw_block)(tile + p0 * Wq + q0, Wq, d->toff, wk, RS, flip, 7, acc);
+            else
+                FN(dw_block)(tile + p0 * Wq + q0, Wq, d->toff, wk, RS, flip, FC_DWR, acc);
             const fc_int nq = Q - q0 < DVL ? Q - q0 : DVL;
-            for (int i = 0; i < FC_DWR && p0 + i < P; i++) {
+            for (fc_int i = 0; i < rows && p0 + i < P; i++) {
                 T *yr = y + (p0 + i) * Q + q0;
                 if (plain && nq == DVL) {
                     FN(dstore)(yr, acc[i]);

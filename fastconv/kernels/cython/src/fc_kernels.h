@@ -67,9 +67,10 @@ typedef struct {
 
 /* Depthwise (C == groups, Kg = K / C outputs per input channel): input (N, C, H, W),
  * output (N, K, P, Q), phase tiles of Hq x Wq per phase, of which the valid outputs
- * read Hn x Wn; toff[r*S + s]: the offset of tap (r, s) in the tile. */
+ * read Hn x Wn; toff[r*S + s]: the offset of tap (r, s) in the tile; blocks of `rows`
+ * output rows (FC_DWR or 7). */
 typedef struct {
-    fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq, Hn, Wn;
+    fc_int N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, Hq, Wq, Hn, Wn, rows;
     const fc_int *toff;
 } fc_dw;
 
