@@ -1,4 +1,5 @@
-"""1x1 stride-1 layers as NumPy matmuls, for both backends' ``image_gemm`` variant:
+"""1x1 stride-1 layers as NumPy matmuls, for the ``image_gemm`` variant (Numba's forward
+and input gradient, Cython's input gradient; Cython's forward is its own GEMM):
 each image's planes are its patch matrix, so no patches are gathered. The GEMMs are
 NumPy's ``matmul`` (NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31
 ran these streaming GEMMs 1.1-1.5x faster than SciPy's 0.3.30, which Cython's

@@ -10,7 +10,9 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   or a band of its output rows) is read and written by the GEMM in place in NCHW (rows
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
 - ``image_gemm`` (1x1 stride-1 layers): the planes are the patch matrix, a GEMM per
-  image and group: NumPy's matmul for the forward and the input gradient
+  image and group: for the forward fastconv's own (``pointwise_panel`` in
+  ``src/fc_impl.h``: the weight packed once, panels of pixels, the epilogue in the
+  store; :func:`_pointwise`), NumPy's matmul for the input gradient
   (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
   by image for the weight gradient.
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): ``kernels/channels_last.py``,
@@ -26,8 +28,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   accumulators and are summed in a fixed order: the result does not depend on the
   thread count.
 
-BLAS is SciPy's (``scipy.linalg.cython_blas``; ``image_gemm``'s forward and input
-gradient: NumPy's matmul), called with the GIL released and never inside a parallel
+BLAS is SciPy's (``scipy.linalg.cython_blas``; ``image_gemm``'s input gradient:
+NumPy's matmul), called with the GIL released and never inside a parallel
 region, so its threads and OpenMP's never multiply. The gathers,
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
@@ -578,15 +580,6 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                                         NULL if bias == NULL else bias + g * Kg,
                                         NULL if res == NULL else res + o, act,
                                         &panels[0] + tid * Cg * cols)
-
-
-def _image_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,
-                    Py_ssize_t n, Py_ssize_t K, Py_ssize_t PQ, int nt):
-    """The epilogue of image n of ``out`` (N, K, PQ), flattened."""
-    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
-    cdef const real *resid = &res_a[0] if res_a.shape[0] else NULL
-    with nogil:
-        _epilogue(&out[0], bias, resid, act, n, 1, K, PQ, 0, PQ, nt)
 
 
 def _rows_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,
