@@ -1,9 +1,10 @@
 """Build script. Metadata lives in pyproject.toml; this file declares the compiled
 extensions: the Cython backend, ``fastconv/kernels/cython/`` (docs/cython.md).
 
-- The Cython modules (``_cpu``, ``im2col``, ``pool``) are compiled with ``-O3`` and
-  OpenMP when the compiler has it (tried on a small program first, as scikit-learn
-  does; without it the ``prange`` loops run serially, with a warning).
+- The Cython modules (``_cpu``, ``im2col``, ``pool``, ``winograd``, ``direct``) are
+  compiled with ``-O3`` and OpenMP when the compiler has it (tried on a small program
+  first, as scikit-learn does; without it the ``prange`` loops run serially, with a
+  warning).
 - Their hot loops (``src/fc_impl.h``) are compiled once per instruction set, each into
   its own object linked into the modules: on x86-64 baseline (the compiler's
   defaults), AVX2 + FMA and AVX-512 (F, BW, DQ, VL, 512-bit vectors preferred); one

@@ -7,17 +7,18 @@ Variants (``VARIANTS`` in ``__init__.py``):
 
 - ``lanes`` (conv2d, and conv2d_input at stride 1): every geometry, both dtypes. The
   output channels are the vector lanes: a register block of ``MR`` output pixels x
-  ``KB`` output channels (14 x 32 float32, 14 x 16 float64 with AVX-512; 6 x 16 and
-  6 x 8 with AVX2; 6 x 8 and 6 x 4 in the baseline), FMAs of two weight vectors by
-  each pixel's input broadcast, over the input channels and taps. The block is one
-  output row of MR pixels, or two rows of MR/2 where that wastes fewer lanes on short
-  rows (ResNet's 7 x 7). The input is laid out per slice of images (about
-  ``plan["slice_bytes"]`` per thread, so the kernel reads it from cache) as zero-padded
-  phase planes ``xb[n, c, hp, b, wq]`` (padded column ``wq*sw + b``), where every tap of
-  a block reads consecutive columns whatever the stride; the weight as
-  ``wb[g, kb, c, r, s, k]`` (KB output channels last, zero past the group's),
-  cached per weight (``kernels/weight_cache.py``). A work item (image, group, channel
-  block, pixel block) keeps its accumulators in registers and stores them once,
+  ``block(dtype)`` output channels (14 x 32 float32, 14 x 16 float64 with AVX-512;
+  6 x 16 and 6 x 8 with AVX2; 6 x 8 and 6 x 4 in the baseline), FMAs of two weight
+  vectors by each pixel's input broadcast, over the input channels and taps. The
+  block is one output row of MR pixels, or two rows of MR/2 where that computes fewer
+  padding pixels on short rows (``_rows``; ResNet's 7 x 7). The input is laid out per
+  slice of images (about ``plan["slice_bytes"]`` per thread, so the kernel reads it
+  from cache) as zero-padded phase planes ``xb[n, c, hp, b, wq]`` (padded column
+  ``wq*sw + b``), where every tap of a block reads consecutive columns whatever the
+  stride; the weight as ``wb[g, kb, c, r, s, k]`` (output channels last, zero past
+  the group's), cached per weight (``kernels/weight_cache.py``). A work item is a band
+  of output rows of one image, group and channel block (two threads never write one
+  cache line of a row); each block keeps its sums in registers and stores them once,
   through the epilogue (bias, residual, activation). The input gradient is this
   forward on ``grad_output`` with the weight rotated by 180 degrees, C and K swapped
   (padding ``dil*(R-1) - pad``).
@@ -27,20 +28,23 @@ Variants (``VARIANTS`` in ``__init__.py``):
   with its sub-kernel, writing every stride-th row and column of dx; nothing multiplies
   an inserted zero.
 - ``blocked`` (conv2d_weight): work items (group, block of MR input channels, block of
-  KB output channels, tap) summing over the batch's pixels, in order, FMAs of dy's KB
-  channels by the MR input channels broadcast; dy laid out ``dyb[n, g, kb, p, q, k]``
-  and the input channels last, zero-padded, ``xf[n, hp, wp, c]``. With few items the
-  batch is cut in the plan's ``batch_splits`` parts, each with its own gradient, summed
-  in order.
+  output channels), the batch cut in the plan's ``batch_splits`` parts, each with its
+  own gradient, summed in order. Image by image and tap by tap, a register block of
+  MR input channels x the output channels sums the image's pixels, FMAs of dy's
+  channels by the input channels broadcast (dy laid out ``dyb[n, g, kb, p, q, k]``,
+  the input zero-padded in blocks of MR channels per pixel, ``xf[n, g, cb, hp, wp,
+  c]``), kept between images in a per-thread accumulator.
 - ``depthwise`` (C == groups): plane by plane, each input plane copied into a
-  zero-padded phase tile (in L1), blocks of two vectors of a row's output pixels with a
-  weight broadcast per tap; the input gradient at stride 1 with K == C is the same on
-  ``grad_output`` with the weight rotated. The weight gradient works per output
-  channel on the same tiles. ``depthwise_scatter`` (the other input gradients) adds each
-  tap's products into dx plane by plane.
+  zero-padded phase tile (in L1), then blocks of ``DW_ROWS`` output rows (7 where P
+  is a multiple of 7 and not of DW_ROWS) x one vector of columns, a weight broadcast
+  per tap; the input gradient at stride 1 with K == C is the same on ``grad_output``
+  with the weight rotated. The weight gradient works per output channel on the same
+  tiles. ``depthwise_scatter`` (the other input gradients) adds each tap's products
+  into dx plane by plane.
 
-Work items run on ``fastconv.get_num_threads()`` OpenMP threads, each writing only its
-own outputs, so results do not depend on the thread count.
+Work items run on ``fastconv.get_num_threads()`` OpenMP threads, in one contiguous
+range each (a thread's images stay in its cache), each item writing only its own
+outputs, so results do not depend on the thread count.
 """
 from cython.parallel cimport prange, threadid
 
