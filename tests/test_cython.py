@@ -409,14 +409,18 @@ def test_pointwise_variants(variant, case, dtype):
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
        dtype=st.sampled_from(DTYPES), bias=st.booleans(), residual=st.booleans(),
        activation=st.sampled_from([None, "relu", "relu6"]), nan=st.booleans(),
-       threads=st.sampled_from([1, 2]))
-def test_image_gemm_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, W, dtype,
-                                                            bias, residual, activation, nan,
-                                                            threads):
-    """Cython's 1x1 forward (``pointwise_panel``: panels of pixels by blocks of output
-    channels, the weight packed, the epilogue in the store) against the reference: any
-    panel and channel remainders, groups, slices of channels across threads, and a NaN
-    in the input (it stays NaN through ReLU/ReLU6)."""
+       threads=st.sampled_from([1, 2]), nhwc=st.booleans())
+def test_pointwise_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, W, dtype,
+                                                           bias, residual, activation, nan,
+                                                           threads, nhwc):
+    """Cython's 1x1 forward, its own GEMM with the epilogue in the store, against the
+    reference: NCHW (``image_gemm``: ``pointwise_panel``, panels of pixels by blocks of
+    output channels, the weight packed) and channels last (``nhwc_gemm``:
+    ``pointwise_nhwc``, blocks of pixels by blocks of output channels); any pixel and
+    channel remainders, groups (NCHW), slices across threads, and a NaN in the input
+    (it stays NaN through ReLU/ReLU6)."""
+    if nhwc:
+        groups = 1                                    # channels last: one group
     C, K = C * groups, K * groups
     rng = np.random.default_rng(C * 1000 + K * 10 + N)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
@@ -427,6 +431,9 @@ def test_image_gemm_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, 
     r = rng.standard_normal((N, K, H, W)).astype(dtype) if residual else None
     args = dict(groups=groups, activation=activation, residual=r)
     want = fastconv.conv2d(x, w, b, algorithm="reference", **args)
+    if nhwc:
+        x = fastconv.to_channels_last(x)
+        args["residual"] = None if r is None else fastconv.to_channels_last(r)
     saved = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(threads)
@@ -434,7 +441,10 @@ def test_image_gemm_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, 
             got = fastconv.conv2d(x, w, b, algorithm="im2col", backend="cython", **args)
     finally:
         fastconv.set_num_threads(saved)
-    assert [(q.backend, q.variant, q.threads) for q in ran] == [("cython", "image_gemm", threads)]
+    nhwc = fastconv.channels_last(x)              # not when C = 1 or H = W = 1 (both)
+    variant = "nhwc_gemm" if nhwc else "image_gemm"
+    assert [(q.backend, q.variant, q.threads) for q in ran] == [("cython", variant, threads)]
+    assert (got.transpose(0, 2, 3, 1) if nhwc else got).flags.c_contiguous
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN placement")
     # rounding is relative to the sums of |terms| (an output may cancel to near 0)
     scale = fastconv.conv2d(np.nan_to_num(np.abs(x)), np.abs(w), groups=groups,

@@ -13,7 +13,9 @@ output is the GEMM ``patches (pixels, R*S*C) @ weight (R*S*C, K)`` with no trans
 
 The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are; each
 backend applies the epilogue (``kernels.epilogue``, its residual flattened in NHWC
-order) to the rows just written, while they are in cache.
+order) to the rows just written, while they are in cache. (The Cython backend runs
+``nhwc_gemm`` with its own GEMM, ``_pointwise_nhwc`` in ``im2col.pyx``, the epilogue in
+its stores; this module serves its ``nhwc_tiled`` and both of Numba's.)
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided

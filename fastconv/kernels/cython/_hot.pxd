@@ -84,6 +84,12 @@ cdef extern from "fc_kernels.h" nogil:
         void (*pointwise_pack_f64)(const double *W, fc_int K, fc_int C, double *Wp) noexcept nogil
         fc_int (*pointwise_cols_f32)() noexcept nogil
         fc_int (*pointwise_cols_f64)() noexcept nogil
+        void (*pointwise_nhwc_f32)(const float *x, fc_int C, const float *Wt, fc_int K,
+                                   fc_int p0, fc_int p1, fc_int k0, float *y,
+                                   const float *bias, const float *res, int act) noexcept nogil
+        void (*pointwise_nhwc_f64)(const double *x, fc_int C, const double *Wt, fc_int K,
+                                   fc_int p0, fc_int p1, fc_int k0, double *y,
+                                   const double *bias, const double *res, int act) noexcept nogil
         void (*wino_slab_f32)(const float *x, fc_int C, fc_int H, fc_int W, fc_int h0,
                               fc_int ow, fc_int rows, fc_int Sw, float *S) noexcept nogil
         void (*wino_input_f32)(const float *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,

@@ -15,8 +15,10 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   store; :func:`_pointwise`), NumPy's matmul for the input gradient
   (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
   by image for the weight gradient.
-- ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): ``kernels/channels_last.py``,
-  shared with Numba.
+- ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): ``nhwc_gemm`` by fastconv's own
+  GEMM (``pointwise_nhwc`` in ``src/fc_impl.h``, the epilogue in its stores;
+  :func:`_pointwise_nhwc`), ``nhwc_tiled`` by ``kernels/channels_last.py``, shared with
+  Numba.
 - ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
   GEMM per group.
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
@@ -485,6 +487,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     (``fastconv.kernels.epilogue``) applied tile by tile."""
     if p.K == 0:
         return
+    if plan.variant == "nhwc_gemm":             # x (N, H, W, C), out (N, P, Q, K)
+        _pointwise_nhwc(x, w, p, out, none(x.dtype) if epilogue is None else epilogue)
+        return
     if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
         ep = none(x.dtype) if epilogue is None else epilogue
         nt = get_num_threads()
@@ -523,6 +528,49 @@ def _pointwise(x, w, p, out, ep):
     panels = workspace("im2col.panel", nt * Cg * cols, dt)
     _pointwise_run(x.reshape(-1), wp, out.reshape(-1), ep.bias, ep.residual, ep.act, p.N, G,
                    Cg, Kg, HW, cols, ks, panels, nt)
+
+
+#: pixels per work item of the channels-last 1x1 forward (16 register blocks of 6)
+cdef fc_int NHWC_ITEM_PIXELS = 96
+
+
+def _pointwise_nhwc(x, w, p, out, ep):
+    """The channels-last 1x1 stride-1 forward (``nhwc_gemm``): x (N, H, W, C) is the
+    (pixels, C) matrix; per (block of pixels, block of output channels), on OpenMP's
+    threads, ``pointwise_nhwc`` of ``src/fc_impl.h`` with the weight transposed once
+    (cached per weight) and the epilogue in its stores: no BLAS, one pass over the
+    output."""
+    dt = x.dtype
+    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
+    Kp = -(-p.K // cols) * cols
+
+    def build():
+        wt = np.zeros((p.C, Kp), dt)
+        wt[:, :p.K] = w.reshape(p.K, p.C).T
+        return wt
+    wt = _weights.get(w, ("pointwise_nhwc", cols), build)
+    _pointwise_nhwc_run(x.reshape(-1), wt.reshape(-1), out.reshape(-1), ep.bias,
+                        ep.residual, ep.act, p.N * p.H * p.W, p.C, p.K, cols,
+                        get_num_threads())
+
+
+def _pointwise_nhwc_run(const real[::1] x, const real[::1] wt, real[::1] y,
+                        const real[::1] bias_a, const real[::1] res_a, int act,
+                        fc_int npx, fc_int C, fc_int K, fc_int cols, int nt):
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
+    cdef fc_int nkp = (K + cols - 1) // cols
+    cdef fc_int nchunks = (npx + NHWC_ITEM_PIXELS - 1) // NHWC_ITEM_PIXELS
+    cdef fc_int item, p0, p1, k0
+    with nogil:
+        for item in prange(nchunks * nkp, num_threads=_par(npx * K, nt), schedule="static"):
+            p0 = item // nkp * NHWC_ITEM_PIXELS     # item = chunk*nkp + panel: a chunk's
+            p1 = p0 + NHWC_ITEM_PIXELS if p0 + NHWC_ITEM_PIXELS < npx else npx
+            k0 = item % nkp * cols                  # pixels stay in cache across panels
+            if real is float:
+                hot.pointwise_nhwc_f32(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
+            else:
+                hot.pointwise_nhwc_f64(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
 
 
 def _pack(w, G, Kg, Cg, nb):

@@ -592,6 +592,81 @@ static void FN(pointwise_pack)(const T *W, fc_int K, fc_int C, T *Wp)
             }
 }
 
+#if FC_VECTORS
+/* mr (<= FC_MR) pixel rows x FC_PW_COLS output channels of pointwise_nhwc, in
+ * registers over all of C; inlined with mr a constant for the full blocks. */
+static inline void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *restrict Wt,
+                                     fc_int Kp, fc_int K, fc_int k0, T *restrict y,
+                                     const T *bias, const T *res, int act, int mr)
+{
+    FN(vec) acc[FC_MR][FC_NV];
+    const FN(vec) vzero = {0};
+    for (int t = 0; t < mr; t++)
+        for (int k = 0; k < FC_NV; k++) acc[t][k] = vzero;
+    for (fc_int c = 0; c < C; c++) {
+        FN(vec) ws[FC_NV];
+        for (int k = 0; k < FC_NV; k++) ws[k] = FN(vload)(Wt + c * Kp + k0 + k * VL);
+        for (int t = 0; t < mr; t++) {
+            const T xv = x[t * C + c];                 /* broadcast by the operator */
+            for (int k = 0; k < FC_NV; k++) acc[t][k] += ws[k] * xv;
+        }
+    }
+    for (int t = 0; t < mr; t++) {
+        for (int k = 0; k < FC_NV; k++) {
+            const fc_int q0 = k0 + k * VL;
+            if (q0 >= K) break;
+            FN(vec) v = acc[t][k];
+            if (bias != NULL && q0 + VL <= K) v += FN(vload)(bias + q0);
+            if (q0 + VL <= K) {                         /* a whole vector of channels */
+                if (res != NULL) v += FN(vload)(res + t * K + q0);
+                FN(vstore)(y + t * K + q0, FN(pw_vact)(v, act));
+            } else {                                     /* the last channels */
+                T tmp[VL];
+                FN(vstore)(tmp, v);
+                for (fc_int q = q0; q < K; q++) {
+                    T u = tmp[q - q0];
+                    if (bias != NULL) u += bias[q];
+                    if (res != NULL) u += res[t * K + q];
+                    y[t * K + q] = FN(pw_act)(u, act);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* Channels last: y[p*K + k] = act(sum_c x[p*C + c] Wt[c*Kp + k] + bias[k] + res[p*K + k])
+ * for pixels p in [p0, p1) and output channels [k0, k0 + FC_PW_COLS) ∩ [0, K) (k0 a
+ * multiple of FC_PW_COLS). Wt: the weight (C, Kp), Kp = K rounded up to FC_PW_COLS,
+ * zero past K; x, y, res: rows of C and K values per pixel. FC_MR pixels x the block
+ * of output channels stay in registers over all of C, the epilogue before the one
+ * store. */
+static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,
+                               fc_int p1, fc_int k0, T *y, const T *bias, const T *res,
+                               int act)
+{
+    const fc_int Kp = (K + FC_PW_COLS - 1) / FC_PW_COLS * FC_PW_COLS;
+#if FC_VECTORS
+    fc_int p = p0;
+    for (; p + FC_MR <= p1; p += FC_MR)
+        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
+                          res == NULL ? NULL : res + p * K, act, FC_MR);
+    for (; p < p1; p++)
+        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
+                          res == NULL ? NULL : res + p * K, act, 1);
+#else
+    const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
+    for (fc_int p = p0; p < p1; p++)
+        for (fc_int k = k0; k < k1; k++) {
+            T u = 0;
+            for (fc_int c = 0; c < C; c++) u += x[p * C + c] * Wt[c * Kp + k];
+            if (bias != NULL) u += bias[k];
+            if (res != NULL) u += res[p * K + k];
+            y[p * K + k] = FN(pw_act)(u, act);
+        }
+#endif
+}
+
 #undef FC_PW_COLS
 
 #ifdef VL

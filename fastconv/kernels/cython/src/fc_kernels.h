@@ -111,6 +111,11 @@ typedef struct {
                                 const T *bias, const T *res, int act, T *panel);        \
     void (*pointwise_pack_##X)(const T *W, fc_int K, fc_int C, T *Wp);                  \
     fc_int (*pointwise_cols_##X)(void);                                                 \
+    /* channels last: pixels [p0, p1) x output channels [k0, k0 + pointwise_cols()),  \
+     * Wt (C, K rounded up to pointwise_cols()), the epilogue in the store (fc_impl.h) */ \
+    void (*pointwise_nhwc_##X)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,  \
+                               fc_int p1, fc_int k0, T *y, const T *bias, const T *res, \
+                               int act);                                                \
     /* Winograd (fc_winograd.h): channels-last slab of one image's rows, the input and \
      * dy transforms of a block of tiles, the output transform into NCHW with the epilogue */            \
     void (*wino_slab_##X)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0,          \
