@@ -252,51 +252,49 @@ static void FN(direct_weight_item)(const T *xf, const T *dyb, T *gw, const fc_dw
 /* The phase tile of one H x W plane x: t[a, b, i, j] = x padded by (pt, pl) at row
  * i*sh + a, column j*sw + b (0 outside x), for the i < Hn, j < Wn the outputs' taps read;
  * the rest of its Hq x Wq per phase (read only for pixels past the plane's, which are
- * dropped) is left as it is (zero: direct.pyx zeroes the tiles once per call). */
-FC_NO_LIBCALLS static void FN(dw_tile)(const T *x, fc_int H, fc_int W, fc_int sh, fc_int sw,
-                                       fc_int pt, fc_int pl, fc_int Hq, fc_int Wq,
-                                       fc_int Hn, fc_int Wn, T *t)
+ * dropped) is left as it is (zero: direct.pyx zeroes the tiles once per call). Each
+ * row of x is split into its sw column phases in one pass, the columns where every
+ * phase reads inside x by a loop with no tests (vectorised), the others one by one. */
+FC_NO_LIBCALLS static void FN(dw_tile)(const T *restrict x, fc_int H, fc_int W, fc_int sh,
+                                       fc_int sw, fc_int pt, fc_int pl, fc_int Hq,
+                                       fc_int Wq, fc_int Hn, fc_int Wn, T *restrict t)
 {
+    /* [jl, jh): the j whose columns j*sw + b - pl (b < sw) all lie in [0, W) */
+    fc_int jl = (pl + sw - 1) / sw, jh = W + pl - sw < 0 ? 0 : (W + pl - sw) / sw + 1;
+    if (jh > Wn) jh = Wn;
+    if (jl > jh) jl = jh;
+    const fc_int ph = Hq * Wq;                      /* elements per phase plane */
     for (fc_int a = 0; a < sh; a++) {
-        fc_int ilo, ihi, jlo, jhi;
-        fc_valid_range(Hn, H, sh, a - pt, &ilo, &ihi);
-        for (fc_int b = 0; b < sw; b++) {
-            fc_valid_range(Wn, W, sw, b - pl, &jlo, &jhi);
-            T *tb = t + (a * sw + b) * Hq * Wq;
-            for (fc_int i = 0; i < ilo; i++)
-                for (fc_int j = 0; j < Wn; j++) tb[i * Wq + j] = 0;
-            for (fc_int i = ihi; i < Hn; i++)
-                for (fc_int j = 0; j < Wn; j++) tb[i * Wq + j] = 0;
-            if (sw == 2 && b == 1)
-                continue;                           /* done with phase 0, below */
-            for (fc_int i = ilo; i < ihi; i++) {
-                const T *row = x + (i * sh + a - pt) * W + b - pl;
-                T *d = tb + i * Wq;
-                for (fc_int j = 0; j < jlo; j++) d[j] = 0;
-                if (sw == 1) {
-                    for (fc_int j = jlo; j < jhi; j++) d[j] = row[j];
-                } else if (sw == 2) {
-                    /* both column phases in one pass: d1[j] = padded column 2j + 1 */
-                    fc_int klo, khi;
-                    fc_valid_range(Wn, W, 2, 1 - pl, &klo, &khi);
-                    T *d1 = d + Hq * Wq;
-                    /* [lo, hi): where both are inside x (empty if nowhere) */
-                    const fc_int lo = jlo > klo ? jlo : klo;
-                    const fc_int hi = jhi < khi ? (jhi > lo ? jhi : lo) : (khi > lo ? khi : lo);
-                    for (fc_int j = 0; j < klo; j++) d1[j] = 0;
-                    for (fc_int j = jlo; j < lo && j < jhi; j++) d[j] = row[2 * j];
-                    for (fc_int j = klo; j < lo && j < khi; j++) d1[j] = row[2 * j + 1];
-                    for (fc_int j = lo; j < hi; j++) {
-                        d[j] = row[2 * j];
-                        d1[j] = row[2 * j + 1];
-                    }
-                    for (fc_int j = hi > jlo ? hi : jlo; j < jhi; j++) d[j] = row[2 * j];
-                    for (fc_int j = hi > klo ? hi : klo; j < khi; j++) d1[j] = row[2 * j + 1];
-                    for (fc_int j = khi; j < Wn; j++) d1[j] = 0;
-                } else {
-                    for (fc_int j = jlo; j < jhi; j++) d[j] = row[j * sw];
+        for (fc_int i = 0; i < Hn; i++) {
+            const fc_int h = i * sh + a - pt;
+            T *restrict d = t + a * sw * ph + i * Wq;       /* phase (a, 0), row i */
+            if (h < 0 || h >= H) {
+                for (fc_int b = 0; b < sw; b++)
+                    for (fc_int j = 0; j < Wn; j++) d[b * ph + j] = 0;
+                continue;
+            }
+            const T *restrict src = x + h * W - pl;       /* src[u]: padded column u */
+            for (fc_int b = 0; b < sw; b++) {
+                for (fc_int j = 0; j < jl; j++) {
+                    const fc_int u = j * sw + b;
+                    d[b * ph + j] = u >= pl && u < W + pl ? src[u] : 0;
                 }
-                for (fc_int j = jhi; j < Wn; j++) d[j] = 0;
+                for (fc_int j = jh; j < Wn; j++) {
+                    const fc_int u = j * sw + b;
+                    d[b * ph + j] = u >= pl && u < W + pl ? src[u] : 0;
+                }
+            }
+            if (sw == 1) {
+                for (fc_int j = jl; j < jh; j++) d[j] = src[j];
+            } else if (sw == 2) {
+                T *restrict d1 = d + ph;
+                for (fc_int j = jl; j < jh; j++) {
+                    d[j] = src[2 * j];
+                    d1[j] = src[2 * j + 1];
+                }
+            } else {
+                for (fc_int b = 0; b < sw; b++)
+                    for (fc_int j = jl; j < jh; j++) d[b * ph + j] = src[j * sw + b];
             }
         }
     }
