@@ -711,6 +711,22 @@ def _every_op(seed, dtype=np.float32):
             res[f"{algorithm}_conv2d_input"] = fastconv.conv2d_input(xw.shape, ww, dyw, **kw)
             res[f"{algorithm}_conv2d_weight"] = fastconv.conv2d_weight(xw, ww.shape, dyw, **kw)
         assert [pl.variant for pl in ran] == ["fused"] * 3
+    xd, wd, dwd = arrays(seed + 4, dtype, (3, 12, 15, 17), (40, 6, 3, 3), (12, 1, 3, 3))
+    with fastconv.trace_plans() as ran:
+        for name, kw in (("direct", dict(padding=1, groups=2)),
+                         ("direct_s2", dict(padding=1, stride=2, groups=2))):
+            kw = dict(kw, algorithm="direct", backend="cython")
+            yd = fastconv.conv2d(xd, wd, **kw)
+            res[f"{name}_conv2d"] = fastconv.conv2d(xd, wd, bias=wd[:, 0, 0, 0], residual=yd,
+                                                     activation="relu", **kw)
+            res[f"{name}_conv2d_input"] = fastconv.conv2d_input(xd.shape, wd, yd, **kw)
+            res[f"{name}_conv2d_weight"] = fastconv.conv2d_weight(xd, wd.shape, yd, **kw)
+        kw = dict(padding=1, groups=12, algorithm="direct", backend="cython")
+        yd = fastconv.conv2d(xd, dwd, **kw)
+        res.update(depthwise_conv2d=yd,
+                   depthwise_conv2d_input=fastconv.conv2d_input(xd.shape, dwd, yd, **kw),
+                   depthwise_conv2d_weight=fastconv.conv2d_weight(xd, dwd.shape, yd, **kw))
+    assert {pl.variant for pl in ran} == {"lanes", "phases", "blocked", "depthwise"}
     z, idx = fastconv.max_pool2d(y, 3, stride=2, padding=1, return_indices=True,
                                  backend="cython")
     res.update(max_pool2d=z, indices=idx,
