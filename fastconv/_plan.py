@@ -503,7 +503,7 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, us
       the batch), else ``nhwc_tiled`` (patches gathered from channels-last rows);
       both backends (``kernels/channels_last.py``);
     - direct's depthwise with one output channel per input channel: ``depthwise_nhwc``
-      (Numba), the channels in the vector lanes, on the backend of the plan if it has
+      (both backends), the channels in the vector lanes, on the backend of the plan if it has
       the variant, or for ``backend="auto"`` the first of ``AUTO_ORDER`` that has it;
     - where ``algorithm="auto"`` chose direct for a one-group layer (stems, stride 2),
       im2col's channels-last GEMM instead of a conversion each way.

@@ -98,14 +98,17 @@ def depthwise_cases(draw):
                 dilation=(dh, dw), groups=C)
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @settings(max_examples=25)
 @given(case=depthwise_cases(), seed=st.integers(0, 99), data=st.data())
-def test_depthwise_nhwc(dtype, case, seed, data):
-    """Numba's channels-last depthwise kernel (blocks of 8 pixels x 16 channels, border
-    pixels and the channel tail one by one) against the reference, with an epilogue."""
-    if ("conv2d", "direct", "numba") not in fastconv._dispatch.REGISTRY:
-        pytest.skip("the Numba backend is not available")
+def test_depthwise_nhwc(backend, dtype, case, seed, data):
+    """Each backend's channels-last depthwise kernel (Numba: blocks of 8, 4 and 2
+    pixels x 16 channels; Cython: blocks of 8 and 4 pixels x a vector of channels; the
+    border pixels and the channel tail one by one) against the reference, with an
+    epilogue."""
+    if ("conv2d", "direct", backend) not in fastconv._dispatch.REGISTRY:
+        pytest.skip(f"the {backend} backend is not available")
     p = fastconv._geometry.conv_params(
         "test", (case["N"], case["C"], case["H"], case["W"]), (case["K"], 1, case["R"], case["S"]),
         case["stride"], case["padding"], case["dilation"], case["groups"])
@@ -116,8 +119,9 @@ def test_depthwise_nhwc(dtype, case, seed, data):
     with fastconv.trace_plans() as ran:
         y = fastconv.conv2d(cl(x), w, bias, **conv_args(case), activation=act,
                             residual=None if res is None else cl(res), algorithm="direct",
-                            backend="numba")
-    assert (ran[-1].variant, ran[-1].layout) == ("depthwise_nhwc", "nhwc"), ran[-1]
+                            backend=backend)
+    assert (ran[-1].variant, ran[-1].layout, ran[-1].backend) == (
+        "depthwise_nhwc", "nhwc", backend), ran[-1]
     assert_close(y, _reference(x, w, p, bias, res, act), tolerance(dtype, "direct"),
                  f"depthwise_nhwc {p}")
 

@@ -47,9 +47,9 @@ VARIANTS = {
 }
 # direct: one forward core, ``lanes`` (output channels in the vector lanes), for every
 # geometry and both dtypes, where Numba also has ``flat``, ``row``, ``lanes_streamed``
-# and ``pointwise``; and the channels-last ``depthwise_nhwc`` is Numba's alone
+# and ``pointwise``; and the channels-last ``depthwise_nhwc``
 VARIANTS.update({
-    ("conv2d", "direct"): ("lanes", "depthwise"),
+    ("conv2d", "direct"): ("lanes", "depthwise", "depthwise_nhwc"),
     ("conv2d_input", "direct"): ("lanes", "phases", "depthwise", "depthwise_scatter"),
     ("conv2d_weight", "direct"): ("blocked", "depthwise"),
 })

@@ -319,10 +319,63 @@ cdef int _weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, re
 # -- the registry's kernels: run a plan (fastconv._plan._direct) ----------------------------
 
 
+def _taps_inside(n, size, step, off):
+    """[lo, hi): the j < n whose position j*step + off lies in [0, size) (the C
+    kernels' fc_valid_range)."""
+    lo = 0 if off >= 0 else (-off + step - 1) // step
+    hi = 0 if size - 1 - off < 0 else (size - 1 - off) // step + 1
+    lo, hi = min(lo, n), min(hi, n)
+    return lo, max(lo, hi)
+
+
+def _dw_nhwc(x, w, out, p, ep):
+    """Depthwise convolution channels last, one output channel per input channel: out
+    (N, P, Q, C) from x (N, H, W, C) read as it is (taps outside it skipped, not
+    padded), by ``depthwise_nhwc_row`` of ``src/fc_impl.h`` (the channels in the vector
+    lanes), an output row per parallel iteration; the weight as (R, S, C), cached (the
+    Numba kernel's layout and cache entry)."""
+    taps = _weights.get(w, "depthwise_nhwc",
+                        lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)))
+    cols = np.array([_taps_inside(p.S, p.W, p.dil_w, q * p.stride_w - p.pad_left)
+                     for q in range(p.Q)], np.int64).reshape(-1)
+    qa, qb = _taps_inside(p.Q, p.W - (p.S - 1) * p.dil_w, p.stride_w, -p.pad_left)
+    _dw_nhwc_run(x.reshape(-1), taps.reshape(-1), out.reshape(-1), ep.bias, ep.residual,
+                 ep.act, p.N, p.H, p.W, p.C, p.R, p.S, p.P, p.Q, p.stride_h, p.stride_w,
+                 p.pad_top, p.pad_left, p.dil_h, p.dil_w, qa, qb, cols, get_num_threads())
+
+
+def _dw_nhwc_run(const real[::1] x, const real[::1] w, real[::1] y, const real[::1] bias_a,
+                 const real[::1] res_a, int act, fc_int N, fc_int H, fc_int W, fc_int C,
+                 fc_int R, fc_int S, fc_int P, fc_int Q, fc_int sh, fc_int sw, fc_int pt,
+                 fc_int pl, fc_int dh, fc_int dw, fc_int qa, fc_int qb,
+                 const fc_int[::1] cols, int nt):
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
+    cdef fc_int it, n
+    with nogil:
+        for it in prange(N * P, num_threads=_par(N * P * Q * C * R * S, nt),
+                         schedule="static"):
+            n = it // P                             # output row (n, it % P)
+            if real is float:
+                hot.depthwise_nhwc_row_f32(&x[0] + n * H * W * C, H, W, C, &w[0], R, S,
+                                           it % P * sh - pt, sw, pl, dh, dw, Q, qa, qb,
+                                           &cols[0], &y[0] + it * Q * C, bias,
+                                           NULL if res == NULL else res + it * Q * C, act)
+            else:
+                hot.depthwise_nhwc_row_f64(&x[0] + n * H * W * C, H, W, C, &w[0], R, S,
+                                           it % P * sh - pt, sw, pl, dh, dw, Q, qa, qb,
+                                           &cols[0], &y[0] + it * Q * C, bias,
+                                           NULL if res == NULL else res + it * Q * C, act)
+
+
 def conv2d(plan, x, w, p, out, epilogue=None):
     """Forward direct convolution into ``out`` (N, K, P, Q), with the ``epilogue``
-    (``fastconv.kernels.epilogue``) applied by the kernels as they store each block."""
+    (``fastconv.kernels.epilogue``) applied by the kernels as they store each block;
+    ``depthwise_nhwc``: x (N, H, W, C) into out (N, P, Q, K)."""
     ep = none(x.dtype) if epilogue is None else epilogue
+    if plan.variant == "depthwise_nhwc":
+        _dw_nhwc(x, w, out, p, ep)
+        return
     if plan.variant == "depthwise":
         _depthwise(x, w, out, p, False, ep)
         return

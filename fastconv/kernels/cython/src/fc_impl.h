@@ -667,6 +667,90 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
 #endif
 }
 
+/* -- depthwise convolution, channels last: depthwise_nhwc_row --------------------------- */
+
+#if FC_VECTORS
+/* mp pixels (inlined with mp a constant) from column q of one output row, one vector
+ * of channels at c0, every tap (r in [r_lo, r_hi), s < S) inside the input: mp
+ * independent chains of FMAs, a weight vector loaded once per tap for all of them. */
+static inline void FN(dw_nhwc_block)(const T *restrict x, fc_int W, fc_int C,
+                                     const T *restrict w, fc_int S, fc_int h0, fc_int sw,
+                                     fc_int pl, fc_int dh, fc_int dw, fc_int r_lo,
+                                     fc_int r_hi, fc_int q, fc_int c0, FN(vec) b,
+                                     T *restrict y, const T *res, int act, int mp)
+{
+    FN(vec) acc[8];
+    for (int i = 0; i < mp; i++) acc[i] = b;
+    for (fc_int r = r_lo; r < r_hi; r++) {
+        const T *xr = x + ((h0 + r * dh) * W + q * sw - pl) * C + c0;
+        for (fc_int s = 0; s < S; s++) {
+            const FN(vec) wv = FN(vload)(w + (r * S + s) * C + c0);
+            const T *xs = xr + s * dw * C;
+            for (int i = 0; i < mp; i++) acc[i] += FN(vload)(xs + i * sw * C) * wv;
+        }
+    }
+    for (int i = 0; i < mp; i++) {
+        FN(vec) v = acc[i];
+        if (res != NULL) v += FN(vload)(res + (q + i) * C + c0);
+        FN(vstore)(y + (q + i) * C + c0, FN(pw_vact)(v, act));
+    }
+}
+#endif
+
+/* One output row of a depthwise convolution channels last (one output channel per
+ * input channel): y[q*C + c] = act(sum over taps x[((h0 + r*dh)*W + q*sw - pl + s*dw)*C
+ * + c] w[(r*S + s)*C + c] + bias[c] + res[q*C + c]) for q < Q, taps inside the input.
+ * x: the image (H, W, C); w: (R, S, C); y, res: the row (Q, C) (res NULL if none);
+ * cols: per column q its taps [cols[2q], cols[2q+1]) inside the input; [qa, qb): the
+ * columns whose every tap is inside. Vectors of channels, the columns of [qa, qb) in
+ * blocks of 8 and 4 pixels (independent FMA chains), the rest one at a time; the last
+ * C % lanes channels by a plain loop. */
+static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, const T *w,
+                                   fc_int R, fc_int S, fc_int h0, fc_int sw, fc_int pl,
+                                   fc_int dh, fc_int dw, fc_int Q, fc_int qa, fc_int qb,
+                                   const fc_int *cols, T *y, const T *bias, const T *res,
+                                   int act)
+{
+    fc_int r_lo, r_hi;
+    fc_valid_range(R, H, dh, h0, &r_lo, &r_hi);
+    fc_int c0 = 0;
+#if FC_VECTORS
+    for (; c0 + VL <= C; c0 += VL) {
+        const FN(vec) vzero = {0};
+        const FN(vec) b = bias == NULL ? vzero : FN(vload)(bias + c0);
+        fc_int q = qa;
+        for (; q + 8 <= qb; q += 8)
+            FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0, b, y,
+                              res, act, 8);
+        for (; q + 4 <= qb; q += 4)
+            FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0, b, y,
+                              res, act, 4);
+        const fc_int done = q;
+        for (fc_int j = 0; j < Q; j++) {
+            if (j >= qa && j < done) continue;          /* in the blocks */
+            FN(vec) acc = b;
+            for (fc_int r = r_lo; r < r_hi; r++) {
+                const T *xr = x + ((h0 + r * dh) * W + j * sw - pl) * C + c0;
+                for (fc_int s = cols[2 * j]; s < cols[2 * j + 1]; s++)
+                    acc += FN(vload)(xr + s * dw * C) * FN(vload)(w + (r * S + s) * C + c0);
+            }
+            if (res != NULL) acc += FN(vload)(res + j * C + c0);
+            FN(vstore)(y + j * C + c0, FN(pw_vact)(acc, act));
+        }
+    }
+#endif
+    for (; c0 < C; c0++)
+        for (fc_int j = 0; j < Q; j++) {
+            T u = bias == NULL ? 0 : bias[c0];
+            for (fc_int r = r_lo; r < r_hi; r++)
+                for (fc_int s = cols[2 * j]; s < cols[2 * j + 1]; s++)
+                    u += x[((h0 + r * dh) * W + j * sw - pl + s * dw) * C + c0]
+                         * w[(r * S + s) * C + c0];
+            if (res != NULL) u += res[j * C + c0];
+            y[j * C + c0] = FN(pw_act)(u, act);
+        }
+}
+
 #undef FC_PW_COLS
 
 #ifdef VL

@@ -116,6 +116,12 @@ typedef struct {
     void (*pointwise_nhwc_##X)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,  \
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res, \
                                int act);                                                \
+    /* depthwise, channels last: one output row (fc_impl.h) */                       \
+    void (*depthwise_nhwc_row_##X)(const T *x, fc_int H, fc_int W, fc_int C, const T *w, \
+                                   fc_int R, fc_int S, fc_int h0, fc_int sw, fc_int pl, \
+                                   fc_int dh, fc_int dw, fc_int Q, fc_int qa, fc_int qb, \
+                                   const fc_int *cols, T *y, const T *bias,             \
+                                   const T *res, int act);                              \
     /* Winograd (fc_winograd.h): channels-last slab of one image's rows, the input and \
      * dy transforms of a block of tiles, the output transform into NCHW with the epilogue */            \
     void (*wino_slab_##X)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0,          \
