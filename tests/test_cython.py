@@ -346,6 +346,27 @@ def test_direct_paths(what, variants, case, dtype):
         assert ran[op].variant == variant, ran[op]
 
 
+@pytest.mark.parametrize("K", [8, 256])
+def test_direct_sees_a_weight_changed_in_place(K):
+    """The cached weight layout is not used once the weight changed in place (an
+    optimiser step): checked before the kernels run for a small weight, while they run
+    for one of ``OVERLAP_CHECK_BYTES`` or more (K = 256: 1.2 MB), run again if stale."""
+    from fastconv.kernels.cython import direct
+    x, w = arrays(2, np.float32, (2, 128, 9, 9), (K, 128, 3, 3))
+    assert (w.nbytes >= direct.OVERLAP_CHECK_BYTES) == (K == 256)
+    kw = dict(padding=1, stride=2, algorithm="direct", backend="cython")
+    for step in range(3):
+        with fastconv.trace_plans() as ran:
+            y = fastconv.conv2d(x, w, **kw)
+            dx = fastconv.conv2d_input(x.shape, w, y, **kw)
+        assert [pl.variant for pl in ran] == ["lanes", "phases"]
+        assert_close(y, fastconv.conv2d(x, w, **kw | dict(algorithm="reference", backend="auto")),
+                     1e-5, f"conv2d after {step} updates")
+        assert_close(dx, fastconv.conv2d_input(x.shape, w, y, **kw | dict(
+            algorithm="reference", backend="auto")), 1e-5, f"conv2d_input after {step} updates")
+        w[step] += 1                            # in place: same address, shape, strides
+
+
 def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
     """backend="auto" runs direct on Cython where Cython runs the variant the rules
     choose among every backend's (``_plan._backend_for_variant``), else on Numba."""
