@@ -97,17 +97,19 @@ static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int 
 
 /* -- forward: a block of pixels x DKB output channels -------------------------------- */
 
-/* tmp[j, k] = the block's FC_DMR pixels x DKB channels: `rows` rows (1 or 2) of
- * FC_DMR / rows, pixel j reads x[j % CB + (j / CB)*r2] at each tap (x: tap (0, 0) of
- * the block's first pixel, input channel 0); input channel c, tap (r, s) at c*cp +
- * r*rs + soff[s]; the weight w[c, r, s, DKB] block by block. */
+/* tmp[j, k] = the block's npx pixels (FC_DMR, or FC_DMR / 2 in one row) x DKB
+ * channels: `rows` rows (1 or 2) of FC_DMR / rows, pixel j reads x[j % CB + (j / CB)*r2]
+ * at each tap (x: tap (0, 0) of the block's first pixel, input channel 0); input
+ * channel c, tap (r, s) at c*cp + r*rs + soff[s]; the weight w[c, r, s, DKB] block by
+ * block. */
 static inline __attribute__((always_inline)) void FN(direct_block_rows)(
     const T *restrict x, const T *restrict w, fc_int Cg, fc_int R, fc_int S, fc_int cp,
-    fc_int rs, const fc_int *soff, fc_int r2, const int rows, T *restrict tmp)
+    fc_int rs, const fc_int *soff, fc_int r2, const int rows, const int npx,
+    T *restrict tmp)
 {
     enum { CB2 = FC_DMR / 2 };
     FN(dvec) acc[FC_DMR][FC_DNV];
-    for (int j = 0; j < FC_DMR; j++)
+    for (int j = 0; j < npx; j++)
         for (int v = 0; v < FC_DNV; v++) acc[j][v] = (FN(dvec)){0};
     for (fc_int c = 0; c < Cg; c++) {
         for (fc_int r = 0; r < R; r++) {
@@ -117,27 +119,34 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
                 FN(dvec) wv[FC_DNV];
                 for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
                 w += DKB;
-                for (int j = 0; j < FC_DMR; j++) {
+                for (int j = 0; j < npx; j++) {
                     const T a = rows == 1 ? xs[j] : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
                     for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
                 }
             }
         }
     }
-    for (int j = 0; j < FC_DMR; j++)
+    for (int j = 0; j < npx; j++)
         for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
 }
 
 static void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
                               fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, tmp);
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR, tmp);
 }
 
 static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
                               fc_int cp, fc_int rs, const fc_int *soff, fc_int r2, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, tmp);
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, FC_DMR, tmp);
+}
+
+/* the last row of an odd P under two-row blocks: its FC_DMR / 2 pixels alone */
+static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
+                                  fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
+{
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, tmp);
 }
 
 /* Work item it = ((n*G + g)*Kb + kb)*brow + bp of the forward on the phase layout xb
@@ -160,6 +169,9 @@ static void FN(direct_item)(const T *xb, const T *wb, T *out, const fc_direct *d
         if (d->rows == 1)
             FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
                               d->soff, tmp);
+        else if (p0 + 1 == d->P)
+            FN(direct_block_half)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
+                                  d->soff, tmp);
         else
             FN(direct_block2)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
                               d->soff, d->sh * d->rp, tmp);
