@@ -346,14 +346,10 @@ def test_direct_paths(what, variants, case, dtype):
         assert ran[op].variant == variant, ran[op]
 
 
-@pytest.mark.parametrize("K", [8, 256])
-def test_direct_sees_a_weight_changed_in_place(K):
-    """The cached weight layout is not used once the weight changed in place (an
-    optimiser step): checked before the kernels run for a small weight, while they run
-    for one of ``OVERLAP_CHECK_BYTES`` or more (K = 256: 1.2 MB), run again if stale."""
-    from fastconv.kernels.cython import direct
-    x, w = arrays(2, np.float32, (2, 128, 9, 9), (K, 128, 3, 3))
-    assert (w.nbytes >= direct.OVERLAP_CHECK_BYTES) == (K == 256)
+def test_direct_sees_a_weight_changed_in_place():
+    """The cached weight layouts (the forward's, each input-gradient phase's) are not
+    used once the weight changed in place (an optimiser step)."""
+    x, w = arrays(2, np.float32, (2, 128, 9, 9), (40, 128, 3, 3))
     kw = dict(padding=1, stride=2, algorithm="direct", backend="cython")
     for step in range(3):
         with fastconv.trace_plans() as ran:

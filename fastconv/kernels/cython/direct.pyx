@@ -48,8 +48,6 @@ outputs, so results do not depend on the thread count.
 """
 from cython.parallel cimport prange, threadid
 
-import threading
-
 import numpy as np
 
 from ..._config import get_num_threads, workspace
@@ -63,12 +61,6 @@ cdef const fc_kernels *hot = load_table(__name__, ISA)
 #: pixels of the register block (FC_DMR in src/fc_isa.h)
 MR = hot.direct_pixels
 cdef Py_ssize_t MR_ = hot.direct_pixels
-
-#: weights of at least this many bytes are compared with the weight cache's copy while
-#: the forward runs with the cached layout, not before (a 4.7 MB memcmp took 0.33 ms,
-#: about 9% of ResNet's 3x3/2 14x14 layer, N = 8, on the Intel Xeon rocketlake; a
-#: thread's start costs tens of microseconds)
-OVERLAP_CHECK_BYTES = 1 << 20
 
 #: copies of fewer elements run on the calling thread alone (as in im2col.pyx)
 cdef Py_ssize_t SERIAL_ELEMENTS = 32768
@@ -167,42 +159,17 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
     xb = workspace("cython_direct_x", nb * image, dtype)
     per_image = K * P * Q
-
-    def run(wb):
-        for n0 in range(0, N, nb):
-            n1 = min(N, n0 + nb)
-            e = ep.images(n0, n1, per_image)
-            if dtype == np.float32:
-                _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
-                                 e.residual, nt)
-            else:
-                _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
-                                  e.residual, nt)
-
-    key = w if wkey is None else wkey
-    tag = ("direct_cython", flip, G, KB) + kind
-
-    def build():
-        return _blocked(w, G, KB, flip).reshape(-1)
-
-    wb, check = _weights.get_unchecked(key, tag, build)
-    if check is not None and key.nbytes < OVERLAP_CHECK_BYTES:
-        if not check():
-            wb = _weights.put(key, tag, build())
-        check = None
-    if check is None:
-        run(wb)
-        return
-    # a large cached layout: the weight is compared with its copy on a Python thread
-    # (memcmp, without the GIL) while the kernels run with the layout; if it changed,
-    # they run again with a fresh one (every output is written anew)
-    same = []
-    compare = threading.Thread(target=lambda: same.append(check()))
-    compare.start()
-    run(wb)
-    compare.join()
-    if not same[0]:
-        run(_weights.put(key, tag, build()))
+    wb = _weights.get(w if wkey is None else wkey, ("direct_cython", flip, G, KB) + kind,
+                      lambda: _blocked(w, G, KB, flip).reshape(-1))
+    for n0 in range(0, N, nb):
+        n1 = min(N, n0 + nb)
+        e = ep.images(n0, n1, per_image)
+        if dtype == np.float32:
+            _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
+                             e.residual, nt)
+        else:
+            _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
+                              e.residual, nt)
 
 
 # -- depthwise -------------------------------------------------------------------------------
