@@ -346,6 +346,41 @@ def test_direct_paths(what, variants, case, dtype):
         assert ran[op].variant == variant, ran[op]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("what,variants,case", DIRECT_PATHS + [
+    ("depthwise input gradient cropping (padding past the taps' reach)",
+     {"conv2d_input": "depthwise"}, _case(2, 3, 1, 4, 3, 1, 3, padding=(0, 3), groups=3))],
+    ids=[d[0] for d in DIRECT_PATHS] + ["depthwise crop"])
+def test_direct_writes_only_its_output_and_scratch(monkeypatch, what, variants, case, dtype):
+    """The C loops are not bounds-checked in any build: every scratch array direct.pyx
+    takes, and the output, sit between guard zones that must come back untouched."""
+    from fastconv import _plan
+    from fastconv.kernels import epilogue
+    from fastconv.kernels.cython import direct
+    guard, taken = 1024, []
+
+    def guarded(slot, size, dtype_):
+        buf = np.full(size + 2 * guard, 7, dtype_)
+        taken.append((slot, buf, size))
+        return buf[guard:guard + size]
+
+    monkeypatch.setattr(direct, "workspace", guarded)
+    p = case["params"]
+    x, w, dy = arrays(3, dtype, p.input_shape, p.weight_shape, p.output_shape)
+    for op, args, shape in (("conv2d", (x, w), p.output_shape),
+                            ("conv2d_input", (dy, w), p.input_shape),
+                            ("conv2d_weight", (x, dy), p.weight_shape)):
+        plan = _plan.make(op, p, dtype, "direct", "cython")
+        assert plan.backend == "cython"
+        out = guarded("out", int(np.prod(shape)), dtype).reshape(shape)
+        _plan.run(plan, *args, p, out, *((epilogue.none(dtype),) if op == "conv2d" else ()))
+        assert op not in variants or plan.variant == variants[op], plan
+    assert taken
+    for slot, buf, size in taken:
+        assert (buf[:guard] == 7).all() and (buf[guard + size:] == 7).all(), \
+            f"{slot}: written outside its {size} elements ({what}, {np.dtype(dtype).name})"
+
+
 def test_direct_sees_a_weight_changed_in_place():
     """The cached weight layouts (the forward's, each input-gradient phase's) are not
     used once the weight changed in place (an optimiser step)."""

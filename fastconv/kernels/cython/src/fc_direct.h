@@ -271,8 +271,10 @@ FC_NO_LIBCALLS static void FN(dw_tile)(const T *restrict x, fc_int H, fc_int W, 
                                        fc_int sw, fc_int pt, fc_int pl, fc_int Hq,
                                        fc_int Wq, fc_int Hn, fc_int Wn, T *restrict t)
 {
-    /* [jl, jh): the j whose columns j*sw + b - pl (b < sw) all lie in [0, W) */
-    fc_int jl = (pl + sw - 1) / sw, jh = W + pl - sw < 0 ? 0 : (W + pl - sw) / sw + 1;
+    /* [jl, jh): the j whose columns j*sw + b - pl (b < sw) all lie in [0, W) (pl < 0:
+     * the input gradient's padding dil*(S-1) - pad, a crop) */
+    fc_int jl = pl > 0 ? (pl + sw - 1) / sw : 0;
+    fc_int jh = W + pl - sw < 0 ? 0 : (W + pl - sw) / sw + 1;
     if (jh > Wn) jh = Wn;
     if (jl > jh) jl = jh;
     const fc_int ph = Hq * Wq;                      /* elements per phase plane */
