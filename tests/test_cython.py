@@ -457,7 +457,7 @@ def test_pointwise_variants(variant, case, dtype):
 
 
 @settings(max_examples=30)
-@given(groups=st.sampled_from([1, 2]), C=st.integers(1, 40), K=st.integers(1, 40),
+@given(groups=st.sampled_from([1, 2]), C=st.integers(1, 40), K=st.integers(1, 70),
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
        dtype=st.sampled_from(DTYPES), bias=st.booleans(), residual=st.booleans(),
        activation=st.sampled_from([None, "relu", "relu6"]), nan=st.booleans(),

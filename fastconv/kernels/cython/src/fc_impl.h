@@ -593,31 +593,36 @@ static void FN(pointwise_pack)(const T *W, fc_int K, fc_int C, T *Wp)
 }
 
 #if FC_VECTORS
-/* mr (<= FC_MR) pixel rows x FC_PW_COLS output channels of pointwise_nhwc, in
- * registers over all of C; inlined with mr a constant for the full blocks. */
-static inline void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *restrict Wt,
+/* The pixel rows of pointwise_nhwc's register block for nv vectors of output
+ * channels: about 24 accumulators (FC_MR rows at the full FC_NV). */
+#define FC_PWN_ROWS(nv) ((nv) == 1 ? 16 : (nv) == 2 ? 12 : (nv) == 3 ? 8 : FC_MR)
+
+/* mr pixel rows x nv vectors of output channels from k0 of pointwise_nhwc, in
+ * registers over all of C (always inlined, with mr and nv constants: the
+ * accumulators are registers, the unused ones gone). */
+static inline __attribute__((always_inline)) void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *restrict Wt,
                                      fc_int Kp, fc_int K, fc_int k0, T *restrict y,
-                                     const T *bias, const T *res, int act, int mr)
+                                     const T *bias, const T *res, int act, int mr, int nv)
 {
-    FN(vec) acc[FC_MR][FC_NV];
+    FN(vec) acc[16][FC_NV];
     const FN(vec) vzero = {0};
     for (int t = 0; t < mr; t++)
-        for (int k = 0; k < FC_NV; k++) acc[t][k] = vzero;
+        for (int k = 0; k < nv; k++) acc[t][k] = vzero;
     for (fc_int c = 0; c < C; c++) {
         FN(vec) ws[FC_NV];
-        for (int k = 0; k < FC_NV; k++) ws[k] = FN(vload)(Wt + c * Kp + k0 + k * VL);
+        for (int k = 0; k < nv; k++) ws[k] = FN(vload)(Wt + c * Kp + k0 + k * VL);
         for (int t = 0; t < mr; t++) {
             const T xv = x[t * C + c];                 /* broadcast by the operator */
-            for (int k = 0; k < FC_NV; k++) acc[t][k] += ws[k] * xv;
+            for (int k = 0; k < nv; k++) acc[t][k] += ws[k] * xv;
         }
     }
     for (int t = 0; t < mr; t++) {
-        for (int k = 0; k < FC_NV; k++) {
+        for (int k = 0; k < nv; k++) {
             const fc_int q0 = k0 + k * VL;
             if (q0 >= K) break;
             FN(vec) v = acc[t][k];
-            if (bias != NULL && q0 + VL <= K) v += FN(vload)(bias + q0);
             if (q0 + VL <= K) {                         /* a whole vector of channels */
+                if (bias != NULL) v += FN(vload)(bias + q0);
                 if (res != NULL) v += FN(vload)(res + t * K + q0);
                 FN(vstore)(y + t * K + q0, FN(pw_vact)(v, act));
             } else {                                     /* the last channels */
@@ -633,27 +638,49 @@ static inline void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *res
         }
     }
 }
+
+/* pixels [p0, p1) x nv vectors of output channels from k0: full blocks of
+ * FC_PWN_ROWS(nv) rows, then the last rows one at a time */
+static inline __attribute__((always_inline)) void FN(pw_nhwc_panel)(const T *x, fc_int C, const T *Wt, fc_int Kp,
+                                     fc_int K, fc_int p0, fc_int p1, fc_int k0, T *y,
+                                     const T *bias, const T *res, int act, int nv)
+{
+    const int mr = FC_PWN_ROWS(nv);
+    fc_int p = p0;
+    for (; p + mr <= p1; p += mr)
+        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
+                          res == NULL ? NULL : res + p * K, act, mr, nv);
+    for (; p < p1; p++)
+        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
+                          res == NULL ? NULL : res + p * K, act, 1, nv);
+}
 #endif
 
 /* Channels last: y[p*K + k] = act(sum_c x[p*C + c] Wt[c*Kp + k] + bias[k] + res[p*K + k])
  * for pixels p in [p0, p1) and output channels [k0, k0 + FC_PW_COLS) ∩ [0, K) (k0 a
  * multiple of FC_PW_COLS). Wt: the weight (C, Kp), Kp = K rounded up to FC_PW_COLS,
- * zero past K; x, y, res: rows of C and K values per pixel. FC_MR pixels x the block
- * of output channels stay in registers over all of C, the epilogue before the one
- * store. */
+ * zero past K; x, y, res: rows of C and K values per pixel. A block of pixels x the
+ * vectors of output channels the panel has (fewer in the last panel of K: narrower
+ * blocks of more pixels, so no lanes go to channels past K) stays in registers over
+ * all of C, the epilogue before the one store. */
 static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res,
                                int act)
 {
     const fc_int Kp = (K + FC_PW_COLS - 1) / FC_PW_COLS * FC_PW_COLS;
 #if FC_VECTORS
-    fc_int p = p0;
-    for (; p + FC_MR <= p1; p += FC_MR)
-        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
-                          res == NULL ? NULL : res + p * K, act, FC_MR);
-    for (; p < p1; p++)
-        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
-                          res == NULL ? NULL : res + p * K, act, 1);
+    const fc_int width = K - k0 < FC_PW_COLS ? K - k0 : FC_PW_COLS;
+    const int nv = (int)((width + VL - 1) / VL);
+    switch (nv) {                  /* each a constant: the blocks' registers are known */
+    case 1: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, 1); break;
+    case 2: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, 2); break;
+#if FC_NV > 2
+    case 3: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, 3); break;
+    default: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, FC_NV);
+#else
+    default: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, FC_NV);
+#endif
+    }
 #else
     const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
     for (fc_int p = p0; p < p1; p++)
@@ -673,7 +700,7 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
 /* mp pixels (inlined with mp a constant) from column q of one output row, one vector
  * of channels at c0, every tap (r in [r_lo, r_hi), s < S) inside the input: mp
  * independent chains of FMAs, a weight vector loaded once per tap for all of them. */
-static inline void FN(dw_nhwc_block)(const T *restrict x, fc_int W, fc_int C,
+static inline __attribute__((always_inline)) void FN(dw_nhwc_block)(const T *restrict x, fc_int W, fc_int C,
                                      const T *restrict w, fc_int S, fc_int h0, fc_int sw,
                                      fc_int pl, fc_int dh, fc_int dw, fc_int r_lo,
                                      fc_int r_hi, fc_int q, fc_int c0, FN(vec) b,
@@ -752,6 +779,9 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
 }
 
 #undef FC_PW_COLS
+#ifdef FC_PWN_ROWS
+#  undef FC_PWN_ROWS
+#endif
 
 #ifdef VL
 #  undef VL
