@@ -501,6 +501,69 @@ static inline FN(vec) FN(pw_vact)(FN(vec) v, int act)
  * res: NULL when absent; panel: C * FC_PW_COLS elements of scratch, which gets the
  * pixels' columns (zero past np), so the FC_MR x FC_PW_COLS block runs in registers
  * over all of C and the epilogue runs on it before its one store. */
+#if FC_VECTORS
+/* Output row block kb of pointwise_panel on nv vectors of the panel's pixels (always
+ * inlined with nv a constant: the accumulators are registers). */
+static inline __attribute__((always_inline)) void FN(pw_panel_block)(
+    const T *restrict panel, fc_int CW, fc_int C, const T *restrict w, fc_int HW,
+    fc_int p0, fc_int np, fc_int K, fc_int kb, T *restrict y, const T *bias,
+    const T *res, int act, int nv)
+{
+    FN(vec) acc[FC_MR][FC_NV];
+    const FN(vec) vzero = {0};
+    for (int t = 0; t < FC_MR; t++)
+        for (int k = 0; k < nv; k++) acc[t][k] = vzero;
+    /* the block's residual and output rows (FC_MR rows HW apart, which the hardware
+     * prefetcher does not follow) start on their way while the block computes */
+    for (int t = 0; t < FC_MR && kb * FC_MR + t < K; t++) {
+        const fc_int off = (kb * FC_MR + t) * HW + p0;
+        for (fc_int q = 0; q < np; q += 64 / (fc_int)sizeof(T)) {
+            if (res != NULL) __builtin_prefetch(res + off + q, 0);
+            __builtin_prefetch(y + off + q, 1);
+        }
+    }
+    for (fc_int c = 0; c < C; c++) {
+        FN(vec) us[FC_NV];
+        for (int k = 0; k < nv; k++) us[k] = FN(vload)(panel + c * CW + k * VL);
+        for (int t = 0; t < FC_MR; t++) {
+            const T wt = w[c * FC_MR + t];
+            for (int k = 0; k < nv; k++) acc[t][k] += us[k] * wt;
+        }
+    }
+    for (int t = 0; t < FC_MR; t++) {
+        const fc_int row = kb * FC_MR + t;
+        if (row >= K) break;
+        T *yr = y + row * HW + p0;
+        const T *rr = res == NULL ? NULL : res + row * HW + p0;
+        for (int k = 0; k < nv; k++) {
+            FN(vec) v = acc[t][k];
+            if (bias != NULL) v += bias[row];
+            const fc_int q0 = k * VL;
+            if (q0 + VL <= np) {                         /* a whole vector of pixels */
+                if (rr != NULL) v += FN(vload)(rr + q0);
+                FN(vstore)(yr + q0, FN(pw_vact)(v, act));
+            } else if (q0 < np) {                        /* the panel's last pixels */
+                T tmp[VL];
+                FN(vstore)(tmp, v);
+                for (fc_int q = q0; q < np; q++) {
+                    T u = tmp[q - q0];
+                    if (rr != NULL) u += rr[q];
+                    yr[q] = FN(pw_act)(u, act);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* y[k*HW + p] = act(sum_c W[k, c] x[c*HW + p] + bias[k] + res[k*HW + p]) for the
+ * pixels p in [p0, p0 + np) (np <= FC_PW_COLS) and the output channels of row blocks
+ * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
+ * apart; Wp: the weight packed (ceil(K/FC_MR), C, FC_MR), zero rows past K; bias,
+ * res: NULL when absent; panel: C * FC_PW_COLS elements of scratch, which gets the
+ * pixels' columns (zero past np), so the FC_MR x (the panel's vectors) block runs in
+ * registers over all of C and the epilogue runs on it before its one store. A short
+ * panel (an image's last pixels) runs only the vectors it fills. */
 static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
                                 const T *Wp, fc_int K, fc_int kb0, fc_int kb1, T *y,
                                 const T *bias, const T *res, int act, T *panel)
@@ -510,54 +573,26 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
         memcpy(panel + c * CW, x + c * HW + p0, (size_t)np * sizeof(T));
         if (np < CW) memset(panel + c * CW + np, 0, (size_t)(CW - np) * sizeof(T));
     }
+#if FC_VECTORS
+    const int nv = (int)((np + VL - 1) / VL);
     for (fc_int kb = kb0; kb < kb1; kb++) {
         const T *w = Wp + kb * C * FC_MR;
-#if FC_VECTORS
-        FN(vec) acc[FC_MR][FC_NV];
-        const FN(vec) vzero = {0};
-        for (int t = 0; t < FC_MR; t++)
-            for (int k = 0; k < FC_NV; k++) acc[t][k] = vzero;
-        /* the block's residual and output rows (FC_MR rows HW apart, which the hardware
-         * prefetcher does not follow) start on their way while the block computes */
-        for (int t = 0; t < FC_MR && kb * FC_MR + t < K; t++) {
-            const fc_int off = (kb * FC_MR + t) * HW + p0;
-            for (fc_int q = 0; q < np; q += 64 / (fc_int)sizeof(T)) {
-                if (res != NULL) __builtin_prefetch(res + off + q, 0);
-                __builtin_prefetch(y + off + q, 1);
-            }
+        switch (nv) {              /* each a constant: the block's registers are known */
+        case 1: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act, 1);
+                break;
+#if FC_NV > 2
+        case 2: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act, 2);
+                break;
+        case 3: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act, 3);
+                break;
+#endif
+        default: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act,
+                                    FC_NV);
         }
-        for (fc_int c = 0; c < C; c++) {
-            FN(vec) us[FC_NV];
-            for (int k = 0; k < FC_NV; k++) us[k] = FN(vload)(panel + c * CW + k * VL);
-            for (int t = 0; t < FC_MR; t++) {
-                const T wt = w[c * FC_MR + t];
-                for (int k = 0; k < FC_NV; k++) acc[t][k] += us[k] * wt;
-            }
-        }
-        for (int t = 0; t < FC_MR; t++) {
-            const fc_int row = kb * FC_MR + t;
-            if (row >= K) break;
-            T *yr = y + row * HW + p0;
-            const T *rr = res == NULL ? NULL : res + row * HW + p0;
-            for (int k = 0; k < FC_NV; k++) {
-                FN(vec) v = acc[t][k];
-                if (bias != NULL) v += bias[row];
-                const fc_int q0 = k * VL;
-                if (q0 + VL <= np) {                     /* a whole vector of pixels */
-                    if (rr != NULL) v += FN(vload)(rr + q0);
-                    FN(vstore)(yr + q0, FN(pw_vact)(v, act));
-                } else if (q0 < np) {                    /* the panel's last pixels */
-                    T tmp[VL];
-                    FN(vstore)(tmp, v);
-                    for (fc_int q = q0; q < np; q++) {
-                        T u = tmp[q - q0];
-                        if (rr != NULL) u += rr[q];
-                        yr[q] = FN(pw_act)(u, act);
-                    }
-                }
-            }
-        }
+    }
 #else
+    for (fc_int kb = kb0; kb < kb1; kb++) {
+        const T *w = Wp + kb * C * FC_MR;
         T acc[FC_MR][FC_PW_COLS];
         memset(acc, 0, sizeof acc);
         for (fc_int c = 0; c < C; c++)
@@ -573,8 +608,8 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
                 y[row * HW + p0 + q] = FN(pw_act)(u, act);
             }
         }
-#endif
     }
+#endif
 }
 
 /* The pixels of a pointwise_panel call (its panel's columns), in this variant. */
