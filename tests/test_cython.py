@@ -381,6 +381,53 @@ def test_direct_writes_only_its_output_and_scratch(monkeypatch, what, variants, 
             f"{slot}: written outside its {size} elements ({what}, {np.dtype(dtype).name})"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant,shape,weight,kw", [
+    ("image_gemm", (2, 10, 7, 9), (22, 5, 1, 1), dict(groups=2)),      # short panels
+    ("image_gemm", (1, 3, 13, 11), (70, 3, 1, 1), {}),                  # channel tail
+    ("nhwc_gemm", (2, 9, 5, 7), (70, 9, 1, 1), {}),                     # last panel, rows
+    ("nhwc_gemm", (1, 17, 3, 3), (5, 17, 1, 1), {}),
+    ("depthwise_nhwc", (2, 35, 9, 13), (35, 1, 3, 3), dict(padding=1, groups=35)),
+    ("depthwise_nhwc", (1, 20, 6, 5), (20, 1, 5, 3), dict(stride=2, padding=(2, 1),
+                                                          groups=20)),
+])
+def test_own_gemms_and_depthwise_write_only_their_output(monkeypatch, variant, shape,
+                                                        weight, kw, dtype):
+    """The 1x1 forwards' GEMMs (``pointwise_panel``, ``pointwise_nhwc``) and the
+    channels-last depthwise (``depthwise_nhwc_row``), C loops without bounds checks:
+    the output and every scratch array sit between guard zones that come back
+    untouched, and the result is the reference's."""
+    from fastconv.kernels.cython import im2col
+    guard, taken = 1024, []
+    real_empty = np.empty
+
+    def guarded(slot, size, dtype_):
+        buf = np.full(size + 2 * guard, 7, dtype_)
+        taken.append((slot, buf, size))
+        return buf[guard:guard + size]
+
+    def guarded_empty(shape_, dtype_=float, *args, **kwargs):
+        if args or kwargs or np.dtype(dtype_) != np.dtype(dtype):
+            return real_empty(shape_, dtype_, *args, **kwargs)
+        return guarded("output", int(np.prod(shape_)), dtype_).reshape(shape_)
+
+    monkeypatch.setattr(im2col, "workspace", guarded)
+    x, w, b = arrays(5, dtype, shape, weight, (weight[0],))
+    nhwc = variant != "image_gemm"
+    want = fastconv.conv2d(x, w, b, activation="relu", algorithm="reference", **kw)
+    monkeypatch.setattr(np, "empty", guarded_empty)       # the op's output array
+    with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
+        got = fastconv.conv2d(fastconv.to_channels_last(x) if nhwc else x, w, b,
+                              activation="relu", backend="cython", **kw)
+    monkeypatch.setattr(np, "empty", real_empty)
+    assert [(q.backend, q.variant) for q in ran] == [("cython", variant)]
+    assert_close(got, want, tolerance(dtype, "direct"), variant)
+    assert any(slot == "output" for slot, _, _ in taken)
+    for slot, buf, size in taken:
+        assert (buf[:guard] == 7).all() and (buf[guard + size:] == 7).all(), \
+            f"{slot}: written outside its {size} elements ({variant})"
+
+
 def test_direct_sees_a_weight_changed_in_place():
     """The cached weight layouts (the forward's, each input-gradient phase's) are not
     used once the weight changed in place (an optimiser step)."""
