@@ -14,7 +14,7 @@ no convolution converts. Otherwise they stay NCHW. ``memory_format=`` forces eit
 """
 import numpy as np
 
-from .. import _plan
+from .. import _config, _plan
 from .. import functional as F
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, ReLU, ReLU6, Sequential,
@@ -228,7 +228,10 @@ class _Builder:
                 if x.ndim != 2 or x.shape[1] != n_in:
                     raise ValueError(f"{label}: expected input of shape (N, {n_in}), "
                                      f"got {x.shape}")
-                y = x @ wt
+                # NumPy's BLAS at one thread: its idle workers would otherwise spin on
+                # the second core through the next call's convolutions
+                with _config.single_threaded_blas():
+                    y = x @ wt
                 if b is not None:
                     y += b
                 return y
