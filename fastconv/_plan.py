@@ -534,11 +534,20 @@ def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blo
     """(backend, variant, blocking) for ``backend="auto"``: ``backend`` (the first of
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants and a later backend in that order runs it (Winograd's
-    unfused and streamed paths, which Cython does not have: a large filter on few tiles)."""
+    unfused and streamed paths, which Cython does not have: a large filter on few tiles);
+    and direct forwards where Numba's kernel measured faster run it: the NCHW depthwise
+    on planes under ``CYTHON_DEPTHWISE_MIN_PLANE``, lanes on patches under
+    ``CYTHON_LANES_MIN_PATCH`` (an RGB 3x3 stem)."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
+    have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
+    if op == "conv2d" and backend == "cython" and "numba" in have and (
+            (variant == "depthwise" and p.P * p.Q < _tuning.CYTHON_DEPTHWISE_MIN_PLANE)
+            or (variant == "lanes" and (p.C // p.groups) * p.R * p.S
+                < _tuning.CYTHON_LANES_MIN_PATCH)):
+        v, blk = _VARIANTS[algorithm](op, p, dtype, threads, "numba")
+        return "numba", v, blk                  # Numba's kernel is faster there
     if variant == best[0]:
         return backend, variant, blocking
-    have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
     for b in _dispatch.AUTO_ORDER:
         if b != backend and b in have:
             v, blk = _VARIANTS[algorithm](op, p, dtype, threads, b)
