@@ -11,7 +11,7 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
 - ``image_gemm`` (1x1 stride-1 layers): the planes are the patch matrix, a GEMM per
   image and group: for the forward fastconv's own (``pointwise_panel`` in
-  ``src/fc_impl.h``: the weight packed once, panels of pixels, the epilogue in the
+  ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
   store; :func:`_pointwise`), NumPy's matmul for the input gradient
   (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
   by image for the weight gradient.
@@ -514,20 +514,19 @@ def conv2d(plan, x, w, p, out, epilogue=None):
 def _pointwise(x, w, p, out, ep):
     """The 1x1 stride-1 forward (``image_gemm``): per (image, group, panel of pixels,
     slice of output channels), on OpenMP's threads, ``pointwise_panel`` of
-    ``src/fc_impl.h`` with the weight packed once (cached per weight) and the epilogue
-    in its stores: one pass over the output, no BLAS."""
+    ``src/fc_impl.h``, reading the weight as it is (no derived copy to check) with the
+    epilogue in its stores: one pass over the output, no BLAS."""
     G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.H * p.W
     nb = -(-Kg // FC_MR)
     dt = x.dtype
-    wp = _weights.get(w, ("pointwise_packed", ISA), lambda: _pack(w, G, Kg, Cg, nb))
     cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
     nt = get_num_threads()
     items = p.N * G * -(-HW // cols)
     # slices of the output channels, so every thread has work when the pixels are few
     ks = 1 if items >= 4 * nt else min(nb, -(-4 * nt // items))
     panels = workspace("im2col.panel", nt * Cg * cols, dt)
-    _pointwise_run(x.reshape(-1), wp, out.reshape(-1), ep.bias, ep.residual, ep.act, p.N, G,
-                   Cg, Kg, HW, cols, ks, panels, nt)
+    _pointwise_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1), out.reshape(-1),
+                   ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg, HW, cols, ks, panels, nt)
 
 
 #: pixels per work item of the channels-last 1x1 forward (16 register blocks of 6)
@@ -573,27 +572,6 @@ def _pointwise_nhwc_run(const real[::1] x, const real[::1] wt, real[::1] y,
                 hot.pointwise_nhwc_f64(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
 
 
-def _pack(w, G, Kg, Cg, nb):
-    """The weight (K, C/G, 1, 1) packed per group: (G, nb, C/G, FC_MR), zero rows past
-    Kg (``pointwise_pack``)."""
-    src = np.ascontiguousarray(w).reshape(-1)
-    wp = np.empty(G * nb * Cg * FC_MR, w.dtype)
-    _pack_run(src, wp, G, Kg, Cg, nb)
-    return wp
-
-
-def _pack_run(const real[::1] src, real[::1] wp, fc_int G, fc_int Kg, fc_int Cg, fc_int nb):
-    cdef fc_int g
-    with nogil:
-        for g in range(G):
-            if real is float:
-                hot.pointwise_pack_f32(&src[0] + g * Kg * Cg, Kg, Cg,
-                                       &wp[0] + g * nb * Cg * FC_MR)
-            else:
-                hot.pointwise_pack_f64(&src[0] + g * Kg * Cg, Kg, Cg,
-                                       &wp[0] + g * nb * Cg * FC_MR)
-
-
 def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                    const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
                    fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
@@ -615,7 +593,7 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
             if real is float:
                 hot.pointwise_panel_f32(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
                                         HW - p0 if HW - p0 < cols else cols,
-                                        &wp[0] + g * nb * Cg * FC_MR, Kg,
+                                        &wp[0] + g * Kg * Cg, Kg,
                                         part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
                                         NULL if bias == NULL else bias + g * Kg,
                                         NULL if res == NULL else res + o, act,
@@ -623,7 +601,7 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
             else:
                 hot.pointwise_panel_f64(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
                                         HW - p0 if HW - p0 < cols else cols,
-                                        &wp[0] + g * nb * Cg * FC_MR, Kg,
+                                        &wp[0] + g * Kg * Cg, Kg,
                                         part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
                                         NULL if bias == NULL else bias + g * Kg,
                                         NULL if res == NULL else res + o, act,

@@ -494,21 +494,19 @@ static inline FN(vec) FN(pw_vact)(FN(vec) v, int act)
 }
 #endif
 
-/* y[k*HW + p] = act(sum_c W[k, c] x[c*HW + p] + bias[k] + res[k*HW + p]) for the
- * pixels p in [p0, p0 + np) (np <= FC_PW_COLS) and the output channels of row blocks
- * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
- * apart; Wp: the weight packed (ceil(K/FC_MR), C, FC_MR), zero rows past K; bias,
- * res: NULL when absent; panel: C * FC_PW_COLS elements of scratch, which gets the
- * pixels' columns (zero past np), so the FC_MR x FC_PW_COLS block runs in registers
- * over all of C and the epilogue runs on it before its one store. */
 #if FC_VECTORS
 /* Output row block kb of pointwise_panel on nv vectors of the panel's pixels (always
  * inlined with nv a constant: the accumulators are registers). */
 static inline __attribute__((always_inline)) void FN(pw_panel_block)(
-    const T *restrict panel, fc_int CW, fc_int C, const T *restrict w, fc_int HW,
+    const T *restrict panel, fc_int CW, fc_int C, const T *restrict W, fc_int HW,
     fc_int p0, fc_int np, fc_int K, fc_int kb, T *restrict y, const T *bias,
     const T *res, int act, int nv)
 {
+    /* the block's weight rows, read as they are (rows past K repeat the last one:
+     * computed, never stored) */
+    const T *wr[FC_MR];
+    for (int t = 0; t < FC_MR; t++)
+        wr[t] = W + (kb * FC_MR + t < K ? kb * FC_MR + t : K - 1) * C;
     FN(vec) acc[FC_MR][FC_NV];
     const FN(vec) vzero = {0};
     for (int t = 0; t < FC_MR; t++)
@@ -526,7 +524,7 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
         FN(vec) us[FC_NV];
         for (int k = 0; k < nv; k++) us[k] = FN(vload)(panel + c * CW + k * VL);
         for (int t = 0; t < FC_MR; t++) {
-            const T wt = w[c * FC_MR + t];
+            const T wt = wr[t][c];
             for (int k = 0; k < nv; k++) acc[t][k] += us[k] * wt;
         }
     }
@@ -559,13 +557,14 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
 /* y[k*HW + p] = act(sum_c W[k, c] x[c*HW + p] + bias[k] + res[k*HW + p]) for the
  * pixels p in [p0, p0 + np) (np <= FC_PW_COLS) and the output channels of row blocks
  * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
- * apart; Wp: the weight packed (ceil(K/FC_MR), C, FC_MR), zero rows past K; bias,
- * res: NULL when absent; panel: C * FC_PW_COLS elements of scratch, which gets the
- * pixels' columns (zero past np), so the FC_MR x (the panel's vectors) block runs in
+ * apart; W: the weight (K, C) as it is (no derived copy, so nothing to check against
+ * a weight changed between calls); bias, res: NULL when absent; panel: C * FC_PW_COLS
+ * elements of scratch, which gets the pixels' columns (zero past np), so the FC_MR x
+ * (the panel's vectors) block runs in
  * registers over all of C and the epilogue runs on it before its one store. A short
  * panel (an image's last pixels) runs only the vectors it fills. */
 static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
-                                const T *Wp, fc_int K, fc_int kb0, fc_int kb1, T *y,
+                                const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,
                                 const T *bias, const T *res, int act, T *panel)
 {
     const fc_int CW = FC_PW_COLS;
@@ -576,28 +575,27 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
 #if FC_VECTORS
     const int nv = (int)((np + VL - 1) / VL);
     for (fc_int kb = kb0; kb < kb1; kb++) {
-        const T *w = Wp + kb * C * FC_MR;
         switch (nv) {              /* each a constant: the block's registers are known */
-        case 1: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act, 1);
+        case 1: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act, 1);
                 break;
 #if FC_NV > 2
-        case 2: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act, 2);
+        case 2: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act, 2);
                 break;
-        case 3: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act, 3);
+        case 3: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act, 3);
                 break;
 #endif
-        default: FN(pw_panel_block)(panel, CW, C, w, HW, p0, np, K, kb, y, bias, res, act,
+        default: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act,
                                     FC_NV);
         }
     }
 #else
     for (fc_int kb = kb0; kb < kb1; kb++) {
-        const T *w = Wp + kb * C * FC_MR;
         T acc[FC_MR][FC_PW_COLS];
         memset(acc, 0, sizeof acc);
-        for (fc_int c = 0; c < C; c++)
-            for (int t = 0; t < FC_MR; t++)
-                for (fc_int q = 0; q < CW; q++) acc[t][q] += panel[c * CW + q] * w[c * FC_MR + t];
+        for (int t = 0; t < FC_MR && kb * FC_MR + t < K; t++)
+            for (fc_int c = 0; c < C; c++)
+                for (fc_int q = 0; q < CW; q++)
+                    acc[t][q] += panel[c * CW + q] * W[(kb * FC_MR + t) * C + c];
         for (int t = 0; t < FC_MR; t++) {
             const fc_int row = kb * FC_MR + t;
             if (row >= K) break;
@@ -614,18 +612,6 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
 
 /* The pixels of a pointwise_panel call (its panel's columns), in this variant. */
 static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
-
-/* Wp (ceil(K/FC_MR), C, FC_MR) = W (K, C), zero rows past K */
-static void FN(pointwise_pack)(const T *W, fc_int K, fc_int C, T *Wp)
-{
-    const fc_int nb = (K + FC_MR - 1) / FC_MR;
-    for (fc_int kb = 0; kb < nb; kb++)
-        for (fc_int c = 0; c < C; c++)
-            for (int t = 0; t < FC_MR; t++) {
-                const fc_int row = kb * FC_MR + t;
-                Wp[(kb * C + c) * FC_MR + t] = row < K ? W[row * C + c] : 0;
-            }
-}
 
 #if FC_VECTORS
 /* The pixel rows of pointwise_nhwc's register block for nv vectors of output

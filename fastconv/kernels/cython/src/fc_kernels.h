@@ -27,7 +27,7 @@
 typedef int64_t fc_int;
 
 /* Output channels per register block of patch_gemm and pointwise_panel (fc_impl.h),
- * in every instruction-set variant; the packed weights' row blocks. */
+ * in every instruction-set variant. */
 #define FC_MR 6
 
 /* A convolution's geometry (fastconv._geometry.ConvParams): input (N, C, H, W), weight
@@ -104,12 +104,11 @@ typedef struct {
     void (*pixel_major_##X)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D,       \
                             fc_int Kgp);                                                \
     /* 1x1 stride-1 convolution of pixels [p0, p0+np) of one image and group, output   \
-     * row blocks [kb0, kb1), the epilogue in its store (fc_impl.h); Wp from          \
-     * pointwise_pack; panel: C * pointwise_cols() elements of scratch */              \
+     * row blocks [kb0, kb1), the epilogue in its store (fc_impl.h); W the group's     \
+     * (K, C) weight; panel: C * pointwise_cols() elements of scratch */               \
     void (*pointwise_panel_##X)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,  \
-                                const T *Wp, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
+                                const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
                                 const T *bias, const T *res, int act, T *panel);        \
-    void (*pointwise_pack_##X)(const T *W, fc_int K, fc_int C, T *Wp);                  \
     fc_int (*pointwise_cols_##X)(void);                                                 \
     /* channels last: pixels [p0, p1) x output channels [k0, k0 + pointwise_cols()),  \
      * Wt (C, K rounded up to pointwise_cols()), the epilogue in the store (fc_impl.h) */ \
