@@ -48,6 +48,8 @@ outputs, so results do not depend on the thread count.
 """
 from cython.parallel cimport prange, threadid
 
+import functools
+
 import numpy as np
 
 from ..._config import get_num_threads, workspace
@@ -328,6 +330,17 @@ def _taps_inside(n, size, step, off):
     return lo, max(lo, hi)
 
 
+@functools.lru_cache(maxsize=256)
+def _tap_columns(S, W, dw, sw, pl, Q):
+    """(cols, qa, qb) of ``depthwise_nhwc_row``: per output column its taps inside the
+    input (flat pairs, read-only), and the columns whose every tap is; once per
+    geometry, not per call."""
+    cols = np.array([_taps_inside(S, W, dw, q * sw - pl) for q in range(Q)],
+                    np.int64).reshape(-1)
+    cols.flags.writeable = False
+    return (cols,) + _taps_inside(Q, W - (S - 1) * dw, sw, -pl)
+
+
 def _dw_nhwc(x, w, out, p, ep):
     """Depthwise convolution channels last, one output channel per input channel: out
     (N, P, Q, C) from x (N, H, W, C) read as it is (taps outside it skipped, not
@@ -336,9 +349,7 @@ def _dw_nhwc(x, w, out, p, ep):
     Numba kernel's layout and cache entry)."""
     taps = _weights.get(w, "depthwise_nhwc",
                         lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)))
-    cols = np.array([_taps_inside(p.S, p.W, p.dil_w, q * p.stride_w - p.pad_left)
-                     for q in range(p.Q)], np.int64).reshape(-1)
-    qa, qb = _taps_inside(p.Q, p.W - (p.S - 1) * p.dil_w, p.stride_w, -p.pad_left)
+    cols, qa, qb = _tap_columns(p.S, p.W, p.dil_w, p.stride_w, p.pad_left, p.Q)
     _dw_nhwc_run(x.reshape(-1), taps.reshape(-1), out.reshape(-1), ep.bias, ep.residual,
                  ep.act, p.N, p.H, p.W, p.C, p.R, p.S, p.P, p.Q, p.stride_h, p.stride_w,
                  p.pad_top, p.pad_left, p.dil_h, p.dil_w, qa, qb, cols, get_num_threads())
