@@ -329,6 +329,10 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
             f"padded by ({pt}+{pb}, {pl}+{pr}), is smaller than the dilated kernel "
             f"({dh * (R - 1) + 1}x{dw * (S - 1) + 1}) of weight {weight_shape}"
         )
+    # a stride longer than the padded input gives one output row (column), as a stride
+    # of the padded extent does: clamped to that, so that no kernel sizes a buffer or a
+    # loop by it (the input gradient's stride phases)
+    sh, sw = min(sh, H + pt + pb), min(sw, W + pl + pr)
     params = ConvParams(N, C, H, W, K, R, S, groups, sh, sw, pt, pb, pl, pr, dh, dw, P, Q)
     for what in ("input", "output"):
         _check_indexable(op, what, getattr(params, what + "_shape"))

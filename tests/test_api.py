@@ -52,6 +52,19 @@ def test_arguments_as_lists_and_numpy_ints():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("stride", [7, 2**40])
+def test_a_stride_past_the_input_gives_one_output(backend, stride):
+    """A stride longer than the padded input: one output row and column, and the right
+    gradients (the fuzzer once found the input gradient sizing a buffer by the stride)."""
+    x, w, dy = arrays(3, np.float32, (2, 3, 5, 6), (4, 3, 2, 2), (2, 4, 1, 1))
+    for op, args in [("conv2d", (x, w)), ("conv2d_input", (x.shape, w, dy)),
+                     ("conv2d_weight", (x, w.shape, dy))]:
+        got = getattr(fastconv, op)(*args, stride=stride, padding=1, backend=backend)
+        want = getattr(fastconv, op)(*args, stride=stride, padding=1, algorithm="reference")
+        assert_close(got, want, 1e-5, f"{op} stride={stride}")
+
+
 def test_pool_stride_defaults_to_kernel_size():
     np.testing.assert_array_equal(fastconv.max_pool2d(x, 3), fastconv.max_pool2d(x, 3, 3))
 
