@@ -11,10 +11,16 @@ import tempfile
 import threading
 import warnings
 
-# Idle OpenMP workers must sleep, not spin: after a parallel region, spinning workers
-# take the cores from the BLAS threads of the GEMM that follows. Read when the OpenMP
-# runtime starts, so before the first parallel call; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP workers spin briefly, then sleep: GNU OpenMP's 10,000 polls (about
+# 0.15 ms on the Intel Xeon `rocketlake`) cover the gap between two layers, so the next
+# layer's parallel region does not pay a futex wake-up per worker (tens of microseconds
+# on a VM, more than some layers take), yet a worker never holds a core for long. The
+# Cython backend's GEMMs run as single-threaded BLAS calls on OpenMP's threads, so no
+# BLAS worker of theirs waits for a core a polling worker holds (docs/settings.md).
+# Read when the OpenMP runtime starts, so before the first parallel call; a user's
+# own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 # Likewise OpenBLAS's workers spin for about 0.1 s after each GEMM by default, slowing
 # the kernel that follows; 2^20 cycles still cover the gaps between one layer's GEMMs.
 # Read when OpenBLAS loads: import fastconv before NumPy.

@@ -576,6 +576,69 @@ def test_tiles_of_images_and_of_output_rows(limit, case, dtype):
     assert set(ran.values()) <= {"tiled", "image_gemm", "batch_gemm"}
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant,shape,weight", [
+    ("tiled", (2, 32, 20, 20), (48, 32, 3, 3)),
+    ("batch_gemm", (4, 64, 16, 16), (96, 64, 1, 1)),
+    ("nhwc_tiled", (2, 32, 20, 20), (48, 32, 3, 3)),
+])
+def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
+    """The GEMMs that call BLAS run in blocks, one single-threaded BLAS call each, on
+    OpenMP's threads (``_pgemm``): cut on two threads (the cut is asserted), right
+    against the reference for every op, and bitwise equal on one thread and two (the
+    blocks do not depend on the thread count)."""
+    from fastconv.kernels.cython import im2col
+    if fastconv._config.MAX_THREADS < 2:
+        pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
+    R = weight[2]
+    x, w, dy = arrays(4, dtype, shape, weight, (shape[0], weight[0]) + shape[2:])
+    nhwc = variant == "nhwc_tiled"
+    kw = dict(padding=R // 2, backend="cython", algorithm="im2col")
+    ops = {"conv2d": lambda: fastconv.conv2d(fastconv.to_channels_last(x) if nhwc else x,
+                                             w, **kw)}
+    if not nhwc:
+        ops["conv2d_input"] = lambda: fastconv.conv2d_input(x.shape, w, dy, **kw)
+        ops["conv2d_weight"] = lambda: fastconv.conv2d_weight(x, w.shape, dy, **kw)
+    ref = dict(padding=R // 2, algorithm="reference")
+    want = {"conv2d": fastconv.conv2d(x, w, **ref),
+            "conv2d_input": fastconv.conv2d_input(x.shape, w, dy, **ref),
+            "conv2d_weight": fastconv.conv2d_weight(x, w.shape, dy, **ref)}
+    with tuned(POINTWISE_ONE_GEMM_BELOW=10**9):
+        fastconv.set_num_threads(2)
+        with fastconv.trace_plans() as ran:
+            two = {op: fn() for op, fn in ops.items()}
+        one = on_one_thread(lambda: {op: fn() for op, fn in ops.items()})
+    fastconv.set_num_threads(fastconv._config.MAX_THREADS)
+    plan = ran[0]
+    assert plan.variant == variant
+    pixels = shape[0] * plan.geometry.P * plan.geometry.Q
+    if variant == "tiled":
+        tn, pr = plan["tile"]
+        pixels = min(tn, shape[0]) * min(pr, plan.geometry.P) * plan.geometry.Q
+    patch = weight[1] * weight[2] * weight[3]
+    blocks, _ = im2col.gemm_blocks(weight[0], pixels, patch, 2)
+    assert blocks > 1, (variant, weight[0], pixels, patch)
+    for op in ops:
+        assert_close(two[op], want[op], tolerance(dtype, "im2col"), f"{op} {variant}")
+        np.testing.assert_array_equal(one[op], two[op], err_msg=f"{op} {variant}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,Kd", [(700, 40, 64), (40, 700, 64), (130, 1100, 9), (5, 7, 3)])
+def test_blocked_matmul_matches_numpy(M, N, Kd, dtype):
+    """``_matmul`` (``nhwc_tiled``'s GEMM): a block of rows of a larger output, cut
+    along either side, or not at all, against NumPy's matmul."""
+    from fastconv.kernels.cython import im2col
+    a, b = arrays(6, dtype, (M, Kd), (Kd, N))
+    out = np.full((M + 4, N), 7, dtype)
+    fastconv.set_num_threads(fastconv._config.MAX_THREADS)
+    with fastconv._config.single_threaded_blas():
+        im2col._matmul(a, b, out[2:M + 2])
+    assert_close(out[2:M + 2], a.astype(np.float64) @ b, tolerance(dtype, "im2col"), "matmul")
+    assert (out[:2] == 7).all() and (out[M + 2:] == 7).all()
+    assert (im2col.gemm_blocks(M, N, Kd, 2)[0] > 1) == (M * N * Kd >= 1 << 20)
+
+
 @settings(max_examples=20)
 @given(data=st.data(), dtype=st.sampled_from(DTYPES))
 def test_patch_gemm_weight_gradient(data, dtype):

@@ -11,7 +11,9 @@ output is the GEMM ``patches (pixels, R*S*C) @ weight (R*S*C, K)`` with no trans
 - ``nhwc_tiled``: tiles of whole images, or of rows of one image (``plan["tile"]``),
   zero-padded, their patches gathered by one strided copy, then one GEMM.
 
-The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are; each
+The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are (the
+Cython backend passes its own, one single-threaded BLAS call per block on its OpenMP
+threads: ``im2col.pyx``'s ``_pgemm``); each
 backend applies the epilogue (``kernels.epilogue``, its residual flattened in NHWC
 order) to the rows just written, while they are in cache. (The Cython backend runs
 ``nhwc_gemm`` with its own GEMM, ``_pointwise_nhwc`` in ``im2col.pyx``, the epilogue in
@@ -33,10 +35,11 @@ def _weight_matrix(w):
                      lambda: np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, K)))
 
 
-def conv2d(plan, x, w, p, out, finish=None):
+def conv2d(plan, x, w, p, out, finish=None, matmul=np.matmul):
     """out (N, P, Q, K) = the convolution of x (N, H, W, C), both C-contiguous, with w
     (K, C, R, S), one group; ``finish(r0, r1)``, the backend's epilogue, on output
-    pixels r0 .. r1 - 1 of the batch right after their GEMM (None: no epilogue)."""
+    pixels r0 .. r1 - 1 of the batch right after their GEMM (None: no epilogue);
+    ``matmul(a, b, out)``, the backend's GEMM of ``nhwc_tiled`` (NumPy's by default)."""
     K = p.K
     y = out.reshape(-1, K)
     if plan.variant == "nhwc_gemm":
@@ -75,6 +78,6 @@ def conv2d(plan, x, w, p, out, finish=None):
             patches = workspace_array("nhwc_patches", (rows.stop - rows.start,
                                                        p.R * p.S * p.C), x.dtype)
             patches.reshape(view.shape)[...] = view         # the gathering copy
-            np.matmul(patches, wmat, out=y[rows])
+            matmul(patches, wmat, y[rows])
             if finish is not None:
                 finish(rows.start, rows.stop)

@@ -31,8 +31,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   thread count.
 
 BLAS is SciPy's (``scipy.linalg.cython_blas``; ``image_gemm``'s input gradient:
-NumPy's matmul), called with the GIL released and never inside a parallel
-region, so its threads and OpenMP's never multiply. The gathers,
+NumPy's matmul), held at one thread and called in blocks from OpenMP's threads
+(:func:`_pgemm`), so OpenMP's threads are the only ones. The gathers,
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
 """
@@ -43,7 +43,8 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
-from ..._config import get_num_threads, get_workspace_limit, workspace, workspace_array
+from ..._config import (get_num_threads, get_workspace_limit, single_threaded_blas, workspace,
+                        workspace_array)
 from .. import channels_last, image_gemm
 from ..epilogue import none
 from ..weight_cache import CACHE as _weights
@@ -96,6 +97,54 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int Kd, const real *A, int lda,
     else:
         dgemm(&opa, &opb, &N, &M, &Kd, &one, <double *>B, &ldb, <double *>A, &lda, &beta,
               C, &ldc)
+
+
+#: a GEMM of fewer multiply-adds runs as one BLAS call on the calling thread
+cdef Py_ssize_t SERIAL_MACS = 1 << 20
+
+
+cdef int _blocks(int M, int N, Py_ssize_t Kd, int nt, int *step) noexcept nogil:
+    """How :func:`_pgemm` cuts C (M x N) on ``nt`` threads: the number of blocks along
+    its longer side and their ``step`` (rows or columns; a multiple of 16)."""
+    cdef int side = N if N >= M else M
+    cdef int parts = min(8, side // 64)
+    if parts <= 1 or nt <= 1 or <Py_ssize_t>M * N * Kd < SERIAL_MACS:
+        step[0] = side
+        return 1
+    step[0] = ((side + parts - 1) // parts + 15) // 16 * 16
+    return (side + step[0] - 1) // step[0]
+
+
+def gemm_blocks(M, N, Kd, nt):
+    """The (blocks, step) :func:`_pgemm` cuts a GEMM of C (M x N), Kd deep, into on
+    ``nt`` threads (for tests)."""
+    cdef int step
+    cdef int parts = _blocks(M, N, Kd, nt, &step)
+    return parts, step
+
+
+cdef void _pgemm(bint ta, bint tb, int M, int N, int Kd, const real *A, int lda,
+                 const real *B, int ldb, real beta, real *C, int ldc,
+                 int nt) noexcept nogil:
+    """:func:`_gemm` on OpenMP's threads: C cut along its longer side into up to 8 blocks
+    (:func:`_blocks`: their number set by the shape alone, so the result does not
+    depend on the thread count), one single-threaded BLAS call each. BLAS must be held
+    at one thread (``single_threaded_blas``): fastconv's threads are then the only ones,
+    and no BLAS worker waits for a core that an idle OpenMP worker spins on."""
+    cdef int step, i, a, b
+    cdef int parts = _blocks(M, N, Kd, nt, &step)
+    if parts == 1:
+        _gemm(ta, tb, M, N, Kd, A, lda, B, ldb, beta, C, ldc)
+        return
+    for i in prange(parts, num_threads=nt, schedule="static"):
+        a = i * step
+        b = min(N if N >= M else M, a + step)
+        if N >= M:                      # columns a..b: op(B)'s columns, C's columns
+            _gemm(ta, tb, M, b - a, Kd, A, lda, B + (a * ldb if tb else a), ldb, beta,
+                  C + a, ldc)
+        else:                           # rows a..b: op(A)'s rows, C's rows
+            _gemm(ta, tb, b - a, N, Kd, A + (a if ta else a * lda), lda, B, ldb, beta,
+                  C + a * ldc, ldc)
 
 
 cdef void _swap_axes(const real *src, real *dst, Py_ssize_t A, Py_ssize_t B, Py_ssize_t L,
@@ -225,8 +274,8 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
         with nogil:
             _swap_axes(&x[0, 0, 0, 0], col, g.N, g.C, HW, nt)
             for gi in range(G):
-                _gemm(False, False, Kg, NHW, Cg, wp + gi * Kg * Cg, Cg, col + gi * Cg * NHW,
-                      NHW, 0, res + gi * Kg * NHW, NHW)
+                _pgemm(False, False, Kg, NHW, Cg, wp + gi * Kg * Cg, Cg, col + gi * Cg * NHW,
+                      NHW, 0, res + gi * Kg * NHW, NHW, nt)
             if ep:
                 _swap_epilogue(<const real *>res, op, g.K, g.N, PQ, bias, resid, act, nt)
             else:
@@ -240,14 +289,14 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
             _gather(&x[0, 0, 0, 0], col, g, n0, ntl, p0, prl, nt)
             if ntl == 1:                        # the GEMM writes NCHW (rows PQ apart)
                 for gi in range(G):
-                    _gemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
-                          col + gi * CgRS * cols, cols, 0, &out[n0, gi * Kg, p0, 0], PQ)
+                    _pgemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
+                          col + gi * CgRS * cols, cols, 0, &out[n0, gi * Kg, p0, 0], PQ, nt)
                 if ep:
                     _epilogue(op, bias, resid, act, n0, 1, g.K, PQ, p0 * g.Q, cols, nt)
             else:                               # whole images: (K, ntl, PQ) -> NCHW
                 for gi in range(G):
-                    _gemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
-                          col + gi * CgRS * cols, cols, 0, res + gi * Kg * cols, cols)
+                    _pgemm(False, False, Kg, cols, CgRS, wp + gi * Kg * CgRS, CgRS,
+                          col + gi * CgRS * cols, cols, 0, res + gi * Kg * cols, cols, nt)
                 if ep:
                     _swap_epilogue(<const real *>res, op + n0 * g.K * PQ, g.K, ntl, PQ, bias,
                                    NULL if resid == NULL else resid + n0 * g.K * PQ, act, nt)
@@ -274,8 +323,8 @@ cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::
         with nogil:
             _swap_axes(&dy[0, 0, 0, 0], res, g.N, g.K, PQ, nt)      # (K, N, PQ)
             for gi in range(G):
-                _gemm(True, False, Cg, NPQ, Kg, wp + gi * Kg * Cg, Cg, res + gi * Kg * NPQ,
-                      NPQ, 0, col + gi * Cg * NPQ, NPQ)
+                _pgemm(True, False, Cg, NPQ, Kg, wp + gi * Kg * Cg, Cg, res + gi * Kg * NPQ,
+                      NPQ, 0, col + gi * Cg * NPQ, NPQ, nt)
             _swap_axes(<const real *>col, &out[0, 0, 0, 0], g.C, g.N, HW, nt)
         return 0
     col, res = &colbuf[0], &resbuf[0]
@@ -292,8 +341,8 @@ cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::
                 dyt = res
                 ldb = cols
             for gi in range(G):
-                _gemm(True, False, CgRS, cols, Kg, wp + gi * Kg * CgRS, CgRS,
-                      dyt + gi * Kg * ldb, ldb, 0, col + gi * CgRS * cols, cols)
+                _pgemm(True, False, CgRS, cols, Kg, wp + gi * Kg * CgRS, CgRS,
+                      dyt + gi * Kg * ldb, ldb, 0, col + gi * CgRS * cols, cols, nt)
             for tc in prange(ntl * g.C, num_threads=_par(g.C * g.R * g.S * cols, nt),
                              schedule="static"):
                 if real is float:
@@ -324,15 +373,15 @@ cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::
             _swap_axes(&x[0, 0, 0, 0], col, g.N, g.C, HW, nt)       # (C, N, HW)
             _swap_axes(&dy[0, 0, 0, 0], res, g.N, g.K, HW, nt)      # (K, N, HW)
             for gi in range(G):
-                _gemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
-                      NHW, 0, wp + gi * Kg * Cg, Cg)
+                _pgemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
+                      NHW, 0, wp + gi * Kg * Cg, Cg, nt)
         return 0
     if variant == "image_gemm":                 # SciPy's BLAS adds image by image (beta 1)
         with nogil:
             for n in range(g.N):
                 for gi in range(G):
-                    _gemm(False, True, Kg, Cg, HW, &dy[n, gi * Kg, 0, 0], HW, &x[n, gi * Cg, 0, 0],
-                          HW, 0 if n == 0 else 1, wp + gi * Kg * Cg, Cg)
+                    _pgemm(False, True, Kg, Cg, HW, &dy[n, gi * Kg, 0, 0], HW, &x[n, gi * Cg, 0, 0],
+                          HW, 0 if n == 0 else 1, wp + gi * Kg * Cg, Cg, nt)
         return 0
     col, res = &colbuf[0], &resbuf[0]
     with nogil:
@@ -348,9 +397,9 @@ cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::
                 dyt = res
                 lda = cols
             for gi in range(G):
-                _gemm(False, True, Kg, CgRS, cols, dyt + gi * Kg * lda, lda,
+                _pgemm(False, True, Kg, CgRS, cols, dyt + gi * Kg * lda, lda,
                       col + gi * CgRS * cols, cols, 0 if i == 0 else 1, wp + gi * Kg * CgRS,
-                      CgRS)
+                      CgRS, nt)
     return 0
 
 
@@ -493,8 +542,10 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
         ep = none(x.dtype) if epilogue is None else epilogue
         nt = get_num_threads()
-        channels_last.conv2d(plan, x, w, p, out, None if ep.empty else lambda r0, r1: (
-            _rows_epilogue(out.reshape(-1), ep.bias, ep.residual, ep.act, r0, r1, p.K, nt)))
+        with single_threaded_blas():
+            channels_last.conv2d(plan, x, w, p, out, None if ep.empty else lambda r0, r1: (
+                _rows_epilogue(out.reshape(-1), ep.bias, ep.residual, ep.act, r0, r1, p.K,
+                               nt)), matmul=_matmul)
         return
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
@@ -503,12 +554,13 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
-    if x.dtype == np.float32:
-        _forward[float](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
-                        ep.bias, ep.residual, ep.act)
-    else:
-        _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
-                         ep.bias, ep.residual, ep.act)
+    with single_threaded_blas():
+        if x.dtype == np.float32:
+            _forward[float](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr,
+                            get_num_threads(), ep.bias, ep.residual, ep.act)
+        else:
+            _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr,
+                             get_num_threads(), ep.bias, ep.residual, ep.act)
 
 
 def _pointwise(x, w, p, out, ep):
@@ -608,6 +660,21 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                                         &panels[0] + tid * Cg * cols)
 
 
+def _matmul_run(const real[:, ::1] a, const real[:, ::1] b, real[:, ::1] out, int nt):
+    cdef int M = a.shape[0], Kd = a.shape[1], N = b.shape[1]
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        _pgemm(False, False, M, N, Kd, &a[0, 0] if Kd else NULL, Kd,
+               &b[0, 0] if Kd else NULL, N, 0, &out[0, 0], N, nt)
+
+
+def _matmul(a, b, out):
+    """out = a @ b (C-contiguous 2-D arrays, out's rows may be a block of a larger
+    array's) by :func:`_pgemm`, for ``channels_last.conv2d``; BLAS held at one thread."""
+    _matmul_run(a, b, out, get_num_threads())
+
+
 def _rows_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K, int nt):
     """The epilogue of pixels r0 .. r1 - 1 of a channels-last ``out`` (rows of K
@@ -647,10 +714,11 @@ def conv2d_input(plan, dy, w, p, out):
     nt = get_num_threads()
     sw = p.stride_w
     ph = _buffer("phases", (nt, sw * (-(-p.W // sw))), dy.dtype)
-    if dy.dtype == np.float32:
-        _input[float](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
-    else:
-        _input[double](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
+    with single_threaded_blas():
+        if dy.dtype == np.float32:
+            _input[float](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
+        else:
+            _input[double](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
 
 
 def conv2d_weight(plan, x, dy, p, out):
@@ -663,7 +731,10 @@ def conv2d_weight(plan, x, dy, p, out):
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
-    if x.dtype == np.float32:
-        _weight[float](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
-    else:
-        _weight[double](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
+    with single_threaded_blas():
+        if x.dtype == np.float32:
+            _weight[float](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr,
+                           get_num_threads())
+        else:
+            _weight[double](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr,
+                            get_num_threads())
