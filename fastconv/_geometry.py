@@ -330,9 +330,10 @@ def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, 
             f"({dh * (R - 1) + 1}x{dw * (S - 1) + 1}) of weight {weight_shape}"
         )
     # a stride longer than the padded input gives one output row (column), as a stride
-    # of the padded extent does: clamped to that, so that no kernel sizes a buffer or a
-    # loop by it (the input gradient's stride phases)
-    sh, sw = min(sh, H + pt + pb), min(sw, W + pl + pr)
+    # of the padded extent does: clamped to that (but not below 2: a stride-2 layer keeps
+    # its stride-2 plan), so that no kernel sizes a buffer or a loop by it (the input
+    # gradient's stride phases)
+    sh, sw = min(sh, max(2, H + pt + pb)), min(sw, max(2, W + pl + pr))
     params = ConvParams(N, C, H, W, K, R, S, groups, sh, sw, pt, pb, pl, pr, dh, dw, P, Q)
     for what in ("input", "output"):
         _check_indexable(op, what, getattr(params, what + "_shape"))

@@ -449,7 +449,8 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
     """backend="auto" runs direct on Cython where Cython runs the variant the rules
     choose among every backend's (``_plan._backend_for_variant``), else on Numba; the
     NCHW depthwise forward on planes under ``CYTHON_DEPTHWISE_MIN_PLANE`` and the lanes
-    forward on patches under ``CYTHON_LANES_MIN_PATCH`` on Numba."""
+    forward on patches under ``CYTHON_LANES_MIN_PATCH`` on Numba; Cython's ``lanes``
+    where Numba's plan is ``lanes_streamed`` or ``row`` (``_plan.STANDS_IN_FOR``)."""
     if "numba" not in _dispatch.available_backends():
         pytest.skip("Numba is not installed: auto has only Cython's variants")
     cases = [("conv2d", (2, 8, 12, 12), (8, 1, 3, 3), dict(padding=1, groups=8), np.float32),
@@ -457,6 +458,7 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
              ("conv2d", (1, 3, 40, 40), (32, 3, 3, 3), dict(padding=1, stride=2), np.float32),
              ("conv2d", (1, 3, 40, 40), (16, 3, 7, 7), dict(padding=3, stride=2), np.float32),
              ("conv2d", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1), np.float64),
+             ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), np.float32),
              ("conv2d", (2, 20, 5, 6), (70, 20, 1, 1), {}, np.float32),
              ("conv2d_input", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1, stride=2),
               np.float32),
@@ -465,7 +467,8 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
     for op, xs, ws, kw, dtype in cases:
         numba = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct", backend="numba")
         auto = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct")
-        on_cython = numba.variant in cy.VARIANTS[(op, "direct")]
+        stands_in = op == "conv2d" and numba.variant in ("lanes_streamed", "row")
+        on_cython = numba.variant in cy.VARIANTS[(op, "direct")] or stands_in
         g = numba.geometry
         numba_faster = op == "conv2d" and (
             (numba.variant == "depthwise" and g.P * g.Q < _tuning.CYTHON_DEPTHWISE_MIN_PLANE)
@@ -473,9 +476,9 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
                 and g.C // g.groups * g.R * g.S < _tuning.CYTHON_LANES_MIN_PATCH))
         assert auto.backend == ("cython" if on_cython and not numba_faster else "numba"), (
             numba, auto)
-        assert auto.variant == numba.variant
-        seen.add(auto.backend)
-    assert seen == {"cython", "numba"}
+        assert auto.variant == ("lanes" if stands_in else numba.variant)
+        seen.add((auto.backend, stands_in))
+    assert seen == {("cython", False), ("cython", True), ("numba", False)}
 
 
 @contextlib.contextmanager

@@ -373,16 +373,18 @@ def test_streamed_lanes_kernel():
     small weights: input channels in chunks (70 = 64 + 6), a channel tail (K = 40),
     several images per item, groups, stride 2, dilation, asymmetric padding, and the
     input gradient (rotated weight, stride-2 phases); a weight changed in place is
-    seen at once (no layout is kept). At res5's channels it is the one auto runs where
-    auto runs direct (AVX-512 CPUs; with fewer vector registers than
-    BLAS_BELOW_REGISTERS auto runs such forwards on im2col: test_selection)."""
+    seen at once (no layout is kept). At res5's channels it is the one Numba's plans
+    name where auto runs direct (AVX-512 CPUs; with fewer vector registers than
+    BLAS_BELOW_REGISTERS auto runs such forwards on im2col: test_selection); auto runs
+    Cython's ``lanes`` for it where Cython is built (``_plan.STANDS_IN_FOR``)."""
     J2 = TWO_ROWS[1]                    # rows of the two-row block: 7 x 7 is res5's (32)
     assert _plan.streams_weight(512 * 512 * 9 * 4)                # res5 3x3
     assert not _plan.streams_weight(256 * 256 * 9 * 4)
     assert fastconv.plan("conv2d", (1, 256, 7, J2), (256, 256, 3, 3), padding=1,
                          algorithm="direct").variant == "lanes"
     with tuned(BLAS_BELOW_REGISTERS=0):
-        plan = fastconv.plan("conv2d", (1, 512, 7, J2), (512, 512, 3, 3), padding=1)
+        plan = fastconv.plan("conv2d", (1, 512, 7, J2), (512, 512, 3, 3), padding=1,
+                             backend="numba")
     assert (plan.algorithm, plan.variant, plan["block"]) == ("direct", "lanes_streamed",
                                                              TWO_ROWS)
     streamed = dict(fwd="lanes_streamed", inp="lanes_streamed", block=TWO_ROWS)
@@ -399,11 +401,11 @@ def test_streamed_lanes_kernel():
         rng = np.random.default_rng(1)
         x = rng.standard_normal((1, 64, 7, J2)).astype(np.float32)
         w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
-        ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct"),
-                 variant="lanes_streamed")
+        ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct",
+                                         backend="numba"), variant="lanes_streamed")
         w *= -0.5
-        got, _ = ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct"),
-                          variant="lanes_streamed")
+        got, _ = ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct",
+                                                  backend="numba"), variant="lanes_streamed")
     assert_close(got, fastconv.conv2d(x, w, padding=1, algorithm="reference"),
                  tolerance(np.float32, "direct"), "after an in-place change")
 
