@@ -387,14 +387,17 @@ def test_direct_writes_only_its_output_and_scratch(monkeypatch, what, variants, 
     ("image_gemm", (1, 3, 13, 11), (70, 3, 1, 1), {}),                  # channel tail
     ("nhwc_gemm", (2, 9, 5, 7), (70, 9, 1, 1), {}),                     # last panel, rows
     ("nhwc_gemm", (1, 17, 3, 3), (5, 17, 1, 1), {}),
+    ("nhwc_tiled", (2, 3, 15, 13), (32, 3, 3, 3), dict(stride=2, padding=1)),  # a stem
+    ("nhwc_tiled", (1, 9, 7, 6), (70, 9, 3, 2), dict(padding=(2, 1), dilation=(1, 2))),
     ("depthwise_nhwc", (2, 35, 9, 13), (35, 1, 3, 3), dict(padding=1, groups=35)),
     ("depthwise_nhwc", (1, 20, 6, 5), (20, 1, 5, 3), dict(stride=2, padding=(2, 1),
                                                           groups=20)),
 ])
 def test_own_gemms_and_depthwise_write_only_their_output(monkeypatch, variant, shape,
                                                         weight, kw, dtype):
-    """The 1x1 forwards' GEMMs (``pointwise_panel``, ``pointwise_nhwc``) and the
-    channels-last depthwise (``depthwise_nhwc_row``), C loops without bounds checks:
+    """The 1x1 forwards' GEMMs (``pointwise_panel``, ``pointwise_nhwc``), the
+    channels-last convolution (``conv_nhwc``, and its padded copy) and depthwise
+    (``depthwise_nhwc_row``), C loops without bounds checks:
     the output and every scratch array sit between guard zones that come back
     untouched, and the result is the reference's."""
     from fastconv.kernels.cython import im2col
@@ -583,7 +586,6 @@ def test_tiles_of_images_and_of_output_rows(limit, case, dtype):
 @pytest.mark.parametrize("variant,shape,weight", [
     ("tiled", (2, 32, 20, 20), (48, 32, 3, 3)),
     ("batch_gemm", (4, 64, 16, 16), (96, 64, 1, 1)),
-    ("nhwc_tiled", (2, 32, 20, 20), (48, 32, 3, 3)),
 ])
 def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
     """The GEMMs that call BLAS run in blocks, one single-threaded BLAS call each, on
@@ -595,13 +597,10 @@ def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
     R = weight[2]
     x, w, dy = arrays(4, dtype, shape, weight, (shape[0], weight[0]) + shape[2:])
-    nhwc = variant == "nhwc_tiled"
     kw = dict(padding=R // 2, backend="cython", algorithm="im2col")
-    ops = {"conv2d": lambda: fastconv.conv2d(fastconv.to_channels_last(x) if nhwc else x,
-                                             w, **kw)}
-    if not nhwc:
-        ops["conv2d_input"] = lambda: fastconv.conv2d_input(x.shape, w, dy, **kw)
-        ops["conv2d_weight"] = lambda: fastconv.conv2d_weight(x, w.shape, dy, **kw)
+    ops = {"conv2d": lambda: fastconv.conv2d(x, w, **kw),
+           "conv2d_input": lambda: fastconv.conv2d_input(x.shape, w, dy, **kw),
+           "conv2d_weight": lambda: fastconv.conv2d_weight(x, w.shape, dy, **kw)}
     ref = dict(padding=R // 2, algorithm="reference")
     want = {"conv2d": fastconv.conv2d(x, w, **ref),
             "conv2d_input": fastconv.conv2d_input(x.shape, w, dy, **ref),
@@ -624,22 +623,6 @@ def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
     for op in ops:
         assert_close(two[op], want[op], tolerance(dtype, "im2col"), f"{op} {variant}")
         np.testing.assert_array_equal(one[op], two[op], err_msg=f"{op} {variant}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,N,Kd", [(700, 40, 64), (40, 700, 64), (130, 1100, 9), (5, 7, 3)])
-def test_blocked_matmul_matches_numpy(M, N, Kd, dtype):
-    """``_matmul`` (``nhwc_tiled``'s GEMM): a block of rows of a larger output, cut
-    along either side, or not at all, against NumPy's matmul."""
-    from fastconv.kernels.cython import im2col
-    a, b = arrays(6, dtype, (M, Kd), (Kd, N))
-    out = np.full((M + 4, N), 7, dtype)
-    fastconv.set_num_threads(fastconv._config.MAX_THREADS)
-    with fastconv._config.single_threaded_blas():
-        im2col._matmul(a, b, out[2:M + 2])
-    assert_close(out[2:M + 2], a.astype(np.float64) @ b, tolerance(dtype, "im2col"), "matmul")
-    assert (out[:2] == 7).all() and (out[M + 2:] == 7).all()
-    assert (im2col.gemm_blocks(M, N, Kd, 2)[0] > 1) == (M * N * Kd >= 1 << 20)
 
 
 @settings(max_examples=20)

@@ -11,13 +11,11 @@ output is the GEMM ``patches (pixels, R*S*C) @ weight (R*S*C, K)`` with no trans
 - ``nhwc_tiled``: tiles of whole images, or of rows of one image (``plan["tile"]``),
   zero-padded, their patches gathered by one strided copy, then one GEMM.
 
-The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are (the
-Cython backend passes its own, one single-threaded BLAS call per block on its OpenMP
-threads: ``im2col.pyx``'s ``_pgemm``); each
+The GEMMs are NumPy's ``matmul`` (its OpenBLAS), as ``image_gemm.py``'s are; the
 backend applies the epilogue (``kernels.epilogue``, its residual flattened in NHWC
 order) to the rows just written, while they are in cache. (The Cython backend runs
-``nhwc_gemm`` with its own GEMM, ``_pointwise_nhwc`` in ``im2col.pyx``, the epilogue in
-its stores; this module serves its ``nhwc_tiled`` and both of Numba's.)
+both with its own kernels, the patches read in place and the epilogue in their stores:
+``_pointwise_nhwc`` and ``_conv_nhwc`` in ``im2col.pyx``; this module serves Numba's.)
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -35,11 +33,10 @@ def _weight_matrix(w):
                      lambda: np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, K)))
 
 
-def conv2d(plan, x, w, p, out, finish=None, matmul=np.matmul):
+def conv2d(plan, x, w, p, out, finish=None):
     """out (N, P, Q, K) = the convolution of x (N, H, W, C), both C-contiguous, with w
     (K, C, R, S), one group; ``finish(r0, r1)``, the backend's epilogue, on output
-    pixels r0 .. r1 - 1 of the batch right after their GEMM (None: no epilogue);
-    ``matmul(a, b, out)``, the backend's GEMM of ``nhwc_tiled`` (NumPy's by default)."""
+    pixels r0 .. r1 - 1 of the batch right after their GEMM (None: no epilogue)."""
     K = p.K
     y = out.reshape(-1, K)
     if plan.variant == "nhwc_gemm":
@@ -78,6 +75,6 @@ def conv2d(plan, x, w, p, out, finish=None, matmul=np.matmul):
             patches = workspace_array("nhwc_patches", (rows.stop - rows.start,
                                                        p.R * p.S * p.C), x.dtype)
             patches.reshape(view.shape)[...] = view         # the gathering copy
-            matmul(patches, wmat, y[rows])
+            np.matmul(patches, wmat, out=y[rows])
             if finish is not None:
                 finish(rows.start, rows.stop)

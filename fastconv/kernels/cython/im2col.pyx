@@ -15,10 +15,12 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   store; :func:`_pointwise`), NumPy's matmul for the input gradient
   (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
   by image for the weight gradient.
-- ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): ``nhwc_gemm`` by fastconv's own
-  GEMM (``pointwise_nhwc`` in ``src/fc_impl.h``, the epilogue in its stores;
-  :func:`_pointwise_nhwc`), ``nhwc_tiled`` by ``kernels/channels_last.py``, shared with
-  Numba.
+- ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
+  epilogue in their stores: ``nhwc_gemm`` (1x1) by ``pointwise_nhwc``, ``nhwc_tiled``
+  (any other kernel) by ``conv_nhwc`` on a zero-padded copy, its patches read in place
+  through a table of offsets (``src/fc_impl.h``; :func:`_pointwise_nhwc`,
+  :func:`_conv_nhwc`). Numba runs them as patch matrix + NumPy matmul
+  (``kernels/channels_last.py``).
 - ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
   GEMM per group.
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
@@ -36,6 +38,8 @@ NumPy's matmul), held at one thread and called in blocks from OpenMP's threads
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
 """
+import functools
+
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
@@ -45,7 +49,7 @@ import numpy as np
 
 from ..._config import (get_num_threads, get_workspace_limit, single_threaded_blas, workspace,
                         workspace_array)
-from .. import channels_last, image_gemm
+from .. import image_gemm
 from ..epilogue import none
 from ..weight_cache import CACHE as _weights
 from ._hot cimport FC_MR, fc_conv, fc_int, fc_kernels, load_table, real
@@ -539,13 +543,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     if plan.variant == "nhwc_gemm":             # x (N, H, W, C), out (N, P, Q, K)
         _pointwise_nhwc(x, w, p, out, none(x.dtype) if epilogue is None else epilogue)
         return
-    if plan.variant in channels_last.VARIANTS:  # x (N, H, W, C), out (N, P, Q, K)
-        ep = none(x.dtype) if epilogue is None else epilogue
-        nt = get_num_threads()
-        with single_threaded_blas():
-            channels_last.conv2d(plan, x, w, p, out, None if ep.empty else lambda r0, r1: (
-                _rows_epilogue(out.reshape(-1), ep.bias, ep.residual, ep.act, r0, r1, p.K,
-                               nt)), matmul=_matmul)
+    if plan.variant == "nhwc_tiled":            # x (N, H, W, C), out (N, P, Q, K)
+        _conv_nhwc(x, w, p, out, none(x.dtype) if epilogue is None else epilogue)
         return
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
@@ -588,18 +587,18 @@ cdef fc_int NHWC_ITEM_PIXELS = 96
 def _pointwise_nhwc(x, w, p, out, ep):
     """The channels-last 1x1 stride-1 forward (``nhwc_gemm``): x (N, H, W, C) is the
     (pixels, C) matrix; per (block of pixels, block of output channels), on OpenMP's
-    threads, ``pointwise_nhwc`` of ``src/fc_impl.h`` with the weight transposed once
-    (cached per weight) and the epilogue in its stores: no BLAS, one pass over the
-    output."""
+    threads, ``pointwise_nhwc`` of ``src/fc_impl.h`` with the weight laid out once
+    (cached per weight) in panels of ``cols`` output channels, each (C, cols)
+    contiguous, and the epilogue in its stores: no BLAS, one pass over the output."""
     dt = x.dtype
     cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
     Kp = -(-p.K // cols) * cols
 
-    def build():
-        wt = np.zeros((p.C, Kp), dt)
-        wt[:, :p.K] = w.reshape(p.K, p.C).T
-        return wt
-    wt = _weights.get(w, ("pointwise_nhwc", cols), build)
+    def build():                                # panels of cols channels, each (C, cols)
+        wk = np.zeros((Kp, p.C), dt)
+        wk[:p.K] = w.reshape(p.K, p.C)
+        return np.ascontiguousarray(wk.reshape(Kp // cols, cols, p.C).transpose(0, 2, 1))
+    wt = _weights.get(w, ("pointwise_nhwc_panels", cols), build)
     _pointwise_nhwc_run(x.reshape(-1), wt.reshape(-1), out.reshape(-1), ep.bias,
                         ep.residual, ep.act, p.N * p.H * p.W, p.C, p.K, cols,
                         get_num_threads())
@@ -622,6 +621,85 @@ def _pointwise_nhwc_run(const real[::1] x, const real[::1] wt, real[::1] y,
                 hot.pointwise_nhwc_f32(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
             else:
                 hot.pointwise_nhwc_f64(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
+
+
+@functools.lru_cache(maxsize=64)
+def _patch_offsets(R, S, C, dh, dw, Wp):
+    """``conv_nhwc``'s offs: patch input (r, s, c)'s offset from the patch's first in a
+    zero-padded channels-last image Wp pixels wide, in the weight panels' order
+    (read-only; once per geometry)."""
+    r, s, c = np.meshgrid(np.arange(R), np.arange(S), np.arange(C), indexing="ij")
+    offs = np.ascontiguousarray(((r * dh * Wp + s * dw) * C + c).reshape(-1), np.int64)
+    offs.flags.writeable = False
+    return offs
+
+
+def _conv_nhwc(x, w, p, out, ep):
+    """The channels-last forward of any kernel size (``nhwc_tiled``; the Numba backend
+    runs it as patch matrix + GEMM, ``kernels/channels_last.py``): groups of images
+    copied zero-padded, then per (image, output row, panel of output channels), on
+    OpenMP's threads, ``conv_nhwc`` of ``src/fc_impl.h``: a register block of output
+    pixels x output channels over the patch, read in place through a table of offsets
+    (no patch matrix, no BLAS), the weight laid out once (cached per weight) in panels
+    of ``cols`` output channels, each (R*S*C, cols), the epilogue in its stores."""
+    dt = x.dtype
+    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
+    n = p.R * p.S * p.C
+    Kp = -(-p.K // cols) * cols
+
+    def build():                                # panels of cols channels, each (n, cols)
+        wk = np.zeros((Kp, n), dt)
+        wk[:p.K] = w.transpose(0, 2, 3, 1).reshape(p.K, n)      # patch order (r, s, c)
+        return np.ascontiguousarray(wk.reshape(Kp // cols, cols, n).transpose(0, 2, 1))
+    wt = _weights.get(w, ("conv_nhwc_panels", cols), build)
+    Hp, Wp = p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right
+    offs = _patch_offsets(p.R, p.S, p.C, p.dil_h, p.dil_w, Wp)
+    image = Hp * Wp * p.C
+    group = max(1, min(p.N, get_workspace_limit() // (image * x.itemsize)))
+    xp = workspace("conv_nhwc.padded", group * image, dt)
+    xf, yf, nt = x.reshape(-1), out.reshape(-1), get_num_threads()
+    for n0 in range(0, p.N, group):
+        ng = min(group, p.N - n0)
+        _conv_nhwc_run(xf, xp, wt.reshape(-1), offs, yf, ep.bias, ep.residual, ep.act, n0,
+                       ng, p.H, p.W, p.C, p.pad_top, p.pad_left, Hp, Wp, p.P, p.Q, p.K,
+                       p.stride_h, p.stride_w, n, cols, nt)
+
+
+def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
+                   const fc_int[::1] offs, real[::1] y, const real[::1] bias_a,
+                   const real[::1] res_a, int act, fc_int n0, fc_int ng, fc_int H, fc_int W,
+                   fc_int C, fc_int pt, fc_int pl, fc_int Hp, fc_int Wp, fc_int P, fc_int Q,
+                   fc_int K, fc_int sh, fc_int sw, fc_int n, fc_int cols, int nt):
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
+    cdef fc_int nkp = (K + cols - 1) // cols, row, i, hp, item, m, pr, k0, o
+    cdef real *d
+    with nogil:
+        # the group's images zero-padded: padded row (image i, row hp) per iteration
+        for row in prange(ng * Hp, num_threads=_par(ng * Hp * Wp * C, nt), schedule="static"):
+            i, hp = row // Hp, row % Hp
+            d = &xp[0] + row * Wp * C
+            if hp < pt or hp >= pt + H:
+                memset(d, 0, Wp * C * sizeof(real))
+            else:
+                memset(d, 0, pl * C * sizeof(real))
+                memcpy(d + pl * C, &x[0] + ((n0 + i) * H + hp - pt) * W * C,
+                       W * C * sizeof(real))
+                memset(d + (pl + W) * C, 0, (Wp - pl - W) * C * sizeof(real))
+        # item = (image m, output row pr, panel): the panel varies fastest, so the
+        # items of one row share its input rows in cache
+        for item in prange(ng * P * nkp, num_threads=_par(ng * P * Q * K * n, nt),
+                           schedule="static"):
+            m, pr, k0 = item // (P * nkp), item // nkp % P, item % nkp * cols
+            o = ((n0 + m) * P + pr) * Q * K             # the output row's first element
+            if real is float:
+                hot.conv_nhwc_f32(&xp[0] + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
+                                  &wt[0], K, Q, k0, &y[0] + o, bias,
+                                  NULL if res == NULL else res + o, act)
+            else:
+                hot.conv_nhwc_f64(&xp[0] + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
+                                  &wt[0], K, Q, k0, &y[0] + o, bias,
+                                  NULL if res == NULL else res + o, act)
 
 
 def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
@@ -658,46 +736,6 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                                         NULL if bias == NULL else bias + g * Kg,
                                         NULL if res == NULL else res + o, act,
                                         &panels[0] + tid * Cg * cols)
-
-
-def _matmul_run(const real[:, ::1] a, const real[:, ::1] b, real[:, ::1] out, int nt):
-    cdef int M = a.shape[0], Kd = a.shape[1], N = b.shape[1]
-    if M == 0 or N == 0:
-        return
-    with nogil:
-        _pgemm(False, False, M, N, Kd, &a[0, 0] if Kd else NULL, Kd,
-               &b[0, 0] if Kd else NULL, N, 0, &out[0, 0], N, nt)
-
-
-def _matmul(a, b, out):
-    """out = a @ b (C-contiguous 2-D arrays, out's rows may be a block of a larger
-    array's) by :func:`_pgemm`, for ``channels_last.conv2d``; BLAS held at one thread."""
-    _matmul_run(a, b, out, get_num_threads())
-
-
-def _rows_epilogue(real[::1] out, const real[::1] bias_a, const real[::1] res_a, int act,
-                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K, int nt):
-    """The epilogue of pixels r0 .. r1 - 1 of a channels-last ``out`` (rows of K
-    channels), flattened; ``res_a`` flattened in the same order."""
-    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
-    cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
-    cdef real *o
-    cdef Py_ssize_t r, i
-    with nogil:
-        for r in prange(r0, r1, num_threads=_par((r1 - r0) * K, nt), schedule="static"):
-            o = &out[0] + r * K
-            if bias != NULL and res != NULL:
-                for i in range(K):
-                    o[i] = _act((o[i] + bias[i]) + res[r * K + i], act)
-            elif bias != NULL:
-                for i in range(K):
-                    o[i] = _act(o[i] + bias[i], act)
-            elif res != NULL:
-                for i in range(K):
-                    o[i] = _act(o[i] + res[r * K + i], act)
-            else:
-                for i in range(K):
-                    o[i] = _act(o[i], act)
 
 
 def conv2d_input(plan, dy, w, p, out):

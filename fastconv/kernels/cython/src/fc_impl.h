@@ -618,22 +618,27 @@ static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
  * channels: about 24 accumulators (FC_MR rows at the full FC_NV). */
 #define FC_PWN_ROWS(nv) ((nv) == 1 ? 16 : (nv) == 2 ? 12 : (nv) == 3 ? 8 : FC_MR)
 
-/* mr pixel rows x nv vectors of output channels from k0 of pointwise_nhwc, in
- * registers over all of C (always inlined, with mr and nv constants: the
- * accumulators are registers, the unused ones gone). */
-static inline __attribute__((always_inline)) void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *restrict Wt,
-                                     fc_int Kp, fc_int K, fc_int k0, T *restrict y,
+/* mr output pixels x nv vectors of output channels from k0, channels last, in
+ * registers over the n inputs of a pixel's patch (always inlined, with mr, nv and
+ * whether offs is NULL constants: the accumulators are registers, the unused ones
+ * gone). Pixel t's patch input i is x[t * xstep + offs[i]] (offs NULL: x[t * xstep +
+ * i], a 1x1 layer's row of channels); Wp: the weight's panel, (n, FC_PW_COLS)
+ * contiguous, read in order; y, res: rows of K channels per pixel, consecutive. */
+static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restrict x, fc_int xstep,
+                                     const fc_int *restrict offs, fc_int n,
+                                     const T *restrict Wp, fc_int K, fc_int k0, T *restrict y,
                                      const T *bias, const T *res, int act, int mr, int nv)
 {
     FN(vec) acc[16][FC_NV];
     const FN(vec) vzero = {0};
     for (int t = 0; t < mr; t++)
         for (int k = 0; k < nv; k++) acc[t][k] = vzero;
-    for (fc_int c = 0; c < C; c++) {
+    for (fc_int i = 0; i < n; i++) {
         FN(vec) ws[FC_NV];
-        for (int k = 0; k < nv; k++) ws[k] = FN(vload)(Wt + c * Kp + k0 + k * VL);
+        const fc_int o = offs == NULL ? i : offs[i];
+        for (int k = 0; k < nv; k++) ws[k] = FN(vload)(Wp + i * FC_PW_COLS + k * VL);
         for (int t = 0; t < mr; t++) {
-            const T xv = x[t * C + c];                 /* broadcast by the operator */
+            const T xv = x[t * xstep + o];             /* broadcast by the operator */
             for (int k = 0; k < nv; k++) acc[t][k] += ws[k] * xv;
         }
     }
@@ -660,46 +665,56 @@ static inline __attribute__((always_inline)) void FN(pw_nhwc_block)(const T *res
     }
 }
 
+/* mr pixel rows x nv vectors of output channels from k0 of pointwise_nhwc, in
+ * registers over all of C; Wp: the panel of the weight, (C, FC_PW_COLS). */
+static inline __attribute__((always_inline)) void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *restrict Wp,
+                                     fc_int K, fc_int k0, T *restrict y,
+                                     const T *bias, const T *res, int act, int mr, int nv)
+{
+    FN(nhwc_block)(x, C, NULL, C, Wp, K, k0, y, bias, res, act, mr, nv);
+}
+
 /* pixels [p0, p1) x nv vectors of output channels from k0: full blocks of
  * FC_PWN_ROWS(nv) rows, then the last rows one at a time */
-static inline __attribute__((always_inline)) void FN(pw_nhwc_panel)(const T *x, fc_int C, const T *Wt, fc_int Kp,
+static inline __attribute__((always_inline)) void FN(pw_nhwc_panel)(const T *x, fc_int C, const T *Wp,
                                      fc_int K, fc_int p0, fc_int p1, fc_int k0, T *y,
                                      const T *bias, const T *res, int act, int nv)
 {
     const int mr = FC_PWN_ROWS(nv);
     fc_int p = p0;
     for (; p + mr <= p1; p += mr)
-        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
+        FN(pw_nhwc_block)(x + p * C, C, Wp, K, k0, y + p * K, bias,
                           res == NULL ? NULL : res + p * K, act, mr, nv);
     for (; p < p1; p++)
-        FN(pw_nhwc_block)(x + p * C, C, Wt, Kp, K, k0, y + p * K, bias,
+        FN(pw_nhwc_block)(x + p * C, C, Wp, K, k0, y + p * K, bias,
                           res == NULL ? NULL : res + p * K, act, 1, nv);
 }
 #endif
 
-/* Channels last: y[p*K + k] = act(sum_c x[p*C + c] Wt[c*Kp + k] + bias[k] + res[p*K + k])
+/* Channels last: y[p*K + k] = act(sum_c x[p*C + c] W[k, c] + bias[k] + res[p*K + k])
  * for pixels p in [p0, p1) and output channels [k0, k0 + FC_PW_COLS) ∩ [0, K) (k0 a
- * multiple of FC_PW_COLS). Wt: the weight (C, Kp), Kp = K rounded up to FC_PW_COLS,
- * zero past K; x, y, res: rows of C and K values per pixel. A block of pixels x the
- * vectors of output channels the panel has (fewer in the last panel of K: narrower
- * blocks of more pixels, so no lanes go to channels past K) stays in registers over
- * all of C, the epilogue before the one store. */
+ * multiple of FC_PW_COLS). Wt: the weight in panels of FC_PW_COLS output channels,
+ * each (C, FC_PW_COLS) contiguous (panel k0 / FC_PW_COLS at Wt + k0 * C), zero past K,
+ * so a block streams its panel in order; x, y, res: rows of C and K values per pixel.
+ * A block of pixels x the vectors of output channels the panel has (fewer in the last
+ * panel of K: narrower blocks of more pixels, so no lanes go to channels past K) stays
+ * in registers over all of C, the epilogue before the one store. */
 static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res,
                                int act)
 {
-    const fc_int Kp = (K + FC_PW_COLS - 1) / FC_PW_COLS * FC_PW_COLS;
+    const T *Wp = Wt + k0 * C;                      /* this panel: (C, FC_PW_COLS) */
 #if FC_VECTORS
     const fc_int width = K - k0 < FC_PW_COLS ? K - k0 : FC_PW_COLS;
     const int nv = (int)((width + VL - 1) / VL);
     switch (nv) {                  /* each a constant: the blocks' registers are known */
-    case 1: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, 1); break;
-    case 2: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, 2); break;
+    case 1: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, 1); break;
+    case 2: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, 2); break;
 #if FC_NV > 2
-    case 3: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, 3); break;
-    default: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, FC_NV);
+    case 3: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, 3); break;
+    default: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, FC_NV);
 #else
-    default: FN(pw_nhwc_panel)(x, C, Wt, Kp, K, p0, p1, k0, y, bias, res, act, FC_NV);
+    default: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, FC_NV);
 #endif
     }
 #else
@@ -707,10 +722,68 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
     for (fc_int p = p0; p < p1; p++)
         for (fc_int k = k0; k < k1; k++) {
             T u = 0;
-            for (fc_int c = 0; c < C; c++) u += x[p * C + c] * Wt[c * Kp + k];
+            for (fc_int c = 0; c < C; c++) u += x[p * C + c] * Wp[c * FC_PW_COLS + k - k0];
             if (bias != NULL) u += bias[k];
             if (res != NULL) u += res[p * K + k];
             y[p * K + k] = FN(pw_act)(u, act);
+        }
+#endif
+}
+
+#if FC_VECTORS
+/* output pixels [q0, q1) of a row x nv vectors of output channels from k0 of
+ * conv_nhwc: full blocks of FC_PWN_ROWS(nv) pixels, then the last one at a time */
+static inline __attribute__((always_inline)) void FN(conv_nhwc_row)(const T *x, fc_int xstep, const fc_int *offs,
+                                     fc_int n, const T *Wp, fc_int K, fc_int q0, fc_int q1,
+                                     fc_int k0, T *y, const T *bias, const T *res, int act,
+                                     int nv)
+{
+    const int mr = FC_PWN_ROWS(nv);
+    fc_int q = q0;
+    for (; q + mr <= q1; q += mr)
+        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
+                       res == NULL ? NULL : res + q * K, act, mr, nv);
+    for (; q < q1; q++)
+        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
+                       res == NULL ? NULL : res + q * K, act, 1, nv);
+}
+#endif
+
+/* Channels last, any kernel size, stride and dilation, one group: output row y (Q, K)
+ * = act(conv + bias + res), output channels [k0, k0 + FC_PW_COLS) ∩ [0, K). x: the
+ * row's first patch input in the zero-padded image (Hp, Wp, C), i.e. padded pixel
+ * (p*sh, 0); xstep: sw*C, the step between neighbouring output pixels; offs[i], i <
+ * n = R*S*C: patch input i's offset from a pixel's first, (r*dh*Wp + s*dw)*C + c;
+ * Wt: the weight in panels of FC_PW_COLS output channels, each (n, FC_PW_COLS)
+ * contiguous (panel k0 / FC_PW_COLS at Wt + k0 * n), the patch inputs in offs's
+ * order, zero past K. The patches are read in place: no patch matrix. */
+static void FN(conv_nhwc)(const T *x, fc_int xstep, const fc_int *offs, fc_int n,
+                          const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,
+                          const T *bias, const T *res, int act)
+{
+    const T *Wp = Wt + k0 * n;                      /* this panel: (n, FC_PW_COLS) */
+#if FC_VECTORS
+    const fc_int width = K - k0 < FC_PW_COLS ? K - k0 : FC_PW_COLS;
+    const int nv = (int)((width + VL - 1) / VL);
+    switch (nv) {                  /* each a constant: the blocks' registers are known */
+    case 1: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, 1); break;
+    case 2: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, 2); break;
+#if FC_NV > 2
+    case 3: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, 3); break;
+    default: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, FC_NV);
+#else
+    default: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, FC_NV);
+#endif
+    }
+#else
+    const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
+    for (fc_int q = 0; q < Q; q++)
+        for (fc_int k = k0; k < k1; k++) {
+            T u = 0;
+            for (fc_int i = 0; i < n; i++) u += x[q * xstep + offs[i]] * Wp[i * FC_PW_COLS + k - k0];
+            if (bias != NULL) u += bias[k];
+            if (res != NULL) u += res[q * K + k];
+            y[q * K + k] = FN(pw_act)(u, act);
         }
 #endif
 }

@@ -111,10 +111,16 @@ typedef struct {
                                 const T *bias, const T *res, int act, T *panel);        \
     fc_int (*pointwise_cols_##X)(void);                                                 \
     /* channels last: pixels [p0, p1) x output channels [k0, k0 + pointwise_cols()),  \
-     * Wt (C, K rounded up to pointwise_cols()), the epilogue in the store (fc_impl.h) */ \
+     * Wt in panels of pointwise_cols() channels, each (C, pointwise_cols()), the     \
+     * epilogue in the store (fc_impl.h) */                                            \
     void (*pointwise_nhwc_##X)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,  \
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res, \
                                int act);                                                \
+    /* channels last, any kernel: one output row x output channels [k0, k0 +          \
+     * pointwise_cols()), patches read in place through offs (fc_impl.h) */            \
+    void (*conv_nhwc_##X)(const T *x, fc_int xstep, const fc_int *offs, fc_int n,       \
+                          const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,             \
+                          const T *bias, const T *res, int act);                        \
     /* depthwise, channels last: one output row (fc_impl.h) */                       \
     void (*depthwise_nhwc_row_##X)(const T *x, fc_int H, fc_int W, fc_int C, const T *w, \
                                    fc_int R, fc_int S, fc_int h0, fc_int sw, fc_int pl, \
