@@ -747,6 +747,33 @@ def test_pooling_sees_nan_and_inf():
                      fastconv.avg_pool2d(x, **kw, algorithm="reference"), 1e-6, "avg")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,kw", [
+    ((2, 3, 112, 112), dict(kernel_size=3, stride=2, padding=1)),          # ResNet's
+    ((1, 2, 9, 10), dict(kernel_size=3, stride=(1, 2), padding=1)),
+    ((1, 2, 8, 9), dict(kernel_size=(2, 5), stride=2, padding=(1, 2))),
+    ((1, 2, 7, 7), dict(kernel_size=2, stride=2, ceil_mode=True)),          # window past W
+    ((1, 2, 3, 3), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ((1, 1, 3, 4200), dict(kernel_size=3, stride=2, padding=1)),            # over the span
+    ((1, 2, 9, 9), dict(kernel_size=3, stride=2, dilation=2)),              # tap by tap
+])
+def test_max_pool_values_only_stride_2(shape, kw, dtype):
+    """The values-only max pool at column stride 2 (dilation 1, rows of up to
+    FC_POOL_SPAN padded columns): separable, the rows' maximum per padded column (-inf
+    outside the input), then each window's over its columns; other geometries tap by
+    tap. The values equal the reference's and those of the pass with indices (the
+    tap-by-tap loop), with NaN, inf and -inf in windows at the borders and inside."""
+    x = arrays(8, dtype, shape)[0]
+    x.flat[::7] = np.nan
+    x.flat[3::11] = np.inf
+    x.flat[5::13] = -np.inf
+    got = fastconv.max_pool2d(x, **kw, backend="cython")
+    want = fastconv.max_pool2d(x, **kw, algorithm="reference")
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        got, fastconv.max_pool2d(x, **kw, return_indices=True, backend="cython")[0])
+
+
 # -- instruction-set variants, forced in a subprocess ------------------------------------
 
 _SCRIPT = r"""

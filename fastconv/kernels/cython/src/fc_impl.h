@@ -10,6 +10,25 @@
  */
 #define FN(name) FC_CAT(name, X)
 
+#if FC_VECTORS
+/* A vector of FC_VB bytes (ISA-wide: zmm with AVX-512, ymm with AVX2, xmm in the
+ * baseline), in GCC/Clang vector extensions, so one source serves every width; its
+ * lanes' bits as integers; unaligned loads and stores. */
+typedef T FN(vec) __attribute__((vector_size(FC_VB)));
+typedef int32_t FN(vi32) __attribute__((vector_size(FC_VB)));
+typedef int64_t FN(vi64) __attribute__((vector_size(FC_VB)));
+#define VL ((fc_int)(FC_VB / sizeof(T)))
+
+static inline FN(vec) FN(vload)(const T *p)
+{
+    FN(vec) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void FN(vstore)(T *p, FN(vec) v) { memcpy(p, &v, sizeof v); }
+#endif
+
 /* -- im2col: gather and scatter ---------------------------------------------------- */
 
 /* dst[q] = src[q*sw] for q < n */
@@ -168,6 +187,46 @@ static inline void FN(max_values_step)(T *restrict best, const T *restrict xs, f
     }
 }
 
+#if FC_VECTORS
+/* max(b, v) by lanes, v winning where it is greater or NaN, by masks */
+static inline FN(vec) FN(vmax)(FN(vec) b, FN(vec) v)
+{
+    if (sizeof(T) == 4) {
+        const FN(vi32) t = (FN(vi32))((v > b) | (v != v));
+        return (FN(vec))((t & (FN(vi32))v) | (~t & (FN(vi32))b));
+    }
+    const FN(vi64) t = (FN(vi64))((v > b) | (v != v));
+    return (FN(vec))((t & (FN(vi64))v) | (~t & (FN(vi64))b));
+}
+#endif
+
+/* best[j] = max(best[j], xs[j]) for j < n, NaN winning (as max_values_step), a
+ * vector at a time by masks: GCC does not vectorise the scalar form's select, and
+ * compiles it to branches, which random data mispredicts. The last part vector
+ * overlaps the one before (max is idempotent), so no scalar tail runs once n >= VL. */
+static inline void FN(vmax_step)(T *restrict best, const T *restrict xs, fc_int n)
+{
+    fc_int j = 0;
+#if FC_VECTORS
+    for (; j + VL <= n; j += VL)
+        FN(vstore)(best + j, FN(vmax)(FN(vload)(best + j), FN(vload)(xs + j)));
+    if (j < n && n >= VL) {
+        FN(vstore)(best + n - VL, FN(vmax)(FN(vload)(best + n - VL), FN(vload)(xs + n - VL)));
+        return;
+    }
+#endif
+    for (; j < n; j++) {
+        const T v = xs[j];
+        best[j] = ((v > best[j]) | (v != v)) ? v : best[j];
+    }
+}
+
+/* The most columns the separable stride-2 values-only max pool keeps on the stack
+ * per row (wider rows run tap by tap). */
+#ifndef FC_POOL_SPAN
+#  define FC_POOL_SPAN 2048
+#endif
+
 /* Max pooling of one plane, values only (no indices asked for): as max_pool_plane,
  * without the index arithmetic and stores. */
 static void FN(max_values_plane)(const T *x, T *y, const fc_pool *g)
@@ -176,11 +235,35 @@ static void FN(max_values_plane)(const T *x, T *y, const fc_pool *g)
     const fc_int Q = g->Q, dh = g->dh;
     fc_int j_lo, j_hi;
     fc_inner_range_(Q, W, sw, pw, dw, kw, &j_lo, &j_hi);
+    /* the padded columns the row's windows read: column k is input column k - pw */
+    const fc_int full = (Q - 1) * sw + (kw - 1) * dw + 1;
+    const int separable = sw == 2 && dw == 1 && full <= FC_POOL_SPAN;
     for (fc_int i = 0; i < g->P; i++) {
         const fc_int h0 = i * g->sh - g->ph;
         fc_int a_lo, a_hi;
         fc_valid_range(g->kh, H, dh, h0, &a_lo, &a_hi);
         T *yr = y + i * Q;
+        if (separable) {
+            /* stride 2: the rows' maximum per padded column (-inf outside the input),
+             * contiguous and vectorised, split into even and odd columns; then each
+             * output the maximum of its kw columns, kw contiguous runs of those. Max
+             * is exact: the values of the tap-by-tap loop below (of two equal zeros,
+             * which one is kept may differ) */
+            T rm[FC_POOL_SPAN], ev[FC_POOL_SPAN / 2 + 1], od[FC_POOL_SPAN / 2 + 1];
+            const fc_int k1 = pw + W < full ? pw + W : full;     /* inside: [pw, k1) */
+            for (fc_int k = 0; k < pw; k++) rm[k] = -__builtin_inf();
+            for (fc_int k = k1; k < full; k++) rm[k] = -__builtin_inf();
+            memcpy(rm + pw, x + (h0 + a_lo * dh) * W, (size_t)(k1 - pw) * sizeof(T));
+            for (fc_int a = a_lo + 1; a < a_hi; a++)
+                FN(vmax_step)(rm + pw, x + (h0 + a * dh) * W, k1 - pw);
+            for (fc_int m = 0; m < (full + 1) / 2; m++) ev[m] = rm[2 * m];
+            for (fc_int m = 0; m < full / 2; m++) od[m] = rm[2 * m + 1];
+            /* window j's column b is rm[2j + b]: ev[j + b/2] (b even), od[j + b/2] (odd) */
+            memcpy(yr, ev, (size_t)Q * sizeof(T));
+            for (fc_int b = 1; b < kw; b++)
+                FN(vmax_step)(yr, (b % 2 ? od : ev) + b / 2, Q);
+            continue;
+        }
         /* windows cut by the padding: one at a time, taps in scan order */
         for (fc_int j = 0; j < Q; j++) {
             if (j == j_lo && j_hi > j_lo) j = j_hi;
@@ -378,17 +461,6 @@ static void FN(patch_gemm_tail)(const T *xf, const fc_int *offs, const T *U, T *
  * extensions, so one source serves every width: the accumulators stay in registers
  * across the nb*Q pixels, each step loading FC_NV vectors of U and broadcasting one
  * value of each of the FC_MR patch rows. */
-typedef T FN(vec) __attribute__((vector_size(FC_VB)));
-#define VL ((fc_int)(FC_VB / sizeof(T)))
-
-static inline FN(vec) FN(vload)(const T *p)
-{
-    FN(vec) v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void FN(vstore)(T *p, FN(vec) v) { memcpy(p, &v, sizeof v); }
 
 static void FN(patch_gemm_block)(const T *restrict xf, const fc_int *offs, const T *restrict U,
                                  T *restrict A, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,
