@@ -11,8 +11,8 @@ import tempfile
 import threading
 import warnings
 
-# Idle OpenMP workers spin briefly, then sleep: GNU OpenMP's 10,000 polls (about
-# 0.15 ms on the Intel Xeon `rocketlake`) cover the gap between two layers, so the next
+# Idle OpenMP workers spin briefly, then sleep: GNU OpenMP's 10,000 polls (0.15-0.5 ms
+# of CPU measured on the Intel Xeon `rocketlake`) cover the gap between two layers, so the next
 # layer's parallel region does not pay a futex wake-up per worker (tens of microseconds
 # on a VM, more than some layers take), yet a worker never holds a core for long. The
 # Cython backend's GEMMs run as single-threaded BLAS calls on OpenMP's threads, so no
