@@ -530,11 +530,22 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, us
     return "im2col", backend, "nhwc_tiled", (("tile", _tile(p, dtype)),)
 
 
-#: (op, backend, its variant) -> the variants of another backend it stands in for
-#: under ``backend="auto"``, where it measured at least as fast: Cython's ``lanes``
-#: forward for Numba's ``lanes_streamed`` (ResNet's 512-channel 7x7 layers at N=1 in
-#: whole networks, 1.03-1.35x) and ``row`` (float64, 1.3-2.5x; docs/cython.md)
+#: Where ``backend="auto"`` departs from "the first backend of AUTO_ORDER that runs the
+#: variant the rules choose", as measured in whole networks (Intel Xeon ``rocketlake``;
+#: docs/cython.md). (op, backend, its variant) -> the variants of another backend it
+#: stands in for, being at least as fast: Cython's ``lanes`` forward for Numba's
+#: ``lanes_streamed`` (ResNet's 512-channel 7x7 layers at N=1, 1.03-1.35x) and ``row``
+#: (float64, 1.3-2.5x).
 STANDS_IN_FOR = {("conv2d", "cython", "lanes"): ("lanes_streamed", "row")}
+#: (op, Cython's variant) -> the geometries on which Numba's kernel runs instead, being
+#: faster (MobileNet-v2 through the functional API, N=1, 1 thread; session 13): the
+#: NCHW depthwise forward on small output planes, lanes on small patches (an RGB 3x3
+#: stem); the bounds are ``_tuning`` entries.
+NUMBA_FASTER = {
+    ("conv2d", "depthwise"): lambda p: p.P * p.Q < _tuning.CYTHON_DEPTHWISE_MIN_PLANE,
+    ("conv2d", "lanes"):
+        lambda p: (p.C // p.groups) * p.R * p.S < _tuning.CYTHON_LANES_MIN_PATCH,
+}
 
 
 def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blocking):
@@ -542,18 +553,14 @@ def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blo
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants (or one it stands in for, ``STANDS_IN_FOR``) and a
     later backend in that order runs it (Winograd's unfused and streamed paths, which
-    Cython does not have: a large filter on few tiles); and direct forwards where
-    Numba's kernel measured faster run it: the NCHW depthwise on planes under
-    ``CYTHON_DEPTHWISE_MIN_PLANE``, lanes on patches under ``CYTHON_LANES_MIN_PATCH``
-    (an RGB 3x3 stem)."""
+    Cython does not have: a large filter on few tiles); Numba where ``NUMBA_FASTER``
+    says its kernel is faster."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
     have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
-    if op == "conv2d" and backend == "cython" and "numba" in have and (
-            (variant == "depthwise" and p.P * p.Q < _tuning.CYTHON_DEPTHWISE_MIN_PLANE)
-            or (variant == "lanes" and (p.C // p.groups) * p.R * p.S
-                < _tuning.CYTHON_LANES_MIN_PATCH)):
+    faster = NUMBA_FASTER.get((op, variant))
+    if backend == "cython" and "numba" in have and faster is not None and faster(p):
         v, blk = _VARIANTS[algorithm](op, p, dtype, threads, "numba")
-        return "numba", v, blk                  # Numba's kernel is faster there
+        return "numba", v, blk
     if variant == best[0] or best[0] in STANDS_IN_FOR.get((op, backend, variant), ()):
         return backend, variant, blocking
     for b in _dispatch.AUTO_ORDER:
