@@ -15,8 +15,8 @@
  * baseline), in GCC/Clang vector extensions, so one source serves every width; its
  * lanes' bits as integers; unaligned loads and stores. */
 typedef T FN(vec) __attribute__((vector_size(FC_VB)));
-typedef int32_t FN(vi32) __attribute__((vector_size(FC_VB)));
-typedef int64_t FN(vi64) __attribute__((vector_size(FC_VB)));
+/* a comparison's result: a lane of all ones where it holds, integers as wide as T */
+typedef __typeof__((FN(vec)){0} < (FN(vec)){0}) FN(vmask);
 #define VL ((fc_int)(FC_VB / sizeof(T)))
 
 static inline FN(vec) FN(vload)(const T *p)
@@ -27,6 +27,12 @@ static inline FN(vec) FN(vload)(const T *p)
 }
 
 static inline void FN(vstore)(T *p, FN(vec) v) { memcpy(p, &v, sizeof v); }
+
+/* a where m holds, else b, by lanes (bitwise: no branches, NaN kept as it is) */
+static inline FN(vec) FN(vselect)(FN(vmask) m, FN(vec) a, FN(vec) b)
+{
+    return (FN(vec))((m & (FN(vmask))a) | (~m & (FN(vmask))b));
+}
 #endif
 
 /* -- im2col: gather and scatter ---------------------------------------------------- */
@@ -191,12 +197,7 @@ static inline void FN(max_values_step)(T *restrict best, const T *restrict xs, f
 /* max(b, v) by lanes, v winning where it is greater or NaN, by masks */
 static inline FN(vec) FN(vmax)(FN(vec) b, FN(vec) v)
 {
-    if (sizeof(T) == 4) {
-        const FN(vi32) t = (FN(vi32))((v > b) | (v != v));
-        return (FN(vec))((t & (FN(vi32))v) | (~t & (FN(vi32))b));
-    }
-    const FN(vi64) t = (FN(vi64))((v > b) | (v != v));
-    return (FN(vec))((t & (FN(vi64))v) | (~t & (FN(vi64))b));
+    return FN(vselect)((v > b) | (v != v), v, b);
 }
 #endif
 
@@ -538,31 +539,13 @@ static inline T FN(pw_act)(T v, int act)
 }
 
 #if FC_VECTORS
-typedef int64_t FN(pw_i64) __attribute__((vector_size(FC_VB)));
-typedef int32_t FN(pw_i32) __attribute__((vector_size(FC_VB)));
-
 /* the activation on a vector, by masks (NaN compares false: it stays) */
 static inline FN(vec) FN(pw_vact)(FN(vec) v, int act)
 {
     if (act == 0) return v;
-    const FN(vec) zero = {0};
-    if (sizeof(T) == 4) {
-        FN(pw_i32) lo = (FN(pw_i32))(v < zero), r = (FN(pw_i32))v & ~lo;
-        if (act == 2) {
-            const FN(vec) six = zero + (T)6;
-            FN(pw_i32) hi = (FN(pw_i32))((FN(vec))r > six);
-            r = (r & ~hi) | ((FN(pw_i32))six & hi);
-        }
-        return (FN(vec))r;
-    } else {
-        FN(pw_i64) lo = (FN(pw_i64))(v < zero), r = (FN(pw_i64))v & ~lo;
-        if (act == 2) {
-            const FN(vec) six = zero + (T)6;
-            FN(pw_i64) hi = (FN(pw_i64))((FN(vec))r > six);
-            r = (r & ~hi) | ((FN(pw_i64))six & hi);
-        }
-        return (FN(vec))r;
-    }
+    const FN(vec) zero = {0}, six = zero + (T)6;
+    v = FN(vselect)(v < zero, zero, v);
+    return act == 2 ? FN(vselect)(v > six, six, v) : v;
 }
 #endif
 
@@ -737,31 +720,62 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
     }
 }
 
-/* mr pixel rows x nv vectors of output channels from k0 of pointwise_nhwc, in
- * registers over all of C; Wp: the panel of the weight, (C, FC_PW_COLS). */
-static inline __attribute__((always_inline)) void FN(pw_nhwc_block)(const T *restrict x, fc_int C, const T *restrict Wp,
-                                     fc_int K, fc_int k0, T *restrict y,
-                                     const T *bias, const T *res, int act, int mr, int nv)
-{
-    FN(nhwc_block)(x, C, NULL, C, Wp, K, k0, y, bias, res, act, mr, nv);
-}
-
-/* pixels [p0, p1) x nv vectors of output channels from k0: full blocks of
- * FC_PWN_ROWS(nv) rows, then the last rows one at a time */
-static inline __attribute__((always_inline)) void FN(pw_nhwc_panel)(const T *x, fc_int C, const T *Wp,
-                                     fc_int K, fc_int p0, fc_int p1, fc_int k0, T *y,
-                                     const T *bias, const T *res, int act, int nv)
+/* output pixels [q0, q1) (consecutive in y and res; pixel q's patch at x + q * xstep)
+ * x nv vectors of output channels from k0: full blocks of FC_PWN_ROWS(nv) pixels,
+ * then the last ones one at a time (nv a constant when inlined) */
+static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x, fc_int xstep,
+                                     const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
+                                     const T *res, int act, int nv)
 {
     const int mr = FC_PWN_ROWS(nv);
-    fc_int p = p0;
-    for (; p + mr <= p1; p += mr)
-        FN(pw_nhwc_block)(x + p * C, C, Wp, K, k0, y + p * K, bias,
-                          res == NULL ? NULL : res + p * K, act, mr, nv);
-    for (; p < p1; p++)
-        FN(pw_nhwc_block)(x + p * C, C, Wp, K, k0, y + p * K, bias,
-                          res == NULL ? NULL : res + p * K, act, 1, nv);
+    fc_int q = q0;
+    for (; q + mr <= q1; q += mr)
+        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
+                       res == NULL ? NULL : res + q * K, act, mr, nv);
+    for (; q < q1; q++)
+        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
+                       res == NULL ? NULL : res + q * K, act, 1, nv);
 }
 #endif
+
+/* The output pixels [q0, q1) x output channels [k0, k0 + FC_PW_COLS) ∩ [0, K) of both
+ * channels-last kernels (pointwise_nhwc: offs NULL; conv_nhwc), the blocks as wide
+ * as the panel's channels: each case a constant, so the blocks' registers are known
+ * (inlined with offs NULL or not, so the 1x1's loop reads its row directly). Wp: the
+ * panel, (n, FC_PW_COLS); the scalar build computes element by element. */
+static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc_int xstep,
+                                     const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
+                                     const T *res, int act)
+{
+#if FC_VECTORS
+    const fc_int width = K - k0 < FC_PW_COLS ? K - k0 : FC_PW_COLS;
+    switch ((int)((width + VL - 1) / VL)) {
+    case 1: FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, 1);
+            break;
+    case 2: FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, 2);
+            break;
+#if FC_NV > 2
+    case 3: FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, 3);
+            break;
+#endif
+    default: FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act,
+                                FC_NV);
+    }
+#else
+    const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
+    for (fc_int q = q0; q < q1; q++)
+        for (fc_int k = k0; k < k1; k++) {
+            T u = 0;
+            for (fc_int i = 0; i < n; i++)
+                u += x[q * xstep + (offs == NULL ? i : offs[i])] * Wp[i * FC_PW_COLS + k - k0];
+            if (bias != NULL) u += bias[k];
+            if (res != NULL) u += res[q * K + k];
+            y[q * K + k] = FN(pw_act)(u, act);
+        }
+#endif
+}
 
 /* Channels last: y[p*K + k] = act(sum_c x[p*C + c] W[k, c] + bias[k] + res[p*K + k])
  * for pixels p in [p0, p1) and output channels [k0, k0 + FC_PW_COLS) ∩ [0, K) (k0 a
@@ -775,51 +789,9 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res,
                                int act)
 {
-    const T *Wp = Wt + k0 * C;                      /* this panel: (C, FC_PW_COLS) */
-#if FC_VECTORS
-    const fc_int width = K - k0 < FC_PW_COLS ? K - k0 : FC_PW_COLS;
-    const int nv = (int)((width + VL - 1) / VL);
-    switch (nv) {                  /* each a constant: the blocks' registers are known */
-    case 1: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, 1); break;
-    case 2: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, 2); break;
-#if FC_NV > 2
-    case 3: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, 3); break;
-    default: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, FC_NV);
-#else
-    default: FN(pw_nhwc_panel)(x, C, Wp, K, p0, p1, k0, y, bias, res, act, FC_NV);
-#endif
-    }
-#else
-    const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
-    for (fc_int p = p0; p < p1; p++)
-        for (fc_int k = k0; k < k1; k++) {
-            T u = 0;
-            for (fc_int c = 0; c < C; c++) u += x[p * C + c] * Wp[c * FC_PW_COLS + k - k0];
-            if (bias != NULL) u += bias[k];
-            if (res != NULL) u += res[p * K + k];
-            y[p * K + k] = FN(pw_act)(u, act);
-        }
-#endif
+    /* this panel: (C, FC_PW_COLS); pixel p's row of channels at x + p * C */
+    FN(nhwc_pixels)(x, C, NULL, C, Wt + k0 * C, K, p0, p1, k0, y, bias, res, act);
 }
-
-#if FC_VECTORS
-/* output pixels [q0, q1) of a row x nv vectors of output channels from k0 of
- * conv_nhwc: full blocks of FC_PWN_ROWS(nv) pixels, then the last one at a time */
-static inline __attribute__((always_inline)) void FN(conv_nhwc_row)(const T *x, fc_int xstep, const fc_int *offs,
-                                     fc_int n, const T *Wp, fc_int K, fc_int q0, fc_int q1,
-                                     fc_int k0, T *y, const T *bias, const T *res, int act,
-                                     int nv)
-{
-    const int mr = FC_PWN_ROWS(nv);
-    fc_int q = q0;
-    for (; q + mr <= q1; q += mr)
-        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
-                       res == NULL ? NULL : res + q * K, act, mr, nv);
-    for (; q < q1; q++)
-        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
-                       res == NULL ? NULL : res + q * K, act, 1, nv);
-}
-#endif
 
 /* Channels last, any kernel size, stride and dilation, one group: output row y (Q, K)
  * = act(conv + bias + res), output channels [k0, k0 + FC_PW_COLS) ∩ [0, K). x: the
@@ -833,31 +805,8 @@ static void FN(conv_nhwc)(const T *x, fc_int xstep, const fc_int *offs, fc_int n
                           const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,
                           const T *bias, const T *res, int act)
 {
-    const T *Wp = Wt + k0 * n;                      /* this panel: (n, FC_PW_COLS) */
-#if FC_VECTORS
-    const fc_int width = K - k0 < FC_PW_COLS ? K - k0 : FC_PW_COLS;
-    const int nv = (int)((width + VL - 1) / VL);
-    switch (nv) {                  /* each a constant: the blocks' registers are known */
-    case 1: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, 1); break;
-    case 2: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, 2); break;
-#if FC_NV > 2
-    case 3: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, 3); break;
-    default: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, FC_NV);
-#else
-    default: FN(conv_nhwc_row)(x, xstep, offs, n, Wp, K, 0, Q, k0, y, bias, res, act, FC_NV);
-#endif
-    }
-#else
-    const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
-    for (fc_int q = 0; q < Q; q++)
-        for (fc_int k = k0; k < k1; k++) {
-            T u = 0;
-            for (fc_int i = 0; i < n; i++) u += x[q * xstep + offs[i]] * Wp[i * FC_PW_COLS + k - k0];
-            if (bias != NULL) u += bias[k];
-            if (res != NULL) u += res[q * K + k];
-            y[q * K + k] = FN(pw_act)(u, act);
-        }
-#endif
+    /* this panel: (n, FC_PW_COLS) */
+    FN(nhwc_pixels)(x, xstep, offs, n, Wt + k0 * n, K, 0, Q, k0, y, bias, res, act);
 }
 
 /* -- depthwise convolution, channels last: depthwise_nhwc_row --------------------------- */
