@@ -584,21 +584,28 @@ def _pointwise(x, w, p, out, ep):
 cdef fc_int NHWC_ITEM_PIXELS = 96
 
 
+def _nhwc_panels(w):
+    """(cols, the weight (K, C, R, S) in panels of ``cols`` output channels, each
+    (R*S*C, cols) contiguous, its rows in patch order (r, s, c), zero past K): the
+    layout of both channels-last kernels, cached per weight."""
+    K = w.shape[0]
+    cols = hot.pointwise_cols_f32() if w.dtype == np.float32 else hot.pointwise_cols_f64()
+    Kp = -(-K // cols) * cols
+
+    def build():
+        wk = np.zeros((Kp, w[0].size), w.dtype)
+        wk[:K] = w.transpose(0, 2, 3, 1).reshape(K, -1)
+        return np.ascontiguousarray(wk.reshape(Kp // cols, cols, -1).transpose(0, 2, 1))
+    return cols, _weights.get(w, ("nhwc_panels", cols), build)
+
+
 def _pointwise_nhwc(x, w, p, out, ep):
     """The channels-last 1x1 stride-1 forward (``nhwc_gemm``): x (N, H, W, C) is the
     (pixels, C) matrix; per (block of pixels, block of output channels), on OpenMP's
     threads, ``pointwise_nhwc`` of ``src/fc_impl.h`` with the weight laid out once
     (cached per weight) in panels of ``cols`` output channels, each (C, cols)
     contiguous, and the epilogue in its stores: no BLAS, one pass over the output."""
-    dt = x.dtype
-    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
-    Kp = -(-p.K // cols) * cols
-
-    def build():                                # panels of cols channels, each (C, cols)
-        wk = np.zeros((Kp, p.C), dt)
-        wk[:p.K] = w.reshape(p.K, p.C)
-        return np.ascontiguousarray(wk.reshape(Kp // cols, cols, p.C).transpose(0, 2, 1))
-    wt = _weights.get(w, ("pointwise_nhwc_panels", cols), build)
+    cols, wt = _nhwc_panels(w)
     _pointwise_nhwc_run(x.reshape(-1), wt.reshape(-1), out.reshape(-1), ep.bias,
                         ep.residual, ep.act, p.N * p.H * p.W, p.C, p.K, cols,
                         get_num_threads())
@@ -643,15 +650,8 @@ def _conv_nhwc(x, w, p, out, ep):
     (no patch matrix, no BLAS), the weight laid out once (cached per weight) in panels
     of ``cols`` output channels, each (R*S*C, cols), the epilogue in its stores."""
     dt = x.dtype
-    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
     n = p.R * p.S * p.C
-    Kp = -(-p.K // cols) * cols
-
-    def build():                                # panels of cols channels, each (n, cols)
-        wk = np.zeros((Kp, n), dt)
-        wk[:p.K] = w.transpose(0, 2, 3, 1).reshape(p.K, n)      # patch order (r, s, c)
-        return np.ascontiguousarray(wk.reshape(Kp // cols, cols, n).transpose(0, 2, 1))
-    wt = _weights.get(w, ("conv_nhwc_panels", cols), build)
+    cols, wt = _nhwc_panels(w)
     Hp, Wp = p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right
     offs = _patch_offsets(p.R, p.S, p.C, p.dil_h, p.dil_w, Wp)
     image = Hp * Wp * p.C
