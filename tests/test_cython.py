@@ -74,7 +74,7 @@ def test_auto_prefers_cython_where_it_has_the_algorithm():
 def test_auto_runs_numba_for_the_variants_cython_lacks():
     """A large filter on few tiles (ResNet's 7x7 512-channel layer at N=8): the rules
     choose Winograd's streamed path, which only Numba has, so backend="auto" runs it on
-    Numba; backend="cython" still runs its own fused or split path, correctly."""
+    Numba; backend="cython" still runs a path of its own (fused, split or unfused)."""
     if "numba" not in _dispatch.available_backends():
         pytest.skip("Numba is not installed: auto has only Cython's variants")
     shapes = ((8, 512, 7, 7), (512, 512, 3, 3))
@@ -82,7 +82,8 @@ def test_auto_runs_numba_for_the_variants_cython_lacks():
     assert (plan.backend, plan.variant) == ("numba", "streamed"), plan
     forced = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4",
                            backend="cython")
-    assert forced.backend == "cython" and forced.variant in ("fused", "split"), forced
+    assert forced.backend == "cython" and forced.variant in cy.VARIANTS[
+        ("conv2d", "winograd_f4")], forced
     small = fastconv.plan("conv2d", (8, 64, 7, 7), (64, 64, 3, 3), padding=1,
                           algorithm="winograd_f4")
     assert (small.backend, small.variant) == ("cython", "fused"), small
@@ -180,8 +181,8 @@ def test_winograd_matches_numba_and_reference(data, algorithm, dtype):
        threads=st.sampled_from([1, 2]))
 def test_winograd_split_and_weight_parts(data, algorithm, dtype, threads):
     """Forced: the forward's filter split in slices of output channels (2 threads; one
-    thread runs fused, Cython having no unfused path), the weight gradient summed in
-    2 or 4 parts of small blocks of tile rows."""
+    thread runs unfused), the weight gradient summed in 2 or 4 parts of small blocks of
+    tile rows."""
     if threads > fastconv._config.MAX_THREADS:
         pytest.skip("needs 2 threads")
     case = data.draw(conv_cases(algorithm, max_hw=20))
@@ -191,14 +192,51 @@ def test_winograd_split_and_weight_parts(data, algorithm, dtype, threads):
                WEIGHT_BLOCK_TILES=data.draw(st.sampled_from([1, 8]))):
         ran = _check_winograd(case, dtype, algorithm, seed=1)
     by_op = {pl.op: pl for pl in ran}
-    want = "split" if threads == 2 else "fused"
-    assert by_op["conv2d"].variant == by_op["conv2d_input"].variant == want
+    want = {"split"} if threads == 2 else {"unfused", "unfused_blas"}
+    assert {by_op["conv2d"].variant, by_op["conv2d_input"].variant} <= want, ran
     assert by_op["conv2d_weight"].variant == "fused"
-    if want == "split":
+    if threads == 2:
         assert by_op["conv2d"]["filter_slices"] == 2
 
 
-#: 3x3 layers whose Numba plans are streamed, unfused or unfused_blas (and fused/split)
+@settings(max_examples=20)
+@given(data=st.data(), algorithm=st.sampled_from(WINOGRAD), dtype=st.sampled_from(DTYPES),
+       threads=st.sampled_from([1, 2]), own=st.booleans(), workspace=st.sampled_from([1, None]))
+def test_winograd_unfused(data, algorithm, dtype, threads, own, workspace):
+    """Forced unfused: the alpha^2 GEMMs on all of a batch's tiles at once, by the
+    channels-last 1x1 kernel on U's panels (``unfused``: float32, the tile rows padded
+    to its register block) or by BLAS (``unfused_blas``), in batches of one or a few
+    tile rows (workspace limit 1) or of every tile; forward and input gradient, and the
+    forward with bias, residual and ReLU6 in the output transform. The weight gradient
+    unfused: BLAS GEMMs summed over the batches."""
+    if threads > fastconv._config.MAX_THREADS:
+        pytest.skip("needs 2 threads")
+    case = data.draw(conv_cases(algorithm, max_hw=20))
+    fastconv.set_num_threads(threads)
+    want = "unfused" if own and dtype == np.float32 else "unfused_blas"
+    p = case["params"]
+    x, w, dy, bias = arrays(7 + p.N, dtype, p.input_shape, p.weight_shape, p.output_shape,
+                            (p.K,))
+    fused = dict(bias=bias, residual=dy, activation="relu6", **conv_args(case))
+    with tuned(workspace, FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,
+               SPLIT_MAX_STREAM_BYTES=0, GEMM_MAX_PADDING=2**40 if own else 0,
+               WEIGHT_FUSED_MAX_FILTER_BYTES=0):
+        ran = _check_winograd(case, dtype, algorithm, seed=2)
+        with fastconv.trace_plans() as ep_ran:
+            got = fastconv.conv2d(x, w, **fused, algorithm=algorithm, backend="cython")
+    for pl in ran + ep_ran:
+        if pl.op == "conv2d_weight":
+            assert pl.variant == "unfused", pl
+            assert workspace is None or pl["tile_batch"] == 1, pl
+        else:
+            assert pl.variant == want, pl
+            assert workspace is None or pl["tile_batch"] <= pl["gemm_block"][0], pl
+    assert_close(got, fastconv.conv2d(x, w, **fused, algorithm="reference"),
+                 tolerance(dtype, algorithm), f"epilogue {algorithm} {want} {p}")
+
+
+#: 3x3 layers whose Numba plans are streamed, unfused or unfused_blas (and fused/split):
+#: Cython runs every one but streamed
 _VARIANT_LAYERS = [
     ("conv2d", (1, 512, 7, 7), 512, np.float32),
     ("conv2d", (8, 128, 28, 28), 128, np.float32),
@@ -211,8 +249,8 @@ _VARIANT_LAYERS = [
 
 def test_plans_name_only_variants_the_backend_runs():
     """The selector gives each backend only the variants its manifest declares
-    (``VARIANTS``); on these layers Numba's plans name variants Cython lacks, so the
-    test can fail."""
+    (``VARIANTS``); on these layers Numba's plans name a variant Cython lacks
+    (streamed), so the test can fail."""
     lacking = set()
     for threads in sorted({1, min(2, fastconv._config.MAX_THREADS)}):
         fastconv.set_num_threads(threads)
@@ -234,7 +272,7 @@ def test_plans_name_only_variants_the_backend_runs():
                 for cand in fastconv._plan.candidates(op, p, dtype):
                     if cand.backend == "cython" and cand.algorithm == algorithm:
                         assert cand.variant in have, cand
-    assert {"streamed", "unfused", "unfused_blas"} <= lacking
+    assert lacking == {"streamed"}
 
 
 def test_winograd_edge_cases():

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _plan, reference
+from fastconv import _dispatch, _plan, reference
 from fastconv._geometry import conv_params
 from fastconv.kernels import epilogue, layouts
 
@@ -173,12 +173,17 @@ WINOGRAD_CASES = [(variant, algorithm, dtype)
 @pytest.mark.parametrize("variant,algorithm,dtype", WINOGRAD_CASES,
                          ids=lambda v: getattr(v, "__name__", v))
 def test_winograd_variants(variant, algorithm, dtype):
+    """Each forward path on each backend that runs it (``_dispatch.variants``)."""
     if variant == "split" and fastconv.get_num_threads() < 2:
         pytest.skip("the output channels are shared out only among 2 or more threads")
-    for xs, ws, pad in [((2, 6, 9, 8), (10, 6, 3, 3), (1, 0)),           # Q < 8: tile stores
-                        ((1, 5, 7, 21), (19, 5, 3, 3), 1)]:              # Q >= 16: slabs
-        _rules_case(algorithm, "numba", variant, dtype, xs, ws, dict(padding=pad),
-                    WINOGRAD_PATHS[variant])
+    backends = [b for a, b in kernel_pairs("conv2d") if a == algorithm
+                and variant in (_dispatch.variants("conv2d", algorithm, b) or (variant,))]
+    assert backends, (variant, algorithm)
+    for backend in backends:
+        for xs, ws, pad in [((2, 6, 9, 8), (10, 6, 3, 3), (1, 0)),       # Q < 8: tile stores
+                            ((1, 5, 7, 21), (19, 5, 3, 3), 1)]:          # Q >= 16: slabs
+            _rules_case(algorithm, backend, variant, dtype, xs, ws, dict(padding=pad),
+                        WINOGRAD_PATHS[variant])
 
 
 IM2COL_CASES = [   # (variant, input, weight, conv2d keywords, workspace limit, tile check)

@@ -4,7 +4,8 @@
 see that file for the algorithm, Lavin & Gray 2016, and the layouts).
 
 The variants this backend runs (``VARIANTS`` in the manifest; the selector,
-``fastconv._plan._winograd``, makes no other for it):
+``fastconv._plan._winograd``, makes no other for it): every one of Numba's but the
+forward's ``streamed``.
 
 - forward and input gradient ``fused``: each thread takes blocks of
   ``plan["block_rows"]`` tile rows of one image in turn, copies the input rows they
@@ -14,16 +15,24 @@ The variants this backend runs (``VARIANTS`` in the manifest; the selector,
   while the block is in its cache. ``split``: the same with the filter cut into
   ``plan["filter_slices"]`` slices of output channels, a work item per (block, slice),
   for filters too large for one thread's cache.
+- forward and input gradient ``unfused`` and ``unfused_blas``, for filters too large
+  to read once per block: batches of ``plan["tile_batch"]`` tiles (whole tile rows)
+  of any images, in three parallel steps, the input transform, the alpha^2 GEMMs on
+  the whole batch, the output transform. ``unfused``'s GEMMs are the channels-last
+  1x1 kernel (``pointwise_nhwc``, its register block) reading U in place, stored as
+  panels of output channels; ``unfused_blas``'s are BLAS, one xi per call.
 - weight gradient ``fused``: blocks of tile rows again, their input and dy transforms
   and the GEMMs ``dU[xi] += dM[xi]^T V[xi]`` added into ``plan["parts"]`` partial sums,
   each a fixed range of blocks, summed in order at the end: the result does not depend
-  on the thread count. Then ``dw = G^T dU G`` in double.
+  on the thread count. ``unfused``: batches of tile rows, one sum per xi over the
+  batches in order. Then ``dw = G^T dU G`` in double.
 
 The transforms are C (``src/fc_winograd.h``), compiled per instruction set and taken
 from the variant's table (``_isa.ISA``). The filter transform ``U = G g G^T`` runs in
 double and is cached per weight (``kernels/weight_cache``), as Numba's is.
 """
 from cython.parallel cimport prange, threadid
+from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
@@ -31,7 +40,8 @@ import numpy as np
 from ..._config import get_num_threads, single_threaded_blas, workspace
 from ..epilogue import none
 from ..weight_cache import CACHE as _filters
-from ._hot cimport fc_int, fc_kernels, load_table, real
+
+from ._hot cimport FC_MR, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
 cdef const fc_kernels *hot = load_table(__name__, ISA)
@@ -184,6 +194,95 @@ cdef void _fused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_in
             item = item + 1
 
 
+cdef void _panels(const real *V, fc_int C, const real *Up, fc_int K, fc_int rows, fc_int k0,
+                  real *M) noexcept nogil:
+    if real is float:
+        hot.pointwise_nhwc_f32(V, C, Up, K, 0, rows, k0, M, NULL, NULL, 0)
+    else:
+        hot.pointwise_nhwc_f64(V, C, Up, K, 0, rows, k0, M, NULL, NULL, 0)
+
+
+cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_int H,
+                   fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
+                   fc_int oh, fc_int ow, fc_int B, fc_int cols, int nthreads, real *Sb,
+                   real *V, real *M, real *Tb, fc_int tsize, const real *bias,
+                   const real *res, int act) noexcept nogil:
+    """y = the correlation of x with the transformed filter U, in batches of B tile rows
+    (of any images): the batch's input transform into V (alpha^2, ldt, C), a tile row
+    per work item; the alpha^2 GEMMs M[xi] (ldt, K) = V[xi] U[xi]; the output transform
+    with the epilogue, a tile row per work item. ``cols`` > 0: U is (alpha^2, panels, C,
+    cols), and a GEMM work item is one panel of one xi, the channels-last 1x1 kernel
+    (``pointwise_nhwc``) reading it in place, ldt a multiple of its FC_MR-row register
+    block (rows past the tiles zero); ``cols`` 0: U is (alpha^2, C, K), a work item one
+    xi's GEMM by single-threaded BLAS. Each GEMM's sums run in one order: the bits do
+    not depend on the thread count. Each U[xi] is read once per batch, not once per
+    block of tiles as fused reads it."""
+    cdef fc_int al2 = (m + 2) * (m + 2), Wp = m * tw + 2, rows = N * th
+    cdef fc_int ssize = (m + 2) * Wp * C, npan = (K + cols - 1) // cols if cols else 1
+    cdef fc_int r0, nr, nt, ldt, n, i, o, xi, j
+    cdef Py_ssize_t it
+    cdef int tid
+    r0 = 0
+    while r0 < rows:
+        nr = min(B, rows - r0)
+        nt = nr * tw
+        ldt = (nt + FC_MR - 1) // FC_MR * FC_MR if cols else nt
+        for it in prange(nr, num_threads=nthreads, schedule="static"):
+            tid = threadid()
+            n, i = (r0 + it) // th, (r0 + it) % th
+            _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize)
+            _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, ldt, Tb + tid * tsize)
+        if ldt > nt:
+            for xi in range(al2):
+                memset(V + (xi * ldt + nt) * C, 0, (ldt - nt) * C * sizeof(real))
+        for it in prange(al2 * npan, num_threads=nthreads, schedule="static"):
+            xi, j = it // npan, it % npan
+            if cols:
+                _panels(V + xi * ldt * C, C, U + xi * npan * C * cols, K, ldt, j * cols,
+                        M + xi * ldt * K)
+            else:
+                _gemm(False, <int>ldt, <int>K, <int>C, V + xi * ldt * C, <int>C,
+                      U + xi * C * K, <int>K, 0, M + xi * ldt * K, <int>K)
+        for it in prange(nr, num_threads=nthreads, schedule="static"):
+            tid = threadid()
+            n, i = (r0 + it) // th, (r0 + it) % th
+            o = n * K * P * Q
+            _output(M + it * tw * K, ldt, K, K, m, tw, tw, y + o, P, Q, m * i, bias,
+                    NULL if res == NULL else res + o, act, Tb + tid * tsize)
+        r0 = r0 + nr
+
+
+cdef void _unfused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_int C,
+                          fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m,
+                          fc_int th, fc_int tw, fc_int oh, fc_int ow, fc_int B, int nthreads,
+                          real *Sb, real *Db, real *V, real *dM, real *Tb,
+                          fc_int tsize) noexcept nogil:
+    """dU[xi] (K x C) = the sum over batches of B tile rows of dM[xi]^T V[xi]: each
+    batch's input and dy transforms, a tile row per work item, then its alpha^2 GEMMs
+    (single-threaded BLAS, beta = 1 after the first batch), one xi per work item: each
+    sum runs in batch order, whatever the thread count."""
+    cdef fc_int al2 = (m + 2) * (m + 2), Wp = m * tw + 2, rows = N * th
+    cdef fc_int ssize = (m + 2) * Wp * C, dsize = m * (Wp - 2) * K
+    cdef fc_int r0, nr, nt, n, i
+    cdef Py_ssize_t it, xi
+    cdef int tid
+    r0 = 0
+    while r0 < rows:
+        nr = min(B, rows - r0)
+        nt = nr * tw
+        for it in prange(nr, num_threads=nthreads, schedule="static"):
+            tid = threadid()
+            n, i = (r0 + it) // th, (r0 + it) % th
+            _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize)
+            _slab(dy + n * K * P * Q, K, P, Q, i * m, 0, m, Wp - 2, Db + tid * dsize)
+            _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, nt, Tb + tid * tsize)
+            _dy(Db + tid * dsize, Wp - 2, K, m, tw, tw, dM + it * tw * K, nt, Tb + tid * tsize)
+        for xi in prange(al2, num_threads=nthreads, schedule="static"):
+            _gemm(True, <int>K, <int>C, <int>nt, dM + xi * nt * K, <int>K, V + xi * nt * C,
+                  <int>C, 0 if r0 == 0 else 1, dU + xi * K * C, <int>C)
+        r0 = r0 + nr
+
+
 # -- filter transforms ------------------------------------------------------------------
 
 
@@ -222,101 +321,132 @@ def _buffer(slot, size, dtype):
     return workspace("cython_winograd_" + slot, size, dtype)
 
 
-def _filter(m, w, kind, nsplit):
-    """U = G g G^T (float64, stored in w's dtype) as ``nsplit`` slices of output channels,
-    (nsplit, alpha^2, C, kp), zero-padded; g = w (``kind`` "fwd") or w rotated 180
-    degrees with C and K swapped ("rot"); cached per weight."""
+def _filter(m, w, kind, nsplit, cols=0):
+    """U = G g G^T (float64, stored in w's dtype), zero-padded, cached per weight; g = w
+    (``kind`` "fwd") or w rotated 180 degrees with C and K swapped ("rot"). As
+    ``nsplit`` slices of output channels, (nsplit, alpha^2, C, kp); or (``cols``) as
+    panels of ``cols`` output channels for each xi, (alpha^2, panels, C, cols)."""
     def build():
         K, C = w.shape[:2] if kind == "fwd" else w.shape[1::-1]
-        kp = -(-K // nsplit)
-        Uk = np.zeros((nsplit, (m + 2) ** 2, C, kp), w.dtype)
+        n = -(-K // cols) if cols else nsplit
+        kp = cols or -(-K // nsplit)
+        Uk = np.zeros((n, (m + 2) ** 2, C, kp), w.dtype)
         _filter_run(np.ascontiguousarray(w).reshape(-1), w.shape[0], w.shape[1],
                     kind == "rot", m, kp, Uk.reshape(-1), get_num_threads())
-        return Uk
-    return _filters.get(w, ("winograd_cython", kind, m, nsplit), build)
+        return np.ascontiguousarray(Uk.transpose(1, 0, 2, 3)) if cols else Uk
+    return _filters.get(w, ("winograd_cython", kind, m, nsplit, cols), build)
 
 
 def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     """Stride-1 3x3 correlation of x (N, C, H, W) with g (w, or w rotated, "rot") into
-    y (N, K, P, Q), offsets off_h, off_w, by the plan's fused or split variant, with
-    the epilogue ``ep`` (``fastconv.kernels.epilogue``) in the output transform."""
+    y (N, K, P, Q), offsets off_h, off_w, by the plan's variant (fused, split, unfused
+    or unfused_blas), with the epilogue ``ep`` (``fastconv.kernels.epilogue``) in the
+    output transform."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1:]
     th, tw = plan["tiles"]
-    R, G, nsplit = plan["block_rows"], plan["images"], plan["filter_slices"]
-    Uk = _filter(m, w, kind, nsplit)
-    kp = Uk.shape[3]
+    unfused = plan.variant in ("unfused", "unfused_blas")
+    cols = 0
+    if unfused:             # batches of B tile rows, the tile batch's V and M in the workspace
+        B, G, R, nsplit, rows = max(1, plan["tile_batch"] // tw), 1, 1, 1, m + 2
+        if plan.variant == "unfused":
+            cols = hot.pointwise_cols_f32() if x.dtype == np.float32 else hot.pointwise_cols_f64()
+        Uk, kp = _filter(m, w, kind, 1, cols), K
+    else:
+        R, G, nsplit = plan["block_rows"], plan["images"], plan["filter_slices"]
+        B, rows = G * R, m * R + 2
+        Uk = _filter(m, w, kind, nsplit)
+        kp = Uk.shape[3]
     al2 = (m + 2) ** 2
     nthreads = plan.threads
     tsize = max((m + 2) ** 2 * C, m * (m + 2) * kp + m * m * tw * kp)
     dt = x.dtype
-    S = _buffer("S", nthreads * (m * R + 2) * (m * tw + 2) * C, dt)
-    V = _buffer("V", nthreads * al2 * G * R * tw * C, dt)
-    M = _buffer("M", nthreads * al2 * G * R * tw * kp, dt)
+    nv = 1 if unfused else nthreads             # V and M: shared, or one per thread
+    S = _buffer("S", nthreads * rows * (m * tw + 2) * C, dt)
+    ldt = B * tw + FC_MR                        # room for the panel GEMM's whole blocks
+    V = _buffer("V", nv * al2 * ldt * C, dt)
+    M = _buffer("M", nv * al2 * ldt * kp, dt)
     T = _buffer("T", nthreads * tsize, dt)
+    run = _run_f32 if dt == np.float32 else _run_f64
     with single_threaded_blas():
-        if dt == np.float32:
-            _run_f32(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
-                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize,
-                     ep.bias, ep.residual, ep.act)
-        else:
-            _run_f64(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m,
-                     th, tw, off_h, off_w, R, G, nsplit, kp, nthreads, S, V, M, T, tsize,
-                     ep.bias, ep.residual, ep.act)
+        run(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m, th, tw,
+            off_h, off_w, R, G, nsplit, kp, unfused, B, cols, nthreads, S, V, M, T, tsize,
+            ep.bias, ep.residual, ep.act)
 
 
 def _run_f32(const float[::1] x, const float[::1] U, float[::1] y, fc_int N, fc_int C,
              fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
              fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
-             int nthreads, float[::1] S, float[::1] V, float[::1] M, float[::1] T,
-             fc_int tsize, const float[::1] bias, const float[::1] res, int act):
+             bint unfused, fc_int B, fc_int cols, int nthreads, float[::1] S, float[::1] V, float[::1] M,
+             float[::1] T, fc_int tsize, const float[::1] bias, const float[::1] res, int act):
     cdef const float *b = &bias[0] if bias.shape[0] else NULL
     cdef const float *r = &res[0] if res.shape[0] else NULL
     with nogil:
-        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit, kp,
-               nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
+        if unfused:
+            _unfused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
+                     nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
+        else:
+            _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit,
+                   kp, nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
 
 
 def _run_f64(const double[::1] x, const double[::1] U, double[::1] y, fc_int N, fc_int C,
              fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
              fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
-             int nthreads, double[::1] S, double[::1] V, double[::1] M, double[::1] T,
-             fc_int tsize, const double[::1] bias, const double[::1] res, int act):
+             bint unfused, fc_int B, fc_int cols, int nthreads, double[::1] S, double[::1] V,
+             double[::1] M, double[::1] T, fc_int tsize, const double[::1] bias,
+             const double[::1] res, int act):
     cdef const double *b = &bias[0] if bias.shape[0] else NULL
     cdef const double *r = &res[0] if res.shape[0] else NULL
     with nogil:
-        _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit, kp,
-               nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
+        if unfused:
+            _unfused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
+                     nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
+        else:
+            _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit,
+                   kp, nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
 
 
 def _weight_run(const real[::1] x, const real[::1] dy, real[::1] dU, fc_int N, fc_int C, fc_int H,
                 fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
-                fc_int oh, fc_int ow, fc_int R, fc_int parts, int nthreads, real[::1] S,
-                real[::1] D, real[::1] V, real[::1] M, real[::1] T, fc_int tsize):
+                fc_int oh, fc_int ow, bint unfused, fc_int R, fc_int parts, int nthreads,
+                real[::1] S, real[::1] D, real[::1] V, real[::1] M, real[::1] T, fc_int tsize):
     with nogil:
-        _fused_weight(&x[0], &dy[0], &dU[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R,
-                      parts, nthreads, &S[0], &D[0], &V[0], &M[0], &T[0], tsize)
+        if unfused:
+            _unfused_weight(&x[0], &dy[0], &dU[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R,
+                            nthreads, &S[0], &D[0], &V[0], &M[0], &T[0], tsize)
+        else:
+            _fused_weight(&x[0], &dy[0], &dU[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R,
+                          parts, nthreads, &S[0], &D[0], &V[0], &M[0], &T[0], tsize)
 
 
 def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
     """dw (K, C, 3, 3) = the weight gradient of the stride-1 3x3 correlation of x with
-    offsets off_h, off_w, for dy (N, K, P, Q), by F(m x m, 3x3) transposed."""
+    offsets off_h, off_w, for dy (N, K, P, Q), by F(m x m, 3x3) transposed: fused
+    (blocks of R tile rows in ``parts`` partial sums, each thread its own V and M) or
+    unfused (batches of R tile rows, one V and M shared, one sum)."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1:]
     th, tw = plan["tiles"]
-    R, parts, nthreads = plan["block_rows"], plan["parts"], plan["threads_used"]
+    unfused = plan.variant == "unfused"
+    if unfused:
+        R, parts, nthreads = max(1, plan["tile_batch"] // tw), 1, plan.threads
+        rows, nv = 1, 1
+    else:
+        R, parts, nthreads = plan["block_rows"], plan["parts"], plan["threads_used"]
+        rows, nv = R, nthreads
     al, dt = m + 2, x.dtype
     al2 = al * al
     tsize = al2 * max(C, K)
-    S = _buffer("S", nthreads * (m * R + 2) * (m * tw + 2) * C, dt)
-    D = _buffer("D", nthreads * m * R * m * tw * K, dt)
-    V = _buffer("V", nthreads * al2 * R * tw * C, dt)
-    M = _buffer("M", nthreads * al2 * R * tw * K, dt)
+    S = _buffer("S", nthreads * (m * rows + 2) * (m * tw + 2) * C, dt)
+    D = _buffer("D", nthreads * m * rows * m * tw * K, dt)
+    V = _buffer("V", nv * al2 * R * tw * C, dt)
+    M = _buffer("M", nv * al2 * R * tw * K, dt)
     T = _buffer("T", nthreads * tsize, dt)
     dU = _buffer("U", parts * al2 * K * C, dt)
     with single_threaded_blas():
         _weight_run(x.reshape(-1), dy.reshape(-1), dU, N, C, H, W, K, P, Q, m, th, tw,
-                    off_h, off_w, R, parts, nthreads, S, D, V, M, T, tsize)
+                    off_h, off_w, unfused, R, parts, nthreads, S, D, V, M, T, tsize)
     nt = 1 if plan["serial_filter"] else plan.threads
     tmp = _buffer("F", nt * (3 * al + 9) * C, np.float64)
     _filter_t_run(dU, parts, K, C, m, tmp, dw.reshape(-1), nt)
