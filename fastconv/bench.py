@@ -525,6 +525,10 @@ def run(layers=(), networks=(), ops=CONV_OPS, algorithms=None, backends=None, th
                 if torch_fn is not None:
                     fns["torch"], info["torch"] = torch_fn, dict(algorithm="torch",
                                                                  backend="pytorch", flops=flops)
+            if not fns:                 # no chosen algorithm handles this layer
+                if bar is not None:
+                    bar.update(1)
+                continue
             times = interleaved(fns, rounds=rounds, warmup=1, min_time=min_time,
                                 warmup_time=warmup_time)
             for key, t_s in times.items():

@@ -67,6 +67,20 @@ def test_bench_quick_table_json_and_png(tmp_path, capsys):
     assert width > 100 and height > 100
 
 
+def test_bench_skips_layers_no_chosen_algorithm_handles(tmp_path):
+    """Winograd alone on a 7x7 layer it cannot run and a 3x3 one it can: the 7x7 layer
+    is left out of the table (it crashed the harness: no contenders to time)."""
+    out = tmp_path / "out.json"
+    rc = cli.main(["bench", "--layers", "resnet50_conv1", "cifar_3x3", "--networks", "none",
+                   "--ops", "conv2d", "--algorithms", "winograd_f2", "--batch", "1",
+                   "--threads", "1", "--rounds", "1", "--min-time", "0", "--no-torch",
+                   "--no-progress", "--quiet", "--json", str(out)])
+    assert rc == 0
+    cases = {(r["case"], r["algorithm"]) for r in json.loads(out.read_text())["results"]}
+    assert ("cifar_3x3", "winograd_f2") in cases
+    assert not any(c == "resnet50_conv1" for c, _ in cases)
+
+
 # -- the gate: two JSON files ---------------------------------------------------------------
 
 
