@@ -367,37 +367,19 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     V = _buffer("V", nv * al2 * ldt * C, dt)
     M = _buffer("M", nv * al2 * ldt * kp, dt)
     T = _buffer("T", nthreads * tsize, dt)
-    run = _run_f32 if dt == np.float32 else _run_f64
     with single_threaded_blas():
-        run(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m, th, tw,
+        _run(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m, th, tw,
             off_h, off_w, R, G, nsplit, kp, unfused, B, cols, nthreads, S, V, M, T, tsize,
             ep.bias, ep.residual, ep.act)
 
 
-def _run_f32(const float[::1] x, const float[::1] U, float[::1] y, fc_int N, fc_int C,
-             fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
-             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
-             bint unfused, fc_int B, fc_int cols, int nthreads, float[::1] S, float[::1] V, float[::1] M,
-             float[::1] T, fc_int tsize, const float[::1] bias, const float[::1] res, int act):
-    cdef const float *b = &bias[0] if bias.shape[0] else NULL
-    cdef const float *r = &res[0] if res.shape[0] else NULL
-    with nogil:
-        if unfused:
-            _unfused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
-                     nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
-        else:
-            _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit,
-                   kp, nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
-
-
-def _run_f64(const double[::1] x, const double[::1] U, double[::1] y, fc_int N, fc_int C,
-             fc_int H, fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th,
-             fc_int tw, fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
-             bint unfused, fc_int B, fc_int cols, int nthreads, double[::1] S, double[::1] V,
-             double[::1] M, double[::1] T, fc_int tsize, const double[::1] bias,
-             const double[::1] res, int act):
-    cdef const double *b = &bias[0] if bias.shape[0] else NULL
-    cdef const double *r = &res[0] if res.shape[0] else NULL
+def _run(const real[::1] x, const real[::1] U, real[::1] y, fc_int N, fc_int C, fc_int H,
+         fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw, fc_int oh,
+         fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp, bint unfused, fc_int B,
+         fc_int cols, int nthreads, real[::1] S, real[::1] V, real[::1] M, real[::1] T,
+         fc_int tsize, const real[::1] bias, const real[::1] res, int act):
+    cdef const real *b = &bias[0] if bias.shape[0] else NULL
+    cdef const real *r = &res[0] if res.shape[0] else NULL
     with nogil:
         if unfused:
             _unfused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
