@@ -40,7 +40,6 @@ import numpy as np
 from ..._config import get_num_threads, single_threaded_blas, workspace
 from ..epilogue import none
 from ..weight_cache import CACHE as _filters
-
 from ._hot cimport FC_MR, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
