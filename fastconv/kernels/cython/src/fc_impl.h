@@ -837,6 +837,34 @@ static inline __attribute__((always_inline)) void FN(dw_nhwc_block)(const T *res
         FN(vstore)(y + (q + i) * C + c0, FN(pw_vact)(v, act));
     }
 }
+
+/* Column j of one output row, nv vectors of channels from c0 (inlined with nv a
+ * constant), its taps inside the input only (s in [cols[2j], cols[2j+1]), r in
+ * [r_lo, r_hi)): nv independent chains of FMAs, in the blocks' order of taps. */
+static inline __attribute__((always_inline)) void FN(dw_nhwc_pixel)(const T *restrict x, fc_int W, fc_int C,
+                                     const T *restrict w, fc_int S, fc_int h0, fc_int sw,
+                                     fc_int pl, fc_int dh, fc_int dw, fc_int r_lo,
+                                     fc_int r_hi, fc_int j, const fc_int *cols, fc_int c0,
+                                     const T *bias, T *restrict y, const T *res, int act,
+                                     int nv)
+{
+    const FN(vec) vzero = {0};
+    FN(vec) acc[4];
+    for (int k = 0; k < nv; k++)
+        acc[k] = bias == NULL ? vzero : FN(vload)(bias + c0 + k * VL);
+    for (fc_int r = r_lo; r < r_hi; r++) {
+        const T *xr = x + ((h0 + r * dh) * W + j * sw - pl) * C + c0;
+        for (fc_int s = cols[2 * j]; s < cols[2 * j + 1]; s++)
+            for (int k = 0; k < nv; k++)
+                acc[k] += FN(vload)(xr + s * dw * C + k * VL)
+                          * FN(vload)(w + (r * S + s) * C + c0 + k * VL);
+    }
+    for (int k = 0; k < nv; k++) {
+        FN(vec) v = acc[k];
+        if (res != NULL) v += FN(vload)(res + j * C + c0 + k * VL);
+        FN(vstore)(y + j * C + c0 + k * VL, FN(pw_vact)(v, act));
+    }
+}
 #endif
 
 /* One output row of a depthwise convolution channels last (one output channel per
@@ -855,33 +883,47 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
 {
     fc_int r_lo, r_hi;
     fc_valid_range(R, H, dh, h0, &r_lo, &r_hi);
-    fc_int c0 = 0;
 #if FC_VECTORS
-    for (; c0 + VL <= C; c0 += VL) {
-        const FN(vec) vzero = {0};
-        const FN(vec) b = bias == NULL ? vzero : FN(vload)(bias + c0);
-        fc_int q = qa;
-        for (; q + 8 <= qb; q += 8)
-            FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0, b, y,
-                              res, act, 8);
-        for (; q + 4 <= qb; q += 4)
-            FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0, b, y,
-                              res, act, 4);
-        const fc_int done = q;
-        for (fc_int j = 0; j < Q; j++) {
-            if (j >= qa && j < done) continue;          /* in the blocks */
-            FN(vec) acc = b;
-            for (fc_int r = r_lo; r < r_hi; r++) {
-                const T *xr = x + ((h0 + r * dh) * W + j * sw - pl) * C + c0;
-                for (fc_int s = cols[2 * j]; s < cols[2 * j + 1]; s++)
-                    acc += FN(vload)(xr + s * dw * C) * FN(vload)(w + (r * S + s) * C + c0);
-            }
-            if (res != NULL) acc += FN(vload)(res + j * C + c0);
-            FN(vstore)(y + j * C + c0, FN(pw_vact)(acc, act));
+    const fc_int Cv = C / VL * VL;                   /* channels in whole vectors */
+    /* blocks of 8, then 4, columns whose taps are all inside, each block through
+     * every vector of channels in turn (the x it reads, (8 + 2) pixels of 3 rows,
+     * stays in L1; memory is read in order) */
+    const FN(vec) vzero = {0};
+    fc_int q = qa;
+    for (; q + 8 <= qb; q += 8)
+        for (fc_int c0 = 0; c0 < Cv; c0 += VL)
+            FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0,
+                              bias == NULL ? vzero : FN(vload)(bias + c0), y, res, act, 8);
+    for (; q + 4 <= qb; q += 4)
+        for (fc_int c0 = 0; c0 < Cv; c0 += VL)
+            FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0,
+                              bias == NULL ? vzero : FN(vload)(bias + c0), y, res, act, 4);
+    /* the other columns (at the edges, or left over from the blocks) pixel by pixel,
+     * up to 4 vectors of channels at a time: independent chains of FMAs, not one */
+    const fc_int done = q;
+    for (fc_int j = 0; j < Q; j++) {
+        if (j >= qa && j < done) continue;              /* in the blocks */
+        fc_int cv = 0;
+        for (; cv + 4 * VL <= Cv; cv += 4 * VL)
+            FN(dw_nhwc_pixel)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, j, cols, cv,
+                              bias, y, res, act, 4);
+        switch ((int)((Cv - cv) / VL)) {
+        case 3: FN(dw_nhwc_pixel)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, j, cols, cv,
+                                  bias, y, res, act, 3);
+                break;
+        case 2: FN(dw_nhwc_pixel)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, j, cols, cv,
+                                  bias, y, res, act, 2);
+                break;
+        case 1: FN(dw_nhwc_pixel)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, j, cols, cv,
+                                  bias, y, res, act, 1);
+                break;
+        default: break;
         }
     }
+#else
+    const fc_int Cv = 0;
 #endif
-    for (; c0 < C; c0++)
+    for (fc_int c0 = Cv; c0 < C; c0++)
         for (fc_int j = 0; j < Q; j++) {
             T u = bias == NULL ? 0 : bias[c0];
             for (fc_int r = r_lo; r < r_hi; r++)
