@@ -184,6 +184,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     array([[[[-8., -8.],
              [-8., -8.]]]], dtype=float32)
     """
+    x, unbatched, nhwc, w, dtype, p, bias, residual = _conv2d_check(
+        input, weight, bias, stride, padding, dilation, groups, activation, residual)
+    if p.empty:
+        _plan.check_names("conv2d", algorithm, backend)
+        return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
+    return _unbatch(_conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc,
+                                    algorithm, backend), unbatched)
+
+
+def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activation,
+                  residual):
+    """conv2d's validation: (x 4-D, whether the caller passed 3-D, whether x is
+    channels-last, the weight's array, dtype, geometry, bias, residual 4-D)."""
     x, unbatched = _batched("conv2d", "input", input, keep_channels_last=True)
     nhwc = channels_last(x)
     w = _weight("conv2d", weight)
@@ -191,9 +204,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     p = conv_params("conv2d", x.shape, w.shape, stride, padding, dilation, groups)
     bias = _check_bias("conv2d", bias, p.K, dtype)
     residual = check_epilogue("conv2d", p, residual, activation, unbatched)
-    if p.empty:
-        _plan.check_names("conv2d", algorithm, backend)
-        return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
+    return x, unbatched, nhwc, w, dtype, p, bias, residual
+
+
+def _conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc, algorithm="auto",
+                    backend="auto"):
+    """conv2d on what :func:`_conv2d_check` returned (p not empty): plan, kernel. The
+    result is 4-D, in x's layout. ``nn.optimize`` calls it again on arrays of the
+    shapes, strides and dtype it validated."""
     plan = _plan.make("conv2d", p, dtype, algorithm, backend, "nhwc" if nhwc else "nchw")
     _conv_room("conv2d", p, dtype, p.output_shape, plan.algorithm)
     if plan.layout == "nhwc":                       # computed channels last, as it is
@@ -209,7 +227,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         residual = _contiguous("conv2d", "residual", residual)
     out = np.empty(p.output_shape, dtype)
     _plan.run(plan, x, w, p, out, _epilogue.make(dtype, bias, residual, activation))
-    return _unbatch(_layout_of(out, nhwc), unbatched)
+    return _layout_of(out, nhwc)
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,

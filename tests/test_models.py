@@ -295,3 +295,34 @@ def test_optimize_small_networks_and_errors():
     with pytest.raises(ValueError, match="optimize: 0 has 2 output channels, the BatchNorm2d "
                                          "after it 3 features"):
         nn.optimize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3)))
+
+
+def test_optimize_validates_each_convolution_once_per_input_shape(monkeypatch):
+    """An optimized model's convolutions run conv2d's checks on the first call of an
+    input shape (and layout) only; later calls of that shape go straight to plan and
+    kernel with the same results; a new shape (a new batch size) is checked again, as
+    is one its layers cannot take."""
+    from fastconv import functional as F
+    from fastconv.nn.optimize import _ConvStep
+    model = nn.models.resnet18(num_classes=10, rng=0)
+    fast = nn.optimize(model, memory_format="contiguous")
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = model.eval()(x)
+    checks = []
+    real = F._conv2d_check
+    monkeypatch.setattr(F, "_conv2d_check", lambda *a: checks.append(a) or real(*a))
+    n_conv = sum(isinstance(s, _ConvStep) for s in fast.steps)
+    assert n_conv == 20                          # the 7x7 stem, 16 3x3, 3 1x1 shortcuts
+    first = fast(x)
+    assert len(checks) == n_conv
+    again = fast(x)
+    assert len(checks) == n_conv                 # no check on the same shapes
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(first, expected, rtol=0, atol=1e-4 * np.abs(first).max())
+    one = fast(x[:1])
+    assert len(checks) == 2 * n_conv             # a new batch size: checked again
+    np.testing.assert_array_equal(fast(x[:1]), one)
+    np.testing.assert_allclose(one, first[:1], rtol=0, atol=1e-4 * np.abs(first).max())
+    assert len(checks) == 2 * n_conv
+    with pytest.raises(ValueError, match="expects input with 3 channels"):
+        fast(np.zeros((1, 4, 32, 32), np.float32))

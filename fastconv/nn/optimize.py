@@ -26,14 +26,6 @@ __all__ = ["optimize", "OptimizedModel"]
 _ACTIVATIONS = {ReLU: "relu", ReLU6: "relu6"}
 
 
-def _conv(x, w, bias, stride, padding, dilation, groups, activation, residual):
-    """``activation(conv2d(x, w, bias) + residual)``: every convolution of an optimized
-    model goes through here, one fused call (the kernels apply the bias, residual and
-    activation as they store the output)."""
-    return F.conv2d(x, w, bias, stride, padding, dilation, groups, activation=activation,
-                    residual=residual)
-
-
 # -- steps -------------------------------------------------------------------------------------
 
 
@@ -56,11 +48,25 @@ class _ConvStep(_Step):
         self.weight, self.bias = F.prepare_weight(weight), bias
         self.args = (conv.stride, conv.padding, conv.dilation, conv.groups)
         self.activation, self.residual = activation, residual
+        self._checked = {}          # (x's and the residual's shapes, strides, dtypes) -> checks
 
     def run(self, values):
+        x = values[self.srcs[0]]
         res = None if self.residual is None else values[self.residual]
-        return _conv(values[self.srcs[0]], self.weight, self.bias, *self.args,
-                     self.activation, res)
+        # one fused call (the kernels apply bias, residual and activation as they store
+        # the output), validated once per shapes, strides and dtypes of x and residual
+        key = (x.shape, x.strides, x.dtype,
+               None if res is None else (res.shape, res.strides, res.dtype))
+        checked = self._checked.get(key)
+        if checked is None:
+            x4, unbatched, nhwc, w, dtype, p, bias, res4 = F._conv2d_check(
+                x, self.weight, self.bias, *self.args, self.activation, res)
+            if x4 is not x or res4 is not res or unbatched or p.empty:
+                return F.conv2d(x, self.weight, self.bias, *self.args,
+                                activation=self.activation, residual=res)
+            checked = self._checked[key] = (w, p, dtype, bias, nhwc)
+        w, p, dtype, bias, nhwc = checked
+        return F._conv2d_checked(x, w, p, dtype, bias, res, self.activation, nhwc)
 
 
 class _FnStep(_Step):
