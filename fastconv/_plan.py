@@ -486,8 +486,8 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget, layout=
                                                               threads, backend, variant,
                                                               blocking)
     if layout == "nhwc":
-        nhwc = _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm,
-                              user_backend)
+        nhwc = _channels_last(op, p, dtype, algorithm, backend, variant, blocking,
+                              auto_algorithm, user_backend)
         if nhwc is not None:
             algorithm, backend, variant, blocking = nhwc
             return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p,
@@ -495,7 +495,8 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget, layout=
     return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p)
 
 
-def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, user_backend):
+def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_algorithm,
+                   user_backend):
     """(algorithm, backend, variant, blocking) of a plan that computes a channels-last
     call in that layout, or None where no kernel does (the call is converted):
 
@@ -506,8 +507,11 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, auto_algorithm, us
       (both backends), the channels in the vector lanes, on the backend of the plan if it has
       the variant, or for ``backend="auto"`` the first of ``AUTO_ORDER`` that has it;
     - where ``algorithm="auto"`` chose direct for a one-group layer (stems, stride 2),
-      im2col's channels-last GEMM instead of a conversion each way.
+      im2col's channels-last GEMM instead of a conversion each way;
+    - ``adaptive_avg_pool2d`` (both backends' direct kernels; not the reference).
     """
+    if op == "adaptive_avg_pool2d":
+        return None if algorithm == "reference" else (algorithm, backend, variant, blocking)
     if op != "conv2d":
         return None
     if algorithm == "direct" and variant == "depthwise" and p.K == p.C:

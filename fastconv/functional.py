@@ -541,8 +541,8 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     input's size along that axis.
     """
     op = "adaptive_avg_pool2d"
-    nhwc = channels_last(np.asarray(input))
-    x, unbatched = _batched(op, "input", input)
+    x, unbatched = _batched(op, "input", input, keep_channels_last=True)
+    nhwc = channels_last(x)
     dtype = check_dtype(op, input=x)
     P, Q = adaptive_output_size(op, x.shape, output_size)
     check_memory(op, ("output", x.shape[:2] + (P, Q), dtype.itemsize),
@@ -550,7 +550,14 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     if min(x.shape[:2] + (P, Q)) == 0:
         _plan.check_names("adaptive_avg_pool2d", algorithm, backend)
         return _unbatch(np.zeros(x.shape[:2] + (P, Q), dtype), unbatched)
-    plan = _plan.make(op, None, dtype, algorithm, backend)
+    plan = _plan.make(op, None, dtype, algorithm, backend, "nhwc" if nhwc else "nchw")
+    windows = adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q)
+    if plan.layout == "nhwc":                       # computed channels last, as it is
+        out = np.empty((x.shape[0], P, Q, x.shape[1]), dtype)
+        _plan.run(plan, x.transpose(0, 2, 3, 1), *windows, out)
+        return out.transpose(0, 3, 1, 2)
+    if nhwc:
+        x = _contiguous(op, "input", x)
     out = np.empty(x.shape[:2] + (P, Q), dtype)
-    _plan.run(plan, x, adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q), out)
+    _plan.run(plan, x, *windows, out)
     return _unbatch(_layout_of(out, nhwc), unbatched)

@@ -128,7 +128,8 @@ def test_depthwise_nhwc(backend, dtype, case, seed, data):
 
 def test_pooling_and_input_gradient_keep_the_layout():
     """Pooling and the input gradient take channels-last arrays and return them
-    (computed NCHW: converted both ways), with the NCHW call's values."""
+    (computed NCHW, converted both ways, except adaptive average pooling, computed
+    channels last), with the NCHW call's values."""
     x, dy = arrays(0, np.float32, (2, 5, 9, 8), (2, 6, 9, 8))
     w = arrays(1, np.float32, (6, 5, 3, 3))[0]
     for fn in (lambda a: fastconv.max_pool2d(a, 3, 2, 1),

@@ -5,7 +5,7 @@ reference by hand and by finite differences, and both against PyTorch (skipped w
 it)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
@@ -181,6 +181,28 @@ def test_pool_gradients_by_finite_differences(kind):
     else:
         reference.avg_pool2d_backward(dy, p, False, 0, dx)
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("algorithm,backend", kernel_pairs("adaptive_avg_pool2d"))
+@settings(max_examples=30)
+@given(N=st.integers(1, 3), C=st.integers(2, 40), H=st.integers(1, 12), W=st.integers(1, 12),
+       P=st.integers(1, 6), Q=st.integers(1, 6), dtype=st.sampled_from(DTYPES))
+def test_adaptive_avg_pool_channels_last(algorithm, backend, N, C, H, W, P, Q, dtype):
+    """A channels-last input is pooled in that layout (the plan says "nhwc"), into a
+    result in the caller's layout with the NCHW call's bits (the same sums in the same
+    order) and the reference's values."""
+    assume(H * W > 1)                       # H = W = 1: the array counts as NCHW
+    (x,) = arrays(N * C + H * W, dtype, (N, C, H, W))
+    xl = fastconv.to_channels_last(x)
+    with fastconv.trace_plans() as ran:
+        y = fastconv.adaptive_avg_pool2d(xl, (P, Q), algorithm=algorithm, backend=backend)
+    assert (ran[-1].backend, ran[-1].layout) == (backend, "nhwc"), ran[-1]
+    assert y.shape == (N, C, P, Q)
+    assert P * Q == 1 or fastconv.channels_last(y)
+    np.testing.assert_array_equal(
+        y, fastconv.adaptive_avg_pool2d(x, (P, Q), algorithm=algorithm, backend=backend))
+    assert_close(y, fastconv.adaptive_avg_pool2d(x, (P, Q), algorithm="reference"),
+                 tolerance(dtype, algorithm), "adaptive_avg_pool2d channels last")
 
 
 def test_adaptive_avg_pool_windows_by_hand():

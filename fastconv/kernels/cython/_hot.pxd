@@ -62,6 +62,14 @@ cdef extern from "fc_kernels.h" nogil:
         void (*adaptive_avg_plane_f64)(const double *x, double *y, fc_int H, fc_int W,
                                        const int64_t *hs, const int64_t *he, fc_int P,
                                        const int64_t *ws, const int64_t *we, fc_int Q) noexcept nogil
+        void (*adaptive_avg_nhwc_f32)(const float *x, float *y, fc_int W, fc_int C,
+                                      const int64_t *hs, const int64_t *he, const int64_t *ws,
+                                      const int64_t *we, fc_int i, fc_int j,
+                                      double *acc) noexcept nogil
+        void (*adaptive_avg_nhwc_f64)(const double *x, double *y, fc_int W, fc_int C,
+                                      const int64_t *hs, const int64_t *he, const int64_t *ws,
+                                      const int64_t *we, fc_int i, fc_int j,
+                                      double *acc) noexcept nogil
         void (*patch_gemm_f32)(const float *xf, const fc_int *offs, const float *U, float *A,
                                fc_int rows, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,
                                fc_int step) noexcept nogil

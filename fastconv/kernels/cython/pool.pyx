@@ -107,6 +107,26 @@ cdef int _adaptive_avg_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     return 0
 
 
+cdef int _adaptive_avg_pool_nhwc(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                                 const int64_t[::1] hs, const int64_t[::1] he,
+                                 const int64_t[::1] ws, const int64_t[::1] we,
+                                 double[:, ::1] acc, int nt) except -1:
+    """Channels last, x (N, H, W, C) into y (N, P, Q, C): one output pixel (every
+    channel) per parallel iteration."""
+    cdef Py_ssize_t W = x.shape[2], C = x.shape[3], P = y.shape[1], Q = y.shape[2]
+    cdef Py_ssize_t it, n, i, j
+    with nogil:
+        for it in prange(x.shape[0] * P * Q, num_threads=nt, schedule="static"):
+            n, i, j = it // (P * Q), it // Q % P, it % Q
+            if real is float:
+                hot.adaptive_avg_nhwc_f32(&x[n, 0, 0, 0], &y[n, i, j, 0], W, C, &hs[0], &he[0],
+                                          &ws[0], &we[0], i, j, &acc[threadid(), 0])
+            else:
+                hot.adaptive_avg_nhwc_f64(&x[n, 0, 0, 0], &y[n, i, j, 0], W, C, &hs[0], &he[0],
+                                          &ws[0], &we[0], i, j, &acc[threadid(), 0])
+    return 0
+
+
 # -- the registry's kernels: (plan, the reference's arguments) ----------------------------
 
 
@@ -147,9 +167,17 @@ def avg_pool2d_backward(plan, dy, p, count_include_pad, divisor_override, out):
 
 
 def adaptive_avg_pool2d(plan, x, h_windows, w_windows, out):
+    """``plan.layout`` "nhwc": x (N, H, W, C) into out (N, P, Q, C), channels last."""
     hs, he = (np.ascontiguousarray(a, np.int64) for a in h_windows)
     ws, we = (np.ascontiguousarray(a, np.int64) for a in w_windows)
-    if x.dtype == np.float32:
-        _adaptive_avg_pool[float](x, out, hs, he, ws, we, get_num_threads())
+    nt = get_num_threads()
+    if plan.layout == "nhwc":
+        acc = workspace_array("pool.acc", (nt, max(1, x.shape[3])), np.float64)
+        if x.dtype == np.float32:
+            _adaptive_avg_pool_nhwc[float](x, out, hs, he, ws, we, acc, nt)
+        else:
+            _adaptive_avg_pool_nhwc[double](x, out, hs, he, ws, we, acc, nt)
+    elif x.dtype == np.float32:
+        _adaptive_avg_pool[float](x, out, hs, he, ws, we, nt)
     else:
-        _adaptive_avg_pool[double](x, out, hs, he, ws, we, get_num_threads())
+        _adaptive_avg_pool[double](x, out, hs, he, ws, we, nt)

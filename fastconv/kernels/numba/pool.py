@@ -154,6 +154,24 @@ def _adaptive_avg_pool2d(x, out, h_starts, h_ends, w_starts, w_ends):
                 out[n, c, i, j] = acc / ((h_ends[i] - h_starts[i]) * (w_ends[j] - w_starts[j]))
 
 
+@jit(parallel=True)
+def _adaptive_avg_pool2d_nhwc(x, out, h_starts, h_ends, w_starts, w_ends):
+    """Channels last, x (N, H, W, C) into out (N, P, Q, C): one output pixel (every
+    channel) per parallel iteration, summed in the NCHW kernel's order."""
+    N, C = x.shape[0], x.shape[3]
+    P, Q = h_starts.size, w_starts.size
+    for it in prange(N * P * Q):
+        n, i, j = it // (P * Q), it // Q % P, it % Q
+        acc = np.zeros(C)
+        for h in range(h_starts[i], h_ends[i]):
+            for w in range(w_starts[j], w_ends[j]):
+                for c in range(C):
+                    acc[c] += x[n, h, w, c]
+        count = (h_ends[i] - h_starts[i]) * (w_ends[j] - w_starts[j])
+        for c in range(C):
+            out[n, i, j, c] = acc[c] / count
+
+
 # -- the registry's kernels: (plan, the reference's arguments) ----------------------------
 
 
@@ -184,4 +202,8 @@ def avg_pool2d_backward(plan, dy, p, count_include_pad, divisor_override, out):
 
 
 def adaptive_avg_pool2d(plan, x, h_windows, w_windows, out):
-    _adaptive_avg_pool2d(x, out, *h_windows, *w_windows)
+    """``plan.layout`` "nhwc": x (N, H, W, C) into out (N, P, Q, C), channels last."""
+    if plan.layout == "nhwc":
+        _adaptive_avg_pool2d_nhwc(x, out, *h_windows, *w_windows)
+    else:
+        _adaptive_avg_pool2d(x, out, *h_windows, *w_windows)

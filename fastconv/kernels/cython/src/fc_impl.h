@@ -435,6 +435,23 @@ static void FN(adaptive_avg_plane)(const T *x, T *y, fc_int H, fc_int W,
     }
 }
 
+/* Channels last: y[c] = the mean of window (i, j) of x (H, W, C) for every channel c,
+ * summed in double in adaptive_avg_plane's order (rows, then columns), so both layouts
+ * give the same bits; y: the window's C outputs; acc: C doubles of scratch. */
+static void FN(adaptive_avg_nhwc)(const T *x, T *y, fc_int W, fc_int C, const int64_t *hs,
+                                  const int64_t *he, const int64_t *ws, const int64_t *we,
+                                  fc_int i, fc_int j, double *acc)
+{
+    for (fc_int c = 0; c < C; c++) acc[c] = 0.0;
+    for (fc_int h = hs[i]; h < he[i]; h++)
+        for (fc_int w = ws[j]; w < we[j]; w++) {
+            const T *px = x + (h * W + w) * C;
+            for (fc_int c = 0; c < C; c++) acc[c] += (double)px[c];
+        }
+    const double n = (double)((he[i] - hs[i]) * (we[j] - ws[j]));
+    for (fc_int c = 0; c < C; c++) y[c] = (T)(acc[c] / n);
+}
+
 /* -- im2col's weight gradient: the GEMM that reads patch rows in place ----------------- */
 
 /* rows [r0, r1) x columns [k0, k1) of A += V @ U, one element at a time (the blocks'

@@ -111,6 +111,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .avg_pool_plane_##X = avg_pool_plane_##X,          \
     .avg_pool_backward_plane_##X = avg_pool_backward_plane_##X, \
     .adaptive_avg_plane_##X = adaptive_avg_plane_##X,  \
+    .adaptive_avg_nhwc_##X = adaptive_avg_nhwc_##X,    \
     .patch_gemm_##X = patch_gemm_##X,                  \
     .pixel_major_##X = pixel_major_##X,                \
     .pointwise_panel_##X = pointwise_panel_##X,        \

@@ -95,6 +95,11 @@ typedef struct {
     void (*adaptive_avg_plane_##X)(const T *x, T *y, fc_int H, fc_int W,                \
                                    const int64_t *hs, const int64_t *he, fc_int P,      \
                                    const int64_t *ws, const int64_t *we, fc_int Q);     \
+    /* channels last: window (i, j)'s C means; acc: C doubles of scratch */              \
+    void (*adaptive_avg_nhwc_##X)(const T *x, T *y, fc_int W, fc_int C,                  \
+                                  const int64_t *hs, const int64_t *he,                 \
+                                  const int64_t *ws, const int64_t *we, fc_int i,       \
+                                  fc_int j, double *acc);                               \
     /* A (rows, Kp) += V @ U: V's row i, pixel (b, q) is xf[offs[i] + b*pitch + q*step] \
      * (patch rows read in place), U (nb*Q, Kp) row-major */                            \
     void (*patch_gemm_##X)(const T *xf, const fc_int *offs, const T *U, T *A,           \
