@@ -3,7 +3,8 @@
 ``fastconv/kernels/numba/pool.py`` (same functions, same plans, same results).
 
 One (image, channel) plane per parallel iteration (OpenMP ``prange`` on
-``fastconv.get_num_threads()`` threads), so no two iterations write the same memory;
+``fastconv.get_num_threads()`` threads; channels-last adaptive average pooling: one
+output pixel, every channel), so no two iterations write the same memory;
 each plane runs a hot loop of ``src/fc_impl.h`` from the instruction-set variant
 ``_isa.ISA`` names. Sums are taken in double in the Numba kernels' order; max pooling
 sees NaN (no fast-math anywhere).

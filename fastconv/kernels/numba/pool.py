@@ -1,5 +1,6 @@
 """Max and average pooling, forward and backward: one (image, channel) plane per
-parallel iteration, so no two iterations write the same memory.
+parallel iteration (channels-last adaptive average pooling: one output pixel, every
+channel), so no two iterations write the same memory.
 
 Window (i, j) reads input rows ``i*sh - ph + a*dh`` and columns ``j*sw - pw + b*dw``;
 positions outside the input are skipped (max) or counted by the divisor rule (avg).
