@@ -1,10 +1,10 @@
 """Build script. Metadata lives in pyproject.toml; this file declares the compiled
 extensions: the Cython backend, ``fastconv/kernels/cython/`` (docs/cython.md).
 
-- The Cython modules (``_cpu``, ``im2col``, ``pool``, ``winograd``, ``direct``) are
-  compiled with ``-O3`` and OpenMP when the compiler has it (tried on a small program
-  first, as scikit-learn does; without it the ``prange`` loops run serially, with a
-  warning).
+- The Cython modules (``_cpu``, ``im2col``, ``pool``, ``winograd``, ``direct``,
+  ``layout``) are compiled with ``-O3`` and OpenMP when the compiler has it (tried on a
+  small program first, as scikit-learn does; without it the ``prange`` loops run
+  serially, with a warning).
 - Their hot loops (``src/fc_impl.h``) are compiled once per instruction set, each into
   its own object linked into the modules: on x86-64 baseline (the compiler's
   defaults), AVX2 + FMA and AVX-512 (F, BW, DQ, VL, 512-bit vectors preferred); one
@@ -35,7 +35,7 @@ from setuptools.command.build_ext import build_ext
 
 PKG = os.path.join("fastconv", "kernels", "cython")
 SRC = os.path.join(PKG, "src")
-MODULES = ("_cpu", "im2col", "pool", "winograd", "direct")
+MODULES = ("_cpu", "im2col", "pool", "winograd", "direct", "layout")
 
 #: compiler flags of each instruction-set variant of the hot loops (GCC and Clang)
 ISA_FLAGS = {
@@ -151,7 +151,7 @@ class BuildExt(build_ext):
             ext.define_macros = list(ext.define_macros or []) + macros
             ext.extra_compile_args = list(ext.extra_compile_args or []) + opt + openmp
             ext.extra_link_args = list(ext.extra_link_args or []) + openmp
-            if not ext.name.endswith("._cpu"):
+            if not ext.name.endswith(("._cpu", ".layout")):     # no hot loops
                 ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extensions()
 

@@ -12,9 +12,13 @@ output_padding) take an int or a tuple or list of 1 or 2 ints, as in PyTorch. An
 batch (``N = 0``), or a convolution's empty channel axis, gives PyTorch's empty result
 (zeros for the weight gradient) without calling a kernel.
 """
+import functools
+import importlib
+
 import numpy as np
 
-from . import _plan
+from . import _dispatch, _plan
+from ._config import get_num_threads
 from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
                         check_dtype, check_epilogue, check_grad_output, check_memory,
                         conv_params, int_tuple, pool_params, transpose_params)
@@ -30,9 +34,34 @@ __all__ = [
 def _contiguous(op, name, a):
     """``a`` C-contiguous; a copy is checked first (a broadcast view may be huge)."""
     a = np.asarray(a)
-    if not a.flags.c_contiguous:
-        check_memory(op, (f"a contiguous copy of {name}", a.shape, a.dtype.itemsize))
+    if a.flags.c_contiguous:
+        return a
+    check_memory(op, (f"a contiguous copy of {name}", a.shape, a.dtype.itemsize))
+    if channels_last(a):                            # (N, H*W, C) -> (N, C, H*W)
+        N, C, H, W = a.shape
+        out = np.empty(a.shape, a.dtype)
+        _swap_layout(a.transpose(0, 2, 3, 1).reshape(N, H * W, C), out.reshape(N, C, H * W))
+        return out
     return np.ascontiguousarray(a)
+
+
+def _swap_layout(src, dst):
+    """dst[n, s, r] = src[n, r, s] (both C-contiguous, 3-D): an NCHW <-> channels-last
+    copy, by the Cython backend's tiled transpose where it is built (float32, float64),
+    else NumPy's copy."""
+    layout = _layout_module()
+    if layout is not None and src.dtype in (np.float32, np.float64):
+        layout.transpose_planes(src, dst, get_num_threads())
+    else:
+        np.copyto(dst, src.transpose(0, 2, 1))
+
+
+@functools.lru_cache(maxsize=1)
+def _layout_module():
+    """``fastconv.kernels.cython.layout``, or None where the Cython backend is not built."""
+    if "cython" not in _dispatch.available_backends():
+        return None
+    return importlib.import_module("fastconv.kernels.cython.layout")
 
 
 def channels_last(a):
@@ -50,7 +79,12 @@ def to_channels_last(a):
     a = np.asarray(a)
     if a.ndim != 4:
         raise ValueError(f"to_channels_last: expected an (N, C, H, W) array, got shape {a.shape}")
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    if a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return a
+    N, C, H, W = a.shape
+    out = np.empty((N, H, W, C), a.dtype)
+    _swap_layout(np.ascontiguousarray(a).reshape(N, C, H * W), out.reshape(N, H * W, C))
+    return out.transpose(0, 3, 1, 2)
 
 
 def _layout_of(a, nhwc):

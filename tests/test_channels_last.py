@@ -183,3 +183,31 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
     assert resnet.format_for(x.shape) == "contiguous"
     with pytest.raises(ValueError, match="memory_format must be"):
         nn.optimize(model, memory_format="nhwc")
+
+
+@settings(max_examples=40)
+@given(N=st.integers(0, 3), C=st.integers(1, 70), H=st.integers(1, 40), W=st.integers(1, 40),
+       dtype=st.sampled_from([np.float32, np.float64, np.int64]),
+       threads=st.sampled_from([1, 2]))
+def test_layout_conversions_are_exact_copies(N, C, H, W, dtype, threads):
+    """to_channels_last and the conversion back to NCHW (a call computed NCHW on a
+    channels-last input) copy every value to its place, by the Cython backend's tiled
+    transpose (float32 and float64, run and checked directly where it is built, tiles
+    cut at every edge) or NumPy's copy (other dtypes)."""
+    fastconv.set_num_threads(min(threads, fastconv._config.MAX_THREADS))
+    x = (np.random.default_rng(N * C + H * W).standard_normal((N, C, H, W)) * 100).astype(dtype)
+    y = fastconv.to_channels_last(x)
+    assert y.shape == x.shape and y.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_array_equal(y, x)
+    from fastconv import functional as F
+    back = F._contiguous("test", "x", y)
+    assert back.flags.c_contiguous
+    np.testing.assert_array_equal(back, x)
+    layout = F._layout_module()
+    if layout is not None and dtype != np.int64:
+        dst = np.empty((N, H * W, C), dtype)
+        layout.transpose_planes(x.reshape(N, C, H * W), dst, fastconv.get_num_threads())
+        np.testing.assert_array_equal(dst, x.reshape(N, C, H * W).transpose(0, 2, 1))
+        with pytest.raises(ValueError, match="dst of shape"):
+            layout.transpose_planes(x.reshape(N, C, H * W), dst.reshape(N, C, H * W)
+                                    if C != H * W else dst[:, :, :0], 1)
