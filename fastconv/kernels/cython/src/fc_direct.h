@@ -35,6 +35,16 @@ static inline T FN(dact)(T v, int act)
     return v;
 }
 
+/* dact on a vector (fc_impl.h's pw_vact: the same selects) */
+static inline FN(dvec) FN(dvact)(FN(dvec) v, int act)
+{
+#if FC_VECTORS
+    return FN(pw_vact)(v, act);
+#else
+    return FN(dact)(v, act);
+#endif
+}
+
 /* -- layouts ------------------------------------------------------------------------- */
 
 /* Row it = (n*C + c)*Hp + hp of the phase layout dst[n, c, hp, b, wq] (sw phases of
@@ -345,6 +355,7 @@ FC_NO_LIBCALLS static void FN(dw_plane)(const T *x, const T *w, T *out, const fc
     const T *rp = res != NULL ? res + it * P * Q : NULL;
     const T *wk = w + k * RS;
     const int plain = bias == NULL && res == NULL && act == 0;
+    const FN(dvec) bk = (FN(dvec)){0} + (bias != NULL ? bias[k] : (T)0);
     for (fc_int p0 = 0; p0 < P; p0 += rows) {
         for (fc_int q0 = 0; q0 < Q; q0 += DVL) {
             FN(dvec) acc[FC_DWR];
@@ -355,22 +366,23 @@ FC_NO_LIBCALLS static void FN(dw_plane)(const T *x, const T *w, T *out, const fc
             const fc_int nq = Q - q0 < DVL ? Q - q0 : DVL;
             for (fc_int i = 0; i < rows && p0 + i < P; i++) {
                 T *yr = y + (p0 + i) * Q + q0;
-                if (plain && nq == DVL) {
-                    FN(dstore)(yr, acc[i]);
-                    continue;
+                FN(dvec) o = acc[i];
+                if (!plain) {              /* the epilogue on the vector, lane by lane */
+                    if (bias != NULL) o += bk;
+                    if (rp != NULL) {
+                        const T *rr = rp + (p0 + i) * Q + q0;
+                        T r[DVL];
+                        for (fc_int q = 0; q < DVL; q++) r[q] = q < nq ? rr[q] : 0;
+                        o += FN(dload)(r);
+                    }
+                    o = FN(dvact)(o, act);
                 }
-                T v[DVL];
-                FN(dstore)(v, acc[i]);
-                if (plain) {
+                if (nq == DVL) {
+                    FN(dstore)(yr, o);
+                } else {
+                    T v[DVL];
+                    FN(dstore)(v, o);
                     for (fc_int q = 0; q < nq; q++) yr[q] = v[q];
-                    continue;
-                }
-                const T *rr = rp != NULL ? rp + (p0 + i) * Q + q0 : NULL;
-                for (fc_int q = 0; q < nq; q++) {
-                    T o = v[q];
-                    if (bias != NULL) o += bias[k];
-                    if (rr != NULL) o += rr[q];
-                    yr[q] = FN(dact)(o, act);
                 }
             }
         }
