@@ -542,11 +542,9 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
 #: (float64, 1.3-2.5x).
 STANDS_IN_FOR = {("conv2d", "cython", "lanes"): ("lanes_streamed", "row")}
 #: (op, Cython's variant) -> the geometries on which Numba's kernel runs instead, being
-#: faster (MobileNet-v2 through the functional API, N=1, 1 thread; session 13): the
-#: NCHW depthwise forward on small output planes, lanes on small patches (an RGB 3x3
-#: stem); the bounds are ``_tuning`` entries.
+#: faster (MobileNet-v2 through the functional API, N=1, 1 thread; session 13): lanes
+#: on small patches (an RGB 3x3 stem); the bound is a ``_tuning`` entry.
 NUMBA_FASTER = {
-    ("conv2d", "depthwise"): lambda p: p.P * p.Q < _tuning.CYTHON_DEPTHWISE_MIN_PLANE,
     ("conv2d", "lanes"):
         lambda p: (p.C // p.groups) * p.R * p.S < _tuning.CYTHON_LANES_MIN_PATCH,
 }

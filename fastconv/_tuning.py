@@ -46,10 +46,6 @@ DEFAULTS = {
     "LANES_MIN_PATCH": (256, "inputs per output",
         "the 2 x 7 lanes kernel (rows of 7-13 pixels) needs a reduction this long to beat "
         "the flat and row kernels (Zen 5)"),
-    "CYTHON_DEPTHWISE_MIN_PLANE": (56 * 56, "outputs per plane",
-        "backend='auto' runs the NCHW depthwise forward on Cython's kernel for planes of at "
-        "least this P*Q, on Numba's below (MobileNet-v2's 3x3 layers at N=1, 1 thread: "
-        "Cython 0.9x Numba's time on 112x112 and 56x56, 1.6-2.2x on 28x28 to 7x7; Xeon)"),
     "CYTHON_LANES_MIN_PATCH": (64, "inputs per output",
         "backend='auto' runs direct's lanes forward on Cython's kernel from this C/groups*R*S, "
         "on Numba's below (MobileNet-v2's 3->32 3x3/2 stem, 27 inputs: 2.63 ms on Cython, "

@@ -201,14 +201,12 @@ def auto_backend(op, algorithm, variant=None, p=None):
     rule (docs/cython.md): Cython where it is available and has the kernel, and the
     ``variant`` the rules choose among every backend's (Numba's plan; Cython's ``lanes``
     stands in for Numba's ``lanes_streamed`` and ``row``), else Numba; and
-    Numba for the direct forwards where its kernel measured faster (geometry ``p``:
-    depthwise on small planes, lanes on small patches; ``_plan._backend_for_variant``)."""
+    Numba for the direct lanes forward where its kernel measured faster (geometry ``p``:
+    small patches; ``_plan._backend_for_variant``)."""
     if algorithm == "reference":
         return "numpy"
-    if p is not None and op == "conv2d" and algorithm == "direct" and (
-            (variant == "depthwise" and p.P * p.Q < _tuning.CYTHON_DEPTHWISE_MIN_PLANE)
-            or (variant == "lanes"
-                and p.C // p.groups * p.R * p.S < _tuning.CYTHON_LANES_MIN_PATCH)):
+    if (p is not None and op == "conv2d" and algorithm == "direct" and variant == "lanes"
+            and p.C // p.groups * p.R * p.S < _tuning.CYTHON_LANES_MIN_PATCH):
         return "numba"
     if ("cython" in _dispatch.available_backends()
             and (op, algorithm) in _dispatch._MANIFESTS["cython"].KERNELS):
