@@ -13,6 +13,13 @@
  * i = u / tw, j = u % tw.
  */
 
+/* Columns per run of the layout copies into and out of the channels-last slabs: the
+ * run's pixels, all their channels, stay in L1 while the copy goes through the
+ * channels (a whole row of a 64-channel slab 224 pixels wide would not). */
+#ifndef FC_WINO_RUN
+#  define FC_WINO_RUN 32
+#endif
+
 /* S[r, w, c] = x[c, h0 + r, w + ow] (one image, C x H x W) for r < rows, w < Sw; zeros
  * outside x. */
 static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
@@ -29,18 +36,22 @@ static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, f
         if (hi < lo) hi = lo;
         if (lo > 0) memset(row, 0, (size_t)(lo * C) * sizeof(T));
         if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
-        /* 8 channels at a time: 8 rows of x read, runs of 8 channels written */
-        fc_int c0 = 0;
-        for (; c0 + 8 <= C; c0 += 8) {
-            const T *src = x + (c0 * H + h) * W + ow;
-            for (fc_int w = lo; w < hi; w++)
-                for (fc_int cc = 0; cc < 8; cc++)
-                    row[w * C + c0 + cc] = src[cc * H * W + w];
-        }
-        for (fc_int c = c0; c < C; c++) {
-            const T *src = x + (c * H + h) * W + ow;
-            for (fc_int w = lo; w < hi; w++)
-                row[w * C + c] = src[w];
+        /* runs of FC_WINO_RUN columns (their C values per pixel stay in L1), 8
+         * channels at a time: 8 rows of x read, runs of 8 channels written */
+        for (fc_int w0 = lo; w0 < hi; w0 += FC_WINO_RUN) {
+            const fc_int w1 = w0 + FC_WINO_RUN < hi ? w0 + FC_WINO_RUN : hi;
+            fc_int c0 = 0;
+            for (; c0 + 8 <= C; c0 += 8) {
+                const T *src = x + (c0 * H + h) * W + ow;
+                for (fc_int w = w0; w < w1; w++)
+                    for (fc_int cc = 0; cc < 8; cc++)
+                        row[w * C + c0 + cc] = src[cc * H * W + w];
+            }
+            for (fc_int c = c0; c < C; c++) {
+                const T *src = x + (c * H + h) * W + ow;
+                for (fc_int w = w0; w < w1; w++)
+                    row[w * C + c] = src[w];
+            }
         }
     }
 }
@@ -239,25 +250,30 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
             }
         }
         const fc_int ra = P - r0 < m ? P - r0 : m;
-        for (fc_int k = 0; k < nk; k++) {          /* the rows, a channel at a time */
-            const T bk = bias ? bias[k] : (T)0;
-            for (fc_int a = 0; a < ra; a++) {
-                const fc_int o = k * PQ + (r0 + a) * Q;
-                const T *sa = slab + a * Wr * kp + k;
-                T *yr = y + o;
-                if (res) {
-                    const T *rr = res + o;
-                    for (fc_int q = 0; q < Q; q++)
-                        yr[q] = (sa[q * kp] + bk) + rr[q];
-                } else {
-                    for (fc_int q = 0; q < Q; q++)
-                        yr[q] = sa[q * kp] + bk;
-                }
-                if (act != 0)
-                    for (fc_int q = 0; q < Q; q++) {
-                        T w = yr[q] < 0 ? (T)0 : yr[q];     /* NaN < 0 is false: kept */
-                        yr[q] = (act == 2 && w > 6) ? (T)6 : w;
+        /* the rows, in runs of FC_WINO_RUN columns, a channel at a time: the slab pixels
+         * a run reads (FC_WINO_RUN x kp values) stay in L1 across the channels */
+        for (fc_int a = 0; a < ra; a++) {
+            for (fc_int q0 = 0; q0 < Q; q0 += FC_WINO_RUN) {
+                const fc_int q1 = q0 + FC_WINO_RUN < Q ? q0 + FC_WINO_RUN : Q;
+                for (fc_int k = 0; k < nk; k++) {
+                    const T bk = bias ? bias[k] : (T)0;
+                    const fc_int o = k * PQ + (r0 + a) * Q;
+                    const T *sa = slab + a * Wr * kp + k;
+                    T *yr = y + o;
+                    if (res) {
+                        const T *rr = res + o;
+                        for (fc_int q = q0; q < q1; q++)
+                            yr[q] = (sa[q * kp] + bk) + rr[q];
+                    } else {
+                        for (fc_int q = q0; q < q1; q++)
+                            yr[q] = sa[q * kp] + bk;
                     }
+                    if (act != 0)
+                        for (fc_int q = q0; q < q1; q++) {
+                            T w = yr[q] < 0 ? (T)0 : yr[q];     /* NaN < 0 is false: kept */
+                            yr[q] = (act == 2 && w > 6) ? (T)6 : w;
+                        }
+                }
             }
         }
     }
