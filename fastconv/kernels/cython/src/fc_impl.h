@@ -35,6 +35,78 @@ static inline FN(vec) FN(vselect)(FN(vmask) m, FN(vec) a, FN(vec) b)
 }
 #endif
 
+/* -- a register transpose of one FC_TL x FC_TL block ------------------------------- */
+
+/* The block's side: one vector of T (VL) where GCC's vector shuffles exist, else 8
+ * (a plain loop of the same block, which any compiler builds). */
+#undef FC_SHUFFLE          /* this file is included once per T */
+#undef FC_TL
+#undef FC_TLO
+#undef FC_THI
+#undef FC_LANES
+#undef FC_TROUND
+#if FC_VECTORS && defined(__GNUC__) && !defined(__clang__)
+#  define FC_SHUFFLE 1
+#  define FC_TL (FC_VB / FC_TSIZE)
+#else
+#  define FC_SHUFFLE 0
+#  define FC_TL 8
+#endif
+
+#if FC_SHUFFLE
+/* shuffle indices as integer vectors of T's width (a comparison's mask type cannot be
+ * initialised); round d of the transpose takes from rows a, b = r[i], r[i + d]
+ * (bit d of i clear) lanes FC_TLO into row i and FC_THI into row i + d: it swaps the
+ * off-diagonal d x d blocks of every 2d x 2d block, so after the rounds d = 1, 2, 4,
+ * ... < FC_TL element (i, j) sits at (j, i) */
+#  if FC_TSIZE == 4
+typedef int32_t FN(vidx) __attribute__((vector_size(FC_VB)));
+#  else
+typedef int64_t FN(vidx) __attribute__((vector_size(FC_VB)));
+#  endif
+#  define FC_TLO(j, d) (((j) & (d)) ? FC_TL + (j) - (d) : (j))
+#  define FC_THI(j, d) (((j) & (d)) ? FC_TL + (j) : (j) + (d))
+#  if FC_TL == 2
+#    define FC_LANES(F, d) {F(0, d), F(1, d)}
+#  elif FC_TL == 4
+#    define FC_LANES(F, d) {F(0, d), F(1, d), F(2, d), F(3, d)}
+#  elif FC_TL == 8
+#    define FC_LANES(F, d) {F(0, d), F(1, d), F(2, d), F(3, d), F(4, d), F(5, d), F(6, d), \
+                            F(7, d)}
+#  else
+#    define FC_LANES(F, d) {F(0, d), F(1, d), F(2, d), F(3, d), F(4, d), F(5, d), F(6, d), \
+                            F(7, d), F(8, d), F(9, d), F(10, d), F(11, d), F(12, d),       \
+                            F(13, d), F(14, d), F(15, d)}
+#  endif
+#  define FC_TROUND(d)                                                                  \
+    if ((d) < FC_TL) {                                                                 \
+        const FN(vidx) lo = FC_LANES(FC_TLO, d), hi = FC_LANES(FC_THI, d);              \
+        for (int i = 0; i < FC_TL; i++) {                                               \
+            if (i & (d)) continue;                                                      \
+            const FN(vec) a = r[i], b = r[i | (d)];                                     \
+            r[i] = __builtin_shuffle(a, b, lo);                                         \
+            r[i | (d)] = __builtin_shuffle(a, b, hi);                                   \
+        }                                                                               \
+    }
+#endif
+
+/* dst[j*ds + i] = src[i*ss + j] for i, j < FC_TL: FC_TL vector loads, log2(FC_TL)
+ * rounds of two-source shuffles (constant indices: GCC picks the cheapest shuffles),
+ * FC_TL vector stores (the Numba backend's _transpose.transpose_block). */
+static inline void FN(transpose)(const T *restrict src, fc_int ss, T *restrict dst,
+                                 fc_int ds)
+{
+#if FC_SHUFFLE
+    FN(vec) r[FC_TL];
+    for (int i = 0; i < FC_TL; i++) r[i] = FN(vload)(src + i * ss);
+    FC_TROUND(1) FC_TROUND(2) FC_TROUND(4) FC_TROUND(8)
+    for (int j = 0; j < FC_TL; j++) FN(vstore)(dst + j * ds, r[j]);
+#else
+    for (int j = 0; j < FC_TL; j++)
+        for (int i = 0; i < FC_TL; i++) dst[j * ds + i] = src[i * ss + j];
+#endif
+}
+
 /* -- im2col: gather and scatter ---------------------------------------------------- */
 
 /* dst[q] = src[q*sw] for q < n */

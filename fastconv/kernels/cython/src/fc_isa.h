@@ -83,6 +83,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 
 #define T float
 #define X f32
+#define FC_TSIZE 4
 #include "fc_impl.h"
 #define FN(name) FC_CAT(name, X)
 #include "fc_winograd.h"
@@ -90,9 +91,11 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 #undef FN
 #undef T
 #undef X
+#undef FC_TSIZE
 
 #define T double
 #define X f64
+#define FC_TSIZE 8
 #include "fc_impl.h"
 #define FN(name) FC_CAT(name, X)
 #include "fc_winograd.h"
@@ -100,6 +103,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 #undef FN
 #undef T
 #undef X
+#undef FC_TSIZE
 
 #define FC_STR_(s) #s
 #define FC_STR(s) FC_STR_(s)

@@ -13,6 +13,17 @@
  * i = u / tw, j = u % tw.
  */
 
+/* The transforms' loops over channels read and write different arrays (or different
+ * parts of one): telling GCC so lets it vectorise them, which its alias checks (too many
+ * pointer pairs) otherwise forbid. */
+#ifndef FC_IVDEP
+#  if defined(__GNUC__) && !defined(__clang__)
+#    define FC_IVDEP _Pragma("GCC ivdep")
+#  else
+#    define FC_IVDEP
+#  endif
+#endif
+
 /* Columns per run of the layout copies into and out of the channels-last slabs: the
  * run's pixels, all their channels, stay in L1 while the copy goes through the
  * channels (a whole row of a 64-channel slab 224 pixels wide would not). */
@@ -21,10 +32,14 @@
 #endif
 
 /* S[r, w, c] = x[c, h0 + r, w + ow] (one image, C x H x W) for r < rows, w < Sw; zeros
- * outside x. */
+ * outside x. Blocks of FC_TL channels x FC_TL columns by register transposes (the last
+ * block of a row overlaps the one before), a pixel block's channels in turn; the
+ * channels past the last whole block, and rows shorter than a block, element by
+ * element in runs of FC_WINO_RUN columns. */
 static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
                           fc_int rows, fc_int Sw, T *S)
 {
+    const fc_int L = FC_TL, HW = H * W;
     for (fc_int r = 0; r < rows; r++) {
         T *row = S + r * Sw * C;
         const fc_int h = h0 + r;
@@ -36,19 +51,26 @@ static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, f
         if (hi < lo) hi = lo;
         if (lo > 0) memset(row, 0, (size_t)(lo * C) * sizeof(T));
         if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
-        /* runs of FC_WINO_RUN columns (their C values per pixel stay in L1), 8
-         * channels at a time: 8 rows of x read, runs of 8 channels written */
-        for (fc_int w0 = lo; w0 < hi; w0 += FC_WINO_RUN) {
+        const T *xr = x + h * W + ow;                /* xr[c*HW + w] = x[c, h, w + ow] */
+        const fc_int cfull = hi - lo >= L ? C - C % L : 0;
+        for (fc_int wb = lo; wb < hi && cfull > 0; wb += L) {
+            const fc_int w = wb + L <= hi ? wb : hi - L;
+            for (fc_int c0 = 0; c0 < cfull; c0 += L)
+                FN(transpose)(xr + c0 * HW + w, HW, row + w * C + c0, C);
+        }
+        /* the rest: runs of FC_WINO_RUN columns (their C values per pixel stay in L1),
+         * 8 channels at a time: 8 rows of x read, runs of 8 channels written */
+        for (fc_int w0 = lo; w0 < hi && cfull < C; w0 += FC_WINO_RUN) {
             const fc_int w1 = w0 + FC_WINO_RUN < hi ? w0 + FC_WINO_RUN : hi;
-            fc_int c0 = 0;
+            fc_int c0 = cfull;
             for (; c0 + 8 <= C; c0 += 8) {
-                const T *src = x + (c0 * H + h) * W + ow;
+                const T *src = xr + c0 * HW;
                 for (fc_int w = w0; w < w1; w++)
                     for (fc_int cc = 0; cc < 8; cc++)
-                        row[w * C + c0 + cc] = src[cc * H * W + w];
+                        row[w * C + c0 + cc] = src[cc * HW + w];
             }
             for (fc_int c = c0; c < C; c++) {
-                const T *src = x + (c * H + h) * W + ow;
+                const T *src = xr + c * HW;
                 for (fc_int w = w0; w < w1; w++)
                     row[w * C + c] = src[w];
             }
@@ -68,6 +90,7 @@ static void FN(wino_input)(const T *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,
             const T *d = S + ((m * i + a) * Sw + m * j) * C;
             T *t = tmp + a * al * C;
             if (m == 2) {
+                FC_IVDEP
                 for (fc_int c = 0; c < C; c++) {
                     T d0 = d[c], d1 = d[C + c], d2 = d[2 * C + c], d3 = d[3 * C + c];
                     t[c] = d0 - d2;
@@ -76,6 +99,7 @@ static void FN(wino_input)(const T *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,
                     t[3 * C + c] = d1 - d3;
                 }
             } else {
+                FC_IVDEP
                 for (fc_int c = 0; c < C; c++) {
                     T d0 = d[c], d1 = d[C + c], d2 = d[2 * C + c], d3 = d[3 * C + c],
                       d4 = d[4 * C + c], d5 = d[5 * C + c];
@@ -97,6 +121,7 @@ static void FN(wino_input)(const T *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,
             T *v = V + u * C;
             const fc_int vs = ldt * C;             /* from xi to xi + 1 */
             if (m == 2) {
+                FC_IVDEP
                 for (fc_int c = 0; c < C; c++) {
                     T d0 = t[c], d1 = t[s + c], d2 = t[2 * s + c], d3 = t[3 * s + c];
                     v[(0 * 4 + b) * vs + c] = d0 - d2;
@@ -105,6 +130,7 @@ static void FN(wino_input)(const T *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,
                     v[(3 * 4 + b) * vs + c] = d1 - d3;
                 }
             } else {
+                FC_IVDEP
                 for (fc_int c = 0; c < C; c++) {
                     T d0 = t[c], d1 = t[s + c], d2 = t[2 * s + c], d3 = t[3 * s + c],
                       d4 = t[4 * s + c], d5 = t[5 * s + c];
@@ -134,6 +160,7 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
             const T *d = D + ((m * i + a) * Dw + m * j) * K;
             T *t = tmp + a * al * K;
             if (m == 2) {
+                FC_IVDEP
                 for (fc_int k = 0; k < K; k++) {
                     T d0 = d[k], d1 = d[K + k];
                     t[k] = d0;
@@ -142,6 +169,7 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
                     t[3 * K + k] = -d1;
                 }
             } else {
+                FC_IVDEP
                 for (fc_int k = 0; k < K; k++) {
                     T d0 = d[k], d1 = d[K + k], d2 = d[2 * K + k], d3 = d[3 * K + k];
                     T e = d0 + d2, o = d1 + d3, e4 = d0 + (T)4 * d2,
@@ -161,6 +189,7 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
             T *v = dM + u * K;
             const fc_int vs = ldt * K;
             if (m == 2) {
+                FC_IVDEP
                 for (fc_int k = 0; k < K; k++) {
                     T d0 = t[k], d1 = t[s + k];
                     v[(0 * 4 + b) * vs + k] = d0;
@@ -169,6 +198,7 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
                     v[(3 * 4 + b) * vs + k] = -d1;
                 }
             } else {
+                FC_IVDEP
                 for (fc_int k = 0; k < K; k++) {
                     T d0 = t[k], d1 = t[s + k], d2 = t[2 * s + k], d3 = t[3 * s + k];
                     T e = d0 + d2, o = d1 + d3, e4 = d0 + (T)4 * d2,
@@ -185,19 +215,80 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
     }
 }
 
+/* y[k, a, q] = act((O[a, q, k] + bias[k]) + res[k, a, q]) for k < nk, a < ra, q < Q:
+ * the channels-last slab O (rows of Wr pixels, kp channels) of output rows stored to
+ * NCHW planes P*Q apart (y, res: row 0, channel 0 of the slice). Blocks of FC_TL
+ * channels x FC_TL columns by register transposes (a row's last block overlaps the
+ * one before), the rest element by element in runs of FC_WINO_RUN columns, whose
+ * FC_WINO_RUN x kp slab values stay in L1 across the channels. The bias, and the
+ * activation without a residual, are applied on the slab (along its contiguous
+ * channels) before the stores; a residual and the activation after it on the rows
+ * stored, once all are (reading a row right after its transposes stalls on them).
+ * The same arithmetic in the same order either way. O is modified. */
+static void FN(wino_store)(T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra, T *y,
+                           fc_int P, fc_int Q, const T *bias, const T *res, int act)
+{
+    const fc_int L = FC_TL, PQ = P * Q;
+    const fc_int kfull = Q >= L ? nk - nk % L : 0;
+    if (bias || (act != 0 && !res))
+        for (fc_int a = 0; a < ra; a++)
+            for (fc_int q = 0; q < Q; q++) {
+                T *o = O + (a * Wr + q) * kp;
+                if (bias)
+                    for (fc_int k = 0; k < nk; k++) o[k] = o[k] + bias[k];
+                if (act != 0 && !res)
+                    for (fc_int k = 0; k < nk; k++) {
+                        T w = o[k] < 0 ? (T)0 : o[k];      /* NaN < 0 is false: kept */
+                        o[k] = (act == 2 && w > 6) ? (T)6 : w;
+                    }
+            }
+    for (fc_int a = 0; a < ra; a++) {
+        const T *oa = O + a * Wr * kp;
+        T *ya = y + a * Q;
+        for (fc_int k0 = 0; k0 < kfull; k0 += L)
+            for (fc_int qb = 0; qb < Q; qb += L) {
+                const fc_int q = qb + L <= Q ? qb : Q - L;
+                FN(transpose)(oa + q * kp + k0, kp, ya + k0 * PQ + q, PQ);
+            }
+        for (fc_int q0 = 0; q0 < Q && kfull < nk; q0 += FC_WINO_RUN) {
+            const fc_int q1 = q0 + FC_WINO_RUN < Q ? q0 + FC_WINO_RUN : Q;
+            for (fc_int k = kfull; k < nk; k++) {
+                const T *sa = oa + k;
+                T *yr = ya + k * PQ;
+                for (fc_int q = q0; q < q1; q++)
+                    yr[q] = sa[q * kp];
+            }
+        }
+    }
+    if (res)
+        for (fc_int a = 0; a < ra; a++)
+            for (fc_int k = 0; k < nk; k++) {
+                T *yr = y + k * PQ + a * Q;
+                const T *rr = res + k * PQ + a * Q;
+                for (fc_int q = 0; q < Q; q++) {
+                    T v = yr[q] + rr[q];
+                    if (act != 0) {
+                        v = v < 0 ? (T)0 : v;
+                        v = (act == 2 && v > 6) ? (T)6 : v;
+                    }
+                    yr[q] = v;
+                }
+            }
+}
+
 /* The output tiles u < nt, whole rows of tw tiles: y[k, p0 + m*i + a, m*j + b] =
  * act((A^T M[:, u, k] A)[a, b] + bias[k] + res[k, p0 + m*i + a, m*j + b]) for k < nk,
  * cropped to P x Q (the epilogue of fastconv.kernels.epilogue: act 0 none, 1 relu,
  * 2 relu6, comparisons that keep NaN; bias and res NULL when absent). y and res point
  * at channel 0 of this slice in one image (planes P*Q apart), bias at its first
  * channel. A row of tiles is transformed into a channels-last slab of its m output
- * rows, then stored a whole output row of a channel at a time (long runs, not m
- * elements per plane). tmp: m*alpha*kp + m*m*tw*kp elements. */
+ * rows, then stored by wino_store (long runs, not m elements per plane). tmp:
+ * m*alpha*kp + m*m*tw*kp elements. */
 static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
                             fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0,
                             const T *bias, const T *res, int act, T *tmp)
 {
-    const fc_int al = m + 2, PQ = P * Q, Wr = m * tw;
+    const fc_int al = m + 2, Wr = m * tw;
     T *slab = tmp + m * al * kp;                   /* slab[(a*Wr + q)*kp + k] */
     for (fc_int i = 0; i * tw < nt; i++) {
         const fc_int r0 = p0 + m * i;
@@ -208,6 +299,7 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
             const fc_int vs = ldt * kp;
             for (fc_int b = 0; b < al; b++) {      /* A^T along h: tmp[a, b, k] */
                 if (m == 2) {
+                    FC_IVDEP
                     for (fc_int k = 0; k < nk; k++) {
                         T m0 = v[(0 * 4 + b) * vs + k], m1 = v[(1 * 4 + b) * vs + k],
                           m2 = v[(2 * 4 + b) * vs + k], m3 = v[(3 * 4 + b) * vs + k];
@@ -215,6 +307,7 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
                         tmp[(1 * al + b) * kp + k] = m1 - m2 - m3;
                     }
                 } else {
+                    FC_IVDEP
                     for (fc_int k = 0; k < nk; k++) {
                         T m0 = v[(0 * 6 + b) * vs + k], m1 = v[(1 * 6 + b) * vs + k],
                           m2 = v[(2 * 6 + b) * vs + k], m3 = v[(3 * 6 + b) * vs + k],
@@ -231,12 +324,14 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
                 const T *t = tmp + a * al * kp;
                 T *oa = slab + (a * Wr + m * j) * kp;
                 if (m == 2) {
+                    FC_IVDEP
                     for (fc_int k = 0; k < nk; k++) {
                         T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k];
                         oa[k] = m0 + m1 + m2;
                         oa[kp + k] = m1 - m2 - m3;
                     }
                 } else {
+                    FC_IVDEP
                     for (fc_int k = 0; k < nk; k++) {
                         T m0 = t[k], m1 = t[kp + k], m2 = t[2 * kp + k], m3 = t[3 * kp + k],
                           m4 = t[4 * kp + k], m5 = t[5 * kp + k];
@@ -250,32 +345,8 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
             }
         }
         const fc_int ra = P - r0 < m ? P - r0 : m;
-        /* the rows, in runs of FC_WINO_RUN columns, a channel at a time: the slab pixels
-         * a run reads (FC_WINO_RUN x kp values) stay in L1 across the channels */
-        for (fc_int a = 0; a < ra; a++) {
-            for (fc_int q0 = 0; q0 < Q; q0 += FC_WINO_RUN) {
-                const fc_int q1 = q0 + FC_WINO_RUN < Q ? q0 + FC_WINO_RUN : Q;
-                for (fc_int k = 0; k < nk; k++) {
-                    const T bk = bias ? bias[k] : (T)0;
-                    const fc_int o = k * PQ + (r0 + a) * Q;
-                    const T *sa = slab + a * Wr * kp + k;
-                    T *yr = y + o;
-                    if (res) {
-                        const T *rr = res + o;
-                        for (fc_int q = q0; q < q1; q++)
-                            yr[q] = (sa[q * kp] + bk) + rr[q];
-                    } else {
-                        for (fc_int q = q0; q < q1; q++)
-                            yr[q] = sa[q * kp] + bk;
-                    }
-                    if (act != 0)
-                        for (fc_int q = q0; q < q1; q++) {
-                            T w = yr[q] < 0 ? (T)0 : yr[q];     /* NaN < 0 is false: kept */
-                            yr[q] = (act == 2 && w > 6) ? (T)6 : w;
-                        }
-                }
-            }
-        }
+        FN(wino_store)(slab, Wr, kp, nk, ra, y + r0 * Q, P, Q, bias,
+                       res ? res + r0 * Q : NULL, act);
     }
 }
 
