@@ -83,11 +83,13 @@ cdef extern from "fc_kernels.h" nogil:
         void (*pointwise_panel_f32)(const float *x, fc_int C, fc_int HW, fc_int p0,
                                     fc_int np, const float *W, fc_int K, fc_int kb0,
                                     fc_int kb1, float *y, const float *bias,
-                                    const float *res, int act, float *panel) noexcept nogil
+                                    const float *res, int act, float *panel,
+                                    int fill) noexcept nogil
         void (*pointwise_panel_f64)(const double *x, fc_int C, fc_int HW, fc_int p0,
                                     fc_int np, const double *W, fc_int K, fc_int kb0,
                                     fc_int kb1, double *y, const double *bias,
-                                    const double *res, int act, double *panel) noexcept nogil
+                                    const double *res, int act, double *panel,
+                                    int fill) noexcept nogil
         fc_int (*pointwise_cols_f32)() noexcept nogil
         fc_int (*pointwise_cols_f64)() noexcept nogil
         void (*pointwise_nhwc_f32)(const float *x, fc_int C, const float *Wt, fc_int K,

@@ -60,11 +60,19 @@ cdef const fc_kernels *hot = load_table(__name__, ISA)
 #: copies and gathers of fewer elements run on the calling thread alone: waking
 #: OpenMP's workers costs tens of microseconds (docs/cython.md)
 cdef Py_ssize_t SERIAL_ELEMENTS = 32768
+#: a GEMM of fewer multiply-adds (one BLAS call, or fastconv's own) runs on
+#: the calling thread alone
+cdef Py_ssize_t SERIAL_MACS = 1 << 20
 
 
 cdef inline int _par(Py_ssize_t elements, int nt) noexcept nogil:
     """The threads for a parallel loop over ``elements`` elements."""
     return 1 if elements < SERIAL_ELEMENTS else nt
+
+
+cdef inline int _par_macs(Py_ssize_t macs, int nt) noexcept nogil:
+    """The threads for a parallel GEMM of ``macs`` multiply-adds."""
+    return 1 if macs < SERIAL_MACS else nt
 
 
 cdef fc_conv _geometry(p):
@@ -103,15 +111,19 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int Kd, const real *A, int lda,
               C, &ldc)
 
 
-#: a GEMM of fewer multiply-adds runs as one BLAS call on the calling thread
-cdef Py_ssize_t SERIAL_MACS = 1 << 20
+#: the least rows or columns of a block of :func:`_pgemm`: each block's BLAS call
+#: packs the whole of the other operand again
+cdef int BLOCK_MIN_SIDE = 128
 
 
 cdef int _blocks(int M, int N, Py_ssize_t Kd, int nt, int *step) noexcept nogil:
     """How :func:`_pgemm` cuts C (M x N) on ``nt`` threads: the number of blocks along
     its longer side and their ``step`` (rows or columns; a multiple of 16)."""
     cdef int side = N if N >= M else M
-    cdef int parts = min(8, side // 64)
+    # a power of two, at most 8, of blocks of at least BLOCK_MIN_SIDE; or two of half that
+    cdef int parts = 2 if side >= BLOCK_MIN_SIDE else 1
+    while parts < 8 and side // (2 * parts) >= BLOCK_MIN_SIDE:
+        parts *= 2
     if parts <= 1 or nt <= 1 or <Py_ssize_t>M * N * Kd < SERIAL_MACS:
         step[0] = side
         return 1
@@ -620,7 +632,8 @@ def _pointwise_nhwc_run(const real[::1] x, const real[::1] wt, real[::1] y,
     cdef fc_int nchunks = (npx + NHWC_ITEM_PIXELS - 1) // NHWC_ITEM_PIXELS
     cdef fc_int item, p0, p1, k0
     with nogil:
-        for item in prange(nchunks * nkp, num_threads=_par(npx * K, nt), schedule="static"):
+        for item in prange(nchunks * nkp, num_threads=_par_macs(npx * K * C, nt),
+                           schedule="static"):
             p0 = item // nkp * NHWC_ITEM_PIXELS     # item = chunk*nkp + panel: a chunk's
             p1 = p0 + NHWC_ITEM_PIXELS if p0 + NHWC_ITEM_PIXELS < npx else npx
             k0 = item % nkp * cols                  # pixels stay in cache across panels
@@ -709,33 +722,38 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nb = (Kg + FC_MR - 1) // FC_MR, npan = (HW + cols - 1) // cols
-    cdef fc_int items = N * G * npan * ks, item, n, g, pan, part, p0, o
-    cdef int tid
+    cdef fc_int items = N * G * npan * ks, item, n, g, pan, part, p0, o, first, last
+    cdef int tid, threads = _par_macs(N * Kg * HW * Cg, nt)
     with nogil:
-        for item in prange(items, num_threads=_par(N * G * Kg * HW, nt), schedule="static"):
-            tid = threadid()
-            part = item % ks                       # item = ((n*G + g)*npan + pan)*ks + part
-            pan = item // ks % npan
-            g = item // (ks * npan) % G
-            n = item // (ks * npan * G)
-            p0 = pan * cols
-            o = (n * G + g) * Kg * HW              # the group's first output plane
-            if real is float:
-                hot.pointwise_panel_f32(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
-                                        HW - p0 if HW - p0 < cols else cols,
-                                        &wp[0] + g * Kg * Cg, Kg,
-                                        part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
-                                        NULL if bias == NULL else bias + g * Kg,
-                                        NULL if res == NULL else res + o, act,
-                                        &panels[0] + tid * Cg * cols)
-            else:
-                hot.pointwise_panel_f64(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
-                                        HW - p0 if HW - p0 < cols else cols,
-                                        &wp[0] + g * Kg * Cg, Kg,
-                                        part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
-                                        NULL if bias == NULL else bias + g * Kg,
-                                        NULL if res == NULL else res + o, act,
-                                        &panels[0] + tid * Cg * cols)
+        # each thread a contiguous range of items, the slices of a panel consecutive:
+        # the thread copies a panel of pixels once for all the slices it takes of it
+        for tid in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            first, last = tid * items // threads, (tid + 1) * items // threads
+            for item in range(first, last):
+                part = item % ks                   # item = ((n*G + g)*npan + pan)*ks + part
+                pan = item // ks % npan
+                g = item // (ks * npan) % G
+                n = item // (ks * npan * G)
+                p0 = pan * cols
+                o = (n * G + g) * Kg * HW          # the group's first output plane
+                if real is float:
+                    hot.pointwise_panel_f32(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
+                                            HW - p0 if HW - p0 < cols else cols,
+                                            &wp[0] + g * Kg * Cg, Kg,
+                                            part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
+                                            NULL if bias == NULL else bias + g * Kg,
+                                            NULL if res == NULL else res + o, act,
+                                            &panels[0] + tid * Cg * cols,
+                                            item == first or part == 0)
+                else:
+                    hot.pointwise_panel_f64(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
+                                            HW - p0 if HW - p0 < cols else cols,
+                                            &wp[0] + g * Kg * Cg, Kg,
+                                            part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
+                                            NULL if bias == NULL else bias + g * Kg,
+                                            NULL if res == NULL else res + o, act,
+                                            &panels[0] + tid * Cg * cols,
+                                            item == first or part == 0)
 
 
 def conv2d_input(plan, dy, w, p, out):

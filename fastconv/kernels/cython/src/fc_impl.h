@@ -703,16 +703,18 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
  * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
  * apart; W: the weight (K, C) as it is (no derived copy, so nothing to check against
  * a weight changed between calls); bias, res: NULL when absent; panel: C * FC_PW_COLS
- * elements of scratch, which gets the pixels' columns (zero past np), so the FC_MR x
+ * elements of scratch, which gets the pixels' columns (zero past np; unless ``fill`` is
+ * 0: the panel holds them already, from the caller's previous call), so the FC_MR x
  * (the panel's vectors) block runs in
  * registers over all of C and the epilogue runs on it before its one store. A short
  * panel (an image's last pixels) runs only the vectors it fills. */
 static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
                                 const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,
-                                const T *bias, const T *res, int act, T *panel)
+                                const T *bias, const T *res, int act, T *panel,
+                                int fill)
 {
     const fc_int CW = FC_PW_COLS;
-    for (fc_int c = 0; c < C; c++) {
+    for (fc_int c = 0; c < C && fill; c++) {
         memcpy(panel + c * CW, x + c * HW + p0, (size_t)np * sizeof(T));
         if (np < CW) memset(panel + c * CW + np, 0, (size_t)(CW - np) * sizeof(T));
     }

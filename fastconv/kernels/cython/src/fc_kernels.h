@@ -113,7 +113,8 @@ typedef struct {
      * (K, C) weight; panel: C * pointwise_cols() elements of scratch */               \
     void (*pointwise_panel_##X)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,  \
                                 const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
-                                const T *bias, const T *res, int act, T *panel);        \
+                                const T *bias, const T *res, int act, T *panel,         \
+                                int fill);                                              \
     fc_int (*pointwise_cols_##X)(void);                                                 \
     /* channels last: pixels [p0, p1) x output channels [k0, k0 + pointwise_cols()),  \
      * Wt in panels of pointwise_cols() channels, each (C, pointwise_cols()), the     \
