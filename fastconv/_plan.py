@@ -333,8 +333,8 @@ def weight_parts(tiles):
 
 def _winograd(op, m, p, dtype, threads, backend):
     """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``, among the
-    variants ``backend`` runs (``_dispatch.variants``; the Cython backend: all but the
-    forward's streamed)."""
+    variants ``backend`` runs (``_dispatch.variants``; the Cython backend: all of
+    them)."""
     have = _dispatch.variants(op, f"winograd_f{m}", backend)
 
     def runs(variant):
@@ -554,9 +554,9 @@ def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blo
     """(backend, variant, blocking) for ``backend="auto"``: ``backend`` (the first of
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants (or one it stands in for, ``STANDS_IN_FOR``) and a
-    later backend in that order runs it (Winograd's streamed path, which Cython does
-    not have: a very large filter on few tiles); Numba where ``NUMBA_FASTER``
-    says its kernel is faster."""
+    later backend in that order runs it (direct's ``flat`` and ``pointwise`` forwards,
+    which Cython does not have); Numba where ``NUMBA_FASTER`` says its kernel is
+    faster."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
     have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
     faster = NUMBA_FASTER.get((op, variant))

@@ -72,18 +72,21 @@ def test_auto_prefers_cython_where_it_has_the_algorithm():
 
 
 def test_auto_runs_numba_for_the_variants_cython_lacks():
-    """A large filter on few tiles (ResNet's 7x7 512-channel layer at N=8): the rules
-    choose Winograd's streamed path, which only Numba has, so backend="auto" runs it on
-    Numba; backend="cython" still runs a path of its own (fused, split or unfused)."""
+    """Direct's 1x1 forward: the rules choose the pointwise GEMM, which only Numba has,
+    so backend="auto" runs it on Numba; backend="cython" still runs a path of its own
+    (lanes). Winograd's streamed path (a large filter on few tiles), which Cython has,
+    runs on Cython."""
     if "numba" not in _dispatch.available_backends():
         pytest.skip("Numba is not installed: auto has only Cython's variants")
+    shapes = ((1, 2048, 7, 7), (512, 2048, 1, 1))
+    plan = fastconv.plan("conv2d", *shapes, algorithm="direct")
+    assert (plan.backend, plan.variant) == ("numba", "pointwise"), plan
+    forced = fastconv.plan("conv2d", *shapes, algorithm="direct", backend="cython")
+    assert forced.backend == "cython" and forced.variant in cy.VARIANTS[
+        ("conv2d", "direct")], forced
     shapes = ((8, 512, 7, 7), (512, 512, 3, 3))
     plan = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4")
-    assert (plan.backend, plan.variant) == ("numba", "streamed"), plan
-    forced = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4",
-                           backend="cython")
-    assert forced.backend == "cython" and forced.variant in cy.VARIANTS[
-        ("conv2d", "winograd_f4")], forced
+    assert (plan.backend, plan.variant) == ("cython", "streamed"), plan
     small = fastconv.plan("conv2d", (8, 64, 7, 7), (64, 64, 3, 3), padding=1,
                           algorithm="winograd_f4")
     assert (small.backend, small.variant) == ("cython", "fused"), small
@@ -235,8 +238,7 @@ def test_winograd_unfused(data, algorithm, dtype, threads, own, workspace):
                  tolerance(dtype, algorithm), f"epilogue {algorithm} {want} {p}")
 
 
-#: 3x3 layers whose Numba plans are streamed, unfused or unfused_blas (and fused/split):
-#: Cython runs every one but streamed
+#: 3x3 layers whose plans are streamed, unfused or unfused_blas (and fused/split)
 _VARIANT_LAYERS = [
     ("conv2d", (1, 512, 7, 7), 512, np.float32),
     ("conv2d", (8, 128, 28, 28), 128, np.float32),
@@ -249,9 +251,9 @@ _VARIANT_LAYERS = [
 
 def test_plans_name_only_variants_the_backend_runs():
     """The selector gives each backend only the variants its manifest declares
-    (``VARIANTS``); on these layers Numba's plans name a variant Cython lacks
-    (streamed), so the test can fail."""
-    lacking = set()
+    (``VARIANTS``), and Cython has every Winograd variant: both backends make the same
+    decision, and auto runs it on Cython. The layers cover every variant."""
+    seen = set()
     for threads in sorted({1, min(2, fastconv._config.MAX_THREADS)}):
         fastconv.set_num_threads(threads)
         for op, shape, K, dtype in _VARIANT_LAYERS:
@@ -263,16 +265,14 @@ def test_plans_name_only_variants_the_backend_runs():
                 assert plan.variant in have, plan
                 numba = fastconv.plan(*args, **kw, backend="numba")
                 auto = fastconv.plan(*args, **kw)
-                if numba.variant not in have:
-                    lacking.add(numba.variant)          # auto: Numba, which has it
-                    assert (auto.backend, auto.variant) == ("numba", numba.variant), auto
-                else:
-                    assert auto.backend == "cython" and auto.variant in have, auto
+                assert plan.variant == numba.variant, (plan, numba)
+                assert (auto.backend, auto.variant) == ("cython", plan.variant), auto
+                seen.add(plan.variant)
                 p = plan.geometry
                 for cand in fastconv._plan.candidates(op, p, dtype):
                     if cand.backend == "cython" and cand.algorithm == algorithm:
                         assert cand.variant in have, cand
-    assert lacking == {"streamed"}
+    assert seen >= {"streamed", "unfused", "unfused_blas", "fused", "split"}, seen
 
 
 def test_winograd_edge_cases():

@@ -11,7 +11,7 @@ from fastconv import _plan
 from fastconv._geometry import ConvParams
 from fastconv.kernels.numba import winograd as wg
 
-from conftest import arrays, assert_close, ran_plan, tuned
+from conftest import arrays, assert_close, kernel_pairs, ran_plan, tuned
 
 ALGORITHMS = ("winograd_f2", "winograd_f4")
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -80,20 +80,20 @@ VARIANTS = {("fused", np.float32): ("fused", "fused"), ("fused", np.float64): ("
             ("unfused_blas", np.float64): ("unfused_blas", "unfused")}
 
 
-def _run(op, algorithm, p, dtype, x, w, dy):
-    """(result, plan) of ``op`` by ``algorithm`` on ``p``, through the public call and
-    traced (``ran_plan``)."""
+def _run(op, algorithm, p, dtype, x, w, dy, backend="numba"):
+    """(result, plan) of ``op`` by ``algorithm`` on ``p`` on ``backend``, through the
+    public call and traced (``ran_plan``)."""
     pads = (p.pad_top, p.pad_bottom, p.pad_left, p.pad_right)
     if pads[0] != pads[1] or pads[2] != pads[3]:
         # asymmetric padding has no public spelling: the plan run on the kernel
-        plan = _plan.make(op, p, dtype, algorithm, "numba")
+        plan = _plan.make(op, p, dtype, algorithm, backend)
         shape = {"conv2d": p.output_shape, "conv2d_input": p.input_shape,
                  "conv2d_weight": p.weight_shape}[op]
         out = np.empty(shape, dtype)
         args = {"conv2d": (x, w), "conv2d_input": (dy, w), "conv2d_weight": (x, dy)}[op]
         return ran_plan(lambda: _plan.run(plan, *args, p, out) or out, op=op,
                         algorithm=algorithm)
-    kw = dict(padding=(pads[0], pads[2]), algorithm=algorithm, backend="numba")
+    kw = dict(padding=(pads[0], pads[2]), algorithm=algorithm, backend=backend)
     call = {"conv2d": lambda: fastconv.conv2d(x, w, **kw),
             "conv2d_input": lambda: fastconv.conv2d_input(x.shape, w, dy, **kw),
             "conv2d_weight": lambda: fastconv.conv2d_weight(x, w.shape, dy, **kw)}[op]
@@ -140,13 +140,17 @@ def test_edge_tiles_and_padding(algorithm, dtype, path):
         assert {1, 2, 4} <= parts, f"weight gradient parts met: {parts}"
 
 
-def test_filter_transformed_on_the_fly():
+@pytest.mark.parametrize("backend", sorted({b for a, b in kernel_pairs("conv2d")
+                                            if a == "winograd_f4"}))
+def test_filter_transformed_on_the_fly(backend):
     """F(4x4,3x3) float32 with the filter transformed per call in the work items
-    (``_streamed_items``: 64 output channels, chunks of 64 input channels), forced on the
-    edge cases (channel tails in both, partial tiles, padding) and on 64-130 channels
-    (several panels and chunks), on one thread for its transforms (few tiles) and on
-    all: forward and grad-input against the reference. F(2x2,3x3) and float64 never
-    stream."""
+    (Numba's ``_streamed_items``: 64 output channels; Cython's ``wino_streamed``: a
+    panel of the 1x1 kernel's width; chunks of 64 input channels), forced on the edge
+    cases (channel tails in both, partial tiles, padding) and on 64-130 channels
+    (several panels and chunks, whole blocks of the weight's transposes and tails), on
+    one thread for its transforms (few tiles) and on all: forward and grad-input
+    against the reference, and the same bits on a second call. F(2x2,3x3) and float64
+    never stream."""
     tol = EDGE_TOL[np.float32]["winograd_f4"]
     streamed = dict(STREAM_MIN_FILTER_BYTES=0, STREAM_MAX_TILES=2**40)
     with tuned(**streamed):
@@ -162,10 +166,13 @@ def test_filter_transformed_on_the_fly():
                 x, w, dy = arrays(seed, np.float32, p.input_shape, p.weight_shape,
                                   p.output_shape)
                 for op in ("conv2d", "conv2d_input"):
-                    got, plan = _run(op, "winograd_f4", p, np.float32, x, w, dy)
+                    got, plan = _run(op, "winograd_f4", p, np.float32, x, w, dy, backend)
                     assert plan.variant == "streamed" and plan["serial"] == bool(serial), plan
+                    assert plan.backend == backend, plan
                     assert_close(got, _reference(op, p, x, w, dy), tol,
                                  f"streamed {op} {case}")
+                    again, _ = _run(op, "winograd_f4", p, np.float32, x, w, dy, backend)
+                    np.testing.assert_array_equal(again, got, err_msg=f"{op} {case}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

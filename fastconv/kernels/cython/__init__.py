@@ -42,8 +42,9 @@ KERNELS = {
 VARIANTS = {
     (op, algorithm): variants
     for algorithm in ("winograd_f2", "winograd_f4")
-    for op, variants in (("conv2d", ("fused", "split", "unfused", "unfused_blas")),
-                         ("conv2d_input", ("fused", "split", "unfused", "unfused_blas")),
+    for op, variants in (("conv2d", ("fused", "split", "unfused", "unfused_blas", "streamed")),
+                         ("conv2d_input", ("fused", "split", "unfused", "unfused_blas",
+                                           "streamed")),
                          ("conv2d_weight", ("fused", "unfused")))
 }
 # direct: one forward core, ``lanes`` (output channels in the vector lanes), for every

@@ -140,10 +140,20 @@ cdef extern from "fc_kernels.h" nogil:
                                 fc_int c, fc_int kp, float *U) noexcept nogil
         void (*wino_filter_t_f32)(float *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
                                   fc_int k, double *tmp, float *dw) noexcept nogil
+        void (*wino_streamed_f32)(const float *V, fc_int ldt, fc_int rows, fc_int C,
+                                  const float *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
+                                  fc_int K, fc_int k0, fc_int cb_max, float *M,
+                                  float *scratch) noexcept nogil
+        fc_int (*wino_streamed_scratch_f32)(fc_int m, fc_int cb_max) noexcept nogil
         void (*wino_filter_f64)(const double *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
                                 fc_int c, fc_int kp, double *U) noexcept nogil
         void (*wino_filter_t_f64)(double *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
                                   fc_int k, double *tmp, double *dw) noexcept nogil
+        void (*wino_streamed_f64)(const double *V, fc_int ldt, fc_int rows, fc_int C,
+                                  const double *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
+                                  fc_int K, fc_int k0, fc_int cb_max, double *M,
+                                  double *scratch) noexcept nogil
+        fc_int (*wino_streamed_scratch_f64)(fc_int m, fc_int cb_max) noexcept nogil
         fc_int (*direct_block_f32)() noexcept nogil
         void (*direct_phase_row_f32)(const float *src, fc_int H, fc_int W, float *dst, fc_int Hp,
                                      fc_int sw, fc_int Wq, fc_int pt, fc_int pl,

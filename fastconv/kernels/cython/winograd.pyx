@@ -4,8 +4,7 @@
 see that file for the algorithm, Lavin & Gray 2016, and the layouts).
 
 The variants this backend runs (``VARIANTS`` in the manifest; the selector,
-``fastconv._plan._winograd``, makes no other for it): every one of Numba's but the
-forward's ``streamed``.
+``fastconv._plan._winograd``, makes no other for it): every one of Numba's.
 
 - forward and input gradient ``fused``: each thread takes blocks of
   ``plan["block_rows"]`` tile rows of one image in turn, copies the input rows they
@@ -201,11 +200,21 @@ cdef void _panels(const real *V, fc_int C, const real *Up, fc_int K, fc_int rows
         hot.pointwise_nhwc_f64(V, C, Up, K, 0, rows, k0, M, NULL, NULL, 0)
 
 
+cdef void _streamed(const real *V, fc_int ldt, fc_int rows, fc_int C, const real *w,
+                    fc_int Kw, fc_int Cw, bint rot, fc_int m, fc_int K, fc_int k0, fc_int CB,
+                    real *M, real *F) noexcept nogil:
+    if real is float:
+        hot.wino_streamed_f32(V, ldt, rows, C, w, Kw, Cw, rot, m, K, k0, CB, M, F)
+    else:
+        hot.wino_streamed_f64(V, ldt, rows, C, w, Kw, Cw, rot, m, K, k0, CB, M, F)
+
+
 cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_int H,
                    fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
                    fc_int oh, fc_int ow, fc_int B, fc_int cols, int nthreads, real *Sb,
                    real *V, real *M, real *Tb, fc_int tsize, const real *bias,
-                   const real *res, int act) noexcept nogil:
+                   const real *res, int act, const real *w, fc_int Kw, fc_int Cw, bint rot,
+                   fc_int CB, real *Fb, fc_int fsize, int tthreads) noexcept nogil:
     """y = the correlation of x with the transformed filter U, in batches of B tile rows
     (of any images): the batch's input transform into V (alpha^2, ldt, C), a tile row
     per work item; the alpha^2 GEMMs M[xi] (ldt, K) = V[xi] U[xi]; the output transform
@@ -215,7 +224,11 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
     block (rows past the tiles zero); ``cols`` 0: U is (alpha^2, C, K), a work item one
     xi's GEMM by single-threaded BLAS. Each GEMM's sums run in one order: the bits do
     not depend on the thread count. Each U[xi] is read once per batch, not once per
-    block of tiles as fused reads it."""
+    block of tiles as fused reads it. ``w`` not NULL (streamed: one batch of every
+    tile): no U; a GEMM work item is a panel of ``cols`` output channels for every xi,
+    its U made from the weight ``w`` (Kw, Cw, 3, 3; ``rot``), CB input channels at a
+    time, in the thread's scratch (``Fb`` + tid * fsize; ``wino_streamed``); the
+    transforms run on ``tthreads`` threads."""
     cdef fc_int al2 = (m + 2) * (m + 2), Wp = m * tw + 2, rows = N * th
     cdef fc_int ssize = (m + 2) * Wp * C, npan = (K + cols - 1) // cols if cols else 1
     cdef fc_int r0, nr, nt, ldt, n, i, o, xi, j
@@ -226,7 +239,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
         nr = min(B, rows - r0)
         nt = nr * tw
         ldt = (nt + FC_MR - 1) // FC_MR * FC_MR if cols else nt
-        for it in prange(nr, num_threads=nthreads, schedule="static"):
+        for it in prange(nr, num_threads=tthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
             _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize)
@@ -234,7 +247,12 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
         if ldt > nt:
             for xi in range(al2):
                 memset(V + (xi * ldt + nt) * C, 0, (ldt - nt) * C * sizeof(real))
-        for it in prange(al2 * npan, num_threads=nthreads, schedule="static"):
+        if w != NULL:
+            for j in prange(npan, num_threads=nthreads, schedule="static"):
+                _streamed(V, ldt, nt, C, w, Kw, Cw, rot, m, K, j * cols, CB, M,
+                          Fb + threadid() * fsize)
+        for it in prange(al2 * npan if w == NULL else 0, num_threads=nthreads,
+                         schedule="static"):
             xi, j = it // npan, it % npan
             if cols:
                 _panels(V + xi * ldt * C, C, U + xi * npan * C * cols, K, ldt, j * cols,
@@ -242,7 +260,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
             else:
                 _gemm(False, <int>ldt, <int>K, <int>C, V + xi * ldt * C, <int>C,
                       U + xi * C * K, <int>K, 0, M + xi * ldt * K, <int>K)
-        for it in prange(nr, num_threads=nthreads, schedule="static"):
+        for it in prange(nr, num_threads=tthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
             o = n * K * P * Q
@@ -344,9 +362,20 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     N, C, H, W = x.shape
     K, P, Q = y.shape[1:]
     th, tw = plan["tiles"]
-    unfused = plan.variant in ("unfused", "unfused_blas")
-    cols = 0
-    if unfused:             # batches of B tile rows, the tile batch's V and M in the workspace
+    streamed = plan.variant == "streamed"
+    unfused = streamed or plan.variant in ("unfused", "unfused_blas")
+    cols, CB, fsize, tthreads = 0, 0, 0, plan.threads
+    wf = x[:0].reshape(-1)                      # the weight, for streamed only
+    if streamed:            # one batch of every tile row, no transformed filter
+        B, G, R, nsplit, rows, kp = N * th, 1, 1, 1, m + 2, K
+        cols = hot.pointwise_cols_f32() if x.dtype == np.float32 else hot.pointwise_cols_f64()
+        CB = plan["channels"]
+        fsize = (hot.wino_streamed_scratch_f32(m, CB) if x.dtype == np.float32
+                 else hot.wino_streamed_scratch_f64(m, CB))
+        Uk, wf = wf, np.ascontiguousarray(w).reshape(-1)
+        if plan["serial"]:
+            tthreads = 1
+    elif unfused:           # batches of B tile rows, the tile batch's V and M in the workspace
         B, G, R, nsplit, rows = max(1, plan["tile_batch"] // tw), 1, 1, 1, m + 2
         if plan.variant == "unfused":
             cols = hot.pointwise_cols_f32() if x.dtype == np.float32 else hot.pointwise_cols_f64()
@@ -366,25 +395,32 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     V = _buffer("V", nv * al2 * ldt * C, dt)
     M = _buffer("M", nv * al2 * ldt * kp, dt)
     T = _buffer("T", nthreads * tsize, dt)
+    F = _buffer("F", max(1, nthreads * fsize), dt)
     with single_threaded_blas():
         _run(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m, th, tw,
-            off_h, off_w, R, G, nsplit, kp, unfused, B, cols, nthreads, S, V, M, T, tsize,
-            ep.bias, ep.residual, ep.act)
+             off_h, off_w, R, G, nsplit, kp, unfused, B, cols, nthreads, S, V, M, T, tsize,
+             ep.bias, ep.residual, ep.act, wf, w.shape[0], w.shape[1], kind == "rot", CB, F,
+             fsize, tthreads)
 
 
 def _run(const real[::1] x, const real[::1] U, real[::1] y, fc_int N, fc_int C, fc_int H,
          fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw, fc_int oh,
          fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp, bint unfused, fc_int B,
          fc_int cols, int nthreads, real[::1] S, real[::1] V, real[::1] M, real[::1] T,
-         fc_int tsize, const real[::1] bias, const real[::1] res, int act):
+         fc_int tsize, const real[::1] bias, const real[::1] res, int act,
+         const real[::1] w, fc_int Kw, fc_int Cw, bint rot, fc_int CB, real[::1] F,
+         fc_int fsize, int tthreads):
     cdef const real *b = &bias[0] if bias.shape[0] else NULL
     cdef const real *r = &res[0] if res.shape[0] else NULL
+    cdef const real *wp = &w[0] if w.shape[0] else NULL
+    cdef const real *up = &U[0] if U.shape[0] else NULL
     with nogil:
         if unfused:
-            _unfused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
-                     nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
+            _unfused(&x[0], up, &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
+                     nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act, wp, Kw, Cw,
+                     rot, CB, &F[0], fsize, tthreads)
         else:
-            _fused(&x[0], &U[0], &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit,
+            _fused(&x[0], up, &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit,
                    kp, nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
 
 

@@ -769,10 +769,11 @@ static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
  * whether offs is NULL constants: the accumulators are registers, the unused ones
  * gone). Pixel t's patch input i is x[t * xstep + offs[i]] (offs NULL: x[t * xstep +
  * i], a 1x1 layer's row of channels); Wp: the weight's panel, (n, FC_PW_COLS)
- * contiguous, read in order; y, res: rows of K channels per pixel, consecutive. */
+ * contiguous, read in order; y, res: rows of K channels per pixel, consecutive (res
+ * may be y: each element is read before its own store, Winograd's streamed sums). */
 static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restrict x, fc_int xstep,
                                      const fc_int *restrict offs, fc_int n,
-                                     const T *restrict Wp, fc_int K, fc_int k0, T *restrict y,
+                                     const T *restrict Wp, fc_int K, fc_int k0, T *y,
                                      const T *bias, const T *res, int act, int mr, int nv)
 {
     FN(vec) acc[16][FC_NV];

@@ -129,6 +129,8 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .wino_output_##X = wino_output_##X,                \
     .wino_filter_##X = wino_filter_##X,                \
     .wino_filter_t_##X = wino_filter_t_##X,            \
+    .wino_streamed_##X = wino_streamed_##X,            \
+    .wino_streamed_scratch_##X = wino_streamed_scratch_##X, \
     .direct_block_##X = direct_block_##X,              \
     .direct_phase_row_##X = direct_phase_row_##X,      \
     .direct_xblock_row_##X = direct_xblock_row_##X,    \

@@ -389,6 +389,92 @@ static void FN(wino_filter)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
     }
 }
 
+/* The GEMMs of the streamed variant, for the output channels [k0, k0 + J) ∩ [0, K),
+ * J = pointwise_cols (the 1x1 kernel's panel): M[xi] (ldt x K, its first ``rows`` rows) = V[xi] (ldt x C) @ U[xi] (C x K)
+ * for every xi, with U = G g G^T made here from the weight, cb_max input
+ * channels at a time, in this thread's cache (``scratch``: wino_streamed_scratch
+ * elements): the weight is read once per call, and no transformed filter is kept or
+ * read from memory. g = w (Kw, Cw, 3, 3), or with ``rot`` w rotated 180 degrees with
+ * its two channel axes swapped. The filter chunk's arithmetic is T's (as the Numba
+ * backend's streamed). Each chunk's products are added to M by the channels-last 1x1
+ * kernel (nhwc_pixels, the previous chunks' sum as its residual), so every sum runs in
+ * one order, whatever the thread count. V[xi] at V + xi*ldt*C, M[xi] at M + xi*ldt*K. */
+static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, const T *w,
+                              fc_int Kw, fc_int Cw, int rot, fc_int m, fc_int K, fc_int k0,
+                              fc_int cb_max, T *M, T *scratch)
+{
+    const fc_int al = m + 2, al2 = al * al, J = FN(pointwise_cols)();
+    const fc_int nk = K - k0 < J ? K - k0 : J;
+    /* Ut[xi] one line more than (cb_max, J) apart: 36 panels a multiple of 4 KiB apart
+     * would put a channel's 36 stores in one L1 set */
+    const fc_int pitch = cb_max * J + 64 / (fc_int)sizeof(T);
+    T *Ut = scratch;                               /* Ut[xi*pitch + c*J + kk] */
+    T *Wt = Ut + al2 * pitch;                      /* Wt[(c*9 + rs)*J + kk] */
+    T *t = Wt + cb_max * 9 * J;                    /* t[(a*3 + s)*J + kk] = (G g)[a, s] */
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
+    for (fc_int c0 = 0; c0 < C; c0 += cb_max) {
+        const fc_int cb = C - c0 < cb_max ? C - c0 : cb_max;
+        /* Wt[c, rs, kk] = g[k0 + kk, c0 + c, r, s], zeros past K: the (kk, c*9 + rs)
+         * matrix transposed */
+        const fc_int L = FC_TL, ncol = cb * 9;
+        fc_int kfull = 0, cfull = 0;
+        if (!rot) {     /* row kk at w + (k0 + kk)*Cw*9 + c0*9: whole blocks by registers */
+            kfull = nk - nk % L;
+            cfull = ncol - ncol % L;
+            for (fc_int kb = 0; kb < kfull; kb += L)
+                for (fc_int cl = 0; cl < cfull; cl += L)
+                    FN(transpose)(w + ((k0 + kb) * Cw + c0) * 9 + cl, Cw * 9,
+                                  Wt + cl * J + kb, J);
+        }
+        for (fc_int c = 0; c < cb; c++)            /* the rest, element by element */
+            for (int rs = 0; rs < 9; rs++) {
+                T *dst = Wt + (c * 9 + rs) * J;
+                const fc_int kk0 = c * 9 + rs < cfull ? kfull : 0;
+                if (rot) {
+                    const T *src = w + ((c0 + c) * Cw + k0) * 9 + 8 - rs;
+                    for (fc_int kk = kk0; kk < nk; kk++) dst[kk] = src[kk * 9];
+                } else {
+                    const T *src = w + (k0 * Cw + c0 + c) * 9 + rs;
+                    for (fc_int kk = kk0; kk < nk; kk++) dst[kk] = src[kk * Cw * 9];
+                }
+                for (fc_int kk = nk; kk < J; kk++) dst[kk] = (T)0;
+            }
+        for (fc_int c = 0; c < cb; c++) {
+            const T *g = Wt + c * 9 * J;
+            for (fc_int a = 0; a < al; a++)        /* G g */
+                for (int s = 0; s < 3; s++) {
+                    const T g0 = (T)G[a][0], g1 = (T)G[a][1], g2 = (T)G[a][2];
+                    T *ta = t + (a * 3 + s) * J;
+                    FC_IVDEP
+                    for (fc_int kk = 0; kk < J; kk++)
+                        ta[kk] = g0 * g[s * J + kk] + g1 * g[(3 + s) * J + kk]
+                                 + g2 * g[(6 + s) * J + kk];
+                }
+            for (fc_int a = 0; a < al; a++)        /* (G g) G^T */
+                for (fc_int b = 0; b < al; b++) {
+                    const T h0 = (T)G[b][0], h1 = (T)G[b][1], h2 = (T)G[b][2];
+                    const T *ta = t + a * 3 * J;
+                    T *u = Ut + (a * al + b) * pitch + c * J;
+                    FC_IVDEP
+                    for (fc_int kk = 0; kk < J; kk++)
+                        u[kk] = ta[kk] * h0 + ta[J + kk] * h1 + ta[2 * J + kk] * h2;
+                }
+        }
+        for (fc_int xi = 0; xi < al2; xi++) {
+            T *Mx = M + xi * ldt * K;
+            FN(nhwc_pixels)(V + xi * ldt * C + c0, C, NULL, cb, Ut + xi * pitch, K, 0, rows,
+                            k0, Mx, NULL, c0 > 0 ? Mx : NULL, 0);
+        }
+    }
+}
+
+/* The scratch of one wino_streamed call, in elements. */
+static fc_int FN(wino_streamed_scratch)(fc_int m, fc_int cb_max)
+{
+    const fc_int al = m + 2, J = FN(pointwise_cols)();
+    return al * al * (cb_max * J + 64 / (fc_int)sizeof(T)) + cb_max * 9 * J + al * 3 * J;
+}
+
 /* Output channel k of the weight gradient: dU (parts, alpha^2, K, C) summed over its
  * parts in order into dU[0], then dw[k, c] = G^T dU[0][:, k, c] G (in double) for every
  * c; tmp: (3*alpha + 9)*C doubles. m is a constant where the body is inlined (below),
