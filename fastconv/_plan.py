@@ -243,7 +243,7 @@ def _taps(spec, R):
 def _direct(op, p, dtype, threads, backend=None):
     """(variant, blocking) of direct for ``op`` on ``p``, among the variants ``backend``
     runs (``_dispatch.variants``; the Cython backend has one forward core, ``lanes``,
-    which takes the forwards the rules give another core, and no ``pointwise``)."""
+    which takes the forwards the rules give another core)."""
     have = _dispatch.variants(op, "direct", backend)
 
     def core_of(core):
@@ -554,8 +554,8 @@ def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blo
     """(backend, variant, blocking) for ``backend="auto"``: ``backend`` (the first of
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants (or one it stands in for, ``STANDS_IN_FOR``) and a
-    later backend in that order runs it (direct's ``flat`` and ``pointwise`` forwards,
-    which Cython does not have); Numba where ``NUMBA_FASTER`` says its kernel is
+    later backend in that order runs it (direct's ``flat`` forward, which Cython does
+    not have); Numba where ``NUMBA_FASTER`` says its kernel is
     faster."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
     have = [b for a, b in _dispatch.pairs(op) if a == algorithm]

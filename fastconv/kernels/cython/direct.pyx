@@ -390,6 +390,10 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     if plan.variant == "depthwise":
         _depthwise(x, w, out, p, False, ep)
         return
+    if plan.variant == "pointwise":                 # 1x1 stride 1: the planes are the GEMM's
+        from .im2col import _pointwise
+        _pointwise(x, w, p, out, ep)
+        return
     _core(x, w, out, plan["slice_bytes"], p.groups, p.P, p.Q, p.R, p.S, p.stride_h,
           p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep)
 
