@@ -538,9 +538,8 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
 #: variant the rules choose", as measured in whole networks (Intel Xeon ``rocketlake``;
 #: docs/cython.md). (op, backend, its variant) -> the variants of another backend it
 #: stands in for, being at least as fast: Cython's ``lanes`` forward for Numba's
-#: ``lanes_streamed`` (ResNet's 512-channel 7x7 layers at N=1, 1.03-1.35x) and ``row``
-#: (float64, 1.3-2.5x).
-STANDS_IN_FOR = {("conv2d", "cython", "lanes"): ("lanes_streamed", "row")}
+#: ``row`` (float64, 1.3-2.5x).
+STANDS_IN_FOR = {("conv2d", "cython", "lanes"): ("row",)}
 #: (op, Cython's variant) -> the geometries on which Numba's kernel runs instead, being
 #: faster (MobileNet-v2 through the functional API, N=1, 1 thread; session 13): lanes
 #: on small patches (an RGB 3x3 stem); the bound is a ``_tuning`` entry.

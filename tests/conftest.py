@@ -200,7 +200,7 @@ def auto_backend(op, algorithm, variant=None, p=None):
     """The backend ``backend="auto"`` runs ``algorithm`` of ``op`` on, by the documented
     rule (docs/cython.md): Cython where it is available and has the kernel, and the
     ``variant`` the rules choose among every backend's (Numba's plan; Cython's ``lanes``
-    stands in for Numba's ``lanes_streamed`` and ``row``), else Numba; and
+    stands in for Numba's ``row``), else Numba; and
     Numba for the direct lanes forward where its kernel measured faster (geometry ``p``:
     small patches; ``_plan._backend_for_variant``)."""
     if algorithm == "reference":
@@ -213,8 +213,8 @@ def auto_backend(op, algorithm, variant=None, p=None):
         have = _dispatch.variants(op, algorithm, "cython")
         if variant is None or have is None or variant in have:
             return "cython"
-        if op == "conv2d" and variant in ("lanes_streamed", "row"):
-            return "cython"                     # its lanes stands in for these
+        if op == "conv2d" and variant == "row":
+            return "cython"                     # its lanes stands in for it
     return "numba"
 
 

@@ -500,7 +500,9 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
     choose among every backend's (``_plan._backend_for_variant``), else on Numba; the
     lanes forward on patches under ``CYTHON_LANES_MIN_PATCH`` on Numba; the NCHW
     depthwise forward on Cython on every plane, small ones too; Cython's ``lanes``
-    where Numba's plan is ``lanes_streamed`` or ``row`` (``_plan.STANDS_IN_FOR``)."""
+    where Numba's plan is ``row`` (``_plan.STANDS_IN_FOR``); ``lanes_streamed`` (a
+    512-channel layer on rows of two-row blocks: 3x3 with the suite's 16-register
+    blocks, 7x7 with AVX-512's) on Cython."""
     if "numba" not in _dispatch.available_backends():
         pytest.skip("Numba is not installed: auto has only Cython's variants")
     cases = [("conv2d", (2, 8, 12, 12), (8, 1, 3, 3), dict(padding=1, groups=8), np.float32),
@@ -509,6 +511,7 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
              ("conv2d", (1, 3, 40, 40), (16, 3, 7, 7), dict(padding=3, stride=2), np.float32),
              ("conv2d", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1), np.float64),
              ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), np.float32),
+             ("conv2d", (1, 512, 3, 3), (512, 512, 3, 3), dict(padding=1), np.float32),
              ("conv2d", (2, 20, 5, 6), (70, 20, 1, 1), {}, np.float32),
              ("conv2d_input", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1, stride=2),
               np.float32),
@@ -517,7 +520,7 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
     for op, xs, ws, kw, dtype in cases:
         numba = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct", backend="numba")
         auto = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct")
-        stands_in = op == "conv2d" and numba.variant in ("lanes_streamed", "row")
+        stands_in = op == "conv2d" and numba.variant == "row"
         on_cython = numba.variant in cy.VARIANTS[(op, "direct")] or stands_in
         g = numba.geometry
         numba_faster = (op == "conv2d" and numba.variant == "lanes"
@@ -528,7 +531,8 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
             numba, auto)
         assert auto.variant == ("lanes" if stands_in else numba.variant)
         seen.add((auto.backend, stands_in))
-    assert seen == {("cython", False), ("cython", True), ("numba", False)}
+        seen.add(auto.variant)
+    assert seen >= {("cython", False), ("cython", True), ("numba", False), "lanes_streamed"}
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from fastconv._geometry import conv_params
 from fastconv.kernels import layouts
 from fastconv.kernels.numba import direct
 
-from conftest import assert_close, on_one_thread, ran_plan, tolerance, tuned
+from conftest import assert_close, kernel_pairs, on_one_thread, ran_plan, tolerance, tuned
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
@@ -40,15 +40,16 @@ def _want(name, value):
 
 
 def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0,
-           fwd=None, inp=None, wgt=None, block=None):
-    """Forward, grad-input and grad-weight by direct against the reference; ``fwd``,
-    ``inp``, ``wgt``: the variant each must have run (see ``_want``), when given;
-    ``block``: the register block the forward must have run (a lanes core's), when given."""
+           fwd=None, inp=None, wgt=None, block=None, backend="numba"):
+    """Forward, grad-input and grad-weight by direct on ``backend`` against the
+    reference; ``fwd``, ``inp``, ``wgt``: the variant each must have run (see
+    ``_want``), when given; ``block``: the register block the forward's plan names (a
+    lanes core's), when given."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((K, C // groups, R, S)).astype(dtype)
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, **args, algorithm="direct", backend="numba"),
+    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, **args, algorithm="direct", backend=backend),
                     op="conv2d", algorithm="direct", **_want("conv2d", fwd),
                     **({} if block is None else dict(block=block)))
     y_ref = fastconv.conv2d(x, w, **args, algorithm="reference")
@@ -56,11 +57,11 @@ def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1
     assert y.dtype == dtype
     assert_close(y, y_ref, tol, "conv2d")
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, _ = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct", backend="numba"),
+    dx, _ = ran_plan(lambda: fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="direct", backend=backend),
                      op="conv2d_input", algorithm="direct", **_want("conv2d_input", inp))
     assert_close(dx, fastconv.conv2d_input(x.shape, w, dy, **args, algorithm="reference"), tol,
                  "conv2d_input")
-    dw, _ = ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct", backend="numba"),
+    dw, _ = ran_plan(lambda: fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="direct", backend=backend),
                      op="conv2d_weight", algorithm="direct", **_want("conv2d_weight", wgt))
     assert_close(dw, fastconv.conv2d_weight(x, w.shape, dy, **args, algorithm="reference"), tol,
                  "conv2d_weight")
@@ -368,15 +369,17 @@ def test_lanes_kernel():
     _forced("lanes", 2, 5, 7, SHORT, 24, 3, 3, padding=1)        # two rows on a short patch
 
 
-def test_streamed_lanes_kernel():
-    """The two-row lanes kernel that lays out the weight per work item (``_s``), forced on
-    small weights: input channels in chunks (70 = 64 + 6), a channel tail (K = 40),
-    several images per item, groups, stride 2, dilation, asymmetric padding, and the
-    input gradient (rotated weight, stride-2 phases); a weight changed in place is
-    seen at once (no layout is kept). At res5's channels it is the one Numba's plans
-    name where auto runs direct (AVX-512 CPUs; with fewer vector registers than
-    BLAS_BELOW_REGISTERS auto runs such forwards on im2col: test_selection); auto runs
-    Cython's ``lanes`` for it where Cython is built (``_plan.STANDS_IN_FOR``)."""
+@pytest.mark.parametrize("backend", sorted({b for a, b in kernel_pairs("conv2d")
+                                            if a == "direct"}))
+def test_streamed_lanes_kernel(backend):
+    """The two-row lanes kernel that lays out the weight per work item (Numba's ``_s``
+    kernel; Cython's ``direct_streamed_item``, a block of output channels for every
+    image), forced on small weights: input channels in chunks (70 = 64 + 6), a channel
+    tail (K = 40), several images per item, groups, stride 2, dilation, asymmetric
+    padding, and the input gradient (rotated weight, stride-2 phases); a weight changed
+    in place is seen at once (no layout is kept). At res5's channels it is the one the
+    plans name where auto runs direct (AVX-512 CPUs; with fewer vector registers than
+    BLAS_BELOW_REGISTERS auto runs such forwards on im2col: test_selection)."""
     J2 = TWO_ROWS[1]                    # rows of the two-row block: 7 x 7 is res5's (32)
     assert _plan.streams_weight(512 * 512 * 9 * 4)                # res5 3x3
     assert not _plan.streams_weight(256 * 256 * 9 * 4)
@@ -389,23 +392,25 @@ def test_streamed_lanes_kernel():
                                                              TWO_ROWS)
     streamed = dict(fwd="lanes_streamed", inp="lanes_streamed", block=TWO_ROWS)
     with tuned(LANES_STREAM_MIN_WEIGHT=0):
-        _check(np.float32, 3, 70, 7, J2, 40, 3, 3, padding=1, **streamed)     # chunks, K tail
+        _check(np.float32, 3, 70, 7, J2, 40, 3, 3, padding=1, **streamed,
+               backend=backend)                                            # chunks, K tail
         _check(np.float32, 1, 140, 9, SHORT, 72, 3, 3, padding=(0, 1), groups=2,  # Cg = 70
-               **streamed)
+               **streamed, backend=backend)
         _check(np.float32, 2, 40, 15, 2 * SHORT - 1, 33, 3, 3, stride=2, padding=1,
                fwd="lanes_streamed", block=TWO_ROWS,
-               inp=("flat",) * 4)                                     # 8 x SHORT, stride 2
-        _check(np.float32, 1, 36, 11, SHORT, 64, 3, 3, padding=(1, 2), dilation=2, **streamed)
+               inp=("flat",) * 4, backend=backend)                    # 8 x SHORT, stride 2
+        _check(np.float32, 1, 36, 11, SHORT, 64, 3, 3, padding=(1, 2), dilation=2,
+               **streamed, backend=backend)
         _check(np.float32, 1, 30, 8, SHORT - 1, 32, 5, 5, padding=2,
-               **streamed)                                             # 5 x 5, Q = SHORT - 1
+               **streamed, backend=backend)                         # 5 x 5, Q = SHORT - 1
         rng = np.random.default_rng(1)
         x = rng.standard_normal((1, 64, 7, J2)).astype(np.float32)
         w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
         ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct",
-                                         backend="numba"), variant="lanes_streamed")
+                                         backend=backend), variant="lanes_streamed")
         w *= -0.5
         got, _ = ran_plan(lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct",
-                                                  backend="numba"), variant="lanes_streamed")
+                                                  backend=backend), variant="lanes_streamed")
     assert_close(got, fastconv.conv2d(x, w, padding=1, algorithm="reference"),
                  tolerance(np.float32, "direct"), "after an in-place change")
 

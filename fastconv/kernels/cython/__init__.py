@@ -48,12 +48,15 @@ VARIANTS = {
                          ("conv2d_weight", ("fused", "unfused")))
 }
 # direct: one forward core, ``lanes`` (output channels in the vector lanes), for every
-# geometry and both dtypes, where Numba also has ``flat``, ``row`` and
-# ``lanes_streamed``; ``pointwise`` (1x1 stride 1: im2col's 1x1 kernel,
-# ``pointwise_panel``, whose GEMM it is); and the channels-last ``depthwise_nhwc``
+# geometry and both dtypes, where Numba also has ``flat`` and ``row``; ``lanes_streamed``
+# (the same core, each work item laying out its block of a large weight itself);
+# ``pointwise`` (1x1 stride 1: im2col's 1x1 kernel, ``pointwise_panel``, whose GEMM it
+# is); and the channels-last ``depthwise_nhwc``
 VARIANTS.update({
-    ("conv2d", "direct"): ("lanes", "pointwise", "depthwise", "depthwise_nhwc"),
-    ("conv2d_input", "direct"): ("lanes", "phases", "depthwise", "depthwise_scatter"),
+    ("conv2d", "direct"): ("lanes", "lanes_streamed", "pointwise", "depthwise",
+                           "depthwise_nhwc"),
+    ("conv2d_input", "direct"): ("lanes", "lanes_streamed", "phases", "depthwise",
+                                 "depthwise_scatter"),
     ("conv2d_weight", "direct"): ("blocked", "depthwise"),
 })
 

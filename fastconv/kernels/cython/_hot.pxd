@@ -165,6 +165,9 @@ cdef extern from "fc_kernels.h" nogil:
                                   fc_int Kg, float *dyb, fc_int it) noexcept nogil
         void (*direct_item_f32)(const float *xb, const float *wb, float *out, const fc_direct *d,
                                 fc_int it) noexcept nogil
+        void (*direct_streamed_item_f32)(const float *xb, const float *w, float *out,
+                                         const fc_direct *d, fc_int N, int flip, fc_int it,
+                                         float *wl) noexcept nogil
         void (*direct_weight_item_f32)(const float *xf, const float *dyb, float *gw,
                                        const fc_dweight *d, fc_int n0, fc_int n1,
                                        fc_int it, float *acc) noexcept nogil
@@ -186,6 +189,9 @@ cdef extern from "fc_kernels.h" nogil:
                                   fc_int Kg, double *dyb, fc_int it) noexcept nogil
         void (*direct_item_f64)(const double *xb, const double *wb, double *out, const fc_direct *d,
                                 fc_int it) noexcept nogil
+        void (*direct_streamed_item_f64)(const double *xb, const double *w, double *out,
+                                         const fc_direct *d, fc_int N, int flip, fc_int it,
+                                         double *wl) noexcept nogil
         void (*direct_weight_item_f64)(const double *xf, const double *dyb, double *gw,
                                        const fc_dweight *d, fc_int n0, fc_int n1,
                                        fc_int it, double *acc) noexcept nogil

@@ -104,12 +104,16 @@ def _blocked(w, G, KB, flip):
 cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
                    real[:, :, :, ::1] out, fc_direct *d, fc_int sw, fc_int Wq, fc_int pt,
                    fc_int pl, const real[::1] bias_a, const real[::1] res_a,
-                   int nt) except -1:
+                   int nt, bint streamed, bint flip, real[::1] wl) except -1:
     """The phase layout of the slice x, then every work item of it into out (both the
-    slice's images; ``res_a`` the slice's residual)."""
+    slice's images; ``res_a`` the slice's residual). ``streamed``: wb is the weight as
+    it is (``flip``: the input gradient's), each item laying out its block into the
+    thread's part of ``wl``."""
     cdef Py_ssize_t H = x.shape[2], W = x.shape[3], Hp = d.plane // d.rp
     cdef Py_ssize_t nrows = x.shape[0] * x.shape[1] * Hp
-    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.brow, it
+    cdef Py_ssize_t items = (d.G * d.Kb if streamed
+                             else x.shape[0] * d.G * d.Kb * d.brow), it
+    cdef Py_ssize_t wsize = wl.shape[0] // nt
     d.bias = &bias_a[0] if bias_a.shape[0] else NULL
     d.res = &res_a[0] if res_a.shape[0] else NULL
     with nogil:
@@ -119,7 +123,16 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
             else:
                 hot.direct_phase_row_f64(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
         for it in prange(items, num_threads=nt, schedule="static"):
-            if real is float:
+            if streamed:
+                if real is float:
+                    hot.direct_streamed_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d,
+                                                 x.shape[0], flip, it,
+                                                 &wl[0] + threadid() * wsize)
+                else:
+                    hot.direct_streamed_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d,
+                                                 x.shape[0], flip, it,
+                                                 &wl[0] + threadid() * wsize)
+            elif real is float:
                 hot.direct_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
             else:
                 hot.direct_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
@@ -127,12 +140,14 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
 
 
 def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=False,
-          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None):
+          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, streamed=False):
     """out (N, K', OH, OW) at rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1] = the
     direct correlation (P x Q outputs) of x (N, C', H, W) padded by (pt, pl) with w (K',
     C'/G, R, S), or with w (C', K'/G, R, S) rotated (``flip``: the input gradient's),
     through the epilogue ``ep``; the batch in slices of about ``slice_bytes`` of layout
-    per thread. ``wkey``/``kind``: the array and tag the weight cache keys on."""
+    per thread. ``wkey``/``kind``: the array and tag the weight cache keys on;
+    ``streamed`` (``lanes_streamed``): no cached layout, each work item lays out its
+    block of w itself."""
     cdef fc_direct d
     dtype = x.dtype
     N, C = x.shape[:2]
@@ -161,17 +176,22 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
     xb = workspace("cython_direct_x", nb * image, dtype)
     per_image = K * P * Q
-    wb = _weights.get(w if wkey is None else wkey, ("direct_cython", flip, G, KB) + kind,
-                      lambda: _blocked(w, G, KB, flip).reshape(-1))
+    if streamed:
+        wb = np.ascontiguousarray(w).reshape(-1)
+        wl = workspace("cython_direct_wl", nt * Cg * R * S * KB, dtype)
+    else:
+        wb = _weights.get(w if wkey is None else wkey, ("direct_cython", flip, G, KB) + kind,
+                          lambda: _blocked(w, G, KB, flip).reshape(-1))
+        wl = xb[:0]
     for n0 in range(0, N, nb):
         n1 = min(N, n0 + nb)
         e = ep.images(n0, n1, per_image)
         if dtype == np.float32:
             _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
-                             e.residual, nt)
+                             e.residual, nt, streamed, flip, wl)
         else:
             _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
-                              e.residual, nt)
+                              e.residual, nt, streamed, flip, wl)
 
 
 # -- depthwise -------------------------------------------------------------------------------
@@ -395,7 +415,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         _pointwise(x, w, p, out, ep)
         return
     _core(x, w, out, plan["slice_bytes"], p.groups, p.P, p.Q, p.R, p.S, p.stride_h,
-          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep)
+          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep,
+          streamed=plan.variant == "lanes_streamed")
 
 
 def conv2d_input(plan, dy, w, p, out):
@@ -429,7 +450,7 @@ def conv2d_input(plan, dy, w, p, out):
     else:
         _core(dy, w, out, plan["slice_bytes"], p.groups, p.H, p.W, p.R, p.S, 1, 1,
               p.dil_h * (p.R - 1) - p.pad_top, p.dil_w * (p.S - 1) - p.pad_left, p.dil_h,
-              p.dil_w, flip=True)
+              p.dil_w, flip=True, streamed=plan.variant == "lanes_streamed")
 
 
 def conv2d_weight(plan, x, dy, p, out):

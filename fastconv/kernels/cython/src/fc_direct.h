@@ -159,17 +159,15 @@ static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, f
     FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, tmp);
 }
 
-/* Work item it = ((n*G + g)*Kb + kb)*brow + bp of the forward on the phase layout xb
- * (d->plane elements per channel plane): output channels kb*DKB .. of group g, the
- * blocks of pixels (bp, 0 .. bcol-1) (a whole band of output rows: two threads never
- * write one cache line of a row), stored to out[n, k, oh0 + p*ohs, ow0 + q*ows] through
- * the epilogue (bias[k], res at out's index, act). */
-static void FN(direct_item)(const T *xb, const T *wb, T *out, const fc_direct *d, fc_int it)
+/* The blocks of pixels (bp, 0 .. bcol-1) of image n, output channels kb*DKB .. of group
+ * g (a whole band of output rows: two threads never write one cache line of a row),
+ * from the phase layout xb (d->plane elements per channel plane) and the weight block
+ * w[c, r, s, DKB] of those channels, stored to out[n, k, oh0 + p*ohs, ow0 + q*ows]
+ * through the epilogue (bias[k], res at out's index, act). */
+static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_direct *d,
+                                   fc_int n, fc_int g, fc_int kb, fc_int bp)
 {
-    const fc_int bp = it % d->brow, kb = it / d->brow % d->Kb;
-    const fc_int g = it / d->brow / d->Kb % d->G, n = it / d->brow / d->Kb / d->G;
     const fc_int CB = FC_DMR / d->rows, p0 = bp * d->rows;
-    const T *w = wb + (g * d->Kb + kb) * d->R * d->S * d->Cg * DKB;
     const T *bias = (const T *)d->bias, *res = (const T *)d->res;
     const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, ows = d->ows;
     const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * d->sh * d->rp;
@@ -206,6 +204,72 @@ static void FN(direct_item)(const T *xb, const T *wb, T *out, const fc_direct *d
             }
         }
     }
+}
+
+/* Work item it = ((n*G + g)*Kb + kb)*brow + bp of the forward (``lanes``): direct_band
+ * with the cached weight layout wb[g, kb, c, r, s, DKB]. */
+static void FN(direct_item)(const T *xb, const T *wb, T *out, const fc_direct *d, fc_int it)
+{
+    const fc_int bp = it % d->brow, kb = it / d->brow % d->Kb;
+    const fc_int g = it / d->brow / d->Kb % d->G, n = it / d->brow / d->Kb / d->G;
+    FN(direct_band)(xb, wb + (g * d->Kb + kb) * d->R * d->S * d->Cg * DKB, out, d, n, g, kb,
+                    bp);
+}
+
+/* Work item it = g*Kb + kb of the forward that takes the weight as it is
+ * (``lanes_streamed``: a weight too large to keep a second, laid-out copy of and check
+ * it on every call): the item lays out its block of w into wl[c, r, s, DKB] (scratch
+ * of Cg*R*S*DKB elements, zero past the group's Kg channels), which stays in the
+ * thread's L2, then runs every band of the slice's ``N`` images with it. w is (G*Kg,
+ * Cg, R, S), or with ``flip`` (the input gradient's) (G*Cg, Kg, R, S) rotated by 180
+ * degrees with its two channel axes swapped. The weight is read once per call. */
+static void FN(direct_streamed_item)(const T *xb, const T *w, T *out, const fc_direct *d,
+                                     fc_int N, int flip, fc_int it, T *wl)
+{
+    const fc_int kb = it % d->Kb, g = it / d->Kb, k0 = kb * DKB;
+    const fc_int nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, RS = d->R * d->S;
+    const fc_int J = d->Cg * RS;                   /* the block's rows j = (c*R + r)*S + s */
+    if (!flip) {
+        /* wl[j, k] = w[g*Kg + k0 + k, j]: whole FC_TL x FC_TL blocks by register
+         * transposes, the rest element by element */
+        const fc_int L = FC_TL, kfull = nk - nk % L, jfull = J - J % L;
+        const T *src = w + (g * d->Kg + k0) * J;
+        for (fc_int k = 0; k < kfull; k += L)
+            for (fc_int j = 0; j < jfull; j += L)
+                FN(transpose)(src + k * J + j, J, wl + j * DKB + k, DKB);
+        for (fc_int j = 0; j < J; j++) {
+            for (fc_int k = j < jfull ? kfull : 0; k < nk; k++)
+                wl[j * DKB + k] = src[k * J + j];
+            for (fc_int k = nk; k < DKB; k++) wl[j * DKB + k] = 0;
+        }
+    } else {
+        /* wl[c, r, s, k] = w[g*Cg + c, k0 + k, R-1-r, S-1-s]: per c the (k, rs) block
+         * (rows RS apart) transposed, rs reversed, by register transposes of FC_TL k x
+         * FC_TL columns (a block's columns past RS read the next rows: stored only
+         * while the read stays inside w), the rest element by element */
+        const fc_int L = FC_TL, end = d->G * d->Cg * d->Kg * RS;   /* w's elements */
+        for (fc_int c = 0; c < d->Cg; c++) {
+            const fc_int base = ((g * d->Cg + c) * d->Kg + k0) * RS;
+            const T *src = w + base;
+            T *dst = wl + c * RS * DKB;
+            fc_int kdone = 0;
+            for (fc_int kk = 0; kk + L <= nk; kk += L) {
+                if (base + (kk + L - 1) * RS + (RS - 1) / L * L + L > end) break;
+                for (fc_int c0 = 0; c0 < RS; c0 += L)
+                    FN(transpose_rows)(src + kk * RS + c0, RS, dst + (RS - 1 - c0) * DKB + kk,
+                                       -DKB, RS - c0 < L ? RS - c0 : L);
+                kdone = kk + L;
+            }
+            for (fc_int k = kdone; k < nk; k++)
+                for (fc_int rs = 0; rs < RS; rs++)
+                    dst[(RS - 1 - rs) * DKB + k] = src[k * RS + rs];
+            for (fc_int rs = 0; rs < RS; rs++)
+                for (fc_int k = nk; k < DKB; k++) dst[rs * DKB + k] = 0;
+        }
+    }
+    for (fc_int n = 0; n < N; n++)
+        for (fc_int bp = 0; bp < d->brow; bp++)
+            FN(direct_band)(xb, wl, out, d, n, g, kb, bp);
 }
 
 /* -- weight gradient: DKB output channels x FC_DMR input channels ------------------- */

@@ -90,21 +90,28 @@ typedef int64_t FN(vidx) __attribute__((vector_size(FC_VB)));
     }
 #endif
 
-/* dst[j*ds + i] = src[i*ss + j] for i, j < FC_TL: FC_TL vector loads, log2(FC_TL)
- * rounds of two-source shuffles (constant indices: GCC picks the cheapest shuffles),
- * FC_TL vector stores (the Numba backend's _transpose.transpose_block). */
-static inline void FN(transpose)(const T *restrict src, fc_int ss, T *restrict dst,
-                                 fc_int ds)
+/* dst[j*ds + i] = src[i*ss + j] for i < FC_TL and j < m (<= FC_TL; all FC_TL columns
+ * of the FC_TL rows are read): FC_TL vector loads, log2(FC_TL) rounds of two-source
+ * shuffles (constant indices: GCC picks the cheapest shuffles), m vector stores (the
+ * Numba backend's _transpose.transpose_block and transpose_rows). ds may be negative. */
+static inline void FN(transpose_rows)(const T *src, fc_int ss, T *dst, fc_int ds, fc_int m)
 {
 #if FC_SHUFFLE
     FN(vec) r[FC_TL];
     for (int i = 0; i < FC_TL; i++) r[i] = FN(vload)(src + i * ss);
     FC_TROUND(1) FC_TROUND(2) FC_TROUND(4) FC_TROUND(8)
-    for (int j = 0; j < FC_TL; j++) FN(vstore)(dst + j * ds, r[j]);
+    for (int j = 0; j < m; j++) FN(vstore)(dst + j * ds, r[j]);
 #else
-    for (int j = 0; j < FC_TL; j++)
+    for (fc_int j = 0; j < m; j++)
         for (int i = 0; i < FC_TL; i++) dst[j * ds + i] = src[i * ss + j];
 #endif
+}
+
+/* The whole block: dst[j*ds + i] = src[i*ss + j] for i, j < FC_TL. */
+static inline void FN(transpose)(const T *restrict src, fc_int ss, T *restrict dst,
+                                 fc_int ds)
+{
+    FN(transpose_rows)(src, ss, dst, ds, FC_TL);
 }
 
 /* -- im2col: gather and scatter ---------------------------------------------------- */

@@ -136,6 +136,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .direct_xblock_row_##X = direct_xblock_row_##X,    \
     .direct_dy_row_##X = direct_dy_row_##X,            \
     .direct_item_##X = direct_item_##X,                \
+    .direct_streamed_item_##X = direct_streamed_item_##X, \
     .direct_weight_item_##X = direct_weight_item_##X,  \
     .dw_plane_##X = dw_plane_##X,                      \
     .dw_scatter_##X = dw_scatter_##X,                  \

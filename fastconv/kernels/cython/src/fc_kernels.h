@@ -166,6 +166,8 @@ typedef struct {
                               fc_int Kg, T *dyb, fc_int it);                            \
     void (*direct_item_##X)(const T *xb, const T *wb, T *out, const fc_direct *d,       \
                             fc_int it);                                                 \
+    void (*direct_streamed_item_##X)(const T *xb, const T *w, T *out, const fc_direct *d, \
+                                     fc_int N, int flip, fc_int it, T *wl);             \
     void (*direct_weight_item_##X)(const T *xf, const T *dyb, T *gw, const fc_dweight *d, \
                                    fc_int n0, fc_int n1, fc_int it, T *acc);            \
     void (*dw_plane_##X)(const T *x, const T *w, T *out, const fc_dw *d, int flip,      \
