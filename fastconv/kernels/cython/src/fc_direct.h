@@ -101,7 +101,15 @@ static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int 
     T *d = dyb + it * Q * DKB;
     if (nk < DKB) memset(d, 0, (size_t)(Q * DKB) * sizeof(T));
     const T *src = dy + ((n * K + k0) * P + p) * Q;
-    for (fc_int k = 0; k < nk; k++)
+    /* whole FC_TL x FC_TL blocks (channels x columns) by register transposes, a row's
+     * last block overlapping the one before; the rest element by element */
+    const fc_int L = FC_TL, kfull = Q >= L ? nk - nk % L : 0;
+    for (fc_int k = 0; k < kfull; k += L)
+        for (fc_int qb = 0; qb < Q; qb += L) {
+            const fc_int q = qb + L <= Q ? qb : Q - L;
+            FN(transpose)(src + k * P * Q + q, P * Q, d + q * DKB + k, DKB);
+        }
+    for (fc_int k = kfull; k < nk; k++)
         for (fc_int q = 0; q < Q; q++) d[q * DKB + k] = src[k * P * Q + q];
 }
 
