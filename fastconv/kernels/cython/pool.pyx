@@ -3,7 +3,8 @@
 ``fastconv/kernels/numba/pool.py`` (same functions, same plans, same results).
 
 One (image, channel) plane per parallel iteration (OpenMP ``prange`` on
-``fastconv.get_num_threads()`` threads; channels-last adaptive average pooling: one
+``fastconv.get_num_threads()`` threads, or the calling thread alone for fewer than
+``SERIAL_ELEMENTS`` input elements; channels-last adaptive average pooling: one
 output pixel, every channel), so no two iterations write the same memory;
 each plane runs a hot loop of ``src/fc_impl.h`` from the instruction-set variant
 ``_isa.ISA`` names. Sums are taken in double in the Numba kernels' order; max pooling
@@ -19,6 +20,16 @@ from ._hot cimport fc_kernels, fc_pool, load_table, real
 from ._isa import ISA
 
 cdef const fc_kernels *hot = load_table(__name__, ISA)
+
+#: pools of fewer input elements run on the calling thread alone: waking OpenMP's
+#: workers costs more than the pool (as in im2col.pyx; ResNet's global pool of
+#: 512 x 7 x 7, session 16)
+SERIAL_ELEMENTS = 32768
+
+
+def _threads(a):
+    """The threads for a pool over array ``a`` (its input, or dy)."""
+    return 1 if a.size < SERIAL_ELEMENTS else get_num_threads()
 
 
 cdef fc_pool _geometry(p):
@@ -135,21 +146,21 @@ def max_pool2d(plan, x, p, out, indices):
     """Values into ``out`` and, unless ``indices`` is None, flat indices into it."""
     cdef fc_pool g = _geometry(p)
     if x.dtype == np.float32:
-        _max_pool[float](x, out, indices, &g, get_num_threads())
+        _max_pool[float](x, out, indices, &g, _threads(x))
     else:
-        _max_pool[double](x, out, indices, &g, get_num_threads())
+        _max_pool[double](x, out, indices, &g, _threads(x))
 
 
 def max_pool2d_backward(plan, dy, indices, p, out):
     if dy.dtype == np.float32:
-        _max_pool_backward[float](dy, indices, out, get_num_threads())
+        _max_pool_backward[float](dy, indices, out, _threads(out))
     else:
-        _max_pool_backward[double](dy, indices, out, get_num_threads())
+        _max_pool_backward[double](dy, indices, out, _threads(out))
 
 
 def avg_pool2d(plan, x, p, count_include_pad, divisor_override, out):
     cdef fc_pool g = _geometry(p)
-    nt = get_num_threads()
+    nt = _threads(x)
     acc = workspace_array("pool.acc", (nt, max(1, p.Q)), np.float64)
     cip, dov = bool(count_include_pad), int(divisor_override or 0)
     if x.dtype == np.float32:
@@ -162,16 +173,16 @@ def avg_pool2d_backward(plan, dy, p, count_include_pad, divisor_override, out):
     cdef fc_pool g = _geometry(p)
     cip, dov = bool(count_include_pad), int(divisor_override or 0)
     if dy.dtype == np.float32:
-        _avg_pool_backward[float](dy, out, &g, cip, dov, get_num_threads())
+        _avg_pool_backward[float](dy, out, &g, cip, dov, _threads(out))
     else:
-        _avg_pool_backward[double](dy, out, &g, cip, dov, get_num_threads())
+        _avg_pool_backward[double](dy, out, &g, cip, dov, _threads(out))
 
 
 def adaptive_avg_pool2d(plan, x, h_windows, w_windows, out):
     """``plan.layout`` "nhwc": x (N, H, W, C) into out (N, P, Q, C), channels last."""
     hs, he = (np.ascontiguousarray(a, np.int64) for a in h_windows)
     ws, we = (np.ascontiguousarray(a, np.int64) for a in w_windows)
-    nt = get_num_threads()
+    nt = _threads(x)
     if plan.layout == "nhwc":
         acc = workspace_array("pool.acc", (nt, max(1, x.shape[3])), np.float64)
         if x.dtype == np.float32:
