@@ -20,6 +20,12 @@ The variants this backend runs (``VARIANTS`` in the manifest; the selector,
   the whole batch, the output transform. ``unfused``'s GEMMs are the channels-last
   1x1 kernel (``pointwise_nhwc``, its register block) reading U in place, stored as
   panels of output channels; ``unfused_blas``'s are BLAS, one xi per call.
+- forward and input gradient ``streamed`` (float32 F(4x4,3x3), a very large filter on
+  few tiles): ``unfused`` with one batch of every tile and no transformed filter; a
+  GEMM work item is a panel of output channels for every xi, transforming the
+  weight's chunks of ``plan["channels"]`` input channels in its cache and adding
+  their products by the 1x1 kernel (``wino_streamed``): the weight is read once per
+  call.
 - weight gradient ``fused``: blocks of tile rows again, their input and dy transforms
   and the GEMMs ``dU[xi] += dM[xi]^T V[xi]`` added into ``plan["parts"]`` partial sums,
   each a fixed range of blocks, summed in order at the end: the result does not depend
