@@ -821,7 +821,12 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
 
 /* output pixels [q0, q1) (consecutive in y and res; pixel q's patch at x + q * xstep)
  * x nv vectors of output channels from k0: full blocks of FC_PWN_ROWS(nv) pixels,
- * then the last ones one at a time (nv a constant when inlined) */
+ * then the rest in blocks of 8, 4, 2 and 1 (a few pixels, e.g. Winograd's 4 tiles of
+ * a 7x7 image, still share each weight load; each pixel's sum runs in the same order
+ * whatever its block: the same bits) (nv a constant when inlined) */
+#define FC_NHWC_BLOCK(m)                                                                \
+    FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,            \
+                   res == NULL ? NULL : res + q * K, act, m, nv)
 static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x, fc_int xstep,
                                      const fc_int *offs, fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
@@ -830,12 +835,23 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x,
     const int mr = FC_PWN_ROWS(nv);
     fc_int q = q0;
     for (; q + mr <= q1; q += mr)
-        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
-                       res == NULL ? NULL : res + q * K, act, mr, nv);
-    for (; q < q1; q++)
-        FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,
-                       res == NULL ? NULL : res + q * K, act, 1, nv);
+        FC_NHWC_BLOCK(mr);
+    if (mr > 8 && q + 8 <= q1) {
+        FC_NHWC_BLOCK(8);
+        q += 8;
+    }
+    if (mr > 4 && q + 4 <= q1) {
+        FC_NHWC_BLOCK(4);
+        q += 4;
+    }
+    if (q + 2 <= q1) {
+        FC_NHWC_BLOCK(2);
+        q += 2;
+    }
+    if (q < q1)
+        FC_NHWC_BLOCK(1);
 }
+#undef FC_NHWC_BLOCK
 #endif
 
 /* The output pixels [q0, q1) x output channels [k0, k0 + FC_PW_COLS) ∩ [0, K) of both
