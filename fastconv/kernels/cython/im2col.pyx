@@ -715,6 +715,19 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
                                   NULL if res == NULL else res + o, act)
 
 
+cdef inline void _panel(const real *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
+                        const real *W, fc_int K, fc_int kb0, fc_int kb1, real *y,
+                        const real *bias, const real *res, int act, real *panel,
+                        int fill) noexcept nogil:
+    """``pointwise_panel`` of ``src/fc_impl.h`` for real."""
+    if real is float:
+        hot.pointwise_panel_f32(x, C, HW, p0, np, W, K, kb0, kb1, y, bias, res, act, panel,
+                                fill)
+    else:
+        hot.pointwise_panel_f64(x, C, HW, p0, np, W, K, kb0, kb1, y, bias, res, act, panel,
+                                fill)
+
+
 def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                    const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
                    fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
@@ -736,24 +749,12 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                 n = item // (ks * npan * G)
                 p0 = pan * cols
                 o = (n * G + g) * Kg * HW          # the group's first output plane
-                if real is float:
-                    hot.pointwise_panel_f32(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
-                                            HW - p0 if HW - p0 < cols else cols,
-                                            &wp[0] + g * Kg * Cg, Kg,
-                                            part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
-                                            NULL if bias == NULL else bias + g * Kg,
-                                            NULL if res == NULL else res + o, act,
-                                            &panels[0] + tid * Cg * cols,
-                                            item == first or part == 0)
-                else:
-                    hot.pointwise_panel_f64(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
-                                            HW - p0 if HW - p0 < cols else cols,
-                                            &wp[0] + g * Kg * Cg, Kg,
-                                            part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
-                                            NULL if bias == NULL else bias + g * Kg,
-                                            NULL if res == NULL else res + o, act,
-                                            &panels[0] + tid * Cg * cols,
-                                            item == first or part == 0)
+                _panel(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
+                       HW - p0 if HW - p0 < cols else cols, &wp[0] + g * Kg * Cg, Kg,
+                       part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
+                       NULL if bias == NULL else bias + g * Kg,
+                       NULL if res == NULL else res + o, act, &panels[0] + tid * Cg * cols,
+                       item == first or part == 0)
 
 
 def conv2d_input(plan, dy, w, p, out):
