@@ -585,8 +585,10 @@ def _pointwise(x, w, p, out, ep):
     cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
     nt = get_num_threads()
     items = p.N * G * -(-HW // cols)
-    # slices of the output channels, so every thread has work when the pixels are few
-    ks = 1 if items >= 4 * nt else min(nb, -(-4 * nt // items))
+    # few panels of pixels (an image's last one may hold a few pixels only): every
+    # thread takes one slice of the output channels of all of them (the same work
+    # each); many: each thread a range of whole panels
+    ks = 1 if items >= 4 * nt else min(nb, nt)
     panels = workspace("im2col.panel", nt * Cg * cols, dt)
     _pointwise_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1), out.reshape(-1),
                    ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg, HW, cols, ks, panels, nt)
@@ -735,18 +737,19 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nb = (Kg + FC_MR - 1) // FC_MR, npan = (HW + cols - 1) // cols
-    cdef fc_int items = N * G * npan * ks, item, n, g, pan, part, p0, o, first, last
+    cdef fc_int P = N * G * npan, items = P * ks, item, n, g, pan, part, p0, o, first, last
     cdef int tid, threads = _par_macs(N * Kg * HW * Cg, nt)
     with nogil:
-        # each thread a contiguous range of items, the slices of a panel consecutive:
-        # the thread copies a panel of pixels once for all the slices it takes of it
+        # each thread a contiguous range of items = part*P + (n*G + g)*npan + pan: with
+        # one slice (ks 1) a range of panels, with one slice per thread all panels of
+        # its slice (a panel copied once per thread either way)
         for tid in prange(threads, num_threads=threads, schedule="static", chunksize=1):
             first, last = tid * items // threads, (tid + 1) * items // threads
             for item in range(first, last):
-                part = item % ks                   # item = ((n*G + g)*npan + pan)*ks + part
-                pan = item // ks % npan
-                g = item // (ks * npan) % G
-                n = item // (ks * npan * G)
+                part = item // P
+                pan = item % npan
+                g = item // npan % G
+                n = item % P // (npan * G)
                 p0 = pan * cols
                 o = (n * G + g) * Kg * HW          # the group's first output plane
                 _panel(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
@@ -754,7 +757,7 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                        part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
                        NULL if bias == NULL else bias + g * Kg,
                        NULL if res == NULL else res + o, act, &panels[0] + tid * Cg * cols,
-                       item == first or part == 0)
+                       item == first or P > 1)
 
 
 def conv2d_input(plan, dy, w, p, out):
