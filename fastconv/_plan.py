@@ -554,8 +554,7 @@ def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blo
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants (or one it stands in for, ``STANDS_IN_FOR``) and a
     later backend in that order runs it (direct's ``flat`` forward, which Cython does
-    not have); Numba where ``NUMBA_FASTER`` says its kernel is
-    faster."""
+    not have); Numba where ``NUMBA_FASTER`` says its kernel is faster."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
     have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
     faster = NUMBA_FASTER.get((op, variant))
