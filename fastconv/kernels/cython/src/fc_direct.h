@@ -100,17 +100,8 @@ static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int 
     const fc_int k0 = g * Kg + kb * DKB, nk = Kg - kb * DKB < DKB ? Kg - kb * DKB : DKB;
     T *d = dyb + it * Q * DKB;
     if (nk < DKB) memset(d, 0, (size_t)(Q * DKB) * sizeof(T));
-    const T *src = dy + ((n * K + k0) * P + p) * Q;
-    /* whole FC_TL x FC_TL blocks (channels x columns) by register transposes, a row's
-     * last block overlapping the one before; the rest element by element */
-    const fc_int L = FC_TL, kfull = Q >= L ? nk - nk % L : 0;
-    for (fc_int k = 0; k < kfull; k += L)
-        for (fc_int qb = 0; qb < Q; qb += L) {
-            const fc_int q = qb + L <= Q ? qb : Q - L;
-            FN(transpose)(src + k * P * Q + q, P * Q, d + q * DKB + k, DKB);
-        }
-    for (fc_int k = kfull; k < nk; k++)
-        for (fc_int q = 0; q < Q; q++) d[q * DKB + k] = src[k * P * Q + q];
+    /* the (nk, Q) matrix of dy's row p, rows P*Q apart, transposed */
+    FN(transpose_matrix)(dy + ((n * K + k0) * P + p) * Q, P * Q, d, DKB, nk, Q);
 }
 
 /* -- forward: a block of pixels x DKB output channels -------------------------------- */
@@ -238,18 +229,10 @@ static void FN(direct_streamed_item)(const T *xb, const T *w, T *out, const fc_d
     const fc_int nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, RS = d->R * d->S;
     const fc_int J = d->Cg * RS;                   /* the block's rows j = (c*R + r)*S + s */
     if (!flip) {
-        /* wl[j, k] = w[g*Kg + k0 + k, j]: whole FC_TL x FC_TL blocks by register
-         * transposes, the rest element by element */
-        const fc_int L = FC_TL, kfull = nk - nk % L, jfull = J - J % L;
-        const T *src = w + (g * d->Kg + k0) * J;
-        for (fc_int k = 0; k < kfull; k += L)
-            for (fc_int j = 0; j < jfull; j += L)
-                FN(transpose)(src + k * J + j, J, wl + j * DKB + k, DKB);
-        for (fc_int j = 0; j < J; j++) {
-            for (fc_int k = j < jfull ? kfull : 0; k < nk; k++)
-                wl[j * DKB + k] = src[k * J + j];
+        /* wl[j, k] = w[g*Kg + k0 + k, j]: the (nk, J) matrix transposed */
+        FN(transpose_matrix)(w + (g * d->Kg + k0) * J, J, wl, DKB, nk, J);
+        for (fc_int j = 0; j < J && nk < DKB; j++)
             for (fc_int k = nk; k < DKB; k++) wl[j * DKB + k] = 0;
-        }
     } else {
         /* wl[c, r, s, k] = w[g*Cg + c, k0 + k, R-1-r, S-1-s]: per c the (k, rs) block
          * (rows RS apart) transposed, rs reversed, by register transposes of FC_TL k x

@@ -114,6 +114,29 @@ static inline void FN(transpose)(const T *restrict src, fc_int ss, T *restrict d
     FN(transpose_rows)(src, ss, dst, ds, FC_TL);
 }
 
+/* A matrix: dst[j*ds + i] = src[i*ss + j] for i < rows, j < cols (the layout changes
+ * between planar and channels-last blocks). Where both sides hold a block, FC_TL x
+ * FC_TL blocks by register transposes, column blocks outer, the last block along
+ * each side overlapping the one before (storing the same values again); element by
+ * element where a side is shorter than a block. */
+static inline void FN(transpose_matrix)(const T *src, fc_int ss, T *dst, fc_int ds,
+                                        fc_int rows, fc_int cols)
+{
+    const fc_int L = FC_TL;
+    if (rows >= L && cols >= L) {
+        for (fc_int jb = 0; jb < cols; jb += L) {
+            const fc_int j = jb + L <= cols ? jb : cols - L;
+            for (fc_int ib = 0; ib < rows; ib += L) {
+                const fc_int i = ib + L <= rows ? ib : rows - L;
+                FN(transpose)(src + i * ss + j, ss, dst + j * ds + i, ds);
+            }
+        }
+        return;
+    }
+    for (fc_int i = 0; i < rows; i++)
+        for (fc_int j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
+}
+
 /* -- im2col: gather and scatter ---------------------------------------------------- */
 
 /* dst[q] = src[q*sw] for q < n */

@@ -24,22 +24,11 @@
 #  endif
 #endif
 
-/* Columns per run of the layout copies into and out of the channels-last slabs: the
- * run's pixels, all their channels, stay in L1 while the copy goes through the
- * channels (a whole row of a 64-channel slab 224 pixels wide would not). */
-#ifndef FC_WINO_RUN
-#  define FC_WINO_RUN 32
-#endif
-
 /* S[r, w, c] = x[c, h0 + r, w + ow] (one image, C x H x W) for r < rows, w < Sw; zeros
- * outside x. Blocks of FC_TL channels x FC_TL columns by register transposes (the last
- * block of a row overlaps the one before), a pixel block's channels in turn; the
- * channels past the last whole block, and rows shorter than a block, element by
- * element in runs of FC_WINO_RUN columns. */
+ * outside x: each row the (C, columns) matrix of x transposed (transpose_matrix). */
 static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
                           fc_int rows, fc_int Sw, T *S)
 {
-    const fc_int L = FC_TL, HW = H * W;
     for (fc_int r = 0; r < rows; r++) {
         T *row = S + r * Sw * C;
         const fc_int h = h0 + r;
@@ -51,30 +40,8 @@ static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, f
         if (hi < lo) hi = lo;
         if (lo > 0) memset(row, 0, (size_t)(lo * C) * sizeof(T));
         if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
-        const T *xr = x + h * W + ow;                /* xr[c*HW + w] = x[c, h, w + ow] */
-        const fc_int cfull = hi - lo >= L ? C - C % L : 0;
-        for (fc_int wb = lo; wb < hi && cfull > 0; wb += L) {
-            const fc_int w = wb + L <= hi ? wb : hi - L;
-            for (fc_int c0 = 0; c0 < cfull; c0 += L)
-                FN(transpose)(xr + c0 * HW + w, HW, row + w * C + c0, C);
-        }
-        /* the rest: runs of FC_WINO_RUN columns (their C values per pixel stay in L1),
-         * 8 channels at a time: 8 rows of x read, runs of 8 channels written */
-        for (fc_int w0 = lo; w0 < hi && cfull < C; w0 += FC_WINO_RUN) {
-            const fc_int w1 = w0 + FC_WINO_RUN < hi ? w0 + FC_WINO_RUN : hi;
-            fc_int c0 = cfull;
-            for (; c0 + 8 <= C; c0 += 8) {
-                const T *src = xr + c0 * HW;
-                for (fc_int w = w0; w < w1; w++)
-                    for (fc_int cc = 0; cc < 8; cc++)
-                        row[w * C + c0 + cc] = src[cc * HW + w];
-            }
-            for (fc_int c = c0; c < C; c++) {
-                const T *src = xr + c * HW;
-                for (fc_int w = w0; w < w1; w++)
-                    row[w * C + c] = src[w];
-            }
-        }
+        /* x[c, h, w + ow] for w in [lo, hi): rows c, H*W apart */
+        FN(transpose_matrix)(x + h * W + ow + lo, H * W, row + lo * C, C, C, hi - lo);
     }
 }
 
@@ -217,10 +184,8 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
 
 /* y[k, a, q] = act((O[a, q, k] + bias[k]) + res[k, a, q]) for k < nk, a < ra, q < Q:
  * the channels-last slab O (rows of Wr pixels, kp channels) of output rows stored to
- * NCHW planes P*Q apart (y, res: row 0, channel 0 of the slice). Blocks of FC_TL
- * channels x FC_TL columns by register transposes (a row's last block overlaps the
- * one before), the rest element by element in runs of FC_WINO_RUN columns, whose
- * FC_WINO_RUN x kp slab values stay in L1 across the channels. The bias, and the
+ * NCHW planes P*Q apart (y, res: row 0, channel 0 of the slice), each row's (Q, nk)
+ * matrix transposed (transpose_matrix). The bias, and the
  * activation without a residual, are applied on the slab (along its contiguous
  * channels) before the stores; a residual and the activation after it on the rows
  * stored, once all are (reading a row right after its transposes stalls on them).
@@ -228,8 +193,7 @@ static void FN(wino_dy)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc
 static void FN(wino_store)(T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra, T *y,
                            fc_int P, fc_int Q, const T *bias, const T *res, int act)
 {
-    const fc_int L = FC_TL, PQ = P * Q;
-    const fc_int kfull = Q >= L ? nk - nk % L : 0;
+    const fc_int PQ = P * Q;
     if (bias || (act != 0 && !res))
         for (fc_int a = 0; a < ra; a++)
             for (fc_int q = 0; q < Q; q++) {
@@ -242,24 +206,8 @@ static void FN(wino_store)(T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra, T *
                         o[k] = (act == 2 && w > 6) ? (T)6 : w;
                     }
             }
-    for (fc_int a = 0; a < ra; a++) {
-        const T *oa = O + a * Wr * kp;
-        T *ya = y + a * Q;
-        for (fc_int k0 = 0; k0 < kfull; k0 += L)
-            for (fc_int qb = 0; qb < Q; qb += L) {
-                const fc_int q = qb + L <= Q ? qb : Q - L;
-                FN(transpose)(oa + q * kp + k0, kp, ya + k0 * PQ + q, PQ);
-            }
-        for (fc_int q0 = 0; q0 < Q && kfull < nk; q0 += FC_WINO_RUN) {
-            const fc_int q1 = q0 + FC_WINO_RUN < Q ? q0 + FC_WINO_RUN : Q;
-            for (fc_int k = kfull; k < nk; k++) {
-                const T *sa = oa + k;
-                T *yr = ya + k * PQ;
-                for (fc_int q = q0; q < q1; q++)
-                    yr[q] = sa[q * kp];
-            }
-        }
-    }
+    for (fc_int a = 0; a < ra; a++)
+        FN(transpose_matrix)(O + a * Wr * kp, kp, y + a * Q, PQ, Q, nk);
     if (res)
         for (fc_int a = 0; a < ra; a++)
             for (fc_int k = 0; k < nk; k++) {
@@ -415,27 +363,15 @@ static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, con
     for (fc_int c0 = 0; c0 < C; c0 += cb_max) {
         const fc_int cb = C - c0 < cb_max ? C - c0 : cb_max;
         /* Wt[c, rs, kk] = g[k0 + kk, c0 + c, r, s], zeros past K: the (kk, c*9 + rs)
-         * matrix transposed */
-        const fc_int L = FC_TL, ncol = cb * 9;
-        fc_int kfull = 0, cfull = 0;
-        if (!rot) {     /* row kk at w + (k0 + kk)*Cw*9 + c0*9: whole blocks by registers */
-            kfull = nk - nk % L;
-            cfull = ncol - ncol % L;
-            for (fc_int kb = 0; kb < kfull; kb += L)
-                for (fc_int cl = 0; cl < cfull; cl += L)
-                    FN(transpose)(w + ((k0 + kb) * Cw + c0) * 9 + cl, Cw * 9,
-                                  Wt + cl * J + kb, J);
-        }
-        for (fc_int c = 0; c < cb; c++)            /* the rest, element by element */
+         * matrix (rows Cw*9 apart) transposed; rotated, element by element */
+        if (!rot)
+            FN(transpose_matrix)(w + (k0 * Cw + c0) * 9, Cw * 9, Wt, J, nk, cb * 9);
+        for (fc_int c = 0; c < cb; c++)
             for (int rs = 0; rs < 9; rs++) {
                 T *dst = Wt + (c * 9 + rs) * J;
-                const fc_int kk0 = c * 9 + rs < cfull ? kfull : 0;
                 if (rot) {
                     const T *src = w + ((c0 + c) * Cw + k0) * 9 + 8 - rs;
-                    for (fc_int kk = kk0; kk < nk; kk++) dst[kk] = src[kk * 9];
-                } else {
-                    const T *src = w + (k0 * Cw + c0 + c) * 9 + rs;
-                    for (fc_int kk = kk0; kk < nk; kk++) dst[kk] = src[kk * Cw * 9];
+                    for (fc_int kk = 0; kk < nk; kk++) dst[kk] = src[kk * 9];
                 }
                 for (fc_int kk = nk; kk < J; kk++) dst[kk] = (T)0;
             }
