@@ -257,15 +257,15 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
             for j in prange(npan, num_threads=nthreads, schedule="static"):
                 _streamed(V, ldt, nt, C, w, Kw, Cw, rot, m, K, j * cols, CB, M,
                           Fb + threadid() * fsize)
-        for it in prange(al2 * npan if w == NULL else 0, num_threads=nthreads,
-                         schedule="static"):
-            xi, j = it // npan, it % npan
-            if cols:
-                _panels(V + xi * ldt * C, C, U + xi * npan * C * cols, K, ldt, j * cols,
-                        M + xi * ldt * K)
-            else:
-                _gemm(False, <int>ldt, <int>K, <int>C, V + xi * ldt * C, <int>C,
-                      U + xi * C * K, <int>K, 0, M + xi * ldt * K, <int>K)
+        else:
+            for it in prange(al2 * npan, num_threads=nthreads, schedule="static"):
+                xi, j = it // npan, it % npan
+                if cols:
+                    _panels(V + xi * ldt * C, C, U + xi * npan * C * cols, K, ldt,
+                            j * cols, M + xi * ldt * K)
+                else:
+                    _gemm(False, <int>ldt, <int>K, <int>C, V + xi * ldt * C, <int>C,
+                          U + xi * C * K, <int>K, 0, M + xi * ldt * K, <int>K)
         for it in prange(nr, num_threads=tthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
