@@ -77,7 +77,7 @@ def layer(name):
 
 
 def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0,
-                clock=time.perf_counter):
+                clock=time.perf_counter, settle=0.0):
     """Time each callable in ``contenders`` (a dict name -> fn) ``rounds`` times,
     interleaved in rotating order; return dict name -> array of seconds.
 
@@ -87,7 +87,11 @@ def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0,
     until that many seconds have passed and reports the mean per call (for calls much
     shorter than the timer's resolution or the scheduler's noise). ``clock``: what the
     timings read (default wall time; ``time.process_time``, the process's CPU time,
-    leaves out the time other processes had the cores, see ci/bench_gate.py)."""
+    leaves out the time other processes had the cores, see ci/bench_gate.py). With
+    ``settle``, each timing first runs its call untimed for that many seconds: after
+    another contender ran, a kernel's first calls run slow (on the Intel Xeon VM
+    ``rocketlake`` 1.5-2x for about 30 ms, even after a pure-Python loop), which
+    would count against whichever contender the rotation puts after another."""
     names = list(contenders)
     t0 = time.perf_counter()
     done = 0
@@ -100,6 +104,9 @@ def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0,
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             fn, calls = contenders[name], 0
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < settle:
+                fn()
             t0 = clock()
             while True:
                 fn()
@@ -463,13 +470,15 @@ def plan_summary(plans):
 
 def run(layers=(), networks=(), ops=CONV_OPS, algorithms=None, backends=None, threads=None,
         batches=(1,), rounds=5, min_time=0.02, warmup_time=0.2, use_torch=True,
-        progress=True, peak_seconds=0.2):
+        progress=True, peak_seconds=0.2, settle=0.03):
     """Time every case; return the record ``fastconv bench`` prints and writes.
 
     One *group* is one layer, op, batch and thread count (or one network, batch and
     thread count); its contenders (``auto``, each registered algorithm that handles it,
     and PyTorch when installed) are timed interleaved, so their ratios come from the
     same machine state. The FMA peak is measured once per thread count, in this run.
+    Each timing first runs its contender untimed for ``settle`` seconds
+    (:func:`interleaved`).
     """
     import fastconv
     torch = _import_torch(use_torch)
@@ -484,7 +493,8 @@ def run(layers=(), networks=(), ops=CONV_OPS, algorithms=None, backends=None, th
                   settings=dict(layers=[L.name for L in layers], networks=list(networks),
                                 ops=list(ops), algorithms=algorithms, backends=backends,
                                 threads=threads, batches=list(batches), rounds=rounds,
-                                min_time=min_time, torch=torch is not None),
+                                min_time=min_time, settle=settle,
+                                torch=torch is not None),
                   peak_gflops={}, results=[])
     try:
         from tqdm.auto import tqdm
@@ -530,7 +540,7 @@ def run(layers=(), networks=(), ops=CONV_OPS, algorithms=None, backends=None, th
                     bar.update(1)
                 continue
             times = interleaved(fns, rounds=rounds, warmup=1, min_time=min_time,
-                                warmup_time=warmup_time)
+                                warmup_time=warmup_time, settle=settle)
             for key, t_s in times.items():
                 meta = info[key]
                 median = float(np.median(t_s))
