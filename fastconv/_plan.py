@@ -242,8 +242,8 @@ def _taps(spec, R):
 
 def _direct(op, p, dtype, threads, backend=None):
     """(variant, blocking) of direct for ``op`` on ``p``, among the variants ``backend``
-    runs (``_dispatch.variants``; the Cython backend has one forward core, ``lanes``,
-    which takes the forwards the rules give another core)."""
+    runs (``_dispatch.variants``; the Cython backend's ``lanes`` takes the forwards
+    the rules give ``row``, which it lacks)."""
     have = _dispatch.variants(op, "direct", backend)
 
     def core_of(core):
@@ -553,8 +553,8 @@ def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blo
     """(backend, variant, blocking) for ``backend="auto"``: ``backend`` (the first of
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants (or one it stands in for, ``STANDS_IN_FOR``) and a
-    later backend in that order runs it (direct's ``flat`` forward, which Cython does
-    not have); Numba where ``NUMBA_FASTER`` says its kernel is faster."""
+    later backend in that order runs it (none since Cython has direct's ``flat``);
+    Numba where ``NUMBA_FASTER`` says its kernel is faster."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
     have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
     faster = NUMBA_FASTER.get((op, variant))

@@ -71,22 +71,15 @@ def test_auto_prefers_cython_where_it_has_the_algorithm():
     assert ran[-1].backend == "cython"
 
 
-def test_auto_runs_numba_for_the_variants_cython_lacks():
+def test_auto_runs_cython_for_every_variant_it_has():
     """Direct's forward of 8 input channels to 12 output channels on 3x3 (rows shorter
-    than any lanes block): the rules
-    choose the flat core, which only Numba has, so backend="auto" runs it on Numba;
-    backend="cython" still runs a core of its own (lanes). Direct's 1x1 pointwise GEMM
-    and Winograd's streamed path (a large filter on few tiles), which Cython has, run
-    on Cython."""
-    if "numba" not in _dispatch.available_backends():
-        pytest.skip("Numba is not installed: auto has only Cython's variants")
+    than any lanes block): the rules choose the flat core, which both backends have
+    (Cython's since session 17), so backend="auto" runs it on Cython, as it does
+    direct's 1x1 pointwise GEMM and Winograd's streamed path (a large filter on few
+    tiles)."""
     shapes = ((1, 8, 3, 3), (12, 8, 3, 3))
     plan = fastconv.plan("conv2d", *shapes, padding=1, algorithm="direct")
-    assert (plan.backend, plan.variant) == ("numba", "flat"), plan
-    forced = fastconv.plan("conv2d", *shapes, padding=1, algorithm="direct",
-                           backend="cython")
-    assert forced.backend == "cython" and forced.variant in cy.VARIANTS[
-        ("conv2d", "direct")], forced
+    assert (plan.backend, plan.variant) == ("cython", "flat"), plan
     plan = fastconv.plan("conv2d", (1, 2048, 7, 7), (512, 2048, 1, 1), algorithm="direct")
     assert (plan.backend, plan.variant) == ("cython", "pointwise"), plan
     shapes = ((8, 512, 7, 7), (512, 512, 3, 3))
@@ -346,7 +339,14 @@ DIRECT_PATHS = [
     ("lanes, one-row blocks, channel tail", {"conv2d": "lanes", "conv2d_input": "lanes"},
      _case(2, 5, 9, 31, 37, 3, 3, padding=1)),
     ("lanes, two-row blocks (short rows, odd P)", {"conv2d": "lanes", "conv2d_input": "lanes"},
-     _case(1, 16, 7, 3, 16, 3, 3, padding=1)),
+     _case(1, 32, 7, 3, 32, 3, 3, padding=1)),
+    ("flat (short rows, a short patch; float64: lanes)",
+     {"conv2d": {np.float32: "flat", np.float64: "lanes"},
+      "conv2d_input": {np.float32: "flat", np.float64: "lanes"}},
+     _case(1, 16, 7, 3, 13, 3, 3, padding=1)),
+    ("flat, stride 2 (short rows, a short patch; float64: lanes)",
+     {"conv2d": {np.float32: "flat", np.float64: "lanes"}},
+     _case(2, 5, 9, 5, 14, 3, 3, 2, 1)),
     ("stride 2, RGB stem; input gradient by phases",
      {"conv2d": "lanes", "conv2d_input": "phases"}, _case(1, 3, 21, 19, 20, 7, 7, 2, 3)),
     ("strides (3, 2), dilation (2, 1), groups; a phase no tap reaches",

@@ -67,15 +67,17 @@ def _check(dtype, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1
                  "conv2d_weight")
 
 
-def _forced(core, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0):
-    """The float32 forward by direct with its core forced to ``core`` (as autotune
-    forces it), against the reference."""
+def _forced(core, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1, seed=0,
+            backend="numba"):
+    """The float32 forward by direct on ``backend`` with its core forced to ``core`` (as
+    autotune forces it), against the reference."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((K, C // groups, R, S)).astype(np.float32)
     p = conv_params("t", x.shape, w.shape, stride, padding, dilation, groups)
-    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct", "numba"), core)
+    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct", backend), core)
     assert plan is not None and plan.variant == core, f"{core} cannot be forced on {p}"
+    assert plan.backend == backend, plan
     y = np.empty(p.output_shape, np.float32)
     _plan.run(plan, x, w, p, y)
     assert_close(y, fastconv.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,
@@ -136,6 +138,28 @@ def test_flat_pitch():
     # Q = SHORT: rows the two-row lanes block fits, on a short patch (60 inputs): flat
     _check(np.float32, 1, 4, 9, SHORT + 4, 20, 3, 5, padding=(1, 2), dilation=(1, 2),
            fwd="flat")
+
+
+@pytest.mark.parametrize("backend", sorted({b for a, b in kernel_pairs("conv2d")
+                                            if a == "direct"}))
+def test_flat_core(backend):
+    """The flat core (pixels in the vector lanes) forced on each backend: output channels
+    around its blocks of 12 and 4, rows of 1 to 33 columns, stride 2 on phase planes
+    (with dilation; rows of one column, where a tap past a plane's last row needs the
+    padding row), groups with dilation; and the input gradient of a 7x7/2 RGB stem,
+    whose four residue classes it runs (3 output channels each)."""
+    for C, K in ((3, 16), (3, 33), (17, 1), (24, 40), (70, 13)):
+        _forced("flat", 1, C, 7, 9, K, 3, 3, padding=1, backend=backend)
+    for H, W in ((1, 1), (5, 7), (9, 15), (4, 33)):
+        _forced("flat", 2, 5, H, W, 18, 1, 3, padding=(0, 1), backend=backend)
+    _forced("flat", 3, 5, 28, 28, 24, 3, 3, stride=2, padding=1, backend=backend)
+    _forced("flat", 2, 5, 31, 31, 24, 3, 3, stride=2, padding=2, dilation=2, backend=backend)
+    _forced("flat", 1, 2, 1, 1, 1, 1, 2, stride=2, padding=(0, 1), dilation=(1, 2),
+            backend=backend)
+    _forced("flat", 2, 6, 9, 10, 14, 3, 2, padding=(1, 0), dilation=(2, 1), groups=2,
+            backend=backend)
+    _check(np.float32, 1, 3, 29, 31, 16, 7, 7, stride=2, padding=3, inp=("flat",) * 4,
+           backend=backend)
 
 
 def test_stride2_kernels():

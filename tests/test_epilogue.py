@@ -94,13 +94,21 @@ DIRECT_FORCED = [
 ]
 
 
-@pytest.mark.parametrize("core,shape,kw", DIRECT_FORCED)
-def test_direct_cores(core, shape, kw):
+#: every forced core on each backend that runs it (Cython's lanes stands in for row)
+DIRECT_FORCED_RUNS = [(backend, core, shape, kw) for core, shape, kw in DIRECT_FORCED
+                      for backend in sorted({b for a, b in kernel_pairs("conv2d")
+                                             if a == "direct"})
+                      if core in (_dispatch.variants("conv2d", "direct", backend)
+                                  or (core,))]
+
+
+@pytest.mark.parametrize("backend,core,shape,kw", DIRECT_FORCED_RUNS)
+def test_direct_cores(backend, core, shape, kw):
     N, C, H, W, K, R, S = shape
     p = conv_params("t", (N, C, H, W), (K, C // kw.get("groups", 1), R, S), kw.get("stride", 1),
                     kw.get("padding", 0), kw.get("dilation", 1), kw.get("groups", 1))
-    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct", "numba"), core)
-    assert plan is not None and plan.variant == core
+    plan = _plan._forced(_plan.make("conv2d", p, np.float32, "direct", backend), core)
+    assert plan is not None and (plan.backend, plan.variant) == (backend, core)
     x, w, b, r = _operands(0, np.float32, p)
     _every_combo(_forced_run(plan, p, x, w), p, np.float32, x, w, b, r,
                  tolerance(np.float32, "direct"), f"direct {core} {p}")

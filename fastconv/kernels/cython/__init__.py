@@ -47,15 +47,15 @@ VARIANTS = {
                                            "streamed")),
                          ("conv2d_weight", ("fused", "unfused")))
 }
-# direct: one forward core, ``lanes`` (output channels in the vector lanes), for every
-# geometry and both dtypes, where Numba also has ``flat`` and ``row``; ``lanes_streamed``
-# (the same core, each work item laying out its block of a large weight itself);
-# ``pointwise`` (1x1 stride 1: im2col's 1x1 kernel, ``pointwise_panel``, whose GEMM it
-# is); and the channels-last ``depthwise_nhwc``
+# direct: the forward cores ``lanes`` (output channels in the vector lanes, every
+# geometry and both dtypes, standing in for Numba's ``row``), ``lanes_streamed`` (the
+# same core, each work item laying out its block of a large weight itself) and ``flat``
+# (pixels in the lanes); ``pointwise`` (1x1 stride 1: im2col's 1x1 kernel,
+# ``pointwise_panel``, whose GEMM it is); and the channels-last ``depthwise_nhwc``
 VARIANTS.update({
-    ("conv2d", "direct"): ("lanes", "lanes_streamed", "pointwise", "depthwise",
+    ("conv2d", "direct"): ("lanes", "lanes_streamed", "flat", "pointwise", "depthwise",
                            "depthwise_nhwc"),
-    ("conv2d_input", "direct"): ("lanes", "lanes_streamed", "phases", "depthwise",
+    ("conv2d_input", "direct"): ("lanes", "lanes_streamed", "flat", "phases", "depthwise",
                                  "depthwise_scatter"),
     ("conv2d_weight", "direct"): ("blocked", "depthwise"),
 })

@@ -20,6 +20,9 @@ cdef extern from "fc_kernels.h" nogil:
         const void *bias
         const void *res
         int act
+        fc_int Wq, nf
+        const fc_int *toff
+        int kb_inner
 
     ctypedef struct fc_dweight:
         fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, P, Q
@@ -31,6 +34,7 @@ cdef extern from "fc_kernels.h" nogil:
     ctypedef struct fc_kernels:
         const char *name
         fc_int direct_pixels
+        fc_int direct_flat_channels
         fc_int depthwise_rows
         void (*im2col_row_f32)(const float *x, float *col, const fc_conv *g, fc_int row,
                                fc_int n0, fc_int nt, fc_int p0, fc_int pr) noexcept nogil
@@ -168,6 +172,12 @@ cdef extern from "fc_kernels.h" nogil:
         void (*direct_streamed_item_f32)(const float *xb, const float *w, float *out,
                                          const fc_direct *d, fc_int N, int flip, fc_int it,
                                          float *wl) noexcept nogil
+        void (*direct_flat_row_f32)(const float *src, fc_int H, fc_int W, float *dst, fc_int Hq,
+                                    fc_int sh, fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
+                                    fc_int it) noexcept nogil
+        fc_int (*direct_flat_pixels_f32)() noexcept nogil
+        void (*direct_flat_item_f32)(const float *xb, const float *wb, float *out,
+                                     const fc_direct *d, fc_int it) noexcept nogil
         void (*direct_weight_item_f32)(const float *xf, const float *dyb, float *gw,
                                        const fc_dweight *d, fc_int n0, fc_int n1,
                                        fc_int it, float *acc) noexcept nogil
@@ -192,6 +202,12 @@ cdef extern from "fc_kernels.h" nogil:
         void (*direct_streamed_item_f64)(const double *xb, const double *w, double *out,
                                          const fc_direct *d, fc_int N, int flip, fc_int it,
                                          double *wl) noexcept nogil
+        void (*direct_flat_row_f64)(const double *src, fc_int H, fc_int W, double *dst, fc_int Hq,
+                                    fc_int sh, fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
+                                    fc_int it) noexcept nogil
+        fc_int (*direct_flat_pixels_f64)() noexcept nogil
+        void (*direct_flat_item_f64)(const double *xb, const double *wb, double *out,
+                                     const fc_direct *d, fc_int it) noexcept nogil
         void (*direct_weight_item_f64)(const double *xf, const double *dyb, double *gw,
                                        const fc_dweight *d, fc_int n0, fc_int n1,
                                        fc_int it, double *acc) noexcept nogil

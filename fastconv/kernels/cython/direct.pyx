@@ -22,7 +22,10 @@ Variants (``VARIANTS`` in ``__init__.py``):
   through the epilogue (bias, residual, activation). The input gradient is this
   forward on ``grad_output`` with the weight rotated by 180 degrees, C and K swapped
   (padding ``dil*(R-1) - pad``).
-- ``phases`` (conv2d_input, stride > 1): one stride-1 forward of ``grad_output`` per
+- ``flat`` (conv2d, and conv2d_input at stride 1; float32, where the rules choose it:
+  short rows on short patches, some stride-2 forwards): the pixels are the vector
+  lanes, the output grid flattened (:func:`_flat`).
+- ``phases`` (conv2d_input, stride > 1): one stride-1 ``flat`` forward of ``grad_output`` per
   residue class of the rows and columns of dx (the plan's ``rows``, ``cols``: the
   class's taps, padding, first row and dilation, ``_plan.input_grad_phases``), each
   with its sub-kernel, writing every stride-th row and column of dx; nothing multiplies
@@ -54,6 +57,7 @@ import numpy as np
 
 from ..._config import get_num_threads, workspace
 from ..epilogue import none
+from ..layouts import flat_pitch
 from ..weight_cache import CACHE as _weights
 from ._hot cimport fc_direct, fc_dw, fc_dweight, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
@@ -63,6 +67,8 @@ cdef const fc_kernels *hot = load_table(__name__, ISA)
 #: pixels of the register block (FC_DMR in src/fc_isa.h)
 MR = hot.direct_pixels
 cdef Py_ssize_t MR_ = hot.direct_pixels
+#: output channels of the flat core's block (FC_FKB in src/fc_isa.h)
+FLAT_KB = hot.direct_flat_channels
 
 #: copies of fewer elements run on the calling thread alone (as in im2col.pyx)
 cdef Py_ssize_t SERIAL_ELEMENTS = 32768
@@ -140,15 +146,20 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
 
 
 def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=False,
-          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, streamed=False):
+          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, core="lanes"):
     """out (N, K', OH, OW) at rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1] = the
     direct correlation (P x Q outputs) of x (N, C', H, W) padded by (pt, pl) with w (K',
     C'/G, R, S), or with w (C', K'/G, R, S) rotated (``flip``: the input gradient's),
     through the epilogue ``ep``; the batch in slices of about ``slice_bytes`` of layout
-    per thread. ``wkey``/``kind``: the array and tag the weight cache keys on;
-    ``streamed`` (``lanes_streamed``): no cached layout, each work item lays out its
-    block of w itself."""
+    per thread. ``wkey``/``kind``: the array and tag the weight cache keys on; ``core``:
+    ``lanes``, ``lanes_streamed`` (no cached layout, each work item lays out its block
+    of w itself) or ``flat`` (:func:`_flat`)."""
     cdef fc_direct d
+    if core == "flat":
+        _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, wkey,
+              kind, orow, ocol, ep)
+        return
+    streamed = core == "lanes_streamed"
     dtype = x.dtype
     N, C = x.shape[:2]
     K = out.shape[1]
@@ -192,6 +203,91 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
         else:
             _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
                               e.residual, nt, streamed, flip, wl)
+
+cdef int _flat_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
+                   real[:, :, :, ::1] out, fc_direct *d, fc_int Hq, fc_int sh, fc_int sw,
+                   fc_int pt, fc_int pl, const real[::1] bias_a, const real[::1] res_a,
+                   int nt) except -1:
+    """The flat core's phase planes of the slice x, then every work item of it into out
+    (``res_a`` the slice's residual)."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t nrows = x.shape[0] * x.shape[1] * sh * Hq
+    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.nf, it
+    d.bias = &bias_a[0] if bias_a.shape[0] else NULL
+    d.res = &res_a[0] if res_a.shape[0] else NULL
+    with nogil:
+        for it in prange(nrows, num_threads=_par(nrows * sw * d.Wq, nt), schedule="static"):
+            if real is float:
+                hot.direct_flat_row_f32(&x[0, 0, 0, 0], H, W, &xb[0], Hq, sh, sw, d.Wq, pt,
+                                        pl, it)
+            else:
+                hot.direct_flat_row_f64(&x[0, 0, 0, 0], H, W, &xb[0], Hq, sh, sw, d.Wq, pt,
+                                        pl, it)
+        for it in prange(items, num_threads=nt, schedule="static"):
+            if real is float:
+                hot.direct_flat_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+            else:
+                hot.direct_flat_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+    return 0
+
+
+def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, wkey, kind,
+          orow, ocol, ep):
+    """The ``flat`` core (stride 1, or 2 along both axes): the output grid flattened
+    (pixel f = p*Wq + q, rows of Wq columns, ``layouts.flat_pitch``; the columns past Q
+    computed and dropped), blocks of ``direct_flat_pixels`` consecutive pixels (the
+    vector lanes) x ``FLAT_KB`` output channels (broadcast weights), so short rows
+    waste no lanes and few output channels waste few (the input gradient's phases of
+    an RGB stem: 3). The input as zero-padded phase planes ``xb[n, c, a, b, i, wq]`` =
+    padded (i*sh + a, wq*sw + b): tap (r, s) of pixel f reads f + toff[r*S + s] of its
+    channel's planes. The weight as ``wb[g, kb, c, r, s, k]`` (k < FLAT_KB), cached.
+    The Numba backend's ``flat`` core; arguments as :func:`_core`'s."""
+    cdef fc_direct d
+    cdef const fc_int[::1] toff_v
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    K = out.shape[1]
+    KB = FLAT_KB
+    J = hot.direct_flat_pixels_f32() if dtype == np.float32 else hot.direct_flat_pixels_f64()
+    Cg, Kg = C // G, K // G
+    Wq = flat_pitch(Q, S, sw, dw, pl, W)
+    # tap (r, s) reads phase plane ((r*dh) % sh, (s*dw) % sw), pixel (p + (r*dh) // sh,
+    # q + (s*dw) // sw); a read past a row's end lands in the next row's left padding,
+    # past a stride-2 plane's last row in an extra row of zeros
+    Hq = P + (R - 1) * dh // sh + (sh * sw > 1 and Wq < Q + (S - 1) * dw // sw)
+    toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
+                     + (r * dh) // sh * Wq + (s * dw) // sw
+                     for r in range(R) for s in range(S)], np.int64)
+    toff_v = toff
+    plane = sh * sw * Hq * Wq
+    tail = J + (S - 1) * dw // sw               # the last block reads past the planes
+    d.G, d.Cg, d.Kg, d.Kb, d.R, d.S = G, Cg, Kg, -(-Kg // KB), R, S
+    d.plane, d.P, d.Q, d.Wq, d.nf = plane, P, Q, Wq, -(-P * Wq // J)
+    d.K, d.OH, d.OW = K, out.shape[2], out.shape[3]
+    d.oh0, d.ohs, d.ow0, d.ows = orow[0], orow[1], ocol[0], ocol[1]
+    d.toff = &toff_v[0]
+    ep = none(dtype) if ep is None else ep
+    d.act = ep.act
+    nt = get_num_threads()
+    image = C * plane
+    nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
+    xb = workspace("cython_direct_x", nb * image + tail, dtype)
+    wb = _weights.get(w if wkey is None else wkey, ("direct_cython_flat", flip, G, KB) + kind,
+                      lambda: _blocked(w, G, KB, flip).reshape(-1))
+    # all channel blocks of a pixel block back to back (its input reused from cache)
+    # unless the weight outweighs the slice's input; then the weights reused instead
+    d.kb_inner = wb.nbytes <= nb * image * dtype.itemsize
+    per_image = K * P * Q
+    for n0 in range(0, N, nb):
+        n1 = min(N, n0 + nb)
+        xb[(n1 - n0) * image:(n1 - n0) * image + tail] = 0
+        e = ep.images(n0, n1, per_image)
+        if dtype == np.float32:
+            _flat_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl, e.bias,
+                             e.residual, nt)
+        else:
+            _flat_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl, e.bias,
+                              e.residual, nt)
 
 
 # -- depthwise -------------------------------------------------------------------------------
@@ -415,8 +511,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         _pointwise(x, w, p, out, ep)
         return
     _core(x, w, out, plan["slice_bytes"], p.groups, p.P, p.Q, p.R, p.S, p.stride_h,
-          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep,
-          streamed=plan.variant == "lanes_streamed")
+          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep, core=plan.variant)
 
 
 def conv2d_input(plan, dy, w, p, out):
@@ -440,17 +535,19 @@ def conv2d_input(plan, dy, w, p, out):
             out[...] = 0                                # classes no tap reaches stay zero
         for a, (tr, ptr, oh0, Hi, dh) in enumerate(rows):
             for b, (tc, plc, ow0, Wi, dw) in enumerate(cols):
-                if not cores[a * len(cols) + b]:
+                core = cores[a * len(cols) + b]
+                if not core:
                     continue
                 wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
                                               slice(*tc) if tc else slice(None)])
                 _core(dy, wsub, out, plan["slice_bytes"], p.groups, Hi, Wi, wsub.shape[2],
                       wsub.shape[3], 1, 1, ptr, plc, dh, dw, flip=True, wkey=w,
-                      kind=("phase", tr, tc), orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
+                      kind=("phase", tr, tc), orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w),
+                      core=core)
     else:
         _core(dy, w, out, plan["slice_bytes"], p.groups, p.H, p.W, p.R, p.S, 1, 1,
               p.dil_h * (p.R - 1) - p.pad_top, p.dil_w * (p.S - 1) - p.pad_left, p.dil_h,
-              p.dil_w, flip=True, streamed=plan.variant == "lanes_streamed")
+              p.dil_w, flip=True, core=plan.variant)
 
 
 def conv2d_weight(plan, x, dy, p, out):

@@ -263,6 +263,99 @@ static void FN(direct_streamed_item)(const T *xb, const T *w, T *out, const fc_d
             FN(direct_band)(xb, wl, out, d, n, g, kb, bp);
 }
 
+/* -- forward, the flat core: FJ consecutive pixels x FC_FKB output channels -------- */
+
+#define FJ (FC_FNV * DVL)                                /* pixels of a flat block */
+
+static fc_int FN(direct_flat_pixels)(void) { return FJ; }
+
+/* Row it = (n*C + c)*sh*Hq + hp of the flat core's phase planes dst[n, c, a, b, i, wq]
+ * (Hq x Wq each, sh x sw of them per channel) = src padded by (pt, pl) at row i*sh + a
+ * = hp, column wq*sw + b (0 outside src, H x W planes); stride 1: one padded plane. */
+static void FN(direct_flat_row)(const T *src, fc_int H, fc_int W, T *dst, fc_int Hq,
+                                fc_int sh, fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
+                                fc_int it)
+{
+    const fc_int hp = it % (sh * Hq), nc = it / (sh * Hq), a = hp % sh, i = hp / sh;
+    const fc_int h = hp - pt;
+    const T *row = src + (nc * H + (h >= 0 && h < H ? h : 0)) * W;
+    for (fc_int b = 0; b < sw; b++) {
+        T *d = dst + ((nc * sh + a) * sw + b) * Hq * Wq + i * Wq;
+        fc_int lo = 0, hi = 0;                     /* wq with 0 <= wq*sw + b - pl < W */
+        if (h >= 0 && h < H) fc_valid_range(Wq, W, sw, b - pl, &lo, &hi);
+        for (fc_int wq = 0; wq < lo; wq++) d[wq] = 0;
+        if (sw == 1)
+            memcpy(d + lo, row + lo - pl, (size_t)(hi - lo) * sizeof(T));
+        else
+            for (fc_int wq = lo; wq < hi; wq++) d[wq] = row[wq * sw + b - pl];
+        for (fc_int wq = hi; wq < Wq; wq++) d[wq] = 0;
+    }
+}
+
+/* Work item it of the flat forward (N*G*Kb*nf items; ``kb_inner``: it = ((n*G + g)*nf +
+ * fb)*Kb + kb, else ((n*G + g)*Kb + kb)*nf + fb): flattened pixels f = fb*FJ .. of the
+ * output grid (f = p*Wq + q; pixels with q >= Q are computed and dropped) x output
+ * channels kb*FC_FKB .. of group g. Tap t of input channel c reads the FJ pixels at
+ * xb[(n*C + g*Cg + c)*plane + f + toff[t]]: a vector load per FC_FNV, a broadcast of
+ * each channel's weight wb[g, kb, c, t, FC_FKB]. Kept pixel (p, q) goes to out[n, k,
+ * oh0 + p*ohs, ow0 + q*ows] through the epilogue. */
+static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_direct *d,
+                                 fc_int it)
+{
+    fc_int kb, fb, t;
+    if (d->kb_inner) {
+        kb = it % d->Kb; t = it / d->Kb; fb = t % d->nf; t /= d->nf;
+    } else {
+        fb = it % d->nf; t = it / d->nf; kb = t % d->Kb; t /= d->Kb;
+    }
+    const fc_int g = t % d->G, n = t / d->G, f0 = fb * FJ, k0 = kb * FC_FKB;
+    const fc_int nk = d->Kg - k0 < FC_FKB ? d->Kg - k0 : FC_FKB, T_ = d->R * d->S;
+    const T *w = wb + (g * d->Kb + kb) * d->Cg * T_ * FC_FKB;
+    const T *xc = xb + (n * d->G + g) * d->Cg * d->plane + f0;
+    FN(dvec) acc[FC_FKB][FC_FNV];
+    for (int k = 0; k < FC_FKB; k++)
+        for (int v = 0; v < FC_FNV; v++) acc[k][v] = (FN(dvec)){0};
+    for (fc_int c = 0; c < d->Cg; c++, xc += d->plane) {
+        for (fc_int tap = 0; tap < T_; tap++, w += FC_FKB) {
+            const T *xt = xc + d->toff[tap];
+            FN(dvec) xv[FC_FNV];
+            for (int v = 0; v < FC_FNV; v++) xv[v] = FN(dload)(xt + v * DVL);
+            for (int k = 0; k < FC_FKB; k++) {
+                const T wk = w[k];
+                for (int v = 0; v < FC_FNV; v++) acc[k][v] += xv[v] * wk;
+            }
+        }
+    }
+    T tmp[FC_FKB * FJ];
+    for (int k = 0; k < FC_FKB; k++)
+        for (int v = 0; v < FC_FNV; v++) FN(dstore)(tmp + k * FJ + v * DVL, acc[k][v]);
+    const T *bias = (const T *)d->bias, *res = (const T *)d->res;
+    /* runs of kept pixels of one output row: [j0, j1) with p = f / Wq, q = f - p*Wq */
+    for (fc_int j0 = 0; j0 < FJ;) {
+        const fc_int f = f0 + j0, p = f / d->Wq, q0 = f - p * d->Wq;
+        if (p >= d->P) break;
+        const fc_int run = d->Wq - q0 < FJ - j0 ? d->Wq - q0 : FJ - j0;
+        const fc_int nq = q0 < d->Q ? (d->Q - q0 < run ? d->Q - q0 : run) : 0;
+        for (fc_int k = 0; k < nk; k++) {
+            const fc_int ko = g * d->Kg + k0 + k;
+            const fc_int o = ((n * d->K + ko) * d->OH + d->oh0 + p * d->ohs) * d->OW
+                             + d->ow0 + q0 * d->ows;
+            const T *s = tmp + k * FJ + j0;
+            T *y = out + o;
+            const T b = bias != NULL ? bias[ko] : 0;
+            for (fc_int q = 0; q < nq; q++) {
+                T v = s[q];
+                if (bias != NULL) v += b;
+                if (res != NULL) v += res[o + q * d->ows];
+                y[q * d->ows] = FN(dact)(v, d->act);
+            }
+        }
+        j0 += run;
+    }
+}
+
+#undef FJ
+
 /* -- weight gradient: DKB output channels x FC_DMR input channels ------------------- */
 
 /* Work item it = ((g*Cb + cb)*Kb + kb) over images [n0, n1): gw[k, c, r, s] (K x Cg x R x

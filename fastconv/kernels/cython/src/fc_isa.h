@@ -32,6 +32,16 @@
 #else
 #  define FC_DMR 6
 #endif
+/* Direct's flat block (fc_direct.h): FC_FNV vectors of consecutive pixels x FC_FKB
+ * output channels broadcast, 24 of 32 zmm, 12 of 16 ymm or xmm (the Numba backend's
+ * FLAT_BLOCKS, kernels/layouts.py) */
+#if FC_VECTORS && defined(__AVX512F__)
+#  define FC_FNV 2
+#  define FC_FKB 12
+#else
+#  define FC_FNV 3
+#  define FC_FKB 4
+#endif
 /* Depthwise's block: FC_DWR output rows x one vector */
 #define FC_DWR 8
 
@@ -136,6 +146,9 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .direct_xblock_row_##X = direct_xblock_row_##X,    \
     .direct_dy_row_##X = direct_dy_row_##X,            \
     .direct_item_##X = direct_item_##X,                \
+    .direct_flat_row_##X = direct_flat_row_##X,        \
+    .direct_flat_pixels_##X = direct_flat_pixels_##X,  \
+    .direct_flat_item_##X = direct_flat_item_##X,      \
     .direct_streamed_item_##X = direct_streamed_item_##X, \
     .direct_weight_item_##X = direct_weight_item_##X,  \
     .dw_plane_##X = dw_plane_##X,                      \
@@ -145,6 +158,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
 static const fc_kernels fc_table_ = {
     .name = FC_STR(FC_ISA),
     .direct_pixels = FC_DMR,
+    .direct_flat_channels = FC_FKB,
     .depthwise_rows = FC_DWR,
     FC_ENTRIES(f32)
     FC_ENTRIES(f64)

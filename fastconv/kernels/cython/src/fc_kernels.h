@@ -56,6 +56,12 @@ typedef struct {
     const fc_int *soff;
     const void *bias, *res;
     int act;
+    /* the flat core: nf blocks of pixels of the flattened output grid (rows of Wq
+     * columns), toff[r*S + s] tap (r, s)'s offset in a channel's planes; kb_inner:
+     * an item's channel blocks vary fastest (they share its pixels) */
+    fc_int Wq, nf;
+    const fc_int *toff;
+    int kb_inner;
 } fc_direct;
 
 /* The direct weight gradient: input xf[n, g, cb, hp, wp, c] (Hp x Wp pixels of blocks of
@@ -168,6 +174,12 @@ typedef struct {
                             fc_int it);                                                 \
     void (*direct_streamed_item_##X)(const T *xb, const T *w, T *out, const fc_direct *d, \
                                      fc_int N, int flip, fc_int it, T *wl);             \
+    void (*direct_flat_row_##X)(const T *src, fc_int H, fc_int W, T *dst, fc_int Hq,   \
+                                fc_int sh, fc_int sw, fc_int Wq, fc_int pt, fc_int pl,  \
+                                fc_int it);                                             \
+    fc_int (*direct_flat_pixels_##X)(void);                                             \
+    void (*direct_flat_item_##X)(const T *xb, const T *wb, T *out, const fc_direct *d,  \
+                                 fc_int it);                                            \
     void (*direct_weight_item_##X)(const T *xf, const T *dyb, T *gw, const fc_dweight *d, \
                                    fc_int n0, fc_int n1, fc_int it, T *acc);            \
     void (*dw_plane_##X)(const T *x, const T *w, T *out, const fc_dw *d, int flip,      \
@@ -179,6 +191,7 @@ typedef struct {
 typedef struct {
     const char *name;
     fc_int direct_pixels;          /* pixels of direct's register block (FC_DMR) */
+    fc_int direct_flat_channels;   /* output channels of direct's flat block (FC_FKB) */
     fc_int depthwise_rows;         /* output rows of depthwise's block (FC_DWR) */
     FC_SIGNATURES(float, f32)
     FC_SIGNATURES(double, f64)
