@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,32 @@ def test_bench_skips_layers_no_chosen_algorithm_handles(tmp_path):
     cases = {(r["case"], r["algorithm"]) for r in json.loads(out.read_text())["results"]}
     assert ("cifar_3x3", "winograd_f2") in cases
     assert not any(c == "resnet50_conv1" for c, _ in cases)
+
+
+def test_interleaved_settles_each_contender_before_timing_it():
+    """With ``settle``, every timing first runs its contender untimed (for at least
+    that long), then times exactly its own calls: the untimed calls are the extra
+    ones, and the timed ones take what they take."""
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+            time.sleep(0.002)
+        return fn
+
+    t0 = time.perf_counter()
+    times = bench.interleaved({"a": make("a"), "b": make("b")}, rounds=3, warmup=1,
+                              settle=0.02)
+    # 2 contenders x 3 rounds, each settling for 0.02 s before its timed call
+    assert time.perf_counter() - t0 >= 6 * 0.02
+    for name in calls:
+        assert len(times[name]) == 3
+        assert all(0.0015 < t < 0.05 for t in times[name])    # one call each, not the settling
+        assert calls[name] >= 1 + 3 * (1 + 1)                  # warmup; settling + timed
+    before = dict(calls)
+    bench.interleaved({"a": make("a")}, rounds=3, warmup=1)            # no settling
+    assert calls["a"] - before["a"] == 1 + 3
 
 
 # -- the gate: two JSON files ---------------------------------------------------------------
