@@ -358,7 +358,7 @@ static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_dire
 
 /* -- weight gradient: DKB output channels x FC_DMR input channels ------------------- */
 
-/* Work item it = ((g*Cb + cb)*Kb + kb) over images [n0, n1): gw[k, c, r, s] (K x Cg x R x
+/* Work item it = ((g*Kb + kb)*Cb + cb) over images [n0, n1): gw[k, c, r, s] (K x Cg x R x
  * S, the split's own) for output channels kb*DKB .. and input channels cb*FC_DMR .. of
  * group g = the sum over n, p, q of dyb[n, g, kb, p, q, k] * xf[n, g, cb, p*sh + r*dh,
  * q*sw + s*dw, c] (the padded input, a block of channels per pixel), in order. Image by
@@ -367,7 +367,9 @@ static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_dire
 static void FN(direct_weight_item)(const T *xf, const T *dyb, T *gw, const fc_dweight *d,
                                    fc_int n0, fc_int n1, fc_int it, T *acc)
 {
-    const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
+    /* the input-channel blocks of one row block of gw come one after another: their
+     * stores fill its cache lines while the lines are still in cache */
+    const fc_int cb = it % d->Cb, kb = it / d->Cb % d->Kb, g = it / d->Cb / d->Kb;
     const fc_int Wp = d->Wp, P = d->P, Q = d->Q, R = d->R, S = d->S;
     const fc_int c0 = cb * FC_DMR, k0 = kb * DKB, qs = d->sw * FC_DMR;
     const T *xb = xf + ((n0 * d->G + g) * d->Cb + cb) * d->Hp * Wp * FC_DMR;
