@@ -170,7 +170,17 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
     const T *bias = (const T *)d->bias, *res = (const T *)d->res;
     const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, ows = d->ows;
     const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * d->sh * d->rp;
-    T tmp[FC_DMR * DKB];
+    const fc_int plane = d->OH * d->OW;
+    const int ep = bias != NULL || res != NULL || d->act != 0;
+    T tmp[FC_DMR * DKB], rt[FC_DMR * DKB], bpad[DKB];
+    FN(dvec) bv[FC_DNV];
+    if (ep) {
+        /* the block's bias as vectors (0 past the group's channels), and the residual
+         * block's lanes past them 0 (never stored; no stale denormals in the adds) */
+        for (fc_int k = 0; k < DKB; k++) bpad[k] = bias != NULL && k < nk ? bias[g * d->Kg + k0 + k] : 0;
+        for (int v = 0; v < FC_DNV; v++) bv[v] = FN(dload)(bpad + v * DVL);
+        if (res != NULL && nk < DKB) memset(rt, 0, sizeof rt);
+    }
     for (fc_int bq = 0; bq < d->bcol; bq++) {
         const fc_int q0 = bq * CB, nq = d->Q - q0 < CB ? d->Q - q0 : CB;
         if (d->rows == 1)
@@ -183,23 +193,29 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
             FN(direct_block2)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
                               d->soff, d->sh * d->rp, tmp);
         for (fc_int i = 0; i < d->rows && p0 + i < d->P; i++) {
-            for (fc_int k = 0; k < nk; k++) {
-                const fc_int ko = g * d->Kg + k0 + k;
-                const fc_int o = ((n * d->K + ko) * d->OH + d->oh0 + (p0 + i) * d->ohs) * d->OW
-                                 + d->ow0 + q0 * ows;
-                const T *t = tmp + i * CB * DKB + k;
-                T *y = out + o;
-                if (bias == NULL && res == NULL && d->act == 0) {
-                    for (fc_int q = 0; q < nq; q++) y[q * ows] = t[q * DKB];
-                    continue;
-                }
-                const T b = bias != NULL ? bias[ko] : 0;
+            T *ti = tmp + i * CB * DKB;             /* ti[q*DKB + k]: pixel q0 + q, channel k */
+            /* out's index of channel k0 (of group g), pixel q0 of row p0 + i */
+            const fc_int o = ((n * d->K + g * d->Kg + k0) * d->OH + d->oh0
+                              + (p0 + i) * d->ohs) * d->OW + d->ow0 + q0 * ows;
+            if (ep) {
+                /* on vectors of channels, branch-free: (v + bias) + residual, then the
+                 * activation, each element as before */
+                if (res != NULL)
+                    for (fc_int k = 0; k < nk; k++)
+                        for (fc_int q = 0; q < nq; q++)
+                            rt[q * DKB + k] = res[o + k * plane + q * ows];
                 for (fc_int q = 0; q < nq; q++) {
-                    T v = t[q * DKB];
-                    if (bias != NULL) v += b;
-                    if (res != NULL) v += res[o + q * ows];
-                    y[q * ows] = FN(dact)(v, d->act);
+                    for (int v = 0; v < FC_DNV; v++) {
+                        FN(dvec) x = FN(dload)(ti + q * DKB + v * DVL) + bv[v];
+                        if (res != NULL) x += FN(dload)(rt + q * DKB + v * DVL);
+                        FN(dstore)(ti + q * DKB + v * DVL, FN(dvact)(x, d->act));
+                    }
                 }
+            }
+            for (fc_int k = 0; k < nk; k++) {
+                T *y = out + o + k * plane;
+                const T *t = ti + k;
+                for (fc_int q = 0; q < nq; q++) y[q * ows] = t[q * DKB];
             }
         }
     }
