@@ -540,27 +540,13 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
 #: stands in for, being at least as fast: Cython's ``lanes`` forward for Numba's
 #: ``row`` (float64, 1.3-2.5x).
 STANDS_IN_FOR = {("conv2d", "cython", "lanes"): ("row",)}
-#: (op, Cython's variant) -> the geometries on which Numba's kernel runs instead, being
-#: faster (MobileNet-v2 through the functional API, N=1, 1 thread; session 13): lanes
-#: on small patches (an RGB 3x3 stem); the bound is a ``_tuning`` entry.
-NUMBA_FASTER = {
-    ("conv2d", "lanes"):
-        lambda p: (p.C // p.groups) * p.R * p.S < _tuning.CYTHON_LANES_MIN_PATCH,
-}
-
-
 def _backend_for_variant(op, p, dtype, algorithm, threads, backend, variant, blocking):
     """(backend, variant, blocking) for ``backend="auto"``: ``backend`` (the first of
     ``AUTO_ORDER`` with the algorithm) unless it lacks the variant the rules choose
     among every backend's variants (or one it stands in for, ``STANDS_IN_FOR``) and a
-    later backend in that order runs it (none since Cython has direct's ``flat``);
-    Numba where ``NUMBA_FASTER`` says its kernel is faster."""
+    later backend in that order runs it (none since Cython has direct's ``flat``)."""
     best = _VARIANTS[algorithm](op, p, dtype, threads, None)
     have = [b for a, b in _dispatch.pairs(op) if a == algorithm]
-    faster = NUMBA_FASTER.get((op, variant))
-    if backend == "cython" and "numba" in have and faster is not None and faster(p):
-        v, blk = _VARIANTS[algorithm](op, p, dtype, threads, "numba")
-        return "numba", v, blk
     if variant == best[0] or best[0] in STANDS_IN_FOR.get((op, backend, variant), ()):
         return backend, variant, blocking
     for b in _dispatch.AUTO_ORDER:

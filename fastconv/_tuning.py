@@ -46,10 +46,6 @@ DEFAULTS = {
     "LANES_MIN_PATCH": (256, "inputs per output",
         "the 2 x 7 lanes kernel (rows of 7-13 pixels) needs a reduction this long to beat "
         "the flat and row kernels (Zen 5)"),
-    "CYTHON_LANES_MIN_PATCH": (64, "inputs per output",
-        "backend='auto' runs direct's lanes forward on Cython's kernel from this C/groups*R*S, "
-        "on Numba's below (MobileNet-v2's 3->32 3x3/2 stem, 27 inputs: 2.63 ms on Cython, "
-        "0.76 ms on Numba; ResNet's 7x7/2 stem, 147: Cython 1.2-1.4x faster; Xeon)"),
     "LANES_STREAM_MIN_WEIGHT": (8 * 2**20, "bytes",
         "weights this big are laid out per work item by the 2 x 7 lanes kernel, not cached: "
         "checking a cached layout reads the weight twice more (Zen 5)"),

@@ -196,18 +196,13 @@ def _restore_backend():
     fastconv.set_backend(before)
 
 
-def auto_backend(op, algorithm, variant=None, p=None):
+def auto_backend(op, algorithm, variant=None):
     """The backend ``backend="auto"`` runs ``algorithm`` of ``op`` on, by the documented
     rule (docs/cython.md): Cython where it is available and has the kernel, and the
     ``variant`` the rules choose among every backend's (Numba's plan; Cython's ``lanes``
-    stands in for Numba's ``row``), else Numba; and
-    Numba for the direct lanes forward where its kernel measured faster (geometry ``p``:
-    small patches; ``_plan._backend_for_variant``)."""
+    stands in for Numba's ``row``), else Numba (``_plan._backend_for_variant``)."""
     if algorithm == "reference":
         return "numpy"
-    if (p is not None and op == "conv2d" and algorithm == "direct" and variant == "lanes"
-            and p.C // p.groups * p.R * p.S < _tuning.CYTHON_LANES_MIN_PATCH):
-        return "numba"
     if ("cython" in _dispatch.available_backends()
             and (op, algorithm) in _dispatch._MANIFESTS["cython"].KERNELS):
         have = _dispatch.variants(op, algorithm, "cython")

@@ -497,9 +497,10 @@ def test_direct_sees_a_weight_changed_in_place():
 
 def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
     """backend="auto" runs direct on Cython where Cython runs the variant the rules
-    choose among every backend's (``_plan._backend_for_variant``), else on Numba; the
-    lanes forward on patches under ``CYTHON_LANES_MIN_PATCH`` on Numba; the NCHW
-    depthwise forward on Cython on every plane, small ones too; Cython's ``lanes``
+    choose among every backend's (``_plan._backend_for_variant``), which since session
+    17 is every direct plan: the lanes forward on small patches (an RGB 3x3 stem) and
+    the flat core too; the NCHW depthwise forward on every plane, small ones too;
+    Cython's ``lanes``
     where Numba's plan is ``row`` (``_plan.STANDS_IN_FOR``); ``lanes_streamed`` (a
     512-channel layer on rows of two-row blocks: 3x3 with the suite's 16-register
     blocks, 7x7 with AVX-512's) on Cython."""
@@ -510,6 +511,7 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
              ("conv2d", (1, 3, 40, 40), (32, 3, 3, 3), dict(padding=1, stride=2), np.float32),
              ("conv2d", (1, 3, 40, 40), (16, 3, 7, 7), dict(padding=3, stride=2), np.float32),
              ("conv2d", (2, 8, 12, 12), (16, 8, 3, 3), dict(padding=1), np.float64),
+             ("conv2d", (1, 8, 3, 3), (12, 8, 3, 3), dict(padding=1), np.float32),
              ("conv2d", (1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), np.float32),
              ("conv2d", (1, 512, 3, 3), (512, 512, 3, 3), dict(padding=1), np.float32),
              ("conv2d", (2, 20, 5, 6), (70, 20, 1, 1), {}, np.float32),
@@ -522,17 +524,12 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
         auto = fastconv.plan(op, xs, ws, **kw, dtype=dtype, algorithm="direct")
         stands_in = op == "conv2d" and numba.variant == "row"
         on_cython = numba.variant in cy.VARIANTS[(op, "direct")] or stands_in
-        g = numba.geometry
-        numba_faster = (op == "conv2d" and numba.variant == "lanes"
-                        and g.C // g.groups * g.R * g.S < _tuning.CYTHON_LANES_MIN_PATCH)
-        if numba.variant == "depthwise":
-            assert auto.backend == "cython", auto           # a small plane (12x12) too
-        assert auto.backend == ("cython" if on_cython and not numba_faster else "numba"), (
-            numba, auto)
+        assert on_cython, numba
+        assert auto.backend == "cython", (numba, auto)
         assert auto.variant == ("lanes" if stands_in else numba.variant)
         seen.add((auto.backend, stands_in))
         seen.add(auto.variant)
-    assert seen >= {("cython", False), ("cython", True), ("numba", False), "lanes_streamed"}
+    assert seen >= {("cython", False), ("cython", True), "lanes_streamed", "flat"}
 
 
 @contextlib.contextmanager

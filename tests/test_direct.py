@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import _plan
+from fastconv import _dispatch, _plan
 from fastconv._geometry import conv_params
 from fastconv.kernels import layouts
 from fastconv.kernels.numba import direct
@@ -502,10 +502,15 @@ def test_pointwise_pixels(N, H, W):
 
 
 def test_pointwise_is_float32_only():
-    """float64 1x1 layers run a blocked core (the pointwise GEMM is float32)."""
+    """float64 1x1 layers run a blocked core (the pointwise GEMM is float32): Numba's
+    row, and Cython's lanes, which stands in for it."""
     x, w = np.ones((2, 24, 5, 7)), np.ones((80, 24, 1, 1))
-    y, _ = ran_plan(lambda: fastconv.conv2d(x, w, algorithm="direct"), variant="row")
-    np.testing.assert_array_equal(y, np.full((2, 80, 5, 7), 24.0))
+    for backend, core in (("numba", "row"), ("cython", "lanes")):
+        if backend not in _dispatch.available_backends():
+            continue
+        y, _ = ran_plan(lambda: fastconv.conv2d(x, w, algorithm="direct", backend=backend),
+                        variant=core)
+        np.testing.assert_array_equal(y, np.full((2, 80, 5, 7), 24.0))
 
 
 def test_pointwise_groups():

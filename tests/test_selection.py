@@ -204,7 +204,7 @@ def _plan_row(op, shape, K, R, kw, want):
     if kw.get("algorithm", "auto") == "auto":
         assert _plan._algorithm(op, plan.geometry, np.dtype(plan.dtype)) == want[0]
     auto = fastconv.plan(*shapes, **kw)
-    assert (auto.algorithm, auto.backend) == (want[0], auto_backend(op, *want, plan.geometry))
+    assert (auto.algorithm, auto.backend) == (want[0], auto_backend(op, *want))
     have = _dispatch.variants(op, want[0], auto.backend)
     assert auto.variant == want[1] if have is None or want[1] in have else auto.variant in have
 
