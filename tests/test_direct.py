@@ -505,9 +505,10 @@ def test_pointwise_is_float32_only():
     """float64 1x1 layers run a blocked core (the pointwise GEMM is float32): Numba's
     row, and Cython's lanes, which stands in for it."""
     x, w = np.ones((2, 24, 5, 7)), np.ones((80, 24, 1, 1))
-    for backend, core in (("numba", "row"), ("cython", "lanes")):
-        if backend not in _dispatch.available_backends():
-            continue
+    cores = [(b, c) for b, c in (("numba", "row"), ("cython", "lanes"))
+             if b in _dispatch.available_backends()]
+    assert cores, "neither compiled backend is available"
+    for backend, core in cores:
         y, _ = ran_plan(lambda: fastconv.conv2d(x, w, algorithm="direct", backend=backend),
                         variant=core)
         np.testing.assert_array_equal(y, np.full((2, 80, 5, 7), 24.0))
