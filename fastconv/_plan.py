@@ -401,6 +401,9 @@ def _im2col(op, p, dtype, threads, backend=None):
     one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
     if p.pointwise:
         return ("batch_gemm" if one_gemm else "image_gemm"), ()
+    if op == "conv2d" and p.R == p.S == 1 and not (p.pad_top or p.pad_bottom or p.pad_left
+                                                    or p.pad_right):
+        return "image_gemm", ()     # strided 1x1 (a downsample): no patch matrix either
     CgRS = (p.C // p.groups) * p.R * p.S
     if (op == "conv2d_weight" and p.P * p.Q >= t.WEIGHT_FUSED_MIN_RATIO * CgRS
             and p.K // p.groups >= t.WEIGHT_FUSED_MIN_CHANNELS):

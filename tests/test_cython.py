@@ -432,6 +432,8 @@ def test_direct_writes_only_its_output_and_scratch(monkeypatch, what, variants, 
 @pytest.mark.parametrize("variant,shape,weight,kw", [
     ("image_gemm", (2, 10, 7, 9), (22, 5, 1, 1), dict(groups=2)),      # short panels
     ("image_gemm", (1, 3, 13, 11), (70, 3, 1, 1), {}),                  # channel tail
+    ("image_gemm", (2, 10, 9, 11), (22, 5, 1, 1), dict(groups=2, stride=2)),  # gathered
+    ("image_gemm", (1, 3, 13, 11), (70, 3, 1, 1), dict(stride=(2, 3))),   # panels
     ("nhwc_gemm", (2, 9, 5, 7), (70, 9, 1, 1), {}),                     # last panel, rows
     ("nhwc_gemm", (1, 17, 3, 3), (5, 17, 1, 1), {}),
     ("nhwc_tiled", (2, 3, 15, 13), (32, 3, 3, 3), dict(stride=2, padding=1)),  # a stem

@@ -202,6 +202,7 @@ IM2COL_CASES = [   # (variant, input, weight, conv2d keywords, workspace limit, 
     ("tiled", (2, 4, 9, 8), (6, 4, 3, 3), dict(padding=1), 5_000,
      lambda t: t[0] == 1 and t[1] < 9),             # bands of rows
     ("image_gemm", (1, 6, 5, 7), (10, 3, 1, 1), dict(groups=2), None, None),
+    ("image_gemm", (2, 6, 9, 7), (10, 3, 1, 1), dict(groups=2, stride=(2, 3)), None, None),
     ("batch_gemm", (3, 6, 5, 7), (10, 6, 1, 1), {}, None, None),
 ]
 

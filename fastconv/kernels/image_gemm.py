@@ -1,5 +1,6 @@
-"""1x1 stride-1 layers as NumPy matmuls, for the ``image_gemm`` variant (Numba's forward
-and input gradient, Cython's input gradient; Cython's forward is its own GEMM):
+"""1x1 stride-1 layers (and the forward of strided 1x1 layers) as NumPy matmuls, for the
+``image_gemm`` variant (Numba's forward and input gradient, Cython's input gradient;
+Cython's forward is its own GEMM):
 each image's planes are its patch matrix, so no patches are gathered. The GEMMs are
 NumPy's ``matmul`` (NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31
 ran these streaming GEMMs 1.1-1.5x faster than SciPy's 0.3.30, which Cython's
@@ -8,10 +9,13 @@ import numpy as np
 
 
 def forward(x, w, p, out, per_image=None):
-    """out (N, K, P, Q) = the 1x1 stride-1 convolution of x (N, C, H, W) with w; with
-    ``per_image`` (the backend's epilogue of image n), image by image, each image's
-    epilogue right after its GEMM while it is in cache."""
-    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.H * p.W
+    """out (N, K, P, Q) = the 1x1 convolution without padding of x (N, C, H, W) with w
+    (strided: of every stride-th row and column, copied first); with ``per_image`` (the
+    backend's epilogue of image n), image by image, each image's epilogue right after
+    its GEMM while it is in cache."""
+    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.P * p.Q
+    if p.stride_h != 1 or p.stride_w != 1:
+        x = np.ascontiguousarray(x[:, :, ::p.stride_h, ::p.stride_w])
     wmat = w.reshape(G, Kg, Cg)
     if per_image is None:
         np.matmul(wmat, x.reshape(p.N, G, Cg, HW), out=out.reshape(p.N, G, Kg, HW))

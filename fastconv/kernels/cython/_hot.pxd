@@ -95,7 +95,13 @@ cdef extern from "fc_kernels.h" nogil:
                                     const double *res, int act, double *panel,
                                     int fill) noexcept nogil
         fc_int (*pointwise_cols_f32)() noexcept nogil
+        void (*pointwise_gather_f32)(const float *x, fc_int C, fc_int HW, fc_int W, fc_int Q,
+                                     fc_int sh, fc_int sw, fc_int p0, fc_int np,
+                                     float *panel) noexcept nogil
         fc_int (*pointwise_cols_f64)() noexcept nogil
+        void (*pointwise_gather_f64)(const double *x, fc_int C, fc_int HW, fc_int W, fc_int Q,
+                                     fc_int sh, fc_int sw, fc_int p0, fc_int np,
+                                     double *panel) noexcept nogil
         void (*pointwise_nhwc_f32)(const float *x, fc_int C, const float *Wt, fc_int K,
                                    fc_int p0, fc_int p1, fc_int k0, float *y,
                                    const float *bias, const float *res, int act) noexcept nogil

@@ -9,7 +9,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   iteration) and multiplied by BLAS, one GEMM per group. A tile of one image (whole,
   or a band of its output rows) is read and written by the GEMM in place in NCHW (rows
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
-- ``image_gemm`` (1x1 stride-1 layers): the planes are the patch matrix, a GEMM per
+- ``image_gemm`` (1x1 stride-1 layers; the forward of any 1x1 layer without padding,
+  strided too): the planes (every stride-th pixel) are the patch matrix, a GEMM per
   image and group: for the forward fastconv's own (``pointwise_panel`` in
   ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
   store; :func:`_pointwise`), NumPy's matmul for the input gradient
@@ -604,11 +605,13 @@ def conv2d(plan, x, w, p, out, epilogue=None):
 
 
 def _pointwise(x, w, p, out, ep):
-    """The 1x1 stride-1 forward (``image_gemm``): per (image, group, panel of pixels,
-    slice of output channels), on OpenMP's threads, ``pointwise_panel`` of
-    ``src/fc_impl.h``, reading the weight as it is (no derived copy to check) with the
-    epilogue in its stores: one pass over the output, no BLAS."""
-    G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.H * p.W
+    """The 1x1 forward without padding (``image_gemm``): per (image, group, panel of
+    output pixels, slice of output channels), on OpenMP's threads, ``pointwise_panel``
+    of ``src/fc_impl.h``, reading the weight as it is (no derived copy to check) with
+    the epilogue in its stores: one pass over the output, no BLAS. A strided layer's
+    panel is gathered from every stride-th row and column (``pointwise_gather``), with
+    no subsampled copy of the input."""
+    G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
     nb = -(-Kg // FC_MR)
     dt = x.dtype
     cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
@@ -620,7 +623,8 @@ def _pointwise(x, w, p, out, ep):
     ks = 1 if items >= 4 * nt else min(nb, nt)
     panels = workspace("im2col.panel", nt * Cg * cols, dt)
     _pointwise_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1), out.reshape(-1),
-                   ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg, HW, cols, ks, panels, nt)
+                   ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg, HW, cols, ks, panels, nt,
+                   p.H * p.W, p.W, p.Q, p.stride_h, p.stride_w)
 
 
 #: pixels per work item of the channels-last 1x1 forward (16 register blocks of 6)
@@ -762,12 +766,18 @@ cdef inline void _panel(const real *x, fc_int C, fc_int HW, fc_int p0, fc_int np
 def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                    const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
                    fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
-                   real[::1] panels, int nt):
+                   real[::1] panels, int nt, fc_int HWi, fc_int W, fc_int Q, fc_int sh,
+                   fc_int sw):
+    """``_pointwise``'s loop: HW output pixels per plane; the input's planes HWi apart,
+    rows W wide, read at strides (sh, sw) (Q output pixels per row)."""
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nb = (Kg + FC_MR - 1) // FC_MR, npan = (HW + cols - 1) // cols
     cdef fc_int P = N * G * npan, items = P * ks, item, n, g, pan, part, p0, o, first, last
     cdef int tid, threads = _par_macs(N * Kg * HW * Cg, nt)
+    cdef bint strided = sh != 1 or sw != 1, fill
+    cdef const real *xg
+    cdef real *panel
     with nogil:
         # each thread a contiguous range of items = part*P + (n*G + g)*npan + pan: with
         # one slice (ks 1) a range of panels, with one slice per thread all panels of
@@ -781,12 +791,20 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                 n = item % P // (npan * G)
                 p0 = pan * cols
                 o = (n * G + g) * Kg * HW          # the group's first output plane
-                _panel(&x[0] + (n * G + g) * Cg * HW, Cg, HW, p0,
-                       HW - p0 if HW - p0 < cols else cols, &wp[0] + g * Kg * Cg, Kg,
-                       part * nb // ks, (part + 1) * nb // ks, &y[0] + o,
-                       NULL if bias == NULL else bias + g * Kg,
-                       NULL if res == NULL else res + o, act, &panels[0] + tid * Cg * cols,
-                       item == first or P > 1)
+                xg = &x[0] + (n * G + g) * Cg * HWi
+                panel = &panels[0] + tid * Cg * cols
+                fill = item == first or P > 1
+                if strided and fill:
+                    if real is float:
+                        hot.pointwise_gather_f32(xg, Cg, HWi, W, Q, sh, sw, p0,
+                                                 HW - p0 if HW - p0 < cols else cols, panel)
+                    else:
+                        hot.pointwise_gather_f64(xg, Cg, HWi, W, Q, sh, sw, p0,
+                                                 HW - p0 if HW - p0 < cols else cols, panel)
+                _panel(xg, Cg, HW, p0, HW - p0 if HW - p0 < cols else cols,
+                       &wp[0] + g * Kg * Cg, Kg, part * nb // ks, (part + 1) * nb // ks,
+                       &y[0] + o, NULL if bias == NULL else bias + g * Kg,
+                       NULL if res == NULL else res + o, act, panel, fill and not strided)
 
 
 def conv2d_input(plan, dy, w, p, out):

@@ -786,6 +786,27 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
 #endif
 }
 
+/* The panel of a strided 1x1 layer (no padding): panel[c*FC_PW_COLS + j] = x[c*HW +
+ * (o / Q)*sh*W + (o % Q)*sw] for output pixels o = p0 + j < p0 + np (Q per row), 0 past
+ * np; x: C input planes HW apart, rows W wide. pointwise_panel then runs on it with
+ * fill 0. */
+static void FN(pointwise_gather)(const T *x, fc_int C, fc_int HW, fc_int W, fc_int Q,
+                                 fc_int sh, fc_int sw, fc_int p0, fc_int np, T *panel)
+{
+    const fc_int CW = FC_PW_COLS;
+    fc_int off[FC_PW_COLS];
+    for (fc_int j = 0; j < np; j++) {
+        const fc_int o = p0 + j;
+        off[j] = o / Q * sh * W + o % Q * sw;
+    }
+    for (fc_int c = 0; c < C; c++) {
+        const T *xc = x + c * HW;
+        T *pc = panel + c * CW;
+        for (fc_int j = 0; j < np; j++) pc[j] = xc[off[j]];
+        for (fc_int j = np; j < CW; j++) pc[j] = 0;
+    }
+}
+
 /* The pixels of a pointwise_panel call (its panel's columns), in this variant. */
 static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
 

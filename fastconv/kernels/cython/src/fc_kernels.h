@@ -122,6 +122,8 @@ typedef struct {
                                 const T *bias, const T *res, int act, T *panel,         \
                                 int fill);                                              \
     fc_int (*pointwise_cols_##X)(void);                                                 \
+    void (*pointwise_gather_##X)(const T *x, fc_int C, fc_int HW, fc_int W, fc_int Q,  \
+                                 fc_int sh, fc_int sw, fc_int p0, fc_int np, T *panel); \
     /* channels last: pixels [p0, p1) x output channels [k0, k0 + pointwise_cols()),  \
      * Wt in panels of pointwise_cols() channels, each (C, pointwise_cols()), the     \
      * epilogue in the store (fc_impl.h) */                                            \
