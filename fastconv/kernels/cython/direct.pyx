@@ -145,6 +145,17 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
     return 0
 
 
+cdef object _output(fc_direct *d, out, orow, ocol, ep):
+    """The forward cores' output fields of ``d``: out's shape, where output pixel (p, q)
+    goes (rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1]) and the activation;
+    returns the epilogue (none when ``ep`` is None)."""
+    ep = none(out.dtype) if ep is None else ep
+    d.K, d.OH, d.OW = out.shape[1], out.shape[2], out.shape[3]
+    d.oh0, d.ohs, d.ow0, d.ows = orow[0], orow[1], ocol[0], ocol[1]
+    d.act = ep.act
+    return ep
+
+
 def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=False,
           wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, core="lanes"):
     """out (N, K', OH, OW) at rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1] = the
@@ -177,11 +188,8 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     cdef const fc_int[::1] soff_v = soff
     d.G, d.Cg, d.Kg, d.Kb, d.R, d.S, d.sh, d.dh = G, Cg, Kg, -(-Kg // KB), R, S, sh, dh
     d.rp, d.plane, d.P, d.Q, d.rows, d.brow, d.bcol = sw * Wq, Hp * sw * Wq, P, Q, rows, brow, bcol
-    d.K, d.OH, d.OW = K, out.shape[2], out.shape[3]
-    d.oh0, d.ohs, d.ow0, d.ows = orow[0], orow[1], ocol[0], ocol[1]
+    ep = _output(&d, out, orow, ocol, ep)
     d.soff = &soff_v[0]
-    ep = none(dtype) if ep is None else ep
-    d.act = ep.act
     nt = get_num_threads()
     image = C * d.plane
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
@@ -263,11 +271,8 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
     tail = J + (S - 1) * dw // sw               # the last block reads past the planes
     d.G, d.Cg, d.Kg, d.Kb, d.R, d.S = G, Cg, Kg, -(-Kg // KB), R, S
     d.plane, d.P, d.Q, d.Wq, d.nf = plane, P, Q, Wq, -(-P * Wq // J)
-    d.K, d.OH, d.OW = K, out.shape[2], out.shape[3]
-    d.oh0, d.ohs, d.ow0, d.ows = orow[0], orow[1], ocol[0], ocol[1]
+    ep = _output(&d, out, orow, ocol, ep)
     d.toff = &toff_v[0]
-    ep = none(dtype) if ep is None else ep
-    d.act = ep.act
     nt = get_num_threads()
     image = C * plane
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))

@@ -303,9 +303,10 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
     col, res = &colbuf[0], &resbuf[0]             # tiled (image_gemm: conv2d)
     # one thread: NumPy's matmul, as the Numba kernel (NumPy's OpenBLAS, held at one
     # thread here, ran these GEMMs 1.1-1.5x faster than SciPy's; docs/cython.md)
-    cdef object wm = np.asarray(w).reshape(G, Kg, CgRS) if nt == 1 else None
-    cdef object cb = np.asarray(colbuf), rb = np.asarray(resbuf)
-    cdef object on = np.asarray(out).reshape(g.N, G, Kg, PQ)
+    cdef object wm = None, cb = None, rb = None, on = None
+    if nt == 1:
+        wm, cb, rb = np.asarray(w).reshape(G, Kg, CgRS), np.asarray(colbuf), np.asarray(resbuf)
+        on = np.asarray(out).reshape(g.N, G, Kg, PQ)
     with nogil:
         for i in range(_ntiles(g.N, g.P, tn, tr)):
             _tile(i, g.N, g.P, tn, tr, &n0, &ntl, &p0, &prl)
@@ -364,10 +365,11 @@ cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::
         return 0
     col, res = &colbuf[0], &resbuf[0]
     # one thread: NumPy's matmul, as in _forward
-    cdef object wt = (np.asarray(w).reshape(G, Kg, CgRS).transpose(0, 2, 1) if nt == 1
-                      else None)
-    cdef object cb = np.asarray(colbuf), rb = np.asarray(resbuf)
-    cdef object dn = np.asarray(dy).reshape(g.N, G, Kg, PQ)
+    cdef object wt = None, cb = None, rb = None, dn = None
+    if nt == 1:
+        wt = np.asarray(w).reshape(G, Kg, CgRS).transpose(0, 2, 1)
+        cb, rb = np.asarray(colbuf), np.asarray(resbuf)
+        dn = np.asarray(dy).reshape(g.N, G, Kg, PQ)
     with nogil:
         memset(&out[0, 0, 0, 0], 0, g.N * g.C * HW * sizeof(real))
         for i in range(_ntiles(g.N, g.P, tn, tr)):
