@@ -17,10 +17,14 @@ network; OpenVINO with ``INFERENCE_PRECISION_HINT=f32``, since it defaults to bf
 CPUs with AMX).
 
 ``--layers`` adds a per-layer breakdown of fastconv's time: each convolution, the plan
-it ran, its GFLOP/s and % of the FMA peak measured in the same run.
+it ran, its GFLOP/s and % of the FMA peak measured in the same run. ``--steps`` lists
+``nn.optimize``'s steps, each timed as the network runs it and again repeated at once
+(``OptimizedModel.profile``), and ONNX Runtime's nodes as its profiler times them.
 
     python benchmarks/bench_networks.py                        # resnet18, resnet50, mobilenet_v2; N=1, 8; 2 and 1 threads
     python benchmarks/bench_networks.py --networks resnet18 --batch 1 --threads 2 --layers
+    python benchmarks/bench_networks.py --networks resnet50 --batch 1 --threads 2 \
+        --engines fastconv nn.optimize onnxruntime --rounds 5 --steps
 """
 import argparse
 import json
@@ -110,6 +114,7 @@ def _serve(engine):
 
                 def fn(x):
                     return session.run(None, {"x": x})[0]
+                fn.profile = lambda x, rounds: _ort_profile(path, so, x, rounds)
             else:
                 import openvino as ov
                 compiled = ov.Core().compile_model(path, "CPU", {
@@ -146,6 +151,14 @@ def _serve(engine):
         if req["what"] == "output":
             print(json.dumps({"output": np.asarray(fn(x)).tolist()}), flush=True)
             continue
+        if req["what"] == "steps":             # nn.optimize's steps, ONNX Runtime's nodes
+            rows = fn.profile(x, req["rounds"])
+            if engine == "nn.optimize":
+                rows = [[r["label"], "" if r["plan"] is None else
+                         f"{r['plan'].algorithm}/{r['plan'].backend}/{r['plan'].variant}",
+                         r["ms"], r["repeat_ms"]] for r in rows]
+            print(json.dumps({"steps": rows}), flush=True)
+            continue
         if req["what"] == "layers":
             fastconv.set_num_threads(req["threads"])
             from fastconv.bench import fma_peak
@@ -174,6 +187,37 @@ def _serve(engine):
 
 # -- driver -------------------------------------------------------------------------------
 
+def _ort_profile(path, so, x, rounds):
+    """ONNX Runtime's own time per node (its profiler, a session of its own with the
+    same options): [[node, op, input shapes -> output shape, median ms]] in the order
+    they ran. The profiler adds a little time to each node."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"fastconv-ort-{os.getpid()}")
+    try:
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    finally:
+        so.enable_profiling = False
+    for _ in range(2 + rounds):
+        session.run(None, {"x": x})
+    trace = session.end_profiling()
+    with open(trace) as f:
+        events = json.load(f)
+    os.remove(trace)
+    times, info = collections.defaultdict(list), {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            node = e["name"][:-len("_kernel_time")]
+            times[node].append(e["dur"] / 1e3)
+            shapes = [list(a.values())[0] for a in e["args"].get("input_type_shape", [])]
+            out = [list(a.values())[0] for a in e["args"].get("output_type_shape", [])]
+            info[node] = (e["args"].get("op_name", ""), f"{shapes[:2]} -> {out[:1]}")
+    return [[node, *info[node], float(np.median(v[-rounds:]))] for node, v in times.items()]
+
+
 def _available(engine):
     import importlib.util
     module = {"fastconv": "fastconv", "nn.optimize": "fastconv", "torch": "torch", "onnxruntime": "onnxruntime",
@@ -197,6 +241,30 @@ def _ask(proc, req):
     if not line:
         raise RuntimeError(f"engine worker died on {req}")
     return json.loads(line)
+
+
+def _print_steps(procs, name, N, threads, rounds):
+    """``--steps``: nn.optimize's steps (each in the network, then repeated at once) and
+    ONNX Runtime's nodes, with their sums; returns them for the JSON."""
+    req = dict(network=name, N=N, threads=threads, what="steps", rounds=rounds)
+    out = dict(network=name, N=N, threads=threads)
+    if "nn.optimize" in procs and name in MODELS:
+        rows = _ask(procs["nn.optimize"], req)["steps"]
+        net, rep = sum(r[2] for r in rows), sum(r[3] for r in rows)
+        print(f"\n{name} N={N}, {threads} thread(s): nn.optimize step by step, median ms "
+              f"in the network / repeated at once: {net:.2f} / {rep:.2f} "
+              f"(the network costs {net - rep:.2f} ms more, {net / rep - 1:.0%})")
+        for label, plan, ms, again in rows:
+            print(f"  {ms:8.3f} {again:8.3f}  {label[:64]:64s} {plan}")
+        out["nn.optimize"] = rows
+    if "onnxruntime" in procs:
+        rows = _ask(procs["onnxruntime"], req)["steps"]
+        print(f"\n{name} N={N}, {threads} thread(s): ONNX Runtime node by node (its "
+              f"profiler), median ms: {sum(r[3] for r in rows):.2f} in all")
+        for node, op, shapes, ms in rows:
+            print(f"  {ms:8.3f}  {op:18s} {shapes}")
+        out["onnxruntime"] = rows
+    return out
 
 
 def machine():
@@ -228,6 +296,9 @@ def main(argv=None):
     ap.add_argument("--pause", type=float, default=0.3,
                     help="seconds between engines, for the last one's threads to go idle")
     ap.add_argument("--layers", action="store_true", help="fastconv's per-layer breakdown")
+    ap.add_argument("--steps", action="store_true",
+                    help="nn.optimize step by step, in the network and repeated at once, and "
+                         "ONNX Runtime node by node (its profiler)")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
     if args.serve:
@@ -288,6 +359,10 @@ def main(argv=None):
                                   f"{gf:7.1f} GFLOP/s {gf / rep['peak']:6.1%}  {plan}")
                         results.append(dict(network=name, N=N, threads=threads,
                                             layers=rep["layers"], peak=rep["peak"]))
+            if args.steps:
+                for name in args.networks:
+                    for N in args.batch:
+                        results.append(_print_steps(procs, name, N, threads, args.rounds))
     finally:
         for proc in procs.values():
             proc.stdin.close()

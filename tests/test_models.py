@@ -326,3 +326,29 @@ def test_optimize_validates_each_convolution_once_per_input_shape(monkeypatch):
     assert len(checks) == 2 * n_conv
     with pytest.raises(ValueError, match="expects input with 3 channels"):
         fast(np.zeros((1, 4, 32, 32), np.float32))
+
+
+def test_optimized_model_profile():
+    """``OptimizedModel.profile`` times every step of the model, as the network runs it
+    and repeated at once: one entry per step in order, the plan each convolution ran
+    (the plans a plain call traces), positive times; the model's output is unchanged."""
+    from fastconv.nn.optimize import _ConvStep
+    model = nn.models.resnet18(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    fast(x)                                  # the first call of a shape decides its layout
+    before = fast(x)
+    rows = fast.profile(x, rounds=2)
+    assert [r["label"] for r in rows] == [s.label for s in fast.steps]
+    with fastconv.trace_plans() as ran:
+        np.testing.assert_array_equal(fast(x), before)
+    convs = [p for p in ran if p.op == "conv2d"]
+    profiled = [r["plan"] for r in rows if r["plan"] is not None]
+    assert len(profiled) == len(convs) == sum(isinstance(s, _ConvStep) for s in fast.steps)
+    assert [(p.algorithm, p.backend, p.variant, p.layout) for p in profiled] == \
+        [(p.algorithm, p.backend, p.variant, p.layout) for p in convs]
+    for row, step in zip(rows, fast.steps):
+        assert (row["plan"] is None) == (not isinstance(step, _ConvStep))
+        assert row["ms"] > 0 and row["repeat_ms"] > 0
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        fast.profile(x, rounds=0)

@@ -12,6 +12,8 @@ format, which the functional ops keep) when every convolution of the network com
 in that layout (its plan's ``layout`` is ``"nhwc"``): the input is converted once and
 no convolution converts. Otherwise they stay NCHW. ``memory_format=`` forces either.
 """
+import time
+
 import numpy as np
 
 from .. import _config, _plan
@@ -310,6 +312,47 @@ class OptimizedModel:
         x = x.astype(self.dtype, copy=False)
         return self._run(F.to_channels_last(x) if fmt == "channels_last"
                          else np.ascontiguousarray(x))
+
+    def profile(self, x, rounds=5):
+        """Where a call's time goes, step by step.
+
+        Calls the model on ``x`` once (to warm up and, under "auto", to decide the memory
+        format), then runs it ``rounds`` times one step at a time and returns a list with
+        a dict per step: ``label``; ``plan``, the convolution's plan (None for other
+        steps); ``ms``, the step's median time as the network runs it, right after the
+        step before it; and ``repeat_ms``, the median time of the same step run again at
+        once, with its weights, data and code still in cache. The gap between the sums of
+        the two is what running as a network costs beyond the kernels' own speed
+        (docs/benchmarks.md, "Where a network's time goes").
+        """
+        if rounds < 1:
+            raise ValueError(f"profile: rounds must be at least 1, got {rounds}")
+        self(x)
+        fmt = self.format_for(x.shape)
+        x = x.astype(self.dtype, copy=False)
+        x = F.to_channels_last(x) if fmt == "channels_last" else np.ascontiguousarray(x)
+        plans = []
+        times = np.zeros((rounds, len(self.steps), 2))
+        for r in range(-1, rounds):                 # round -1: the plans, untimed
+            values = [None] * self._n_values
+            values[0] = x
+            for k, (step, free) in enumerate(zip(self.steps, self._free)):
+                if r < 0:
+                    with _plan.trace() as ran:
+                        values[step.dst] = step.run(values)
+                    convs = [p for p in ran if p.op == "conv2d"]
+                    plans.append(convs[-1] if convs else None)
+                else:
+                    t0 = time.perf_counter()
+                    values[step.dst] = step.run(values)
+                    t1 = time.perf_counter()
+                    step.run(values)
+                    times[r, k] = t1 - t0, time.perf_counter() - t1
+                for s in free:
+                    values[s] = None
+        ms = np.median(times, axis=0) * 1e3
+        return [dict(label=step.label, plan=plan, ms=float(a), repeat_ms=float(b))
+                for step, plan, (a, b) in zip(self.steps, plans, ms)]
 
     def format_for(self, shape):
         """The memory format the activations of an input of ``shape`` flow in:
