@@ -17,7 +17,7 @@ import importlib
 
 import numpy as np
 
-from . import _dispatch, _plan
+from . import _config, _dispatch, _plan
 from ._config import get_num_threads
 from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
                         check_dtype, check_epilogue, check_grad_output, check_memory,
@@ -39,7 +39,7 @@ def _contiguous(op, name, a):
     check_memory(op, (f"a contiguous copy of {name}", a.shape, a.dtype.itemsize))
     if channels_last(a):                            # (N, H*W, C) -> (N, C, H*W)
         N, C, H, W = a.shape
-        out = np.empty(a.shape, a.dtype)
+        out = _config.empty(a.shape, a.dtype)
         _swap_layout(a.transpose(0, 2, 3, 1).reshape(N, H * W, C), out.reshape(N, C, H * W))
         return out
     return np.ascontiguousarray(a)
@@ -82,7 +82,7 @@ def to_channels_last(a):
     if a.transpose(0, 2, 3, 1).flags.c_contiguous:
         return a
     N, C, H, W = a.shape
-    out = np.empty((N, H, W, C), a.dtype)
+    out = _config.empty((N, H, W, C), a.dtype)
     _swap_layout(np.ascontiguousarray(a).reshape(N, C, H * W), out.reshape(N, H * W, C))
     return out.transpose(0, 3, 1, 2)
 
@@ -251,7 +251,7 @@ def _conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc, algorithm=
     if plan.layout == "nhwc":                       # computed channels last, as it is
         if residual is not None:
             residual = _contiguous("conv2d", "residual", residual.transpose(0, 2, 3, 1))
-        out = np.empty((p.N, p.P, p.Q, p.K), dtype)
+        out = _config.empty((p.N, p.P, p.Q, p.K), dtype)
         _plan.run(plan, x.transpose(0, 2, 3, 1), w, p, out,
                   _epilogue.make(dtype, bias, residual, activation))
         return out.transpose(0, 3, 1, 2)
@@ -259,7 +259,7 @@ def _conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc, algorithm=
         x = _contiguous("conv2d", "input", x)
     if residual is not None:
         residual = _contiguous("conv2d", "residual", residual)
-    out = np.empty(p.output_shape, dtype)
+    out = _config.empty(p.output_shape, dtype)
     _plan.run(plan, x, w, p, out, _epilogue.make(dtype, bias, residual, activation))
     return _layout_of(out, nhwc)
 
@@ -300,7 +300,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
     plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
     _conv_room("conv2d_input", p, dtype, p.input_shape, plan.algorithm)
-    out = np.empty(p.input_shape, dtype)
+    out = _config.empty(p.input_shape, dtype)
     _plan.run(plan, dy, w, p, out)
     return _unbatch(_layout_of(out, nhwc), unbatched)
 
@@ -336,7 +336,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         return np.zeros(p.weight_shape, dtype)
     plan = _plan.make("conv2d_weight", p, dtype, algorithm, backend)
     _conv_room("conv2d_weight", p, dtype, p.weight_shape, plan.algorithm)
-    out = np.empty(p.weight_shape, dtype)
+    out = _config.empty(p.weight_shape, dtype)
     _plan.run(plan, x, dy, p, out)
     return out
 
@@ -387,7 +387,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # output_padding >= stride (allowed when < dilation): the forward conv of the
         # output size has more rows than the input; those rows carry zero gradient.
         x = np.pad(x, ((0, 0), (0, 0), (0, p.P - H), (0, p.Q - W)))
-    out = np.empty(p.input_shape, dtype)
+    out = _config.empty(p.input_shape, dtype)
     _plan.run(plan, x, w, p, out)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
@@ -437,9 +437,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     plan = _plan.make("max_pool2d", p, dtype, algorithm, backend)
     check_memory("max_pool2d", ("output", p.output_shape, dtype.itemsize),
                  *([("indices", p.output_shape, 8)] if return_indices else []))
-    out = np.empty(p.output_shape, dtype)
+    out = _config.empty(p.output_shape, dtype)
     # the kernels compute the indices only when asked for them
-    indices = np.empty(p.output_shape, np.int64) if return_indices else None
+    indices = _config.empty(p.output_shape, np.int64) if return_indices else None
     _plan.run(plan, x, p, out, indices)
     out = _layout_of(out, nhwc)
     if return_indices:
@@ -489,7 +489,7 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", 
     # only the plane size (H, W) and the output size (P, Q) matter here
     p = PoolParams(N, C, H, W, 1, 1, 1, 1, 0, 0, 1, 1, dy.shape[2], dy.shape[3])
     plan = _plan.make(op, p, dtype, algorithm, backend)
-    out = np.empty((N, C, H, W), dtype)
+    out = _config.empty((N, C, H, W), dtype)
     _plan.run(plan, dy, idx, p, out)
     return _unbatch(out, unbatched)
 
@@ -530,7 +530,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     negate, div = div < 0, abs(div)
     plan = _plan.make("avg_pool2d", p, dtype, algorithm, backend)
     check_memory("avg_pool2d", ("output", p.output_shape, dtype.itemsize))
-    out = np.empty(p.output_shape, dtype)
+    out = _config.empty(p.output_shape, dtype)
     _plan.run(plan, x, p, cip, div, out)
     if negate:
         np.negative(out, out=out)
@@ -560,7 +560,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
         return _unbatch(np.zeros(size, dtype), unbatched)
     negate, div = div < 0, abs(div)        # as in avg_pool2d
     plan = _plan.make(op, p, dtype, algorithm, backend)
-    out = np.empty(size, dtype)
+    out = _config.empty(size, dtype)
     _plan.run(plan, dy, p, cip, div, out)
     if negate:
         np.negative(out, out=out)
@@ -587,11 +587,11 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     plan = _plan.make(op, None, dtype, algorithm, backend, "nhwc" if nhwc else "nchw")
     windows = adaptive_windows(x.shape[2], P), adaptive_windows(x.shape[3], Q)
     if plan.layout == "nhwc":                       # computed channels last, as it is
-        out = np.empty((x.shape[0], P, Q, x.shape[1]), dtype)
+        out = _config.empty((x.shape[0], P, Q, x.shape[1]), dtype)
         _plan.run(plan, x.transpose(0, 2, 3, 1), *windows, out)
         return out.transpose(0, 3, 1, 2)
     if nhwc:
         x = _contiguous(op, "input", x)
-    out = np.empty(x.shape[:2] + (P, Q), dtype)
+    out = _config.empty(x.shape[:2] + (P, Q), dtype)
     _plan.run(plan, x, *windows, out)
     return _unbatch(_layout_of(out, nhwc), unbatched)

@@ -122,3 +122,44 @@ def test_conv2d_layer_runs_on_a_prepared_weight_in_eval_mode():
                                atol=1e-5)
     layer.train()
     assert layer._prepared is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arrays_for_the_kernels_are_cache_line_aligned(dtype):
+    """What fastconv allocates for its kernels starts on a cache line (NumPy aligns to 16
+    bytes only): ``_config.empty``, the workspaces, every op's result, a prepared
+    weight's copy and what the kernels derive from a weight, prepared or not; the result
+    is the same as from misaligned inputs."""
+    import fastconv
+    from fastconv import _config
+    line = _config.ALIGN
+    assert line == 64
+    for shape in [(0,), (1,), (3, 5), (2, 3, 7, 7)]:
+        a = _config.empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.flags.writeable and (a.size == 0 or a.ctypes.data % line == 0)
+    assert _config.empty((2,), object).dtype == object      # no bytes of its own to align
+    assert _config.workspace("test.aligned", 100, dtype).ctypes.data % line == 0
+    rng = np.random.default_rng(0)
+    raw = np.empty(2 * 16 * 9 * 9 * 8 + 8, np.uint8)
+    x = raw[8:8 + 2 * 16 * 9 * 9 * np.dtype(dtype).itemsize].view(dtype).reshape(2, 16, 9, 9)
+    x[...] = rng.standard_normal(x.shape)
+    assert x.ctypes.data % line != 0                         # a misaligned input
+    w = rng.standard_normal((24, 16, 3, 3)).astype(dtype)
+    pw = fastconv.prepare_weight(w)
+    assert pw.array.ctypes.data % line == 0 and not pw.array.flags.writeable
+    outs = [fastconv.conv2d(x, w, padding=1, algorithm=a, backend="cython")
+            for a in ("direct", "winograd_f4", "im2col")]
+    outs.append(fastconv.conv2d(fastconv.to_channels_last(x), pw, padding=1))
+    outs.append(fastconv.max_pool2d(x, 2))
+    outs.append(fastconv.conv2d_input(x.shape, w, outs[0], padding=1))
+    for y in outs:
+        assert y.ctypes.data % line == 0
+    want = fastconv.conv2d(np.ascontiguousarray(x), w, padding=1, algorithm="reference")
+    for y in outs[:4]:
+        np.testing.assert_allclose(y, want, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                   atol=1e-4 if dtype == np.float32 else 1e-10)
+    derived = [d for d in pw.derived.values() if isinstance(d, np.ndarray)]
+    derived += [d for _, ds in weight_cache.CACHE.entries.values() for d in ds.values()
+                if isinstance(d, np.ndarray)]
+    assert derived and all(d.ctypes.data % line == 0 for d in derived if d.flags.c_contiguous)

@@ -18,6 +18,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import _config
+
 try:                                   # C's memcmp: stops at the first difference
     _memcmp = ctypes.CDLL(None).memcmp
     _memcmp.restype, _memcmp.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
@@ -57,10 +59,11 @@ class PreparedWeight:
     """
 
     def __init__(self, weight):
-        array = np.array(weight, copy=True, order="C")
+        array = np.asarray(weight)
         if array.ndim != 4:
             raise ValueError(f"prepare_weight: expected a weight of shape (K, C/groups, R, S),"
                              f" got shape {array.shape}")
+        array = _aligned(np.array(array, copy=True, order="C"))
         array.flags.writeable = False
         self.array = array
         self.derived = {}
@@ -93,6 +96,18 @@ def prepared(w):
     return pw if pw is not None and pw.array is w else None
 
 
+def _aligned(derived):
+    """A C-contiguous array ``derived`` moved to a cache-line-aligned copy
+    (``_config.empty``), so the kernels' vector loads of it never split two lines;
+    anything else as it is."""
+    if (isinstance(derived, np.ndarray) and derived.flags.c_contiguous
+            and derived.ctypes.data % _config.ALIGN):
+        out = _config.empty(derived.shape, derived.dtype)
+        out[...] = derived
+        return out
+    return derived
+
+
 class WeightCache:
     """Derived arrays of recently used weights. Key: (address, shape, strides, dtype),
     then the kernel's tag. One copy of each weight is kept, taken when its first entry
@@ -108,7 +123,7 @@ class WeightCache:
     def get(self, w, kind, build):
         """``build()``'s result for weight ``w`` and tag ``kind``, cached."""
         derived, check = self.get_unchecked(w, kind, build)
-        return derived if check is None or check() else self.put(w, kind, build())
+        return derived if check is None or check() else self.put(w, kind, _aligned(build()))
 
     def get_unchecked(self, w, kind, build):
         """(derived, check) for weight ``w`` and tag ``kind``: a cached entry and the
@@ -120,7 +135,7 @@ class WeightCache:
         if pw is not None:
             derived = pw.derived.get(kind)
             if derived is None:
-                derived = pw.derived[kind] = build()
+                derived = pw.derived[kind] = _aligned(build())
             return derived, None
         key = self._key(w)
         with self.lock:
@@ -129,7 +144,7 @@ class WeightCache:
                 self.entries.move_to_end(key)
                 derived = hit[1].get(kind)
         if hit is None or derived is None:
-            return self.put(w, kind, build()), None
+            return self.put(w, kind, _aligned(build())), None
         copy = hit[0]
         return derived, lambda: bitwise_equal(copy, w)
 
