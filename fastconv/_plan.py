@@ -511,9 +511,11 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
       the variant, or for ``backend="auto"`` the first of ``AUTO_ORDER`` that has it;
     - where ``algorithm="auto"`` chose direct for a one-group layer (stems, stride 2),
       im2col's channels-last GEMM instead of a conversion each way;
-    - ``adaptive_avg_pool2d`` (both backends' direct kernels; not the reference).
+    - ``adaptive_avg_pool2d`` and ``max_pool2d`` (both backends' direct kernels; not
+      the reference; max_pool2d only for its values: the caller asks for "nchw" when it
+      wants the indices).
     """
-    if op == "adaptive_avg_pool2d":
+    if op in ("adaptive_avg_pool2d", "max_pool2d"):
         return None if algorithm == "reference" else (algorithm, backend, variant, blocking)
     if op != "conv2d":
         return None

@@ -426,7 +426,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     A NaN in a window makes its output NaN. Ties pick the first maximum in scan order.
     """
     nhwc = channels_last(np.asarray(input))
-    x, unbatched = _batched("max_pool2d", "input", input)
+    # channels last, values only: computed in that layout; with indices (planes' flat
+    # positions, for the backward) converted
+    x, unbatched = _batched("max_pool2d", "input", input,
+                            keep_channels_last=not return_indices)
     dtype = check_dtype("max_pool2d", input=x)
     p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if p.empty:
@@ -434,9 +437,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         out, indices = np.zeros(p.output_shape, dtype), np.zeros(p.output_shape, np.int64)
         return (_unbatch(out, unbatched), _unbatch(indices, unbatched)) if return_indices \
             else _unbatch(out, unbatched)
-    plan = _plan.make("max_pool2d", p, dtype, algorithm, backend)
+    plan = _plan.make("max_pool2d", p, dtype, algorithm, backend,
+                      "nhwc" if nhwc and not return_indices else "nchw")
     check_memory("max_pool2d", ("output", p.output_shape, dtype.itemsize),
                  *([("indices", p.output_shape, 8)] if return_indices else []))
+    if plan.layout == "nhwc":                       # computed channels last, as it is
+        out = _config.empty((p.N, p.P, p.Q, p.C), dtype)
+        _plan.run(plan, x.transpose(0, 2, 3, 1), p, out, None)
+        return _unbatch(out.transpose(0, 3, 1, 2), unbatched)
+    if channels_last(x):                            # no kernel computes it channels last
+        x = _contiguous("max_pool2d", "input", x)
     out = _config.empty(p.output_shape, dtype)
     # the kernels compute the indices only when asked for them
     indices = _config.empty(p.output_shape, np.int64) if return_indices else None

@@ -1,6 +1,6 @@
 """Channels-last data (PyTorch's ``channels_last`` memory format): every op takes it and
 returns its result in it; the kernels that compute in that layout (im2col's
-``nhwc_gemm`` and ``nhwc_tiled``, direct's ``depthwise_nhwc``) are checked to have run
+``nhwc_gemm`` and ``nhwc_tiled``, direct's ``depthwise_nhwc``, max pooling) are checked to have run
 with ``layout == "nhwc"`` and against the reference, with every epilogue; and
 ``nn.optimize`` keeps a network's activations channels last where every convolution
 computes so, with no conversion between two convolutions."""
@@ -126,10 +126,45 @@ def test_depthwise_nhwc(backend, dtype, case, seed, data):
                  f"depthwise_nhwc {p}")
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@settings(max_examples=25)
+@given(N=st.integers(1, 3), C=st.integers(1, 40), H=st.integers(1, 12), W=st.integers(1, 12),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       dh=st.integers(1, 2), dw=st.integers(1, 2), ceil=st.booleans(), seed=st.integers(0, 99),
+       data=st.data())
+def test_max_pool_nhwc(backend, dtype, N, C, H, W, kh, kw, sh, sw, dh, dw, ceil, seed, data):
+    """Each backend's channels-last max pooling (values only: a vector of channels at
+    a time, taps in scan order) against the reference, NaN included; with indices the
+    call is computed NCHW and gives the same values."""
+    if ("max_pool2d", "direct", backend) not in fastconv._dispatch.REGISTRY:
+        pytest.skip(f"the {backend} backend is not available")
+    assume(dh * (kh - 1) < H and dw * (kw - 1) < W)
+    ph = data.draw(st.integers(0, kh // 2))
+    pw = data.draw(st.integers(0, kw // 2))
+    x = arrays(seed, dtype, (N, C, H, W))[0]
+    x[0, 0, 0, 0] = np.nan
+    args = ((kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil)
+    want = fastconv.max_pool2d(x, *args, algorithm="reference")
+    with fastconv.trace_plans() as ran:
+        got = fastconv.max_pool2d(cl(x), *args, backend=backend)
+    # an array both C-contiguous and channels last (C == 1 or H == W == 1) is NCHW
+    assert (ran[-1].layout, ran[-1].backend) == (
+        "nhwc" if _distinct(x.shape) else "nchw", backend), ran[-1]
+    assert fastconv.channels_last(got) or not _distinct(got.shape)
+    np.testing.assert_array_equal(got, want)
+    with fastconv.trace_plans() as ran:
+        values, idx = fastconv.max_pool2d(cl(x), *args, return_indices=True, backend=backend)
+    assert ran[-1].layout == "nchw"
+    np.testing.assert_array_equal(values, want)
+    np.testing.assert_array_equal(
+        idx, fastconv.max_pool2d(x, *args, return_indices=True, algorithm="reference")[1])
+
+
 def test_pooling_and_input_gradient_keep_the_layout():
     """Pooling and the input gradient take channels-last arrays and return them
-    (computed NCHW, converted both ways, except adaptive average pooling, computed
-    channels last), with the NCHW call's values."""
+    (computed NCHW, converted both ways, except adaptive average pooling and max
+    pooling's values, computed channels last), with the NCHW call's values."""
     x, dy = arrays(0, np.float32, (2, 5, 9, 8), (2, 6, 9, 8))
     w = arrays(1, np.float32, (6, 5, 3, 3))[0]
     for fn in (lambda a: fastconv.max_pool2d(a, 3, 2, 1),

@@ -481,6 +481,40 @@ def test_own_gemms_and_depthwise_write_only_their_output(monkeypatch, variant, s
             f"{slot}: written outside its {size} elements ({variant})"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape, args", [
+    ((2, 35, 9, 13), ((3, 3), (2, 2), (1, 1), (1, 1), False)),
+    ((1, 20, 6, 5), ((2, 3), (1, 2), (1, 1), (2, 1), True)),
+    ((3, 16, 7, 7), ((3, 3), (2, 2), (1, 1), (1, 1), True)),
+])
+def test_max_pool_nhwc_writes_only_its_output(monkeypatch, dtype, shape, args):
+    """Channels-last max pooling (``max_pool_nhwc_row``, C without bounds checks) writes
+    its output between guard zones that come back untouched, with the reference's
+    values."""
+    from fastconv import _config
+    guard, taken = 1024, []
+    real_empty = _config.empty
+
+    def guarded_empty(shape_, dtype_):
+        if np.dtype(dtype_) != np.dtype(dtype):
+            return real_empty(shape_, dtype_)
+        buf = np.full(int(np.prod(shape_)) + 2 * guard, 7, dtype_)
+        taken.append(buf)
+        return buf[guard:-guard].reshape(shape_)
+
+    x = arrays(6, dtype, shape)[0]
+    want = fastconv.max_pool2d(x, *args, algorithm="reference")
+    xl = fastconv.to_channels_last(x)
+    monkeypatch.setattr(_config, "empty", guarded_empty)
+    with fastconv.trace_plans() as ran:
+        got = fastconv.max_pool2d(xl, *args, backend="cython")
+    monkeypatch.setattr(_config, "empty", real_empty)
+    assert [(q.backend, q.layout) for q in ran] == [("cython", "nhwc")]
+    np.testing.assert_array_equal(got, want)
+    assert len(taken) == 1
+    assert (taken[0][:guard] == 7).all() and (taken[0][-guard:] == 7).all()
+
+
 def test_direct_sees_a_weight_changed_in_place():
     """The cached weight layouts (the forward's, each input-gradient phase's) are not
     used once the weight changed in place (an optimiser step)."""

@@ -132,6 +132,7 @@ def test_arrays_for_the_kernels_are_cache_line_aligned(dtype):
     is the same as from misaligned inputs."""
     import fastconv
     from fastconv import _config
+    weight_cache.CACHE.clear()                 # only what this test derives
     line = _config.ALIGN
     assert line == 64
     for shape in [(0,), (1,), (3, 5), (2, 3, 7, 7)]:
@@ -141,8 +142,10 @@ def test_arrays_for_the_kernels_are_cache_line_aligned(dtype):
     assert _config.empty((2,), object).dtype == object      # no bytes of its own to align
     assert _config.workspace("test.aligned", 100, dtype).ctypes.data % line == 0
     rng = np.random.default_rng(0)
-    raw = np.empty(2 * 16 * 9 * 9 * 8 + 8, np.uint8)
-    x = raw[8:8 + 2 * 16 * 9 * 9 * np.dtype(dtype).itemsize].view(dtype).reshape(2, 16, 9, 9)
+    nbytes = 2 * 16 * 9 * 9 * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 2 * line, np.uint8)
+    start = (8 - raw.ctypes.data) % line                     # 8 bytes past a line
+    x = raw[start:start + nbytes].view(dtype).reshape(2, 16, 9, 9)
     x[...] = rng.standard_normal(x.shape)
     assert x.ctypes.data % line != 0                         # a misaligned input
     w = rng.standard_normal((24, 16, 3, 3)).astype(dtype)
@@ -153,8 +156,8 @@ def test_arrays_for_the_kernels_are_cache_line_aligned(dtype):
     outs.append(fastconv.conv2d(fastconv.to_channels_last(x), pw, padding=1))
     outs.append(fastconv.max_pool2d(x, 2))
     outs.append(fastconv.conv2d_input(x.shape, w, outs[0], padding=1))
-    for y in outs:
-        assert y.ctypes.data % line == 0
+    for k, y in enumerate(outs):
+        assert y.ctypes.data % line == 0, k
     want = fastconv.conv2d(np.ascontiguousarray(x), w, padding=1, algorithm="reference")
     for y in outs[:4]:
         np.testing.assert_allclose(y, want, rtol=1e-4 if dtype == np.float32 else 1e-10,
@@ -162,4 +165,5 @@ def test_arrays_for_the_kernels_are_cache_line_aligned(dtype):
     derived = [d for d in pw.derived.values() if isinstance(d, np.ndarray)]
     derived += [d for _, ds in weight_cache.CACHE.entries.values() for d in ds.values()
                 if isinstance(d, np.ndarray)]
-    assert derived and all(d.ctypes.data % line == 0 for d in derived if d.flags.c_contiguous)
+    assert derived
+    assert [d.shape for d in derived if d.flags.c_contiguous and d.ctypes.data % line] == []

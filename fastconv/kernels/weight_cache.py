@@ -123,7 +123,7 @@ class WeightCache:
     def get(self, w, kind, build):
         """``build()``'s result for weight ``w`` and tag ``kind``, cached."""
         derived, check = self.get_unchecked(w, kind, build)
-        return derived if check is None or check() else self.put(w, kind, _aligned(build()))
+        return derived if check is None or check() else self.put(w, kind, build())
 
     def get_unchecked(self, w, kind, build):
         """(derived, check) for weight ``w`` and tag ``kind``: a cached entry and the
@@ -135,7 +135,7 @@ class WeightCache:
         if pw is not None:
             derived = pw.derived.get(kind)
             if derived is None:
-                derived = pw.derived[kind] = _aligned(build())
+                derived = self.put(w, kind, build())
             return derived, None
         key = self._key(w)
         with self.lock:
@@ -144,13 +144,15 @@ class WeightCache:
                 self.entries.move_to_end(key)
                 derived = hit[1].get(kind)
         if hit is None or derived is None:
-            return self.put(w, kind, _aligned(build())), None
+            return self.put(w, kind, build()), None
         copy = hit[0]
         return derived, lambda: bitwise_equal(copy, w)
 
     def put(self, w, kind, derived):
         """Store ``derived`` for weight ``w`` and tag ``kind``. A weight that no longer
-        matches its copy starts a new entry (a copy of it is taken)."""
+        matches its copy starts a new entry (a copy of it is taken). An array is stored
+        cache-line aligned (:func:`_aligned`)."""
+        derived = _aligned(derived)
         pw = prepared(w)
         if pw is not None:
             pw.derived[kind] = derived

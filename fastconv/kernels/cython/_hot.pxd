@@ -48,6 +48,10 @@ cdef extern from "fc_kernels.h" nogil:
                                  double *ph) noexcept nogil
         void (*max_pool_plane_f32)(const float *x, float *y, int64_t *idx, const fc_pool *g) noexcept nogil
         void (*max_pool_plane_f64)(const double *x, double *y, int64_t *idx, const fc_pool *g) noexcept nogil
+        void (*max_pool_nhwc_row_f32)(const float *x, float *y, const fc_pool *g, fc_int C,
+                                      fc_int i) noexcept nogil
+        void (*max_pool_nhwc_row_f64)(const double *x, double *y, const fc_pool *g, fc_int C,
+                                      fc_int i) noexcept nogil
         void (*max_pool_backward_plane_f32)(const float *dy, const int64_t *idx, float *dx,
                                             fc_int HW, fc_int PQ) noexcept nogil
         void (*max_pool_backward_plane_f64)(const double *dy, const int64_t *idx, double *dx,

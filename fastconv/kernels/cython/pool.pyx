@@ -58,6 +58,21 @@ cdef int _max_pool(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     return 0
 
 
+cdef int _max_pool_nhwc(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const fc_pool *g,
+                        int nt) except -1:
+    """Channels last, values only: x (N, H, W, C) into y (N, P, Q, C), an output row
+    (every channel) per parallel iteration."""
+    cdef Py_ssize_t P = y.shape[1], C = x.shape[3], it, n, i
+    with nogil:
+        for it in prange(x.shape[0] * P, num_threads=nt, schedule="static"):
+            n, i = it // P, it % P
+            if real is float:
+                hot.max_pool_nhwc_row_f32(&x[n, 0, 0, 0], &y[n, i, 0, 0], g, C, i)
+            else:
+                hot.max_pool_nhwc_row_f64(&x[n, 0, 0, 0], &y[n, i, 0, 0], g, C, i)
+    return 0
+
+
 cdef int _max_pool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] idx,
                             real[:, :, :, ::1] dx, int nt) except -1:
     cdef Py_ssize_t C = dx.shape[1], nc, n, c
@@ -143,8 +158,15 @@ cdef int _adaptive_avg_pool_nhwc(const real[:, :, :, ::1] x, real[:, :, :, ::1] 
 
 
 def max_pool2d(plan, x, p, out, indices):
-    """Values into ``out`` and, unless ``indices`` is None, flat indices into it."""
+    """Values into ``out`` and, unless ``indices`` is None, flat indices into it;
+    ``plan.layout`` "nhwc" (values only): x (N, H, W, C) into out (N, P, Q, C)."""
     cdef fc_pool g = _geometry(p)
+    if plan.layout == "nhwc":
+        if x.dtype == np.float32:
+            _max_pool_nhwc[float](x, out, &g, _threads(x))
+        else:
+            _max_pool_nhwc[double](x, out, &g, _threads(x))
+        return
     if x.dtype == np.float32:
         _max_pool[float](x, out, indices, &g, _threads(x))
     else:

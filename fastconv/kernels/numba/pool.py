@@ -173,11 +173,45 @@ def _adaptive_avg_pool2d_nhwc(x, out, h_starts, h_ends, w_starts, w_ends):
             out[n, i, j, c] = acc[c] / count
 
 
+@jit(parallel=True)
+def _max_pool2d_nhwc(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, P, Q):
+    """Channels last, values only: x (N, H, W, C) into out (N, P, Q, C), an output row
+    per parallel iteration; each pixel from its first valid tap, then the later taps in
+    scan order (NaN wins, as in the NCHW kernel)."""
+    for it in prange(N * P):
+        n, i = it // P, it % P
+        h0 = i * sh - ph
+        for j in range(Q):
+            w0 = j * sw - pw
+            first = True
+            for a in range(kh):
+                h = h0 + a * dh
+                if h < 0 or h >= H:
+                    continue
+                for b in range(kw):
+                    w = w0 + b * dw
+                    if w < 0 or w >= W:
+                        continue
+                    if first:
+                        for c in range(C):
+                            out[n, i, j, c] = x[n, h, w, c]
+                        first = False
+                    else:
+                        for c in range(C):
+                            v = x[n, h, w, c]
+                            if v > out[n, i, j, c] or v != v:
+                                out[n, i, j, c] = v
+
+
 # -- the registry's kernels: (plan, the reference's arguments) ----------------------------
 
 
 def max_pool2d(plan, x, p, out, indices):
-    """Values into ``out`` and, unless ``indices`` is None, flat indices into it."""
+    """Values into ``out`` and, unless ``indices`` is None, flat indices into it;
+    ``plan.layout`` "nhwc" (values only): x (N, H, W, C) into out (N, P, Q, C)."""
+    if plan.layout == "nhwc":
+        _max_pool2d_nhwc(x, out, *p.as_tuple())
+        return
     if indices is None:
         _max_pool2d_values(x, out, *p.as_tuple())
     else:

@@ -396,6 +396,28 @@ static void FN(max_values_plane)(const T *x, T *y, const fc_pool *g)
     }
 }
 
+/* Max pooling channels last, values only: output row i, y (Q, C), of one image x
+ * (H, W, C). Each output pixel starts from its first valid tap's C values and takes
+ * the maximum with each later tap in scan order (a vector of channels at a time,
+ * NaN winning: max_values_step's semantics). */
+static void FN(max_pool_nhwc_row)(const T *x, T *y, const fc_pool *g, fc_int C, fc_int i)
+{
+    const fc_int W = g->W, dh = g->dh, dw = g->dw;
+    const fc_int h0 = i * g->sh - g->ph;
+    fc_int a_lo, a_hi;
+    fc_valid_range(g->kh, g->H, dh, h0, &a_lo, &a_hi);
+    for (fc_int j = 0; j < g->Q; j++) {
+        const fc_int w0 = j * g->sw - g->pw;
+        fc_int b_lo, b_hi;
+        fc_valid_range(g->kw, W, dw, w0, &b_lo, &b_hi);
+        T *yj = y + j * C;
+        memcpy(yj, x + ((h0 + a_lo * dh) * W + w0 + b_lo * dw) * C, (size_t)C * sizeof(T));
+        for (fc_int a = a_lo; a < a_hi; a++)
+            for (fc_int b = a == a_lo ? b_lo + 1 : b_lo; b < b_hi; b++)
+                FN(vmax_step)(yj, x + ((h0 + a * dh) * W + w0 + b * dw) * C, C);
+    }
+}
+
 /* Max pooling of one plane: values and flat indices (idx NULL: values only). */
 static void FN(max_pool_plane)(const T *x, T *y, int64_t *idx, const fc_pool *g)
 {

@@ -121,6 +121,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .im2col_row_##X = im2col_row_##X,                  \
     .col2im_plane_##X = col2im_plane_##X,              \
     .max_pool_plane_##X = max_pool_plane_##X,          \
+    .max_pool_nhwc_row_##X = max_pool_nhwc_row_##X,    \
     .max_pool_backward_plane_##X = max_pool_backward_plane_##X, \
     .avg_pool_plane_##X = avg_pool_plane_##X,          \
     .avg_pool_backward_plane_##X = avg_pool_backward_plane_##X, \

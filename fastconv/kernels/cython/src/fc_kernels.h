@@ -91,6 +91,9 @@ typedef struct {
                              fc_int n0, fc_int nt, fc_int p0, fc_int pr, T *ph);        \
     /* one (image, channel) plane of max pooling: values and flat indices */           \
     void (*max_pool_plane_##X)(const T *x, T *y, int64_t *idx, const fc_pool *g);       \
+    /* channels last, values only: output row i (Q, C) of one image (H, W, C) */         \
+    void (*max_pool_nhwc_row_##X)(const T *x, T *y, const fc_pool *g, fc_int C,          \
+                                  fc_int i);                                             \
     void (*max_pool_backward_plane_##X)(const T *dy, const int64_t *idx, T *dx,         \
                                         fc_int HW, fc_int PQ);                           \
     /* acc: Q doubles of scratch */                                                     \
