@@ -6,6 +6,7 @@ settings (Numba's JIT flags, cache and threading layer: ``kernels/numba/_jit.py`
 with its first kernel.
 """
 import contextlib
+import math
 import os
 import tempfile
 import threading
@@ -92,10 +93,9 @@ def empty(shape, dtype):
     dtype = np.dtype(dtype)
     if dtype.hasobject:                             # not a kernel's: no bytes to align
         return np.empty(shape, dtype)
-    n = int(np.prod(shape))
-    raw = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    raw = np.empty(math.prod(shape) * dtype.itemsize + ALIGN, np.uint8)
+    return np.ndarray(shape, dtype, raw, -raw.ctypes.data % ALIGN)
 
 
 def workspace(slot, size, dtype):
