@@ -59,11 +59,12 @@ class PreparedWeight:
     """
 
     def __init__(self, weight):
-        array = np.asarray(weight)
-        if array.ndim != 4:
+        source = np.asarray(weight)
+        if source.ndim != 4:
             raise ValueError(f"prepare_weight: expected a weight of shape (K, C/groups, R, S),"
-                             f" got shape {array.shape}")
-        array = _aligned(np.array(array, copy=True, order="C"))
+                             f" got shape {source.shape}")
+        array = _config.empty(source.shape, source.dtype)     # one copy, cache-line aligned
+        array[...] = source
         array.flags.writeable = False
         self.array = array
         self.derived = {}
