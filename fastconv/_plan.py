@@ -267,7 +267,8 @@ def _direct(op, p, dtype, threads, backend=None):
         if dtype == np.float32 and p.pointwise and (have is None or "pointwise" in have):
             J, TB = layouts.PATCH_GEMM_BLOCKS[0]
             return "pointwise", (("block", (TB, J)), ("rows", _tuning.POINTWISE_ROWS),
-                                 ("kc", _tuning.POINTWISE_KC))
+                                 ("kc", _tuning.POINTWISE_KC),
+                                 ("panel_bytes", _tuning.POINTWISE_PANEL_BYTES))
         core = core_of(direct_core(dtype, p.stride_h, p.stride_w, 1, 1, p.P, p.Q, p.R, p.S,
                                    p.dil_w, p.pad_left, p.W, Cg, Kg, wbytes))
         return core, _core_blocking(core, p.P, p.Q, dtype)
@@ -399,11 +400,12 @@ def _im2col(op, p, dtype, threads, backend=None):
     """(variant, blocking) of im2col for ``op`` on ``p``."""
     t = _tuning
     one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
+    panel = (("panel_bytes", t.POINTWISE_PANEL_BYTES),)     # Cython's own forward's
     if p.pointwise:
-        return ("batch_gemm" if one_gemm else "image_gemm"), ()
+        return ("batch_gemm", ()) if one_gemm else ("image_gemm", panel)
     if op == "conv2d" and p.R == p.S == 1 and not (p.pad_top or p.pad_bottom or p.pad_left
                                                     or p.pad_right):
-        return "image_gemm", ()     # strided 1x1 (a downsample): no patch matrix either
+        return "image_gemm", panel  # strided 1x1 (a downsample): no patch matrix either
     CgRS = (p.C // p.groups) * p.R * p.S
     if (op == "conv2d_weight" and p.P * p.Q >= t.WEIGHT_FUSED_MIN_RATIO * CgRS
             and p.K // p.groups >= t.WEIGHT_FUSED_MIN_CHANNELS):

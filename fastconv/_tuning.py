@@ -62,6 +62,12 @@ DEFAULTS = {
     "NHWC_GEMM_BYTES": (1 << 20, "bytes of output",
         "a channels-last 1x1 layer's GEMM over the batch runs in slices of rows of about "
         "this much output, each given its epilogue while it is in cache (Xeon)"),
+    "POINTWISE_PANEL_BYTES": (64 * 2**10, "bytes",
+        "the Cython NCHW 1x1 forward (im2col's image_gemm, direct's pointwise) copies its "
+        "pixels in panels of as many "
+        "register blocks as fit this with all input channels (at most 256 bytes of a row: "
+        "one block with AVX-512, four with AVX2): wider panels store longer runs of each "
+        "output row (Zen 3)"),
     "POINTWISE_ONE_GEMM_BELOW": (100, "pixels per image",
         "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5)"),
     "WEIGHT_FUSED_MIN_RATIO": (16, "output pixels per patch row",

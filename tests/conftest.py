@@ -264,6 +264,16 @@ def ran_plan(call, **want):
     return result, plan
 
 
+def blas_rows_round_alike():
+    """Whether the OpenBLAS that NumPy and SciPy load gives a row of a GEMM's result the
+    same bits whatever the GEMM's row count. Not with its AVX2 kernels (cores "Haswell"
+    and "Zen"; measured on AMD Zen 3: rows at the edge of a block sum in another order);
+    yes with its AVX-512 kernels (SkylakeX, on Intel Xeon and AMD Zen 4/5)."""
+    from threadpoolctl import threadpool_info
+    cores = {i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas"}
+    return not cores & {"Haswell", "Zen"}
+
+
 def on_one_thread(fn):
     """``fn()`` run with fastconv on one thread (the thread count restored after)."""
     n = fastconv.get_num_threads()

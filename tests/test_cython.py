@@ -22,8 +22,8 @@ import fastconv
 from fastconv import _dispatch, _tuning
 from fastconv.kernels import cython as cy
 
-from conftest import (DTYPES, arrays, assert_close, conv_args, conv_cases, on_one_thread,
-                      pool_cases, tolerance)
+from conftest import (DTYPES, arrays, assert_close, blas_rows_round_alike, conv_args,
+                      conv_cases, on_one_thread, pool_cases, tolerance)
 
 WHY_NOT = cy.available()
 if WHY_NOT is not None and os.environ.get("FASTCONV_REQUIRE_CYTHON") != "1":
@@ -675,8 +675,12 @@ def test_tiles_of_images_and_of_output_rows(limit, case, dtype):
 def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
     """The GEMMs that call BLAS run in blocks, one single-threaded BLAS call each, on
     OpenMP's threads (``_pgemm``): cut on two threads (the cut is asserted), right
-    against the reference for every op, and bitwise equal on one thread and two (the
-    blocks do not depend on the thread count)."""
+    against the reference for every op on one thread and two, and bitwise equal on
+    repeated calls with the same thread count. One thread and two need not agree
+    bitwise: one thread runs one BLAS call (and ``tiled``'s forward and input gradient
+    NumPy's matmul), and OpenBLAS's Haswell kernels (AMD Zen 3) round a GEMM cut into
+    column blocks differently from the whole (its SkylakeX kernels, on Intel
+    ``rocketlake``, do not)."""
     from fastconv.kernels.cython import im2col
     if fastconv._config.MAX_THREADS < 2:
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
@@ -694,7 +698,9 @@ def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
         fastconv.set_num_threads(2)
         with fastconv.trace_plans() as ran:
             two = {op: fn() for op, fn in ops.items()}
+        two_again = {op: fn() for op, fn in ops.items()}
         one = on_one_thread(lambda: {op: fn() for op, fn in ops.items()})
+        one_again = on_one_thread(lambda: {op: fn() for op, fn in ops.items()})
     fastconv.set_num_threads(fastconv._config.MAX_THREADS)
     plan = ran[0]
     assert plan.variant == variant
@@ -706,8 +712,10 @@ def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
     blocks, _ = im2col.gemm_blocks(weight[0], pixels, patch, 2)
     assert blocks > 1, (variant, weight[0], pixels, patch)
     for op in ops:
-        assert_close(two[op], want[op], tolerance(dtype, "im2col"), f"{op} {variant}")
-        np.testing.assert_array_equal(one[op], two[op], err_msg=f"{op} {variant}")
+        for got in (one, two):
+            assert_close(got[op], want[op], tolerance(dtype, "im2col"), f"{op} {variant}")
+        np.testing.assert_array_equal(two_again[op], two[op], err_msg=f"{op} {variant}")
+        np.testing.assert_array_equal(one_again[op], one[op], err_msg=f"{op} {variant}")
 
 
 @settings(max_examples=20)
@@ -1010,13 +1018,20 @@ def _every_op(seed, dtype=np.float32):
 
 
 def test_one_thread_and_two_give_the_same_results():
+    """Bitwise, except Winograd's forward and input gradient where BLAS's rounding of a
+    GEMM's rows depends on its row count (``blas_rows_round_alike``; their GEMMs
+    multiply blocks of tiles sized by the thread count): there, close."""
     if fastconv._config.MAX_THREADS < 2:
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
     one = on_one_thread(lambda: _every_op(3))
     fastconv.set_num_threads(2)
     two = _every_op(3)
+    rows_alike = blas_rows_round_alike()
     for key in one:
-        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+        if rows_alike or not key.startswith("winograd") or key.endswith("_weight"):
+            np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+        else:
+            assert_close(two[key], one[key], tolerance(np.float32, key[:11]), key)
 
 
 def test_repeated_calls_are_bitwise_equal():

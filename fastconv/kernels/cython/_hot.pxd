@@ -92,20 +92,22 @@ cdef extern from "fc_kernels.h" nogil:
                                     fc_int np, const float *W, fc_int K, fc_int kb0,
                                     fc_int kb1, float *y, const float *bias,
                                     const float *res, int act, float *panel,
-                                    int fill) noexcept nogil
+                                    fc_int cw, int fill) noexcept nogil
         void (*pointwise_panel_f64)(const double *x, fc_int C, fc_int HW, fc_int p0,
                                     fc_int np, const double *W, fc_int K, fc_int kb0,
                                     fc_int kb1, double *y, const double *bias,
                                     const double *res, int act, double *panel,
-                                    int fill) noexcept nogil
+                                    fc_int cw, int fill) noexcept nogil
+        fc_int (*pointwise_panel_cols_f32)() noexcept nogil
         fc_int (*pointwise_cols_f32)() noexcept nogil
         void (*pointwise_gather_f32)(const float *x, fc_int C, fc_int HW, fc_int W, fc_int Q,
                                      fc_int sh, fc_int sw, fc_int p0, fc_int np,
-                                     float *panel) noexcept nogil
+                                     float *panel, fc_int cw) noexcept nogil
+        fc_int (*pointwise_panel_cols_f64)() noexcept nogil
         fc_int (*pointwise_cols_f64)() noexcept nogil
         void (*pointwise_gather_f64)(const double *x, fc_int C, fc_int HW, fc_int W, fc_int Q,
                                      fc_int sh, fc_int sw, fc_int p0, fc_int np,
-                                     double *panel) noexcept nogil
+                                     double *panel, fc_int cw) noexcept nogil
         void (*pointwise_nhwc_f32)(const float *x, fc_int C, const float *Wt, fc_int K,
                                    fc_int p0, fc_int p1, fc_int k0, float *y,
                                    const float *bias, const float *res, int act) noexcept nogil

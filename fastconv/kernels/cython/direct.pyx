@@ -513,7 +513,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         return
     if plan.variant == "pointwise":                 # 1x1 stride 1: the planes are the GEMM's
         from .im2col import _pointwise
-        _pointwise(x, w, p, out, ep)
+        _pointwise(x, w, p, out, ep, plan["panel_bytes"])
         return
     _core(x, w, out, plan["slice_bytes"], p.groups, p.P, p.Q, p.R, p.S, p.stride_h,
           p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep, core=plan.variant)

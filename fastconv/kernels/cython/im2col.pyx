@@ -146,8 +146,10 @@ cdef void _pgemm(bint ta, bint tb, int M, int N, int Kd, const real *A, int lda,
                  const real *B, int ldb, real beta, real *C, int ldc,
                  int nt) noexcept nogil:
     """:func:`_gemm` on OpenMP's threads: C cut along its longer side into up to 8 blocks
-    (:func:`_blocks`: their number set by the shape alone, so the result does not
-    depend on the thread count), one single-threaded BLAS call each. BLAS must be held
+    (:func:`_blocks`: on more than one thread, their number set by the shape alone, so
+    the result is the same on 2 threads as on 8; one thread makes one call, which
+    OpenBLAS's Haswell kernels round differently from the blocks), one
+    single-threaded BLAS call each. BLAS must be held
     at one thread (``single_threaded_blas``): fastconv's threads are then the only ones,
     and no BLAS worker waits for a core that an idle OpenMP worker spins on."""
     cdef int step, i, a, b
@@ -593,7 +595,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "image_gemm":
-        _pointwise(x, w, p, out, ep)
+        _pointwise(x, w, p, out, ep, plan["panel_bytes"])
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
@@ -606,17 +608,22 @@ def conv2d(plan, x, w, p, out, epilogue=None):
                              get_num_threads(), ep.bias, ep.residual, ep.act)
 
 
-def _pointwise(x, w, p, out, ep):
+def _pointwise(x, w, p, out, ep, panel_bytes):
     """The 1x1 forward without padding (``image_gemm``): per (image, group, panel of
     output pixels, slice of output channels), on OpenMP's threads, ``pointwise_panel``
     of ``src/fc_impl.h``, reading the weight as it is (no derived copy to check) with
-    the epilogue in its stores: one pass over the output, no BLAS. A strided layer's
-    panel is gathered from every stride-th row and column (``pointwise_gather``), with
-    no subsampled copy of the input."""
+    the epilogue in its stores: one pass over the output, no BLAS. A panel is as many
+    of the kernel's register blocks of pixels as fit ``panel_bytes`` (the plan's) with
+    all input channels, up to the kernel's widest (``pointwise_panel_cols``), at least
+    one. A strided layer's panel is gathered from every stride-th row and column
+    (``pointwise_gather``), with no subsampled copy of the input."""
     G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
     nb = -(-Kg // FC_MR)
     dt = x.dtype
-    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
+    f32 = dt == np.float32
+    block = hot.pointwise_cols_f32() if f32 else hot.pointwise_cols_f64()
+    widest = hot.pointwise_panel_cols_f32() if f32 else hot.pointwise_panel_cols_f64()
+    cols = min(widest, max(1, panel_bytes // (max(Cg, 1) * block * dt.itemsize)) * block)
     nt = get_num_threads()
     items = p.N * G * -(-HW // cols)
     # few panels of pixels (an image's last one may hold a few pixels only): every
@@ -755,14 +762,14 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
 cdef inline void _panel(const real *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
                         const real *W, fc_int K, fc_int kb0, fc_int kb1, real *y,
                         const real *bias, const real *res, int act, real *panel,
-                        int fill) noexcept nogil:
+                        fc_int cw, int fill) noexcept nogil:
     """``pointwise_panel`` of ``src/fc_impl.h`` for real."""
     if real is float:
         hot.pointwise_panel_f32(x, C, HW, p0, np, W, K, kb0, kb1, y, bias, res, act, panel,
-                                fill)
+                                cw, fill)
     else:
         hot.pointwise_panel_f64(x, C, HW, p0, np, W, K, kb0, kb1, y, bias, res, act, panel,
-                                fill)
+                                cw, fill)
 
 
 def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
@@ -799,14 +806,17 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                 if strided and fill:
                     if real is float:
                         hot.pointwise_gather_f32(xg, Cg, HWi, W, Q, sh, sw, p0,
-                                                 HW - p0 if HW - p0 < cols else cols, panel)
+                                                 HW - p0 if HW - p0 < cols else cols, panel,
+                                                 cols)
                     else:
                         hot.pointwise_gather_f64(xg, Cg, HWi, W, Q, sh, sw, p0,
-                                                 HW - p0 if HW - p0 < cols else cols, panel)
+                                                 HW - p0 if HW - p0 < cols else cols, panel,
+                                                 cols)
                 _panel(xg, Cg, HW, p0, HW - p0 if HW - p0 < cols else cols,
                        &wp[0] + g * Kg * Cg, Kg, part * nb // ks, (part + 1) * nb // ks,
                        &y[0] + o, NULL if bias == NULL else bias + g * Kg,
-                       NULL if res == NULL else res + o, act, panel, fill and not strided)
+                       NULL if res == NULL else res + o, act, panel, cols,
+                       fill and not strided)
 
 
 def conv2d_input(plan, dy, w, p, out):

@@ -663,12 +663,22 @@ static void FN(pixel_major)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D
 
 /* -- 1x1 stride-1 convolution with a packed weight: pointwise_panel ------------------- */
 
-/* The panel: FC_PW_COLS pixels, the register block's columns (one FC_NV x VL block row
- * with vectors; 16 in the scalar build). */
+/* The register block's columns: FC_PW_COLS pixels (one FC_NV x VL block row with
+ * vectors; 16 in the scalar build), and output channels in the channels-last panels. */
 #if FC_VECTORS
 #  define FC_PW_COLS (FC_NV * VL)
 #else
 #  define FC_PW_COLS 16
+#endif
+/* The widest NCHW panel: FC_PWP_COLS pixels, whole register blocks spanning 256 bytes
+ * of each output row (4 cache lines), so a row block's stores run 4 lines, not one
+ * line in each of FC_MR rows, every row on its own page. AVX-512 float32: one block of
+ * 64; AVX2: 4 blocks of 16. The caller may ask for fewer blocks (a panel of many input
+ * channels then stays in cache). */
+#if FC_VECTORS
+#  define FC_PWP_COLS (FC_PW_COLS * ((256 / (int)sizeof(T) + FC_PW_COLS - 1) / FC_PW_COLS))
+#else
+#  define FC_PWP_COLS FC_PW_COLS
 #endif
 
 /* v with the activation: 1 ReLU, 2 ReLU6; NaN stays NaN (as np.maximum / np.clip). */
@@ -751,41 +761,46 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
 #endif
 
 /* y[k*HW + p] = act(sum_c W[k, c] x[c*HW + p] + bias[k] + res[k*HW + p]) for the
- * pixels p in [p0, p0 + np) (np <= FC_PW_COLS) and the output channels of row blocks
+ * pixels p in [p0, p0 + np) (np <= CW) and the output channels of row blocks
  * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
  * apart; W: the weight (K, C) as it is (no derived copy, so nothing to check against
- * a weight changed between calls); bias, res: NULL when absent; panel: C * FC_PW_COLS
- * elements of scratch, which gets the pixels' columns (zero past np; unless ``fill`` is
- * 0: the panel holds them already, from the caller's previous call), so the FC_MR x
- * (the panel's vectors) block runs in
- * registers over all of C and the epilogue runs on it before its one store. A short
- * panel (an image's last pixels) runs only the vectors it fills. */
+ * a weight changed between calls); bias, res: NULL when absent; panel: C * CW elements
+ * of scratch (CW: a multiple of FC_PW_COLS, at most FC_PWP_COLS), which gets the
+ * pixels' columns (zero past np; unless ``fill`` is
+ * 0: the panel holds them already, from the caller's previous call). Per row block, each
+ * FC_MR x FC_PW_COLS register block of the panel runs in registers over all of C and
+ * the epilogue runs on it before its one store. A short panel (an image's last
+ * pixels) runs only the blocks and vectors it fills. */
 static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
                                 const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,
                                 const T *bias, const T *res, int act, T *panel,
-                                int fill)
+                                fc_int CW, int fill)
 {
-    const fc_int CW = FC_PW_COLS;
     for (fc_int c = 0; c < C && fill; c++) {
         memcpy(panel + c * CW, x + c * HW + p0, (size_t)np * sizeof(T));
         if (np < CW) memset(panel + c * CW + np, 0, (size_t)(CW - np) * sizeof(T));
     }
 #if FC_VECTORS
-    const int nv = (int)((np + VL - 1) / VL);
-    for (fc_int kb = kb0; kb < kb1; kb++) {
-        switch (nv) {              /* each a constant: the block's registers are known */
-        case 1: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act, 1);
-                break;
+    for (fc_int kb = kb0; kb < kb1; kb++)
+        for (fc_int j0 = 0; j0 < np; j0 += FC_PW_COLS) {    /* the panel's blocks */
+            const fc_int nj = np - j0 < FC_PW_COLS ? np - j0 : FC_PW_COLS;
+            const T *pj = panel + j0;
+            switch ((int)((nj + VL - 1) / VL)) {  /* each a constant: registers known */
+            case 1: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
+                                       act, 1);
+                    break;
 #if FC_NV > 2
-        case 2: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act, 2);
-                break;
-        case 3: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act, 3);
-                break;
+            case 2: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
+                                       act, 2);
+                    break;
+            case 3: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
+                                       act, 3);
+                    break;
 #endif
-        default: FN(pw_panel_block)(panel, CW, C, W, HW, p0, np, K, kb, y, bias, res, act,
-                                    FC_NV);
+            default: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
+                                        act, FC_NV);
+            }
         }
-    }
 #else
     for (fc_int kb = kb0; kb < kb1; kb++) {
         T acc[FC_MR][FC_PW_COLS];
@@ -808,15 +823,15 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
 #endif
 }
 
-/* The panel of a strided 1x1 layer (no padding): panel[c*FC_PW_COLS + j] = x[c*HW +
- * (o / Q)*sh*W + (o % Q)*sw] for output pixels o = p0 + j < p0 + np (Q per row), 0 past
- * np; x: C input planes HW apart, rows W wide. pointwise_panel then runs on it with
- * fill 0. */
+/* The panel of a strided 1x1 layer (no padding): panel[c*CW + j] = x[c*HW + (o / Q)*sh*W
+ * + (o % Q)*sw] for output pixels o = p0 + j < p0 + np (Q per row), 0 past np (CW as
+ * pointwise_panel's); x: C input planes HW apart, rows W wide. pointwise_panel then runs
+ * on it with fill 0. */
 static void FN(pointwise_gather)(const T *x, fc_int C, fc_int HW, fc_int W, fc_int Q,
-                                 fc_int sh, fc_int sw, fc_int p0, fc_int np, T *panel)
+                                 fc_int sh, fc_int sw, fc_int p0, fc_int np, T *panel,
+                                 fc_int CW)
 {
-    const fc_int CW = FC_PW_COLS;
-    fc_int off[FC_PW_COLS];
+    fc_int off[FC_PWP_COLS];
     for (fc_int j = 0; j < np; j++) {
         const fc_int o = p0 + j;
         off[j] = o / Q * sh * W + o % Q * sw;
@@ -829,13 +844,22 @@ static void FN(pointwise_gather)(const T *x, fc_int C, fc_int HW, fc_int W, fc_i
     }
 }
 
-/* The pixels of a pointwise_panel call (its panel's columns), in this variant. */
+/* The most pixels of a pointwise_panel call (its widest panel), in this variant. */
+static fc_int FN(pointwise_panel_cols)(void) { return FC_PWP_COLS; }
+
+/* The output channels of a channels-last panel (pointwise_nhwc, conv_nhwc), in this
+ * variant. */
 static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
 
 #if FC_VECTORS
 /* The pixel rows of pointwise_nhwc's register block for nv vectors of output
- * channels: about 24 accumulators (FC_MR rows at the full FC_NV). */
-#define FC_PWN_ROWS(nv) ((nv) == 1 ? 16 : (nv) == 2 ? 12 : (nv) == 3 ? 8 : FC_MR)
+ * channels: about 24 accumulators of 32 zmm (FC_MR rows at the full FC_NV), 12 of 16
+ * ymm or xmm (the weight's vectors and a broadcast take the rest: more spills) */
+#if defined(__AVX512F__)
+#  define FC_PWN_ROWS(nv) ((nv) == 1 ? 16 : (nv) == 2 ? 12 : (nv) == 3 ? 8 : FC_MR)
+#else
+#  define FC_PWN_ROWS(nv) ((nv) == 1 ? 12 : 6)
+#endif
 
 /* mr output pixels x nv vectors of output channels from k0, channels last, in
  * registers over the n inputs of a pixel's patch (always inlined, with mr, nv and
@@ -1127,6 +1151,7 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
 }
 
 #undef FC_PW_COLS
+#undef FC_PWP_COLS
 #ifdef FC_PWN_ROWS
 #  undef FC_PWN_ROWS
 #endif

@@ -119,14 +119,17 @@ typedef struct {
                             fc_int Kgp);                                                \
     /* 1x1 stride-1 convolution of pixels [p0, p0+np) of one image and group, output   \
      * row blocks [kb0, kb1), the epilogue in its store (fc_impl.h); W the group's     \
-     * (K, C) weight; panel: C * pointwise_cols() elements of scratch */               \
+     * (K, C) weight; panel: C * cw elements of scratch, cw pixels a multiple of       \
+     * pointwise_cols() up to pointwise_panel_cols() */                                 \
     void (*pointwise_panel_##X)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,  \
                                 const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
                                 const T *bias, const T *res, int act, T *panel,         \
-                                int fill);                                              \
+                                fc_int cw, int fill);                                   \
+    fc_int (*pointwise_panel_cols_##X)(void);                                           \
     fc_int (*pointwise_cols_##X)(void);                                                 \
     void (*pointwise_gather_##X)(const T *x, fc_int C, fc_int HW, fc_int W, fc_int Q,  \
-                                 fc_int sh, fc_int sw, fc_int p0, fc_int np, T *panel); \
+                                 fc_int sh, fc_int sw, fc_int p0, fc_int np, T *panel,  \
+                                 fc_int cw);                                            \
     /* channels last: pixels [p0, p1) x output channels [k0, k0 + pointwise_cols()),  \
      * Wt in panels of pointwise_cols() channels, each (C, pointwise_cols()), the     \
      * epilogue in the store (fc_impl.h) */                                            \
