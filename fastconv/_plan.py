@@ -17,10 +17,13 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   fits) or im2col.
 - forwards with few inputs per output (RGB stems, not 1x1) and 3x3 stride-2 forwards:
   direct; the weight gradient of stride-2 layers with long patches: direct.
+- on CPUs with fewer vector registers than ``WINOGRAD_BELOW_REGISTERS`` (AVX2's 16),
+  float32 3x3 stride-1 forwards on images under ``F4_MIN_IMAGE`` outputs run Winograd:
+  F(4x4,3x3) from ``F4_MIN_IMAGE`` outputs over the batch, F(2x2,3x3) below.
 - on CPUs with fewer vector registers than ``BLAS_BELOW_REGISTERS`` (AVX2's 16), the
-  forwards that direct's lanes kernel or Winograd on images under ``F4_MIN_IMAGE``
-  outputs would run go to im2col's BLAS GEMM (direct's register block is 12
-  accumulators there, not 28); stems stay direct.
+  other forwards that direct's lanes kernel or Winograd on images under
+  ``F4_MIN_IMAGE`` outputs would run (3x3 stride 2, float64) go to im2col's BLAS GEMM
+  (direct's register block is 12 accumulators there, not 28); stems stay direct.
 - everything else (1x1 with stride or padding included): im2col.
 
 ``backend="auto"`` (unless ``fastconv.set_backend`` or ``FASTCONV_BACKEND`` set another
@@ -111,13 +114,21 @@ def _algorithm(op, p, dtype):
         return "direct" if pointwise else "im2col"
     if p.groups > 1 and p.groups == p.C == p.K:
         return "direct"
-    # on CPUs with few vector registers BLAS runs the forwards that direct's lanes kernel
-    # and Winograd on small images would (direct's register block is too small there)
-    blas = op == "conv2d" and vector_registers() < t.BLAS_BELOW_REGISTERS
+    # on CPUs with few vector registers, Winograd runs the float32 forwards on small
+    # images, and BLAS those that direct's lanes kernel would (its register block is too
+    # small there)
+    registers = vector_registers()
+    blas = op == "conv2d" and registers < t.BLAS_BELOW_REGISTERS
+    small_winograd = (op == "conv2d" and dtype == np.float32
+                      and registers < t.WINOGRAD_BELOW_REGISTERS)
     if winograd_supports(p) and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS:
         image, outputs = p.P * p.Q, p.N * p.P * p.Q
         if image >= t.F4_MIN_IMAGE:
             return "winograd_f4"
+        if small_winograd:
+            # F(2x2,3x3)'s filter is 2.25x smaller and read by 4x the tiles: few tiles
+            # (N = 1) are bound by reading it, which a network cannot keep in cache
+            return "winograd_f4" if outputs >= t.F4_MIN_IMAGE else "winograd_f2"
         if blas:
             return "im2col"
         if outputs < t.F2_MIN_OUTPUTS:

@@ -29,6 +29,13 @@ DEFAULTS = {
         "block there) or Winograd: 1.3-3.3x faster on ResNet-18's layers, N = 1 and 8, "
         "1 thread, and 1.1-1.3x at N = 1 on 2 threads (Zen 3); 0 turns it off. AVX-512 CPUs "
         "keep direct and Winograd (Zen 5, Xeon)"),
+    "WINOGRAD_BELOW_REGISTERS": (32, "vector registers",
+        "on CPUs with fewer (AVX2: 16), float32 3x3 stride-1 forwards on images under "
+        "F4_MIN_IMAGE outputs run Winograd, F(4x4,3x3) from F4_MIN_IMAGE outputs over the "
+        "batch and F(2x2,3x3) below (its filter is smaller and read by more tiles), before "
+        "BLAS_BELOW_REGISTERS sends them to im2col: 1.4-2.3x im2col's speed on ResNet-50's "
+        "14x14 and 7x7 layers, N = 1 and 8, 1 and 2 threads (Zen 3); 0 turns it off. "
+        "AVX-512 CPUs keep direct and Winograd F4 (Zen 5, Xeon)"),
     "DIRECT_MIN_OUTPUTS": (16, "output channels per group",
         "direct keeps 16 output channels in registers: fewer go to im2col (Zen 5)"),
     "POINTWISE_MIN_IMAGES": (4, "images",

@@ -46,7 +46,7 @@ J2 = layouts.LANES_BLOCKS[1][1]
 NARROW = min(cols for _, cols, _ in layouts.LANES_BLOCKS) - 1
 #: a threshold the rows marked with it run under: the BLAS rule off, i.e. the plans of
 #: CPUs with 32 vector registers (AVX-512), where direct and Winograd keep the forwards
-NO_BLAS = dict(BLAS_BELOW_REGISTERS=0)
+NO_BLAS = dict(BLAS_BELOW_REGISTERS=0, WINOGRAD_BELOW_REGISTERS=0)
 
 #: (op, input shape, K, R (= S), expected (algorithm, variant), other arguments): what the
 #: rules pick, float32 unless said, with what the benchmarks measured fastest (the rules'
@@ -134,17 +134,24 @@ TABLE = [
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          algorithm="direct", dtype=f64),
     _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
-    # the BLAS rule: with fewer vector registers than BLAS_BELOW_REGISTERS (these 16),
-    # the 3x3 forwards that direct's lanes kernel or Winograd on images under
-    # F4_MIN_IMAGE outputs would run, and 3x3 stride-2 forwards, run im2col's BLAS GEMM
-    # (the NO_BLAS rows above: the plans 32 registers keep); gradients, stems and
-    # images of F4_MIN_IMAGE outputs or more keep theirs
-    _row("conv2d", (1, 256, 14, 14), 256, 3, ("im2col", "tiled"), padding=1),
-    _row("conv2d", (8, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1),
-    _row("conv2d", (1, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1),      # res5, N=1
+    # the 16-register rules (these): with fewer vector registers than
+    # WINOGRAD_BELOW_REGISTERS, float32 3x3 stride-1 forwards on images under
+    # F4_MIN_IMAGE outputs run Winograd, F4 from F4_MIN_IMAGE outputs over the batch,
+    # else F2; with fewer than BLAS_BELOW_REGISTERS, the rest of the 3x3 forwards that
+    # direct's lanes kernel or Winograd on small images would run (float64 and 3x3
+    # stride 2) run im2col's BLAS GEMM (the NO_BLAS rows above: the plans 32 registers
+    # keep); gradients, stems and images of F4_MIN_IMAGE outputs or more keep theirs
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f2", "split"), padding=1, threads=2),
+    _row("conv2d", (8, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1),
+    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1),
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1),  # res5
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("im2col", "tiled"), padding=1,
+         WINOGRAD_BELOW_REGISTERS=0),
     _row("conv2d", (1, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1, dtype=f64),
-    _row("conv2d", (1, 512, 7, J2), 512, 3, ("im2col", "tiled"), padding=1),
-    _row("conv2d", (1, 64, 6, 6), 64, 3, ("im2col", "tiled"), padding=1),       # 36 outputs
+    _row("conv2d", (1, 512, 7, J2), 512, 3, ("im2col", "tiled"), padding=1,
+         WINOGRAD_BELOW_REGISTERS=0),
+    _row("conv2d", (1, 64, 6, 6), 64, 3, ("im2col", "tiled"), padding=1,        # 36 outputs
+         WINOGRAD_BELOW_REGISTERS=0),
     _row("conv2d", (8, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1),
     # VGG-16
     _row("conv2d", (1, 3, 224, 224), 64, 3, ("direct", "lanes"), padding=1),     # conv1_1
@@ -235,7 +242,8 @@ def test_plan_blocking_of_table_layers():
                              backend="numba")["serial"] is True        # 16 tiles
         assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1,
                              backend="numba")["serial"] is False       # 32 tiles
-    assert fastconv.plan("conv2d", (1, 64, 6, 6), (64, 64, 3, 3), padding=1)["tile"] == (1, 6)
+    assert fastconv.plan("conv2d", (1, 64, 6, 6), (64, 64, 3, 3), padding=1,
+                         dtype=np.float64)["tile"] == (1, 6)
 
 
 def test_pointwise_selection_is_float32_only():
