@@ -886,6 +886,17 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
             for (int k = 0; k < nv; k++) acc[t][k] += ws[k] * xv;
         }
     }
+    if (k0 + nv * VL <= K) {        /* whole vectors only: no branch per vector, so the
+                                       accumulators stay in registers */
+        for (int t = 0; t < mr; t++)
+            for (int k = 0; k < nv; k++) {
+                FN(vec) v = acc[t][k];
+                if (bias != NULL) v += FN(vload)(bias + k0 + k * VL);
+                if (res != NULL) v += FN(vload)(res + t * K + k0 + k * VL);
+                FN(vstore)(y + t * K + k0 + k * VL, FN(pw_vact)(v, act));
+            }
+        return;
+    }
     for (int t = 0; t < mr; t++) {
         for (int k = 0; k < nv; k++) {
             const fc_int q0 = k0 + k * VL;
