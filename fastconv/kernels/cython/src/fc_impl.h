@@ -847,8 +847,9 @@ static void FN(pointwise_gather)(const T *x, fc_int C, fc_int HW, fc_int W, fc_i
 /* The most pixels of a pointwise_panel call (its widest panel), in this variant. */
 static fc_int FN(pointwise_panel_cols)(void) { return FC_PWP_COLS; }
 
-/* The output channels of a channels-last panel (pointwise_nhwc, conv_nhwc), in this
- * variant. */
+/* The columns of the FC_MR-row register block, in this variant (FC_NV vectors): the
+ * output channels of a channels-last panel (pointwise_nhwc, conv_nhwc) and of a
+ * patch_gemm block. */
 static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
 
 #if FC_VECTORS
