@@ -172,20 +172,26 @@ def _gate(*args, **env):
 
 
 def test_the_hook_scales_a_call_by_its_factor_on_the_gates_clock():
-    calls = []
-    slowed = gate._slowed(lambda: calls.append(sum(range(20_000))), 1.3)
-    ratios = []
-    for _ in range(5):
+    """Each hooked call lasts at least 1.3x the wrapped call's own time on the gate's
+    clock. The bound is checked call by call against the time the
+    wrapped call itself read, so it holds on a loaded machine (a ratio of two loops,
+    asserted here before, read 1.15 beside CI's background job)."""
+    inner = []
+
+    def work():
         t0 = gate.CLOCK()
-        for _ in range(20):
-            calls.append(sum(range(20_000)))
-        plain = gate.CLOCK() - t0
+        sum(range(20_000))
+        inner.append(gate.CLOCK() - t0)
+
+    slowed = gate._slowed(work, 1.3)
+    outer = []
+    for _ in range(20):
         t0 = gate.CLOCK()
-        for _ in range(20):
-            slowed()
-        ratios.append((gate.CLOCK() - t0) / plain)
-    assert len(calls) == 200
-    assert sorted(ratios)[2] > 1.2              # the spin adds 30% of each call's time
+        slowed()
+        outer.append(gate.CLOCK() - t0)
+    assert len(inner) == 20                     # the wrapped call ran, once a call
+    assert all(o >= 1.3 * i > 0 for o, i in zip(outer, inner))
+    assert gate._slowed(work, 1.0) is work      # factor 1: no wrapper at all
     table = gate.slowdowns("conv2d/direct/numba:1.3, *pool*:1.1")
     by_name = {c.name: gate.slowdown_factor(c, table) for c in gate.CASES}
     assert by_name["conv_fwd_direct_res3"] == 1.3 and by_name["max_pool_fwd_direct"] == 1.1
