@@ -519,6 +519,9 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
     - im2col, one group: ``nhwc_gemm`` for 1x1 stride 1 (one GEMM over every pixel of
       the batch), else ``nhwc_tiled`` (patches gathered from channels-last rows);
       both backends (``kernels/channels_last.py``);
+    - Winograd's forward, every variant, both backends: the same plan, its slabs copied
+      from channels-last rows and its output transform storing runs of channels (its
+      tiles are channels last inside; the bits equal the NCHW plan's);
     - direct's depthwise with one output channel per input channel: ``depthwise_nhwc``
       (both backends), the channels in the vector lanes, on the backend of the plan if it has
       the variant, or for ``backend="auto"`` the first of ``AUTO_ORDER`` that has it;
@@ -540,6 +543,8 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
                 return algorithm, b, "depthwise_nhwc", ()
     if p.groups != 1:
         return None
+    if algorithm in ("winograd_f2", "winograd_f4"):
+        return algorithm, backend, variant, blocking
     if algorithm != "im2col":
         if not (auto_algorithm and algorithm == "direct"):
             return None

@@ -1,7 +1,8 @@
 """Channels-last data (PyTorch's ``channels_last`` memory format): every op takes it and
 returns its result in it; the kernels that compute in that layout (im2col's
-``nhwc_gemm`` and ``nhwc_tiled``, direct's ``depthwise_nhwc``, max pooling) are checked to have run
-with ``layout == "nhwc"`` and against the reference, with every epilogue; and
+``nhwc_gemm`` and ``nhwc_tiled``, Winograd's forward (each path: tests/test_winograd.py),
+direct's ``depthwise_nhwc``, max pooling) are checked to have run with ``layout ==
+"nhwc"`` and against the reference, with every epilogue; and
 ``nn.optimize`` keeps a network's activations channels last where every convolution
 computes so, with no conversion between two convolutions."""
 import numpy as np
@@ -60,7 +61,8 @@ def test_detection_and_conversion():
 def test_every_algorithm(algorithm, backend, dtype, data):
     """A channels-last input gives a channels-last output equal to the reference's, by
     each (algorithm, backend), with a random epilogue; im2col computes every one-group
-    layer channels last (its plan's layout is "nhwc"), the others convert."""
+    layer channels last (its plan's layout is "nhwc"), and Winograd every layer, the
+    others convert."""
     case = data.draw(conv_cases(algorithm, max_channels=12, max_hw=16, max_n=3))
     p = case["params"]
     x, w, b, r = arrays(data.draw(st.integers(0, 99)), dtype, p.input_shape, p.weight_shape,
@@ -77,6 +79,8 @@ def test_every_algorithm(algorithm, backend, dtype, data):
     assert fastconv.channels_last(y) == (_distinct(p.input_shape) and _distinct(p.output_shape))
     if algorithm == "im2col" and p.groups == 1 and _distinct(p.input_shape):
         assert plan.layout == "nhwc" and plan.variant in ("nhwc_gemm", "nhwc_tiled")
+    if algorithm.startswith("winograd") and _distinct(p.input_shape):
+        assert plan.layout == "nhwc", plan
     assert_close(y, _reference(x, w, p, bias, res, act), tolerance(dtype, algorithm),
                  f"{algorithm}/{backend} {p} bias={bias is not None} "
                  f"residual={res is not None} act={act}")
@@ -190,8 +194,7 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
     """``nn.optimize``: MobileNet-v2's convolutions all compute channels last, so after
     the first call (NCHW, which decides) its activations stay channels last and no
     convolution converts (every plan's layout is "nhwc"); the logits equal the NCHW
-    run's. ResNet-18's 3x3 layers on 24x24 planes run Winograd, which has no
-    channels-last kernel: it stays NCHW."""
+    run's. So do ResNet-18's, Winograd on its 3x3 layers included."""
     if ("conv2d", "direct", "numba") not in fastconv._dispatch.REGISTRY:
         pytest.skip("the Numba backend is not available (depthwise_nhwc is Numba's)")
     x = arrays(3, np.float32, (2, 3, 64, 64))[0]          # 2x2 planes at the end
@@ -214,8 +217,14 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
 
     resnet = nn.optimize(nn.models.resnet18(num_classes=10, rng=0))
     x = arrays(4, np.float32, (1, 3, 96, 96))[0]     # layer1: 24x24, Winograd F(4x4,3x3)
-    resnet(x)
-    assert resnet.format_for(x.shape) == "contiguous"
+    first = resnet(x)
+    assert resnet.format_for(x.shape) == "channels_last"
+    with fastconv.trace_plans() as ran:
+        second = resnet(x)
+    convs = [p for p in ran if p.op == "conv2d"]
+    assert len(convs) == 20 and any(p.algorithm.startswith("winograd") for p in convs)
+    assert all(p.layout == "nhwc" for p in convs), [p for p in convs if p.layout != "nhwc"]
+    np.testing.assert_allclose(second, first, rtol=0, atol=1e-4 * np.abs(first).max())
     with pytest.raises(ValueError, match="memory_format must be"):
         nn.optimize(model, memory_format="nhwc")
 

@@ -11,7 +11,7 @@ from fastconv import _plan
 from fastconv._geometry import ConvParams
 from fastconv.kernels.numba import winograd as wg
 
-from conftest import arrays, assert_close, kernel_pairs, ran_plan, tuned
+from conftest import arrays, assert_close, kernel_pairs, ran_plan, tolerance, tuned
 
 ALGORITHMS = ("winograd_f2", "winograd_f4")
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -349,3 +349,51 @@ def test_blocks_of_whole_images(backend, path, dtype):
                 assert plan["images"] >= 2, plan
                 want = fastconv.conv2d_input(x.shape, w, dy, padding=1, algorithm="reference")
                 assert_close(got, want, EDGE_TOL[dtype][algorithm], f"{plan!r}")
+
+
+#: the paths of a channels-last forward: the four above and, float32 F(4x4,3x3) only,
+#: the filter transformed on the fly
+CL_PATHS = dict(PATHS, streamed=dict(STREAM_MIN_FILTER_BYTES=0, STREAM_MAX_TILES=2**40))
+
+
+@pytest.mark.parametrize("backend", sorted({b for a, b in kernel_pairs("conv2d")
+                                            if a in ALGORITHMS}))
+@pytest.mark.parametrize(
+    "algorithm,path,dtype",
+    [(a, path, dtype) for a in ALGORITHMS
+     for path, dtype in sorted(VARIANTS, key=lambda k: (k[0], k[1].__name__))]
+    + [("winograd_f4", "streamed", np.float32)],
+    ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_forward_channels_last_on_every_path(algorithm, dtype, path, backend):
+    """A channels-last input (PyTorch's ``channels_last``) computes channels last on
+    every path: the plan that ran has layout "nhwc" and the path's variant, its slabs
+    copy channels-last rows and its output transform stores runs of channels. With
+    each epilogue, on partial tiles, channel tails and rows shorter and longer than a
+    vector: equal to the reference, and bit for bit to the same plan on NCHW data."""
+    if path == "split" and fastconv.get_num_threads() < 2:
+        pytest.skip("the output channels are shared out only among 2 or more threads")
+    pytest.importorskip(f"fastconv.kernels.{backend}.winograd")
+    variant = "streamed" if path == "streamed" else VARIANTS[(path, dtype)][0]
+    cl = fastconv.to_channels_last
+    with tuned(**CL_PATHS[path]):
+        for seed, (N, C, H, W, K, pad) in enumerate([(1, 3, 5, 7, 4, 1), (2, 17, 9, 13, 33, 1),
+                                                      (3, 40, 6, 6, 20, 0),
+                                                      (1, 20, 18, 21, 37, 1),
+                                                      (2, 8, 11, 20, 16, 2)]):
+            p = _params(N, C, H, W, K, pad, pad, pad, pad)
+            x, w, b, r = arrays(seed, dtype, p.input_shape, p.weight_shape, (K,),
+                                p.output_shape)
+            for bias, res, act in [(None, None, None), (b, r, "relu"), (b, None, "relu6"),
+                                   (None, r, None)]:
+                kw = dict(padding=pad, algorithm=algorithm, backend=backend, activation=act)
+                want, plan = ran_plan(lambda: fastconv.conv2d(x, w, bias, residual=res, **kw),
+                                      variant=variant, backend=backend)
+                assert plan.layout == "nchw"
+                got, plan = ran_plan(lambda: fastconv.conv2d(
+                    cl(x), w, bias, residual=None if res is None else cl(res), **kw),
+                    variant=variant, backend=backend)
+                assert plan.layout == "nhwc" and fastconv.channels_last(got), plan
+                np.testing.assert_array_equal(got, want, f"{plan!r}")
+                ref = fastconv.conv2d(x, w, bias, residual=res, padding=pad,
+                                      activation=act, algorithm="reference")
+                assert_close(got, ref, tolerance(dtype, algorithm), f"{plan!r}")

@@ -133,7 +133,8 @@ cdef extern from "fc_kernels.h" nogil:
                                        const double *bias, const double *res,
                                        int act) noexcept nogil
         void (*wino_slab_f32)(const float *x, fc_int C, fc_int H, fc_int W, fc_int h0,
-                              fc_int ow, fc_int rows, fc_int Sw, float *S) noexcept nogil
+                              fc_int ow, fc_int rows, fc_int Sw, float *S,
+                              int nhwc) noexcept nogil
         void (*wino_input_f32)(const float *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,
                                fc_int nt, float *V, fc_int ldt, float *tmp) noexcept nogil
         void (*wino_dy_f32)(const float *D, fc_int Dw, fc_int K, fc_int m, fc_int tw,
@@ -141,9 +142,10 @@ cdef extern from "fc_kernels.h" nogil:
         void (*wino_output_f32)(const float *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
                                 fc_int tw, fc_int nt, float *y, fc_int P, fc_int Q,
                                 fc_int p0, const float *bias, const float *res, int act,
-                                float *tmp) noexcept nogil
+                                float *tmp, fc_int ky) noexcept nogil
         void (*wino_slab_f64)(const double *x, fc_int C, fc_int H, fc_int W, fc_int h0,
-                              fc_int ow, fc_int rows, fc_int Sw, double *S) noexcept nogil
+                              fc_int ow, fc_int rows, fc_int Sw, double *S,
+                              int nhwc) noexcept nogil
         void (*wino_input_f64)(const double *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,
                                fc_int nt, double *V, fc_int ldt, double *tmp) noexcept nogil
         void (*wino_dy_f64)(const double *D, fc_int Dw, fc_int K, fc_int m, fc_int tw,
@@ -151,7 +153,7 @@ cdef extern from "fc_kernels.h" nogil:
         void (*wino_output_f64)(const double *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
                                 fc_int tw, fc_int nt, double *y, fc_int P, fc_int Q,
                                 fc_int p0, const double *bias, const double *res, int act,
-                                double *tmp) noexcept nogil
+                                double *tmp, fc_int ky) noexcept nogil
         void (*wino_filter_f32)(const float *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
                                 fc_int c, fc_int kp, float *U) noexcept nogil
         void (*wino_filter_t_f32)(float *dU, fc_int parts, fc_int K, fc_int C, fc_int m,

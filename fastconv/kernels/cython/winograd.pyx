@@ -69,11 +69,11 @@ cdef void _gemm(bint ta, int M, int N, int Kd, const real *A, int lda, const rea
 
 
 cdef void _slab(const real *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
-                fc_int rows, fc_int Sw, real *S) noexcept nogil:
+                fc_int rows, fc_int Sw, real *S, bint nhwc) noexcept nogil:
     if real is float:
-        hot.wino_slab_f32(x, C, H, W, h0, ow, rows, Sw, S)
+        hot.wino_slab_f32(x, C, H, W, h0, ow, rows, Sw, S, nhwc)
     else:
-        hot.wino_slab_f64(x, C, H, W, h0, ow, rows, Sw, S)
+        hot.wino_slab_f64(x, C, H, W, h0, ow, rows, Sw, S, nhwc)
 
 
 cdef void _input(const real *S, fc_int Sw, fc_int C, fc_int m, fc_int tw, fc_int nt,
@@ -94,11 +94,11 @@ cdef void _dy(const real *D, fc_int Dw, fc_int K, fc_int m, fc_int tw, fc_int nt
 
 cdef void _output(const real *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m, fc_int tw,
                   fc_int nt, real *y, fc_int P, fc_int Q, fc_int p0, const real *bias,
-                  const real *res, int act, real *tmp) noexcept nogil:
+                  const real *res, int act, real *tmp, fc_int ky) noexcept nogil:
     if real is float:
-        hot.wino_output_f32(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, bias, res, act, tmp)
+        hot.wino_output_f32(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, bias, res, act, tmp, ky)
     else:
-        hot.wino_output_f64(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, bias, res, act, tmp)
+        hot.wino_output_f64(M, ldt, kp, nk, m, tw, nt, y, P, Q, p0, bias, res, act, tmp, ky)
 
 
 # -- the parallel kernels --------------------------------------------------------------
@@ -108,12 +108,13 @@ cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_i
                  fc_int W, fc_int K, fc_int P, fc_int Q, fc_int m, fc_int th, fc_int tw,
                  fc_int oh, fc_int ow, fc_int R, fc_int G, fc_int nsplit, fc_int kp,
                  int nthreads, real *Sb, real *Vb, real *Mb, real *Tb, fc_int tsize,
-                 const real *bias, const real *res, int act) noexcept nogil:
+                 const real *bias, const real *res, int act, bint nhwc) noexcept nogil:
     """y = the correlation of x (input rows, columns offset by oh, ow) with the
     transformed filter U (nsplit, alpha^2, C, kp); work item (G images, block of R tile
     rows, filter slice): G > 1 only when a block holds whole images (R >= th), so one
     GEMM multiplies the tiles of G images. The epilogue (``bias``, ``res`` NULL when
-    absent, ``act``) runs in the output transform's stores. Thread tid takes items tid, tid + nthreads,
+    absent, ``act``) runs in the output transform's stores. ``nhwc``: x (N, H, W, C) and
+    y, res (N, P, Q, K), channels last. Thread tid takes items tid, tid + nthreads,
     ... with its own slab, V, M and scratch (``Sb``, ``Vb``, ``Mb``, ``Tb`` + tid * their
     size)."""
     cdef fc_int al = m + 2, al2 = (m + 2) * (m + 2)
@@ -138,7 +139,8 @@ cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_i
             nt1 = ((th if th < i0 + R else i0 + R) - i0) * tw    # tiles per image
             if nb != held:
                 for g in range(ng):                  # image n0 + g: V rows g*nt1 on
-                    _slab(x + (n0 + g) * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S)
+                    _slab(x + (n0 + g) * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S,
+                          nhwc)
                     _input(S, Wp, C, m, tw, nt1, V + g * nt1 * C, tb, T)
                 held = nb
             nk = (K if K < part * kp + kp else part * kp + kp) - part * kp
@@ -147,11 +149,14 @@ cdef void _fused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc_i
                     _gemm(False, <int>(ng * nt1), <int>kp, <int>C, V + xi * tb * C, <int>C,
                           U + (part * al2 + xi) * C * kp, <int>kp, 0,
                           M + xi * tb * kp, <int>kp)
-                for g in range(ng):
-                    o = ((n0 + g) * K + part * kp) * P * Q
+                for g in range(ng):                  # channel part*kp of image n0 + g
+                    if nhwc:
+                        o = (n0 + g) * P * Q * K + part * kp
+                    else:
+                        o = ((n0 + g) * K + part * kp) * P * Q
                     _output(M + g * nt1 * kp, tb, kp, nk, m, tw, nt1, y + o, P, Q, m * i0,
                             NULL if bias == NULL else bias + part * kp,
-                            NULL if res == NULL else res + o, act, T)
+                            NULL if res == NULL else res + o, act, T, K if nhwc else 0)
             item = item + nthreads
 
 
@@ -187,8 +192,8 @@ cdef void _fused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_in
         while item < hi:
             n, i0 = item // nblocks, item % nblocks * R
             nt = ((th if th < i0 + R else i0 + R) - i0) * tw
-            _slab(x + n * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S)
-            _slab(dy + n * K * P * Q, K, P, Q, i0 * m, 0, m * R, Wp - 2, D)   # zeros past P, Q
+            _slab(x + n * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S, False)
+            _slab(dy + n * K * P * Q, K, P, Q, i0 * m, 0, m * R, Wp - 2, D, False)   # zeros past P, Q
             _input(S, Wp, C, m, tw, nt, V, tb, T)
             _dy(D, Wp - 2, K, m, tw, nt, dM, tb, T)
             beta = 0 if item == lo else 1
@@ -220,7 +225,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
                    fc_int oh, fc_int ow, fc_int B, fc_int cols, int nthreads, real *Sb,
                    real *V, real *M, real *Tb, fc_int tsize, const real *bias,
                    const real *res, int act, const real *w, fc_int Kw, fc_int Cw, bint rot,
-                   fc_int CB, real *Fb, fc_int fsize, int tthreads) noexcept nogil:
+                   fc_int CB, real *Fb, fc_int fsize, int tthreads, bint nhwc) noexcept nogil:
     """y = the correlation of x with the transformed filter U, in batches of B tile rows
     (of any images): the batch's input transform into V (alpha^2, ldt, C), a tile row
     per work item; the alpha^2 GEMMs M[xi] (ldt, K) = V[xi] U[xi]; the output transform
@@ -234,7 +239,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
     tile): no U; a GEMM work item is a panel of ``cols`` output channels for every xi,
     its U made from the weight ``w`` (Kw, Cw, 3, 3; ``rot``), CB input channels at a
     time, in the thread's scratch (``Fb`` + tid * fsize; ``wino_streamed``); the
-    transforms run on ``tthreads`` threads."""
+    transforms run on ``tthreads`` threads. ``nhwc``: x, y and res channels last."""
     cdef fc_int al2 = (m + 2) * (m + 2), Wp = m * tw + 2, rows = N * th
     cdef fc_int ssize = (m + 2) * Wp * C, npan = (K + cols - 1) // cols if cols else 1
     cdef fc_int r0, nr, nt, ldt, n, i, o, xi, j
@@ -248,7 +253,8 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
         for it in prange(nr, num_threads=tthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
-            _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize)
+            _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize,
+                  nhwc)
             _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, ldt, Tb + tid * tsize)
         if ldt > nt:
             for xi in range(al2):
@@ -271,7 +277,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
             n, i = (r0 + it) // th, (r0 + it) % th
             o = n * K * P * Q
             _output(M + it * tw * K, ldt, K, K, m, tw, tw, y + o, P, Q, m * i, bias,
-                    NULL if res == NULL else res + o, act, Tb + tid * tsize)
+                    NULL if res == NULL else res + o, act, Tb + tid * tsize, K if nhwc else 0)
         r0 = r0 + nr
 
 
@@ -296,8 +302,8 @@ cdef void _unfused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_
         for it in prange(nr, num_threads=nthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
-            _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize)
-            _slab(dy + n * K * P * Q, K, P, Q, i * m, 0, m, Wp - 2, Db + tid * dsize)
+            _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize, False)
+            _slab(dy + n * K * P * Q, K, P, Q, i * m, 0, m, Wp - 2, Db + tid * dsize, False)
             _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, nt, Tb + tid * tsize)
             _dy(Db + tid * dsize, Wp - 2, K, m, tw, tw, dM + it * tw * K, nt, Tb + tid * tsize)
         for xi in prange(al2, num_threads=nthreads, schedule="static"):
@@ -364,9 +370,16 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     """Stride-1 3x3 correlation of x (N, C, H, W) with g (w, or w rotated, "rot") into
     y (N, K, P, Q), offsets off_h, off_w, by the plan's variant (fused, split, unfused
     or unfused_blas), with the epilogue ``ep`` (``fastconv.kernels.epilogue``) in the
-    output transform."""
-    N, C, H, W = x.shape
-    K, P, Q = y.shape[1:]
+    output transform. A channels-last plan (``plan.layout`` "nhwc"): x (N, H, W, C), y
+    and the residual (N, P, Q, K), read and written in place (its slabs are copies of
+    rows, its stores runs of channels, where NCHW's are transposes)."""
+    nhwc = plan.layout == "nhwc"
+    if nhwc:
+        N, H, W, C = x.shape
+        P, Q, K = y.shape[1:]
+    else:
+        N, C, H, W = x.shape
+        K, P, Q = y.shape[1:]
     th, tw = plan["tiles"]
     streamed = plan.variant == "streamed"
     unfused = streamed or plan.variant in ("unfused", "unfused_blas")
@@ -406,7 +419,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
         _run(x.reshape(-1), Uk.reshape(-1), y.reshape(-1), N, C, H, W, K, P, Q, m, th, tw,
              off_h, off_w, R, G, nsplit, kp, unfused, B, cols, nthreads, S, V, M, T, tsize,
              ep.bias, ep.residual, ep.act, wf, w.shape[0], w.shape[1], kind == "rot", CB, F,
-             fsize, tthreads)
+             fsize, tthreads, nhwc)
 
 
 def _run(const real[::1] x, const real[::1] U, real[::1] y, fc_int N, fc_int C, fc_int H,
@@ -415,7 +428,7 @@ def _run(const real[::1] x, const real[::1] U, real[::1] y, fc_int N, fc_int C, 
          fc_int cols, int nthreads, real[::1] S, real[::1] V, real[::1] M, real[::1] T,
          fc_int tsize, const real[::1] bias, const real[::1] res, int act,
          const real[::1] w, fc_int Kw, fc_int Cw, bint rot, fc_int CB, real[::1] F,
-         fc_int fsize, int tthreads):
+         fc_int fsize, int tthreads, bint nhwc):
     cdef const real *b = &bias[0] if bias.shape[0] else NULL
     cdef const real *r = &res[0] if res.shape[0] else NULL
     cdef const real *wp = &w[0] if w.shape[0] else NULL
@@ -424,10 +437,10 @@ def _run(const real[::1] x, const real[::1] U, real[::1] y, fc_int N, fc_int C, 
         if unfused:
             _unfused(&x[0], up, &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, B, cols,
                      nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act, wp, Kw, Cw,
-                     rot, CB, &F[0], fsize, tthreads)
+                     rot, CB, &F[0], fsize, tthreads, nhwc)
         else:
             _fused(&x[0], up, &y[0], N, C, H, W, K, P, Q, m, th, tw, oh, ow, R, G, nsplit,
-                   kp, nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act)
+                   kp, nthreads, &S[0], &V[0], &M[0], &T[0], tsize, b, r, act, nhwc)
 
 
 def _weight_run(const real[::1] x, const real[::1] dy, real[::1] dU, fc_int N, fc_int C, fc_int H,
@@ -479,7 +492,8 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
 
 
 def conv2d(plan, x, w, p, out, epilogue=None):
-    """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue``
+    """Forward convolution into ``out`` (N, K, P, Q; a channels-last plan: x (N, H, W,
+    C) into (N, P, Q, K)), with the ``epilogue``
     (``fastconv.kernels.epilogue``) in the output transform's stores."""
     _winograd(plan, _TILE[plan.algorithm], x, w, "fwd", out, -p.pad_top, -p.pad_left,
               none(x.dtype) if epilogue is None else epilogue)

@@ -108,6 +108,32 @@ def run_channels(of, o, n, k0, bias, act):
 
 
 @jit(inline="always")
+def store_channels(src, s, of, o, n, k0, bias, rf, act):
+    """of[o:o + n] = src[s:s + n], channels k0 .. k0 + n - 1 of one pixel (a channels-last
+    run), with the epilogue (``rf`` in of's order): the arithmetic of :func:`run`."""
+    for i in range(n):
+        of[o + i] = src[s + i]
+    if rf.size == 0:
+        run_channels(of, o, n, k0, bias, act)
+        return
+    zero, six = of.dtype.type(0), of.dtype.type(6)
+    y, r = of[o:o + n], rf[o:o + n]
+    if bias.size:
+        bk = bias[k0:k0 + n]
+        for i in range(n):
+            y[i] = (y[i] + bk[i]) + r[i]
+    else:
+        for i in range(n):
+            y[i] = y[i] + r[i]
+    if act == 1:
+        for i in range(n):
+            y[i] = _below(y[i], zero)
+    elif act == 2:
+        for i in range(n):
+            y[i] = _above(_below(y[i], zero), six)
+
+
+@jit(inline="always")
 def store(src, s, of, o, n, k, bias, rf, act):
     """of[o:o + n] = src[s:s + n] with the epilogue (channel k)."""
     for i in range(n):

@@ -79,7 +79,7 @@ from ..epilogue import none
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import CACHE as _filters
 from . import codegen
-from ._epilogue import put, run as ep_run, run_channels
+from ._epilogue import put, run as ep_run, run_channels, store_channels
 from ._jit import jit, one_thread
 from ._threads import run as _run
 from ._layout import w_block
@@ -357,6 +357,20 @@ def _store_rows(O, y, n, p0, k0, nk, q_lo, q_hi, bias, rf, act):
                 ep_run(yf, yo + k * P * Q + q_lo, q_hi - q_lo, k0 + k, bias, rf, act)
 
 
+@jit()
+def _store_rows_cl(O, y, n, p0, k0, nk, q_lo, q_hi, bias, rf, act):
+    """y[n, p0 + r, q, k0 + k] = O[r, q, k] for k < nk, q_lo <= q < q_hi and the rows of
+    O inside y (N, P, Q, K), channels last: a run of channels per pixel, through the
+    epilogue (the arithmetic of ``_store_rows``: the same bits)."""
+    P, Q, K = y.shape[1], y.shape[2], y.shape[3]
+    of, yf = O.reshape(O.size), y.reshape(y.size)
+    Wo, kp = O.shape[1], O.shape[2]
+    for r in range(min(O.shape[0], P - p0)):
+        for q in range(q_lo, q_hi):
+            store_channels(of, (r * Wo + q) * kp, yf, ((n * P + p0 + r) * Q + q) * K + k0,
+                           nk, k0, bias, rf, act)
+
+
 @jit(fastmath=_FASTMATH)
 def _dy_tile2(D, n, p0, q0, tmp, dM, u):
     """dM[:, u, :] = A d A^T for the tile d = D[n, p0:p0 + 2, q0:q0 + 2, :]."""
@@ -431,13 +445,34 @@ def _slab(x, n, h0, ow, S, r0, nr):
                     row[w, c] = x[n, c, hs, w + ow]
 
 
+@jit()
+def _slab_cl(x, n, h0, ow, S, r0, nr):
+    """``_slab`` of a channels-last x (N, H, W, C): S[r0 + r, w, :] = x[n, h0 + r, w + ow,
+    :], zeros outside x; a row's pixels are a copy."""
+    H, W = x.shape[1], x.shape[2]
+    lo, hi = max(0, -ow), min(S.shape[1], W - ow)       # the columns of S inside x
+    for r in range(r0, r0 + nr):
+        hs = h0 + r - r0
+        row = S[r]
+        if hs < 0 or hs >= H or hi <= lo:
+            row[:, :] = 0
+            continue
+        row[:lo, :] = 0
+        row[hi:, :] = 0
+        row[lo:hi, :] = x[n, hs, lo + ow:hi + ow, :]
+
+
 @jit(parallel=True)
-def _to_channels_last(x, Xp, oh, ow):
-    """Xp[n, h, w, c] = x[n, c, h + oh, w + ow], zeros outside x."""
+def _to_channels_last(x, Xp, oh, ow, cl):
+    """Xp[n, h, w, c] = x[n, c, h + oh, w + ow] (``cl``: x[n, h + oh, w + ow, c]), zeros
+    outside x."""
     Hp = Xp.shape[1]
     for it in prange(x.shape[0] * Hp):
         n, h = it // Hp, it % Hp
-        _slab(x, n, h + oh, ow, Xp[n], h, 1)
+        if cl:
+            _slab_cl(x, n, h + oh, ow, Xp[n], h, 1)
+        else:
+            _slab(x, n, h + oh, ow, Xp[n], h, 1)
 
 
 # -- filter transforms, in float64 (passes over contiguous channels where possible) ---
@@ -525,7 +560,7 @@ def _filter_t4(dU, dw):
 # -- the parallel kernels --------------------------------------------------------------
 
 @jit(parallel=True)
-def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act):
+def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act, cl):
     """y (NCHW) = the correlation of x (NCHW; input rows and columns offset by oh, ow)
     with the transformed filter ``Uk`` (nsplit, alpha^2, C, kp), split into ``nsplit``
     slices of kp output channels (zero-padded). Work item ``(images, block, part)``
@@ -537,9 +572,10 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act)
     to y image by image (rows shorter than a vector: tile by tile straight into y),
     through the epilogue (``bias``, ``rf``, ``act``: ``fastconv.kernels.epilogue``).
     Thread ``tid`` takes items tid, tid + nthreads, ... with its own slabs, V, M and tmp
-    (``Sb``, ``Vb``, ``Mb``, ``Tb``, ``Ob`` [tid])."""
+    (``Sb``, ``Vb``, ``Mb``, ``Tb``, ``Ob`` [tid]). ``cl``: x (N, H, W, C) and y (N, P,
+    Q, K), channels last: slabs copied, output slabs stored as runs of channels."""
     nthreads, alpha2, tb = Vb.shape[0], Vb.shape[1], Vb.shape[2]
-    nsplit, kp, K = Uk.shape[0], Uk.shape[3], y.shape[1]
+    nsplit, kp, K = Uk.shape[0], Uk.shape[3], y.shape[3] if cl else y.shape[1]
     N = x.shape[0]
     nblocks = (th + R - 1) // R
     nitems = (N + G - 1) // G * nblocks * nsplit
@@ -554,7 +590,10 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act)
             nt = ng * nt1
             if nb != held:
                 for g in range(ng):                      # image n0 + g: V rows g*nt1 on
-                    _slab(x, n0 + g, i0 * m + oh, ow, S[0], 0, S.shape[1])
+                    if cl:
+                        _slab_cl(x, n0 + g, i0 * m + oh, ow, S[0], 0, S.shape[1])
+                    else:
+                        _slab(x, n0 + g, i0 * m + oh, ow, S[0], 0, S.shape[1])
                     for u in range(nt1):
                         i, j = u // tw, u % tw           # tile (i0 + i, j); S row m*i
                         if m == 2:
@@ -569,7 +608,7 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act)
             nk = min(K, k0 + kp) - k0
             for g in range(ng):
                 n = n0 + g
-                if y.shape[3] < 64 // y.itemsize:        # short rows: straight into y
+                if not cl and y.shape[3] < 64 // y.itemsize:    # short rows: straight into y
                     for u in range(nt1):
                         i, j = i0 + u // tw, u % tw
                         if m == 2:
@@ -585,7 +624,10 @@ def _fused(x, Uk, y, m, th, tw, oh, ow, R, G, Sb, Vb, Mb, Tb, Ob, bias, rf, act)
                         _out_tile2_cl(M, g * nt1 + u, tmp, O, 2 * i, 2 * j)
                     else:
                         _out_tile4_cl(M, g * nt1 + u, tmp, O, 4 * i, 4 * j)
-                _store_rows(O, y, n, m * i0, k0, nk, 0, y.shape[3], bias, rf, act)
+                if cl:
+                    _store_rows_cl(O, y, n, m * i0, k0, nk, 0, y.shape[2], bias, rf, act)
+                else:
+                    _store_rows(O, y, n, m * i0, k0, nk, 0, y.shape[3], bias, rf, act)
 
 
 #: BLAS ``?gemm`` through Numba's wrapper (the one ``np.dot`` calls, so
@@ -659,15 +701,15 @@ def _transform_tiles(src, dst, nt, m, t0, th, tw, dy):
 
 
 @jit(parallel=True)
-def _output_tiles(M, nt, y, m, t0, th, tw, bias, rf, act):
+def _output_tiles(M, nt, y, m, t0, th, tw, bias, rf, act, cl):
     """The output tiles t0 + u, u < nt, of y from M[:, u, :]. Rows of at least one vector
     of columns: a row of tiles (or the part of one in this batch) at a time, into a
     channels-last slab, then stored by block transposes (faster than tile by tile);
     shorter rows, where a slab's element-wise store would be slower: tile by tile
     straight into y. The epilogue (``bias``, ``rf`` y's residual, ``act``) applies as
-    each is stored."""
-    K, Q = y.shape[1], y.shape[3]
-    if Q < 64 // y.itemsize:
+    each is stored. ``cl``: y (N, P, Q, K), channels last (always by slabs)."""
+    K, Q = (y.shape[3], y.shape[2]) if cl else (y.shape[1], y.shape[3])
+    if not cl and Q < 64 // y.itemsize:
         ch = _chunk(nt)
         for chunk in prange((nt + ch - 1) // ch):
             tmp = np.empty((m + 2, m + 2, M.shape[2]), M.dtype)
@@ -688,7 +730,10 @@ def _output_tiles(M, nt, y, m, t0, th, tw, bias, rf, act):
                 _out_tile2_cl(M, row * tw + j - t0, tmp, O, 0, 2 * j)
             else:
                 _out_tile4_cl(M, row * tw + j - t0, tmp, O, 0, 4 * j)
-        _store_rows(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1), bias, rf, act)
+        if cl:
+            _store_rows_cl(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1), bias, rf, act)
+        else:
+            _store_rows(O, y, n, m * i, 0, K, m * j0, min(Q, m * j1), bias, rf, act)
 
 
 #: output channels per work item of the F(4x4,3x3) path that transforms the filter on
@@ -828,9 +873,14 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     "fwd") or ``w`` rotated with C and K swapped ("rot"); x (N, C, H, W) C-contiguous,
     y (N, K, P, Q) filled; by the plan's variant (``fastconv._plan._winograd``), with
     the epilogue ``ep`` (``fastconv.kernels.epilogue``) in the output transform's
-    stores."""
-    N, C = x.shape[:2]
-    K, P, Q = y.shape[1:]
+    stores. A channels-last plan (``plan.layout`` "nhwc"): x (N, H, W, C), y and the
+    residual (N, P, Q, K), read and written in place."""
+    cl = plan.layout == "nhwc"
+    if cl:
+        N, C, K, P, Q = x.shape[0], x.shape[3], y.shape[3], y.shape[1], y.shape[2]
+    else:
+        N, C = x.shape[:2]
+        K, P, Q = y.shape[1:]
     alpha2 = (m + 2) ** 2
     th, tw = plan["tiles"]
     Hp, Wp = m * th + 2, m * tw + 2
@@ -844,7 +894,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
         V = _buffer("V", (alpha2, rows, C), x.dtype)
         M = _buffer("M", (alpha2, rows, -(-K // J) * J), x.dtype)
         with one_thread(plan["serial"]):
-            _to_channels_last(x, Xp, off_h, off_w)
+            _to_channels_last(x, Xp, off_h, off_w, cl)
             V[:, nt:] = 0
             _transform_tiles(Xp, V, nt, m, 0, th, tw, False)
             Vc = _buffer("Vc", (-(-C // CB), alpha2, rows, CB), x.dtype)
@@ -852,7 +902,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
         _run(_streamed_items, M.shape[2] // J, Vc, np.ascontiguousarray(w).reshape(-1), M, K,
              kind == "rot", codegen.kernel("gemm_acc", rows=TB, cols=J))
         with one_thread(plan["serial"]):
-            _output_tiles(M, nt, y, m, 0, th, tw, *ep)
+            _output_tiles(M, nt, y, m, 0, th, tw, *ep, cl)
         return
     if plan.variant in ("fused", "split"):
         Uk = _filter(m, w, kind, plan["filter_slices"])
@@ -864,7 +914,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
         Tb = _buffer("T", (nthreads, m + 2, m + 2, max(C, Uk.shape[3])), x.dtype)
         Ob = _buffer("O", (nthreads, m * R, m * tw, Uk.shape[3]), x.dtype)
         with single_threaded_blas():
-            _fused(x, Uk, y, m, th, tw, off_h, off_w, R, G, Sb, Vb, Mb, Tb, Ob, *ep)
+            _fused(x, Uk, y, m, th, tw, off_h, off_w, R, G, Sb, Vb, Mb, Tb, Ob, *ep, cl)
         return
     # unfused: our GEMM kernel (float32, K padded to its columns), or BLAS (unfused_blas)
     TB, J = plan["gemm_block"]
@@ -874,7 +924,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     Xp = _buffer("X", (group, Hp, Wp, C), x.dtype)
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
-        _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
+        _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w, cl)
         for t0 in range(0, (n1 - n0) * th * tw, tb):
             nt = min(tb, (n1 - n0) * th * tw - t0)
             rows = -(-nt // TB) * TB                # the GEMMs' rows: whole blocks
@@ -886,7 +936,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
                 _gemm(V, U, M, plan["gemm_rows_bytes"])
             else:
                 _matmul(V, U, M)
-            _output_tiles(M, nt, y[n0:n1], m, t0, th, tw, *ep.images(n0, n1, K * P * Q))
+            _output_tiles(M, nt, y[n0:n1], m, t0, th, tw, *ep.images(n0, n1, K * P * Q), cl)
 
 
 @jit(parallel=True)
@@ -964,8 +1014,8 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
     first = True
     for n0 in range(0, N, group):
         n1 = min(N, n0 + group)
-        _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w)
-        _to_channels_last(dy[n0:n1], D[:n1 - n0], 0, 0)      # zeros past P, Q
+        _to_channels_last(x[n0:n1], Xp[:n1 - n0], off_h, off_w, False)
+        _to_channels_last(dy[n0:n1], D[:n1 - n0], 0, 0, False)      # zeros past P, Q
         for t0 in range(0, (n1 - n0) * th * tw, tb):
             nt = min(tb, (n1 - n0) * th * tw - t0)
             V = _buffer("V", (alpha2, nt, C), x.dtype)

@@ -147,17 +147,19 @@ typedef struct {
                                    fc_int dh, fc_int dw, fc_int Q, fc_int qa, fc_int qb, \
                                    const fc_int *cols, T *y, const T *bias,             \
                                    const T *res, int act);                              \
-    /* Winograd (fc_winograd.h): channels-last slab of one image's rows, the input and \
-     * dy transforms of a block of tiles, the output transform into NCHW with the epilogue */            \
+    /* Winograd (fc_winograd.h): channels-last slab of one image's rows (from NCHW or, \
+     * nhwc, channels-last input), the input and dy transforms of a block of tiles, the \
+     * output transform into NCHW (ky 0) or channels last (ky: a pixel's stride), with \
+     * the epilogue */                                                                  \
     void (*wino_slab_##X)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0,          \
-                          fc_int ow, fc_int rows, fc_int Sw, T *S);                     \
+                          fc_int ow, fc_int rows, fc_int Sw, T *S, int nhwc);           \
     void (*wino_input_##X)(const T *S, fc_int Sw, fc_int C, fc_int m, fc_int tw,        \
                            fc_int nt, T *V, fc_int ldt, T *tmp);                        \
     void (*wino_dy_##X)(const T *D, fc_int Dw, fc_int K, fc_int m, fc_int tw,           \
                         fc_int nt, T *dM, fc_int ldt, T *tmp);                          \
     void (*wino_output_##X)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,     \
                             fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0,  \
-                            const T *bias, const T *res, int act, T *tmp);              \
+                            const T *bias, const T *res, int act, T *tmp, fc_int ky);   \
     /* the filter transform of input channel c; the weight gradient's of output k */    \
     void (*wino_filter_##X)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,        \
                             fc_int c, fc_int kp, T *U);                                 \

@@ -24,10 +24,11 @@
 #  endif
 #endif
 
-/* S[r, w, c] = x[c, h0 + r, w + ow] (one image, C x H x W) for r < rows, w < Sw; zeros
- * outside x: each row the (C, columns) matrix of x transposed (transpose_matrix). */
+/* S[r, w, c] = x[c, h0 + r, w + ow] (one image, C x H x W; nhwc: x[h0 + r, w + ow, c],
+ * H x W x C) for r < rows, w < Sw; zeros outside x: each row the (C, columns) matrix
+ * of x transposed (transpose_matrix), or (nhwc) a copy of the row's pixels. */
 static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, fc_int ow,
-                          fc_int rows, fc_int Sw, T *S)
+                          fc_int rows, fc_int Sw, T *S, int nhwc)
 {
     for (fc_int r = 0; r < rows; r++) {
         T *row = S + r * Sw * C;
@@ -40,8 +41,10 @@ static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, f
         if (hi < lo) hi = lo;
         if (lo > 0) memset(row, 0, (size_t)(lo * C) * sizeof(T));
         if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
-        /* x[c, h, w + ow] for w in [lo, hi): rows c, H*W apart */
-        FN(transpose_matrix)(x + h * W + ow + lo, H * W, row + lo * C, C, C, hi - lo);
+        if (nhwc)          /* pixels w + ow, w in [lo, hi), of row h: contiguous */
+            memcpy(row + lo * C, x + (h * W + ow + lo) * C, (size_t)((hi - lo) * C) * sizeof(T));
+        else               /* x[c, h, w + ow] for w in [lo, hi): rows c, H*W apart */
+            FN(transpose_matrix)(x + h * W + ow + lo, H * W, row + lo * C, C, C, hi - lo);
     }
 }
 
@@ -224,17 +227,45 @@ static void FN(wino_store)(T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra, T *
             }
 }
 
+/* y[(a*Q + q)*ky + k] = act((O[a, q, k] + bias[k]) + res[(a*Q + q)*ky + k]) for k < nk,
+ * a < ra, q < Q: the channels-last slab O (rows of Wr pixels, kp channels) of output
+ * rows stored to a channels-last output (pixels ky apart; y, res: row 0, channel 0 of
+ * the slice). The arithmetic of wino_store, in its order: the same bits. */
+static void FN(wino_store_nhwc)(const T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra,
+                                T *y, fc_int Q, fc_int ky, const T *bias, const T *res,
+                                int act)
+{
+    for (fc_int a = 0; a < ra; a++)
+        for (fc_int q = 0; q < Q; q++) {
+            const T *o = O + (a * Wr + q) * kp;
+            T *yq = y + (a * Q + q) * ky;
+            const T *rq = res ? res + (a * Q + q) * ky : NULL;
+            FC_IVDEP
+            for (fc_int k = 0; k < nk; k++) {
+                T v = o[k];
+                if (bias) v = v + bias[k];
+                if (rq) v = v + rq[k];
+                if (act != 0) {
+                    v = v < 0 ? (T)0 : v;                  /* NaN < 0 is false: kept */
+                    v = (act == 2 && v > 6) ? (T)6 : v;
+                }
+                yq[k] = v;
+            }
+        }
+}
+
 /* The output tiles u < nt, whole rows of tw tiles: y[k, p0 + m*i + a, m*j + b] =
  * act((A^T M[:, u, k] A)[a, b] + bias[k] + res[k, p0 + m*i + a, m*j + b]) for k < nk,
  * cropped to P x Q (the epilogue of fastconv.kernels.epilogue: act 0 none, 1 relu,
  * 2 relu6, comparisons that keep NaN; bias and res NULL when absent). y and res point
  * at channel 0 of this slice in one image (planes P*Q apart), bias at its first
  * channel. A row of tiles is transformed into a channels-last slab of its m output
- * rows, then stored by wino_store (long runs, not m elements per plane). tmp:
- * m*alpha*kp + m*m*tw*kp elements. */
+ * rows, then stored by wino_store (long runs, not m elements per plane); ky > 0: y
+ * and res are channels last, pixels ky apart (row 0, channel 0 of the slice), stored
+ * by wino_store_nhwc. tmp: m*alpha*kp + m*m*tw*kp elements. */
 static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int m,
                             fc_int tw, fc_int nt, T *y, fc_int P, fc_int Q, fc_int p0,
-                            const T *bias, const T *res, int act, T *tmp)
+                            const T *bias, const T *res, int act, T *tmp, fc_int ky)
 {
     const fc_int al = m + 2, Wr = m * tw;
     T *slab = tmp + m * al * kp;                   /* slab[(a*Wr + q)*kp + k] */
@@ -293,8 +324,12 @@ static void FN(wino_output)(const T *M, fc_int ldt, fc_int kp, fc_int nk, fc_int
             }
         }
         const fc_int ra = P - r0 < m ? P - r0 : m;
-        FN(wino_store)(slab, Wr, kp, nk, ra, y + r0 * Q, P, Q, bias,
-                       res ? res + r0 * Q : NULL, act);
+        if (ky)
+            FN(wino_store_nhwc)(slab, Wr, kp, nk, ra, y + r0 * Q * ky, Q, ky, bias,
+                                res ? res + r0 * Q * ky : NULL, act);
+        else
+            FN(wino_store)(slab, Wr, kp, nk, ra, y + r0 * Q, P, Q, bias,
+                           res ? res + r0 * Q : NULL, act);
     }
 }
 
