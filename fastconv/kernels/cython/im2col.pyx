@@ -640,7 +640,9 @@ def _pointwise(x, w, p, out, ep, panel_bytes):
                    p.H * p.W, p.W, p.Q, p.stride_h, p.stride_w)
 
 
-#: pixels per work item of the channels-last 1x1 forward (16 register blocks of 6)
+#: pixels per work item of the channels-last 1x1 forward, at most (16 register blocks
+#: of 6); the pixels are cut into chunks of equal size, whole blocks of 12 (6 and 12 are
+#: its register blocks' rows), so that OpenMP's static shares are equal work
 cdef fc_int NHWC_ITEM_PIXELS = 96
 
 
@@ -678,12 +680,14 @@ def _pointwise_nhwc_run(const real[::1] x, const real[::1] wt, real[::1] y,
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nkp = (K + cols - 1) // cols
     cdef fc_int nchunks = (npx + NHWC_ITEM_PIXELS - 1) // NHWC_ITEM_PIXELS
+    cdef fc_int chunk = ((npx + nchunks - 1) // nchunks + 11) // 12 * 12
     cdef fc_int item, p0, p1, k0
+    nchunks = (npx + chunk - 1) // chunk
     with nogil:
         for item in prange(nchunks * nkp, num_threads=_par_macs(npx * K * C, nt),
                            schedule="static"):
-            p0 = item // nkp * NHWC_ITEM_PIXELS     # item = chunk*nkp + panel: a chunk's
-            p1 = p0 + NHWC_ITEM_PIXELS if p0 + NHWC_ITEM_PIXELS < npx else npx
+            p0 = item // nkp * chunk                # item = chunk*nkp + panel: a chunk's
+            p1 = p0 + chunk if p0 + chunk < npx else npx
             k0 = item % nkp * cols                  # pixels stay in cache across panels
             if real is float:
                 hot.pointwise_nhwc_f32(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
@@ -705,7 +709,7 @@ def _patch_offsets(R, S, C, dh, dw, Wp):
 def _conv_nhwc(x, w, p, out, ep):
     """The channels-last forward of any kernel size (``nhwc_tiled``; the Numba backend
     runs it as patch matrix + GEMM, ``kernels/channels_last.py``): groups of images
-    copied zero-padded, then per (image, output row, panel of output channels), on
+    copied zero-padded (a layer without padding reads x in place), then per (image, output row, panel of output channels), on
     OpenMP's threads, ``conv_nhwc`` of ``src/fc_impl.h``: a register block of output
     pixels x output channels over the patch, read in place through a table of offsets
     (no patch matrix, no BLAS), the weight laid out once (cached per weight) in panels
@@ -716,28 +720,36 @@ def _conv_nhwc(x, w, p, out, ep):
     Hp, Wp = p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right
     offs = _patch_offsets(p.R, p.S, p.C, p.dil_h, p.dil_w, Wp)
     image = Hp * Wp * p.C
-    group = max(1, min(p.N, get_workspace_limit() // (image * x.itemsize)))
-    xp = workspace("conv_nhwc.padded", group * image, dt)
+    padded = Hp != p.H or Wp != p.W
+    if padded:
+        group = max(1, min(p.N, get_workspace_limit() // (image * x.itemsize)))
+        xp = workspace("conv_nhwc.padded", group * image, dt)
+    else:                                   # no padding: the patches are read from x
+        group, xp = p.N, workspace("conv_nhwc.padded", 1, dt)
     xf, yf, nt = x.reshape(-1), out.reshape(-1), get_num_threads()
     for n0 in range(0, p.N, group):
         ng = min(group, p.N - n0)
         _conv_nhwc_run(xf, xp, wt.reshape(-1), offs, yf, ep.bias, ep.residual, ep.act, n0,
                        ng, p.H, p.W, p.C, p.pad_top, p.pad_left, Hp, Wp, p.P, p.Q, p.K,
-                       p.stride_h, p.stride_w, n, cols, nt)
+                       p.stride_h, p.stride_w, n, cols, nt, padded)
 
 
 def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
                    const fc_int[::1] offs, real[::1] y, const real[::1] bias_a,
                    const real[::1] res_a, int act, fc_int n0, fc_int ng, fc_int H, fc_int W,
                    fc_int C, fc_int pt, fc_int pl, fc_int Hp, fc_int Wp, fc_int P, fc_int Q,
-                   fc_int K, fc_int sh, fc_int sw, fc_int n, fc_int cols, int nt):
+                   fc_int K, fc_int sh, fc_int sw, fc_int n, fc_int cols, int nt,
+                   bint padded):
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nkp = (K + cols - 1) // cols, row, i, hp, item, m, pr, k0, o
     cdef real *d
+    # the images the patches are read from: the group's padded copy, or x itself
+    cdef const real *src = &xp[0] if padded else &x[0] + n0 * H * W * C
     with nogil:
         # the group's images zero-padded: padded row (image i, row hp) per iteration
-        for row in prange(ng * Hp, num_threads=_par(ng * Hp * Wp * C, nt), schedule="static"):
+        for row in prange(ng * Hp if padded else 0, num_threads=_par(ng * Hp * Wp * C, nt),
+                          schedule="static"):
             i, hp = row // Hp, row % Hp
             d = &xp[0] + row * Wp * C
             if hp < pt or hp >= pt + H:
@@ -754,11 +766,11 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
             m, pr, k0 = item // (P * nkp), item // nkp % P, item % nkp * cols
             o = ((n0 + m) * P + pr) * Q * K             # the output row's first element
             if real is float:
-                hot.conv_nhwc_f32(&xp[0] + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
+                hot.conv_nhwc_f32(src + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
                                   &wt[0], K, Q, k0, &y[0] + o, bias,
                                   NULL if res == NULL else res + o, act)
             else:
-                hot.conv_nhwc_f64(&xp[0] + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
+                hot.conv_nhwc_f64(src + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
                                   &wt[0], K, Q, k0, &y[0] + o, bias,
                                   NULL if res == NULL else res + o, act)
 
