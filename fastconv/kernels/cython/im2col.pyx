@@ -746,6 +746,7 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
     cdef real *d
     # the images the patches are read from: the group's padded copy, or x itself
     cdef const real *src = &xp[0] if padded else &x[0] + n0 * H * W * C
+    cdef const fc_int *op = NULL if n == C else &offs[0]     # 1x1: no table
     with nogil:
         # the group's images zero-padded: padded row (image i, row hp) per iteration
         for row in prange(ng * Hp if padded else 0, num_threads=_par(ng * Hp * Wp * C, nt),
@@ -766,11 +767,11 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
             m, pr, k0 = item // (P * nkp), item // nkp % P, item % nkp * cols
             o = ((n0 + m) * P + pr) * Q * K             # the output row's first element
             if real is float:
-                hot.conv_nhwc_f32(src + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
+                hot.conv_nhwc_f32(src + (m * Hp + pr * sh) * Wp * C, sw * C, op, n,
                                   &wt[0], K, Q, k0, &y[0] + o, bias,
                                   NULL if res == NULL else res + o, act)
             else:
-                hot.conv_nhwc_f64(src + (m * Hp + pr * sh) * Wp * C, sw * C, &offs[0], n,
+                hot.conv_nhwc_f64(src + (m * Hp + pr * sh) * Wp * C, sw * C, op, n,
                                   &wt[0], K, Q, k0, &y[0] + o, bias,
                                   NULL if res == NULL else res + o, act)
 

@@ -1033,7 +1033,8 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
  * = act(conv + bias + res), output channels [k0, k0 + FC_PW_COLS) ∩ [0, K). x: the
  * row's first patch input in the zero-padded image (Hp, Wp, C), i.e. padded pixel
  * (p*sh, 0); xstep: sw*C, the step between neighbouring output pixels; offs[i], i <
- * n = R*S*C: patch input i's offset from a pixel's first, (r*dh*Wp + s*dw)*C + c;
+ * n = R*S*C: patch input i's offset from a pixel's first, (r*dh*Wp + s*dw)*C + c
+ * (NULL for a 1x1 kernel: i);
  * Wt: the weight in panels of FC_PW_COLS output channels, each (n, FC_PW_COLS)
  * contiguous (panel k0 / FC_PW_COLS at Wt + k0 * n), the patch inputs in offs's
  * order, zero past K. The patches are read in place: no patch matrix. */
@@ -1041,8 +1042,12 @@ static void FN(conv_nhwc)(const T *x, fc_int xstep, const fc_int *offs, fc_int n
                           const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,
                           const T *bias, const T *res, int act)
 {
-    /* this panel: (n, FC_PW_COLS) */
-    FN(nhwc_pixels)(x, xstep, offs, n, Wt + k0 * n, K, 0, Q, k0, y, bias, res, act, 1);
+    /* this panel: (n, FC_PW_COLS); offs NULL (a 1x1 kernel, any stride): input i at
+     * offset i, a copy compiled without the table's loads */
+    if (offs == NULL)
+        FN(nhwc_pixels)(x, xstep, NULL, n, Wt + k0 * n, K, 0, Q, k0, y, bias, res, act, 1);
+    else
+        FN(nhwc_pixels)(x, xstep, offs, n, Wt + k0 * n, K, 0, Q, k0, y, bias, res, act, 1);
 }
 
 /* -- depthwise convolution, channels last: depthwise_nhwc_row --------------------------- */
