@@ -878,15 +878,14 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
     const FN(vec) vzero = {0};
     for (int t = 0; t < mr; t++)
         for (int k = 0; k < nv; k++) acc[t][k] = vzero;
-    /* with a residual, its lines and the output's for this block, fetched while the
-     * sums run: read only in the epilogue, they were a cache miss each there (a 1x1
-     * layer of 64 inputs took twice as long with a residual) */
-    if (res != NULL)
-        for (int t = 0; t < mr; t++)
-            for (int k = 0; k < nv * VL; k += 64 / (int)sizeof(T)) {
-                __builtin_prefetch(res + t * K + k0 + k, 0, 3);
-                __builtin_prefetch(y + t * K + k0 + k, 1, 3);
-            }
+    /* the residual's and the output's lines of this block, fetched while the sums run:
+     * read only in the epilogue, they were a cache miss each there (a 1x1 layer of 64
+     * inputs took twice as long with a residual) */
+    for (int t = 0; t < mr; t++)
+        for (int k = 0; k < nv * VL; k += 64 / (int)sizeof(T)) {
+            if (res != NULL) __builtin_prefetch(res + t * K + k0 + k, 0, 3);
+            __builtin_prefetch(y + t * K + k0 + k, 1, 3);
+        }
     for (fc_int i = 0; i < n; i++) {
         FN(vec) ws[FC_NV];
         const fc_int o = offs == NULL ? i : offs[i];
