@@ -108,11 +108,10 @@ def run_channels(of, o, n, k0, bias, act):
 
 
 @jit(inline="always")
-def store_channels(src, s, of, o, n, k0, bias, rf, act):
-    """of[o:o + n] = src[s:s + n], channels k0 .. k0 + n - 1 of one pixel (a channels-last
-    run), with the epilogue (``rf`` in of's order): the arithmetic of :func:`run`."""
-    for i in range(n):
-        of[o + i] = src[s + i]
+def channels(of, o, n, k0, bias, rf, act):
+    """of[o:o + n], channels k0 .. k0 + n - 1 of one pixel (a channels-last run), with
+    the epilogue applied in place (``rf`` in of's order): the arithmetic of :func:`run`,
+    one loop per step."""
     if rf.size == 0:
         run_channels(of, o, n, k0, bias, act)
         return
@@ -131,6 +130,15 @@ def store_channels(src, s, of, o, n, k0, bias, rf, act):
     elif act == 2:
         for i in range(n):
             y[i] = _above(_below(y[i], zero), six)
+
+
+@jit(inline="always")
+def store_channels(src, s, of, o, n, k0, bias, rf, act):
+    """of[o:o + n] = src[s:s + n], channels k0 .. k0 + n - 1 of one pixel, with the
+    epilogue (:func:`channels`)."""
+    for i in range(n):
+        of[o + i] = src[s + i]
+    channels(of, o, n, k0, bias, rf, act)
 
 
 @jit(inline="always")
@@ -160,23 +168,5 @@ def planes(of, src, inplace, n0, nt, K, P, Q, p0, pr, bias, rf, act):
 def rows(of, r0, r1, K, bias, rf, act):
     """Rows r0 .. r1 - 1 of ``of`` (flat, rows of K channels: a channels-last output)
     with the epilogue applied in place (``rf`` flattened in the same order)."""
-    zero, six = of.dtype.type(0), of.dtype.type(6)
     for r in prange(r0, r1):
-        y = of[r * K:(r + 1) * K]
-        if rf.size:
-            res = rf[r * K:(r + 1) * K]
-            if bias.size:
-                for i in range(K):
-                    y[i] = (y[i] + bias[i]) + res[i]
-            else:
-                for i in range(K):
-                    y[i] = y[i] + res[i]
-        elif bias.size:
-            for i in range(K):
-                y[i] = y[i] + bias[i]
-        if act == 1:
-            for i in range(K):
-                y[i] = _below(y[i], zero)
-        elif act == 2:
-            for i in range(K):
-                y[i] = _above(_below(y[i], zero), six)
+        channels(of, r * K, K, 0, bias, rf, act)
