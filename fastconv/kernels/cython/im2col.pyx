@@ -709,11 +709,12 @@ def _patch_offsets(R, S, C, dh, dw, Wp):
 def _conv_nhwc(x, w, p, out, ep):
     """The channels-last forward of any kernel size (``nhwc_tiled``; the Numba backend
     runs it as patch matrix + GEMM, ``kernels/channels_last.py``): groups of images
-    copied zero-padded (a layer without padding reads x in place), then per (image, output row, panel of output channels), on
-    OpenMP's threads, ``conv_nhwc`` of ``src/fc_impl.h``: a register block of output
-    pixels x output channels over the patch, read in place through a table of offsets
-    (no patch matrix, no BLAS), the weight laid out once (cached per weight) in panels
-    of ``cols`` output channels, each (R*S*C, cols), the epilogue in its stores."""
+    copied zero-padded (a layer without padding reads x in place), then per (image,
+    output row, panel of output channels), on OpenMP's threads, ``conv_nhwc`` of
+    ``src/fc_impl.h``: a register block of output pixels x output channels over the
+    patch, read in place through a table of offsets (none for a 1x1 kernel; no patch
+    matrix, no BLAS), the weight laid out once (cached per weight) in panels of
+    ``cols`` output channels, each (R*S*C, cols), the epilogue in its stores."""
     dt = x.dtype
     n = p.R * p.S * p.C
     cols, wt = _nhwc_panels(w)
