@@ -193,7 +193,8 @@ cdef void _fused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_in
             n, i0 = item // nblocks, item % nblocks * R
             nt = ((th if th < i0 + R else i0 + R) - i0) * tw
             _slab(x + n * C * H * W, C, H, W, i0 * m + oh, ow, rows, Wp, S, False)
-            _slab(dy + n * K * P * Q, K, P, Q, i0 * m, 0, m * R, Wp - 2, D, False)   # zeros past P, Q
+            # dy's rows: zeros past P, Q
+            _slab(dy + n * K * P * Q, K, P, Q, i0 * m, 0, m * R, Wp - 2, D, False)
             _input(S, Wp, C, m, tw, nt, V, tb, T)
             _dy(D, Wp - 2, K, m, tw, nt, dM, tb, T)
             beta = 0 if item == lo else 1
