@@ -372,6 +372,53 @@ static void FN(wino_filter)(const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
     }
 }
 
+/* Ut[xi*pitch + c*J + kk] = (G g G^T)[xi] for the cb channels c of a chunk, g[r, s] =
+ * Wt[(c*9 + r*3 + s)*J + kk] (``rot``: Wt's row 8 - r*3 - s), kk < J (a multiple of the
+ * vector length where there are vectors: J lanes at a time), in T's arithmetic: G g
+ * (alpha x 3) along the rows, then (G g) G^T, one vector of the alpha^2 at a time. */
+static void FN(wino_filter_chunk)(const T *Wt, fc_int cb, fc_int J, int rot, fc_int m,
+                                  T *Ut, fc_int pitch)
+{
+    const fc_int al = m + 2;
+    T G[6][3];
+    for (fc_int a = 0; a < al; a++)
+        for (int r = 0; r < 3; r++) G[a][r] = (T)(m == 2 ? fc_wino_g2 : fc_wino_g4)[a][r];
+#if FC_VECTORS
+    typedef FN(vec) V;
+    const fc_int L = (fc_int)(FC_VB / sizeof(T));
+#else
+    typedef T V;
+    const fc_int L = 1;
+#endif
+    for (fc_int c = 0; c < cb; c++)
+        for (fc_int kk = 0; kk < J; kk += L) {
+            V g[9];
+            for (int rs = 0; rs < 9; rs++) {
+                const T *src = Wt + (c * 9 + (rot ? 8 - rs : rs)) * J + kk;
+#if FC_VECTORS
+                g[rs] = FN(vload)(src);
+#else
+                g[rs] = *src;
+#endif
+            }
+            for (fc_int a = 0; a < al; a++) {
+                const T g0 = G[a][0], g1 = G[a][1], g2 = G[a][2];
+                const V t0 = g0 * g[0] + g1 * g[3] + g2 * g[6];      /* (G g)[a, s] */
+                const V t1 = g0 * g[1] + g1 * g[4] + g2 * g[7];
+                const V t2 = g0 * g[2] + g1 * g[5] + g2 * g[8];
+                for (fc_int b = 0; b < al; b++) {
+                    const V u = t0 * G[b][0] + t1 * G[b][1] + t2 * G[b][2];
+                    T *dst = Ut + (a * al + b) * pitch + c * J + kk;
+#if FC_VECTORS
+                    FN(vstore)(dst, u);
+#else
+                    *dst = u;
+#endif
+                }
+            }
+        }
+}
+
 /* The GEMMs of the streamed variant, for the output channels [k0, k0 + J) ∩ [0, K),
  * J = pointwise_cols (the 1x1 kernel's panel): M[xi] (ldt x K, its first ``rows`` rows) = V[xi] (ldt x C) @ U[xi] (C x K)
  * for every xi, with U = G g G^T made here from the weight, cb_max input
@@ -393,44 +440,22 @@ static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, con
     const fc_int pitch = cb_max * J + 64 / (fc_int)sizeof(T);
     T *Ut = scratch;                               /* Ut[xi*pitch + c*J + kk] */
     T *Wt = Ut + al2 * pitch;                      /* Wt[(c*9 + rs)*J + kk] */
-    T *t = Wt + cb_max * 9 * J;                    /* t[(a*3 + s)*J + kk] = (G g)[a, s] */
-    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
     for (fc_int c0 = 0; c0 < C; c0 += cb_max) {
         const fc_int cb = C - c0 < cb_max ? C - c0 : cb_max;
-        /* Wt[c, rs, kk] = g[k0 + kk, c0 + c, r, s], zeros past K: the (kk, c*9 + rs)
-         * matrix (rows Cw*9 apart) transposed; rotated, element by element */
+        /* Wt[c, rs, kk] = w[k0 + kk, c0 + c, rs]: the (kk, c*9 + rs) matrix (rows Cw*9
+         * apart) transposed; rotated: w[c0 + c, k0 + kk, rs], each channel's (kk, rs)
+         * block (contiguous) transposed, the 180-degree turn left to the transform's
+         * reads (row 8 - rs). Zeros past K. */
         if (!rot)
             FN(transpose_matrix)(w + (k0 * Cw + c0) * 9, Cw * 9, Wt, J, nk, cb * 9);
-        for (fc_int c = 0; c < cb; c++)
-            for (int rs = 0; rs < 9; rs++) {
-                T *dst = Wt + (c * 9 + rs) * J;
-                if (rot) {
-                    const T *src = w + ((c0 + c) * Cw + k0) * 9 + 8 - rs;
-                    for (fc_int kk = 0; kk < nk; kk++) dst[kk] = src[kk * 9];
-                }
-                for (fc_int kk = nk; kk < J; kk++) dst[kk] = (T)0;
-            }
-        for (fc_int c = 0; c < cb; c++) {
-            const T *g = Wt + c * 9 * J;
-            for (fc_int a = 0; a < al; a++)        /* G g */
-                for (int s = 0; s < 3; s++) {
-                    const T g0 = (T)G[a][0], g1 = (T)G[a][1], g2 = (T)G[a][2];
-                    T *ta = t + (a * 3 + s) * J;
-                    FC_IVDEP
-                    for (fc_int kk = 0; kk < J; kk++)
-                        ta[kk] = g0 * g[s * J + kk] + g1 * g[(3 + s) * J + kk]
-                                 + g2 * g[(6 + s) * J + kk];
-                }
-            for (fc_int a = 0; a < al; a++)        /* (G g) G^T */
-                for (fc_int b = 0; b < al; b++) {
-                    const T h0 = (T)G[b][0], h1 = (T)G[b][1], h2 = (T)G[b][2];
-                    const T *ta = t + a * 3 * J;
-                    T *u = Ut + (a * al + b) * pitch + c * J;
-                    FC_IVDEP
-                    for (fc_int kk = 0; kk < J; kk++)
-                        u[kk] = ta[kk] * h0 + ta[J + kk] * h1 + ta[2 * J + kk] * h2;
-                }
-        }
+        else
+            for (fc_int c = 0; c < cb; c++)
+                FN(transpose_matrix)(w + ((c0 + c) * Cw + k0) * 9, 9, Wt + c * 9 * J, J, nk,
+                                     9);
+        if (nk < J)
+            for (fc_int c = 0; c < cb * 9; c++)
+                for (fc_int kk = nk; kk < J; kk++) Wt[c * J + kk] = (T)0;
+        FN(wino_filter_chunk)(Wt, cb, J, rot, m, Ut, pitch);
         for (fc_int xi = 0; xi < al2; xi++) {
             T *Mx = M + xi * ldt * K;
             FN(nhwc_pixels)(V + xi * ldt * C + c0, C, NULL, cb, Ut + xi * pitch, K, 0, rows,
@@ -443,7 +468,7 @@ static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, con
 static fc_int FN(wino_streamed_scratch)(fc_int m, fc_int cb_max)
 {
     const fc_int al = m + 2, J = FN(pointwise_cols)();
-    return al * al * (cb_max * J + 64 / (fc_int)sizeof(T)) + cb_max * 9 * J + al * 3 * J;
+    return al * al * (cb_max * J + 64 / (fc_int)sizeof(T)) + cb_max * 9 * J;
 }
 
 /* Output channel k of the weight gradient: dU (parts, alpha^2, K, C) summed over its
