@@ -333,9 +333,9 @@ def _filter_run(const real[::1] w, fc_int Kw, fc_int Cw, bint rot, fc_int m, fc_
 def _filter_t_run(real[::1] dU, fc_int parts, fc_int K, fc_int C, fc_int m,
                   double[::1] tmp, real[::1] dw, int nthreads):
     """dw = G^T (dU[0] + dU[1] + ...) G, an output channel per iteration
-    (``wino_filter_t``); tmp: (3*alpha + 9)*C doubles per thread."""
+    (``wino_filter_t``); tmp: 3*alpha*C doubles per thread."""
     cdef Py_ssize_t k
-    cdef fc_int ts = (3 * (m + 2) + 9) * C
+    cdef fc_int ts = 3 * (m + 2) * C
     with nogil:
         for k in prange(K, num_threads=nthreads, schedule="static"):
             if real is float:
@@ -485,7 +485,7 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
         _weight_run(x.reshape(-1), dy.reshape(-1), dU, N, C, H, W, K, P, Q, m, th, tw,
                     off_h, off_w, unfused, R, parts, nthreads, S, D, V, M, T, tsize)
     nt = 1 if plan["serial_filter"] else plan.threads
-    tmp = _buffer("F", nt * (3 * al + 9) * C, np.float64)
+    tmp = _buffer("F", nt * 3 * al * C, np.float64)
     _filter_t_run(dU, parts, K, C, m, tmp, dw.reshape(-1), nt)
 
 

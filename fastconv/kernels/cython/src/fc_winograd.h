@@ -473,14 +473,13 @@ static fc_int FN(wino_streamed_scratch)(fc_int m, fc_int cb_max)
 
 /* Output channel k of the weight gradient: dU (parts, alpha^2, K, C) summed over its
  * parts in order into dU[0], then dw[k, c] = G^T dU[0][:, k, c] G (in double) for every
- * c; tmp: (3*alpha + 9)*C doubles. m is a constant where the body is inlined (below),
- * so G's entries fold and the loops over alpha unroll. */
+ * c, each element of dU read once; tmp: 3*alpha*C doubles. m is a constant where the
+ * body is inlined (below), so G's entries fold and the loops over alpha unroll. */
 static inline void FN(wino_filter_t_body)(T *dU, fc_int parts, fc_int K, fc_int C,
                                           const fc_int m, fc_int k, double *tmp, T *dw)
 {
     const fc_int al = m + 2, al2 = al * al;
     const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;
-    double *out = tmp + 3 * al * C;                /* out[(r*3 + s)*C + c] */
     for (fc_int g = 1; g < parts; g++)
         for (fc_int xi = 0; xi < al2; xi++) {
             T *dst = dU + (xi * K + k) * C;
@@ -488,30 +487,36 @@ static inline void FN(wino_filter_t_body)(T *dU, fc_int parts, fc_int K, fc_int 
             for (fc_int c = 0; c < C; c++)
                 dst[c] += src[c];
         }
-    for (fc_int a = 0; a < al; a++)                /* tmp[a, s, c] = (dU G)[a, s] */
-        for (int s = 0; s < 3; s++) {
-            double *t = tmp + (a * 3 + s) * C;
-            for (fc_int c = 0; c < C; c++) {
-                double v = 0.0;
-                for (fc_int b = 0; b < al; b++)
-                    v += (double)dU[((a * al + b) * K + k) * C + c] * G[b][s];
-                t[c] = v;
+    for (fc_int a = 0; a < al; a++) {              /* tmp[a, s, c] = (dU G)[a, s] */
+        const T *row = dU + (a * al * K + k) * C;   /* dU[0][a*al + b, k, :] at row + b*K*C */
+        double *t = tmp + a * 3 * C;
+        for (fc_int c = 0; c < C; c++) {
+            double v0 = 0.0, v1 = 0.0, v2 = 0.0;
+            for (fc_int b = 0; b < al; b++) {
+                const double u = (double)row[b * K * C + c];
+                v0 += u * G[b][0];
+                v1 += u * G[b][1];
+                v2 += u * G[b][2];
             }
+            t[c] = v0;
+            t[C + c] = v1;
+            t[2 * C + c] = v2;
         }
-    for (int r = 0; r < 3; r++)                    /* out[r, s, c] = (G^T tmp)[r, s] */
-        for (int s = 0; s < 3; s++) {
-            double *o = out + (r * 3 + s) * C;
-            for (fc_int c = 0; c < C; c++) {
-                double v = 0.0;
-                for (fc_int a = 0; a < al; a++)
-                    v += G[a][r] * tmp[(a * 3 + s) * C + c];
-                o[c] = v;
+    }
+    T *d = dw + k * C * 9;                         /* dw[k, c, r, s] = (G^T tmp)[r, s] */
+    for (int s = 0; s < 3; s++)
+        for (fc_int c = 0; c < C; c++) {
+            double o0 = 0.0, o1 = 0.0, o2 = 0.0;
+            for (fc_int a = 0; a < al; a++) {
+                const double u = tmp[(a * 3 + s) * C + c];
+                o0 += G[a][0] * u;
+                o1 += G[a][1] * u;
+                o2 += G[a][2] * u;
             }
+            d[c * 9 + s] = (T)o0;
+            d[c * 9 + 3 + s] = (T)o1;
+            d[c * 9 + 6 + s] = (T)o2;
         }
-    T *d = dw + k * C * 9;                         /* dw[k, c, r, s] */
-    for (fc_int c = 0; c < C; c++)
-        for (int rs = 0; rs < 9; rs++)
-            d[c * 9 + rs] = (T)out[rs * C + c];
 }
 
 static void FN(wino_filter_t)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m, fc_int k,
