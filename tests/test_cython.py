@@ -605,6 +605,33 @@ def test_pointwise_variants(variant, case, dtype):
     assert set(ran.values()) == {variant}
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nchw_1x1_forward_runs_blas_only_with_nothing_to_fuse(monkeypatch, dtype):
+    """Cython's NCHW 1x1 forward (``image_gemm``): stride 1 without an epilogue is NumPy's
+    BLAS GEMM (``kernels/image_gemm.forward``, as Numba's); with an epilogue, or with a
+    stride, its own GEMM (``pointwise_panel``, the epilogue in the store). The spy counts
+    the BLAS path's calls; every result is the reference's."""
+    from fastconv.kernels import image_gemm
+    blas_calls = []
+    real_forward = image_gemm.forward
+
+    def spy(*args, **kw):
+        blas_calls.append(args[2].stride_h)
+        return real_forward(*args, **kw)
+
+    monkeypatch.setattr(image_gemm, "forward", spy)
+    x, w, b = arrays(3, dtype, (2, 6, 9, 7), (10, 3, 1, 1), (10,))
+    for kw, blas in ((dict(), True), (dict(bias=b), False), (dict(activation="relu"), False),
+                     (dict(stride=2), False)):
+        del blas_calls[:]
+        want = fastconv.conv2d(x, w, groups=2, algorithm="reference", **kw)
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
+            got = fastconv.conv2d(x, w, groups=2, algorithm="im2col", backend="cython", **kw)
+        assert [(q.backend, q.variant) for q in ran] == [("cython", "image_gemm")], ran
+        assert blas_calls == ([1] if blas else []), (kw, blas_calls)
+        assert_close(got, want, tolerance(dtype, "im2col"), f"image_gemm {kw}")
+
+
 @settings(max_examples=30)
 @given(groups=st.sampled_from([1, 2]), C=st.integers(1, 40), K=st.integers(1, 70),
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),

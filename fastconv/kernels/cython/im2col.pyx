@@ -11,9 +11,10 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
 - ``image_gemm`` (1x1 stride-1 layers; the forward of any 1x1 layer without padding,
   strided too): the planes (every stride-th pixel) are the patch matrix, a GEMM per
-  image and group: for the forward fastconv's own (``pointwise_panel`` in
-  ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
-  store; :func:`_pointwise`), NumPy's matmul for the input gradient
+  image and group: for the forward with an epilogue or a stride fastconv's own
+  (``pointwise_panel`` in ``src/fc_impl.h``: the weight read as it is, panels of
+  pixels, the epilogue in the store; :func:`_pointwise`), NumPy's matmul for the
+  stride-1 forward without one and for the input gradient
   (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
   by image for the weight gradient.
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
@@ -599,7 +600,12 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "image_gemm":
-        _pointwise(x, w, p, out, ep, plan["panel_bytes"])
+        if ep.empty and p.stride_h == p.stride_w == 1:
+            # nothing to fuse: NumPy's BLAS GEMM, as Numba's (the own kernel ran these
+            # 1.1-1.2x slower than it; with an epilogue, as fast as it plus a pass)
+            image_gemm.forward(x, w, p, out)
+        else:
+            _pointwise(x, w, p, out, ep, plan["panel_bytes"])
         return
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
