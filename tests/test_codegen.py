@@ -153,6 +153,8 @@ RUNS = [
     ("conv2d_weight", (2, 8, 9, 9), (16, 8, 3, 3), np.float64, None, dict(padding=1)),
     ("conv2d", (1, 8, 11, 11), (8, 1, 3, 3), np.float32, None,                    # depthwise
      dict(padding=1, groups=8)),
+    ("conv2d", (1, 16, 11, 11), (16, 1, 3, 3), np.float32, None,                  # its NHWC
+     dict(padding=1, groups=16, channels_last=True)),
     ("conv2d_weight", (2, 8, 11, 11), (8, 1, 3, 3), np.float32, None,
      dict(padding=1, groups=8)),
 ]
@@ -185,7 +187,10 @@ def test_every_generated_kernel_compiles_and_runs():
     threads = fastconv.get_num_threads()
     for algorithm, (op, xs, ws, dtype, nthreads, kw) in (
             [("direct", r) for r in RUNS] + GEMM_RUNS):
+        kw = dict(kw)
         x = rng.standard_normal(xs).astype(dtype)
+        if kw.pop("channels_last", False):              # NCHW-shaped, channels-last strides
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
         w = rng.standard_normal(ws).astype(dtype)
         dy = rng.standard_normal(fastconv.conv2d(x, w, algorithm="reference", **kw).shape
                                  ).astype(dtype)

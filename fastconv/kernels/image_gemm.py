@@ -1,6 +1,6 @@
 """1x1 stride-1 layers (and the forward of strided 1x1 layers) as NumPy matmuls, for the
-``image_gemm`` variant (Numba's forward and input gradient, Cython's input gradient
-and its stride-1 forward without an epilogue; Cython's other forwards are its own
+``image_gemm`` variant (both backends' input and weight gradients, Numba's forward,
+Cython's stride-1 forward without an epilogue; Cython's other forwards are its own
 GEMM):
 each image's planes are its patch matrix, so no patches are gathered. The GEMMs are
 NumPy's ``matmul`` (NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31
@@ -31,3 +31,16 @@ def input_grad(dy, w, p, out):
     G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
     np.matmul(w.reshape(G, Kg, Cg).transpose(0, 2, 1), dy.reshape(p.N, G, Kg, p.P * p.Q),
               out=out.reshape(p.N, G, Cg, p.H * p.W))
+
+
+def weight_grad(x, dy, p, out):
+    """out (K, C/groups, 1, 1) = the weight gradient of the 1x1 stride-1 convolution: the
+    sum over images of dy[n] x[n]^T, image by image in order (no copy of the batch)."""
+    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.H * p.W
+    acc = out.reshape(G, Kg, Cg)
+    xs, dys = x.reshape(p.N, G, Cg, HW), dy.reshape(p.N, G, Kg, HW)
+    np.matmul(dys[0], xs[0].transpose(0, 2, 1), out=acc)
+    if p.N > 1:
+        term = np.empty_like(acc)
+        for n in range(1, p.N):
+            acc += np.matmul(dys[n], xs[n].transpose(0, 2, 1), out=term)

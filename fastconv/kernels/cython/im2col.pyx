@@ -14,9 +14,9 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   image and group: for the forward with an epilogue or a stride fastconv's own
   (``pointwise_panel`` in ``src/fc_impl.h``: the weight read as it is, panels of
   pixels, the epilogue in the store; :func:`_pointwise`), NumPy's matmul for the
-  stride-1 forward without one and for the input gradient
-  (``fastconv/kernels/image_gemm.py``, shared with Numba), SciPy's BLAS adding image
-  by image for the weight gradient.
+  stride-1 forward without one and for both gradients
+  (``fastconv/kernels/image_gemm.py``, shared with Numba; the weight gradient adds
+  image by image).
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
   epilogue in their stores: ``nhwc_gemm`` (1x1) by ``pointwise_nhwc``, ``nhwc_tiled``
   (any other kernel) by ``conv_nhwc`` on a zero-padded copy, its patches read in place
@@ -36,9 +36,12 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
 
 BLAS is SciPy's (``scipy.linalg.cython_blas``), held at one thread and called in
 blocks from OpenMP's threads (:func:`_pgemm`), so OpenMP's threads are the only ones;
-on one thread, ``tiled``'s forward and input-gradient GEMMs and ``image_gemm``'s input
-gradient are NumPy's matmul instead, as in the Numba kernel (NumPy's OpenBLAS ran
-these GEMMs 1.1-1.5x faster than SciPy's on the Intel Xeon ``rocketlake``). The gathers,
+on one thread, ``tiled``'s forward and input-gradient GEMMs are NumPy's matmul
+instead, as in the Numba kernel (NumPy's OpenBLAS ran these GEMMs 1.1-1.5x faster
+than SciPy's on the Intel Xeon ``rocketlake``), and ``image_gemm``'s are NumPy's on
+any thread count: OpenBLAS's own threads share its packed operands, where blocks on
+OpenMP's threads each pack their own (1.16x on ResNet-50 res2's 1x1 weight gradient,
+2 threads, AMD EPYC Zen 3). The gathers,
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
 """
@@ -427,13 +430,6 @@ cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::
                 _pgemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
                       NHW, 0, wp + gi * Kg * Cg, Cg, nt)
         return 0
-    if variant == "image_gemm":                 # SciPy's BLAS adds image by image (beta 1)
-        with nogil:
-            for n in range(g.N):
-                for gi in range(G):
-                    _pgemm(False, True, Kg, Cg, HW, &dy[n, gi * Kg, 0, 0], HW, &x[n, gi * Cg, 0, 0],
-                          HW, 0 if n == 0 else 1, wp + gi * Kg * Cg, Cg, nt)
-        return 0
     col, res = &colbuf[0], &resbuf[0]
     with nogil:
         for i in range(_ntiles(g.N, g.P, tn, tr)):
@@ -574,8 +570,6 @@ def _buffers(plan, p, dtype):
     if plan.variant == "batch_gemm":
         return (workspace("im2col.xt", p.N * max(p.C, p.K) * p.H * p.W, dtype),
                 workspace("im2col.res", p.N * max(p.C, p.K) * p.P * p.Q, dtype))
-    if plan.variant == "image_gemm":            # the weight gradient's: none
-        return workspace("im2col.col", 1, dtype), workspace("im2col.res", 1, dtype)
     nt, pr = plan["tile"]
     cols = min(nt, p.N) * min(pr, p.P) * p.Q
     return (workspace("im2col.col", p.C * p.R * p.S * cols, dtype),
@@ -870,6 +864,9 @@ def conv2d_weight(plan, x, dy, p, out):
         return
     if plan.variant == "patch_gemm":
         _weight_blocked(plan, x, dy, p, out)
+        return
+    if plan.variant == "image_gemm":            # NumPy's BLAS, on its own threads
+        image_gemm.weight_grad(x, dy, p, out)
         return
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, x.dtype)

@@ -212,12 +212,8 @@ def _buffers(plan, p, dtype):
 
 def _patches(plan, x, p, colbuf):
     """For each tile, ``(n0, nt, p0, pr, col)`` with ``col`` its (G, C/G*R*S, cols)
-    patch matrix, gathered into ``colbuf`` (of a 1x1 layer: each image's planes)."""
+    patch matrix, gathered into ``colbuf``."""
     G, CgRS = p.groups, (p.C // p.groups) * p.R * p.S
-    if p.pointwise:
-        for n in range(p.N):
-            yield n, 1, 0, p.P, x[n].reshape(G, CgRS, p.H * p.W)
-        return
     for n0, nt, p0, pr in _tiles(plan, p):
         cols = nt * pr * p.Q
         col = colbuf[:p.C * p.R * p.S * cols].reshape(G, CgRS, cols)
@@ -300,10 +296,11 @@ def conv2d_weight(plan, x, dy, p, out):
                   out=out.reshape(G, Kg, CgRS))
     elif plan.variant == "patch_gemm":
         _weight_blocked(plan, x, dy, p, out)
+    elif plan.variant == "image_gemm":
+        image_gemm.weight_grad(x, dy, p, out)
     else:                                       # one GEMM per tile, BLAS's threads
         acc = np.zeros((G, Kg, CgRS), x.dtype)
-        # image_gemm: each image's planes are its patch matrix, no buffers
-        colbuf, resbuf = (None, None) if p.pointwise else _buffers(plan, p, x.dtype)
+        colbuf, resbuf = _buffers(plan, p, x.dtype)
         for n0, nt, p0, pr, col in _patches(plan, x, p, colbuf):
             cols = col.shape[2]
             if nt == 1 and pr == p.P:
