@@ -315,8 +315,9 @@ def _core_blocking(core, P, Q, dtype):
              "lanes_streamed": lambda: layouts.lanes_block(P, Q),
              "flat": lambda: (1,) + layouts.FLAT_BLOCKS[0],
              "row": lambda: (1, layouts.FWD_BLOCKS[dtype == np.float32], 16)}[core]()
+    wrap = (("wrap_work", _tuning.LANES_WRAP_MAX_WORK),) if core.startswith("lanes") else ()
     return (("block", block), ("slice_bytes", _tuning.DIRECT_SLICE_BYTES),
-            ("pad_serial_rows", _tuning.PAD_SERIAL_ROWS))
+            ("pad_serial_rows", _tuning.PAD_SERIAL_ROWS)) + wrap
 
 
 # -- Winograd: which path, with what tiles -------------------------------------------------

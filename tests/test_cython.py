@@ -334,12 +334,22 @@ def _case(N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1):
         "test", (N, C, H, W), (K, C // groups, R, S), stride, padding, dilation, groups))
 
 
+def _mr():
+    """Pixels of Cython's direct register block (6 with AVX2, 14 with AVX-512), or 6
+    when the backend is missing (the module is skipped then)."""
+    from fastconv.kernels.cython import direct
+    return direct.MR
+
+
 #: a geometry for each path of Cython's direct: (what, op -> variant it must run, case)
 DIRECT_PATHS = [
     ("lanes, one-row blocks, channel tail", {"conv2d": "lanes", "conv2d_input": "lanes"},
-     _case(2, 5, 9, 31, 37, 3, 3, padding=1)),
+     _case(2, 5, 9, 2 * _mr(), 37, 3, 3, padding=1)),
+    # rows of MR + 1: wrapping blocks compute 4*MR pixels of 3 rows, rows of blocks 6*MR
+    ("lanes, blocks wrapping rows, channel tail", {"conv2d": "lanes", "conv2d_input": "lanes"},
+     _case(2, 5, 3, _mr() + 1, 37, 3, 3, padding=1)),
     ("lanes, two-row blocks (short rows, odd P)", {"conv2d": "lanes", "conv2d_input": "lanes"},
-     _case(1, 32, 7, 3, 32, 3, 3, padding=1)),
+     _case(1, 32, 7, _mr() // 2, 32, 3, 3, padding=1)),
     ("flat (short rows, a short patch; float64: lanes)",
      {"conv2d": {np.float32: "flat", np.float64: "lanes"},
       "conv2d_input": {np.float32: "flat", np.float64: "lanes"}},
@@ -372,13 +382,21 @@ DIRECT_PATHS = [
 
 @pytest.mark.parametrize("what,variants,case", DIRECT_PATHS, ids=[d[0] for d in DIRECT_PATHS])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_direct_paths(what, variants, case, dtype):
+def test_direct_paths(monkeypatch, what, variants, case, dtype):
     """Each variant and each block shape of Cython's direct, asserted to have run."""
     from fastconv.kernels.cython import direct
-    p = case["params"]
-    if "two-row" in what:
-        assert direct._rows(p.P, p.Q) == 2
+    rows, blocks = direct._rows, []
+
+    def spy(P, Q, wrap_work=0):                     # the lanes core's block shape
+        blocks.append(rows(P, Q, wrap_work))
+        return blocks[-1]
+
+    monkeypatch.setattr(direct, "_rows", spy)
     ran = {pl.op: pl for pl in _check_direct(case, dtype, 1)}
+    shape = {"one-row": 1, "two-row": 2, "wrapping": 0}
+    for words, want in shape.items():
+        if words in what:
+            assert blocks and set(blocks) == {want}, blocks
     plan_splits = ran["conv2d_weight"].get("batch_splits")
     if "batch splits" in what:
         assert plan_splits > 1

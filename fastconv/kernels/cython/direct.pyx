@@ -11,14 +11,17 @@ Variants (``VARIANTS`` in ``__init__.py``):
   6 x 16 and 6 x 8 with AVX2; 6 x 8 and 6 x 4 in the baseline), FMAs of two weight
   vectors by each pixel's input broadcast, over the input channels and taps. The
   block is one output row of MR pixels, or two rows of MR/2 where that computes fewer
-  padding pixels on short rows (``_rows``; ResNet's 7 x 7). The input is laid out per
+  padding pixels on short rows (``_rows``; ResNet's 7 x 7), or MR consecutive pixels
+  of the flattened output grid, wrapping from one row to the next (each pixel's input
+  at its own offset), where that computes few enough (``plan["wrap_work"]``: 7 x 7 on
+  6-pixel blocks, 54 pixels computed for 49 against 63). The input is laid out per
   slice of images (about ``plan["slice_bytes"]`` per thread, so the kernel reads it
   from cache) as zero-padded phase planes ``xb[n, c, hp, b, wq]`` (padded column
   ``wq*sw + b``), where every tap of a block reads consecutive columns whatever the
   stride; the weight as ``wb[g, kb, c, r, s, k]`` (output channels last, zero past
   the group's), cached per weight (``kernels/weight_cache.py``). A work item is a band
-  of output rows of one image, group and channel block (two threads never write one
-  cache line of a row); each block keeps its sums in registers and stores them once,
+  of output rows (of a row's worth of wrapping blocks) of one image, group and channel
+  block; each block keeps its sums in registers and stores them once,
   through the epilogue (bias, residual, activation). The input gradient is this
   forward on ``grad_output`` with the weight rotated by 180 degrees, C and K swapped
   (padding ``dil*(R-1) - pad``).
@@ -83,12 +86,18 @@ def block(dtype):
     return hot.direct_block_f32() if np.dtype(dtype) == np.float32 else hot.direct_block_f64()
 
 
-def _rows(P, Q):
+def _rows(P, Q, wrap_work=0):
     """Rows of the forward's pixel block on P x Q outputs: 2 (of MR/2 pixels) where that
-    computes fewer padding pixels than rows of MR, else 1."""
+    computes fewer padding pixels than rows of MR, else 1; 0 (MR consecutive pixels of
+    the flattened output grid, rows wrapping) where that computes at most ``wrap_work``
+    (``plan["wrap_work"]``) of the pixels those compute (7 x 7 outputs on 6-pixel
+    blocks: 54 against 63)."""
     one = P * -(-Q // MR) * MR
     two = -(-P // 2) * 2 * -(-Q // (MR // 2)) * (MR // 2)
-    return 2 if P > 1 and two < one else 1
+    rows = 2 if P > 1 and two < one else 1
+    # pixels computed: an odd last row under row pairs is a half block of its own
+    done = P * -(-Q // (MR // rows)) * (MR // rows)
+    return 0 if -(-P * Q // MR) * MR <= wrap_work * done else rows
 
 
 def _blocked(w, G, KB, flip):
@@ -157,14 +166,14 @@ cdef object _output(fc_direct *d, out, orow, ocol, ep):
 
 
 def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=False,
-          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, core="lanes"):
+          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, core="lanes", wrap_work=0):
     """out (N, K', OH, OW) at rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1] = the
     direct correlation (P x Q outputs) of x (N, C', H, W) padded by (pt, pl) with w (K',
     C'/G, R, S), or with w (C', K'/G, R, S) rotated (``flip``: the input gradient's),
     through the epilogue ``ep``; the batch in slices of about ``slice_bytes`` of layout
     per thread. ``wkey``/``kind``: the array and tag the weight cache keys on; ``core``:
     ``lanes``, ``lanes_streamed`` (no cached layout, each work item lays out its block
-    of w itself) or ``flat`` (:func:`_flat`)."""
+    of w itself) or ``flat`` (:func:`_flat`); ``wrap_work``: ``_rows``'s."""
     cdef fc_direct d
     if core == "flat":
         _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, wkey,
@@ -176,14 +185,20 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     K = out.shape[1]
     KB = block(dtype)
     Cg, Kg = C // G, K // G
-    rows = _rows(P, Q)
-    CB = MR // rows
-    brow, bcol = -(-P // rows), -(-Q // CB)
+    rows = _rows(P, Q, wrap_work)
+    if rows:
+        CB = MR // rows
+        brow, bcol = -(-P // rows), -(-Q // CB)
+        P_, Q_ = brow * rows, bcol * CB             # the outputs the blocks cover
+    else:                                           # bands of a row's worth of blocks
+        blocks, bcol = -(-P * Q // MR), -(-Q // MR)
+        brow = -(-blocks // bcol)
+        P_, Q_ = P, Q
     # rows and phase columns every block's taps read: tap (r, s) of output (p, q) reads
     # padded (p*sh + r*dh, q*sw + s*dw): row p*sh + r*dh, phase (s*dw) % sw, column
     # q + (s*dw) // sw of it
-    Hp = (brow * rows - 1) * sh + (R - 1) * dh + 1
-    Wq = bcol * CB + (S - 1) * dw // sw
+    Hp = (P_ - 1) * sh + (R - 1) * dh + 1
+    Wq = Q_ + (S - 1) * dw // sw
     soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
     cdef const fc_int[::1] soff_v = soff
     d.G, d.Cg, d.Kg, d.Kb, d.R, d.S, d.sh, d.dh = G, Cg, Kg, -(-Kg // KB), R, S, sh, dh
@@ -516,7 +531,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         _pointwise(x, w, p, out, ep, plan["panel_bytes"])
         return
     _core(x, w, out, plan["slice_bytes"], p.groups, p.P, p.Q, p.R, p.S, p.stride_h,
-          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep, core=plan.variant)
+          p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, ep=ep, core=plan.variant,
+          wrap_work=plan.get("wrap_work", 0))
 
 
 def conv2d_input(plan, dy, w, p, out):
@@ -552,7 +568,7 @@ def conv2d_input(plan, dy, w, p, out):
     else:
         _core(dy, w, out, plan["slice_bytes"], p.groups, p.H, p.W, p.R, p.S, 1, 1,
               p.dil_h * (p.R - 1) - p.pad_top, p.dil_w * (p.S - 1) - p.pad_left, p.dil_h,
-              p.dil_w, flip=True, core=plan.variant)
+              p.dil_w, flip=True, core=plan.variant, wrap_work=plan.get("wrap_work", 0))
 
 
 def conv2d_weight(plan, x, dy, p, out):

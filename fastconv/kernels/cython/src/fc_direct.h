@@ -151,6 +151,38 @@ static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int R, fc_in
     FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, FC_DMR, tmp);
 }
 
+/* FC_DMR consecutive pixels of the flattened output grid (rows == 0): pixel j reads
+ * x[off[j]] at each tap (rows wrap: off[j] jumps to the next row's inputs) */
+static void FN(direct_block_wrap)(const T *restrict x, const T *restrict w, fc_int Cg,
+                                  fc_int R, fc_int S, fc_int cp, fc_int rs,
+                                  const fc_int *soff, const fc_int *restrict off,
+                                  T *restrict tmp)
+{
+    FN(dvec) acc[FC_DMR][FC_DNV];
+    fc_int o[FC_DMR];
+    for (int j = 0; j < FC_DMR; j++) {
+        o[j] = off[j];
+        for (int v = 0; v < FC_DNV; v++) acc[j][v] = (FN(dvec)){0};
+    }
+    for (fc_int c = 0; c < Cg; c++) {
+        for (fc_int r = 0; r < R; r++) {
+            const T *xr = x + c * cp + r * rs;
+            for (fc_int s = 0; s < S; s++) {
+                const T *xs = xr + soff[s];
+                FN(dvec) wv[FC_DNV];
+                for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
+                w += DKB;
+                for (int j = 0; j < FC_DMR; j++) {
+                    const T a = xs[o[j]];
+                    for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
+                }
+            }
+        }
+    }
+    for (int j = 0; j < FC_DMR; j++)
+        for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
+}
+
 /* the last row of an odd P under two-row blocks: its FC_DMR / 2 pixels alone */
 static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
                                   fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
@@ -158,21 +190,28 @@ static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, f
     FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, tmp);
 }
 
-/* The blocks of pixels (bp, 0 .. bcol-1) of image n, output channels kb*DKB .. of group
- * g (a whole band of output rows: two threads never write one cache line of a row),
- * from the phase layout xb (d->plane elements per channel plane) and the weight block
- * w[c, r, s, DKB] of those channels, stored to out[n, k, oh0 + p*ohs, ow0 + q*ows]
- * through the epilogue (bias[k], res at out's index, act). */
+/* The blocks (bp, 0 .. bcol-1) of image n, output channels kb*DKB .. of group g, from
+ * the phase layout xb (d->plane elements per channel plane) and the weight block w[c,
+ * r, s, DKB] of those channels, stored to out[n, k, oh0 + p*ohs, ow0 + q*ows] through
+ * the epilogue (bias[k], res at out's index, act). Rows of blocks (d->rows 1 or 2: a
+ * band of whole output rows, so two threads never write one cache line of a row), or
+ * (d->rows 0) FC_DMR consecutive pixels of the flattened output grid each, block b =
+ * bp*bcol + bq from pixel b*FC_DMR (the last block's pixels past P*Q repeat pixel P*Q
+ * - 1 and are not stored). */
 static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_direct *d,
                                    fc_int n, fc_int g, fc_int kb, fc_int bp)
 {
-    const fc_int CB = FC_DMR / d->rows, p0 = bp * d->rows;
+    const fc_int rows = d->rows, CB = rows ? FC_DMR / rows : FC_DMR, p0 = bp * rows;
+    const fc_int PQ = d->P * d->Q, r2 = d->sh * d->rp;
     const T *bias = (const T *)d->bias, *res = (const T *)d->res;
-    const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, ows = d->ows;
-    const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * d->sh * d->rp;
+    const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
+    const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * r2;
     const fc_int plane = d->OH * d->OW;
+    /* out's index of channel k0 (of group g), pixel (0, 0) */
+    const fc_int o0 = ((n * d->K + g * d->Kg + k0) * d->OH + d->oh0) * d->OW + d->ow0;
     const int ep = bias != NULL || res != NULL || d->act != 0;
     T tmp[FC_DMR * DKB], rt[FC_DMR * DKB], bpad[DKB];
+    fc_int off[FC_DMR], po[FC_DMR], tj[FC_DMR];
     FN(dvec) bv[FC_DNV];
     if (ep) {
         /* the block's bias as vectors (0 past the group's channels), and the residual
@@ -182,41 +221,56 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
         if (res != NULL && nk < DKB) memset(rt, 0, sizeof rt);
     }
     for (fc_int bq = 0; bq < d->bcol; bq++) {
-        const fc_int q0 = bq * CB, nq = d->Q - q0 < CB ? d->Q - q0 : CB;
-        if (d->rows == 1)
-            FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
-                              d->soff, tmp);
-        else if (p0 + 1 == d->P)
-            FN(direct_block_half)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
-                                  d->soff, tmp);
-        else
-            FN(direct_block2)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
-                              d->soff, d->sh * d->rp, tmp);
-        for (fc_int i = 0; i < d->rows && p0 + i < d->P; i++) {
-            T *ti = tmp + i * CB * DKB;             /* ti[q*DKB + k]: pixel q0 + q, channel k */
-            /* out's index of channel k0 (of group g), pixel q0 of row p0 + i */
-            const fc_int o = ((n * d->K + g * d->Kg + k0) * d->OH + d->oh0
-                              + (p0 + i) * d->ohs) * d->OW + d->ow0 + q0 * ows;
-            if (ep) {
-                /* on vectors of channels, branch-free: (v + bias) + residual, then the
-                 * activation, each element as before */
-                if (res != NULL)
-                    for (fc_int k = 0; k < nk; k++)
-                        for (fc_int q = 0; q < nq; q++)
-                            rt[q * DKB + k] = res[o + k * plane + q * ows];
-                for (fc_int q = 0; q < nq; q++) {
-                    for (int v = 0; v < FC_DNV; v++) {
-                        FN(dvec) x = FN(dload)(ti + q * DKB + v * DVL) + bv[v];
-                        if (res != NULL) x += FN(dload)(rt + q * DKB + v * DVL);
-                        FN(dstore)(ti + q * DKB + v * DVL, FN(dvact)(x, d->act));
-                    }
+        fc_int np = 0;                  /* the block's stored pixels: tmp row tj, out po */
+        if (rows == 0) {
+            const fc_int f0 = (bp * d->bcol + bq) * FC_DMR;
+            if (f0 >= PQ) break;
+            for (fc_int j = 0; j < FC_DMR; j++) {
+                const fc_int f = f0 + j < PQ ? f0 + j : PQ - 1, p = f / d->Q, q = f % d->Q;
+                off[j] = p * r2 + q;
+                if (f0 + j < PQ) {
+                    tj[np] = j;
+                    po[np++] = p * d->ohs * d->OW + q * d->ows;
                 }
             }
-            for (fc_int k = 0; k < nk; k++) {
-                T *y = out + o + k * plane;
-                const T *t = ti + k;
-                for (fc_int q = 0; q < nq; q++) y[q * ows] = t[q * DKB];
+            FN(direct_block_wrap)(xn, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
+                                  d->soff, off, tmp);
+        } else {
+            const fc_int q0 = bq * CB, nq = d->Q - q0 < CB ? d->Q - q0 : CB;
+            if (rows == 1)
+                FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
+                                  d->soff, tmp);
+            else if (p0 + 1 == d->P)
+                FN(direct_block_half)(xn + q0, w, d->Cg, d->R, d->S, d->plane,
+                                      d->dh * d->rp, d->soff, tmp);
+            else
+                FN(direct_block2)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
+                                  d->soff, r2, tmp);
+            for (fc_int i = 0; i < rows && p0 + i < d->P; i++)
+                for (fc_int q = 0; q < nq; q++) {
+                    tj[np] = i * CB + q;
+                    po[np++] = (p0 + i) * d->ohs * d->OW + (q0 + q) * d->ows;
+                }
+        }
+        if (ep) {
+            /* on vectors of channels, branch-free: (v + bias) + residual, then the
+             * activation, each element as before */
+            if (res != NULL)
+                for (fc_int k = 0; k < nk; k++)
+                    for (fc_int j = 0; j < np; j++)
+                        rt[tj[j] * DKB + k] = res[o0 + po[j] + k * plane];
+            for (fc_int j = 0; j < np; j++) {
+                T *t = tmp + tj[j] * DKB;
+                for (int v = 0; v < FC_DNV; v++) {
+                    FN(dvec) x = FN(dload)(t + v * DVL) + bv[v];
+                    if (res != NULL) x += FN(dload)(rt + tj[j] * DKB + v * DVL);
+                    FN(dstore)(t + v * DVL, FN(dvact)(x, d->act));
+                }
             }
+        }
+        for (fc_int k = 0; k < nk; k++) {
+            T *y = out + o0 + k * plane;
+            for (fc_int j = 0; j < np; j++) y[po[j]] = tmp[tj[j] * DKB + k];
         }
     }
 }
