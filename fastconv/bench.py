@@ -682,6 +682,12 @@ def add_arguments(ap):
     ap.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5; 3 quick)")
     ap.add_argument("--min-time", type=float, default=0.02,
                     help="seconds each timing repeats its call for (default 0.02)")
+    ap.add_argument("--settle", type=float, default=0.03,
+                    help="seconds each timing first runs its call untimed (default 0.03). "
+                         "Longer (0.3) outlasts what the contender before left running: "
+                         "OpenBLAS's idle threads spin for 0.1 s or more after a NumPy matmul "
+                         "(Numba's GEMMs, PyTorch's), and a 2-thread Cython call that "
+                         "shares a core with one ran 2.5-4x slower (AMD EPYC Zen 3)")
     ap.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     ap.add_argument("--json", metavar="PATH", help="write the record (machine, versions, "
                     "commit, every case with its plan) as JSON here")
@@ -720,7 +726,8 @@ def run_cli(args):
             raise ValueError("--plot needs matplotlib: pip install 'fastconv[plot]'") from None
     record = run([all_layers[n] for n in layer_names], nets, ops, algorithms, backends,
                  args.threads, args.batch or [1], rounds, args.min_time,
-                 use_torch=not args.no_torch, progress=not args.no_progress)
+                 use_torch=not args.no_torch, progress=not args.no_progress,
+                 settle=args.settle)
     if not args.quiet:
         print(table(record))
         if not record["settings"]["torch"] and not args.no_torch:

@@ -624,30 +624,49 @@ def test_pointwise_variants(variant, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nchw_1x1_forward_runs_blas_only_with_nothing_to_fuse(monkeypatch, dtype):
-    """Cython's NCHW 1x1 forward (``image_gemm``): stride 1 without an epilogue is NumPy's
-    BLAS GEMM (``kernels/image_gemm.forward``, as Numba's); with an epilogue, or with a
-    stride, its own GEMM (``pointwise_panel``, the epilogue in the store). The spy counts
-    the BLAS path's calls; every result is the reference's."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nchw_1x1_calls_numpys_blas_only_on_one_thread(monkeypatch, dtype, threads):
+    """Cython's NCHW 1x1 layers (``image_gemm``) call NumPy's matmul
+    (``kernels/image_gemm.py``, as Numba's) only on one thread: the forward without an
+    epilogue or stride, and both gradients. On more threads NumPy's BLAS would wake its
+    own threads, which spin after the call and slow the OpenMP loops that follow; the
+    forward runs its own GEMM (``pointwise_panel``) and the gradients SciPy's BLAS in
+    OpenMP blocks. A spy counts the NumPy path's calls; every result is the
+    reference's."""
+    if threads > fastconv.get_num_threads():
+        pytest.skip("this machine has one core")
     from fastconv.kernels import image_gemm
-    blas_calls = []
-    real_forward = image_gemm.forward
-
-    def spy(*args, **kw):
-        blas_calls.append(args[2].stride_h)
-        return real_forward(*args, **kw)
-
-    monkeypatch.setattr(image_gemm, "forward", spy)
+    calls = []
+    for name in ("forward", "input_grad", "weight_grad"):
+        def spy(*args, _real=getattr(image_gemm, name), _name=name, **kw):
+            calls.append(_name)
+            return _real(*args, **kw)
+        monkeypatch.setattr(image_gemm, name, spy)
     x, w, b = arrays(3, dtype, (2, 6, 9, 7), (10, 3, 1, 1), (10,))
-    for kw, blas in ((dict(), True), (dict(bias=b), False), (dict(activation="relu"), False),
-                     (dict(stride=2), False)):
-        del blas_calls[:]
-        want = fastconv.conv2d(x, w, groups=2, algorithm="reference", **kw)
-        with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
-            got = fastconv.conv2d(x, w, groups=2, algorithm="im2col", backend="cython", **kw)
-        assert [(q.backend, q.variant) for q in ran] == [("cython", "image_gemm")], ran
-        assert blas_calls == ([1] if blas else []), (kw, blas_calls)
-        assert_close(got, want, tolerance(dtype, "im2col"), f"image_gemm {kw}")
+    dy = arrays(4, dtype, (2, 10, 9, 7))[0]
+    one = threads == 1
+    cases = [("conv2d", dict(), one), ("conv2d", dict(bias=b), False),
+             ("conv2d", dict(activation="relu"), False), ("conv2d", dict(stride=2), False),
+             ("conv2d_input", dict(), one), ("conv2d_weight", dict(), one)]
+    n = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        for op, kw, numpy_path in cases:
+            del calls[:]
+            run = {"conv2d": lambda algorithm, backend="auto": fastconv.conv2d(
+                       x, w, groups=2, algorithm=algorithm, backend=backend, **kw),
+                   "conv2d_input": lambda algorithm, backend="auto": fastconv.conv2d_input(
+                       x.shape, w, dy, groups=2, algorithm=algorithm, backend=backend),
+                   "conv2d_weight": lambda algorithm, backend="auto": fastconv.conv2d_weight(
+                       x, w.shape, dy, groups=2, algorithm=algorithm, backend=backend)}[op]
+            want = run("reference")
+            with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
+                got = run("im2col", "cython")
+            assert [(q.backend, q.variant) for q in ran] == [("cython", "image_gemm")], ran
+            assert len(calls) == numpy_path, (op, kw, calls)
+            assert_close(got, want, tolerance(dtype, "im2col"), f"image_gemm {op} {kw}")
+    finally:
+        fastconv.set_num_threads(n)
 
 
 @settings(max_examples=30)

@@ -1,7 +1,7 @@
 """1x1 stride-1 layers (and the forward of strided 1x1 layers) as NumPy matmuls, for the
-``image_gemm`` variant (both backends' input and weight gradients, Numba's forward,
-Cython's stride-1 forward without an epilogue; Cython's other forwards are its own
-GEMM):
+``image_gemm`` variant (Numba's forward and gradients; Cython's on one thread, the
+forward only without an epilogue: on more, NumPy's matmul runs on OpenBLAS's own
+threads, whose spinning after it slows Cython's OpenMP loops):
 each image's planes are its patch matrix, so no patches are gathered. The GEMMs are
 NumPy's ``matmul`` (NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31
 ran these streaming GEMMs 1.1-1.5x faster than SciPy's 0.3.30, which Cython's

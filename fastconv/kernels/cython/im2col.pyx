@@ -11,12 +11,12 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   P*Q apart); a tile of several images goes through a (K, images, pixels) buffer.
 - ``image_gemm`` (1x1 stride-1 layers; the forward of any 1x1 layer without padding,
   strided too): the planes (every stride-th pixel) are the patch matrix, a GEMM per
-  image and group: for the forward with an epilogue or a stride fastconv's own
-  (``pointwise_panel`` in ``src/fc_impl.h``: the weight read as it is, panels of
-  pixels, the epilogue in the store; :func:`_pointwise`), NumPy's matmul for the
-  stride-1 forward without one and for both gradients
-  (``fastconv/kernels/image_gemm.py``, shared with Numba; the weight gradient adds
-  image by image).
+  image and group: for the forward fastconv's own (``pointwise_panel`` in
+  ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
+  store; :func:`_pointwise`), SciPy's BLAS in blocks (:func:`_pgemm`) for the
+  gradients, the weight gradient adding image by image; on one thread, NumPy's
+  matmul (``fastconv/kernels/image_gemm.py``, shared with Numba) for the gradients
+  and the stride-1 forward without an epilogue.
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
   epilogue in their stores: ``nhwc_gemm`` (1x1) by ``pointwise_nhwc``, ``nhwc_tiled``
   (any other kernel) by ``conv_nhwc`` on a zero-padded copy, its patches read in place
@@ -36,12 +36,14 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
 
 BLAS is SciPy's (``scipy.linalg.cython_blas``), held at one thread and called in
 blocks from OpenMP's threads (:func:`_pgemm`), so OpenMP's threads are the only ones;
-on one thread, ``tiled``'s forward and input-gradient GEMMs are NumPy's matmul
-instead, as in the Numba kernel (NumPy's OpenBLAS ran these GEMMs 1.1-1.5x faster
-than SciPy's on the Intel Xeon ``rocketlake``), and ``image_gemm``'s are NumPy's on
-any thread count: OpenBLAS's own threads share its packed operands, where blocks on
-OpenMP's threads each pack their own (1.16x on ResNet-50 res2's 1x1 weight gradient,
-2 threads, AMD EPYC Zen 3). The gathers,
+on one thread, ``tiled``'s forward and input-gradient GEMMs and ``image_gemm``'s are
+NumPy's matmul instead, as in the Numba kernel (NumPy's OpenBLAS ran these GEMMs
+1.1-1.5x faster than SciPy's on the Intel Xeon ``rocketlake``; at one thread it wakes
+no BLAS thread). On more threads NumPy's matmul would run on OpenBLAS's own threads,
+which then spin for 0.1 s or more after it and take a core from the OpenMP loops that
+follow: on AMD EPYC Zen 3, 2 threads, ResNet-50 res2's 3x3 gradients took 6.0-6.2 ms
+after a 1x1 forward or input gradient on NumPy's matmul, 2.0 ms after one on
+fastconv's own kernel. The gathers,
 scatters and copies run on ``fastconv.get_num_threads()`` OpenMP threads; the hot
 loops come from the instruction-set variant ``_isa.ISA`` names.
 """
@@ -369,6 +371,13 @@ cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::
                       NPQ, 0, col + gi * Cg * NPQ, NPQ, nt)
             _swap_axes(<const real *>col, &out[0, 0, 0, 0], g.C, g.N, HW, nt)
         return 0
+    if variant == "image_gemm":                 # image by image: dx[n] = w^T dy[n]
+        with nogil:
+            for n in range(g.N):
+                for gi in range(G):
+                    _pgemm(True, False, Cg, HW, Kg, wp + gi * Kg * Cg, Cg, &dy[n, gi * Kg, 0, 0],
+                           HW, 0, &out[n, gi * Cg, 0, 0], HW, nt)
+        return 0
     col, res = &colbuf[0], &resbuf[0]
     # one thread: NumPy's matmul, as in _forward
     cdef object wt = None, cb = None, rb = None, dn = None
@@ -429,6 +438,14 @@ cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::
             for gi in range(G):
                 _pgemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
                       NHW, 0, wp + gi * Kg * Cg, Cg, nt)
+        return 0
+    if variant == "image_gemm":                 # image by image, adding (beta 1)
+        with nogil:
+            for n in range(g.N):
+                for gi in range(G):
+                    _pgemm(False, True, Kg, Cg, HW, &dy[n, gi * Kg, 0, 0], HW,
+                           &x[n, gi * Cg, 0, 0], HW, 0 if n == 0 else 1, wp + gi * Kg * Cg, Cg,
+                           nt)
         return 0
     col, res = &colbuf[0], &resbuf[0]
     with nogil:
@@ -570,6 +587,8 @@ def _buffers(plan, p, dtype):
     if plan.variant == "batch_gemm":
         return (workspace("im2col.xt", p.N * max(p.C, p.K) * p.H * p.W, dtype),
                 workspace("im2col.res", p.N * max(p.C, p.K) * p.P * p.Q, dtype))
+    if plan.variant == "image_gemm":            # the gradients': none
+        return workspace("im2col.col", 1, dtype), workspace("im2col.res", 1, dtype)
     nt, pr = plan["tile"]
     cols = min(nt, p.N) * min(pr, p.P) * p.Q
     return (workspace("im2col.col", p.C * p.R * p.S * cols, dtype),
@@ -594,10 +613,9 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "image_gemm":
-        if ep.empty and p.stride_h == p.stride_w == 1:
-            # nothing to fuse: NumPy's BLAS GEMM, as Numba's (the own kernel ran these
-            # 1.1-1.2x slower than it; with an epilogue, as fast as it plus a pass)
-            image_gemm.forward(x, w, p, out)
+        if ep.empty and p.stride_h == p.stride_w == 1 and get_num_threads() == 1:
+            with single_threaded_blas():        # NumPy's GEMM, waking no BLAS thread
+                image_gemm.forward(x, w, p, out)
         else:
             _pointwise(x, w, p, out, ep, plan["panel_bytes"])
         return
@@ -842,8 +860,9 @@ def conv2d_input(plan, dy, w, p, out):
     if p.K == 0:
         out[...] = 0
         return
-    if plan.variant == "image_gemm":
-        image_gemm.input_grad(dy, w, p, out)
+    if plan.variant == "image_gemm" and get_num_threads() == 1:
+        with single_threaded_blas():            # NumPy's GEMM, waking no BLAS thread
+            image_gemm.input_grad(dy, w, p, out)
         return
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, dy.dtype)
@@ -865,8 +884,9 @@ def conv2d_weight(plan, x, dy, p, out):
     if plan.variant == "patch_gemm":
         _weight_blocked(plan, x, dy, p, out)
         return
-    if plan.variant == "image_gemm":            # NumPy's BLAS, on its own threads
-        image_gemm.weight_grad(x, dy, p, out)
+    if plan.variant == "image_gemm" and get_num_threads() == 1:
+        with single_threaded_blas():            # NumPy's GEMM, waking no BLAS thread
+            image_gemm.weight_grad(x, dy, p, out)
         return
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, x.dtype)
