@@ -630,9 +630,9 @@ def test_nchw_1x1_calls_numpys_blas_only_on_one_thread(monkeypatch, dtype, threa
     (``kernels/image_gemm.py``, as Numba's) only on one thread: the forward without an
     epilogue or stride, and both gradients. On more threads NumPy's BLAS would wake its
     own threads, which spin after the call and slow the OpenMP loops that follow; the
-    forward runs its own GEMM (``pointwise_panel``) and the gradients SciPy's BLAS in
-    OpenMP blocks. A spy counts the NumPy path's calls; every result is the
-    reference's."""
+    forward and the input gradient run the own GEMM (``pointwise_panel``), the weight
+    gradient SciPy's BLAS in OpenMP blocks. A spy counts the NumPy path's calls; every
+    result is the reference's."""
     if threads > fastconv.get_num_threads():
         pytest.skip("this machine has one core")
     from fastconv.kernels import image_gemm
