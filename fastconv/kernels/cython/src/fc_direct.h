@@ -108,18 +108,22 @@ static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int 
 
 /* tmp[j, k] = the block's npx pixels (FC_DMR, or FC_DMR / 2 in one row) x DKB
  * channels: `rows` rows (1 or 2) of FC_DMR / rows, pixel j reads x[j % CB + (j / CB)*r2]
- * at each tap (x: tap (0, 0) of the block's first pixel, input channel 0); input
+ * at each tap (x: tap (0, 0) of the block's first pixel, input channel 0), or (rows 0)
+ * x[off[j]] (x: tap (0, 0) of the image's first pixel); input
  * channel c, tap (r, s) at c*cp + r*rs + soff[s]; the weight w[c, r, s, DKB] block by
  * block. */
 static inline __attribute__((always_inline)) void FN(direct_block_rows)(
     const T *restrict x, const T *restrict w, fc_int Cg, fc_int R, fc_int S, fc_int cp,
     fc_int rs, const fc_int *soff, fc_int r2, const int rows, const int npx,
-    T *restrict tmp)
+    const fc_int *restrict off, T *restrict tmp)
 {
     enum { CB2 = FC_DMR / 2 };
     FN(dvec) acc[FC_DMR][FC_DNV];
-    for (int j = 0; j < npx; j++)
+    fc_int o[FC_DMR];
+    for (int j = 0; j < npx; j++) {
+        o[j] = rows == 0 ? off[j] : rows == 1 || j < CB2 ? j : r2 + j - CB2;
         for (int v = 0; v < FC_DNV; v++) acc[j][v] = (FN(dvec)){0};
+    }
     for (fc_int c = 0; c < Cg; c++) {
         for (fc_int r = 0; r < R; r++) {
             const T *xr = x + c * cp + r * rs;
@@ -129,7 +133,8 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
                 for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
                 w += DKB;
                 for (int j = 0; j < npx; j++) {
-                    const T a = rows == 1 ? xs[j] : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
+                    const T a = rows == 0 ? xs[o[j]]
+                                : rows == 1 ? xs[j] : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
                     for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
                 }
             }
@@ -142,52 +147,29 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
 static void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
                               fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR, tmp);
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR, NULL, tmp);
 }
 
 static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
                               fc_int cp, fc_int rs, const fc_int *soff, fc_int r2, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, FC_DMR, tmp);
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, FC_DMR, NULL, tmp);
 }
 
-/* FC_DMR consecutive pixels of the flattened output grid (rows == 0): pixel j reads
+/* FC_DMR consecutive pixels of the flattened output grid (rows 0): pixel j reads
  * x[off[j]] at each tap (rows wrap: off[j] jumps to the next row's inputs) */
-static void FN(direct_block_wrap)(const T *restrict x, const T *restrict w, fc_int Cg,
-                                  fc_int R, fc_int S, fc_int cp, fc_int rs,
-                                  const fc_int *soff, const fc_int *restrict off,
-                                  T *restrict tmp)
+static void FN(direct_block_wrap)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
+                                  fc_int cp, fc_int rs, const fc_int *soff,
+                                  const fc_int *off, T *tmp)
 {
-    FN(dvec) acc[FC_DMR][FC_DNV];
-    fc_int o[FC_DMR];
-    for (int j = 0; j < FC_DMR; j++) {
-        o[j] = off[j];
-        for (int v = 0; v < FC_DNV; v++) acc[j][v] = (FN(dvec)){0};
-    }
-    for (fc_int c = 0; c < Cg; c++) {
-        for (fc_int r = 0; r < R; r++) {
-            const T *xr = x + c * cp + r * rs;
-            for (fc_int s = 0; s < S; s++) {
-                const T *xs = xr + soff[s];
-                FN(dvec) wv[FC_DNV];
-                for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
-                w += DKB;
-                for (int j = 0; j < FC_DMR; j++) {
-                    const T a = xs[o[j]];
-                    for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
-                }
-            }
-        }
-    }
-    for (int j = 0; j < FC_DMR; j++)
-        for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 0, FC_DMR, off, tmp);
 }
 
 /* the last row of an odd P under two-row blocks: its FC_DMR / 2 pixels alone */
 static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
                                   fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, tmp);
+    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, NULL, tmp);
 }
 
 /* The blocks (bp, 0 .. bcol-1) of image n, output channels kb*DKB .. of group g, from
