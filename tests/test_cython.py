@@ -669,6 +669,25 @@ def test_nchw_1x1_calls_numpys_blas_only_on_one_thread(monkeypatch, dtype, threa
         fastconv.set_num_threads(n)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_1x1_input_gradient_of_one_weight_at_two_group_counts(dtype):
+    """The 1x1 input gradient's transposed weight is cached per weight and group count:
+    one (3, 1, 1, 1) array is a 1 -> 3 weight with groups=1 and a depthwise one with
+    groups=3 (conv_transpose2d reads it both ways); each call gets its own."""
+    if fastconv.get_num_threads() < 2:
+        pytest.skip("the transposed-weight path runs on more than one thread")
+    w = arrays(5, dtype, (3, 1, 1, 1))[0]
+    for groups, C in ((1, 1), (3, 3), (1, 1)):
+        dy = arrays(groups, dtype, (2, 3, 4, 5))[0]
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
+            got = fastconv.conv2d_input((2, C, 4, 5), w, dy, groups=groups,
+                                        algorithm="im2col", backend="cython")
+        assert [(q.backend, q.variant) for q in ran] == [("cython", "image_gemm")], ran
+        want = fastconv.conv2d_input((2, C, 4, 5), w, dy, groups=groups,
+                                     algorithm="reference")
+        assert_close(got, want, tolerance(dtype, "im2col"), f"groups={groups}")
+
+
 @settings(max_examples=30)
 @given(groups=st.sampled_from([1, 2]), C=st.integers(1, 40), K=st.integers(1, 70),
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),

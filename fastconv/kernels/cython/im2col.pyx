@@ -659,7 +659,7 @@ def _pointwise_input(dy, w, p, out, panel_bytes):
     no BLAS (against SciPy's in OpenMP blocks, ResNet-50 res2's 1x1, 2 threads, AMD EPYC
     Zen 3, separate processes: 1.3-1.5x at N=1, 0.86-1.09x at N=8)."""
     G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
-    wt = _weights.get(w, "pointwise_input", lambda: np.ascontiguousarray(
+    wt = _weights.get(w, ("pointwise_input", G), lambda: np.ascontiguousarray(
         w.reshape(G, Kg, Cg).transpose(0, 2, 1)).reshape(p.C, Kg, 1, 1))
     _pointwise(dy, wt, conv_params("conv2d_input", dy.shape, wt.shape, groups=G), out,
                none(dy.dtype), panel_bytes)
