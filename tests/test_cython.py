@@ -739,6 +739,41 @@ def test_pointwise_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, W
     assert err <= tolerance(dtype, "im2col") * max(scale, 1e-30), (err, scale)
 
 
+@settings(max_examples=25)
+@given(groups=st.sampled_from([1, 2, 3]), C=st.integers(1, 40), K=st.integers(1, 70),
+       N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
+       dtype=st.sampled_from(DTYPES))
+def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
+    """Cython's 1x1 input gradient on two threads (``image_gemm``): ``pointwise_panel``
+    on dy with the weight (K, C/groups) transposed per group, against the reference;
+    any pixel and channel remainders, panels split into slices of output channels
+    across the threads (few pixels) or shared out whole (many)."""
+    if fastconv._config.MAX_THREADS < 2:
+        pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS); on one thread "
+                    "this gradient runs on NumPy's matmul")
+    from fastconv.kernels import image_gemm
+    C, K = C * groups, K * groups
+    rng = np.random.default_rng(C * 1000 + K * 10 + N)
+    w = rng.standard_normal((K, C // groups, 1, 1)).astype(dtype)
+    dy = rng.standard_normal((N, K, H, W)).astype(dtype)
+    want = fastconv.conv2d_input((N, C, H, W), w, dy, groups=groups, algorithm="reference")
+    saved = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(2)
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran, \
+                pytest.MonkeyPatch.context() as mp:
+            mp.setattr(image_gemm, "input_grad", None)      # NumPy's path must not run
+            got = fastconv.conv2d_input((N, C, H, W), w, dy, groups=groups,
+                                        algorithm="im2col", backend="cython")
+    finally:
+        fastconv.set_num_threads(saved)
+    assert [(q.backend, q.variant, q.threads) for q in ran] == [("cython", "image_gemm", 2)]
+    scale = fastconv.conv2d_input((N, C, H, W), np.abs(w), np.abs(dy), groups=groups,
+                                  algorithm="reference").max()
+    err = np.abs(got.astype(np.float64) - want).max(initial=0.0)
+    assert err <= tolerance(dtype, "im2col") * max(scale, 1e-30), (err, scale)
+
+
 @pytest.mark.parametrize("limit", [1500, 20000])
 @settings(max_examples=10)
 @given(case=conv_cases("im2col", max_hw=16), dtype=st.sampled_from(DTYPES))
