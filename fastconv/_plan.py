@@ -412,7 +412,9 @@ def _im2col(op, p, dtype, threads, backend=None):
     """(variant, blocking) of im2col for ``op`` on ``p``."""
     t = _tuning
     one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
-    panel = (("panel_bytes", t.POINTWISE_PANEL_BYTES),)     # Cython's own forward's
+    # Cython's own 1x1 kernels' (forward, input gradient)
+    panel = (("panel_bytes", t.POINTWISE_INPUT_BYTES if op == "conv2d_input"
+              else t.POINTWISE_PANEL_BYTES),)
     if p.pointwise:
         return ("batch_gemm", ()) if one_gemm else ("image_gemm", panel)
     if op == "conv2d" and p.R == p.S == 1 and not (p.pad_top or p.pad_bottom or p.pad_left

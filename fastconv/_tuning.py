@@ -80,6 +80,11 @@ DEFAULTS = {
         "register blocks as fit this with all input channels (at most 256 bytes of a row: "
         "one block with AVX-512, four with AVX2): wider panels store longer runs of each "
         "output row (Zen 3)"),
+    "POINTWISE_INPUT_BYTES": (128 * 2**10, "bytes",
+        "... and its 1x1 input gradient (on more than one thread) copies dy in chunks of "
+        "as many pixels as fit this with all of dy's channels (64 KiB-1 MiB within 10-25% "
+        "of each other on ResNet-50's res2, res4 and res5 1x1 layers, no size best on all; "
+        "Zen 3)"),
     "POINTWISE_ONE_GEMM_BELOW": (100, "pixels per image",
         "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5)"),
     "WEIGHT_FUSED_MIN_RATIO": (16, "output pixels per patch row",

@@ -671,9 +671,10 @@ def test_nchw_1x1_calls_numpys_blas_only_on_one_thread(monkeypatch, dtype, threa
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_1x1_input_gradient_of_one_weight_at_two_group_counts(dtype):
-    """The 1x1 input gradient's transposed weight is cached per weight and group count:
-    one (3, 1, 1, 1) array is a 1 -> 3 weight with groups=1 and a depthwise one with
-    groups=3 (conv_transpose2d reads it both ways); each call gets its own."""
+    """The 1x1 input gradient reads the weight per group count: one (3, 1, 1, 1) array
+    is a 1 -> 3 weight with groups=1 and a depthwise one with groups=3
+    (conv_transpose2d reads it both ways); each call reads it its own way (a cached
+    transposed copy once mixed the two up)."""
     if fastconv.get_num_threads() < 2:
         pytest.skip("the transposed-weight path runs on more than one thread")
     w = arrays(5, dtype, (3, 1, 1, 1))[0]
@@ -744,10 +745,11 @@ def test_pointwise_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, W
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
        dtype=st.sampled_from(DTYPES))
 def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
-    """Cython's 1x1 input gradient on two threads (``image_gemm``): ``pointwise_panel``
-    on dy with the weight (K, C/groups) transposed per group, against the reference;
-    any pixel and channel remainders, panels split into slices of output channels
-    across the threads (few pixels) or shared out whole (many)."""
+    """Cython's 1x1 input gradient on two threads (``image_gemm``): ``pointwise_input``
+    (the weight (K, C/groups) copied a panel of input channels at a time, dy's chunks
+    copied, blocks stored transposed) against the reference; any pixel and channel
+    remainders, chunks of pixels, the input channels split into slices across the
+    threads (few chunks) or chunks shared out whole (many)."""
     if fastconv._config.MAX_THREADS < 2:
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS); on one thread "
                     "this gradient runs on NumPy's matmul")

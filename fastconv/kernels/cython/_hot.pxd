@@ -98,6 +98,14 @@ cdef extern from "fc_kernels.h" nogil:
                                     fc_int kb1, double *y, const double *bias,
                                     const double *res, int act, double *panel,
                                     fc_int cw, int fill) noexcept nogil
+        void (*pointwise_input_f32)(const float *dy, fc_int HW, fc_int K, const float *W,
+                                    fc_int C, fc_int c0, fc_int c1, fc_int p0, fc_int p1,
+                                    float *dx, float *wpack, int fillw,
+                                    float *dpack) noexcept nogil
+        void (*pointwise_input_f64)(const double *dy, fc_int HW, fc_int K, const double *W,
+                                    fc_int C, fc_int c0, fc_int c1, fc_int p0, fc_int p1,
+                                    double *dx, double *wpack, int fillw,
+                                    double *dpack) noexcept nogil
         fc_int (*pointwise_panel_cols_f32)() noexcept nogil
         fc_int (*pointwise_cols_f32)() noexcept nogil
         void (*pointwise_gather_f32)(const float *x, fc_int C, fc_int HW, fc_int W, fc_int Q,

@@ -13,9 +13,10 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   strided too): the planes (every stride-th pixel) are the patch matrix, a GEMM per
   image and group: for the forward fastconv's own (``pointwise_panel`` in
   ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
-  store; :func:`_pointwise`), the same for the input gradient with the weight
-  transposed (:func:`_pointwise_input`), SciPy's BLAS in blocks (:func:`_pgemm`) for
-  the weight gradient, adding image by image; on one thread, NumPy's
+  store; :func:`_pointwise`), for the input gradient ``pointwise_input`` (the weight's
+  columns copied a panel at a time, blocks of pixels x input channels stored through
+  register transposes; :func:`_pointwise_input`), SciPy's BLAS in blocks
+  (:func:`_pgemm`) for the weight gradient, adding image by image; on one thread, NumPy's
   matmul (``fastconv/kernels/image_gemm.py``, shared with Numba) for the gradients
   and the stride-1 forward without an epilogue.
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
@@ -59,7 +60,6 @@ import numpy as np
 
 from ..._config import (get_num_threads, get_workspace_limit, single_threaded_blas, workspace,
                         workspace_array)
-from ..._geometry import conv_params
 from .. import image_gemm
 from ..epilogue import none
 from ..weight_cache import CACHE as _weights
@@ -654,15 +654,73 @@ def _pointwise(x, w, p, out, ep, panel_bytes):
 
 
 def _pointwise_input(dy, w, p, out, panel_bytes):
-    """The 1x1 stride-1 input gradient dx = w^T dy as the 1x1 forward (:func:`_pointwise`)
-    of dy with the weight transposed per group, (C, K/groups, 1, 1), cached per weight:
-    no BLAS (against SciPy's in OpenMP blocks, ResNet-50 res2's 1x1, 2 threads, AMD EPYC
-    Zen 3, separate processes: 1.3-1.5x at N=1, 0.86-1.09x at N=8)."""
-    G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
-    wt = _weights.get(w, ("pointwise_input", G), lambda: np.ascontiguousarray(
-        w.reshape(G, Kg, Cg).transpose(0, 2, 1)).reshape(p.C, Kg, 1, 1))
-    _pointwise(dy, wt, conv_params("conv2d_input", dy.shape, wt.shape, groups=G), out,
-               none(dy.dtype), panel_bytes)
+    """The 1x1 stride-1 input gradient dx = w^T dy (``image_gemm`` on more than one
+    thread): per (image, group, chunk of pixels, slice of input channels), on OpenMP's
+    threads, ``pointwise_input`` of ``src/fc_impl.h``: the weight's columns of the
+    thread's slice copied in panels once per group, dy's chunk copied, a register block
+    of pixels x input channels over all of dy's channels, stored through register
+    transposes. No derived copy of the weight is kept (so none is checked: ResNet-50
+    res5's 4 MiB weight took 0.2 ms to check, a fifth of the layer) and no BLAS runs. A
+    chunk is as many pixels as fit ``panel_bytes`` (the plan's) with all of dy's
+    channels."""
+    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.H * p.W
+    dt = dy.dtype
+    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
+    chunk = min(HW, max(1, panel_bytes // (max(Kg, 1) * dt.itemsize)))
+    nt = get_num_threads()
+    npan = -(-Cg // cols)
+    items = p.N * G * -(-HW // chunk)
+    # as _pointwise: few chunks, every thread a slice of the input channels of all of
+    # them; many, each thread a range of whole chunks
+    ks = 1 if items >= 4 * nt else min(npan, nt)
+    wcols = -(-npan // ks) * cols                   # a slice's columns, at most
+    per_thread = Kg * (wcols + chunk)
+    packs = workspace("im2col.pack", nt * per_thread, dt)
+    _pointwise_input_run(dy.reshape(-1), np.ascontiguousarray(w).reshape(-1),
+                         out.reshape(-1), p.N, G, Kg, Cg, HW, chunk, cols, ks, packs,
+                         per_thread, wcols, nt)
+
+
+def _pointwise_input_run(const real[::1] dy, const real[::1] w, real[::1] dx, fc_int N,
+                         fc_int G, fc_int Kg, fc_int Cg, fc_int HW, fc_int chunk,
+                         fc_int cols, fc_int ks, real[::1] packs, fc_int per_thread,
+                         fc_int wcols, int nt):
+    """``_pointwise_input``'s loop; per thread ``per_thread`` elements of ``packs``: the
+    weight's columns of its slice (Kg * wcols), then dy's chunk (Kg * chunk)."""
+    cdef fc_int nch = (HW + chunk - 1) // chunk, npan = (Cg + cols - 1) // cols
+    cdef fc_int P = N * G * nch, items = P * ks, item, part, ng, g, p0, c0, c1, first, last
+    cdef fc_int packed                              # part*G + g of the panels in wpack
+    cdef int tid, threads = _par_macs(N * Kg * HW * Cg, nt)
+    # one chunk of one image: no item reuses a slice's panels, so each is copied just
+    # before its use, while it stays in cache (2), not all first (1, 0: kept)
+    cdef int once = 2 if N == 1 and nch == 1 else 1
+    cdef real *wpack
+    with nogil:
+        # each thread a contiguous range of items = part*P + (n*G + g)*nch + chunk
+        for tid in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            first, last = tid * items // threads, (tid + 1) * items // threads
+            wpack = &packs[0] + tid * per_thread
+            packed = -1
+            for item in range(first, last):
+                part = item // P
+                ng = item % P // nch                # image n, group g: n*G + g
+                g = ng % G
+                p0 = item % nch * chunk
+                c0 = part * npan // ks * cols
+                c1 = min((part + 1) * npan // ks * cols, Cg)
+                if real is float:
+                    hot.pointwise_input_f32(&dy[0] + ng * Kg * HW, HW, Kg,
+                                            &w[0] + g * Kg * Cg, Cg, c0, c1, p0,
+                                            min(p0 + chunk, HW), &dx[0] + ng * Cg * HW,
+                                            wpack, once if packed != part * G + g else 0,
+                                            wpack + Kg * wcols)
+                else:
+                    hot.pointwise_input_f64(&dy[0] + ng * Kg * HW, HW, Kg,
+                                            &w[0] + g * Kg * Cg, Cg, c0, c1, p0,
+                                            min(p0 + chunk, HW), &dx[0] + ng * Cg * HW,
+                                            wpack, once if packed != part * G + g else 0,
+                                            wpack + Kg * wcols)
+                packed = part * G + g
 
 
 #: pixels per work item of the channels-last 1x1 forward, at most (16 register blocks

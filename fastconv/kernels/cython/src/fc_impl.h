@@ -1028,6 +1028,160 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
     FN(nhwc_pixels)(x, C, NULL, C, Wt + k0 * C, K, p0, p1, k0, y, bias, res, act, 0);
 }
 
+/* -- 1x1 stride-1 input gradient, no transposed weight kept: pointwise_input ------- */
+
+#if FC_VECTORS
+/* dx[j*HW + t] = sum_k Wp[k*ws + j] dy[k*ld + t] for pixels t < mr and channels j <
+ * width (<= nv * VL): mr pixels x nv vectors of channels in registers over all K
+ * (always inlined with mr and nv constants), each of the block's rows of the weight
+ * one vector load per vector, each pixel's dy a broadcast; the block then stored
+ * transposed, a row of mr pixels per channel. */
+static inline __attribute__((always_inline)) void FN(pwi_block)(
+    const T *restrict dy, fc_int ld, fc_int K, const T *restrict Wp, fc_int ws,
+    fc_int width, T *restrict dx, fc_int HW, int mr, int nv)
+{
+    FN(vec) acc[16][FC_NV];
+    const FN(vec) vzero = {0};
+    for (int t = 0; t < mr; t++)
+        for (int v = 0; v < nv; v++) acc[t][v] = vzero;
+    for (fc_int k = 0; k < K; k++) {
+        FN(vec) w[FC_NV];
+        for (int v = 0; v < nv; v++) w[v] = FN(vload)(Wp + k * ws + v * VL);
+        const T *d = dy + k * ld;
+        for (int t = 0; t < mr; t++) {
+            const T x = d[t];                          /* broadcast by the operator */
+            for (int v = 0; v < nv; v++) acc[t][v] += w[v] * x;
+        }
+    }
+#if FC_SHUFFLE
+    /* per vector of channels and FC_TL pixels: a register transpose (FC_TROUND), then
+     * a channel's pixels stored together, one vector (or its first lanes) per channel */
+    for (int v = 0; v < nv; v++) {
+        const int jn = (int)(width - v * VL < VL ? width - v * VL : VL);
+        for (int i0 = 0; i0 < mr; i0 += FC_TL) {
+            const int m = mr - i0 < FC_TL ? mr - i0 : FC_TL;
+            FN(vec) r[FC_TL];
+            for (int i = 0; i < FC_TL; i++) r[i] = i < m ? acc[i0 + i][v] : vzero;
+            FC_TROUND(1) FC_TROUND(2) FC_TROUND(4) FC_TROUND(8)
+            for (int j = 0; j < jn; j++) {
+                T *d = dx + (v * VL + j) * HW + i0;
+                if (m == FC_TL)
+                    FN(vstore)(d, r[j]);
+                else
+                    memcpy(d, &r[j], (size_t)m * sizeof(T));
+            }
+        }
+    }
+#else
+    T tmp[16][FC_NV * VL];
+    for (int t = 0; t < mr; t++)
+        for (int v = 0; v < nv; v++) FN(vstore)(tmp[t] + v * VL, acc[t][v]);
+    for (fc_int j = 0; j < width; j++)
+        for (int t = 0; t < mr; t++) dx[j * HW + t] = tmp[t][j];
+#endif
+}
+
+/* pwi_block over n pixels: blocks of FC_PWN_ROWS(nv), then of 8, 4, 2 and 1 */
+static inline __attribute__((always_inline)) void FN(pwi_pixels)(
+    const T *dy, fc_int ld, fc_int K, const T *Wp, fc_int ws, fc_int width, T *dx,
+    fc_int HW, fc_int n, int nv)
+{
+    const int mr = FC_PWN_ROWS(nv);
+    fc_int q = 0;
+    for (; q + mr <= n; q += mr)
+        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, mr, nv);
+    if (mr > 8 && q + 8 <= n) {
+        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 8, nv);
+        q += 8;
+    }
+    if (mr > 4 && q + 4 <= n) {
+        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 4, nv);
+        q += 4;
+    }
+    if (q + 2 <= n) {
+        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 2, nv);
+        q += 2;
+    }
+    if (q < n)
+        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 1, nv);
+}
+#endif
+
+#if FC_VECTORS
+/* dst[k*FC_PW_COLS + j] = W[k*C + cp + j] for k < K, j < width, zero for j >= width */
+static inline void FN(pwi_panel)(const T *W, fc_int C, fc_int K, fc_int cp, fc_int width,
+                                 T *dst)
+{
+    for (fc_int k = 0; k < K; k++) {
+        memcpy(dst + k * FC_PW_COLS, W + k * C + cp, (size_t)width * sizeof(T));
+        if (width < FC_PW_COLS)
+            memset(dst + k * FC_PW_COLS + width, 0, (size_t)(FC_PW_COLS - width) * sizeof(T));
+    }
+}
+#endif
+
+/* The 1x1 stride-1 input gradient of one image and group, channels [c0, c1) (c0 a
+ * multiple of FC_PW_COLS) and pixels [p0, p1): dx[c*HW + p] = sum_k W[k*C + c]
+ * dy[k*HW + p], k < K. W (K, C) is read as it is, its columns [c0, c1) copied to
+ * wpack in panels of FC_PW_COLS, each K rows: all first (fillw 1; for a caller that
+ * runs them on other chunks too: fillw 0 then reuses them), or each just before its
+ * use (fillw 2: only the first panel's room is used). No transposed copy of W is
+ * kept, so nothing to check against a weight changed between calls; dy's chunk is
+ * copied to dpack (K * (p1 - p0)). Per
+ * panel, blocks of pixels x the panel's vectors run in registers over all K (the
+ * panel stays in cache from one block to the next), each stored transposed. */
+static void FN(pointwise_input)(const T *dy, fc_int HW, fc_int K, const T *W, fc_int C,
+                                fc_int c0, fc_int c1, fc_int p0, fc_int p1, T *dx,
+                                T *wpack, int fillw, T *dpack)
+{
+#if FC_VECTORS
+    /* dy's chunk copied: its K rows (p1 - p0) apart, not HW (a row a page for a large
+     * image: ResNet-50 res2's ran 1.2x slower reading dy in place) */
+    const fc_int n = p1 - p0;
+    for (fc_int k = 0; k < K; k++)
+        memcpy(dpack + k * n, dy + k * HW + p0, (size_t)n * sizeof(T));
+    /* the panels of [c0, c1), K rows of FC_PW_COLS each (zero past c1), read in order by
+     * every block (in place, C apart, each row was a page of its own for a wide weight:
+     * ResNet-50 res5's ran 1.8x slower) */
+    for (fc_int cp = c0; cp < c1 && fillw == 1; cp += FC_PW_COLS)
+        FN(pwi_panel)(W, C, K, cp, c1 - cp < FC_PW_COLS ? c1 - cp : FC_PW_COLS,
+                      wpack + (cp - c0) * K);
+#endif
+    for (fc_int cp = c0; cp < c1; cp += FC_PW_COLS) {
+        const fc_int width = c1 - cp < FC_PW_COLS ? c1 - cp : FC_PW_COLS;
+#if FC_VECTORS
+        const int nv = (int)((width + VL - 1) / VL);
+        const T *dp = dpack;
+        const T *Wp = wpack + (cp - c0) * K;
+        const fc_int ws = FC_PW_COLS;
+        if (fillw == 2) {                        /* this panel alone, just before use */
+            FN(pwi_panel)(W, C, K, cp, width, wpack);
+            Wp = wpack;
+        }
+        T *o = dx + cp * HW + p0;
+        switch (nv) {                       /* each a constant: registers known */
+        case 1: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, 1);
+                break;
+#if FC_NV > 2
+        case 2: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, 2);
+                break;
+        case 3: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, 3);
+                break;
+#endif
+        default: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, FC_NV);
+        }
+#else
+        (void)wpack, (void)fillw, (void)dpack;
+        for (fc_int c = cp; c < cp + width; c++)
+            for (fc_int p = p0; p < p1; p++) {
+                T u = 0;
+                for (fc_int k = 0; k < K; k++) u += W[k * C + c] * dy[k * HW + p];
+                dx[c * HW + p] = u;
+            }
+#endif
+    }
+}
+
 /* Channels last, any kernel size, stride and dilation, one group: output row y (Q, K)
  * = act(conv + bias + res), output channels [k0, k0 + FC_PW_COLS) ∩ [0, K). x: the
  * row's first patch input in the zero-padded image (Hp, Wp, C), i.e. padded pixel

@@ -130,6 +130,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .patch_gemm_##X = patch_gemm_##X,                  \
     .pixel_major_##X = pixel_major_##X,                \
     .pointwise_panel_##X = pointwise_panel_##X,        \
+    .pointwise_input_##X = pointwise_input_##X,        \
     .pointwise_panel_cols_##X = pointwise_panel_cols_##X, \
     .pointwise_cols_##X = pointwise_cols_##X,          \
     .pointwise_gather_##X = pointwise_gather_##X,      \

@@ -125,6 +125,14 @@ typedef struct {
                                 const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
                                 const T *bias, const T *res, int act, T *panel,         \
                                 fc_int cw, int fill);                                   \
+    /* 1x1 stride-1 input gradient of one image and group, channels [c0, c1) (c0 a     \
+     * multiple of pointwise_cols()) x pixels [p0, p1), W (K, C) read as it is, its    \
+     * columns copied to wpack (K * (c1 - c0) rounded up to pointwise_cols(): fillw 1  \
+     * all first, 0 kept from the call before, 2 a panel at a time), dy's to dpack     \
+     * (K * (p1 - p0)) */                                                               \
+    void (*pointwise_input_##X)(const T *dy, fc_int HW, fc_int K, const T *W, fc_int C, \
+                                fc_int c0, fc_int c1, fc_int p0, fc_int p1, T *dx,     \
+                                T *wpack, int fillw, T *dpack);                         \
     fc_int (*pointwise_panel_cols_##X)(void);                                           \
     fc_int (*pointwise_cols_##X)(void);                                                 \
     void (*pointwise_gather_##X)(const T *x, fc_int C, fc_int HW, fc_int W, fc_int Q,  \
