@@ -1031,14 +1031,14 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
 /* -- 1x1 stride-1 input gradient, no transposed weight kept: pointwise_input ------- */
 
 #if FC_VECTORS
-/* dx[j*HW + t] = sum_k Wp[k*ws + j] dy[k*ld + t] for pixels t < mr and channels j <
- * width (<= nv * VL): mr pixels x nv vectors of channels in registers over all K
- * (always inlined with mr and nv constants), each of the block's rows of the weight
- * one vector load per vector, each pixel's dy a broadcast; the block then stored
- * transposed, a row of mr pixels per channel. */
+/* dx[j*HW + t] = sum_k Wp[k*FC_PW_COLS + j] dy[k*ld + t] for pixels t < mr and
+ * channels j < width (<= nv * VL): mr pixels x nv vectors of channels in registers
+ * over all K (always inlined with mr and nv constants), each of the block's rows of
+ * the weight one vector load per vector, each pixel's dy a broadcast; the block then
+ * stored transposed, a row of mr pixels per channel. */
 static inline __attribute__((always_inline)) void FN(pwi_block)(
-    const T *restrict dy, fc_int ld, fc_int K, const T *restrict Wp, fc_int ws,
-    fc_int width, T *restrict dx, fc_int HW, int mr, int nv)
+    const T *restrict dy, fc_int ld, fc_int K, const T *restrict Wp, fc_int width,
+    T *restrict dx, fc_int HW, int mr, int nv)
 {
     FN(vec) acc[16][FC_NV];
     const FN(vec) vzero = {0};
@@ -1046,7 +1046,7 @@ static inline __attribute__((always_inline)) void FN(pwi_block)(
         for (int v = 0; v < nv; v++) acc[t][v] = vzero;
     for (fc_int k = 0; k < K; k++) {
         FN(vec) w[FC_NV];
-        for (int v = 0; v < nv; v++) w[v] = FN(vload)(Wp + k * ws + v * VL);
+        for (int v = 0; v < nv; v++) w[v] = FN(vload)(Wp + k * FC_PW_COLS + v * VL);
         const T *d = dy + k * ld;
         for (int t = 0; t < mr; t++) {
             const T x = d[t];                          /* broadcast by the operator */
@@ -1081,29 +1081,29 @@ static inline __attribute__((always_inline)) void FN(pwi_block)(
 #endif
 }
 
-/* pwi_block over n pixels: blocks of FC_PWN_ROWS(nv), then of 8, 4, 2 and 1 */
+/* pwi_block over the n pixels of a chunk (dy's rows n apart): blocks of
+ * FC_PWN_ROWS(nv), then of 8, 4, 2 and 1 */
 static inline __attribute__((always_inline)) void FN(pwi_pixels)(
-    const T *dy, fc_int ld, fc_int K, const T *Wp, fc_int ws, fc_int width, T *dx,
-    fc_int HW, fc_int n, int nv)
+    const T *dy, fc_int K, const T *Wp, fc_int width, T *dx, fc_int HW, fc_int n, int nv)
 {
     const int mr = FC_PWN_ROWS(nv);
     fc_int q = 0;
     for (; q + mr <= n; q += mr)
-        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, mr, nv);
+        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, mr, nv);
     if (mr > 8 && q + 8 <= n) {
-        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 8, nv);
+        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 8, nv);
         q += 8;
     }
     if (mr > 4 && q + 4 <= n) {
-        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 4, nv);
+        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 4, nv);
         q += 4;
     }
     if (q + 2 <= n) {
-        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 2, nv);
+        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 2, nv);
         q += 2;
     }
     if (q < n)
-        FN(pwi_block)(dy + q, ld, K, Wp, ws, width, dx + q, HW, 1, nv);
+        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 1, nv);
 }
 #endif
 
@@ -1153,22 +1153,21 @@ static void FN(pointwise_input)(const T *dy, fc_int HW, fc_int K, const T *W, fc
         const int nv = (int)((width + VL - 1) / VL);
         const T *dp = dpack;
         const T *Wp = wpack + (cp - c0) * K;
-        const fc_int ws = FC_PW_COLS;
         if (fillw == 2) {                        /* this panel alone, just before use */
             FN(pwi_panel)(W, C, K, cp, width, wpack);
             Wp = wpack;
         }
         T *o = dx + cp * HW + p0;
         switch (nv) {                       /* each a constant: registers known */
-        case 1: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, 1);
+        case 1: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, 1);
                 break;
 #if FC_NV > 2
-        case 2: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, 2);
+        case 2: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, 2);
                 break;
-        case 3: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, 3);
+        case 3: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, 3);
                 break;
 #endif
-        default: FN(pwi_pixels)(dp, n, K, Wp, ws, width, o, HW, n, FC_NV);
+        default: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, FC_NV);
         }
 #else
         (void)wpack, (void)fillw, (void)dpack;
