@@ -1005,6 +1005,12 @@ for dt in (np.float32, np.float64):
     tuning.set("WEIGHT_FUSED_MIN_RATIO", 0); tuning.set("WEIGHT_FUSED_MIN_CHANNELS", 0)
     out[f"conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(x, w.shape, dy, **kw)
     tuning.reset()
+    # the 1x1 input gradient (its own kernel on more than one thread): 37 channels, 49
+    # pixels, every variant's panels and pixel blocks with remainders
+    w1 = rng.standard_normal((29, 37, 1, 1)).astype(dt)
+    dy1 = rng.standard_normal((2, 29, 7, 7)).astype(dt)
+    out[f"pointwise_conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(
+        (2, 37, 7, 7), w1, dy1, backend="cython")
     z, i = fastconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True, backend="cython")
     out[f"max_pool2d_{dt.__name__}"], out[f"indices_{dt.__name__}"] = z, i
     out[f"avg_pool2d_{dt.__name__}"] = fastconv.avg_pool2d(x, 3, stride=1, padding=1, backend="cython")

@@ -1031,13 +1031,33 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
 /* -- 1x1 stride-1 input gradient, no transposed weight kept: pointwise_input ------- */
 
 #if FC_VECTORS
-/* dx[j*HW + t] = sum_k Wp[k*FC_PW_COLS + j] dy[k*ld + t] for pixels t < mr and
- * channels j < width (<= nv * VL): mr pixels x nv vectors of channels in registers
- * over all K (always inlined with mr and nv constants), each of the block's rows of
- * the weight one vector load per vector, each pixel's dy a broadcast; the block then
- * stored transposed, a row of mr pixels per channel. */
+/* The pixel block rows of pointwise_input (whatever the panel's width: dy's copy is
+ * laid out by them): FC_PWN_ROWS at the full FC_NV. */
+#define FC_PWI_ROWS FC_PWN_ROWS(FC_NV)
+
+/* The rows of the pixel block at pixel q of a chunk of n: where n splits into blocks
+ * of FC_PWI_ROWS and FC_PWI_ROWS - 1 (49 = 4 x 6 + 5 x 5), those, the wider first;
+ * else blocks of FC_PWI_ROWS, then of 8, 4, 2 and 1 (a lone pixel's block runs at a
+ * quarter of the FMA rate: its two accumulators wait on each other's latency) */
+static inline int FN(pwi_rows)(fc_int q, fc_int n)
+{
+    const int mr = FC_PWI_ROWS;
+    const fc_int blocks = (n + mr - 1) / mr, wide = n - blocks * (mr - 1);
+    if (wide >= 0)
+        return q < wide * mr ? mr : mr - 1;
+    const fc_int left = n - q;
+    return left >= mr ? mr : (mr > 8 && left >= 8) ? 8 : (mr > 4 && left >= 4) ? 4
+           : left >= 2 ? 2 : 1;
+}
+
+/* dx[j*HW + t] = sum_k Wp[k*FC_PW_COLS + j] dp[k*mr + t] for pixels t < mr,
+ * channels j < width (<= nv * VL) and k < K: mr pixels x nv vectors of channels in
+ * registers over all K (always inlined with mr and nv constants), each of the
+ * weight's rows one vector load per vector, each pixel's dy a broadcast from the
+ * block's own copy (its K rows of mr pixels, read in order); the block then stored
+ * transposed, a row of mr pixels per channel. */
 static inline __attribute__((always_inline)) void FN(pwi_block)(
-    const T *restrict dy, fc_int ld, fc_int K, const T *restrict Wp, fc_int width,
+    const T *restrict dp, fc_int K, const T *restrict Wp, fc_int width,
     T *restrict dx, fc_int HW, int mr, int nv)
 {
     FN(vec) acc[16][FC_NV];
@@ -1047,7 +1067,7 @@ static inline __attribute__((always_inline)) void FN(pwi_block)(
     for (fc_int k = 0; k < K; k++) {
         FN(vec) w[FC_NV];
         for (int v = 0; v < nv; v++) w[v] = FN(vload)(Wp + k * FC_PW_COLS + v * VL);
-        const T *d = dy + k * ld;
+        const T *d = dp + k * mr;
         for (int t = 0; t < mr; t++) {
             const T x = d[t];                          /* broadcast by the operator */
             for (int v = 0; v < nv; v++) acc[t][v] += w[v] * x;
@@ -1063,7 +1083,7 @@ static inline __attribute__((always_inline)) void FN(pwi_block)(
             FN(vec) r[FC_TL];
             for (int i = 0; i < FC_TL; i++) r[i] = i < m ? acc[i0 + i][v] : vzero;
             FC_TROUND(1) FC_TROUND(2) FC_TROUND(4) FC_TROUND(8)
-            for (int j = 0; j < jn; j++) {
+            for (int j = 0; j < jn && j < FC_TL; j++) {  /* j < VL = FC_TL */
                 T *d = dx + (v * VL + j) * HW + i0;
                 if (m == FC_TL)
                     FN(vstore)(d, r[j]);
@@ -1081,33 +1101,43 @@ static inline __attribute__((always_inline)) void FN(pwi_block)(
 #endif
 }
 
-/* pwi_block over the n pixels of a chunk (dy's rows n apart): blocks of
- * FC_PWN_ROWS(nv), then of 8, 4, 2 and 1 */
+/* pwi_block over the n pixels of a chunk, in blocks by pwi_rows: the block at pixel
+ * q reads its copy of dy at dpack + q*K */
 static inline __attribute__((always_inline)) void FN(pwi_pixels)(
-    const T *dy, fc_int K, const T *Wp, fc_int width, T *dx, fc_int HW, fc_int n, int nv)
+    const T *dpack, fc_int K, const T *Wp, fc_int width, T *dx, fc_int HW, fc_int n,
+    int nv)
 {
-    const int mr = FC_PWN_ROWS(nv);
-    fc_int q = 0;
-    for (; q + mr <= n; q += mr)
-        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, mr, nv);
-    if (mr > 8 && q + 8 <= n) {
-        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 8, nv);
-        q += 8;
+    const int mr = FC_PWI_ROWS;
+    for (fc_int q = 0; q < n;) {
+        const int m = FN(pwi_rows)(q, n);
+        const T *dp = dpack + q * K;
+        if (m == mr)
+            FN(pwi_block)(dp, K, Wp, width, dx + q, HW, mr, nv);
+        else if (m == mr - 1)
+            FN(pwi_block)(dp, K, Wp, width, dx + q, HW, mr - 1, nv);
+        else if (mr > 8 && m == 8)
+            FN(pwi_block)(dp, K, Wp, width, dx + q, HW, 8, nv);
+        else if (mr > 4 && m == 4)
+            FN(pwi_block)(dp, K, Wp, width, dx + q, HW, 4, nv);
+        else if (m == 2)
+            FN(pwi_block)(dp, K, Wp, width, dx + q, HW, 2, nv);
+        else
+            FN(pwi_block)(dp, K, Wp, width, dx + q, HW, 1, nv);
+        q += m;
     }
-    if (mr > 4 && q + 4 <= n) {
-        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 4, nv);
-        q += 4;
-    }
-    if (q + 2 <= n) {
-        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 2, nv);
-        q += 2;
-    }
-    if (q < n)
-        FN(pwi_block)(dy + q, n, K, Wp, width, dx + q, HW, 1, nv);
 }
 #endif
 
 #if FC_VECTORS
+/* dst[k*m + t] = dy[k*HW + t] for k < K, t < m: a block of pixels' copy of dy (always
+ * inlined: with m constant, each row a few moves) */
+static inline __attribute__((always_inline)) void FN(pwi_copy)(
+    const T *restrict dy, fc_int HW, fc_int K, T *restrict dst, int m)
+{
+    for (fc_int k = 0; k < K; k++)
+        for (int t = 0; t < m; t++) dst[k * m + t] = dy[k * HW + t];
+}
+
 /* dst[k*FC_PW_COLS + j] = W[k*C + cp + j] for k < K, j < width, zero for j >= width */
 static inline void FN(pwi_panel)(const T *W, fc_int C, fc_int K, fc_int cp, fc_int width,
                                  T *dst)
@@ -1126,20 +1156,30 @@ static inline void FN(pwi_panel)(const T *W, fc_int C, fc_int K, fc_int cp, fc_i
  * wpack in panels of FC_PW_COLS, each K rows: all first (fillw 1; for a caller that
  * runs them on other chunks too: fillw 0 then reuses them), or each just before its
  * use (fillw 2: only the first panel's room is used). No transposed copy of W is
- * kept, so nothing to check against a weight changed between calls; dy's chunk is
- * copied to dpack (K * (p1 - p0)). Per
- * panel, blocks of pixels x the panel's vectors run in registers over all K (the
- * panel stays in cache from one block to the next), each stored transposed. */
+ * kept, so nothing to check against a weight changed between calls. dy's chunk is
+ * copied to dpack (K * n, n = p1 - p0) by blocks of pixels (pwi_rows), each
+ * block's K rows of its pixels together. Per panel, blocks of pixels x the panel's
+ * vectors run in registers over all K (the panel stays in cache from one block to
+ * the next), each stored transposed. */
 static void FN(pointwise_input)(const T *dy, fc_int HW, fc_int K, const T *W, fc_int C,
                                 fc_int c0, fc_int c1, fc_int p0, fc_int p1, T *dx,
                                 T *wpack, int fillw, T *dpack)
 {
 #if FC_VECTORS
-    /* dy's chunk copied: its K rows (p1 - p0) apart, not HW (a row a page for a large
-     * image: ResNet-50 res2's ran 1.2x slower reading dy in place) */
+    /* dy's chunk copied block by block: a block's row k (its m pixels) at
+     * dpack + q*K + k*m, read in order by the block (in place, HW apart, a row a page
+     * for a large image: ResNet-50 res2's ran 1.2x slower) */
     const fc_int n = p1 - p0;
-    for (fc_int k = 0; k < K; k++)
-        memcpy(dpack + k * n, dy + k * HW + p0, (size_t)n * sizeof(T));
+    for (fc_int q = 0; q < n;) {
+        const int m = FN(pwi_rows)(q, n);
+        if (m == FC_PWI_ROWS)                   /* the rows a constant: moves, no calls */
+            FN(pwi_copy)(dy + p0 + q, HW, K, dpack + q * K, FC_PWI_ROWS);
+        else if (m == FC_PWI_ROWS - 1)
+            FN(pwi_copy)(dy + p0 + q, HW, K, dpack + q * K, FC_PWI_ROWS - 1);
+        else
+            FN(pwi_copy)(dy + p0 + q, HW, K, dpack + q * K, m);
+        q += m;
+    }
     /* the panels of [c0, c1), K rows of FC_PW_COLS each (zero past c1), read in order by
      * every block (in place, C apart, each row was a page of its own for a wide weight:
      * ResNet-50 res5's ran 1.8x slower) */
@@ -1151,7 +1191,6 @@ static void FN(pointwise_input)(const T *dy, fc_int HW, fc_int K, const T *W, fc
         const fc_int width = c1 - cp < FC_PW_COLS ? c1 - cp : FC_PW_COLS;
 #if FC_VECTORS
         const int nv = (int)((width + VL - 1) / VL);
-        const T *dp = dpack;
         const T *Wp = wpack + (cp - c0) * K;
         if (fillw == 2) {                        /* this panel alone, just before use */
             FN(pwi_panel)(W, C, K, cp, width, wpack);
@@ -1159,15 +1198,15 @@ static void FN(pointwise_input)(const T *dy, fc_int HW, fc_int K, const T *W, fc
         }
         T *o = dx + cp * HW + p0;
         switch (nv) {                       /* each a constant: registers known */
-        case 1: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, 1);
+        case 1: FN(pwi_pixels)(dpack, K, Wp, width, o, HW, n, 1);
                 break;
 #if FC_NV > 2
-        case 2: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, 2);
+        case 2: FN(pwi_pixels)(dpack, K, Wp, width, o, HW, n, 2);
                 break;
-        case 3: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, 3);
+        case 3: FN(pwi_pixels)(dpack, K, Wp, width, o, HW, n, 3);
                 break;
 #endif
-        default: FN(pwi_pixels)(dp, K, Wp, width, o, HW, n, FC_NV);
+        default: FN(pwi_pixels)(dpack, K, Wp, width, o, HW, n, FC_NV);
         }
 #else
         (void)wpack, (void)fillw, (void)dpack;
@@ -1332,6 +1371,7 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
 #undef FC_PWP_COLS
 #ifdef FC_PWN_ROWS
 #  undef FC_PWN_ROWS
+#  undef FC_PWI_ROWS
 #endif
 
 #ifdef VL
