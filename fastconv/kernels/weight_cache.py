@@ -12,6 +12,7 @@ next call with the same weight, two ways:
   update (an optimiser step) or a reused address never returns a stale layout.
 """
 import ctypes
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -130,7 +131,8 @@ class WeightCache:
         """(derived, check) for weight ``w`` and tag ``kind``: a cached entry and the
         function that says whether it is still valid (``w`` bitwise equal to the copy),
         which the caller must call before using the entry's results (it may run it while
-        other threads already compute with the entry); or ``build()``'s result, stored,
+        other threads already compute with the entry; its ``args`` are the copy and
+        ``w``, for a caller that compares them itself); or ``build()``'s result, stored,
         and None. For a prepared weight: its own derived array, and None."""
         pw = prepared(w)
         if pw is not None:
@@ -146,8 +148,7 @@ class WeightCache:
                 derived = hit[1].get(kind)
         if hit is None or derived is None:
             return self.put(w, kind, build()), None
-        copy = hit[0]
-        return derived, lambda: bitwise_equal(copy, w)
+        return derived, functools.partial(bitwise_equal, hit[0], w)
 
     def put(self, w, kind, derived):
         """Store ``derived`` for weight ``w`` and tag ``kind``. A weight that no longer

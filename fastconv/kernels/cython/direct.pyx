@@ -52,7 +52,8 @@ Work items run on ``fastconv.get_num_threads()`` OpenMP threads, in one contiguo
 range each (a thread's images stay in its cache), each item writing only its own
 outputs, so results do not depend on the thread count.
 """
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memcmp
 
 import functools
 
@@ -79,6 +80,40 @@ cdef Py_ssize_t SERIAL_ELEMENTS = 32768
 
 cdef inline int _par(Py_ssize_t elements, int nt) noexcept nogil:
     return 1 if elements < SERIAL_ELEMENTS else nt
+
+
+cdef struct fc_pending:
+    # a cached weight layout's check (``WeightCache.get_unchecked``): memcmp of the
+    # weight and its copy, nbytes long (0: none), made by the first thread of the cores'
+    # parallel region while the others start on the work items; same: its result
+    const char *copy
+    const char *w
+    size_t nbytes
+    bint same
+
+
+cdef fc_pending _pending(check):
+    """``check`` (``get_unchecked``'s: None, or bitwise_equal bound to the copy and
+    the weight) for the cores' region; one it cannot memcmp (not C-contiguous) is made
+    here at once."""
+    cdef fc_pending pd
+    pd.nbytes, pd.same = 0, True
+    if check is not None:
+        copy, w = check.args
+        if copy.flags.c_contiguous and w.flags.c_contiguous:
+            pd.copy = <const char *><size_t>copy.ctypes.data
+            pd.w = <const char *><size_t>w.ctypes.data
+            pd.nbytes = w.nbytes
+        else:
+            pd.same = check()
+    return pd
+
+
+cdef inline Py_ssize_t _chunk(Py_ssize_t items, int nt) noexcept nogil:
+    """The cores' work items per chunk: 4 chunks per thread, taken in turn (as
+    ``fastconv.kernels.threads.run`` takes them for Numba's kernels), so the thread that
+    makes the weight's check takes fewer."""
+    return max(1, items // (4 * nt))
 
 
 def block(dtype):
@@ -119,16 +154,17 @@ def _blocked(w, G, KB, flip):
 cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
                    real[:, :, :, ::1] out, fc_direct *d, fc_int sw, fc_int Wq, fc_int pt,
                    fc_int pl, const real[::1] bias_a, const real[::1] res_a,
-                   int nt, bint streamed, bint flip, real[::1] wl) except -1:
+                   int nt, bint streamed, bint flip, real[::1] wl,
+                   fc_pending *pd) except -1:
     """The phase layout of the slice x, then every work item of it into out (both the
-    slice's images; ``res_a`` the slice's residual). ``streamed``: wb is the weight as
-    it is (``flip``: the input gradient's), each item laying out its block into the
-    thread's part of ``wl``."""
+    slice's images; ``res_a`` the slice's residual), the first thread making ``pd``'s
+    check first. ``streamed``: wb is the weight as it is (``flip``: the input
+    gradient's), each item laying out its block into the thread's part of ``wl``."""
     cdef Py_ssize_t H = x.shape[2], W = x.shape[3], Hp = d.plane // d.rp
     cdef Py_ssize_t nrows = x.shape[0] * x.shape[1] * Hp
     cdef Py_ssize_t items = (d.G * d.Kb if streamed
                              else x.shape[0] * d.G * d.Kb * d.brow), it
-    cdef Py_ssize_t wsize = wl.shape[0] // nt
+    cdef Py_ssize_t wsize = wl.shape[0] // nt, chunk = _chunk(items, nt)
     d.bias = &bias_a[0] if bias_a.shape[0] else NULL
     d.res = &res_a[0] if res_a.shape[0] else NULL
     with nogil:
@@ -137,20 +173,23 @@ cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
                 hot.direct_phase_row_f32(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
             else:
                 hot.direct_phase_row_f64(&x[0, 0, 0, 0], H, W, &xb[0], Hp, sw, Wq, pt, pl, it)
-        for it in prange(items, num_threads=nt, schedule="static"):
-            if streamed:
-                if real is float:
-                    hot.direct_streamed_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d,
-                                                 x.shape[0], flip, it,
-                                                 &wl[0] + threadid() * wsize)
+        with parallel(num_threads=nt):
+            if threadid() == 0 and pd.nbytes:
+                pd.same = memcmp(pd.copy, pd.w, pd.nbytes) == 0
+            for it in prange(items, schedule="dynamic", chunksize=chunk):
+                if streamed:
+                    if real is float:
+                        hot.direct_streamed_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d,
+                                                     x.shape[0], flip, it,
+                                                     &wl[0] + threadid() * wsize)
+                    else:
+                        hot.direct_streamed_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d,
+                                                     x.shape[0], flip, it,
+                                                     &wl[0] + threadid() * wsize)
+                elif real is float:
+                    hot.direct_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
                 else:
-                    hot.direct_streamed_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d,
-                                                 x.shape[0], flip, it,
-                                                 &wl[0] + threadid() * wsize)
-            elif real is float:
-                hot.direct_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
-            else:
-                hot.direct_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+                    hot.direct_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
     return 0
 
 
@@ -175,6 +214,7 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     ``lanes``, ``lanes_streamed`` (no cached layout, each work item lays out its block
     of w itself) or ``flat`` (:func:`_flat`); ``wrap_work``: ``_rows``'s."""
     cdef fc_direct d
+    cdef fc_pending pd
     if core == "flat":
         _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, wkey,
               kind, orow, ocol, ep)
@@ -210,32 +250,42 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
     xb = workspace("cython_direct_x", nb * image, dtype)
     per_image = K * P * Q
+    check = None
     if streamed:
         wb = np.ascontiguousarray(w).reshape(-1)
         wl = workspace("cython_direct_wl", nt * Cg * R * S * KB, dtype)
     else:
-        wb = _weights.get(w if wkey is None else wkey, ("direct_cython", flip, G, KB) + kind,
-                          lambda: _blocked(w, G, KB, flip).reshape(-1))
+        wkey = w if wkey is None else wkey
+        tag = ("direct_cython", flip, G, KB) + kind
+        build = lambda: _blocked(w, G, KB, flip).reshape(-1)
+        wb, check = _weights.get_unchecked(wkey, tag, build)
         wl = xb[:0]
     for n0 in range(0, N, nb):
         n1 = min(N, n0 + nb)
         e = ep.images(n0, n1, per_image)
-        if dtype == np.float32:
-            _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
-                             e.residual, nt, streamed, flip, wl)
-        else:
-            _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
-                              e.residual, nt, streamed, flip, wl)
+        pd = _pending(check)                # the first slice's region makes the check
+        while True:
+            if dtype == np.float32:
+                _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
+                                 e.residual, nt, streamed, flip, wl, &pd)
+            else:
+                _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
+                                  e.residual, nt, streamed, flip, wl, &pd)
+            if pd.same:
+                break
+            wb = _weights.put(wkey, tag, build())   # the weight changed: the slice again
+            pd = _pending(None)
+        check = None
 
 cdef int _flat_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
                    real[:, :, :, ::1] out, fc_direct *d, fc_int Hq, fc_int sh, fc_int sw,
                    fc_int pt, fc_int pl, const real[::1] bias_a, const real[::1] res_a,
-                   int nt) except -1:
+                   int nt, fc_pending *pd) except -1:
     """The flat core's phase planes of the slice x, then every work item of it into out
-    (``res_a`` the slice's residual)."""
+    (``res_a`` the slice's residual), the first thread making ``pd``'s check first."""
     cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t nrows = x.shape[0] * x.shape[1] * sh * Hq
-    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.nf, it
+    cdef Py_ssize_t items = x.shape[0] * d.G * d.Kb * d.nf, it, chunk = _chunk(items, nt)
     d.bias = &bias_a[0] if bias_a.shape[0] else NULL
     d.res = &res_a[0] if res_a.shape[0] else NULL
     with nogil:
@@ -246,11 +296,14 @@ cdef int _flat_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
             else:
                 hot.direct_flat_row_f64(&x[0, 0, 0, 0], H, W, &xb[0], Hq, sh, sw, d.Wq, pt,
                                         pl, it)
-        for it in prange(items, num_threads=nt, schedule="static"):
-            if real is float:
-                hot.direct_flat_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
-            else:
-                hot.direct_flat_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+        with parallel(num_threads=nt):
+            if threadid() == 0 and pd.nbytes:
+                pd.same = memcmp(pd.copy, pd.w, pd.nbytes) == 0
+            for it in prange(items, schedule="dynamic", chunksize=chunk):
+                if real is float:
+                    hot.direct_flat_item_f32(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
+                else:
+                    hot.direct_flat_item_f64(&xb[0], &wb[0], &out[0, 0, 0, 0], d, it)
     return 0
 
 
@@ -266,6 +319,7 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
     channel's planes. The weight as ``wb[g, kb, c, r, s, k]`` (k < FLAT_KB), cached.
     The Numba backend's ``flat`` core; arguments as :func:`_core`'s."""
     cdef fc_direct d
+    cdef fc_pending pd
     cdef const fc_int[::1] toff_v
     dtype = x.dtype
     N, C, H, W = x.shape
@@ -292,8 +346,10 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
     image = C * plane
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
     xb = workspace("cython_direct_x", nb * image + tail, dtype)
-    wb = _weights.get(w if wkey is None else wkey, ("direct_cython_flat", flip, G, KB) + kind,
-                      lambda: _blocked(w, G, KB, flip).reshape(-1))
+    wkey = w if wkey is None else wkey
+    tag = ("direct_cython_flat", flip, G, KB) + kind
+    build = lambda: _blocked(w, G, KB, flip).reshape(-1)
+    wb, check = _weights.get_unchecked(wkey, tag, build)
     # all channel blocks of a pixel block back to back (its input reused from cache)
     # unless the weight outweighs the slice's input; then the weights reused instead
     d.kb_inner = wb.nbytes <= nb * image * dtype.itemsize
@@ -302,12 +358,19 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
         n1 = min(N, n0 + nb)
         xb[(n1 - n0) * image:(n1 - n0) * image + tail] = 0
         e = ep.images(n0, n1, per_image)
-        if dtype == np.float32:
-            _flat_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl, e.bias,
-                             e.residual, nt)
-        else:
-            _flat_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl, e.bias,
-                              e.residual, nt)
+        pd = _pending(check)                # the first slice's region makes the check
+        while True:
+            if dtype == np.float32:
+                _flat_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl,
+                                 e.bias, e.residual, nt, &pd)
+            else:
+                _flat_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl,
+                                  e.bias, e.residual, nt, &pd)
+            if pd.same:
+                break
+            wb = _weights.put(wkey, tag, build())   # the weight changed: the slice again
+            pd = _pending(None)
+        check = None
 
 
 # -- depthwise -------------------------------------------------------------------------------
