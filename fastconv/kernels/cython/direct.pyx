@@ -48,9 +48,11 @@ Variants (``VARIANTS`` in ``__init__.py``):
   tiles. ``depthwise_scatter`` (the other input gradients) adds each tap's products
   into dx plane by plane.
 
-Work items run on ``fastconv.get_num_threads()`` OpenMP threads, in one contiguous
-range each (a thread's images stay in its cache), each item writing only its own
-outputs, so results do not depend on the thread count.
+Work items run on ``fastconv.get_num_threads()`` OpenMP threads, each item writing
+only its own outputs, so results do not depend on the thread count: the forward cores'
+(``lanes``, ``flat``) in chunks taken in turn, the first thread checking a cached
+weight layout first (:func:`_pending`); the others' in one contiguous range per
+thread (a thread's images stay in its cache).
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memcmp
