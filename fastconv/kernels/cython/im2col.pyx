@@ -811,11 +811,14 @@ def _conv_nhwc(x, w, p, out, ep):
     else:                                   # no padding: the patches are read from x
         group, xp = p.N, workspace("conv_nhwc.padded", 1, dt)
     xf, yf, nt = x.reshape(-1), out.reshape(-1), get_num_threads()
+    # a weight larger than an image: each panel of it runs every output row of the image
+    # while it stays in cache, not every panel each row
+    rows_inner = wt.nbytes > image * x.itemsize
     for n0 in range(0, p.N, group):
         ng = min(group, p.N - n0)
         _conv_nhwc_run(xf, xp, wt.reshape(-1), offs, yf, ep.bias, ep.residual, ep.act, n0,
                        ng, p.H, p.W, p.C, p.pad_top, p.pad_left, Hp, Wp, p.P, p.Q, p.K,
-                       p.stride_h, p.stride_w, n, cols, nt, padded)
+                       p.stride_h, p.stride_w, n, cols, nt, padded, rows_inner)
 
 
 def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
@@ -823,7 +826,7 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
                    const real[::1] res_a, int act, fc_int n0, fc_int ng, fc_int H, fc_int W,
                    fc_int C, fc_int pt, fc_int pl, fc_int Hp, fc_int Wp, fc_int P, fc_int Q,
                    fc_int K, fc_int sh, fc_int sw, fc_int n, fc_int cols, int nt,
-                   bint padded):
+                   bint padded, bint rows_inner):
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nkp = (K + cols - 1) // cols, row, i, hp, item, m, pr, k0, o
@@ -845,10 +848,15 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
                        W * C * sizeof(real))
                 memset(d + (pl + W) * C, 0, (Wp - pl - W) * C * sizeof(real))
         # item = (image m, output row pr, panel): the panel varies fastest, so the
-        # items of one row share its input rows in cache
+        # items of one row share its input rows in cache; rows_inner: the row fastest,
+        # so the items of one panel share it in cache
         for item in prange(ng * P * nkp, num_threads=_par(ng * P * Q * K * n, nt),
                            schedule="static"):
-            m, pr, k0 = item // (P * nkp), item // nkp % P, item % nkp * cols
+            m = item // (P * nkp)
+            if rows_inner:
+                pr, k0 = item % P, item // P % nkp * cols
+            else:
+                pr, k0 = item // nkp % P, item % nkp * cols
             o = ((n0 + m) * P + pr) * Q * K             # the output row's first element
             if real is float:
                 hot.conv_nhwc_f32(src + (m * Hp + pr * sh) * Wp * C, sw * C, op, n,
