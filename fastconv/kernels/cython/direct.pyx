@@ -97,7 +97,7 @@ cdef struct fc_pending:
 cdef fc_pending _pending(check):
     """``check`` (``get_unchecked``'s: None, or bitwise_equal bound to the copy and
     the weight) for the cores' region; one it cannot memcmp (not C-contiguous) is made
-    here at once."""
+    here at once (``same`` False: the caller builds a fresh layout first)."""
     cdef fc_pending pd
     pd.nbytes, pd.same = 0, True
     if check is not None:
@@ -267,6 +267,9 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
         e = ep.images(n0, n1, per_image)
         pd = _pending(check)                # the first slice's region makes the check
         while True:
+            if not pd.same:                 # the weight changed: a fresh layout
+                wb = _weights.put(wkey, tag, build())
+                pd = _pending(None)
             if dtype == np.float32:
                 _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
                                  e.residual, nt, streamed, flip, wl, &pd)
@@ -274,9 +277,7 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
                 _core_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
                                   e.residual, nt, streamed, flip, wl, &pd)
             if pd.same:
-                break
-            wb = _weights.put(wkey, tag, build())   # the weight changed: the slice again
-            pd = _pending(None)
+                break                       # else the slice again, on a fresh layout
         check = None
 
 cdef int _flat_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
@@ -362,6 +363,9 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
         e = ep.images(n0, n1, per_image)
         pd = _pending(check)                # the first slice's region makes the check
         while True:
+            if not pd.same:                 # the weight changed: a fresh layout
+                wb = _weights.put(wkey, tag, build())
+                pd = _pending(None)
             if dtype == np.float32:
                 _flat_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl,
                                  e.bias, e.residual, nt, &pd)
@@ -369,9 +373,7 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
                 _flat_run[double](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl,
                                   e.bias, e.residual, nt, &pd)
             if pd.same:
-                break
-            wb = _weights.put(wkey, tag, build())   # the weight changed: the slice again
-            pd = _pending(None)
+                break                       # else the slice again, on a fresh layout
         check = None
 
 
