@@ -111,6 +111,15 @@ cdef fc_pending _pending(check):
     return pd
 
 
+cdef object _layout(fc_pending *pd, wb, wkey, tag, build):
+    """``wb``, or, when ``pd`` found the weight changed, a fresh layout (stored, and
+    ``pd`` then checks nothing): what the cores' next run of a slice reads."""
+    if pd.same:
+        return wb
+    pd[0] = _pending(None)
+    return _weights.put(wkey, tag, build())
+
+
 cdef inline Py_ssize_t _chunk(Py_ssize_t items, int nt) noexcept nogil:
     """The cores' work items per chunk: 4 chunks per thread, taken in turn (as
     ``fastconv.kernels.threads.run`` takes them for Numba's kernels), so the thread that
@@ -252,7 +261,7 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))
     xb = workspace("cython_direct_x", nb * image, dtype)
     per_image = K * P * Q
-    check = None
+    check = tag = build = None          # a streamed core keeps no layout: no check
     if streamed:
         wb = np.ascontiguousarray(w).reshape(-1)
         wl = workspace("cython_direct_wl", nt * Cg * R * S * KB, dtype)
@@ -267,9 +276,7 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
         e = ep.images(n0, n1, per_image)
         pd = _pending(check)                # the first slice's region makes the check
         while True:
-            if not pd.same:                 # the weight changed: a fresh layout
-                wb = _weights.put(wkey, tag, build())
-                pd = _pending(None)
+            wb = _layout(&pd, wb, wkey, tag, build)
             if dtype == np.float32:
                 _core_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, sw, Wq, pt, pl, e.bias,
                                  e.residual, nt, streamed, flip, wl, &pd)
@@ -363,9 +370,7 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
         e = ep.images(n0, n1, per_image)
         pd = _pending(check)                # the first slice's region makes the check
         while True:
-            if not pd.same:                 # the weight changed: a fresh layout
-                wb = _weights.put(wkey, tag, build())
-                pd = _pending(None)
+            wb = _layout(&pd, wb, wkey, tag, build)
             if dtype == np.float32:
                 _flat_run[float](x[n0:n1], xb, wb, out[n0:n1], &d, Hq, sh, sw, pt, pl,
                                  e.bias, e.residual, nt, &pd)
