@@ -197,6 +197,8 @@ def _typed(value):
     if kind is int or kind is str or value is None:        # the common case, bare
         return value
     if kind is tuple or kind is list:
+        if kind is tuple and all(type(v) is int for v in value):
+            return value                    # a shape: bare too (no pair holds a type)
         return kind, tuple(map(_typed, value))
     return kind, value
 
@@ -241,6 +243,7 @@ def _check_indexable(op, what, shape):
                          f"than NumPy can index; check the strides, paddings and sizes")
 
 
+@_memoised
 def conv_params(op, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
     """Validate a convolution's arguments and return its :class:`ConvParams`.
 
@@ -541,12 +544,15 @@ def adaptive_output_size(op, input_shape, output_size):
     return sizes
 
 
+@functools.lru_cache(maxsize=256)
 def adaptive_windows(size, out):
     """Start and end (exclusive) of each adaptive pooling window along one axis:
-    ``start = floor(i * size / out)``, ``end = ceil((i + 1) * size / out)``."""
+    ``start = floor(i * size / out)``, ``end = ceil((i + 1) * size / out)``; int64,
+    read-only, made once per (size, out)."""
     i = np.arange(out, dtype=np.int64)
     starts = (i * size) // out
     ends = -((-(i + 1) * size) // out)
+    starts.flags.writeable = ends.flags.writeable = False
     return starts, ends
 
 

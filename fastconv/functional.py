@@ -244,24 +244,49 @@ def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activa
 def _conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc, algorithm="auto",
                     backend="auto"):
     """conv2d on what :func:`_conv2d_check` returned (p not empty): plan, kernel. The
-    result is 4-D, in x's layout. ``nn.optimize`` calls it again on arrays of the
-    shapes, strides and dtype it validated."""
-    plan = _plan.make("conv2d", p, dtype, algorithm, backend, "nhwc" if nhwc else "nchw")
-    _conv_room("conv2d", p, dtype, p.output_shape, plan.algorithm)
-    if plan.layout == "nhwc":                       # computed channels last, as it is
+    result is 4-D, in x's layout."""
+    return Conv2dCall(p, dtype, bias, activation, nhwc, algorithm, backend)(x, w, residual)
+
+
+class Conv2dCall:
+    """conv2d's plan, memory check and epilogue for one validated geometry ``p``,
+    ``dtype``, bias, activation and input layout (``nhwc``; what :func:`_conv2d_check`
+    returned, p not empty), made once; ``call(x, w, residual)`` allocates the output
+    and runs the kernel, for arrays of the shapes, strides and dtype validated.
+    ``nn.optimize``'s steps keep one per input shape and call it on every forward pass,
+    while ``settings`` equals :func:`fastconv._plan.settings` (the plan's inputs beyond
+    the call)."""
+
+    __slots__ = ("plan", "p", "dtype", "nhwc", "out_shape", "ep", "settings")
+
+    def __init__(self, p, dtype, bias, activation, nhwc, algorithm="auto", backend="auto"):
+        self.settings = _plan.settings()
+        self.plan = _plan.make("conv2d", p, dtype, algorithm, backend,
+                               "nhwc" if nhwc else "nchw")
+        _conv_room("conv2d", p, dtype, p.output_shape, self.plan.algorithm)
+        self.p, self.dtype, self.nhwc = p, dtype, nhwc
+        # computed channels last: out (N, P, Q, K), handed back as an NCHW-shaped view
+        self.out_shape = ((p.N, p.P, p.Q, p.K) if self.plan.layout == "nhwc"
+                          else p.output_shape)
+        self.ep = _epilogue.make(dtype, bias, None, activation)
+
+    def __call__(self, x, w, residual=None):
+        plan, ep = self.plan, self.ep
+        if plan.layout == "nhwc":                   # computed channels last, as it is
+            if residual is not None:
+                residual = _contiguous("conv2d", "residual", residual.transpose(0, 2, 3, 1))
+                ep = _epilogue.Epilogue(ep.bias, residual.reshape(-1), ep.act)
+            out = _config.empty(self.out_shape, self.dtype)
+            _plan.run(plan, x.transpose(0, 2, 3, 1), w, self.p, out, ep)
+            return out.transpose(0, 3, 1, 2)
+        if self.nhwc:                               # no kernel computes it channels last
+            x = _contiguous("conv2d", "input", x)
         if residual is not None:
-            residual = _contiguous("conv2d", "residual", residual.transpose(0, 2, 3, 1))
-        out = _config.empty((p.N, p.P, p.Q, p.K), dtype)
-        _plan.run(plan, x.transpose(0, 2, 3, 1), w, p, out,
-                  _epilogue.make(dtype, bias, residual, activation))
-        return out.transpose(0, 3, 1, 2)
-    if nhwc:                                        # no kernel computes it channels last
-        x = _contiguous("conv2d", "input", x)
-    if residual is not None:
-        residual = _contiguous("conv2d", "residual", residual)
-    out = _config.empty(p.output_shape, dtype)
-    _plan.run(plan, x, w, p, out, _epilogue.make(dtype, bias, residual, activation))
-    return _layout_of(out, nhwc)
+            ep = _epilogue.Epilogue(ep.bias, _contiguous("conv2d", "residual",
+                                                         residual).reshape(-1), ep.act)
+        out = _config.empty(self.out_shape, self.dtype)
+        _plan.run(plan, x, w, self.p, out, ep)
+        return _layout_of(out, self.nhwc)
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,

@@ -328,6 +328,31 @@ def test_optimize_validates_each_convolution_once_per_input_shape(monkeypatch):
         fast(np.zeros((1, 4, 32, 32), np.float32))
 
 
+def test_optimized_model_plans_again_when_a_setting_changes():
+    """An optimized model keeps each convolution's plan between calls, and makes it
+    again when a setting the plan depends on changes (here the thread count): the plans
+    traced name the new count, and the output is unchanged."""
+    from fastconv import _config
+    if _config.MAX_THREADS < 2:
+        pytest.skip("needs 2 threads (NUMBA_NUM_THREADS)")
+    fast = nn.optimize(nn.models.resnet18(num_classes=10, rng=0))
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    fast(x)                                  # the first call of a shape decides its layout
+    before = fastconv.get_num_threads()
+    try:
+        outputs = []
+        for n in (2, 1, 2):
+            fastconv.set_num_threads(n)
+            with fastconv.trace_plans() as ran:
+                outputs.append(fast(x))
+            assert {p.threads for p in ran if p.op == "conv2d"} == {n}
+    finally:
+        fastconv.set_num_threads(before)
+    np.testing.assert_array_equal(outputs[2], outputs[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=0,
+                               atol=1e-5 * np.abs(outputs[0]).max())
+
+
 def test_optimized_model_profile():
     """``OptimizedModel.profile`` times every step of the model, as the network runs it
     and repeated at once: one entry per step in order, the plan each convolution ran

@@ -50,25 +50,25 @@ class _ConvStep(_Step):
         self.weight, self.bias = F.prepare_weight(weight), bias
         self.args = (conv.stride, conv.padding, conv.dilation, conv.groups)
         self.activation, self.residual = activation, residual
-        self._checked = {}          # (x's and the residual's shapes, strides, dtypes) -> checks
+        self._calls = {}            # (x's and the residual's shapes, strides, dtypes) -> call
 
     def run(self, values):
         x = values[self.srcs[0]]
         res = None if self.residual is None else values[self.residual]
         # one fused call (the kernels apply bias, residual and activation as they store
-        # the output), validated once per shapes, strides and dtypes of x and residual
+        # the output), validated and planned once per shapes, strides and dtypes of x and
+        # the residual (planned again when the settings a plan depends on change)
         key = (x.shape, x.strides, x.dtype,
                None if res is None else (res.shape, res.strides, res.dtype))
-        checked = self._checked.get(key)
-        if checked is None:
+        call = self._calls.get(key)
+        if call is None or call.settings != _plan.settings():
             x4, unbatched, nhwc, w, dtype, p, bias, res4 = F._conv2d_check(
                 x, self.weight, self.bias, *self.args, self.activation, res)
             if x4 is not x or res4 is not res or unbatched or p.empty:
                 return F.conv2d(x, self.weight, self.bias, *self.args,
                                 activation=self.activation, residual=res)
-            checked = self._checked[key] = (w, p, dtype, bias, nhwc)
-        w, p, dtype, bias, nhwc = checked
-        return F._conv2d_checked(x, w, p, dtype, bias, res, self.activation, nhwc)
+            call = self._calls[key] = F.Conv2dCall(p, dtype, bias, self.activation, nhwc)
+        return call(x, self.weight.array, res)
 
 
 class _FnStep(_Step):
