@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _config, _dispatch, _tuning
+from . import _config, _dispatch, _machine, _tuning
 from ._machine import vector_registers
 from ._geometry import ConvParams, check_dtype, conv_params, int_tuple, pool_params
 from .kernels import layouts
@@ -344,6 +344,20 @@ def weight_parts(tiles):
     return 2 if tiles < _tuning.WEIGHT_FOUR_PARTS_TILES else _tuning.WEIGHT_PARTS
 
 
+def _own_gemm(K, dtype):
+    """Whether Winograd's unfused path multiplies by fastconv's own GEMM (float32, K
+    padded to its blocks' columns by at most GEMM_MAX_PADDING), else BLAS's."""
+    J = layouts.GEMM_BLOCK[0]
+    return dtype == np.float32 and -(-K // J) * J <= K * _tuning.GEMM_MAX_PADDING
+
+
+def _tile_batch(alpha2, C, K, itemsize, TB):
+    """Tiles per batch of Winograd's unfused path: as many as the workspace holds of
+    their transformed input and products (alpha2 (C + K) values each), in whole GEMM
+    blocks of TB."""
+    return max(TB, _config.get_workspace_limit() // (alpha2 * (C + K) * itemsize) // TB * TB)
+
+
 def _winograd(op, m, p, dtype, threads, backend):
     """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``, among the
     variants ``backend`` runs (``_dispatch.variants``; the Cython backend: all of
@@ -383,23 +397,27 @@ def _winograd(op, m, p, dtype, threads, backend):
             and tiles <= t.STREAM_MAX_TILES and runs("streamed")):
         return "streamed", (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
                             ("serial", tiles <= t.STREAM_SERIAL_TILES))
-    fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES
+    # on CPUs with few vector registers, the unfused path wherever its transformed tiles
+    # (a batch of them) stay in the L3
+    unfused = (vector_registers() < t.UNFUSED_BELOW_REGISTERS and runs("unfused")
+               and _own_gemm(K, dtype)
+               and min(tiles, _tile_batch(alpha2, C, K, itemsize, 1)) * alpha2 * (C + K)
+               * itemsize <= _machine.caches()["l3"])
+    fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES and not unfused
     R, G = fused_blocks(1, N, th, tw)
     slice_bytes, blocks = filter_bytes / threads, -(-N // G) * -(-th // R)
-    split = not fused and threads > 1 and (slice_bytes <= t.SPLIT_MAX_SLICE_BYTES or
-                                           blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES
-                                           or not runs("unfused"))
+    split = not fused and not unfused and threads > 1 and (
+        slice_bytes <= t.SPLIT_MAX_SLICE_BYTES
+        or blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES or not runs("unfused"))
     if fused or split or not (runs("unfused") and runs("unfused_blas")):
         R, G = fused_blocks(1 if split else threads, N, th, tw)
         return ("split" if split else "fused"), (("tiles", (th, tw)), ("block_rows", R),
                                                  ("images", G),
                                                  ("filter_slices", threads if split else 1))
-    J, TB = layouts.GEMM_BLOCK
-    own = dtype == np.float32 and -(-K // J) * J <= K * t.GEMM_MAX_PADDING
-    if not own:
-        J, TB = 1, 1
+    own = _own_gemm(K, dtype)
+    J, TB = layouts.GEMM_BLOCK if own else (1, 1)
     group = max(1, min(N, _config.get_workspace_limit() // (Hp * Wp * C * itemsize)))
-    tb = max(TB, _config.get_workspace_limit() // (alpha2 * (C + K) * itemsize) // TB * TB)
+    tb = _tile_batch(alpha2, C, K, itemsize, TB)
     return ("unfused" if own else "unfused_blas"), (
         ("tiles", (th, tw)), ("images", group), ("tile_batch", tb), ("gemm_block", (TB, J)),
         ("gemm_rows_bytes", t.GEMM_ROWS_BYTES))

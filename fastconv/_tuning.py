@@ -36,6 +36,15 @@ DEFAULTS = {
         "BLAS_BELOW_REGISTERS sends them to im2col: 1.4-2.3x im2col's speed on ResNet-50's "
         "14x14 and 7x7 layers, N = 1 and 8, 1 and 2 threads (Zen 3); 0 turns it off. "
         "AVX-512 CPUs keep direct and Winograd F4 (Zen 5, Xeon)"),
+    "UNFUSED_BELOW_REGISTERS": (32, "vector registers",
+        "on CPUs with fewer (AVX2: 16), float32 Winograd forwards and input gradients whose "
+        "unfused path multiplies by fastconv's own GEMM run it, not fused or split, when a "
+        "batch of its transformed tiles (alpha^2 (C + K) values each) fits the L3 "
+        "(fastconv._machine.caches()): the fused path's small BLAS GEMMs, one per block of "
+        "tiles, pack both operands on every call with OpenBLAS's AVX2 kernels. 1.13-1.57x "
+        "on ResNet's 3x3 layers (64-256 channels, 56x56-14x14), N = 1 and 8, 1 and 2 threads; "
+        "larger transforms (VGG-16's 64 channels on 224x224) keep fused (Zen 3); 0 turns it "
+        "off. AVX-512 CPUs keep fused and split (Zen 5, Xeon)"),
     "DIRECT_MIN_OUTPUTS": (16, "output channels per group",
         "direct keeps 16 output channels in registers: fewer go to im2col (Zen 5)"),
     "POINTWISE_MIN_IMAGES": (4, "images",

@@ -591,6 +591,7 @@ def test_direct_auto_runs_cython_where_it_has_the_rules_variant():
 def tuned(workspace=None, **thresholds):
     """Tuning thresholds (and the workspace limit) set inside the block, put back after."""
     limit = fastconv.get_workspace_limit()
+    before = {name: _tuning.get(name) for name in thresholds}
     try:
         for name, value in thresholds.items():
             _tuning.set(name, value)
@@ -598,7 +599,8 @@ def tuned(workspace=None, **thresholds):
             fastconv.set_workspace_limit(workspace)
         yield
     finally:
-        _tuning.reset()
+        for name, value in before.items():
+            _tuning.set(name, value)
         fastconv.set_workspace_limit(limit)
 
 

@@ -351,6 +351,47 @@ def test_auto_runs_the_plan_it_shows(case, dtype, tuning):
 # -- The thresholds --------------------------------------------------------------------------
 
 
+def test_unfused_winograd_below_registers(monkeypatch):
+    """UNFUSED_BELOW_REGISTERS (off in the rest of the suite, tests/conftest.py): on the
+    16-register table, float32 Winograd forwards and input gradients run unfused, on 1
+    and 2 threads, where a batch of their transformed tiles fits the L3; fused or split
+    where it does not (VGG-16's 64 channels on 224x224), where the unfused path would
+    multiply by BLAS (K = 32: its own GEMM's columns would pad K by half) and in float64;
+    with 32 vector registers, or the rule off, the thresholds' fused and split plans."""
+    from fastconv import _machine
+    monkeypatch.setattr(_machine, "caches", lambda: {"l1d": 32 * 2**10, "l2": 2**19,
+                                                     "l3": 32 * 2**20})
+    if _config.MAX_THREADS < 2:
+        pytest.skip("needs 2 threads")
+
+    def variant(op, shape, K, threads, dtype=np.float32, algorithm="auto"):
+        fastconv.set_num_threads(threads)
+        pl = fastconv.plan(op, shape, (K, shape[1], 3, 3), padding=1, dtype=dtype,
+                           algorithm=algorithm, backend="numba")
+        assert pl.algorithm.startswith("winograd"), pl
+        return pl.variant
+
+    cases = [  # op, input, K, threads: the plan with the rule on, and off
+        ("conv2d", (1, 64, 56, 56), 64, 1, "unfused", "fused"),
+        ("conv2d", (8, 128, 28, 28), 128, 2, "unfused", "split"),
+        ("conv2d", (1, 256, 14, 14), 256, 2, "unfused", "split"),
+        ("conv2d_input", (1, 256, 14, 14), 256, 2, "unfused", "split"),
+        ("conv2d", (1, 64, 224, 224), 64, 1, "fused", "fused"),     # 58 MB of tiles
+        ("conv2d", (8, 32, 56, 56), 32, 1, "fused", "fused"),       # K = 32: BLAS's
+    ]
+    for op, shape, K, threads, on, off in cases:
+        with tuned(UNFUSED_BELOW_REGISTERS=32):
+            assert variant(op, shape, K, threads) == on, (op, shape)
+            assert variant(op, shape, K, threads, np.float64, "winograd_f4") != "unfused"
+            monkeypatch.setattr(_plan, "vector_registers", lambda: 32)
+            _tuning.set("UNFUSED_BELOW_REGISTERS", 32)       # a new generation of plans
+            assert variant(op, shape, K, threads) == off, (op, shape)
+            monkeypatch.undo()
+            monkeypatch.setattr(_machine, "caches", lambda: {"l1d": 32 * 2**10,
+                                                             "l2": 2**19, "l3": 32 * 2**20})
+        assert variant(op, shape, K, threads) == off, (op, shape)
+
+
 def test_set_get_reset():
     default = _tuning.DEFAULTS["F4_MIN_IMAGE"][0]
     assert _tuning.get("F4_MIN_IMAGE") == default
