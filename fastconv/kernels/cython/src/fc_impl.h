@@ -886,12 +886,17 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
             if (res != NULL) __builtin_prefetch(res + t * K + k0 + k, 0, 3);
             __builtin_prefetch(y + t * K + k0 + k, 1, 3);
         }
+    /* each pixel's own pointer, so each broadcast is one base + index load: as
+     * x[t * xstep + o], GCC kept xstep on the stack and chained the sums (1.26-1.34x on
+     * 3x3 layers, 1.03-1.14x on 1x1, AVX2 on AMD EPYC Zen 3) */
+    const T *xr[16];
+    for (int t = 0; t < mr; t++) xr[t] = x + t * xstep;
     for (fc_int i = 0; i < n; i++) {
         FN(vec) ws[FC_NV];
         const fc_int o = offs == NULL ? i : offs[i];
         for (int k = 0; k < nv; k++) ws[k] = FN(vload)(Wp + i * FC_PW_COLS + k * VL);
         for (int t = 0; t < mr; t++) {
-            const T xv = x[t * xstep + o];             /* broadcast by the operator */
+            const T xv = xr[t][o];                     /* broadcast by the operator */
             for (int k = 0; k < nv; k++) acc[t][k] += ws[k] * xv;
         }
     }
