@@ -724,9 +724,17 @@ def _pointwise_input_run(const real[::1] dy, const real[::1] w, real[::1] dx, fc
 
 
 #: pixels per work item of the channels-last 1x1 forward, at most (16 register blocks
-#: of 6); the pixels are cut into chunks of equal size, whole blocks of 12 (6 and 12 are
-#: its register blocks' rows), so that OpenMP's static shares are equal work
+#: of 6); the pixels are cut into chunks of equal size to within 6 (its register blocks'
+#: rows), so that OpenMP's static shares are equal work
 cdef fc_int NHWC_ITEM_PIXELS = 96
+
+
+cdef inline fc_int _chunk_start(fc_int c, fc_int npx, fc_int nchunks) noexcept nogil:
+    """The first pixel of chunk c of ``npx`` pixels cut into ``nchunks``: c * npx /
+    nchunks to the nearest multiple of 6 (``npx`` for c = nchunks)."""
+    if c >= nchunks:
+        return npx
+    return (c * npx + 3 * nchunks) // (6 * nchunks) * 6
 
 
 def _nhwc_panels(w):
@@ -763,15 +771,13 @@ def _pointwise_nhwc_run(const real[::1] x, const real[::1] wt, real[::1] y,
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nkp = (K + cols - 1) // cols
     cdef fc_int nchunks = (npx + NHWC_ITEM_PIXELS - 1) // NHWC_ITEM_PIXELS
-    cdef fc_int chunk = ((npx + nchunks - 1) // nchunks + 11) // 12 * 12
     cdef fc_int item, p0, p1, k0
-    nchunks = (npx + chunk - 1) // chunk
     with nogil:
         for item in prange(nchunks * nkp, num_threads=_par_macs(npx * K * C, nt),
                            schedule="static"):
-            p0 = item // nkp * chunk                # item = chunk*nkp + panel: a chunk's
-            p1 = p0 + chunk if p0 + chunk < npx else npx
-            k0 = item % nkp * cols                  # pixels stay in cache across panels
+            p0 = _chunk_start(item // nkp, npx, nchunks)    # item = chunk*nkp + panel: a
+            p1 = _chunk_start(item // nkp + 1, npx, nchunks)  # chunk's pixels stay in
+            k0 = item % nkp * cols                          # cache across panels
             if real is float:
                 hot.pointwise_nhwc_f32(&x[0], C, &wt[0], K, p0, p1, k0, &y[0], bias, res, act)
             else:
