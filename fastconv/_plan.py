@@ -644,10 +644,10 @@ def make(op, p, dtype, algorithm="auto", backend="auto", layout="nchw"):
 def settings():
     """What :func:`make`'s plan depends on beyond the call's own arguments: this thread's
     thread count, the default backend, the tuning values' generation, the workspace
-    limit and autotuning. A plan kept across calls (``functional.Conv2dCall``) is the
+    limit and autotuning. A plan kept across calls (``functional._Conv2dCall``) is the
     one ``make`` would return while this stays equal."""
     return (_config.get_num_threads(), _dispatch.default_backend(), _tuning.generation,
-            _config.get_workspace_limit(), _autotune_enabled, _tuned is None)
+            _config.get_workspace_limit(), _autotune_enabled)
 
 
 # -- Tracing: which plans ran -----------------------------------------------------------

@@ -223,8 +223,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if p.empty:
         _plan.check_names("conv2d", algorithm, backend)
         return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
-    return _unbatch(_conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc,
-                                    algorithm, backend), unbatched)
+    return _unbatch(_Conv2dCall(p, dtype, bias, activation, nhwc, algorithm, backend)(
+        x, w, residual), unbatched)
 
 
 def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activation,
@@ -241,21 +241,15 @@ def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activa
     return x, unbatched, nhwc, w, dtype, p, bias, residual
 
 
-def _conv2d_checked(x, w, p, dtype, bias, residual, activation, nhwc, algorithm="auto",
-                    backend="auto"):
-    """conv2d on what :func:`_conv2d_check` returned (p not empty): plan, kernel. The
-    result is 4-D, in x's layout."""
-    return Conv2dCall(p, dtype, bias, activation, nhwc, algorithm, backend)(x, w, residual)
-
-
-class Conv2dCall:
+class _Conv2dCall:
     """conv2d's plan, memory check and epilogue for one validated geometry ``p``,
     ``dtype``, bias, activation and input layout (``nhwc``; what :func:`_conv2d_check`
     returned, p not empty), made once; ``call(x, w, residual)`` allocates the output
-    and runs the kernel, for arrays of the shapes, strides and dtype validated.
-    ``nn.optimize``'s steps keep one per input shape and call it on every forward pass,
-    while ``settings`` equals :func:`fastconv._plan.settings` (the plan's inputs beyond
-    the call)."""
+    and runs the kernel (the result 4-D, in x's layout), for arrays of the shapes,
+    strides and dtype validated. :func:`conv2d` makes one per call; ``nn.optimize``'s
+    steps keep one per input shape and call it on every forward pass, while
+    ``settings`` equals :func:`fastconv._plan.settings` (the plan's inputs beyond the
+    call)."""
 
     __slots__ = ("plan", "p", "dtype", "nhwc", "out_shape", "ep", "settings")
 

@@ -67,7 +67,7 @@ class _ConvStep(_Step):
             if x4 is not x or res4 is not res or unbatched or p.empty:
                 return F.conv2d(x, self.weight, self.bias, *self.args,
                                 activation=self.activation, residual=res)
-            call = self._calls[key] = F.Conv2dCall(p, dtype, bias, self.activation, nhwc)
+            call = self._calls[key] = F._Conv2dCall(p, dtype, bias, self.activation, nhwc)
         return call(x, self.weight.array, res)
 
 
