@@ -1,6 +1,11 @@
 """Whole networks: fastconv's functional API against PyTorch eager, ONNX Runtime and
 OpenVINO, with the same weights (issue 13's yardstick).
 
+The ``fastconv`` engine is ``fastconv.networks.fastconv_forward``: weights prepared
+once, the input converted to channels last once, bias, residual and activation fused
+into each convolution. ``torch`` is PyTorch eager as a user writes it (NCHW);
+``torch_cl`` the same module and input in PyTorch's ``channels_last`` memory format.
+
 Networks from ``fastconv/networks.py`` (BatchNorm folded, random He-init weights,
 float32). The ``nn.optimize`` engine runs the same weights through
 ``fastconv.nn.optimize(fastconv.nn.models.<network>())`` (ResNet-18/50, MobileNet-v2:
@@ -34,7 +39,7 @@ import sys
 import tempfile
 import time
 
-ENGINES = ("fastconv", "nn.optimize", "torch", "onnxruntime", "openvino")
+ENGINES = ("fastconv", "nn.optimize", "torch", "torch_cl", "onnxruntime", "openvino")
 # networks that fastconv.nn.models has, for the nn.optimize engine
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
 
@@ -92,14 +97,18 @@ def _serve(engine):
             from fastconv import nn
             fastconv.set_num_threads(threads)
             fn = nn.optimize(_nn_model(spec))
-        elif engine == "torch":
+        elif engine in ("torch", "torch_cl"):
             import torch
             torch.set_num_threads(threads)
             module = networks.torch_module(spec)
+            # torch_cl: PyTorch's channels_last memory format, the input converted in
+            # the call, as fastconv's functional network converts its own
+            fmt = torch.channels_last if engine == "torch_cl" else torch.contiguous_format
+            module = module.to(memory_format=fmt)
 
             def fn(x):
                 with torch.no_grad():
-                    return module(torch.from_numpy(x)).numpy()
+                    return module(torch.from_numpy(x).contiguous(memory_format=fmt)).numpy()
         else:
             path = _onnx(spec)
             if engine == "onnxruntime":
@@ -220,11 +229,11 @@ def _ort_profile(path, so, x, rounds):
 
 def _available(engine):
     import importlib.util
-    module = {"fastconv": "fastconv", "nn.optimize": "fastconv", "torch": "torch", "onnxruntime": "onnxruntime",
-              "openvino": "openvino"}[engine]
+    module = {"fastconv": "fastconv", "nn.optimize": "fastconv", "torch": "torch",
+              "torch_cl": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}[engine]
     if importlib.util.find_spec(module) is None:
         return False
-    return engine in ("fastconv", "nn.optimize", "torch") or importlib.util.find_spec("torch") is not None
+    return engine in ("fastconv", "nn.optimize", "torch", "torch_cl") or importlib.util.find_spec("torch") is not None
 
 
 def _start(engine):

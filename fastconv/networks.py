@@ -3,12 +3,16 @@ costs that one layer called again and again hides (weights seen once per pass, l
 conversions, thread hand-offs between small layers).
 
 A network is a spec: a list of weights (BatchNorm folded into a bias; random He-init,
-seeded) and the order they run in. ``fastconv_forward(spec)`` runs it with
-``fastconv.conv2d``, the bias, the residual adds and ReLU/ReLU6 fused into the
-convolution that precedes them (``activation=``, ``residual=``; with ``fused=False``, or
-on a fastconv without them, NumPy's ``maximum``/``clip`` and ``+`` after the call),
-fastconv's pooling and a NumPy matmul head;
-``torch_module(spec)`` is the same network in PyTorch (eager), with the same weights.
+seeded) and the order they run in. ``fastconv_forward(spec)`` runs it as a user of the
+functional API would write it for speed: the weights prepared once
+(``fastconv.prepare_weight``), the input converted to channels last once
+(``fastconv.to_channels_last``; every op keeps the layout), ``fastconv.conv2d`` with the
+bias, the residual adds and ReLU/ReLU6 fused into the convolution that precedes them
+(``activation=``, ``residual=``), fastconv's pooling and a NumPy matmul head. Each of
+those can be turned off (``fused=False``: NumPy's ``maximum``/``clip`` and ``+`` after
+the call; ``prepared=False``: plain weight arrays; ``channels_last=False``: NCHW), and
+is off on a fastconv without it. ``torch_module(spec)`` is the same network in PyTorch
+(eager), with the same weights.
 Only the public functional API is used, so the same code runs against any fastconv
 version (``benchmarks/ab.py`` compares two).
 
@@ -147,29 +151,37 @@ def _fuses():
     return "residual" in inspect.signature(fastconv.conv2d).parameters
 
 
-def fastconv_forward(spec, profile=None, fused=None):
-    """The network as ``forward(x) -> logits`` on fastconv's functional API. With a
-    list ``profile``, each convolution appends (layer, plan, seconds, flops). ``fused``
-    (default: when conv2d can): the residual add and the activation after a
-    convolution in its call, else in NumPy after it."""
+def fastconv_forward(spec, profile=None, fused=None, prepared=None, channels_last=None):
+    """The network as ``forward(x) -> logits`` (x NCHW) on fastconv's functional API.
+    With a list ``profile``, each convolution appends (layer, plan, seconds, flops).
+    Each option defaults to on when this fastconv has it: ``fused``, the residual add
+    and the activation after a convolution in its call, else in NumPy after it;
+    ``prepared``, the weights prepared once here; ``channels_last``, x converted to
+    channels last on entry and the activations kept so."""
     fused = _fuses() if fused is None else fused
+    prepared = hasattr(fastconv, "prepare_weight") if prepared is None else prepared
+    channels_last = (hasattr(fastconv, "to_channels_last") if channels_last is None
+                     else channels_last)
+    weights = {layer["name"]: fastconv.prepare_weight(layer["w"]) if prepared else layer["w"]
+               for layer in convs(spec)}
 
     def conv(layer, x, residual=None, act=None):
         """The layer on x, then + residual, then its activation or ``act``."""
         act = layer["act"] or act
+        w = weights[layer["name"]]
         kw = dict(stride=layer["stride"], padding=layer["padding"], groups=layer["groups"])
         if fused:
             kw.update(activation=act, residual=residual)
         if profile is not None:
             t0 = time.perf_counter()
             with fastconv.trace_plans() as ran:
-                y = fastconv.conv2d(x, layer["w"], layer["b"], **kw)
+                y = fastconv.conv2d(x, w, layer["b"], **kw)
             seconds = time.perf_counter() - t0
             K, Cg, R, S = layer["w"].shape
             flops = 2 * y.shape[0] * y.shape[2] * y.shape[3] * K * Cg * R * S
             profile.append((layer["name"], ran[-1] if ran else None, seconds, flops))
         else:
-            y = fastconv.conv2d(x, layer["w"], layer["b"], **kw)
+            y = fastconv.conv2d(x, w, layer["b"], **kw)
         if fused:
             return y
         if residual is not None:
@@ -181,7 +193,8 @@ def fastconv_forward(spec, profile=None, fused=None):
         return y
 
     def forward(x):
-        y = conv(spec["stem"], x) if "stem" in spec else x
+        y = fastconv.to_channels_last(x) if channels_last else x
+        y = conv(spec["stem"], y) if "stem" in spec else y
         if spec["kind"] == "resnet":
             y = fastconv.max_pool2d(y, *spec["pool"])
         for layer in spec.get("layers", []):

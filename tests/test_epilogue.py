@@ -261,18 +261,32 @@ def test_validation():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_networks_fused_match_pytorch(name):
-    """``networks.fastconv_forward`` (bias, residual adds and ReLU/ReLU6 fused into the
-    convolutions) equals the same network in PyTorch within 1e-4 of the largest logit,
-    and the unfused sequence."""
+def test_networks_fused_match_pytorch(name, monkeypatch):
+    """``networks.fastconv_forward`` (weights prepared once, activations channels last,
+    bias, residual adds and ReLU/ReLU6 fused into the convolutions) equals the same
+    network in PyTorch within 1e-4 of the largest logit, and the plain sequence (NCHW,
+    weight arrays, NumPy's activations and adds)."""
     torch = torch_or_skip()
     from fastconv import networks
     spec = networks.build(name)
     x = arrays(0, np.float32, (1,) + spec["input"])[0]
-    fused = networks.fastconv_forward(spec)(x)
-    unfused = networks.fastconv_forward(spec, fused=False)(x)
+    prepared = []
+    real_prepare = fastconv.prepare_weight
+    monkeypatch.setattr(fastconv, "prepare_weight",
+                        lambda w: prepared.append(w.shape) or real_prepare(w))
+    fast = networks.fastconv_forward(spec)
+    assert len(prepared) == len(networks.convs(spec))      # every weight, once, up front
+    with fastconv.trace_plans() as ran:
+        fused = fast(x)
+    assert len(prepared) == len(networks.convs(spec))
+    convs = [p for p in ran if p.op == "conv2d"]
+    assert convs and all(p.layout == "nhwc" for p in convs), convs
+    with fastconv.trace_plans() as ran:
+        plain = networks.fastconv_forward(spec, fused=False, prepared=False,
+                                          channels_last=False)(x)
+    assert all(p.layout == "nchw" for p in ran if p.op == "conv2d")
     with torch.no_grad():
         want = networks.torch_module(spec)(torch.from_numpy(x)).numpy()
     scale = np.abs(want).max()
     assert np.abs(fused - want).max() <= TORCH_TOLERANCE[np.float32] * scale
-    assert np.abs(fused - unfused).max() <= TORCH_TOLERANCE[np.float32] * scale
+    assert np.abs(fused - plain).max() <= TORCH_TOLERANCE[np.float32] * scale
