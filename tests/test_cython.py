@@ -742,6 +742,42 @@ def test_pointwise_forward_with_packed_weight_and_epilogue(groups, C, K, N, H, W
     assert err <= tolerance(dtype, "im2col") * max(scale, 1e-30), (err, scale)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_pointwise_nhwc_uneven_panels_shared_by_pixels(dtype):
+    """Channels-last 1x1 forward whose output channels make panels of unequal size (2.5
+    panels) on few pixels (9x9, one chunk): OpenMP's static shares of the (chunk,
+    panel) items would give the first thread two full panels and the second a half
+    one (``_uneven_shares``), so the pixels go in one chunk per thread instead. On
+    two threads the result is the reference's, and the same bits as on one thread
+    (each pixel's sum runs in the same order whatever its block)."""
+    if fastconv._config.MAX_THREADS < 2:
+        pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
+    from fastconv.kernels.cython import im2col
+    C, H = 768, 9                                      # 81 pixels: one chunk
+    cols = im2col._nhwc_panels(np.zeros((1, C, 1, 1), dtype))[0]
+    K = cols * 5 // 2                                  # panels of cols, cols, cols / 2
+    assert H * H * K * C >= 1 << 20                    # not under SERIAL_MACS: threads
+    assert im2col._uneven_shares(1, 3, K, cols, 2)     # this geometry takes the rule
+    assert not im2col._uneven_shares(1, 4, 4 * cols, cols, 2)   # whole panels: even
+    assert not im2col._uneven_shares(1, 3, K, cols, 1)
+    x, w, b, r = arrays(11, dtype, (1, C, H, H), (K, C, 1, 1), (K,), (1, K, H, H))
+    want = fastconv.conv2d(x, w, b, activation="relu", residual=r, algorithm="reference")
+    xc, rc = fastconv.to_channels_last(x), fastconv.to_channels_last(r)
+    got = {}
+    saved = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran:
+                got[threads] = fastconv.conv2d(xc, w, b, activation="relu", residual=rc,
+                                               algorithm="im2col", backend="cython")
+            assert [(q.variant, q.threads) for q in ran] == [("nhwc_gemm", threads)]
+    finally:
+        fastconv.set_num_threads(saved)
+    assert_close(got[2], want, tolerance(dtype, "im2col"), "two threads")
+    np.testing.assert_array_equal(got[2], got[1])
+
+
 @settings(max_examples=25)
 @given(groups=st.sampled_from([1, 2, 3]), C=st.integers(1, 40), K=st.integers(1, 70),
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
