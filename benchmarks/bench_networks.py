@@ -233,7 +233,9 @@ def _available(engine):
               "torch_cl": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}[engine]
     if importlib.util.find_spec(module) is None:
         return False
-    return engine in ("fastconv", "nn.optimize", "torch", "torch_cl") or importlib.util.find_spec("torch") is not None
+    # ONNX Runtime and OpenVINO run the ONNX export of the PyTorch network
+    return (engine in ("fastconv", "nn.optimize", "torch", "torch_cl")
+            or importlib.util.find_spec("torch") is not None)
 
 
 def _start(engine):
