@@ -326,14 +326,15 @@ def main(argv=None):
     try:
         for threads in args.threads:
             print(f"\nfloat32, {threads} thread(s), median ms over {args.rounds} rounds "
-                  f"(ratio: engine time / fastconv time)")
+                  f"(ratio: engine time / {engines[0]} time)")
             print(f"{'network':16s} {'N':>3s} " + " ".join(f"{e:>18s}" for e in engines))
             for name in args.networks:
                 for N in args.batch:
                     base = dict(network=name, N=N, threads=threads)
-                    want = np.array(_ask(procs["fastconv"], dict(base, what="output"))["output"])
-                    errors = {}
                     here = [e for e in engines if e != "nn.optimize" or name in MODELS]
+                    ref = here[0]                   # outputs and ratios against the first engine
+                    want = np.array(_ask(procs[ref], dict(base, what="output"))["output"])
+                    errors = {}
                     for e in here[1:]:
                         got = np.array(_ask(procs[e], dict(base, what="output"))["output"])
                         errors[e] = float(np.abs(got - want).max() / np.abs(want).max())
@@ -345,18 +346,18 @@ def main(argv=None):
                                                                 min_time=args.min_time))["seconds"])
                             time.sleep(args.pause)      # the last engine's threads go idle
                     t = {e: np.array(v) for e, v in times.items()}
-                    ratio = {e: float(np.median(t[e] / t["fastconv"])) for e in here}
+                    ratio = {e: float(np.median(t[e] / t[ref])) for e in here}
                     cells = " ".join(f"{np.median(t[e]) * 1e3:9.2f} ({ratio[e]:5.2f})"
                                      if e in t else f"{'-':>18s}" for e in engines)
                     print(f"{name:16s} {N:3d} {cells}", flush=True)
                     results.append(dict(base, median_ms={e: float(np.median(t[e]) * 1e3)
                                                          for e in here},
-                                        ratio_to_fastconv=ratio, max_rel_error=errors,
+                                        ratio_to=ref, ratio=ratio, max_rel_error=errors,
                                         times=times))
                     bad = {e: v for e, v in errors.items() if v > 1e-4}
                     if bad:
-                        print(f"  output differs from fastconv's: {bad}")
-            if args.layers:
+                        print(f"  output differs from {ref}'s: {bad}")
+            if args.layers and "fastconv" in procs:
                 for name in args.networks:
                     for N in args.batch:
                         rep = _ask(procs["fastconv"], dict(network=name, N=N, threads=threads,

@@ -190,6 +190,35 @@ def test_pooling_and_input_gradient_keep_the_layout():
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_one_pixel_computes_channels_last(backend, dtype):
+    """A C-contiguous input of one pixel per channel whose output is one pixel too (a
+    Linear layer as a 1x1 convolution; a 3x3 with padding 1) is both layouts at once:
+    the channels-last kernels run it, and the result is C-contiguous (NCHW) and equals
+    the reference's. A larger output (padding around the pixel) stays NCHW."""
+    if ("conv2d", "im2col", backend) not in fastconv._dispatch.REGISTRY:
+        pytest.skip(f"the {backend} backend is not available")
+    rng = np.random.default_rng(0)
+    for shape, wshape, padding, variant in [((3, 40, 1, 1), (70, 40, 1, 1), 0, "nhwc_gemm"),
+                                           ((2, 8, 1, 1), (5, 8, 3, 3), 1, "nhwc_tiled"),
+                                           ((2, 8, 1, 1), (5, 8, 1, 1), 1, None)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal(wshape).astype(dtype)
+        bias = rng.standard_normal(wshape[0]).astype(dtype)
+        with fastconv.trace_plans() as ran:
+            y = fastconv.conv2d(x, w, bias, padding=padding, activation="relu",
+                                backend=backend)
+        assert y.flags.c_contiguous
+        if variant is None:
+            assert ran[-1].layout == "nchw"
+        else:
+            assert (ran[-1].layout, ran[-1].variant) == ("nhwc", variant), ran[-1]
+        p = fastconv._geometry.conv_params("test", x.shape, w.shape, 1, padding, 1, 1)
+        assert_close(y, _reference(x, w, p, bias, None, "relu"), tolerance(dtype, "im2col"),
+                     f"{backend} {p}")
+
+
 def test_optimize_runs_mobilenet_channels_last_without_conversions():
     """``nn.optimize``: MobileNet-v2's convolutions all compute channels last, so after
     the first call (NCHW, which decides) its activations stay channels last and no
@@ -206,14 +235,17 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
     with fastconv.trace_plans() as ran:
         second = fast(x)
     convs = [p for p in ran if p.op == "conv2d"]
-    assert len(convs) == 52
+    assert len(convs) == 53                       # 52 convolutions, the classifier
     assert all(p.layout == "nhwc" for p in convs), [p for p in convs if p.layout != "nhwc"]
+    head = convs[-1].geometry                     # the Linear: a 1x1 convolution of 1 pixel
+    assert (head.C, head.K, head.H, head.W, head.R) == (1280, 10, 1, 1, 1)
     tol = 1e-4 * np.abs(first).max()
     np.testing.assert_allclose(second, first, rtol=0, atol=tol)
     forced = nn.optimize(model, memory_format="contiguous")
     with fastconv.trace_plans() as ran:
         np.testing.assert_allclose(forced(x), first, rtol=0, atol=tol)
-    assert all(p.layout == "nchw" for p in ran if p.op == "conv2d")
+    convs = [p for p in ran if p.op == "conv2d"]
+    assert [p.layout for p in convs] == ["nchw"] * 52 + ["nhwc"]   # one pixel: either
 
     resnet = nn.optimize(nn.models.resnet18(num_classes=10, rng=0))
     x = arrays(4, np.float32, (1, 3, 96, 96))[0]     # layer1: 24x24, Winograd F(4x4,3x3)
@@ -222,7 +254,7 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
     with fastconv.trace_plans() as ran:
         second = resnet(x)
     convs = [p for p in ran if p.op == "conv2d"]
-    assert len(convs) == 20 and any(p.algorithm.startswith("winograd") for p in convs)
+    assert len(convs) == 21 and any(p.algorithm.startswith("winograd") for p in convs)
     assert all(p.layout == "nhwc" for p in convs), [p for p in convs if p.layout != "nhwc"]
     np.testing.assert_allclose(second, first, rtol=0, atol=1e-4 * np.abs(first).max())
     with pytest.raises(ValueError, match="memory_format must be"):

@@ -312,7 +312,7 @@ def test_optimize_validates_each_convolution_once_per_input_shape(monkeypatch):
     real = F._conv2d_check
     monkeypatch.setattr(F, "_conv2d_check", lambda *a: checks.append(a) or real(*a))
     n_conv = sum(isinstance(s, _ConvStep) for s in fast.steps)
-    assert n_conv == 20                          # the 7x7 stem, 16 3x3, 3 1x1 shortcuts
+    assert n_conv == 21             # the 7x7 stem, 16 3x3, 3 1x1 shortcuts, the fc layer
     first = fast(x)
     assert len(checks) == n_conv
     again = fast(x)
