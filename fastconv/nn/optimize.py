@@ -250,12 +250,11 @@ class _Builder:
         if isinstance(layer, Flatten):
             return self.emit(label, (src,), lambda x: x.reshape(len(x), -1))
         if isinstance(layer, Linear):
-            b = (np.zeros(layer.out_features) if layer.bias is None else layer.bias.data)
+            b = None if layer.bias is None else layer.bias.data.astype(self.dtype)
             dst = self._new_value()
             self.steps.append(_LinearStep(f"{label} [{layer.in_features}->"
                                           f"{layer.out_features}]", src, dst,
-                                          layer.weight.data.astype(self.dtype),
-                                          b.astype(self.dtype)))
+                                          layer.weight.data.astype(self.dtype), b))
             return dst
         if isinstance(layer, BatchNorm2d):
             mean = layer._buffers["running_mean"].astype(np.float64)
