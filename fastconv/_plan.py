@@ -619,6 +619,18 @@ def _registered(pairs):
     return ", ".join(f"(algorithm={a!r}, backend={b!r})" for a, b in pairs)
 
 
+def conv2d_layout(p, algorithm, layout):
+    """The layout ``conv2d``'s plan is made for, given the input's ``layout``: that, or
+    under ``algorithm="auto"`` "nhwc" for an input of one pixel per channel whose output
+    is one pixel too (the same memory in either layout, and the result C-contiguous
+    either way: a Linear layer as a 1x1 convolution). The channels-last kernels ran
+    these 1.5-7x faster than the NCHW plans (MobileNet-v2's 1280->1000 at N=1 and 8, on
+    1 and 2 threads, AMD EPYC Zen 4)."""
+    if layout == "nchw" and algorithm == "auto" and p.H == p.W == p.P == p.Q == 1:
+        return "nhwc"
+    return layout
+
+
 def make(op, p, dtype, algorithm="auto", backend="auto", layout="nchw"):
     """The plan for ``op`` on validated geometry ``p`` and ``dtype``, given the user's
     ``algorithm=`` and ``backend=`` (``"auto"``: autotuned winner if any, else the
@@ -745,6 +757,8 @@ def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation
         raise ValueError(f"plan: unknown op {op!r}; ops are {', '.join(_dispatch.OPS)}")
     if layout not in ("nchw", "nhwc"):
         raise ValueError(f"plan: layout must be 'nchw' or 'nhwc', got {layout!r}")
+    if op == "conv2d":
+        layout = conv2d_layout(p, algorithm, layout)
     return make(op, p, dt, algorithm, backend, layout)
 
 

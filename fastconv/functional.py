@@ -255,12 +255,8 @@ class _Conv2dCall:
 
     def __init__(self, p, dtype, bias, activation, nhwc, algorithm="auto", backend="auto"):
         self.settings = _plan.settings()
-        # one pixel in and out (a Linear layer as a 1x1 convolution): the same memory in
-        # either layout, so the channels-last kernels may run it and the result is still
-        # C-contiguous (NCHW, as in PyTorch); the NCHW plans ran 1.5-7x slower
-        pixel = p.H == p.W == p.P == p.Q == 1
         self.plan = _plan.make("conv2d", p, dtype, algorithm, backend,
-                               "nhwc" if nhwc or pixel else "nchw")
+                               _plan.conv2d_layout(p, algorithm, "nhwc" if nhwc else "nchw"))
         _conv_room("conv2d", p, dtype, p.output_shape, self.plan.algorithm)
         self.p, self.dtype, self.nhwc = p, dtype, nhwc
         # computed channels last: out (N, P, Q, K), handed back as an NCHW-shaped view
@@ -268,13 +264,17 @@ class _Conv2dCall:
                           else p.output_shape)
         self.ep = _epilogue.make(dtype, bias, None, activation)
 
-    def __call__(self, x, w, residual=None):
+    def __call__(self, x, w, residual=None, out=None):
+        """``out``: where the kernel writes, a C-contiguous array of ``out_shape`` and
+        ``dtype`` that no input overlaps (``nn.optimize``'s reused buffers); by default
+        a new one."""
         plan, ep = self.plan, self.ep
+        if out is None:
+            out = _config.empty(self.out_shape, self.dtype)
         if plan.layout == "nhwc":                   # computed channels last, as it is
             if residual is not None:
                 residual = _contiguous("conv2d", "residual", residual.transpose(0, 2, 3, 1))
                 ep = _epilogue.Epilogue(ep.bias, residual.reshape(-1), ep.act)
-            out = _config.empty(self.out_shape, self.dtype)
             _plan.run(plan, x.transpose(0, 2, 3, 1), w, self.p, out, ep)
             return out.transpose(0, 3, 1, 2)
         if self.nhwc:                               # no kernel computes it channels last
@@ -282,7 +282,6 @@ class _Conv2dCall:
         if residual is not None:
             ep = _epilogue.Epilogue(ep.bias, _contiguous("conv2d", "residual",
                                                          residual).reshape(-1), ep.act)
-        out = _config.empty(self.out_shape, self.dtype)
         _plan.run(plan, x, w, self.p, out, ep)
         return _layout_of(out, self.nhwc)
 

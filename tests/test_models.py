@@ -377,3 +377,69 @@ def test_optimized_model_profile():
         assert row["ms"] > 0 and row["repeat_ms"] > 0
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         fast.profile(x, rounds=0)
+
+
+def test_optimized_model_reuses_its_output_buffers():
+    """An optimized model writes its convolutions' outputs into buffers kept per thread:
+    after the first call of a shape a call makes no new one, though every convolution
+    wrote into one (the buffers number fewer than the convolutions); the outputs are
+    bitwise the same call after call, and an array a call returned is the caller's (a
+    later call leaves it as it was). A value that views a buffer keeps it from reuse: a
+    Flatten straight after a convolution feeds the Linear correctly."""
+    from fastconv.nn.optimize import _ConvStep
+    model = nn.models.mobilenet_v2(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    first = fast(x)                             # NCHW; decides the layout
+    second = fast(x)                            # channels last: buffers of its own shapes
+    made = fast._buffers().allocated
+    n_conv = sum(isinstance(s, _ConvStep) for s in fast.steps)
+    assert 0 < made < n_conv
+    kept = second.copy()
+    for _ in range(2):
+        np.testing.assert_array_equal(fast(x), second)
+    assert fast._buffers().allocated == made
+    fast(2 * x)
+    np.testing.assert_array_equal(second, kept)
+    np.testing.assert_allclose(second, first, rtol=0, atol=1e-4 * np.abs(first).max())
+    np.testing.assert_allclose(second, model.eval()(x), rtol=0,
+                               atol=1e-4 * np.abs(first).max())
+    fast.release_buffers()
+    np.testing.assert_array_equal(fast(x), second)
+
+    head = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.Flatten(), nn.Linear(4 * 6 * 6, 5, rng=1))
+    fast = nn.optimize(head)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(fast(x), head.eval()(x), rtol=1e-5, atol=1e-5)
+    assert fast._buffers().allocated == 2       # the Linear's output not on the view's
+
+
+def test_optimized_model_from_several_threads():
+    """Python threads calling one optimized model at once each get their own buffers
+    and the same results as one thread alone."""
+    import threading
+    model = nn.models.resnet18(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    xs = [np.random.default_rng(s).standard_normal((1, 3, 32, 32)).astype(np.float32)
+          for s in range(4)]
+    fast(xs[0])                                 # the first call of the shape decides
+    want = [fast(x) for x in xs]
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got[i] = fast(xs[i])
+                np.testing.assert_array_equal(got[i], want[i])
+        except Exception as e:                  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(got) == 4
