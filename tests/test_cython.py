@@ -1226,3 +1226,30 @@ def test_concurrent_calls_from_python_threads():
     for res in results:
         for key in want:
             np.testing.assert_array_equal(res[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_weight_gradient_in_both_orders(dtype):
+    """Cython's blocked weight gradient runs image by image where an image's x and dy
+    blocks outweigh an item's accumulators (a 3x3/2 layer on 40x40), item by item where
+    they do not (64 channels on 5x5): each equals the reference, and gives the same bits
+    on 1 and 2 threads."""
+    from fastconv._geometry import conv_params
+    from fastconv.kernels.cython import direct
+    cases = [((3, 16, 40, 40), (20, 16, 3, 3), 2, True),
+             ((3, 64, 5, 5), (40, 64, 3, 3), 1, False)]
+    for xs, ws, stride, outer in cases:
+        p = conv_params("test", xs, ws, stride, 1, 1, 1)
+        assert direct._weight_image_outer(p, np.dtype(dtype)) == outer
+        x, dy = arrays(7, dtype, p.input_shape, p.output_shape)
+        got = {}
+        for threads in (1, 2)[:fastconv._config.MAX_THREADS]:
+            fastconv.set_num_threads(threads)
+            with fastconv.trace_plans() as ran:
+                got[threads] = fastconv.conv2d_weight(x, ws, dy, stride=stride, padding=1,
+                                                      algorithm="direct", backend="cython")
+            assert (ran[-1].backend, ran[-1].variant) == ("cython", "blocked")
+        np.testing.assert_array_equal(got[1], got.get(2, got[1]))
+        want = fastconv.conv2d_weight(x, ws, dy, stride=stride, padding=1,
+                                      algorithm="reference")
+        assert_close(got[1], want, tolerance(dtype, "direct"), f"{p} image_outer={outer}")

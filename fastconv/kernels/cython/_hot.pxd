@@ -200,9 +200,10 @@ cdef extern from "fc_kernels.h" nogil:
         fc_int (*direct_flat_pixels_f32)() noexcept nogil
         void (*direct_flat_item_f32)(const float *xb, const float *wb, float *out,
                                      const fc_direct *d, fc_int it) noexcept nogil
-        void (*direct_weight_item_f32)(const float *xf, const float *dyb, float *gw,
-                                       const fc_dweight *d, fc_int n0, fc_int n1,
-                                       fc_int it, float *acc) noexcept nogil
+        void (*direct_weight_item_f32)(const float *xf, const float *dyb, const fc_dweight *d,
+                                       fc_int n, fc_int it, float *acc) noexcept nogil
+        void (*direct_weight_store_f32)(float *gw, const fc_dweight *d, fc_int it,
+                                        const float *acc) noexcept nogil
         void (*dw_plane_f32)(const float *x, const float *w, float *out, const fc_dw *d, int flip,
                              const float *bias, const float *res, int act, float *tile,
                              fc_int it) noexcept nogil
@@ -230,9 +231,10 @@ cdef extern from "fc_kernels.h" nogil:
         fc_int (*direct_flat_pixels_f64)() noexcept nogil
         void (*direct_flat_item_f64)(const double *xb, const double *wb, double *out,
                                      const fc_direct *d, fc_int it) noexcept nogil
-        void (*direct_weight_item_f64)(const double *xf, const double *dyb, double *gw,
-                                       const fc_dweight *d, fc_int n0, fc_int n1,
-                                       fc_int it, double *acc) noexcept nogil
+        void (*direct_weight_item_f64)(const double *xf, const double *dyb, const fc_dweight *d,
+                                       fc_int n, fc_int it, double *acc) noexcept nogil
+        void (*direct_weight_store_f64)(double *gw, const fc_dweight *d, fc_int it,
+                                        const double *acc) noexcept nogil
         void (*dw_plane_f64)(const double *x, const double *w, double *out, const fc_dw *d, int flip,
                              const double *bias, const double *res, int act, double *tile,
                              fc_int it) noexcept nogil

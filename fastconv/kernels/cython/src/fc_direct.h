@@ -410,56 +410,62 @@ static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_dire
 
 /* -- weight gradient: DKB output channels x FC_DMR input channels ------------------- */
 
-/* Work item it = ((g*Kb + kb)*Cb + cb) over images [n0, n1): gw[k, c, r, s] (K x Cg x R x
- * S, the split's own) for output channels kb*DKB .. and input channels cb*FC_DMR .. of
- * group g = the sum over n, p, q of dyb[n, g, kb, p, q, k] * xf[n, g, cb, p*sh + r*dh,
- * q*sw + s*dw, c] (the padded input, a block of channels per pixel), in order. Image by
- * image (its block of dy and of x in cache), each tap's register block is loaded from
- * acc (R*S x FC_DMR x DKB, scratch), runs the image's P*Q pixels and is stored back. */
-static void FN(direct_weight_item)(const T *xf, const T *dyb, T *gw, const fc_dweight *d,
-                                   fc_int n0, fc_int n1, fc_int it, T *acc)
+/* Work item it = ((g*Cb + cb)*Kb + kb), image n: adds to acc (the item's R*S x FC_DMR x
+ * DKB accumulators, in order image after image) image n's share of gw[k, c, r, s] for
+ * output channels kb*DKB .. and input channels cb*FC_DMR .. of group g: the sum over p,
+ * q of dyb[n, g, kb, p, q, k] * xf[n, g, cb, p*sh + r*dh, q*sw + s*dw, c] (the padded
+ * input, a block of channels per pixel). Tap by tap, the tap's register block is
+ * loaded from acc, runs the image's P*Q pixels and is stored back. The caller
+ * (direct.pyx's _weight_run) runs either every item of one image before the next, the
+ * output-channel blocks of an input-channel block one after another, so that the
+ * image's x and dy blocks stay in cache across them (ResNet-50's res3 3x3/2 at N=8
+ * read them from memory once per item otherwise), or every image of one item, so that
+ * its accumulators do (512 channels on 7x7). */
+static void FN(direct_weight_item)(const T *xf, const T *dyb, const fc_dweight *d, fc_int n,
+                                   fc_int it, T *acc)
 {
-    /* the input-channel blocks of one row block of gw come one after another: their
-     * stores fill its cache lines while the lines are still in cache */
-    const fc_int cb = it % d->Cb, kb = it / d->Cb % d->Kb, g = it / d->Cb / d->Kb;
+    const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
     const fc_int Wp = d->Wp, P = d->P, Q = d->Q, R = d->R, S = d->S;
-    const fc_int c0 = cb * FC_DMR, k0 = kb * DKB, qs = d->sw * FC_DMR;
-    const T *xb = xf + ((n0 * d->G + g) * d->Cb + cb) * d->Hp * Wp * FC_DMR;
-    const fc_int nstep = d->G * d->Cb * d->Hp * Wp * FC_DMR;    /* one image on */
-    memset(acc, 0, (size_t)(R * S * FC_DMR * DKB) * sizeof(T));
-    for (fc_int n = n0; n < n1; n++) {
-        const T *dn = dyb + ((n * d->G + g) * d->Kb + kb) * P * Q * DKB;
-        const T *xn = xb + (n - n0) * nstep;
-        for (fc_int r = 0; r < R; r++) {
-            for (fc_int s = 0; s < S; s++) {
-                T *at = acc + (r * S + s) * FC_DMR * DKB;
-                FN(dvec) a[FC_DMR][FC_DNV];
-                for (int j = 0; j < FC_DMR; j++)
-                    for (int v = 0; v < FC_DNV; v++) a[j][v] = FN(dload)(at + j * DKB + v * DVL);
-                for (fc_int p = 0; p < P; p++) {
-                    const T *xr = xn + ((p * d->sh + r * d->dh) * Wp + s * d->dw) * FC_DMR;
-                    const T *dr = dn + p * Q * DKB;
-                    for (fc_int q = 0; q < Q; q++) {
-                        const T *xq = xr + q * qs;
-                        FN(dvec) dv[FC_DNV];
-                        for (int v = 0; v < FC_DNV; v++) dv[v] = FN(dload)(dr + q * DKB + v * DVL);
-                        for (int j = 0; j < FC_DMR; j++) {
-                            const T x = xq[j];
-                            for (int v = 0; v < FC_DNV; v++) a[j][v] += dv[v] * x;
-                        }
+    const fc_int qs = d->sw * FC_DMR;
+    const T *xn = xf + ((n * d->G + g) * d->Cb + cb) * d->Hp * Wp * FC_DMR;
+    const T *dn = dyb + ((n * d->G + g) * d->Kb + kb) * P * Q * DKB;
+    for (fc_int r = 0; r < R; r++) {
+        for (fc_int s = 0; s < S; s++) {
+            T *at = acc + (r * S + s) * FC_DMR * DKB;
+            FN(dvec) a[FC_DMR][FC_DNV];
+            for (int j = 0; j < FC_DMR; j++)
+                for (int v = 0; v < FC_DNV; v++) a[j][v] = FN(dload)(at + j * DKB + v * DVL);
+            for (fc_int p = 0; p < P; p++) {
+                const T *xr = xn + ((p * d->sh + r * d->dh) * Wp + s * d->dw) * FC_DMR;
+                const T *dr = dn + p * Q * DKB;
+                for (fc_int q = 0; q < Q; q++) {
+                    const T *xq = xr + q * qs;
+                    FN(dvec) dv[FC_DNV];
+                    for (int v = 0; v < FC_DNV; v++) dv[v] = FN(dload)(dr + q * DKB + v * DVL);
+                    for (int j = 0; j < FC_DMR; j++) {
+                        const T x = xq[j];
+                        for (int v = 0; v < FC_DNV; v++) a[j][v] += dv[v] * x;
                     }
                 }
-                for (int j = 0; j < FC_DMR; j++)
-                    for (int v = 0; v < FC_DNV; v++) FN(dstore)(at + j * DKB + v * DVL, a[j][v]);
             }
+            for (int j = 0; j < FC_DMR; j++)
+                for (int v = 0; v < FC_DNV; v++) FN(dstore)(at + j * DKB + v * DVL, a[j][v]);
         }
     }
+}
+
+/* Work item it's sums (acc, as direct_weight_item leaves them) into gw[k, c, r, s] (K x
+ * Cg x R x S), within the group's channels. */
+static void FN(direct_weight_store)(T *gw, const fc_dweight *d, fc_int it, const T *acc)
+{
+    const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
+    const fc_int c0 = cb * FC_DMR, k0 = kb * DKB, RS = d->R * d->S;
     const fc_int nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
     const fc_int nc = d->Cg - c0 < FC_DMR ? d->Cg - c0 : FC_DMR;
     for (fc_int k = 0; k < nk; k++)
         for (fc_int c = 0; c < nc; c++)
-            for (fc_int rs = 0; rs < R * S; rs++)
-                gw[((g * d->Kg + k0 + k) * d->Cg + c0 + c) * R * S + rs] =
+            for (fc_int rs = 0; rs < RS; rs++)
+                gw[((g * d->Kg + k0 + k) * d->Cg + c0 + c) * RS + rs] =
                     acc[(rs * FC_DMR + c) * DKB + k];
 }
 

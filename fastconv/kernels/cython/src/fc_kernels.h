@@ -198,8 +198,9 @@ typedef struct {
     fc_int (*direct_flat_pixels_##X)(void);                                             \
     void (*direct_flat_item_##X)(const T *xb, const T *wb, T *out, const fc_direct *d,  \
                                  fc_int it);                                            \
-    void (*direct_weight_item_##X)(const T *xf, const T *dyb, T *gw, const fc_dweight *d, \
-                                   fc_int n0, fc_int n1, fc_int it, T *acc);            \
+    void (*direct_weight_item_##X)(const T *xf, const T *dyb, const fc_dweight *d,      \
+                                   fc_int n, fc_int it, T *acc);                        \
+    void (*direct_weight_store_##X)(T *gw, const fc_dweight *d, fc_int it, const T *acc); \
     void (*dw_plane_##X)(const T *x, const T *w, T *out, const fc_dw *d, int flip,      \
                          const T *bias, const T *res, int act, T *tile, fc_int it);     \
     void (*dw_scatter_##X)(const T *dy, const T *w, T *dx, const fc_dw *d, fc_int it);  \
