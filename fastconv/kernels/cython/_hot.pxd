@@ -204,6 +204,8 @@ cdef extern from "fc_kernels.h" nogil:
                                        fc_int n, fc_int it, float *acc) noexcept nogil
         void (*direct_weight_store_f32)(float *gw, const fc_dweight *d, fc_int it,
                                         const float *acc) noexcept nogil
+        fc_int (*direct_weight_rows_f32)() noexcept nogil
+        fc_int (*direct_weight_cols_f32)() noexcept nogil
         void (*dw_plane_f32)(const float *x, const float *w, float *out, const fc_dw *d, int flip,
                              const float *bias, const float *res, int act, float *tile,
                              fc_int it) noexcept nogil
@@ -235,6 +237,8 @@ cdef extern from "fc_kernels.h" nogil:
                                        fc_int n, fc_int it, double *acc) noexcept nogil
         void (*direct_weight_store_f64)(double *gw, const fc_dweight *d, fc_int it,
                                         const double *acc) noexcept nogil
+        fc_int (*direct_weight_rows_f64)() noexcept nogil
+        fc_int (*direct_weight_cols_f64)() noexcept nogil
         void (*dw_plane_f64)(const double *x, const double *w, double *out, const fc_dw *d, int flip,
                              const double *bias, const double *res, int act, double *tile,
                              fc_int it) noexcept nogil

@@ -33,13 +33,15 @@ Variants (``VARIANTS`` in ``__init__.py``):
   class's taps, padding, first row and dilation, ``_plan.input_grad_phases``), each
   with its sub-kernel, writing every stride-th row and column of dx; nothing multiplies
   an inserted zero.
-- ``blocked`` (conv2d_weight): work items (group, block of MR input channels, block of
+- ``blocked`` (conv2d_weight): work items (group, block of input channels, block of
   output channels), the batch cut in the plan's ``batch_splits`` parts, each with its
   own gradient, summed in order. Image by image and tap by tap, a register block of
-  MR input channels x the output channels sums the image's pixels, FMAs of dy's
-  channels by the input channels broadcast (dy laid out ``dyb[n, g, kb, p, q, k]``,
-  the input zero-padded in blocks of MR channels per pixel, ``xf[n, g, cb, hp, wp,
-  c]``), kept between images in a per-thread accumulator.
+  input channels (a cache line of them with AVX-512, else MR) x the output channels
+  sums the image's pixels, FMAs of dy's channels by the input channels broadcast (dy
+  laid out ``dyb[n, g, kb, p, q, k]``, the input zero-padded in blocks of the
+  register block's input channels per pixel, ``xf[n, g, cb, hp, wp, c]``), kept
+  between images in accumulators: image by image or item by item
+  (:func:`_weight_image_outer`).
 - ``depthwise`` (C == groups): plane by plane, each input plane copied into a
   zero-padded phase tile (in L1), then blocks of ``DW_ROWS`` output rows (7 where P
   is a multiple of 7 and not of DW_ROWS) x one vector of columns, a weight broadcast
@@ -672,6 +674,14 @@ def conv2d_input(plan, dy, w, p, out):
               p.dil_w, flip=True, core=plan.variant, wrap_work=plan.get("wrap_work", 0))
 
 
+def _weight_block(dtype):
+    """(input channels broadcast, output channels in vectors) of the blocked weight
+    gradient's register block for ``dtype``."""
+    if np.dtype(dtype) == np.float32:
+        return hot.direct_weight_rows_f32(), hot.direct_weight_cols_f32()
+    return hot.direct_weight_rows_f64(), hot.direct_weight_cols_f64()
+
+
 def _weight_image_outer(p, dtype):
     """Whether the blocked weight gradient runs image by image (every item of an image
     before the next image) rather than item by item: where an image's x and dy blocks
@@ -679,7 +689,7 @@ def _weight_image_outer(p, dtype):
     faster image by image, on 1 and 2 threads; its res5 3x3 (512 channels on 7x7)
     1.11x slower, its accumulators out of cache (AMD EPYC Zen 4). The sums, and so the
     bits, are the same either way."""
-    MR, KB = hot.direct_pixels, block(dtype)
+    MR, KB = _weight_block(dtype)
     Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
     Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
     return Hp * Wp * MR + p.P * p.Q * KB > 2 * p.R * p.S * MR * KB
@@ -701,15 +711,15 @@ def conv2d_weight(plan, x, dy, p, out):
         else:
             _dw_weight_run[double](x, dy, out, &g, tiles, nt)
         return
-    KB = block(dtype)
+    WR, KB = _weight_block(dtype)
     G, Cg, Kg = p.groups, p.C // p.groups, p.K // p.groups
-    d.G, d.Cg, d.Kg, d.Cb, d.Kb = G, Cg, Kg, -(-Cg // MR), -(-Kg // KB)
+    d.G, d.Cg, d.Kg, d.Cb, d.Kb = G, Cg, Kg, -(-Cg // WR), -(-Kg // KB)
     d.R, d.S, d.sh, d.sw, d.dh, d.dw = p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w
     d.P, d.Q = p.P, p.Q
     # every pixel a tap reads: (p*sh + r*dh, q*sw + s*dw) of the padded input
     d.Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
     d.Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
-    xf = workspace("cython_direct_xf", p.N * G * d.Cb * d.Hp * d.Wp * MR, dtype)
+    xf = workspace("cython_direct_xf", p.N * G * d.Cb * d.Hp * d.Wp * WR, dtype)
     dyb = workspace("cython_direct_dy", p.N * G * d.Kb * p.P * p.Q * KB, dtype)
     nsplit = plan["batch_splits"]
     gw = (out.reshape(1, -1) if nsplit == 1 else
@@ -717,7 +727,7 @@ def conv2d_weight(plan, x, dy, p, out):
     image_outer = _weight_image_outer(p, dtype)
     items = G * d.Cb * d.Kb
     acc = workspace_array("cython_direct_acc", (nsplit * items if image_outer else nt,
-                                                p.R * p.S * MR * KB), dtype)
+                                                p.R * p.S * WR * KB), dtype)
     if p.N == 0:
         acc.fill(0)
     if dtype == np.float32:

@@ -16,6 +16,19 @@ typedef T FN(dvec);
 #endif
 #define DVL ((fc_int)(sizeof(FN(dvec)) / sizeof(T)))   /* lanes of a vector */
 #define DKB (FC_DNV * DVL)                              /* channels of a block */
+/* The weight gradient's register block: WGR input channels (a pixel's block of xf,
+ * broadcast) x WGV vectors (WGK) of output channels (a pixel's block of dyb). With 32
+ * zmm, a cache line of input channels x one vector of float32 or two of float64, as
+ * the Numba backend's 16 x 16: a pixel's block of xf is one aligned line, so a stride-2
+ * layer reads every other line of it; else FC_DMR x FC_DNV, the forward's. */
+#if FC_VECTORS && defined(__AVX512F__)
+#  define WGR ((fc_int)(64 / sizeof(T)))
+#  define WGV ((int)(sizeof(T) == 8 ? 2 : 1))
+#else
+#  define WGR FC_DMR
+#  define WGV FC_DNV
+#endif
+#define WGK (WGV * DVL)
 
 static inline FN(dvec) FN(dload)(const T *p)
 {
@@ -70,38 +83,42 @@ static void FN(direct_phase_row)(const T *src, fc_int H, fc_int W, T *dst, fc_in
 }
 
 /* Row it = ((n*G + g)*Cb + cb)*Hp + hp of the weight gradient's input layout xf[n, g,
- * cb, hp, wp, j] (Hp x Wp pixels of FC_DMR channels): x[n, g*Cg + cb*FC_DMR + j, hp - pt,
+ * cb, hp, wp, j] (Hp x Wp pixels of WGR channels): x[n, g*Cg + cb*WGR + j, hp - pt,
  * wp - pl], 0 outside x and past the group's Cg channels. */
 static void FN(direct_xblock_row)(const T *x, fc_int C, fc_int H, fc_int W, fc_int G,
                                   fc_int Cg, T *xf, fc_int Hp, fc_int Wp, fc_int pt,
                                   fc_int pl, fc_int it)
 {
-    const fc_int Cb = (Cg + FC_DMR - 1) / FC_DMR;
+    const fc_int Cb = (Cg + WGR - 1) / WGR;
     const fc_int h = it % Hp - pt, cb = it / Hp % Cb, g = it / Hp / Cb % G;
-    const fc_int n = it / Hp / Cb / G, c0 = cb * FC_DMR;
-    const fc_int nc = Cg - c0 < FC_DMR ? Cg - c0 : FC_DMR;
-    T *d = xf + it * Wp * FC_DMR;
-    memset(d, 0, (size_t)(Wp * FC_DMR) * sizeof(T));
+    const fc_int n = it / Hp / Cb / G, c0 = cb * WGR;
+    const fc_int nc = Cg - c0 < WGR ? Cg - c0 : WGR;
+    T *d = xf + it * Wp * WGR;
+    if (h < 0 || h >= H || nc < WGR) memset(d, 0, (size_t)(Wp * WGR) * sizeof(T));
     if (h < 0 || h >= H) return;
     fc_int lo, hi;
     fc_valid_range(Wp, W, 1, -pl, &lo, &hi);
-    const T *src = x + ((n * C + g * Cg + c0) * H + h) * W - pl;
-    for (fc_int wp = lo; wp < hi; wp++)
-        for (fc_int j = 0; j < nc; j++) d[wp * FC_DMR + j] = src[j * H * W + wp];
+    if (lo > 0) memset(d, 0, (size_t)(lo * WGR) * sizeof(T));
+    if (hi < Wp) memset(d + hi * WGR, 0, (size_t)((Wp - hi) * WGR) * sizeof(T));
+    /* the (nc, hi - lo) matrix of the block's channels in row h, rows H*W apart,
+     * transposed */
+    if (hi > lo)
+        FN(transpose_matrix)(x + ((n * C + g * Cg + c0) * H + h) * W - pl + lo, H * W,
+                             d + lo * WGR, WGR, nc, hi - lo);
 }
 
-/* Row it = ((n*G + g)*Kb + kb)*P + p of dyb[n, g, kb, p, q, k] = dy[n, g*Kg + kb*DKB + k,
+/* Row it = ((n*G + g)*Kb + kb)*P + p of dyb[n, g, kb, p, q, k] = dy[n, g*Kg + kb*WGK + k,
  * p, q], 0 for k past the group's Kg channels. */
 static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int G, fc_int Kg,
                               T *dyb, fc_int it)
 {
-    const fc_int Kb = (Kg + DKB - 1) / DKB;
+    const fc_int Kb = (Kg + WGK - 1) / WGK;
     const fc_int p = it % P, kb = it / P % Kb, g = it / P / Kb % G, n = it / P / Kb / G;
-    const fc_int k0 = g * Kg + kb * DKB, nk = Kg - kb * DKB < DKB ? Kg - kb * DKB : DKB;
-    T *d = dyb + it * Q * DKB;
-    if (nk < DKB) memset(d, 0, (size_t)(Q * DKB) * sizeof(T));
+    const fc_int k0 = g * Kg + kb * WGK, nk = Kg - kb * WGK < WGK ? Kg - kb * WGK : WGK;
+    T *d = dyb + it * Q * WGK;
+    if (nk < WGK) memset(d, 0, (size_t)(Q * WGK) * sizeof(T));
     /* the (nk, Q) matrix of dy's row p, rows P*Q apart, transposed */
-    FN(transpose_matrix)(dy + ((n * K + k0) * P + p) * Q, P * Q, d, DKB, nk, Q);
+    FN(transpose_matrix)(dy + ((n * K + k0) * P + p) * Q, P * Q, d, WGK, nk, Q);
 }
 
 /* -- forward: a block of pixels x DKB output channels -------------------------------- */
@@ -408,11 +425,11 @@ static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_dire
 
 #undef FJ
 
-/* -- weight gradient: DKB output channels x FC_DMR input channels ------------------- */
+/* -- weight gradient: WGK output channels x WGR input channels ------------------- */
 
-/* Work item it = ((g*Cb + cb)*Kb + kb), image n: adds to acc (the item's R*S x FC_DMR x
- * DKB accumulators, in order image after image) image n's share of gw[k, c, r, s] for
- * output channels kb*DKB .. and input channels cb*FC_DMR .. of group g: the sum over p,
+/* Work item it = ((g*Cb + cb)*Kb + kb), image n: adds to acc (the item's R*S x WGR x
+ * WGK accumulators, in order image after image) image n's share of gw[k, c, r, s] for
+ * output channels kb*WGK .. and input channels cb*WGR .. of group g: the sum over p,
  * q of dyb[n, g, kb, p, q, k] * xf[n, g, cb, p*sh + r*dh, q*sw + s*dw, c] (the padded
  * input, a block of channels per pixel). Tap by tap, the tap's register block is
  * loaded from acc, runs the image's P*Q pixels and is stored back. The caller
@@ -426,47 +443,50 @@ static void FN(direct_weight_item)(const T *xf, const T *dyb, const fc_dweight *
 {
     const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
     const fc_int Wp = d->Wp, P = d->P, Q = d->Q, R = d->R, S = d->S;
-    const fc_int qs = d->sw * FC_DMR;
-    const T *xn = xf + ((n * d->G + g) * d->Cb + cb) * d->Hp * Wp * FC_DMR;
-    const T *dn = dyb + ((n * d->G + g) * d->Kb + kb) * P * Q * DKB;
+    const fc_int qs = d->sw * WGR;
+    const T *xn = xf + ((n * d->G + g) * d->Cb + cb) * d->Hp * Wp * WGR;
+    const T *dn = dyb + ((n * d->G + g) * d->Kb + kb) * P * Q * WGK;
     for (fc_int r = 0; r < R; r++) {
         for (fc_int s = 0; s < S; s++) {
-            T *at = acc + (r * S + s) * FC_DMR * DKB;
-            FN(dvec) a[FC_DMR][FC_DNV];
-            for (int j = 0; j < FC_DMR; j++)
-                for (int v = 0; v < FC_DNV; v++) a[j][v] = FN(dload)(at + j * DKB + v * DVL);
+            T *at = acc + (r * S + s) * WGR * WGK;
+            FN(dvec) a[WGR][WGV];
+            for (int j = 0; j < WGR; j++)
+                for (int v = 0; v < WGV; v++) a[j][v] = FN(dload)(at + j * WGK + v * DVL);
             for (fc_int p = 0; p < P; p++) {
-                const T *xr = xn + ((p * d->sh + r * d->dh) * Wp + s * d->dw) * FC_DMR;
-                const T *dr = dn + p * Q * DKB;
+                const T *xr = xn + ((p * d->sh + r * d->dh) * Wp + s * d->dw) * WGR;
+                const T *dr = dn + p * Q * WGK;
                 for (fc_int q = 0; q < Q; q++) {
                     const T *xq = xr + q * qs;
-                    FN(dvec) dv[FC_DNV];
-                    for (int v = 0; v < FC_DNV; v++) dv[v] = FN(dload)(dr + q * DKB + v * DVL);
-                    for (int j = 0; j < FC_DMR; j++) {
+                    FN(dvec) dv[WGV];
+                    for (int v = 0; v < WGV; v++) dv[v] = FN(dload)(dr + q * WGK + v * DVL);
+                    for (int j = 0; j < WGR; j++) {
                         const T x = xq[j];
-                        for (int v = 0; v < FC_DNV; v++) a[j][v] += dv[v] * x;
+                        for (int v = 0; v < WGV; v++) a[j][v] += dv[v] * x;
                     }
                 }
             }
-            for (int j = 0; j < FC_DMR; j++)
-                for (int v = 0; v < FC_DNV; v++) FN(dstore)(at + j * DKB + v * DVL, a[j][v]);
+            for (int j = 0; j < WGR; j++)
+                for (int v = 0; v < WGV; v++) FN(dstore)(at + j * WGK + v * DVL, a[j][v]);
         }
     }
 }
+
+static fc_int FN(direct_weight_rows)(void) { return WGR; }
+static fc_int FN(direct_weight_cols)(void) { return WGK; }
 
 /* Work item it's sums (acc, as direct_weight_item leaves them) into gw[k, c, r, s] (K x
  * Cg x R x S), within the group's channels. */
 static void FN(direct_weight_store)(T *gw, const fc_dweight *d, fc_int it, const T *acc)
 {
     const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
-    const fc_int c0 = cb * FC_DMR, k0 = kb * DKB, RS = d->R * d->S;
-    const fc_int nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
-    const fc_int nc = d->Cg - c0 < FC_DMR ? d->Cg - c0 : FC_DMR;
+    const fc_int c0 = cb * WGR, k0 = kb * WGK, RS = d->R * d->S;
+    const fc_int nk = d->Kg - k0 < WGK ? d->Kg - k0 : WGK;
+    const fc_int nc = d->Cg - c0 < WGR ? d->Cg - c0 : WGR;
     for (fc_int k = 0; k < nk; k++)
         for (fc_int c = 0; c < nc; c++)
             for (fc_int rs = 0; rs < RS; rs++)
                 gw[((g * d->Kg + k0 + k) * d->Cg + c0 + c) * RS + rs] =
-                    acc[(rs * FC_DMR + c) * DKB + k];
+                    acc[(rs * WGR + c) * WGK + k];
 }
 
 /* -- depthwise (C == groups) ----------------------------------------------------------- */

@@ -156,6 +156,8 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .direct_streamed_item_##X = direct_streamed_item_##X, \
     .direct_weight_item_##X = direct_weight_item_##X,  \
     .direct_weight_store_##X = direct_weight_store_##X, \
+    .direct_weight_rows_##X = direct_weight_rows_##X,  \
+    .direct_weight_cols_##X = direct_weight_cols_##X,  \
     .dw_plane_##X = dw_plane_##X,                      \
     .dw_scatter_##X = dw_scatter_##X,                  \
     .dw_weight_##X = dw_weight_##X,

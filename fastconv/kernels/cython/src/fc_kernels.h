@@ -201,6 +201,8 @@ typedef struct {
     void (*direct_weight_item_##X)(const T *xf, const T *dyb, const fc_dweight *d,      \
                                    fc_int n, fc_int it, T *acc);                        \
     void (*direct_weight_store_##X)(T *gw, const fc_dweight *d, fc_int it, const T *acc); \
+    fc_int (*direct_weight_rows_##X)(void);                                             \
+    fc_int (*direct_weight_cols_##X)(void);                                             \
     void (*dw_plane_##X)(const T *x, const T *w, T *out, const fc_dw *d, int flip,      \
                          const T *bias, const T *res, int act, T *tile, fc_int it);     \
     void (*dw_scatter_##X)(const T *dy, const T *w, T *dx, const fc_dw *d, fc_int it);  \
