@@ -3,10 +3,11 @@
  * of work are direct.pyx's docstring; the index arithmetic is the Numba backend's
  * (fastconv/kernels/numba/direct.py), and is commented where it is used.
  *
- * The register block of the forward (and of the weight gradient) is FC_DMR pixels x
- * FC_DNV vectors of output channels (DKB channels): 14 x 2 zmm with AVX-512, 6 x 2
- * ymm with AVX2, 6 x 2 xmm in the baseline; per tap and input channel FC_DNV vector
- * loads of the weight and FC_DMR broadcasts of the input feed FC_DMR * FC_DNV FMAs.
+ * The register block of the forward is FC_DMR pixels x FC_DNV vectors of output
+ * channels (DKB channels): 14 x 2 zmm with AVX-512, 6 x 2 ymm with AVX2, 6 x 2 xmm in
+ * the baseline; per tap and input channel FC_DNV vector loads of the weight and FC_DMR
+ * broadcasts of the input feed FC_DMR * FC_DNV FMAs. The weight gradient's is WGR x
+ * WGV (below).
  */
 
 #if FC_VECTORS
@@ -425,7 +426,7 @@ static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_dire
 
 #undef FJ
 
-/* -- weight gradient: WGK output channels x WGR input channels ------------------- */
+/* -- weight gradient: WGK output channels x WGR input channels ---------------------- */
 
 /* Work item it = ((g*Cb + cb)*Kb + kb), image n: adds to acc (the item's R*S x WGR x
  * WGK accumulators, in order image after image) image n's share of gw[k, c, r, s] for
