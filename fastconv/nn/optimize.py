@@ -123,7 +123,7 @@ class _Buffers:
 
     def __init__(self):
         self.free = []                  # flat byte buffers no live value uses
-        self.users = {}                 # id(buffer) -> [buffer, live values on it]
+        self.users = {}                 # id(its owner) -> [taken buffer, live values on it]
         self.allocated = 0              # buffers made (stays put once calls repeat)
 
     def take(self, shape, dtype):
@@ -473,12 +473,16 @@ class OptimizedModel:
         buffers = self._buffers()
         values = [None] * self._n_values
         values[0] = x
-        for step, free in zip(self.steps, self._free):
-            y = values[step.dst] = step.run(values, buffers)
-            buffers.hold(y)
-            for s in free:
-                buffers.drop(values[s])
-                values[s] = None
+        try:
+            for step, free in zip(self.steps, self._free):
+                y = values[step.dst] = step.run(values, buffers)
+                buffers.hold(y)
+                for s in free:
+                    buffers.drop(values[s])
+                    values[s] = None
+        except BaseException:
+            self._local.buffers = None            # the failed call's counts: start afresh
+            raise
         y = values[self.output]
         if buffers._entry(y) is None:
             return y
