@@ -608,12 +608,12 @@ def _dw_nhwc_run(const real[::1] x, const real[::1] w, real[::1] y, const real[:
             n = it // P                             # output row (n, it % P)
             if real is float:
                 hot.depthwise_nhwc_row_f32(&x[0] + n * H * W * C, H, W, C, &w[0], R, S,
-                                           it % P * sh - pt, sw, pl, dh, dw, Q, qa, qb,
+                                           it % P * sh - pt, sh, sw, pl, dh, dw, Q, qa, qb,
                                            &cols[0], &y[0] + it * Q * C, bias,
                                            NULL if res == NULL else res + it * Q * C, act)
             else:
                 hot.depthwise_nhwc_row_f64(&x[0] + n * H * W * C, H, W, C, &w[0], R, S,
-                                           it % P * sh - pt, sw, pl, dh, dw, Q, qa, qb,
+                                           it % P * sh - pt, sh, sw, pl, dh, dw, Q, qa, qb,
                                            &cols[0], &y[0] + it * Q * C, bias,
                                            NULL if res == NULL else res + it * Q * C, act)
 
