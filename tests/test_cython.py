@@ -454,6 +454,13 @@ def test_direct_writes_only_its_output_and_scratch(monkeypatch, what, variants, 
     ("image_gemm", (1, 3, 13, 11), (70, 3, 1, 1), dict(stride=(2, 3))),   # panels
     ("nhwc_gemm", (2, 9, 5, 7), (70, 9, 1, 1), {}),                     # last panel, rows
     ("nhwc_gemm", (1, 17, 3, 3), (5, 17, 1, 1), {}),
+    # a panel a vector and a half wide (pointwise_nhwc's half vector): AVX-512 float32
+    # (K 24, and in the last panel 88), AVX2 float32 and AVX-512 float64 (44), AVX2
+    # float64 (6)
+    ("nhwc_gemm", (2, 9, 5, 7), (24, 9, 1, 1), {}),
+    ("nhwc_gemm", (1, 9, 5, 7), (88, 9, 1, 1), {}),
+    ("nhwc_gemm", (1, 9, 5, 7), (44, 9, 1, 1), {}),
+    ("nhwc_gemm", (2, 9, 5, 7), (6, 9, 1, 1), {}),
     ("nhwc_tiled", (2, 3, 15, 13), (32, 3, 3, 3), dict(stride=2, padding=1)),  # a stem
     ("nhwc_tiled", (1, 9, 7, 6), (70, 9, 3, 2), dict(padding=(2, 1), dilation=(1, 2))),
     ("depthwise_nhwc", (2, 35, 9, 13), (35, 1, 3, 3), dict(padding=1, groups=35)),
@@ -1049,6 +1056,14 @@ for dt in (np.float32, np.float64):
     dy1 = rng.standard_normal((2, 29, 7, 7)).astype(dt)
     out[f"pointwise_conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(
         (2, 37, 7, 7), w1, dy1, backend="cython")
+    # the channels-last 1x1 with its epilogue, panels a vector and a half wide on some
+    # variant (K 24: AVX-512 float32; 44: AVX2 float32, AVX-512 float64; 6: AVX2 float64)
+    for K in (24, 44, 6):
+        x1 = fastconv.to_channels_last(rng.standard_normal((2, 13, 5, 7)).astype(dt))
+        w1 = rng.standard_normal((K, 13, 1, 1)).astype(dt)
+        r1 = fastconv.to_channels_last(rng.standard_normal((2, K, 5, 7)).astype(dt))
+        out[f"pointwise{K}_conv2d_{dt.__name__}"] = fastconv.conv2d(
+            x1, w1, w1[:, 0, 0, 0], residual=r1, activation="relu6", backend="cython")
     z, i = fastconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True, backend="cython")
     out[f"max_pool2d_{dt.__name__}"], out[f"indices_{dt.__name__}"] = z, i
     out[f"avg_pool2d_{dt.__name__}"] = fastconv.avg_pool2d(x, 3, stride=1, padding=1, backend="cython")
