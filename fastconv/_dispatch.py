@@ -151,6 +151,14 @@ def algorithms(op):
     return list(_PAIRS[op])
 
 
+def binder(op, algorithm, backend):
+    """The bound form of the kernel of (op, algorithm, backend), from its manifest's
+    ``bind`` (a backend without one has none), or None; ``functional._Conv2dCall.bind``
+    uses it. Call after :func:`kernel`."""
+    bind = getattr(_MANIFESTS.get(backend), "bind", None)
+    return None if bind is None else bind(op, algorithm)
+
+
 def _reference(op):
     fn = getattr(reference, op)
 

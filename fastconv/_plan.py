@@ -695,6 +695,15 @@ def run(plan, *args):
     _dispatch.kernel(plan.op, plan.algorithm, plan.backend)(plan, *args)
 
 
+def run_bound(plan, bound, *args):
+    """Run ``plan`` by ``bound``, its kernel bound to a weight
+    (``functional._Conv2dCall.bind``), on ``args``; traced as :func:`run` is."""
+    ran = getattr(_trace, "ran", None)
+    if ran is not None:
+        ran.append(plan)
+    bound(*args)
+
+
 # -- The public view ----------------------------------------------------------------------
 
 

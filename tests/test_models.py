@@ -416,6 +416,56 @@ def test_optimized_model_reuses_its_output_buffers():
     assert fast._buffers().allocated == 2       # the Linear's output not on the view's
 
 
+def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
+    """An optimized model runs its 1x1 and depthwise channels-last convolutions by the
+    Cython kernels bound to each step's weight (``_Conv2dCall.bind``): every such call
+    holds a bound kernel and runs it (the rest run their plans as usual), bit for bit
+    as the unbound kernels; after a change of thread count the new plans are bound
+    again."""
+    from fastconv import _dispatch, _plan
+    from fastconv.nn.optimize import _ConvStep
+    if "cython" not in _dispatch.available_backends():
+        pytest.skip("the Cython backend is not built here")
+    model = nn.models.mobilenet_v2(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    fast(x)                                     # decides the layout: channels last
+    runs = []
+    real_run_bound = _plan.run_bound
+
+    def counted(plan, bound, *args):
+        runs.append(plan.variant)
+        real_run_bound(plan, bound, *args)
+    monkeypatch.setattr(_plan, "run_bound", counted)
+
+    def calls():
+        return [c for s in fast.steps if isinstance(s, _ConvStep) for c in s._calls.values()
+                if c.settings == _plan.settings()]
+
+    with_bound_form = {("cython", "nhwc_gemm"), ("cython", "depthwise_nhwc")}
+    threads = fastconv.get_num_threads()
+    try:
+        for n in sorted({1, 2, threads}):
+            fastconv.set_num_threads(n)
+            runs.clear()
+            with fastconv.trace_plans() as ran:
+                y = fast(x)
+            eligible = [q.variant for q in ran if (q.backend, q.variant) in with_bound_form]
+            assert eligible and sorted(runs) == sorted(eligible)
+            for c in calls():
+                assert (c.bound is not None) == ((c.plan.backend, c.plan.variant)
+                                                 in with_bound_form), c.plan
+            np.testing.assert_allclose(y, model.eval()(x), rtol=0, atol=1e-4 * np.abs(y).max())
+            for c in calls():
+                c.bound = None                  # the same plans, unbound
+            np.testing.assert_array_equal(fast(x), y)
+            for c in calls():
+                c.bind(next(s.weight.array for s in fast.steps
+                            if isinstance(s, _ConvStep) and c in s._calls.values()))
+    finally:
+        fastconv.set_num_threads(threads)
+
+
 def test_optimized_model_from_several_threads():
     """Python threads calling one optimized model at once each get their own buffers
     and the same results as one thread alone."""

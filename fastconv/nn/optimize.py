@@ -70,6 +70,7 @@ class _ConvStep(_Step):
                 return F.conv2d(x, self.weight, self.bias, *self.args,
                                 activation=self.activation, residual=res)
             call = self._calls[key] = F._Conv2dCall(p, dtype, bias, self.activation, nhwc)
+            call.bind(self.weight.array)
         out = None if buffers is None else buffers.take(call.out_shape, call.dtype)
         return call(x, self.weight.array, res, out)
 
@@ -124,20 +125,31 @@ class _Buffers:
     def __init__(self):
         self.free = []                  # flat byte buffers no live value uses
         self.users = {}                 # id(its owner) -> [taken buffer, live values on it]
+        self.fresh = []                 # keys taken since the last hold
+        self.views = {}                 # (id(owner), shape, dtype) -> the array on it
         self.allocated = 0              # buffers made (stays put once calls repeat)
 
     def take(self, shape, dtype):
         """A C-contiguous array of ``shape`` and ``dtype`` on the smallest free buffer
         that holds it (a new one if none does)."""
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        fits = [i for i, b in enumerate(self.free) if b.nbytes >= nbytes]
-        if fits:
-            buf = self.free.pop(min(fits, key=lambda i: self.free[i].nbytes))
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        best = None
+        for i, b in enumerate(self.free):
+            if b.nbytes >= nbytes and (best is None or b.nbytes < self.free[best].nbytes):
+                best = i
+        if best is not None:
+            buf = self.free.pop(best)
         else:
             buf = _config.empty(nbytes, np.uint8)
             self.allocated += 1
-        self.users[id(_owner(buf))] = [buf, 0]
-        return buf[:nbytes].view(dtype).reshape(shape)
+        key = id(_owner(buf))
+        self.users[key] = [buf, 0]
+        self.fresh.append(key)
+        view = self.views.get((key, shape, dtype))     # a call's shapes repeat: the
+        if view is None:                                 # same views every call
+            view = self.views[key, shape, dtype] = buf[:nbytes].view(dtype).reshape(shape)
+        return view
 
     def _entry(self, a):
         """The taken buffer whose memory ``a`` is (or views), as [buffer, count]."""
@@ -153,9 +165,11 @@ class _Buffers:
         entry = self._entry(value)
         if entry is not None:
             entry[1] += 1
-        for key, (buf, n) in list(self.users.items()):
+        for key in self.fresh:
+            buf, n = self.users[key]
             if n == 0:
                 self._release(key, buf)
+        self.fresh.clear()
 
     def drop(self, value):
         """``value`` is dead: its buffer goes back once no live value views it."""

@@ -83,6 +83,14 @@ def load(op, algorithm):
     return fn
 
 
+def bind(op, algorithm):
+    """The bound form of (op, algorithm)'s kernel, where its module has one (its
+    ``bind_<kernel>``: ``bind(plan, w, p, epilogue)`` -> ``run(x, out, residual)`` or
+    None; ``functional._Conv2dCall.bind``), else None. Call after :func:`load`."""
+    module, name = KERNELS[(op, algorithm)]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), f"bind_{name}", None)
+
+
 #: the modules that call BLAS (SciPy's ``cython_blas``)
 _BLAS_MODULES = ("im2col", "winograd")
 

@@ -586,12 +586,33 @@ def _dw_nhwc(x, w, out, p, ep):
     padded), by ``depthwise_nhwc_row`` of ``src/fc_impl.h`` (the channels in the vector
     lanes), an output row per parallel iteration; the weight as (R, S, C), cached (the
     Numba kernel's layout and cache entry)."""
+    _dw_nhwc_bound(w, p, ep)(x, out, ep.residual)
+
+
+def _dw_nhwc_bound(w, p, ep):
+    """``run(x, out, residual)``: :func:`_dw_nhwc` for weight ``w``, geometry ``p`` and
+    the epilogue's bias and activation, with the weight's layout and the tap table
+    looked up once (``residual``: flat, or zero-size for none)."""
     taps = _weights.get(w, "depthwise_nhwc",
-                        lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)))
+                        lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))).reshape(-1)
     cols, qa, qb = _tap_columns(p.S, p.W, p.dil_w, p.stride_w, p.pad_left, p.Q)
-    _dw_nhwc_run(x.reshape(-1), taps.reshape(-1), out.reshape(-1), ep.bias, ep.residual,
-                 ep.act, p.N, p.H, p.W, p.C, p.R, p.S, p.P, p.Q, p.stride_h, p.stride_w,
-                 p.pad_top, p.pad_left, p.dil_h, p.dil_w, qa, qb, cols, get_num_threads())
+    bias, act = ep.bias, ep.act
+    geometry = (p.N, p.H, p.W, p.C, p.R, p.S, p.P, p.Q, p.stride_h, p.stride_w, p.pad_top,
+                p.pad_left, p.dil_h, p.dil_w, qa, qb, cols)
+
+    def run(x, out, residual):
+        _dw_nhwc_run(x.reshape(-1), taps, out.reshape(-1), bias, residual, act, *geometry,
+                     get_num_threads())
+    return run
+
+
+def bind_conv2d(plan, w, p, epilogue):
+    """``conv2d``'s kernel for ``plan`` bound to weight ``w`` (never modified after),
+    as ``run(x, out, residual)`` (``im2col.bind_conv2d`` describes it); None for a
+    variant without a bound form: ``depthwise_nhwc`` has one."""
+    if plan.variant == "depthwise_nhwc":
+        return _dw_nhwc_bound(w, p, none(w.dtype) if epilogue is None else epilogue)
+    return None
 
 
 def _dw_nhwc_run(const real[::1] x, const real[::1] w, real[::1] y, const real[::1] bias_a,

@@ -758,10 +758,32 @@ def _pointwise_nhwc(x, w, p, out, ep):
     threads, ``pointwise_nhwc`` of ``src/fc_impl.h`` with the weight laid out once
     (cached per weight) in panels of ``cols`` output channels, each (C, cols)
     contiguous, and the epilogue in its stores: no BLAS, one pass over the output."""
+    _pointwise_nhwc_bound(w, p, ep)(x, out, ep.residual)
+
+
+def _pointwise_nhwc_bound(w, p, ep):
+    """``run(x, out, residual)``: :func:`_pointwise_nhwc` for weight ``w``, geometry
+    ``p`` and the epilogue's bias and activation, with the weight's panels looked up
+    once (``residual``: flat, or zero-size for none)."""
     cols, wt = _nhwc_panels(w)
-    _pointwise_nhwc_run(x.reshape(-1), wt.reshape(-1), out.reshape(-1), ep.bias,
-                        ep.residual, ep.act, p.N * p.H * p.W, p.C, p.K, cols,
-                        get_num_threads())
+    wt = wt.reshape(-1)
+    bias, act, npx, C, K = ep.bias, ep.act, p.N * p.H * p.W, p.C, p.K
+
+    def run(x, out, residual):
+        _pointwise_nhwc_run(x.reshape(-1), wt, out.reshape(-1), bias, residual, act, npx,
+                            C, K, cols, get_num_threads())
+    return run
+
+
+def bind_conv2d(plan, w, p, epilogue):
+    """``conv2d``'s kernel for ``plan`` bound to weight ``w`` (never modified after:
+    a prepared weight's array), as ``run(x, out, residual)`` taking what the kernel
+    takes (``residual`` flat, or zero-size for none): the weight's layout and the
+    geometry's arguments found once, not on every call (``functional._Conv2dCall.bind``).
+    None for a variant without a bound form: ``nhwc_gemm`` has one."""
+    if plan.variant == "nhwc_gemm":
+        return _pointwise_nhwc_bound(w, p, none(w.dtype) if epilogue is None else epilogue)
+    return None
 
 
 cpdef bint _uneven_shares(fc_int nchunks, fc_int nkp, fc_int K, fc_int cols, int threads):
