@@ -896,8 +896,8 @@ static inline FN(hvec) FN(pw_hvact)(FN(hvec) v, int act)
 /* mr output pixels x nv vectors of output channels from k0, channels last, in
  * registers over the n inputs of a pixel's patch (always inlined, with mr, nv, half
  * and whether offs is NULL constants: the accumulators are registers, the unused ones
- * gone): whole vectors, all before K, or with half the last of them half a vector,
- * which ends at K. Pixel t's patch input i is x[t * xstep + offs[i]] (offs NULL: x[t * xstep +
+ * gone): whole vectors, or with half the last of them half a vector, which ends at K;
+ * with AVX-512 all before K (see the epilogue). Pixel t's patch input i is x[t * xstep + offs[i]] (offs NULL: x[t * xstep +
  * i], a 1x1 layer's row of channels); Wp: the weight's panel, (n, FC_PW_COLS)
  * contiguous, read in order; y, res: rows of K channels per pixel, consecutive (res
  * may be y: each element is read before its own store, Winograd's streamed sums). */
@@ -945,29 +945,70 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
 #endif
         }
     }
-    /* the epilogue, whole vectors only (a panel whose channels end inside a vector runs
-     * through a tile, nhwc_pixels_part), unrolled: each accumulator read from its
-     * register. With a loop over the rows, and a branch per vector for the channels
-     * past K, GCC stored all 16 accumulators to the stack to read them back: a 1x1
-     * layer of 16 or 32 inputs ran 1.12-1.16x faster without (AMD EPYC Zen 4). */
-#pragma GCC unroll 16
-    for (int t = 0; t < mr; t++) {
-        for (int k = 0; k < nw; k++) {
-            FN(vec) v = acc[t][k];
-            if (bias != NULL) v += FN(vload)(bias + k0 + k * VL);
-            if (res != NULL) v += FN(vload)(res + t * K + k0 + k * VL);
-            FN(vstore)(y + t * K + k0 + k * VL, FN(pw_vact)(v, act));
-        }
+    /* the epilogue. AVX-512: whole vectors only (a panel whose channels end inside a
+     * vector runs through a tile, nhwc_pixels_part), unrolled, each accumulator read
+     * from its register: with a loop over the rows and a branch per vector for the
+     * channels past K, GCC stored all the accumulators to the stack to read them back,
+     * and a 1x1 layer of 16 or 32 inputs ran 1.12-1.21x faster without. The 16-register
+     * variants keep that loop and branch: there the AVX-512 form made ResNet-50's
+     * channels-last 3x3/2 and 1x1/2 layers 15-20% slower (AMD EPYC Zen 4 forced to
+     * AVX2, session 28). */
+#define FC_NHWC_STORE_ROW(t)                                                            \
+    do {                                                                                \
+        for (int k = 0; k < nw; k++) {                                                  \
+            FN(vec) v = acc[t][k];                                                      \
+            if (bias != NULL) v += FN(vload)(bias + k0 + k * VL);                       \
+            if (res != NULL) v += FN(vload)(res + (t) * K + k0 + k * VL);               \
+            FN(vstore)(y + (t) * K + k0 + k * VL, FN(pw_vact)(v, act));                 \
+        }                                                                               \
+        FC_NHWC_STORE_HALF(t);                                                          \
+    } while (0)
 #if FC_HALF
-        if (half) {
-            const fc_int q0 = k0 + nw * VL;
-            FN(hvec) v = hacc[t];
-            if (bias != NULL) v += FN(hvload)(bias + q0);
-            if (res != NULL) v += FN(hvload)(res + t * K + q0);
-            FN(hvstore)(y + t * K + q0, FN(pw_hvact)(v, act));
-        }
-#endif
+#  define FC_NHWC_STORE_HALF(t)                                                         \
+    if (half) {                                                                         \
+        const fc_int h0 = k0 + nw * VL;                                                 \
+        FN(hvec) v = hacc[t];                                                           \
+        if (bias != NULL) v += FN(hvload)(bias + h0);                                   \
+        if (res != NULL) v += FN(hvload)(res + (t) * K + h0);                           \
+        FN(hvstore)(y + (t) * K + h0, FN(pw_hvact)(v, act));                            \
     }
+#else
+#  define FC_NHWC_STORE_HALF(t)
+#endif
+#if FC_VB == 64
+#pragma GCC unroll 16
+    for (int t = 0; t < mr; t++)
+        FC_NHWC_STORE_ROW(t);
+#else
+    if (half || k0 + nv * VL <= K) {
+        for (int t = 0; t < mr; t++)
+            FC_NHWC_STORE_ROW(t);
+        return;
+    }
+    for (int t = 0; t < mr; t++) {
+        for (int k = 0; k < nv; k++) {
+            const fc_int q0 = k0 + k * VL;
+            if (q0 >= K) break;
+            FN(vec) v = acc[t][k];
+            if (q0 + VL <= K) {                         /* a whole vector of channels */
+                if (bias != NULL) v += FN(vload)(bias + q0);
+                if (res != NULL) v += FN(vload)(res + t * K + q0);
+                FN(vstore)(y + t * K + q0, FN(pw_vact)(v, act));
+            } else {                                     /* the last channels */
+                T tmp[VL];
+                FN(vstore)(tmp, v);
+                for (fc_int q = q0; q < K; q++) {
+                    T u = tmp[q - q0];
+                    if (bias != NULL) u += bias[q];
+                    if (res != NULL) u += res[t * K + q];
+                    y[t * K + q] = FN(pw_act)(u, act);
+                }
+            }
+        }
+    }
+#endif
+#undef FC_NHWC_STORE_HALF
+#undef FC_NHWC_STORE_ROW
 }
 
 /* output pixels [q0, q1) x the nv vectors of a panel whose channels end inside its
@@ -975,7 +1016,8 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
  * pixels (then single pixels) summed by nhwc_block into whole vectors of a tile, then
  * its channels before K stored with the epilogue, added in the same order as
  * nhwc_block's (the same bits). Only a layer's last panel, when K is no multiple of
- * the vector (a 1000-class classifier), comes here. */
+ * the vector (a 1000-class classifier), comes here, and only with AVX-512 (the other
+ * variants' nhwc_block stores such a panel itself). */
 static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *x, fc_int xstep,
                                      const fc_int *offs, fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
@@ -1088,7 +1130,7 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc
 #endif
 #define FC_NHWC_CASE(v)                                                                 \
     case v:                                                                             \
-        if (width % VL != 0)                                                            \
+        if (FC_VB == 64 && width % VL != 0)                                             \
             FN(nhwc_pixels_part)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v); \
         else                                                                            \
             FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v, \
@@ -1101,7 +1143,7 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc
     FC_NHWC_CASE(3)
 #endif
     default:
-        if (width % VL != 0)
+        if (FC_VB == 64 && width % VL != 0)
             FN(nhwc_pixels_part)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act,
                                  FC_NV);
         else
