@@ -273,6 +273,7 @@ class _Conv2dCall:
         are many and small in MobileNet-v2). Where the backend has no bound form of the
         plan's kernel, calls run as before."""
         if self.plan.layout == "nhwc":
+            # the kernel's module loaded first: its bound form lives beside it
             _dispatch.kernel(self.plan.op, self.plan.algorithm, self.plan.backend)
             bind = _dispatch.binder(self.plan.op, self.plan.algorithm, self.plan.backend)
             self.bound = None if bind is None else bind(self.plan, w, self.p, self.ep)

@@ -1128,29 +1128,22 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc
         return;
     }
 #endif
-#define FC_NHWC_CASE(v)                                                                 \
-    case v:                                                                             \
-        if (FC_VB == 64 && width % VL != 0)                                             \
-            FN(nhwc_pixels_part)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v); \
-        else                                                                            \
-            FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v, \
-                               tails, 0);                                               \
-        break;
+    /* the panel's nv vectors as a constant: whole, or through the tile (AVX-512) */
+#define FC_NHWC_RUN(v)                                                                  \
+    if (FC_VB == 64 && width % VL != 0)                                                 \
+        FN(nhwc_pixels_part)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v); \
+    else                                                                                \
+        FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v,  \
+                           tails, 0);
     switch (nv) {
-    FC_NHWC_CASE(1)
-    FC_NHWC_CASE(2)
+    case 1: FC_NHWC_RUN(1) break;
+    case 2: FC_NHWC_RUN(2) break;
 #if FC_NV > 2
-    FC_NHWC_CASE(3)
+    case 3: FC_NHWC_RUN(3) break;
 #endif
-    default:
-        if (FC_VB == 64 && width % VL != 0)
-            FN(nhwc_pixels_part)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act,
-                                 FC_NV);
-        else
-            FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act,
-                               FC_NV, tails, 0);
+    default: FC_NHWC_RUN(FC_NV)
     }
-#undef FC_NHWC_CASE
+#undef FC_NHWC_RUN
 #else
     const fc_int k1 = k0 + FC_PW_COLS < K ? k0 + FC_PW_COLS : K;
     for (fc_int q = q0; q < q1; q++)
