@@ -17,6 +17,9 @@ Every kernel takes ``(plan, *arrays_and_geometry)``, with the op's arguments:
     avg_pool2d           (plan, x, p: PoolParams, count_include_pad, divisor_override, out)
     avg_pool2d_backward  (plan, dy, p: PoolParams, count_include_pad, divisor_override, out)
     adaptive_avg_pool2d  (plan, x, h_windows, w_windows, out)
+    inverted_residual    (plan, x, weights, biases, p: BlockParams, out, act)
+                         weights (expansion or None, depthwise, projection), biases theirs
+                         (zero-size when absent), act an activation code (kernels.epilogue)
 
 Tests and benchmarks loop over this registry: a kernel registered is a kernel tested.
 """
@@ -38,7 +41,7 @@ PREFERENCE = ("numba", "cython")
 AUTO_ORDER = ("cython", "numba")
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight", "max_pool2d", "max_pool2d_backward",
-       "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d")
+       "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "inverted_residual")
 
 
 def _manifests():

@@ -375,6 +375,110 @@ def check_epilogue(op, p: ConvParams, residual, activation, unbatched=False):
 
 
 @dataclass(frozen=True)
+class BlockParams:
+    """Normalised geometry of an inverted residual block (``fastconv.inverted_residual``,
+    MobileNet-v2's): input (N, C, H, W); a 1x1 expansion to E channels (``expand``
+    False: none, E = C); an R x R depthwise convolution, stride ``stride``, padding
+    R // 2, output (N, E, P, Q); a 1x1 projection to K channels; the input added to
+    the result when ``residual`` (stride 1, K = C)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    E: int
+    K: int
+    R: int
+    stride: int
+    P: int
+    Q: int
+    expand: bool
+    residual: bool
+
+    @property
+    def pad(self):
+        return self.R // 2
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def empty(self):
+        """No images: the result is empty and no kernel may run."""
+        return self.N == 0
+
+    def convs(self):
+        """The block's convolutions' :class:`ConvParams` in order (expansion, if any;
+        depthwise; projection)."""
+        N, C, H, W, E = self.N, self.C, self.H, self.W, self.E
+        s, pad = self.stride, self.pad
+        dw = ConvParams(N, E, H, W, E, self.R, self.R, E, s, s, pad, pad, pad, pad, 1, 1,
+                        self.P, self.Q)
+        project = ConvParams(N, E, self.P, self.Q, self.K, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1,
+                             self.P, self.Q)
+        if not self.expand:
+            return (dw, project)
+        return (ConvParams(N, C, H, W, E, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, H, W), dw, project)
+
+
+@_memoised
+def block_params(op, input_shape, expand_shape, depthwise_shape, project_shape, stride=1,
+                 residual=False):
+    """Validate an inverted residual block's shapes and return its :class:`BlockParams`:
+    input (N, C, H, W); expansion weight (E, C, 1, 1) or None; depthwise weight
+    (E, 1, R, R), R odd; projection weight (K, E, 1, 1); ``residual`` only where the
+    output has the input's shape (stride 1, K = C)."""
+    input_shape = _shape(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"{op}: expected input of shape (N, C, H, W) or (C, H, W), "
+                         f"got shape {input_shape}")
+    N, C, H, W = input_shape
+    if N < 0 or min(C, H, W) < 1:
+        raise ValueError(f"{op}: input of shape {input_shape} has an empty channel, row or "
+                         f"column axis; only the batch axis (N) may be 0")
+    depthwise_shape, project_shape = _shape(depthwise_shape), _shape(project_shape)
+    if len(depthwise_shape) != 4 or depthwise_shape[1] != 1 or depthwise_shape[0] < 1:
+        raise ValueError(f"{op}: expected depthwise_weight of shape (E, 1, R, R), got "
+                         f"{depthwise_shape}")
+    E, _, R, S = depthwise_shape
+    if R != S or R % 2 == 0:
+        raise ValueError(f"{op}: depthwise_weight of shape {depthwise_shape} must be square "
+                         f"and odd (R x R, padding R // 2), got {R}x{S}")
+    if expand_shape is None:
+        if E != C:
+            raise ValueError(f"{op}: without an expansion, depthwise_weight {depthwise_shape} "
+                             f"must have the input's C={C} channels (input {input_shape})")
+    elif _shape(expand_shape) != (E, C, 1, 1):
+        raise ValueError(f"{op}: expand_weight of shape {_shape(expand_shape)} does not "
+                         f"match input {input_shape} and depthwise_weight {depthwise_shape}; "
+                         f"expected ({E}, {C}, 1, 1)")
+    if len(project_shape) != 4 or project_shape[1:] != (E, 1, 1) or project_shape[0] < 1:
+        raise ValueError(f"{op}: project_weight of shape {project_shape} does not match "
+                         f"depthwise_weight {depthwise_shape}; expected (K, {E}, 1, 1)")
+    K = project_shape[0]
+    stride = _int(stride)
+    if stride is None or stride < 1:
+        raise ValueError(f"{op}: stride must be a positive int, got {stride!r}")
+    residual = flag(residual, "residual", op)
+    P, Q = out_size(H, 2 * (R // 2), R, stride, 1), out_size(W, 2 * (R // 2), R, stride, 1)
+    if residual and (P, Q, K) != (H, W, C):
+        raise ValueError(f"{op}: residual=True adds the input {input_shape} to the output "
+                         f"{(N, K, P, Q)}: it needs stride 1 and project_weight's K equal "
+                         f"to C")
+    params = BlockParams(N, C, H, W, E, K, R, stride, P, Q, expand_shape is not None,
+                         residual)
+    for what, shape in (("input", input_shape), ("expanded input", (N, E, H, W)),
+                        ("output", params.output_shape)):
+        _check_indexable(op, what, shape)
+    return params
+
+
+@dataclass(frozen=True)
 class PoolParams:
     """Normalised geometry of one 2-D pooling window sweep."""
 

@@ -47,7 +47,8 @@ import numpy as np
 
 from . import _config, _dispatch, _machine, _tuning
 from ._machine import vector_registers
-from ._geometry import ConvParams, check_dtype, conv_params, int_tuple, pool_params
+from ._geometry import (ConvParams, block_params, check_dtype, conv_params, int_tuple,
+                        pool_params)
 from .kernels import layouts
 
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -550,10 +551,15 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
       im2col's channels-last GEMM instead of a conversion each way;
     - ``adaptive_avg_pool2d`` and ``max_pool2d`` (both backends' direct kernels; not
       the reference; max_pool2d only for its values: the caller asks for "nchw" when it
-      wants the indices).
+      wants the indices);
+    - ``inverted_residual``: both backends' ``fused`` kernel (the reference computes
+      NCHW), in bands of ``rows`` output rows (:func:`block_band`).
     """
     if op in ("adaptive_avg_pool2d", "max_pool2d"):
         return None if algorithm == "reference" else (algorithm, backend, variant, blocking)
+    if op == "inverted_residual":
+        return None if algorithm == "reference" else (algorithm, backend, "fused",
+                                                      (("rows", block_band(p, dtype)),))
     if op != "conv2d":
         return None
     if algorithm == "direct" and variant == "depthwise" and p.K == p.C:
@@ -576,6 +582,17 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
         rows = max(16, _tuning.NHWC_GEMM_BYTES // (p.K * dtype.itemsize))
         return "im2col", backend, "nhwc_gemm", (("rows", rows),)
     return "im2col", backend, "nhwc_tiled", (("tile", _tile(p, dtype)),)
+
+
+def block_band(p, dtype):
+    """Output rows per band of the fused inverted residual block (geometry ``p``,
+    ``_geometry.BlockParams``): as many as keep a band's expanded input rows
+    (``(rows - 1) * stride + R`` of W x E values, when it expands) and its depthwise
+    output (rows of Q x E) within ``_tuning.BLOCK_BAND_BYTES``; at least 1, at most P."""
+    budget = _tuning.BLOCK_BAND_BYTES // np.dtype(dtype).itemsize
+    per_row = p.Q * p.E + (p.stride * p.W * p.E if p.expand else 0)
+    fixed = (p.R - p.stride) * p.W * p.E if p.expand else 0
+    return int(min(p.P, max(1, (budget - fixed) // per_row)))
 
 
 #: Where ``backend="auto"`` departs from "the first backend of AUTO_ORDER that runs the
@@ -754,6 +771,18 @@ def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation
         p = conv_params(op, tuple(input_shape), tuple(weight_shape),
                         1 if stride is None else stride, padding,
                         dilation, groups)
+    elif op == "inverted_residual":
+        shapes = weight_shape
+        if not (isinstance(shapes, (tuple, list)) and len(shapes) == 3):
+            raise ValueError(f"plan: inverted_residual needs weight_shape as the three "
+                             f"weights' shapes (expansion or None, depthwise, projection), "
+                             f"got {weight_shape!r}")
+        p = block_params(op, tuple(input_shape), None if shapes[0] is None else
+                         int_tuple("plan", "weight_shape", shapes[0]),
+                         int_tuple("plan", "weight_shape", shapes[1]),
+                         int_tuple("plan", "weight_shape", shapes[2]),
+                         1 if stride is None else stride)
+        layout = "nhwc"                     # its kernels' layout whatever the input's
     elif op in _dispatch.OPS:
         if op == "adaptive_avg_pool2d" or op == "max_pool2d_backward":
             p = None

@@ -20,7 +20,7 @@ import numpy as np
 from . import _config, _dispatch, _plan
 from ._config import get_num_threads
 from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
-                        check_dtype, check_epilogue, check_grad_output, check_memory,
+                        block_params, check_dtype, check_epilogue, check_grad_output, check_memory,
                         conv_params, int_tuple, pool_params, transpose_params)
 from .kernels import epilogue as _epilogue
 from .kernels.weight_cache import PreparedWeight
@@ -28,6 +28,7 @@ from .kernels.weight_cache import PreparedWeight
 __all__ = [
     "prepare_weight", "channels_last", "to_channels_last", "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+    "inverted_residual",
 ]
 
 
@@ -647,3 +648,135 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     out = _config.empty(x.shape[:2] + (P, Q), dtype)
     _plan.run(plan, x, *windows, out)
     return _unbatch(_layout_of(out, nhwc), unbatched)
+
+
+def inverted_residual(input, expand_weight, expand_bias, depthwise_weight, depthwise_bias,
+                      project_weight, project_bias, stride=1, activation="relu6",
+                      residual=False, *, algorithm="auto", backend="auto"):
+    """MobileNet-v2's inverted residual block in one call, its three convolutions fused:
+
+    ``h = act(conv2d(input, expand_weight, expand_bias))`` (skipped when
+    ``expand_weight`` is None), ``h = act(conv2d(h, depthwise_weight, depthwise_bias,
+    stride, padding=R // 2, groups=E))``, ``out = conv2d(h, project_weight,
+    project_bias)``, plus ``input`` when ``residual``.
+
+    The kernels (``algorithm="direct"``, both backends, channels last) compute the
+    output a band of rows at a time, the band's expanded input and depthwise output
+    kept in the thread's cache: the two wide intermediate activations are never
+    written to memory in full, as they are by three ``conv2d`` calls (whose results
+    these equal: the same sums in the same order). ``nn.optimize`` runs MobileNet-v2's
+    blocks through it.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, H, W) or (C, H, W); channels last or not
+    expand_weight : ndarray or PreparedWeight, shape (E, C, 1, 1), or None
+    expand_bias : ndarray, shape (E,), or None (None without an expansion)
+    depthwise_weight : ndarray or PreparedWeight, shape (E, 1, R, R), R odd
+    depthwise_bias : ndarray, shape (E,), or None
+    project_weight : ndarray or PreparedWeight, shape (K, E, 1, 1)
+    project_bias : ndarray, shape (K,), or None
+    stride : int
+        The depthwise convolution's (both axes).
+    activation : 'relu6', 'relu' or None
+        After the expansion and after the depthwise convolution (not the projection).
+    residual : bool
+        Add the input to the output (stride 1, K = C only).
+    algorithm, backend : str
+        A pair from ``fastconv.algorithms("inverted_residual")``, or ``"auto"``.
+
+    Returns
+    -------
+    ndarray, shape (N, K, P, Q) (or (K, P, Q) for 3-D input), in the input's layout
+    and dtype; ``P = (H - 1) // stride + 1``, likewise Q.
+    """
+    x, unbatched, nhwc, weights, biases, dtype, p = _block_check(
+        input, expand_weight, expand_bias, depthwise_weight, depthwise_bias, project_weight,
+        project_bias, stride, activation, residual)
+    if p.empty:
+        _plan.check_names("inverted_residual", algorithm, backend)
+        return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
+    call = _BlockCall(p, dtype, biases, activation, nhwc, algorithm, backend)
+    return _unbatch(call(x, weights), unbatched)
+
+
+def _block_check(input, expand_weight, expand_bias, depthwise_weight, depthwise_bias,
+                 project_weight, project_bias, stride, activation, residual):
+    """inverted_residual's validation: (x 4-D, whether the caller passed 3-D, whether x
+    is channels-last, the weights' arrays (expansion or None, depthwise, projection),
+    their biases, dtype, geometry)."""
+    op = "inverted_residual"
+    x, unbatched = _batched(op, "input", input, keep_channels_last=True)
+    nhwc = channels_last(x)
+    if expand_weight is None and expand_bias is not None:
+        raise ValueError(f"{op}: expand_bias given without expand_weight")
+    we = None if expand_weight is None else _weight(op, expand_weight)
+    wd, wp = _weight(op, depthwise_weight), _weight(op, project_weight)
+    dtype = check_dtype(op, input=x, expand_weight=we, expand_bias=expand_bias,
+                        depthwise_weight=wd, depthwise_bias=depthwise_bias,
+                        project_weight=wp, project_bias=project_bias)
+    p = block_params(op, x.shape, None if we is None else we.shape, wd.shape, wp.shape,
+                     stride, residual)
+    if not (activation is None or (isinstance(activation, str)
+                                   and activation in _epilogue.ACTIVATIONS)):
+        raise ValueError(f"{op}: activation must be None, 'relu' or 'relu6', "
+                         f"got {activation!r}")
+    biases = (_check_bias(op, expand_bias, p.E, dtype), _check_bias(op, depthwise_bias, p.E, dtype),
+              _check_bias(op, project_bias, p.K, dtype))
+    return x, unbatched, nhwc, (we, wd, wp), biases, dtype, p
+
+
+class _BlockCall:
+    """inverted_residual's plan and memory check for one validated geometry ``p``,
+    ``dtype``, biases, activation and input layout, made once (as :class:`_Conv2dCall`
+    is for conv2d); ``call(x, weights)`` runs it (the result 4-D, in x's layout).
+    ``nn.optimize`` keeps one per input shape, bound to its weights (:meth:`bind`)."""
+
+    __slots__ = ("plan", "p", "dtype", "nhwc", "out_shape", "biases", "act", "settings",
+                 "bound")
+
+    def __init__(self, p, dtype, biases, activation, nhwc, algorithm="auto", backend="auto"):
+        op = "inverted_residual"
+        self.settings = _plan.settings()
+        self.plan = _plan.make(op, p, dtype, algorithm, backend, "nhwc")
+        check_memory(op, ("output", p.output_shape, dtype.itemsize),
+                     *([("the reference's float64 expanded input", (p.N, p.E, p.H, p.W), 8)]
+                       if self.plan.algorithm == "reference" else []))
+        self.p, self.dtype, self.nhwc = p, dtype, nhwc
+        self.out_shape = ((p.N, p.P, p.Q, p.K) if self.plan.layout == "nhwc"
+                          else p.output_shape)
+        empty = _epilogue.none(dtype).bias
+        self.biases = tuple(empty if b is None else np.ascontiguousarray(b, dtype)
+                            for b in biases)
+        self.act = _epilogue.ACTIVATIONS[activation]
+        self.bound = None
+
+    def bind(self, weights):
+        """Bind the kernel to ``weights`` (passed, never modified, to every call), where
+        its backend has a bound form (the Cython kernel's ``bind_inverted_residual``)."""
+        if self.plan.layout == "nhwc":
+            _dispatch.kernel(self.plan.op, self.plan.algorithm, self.plan.backend)
+            bind = _dispatch.binder(self.plan.op, self.plan.algorithm, self.plan.backend)
+            self.bound = None if bind is None else bind(self.plan, weights, self.biases,
+                                                        self.p, self.act)
+
+    def __call__(self, x, weights, out=None):
+        """``out``: where the kernel writes (C-contiguous, ``out_shape``, overlapping no
+        input), by default a new array."""
+        op, plan = "inverted_residual", self.plan
+        if out is None:
+            out = _config.empty(self.out_shape, self.dtype)
+        if plan.layout == "nhwc":                   # the kernels compute channels last
+            if not self.nhwc:
+                x = to_channels_last(x)
+            xl = x.transpose(0, 2, 3, 1)
+            if self.bound is not None:
+                _plan.run_bound(plan, self.bound, xl, out)
+            else:
+                _plan.run(plan, xl, weights, self.biases, self.p, out, self.act)
+            y = out.transpose(0, 3, 1, 2)
+            return y if self.nhwc else _contiguous(op, "output", y)
+        if self.nhwc:
+            x = _contiguous(op, "input", x)
+        _plan.run(plan, x, weights, self.biases, self.p, out, self.act)
+        return _layout_of(out, self.nhwc)

@@ -12,7 +12,7 @@ is input row ``h = h' - pad_top``; out-of-range rows and columns read as zero.
 """
 import numpy as np
 
-from .kernels.epilogue import apply as apply_epilogue
+from .kernels.epilogue import Epilogue, apply as apply_epilogue
 
 
 def _padded(x, p):
@@ -75,6 +75,24 @@ def conv2d_weight(x, dy, p, out):
 def conv2d_bias(dy):
     """Gradient of conv2d with respect to its bias: sum over N, P, Q."""
     return np.asarray(dy, np.float64).sum(axis=(0, 2, 3))
+
+
+def inverted_residual(x, weights, biases, p, out, act):
+    """The inverted residual block of ``fastconv.inverted_residual`` as its convolutions,
+    in float64 throughout: ``act(expansion + bias)`` (when ``weights[0]`` is not None),
+    ``act(depthwise + bias)``, ``projection + bias`` (+ x when ``p.residual``).
+    ``weights``: (expansion or None, depthwise, projection); ``biases``: theirs, each
+    zero-size when absent; ``act``: the activation's code (``kernels.epilogue``)."""
+    convs = p.convs()
+    ws = [w for w in weights if w is not None]
+    h = np.asarray(x, np.float64)
+    for i, (cp, w, b) in enumerate(zip(convs, ws, biases[3 - len(convs):])):
+        last = i == len(convs) - 1
+        y = np.empty(cp.output_shape)
+        res = np.asarray(x).reshape(-1) if last and p.residual else np.empty(0)
+        conv2d(h, w, cp, y, Epilogue(np.asarray(b), res, 0 if last else act))
+        h = y
+    out[...] = h
 
 
 def _inside(start, kernel, dil, size):

@@ -35,6 +35,7 @@ KERNELS = {
     ("avg_pool2d", "direct"): ("pool", "avg_pool2d"),
     ("avg_pool2d_backward", "direct"): ("pool", "avg_pool2d_backward"),
     ("adaptive_avg_pool2d", "direct"): ("pool", "adaptive_avg_pool2d"),
+    ("inverted_residual", "direct"): ("direct", "inverted_residual"),
 }
 
 #: (op, algorithm) -> the variants this backend runs, where it runs fewer than the
@@ -86,7 +87,9 @@ def load(op, algorithm):
 def bind(op, algorithm):
     """The bound form of (op, algorithm)'s kernel, where its module has one (its
     ``bind_<kernel>``: ``bind(plan, w, p, epilogue)`` -> ``run(x, out, residual)`` or
-    None; ``functional._Conv2dCall.bind``), else None. Call after :func:`load`."""
+    None, ``functional._Conv2dCall.bind``; ``bind(plan, weights, biases, p, act)`` ->
+    ``run(x, out)`` for ``inverted_residual``, ``functional._BlockCall.bind``), else
+    None. Call after :func:`load`."""
     module, name = KERNELS[(op, algorithm)]
     return getattr(importlib.import_module(f"{__name__}.{module}"), f"bind_{name}", None)
 

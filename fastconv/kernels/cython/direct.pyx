@@ -57,7 +57,7 @@ weight layout first (:func:`_pending`); the others' in one contiguous range per
 thread (a thread's images stay in its cache).
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.string cimport memcmp, memset
+from libc.string cimport memcmp, memmove, memset
 
 import functools
 
@@ -759,3 +759,149 @@ def conv2d_weight(plan, x, dy, p, out):
                             image_outer)
     if nsplit > 1:
         np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)
+
+
+# -- the inverted residual block, fused: inverted_residual -------------------------------
+
+
+cdef fc_int IR_CHUNK = 96          # pixels per 1x1 call: their rows stay in L1 across panels
+
+
+cdef inline void _ir_pointwise(const real *x, fc_int C, const real *wt, fc_int K, fc_int cols,
+                               fc_int npx, real *y, const real *bias, const real *res,
+                               int act) noexcept nogil:
+    """The 1x1 of ``npx`` pixels (rows of C channels from x) into y (rows of K): chunks
+    of pixels, every panel of output channels per chunk."""
+    cdef fc_int p0 = 0, p1, k0
+    while p0 < npx:
+        p1 = min(p0 + IR_CHUNK, npx)
+        k0 = 0
+        while k0 < K:
+            if real is float:
+                hot.pointwise_nhwc_f32(x, C, wt, K, p0, p1, k0, y, bias, res, act)
+            else:
+                hot.pointwise_nhwc_f64(x, C, wt, K, p0, p1, k0, y, bias, res, act)
+            k0 += cols
+        p0 = p1
+
+
+cdef void _ir_rows(const real *x, const real *we, const real *be, const real *wd,
+                   const real *bd, const real *wp, const real *bp, real *y, real *eb,
+                   real *db, fc_int H, fc_int W, fc_int C, fc_int E, fc_int K, fc_int R,
+                   fc_int s, fc_int pad, fc_int Q, fc_int qa, fc_int qb, const fc_int *cols,
+                   fc_int ecols, fc_int kcols, int act, bint residual, fc_int i0, fc_int i1,
+                   fc_int band) noexcept nogil:
+    """Output rows [i0, i1) of one image (x: (H, W, C); y: (P, Q, K)), ``band`` rows at a
+    time: the input rows a band reads expanded (1x1, bias, act) into eb, unless ``we``
+    is NULL (x is the depthwise's input), the rows before kept from the band before
+    (slid to eb's front), the band's depthwise rows (bias, act) into db, and its 1x1
+    projection (bias, x's rows added if ``residual``) into y."""
+    cdef fc_int b0 = 0, b1 = 0                  # eb holds expanded rows [b0, b1)
+    cdef fc_int j0 = i0, j1, lo, hi, i
+    cdef const real *img = x
+    cdef fc_int row = W * E                     # an expanded row's elements
+    while j0 < i1:
+        j1 = min(j0 + band, i1)
+        lo = max(0, j0 * s - pad)               # the input rows the band reads: [lo, hi)
+        hi = min(H, (j1 - 1) * s - pad + R)
+        if we != NULL:
+            if lo >= b1:                          # none of them in eb yet
+                b0 = b1 = lo
+            elif lo > b0:                         # slide the ones it keeps to the front
+                memmove(eb, eb + (lo - b0) * row, (b1 - lo) * row * sizeof(real))
+                b0 = lo
+            if hi > b1:
+                _ir_pointwise(x + b1 * W * C, C, we, E, ecols, (hi - b1) * W,
+                              eb + (b1 - b0) * row, be, NULL, act)
+                b1 = hi
+            img = eb - b0 * row                 # row r of the expanded image at eb + (r - b0) * row
+        for i in range(j0, j1):
+            if real is float:
+                hot.depthwise_nhwc_row_f32(img, H, W, E, wd, R, R, i * s - pad, s, s, pad,
+                                           1, 1, Q, qa, qb, cols, db + (i - j0) * Q * E, bd,
+                                           NULL, act)
+            else:
+                hot.depthwise_nhwc_row_f64(img, H, W, E, wd, R, R, i * s - pad, s, s, pad,
+                                           1, 1, Q, qa, qb, cols, db + (i - j0) * Q * E, bd,
+                                           NULL, act)
+        _ir_pointwise(db, E, wp, K, kcols, (j1 - j0) * Q, y + j0 * Q * K, bp,
+                      x + j0 * W * C if residual else NULL, 0)
+        j0 = j1
+
+
+def _ir_run(const real[::1] x, const real[::1] we_a, const real[::1] be_a,
+            const real[::1] wd, const real[::1] bd_a, const real[::1] wp,
+            const real[::1] bp_a, real[::1] y,
+            real[::1] work, fc_int N, fc_int H, fc_int W, fc_int C, fc_int E, fc_int K,
+            fc_int R, fc_int s, fc_int pad, fc_int P, fc_int Q, fc_int qa, fc_int qb,
+            const fc_int[::1] cols, fc_int ecols, fc_int kcols, int act, bint residual,
+            fc_int band, fc_int parts, fc_int per_thread, int nt):
+    """The bands of ``_ir_rows`` on OpenMP's threads: work item = (image, part of
+    its P rows), a contiguous range of them per thread, each thread with its own
+    ``per_thread`` elements of ``work`` (expanded rows, then the band's depthwise rows)."""
+    cdef const real *we = &we_a[0] if we_a.shape[0] else NULL
+    cdef const real *be = &be_a[0] if be_a.shape[0] else NULL
+    cdef const real *bd = &bd_a[0] if bd_a.shape[0] else NULL
+    cdef const real *bp = &bp_a[0] if bp_a.shape[0] else NULL
+    cdef fc_int it, n, i0, i1, rows = (P + parts - 1) // parts
+    cdef int threads = min(nt, N * parts)
+    cdef real *mine
+    with nogil, parallel(num_threads=threads):
+        mine = &work[0] + threadid() * per_thread
+        for it in prange(N * parts, schedule="static"):
+            n = it // parts                     # image n, its part it % parts of the rows
+            i0 = it % parts * rows
+            i1 = min(P, i0 + rows)
+            if i0 < i1:
+                _ir_rows(&x[0] + n * H * W * C, we, be, &wd[0], bd, &wp[0], bp,
+                         &y[0] + n * P * Q * K, mine, mine + per_thread - band * Q * E,
+                         H, W, C, E, K, R, s, pad, Q, qa, qb, &cols[0], ecols, kcols, act,
+                         residual, i0, i1, band)
+
+
+def bind_inverted_residual(plan, weights, biases, p, act):
+    """``inverted_residual``'s kernel for ``plan`` bound to ``weights`` and ``biases``
+    (never modified after: ``nn.optimize``'s), as ``run(x, out)``: the weights' layouts
+    (the 1x1s' panels, the depthwise's (R, R, E) taps) and the tap table found once."""
+    from .im2col import _nhwc_panels
+    we, wd, wp = weights
+    dt = wd.dtype
+    if we is None:
+        ecols, wet = 1, np.zeros(0, dt)
+    else:
+        ecols, wet = _nhwc_panels(we)
+        wet = wet.reshape(-1)
+    kcols, wpt = _nhwc_panels(wp)
+    wpt = wpt.reshape(-1)
+    taps = _weights.get(wd, "depthwise_nhwc",
+                        lambda: np.ascontiguousarray(wd[:, 0].transpose(1, 2, 0))).reshape(-1)
+    be, bd, bp = biases
+    cols, qa, qb = _tap_columns(p.R, p.W, 1, p.stride, p.pad, p.Q)
+    band = plan["rows"]
+    # a thread's expanded rows ((band - 1) * stride + R of them), then its band's
+    # depthwise output (band rows of Q x E)
+    per_thread = ((((band - 1) * p.stride + p.R) * p.W * p.E) if p.expand else 0) \
+        + band * p.Q * p.E
+    geometry = (p.N, p.H, p.W, p.C, p.E, p.K, p.R, p.stride, p.pad, p.P, p.Q, qa, qb, cols,
+                ecols, kcols, act, p.residual, band)
+
+    def run(x, out):
+        nt = get_num_threads()
+        parts = 1 if p.N >= nt else -(-nt // p.N)     # N < threads: images cut in rows
+        work = workspace("inverted_residual", min(nt, p.N * parts) * per_thread, dt)
+        _ir_run(x.reshape(-1), wet, be, taps, bd, wpt, bp, out.reshape(-1), work, *geometry,
+                parts, per_thread, nt)
+    return run
+
+
+def inverted_residual(plan, x, weights, biases, p, out, act):
+    """The inverted residual block fused (``fastconv.inverted_residual``): out (N, P, Q,
+    K) from x (N, H, W, C), channels last. Each thread runs bands of ``plan["rows"]``
+    output rows of an image (images cut in parts of rows when there are fewer than
+    threads): the input rows a band reads expanded by ``pointwise_nhwc`` (bias, act)
+    into the thread's buffer, those the band before already expanded kept; its
+    depthwise rows by ``depthwise_nhwc_row`` (bias, act); its 1x1 projection by
+    ``pointwise_nhwc`` (bias, x added when ``p.residual``) into out. The expanded and
+    depthwise activations stay in the thread's cache, never written to memory in
+    full; each output's sums run in the unfused kernels' order (the same bits)."""
+    bind_inverted_residual(plan, weights, biases, p, act)(x, out)

@@ -28,6 +28,7 @@ KERNELS = {
     ("avg_pool2d", "direct"): ("pool", "avg_pool2d"),
     ("avg_pool2d_backward", "direct"): ("pool", "avg_pool2d_backward"),
     ("adaptive_avg_pool2d", "direct"): ("pool", "adaptive_avg_pool2d"),
+    ("inverted_residual", "direct"): ("direct", "inverted_residual"),
 }
 
 
