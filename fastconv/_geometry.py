@@ -461,9 +461,10 @@ def block_params(op, input_shape, expand_shape, depthwise_shape, project_shape, 
         raise ValueError(f"{op}: project_weight of shape {project_shape} does not match "
                          f"depthwise_weight {depthwise_shape}; expected (K, {E}, 1, 1)")
     K = project_shape[0]
-    stride = _int(stride)
+    given, stride = stride, _int(stride)
     if stride is None or stride < 1:
-        raise ValueError(f"{op}: stride must be a positive int, got {stride!r}")
+        raise ValueError(f"{op}: stride must be a positive int, got {given!r}")
+    _int64(op, "stride", stride, given)
     residual = flag(residual, "residual", op)
     P, Q = out_size(H, 2 * (R // 2), R, stride, 1), out_size(W, 2 * (R // 2), R, stride, 1)
     if residual and (P, Q, K) != (H, W, C):

@@ -222,8 +222,9 @@ def test_one_pixel_computes_channels_last(backend, dtype):
 def test_optimize_runs_mobilenet_channels_last_without_conversions():
     """``nn.optimize``: MobileNet-v2's convolutions all compute channels last, so after
     the first call (NCHW, which decides) its activations stay channels last and no
-    convolution converts (every plan's layout is "nhwc"); the logits equal the NCHW
-    run's. So do ResNet-18's, Winograd on its 3x3 layers included."""
+    convolution converts (every plan's layout is "nhwc": its stem, its 17 inverted
+    residual blocks, each one fused call, its last 1x1 and its classifier); the logits
+    equal the NCHW run's. So do ResNet-18's, Winograd on its 3x3 layers included."""
     if ("conv2d", "direct", "numba") not in fastconv._dispatch.REGISTRY:
         pytest.skip("the Numba backend is not available (depthwise_nhwc is Numba's)")
     x = arrays(3, np.float32, (2, 3, 64, 64))[0]          # 2x2 planes at the end
@@ -234,8 +235,8 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
     assert fast.format_for(x.shape) == "channels_last"
     with fastconv.trace_plans() as ran:
         second = fast(x)
-    convs = [p for p in ran if p.op == "conv2d"]
-    assert len(convs) == 53                       # 52 convolutions, the classifier
+    convs = [p for p in ran if p.op in ("conv2d", "inverted_residual")]
+    assert [p.op for p in convs] == ["conv2d"] + ["inverted_residual"] * 17 + ["conv2d"] * 2
     assert all(p.layout == "nhwc" for p in convs), [p for p in convs if p.layout != "nhwc"]
     head = convs[-1].geometry                     # the Linear: a 1x1 convolution of 1 pixel
     assert (head.C, head.K, head.H, head.W, head.R) == (1280, 10, 1, 1, 1)
@@ -244,8 +245,8 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
     forced = nn.optimize(model, memory_format="contiguous")
     with fastconv.trace_plans() as ran:
         np.testing.assert_allclose(forced(x), first, rtol=0, atol=tol)
-    convs = [p for p in ran if p.op == "conv2d"]
-    assert [p.layout for p in convs] == ["nchw"] * 52 + ["nhwc"]   # one pixel: either
+    convs = [p for p in ran if p.op == "conv2d"]     # the blocks' kernels: channels last
+    assert [p.layout for p in convs] == ["nchw"] * 2 + ["nhwc"]    # one pixel: either
 
     resnet = nn.optimize(nn.models.resnet18(num_classes=10, rng=0))
     x = arrays(4, np.float32, (1, 3, 96, 96))[0]     # layer1: 24x24, Winograd F(4x4,3x3)

@@ -493,6 +493,44 @@ def test_adaptive_avg_pool2d_answers_like_the_reference_or_refuses_clearly(data)
     judge("adaptive_avg_pool2d", fastconv.adaptive_avg_pool2d, (x, output_size), kwargs)
 
 
+@FUZZ
+@given(data=st.data())
+def test_inverted_residual_answers_like_the_reference_or_refuses_clearly(data):
+    """The block with hostile input (values, layouts, shapes, dtypes) and arguments.
+    Its weights' values stay finite: the kernels skip the depthwise taps outside the
+    input where the reference multiplies its zero padding (0 x Inf is NaN there), as
+    conv2d's channels-last depthwise kernel does."""
+    wild = maybe(data.draw, 0.5)
+    N, C = data.draw(st.integers(0, 3)), data.draw(st.integers(1, 4))
+    E = data.draw(st.one_of(st.none(), st.integers(1, 6)))
+    K, R = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([1, 3, 5]))
+    H, W = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9))
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    shapes = [(N, C, H, W), None if E is None else (E or C, C, 1, 1), (E or C, 1, R, R),
+              (K, E or C, 1, 1)]
+    if wild and maybe(data.draw, 0.3):
+        i = data.draw(st.sampled_from([0, 1, 2, 3] if E else [0, 2, 3]))
+        shapes[i] = reshape_hostile(data.draw, shapes[i])
+    x = data.draw(hostile(data.draw(values(shapes[0], dtype)), wild))
+    ws = [None if s is None else
+          data.draw(hostile(rng.standard_normal(s).astype(dtype), wild, allow_dtype=wild))
+          for s in shapes[1:]]
+    biases = [None if w is None or not maybe(data.draw, 0.5) else
+              data.draw(hostile(rng.standard_normal(np.shape(w)[:1] or (1,)).astype(dtype),
+                                wild))
+              for w in ws]
+    args = (x, ws[0], biases[0], ws[1], biases[1], ws[2], biases[2])
+    kwargs = dict(stride=data.draw(ints(1, 3) if wild else st.integers(1, 3)),
+                  residual=data.draw(st.one_of(st.booleans(), junk()) if wild else
+                                     st.booleans()),
+                  activation=data.draw(st.sampled_from([None, "relu", "relu6"]
+                                                       + (["gelu", 1] if wild else []))))
+    alg, backend = names("inverted_residual", wild)
+    kwargs.update(algorithm=data.draw(alg), backend=data.draw(backend))
+    judge("inverted_residual", fastconv.inverted_residual, args, kwargs)
+
+
 # -- plan ---------------------------------------------------------------------------------------------
 
 

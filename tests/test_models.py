@@ -200,9 +200,11 @@ def test_model_matches_torch(name, size):
         assert ("= conv(%3) layer1.0.conv2 [64->64 3x3 stride=1 padding=1] + bn + residual %2 "
                 "+ relu\n") in text
         assert text.count("conv(") == 20 and "add(" not in text   # 17 + 3 downsample convs
-    if name == "mobilenet_v2":
-        assert "features.3.conv.2 [144->24 1x1 stride=1 padding=0] + bn + residual %6\n" in text
-        assert "groups=144] + bn + relu6\n" in text
+    if name == "mobilenet_v2":                  # each block one fused call
+        assert ("%4 = inverted_residual(%3) features.3 [24->144->24 3x3 stride=1] + bn + relu6 "
+                "+ residual %3\n") in text
+        assert "= inverted_residual(%1) features.1 [32->16 3x3 stride=1] + bn + relu6\n" in text
+        assert text.count("inverted_residual(") == 17 and text.count("conv(") == 2
         assert "dropout" not in text and "add(" not in text
 
 
@@ -386,7 +388,7 @@ def test_optimized_model_reuses_its_output_buffers():
     bitwise the same call after call, and an array a call returned is the caller's (a
     later call leaves it as it was). A value that views a buffer keeps it from reuse: a
     Flatten straight after a convolution feeds the Linear correctly."""
-    from fastconv.nn.optimize import _ConvStep
+    from fastconv.nn.optimize import _BlockStep, _ConvStep
     model = nn.models.mobilenet_v2(num_classes=10, rng=0)
     fast = nn.optimize(model)
     rng = np.random.default_rng(4)
@@ -394,7 +396,7 @@ def test_optimized_model_reuses_its_output_buffers():
     first = fast(x)                             # NCHW; decides the layout
     second = fast(x)                            # channels last: buffers of its own shapes
     made = fast._buffers().allocated
-    n_conv = sum(isinstance(s, _ConvStep) for s in fast.steps)
+    n_conv = sum(isinstance(s, (_ConvStep, _BlockStep)) for s in fast.steps)
     assert 0 < made < n_conv
     kept = second.copy()
     for _ in range(2):
@@ -417,13 +419,14 @@ def test_optimized_model_reuses_its_output_buffers():
 
 
 def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
-    """An optimized model runs its 1x1 and depthwise channels-last convolutions by the
-    Cython kernels bound to each step's weight (``_Conv2dCall.bind``): every such call
-    holds a bound kernel and runs it (the rest run their plans as usual), bit for bit
-    as the unbound kernels; after a change of thread count the new plans are bound
-    again."""
+    """An optimized model runs MobileNet-v2's 17 inverted residual blocks as fused
+    calls and its 1x1 and depthwise channels-last convolutions by the Cython kernels
+    bound to each step's weights (``_Conv2dCall.bind``, ``_BlockCall.bind``): every
+    such call holds a bound kernel and runs it (the rest run their plans as usual), bit
+    for bit as the unbound kernels; after a change of thread count the new plans are
+    bound again."""
     from fastconv import _dispatch, _plan
-    from fastconv.nn.optimize import _ConvStep
+    from fastconv.nn.optimize import _BlockStep
     if "cython" not in _dispatch.available_backends():
         pytest.skip("the Cython backend is not built here")
     model = nn.models.mobilenet_v2(num_classes=10, rng=0)
@@ -439,10 +442,16 @@ def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
     monkeypatch.setattr(_plan, "run_bound", counted)
 
     def calls():
-        return [c for s in fast.steps if isinstance(s, _ConvStep) for c in s._calls.values()
+        return [(s, c) for s in fast.steps for c in getattr(s, "_calls", {}).values()
                 if c.settings == _plan.settings()]
 
-    with_bound_form = {("cython", "nhwc_gemm"), ("cython", "depthwise_nhwc")}
+    def weights(step):
+        if isinstance(step, _BlockStep):
+            return tuple(None if w is None else w.array for w in step.weights)
+        return step.weight.array
+
+    with_bound_form = {("cython", "nhwc_gemm"), ("cython", "depthwise_nhwc"),
+                       ("cython", "fused")}
     threads = fastconv.get_num_threads()
     try:
         for n in sorted({1, 2, threads}):
@@ -452,16 +461,16 @@ def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
                 y = fast(x)
             eligible = [q.variant for q in ran if (q.backend, q.variant) in with_bound_form]
             assert eligible and sorted(runs) == sorted(eligible)
-            for c in calls():
+            assert [q.op for q in ran].count("inverted_residual") == eligible.count("fused") == 17
+            for _, c in calls():
                 assert (c.bound is not None) == ((c.plan.backend, c.plan.variant)
                                                  in with_bound_form), c.plan
             np.testing.assert_allclose(y, model.eval()(x), rtol=0, atol=1e-4 * np.abs(y).max())
-            for c in calls():
+            for _, c in calls():
                 c.bound = None                  # the same plans, unbound
             np.testing.assert_array_equal(fast(x), y)
-            for c in calls():
-                c.bind(next(s.weight.array for s in fast.steps
-                            if isinstance(s, _ConvStep) and c in s._calls.values()))
+            for s, c in calls():
+                c.bind(weights(s))
     finally:
         fastconv.set_num_threads(threads)
 

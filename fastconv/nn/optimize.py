@@ -3,7 +3,9 @@
 The model is lowered once to a flat list of steps over numbered values (``%0`` is the
 input): every BatchNorm is folded into the convolution before it (eval statistics, in
 float64, then cast back), the bias, the residual add and the ReLU/ReLU6 after a
-convolution become part of that convolution's call, the weights are prepared once
+convolution become part of that convolution's call, each MobileNet-v2 inverted residual
+block becomes one fused call (:func:`fastconv.inverted_residual`: its expanded and
+depthwise activations never leave the thread's cache), the weights are prepared once
 (:func:`fastconv.prepare_weight`), and Dropout disappears. Running the result is a loop
 over the steps; each value is released after its last use.
 
@@ -73,6 +75,37 @@ class _ConvStep(_Step):
             call.bind(self.weight.array)
         out = None if buffers is None else buffers.take(call.out_shape, call.dtype)
         return call(x, self.weight.array, res, out)
+
+
+class _BlockStep(_Step):
+    """An inverted residual block (MobileNet-v2's) as one fused call
+    (:func:`fastconv.inverted_residual`): its convolutions' BatchNorms folded, the
+    weights prepared, validated and planned once per input shape, strides and dtype,
+    the kernel bound to the weights."""
+
+    def __init__(self, label, src, dst, weights, biases, stride, activation, residual):
+        super().__init__(label, (src,), dst)
+        self.weights = tuple(None if w is None else F.prepare_weight(w) for w in weights)
+        self.biases, self.stride = biases, stride
+        self.activation, self.residual = activation, residual
+        self._calls = {}            # (x's shape, strides, dtype) -> call
+
+    def run(self, values, buffers=None):
+        x = values[self.srcs[0]]
+        key = (x.shape, x.strides, x.dtype)
+        call = self._calls.get(key)
+        args = self.weights[:1] + self.biases[:1] + self.weights[1:2] + self.biases[1:2] \
+            + self.weights[2:] + self.biases[2:] + (self.stride, self.activation,
+                                                    self.residual)
+        arrays = tuple(None if w is None else w.array for w in self.weights)
+        if call is None or call.settings != _plan.settings():
+            x4, unbatched, nhwc, _, biases, dtype, p = F._block_check(x, *args)
+            if x4 is not x or unbatched or p.empty:
+                return F.inverted_residual(x, *args)
+            call = self._calls[key] = F._BlockCall(p, dtype, biases, self.activation, nhwc)
+            call.bind(arrays)
+        out = None if buffers is None else buffers.take(call.out_shape, call.dtype)
+        return call(x, arrays, out)
 
 
 class _LinearStep(_ConvStep):
@@ -184,6 +217,15 @@ class _Buffers:
         self.free.append(buf)
 
 
+def _pair(value):
+    """A stride, padding or dilation as its (h, w) pair; None for a string padding."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
 def _relu(x):
     return np.maximum(x, 0)
 
@@ -215,9 +257,10 @@ class _Builder:
         self.steps.append(_FnStep(label, srcs, dst, fn))
         return dst
 
-    def conv(self, name, conv, bn, activation, src, residual=None):
-        """A convolution with the BatchNorm after it folded in (float64, then cast):
-        ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``."""
+    def fold(self, name, conv, bn):
+        """(weight, bias) of a convolution with the BatchNorm after it folded in
+        (float64, then cast): ``w' = w * g / sqrt(v + eps)``,
+        ``b' = (b - m) * g / sqrt(v + eps) + beta``."""
         w = conv.weight.data.astype(np.float64)
         b = (np.zeros(conv.out_channels) if conv.bias is None
              else conv.bias.data.astype(np.float64))
@@ -232,6 +275,12 @@ class _Builder:
             scale = gamma / np.sqrt(var + bn.eps)
             w = w * scale[:, None, None, None]
             b = (b - mean) * scale + beta
+        return w.astype(self.dtype), b.astype(self.dtype)
+
+    def conv(self, name, conv, bn, activation, src, residual=None):
+        """A convolution with the BatchNorm after it folded in (:meth:`fold`) and the
+        activation and residual in its call."""
+        w, b = self.fold(name, conv, bn)
         K, Cg, R, S = w.shape
         label = f"conv {name} [{Cg * conv.groups}->{K} {R}x{S} stride={conv.stride} "
         label += f"padding={conv.padding}"
@@ -247,8 +296,7 @@ class _Builder:
         if activation is not None:
             label += f" + {activation}"
         dst = self._new_value()
-        self.steps.append(_ConvStep(label, src, dst, w.astype(self.dtype), b.astype(self.dtype),
-                                    (conv.stride, conv.padding, conv.dilation, conv.groups),
+        self.steps.append(_ConvStep(label, src, dst, w, b, (conv.stride, conv.padding, conv.dilation, conv.groups),
                                     activation, residual))
         return dst
 
@@ -299,6 +347,9 @@ class _Builder:
                               shortcut if final else None)
             return self._then_add(h, residual)
         if isinstance(layer, InvertedResidual):
+            fused = self.block(name, layer, src)
+            if fused is not None:
+                return self._then_add(fused, residual)
             inner = src if layer.use_res_connect else None
             return self._then_add(self.lower(f"{name}.conv", layer.conv, src, inner), residual)
         if isinstance(layer, Conv2d):
@@ -306,6 +357,53 @@ class _Builder:
         if isinstance(layer, Dropout):
             return self._then_add(src, residual)
         return self._then_add(self._simple(name, layer, src), residual)
+
+    def block(self, name, layer, src):
+        """An InvertedResidual of torchvision's form as one fused step (:class:`_BlockStep`,
+        :func:`fastconv.inverted_residual`): [1x1 conv, BN, act], RxR depthwise conv
+        (odd R, padding R // 2), BN, act, 1x1 conv, BN, one activation (ReLU or ReLU6)
+        for both; the value it writes, or None for a block of another form (lowered
+        layer by layer)."""
+        parts = list(layer.conv)
+        if len(parts) not in (3, 4) or not all(isinstance(m, Sequential) and len(m) == 3
+                                                for m in parts[:-2]):
+            return None
+        convs = [tuple(m) for m in parts[:-2]] + [(parts[-2], parts[-1], None)]
+        acts = {type(a) for _, _, a in convs[:-1]}
+        if len(acts) != 1 or next(iter(acts)) not in _ACTIVATIONS:
+            return None
+        for conv, bn, _ in convs:
+            if not (isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d)
+                    and _pair(conv.dilation) == (1, 1)):
+                return None
+        dw = convs[-2][0]
+        R, S = dw.kernel_size
+        s = _pair(dw.stride)
+        if not (R == S and R % 2 == 1 and dw.groups == dw.in_channels == dw.out_channels
+                and _pair(dw.padding) == (R // 2, R // 2) and s is not None and s[0] == s[1]):
+            return None
+        for conv in [c for c, _, _ in convs if c is not dw]:
+            if not (conv.kernel_size == (1, 1) and conv.groups == 1
+                    and _pair(conv.stride) == (1, 1) and _pair(conv.padding) == (0, 0)):
+                return None
+        tags = ("expand", "depthwise", "project")[3 - len(convs):]
+        folded = [self.fold(f"{name}.{tag}", conv, bn) for tag, (conv, bn, _) in
+                  zip(tags, convs)]
+        weights = tuple(w for w, _ in folded)
+        biases = tuple(b for _, b in folded)
+        if len(convs) == 2:
+            weights, biases = (None,) + weights, (None,) + biases
+        act = _ACTIVATIONS[next(iter(acts))]
+        sizes = ([convs[0][0].in_channels] + [dw.out_channels] * (len(convs) == 3)
+                 + [convs[-1][0].out_channels])
+        label = (f"inverted_residual {name} [{'->'.join(map(str, sizes))} {R}x{R} "
+                 f"stride={s[0]}] + bn + {act}")
+        if layer.use_res_connect:
+            label += f" + residual %{src}"
+        dst = self._new_value()
+        self.steps.append(_BlockStep(label, src, dst, weights, biases, s[0], act,
+                                     layer.use_res_connect))
+        return dst
 
     def _then_add(self, x, residual):
         return x if residual is None else self.emit("add", (x, residual), _add)
@@ -440,7 +538,7 @@ class OptimizedModel:
                 if r < 0:
                     with _plan.trace() as ran:
                         y = values[step.dst] = step.run(values, buffers)
-                    convs = [p for p in ran if p.op == "conv2d"]
+                    convs = [p for p in ran if p.op in ("conv2d", "inverted_residual")]
                     plans.append(convs[-1] if convs else None)
                 else:
                     t0 = time.perf_counter()
@@ -506,9 +604,12 @@ class OptimizedModel:
 
     def __repr__(self):
         n_conv = sum(type(s) is _ConvStep for s in self.steps)
+        n_block = sum(type(s) is _BlockStep for s in self.steps)
         lines = [f"  {s.describe()}" for s in self.steps]
+        blocks = f", {n_block} fused blocks" if n_block else ""
         return (f"OptimizedModel({self.name}, {self.dtype.name}, {len(self.steps)} steps, "
-                f"{n_conv} convolutions; %0 is the input, %{self.output} the output:\n"
+                f"{n_conv} convolutions{blocks}; %0 is the input, %{self.output} the "
+                f"output:\n"
                 + "\n".join(lines) + "\n)")
 
 
