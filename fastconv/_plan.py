@@ -553,13 +553,18 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
       the reference; max_pool2d only for its values: the caller asks for "nchw" when it
       wants the indices);
     - ``inverted_residual``: both backends' ``fused`` kernel (the reference computes
-      NCHW), in bands of ``rows`` output rows (:func:`block_band`).
+      NCHW), in bands of ``rows`` output rows (Cython: :func:`block_band`; Numba: whole
+      images).
     """
     if op in ("adaptive_avg_pool2d", "max_pool2d"):
         return None if algorithm == "reference" else (algorithm, backend, variant, blocking)
     if op == "inverted_residual":
-        return None if algorithm == "reference" else (algorithm, backend, "fused",
-                                                      (("rows", block_band(p, dtype)),))
+        if algorithm == "reference":
+            return None
+        # Numba's steps are calls from Python, whose cost small bands would multiply:
+        # whole images (its expanded image then in L3, not L2)
+        rows = block_band(p, dtype) if backend == "cython" else p.P
+        return algorithm, backend, "fused", (("rows", rows),)
     if op != "conv2d":
         return None
     if algorithm == "direct" and variant == "depthwise" and p.K == p.C:

@@ -1064,6 +1064,16 @@ for dt in (np.float32, np.float64):
         r1 = fastconv.to_channels_last(rng.standard_normal((2, K, 5, 7)).astype(dt))
         out[f"pointwise{K}_conv2d_{dt.__name__}"] = fastconv.conv2d(
             x1, w1, w1[:, 0, 0, 0], residual=r1, activation="relu6", backend="cython")
+    # the fused inverted residual block: expansion, stride 2; residual, in bands of rows
+    for name, (C, E, K, s) in (("block", (13, 40, 24, 2)), ("block_res", (12, 36, 12, 1))):
+        xb = fastconv.to_channels_last(rng.standard_normal((2, C, 11, 9)).astype(dt))
+        ws = [(rng.standard_normal(sh) / sh[1]).astype(dt)
+              for sh in ((E, C, 1, 1), (E, 1, 3, 3), (K, E, 1, 1))]
+        tuning.set("BLOCK_BAND_BYTES", 1 if s == 1 else 4096)
+        out[f"{name}_{dt.__name__}"] = fastconv.inverted_residual(
+            xb, ws[0], ws[0][:, 0, 0, 0], ws[1], ws[1][:, 0, 0, 0], ws[2], ws[2][:, 0, 0, 0],
+            s, residual=s == 1, backend="cython")
+        tuning.reset()
     z, i = fastconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True, backend="cython")
     out[f"max_pool2d_{dt.__name__}"], out[f"indices_{dt.__name__}"] = z, i
     out[f"avg_pool2d_{dt.__name__}"] = fastconv.avg_pool2d(x, 3, stride=1, padding=1, backend="cython")

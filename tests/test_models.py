@@ -426,7 +426,7 @@ def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
     for bit as the unbound kernels; after a change of thread count the new plans are
     bound again."""
     from fastconv import _dispatch, _plan
-    from fastconv.nn.optimize import _BlockStep
+    from fastconv.nn.optimize import _BlockStep, _ConvStep
     if "cython" not in _dispatch.available_backends():
         pytest.skip("the Cython backend is not built here")
     model = nn.models.mobilenet_v2(num_classes=10, rng=0)
@@ -442,8 +442,8 @@ def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
     monkeypatch.setattr(_plan, "run_bound", counted)
 
     def calls():
-        return [(s, c) for s in fast.steps for c in getattr(s, "_calls", {}).values()
-                if c.settings == _plan.settings()]
+        return [(s, c) for s in fast.steps if isinstance(s, (_ConvStep, _BlockStep))
+                for c in s._calls.values() if c.settings == _plan.settings()]
 
     def weights(step):
         if isinstance(step, _BlockStep):

@@ -108,6 +108,26 @@ class _BlockStep(_Step):
         return call(x, arrays, out)
 
 
+class _GlobalPoolStep(_Step):
+    """Global average pooling to (N, C): ``adaptive_avg_pool2d(x, 1)``, validated and
+    planned once per input shape, strides and dtype."""
+
+    def __init__(self, label, src, dst):
+        super().__init__(label, (src,), dst)
+        self._calls = {}
+
+    def run(self, values, buffers=None):
+        x = values[self.srcs[0]]
+        key = (x.shape, x.strides, x.dtype)
+        call = self._calls.get(key)
+        if call is None or call.settings != _plan.settings():
+            x4, unbatched, call = F._adaptive_avg_check(x, 1)
+            if x4 is not x or unbatched or call is None:
+                return F.adaptive_avg_pool2d(x, 1).reshape(x.shape[:2])
+            self._calls[key] = call
+        return call(x).reshape(x.shape[:2])
+
+
 class _LinearStep(_ConvStep):
     """A Linear layer as a 1x1 convolution of its (N, in) input viewed as (N, in, 1, 1):
     the weight prepared once, the bias added in the kernel's store, on fastconv's
@@ -426,8 +446,9 @@ class _Builder:
             return self.emit(f"{label} [{size}]", (src,),
                              lambda x: F.adaptive_avg_pool2d(x, size))
         if isinstance(layer, GlobalAvgPool2d):
-            return self.emit(label, (src,),
-                             lambda x: F.adaptive_avg_pool2d(x, 1).reshape(x.shape[:2]))
+            dst = self._new_value()
+            self.steps.append(_GlobalPoolStep(label, src, dst))
+            return dst
         if isinstance(layer, Flatten):
             return self.emit(label, (src,), lambda x: x.reshape(len(x), -1))
         if isinstance(layer, Linear):

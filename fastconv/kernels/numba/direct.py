@@ -100,7 +100,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..._config import workspace
+from ..._config import workspace, workspace_array
 from ..epilogue import none
 from ..layouts import DW_BLOCK, DW_NHWC_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
 from ..weight_cache import CACHE as _weights
@@ -552,99 +552,45 @@ def conv2d_weight(plan, x, dy, p, out):
         np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)
 
 
-# -- The inverted residual block, fused (fastconv.inverted_residual) ------------------------
-
-
-@jit(inline="always")
-def _act_store(dst, acc, act):
-    """dst[:] = act(acc): 1 ReLU, 2 ReLU6 (NaN stays NaN), 0 none."""
-    for k in range(acc.size):
-        v = acc[k]
-        if act >= 1 and v < 0:
-            v = 0
-        if act == 2 and v > 6:
-            v = 6
-        dst[k] = v
-
-
-@jit(inline="always")
-def _start(acc, bias):
-    """acc[:] = bias (zero-size: 0)."""
-    for k in range(acc.size):
-        acc[k] = bias[k] if bias.size else 0
-
-
-@jit(parallel=True, fastmath=_FASTMATH)
-def _ir_nhwc(x, we, be, wd, bd, wp, bp, out, s, act, residual, band):
-    """out (N, P, Q, K) from x (N, H, W, C), channels last: work item = (image, band of
-    ``band`` output rows), on Numba's threads. The input rows the band reads expanded
-    (``we`` (C, E), none if empty: x is the depthwise's input) into the item's buffer,
-    then per output row the depthwise (``wd`` (R, R, E)) into a row buffer and its 1x1
-    projection (``wp`` (E, K)) into out, plus x's row when ``residual``."""
-    N, H, W, C = x.shape
-    R, E = wd.shape[0], wd.shape[2]
-    K = wp.shape[1]
-    P, Q = out.shape[1], out.shape[2]
-    pad = R // 2
-    expand = we.shape[0] > 0
-    nb = (P + band - 1) // band
-    for it in prange(N * nb):
-        n = it // nb
-        j0 = it % nb * band
-        j1 = min(P, j0 + band)
-        lo = max(0, j0 * s - pad)                # the input rows the band reads
-        hi = min(H, (j1 - 1) * s - pad + R)
-        e = np.empty((hi - lo, W, E), x.dtype)
-        acc = np.empty(E, x.dtype)
-        for h in range(lo, hi):
-            for w in range(W):
-                if expand:
-                    _start(acc, be)
-                    for c in range(C):
-                        v = x[n, h, w, c]
-                        for k in range(E):
-                            acc[k] += v * we[c, k]
-                    _act_store(e[h - lo, w], acc, act)
-                else:
-                    e[h - lo, w] = x[n, h, w]
-        d = np.empty((Q, E), x.dtype)
-        y = np.empty(K, x.dtype)
-        for i in range(j0, j1):
-            for q in range(Q):
-                _start(acc, bd)
-                for r in range(R):
-                    h = i * s - pad + r
-                    if 0 <= h < H:
-                        for t in range(R):
-                            w = q * s - pad + t
-                            if 0 <= w < W:
-                                for k in range(E):
-                                    acc[k] += e[h - lo, w, k] * wd[r, t, k]
-                _act_store(d[q], acc, act)
-            for q in range(Q):
-                _start(y, bp)
-                for c in range(E):
-                    v = d[q, c]
-                    for k in range(K):
-                        y[k] += v * wp[c, k]
-                if residual:
-                    for k in range(K):
-                        y[k] += x[n, i, q, k]
-                for k in range(K):
-                    out[n, i, q, k] = y[k]
+# -- The inverted residual block (fastconv.inverted_residual) ------------------------------
 
 
 def inverted_residual(plan, x, weights, biases, p, out, act):
-    """The inverted residual block fused (``fastconv.inverted_residual``): out (N, P, Q,
-    K) from x (N, H, W, C), channels last, a band of ``plan["rows"]`` output rows per
-    work item (``_ir_nhwc``); the 1x1 weights transposed to (in, out) and the
-    depthwise's as (R, R, E), cached per weight."""
+    """The inverted residual block (``fastconv.inverted_residual``): out (N, P, Q, K) from
+    x (N, H, W, C), channels last, image by image in bands of ``plan["rows"]`` output
+    rows (the selector gives Numba whole images: each step here is a call from Python,
+    whose cost small bands would multiply): the band's input rows expanded by one
+    NumPy ``matmul`` (OpenBLAS) with the bias and activation applied in place, its
+    depthwise rows by the generated ``depthwise_nhwc`` kernel (the band's rows an image
+    of their own, its top padding what the band's first row still reads above them),
+    its projection by one ``matmul`` with the bias and x's rows (``p.residual``) added
+    in place; the expanded and depthwise rows in reused workspaces."""
+    from ._epilogue import rows as _rows
     we, wd, wp = weights
-    wet = (np.zeros((0, 0), x.dtype) if we is None else
-           _weights.get(we, "inverted_residual", lambda: np.ascontiguousarray(we[:, :, 0, 0].T)))
+    be, bd, bp = biases
+    dt, E, K, s, pad = x.dtype, p.E, p.K, p.stride, p.pad
     taps = _weights.get(wd, "depthwise_nhwc",
                         lambda: np.ascontiguousarray(wd[:, 0].transpose(1, 2, 0)))
-    wpt = _weights.get(wp, "inverted_residual",
-                       lambda: np.ascontiguousarray(wp[:, :, 0, 0].T))
-    _ir_nhwc(x, wet, biases[0], taps, biases[1], wpt, biases[2], out, p.stride, act,
-             p.residual, plan["rows"])
+    J, M = DW_NHWC_BLOCK
+    dw_kernel = codegen.kernel("depthwise_nhwc", pixels=M, channels=J)
+    empty = none(dt).bias
+    band = plan["rows"]
+    for n in range(p.N):
+        for j0 in range(0, p.P, band):
+            j1 = min(p.P, j0 + band)
+            lo = max(0, j0 * s - pad)                # the input rows the band reads
+            hi = min(p.H, (j1 - 1) * s - pad + p.R)
+            if we is None:
+                e = x[n:n + 1, lo:hi]
+            else:
+                e = workspace_array("inverted_residual.expanded", (1, hi - lo, p.W, E), dt)
+                ef = e.reshape(-1, E)
+                np.matmul(x[n, lo:hi].reshape(-1, p.C), we.reshape(E, p.C).T, out=ef)
+                _rows(ef.reshape(-1), 0, len(ef), E, be, empty, act)
+            d = workspace_array("inverted_residual.depthwise", (1, j1 - j0, p.Q, E), dt)
+            _run(dw_kernel, j1 - j0, e, taps, d, s, s, lo - (j0 * s - pad), pad, 1, 1,
+                 dt.type(0), bd, empty, act)
+            y = out[n, j0:j1].reshape(-1, K)
+            np.matmul(d.reshape(-1, E), wp.reshape(K, E).T, out=y)
+            _rows(y.reshape(-1), 0, len(y), K, bp,
+                  x[n, j0:j1].reshape(-1) if p.residual else empty, 0)
