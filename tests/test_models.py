@@ -502,3 +502,22 @@ def test_optimized_model_from_several_threads():
         t.join()
     assert not errors, errors
     assert len(got) == 4
+
+
+def test_optimized_global_pool_is_checked_once_per_input_shape(monkeypatch):
+    """The global average pool before the classifier runs adaptive_avg_pool2d's checks
+    on the first call of an input shape only, then its kept plan (the same result)."""
+    from fastconv import functional as F
+    model = nn.models.mobilenet_v2(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    x = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    fast(x)                                     # decides the layout: channels last
+    checks = []
+    real = F._adaptive_avg_check
+    monkeypatch.setattr(F, "_adaptive_avg_check", lambda *a: checks.append(a) or real(*a))
+    with fastconv.trace_plans() as ran:
+        first = fast(x)
+    assert len(checks) == 1 and [p.op for p in ran].count("adaptive_avg_pool2d") == 1
+    np.testing.assert_array_equal(fast(x), first)
+    assert len(checks) == 1
+    np.testing.assert_allclose(first, model.eval()(x), rtol=0, atol=1e-4 * np.abs(first).max())

@@ -536,10 +536,10 @@ class OptimizedModel:
 
         Calls the model on ``x`` once (to warm up and, under "auto", to decide the memory
         format), then runs it ``rounds`` times one step at a time and returns a list with
-        a dict per step: ``label``; ``plan``, the convolution's plan (None for other
-        steps); ``ms``, the step's median time as the network runs it, right after the
-        step before it; and ``repeat_ms``, the median time of the same step run again at
-        once, with its weights, data and code still in cache. The gap between the sums of
+        a dict per step: ``label``; ``plan``, the convolution's or fused block's plan
+        (None for other steps); ``ms``, the step's median time as the network runs it,
+        right after the step before it; and ``repeat_ms``, the median time of the same
+        step run again at once, with its weights, data and code still in cache. The gap between the sums of
         the two is what running as a network costs beyond the kernels' own speed
         (docs/benchmarks.md, "Where a network's time goes").
         """
