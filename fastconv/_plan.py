@@ -525,7 +525,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget, layout=
                                                               blocking)
     if layout == "nhwc":
         nhwc = _channels_last(op, p, dtype, algorithm, backend, variant, blocking,
-                              auto_algorithm, user_backend)
+                              auto_algorithm, user_backend, threads)
         if nhwc is not None:
             algorithm, backend, variant, blocking = nhwc
             return Plan(op, algorithm, backend, variant, blocking, threads, dtype.name, p,
@@ -534,7 +534,7 @@ def _make(op, p, dtype, algorithm, backend, threads, generation, budget, layout=
 
 
 def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_algorithm,
-                   user_backend):
+                   user_backend, threads=1):
     """(algorithm, backend, variant, blocking) of a plan that computes a channels-last
     call in that layout, or None where no kernel does (the call is converted):
 
@@ -553,18 +553,21 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
       the reference; max_pool2d only for its values: the caller asks for "nchw" when it
       wants the indices);
     - ``inverted_residual``: both backends' ``fused`` kernel (the reference computes
-      NCHW), in bands of ``rows`` output rows (Cython: :func:`block_band`; Numba: whole
-      images).
+      NCHW), in bands of ``rows`` output rows (Cython: :func:`block_band`, its threads'
+      work split as :func:`block_split` says; Numba: whole images).
     """
     if op in ("adaptive_avg_pool2d", "max_pool2d"):
         return None if algorithm == "reference" else (algorithm, backend, variant, blocking)
     if op == "inverted_residual":
         if algorithm == "reference":
             return None
-        # Numba's steps are calls from Python, whose cost small bands would multiply:
-        # whole images (its expanded image then in L3, not L2)
-        rows = block_band(p, dtype) if backend == "cython" else p.P
-        return algorithm, backend, "fused", (("rows", rows),)
+        if backend != "cython":
+            # Numba's steps are calls from Python, whose cost small bands would
+            # multiply: whole images (its expanded image then in L3, not L2)
+            return algorithm, backend, "fused", (("rows", p.P),)
+        rows = block_band(p, dtype)
+        return algorithm, backend, "fused", (("rows", rows),
+                                             ("split", block_split(p, dtype, threads)))
     if op != "conv2d":
         return None
     if algorithm == "direct" and variant == "depthwise" and p.K == p.C:
@@ -598,6 +601,18 @@ def block_band(p, dtype):
     per_row = p.Q * p.E + (p.stride * p.W * p.E if p.expand else 0)
     fixed = (p.R - p.stride) * p.W * p.E if p.expand else 0
     return int(min(p.P, max(1, (budget - fixed) // per_row)))
+
+
+def block_split(p, dtype, threads):
+    """How the Cython block kernel shares its work among ``threads``: ``"rows"``, each
+    thread bands of its own images or parts of an image's rows; or ``"channels"``, where
+    there are fewer images than threads and an image's expanded input and depthwise
+    output fit the threads' ``BLOCK_BAND_BYTES`` together: each image's expansion and
+    depthwise output whole, in panels of channels per thread, then the projection split
+    in pixels. Cut in rows, MobileNet-v2's 7x7 images at N=1 went 4 + 3 rows to 2
+    threads, each part expanding the rows above and below it again (5 + 4 rows expanded
+    for 7); its 14x14 ones 8 + 8 for 14."""
+    return "channels" if p.N < threads and block_band(p, dtype) >= p.P else "rows"
 
 
 #: Where ``backend="auto"`` departs from "the first backend of AUTO_ORDER that runs the

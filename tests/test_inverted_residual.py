@@ -60,7 +60,8 @@ def test_kernel_matches_reference(algorithm, backend, case, band_bytes, threads)
     """Each kernel's output, in the input's layout, within the dtype's tolerance of
     the reference's; small band budgets force bands of one row up (the expanded rows
     of one band slid to the next's); the plan that ran is the pair's fused one, its
-    bands as the selector sized them."""
+    bands and (Cython) its split among threads as the selector chose them: one image
+    on 2 threads in one band splits its channels."""
     x, args, kwargs = case
     want = F.inverted_residual(x, *args, **kwargs, algorithm="reference")
     before = fastconv.get_num_threads()
@@ -71,6 +72,8 @@ def test_kernel_matches_reference(algorithm, backend, case, band_bytes, threads)
             plan = ran[-1]
             assert plan["rows"] == (_plan.block_band(plan.geometry, x.dtype)
                                     if backend == "cython" else plan.geometry.P)
+            if backend == "cython":
+                assert plan["split"] == _plan.block_split(plan.geometry, x.dtype, threads)
     finally:
         fastconv.set_num_threads(before)
     assert (plan.op, plan.algorithm, plan.backend, plan.variant, plan.layout) == \
@@ -103,12 +106,15 @@ def test_reference_is_the_three_convolutions(case):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cython_kernel_is_the_unfused_calls_bit_for_bit(dtype):
     """The Cython kernel sums each output in the order the channels-last kernels of
-    the three conv2d calls do: the same bits, on several bands and on 1 and 2
-    threads (the block's rows cut in two), with and without the residual."""
+    the three conv2d calls do: the same bits, on several bands, on 1 and 2 threads
+    (2 images: one each; 1 image: its rows cut in two, or its channels when it is one
+    band), with and without the residual."""
     rng = np.random.default_rng(0)
-    for C, E, K, H, stride in [(16, 96, 24, 23, 2), (24, 144, 24, 17, 1), (32, None, 16, 9, 1)]:
+    for N, C, E, K, H, stride in [(2, 16, 96, 24, 23, 2), (2, 24, 144, 24, 17, 1),
+                                  (2, 32, None, 16, 9, 1), (1, 20, 120, 20, 7, 1),
+                                  (1, 16, 200, 24, 14, 2)]:
         Ee = C if E is None else E
-        x = F.to_channels_last(rng.standard_normal((2, C, H, H)).astype(dtype))
+        x = F.to_channels_last(rng.standard_normal((N, C, H, H)).astype(dtype))
         we = None if E is None else (rng.standard_normal((E, C, 1, 1)) / C).astype(dtype)
         be = None if E is None else rng.standard_normal(E).astype(dtype)
         wd, bd = rng.standard_normal((Ee, 1, 3, 3)).astype(dtype), rng.standard_normal(Ee).astype(dtype)
@@ -117,14 +123,18 @@ def test_cython_kernel_is_the_unfused_calls_bit_for_bit(dtype):
         h = x if we is None else F.conv2d(x, we, be, activation="relu6", backend="cython")
         h = F.conv2d(h, wd, bd, stride, 1, 1, Ee, activation="relu6", backend="cython")
         want = F.conv2d(h, wp, bp, residual=x if residual else None, backend="cython")
+        splits = set()
         for threads in (1, 2):
             for band_bytes in (1, 30000, 512 * 1024):
-                with tuned(BLOCK_BAND_BYTES=band_bytes):
+                with tuned(BLOCK_BAND_BYTES=band_bytes), fastconv.trace_plans() as ran:
                     got = (on_one_thread if threads == 1 else lambda f: f())(
                         lambda: F.inverted_residual(x, we, be, wd, bd, wp, bp, stride,
                                                     residual=residual, backend="cython"))
+                splits.add(ran[-1]["split"])
                 np.testing.assert_array_equal(got, want, err_msg=f"{C}->{E}->{K} {threads} "
                                                                  f"threads, {band_bytes} B")
+        if N == 1 and fastconv.get_num_threads() > 1:
+            assert splits == {"rows", "channels"}
 
 
 @pytest.mark.parametrize("algorithm,backend", PAIRS)

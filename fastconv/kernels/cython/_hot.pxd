@@ -129,13 +129,13 @@ cdef extern from "fc_kernels.h" nogil:
                               const double *Wt, fc_int K, fc_int Q, fc_int k0, double *y,
                               const double *bias, const double *res, int act) noexcept nogil
         void (*depthwise_nhwc_row_f32)(const float *x, fc_int H, fc_int W, fc_int C,
-                                       const float *w, fc_int R, fc_int S, fc_int h0,
+                                       fc_int cn, const float *w, fc_int R, fc_int S, fc_int h0,
                                        fc_int sh, fc_int sw, fc_int pl, fc_int dh, fc_int dw,
                                        fc_int Q, fc_int qa, fc_int qb, const fc_int *cols, float *y,
                                        const float *bias, const float *res,
                                        int act) noexcept nogil
         void (*depthwise_nhwc_row_f64)(const double *x, fc_int H, fc_int W, fc_int C,
-                                       const double *w, fc_int R, fc_int S, fc_int h0,
+                                       fc_int cn, const double *w, fc_int R, fc_int S, fc_int h0,
                                        fc_int sh, fc_int sw, fc_int pl, fc_int dh, fc_int dw,
                                        fc_int Q, fc_int qa, fc_int qb, const fc_int *cols, double *y,
                                        const double *bias, const double *res,

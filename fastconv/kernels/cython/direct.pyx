@@ -628,12 +628,12 @@ def _dw_nhwc_run(const real[::1] x, const real[::1] w, real[::1] y, const real[:
                          schedule="static"):
             n = it // P                             # output row (n, it % P)
             if real is float:
-                hot.depthwise_nhwc_row_f32(&x[0] + n * H * W * C, H, W, C, &w[0], R, S,
+                hot.depthwise_nhwc_row_f32(&x[0] + n * H * W * C, H, W, C, C, &w[0], R, S,
                                            it % P * sh - pt, sh, sw, pl, dh, dw, Q, qa, qb,
                                            &cols[0], &y[0] + it * Q * C, bias,
                                            NULL if res == NULL else res + it * Q * C, act)
             else:
-                hot.depthwise_nhwc_row_f64(&x[0] + n * H * W * C, H, W, C, &w[0], R, S,
+                hot.depthwise_nhwc_row_f64(&x[0] + n * H * W * C, H, W, C, C, &w[0], R, S,
                                            it % P * sh - pt, sh, sw, pl, dh, dw, Q, qa, qb,
                                            &cols[0], &y[0] + it * Q * C, bias,
                                            NULL if res == NULL else res + it * Q * C, act)
@@ -769,14 +769,15 @@ cdef fc_int IR_CHUNK = 96          # pixels per 1x1 call: their rows stay in L1 
 
 cdef inline void _ir_pointwise(const real *x, fc_int C, const real *wt, fc_int K, fc_int cols,
                                fc_int npx, real *y, const real *bias, const real *res,
-                               int act) noexcept nogil:
-    """The 1x1 of ``npx`` pixels (rows of C channels from x) into y (rows of K): chunks
-    of pixels, every panel of output channels per chunk."""
+                               int act, fc_int k_lo, fc_int k_hi) noexcept nogil:
+    """The 1x1 of ``npx`` pixels (rows of C channels from x) into y (rows of K), output
+    channels [k_lo, k_hi) (whole panels of ``cols``): chunks of pixels, each panel per
+    chunk."""
     cdef fc_int p0 = 0, p1, k0
     while p0 < npx:
         p1 = min(p0 + IR_CHUNK, npx)
-        k0 = 0
-        while k0 < K:
+        k0 = k_lo
+        while k0 < k_hi:
             if real is float:
                 hot.pointwise_nhwc_f32(x, C, wt, K, p0, p1, k0, y, bias, res, act)
             else:
@@ -812,21 +813,70 @@ cdef void _ir_rows(const real *x, const real *we, const real *be, const real *wd
                 b0 = lo
             if hi > b1:
                 _ir_pointwise(x + b1 * W * C, C, we, E, ecols, (hi - b1) * W,
-                              eb + (b1 - b0) * row, be, NULL, act)
+                              eb + (b1 - b0) * row, be, NULL, act, 0, E)
                 b1 = hi
             img = eb - b0 * row                 # row r of the expanded image at eb + (r - b0) * row
         for i in range(j0, j1):
             if real is float:
-                hot.depthwise_nhwc_row_f32(img, H, W, E, wd, R, R, i * s - pad, s, s, pad,
+                hot.depthwise_nhwc_row_f32(img, H, W, E, E, wd, R, R, i * s - pad, s, s, pad,
                                            1, 1, Q, qa, qb, cols, db + (i - j0) * Q * E, bd,
                                            NULL, act)
             else:
-                hot.depthwise_nhwc_row_f64(img, H, W, E, wd, R, R, i * s - pad, s, s, pad,
+                hot.depthwise_nhwc_row_f64(img, H, W, E, E, wd, R, R, i * s - pad, s, s, pad,
                                            1, 1, Q, qa, qb, cols, db + (i - j0) * Q * E, bd,
                                            NULL, act)
         _ir_pointwise(db, E, wp, K, kcols, (j1 - j0) * Q, y + j0 * Q * K, bp,
-                      x + j0 * W * C if residual else NULL, 0)
+                      x + j0 * W * C if residual else NULL, 0, 0, K)
         j0 = j1
+
+
+cdef void _ir_panel(const real *x, const real *we, const real *be, const real *wd,
+                    const real *bd, real *eimg, real *dimg, fc_int H, fc_int W, fc_int C,
+                    fc_int E, fc_int R, fc_int s, fc_int pad, fc_int P, fc_int Q, fc_int qa,
+                    fc_int qb, const fc_int *cols, fc_int ecols, int act,
+                    fc_int k0) noexcept nogil:
+    """Channels [k0, k0 + ecols) of one image's whole expanded input (into eimg, (H, W,
+    E); x itself if ``we`` is NULL) and depthwise output (into dimg, (P, Q, E)): both
+    are per channel, so a panel of them needs no other."""
+    cdef fc_int cn = min(ecols, E - k0), i
+    cdef const real *img = x
+    if we != NULL:
+        _ir_pointwise(x, C, we, E, ecols, H * W, eimg, be, NULL, act, k0, k0 + ecols)
+        img = eimg
+    for i in range(P):                          # no prefetch (sh 0): the image is in L2
+        if real is float:
+            hot.depthwise_nhwc_row_f32(img + k0, H, W, E, cn, wd + k0, R, R, i * s - pad,
+                                       0, s, pad, 1, 1, Q, qa, qb, cols,
+                                       dimg + i * Q * E + k0, NULL if bd == NULL else bd + k0,
+                                       NULL, act)
+        else:
+            hot.depthwise_nhwc_row_f64(img + k0, H, W, E, cn, wd + k0, R, R, i * s - pad,
+                                       0, s, pad, 1, 1, Q, qa, qb, cols,
+                                       dimg + i * Q * E + k0, NULL if bd == NULL else bd + k0,
+                                       NULL, act)
+
+
+def _ir_channels_run(const real[::1] x, const real[::1] we_a, const real[::1] be_a,
+                     const real[::1] wd, const real[::1] bd_a, real[::1] work, fc_int N,
+                     fc_int H, fc_int W, fc_int C, fc_int E, fc_int R, fc_int s, fc_int pad,
+                     fc_int P, fc_int Q, fc_int qa, fc_int qb, const fc_int[::1] cols,
+                     fc_int ecols, int act, int nt):
+    """The expanded input and depthwise output of every image whole, into ``work``
+    (expanded images (N, H, W, E) when ``we`` is not empty, then depthwise outputs (N,
+    P, Q, E)): work item = (image, panel of ``ecols`` expanded channels), on OpenMP's
+    threads."""
+    cdef const real *we = &we_a[0] if we_a.shape[0] else NULL
+    cdef const real *be = &be_a[0] if be_a.shape[0] else NULL
+    cdef const real *bd = &bd_a[0] if bd_a.shape[0] else NULL
+    cdef fc_int nep = (E + ecols - 1) // ecols, it, n
+    cdef fc_int esize = H * W * E if we != NULL else 0
+    cdef real *dimgs = &work[0] + N * esize
+    with nogil:
+        for it in prange(N * nep, num_threads=min(nt, N * nep), schedule="static"):
+            n = it // nep
+            _ir_panel(&x[0] + n * H * W * C, we, be, &wd[0], bd, &work[0] + n * esize,
+                      dimgs + n * P * Q * E, H, W, C, E, R, s, pad, P, Q, qa, qb, &cols[0],
+                      ecols, act, it % nep * ecols)
 
 
 def _ir_run(const real[::1] x, const real[::1] we_a, const real[::1] be_a,
@@ -878,6 +928,9 @@ def bind_inverted_residual(plan, weights, biases, p, act):
     be, bd, bp = biases
     cols, qa, qb = _tap_columns(p.R, p.W, 1, p.stride, p.pad, p.Q)
     band = plan["rows"]
+    if plan["split"] == "channels":
+        return _ir_channels_bound(wet, be, taps, bd, wpt, bp, p, act, cols, qa, qb, ecols,
+                                  kcols, dt)
     # a thread's expanded rows ((band - 1) * stride + R of them), then its band's
     # depthwise output (band rows of Q x E)
     per_thread = ((((band - 1) * p.stride + p.R) * p.W * p.E) if p.expand else 0) \
@@ -894,11 +947,34 @@ def bind_inverted_residual(plan, weights, biases, p, act):
     return run
 
 
+def _ir_channels_bound(wet, be, taps, bd, wpt, bp, p, act, cols, qa, qb, ecols, kcols, dt):
+    """``run(x, out)`` of the ``channels`` split: every image's expanded input and
+    depthwise output whole, a panel of channels per work item (``_ir_channels_run``),
+    then the projection by the channels-last 1x1 kernel's own run (its work split in
+    pixels and panels, ``im2col._pointwise_nhwc_run``)."""
+    from .im2col import _pointwise_nhwc_run
+    esize = p.H * p.W * p.E if p.expand else 0
+    dsize = p.P * p.Q * p.E
+
+    def run(x, out):
+        nt = get_num_threads()
+        work = workspace("inverted_residual", p.N * (esize + dsize), dt)
+        xf = x.reshape(-1)
+        _ir_channels_run(xf, wet, be, taps, bd, work, p.N, p.H, p.W, p.C, p.E, p.R,
+                         p.stride, p.pad, p.P, p.Q, qa, qb, cols, ecols, act, nt)
+        _pointwise_nhwc_run(work[p.N * esize:], wpt, out.reshape(-1), bp,
+                            xf if p.residual else bp[:0], 0, p.N * p.P * p.Q, p.E, p.K,
+                            kcols, nt)
+    return run
+
+
 def inverted_residual(plan, x, weights, biases, p, out, act):
     """The inverted residual block fused (``fastconv.inverted_residual``): out (N, P, Q,
     K) from x (N, H, W, C), channels last. Each thread runs bands of ``plan["rows"]``
     output rows of an image (images cut in parts of rows when there are fewer than
-    threads): the input rows a band reads expanded by ``pointwise_nhwc`` (bias, act)
+    threads; or, ``plan["split"]`` "channels", each image's expansion and depthwise
+    output whole, panels of channels per thread, then the projection,
+    :func:`_ir_channels_bound`): the input rows a band reads expanded by ``pointwise_nhwc`` (bias, act)
     into the thread's buffer, those the band before already expanded kept; its
     depthwise rows by ``depthwise_nhwc_row`` (bias, act); its 1x1 projection by
     ``pointwise_nhwc`` (bias, x added when ``p.residual``) into out. The expanded and

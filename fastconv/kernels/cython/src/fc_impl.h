@@ -1454,12 +1454,15 @@ static inline __attribute__((always_inline)) void FN(dw_nhwc_pixel)(const T *res
  * input channel): y[q*C + c] = act(sum over taps x[((h0 + r*dh)*W + q*sw - pl + s*dw)*C
  * + c] w[(r*S + s)*C + c] + bias[c] + res[q*C + c]) for q < Q, taps inside the input.
  * x: the image (H, W, C); w: (R, S, C); y, res: the row (Q, C) (res NULL if none);
- * sh: the vertical stride (the next output row's input rows start at h0 + sh);
+ * cn: the channels computed, the first cn of each pixel's C (a panel of them, from
+ * pointers offset to it); sh: the vertical stride (the next output row's input rows
+ * start at h0 + sh; 0: none prefetched);
  * cols: per column q its taps [cols[2q], cols[2q+1]) inside the input; [qa, qb): the
  * columns whose every tap is inside. Vectors of channels, the columns of [qa, qb) in
  * blocks of 8 and 4 pixels (independent FMA chains), the rest one at a time; the last
  * C % lanes channels by a plain loop. */
-static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, const T *w,
+static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, fc_int cn,
+                                   const T *w,
                                    fc_int R, fc_int S, fc_int h0, fc_int sh, fc_int sw,
                                    fc_int pl, fc_int dh, fc_int dw, fc_int Q, fc_int qa, fc_int qb,
                                    const fc_int *cols, T *y, const T *bias, const T *res,
@@ -1468,7 +1471,7 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
     fc_int r_lo, r_hi;
     fc_valid_range(R, H, dh, h0, &r_lo, &r_hi);
 #if FC_VECTORS
-    const fc_int Cv = C / VL * VL;                   /* channels in whole vectors */
+    const fc_int Cv = cn / VL * VL;                  /* channels in whole vectors */
     /* blocks of 8, then 4, columns whose taps are all inside, each block through
      * every vector of channels in turn (the x it reads, (8 + 2) pixels of 3 rows,
      * stays in L1; memory is read in order) */
@@ -1479,7 +1482,7 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
      * (MobileNet-v2's 3x3/2 on 96 channels at 112x112 ran 1.5x faster, AMD EPYC Zen 4) */
     const char *pf[8];
     int npf = 0;
-    for (fc_int r = 0; r < R && npf < 8; r++) {
+    for (fc_int r = 0; r < R && npf < 8 && sh > 0; r++) {
         const fc_int row = h0 + sh + r * dh;
         if (row > h0 + (R - 1) * dh && row >= 0 && row < H)
             pf[npf++] = (const char *)(x + row * W * C);
@@ -1537,7 +1540,7 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, con
 #else
     const fc_int Cv = 0;
 #endif
-    for (fc_int c0 = Cv; c0 < C; c0++)
+    for (fc_int c0 = Cv; c0 < cn; c0++)
         for (fc_int j = 0; j < Q; j++) {
             T u = bias == NULL ? 0 : bias[c0];
             for (fc_int r = r_lo; r < r_hi; r++)

@@ -150,7 +150,8 @@ typedef struct {
                           const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,             \
                           const T *bias, const T *res, int act);                        \
     /* depthwise, channels last: one output row (fc_impl.h) */                       \
-    void (*depthwise_nhwc_row_##X)(const T *x, fc_int H, fc_int W, fc_int C, const T *w, \
+    void (*depthwise_nhwc_row_##X)(const T *x, fc_int H, fc_int W, fc_int C, fc_int cn, \
+                                   const T *w,                                          \
                                    fc_int R, fc_int S, fc_int h0, fc_int sh,            \
                                    fc_int sw, fc_int pl,                                \
                                    fc_int dh, fc_int dw, fc_int Q, fc_int qa, fc_int qb, \
