@@ -563,7 +563,7 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
             return None
         if backend != "cython":
             # Numba's steps are calls from Python, whose cost small bands would
-            # multiply: whole images (its expanded image then in L3, not L2)
+            # multiply: whole images, every step over the batch at once
             return algorithm, backend, "fused", (("rows", p.P),)
         rows = block_band(p, dtype)
         return algorithm, backend, "fused", (("rows", rows),
