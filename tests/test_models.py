@@ -446,9 +446,7 @@ def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
                 for c in s._calls.values() if c.settings == _plan.settings()]
 
     def weights(step):
-        if isinstance(step, _BlockStep):
-            return tuple(None if w is None else w.array for w in step.weights)
-        return step.weight.array
+        return step.arrays if isinstance(step, _BlockStep) else step.weight.array
 
     with_bound_form = {("cython", "nhwc_gemm"), ("cython", "depthwise_nhwc"),
                        ("cython", "fused")}

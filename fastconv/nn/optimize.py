@@ -86,26 +86,25 @@ class _BlockStep(_Step):
     def __init__(self, label, src, dst, weights, biases, stride, activation, residual):
         super().__init__(label, (src,), dst)
         self.weights = tuple(None if w is None else F.prepare_weight(w) for w in weights)
-        self.biases, self.stride = biases, stride
-        self.activation, self.residual = activation, residual
+        self.arrays = tuple(None if w is None else w.array for w in self.weights)
+        # inverted_residual's arguments after the input
+        self.args = (self.weights[0], biases[0], self.weights[1], biases[1], self.weights[2],
+                     biases[2], stride, activation, residual)
+        self.activation = activation
         self._calls = {}            # (x's shape, strides, dtype) -> call
 
     def run(self, values, buffers=None):
         x = values[self.srcs[0]]
         key = (x.shape, x.strides, x.dtype)
         call = self._calls.get(key)
-        args = self.weights[:1] + self.biases[:1] + self.weights[1:2] + self.biases[1:2] \
-            + self.weights[2:] + self.biases[2:] + (self.stride, self.activation,
-                                                    self.residual)
-        arrays = tuple(None if w is None else w.array for w in self.weights)
         if call is None or call.settings != _plan.settings():
-            x4, unbatched, nhwc, _, biases, dtype, p = F._block_check(x, *args)
+            x4, unbatched, nhwc, _, biases, dtype, p = F._block_check(x, *self.args)
             if x4 is not x or unbatched or p.empty:
-                return F.inverted_residual(x, *args)
+                return F.inverted_residual(x, *self.args)
             call = self._calls[key] = F._BlockCall(p, dtype, biases, self.activation, nhwc)
-            call.bind(arrays)
+            call.bind(self.arrays)
         out = None if buffers is None else buffers.take(call.out_shape, call.dtype)
-        return call(x, arrays, out)
+        return call(x, self.arrays, out)
 
 
 class _GlobalPoolStep(_Step):
