@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "conv2d", "conv2d_input", "conv2d_weight", "conv_transpose2d", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
-    "inverted_residual", "prepare_weight", "PreparedWeight", "channels_last", "to_channels_last", "algorithms", "autotune", "plan", "Plan", "trace_plans",
+    "inverted_residual", "prepare_weight", "PreparedWeight", "channels_last",
+    "to_channels_last", "algorithms", "autotune", "plan", "Plan", "trace_plans",
     "set_backend", "get_backend", "set_num_threads", "get_num_threads", "set_workspace_limit",
     "get_workspace_limit", "release_workspace",
 ]

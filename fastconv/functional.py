@@ -629,13 +629,9 @@ def adaptive_avg_pool2d(input, output_size, *, algorithm="auto", backend="auto")
     """
     x, unbatched, call = _adaptive_avg_check(input, output_size, algorithm, backend)
     if call is None:
-        return _unbatch(np.zeros(x.shape[:2] + _adaptive_size(x, output_size), x.dtype),
-                        unbatched)
+        size = adaptive_output_size("adaptive_avg_pool2d", x.shape, output_size)
+        return _unbatch(np.zeros(x.shape[:2] + size, x.dtype), unbatched)
     return _unbatch(call(x), unbatched)
-
-
-def _adaptive_size(x, output_size):
-    return adaptive_output_size("adaptive_avg_pool2d", x.shape, output_size)
 
 
 def _adaptive_avg_check(input, output_size, algorithm="auto", backend="auto"):
@@ -722,6 +718,13 @@ def inverted_residual(input, expand_weight, expand_bias, depthwise_weight, depth
     -------
     ndarray, shape (N, K, P, Q) (or (K, P, Q) for 3-D input), in the input's layout
     and dtype; ``P = (H - 1) // stride + 1``, likewise Q.
+
+    Notes
+    -----
+    The kernels skip the depthwise taps outside the input, as conv2d's channels-last
+    depthwise kernel does, where the reference multiplies its zero padding: a
+    non-finite depthwise weight (Inf) leaves the border outputs finite where the
+    reference's ``0 x Inf`` makes them NaN. Non-finite inputs propagate alike.
     """
     x, unbatched, nhwc, weights, biases, dtype, p = _block_check(
         input, expand_weight, expand_bias, depthwise_weight, depthwise_bias, project_weight,

@@ -315,7 +315,8 @@ class _Builder:
         if activation is not None:
             label += f" + {activation}"
         dst = self._new_value()
-        self.steps.append(_ConvStep(label, src, dst, w, b, (conv.stride, conv.padding, conv.dilation, conv.groups),
+        self.steps.append(_ConvStep(label, src, dst, w, b,
+                                    (conv.stride, conv.padding, conv.dilation, conv.groups),
                                     activation, residual))
         return dst
 
@@ -538,9 +539,9 @@ class OptimizedModel:
         a dict per step: ``label``; ``plan``, the convolution's or fused block's plan
         (None for other steps); ``ms``, the step's median time as the network runs it,
         right after the step before it; and ``repeat_ms``, the median time of the same
-        step run again at once, with its weights, data and code still in cache. The gap between the sums of
-        the two is what running as a network costs beyond the kernels' own speed
-        (docs/benchmarks.md, "Where a network's time goes").
+        step run again at once, with its weights, data and code still in cache. The gap
+        between the sums of the two is what running as a network costs beyond the
+        kernels' own speed (docs/benchmarks.md, "Where a network's time goes").
         """
         if rounds < 1:
             raise ValueError(f"profile: rounds must be at least 1, got {rounds}")

@@ -972,12 +972,13 @@ def inverted_residual(plan, x, weights, biases, p, out, act):
     """The inverted residual block fused (``fastconv.inverted_residual``): out (N, P, Q,
     K) from x (N, H, W, C), channels last. Each thread runs bands of ``plan["rows"]``
     output rows of an image (images cut in parts of rows when there are fewer than
-    threads; or, ``plan["split"]`` "channels", each image's expansion and depthwise
-    output whole, panels of channels per thread, then the projection,
-    :func:`_ir_channels_bound`): the input rows a band reads expanded by ``pointwise_nhwc`` (bias, act)
+    threads): the input rows a band reads expanded by ``pointwise_nhwc`` (bias, act)
     into the thread's buffer, those the band before already expanded kept; its
     depthwise rows by ``depthwise_nhwc_row`` (bias, act); its 1x1 projection by
     ``pointwise_nhwc`` (bias, x added when ``p.residual``) into out. The expanded and
     depthwise activations stay in the thread's cache, never written to memory in
-    full; each output's sums run in the unfused kernels' order (the same bits)."""
+    full; each output's sums run in the unfused kernels' order (the same bits). With
+    ``plan["split"]`` "channels" (one image on several threads, one band): each
+    image's expansion and depthwise output whole, panels of channels per thread, then
+    the projection (:func:`_ir_channels_bound`)."""
     bind_inverted_residual(plan, weights, biases, p, act)(x, out)
