@@ -52,6 +52,12 @@ def transpose_planes(const real[:, :, ::1] src, real[:, :, ::1] dst, int nt):
             s1 = s0 + ts if s0 + ts < S else S
             a = &src[n, 0, 0]
             b = &dst[n, 0, 0]
+            if R == 3:                          # an RGB image to channels last: the three
+                for s in range(s0, s1):         # planes interleaved, no inner loop
+                    b[3 * s] = a[s]
+                    b[3 * s + 1] = a[S + s]
+                    b[3 * s + 2] = a[2 * S + s]
+                continue
             for s in range(s0, s1):             # a row of dst's tile per pass
                 for r in range(r0, r1):
                     b[s * R + r] = a[r * S + s]
