@@ -263,14 +263,16 @@ def test_optimize_runs_mobilenet_channels_last_without_conversions():
 
 
 @settings(max_examples=40)
-@given(N=st.integers(0, 3), C=st.integers(1, 70), H=st.integers(1, 40), W=st.integers(1, 40),
+@given(N=st.integers(0, 3), C=st.one_of(st.just(3), st.integers(1, 70)), H=st.integers(1, 40),
+       W=st.integers(1, 40),
        dtype=st.sampled_from([np.float32, np.float64, np.int64]),
        threads=st.sampled_from([1, 2]))
 def test_layout_conversions_are_exact_copies(N, C, H, W, dtype, threads):
     """to_channels_last and the conversion back to NCHW (a call computed NCHW on a
     channels-last input) copy every value to its place, by the Cython backend's tiled
     transpose (float32 and float64, run and checked directly where it is built, tiles
-    cut at every edge) or NumPy's copy (other dtypes)."""
+    cut at every edge; an RGB image's three planes by a loop of their own) or NumPy's
+    copy (other dtypes)."""
     fastconv.set_num_threads(min(threads, fastconv._config.MAX_THREADS))
     x = (np.random.default_rng(N * C + H * W).standard_normal((N, C, H, W)) * 100).astype(dtype)
     y = fastconv.to_channels_last(x)
