@@ -752,12 +752,14 @@ def plan(op, input_shape, weight_shape=None, *, stride=None, padding=0, dilation
     Parameters
     ----------
     op : str
-        ``"conv2d"``, ``"conv2d_input"``, ``"conv2d_weight"``, or a pooling op
-        (``"max_pool2d"``, ``"avg_pool2d"``, with ``kernel_size``, and their backward).
+        ``"conv2d"``, ``"conv2d_input"``, ``"conv2d_weight"``, a pooling op
+        (``"max_pool2d"``, ``"avg_pool2d"``, with ``kernel_size``, and their backward),
+        or ``"inverted_residual"``.
     input_shape : tuple of int
         (N, C, H, W) of the forward pass's input.
     weight_shape : tuple of int
-        (K, C/groups, R, S), for the conv ops.
+        (K, C/groups, R, S), for the conv ops; for ``"inverted_residual"`` its three
+        weights' shapes (expansion or None, depthwise, projection), with ``stride``.
     stride, padding, dilation, groups, algorithm, backend
         As in :func:`fastconv.conv2d` (pooling: ``stride`` defaults to ``kernel_size``).
     dtype : numpy dtype

@@ -694,7 +694,8 @@ def inverted_residual(input, expand_weight, expand_bias, depthwise_weight, depth
     kept in the thread's cache: the two wide intermediate activations are never
     written to memory in full, as they are by three ``conv2d`` calls (whose results
     these equal: the same sums in the same order). ``nn.optimize`` runs MobileNet-v2's
-    blocks through it.
+    blocks through it. Inference only: it has no backward (training runs the block's
+    layers, ``fastconv.nn.models.InvertedResidual``).
 
     Parameters
     ----------
