@@ -286,18 +286,16 @@ class _Conv2dCall:
         plan, ep = self.plan, self.ep
         if out is None:
             out = _config.empty(self.out_shape, self.dtype)
-        if plan.layout == "nhwc":                   # computed channels last, as it is
-            if residual is not None:
-                residual = _contiguous("conv2d", "residual",
-                                       residual.transpose(0, 2, 3, 1)).reshape(-1)
-            if self.bound is not None:
-                _plan.run_bound(plan, self.bound, x.transpose(0, 2, 3, 1), out,
-                                ep.residual if residual is None else residual)
-                return out.transpose(0, 3, 1, 2)
-            if residual is not None:
-                ep = _epilogue.Epilogue(ep.bias, residual, ep.act)
-            _plan.run(plan, x.transpose(0, 2, 3, 1), w, self.p, out, ep)
-            return out.transpose(0, 3, 1, 2)
+        call = self.kernel_call(x, w, residual, out)
+        if call is not None:
+            fn, args, y = call
+            fn(*args)
+            return y
+        # a layout converted around the kernel
+        if plan.layout == "nhwc":                   # a residual not channels last: a
+            fn, args, y = self.kernel_call(x, w, to_channels_last(residual), out)  # copy
+            fn(*args)
+            return y
         if self.nhwc:                               # no kernel computes it channels last
             x = _contiguous("conv2d", "input", x)
         if residual is not None:
@@ -305,6 +303,32 @@ class _Conv2dCall:
                                                          residual).reshape(-1), ep.act)
         _plan.run(plan, x, w, self.p, out, ep)
         return _layout_of(out, self.nhwc)
+
+    def kernel_call(self, x, w, residual, out):
+        """``(fn, args, y)``: the kernel call ``fn(*args)`` that computes this call on
+        ``x``, ``w`` and ``residual`` into ``out`` (as :meth:`__call__`'s), and ``y``,
+        the result, a view of ``out``; None where a layout must be converted around the
+        kernel (x, the residual or the result not in the plan's layout).
+        ``nn.optimize`` replays such calls on the same arrays."""
+        plan, ep = self.plan, self.ep
+        if plan.layout == "nhwc":                   # computed channels last, as it is
+            if residual is not None:
+                residual = residual.transpose(0, 2, 3, 1)
+                if not residual.flags.c_contiguous:
+                    return None
+                residual = residual.reshape(-1)
+            xl, y = x.transpose(0, 2, 3, 1), out.transpose(0, 3, 1, 2)
+            if self.bound is not None:
+                return (_plan.run_bound, (plan, self.bound, xl, out,
+                                          ep.residual if residual is None else residual), y)
+            if residual is not None:
+                ep = _epilogue.Epilogue(ep.bias, residual, ep.act)
+            return _plan.run, (plan, xl, w, self.p, out, ep), y
+        if self.nhwc or not (residual is None or residual.flags.c_contiguous):
+            return None
+        if residual is not None:
+            ep = _epilogue.Epilogue(ep.bias, residual.reshape(-1), ep.act)
+        return _plan.run, (plan, x, w, self.p, out, ep), out
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
@@ -468,36 +492,93 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     -----
     A NaN in a window makes its output NaN. Ties pick the first maximum in scan order.
     """
+    if not return_indices:
+        x, unbatched, call = _max_pool_check(input, kernel_size, stride, padding, dilation,
+                                             ceil_mode, algorithm, backend)
+        if call is None:
+            p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation,
+                            ceil_mode)
+            return _unbatch(np.zeros(p.output_shape, x.dtype), unbatched)
+        return _unbatch(call(x), unbatched)
+    # with indices (planes' flat positions, for the backward): computed NCHW
     nhwc = channels_last(np.asarray(input))
-    # channels last, values only: computed in that layout; with indices (planes' flat
-    # positions, for the backward) converted
-    x, unbatched = _batched("max_pool2d", "input", input,
-                            keep_channels_last=not return_indices)
+    x, unbatched = _batched("max_pool2d", "input", input)
     dtype = check_dtype("max_pool2d", input=x)
     p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if p.empty:
         _plan.check_names("max_pool2d", algorithm, backend)
         out, indices = np.zeros(p.output_shape, dtype), np.zeros(p.output_shape, np.int64)
-        return (_unbatch(out, unbatched), _unbatch(indices, unbatched)) if return_indices \
-            else _unbatch(out, unbatched)
-    plan = _plan.make("max_pool2d", p, dtype, algorithm, backend,
-                      "nhwc" if nhwc and not return_indices else "nchw")
+        return _unbatch(out, unbatched), _unbatch(indices, unbatched)
+    plan = _plan.make("max_pool2d", p, dtype, algorithm, backend, "nchw")
     check_memory("max_pool2d", ("output", p.output_shape, dtype.itemsize),
-                 *([("indices", p.output_shape, 8)] if return_indices else []))
-    if plan.layout == "nhwc":                       # computed channels last, as it is
-        out = _config.empty((p.N, p.P, p.Q, p.C), dtype)
-        _plan.run(plan, x.transpose(0, 2, 3, 1), p, out, None)
-        return _unbatch(out.transpose(0, 3, 1, 2), unbatched)
-    if channels_last(x):                            # no kernel computes it channels last
-        x = _contiguous("max_pool2d", "input", x)
+                 ("indices", p.output_shape, 8))
     out = _config.empty(p.output_shape, dtype)
-    # the kernels compute the indices only when asked for them
-    indices = _config.empty(p.output_shape, np.int64) if return_indices else None
+    indices = _config.empty(p.output_shape, np.int64)
     _plan.run(plan, x, p, out, indices)
-    out = _layout_of(out, nhwc)
-    if return_indices:
-        return _unbatch(out, unbatched), _unbatch(_layout_of(indices, nhwc), unbatched)
-    return _unbatch(out, unbatched)
+    return (_unbatch(_layout_of(out, nhwc), unbatched),
+            _unbatch(_layout_of(indices, nhwc), unbatched))
+
+
+def _max_pool_check(input, kernel_size, stride, padding, dilation, ceil_mode,
+                    algorithm="auto", backend="auto"):
+    """max_pool2d's validation, values only: (x 4-D, whether the caller passed 3-D, the
+    :class:`_MaxPoolCall` for it, or None for an empty result)."""
+    x, unbatched = _batched("max_pool2d", "input", input, keep_channels_last=True)
+    dtype = check_dtype("max_pool2d", input=x)
+    p = pool_params("max_pool2d", x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if p.empty:
+        _plan.check_names("max_pool2d", algorithm, backend)
+        return x, unbatched, None
+    return x, unbatched, _MaxPoolCall(p, dtype, channels_last(x), algorithm, backend)
+
+
+class _PoolCall:
+    """A pooling op's plan for one validated input shape, dtype and layout (``nhwc``),
+    made once; ``call(x)`` runs it on such an input (4-D, not empty; the result in x's
+    layout). ``nn.optimize``'s pooling steps keep one per input. The kernel takes
+    ``(plan, x, *before, out, *after)``."""
+
+    __slots__ = ("plan", "before", "after", "out_shape", "dtype", "nhwc", "settings")
+
+    def __init__(self, op, p, shape, dtype, nhwc, algorithm, backend, before, after):
+        self.settings = _plan.settings()
+        self.plan = _plan.make(op, p, dtype, algorithm, backend, "nhwc" if nhwc else "nchw")
+        N, C, P, Q = shape                                  # the output's
+        self.out_shape = (N, P, Q, C) if self.plan.layout == "nhwc" else shape
+        self.before, self.after = before, after
+        self.dtype, self.nhwc = dtype, nhwc
+
+    def __call__(self, x, out=None):
+        """``out``: where the kernel writes (C-contiguous, ``out_shape``), by default a
+        new array."""
+        if out is None:
+            out = _config.empty(self.out_shape, self.dtype)
+        if self.plan.layout != "nhwc" and self.nhwc:
+            x = _contiguous(self.plan.op, "input", x)
+        fn, args, y = self.kernel_call(x, out)
+        fn(*args)
+        return y if self.plan.layout == "nhwc" else _layout_of(y, self.nhwc)
+
+    def kernel_call(self, x, out):
+        """``(fn, args, y)``, or None for x not in the plan's layout (as
+        :meth:`_Conv2dCall.kernel_call`)."""
+        y = out
+        if self.plan.layout == "nhwc":              # computed channels last, as it is
+            x, y = x.transpose(0, 2, 3, 1), out.transpose(0, 3, 1, 2)
+        if not x.flags.c_contiguous:
+            return None
+        return _plan.run, (self.plan, x, *self.before, out, *self.after), y
+
+
+class _MaxPoolCall(_PoolCall):
+    """max_pool2d's (values only) :class:`_PoolCall`."""
+
+    __slots__ = ()
+
+    def __init__(self, p, dtype, nhwc, algorithm="auto", backend="auto"):
+        check_memory("max_pool2d", ("output", p.output_shape, dtype.itemsize))
+        super().__init__("max_pool2d", p, p.output_shape, dtype, nhwc, algorithm, backend,
+                         (p,), (None,))
 
 
 def max_pool2d_backward(grad_output, indices, input_shape, *, algorithm="auto", backend="auto"):
@@ -650,33 +731,18 @@ def _adaptive_avg_check(input, output_size, algorithm="auto", backend="auto"):
                                           backend)
 
 
-class _AdaptiveAvgCall:
-    """adaptive_avg_pool2d's plan and windows for one validated input shape, dtype,
-    output size and layout (``nhwc``), made once; ``call(x)`` runs it on such an input
-    (4-D, not empty; the result in x's layout). ``nn.optimize``'s pooling steps keep one
-    per input (a global pool after the last convolution took 0.10 ms in MobileNet-v2
-    through the whole function, 25 us of it the kernel, AMD EPYC Zen 4)."""
+class _AdaptiveAvgCall(_PoolCall):
+    """adaptive_avg_pool2d's :class:`_PoolCall`, its windows found once (a global pool
+    after the last convolution took 0.10 ms in MobileNet-v2 through the whole function,
+    25 us of it the kernel, AMD EPYC Zen 4)."""
 
-    __slots__ = ("plan", "windows", "out_shape", "dtype", "nhwc", "settings")
+    __slots__ = ()
 
     def __init__(self, shape, dtype, size, nhwc, algorithm="auto", backend="auto"):
         (N, C, H, W), (P, Q) = shape, size
-        self.settings = _plan.settings()
-        self.plan = _plan.make("adaptive_avg_pool2d", None, dtype, algorithm, backend,
-                               "nhwc" if nhwc else "nchw")
-        self.windows = adaptive_windows(H, P), adaptive_windows(W, Q)
-        self.out_shape = (N, P, Q, C) if self.plan.layout == "nhwc" else (N, C, P, Q)
-        self.dtype, self.nhwc = dtype, nhwc
-
-    def __call__(self, x):
-        out = _config.empty(self.out_shape, self.dtype)
-        if self.plan.layout == "nhwc":              # computed channels last, as it is
-            _plan.run(self.plan, x.transpose(0, 2, 3, 1), *self.windows, out)
-            return out.transpose(0, 3, 1, 2)
-        if self.nhwc:
-            x = _contiguous("adaptive_avg_pool2d", "input", x)
-        _plan.run(self.plan, x, *self.windows, out)
-        return _layout_of(out, self.nhwc)
+        windows = adaptive_windows(H, P), adaptive_windows(W, Q)
+        super().__init__("adaptive_avg_pool2d", None, (N, C, P, Q), dtype, nhwc, algorithm,
+                         backend, windows, ())
 
 
 def inverted_residual(input, expand_weight, expand_bias, depthwise_weight, depthwise_bias,
@@ -803,17 +869,28 @@ class _BlockCall:
         op, plan = "inverted_residual", self.plan
         if out is None:
             out = _config.empty(self.out_shape, self.dtype)
-        if plan.layout == "nhwc":                   # the kernels compute channels last
-            if not self.nhwc:
-                x = to_channels_last(x)
-            xl = x.transpose(0, 2, 3, 1)
-            if self.bound is not None:
-                _plan.run_bound(plan, self.bound, xl, out)
-            else:
-                _plan.run(plan, xl, weights, self.biases, self.p, out, self.act)
-            y = out.transpose(0, 3, 1, 2)
-            return y if self.nhwc else _contiguous(op, "output", y)
-        if self.nhwc:
+        if plan.layout == "nhwc" and not self.nhwc:   # the kernels compute channels last
+            fn, args, y = self.kernel_call(to_channels_last(x), weights, out)
+            fn(*args)
+            return _contiguous(op, "output", y)
+        if plan.layout != "nhwc" and self.nhwc:
             x = _contiguous(op, "input", x)
-        _plan.run(plan, x, weights, self.biases, self.p, out, self.act)
-        return _layout_of(out, self.nhwc)
+        fn, args, y = self.kernel_call(x, weights, out)
+        fn(*args)
+        return _layout_of(y, self.nhwc)
+
+    def kernel_call(self, x, weights, out):
+        """``(fn, args, y)``: the kernel call ``fn(*args)`` that computes this call on
+        ``x`` into ``out``, and ``y``, the result, a view of ``out``; None for x not in
+        the plan's layout (as :meth:`_Conv2dCall.kernel_call`)."""
+        plan = self.plan
+        if plan.layout == "nhwc":
+            xl, y = x.transpose(0, 2, 3, 1), out.transpose(0, 3, 1, 2)
+            if not xl.flags.c_contiguous:
+                return None
+            if self.bound is not None:
+                return _plan.run_bound, (plan, self.bound, xl, out), y
+            return _plan.run, (plan, xl, weights, self.biases, self.p, out, self.act), y
+        if not x.flags.c_contiguous:
+            return None
+        return _plan.run, (plan, x, weights, self.biases, self.p, out, self.act), out

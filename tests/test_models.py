@@ -395,13 +395,14 @@ def test_optimized_model_reuses_its_output_buffers():
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     first = fast(x)                             # NCHW; decides the layout
     second = fast(x)                            # channels last: buffers of its own shapes
-    made = fast._buffers().allocated
+    # the channels-last calls replay fixed kernel calls on the buffers of their own
+    made = fast._replay(x.shape).buffers.allocated
     n_conv = sum(isinstance(s, (_ConvStep, _BlockStep)) for s in fast.steps)
     assert 0 < made < n_conv
     kept = second.copy()
     for _ in range(2):
         np.testing.assert_array_equal(fast(x), second)
-    assert fast._buffers().allocated == made
+    assert fast._replay(x.shape).buffers.allocated == made
     fast(2 * x)
     np.testing.assert_array_equal(second, kept)
     np.testing.assert_allclose(second, first, rtol=0, atol=1e-4 * np.abs(first).max())
@@ -466,9 +467,13 @@ def test_optimized_model_binds_its_channels_last_kernels(monkeypatch):
             np.testing.assert_allclose(y, model.eval()(x), rtol=0, atol=1e-4 * np.abs(y).max())
             for _, c in calls():
                 c.bound = None                  # the same plans, unbound
+            fast.release_buffers()              # the replay of the bound calls too
+            runs.clear()
             np.testing.assert_array_equal(fast(x), y)
+            assert not runs
             for s, c in calls():
                 c.bind(weights(s))
+            fast.release_buffers()
     finally:
         fastconv.set_num_threads(threads)
 
@@ -519,3 +524,55 @@ def test_optimized_global_pool_is_checked_once_per_input_shape(monkeypatch):
     np.testing.assert_array_equal(fast(x), first)
     assert len(checks) == 1
     np.testing.assert_allclose(first, model.eval()(x), rtol=0, atol=1e-4 * np.abs(first).max())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_optimized_model_replays_its_kernel_calls(name, monkeypatch):
+    """From the second call of a channels-last input shape, an optimized model whose
+    every step has a fixed kernel call replays those calls (no step is asked for its
+    call again): bit for bit the step-by-step run, on every input (the input copied in
+    on each call, whether NCHW or channels-last), the returned arrays the caller's (a
+    later call leaves them as they were); a new shape makes a replay of its own."""
+    from fastconv.nn.optimize import _Replay
+    model = getattr(nn.models, name)(num_classes=10, rng=0)
+    fast = nn.optimize(model)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    fast(x)                                     # NCHW; decides the layout: channels last
+    assert fast.format_for(x.shape) == "channels_last"
+    first = fast(x)                             # makes the replay, then runs it
+    replay = fast._replay(x.shape)
+    assert isinstance(replay, _Replay) and len(replay.calls) == len(fast.steps)
+    asked = []
+    real = {cls: cls.kernel_call for cls in {type(s) for s in fast.steps}}
+    for cls, fn in real.items():
+        monkeypatch.setattr(cls, "kernel_call",
+                            lambda self, *a, _fn=fn: asked.append(self) or _fn(self, *a))
+    outs = []
+    for xi in (x, 2 * x, fastconv.to_channels_last(-x)):
+        outs.append(fast(xi))
+        assert not asked                        # replayed: no step was asked
+        np.testing.assert_array_equal(outs[-1], fast._run(fastconv.to_channels_last(xi)))
+        assert asked                            # (the step-by-step run asked them)
+        asked.clear()
+    np.testing.assert_array_equal(outs[0], first)
+    np.testing.assert_array_equal(first, fast(x))
+    np.testing.assert_array_equal(outs[1], fast(2 * x))           # still the caller's
+    np.testing.assert_allclose(outs[2], model.eval()(-x), rtol=0,
+                               atol=1e-4 * np.abs(outs[2]).max())
+    fast(x[:1])
+    assert fast._replay(x[:1].shape) is not replay
+    assert fast._replay(x.shape) is replay
+
+
+def test_optimized_model_without_fixed_calls_runs_step_by_step():
+    """A model with a step whose value is made afresh by each call (a LeakyReLU, which
+    no convolution takes into its call) gets no replay, and runs step by step, correctly,
+    call after call."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, rng=0), nn.LeakyReLU(0.1),
+                          nn.Conv2d(8, 4, 1, rng=1))
+    fast = nn.optimize(model, memory_format="channels_last")
+    x = np.random.default_rng(8).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    for _ in range(3):
+        np.testing.assert_allclose(fast(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    assert fast._replay(x.shape) is None

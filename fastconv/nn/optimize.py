@@ -37,15 +37,29 @@ _ACTIVATIONS = {ReLU: "relu", ReLU6: "relu6"}
 
 class _Step:
     """One operation: reads values ``srcs``, writes value ``dst``. ``label``: the
-    operation's kind, then what it is (``"conv layer1.0.conv2 [64->64 ...] + bn"``)."""
+    operation's kind, then what it is (``"conv layer1.0.conv2 [64->64 ...] + bn"``).
+
+    ``kernel_call(values, buffers)`` gives ``(fn, args, y)``: the call ``fn(*args)``
+    that computes the step's value ``y`` on ``values``, into memory from ``buffers``
+    (a new array when None), or ``y`` None where the call returns its value instead
+    (made afresh by each call)."""
 
     def __init__(self, label, srcs, dst):
         self.label, self.srcs, self.dst = label, tuple(srcs), dst
+
+    def run(self, values, buffers=None):
+        fn, args, y = self.kernel_call(values, buffers)
+        r = fn(*args)
+        return r if y is None else y
 
     def describe(self):
         kind, _, rest = self.label.partition(" ")
         args = ", ".join(f"%{s}" for s in self.srcs[:1 if isinstance(self, _ConvStep) else None])
         return f"%{self.dst} = {kind}({args}) {rest}".rstrip()
+
+
+def _take(buffers, shape, dtype):
+    return _config.empty(shape, dtype) if buffers is None else buffers.take(shape, dtype)
 
 
 class _ConvStep(_Step):
@@ -56,7 +70,7 @@ class _ConvStep(_Step):
         self.activation, self.residual = activation, residual
         self._calls = {}            # (x's and the residual's shapes, strides, dtypes) -> call
 
-    def run(self, values, buffers=None):
+    def kernel_call(self, values, buffers):
         x = values[self.srcs[0]]
         res = None if self.residual is None else values[self.residual]
         # one fused call (the kernels apply bias, residual and activation as they store
@@ -69,12 +83,13 @@ class _ConvStep(_Step):
             x4, unbatched, nhwc, w, dtype, p, bias, res4 = F._conv2d_check(
                 x, self.weight, self.bias, *self.args, self.activation, res)
             if x4 is not x or res4 is not res or unbatched or p.empty:
-                return F.conv2d(x, self.weight, self.bias, *self.args,
-                                activation=self.activation, residual=res)
+                return (lambda: F.conv2d(x, self.weight, self.bias, *self.args,
+                                         activation=self.activation, residual=res)), (), None
             call = self._calls[key] = F._Conv2dCall(p, dtype, bias, self.activation, nhwc)
             call.bind(self.weight.array)
-        out = None if buffers is None else buffers.take(call.out_shape, call.dtype)
-        return call(x, self.weight.array, res, out)
+        out = _take(buffers, call.out_shape, call.dtype)
+        kernel = call.kernel_call(x, self.weight.array, res, out)
+        return kernel or (call, (x, self.weight.array, res, out), None)
 
 
 class _BlockStep(_Step):
@@ -93,38 +108,49 @@ class _BlockStep(_Step):
         self.activation = activation
         self._calls = {}            # (x's shape, strides, dtype) -> call
 
-    def run(self, values, buffers=None):
+    def kernel_call(self, values, buffers):
         x = values[self.srcs[0]]
         key = (x.shape, x.strides, x.dtype)
         call = self._calls.get(key)
         if call is None or call.settings != _plan.settings():
             x4, unbatched, nhwc, _, biases, dtype, p = F._block_check(x, *self.args)
             if x4 is not x or unbatched or p.empty:
-                return F.inverted_residual(x, *self.args)
+                return F.inverted_residual, (x, *self.args), None
             call = self._calls[key] = F._BlockCall(p, dtype, biases, self.activation, nhwc)
             call.bind(self.arrays)
-        out = None if buffers is None else buffers.take(call.out_shape, call.dtype)
-        return call(x, self.arrays, out)
+        out = _take(buffers, call.out_shape, call.dtype)
+        return call.kernel_call(x, self.arrays, out) or (call, (x, self.arrays, out), None)
 
 
-class _GlobalPoolStep(_Step):
-    """Global average pooling to (N, C): ``adaptive_avg_pool2d(x, 1)``, validated and
-    planned once per input shape, strides and dtype."""
+class _PoolStep(_Step):
+    """A pooling layer, validated and planned once per input shape, strides and dtype:
+    ``check(x)`` gives (x 4-D, whether x was 3-D, the op's call or None for an empty
+    result: ``functional._MaxPoolCall``, ``_AdaptiveAvgCall``), ``op(x)`` the op's
+    result through the functional API; ``flat``: the result (N, C, 1, 1) as (N, C)."""
 
-    def __init__(self, label, src, dst):
+    def __init__(self, label, src, dst, check, op, flat=False):
         super().__init__(label, (src,), dst)
+        self.check, self.op, self.flat = check, op, flat
         self._calls = {}
 
-    def run(self, values, buffers=None):
+    def kernel_call(self, values, buffers):
         x = values[self.srcs[0]]
         key = (x.shape, x.strides, x.dtype)
         call = self._calls.get(key)
         if call is None or call.settings != _plan.settings():
-            x4, unbatched, call = F._adaptive_avg_check(x, 1)
+            x4, unbatched, call = self.check(x)
             if x4 is not x or unbatched or call is None:
-                return F.adaptive_avg_pool2d(x, 1).reshape(x.shape[:2])
+                return self.op, (x,), None
             self._calls[key] = call
-        return call(x).reshape(x.shape[:2])
+        out = _take(buffers, call.out_shape, call.dtype)
+        kernel = call.kernel_call(x, out)
+        if kernel is None:                                  # x not in the kernel's layout
+            return (lambda: self._shape(call(x, out))), (), None
+        fn, args, y = kernel
+        return fn, args, self._shape(y)
+
+    def _shape(self, y):
+        return y.reshape(y.shape[:2]) if self.flat else y
 
 
 class _LinearStep(_ConvStep):
@@ -139,14 +165,32 @@ class _LinearStep(_ConvStep):
         super().__init__(label, src, dst, weight[:, :, None, None], bias, (1, 0, 1, 1),
                          None, None)
 
-    def run(self, values, buffers=None):
+    def kernel_call(self, values, buffers):
         x = values[self.srcs[0]]
         n_in = self.weight.shape[1]
         if x.ndim != 2 or x.shape[1] != n_in:
             raise ValueError(f"{self.label}: expected input of shape (N, {n_in}), "
                              f"got {x.shape}")
-        return super().run({self.srcs[0]: x[:, :, None, None]},
-                           buffers).reshape(len(x), -1)
+        fn, args, y = super().kernel_call({self.srcs[0]: x[:, :, None, None]}, buffers)
+        if y is None:
+            return (lambda: fn(*args).reshape(len(x), -1)), (), None
+        return fn, args, y.reshape(len(x), -1)
+
+
+class _FlattenStep(_Step):
+    """(N, ...) -> (N, -1): a view of the input where its memory allows (no kernel to
+    call), else a copy."""
+
+    def kernel_call(self, values, buffers):
+        x = values[self.srcs[0]]
+        y = x.reshape(len(x), -1)
+        if np.shares_memory(x, y):
+            return _nothing, (), y
+        return (lambda: y), (), None
+
+
+def _nothing():
+    pass
 
 
 class _FnStep(_Step):
@@ -154,8 +198,8 @@ class _FnStep(_Step):
         super().__init__(label, srcs, dst)
         self.fn = fn
 
-    def run(self, values, buffers=None):
-        return self.fn(*(values[s] for s in self.srcs))
+    def kernel_call(self, values, buffers):
+        return self.fn, tuple(values[s] for s in self.srcs), None
 
 
 def _owner(a):
@@ -435,22 +479,33 @@ class _Builder:
         if isinstance(layer, MaxPool2d):
             args = (layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                     layer.ceil_mode)
-            return self.emit(f"{label} [kernel_size={layer.kernel_size}, "
-                             f"stride={layer.stride}, padding={layer.padding}]", (src,),
-                             lambda x: F.max_pool2d(x, *args))
+            dst = self._new_value()
+            self.steps.append(_PoolStep(
+                f"{label} [kernel_size={layer.kernel_size}, stride={layer.stride}, "
+                f"padding={layer.padding}]", src, dst,
+                lambda x: F._max_pool_check(x, *args),
+                lambda x: F.max_pool2d(x, *args)))
+            return dst
         if isinstance(layer, AvgPool2d):
             args = layer.args
             return self.emit(label, (src,), lambda x: F.avg_pool2d(x, *args))
         if isinstance(layer, AdaptiveAvgPool2d):
             size = layer.output_size
-            return self.emit(f"{label} [{size}]", (src,),
-                             lambda x: F.adaptive_avg_pool2d(x, size))
+            dst = self._new_value()
+            self.steps.append(_PoolStep(f"{label} [{size}]", src, dst,
+                                        lambda x: F._adaptive_avg_check(x, size),
+                                        lambda x: F.adaptive_avg_pool2d(x, size)))
+            return dst
         if isinstance(layer, GlobalAvgPool2d):
             dst = self._new_value()
-            self.steps.append(_GlobalPoolStep(label, src, dst))
+            self.steps.append(_PoolStep(label, src, dst, lambda x: F._adaptive_avg_check(x, 1),
+                                        lambda x: F.adaptive_avg_pool2d(x, 1).reshape(
+                                            x.shape[:2]), flat=True))
             return dst
         if isinstance(layer, Flatten):
-            return self.emit(label, (src,), lambda x: x.reshape(len(x), -1))
+            dst = self._new_value()
+            self.steps.append(_FlattenStep(label, (src,), dst))
+            return dst
         if isinstance(layer, Linear):
             b = None if layer.bias is None else layer.bias.data.astype(self.dtype)
             dst = self._new_value()
@@ -483,6 +538,56 @@ class _Builder:
                         f"BasicBlock, Bottleneck, InvertedResidual, Conv2d, BatchNorm2d, "
                         f"ReLU, ReLU6, LeakyReLU, Sigmoid, MaxPool2d, AvgPool2d, "
                         f"AdaptiveAvgPool2d, GlobalAvgPool2d, Flatten, Dropout, Linear")
+
+
+class _Replay:
+    """One input shape's call of a model as fixed kernel calls: each step's
+    ``kernel_call`` made once, on a private :class:`_Buffers` and a private
+    channels-last input array, so a call is the input's copy into that array, then
+    ``fn(*args)`` per step, then a copy of the output (the caller's). The steps write
+    the same buffers in the same order as a call through them would (each value's
+    buffer reused only after its last reader), and the plans are those of the call that
+    made it: it is remade when :func:`fastconv._plan.settings` changes. Made where
+    every step has such a call and the activations flow channels last (MobileNet-v2:
+    each step's Python, dict lookups and buffer bookkeeping, in the network's cold
+    caches, cost more than the kernels' own arguments)."""
+
+    def __init__(self, steps, frees, n_values, output, shape, dtype):
+        N, C, H, W = shape
+        buffers = self.buffers = _Buffers()
+        self.input = _config.empty((N, H, W, C), dtype)       # the caller's x, copied
+        values = [None] * n_values
+        values[0] = self.input.transpose(0, 3, 1, 2)
+        self.calls = []
+        self.settings = _plan.settings()
+        for step, free in zip(steps, frees):
+            fn, args, y = step.kernel_call(values, buffers)
+            if y is None or buffers._entry(y) is None:        # a value made afresh
+                raise _NoReplay(step.label)
+            self.calls.append((fn, args))
+            values[step.dst] = y
+            buffers.hold(y)
+            for s in free:
+                buffers.drop(values[s])
+                values[s] = None
+        self.output = values[output]
+        if buffers._entry(self.output) is None:               # the input itself
+            raise _NoReplay("the output")
+
+    def __call__(self, x):
+        if F.channels_last(x):
+            np.copyto(self.input, x.transpose(0, 2, 3, 1))
+        else:
+            N, C, H, W = x.shape
+            F._swap_layout(np.ascontiguousarray(x).reshape(N, C, H * W),
+                           self.input.reshape(N, H * W, C))
+        for fn, args in self.calls:
+            fn(*args)
+        return self.output.copy()
+
+
+class _NoReplay(Exception):
+    """A step whose value a :class:`_Replay` cannot fix in advance."""
 
 
 # -- the compiled model ----------------------------------------------------------------------
@@ -528,8 +633,29 @@ class OptimizedModel:
                 self._formats[x.shape] = self._format_for(ran)
                 return y
         x = x.astype(self.dtype, copy=False)
-        return self._run(F.to_channels_last(x) if fmt == "channels_last"
-                         else np.ascontiguousarray(x))
+        if fmt != "channels_last":
+            return self._run(np.ascontiguousarray(x))
+        replay = self._replay(x.shape)
+        if replay is None:
+            return self._run(F.to_channels_last(x))
+        return replay(x)
+
+    def _replay(self, shape):
+        """This thread's :class:`_Replay` for input ``shape`` (channels last), made on
+        its first call and again when the settings the plans depend on change; None
+        where the model has a step without a fixed kernel call."""
+        replays = getattr(self._local, "replays", None)
+        if replays is None:
+            replays = self._local.replays = {}
+        replay = replays.get(shape)
+        if replay is None or (replay is not False and replay.settings != _plan.settings()):
+            try:
+                replay = _Replay(self.steps, self._free, self._n_values, self.output, shape,
+                                 self.dtype)
+            except _NoReplay:
+                replay = False
+            replays[shape] = replay
+        return replay or None
 
     def profile(self, x, rounds=5):
         """Where a call's time goes, step by step.
@@ -601,6 +727,7 @@ class OptimizedModel:
         """Free the calling thread's reused output buffers (the next call makes them
         again)."""
         self._local.buffers = None
+        self._local.replays = None
 
     def _run(self, x):
         buffers = self._buffers()
