@@ -181,6 +181,7 @@ def fma_peak(threads=None, seconds=0.2):
     x = np.full(lanes, 0.999, np.float32)
     y = np.full(lanes, 0.001, np.float32)
     out = np.zeros(1, np.float32)
+    probe(1, x, y, out)     # compiled (or loaded) first: not timed by the calibration
     n = 1000
     while True:  # calibrate the iteration count on one thread
         t0 = time.perf_counter()
@@ -659,6 +660,16 @@ def add_arguments(ap):
     from ._dispatch import pairs
     from .networks import NETWORKS
     known_algs = sorted({a for op in CONV_OPS for a, _ in pairs(op)} | {"auto"})
+    from ._engines import ENGINES, MODELS
+    ap.add_argument("--model", metavar="NAME", choices=MODELS,
+                    help=f"time a whole model ({', '.join(MODELS)}): "
+                         f"fastconv.nn.optimize of fastconv.nn.models.NAME against PyTorch "
+                         f"eager, ONNX Runtime and OpenVINO where installed, each in a "
+                         f"process of its own, interleaved (default batch sizes 1 and 8, "
+                         f"0.2 s a timing; fastconv._engines)")
+    ap.add_argument("--engines", nargs="+", metavar="NAME", choices=ENGINES,
+                    help=f"with --model: {', '.join(ENGINES)} (default: nn.optimize, torch, "
+                         f"onnxruntime, openvino)")
     ap.add_argument("--quick", action="store_true",
                     help=f"a handful of layers ({', '.join(QUICK_LAYERS)}), forward only, and "
                          f"the {', '.join(QUICK_NETWORKS)} network, 3 rounds: about a minute "
@@ -680,8 +691,9 @@ def add_arguments(ap):
                     help="thread counts (default: fastconv's, i.e. the usable cores)")
     ap.add_argument("--batch", nargs="*", type=int, metavar="N", help="batch sizes (default: 1)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5; 3 quick)")
-    ap.add_argument("--min-time", type=float, default=0.02,
-                    help="seconds each timing repeats its call for (default 0.02)")
+    ap.add_argument("--min-time", type=float,
+                    help="seconds each timing repeats its call for (default 0.02; 0.2 "
+                         "with --model)")
     ap.add_argument("--settle", type=float, default=0.03,
                     help="seconds each timing first runs its call untimed (default 0.03); "
                          "longer outlasts the threads the contender before left polling "
@@ -699,6 +711,13 @@ def add_arguments(ap):
 
 def run_cli(args):
     """``fastconv bench`` with parsed ``args``; returns the exit status."""
+    if args.model:
+        from ._engines import run_model
+        return run_model(args)
+    if args.engines:
+        raise ValueError("--engines goes with --model")
+    if args.min_time is None:
+        args.min_time = 0.02
     from ._dispatch import available_backends, pairs
     from .networks import NETWORKS
     all_layers = {L.name: L for L in LAYERS + ODD_LAYERS}

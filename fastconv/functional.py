@@ -292,8 +292,8 @@ class _Conv2dCall:
             fn(*args)
             return y
         # a layout converted around the kernel
-        if plan.layout == "nhwc":                   # a residual not channels last: a
-            fn, args, y = self.kernel_call(x, w, to_channels_last(residual), out)  # copy
+        if plan.layout == "nhwc":                   # a residual not channels last: copied
+            fn, args, y = self.kernel_call(x, w, to_channels_last(residual), out)
             fn(*args)
             return y
         if self.nhwc:                               # no kernel computes it channels last

@@ -82,6 +82,31 @@ def test_bench_skips_layers_no_chosen_algorithm_handles(tmp_path):
     assert not any(c == "resnet50_conv1" for c, _ in cases)
 
 
+def test_bench_model_against_the_other_engines(tmp_path, capsys):
+    """``fastconv bench --model``: nn.optimize of the model and PyTorch eager (where
+    installed), each in a worker process, timed and their outputs compared: a table row
+    per batch size, the JSON with each engine's median and ratio to nn.optimize's, and
+    PyTorch's output within 1e-4 of the largest |logit| of fastconv's."""
+    out = tmp_path / "model.json"
+    rc = cli.main(["bench", "--model", "mobilenet_v2", "--engines", "nn.optimize", "torch",
+                   "--batch", "1", "--threads", "1", "--rounds", "1", "--min-time", "0",
+                   "--no-progress", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "nn.optimize" in printed and "mobilenet_v2" in printed
+    rec = json.loads(out.read_text())
+    assert rec["model"] == "mobilenet_v2" and rec["machine"]["cpu"] == bench.cpu_model()
+    [row] = rec["results"]
+    assert (row["N"], row["threads"], row["ratio_to"]) == (1, 1, "nn.optimize")
+    assert row["median_ms"]["nn.optimize"] > 0 and row["ratio"]["nn.optimize"] == 1.0
+    if importlib.util.find_spec("torch") is not None:
+        assert row["median_ms"]["torch"] > 0 and row["max_rel_error"]["torch"] < 1e-4
+    else:
+        assert "not installed, skipped: torch" in printed
+    assert cli.main(["bench", "--engines", "torch", "--no-progress"]) == 1
+    assert "--engines goes with --model" in capsys.readouterr().err
+
+
 def test_interleaved_settles_each_contender_before_timing_it():
     """With ``settle``, every timing first runs its contender untimed (for at least
     that long), then times exactly its own calls: the untimed calls are the extra

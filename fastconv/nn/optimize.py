@@ -7,7 +7,9 @@ convolution become part of that convolution's call, each MobileNet-v2 inverted r
 block becomes one fused call (:func:`fastconv.inverted_residual`: its expanded and
 depthwise activations never leave the thread's cache), the weights are prepared once
 (:func:`fastconv.prepare_weight`), and Dropout disappears. Running the result is a loop
-over the steps; each value is released after its last use.
+over the steps; each value is released after its last use. From the second call of a
+channels-last input shape, a model whose every step has a fixed kernel call replays
+those calls, made once, on buffers of its own (:class:`_Replay`).
 
 Activations flow between the steps channels last (PyTorch's ``channels_last`` memory
 format, which the functional ops keep) when every convolution of the network computes
