@@ -343,6 +343,8 @@ def _mr():
 
 #: a geometry for each path of Cython's direct: (what, op -> variant it must run, case)
 DIRECT_PATHS = [
+    # rows of 2*MR: the first block stores by register transposes, the last (whose
+    # transposes would pass the row's end) element by element
     ("lanes, one-row blocks, channel tail", {"conv2d": "lanes", "conv2d_input": "lanes"},
      _case(2, 5, 9, 2 * _mr(), 37, 3, 3, padding=1)),
     # rows of MR + 1: wrapping blocks compute 4*MR pixels of 3 rows, rows of blocks 6*MR

@@ -17,6 +17,8 @@ typedef T FN(dvec);
 #endif
 #define DVL ((fc_int)(sizeof(FN(dvec)) / sizeof(T)))   /* lanes of a vector */
 #define DKB (FC_DNV * DVL)                              /* channels of a block */
+/* the forward block's pixels rounded up to whole register transposes (FC_TL) */
+#define FC_DMRT ((FC_DMR + FC_TL - 1) / FC_TL * FC_TL)
 /* The weight gradient's register block: WGR input channels (a pixel's block of xf,
  * broadcast) x WGV vectors (WGK) of output channels (a pixel's block of dyb). With 32
  * zmm, a cache line of input channels x one vector of float32 or two of float64, as
@@ -210,7 +212,9 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
     /* out's index of channel k0 (of group g), pixel (0, 0) */
     const fc_int o0 = ((n * d->K + g * d->Kg + k0) * d->OH + d->oh0) * d->OW + d->ow0;
     const int ep = bias != NULL || res != NULL || d->act != 0;
-    T tmp[FC_DMR * DKB], rt[FC_DMR * DKB], bpad[DKB];
+    /* tmp: the block's pixels x DKB channels, its rows rounded up to whole register
+     * transposes (the rows past the block's are transposed too, never kept) */
+    T tmp[FC_DMRT * DKB], rt[FC_DMR * DKB], bpad[DKB];
     fc_int off[FC_DMR], po[FC_DMR], tj[FC_DMR];
     FN(dvec) bv[FC_DNV];
     if (ep) {
@@ -222,6 +226,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
     }
     for (fc_int bq = 0; bq < d->bcol; bq++) {
         fc_int np = 0;                  /* the block's stored pixels: tmp row tj, out po */
+        const fc_int q0 = bq * CB;      /* rows 1, 2: the block's first column */
         if (rows == 0) {
             const fc_int f0 = (bp * d->bcol + bq) * FC_DMR;
             if (f0 >= PQ) break;
@@ -236,7 +241,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
             FN(direct_block_wrap)(xn, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
                                   d->soff, off, tmp);
         } else {
-            const fc_int q0 = bq * CB, nq = d->Q - q0 < CB ? d->Q - q0 : CB;
+            const fc_int nq = d->Q - q0 < CB ? d->Q - q0 : CB;
             if (rows == 1)
                 FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
                                   d->soff, tmp);
@@ -268,6 +273,19 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                 }
             }
         }
+#if FC_VECTORS
+        /* one row of consecutive pixels whose register transposes' whole vectors stay
+         * inside the row (the columns past the block are the next block's, which this
+         * thread stores next): each channel's pixels by vector stores */
+        if (rows == 1 && d->ows == 1 && DKB % FC_TL == 0
+            && q0 + (np + FC_TL - 1) / FC_TL * FC_TL <= d->Q) {
+            for (fc_int i0 = 0; i0 < np; i0 += FC_TL)
+                for (fc_int k = 0; k < nk; k += FC_TL)
+                    FN(transpose_rows)(tmp + i0 * DKB + k, DKB, out + o0 + po[0] + k * plane + i0,
+                                       plane, nk - k < FC_TL ? nk - k : FC_TL);
+            continue;
+        }
+#endif
         for (fc_int k = 0; k < nk; k++) {
             T *y = out + o0 + k * plane;
             for (fc_int j = 0; j < np; j++) y[po[j]] = tmp[tj[j] * DKB + k];
@@ -704,4 +722,5 @@ static void FN(dw_weight)(const T *x, const T *dy, T *gw, const fc_dw *d, T *til
 }
 
 #undef DKB
+#undef FC_DMRT
 #undef DVL
