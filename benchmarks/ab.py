@@ -92,15 +92,6 @@ def _worker(checkout, networks):
     return proc, ready["ready"]
 
 
-def _ask(proc, case):
-    proc.stdin.write(json.dumps(case) + "\n")
-    proc.stdin.flush()
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"worker died on {case}")
-    return json.loads(line)["seconds"]
-
-
 def main(argv=None):
     import numpy as np
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -120,6 +111,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.serve:
         return _serve()
+    from fastconv._engines import ask  # the workers' line protocol (the driver's side)
     if not args.old:
         ap.error("--old is required")
     sys.path.insert(0, os.path.abspath(args.new))
@@ -145,7 +137,7 @@ def main(argv=None):
         for r in range(args.rounds):
             order = [(old, t_old), (new, t_new)]
             for proc, times in (order if r % 2 == 0 else order[::-1]):
-                times.append(_ask(proc, case))
+                times.append(ask(proc, case)["seconds"])
         t_old, t_new = np.array(t_old), np.array(t_new)
         ratio = float(np.median(t_old / t_new))
         label = (f"{case['name']} N={case['N']} t={case['threads']}"

@@ -212,9 +212,10 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
     /* out's index of channel k0 (of group g), pixel (0, 0) */
     const fc_int o0 = ((n * d->K + g * d->Kg + k0) * d->OH + d->oh0) * d->OW + d->ow0;
     const int ep = bias != NULL || res != NULL || d->act != 0;
-    /* tmp: the block's pixels x DKB channels, its rows rounded up to whole register
-     * transposes (the rows past the block's are transposed too, never kept) */
-    T tmp[FC_DMRT * DKB], rt[FC_DMR * DKB], bpad[DKB];
+    /* tmp, rt: the block's pixels x DKB channels (its result, the residual), the rows
+     * rounded up to whole register transposes (the rows past the block's are
+     * transposed too, never kept) */
+    T tmp[FC_DMRT * DKB], rt[FC_DMRT * DKB], bpad[DKB];
     fc_int off[FC_DMR], po[FC_DMR], tj[FC_DMR];
     FN(dvec) bv[FC_DNV];
     if (ep) {
@@ -242,6 +243,17 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                                   d->soff, off, tmp);
         } else {
             const fc_int nq = d->Q - q0 < CB ? d->Q - q0 : CB;
+            /* the block's residual (a line or two of each of DKB planes) fetched while
+             * the block computes: read after it, one plane after another, it had cost
+             * more than the sums of a short patch (the 7x7/2 stem's residual took 6 ms
+             * of 28 at N=8, AMD EPYC Zen 4) */
+            for (fc_int i = 0; res != NULL && i < rows && p0 + i < d->P; i++)
+                for (fc_int k = 0; k < nk; k++) {
+                    const T *rk = res + o0 + k * plane + (p0 + i) * d->ohs * d->OW
+                                  + q0 * d->ows;
+                    __builtin_prefetch(rk, 0, 1);
+                    __builtin_prefetch(rk + (nq - 1) * d->ows, 0, 1);
+                }
             if (rows == 1)
                 FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
                                   d->soff, tmp);
@@ -257,11 +269,25 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     po[np++] = (p0 + i) * d->ohs * d->OW + (q0 + q) * d->ows;
                 }
         }
+        /* one row of consecutive pixels whose register transposes' whole vectors stay
+         * inside the row (the columns past the block are the next block's, which this
+         * thread stores next): the residual read and each channel's pixels stored by
+         * register transposes */
+        const int rowwise = FC_VECTORS && rows == 1 && d->ows == 1 && DKB % FC_TL == 0
+                            && q0 + (np + FC_TL - 1) / FC_TL * FC_TL <= d->Q;
         if (ep) {
             /* on vectors of channels, branch-free: (v + bias) + residual, then the
              * activation, each element as before */
+            fc_int kr = 0;                  /* the residual's channels read by transposes */
+#if FC_VECTORS
+            if (res != NULL && rowwise)
+                for (; kr + FC_TL <= nk; kr += FC_TL)
+                    for (fc_int i0 = 0; i0 < np; i0 += FC_TL)
+                        FN(transpose_rows)(res + o0 + po[0] + kr * plane + i0, plane,
+                                           rt + i0 * DKB + kr, DKB, FC_TL);
+#endif
             if (res != NULL)
-                for (fc_int k = 0; k < nk; k++)
+                for (fc_int k = kr; k < nk; k++)
                     for (fc_int j = 0; j < np; j++)
                         rt[tj[j] * DKB + k] = res[o0 + po[j] + k * plane];
             for (fc_int j = 0; j < np; j++) {
@@ -274,11 +300,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
             }
         }
 #if FC_VECTORS
-        /* one row of consecutive pixels whose register transposes' whole vectors stay
-         * inside the row (the columns past the block are the next block's, which this
-         * thread stores next): each channel's pixels by vector stores */
-        if (rows == 1 && d->ows == 1 && DKB % FC_TL == 0
-            && q0 + (np + FC_TL - 1) / FC_TL * FC_TL <= d->Q) {
+        if (rowwise) {
             for (fc_int i0 = 0; i0 < np; i0 += FC_TL)
                 for (fc_int k = 0; k < nk; k += FC_TL)
                     FN(transpose_rows)(tmp + i0 * DKB + k, DKB, out + o0 + po[0] + k * plane + i0,
