@@ -291,6 +291,25 @@ def test_winograd_edge_cases():
         assert np.isnan(y[0, :, 3, 3]).all() and np.isfinite(y[0, :, 15, 15]).all()
 
 
+def test_winograd_rows_shorter_than_a_transpose():
+    """NCHW output rows shorter than a register transpose (the slab's rows cover whole
+    transposes): stored whole where the next row follows, cut to the row at the last
+    row of a tile row, with bias, residual and ReLU and without; row counts that end
+    in a full and in a cropped tile row, output channels not a multiple of a vector."""
+    for dtype in DTYPES:
+        for algorithm in WINOGRAD:
+            for Q in (6, 7, 13, 14, 15):
+                for H, K in ((13, 21), (16, 40)):
+                    x, w, r = arrays(Q + H, dtype, (2, 5, H, Q), (K, 5, 3, 3), (2, K, H, Q))
+                    b = arrays(1, dtype, (K,))[0]
+                    for kw in ({}, dict(activation="relu", residual=r)):
+                        got = fastconv.conv2d(x, w, b, padding=1, algorithm=algorithm,
+                                              backend="cython", **kw)
+                        want = fastconv.conv2d(x, w, b, padding=1, algorithm="reference", **kw)
+                        assert_close(got, want, tolerance(dtype, algorithm),
+                                     f"{algorithm} {dtype.__name__} Q={Q} H={H} K={K} {kw}")
+
+
 # -- direct --------------------------------------------------------------------------------
 
 

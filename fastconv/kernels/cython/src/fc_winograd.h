@@ -209,6 +209,30 @@ static void FN(wino_store)(T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra, T *
                         o[k] = (act == 2 && w > 6) ? (T)6 : w;
                     }
             }
+#if FC_VECTORS
+    if (Q < FC_TL && Wr >= FC_TL && kp % FC_TL == 0) {
+        /* rows shorter than a register transpose (14x14 planes): whole transposes of
+         * the slab's first FC_TL pixels of the row (its Wr include the cropped
+         * columns); each channel's vector stored whole where its last lanes fall on
+         * the next row, which is stored next, else (the last row) through a copy cut
+         * to Q (transpose_matrix went element by element here: 11% of ResNet-50
+         * res4's 3x3 at N=8, AMD EPYC Zen 4) */
+        T cut[FC_TL * FC_TL];
+        for (fc_int a = 0; a < ra; a++)
+            for (fc_int k0 = 0; k0 < nk; k0 += FC_TL) {
+                const fc_int mk = nk - k0 < FC_TL ? nk - k0 : FC_TL;
+                const T *src = O + a * Wr * kp + k0;
+                T *dst = y + a * Q + k0 * PQ;
+                if (a + 1 < ra) {
+                    FN(transpose_rows)(src, kp, dst, PQ, mk);
+                } else {
+                    FN(transpose_rows)(src, kp, cut, FC_TL, mk);
+                    for (fc_int j = 0; j < mk; j++)
+                        memcpy(dst + j * PQ, cut + j * FC_TL, (size_t)Q * sizeof(T));
+                }
+            }
+    } else
+#endif
     for (fc_int a = 0; a < ra; a++)
         FN(transpose_matrix)(O + a * Wr * kp, kp, y + a * Q, PQ, Q, nk);
     if (res)
