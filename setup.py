@@ -29,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -135,15 +136,19 @@ class BuildExt(build_ext):
             opt.append("-march=native")
         macros = [("FC_NATIVE", "1")] if variants == ["native"] else [
             (f"FC_HAVE_{name.upper()}", "1") for name in variants if name != "baseline"]
-        objects = []
-        for name in variants:
+
+        def compile_variant(name):
             flags = ISA_FLAGS[name] if unix else []
             if unix:
                 flags = flags + ["-O3", "-g0", "-fvisibility=hidden"]
-            objects += self.compiler.compile(
+            return self.compiler.compile(
                 [os.path.join(SRC, f"isa_{name}.c")],
                 output_dir=os.path.join(self.build_temp, "fastconv-isa"),
                 macros=macros, include_dirs=[SRC], extra_postargs=flags)
+
+        # the variants compile side by side (each is one large object: most of the build)
+        with ThreadPoolExecutor(self.parallel or 1) as pool:
+            objects = [o for objs in pool.map(compile_variant, variants) for o in objs]
         print(f"fastconv build: hot loops for {', '.join(variants)}; OpenMP "
               f"{'on' if openmp else 'off'}; boundscheck {'on' if CHECKED else 'off'}",
               file=sys.stderr)

@@ -63,6 +63,7 @@ from ..._config import (get_num_threads, get_workspace_limit, single_threaded_bl
 from .. import image_gemm
 from ..epilogue import none
 from ..weight_cache import CACHE as _weights
+from ._epilogue cimport _epilogue_run
 from ._hot cimport FC_MR, fc_conv, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
@@ -228,28 +229,6 @@ cdef void _rows_to_tile(const real *src, real *dst, const fc_conv *g, Py_ssize_t
 
 
 # -- the fused epilogue (fastconv.kernels.epilogue) ---------------------------------------
-
-
-cdef inline real _act(real v, int act) noexcept nogil:
-    """``v`` through activation ``act`` (0 none, 1 relu, 2 relu6) as selects (no
-    branches: the loops vectorise); comparisons keep NaN."""
-    if act != 0:
-        v = 0 if v < 0 else v
-    if act == 2:
-        v = 6 if v > 6 else v
-    return v
-
-
-cdef inline void _epilogue_run(real *o, const real *r, real b, int act,
-                               Py_ssize_t L) noexcept nogil:
-    """o[:L] = act(o[:L] + b + r[:L]) (r NULL: no residual), one channel's run."""
-    cdef Py_ssize_t i
-    if r != NULL:
-        for i in range(L):
-            o[i] = _act((o[i] + b) + r[i], act)
-    else:
-        for i in range(L):
-            o[i] = _act(o[i] + b, act)
 
 
 cdef void _epilogue(real *out, const real *bias, const real *res, int act, Py_ssize_t n0,

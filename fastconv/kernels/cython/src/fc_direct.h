@@ -216,6 +216,9 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
      * rounded up to whole register transposes (the rows past the block's are
      * transposed too, never kept) */
     T tmp[FC_DMRT * DKB], rt[FC_DMRT * DKB], bpad[DKB];
+    /* ct: a block channel-major, DKB channels x FC_DMRT pixels (the residual's runs as
+     * read, then the result's as stored), and a vector past them (load_run's last) */
+    T ct[DKB * FC_DMRT + 64 / sizeof(T)];
     fc_int off[FC_DMR], po[FC_DMR], tj[FC_DMR];
     FN(dvec) bv[FC_DNV];
     if (ep) {
@@ -224,6 +227,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
         for (fc_int k = 0; k < DKB; k++) bpad[k] = bias != NULL && k < nk ? bias[g * d->Kg + k0 + k] : 0;
         for (int v = 0; v < FC_DNV; v++) bv[v] = FN(dload)(bpad + v * DVL);
         if (res != NULL && nk < DKB) memset(rt, 0, sizeof rt);
+        if (res != NULL && nk < DKB) memset(ct, 0, sizeof ct);
     }
     for (fc_int bq = 0; bq < d->bcol; bq++) {
         fc_int np = 0;                  /* the block's stored pixels: tmp row tj, out po */
@@ -243,14 +247,16 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                                   d->soff, off, tmp);
         } else {
             const fc_int nq = d->Q - q0 < CB ? d->Q - q0 : CB;
-            /* the block's residual (a line or two of each of DKB planes) fetched while
-             * the block computes: read after it, one plane after another, it had cost
-             * more than the sums of a short patch (the 7x7/2 stem's residual took 6 ms
-             * of 28 at N=8, AMD EPYC Zen 4) */
-            for (fc_int i = 0; res != NULL && i < rows && p0 + i < d->P; i++)
+            /* the residual a band ahead (the next band's lines of the block's columns,
+             * and in the first band its own), fetched while blocks compute. Read after
+             * the block, one plane after another, the 7x7/2 stem's residual had taken 6
+             * ms of 28 at N=8; prefetched only while its own block computed, ResNet-18's
+             * 128->256 3x3/2 layer's took 0.5 of 9.6 ms at N=8, a band ahead 0.23 (AMD
+             * EPYC Zen 4). */
+            for (fc_int p = bp == 0 ? p0 : p0 + rows; res != NULL && p < p0 + 2 * rows
+                                                      && p < d->P; p++)
                 for (fc_int k = 0; k < nk; k++) {
-                    const T *rk = res + o0 + k * plane + (p0 + i) * d->ohs * d->OW
-                                  + q0 * d->ows;
+                    const T *rk = res + o0 + k * plane + p * d->ohs * d->OW + q0 * d->ows;
                     __builtin_prefetch(rk, 0, 1);
                     __builtin_prefetch(rk + (nq - 1) * d->ows, 0, 1);
                 }
@@ -275,6 +281,22 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
          * register transposes */
         const int rowwise = FC_VECTORS && rows == 1 && d->ows == 1 && DKB % FC_TL == 0
                             && q0 + (np + FC_TL - 1) / FC_TL * FC_TL <= d->Q;
+        /* else, where pixels run along output rows (ows 1): the block goes through ct,
+         * whole register transposes on the block's side and, per channel, each run of
+         * pixels consecutive in both tmp and out copied as one (a masked vector with
+         * AVX-512; runs: nr, from stored pixel rj[r], rn[r] long). Element by element,
+         * a short row's blocks had cost more than the residual's add (ResNet-18's 3x3/2
+         * layers: fused slower than the unfused sequence, AMD EPYC Zen 4). */
+        const int runwise = FC_VECTORS && !rowwise && d->ows == 1 && DKB % FC_TL == 0;
+        fc_int nr = 0, rj[FC_DMR], rn[FC_DMR];
+        for (fc_int j = 0; runwise && j < np; j++) {
+            if (j > 0 && po[j] == po[j - 1] + 1 && tj[j] == tj[j - 1] + 1) {
+                rn[nr - 1]++;
+            } else {
+                rj[nr] = j;
+                rn[nr++] = 1;
+            }
+        }
         if (ep) {
             /* on vectors of channels, branch-free: (v + bias) + residual, then the
              * activation, each element as before */
@@ -285,6 +307,19 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     for (fc_int i0 = 0; i0 < np; i0 += FC_TL)
                         FN(transpose_rows)(res + o0 + po[0] + kr * plane + i0, plane,
                                            rt + i0 * DKB + kr, DKB, FC_TL);
+            if (res != NULL && runwise) {
+                /* runs in order (each run's zeros past it overwritten by the next's
+                 * values); ct's channels past nk stay 0, pixels outside the runs are
+                 * never stored */
+                for (fc_int k = 0; k < nk; k++)
+                    for (fc_int r = 0; r < nr; r++)
+                        FN(load_run)(ct + k * FC_DMRT + tj[rj[r]],
+                                     res + o0 + po[rj[r]] + k * plane, rn[r]);
+                for (fc_int i0 = 0; i0 < FC_DMRT; i0 += FC_TL)
+                    for (fc_int k = 0; k < DKB; k += FC_TL)
+                        FN(transpose)(ct + k * FC_DMRT + i0, FC_DMRT, rt + i0 * DKB + k, DKB);
+                kr = nk;
+            }
 #endif
             if (res != NULL)
                 for (fc_int k = kr; k < nk; k++)
@@ -305,6 +340,17 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                 for (fc_int k = 0; k < nk; k += FC_TL)
                     FN(transpose_rows)(tmp + i0 * DKB + k, DKB, out + o0 + po[0] + k * plane + i0,
                                        plane, nk - k < FC_TL ? nk - k : FC_TL);
+            continue;
+        }
+        if (runwise) {
+            for (fc_int i0 = 0; i0 < FC_DMRT; i0 += FC_TL)
+                for (fc_int k = 0; k < nk; k += FC_TL)
+                    FN(transpose_rows)(tmp + i0 * DKB + k, DKB, ct + k * FC_DMRT + i0, FC_DMRT,
+                                       nk - k < FC_TL ? nk - k : FC_TL);
+            for (fc_int k = 0; k < nk; k++)
+                for (fc_int r = 0; r < nr; r++)
+                    FN(copy_run)(out + o0 + po[rj[r]] + k * plane, ct + k * FC_DMRT + tj[rj[r]],
+                                 rn[r]);
             continue;
         }
 #endif

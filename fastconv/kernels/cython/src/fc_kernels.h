@@ -17,6 +17,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#  include <immintrin.h>
+#endif
 
 #if defined(__GNUC__) && !defined(_WIN32)
 #  define FC_HIDDEN __attribute__((visibility("hidden")))
