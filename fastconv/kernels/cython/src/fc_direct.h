@@ -216,9 +216,11 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
      * rounded up to whole register transposes (the rows past the block's are
      * transposed too, never kept) */
     T tmp[FC_DMRT * DKB], rt[FC_DMRT * DKB], bpad[DKB];
+#if FC_MASKED
     /* ct: a block channel-major, DKB channels x FC_DMRT pixels (the residual's runs as
      * read, then the result's as stored), and a vector past them (load_run's last) */
-    T ct[DKB * FC_DMRT + 64 / sizeof(T)];
+    T ct[DKB * FC_DMRT + DVL];
+#endif
     fc_int off[FC_DMR], po[FC_DMR], tj[FC_DMR];
     FN(dvec) bv[FC_DNV];
     if (ep) {
@@ -227,7 +229,9 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
         for (fc_int k = 0; k < DKB; k++) bpad[k] = bias != NULL && k < nk ? bias[g * d->Kg + k0 + k] : 0;
         for (int v = 0; v < FC_DNV; v++) bv[v] = FN(dload)(bpad + v * DVL);
         if (res != NULL && nk < DKB) memset(rt, 0, sizeof rt);
+#if FC_MASKED
         if (res != NULL && nk < DKB) memset(ct, 0, sizeof ct);
+#endif
     }
     for (fc_int bq = 0; bq < d->bcol; bq++) {
         fc_int np = 0;                  /* the block's stored pixels: tmp row tj, out po */
@@ -281,13 +285,14 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
          * register transposes */
         const int rowwise = FC_VECTORS && rows == 1 && d->ows == 1 && DKB % FC_TL == 0
                             && q0 + (np + FC_TL - 1) / FC_TL * FC_TL <= d->Q;
+#if FC_MASKED
         /* else, where pixels run along output rows (ows 1): the block goes through ct,
          * whole register transposes on the block's side and, per channel, each run of
-         * pixels consecutive in both tmp and out copied as one (a masked vector with
-         * AVX-512; runs: nr, from stored pixel rj[r], rn[r] long). Element by element,
-         * a short row's blocks had cost more than the residual's add (ResNet-18's 3x3/2
-         * layers: fused slower than the unfused sequence, AMD EPYC Zen 4). */
-        const int runwise = FC_VECTORS && !rowwise && d->ows == 1 && DKB % FC_TL == 0;
+         * pixels consecutive in both tmp and out copied as one masked vector (runs: nr,
+         * from stored pixel rj[r], rn[r] long). Element by element, a short row's
+         * blocks had cost more than the residual's add (ResNet-18's 3x3/2 layers: fused
+         * slower than the unfused sequence, AMD EPYC Zen 4). */
+        const int runwise = !rowwise && d->ows == 1 && DKB % FC_TL == 0;
         fc_int nr = 0, rj[FC_DMR], rn[FC_DMR];
         for (fc_int j = 0; runwise && j < np; j++) {
             if (j > 0 && po[j] == po[j - 1] + 1 && tj[j] == tj[j - 1] + 1) {
@@ -297,6 +302,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                 rn[nr++] = 1;
             }
         }
+#endif
         if (ep) {
             /* on vectors of channels, branch-free: (v + bias) + residual, then the
              * activation, each element as before */
@@ -307,6 +313,8 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     for (fc_int i0 = 0; i0 < np; i0 += FC_TL)
                         FN(transpose_rows)(res + o0 + po[0] + kr * plane + i0, plane,
                                            rt + i0 * DKB + kr, DKB, FC_TL);
+#endif
+#if FC_MASKED
             if (res != NULL && runwise) {
                 /* runs in order (each run's zeros past it overwritten by the next's
                  * values); ct's channels past nk stay 0, pixels outside the runs are
@@ -342,6 +350,8 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                                        plane, nk - k < FC_TL ? nk - k : FC_TL);
             continue;
         }
+#endif
+#if FC_MASKED
         if (runwise) {
             for (fc_int i0 = 0; i0 < FC_DMRT; i0 += FC_TL)
                 for (fc_int k = 0; k < nk; k += FC_TL)

@@ -107,24 +107,33 @@ static inline void FN(transpose_rows)(const T *src, fc_int ss, T *dst, fc_int ds
 #endif
 }
 
-/* dst[j] = src[j] for j < n, a short run (a block's pixels in one output row): by
- * masked vectors with AVX-512, else a loop. */
+/* Masked vector moves (AVX-512): a short run (a block's pixels in one output row)
+ * copied as one vector. Without them (AVX2's masked stores aside) a run's copy is a
+ * scalar loop, and going through the runs cost more than storing element by element
+ * (the lanes forward's 3x3/2 layers 7-10% slower, FASTCONV_ISA=avx2 on AMD EPYC Zen
+ * 4): fc_direct.h uses these only where FC_MASKED. */
+#undef FC_MASKED
+#if FC_VECTORS && defined(__AVX512F__)
+#  define FC_MASKED 1
+#  if FC_TSIZE == 4
+#    define FC_MASK(n) ((__mmask16)((1u << (n)) - 1))
+#    define FC_MLOAD(k, p) _mm512_maskz_loadu_ps(k, p)
+#    define FC_MSTORE(p, k, v) _mm512_mask_storeu_ps(p, k, v)
+#    define FC_STORE(p, v) _mm512_storeu_ps(p, v)
+#  else
+#    define FC_MASK(n) ((__mmask8)((1u << (n)) - 1))
+#    define FC_MLOAD(k, p) _mm512_maskz_loadu_pd(k, p)
+#    define FC_MSTORE(p, k, v) _mm512_mask_storeu_pd(p, k, v)
+#    define FC_STORE(p, v) _mm512_storeu_pd(p, v)
+#  endif
+
+/* dst[j] = src[j] for j < n */
 static inline void FN(copy_run)(T *restrict dst, const T *restrict src, fc_int n)
 {
-#if FC_VECTORS && defined(__AVX512F__)
     for (fc_int j = 0; j < n; j += VL) {
         const unsigned m = (unsigned)(n - j < VL ? n - j : VL);   /* lanes copied */
-#  if FC_TSIZE == 4
-        const __mmask16 k = (__mmask16)((1u << m) - 1);
-        _mm512_mask_storeu_ps(dst + j, k, _mm512_maskz_loadu_ps(k, src + j));
-#  else
-        const __mmask8 k = (__mmask8)((1u << m) - 1);
-        _mm512_mask_storeu_pd(dst + j, k, _mm512_maskz_loadu_pd(k, src + j));
-#  endif
+        FC_MSTORE(dst + j, FC_MASK(m), FC_MLOAD(FC_MASK(m), src + j));
     }
-#else
-    for (fc_int j = 0; j < n; j++) dst[j] = src[j];
-#endif
 }
 
 /* copy_run into a buffer: dst[j] = src[j] for j < n and 0 for the rest of the last
@@ -132,20 +141,18 @@ static inline void FN(copy_run)(T *restrict dst, const T *restrict src, fc_int n
  * a load of them after is forwarded from the stores. */
 static inline void FN(load_run)(T *restrict dst, const T *restrict src, fc_int n)
 {
-#if FC_VECTORS && defined(__AVX512F__)
     for (fc_int j = 0; j < n; j += VL) {
         const unsigned m = (unsigned)(n - j < VL ? n - j : VL);
-#  if FC_TSIZE == 4
-        _mm512_storeu_ps(dst + j, _mm512_maskz_loadu_ps((__mmask16)((1u << m) - 1), src + j));
-#  else
-        _mm512_storeu_pd(dst + j, _mm512_maskz_loadu_pd((__mmask8)((1u << m) - 1), src + j));
-#  endif
+        FC_STORE(dst + j, FC_MLOAD(FC_MASK(m), src + j));
     }
-#else
-    const fc_int vl = FC_VECTORS ? VL : 1, end = (n + vl - 1) / vl * vl;
-    for (fc_int j = 0; j < end; j++) dst[j] = j < n ? src[j] : 0;
-#endif
 }
+#  undef FC_MASK
+#  undef FC_MLOAD
+#  undef FC_MSTORE
+#  undef FC_STORE
+#else
+#  define FC_MASKED 0
+#endif
 
 /* The whole block: dst[j*ds + i] = src[i*ss + j] for i, j < FC_TL. */
 static inline void FN(transpose)(const T *restrict src, fc_int ss, T *restrict dst,
