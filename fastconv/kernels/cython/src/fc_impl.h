@@ -165,9 +165,11 @@ static inline void FN(transpose)(const T *restrict src, fc_int ss, T *restrict d
  * between planar and channels-last blocks). Where both sides hold a block, FC_TL x
  * FC_TL blocks by register transposes, column blocks outer, the last block along
  * each side overlapping the one before (storing the same values again); element by
- * element where a side is shorter than a block. */
-static inline void FN(transpose_matrix)(const T *src, fc_int ss, T *dst, fc_int ds,
-                                        fc_int rows, fc_int cols)
+ * element where a side is shorter than a block. ahead > 0: each block's source rows
+ * prefetched that many elements further along (rows far apart, each its own stream:
+ * more than the hardware prefetchers follow); reads past a row are prefetches only. */
+static inline void FN(transpose_matrix_ahead)(const T *src, fc_int ss, T *dst, fc_int ds,
+                                              fc_int rows, fc_int cols, fc_int ahead)
 {
     const fc_int L = FC_TL;
     if (rows >= L && cols >= L) {
@@ -175,6 +177,8 @@ static inline void FN(transpose_matrix)(const T *src, fc_int ss, T *dst, fc_int 
             const fc_int j = jb + L <= cols ? jb : cols - L;
             for (fc_int ib = 0; ib < rows; ib += L) {
                 const fc_int i = ib + L <= rows ? ib : rows - L;
+                for (fc_int r = 0; ahead > 0 && r < L; r++)
+                    __builtin_prefetch(src + (i + r) * ss + j + ahead, 0, 1);
                 FN(transpose)(src + i * ss + j, ss, dst + j * ds + i, ds);
             }
         }
@@ -182,6 +186,12 @@ static inline void FN(transpose_matrix)(const T *src, fc_int ss, T *dst, fc_int 
     }
     for (fc_int i = 0; i < rows; i++)
         for (fc_int j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
+}
+
+static inline void FN(transpose_matrix)(const T *src, fc_int ss, T *dst, fc_int ds,
+                                        fc_int rows, fc_int cols)
+{
+    FN(transpose_matrix_ahead)(src, ss, dst, ds, rows, cols, 0);
 }
 
 /* -- im2col: gather and scatter ---------------------------------------------------- */

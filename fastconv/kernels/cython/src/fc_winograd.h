@@ -43,8 +43,11 @@ static void FN(wino_slab)(const T *x, fc_int C, fc_int H, fc_int W, fc_int h0, f
         if (hi < Sw) memset(row + hi * C, 0, (size_t)((Sw - hi) * C) * sizeof(T));
         if (nhwc)          /* pixels w + ow, w in [lo, hi), of row h: contiguous */
             memcpy(row + lo * C, x + (h * W + ow + lo) * C, (size_t)((hi - lo) * C) * sizeof(T));
-        else               /* x[c, h, w + ow] for w in [lo, hi): rows c, H*W apart */
-            FN(transpose_matrix)(x + h * W + ow + lo, H * W, row + lo * C, C, C, hi - lo);
+        else               /* x[c, h, w + ow] for w in [lo, hi): rows c, H*W apart,
+                            * read 16 lines ahead (VGG-16's 64-channel 224x224 3x3, all
+                            * three passes: 1.13-1.34x, AMD EPYC Zen 4) */
+            FN(transpose_matrix_ahead)(x + h * W + ow + lo, H * W, row + lo * C, C, C,
+                                       hi - lo, 1024 / sizeof(T));
     }
 }
 
