@@ -299,8 +299,8 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
             n, i = (r0 + it) // th, (r0 + it) % th
             o = n * K * P * Q
             _output(M + it * tw * K, ldt, K, K, m, tw, tw, y + o, P, Q, m * i, bias,
-                    NULL if res == NULL or planar else res + o, 0 if planar else act, Tb + tid * tsize,
-                    K if nhwc else 0)
+                    NULL if res == NULL or planar else res + o, 0 if planar else act,
+                    Tb + tid * tsize, K if nhwc else 0)
         if planar:
             _residual(y, res, r0, nr, th, K, P, Q, m, act, tthreads)
         r0 = r0 + nr
