@@ -310,6 +310,38 @@ def test_winograd_rows_shorter_than_a_transpose():
                                      f"{algorithm} {dtype.__name__} Q={Q} H={H} K={K} {kw}")
 
 
+def test_winograd_input_rows_shorter_than_a_transpose():
+    """The slab of input (and dy) rows shorter than a register transpose, read by whole
+    transposes of channels running on into the next row where that stays inside the
+    image (the last row element by element): forward and both gradients, widths under
+    and over a vector, channel counts over a transpose and not a multiple of it."""
+    for dtype in DTYPES:
+        for algorithm in WINOGRAD:
+            for W in (6, 7, 13, 14, 15):
+                for C, pad in ((21, 1), (16, 0)):
+                    x, w = arrays(W + C, dtype, (2, C, 9, W), (18, C, 3, 3))
+                    kw = dict(padding=pad)
+                    with fastconv.trace_plans() as ran:
+                        y = fastconv.conv2d(x, w, **kw, algorithm=algorithm, backend="cython")
+                    assert (ran[-1].algorithm, ran[-1].backend) == (algorithm, "cython")
+                    want = fastconv.conv2d(x, w, **kw, algorithm="reference")
+                    tol = tolerance(dtype, algorithm)
+                    name = f"{algorithm} {dtype.__name__} W={W} C={C} pad={pad}"
+                    assert_close(y, want, tol, "forward " + name)
+                    dy = arrays(W, dtype, y.shape)[0]
+                    for op, got, ref in (
+                            ("input", fastconv.conv2d_input(x.shape, w, dy, **kw,
+                                                            algorithm=algorithm,
+                                                            backend="cython"),
+                             fastconv.conv2d_input(x.shape, w, dy, **kw, algorithm="reference")),
+                            ("weight", fastconv.conv2d_weight(x, w.shape, dy, **kw,
+                                                              algorithm=algorithm,
+                                                              backend="cython"),
+                             fastconv.conv2d_weight(x, w.shape, dy, **kw,
+                                                    algorithm="reference"))):
+                        assert_close(got, ref, tol, f"{op} {name}")
+
+
 # -- direct --------------------------------------------------------------------------------
 
 
