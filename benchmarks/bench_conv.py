@@ -25,6 +25,17 @@ from fastconv.bench import LAYERS, ODD_LAYERS, Layer, fma_peak, interleaved, lay
 
 PASSES = {"fwd": "conv2d", "bwd_input": "conv2d_input", "bwd_weight": "conv2d_weight"}
 DEPTHWISE = Layer("depthwise_3x3", 256, 28, 256, 3, 1, 1)
+#: the layer kinds of the issue on real networks that LAYERS lacks: ResNet's 1x1/2
+#: shortcuts, a 3->32 3x3/2 RGB stem, a 5x5 layer, a depthwise 3x3/2
+KINDS = [
+    Layer("resnet18_down_1x1s2", 64, 56, 128, 1, 2, 0),
+    Layer("resnet50_down_1x1s2", 256, 56, 512, 1, 2, 0),
+    Layer("rgb_3x3s2_3_32", 3, 224, 32, 3, 2, 1),
+    Layer("conv5x5_32_64", 32, 28, 64, 5, 1, 2),
+    Layer("depthwise_3x3s2", 144, 56, 144, 3, 2, 1),
+]
+#: the depthwise layers' groups (one channel each); timed forward only
+GROUPS = {DEPTHWISE.name: DEPTHWISE.C, "depthwise_3x3s2": 144}
 
 
 def fastconv_call(pass_, x, w, dy, L, groups, algorithm):
@@ -106,16 +117,18 @@ def main(argv=None):
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--passes", default="fwd,bwd_input,bwd_weight")
     ap.add_argument("--layers", default="",
-                    help="comma-separated names (default: all, odd channels and depthwise_3x3)")
+                    help="comma-separated names (default: all, odd channels, depthwise_3x3 "
+                         "and the network kinds: " + ", ".join(L.name for L in KINDS) + ")")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--algorithms", action="store_true", help="also time each algorithm forced")
     ap.add_argument("--accuracy", action="store_true", help="only print the accuracy table")
     ap.add_argument("--json", help="write all figures to this file")
     args = ap.parse_args(argv)
-    layers = ([DEPTHWISE if n == DEPTHWISE.name else layer(n) for n in args.layers.split(",")]
-              if args.layers else LAYERS + ODD_LAYERS + [DEPTHWISE])
+    extra = {L.name: L for L in [DEPTHWISE] + KINDS}
+    layers = ([extra[n] if n in extra else layer(n) for n in args.layers.split(",")]
+              if args.layers else LAYERS + ODD_LAYERS + [DEPTHWISE] + KINDS)
     if args.accuracy:
-        res = accuracy([L for L in layers if L is not DEPTHWISE])   # dense layers only
+        res = accuracy([L for L in layers if L.name not in GROUPS])   # dense layers only
         if args.json:
             json.dump(res, open(args.json, "w"), indent=1)
         return
@@ -135,9 +148,9 @@ def main(argv=None):
             for pass_ in args.passes.split(","):
                 print(f"\n-- {pass_}, N={N}: GFLOP/s (median) and PyTorch time / fastconv time --")
                 for L in layers:
-                    if L is DEPTHWISE and pass_ != "fwd":      # its bar is forward only
+                    if L.name in GROUPS and pass_ != "fwd":    # its bar is forward only
                         continue
-                    groups = L.C if L is DEPTHWISE else 1
+                    groups = GROUPS.get(L.name, 1)
                     row, ratios, chosen = run_layer(torch, L, N, pass_, args.rounds,
                                                     args.algorithms, groups)
                     cells = "  ".join(f"{k} {v:6.1f}" for k, v in row.items())

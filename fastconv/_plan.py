@@ -15,15 +15,16 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, direct (where its lanes kernel
   fits) or im2col.
-- forwards with few inputs per output (RGB stems, not 1x1) and 3x3 stride-2 forwards:
-  direct; the weight gradient of stride-2 layers with long patches: direct.
+- the other forwards with a kernel larger than 1x1 (RGB stems, stride 2, 5x5, 7x7,
+  dilated, grouped): direct; the weight gradient of stride-2 layers with long patches:
+  direct.
 - on CPUs with fewer vector registers than ``WINOGRAD_BELOW_REGISTERS`` (AVX2's 16),
   float32 3x3 stride-1 forwards on images under ``F4_MIN_IMAGE`` outputs run Winograd:
   F(4x4,3x3) from ``F4_MIN_IMAGE`` outputs over the batch, F(2x2,3x3) below.
 - on CPUs with fewer vector registers than ``BLAS_BELOW_REGISTERS`` (AVX2's 16), the
   other forwards that direct's lanes kernel or Winograd on images under
-  ``F4_MIN_IMAGE`` outputs would run (3x3 stride 2, float64) go to im2col's BLAS GEMM
-  (direct's register block is 12 accumulators there, not 28); stems stay direct.
+  ``F4_MIN_IMAGE`` outputs would run (stride 2, 5x5, float64, ...) go to im2col's BLAS
+  GEMM (direct's register block is 12 accumulators there, not 28); stems stay direct.
 - everything else (1x1 with stride or padding included): im2col.
 
 ``backend="auto"`` (unless ``fastconv.set_backend`` or ``FASTCONV_BACKEND`` set another
@@ -141,7 +142,10 @@ def _algorithm(op, p, dtype):
     patch = (p.C // p.groups) * p.R * p.S
     stride2 = p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1 and p.R > 1 and p.S > 1
     stem = patch < t.DIRECT_MAX_PATCH and p.R * p.S > 1       # not 1x1 with stride or padding
-    if op == "conv2d" and (stem or (stride2 and not blas)):
+    # any other forward with a kernel larger than 1x1 (stride 2, 5x5, 7x7, dilated,
+    # grouped): direct's lanes kernel ran 1.12-3.0x im2col's on 8 such layers at N=1 and
+    # 8, 1 and 2 threads (AMD EPYC Zen 4, session 31)
+    if op == "conv2d" and (stem or (p.R * p.S > 1 and not blas)):
         return "direct"
     if op == "conv2d_weight" and stride2 and patch >= t.DIRECT_MAX_PATCH:
         return "direct"
