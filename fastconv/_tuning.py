@@ -20,11 +20,15 @@ DEFAULTS = {
     "F2_MIN_OUTPUTS": (100, "outputs per batch",
         "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5)"),
     "DIRECT_MAX_PATCH": (256, "inputs per output",
-        "forwards with C/groups*R*S below this (RGB stems; R*S > 1) run direct (Zen 5, Xeon); "
+        "forwards with C/groups*R*S below this (RGB stems; R*S > 1) run direct (Zen 5, Xeon), "
+        "on any CPU; with BLAS_BELOW_REGISTERS vector registers every forward with R*S > 1 "
+        "that Winograd does not take does (1.12-3.0x im2col on 5x5, 7x7, dilated and grouped "
+        "layers, Zen 4); "
         "1x1 layers with stride or padding run im2col: 2.5-4x direct's speed at N = 1 and 8 "
         "(Zen 3)"),
     "BLAS_BELOW_REGISTERS": (32, "vector registers",
-        "on CPUs with fewer (AVX2: 16), 3x3 stride-2 forwards and 3x3 forwards on images "
+        "on CPUs with fewer (AVX2: 16), the forwards direct runs on the others (stride 2, "
+        "5x5, dilated, grouped) and 3x3 forwards on images "
         "under F4_MIN_IMAGE outputs run im2col's BLAS GEMM, not direct's lanes kernel (a 4 x 24 "
         "block there) or Winograd: 1.3-3.3x faster on ResNet-18's layers, N = 1 and 8, "
         "1 thread, and 1.1-1.3x at N = 1 on 2 threads (Zen 3); 0 turns it off. AVX-512 CPUs "
