@@ -192,6 +192,22 @@ static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, f
     FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, NULL, tmp);
 }
 
+#if FC_MASKED
+/* dst[j] = act((src[j] + b) + res[j]) for j < n (res NULL: none): one channel's run of
+ * a block from the channel-major buffer, by masked vectors; the arithmetic of the
+ * block's epilogue on vectors of channels, in its order. */
+static inline void FN(store_run_ep)(T *restrict dst, const T *restrict src, fc_int n, T b,
+                                    const T *restrict res, int act)
+{
+    for (fc_int j = 0; j < n; j += DVL) {
+        const unsigned m = (unsigned)(n - j < DVL ? n - j : DVL);
+        FN(dvec) v = (FN(dvec))FC_MLOAD(FC_MASK(m), src + j) + b;
+        if (res != NULL) v += (FN(dvec))FC_MLOAD(FC_MASK(m), res + j);
+        FC_MSTORE(dst + j, FC_MASK(m), (FC_MVEC)FN(dvact)(v, act));
+    }
+}
+#endif
+
 /* The blocks (bp, 0 .. bcol-1) of image n, output channels kb*DKB .. of group g, from
  * the phase layout xb (d->plane elements per channel plane) and the weight block w[c,
  * r, s, DKB] of those channels, stored to out[n, k, oh0 + p*ohs, ow0 + q*ows] through
@@ -217,9 +233,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
      * transposed too, never kept) */
     T tmp[FC_DMRT * DKB], rt[FC_DMRT * DKB], bpad[DKB];
 #if FC_MASKED
-    /* ct: a block channel-major, DKB channels x FC_DMRT pixels (the residual's runs as
-     * read, then the result's as stored), and a vector past them (load_run's last) */
-    T ct[DKB * FC_DMRT + DVL];
+    T ct[DKB * FC_DMRT];            /* a block channel-major: DKB channels x FC_DMRT pixels */
 #endif
     fc_int off[FC_DMR], po[FC_DMR], tj[FC_DMR];
     FN(dvec) bv[FC_DNV];
@@ -229,9 +243,6 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
         for (fc_int k = 0; k < DKB; k++) bpad[k] = bias != NULL && k < nk ? bias[g * d->Kg + k0 + k] : 0;
         for (int v = 0; v < FC_DNV; v++) bv[v] = FN(dload)(bpad + v * DVL);
         if (res != NULL && nk < DKB) memset(rt, 0, sizeof rt);
-#if FC_MASKED
-        if (res != NULL && nk < DKB) memset(ct, 0, sizeof ct);
-#endif
     }
     for (fc_int bq = 0; bq < d->bcol; bq++) {
         fc_int np = 0;                  /* the block's stored pixels: tmp row tj, out po */
@@ -288,10 +299,11 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
 #if FC_MASKED
         /* else, where pixels run along output rows (ows 1): the block goes through ct,
          * whole register transposes on the block's side and, per channel, each run of
-         * pixels consecutive in both tmp and out copied as one masked vector (runs: nr,
-         * from stored pixel rj[r], rn[r] long). Element by element, a short row's
-         * blocks had cost more than the residual's add (ResNet-18's 3x3/2 layers: fused
-         * slower than the unfused sequence, AMD EPYC Zen 4). */
+         * pixels consecutive in both tmp and out stored as one masked vector, the
+         * epilogue applied to it there (runs: nr, from stored pixel rj[r], rn[r] long).
+         * Element by element, a short row's blocks had cost more than the residual's
+         * add (ResNet-18's 3x3/2 layers: fused slower than the unfused sequence, AMD
+         * EPYC Zen 4). */
         const int runwise = !rowwise && d->ows == 1 && DKB % FC_TL == 0;
         fc_int nr = 0, rj[FC_DMR], rn[FC_DMR];
         for (fc_int j = 0; runwise && j < np; j++) {
@@ -302,8 +314,10 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                 rn[nr++] = 1;
             }
         }
+#else
+        const int runwise = 0;
 #endif
-        if (ep) {
+        if (ep && !runwise) {
             /* on vectors of channels, branch-free: (v + bias) + residual, then the
              * activation, each element as before */
             fc_int kr = 0;                  /* the residual's channels read by transposes */
@@ -313,21 +327,6 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     for (fc_int i0 = 0; i0 < np; i0 += FC_TL)
                         FN(transpose_rows)(res + o0 + po[0] + kr * plane + i0, plane,
                                            rt + i0 * DKB + kr, DKB, FC_TL);
-#endif
-#if FC_MASKED
-            if (res != NULL && runwise) {
-                /* runs in order (each run's zeros past it overwritten by the next's
-                 * values); ct's channels past nk stay 0, pixels outside the runs are
-                 * never stored */
-                for (fc_int k = 0; k < nk; k++)
-                    for (fc_int r = 0; r < nr; r++)
-                        FN(load_run)(ct + k * FC_DMRT + tj[rj[r]],
-                                     res + o0 + po[rj[r]] + k * plane, rn[r]);
-                for (fc_int i0 = 0; i0 < FC_DMRT; i0 += FC_TL)
-                    for (fc_int k = 0; k < DKB; k += FC_TL)
-                        FN(transpose)(ct + k * FC_DMRT + i0, FC_DMRT, rt + i0 * DKB + k, DKB);
-                kr = nk;
-            }
 #endif
             if (res != NULL)
                 for (fc_int k = kr; k < nk; k++)
@@ -358,9 +357,14 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     FN(transpose_rows)(tmp + i0 * DKB + k, DKB, ct + k * FC_DMRT + i0, FC_DMRT,
                                        nk - k < FC_TL ? nk - k : FC_TL);
             for (fc_int k = 0; k < nk; k++)
-                for (fc_int r = 0; r < nr; r++)
-                    FN(copy_run)(out + o0 + po[rj[r]] + k * plane, ct + k * FC_DMRT + tj[rj[r]],
-                                 rn[r]);
+                for (fc_int r = 0; r < nr; r++) {
+                    const fc_int o = o0 + po[rj[r]] + k * plane;
+                    if (ep)
+                        FN(store_run_ep)(out + o, ct + k * FC_DMRT + tj[rj[r]], rn[r], bpad[k],
+                                         res == NULL ? NULL : res + o, d->act);
+                    else
+                        FN(copy_run)(out + o, ct + k * FC_DMRT + tj[rj[r]], rn[r]);
+                }
             continue;
         }
 #endif

@@ -113,18 +113,22 @@ static inline void FN(transpose_rows)(const T *src, fc_int ss, T *dst, fc_int ds
  * (the lanes forward's 3x3/2 layers 7-10% slower, FASTCONV_ISA=avx2 on AMD EPYC Zen
  * 4): fc_direct.h uses these only where FC_MASKED. */
 #undef FC_MASKED
+#undef FC_MASK
+#undef FC_MVEC
+#undef FC_MLOAD
+#undef FC_MSTORE
 #if FC_VECTORS && defined(__AVX512F__)
 #  define FC_MASKED 1
 #  if FC_TSIZE == 4
 #    define FC_MASK(n) ((__mmask16)((1u << (n)) - 1))
+#    define FC_MVEC __m512
 #    define FC_MLOAD(k, p) _mm512_maskz_loadu_ps(k, p)
 #    define FC_MSTORE(p, k, v) _mm512_mask_storeu_ps(p, k, v)
-#    define FC_STORE(p, v) _mm512_storeu_ps(p, v)
 #  else
 #    define FC_MASK(n) ((__mmask8)((1u << (n)) - 1))
+#    define FC_MVEC __m512d
 #    define FC_MLOAD(k, p) _mm512_maskz_loadu_pd(k, p)
 #    define FC_MSTORE(p, k, v) _mm512_mask_storeu_pd(p, k, v)
-#    define FC_STORE(p, v) _mm512_storeu_pd(p, v)
 #  endif
 
 /* dst[j] = src[j] for j < n */
@@ -135,21 +139,6 @@ static inline void FN(copy_run)(T *restrict dst, const T *restrict src, fc_int n
         FC_MSTORE(dst + j, FC_MASK(m), FC_MLOAD(FC_MASK(m), src + j));
     }
 }
-
-/* copy_run into a buffer: dst[j] = src[j] for j < n and 0 for the rest of the last
- * vector (dst has room for n rounded up to whole vectors); whole vectors stored, so
- * a load of them after is forwarded from the stores. */
-static inline void FN(load_run)(T *restrict dst, const T *restrict src, fc_int n)
-{
-    for (fc_int j = 0; j < n; j += VL) {
-        const unsigned m = (unsigned)(n - j < VL ? n - j : VL);
-        FC_STORE(dst + j, FC_MLOAD(FC_MASK(m), src + j));
-    }
-}
-#  undef FC_MASK
-#  undef FC_MLOAD
-#  undef FC_MSTORE
-#  undef FC_STORE
 #else
 #  define FC_MASKED 0
 #endif
