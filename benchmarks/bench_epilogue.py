@@ -6,7 +6,13 @@ against what a network did before: ``conv2d(x, w)``, ``+= bias``, ``+= r`` and
 ``np.maximum(y, 0)`` in NumPy, interleaved in one process. Prints each side's median
 time, the plan, and the median per-round ratio unfused/fused (> 1: fused faster).
 
+Both sides take the weight prepared (``fastconv.prepare_weight``), as a network's layers
+do (``fastconv.nn.optimize``, ``fastconv.nn`` in eval mode). ``--weights array`` passes
+the plain array instead: each call then also pays the implicit cache's bitwise check
+of the weight (a 4.7 MB memcmp on layer4's 3x3 layers), which both sides pay alike.
+
     python benchmarks/bench_epilogue.py [--batch 1] [--threads 1] [--rounds 15]
+                                        [--weights prepared|array]
 """
 import argparse
 
@@ -35,17 +41,20 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--weights", choices=("prepared", "array"), default="prepared")
     args = ap.parse_args()
     fastconv.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     # a layer's input size in ResNet-18 at 224 x 224, by its input channels
     sizes = {3: 224, 64: 56, 128: 28, 256: 14, 512: 7}
     print(f"{cpu_model()}, {args.threads} thread(s), N={args.batch}, float32, "
-          f"{args.rounds} interleaved rounds")
+          f"{args.rounds} interleaved rounds, weights {args.weights}")
     print(f"{'layer':24s} {'plan':44s} {'fused ms':>9s} {'unfused ms':>10s} {'factor':>7s}")
     for layer in layers():
         w, b = layer["w"], layer["b"]
         K, C, R, S = w.shape
+        if args.weights == "prepared":
+            w = fastconv.prepare_weight(w)
         H = sizes[C]
         x = rng.standard_normal((args.batch, C, H, H), dtype=np.float32)
         kw = dict(stride=layer["stride"], padding=layer["padding"])

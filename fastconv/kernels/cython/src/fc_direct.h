@@ -399,8 +399,11 @@ static void FN(direct_streamed_item)(const T *xb, const T *w, T *out, const fc_d
     const fc_int nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB, RS = d->R * d->S;
     const fc_int J = d->Cg * RS;                   /* the block's rows j = (c*R + r)*S + s */
     if (!flip) {
-        /* wl[j, k] = w[g*Kg + k0 + k, j]: the (nk, J) matrix transposed */
-        FN(transpose_matrix)(w + (g * d->Kg + k0) * J, J, wl, DKB, nk, J);
+        /* wl[j, k] = w[g*Kg + k0 + k, j]: the (nk, J) matrix transposed, its nk rows
+         * (nk streams, J apart) prefetched 16 lines ahead: left to the hardware
+         * prefetchers, the transposes took a third of 512 -> 512 3x3 at 7 x 7, N=1 */
+        FN(transpose_matrix_ahead)(w + (g * d->Kg + k0) * J, J, wl, DKB, nk, J,
+                                   1024 / sizeof(T));
         for (fc_int j = 0; j < J && nk < DKB; j++)
             for (fc_int k = nk; k < DKB; k++) wl[j * DKB + k] = 0;
     } else {
