@@ -70,18 +70,20 @@ static void FN(direct_phase_row)(const T *src, fc_int H, fc_int W, T *dst, fc_in
 {
     T *d = dst + it * sw * Wq;
     const fc_int h = it % Hp - pt;
-    memset(d, 0, (size_t)(sw * Wq) * sizeof(T));
-    if (h < 0 || h >= H) return;
+    if (h < 0 || h >= H) {
+        memset(d, 0, (size_t)(sw * Wq) * sizeof(T));
+        return;
+    }
     const T *row = src + (it / Hp * H + h) * W;
     for (fc_int b = 0; b < sw; b++) {
         fc_int lo, hi;                             /* wq with 0 <= wq*sw + b - pl < W */
         fc_valid_range(Wq, W, sw, b - pl, &lo, &hi);
         T *db = d + b * Wq;
-        const T *r = row + b - pl;
-        if (sw == 1)
-            memcpy(db + lo, r + lo, (size_t)(hi - lo) * sizeof(T));
-        else
-            for (fc_int wq = lo; wq < hi; wq++) db[wq] = r[wq * sw];
+        if (lo > 0) memset(db, 0, (size_t)lo * sizeof(T));
+        /* gather: stride 2 by vectors (element by element, the stride-2 phases had
+         * taken 9% of ResNet-50's 128 -> 128 3x3/2 forward at N=1, AMD EPYC Zen 4) */
+        FN(gather)(db + lo, row + lo * sw + b - pl, hi - lo, sw);
+        if (hi < Wq) memset(db + hi, 0, (size_t)(Wq - hi) * sizeof(T));
     }
 }
 
