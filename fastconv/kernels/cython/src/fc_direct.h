@@ -672,6 +672,19 @@ static inline __attribute__((always_inline)) void FN(dw_block)(
     }
 }
 
+/* dw_block for 9 taps (3 x 3), their weights broadcast (wv) and their offsets (to)
+ * held across the plane's blocks: the taps unrolled, no weight reloaded per block */
+static inline __attribute__((always_inline)) void FN(dw_block9)(
+    const T *base, fc_int Wq, const fc_int *to, const FN(dvec) *wv, const int rows,
+    FN(dvec) *acc)
+{
+    for (int i = 0; i < rows; i++) acc[i] = (FN(dvec)){0};
+    for (int t = 0; t < 9; t++) {
+        const T *b = base + to[t];
+        for (int i = 0; i < rows; i++) acc[i] += FN(dload)(b + i * Wq) * wv[t];
+    }
+}
+
 /* Plane it = n*K + k of the depthwise forward: out[n, k] (P x Q) = the correlation of
  * x[n, k / Kg] (padded by pt, pl) with w[k] (R x S; rotated by 180 degrees when
  * `flip`), through the epilogue. tile: scratch of sh*sw*Hq*Wq elements (Hq, Wq: whole
@@ -690,13 +703,26 @@ FC_NO_LIBCALLS static void FN(dw_plane)(const T *x, const T *w, T *out, const fc
     const T *wk = w + k * RS;
     const int plain = bias == NULL && res == NULL && act == 0;
     const FN(dvec) bk = (FN(dvec)){0} + (bias != NULL ? bias[k] : (T)0);
+    /* 3 x 3 (RS 9): the taps' weights and offsets for every block of the plane
+     * (per block and tap, reloading them had cost as much as the FMAs) */
+    FN(dvec) wv[9];
+    fc_int to[9];
+    for (int t = 0; t < 9 && RS == 9; t++) {
+        wv[t] = (FN(dvec)){0} + wk[flip ? 8 - t : t];
+        to[t] = d->toff[t];
+    }
     for (fc_int p0 = 0; p0 < P; p0 += rows) {
         for (fc_int q0 = 0; q0 < Q; q0 += DVL) {
             FN(dvec) acc[FC_DWR];
-            if (rows == 7)
-                FN(dw_block)(tile + p0 * Wq + q0, Wq, d->toff, wk, RS, flip, 7, acc);
+            const T *base = tile + p0 * Wq + q0;
+            if (RS == 9 && rows == 7)
+                FN(dw_block9)(base, Wq, to, wv, 7, acc);
+            else if (RS == 9)
+                FN(dw_block9)(base, Wq, to, wv, FC_DWR, acc);
+            else if (rows == 7)
+                FN(dw_block)(base, Wq, d->toff, wk, RS, flip, 7, acc);
             else
-                FN(dw_block)(tile + p0 * Wq + q0, Wq, d->toff, wk, RS, flip, FC_DWR, acc);
+                FN(dw_block)(base, Wq, d->toff, wk, RS, flip, FC_DWR, acc);
             const fc_int nq = Q - q0 < DVL ? Q - q0 : DVL;
             for (fc_int i = 0; i < rows && p0 + i < P; i++) {
                 T *yr = y + (p0 + i) * Q + q0;
