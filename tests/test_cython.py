@@ -425,6 +425,15 @@ DIRECT_PATHS = [
     ("depthwise, stride 1", {"conv2d": "depthwise", "conv2d_input": "depthwise",
                              "conv2d_weight": "depthwise"},
      _case(2, 8, 13, 21, 8, 3, 3, padding=1, groups=8)),
+    # stride 1 with AVX-512 reads x as it is, by masked loads: columns masked at both
+    # edges of rows three vectors wide, a partial last block of rows; then a filter
+    # whose rows reach further than that path takes (the padded tile again)
+    ("depthwise, stride 1, 5x3, dilated rows, wide padded rows",
+     {"conv2d": "depthwise", "conv2d_input": "depthwise"},
+     _case(1, 5, 19, 37, 5, 5, 3, 1, (4, 2), (2, 1), 5)),
+    ("depthwise, stride 1, a reach of 18 rows, rows narrower than a vector",
+     {"conv2d": "depthwise", "conv2d_input": "depthwise"},
+     _case(1, 2, 20, 6, 2, 3, 3, 1, (9, 1), (9, 1), 2)),
     ("depthwise, stride 2, dilation, multiplier 2",
      {"conv2d": "depthwise", "conv2d_input": "depthwise_scatter", "conv2d_weight": "depthwise"},
      _case(2, 4, 12, 9, 8, 3, 3, 2, (2, 1), (2, 1), 4)),

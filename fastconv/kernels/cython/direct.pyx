@@ -483,7 +483,9 @@ def _depthwise(x, w, out, p, flip, ep):
         g = _dw_geometry(N, K, K // C, H, W, p.R, p.S, p.stride_h, p.stride_w, p.pad_top,
                          p.pad_left, p.dil_h, p.dil_w, P, Q, x.dtype)
     nt = get_num_threads()
-    tiles = _dw_tiles(g.sh, g.sw, g.Hq, g.Wq, x.dtype, nt)
+    # W more zeros: where dw_plane reads x as it is (AVX-512, stride 1), the tile is its
+    # zero row for input rows outside x
+    tiles = _dw_tiles(g.sh, g.sw, g.Hq, g.Wq, x.dtype, nt, W)
     if x.dtype == np.float32:
         _dw_run[float](x, w, out, &g, flip, ep.bias, ep.residual, ep.act, tiles, nt)
     else:
