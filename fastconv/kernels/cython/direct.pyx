@@ -398,6 +398,7 @@ cdef fc_dw _dw_geometry(N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, dtyp
     (``toff``) live in the calling thread's workspace until its next call."""
     cdef fc_dw g
     cdef fc_int[::1] toff
+    cdef fc_int r, s
     J = block(dtype) // 2
     g.N, g.K, g.Kg, g.H, g.W, g.R, g.S = N, K, Kg, H, W, R, S
     g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.P, g.Q = sh, sw, pt, pl, dh, dw, P, Q
@@ -405,11 +406,11 @@ cdef fc_dw _dw_geometry(N, K, Kg, H, W, R, S, sh, sw, pt, pl, dh, dw, P, Q, dtyp
     g.Hq = -(-P // g.rows) * g.rows + (R - 1) * dh // sh
     g.Wq = -(-Q // J) * J + (S - 1) * dw // sw
     g.Hn, g.Wn = P + (R - 1) * dh // sh, Q + (S - 1) * dw // sw  # what valid outputs read
-    taps = workspace("cython_direct_taps", R * S, np.int64)
-    taps[:] = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * g.Hq * g.Wq
-                        + (r * dh) // sh * g.Wq + (s * dw) // sw
-                        for r in range(R) for s in range(S)], np.int64)
-    toff = taps
+    toff = workspace("cython_direct_taps", R * S, np.int64)
+    for r in range(g.R):
+        for s in range(g.S):
+            toff[r * g.S + s] = ((((r * g.dh) % g.sh) * g.sw + (s * g.dw) % g.sw) * g.Hq * g.Wq
+                                 + (r * g.dh) // g.sh * g.Wq + (s * g.dw) // g.sw)
     g.toff = &toff[0]
     return g
 
