@@ -185,7 +185,7 @@ cdef extern from "fc_kernels.h" nogil:
                                      fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
                                      fc_int it) noexcept nogil
         void (*direct_xblock_row_f32)(const float *x, fc_int C, fc_int H, fc_int W, fc_int G,
-                                      fc_int Cg, float *xf, fc_int Hp, fc_int Wp, fc_int pt,
+                                      fc_int Cg, float *d, fc_int Hp, fc_int Wp, fc_int pt,
                                       fc_int pl, fc_int it) noexcept nogil
         void (*direct_dy_row_f32)(const float *dy, fc_int K, fc_int P, fc_int Q, fc_int G,
                                   fc_int Kg, float *dyb, fc_int it) noexcept nogil
@@ -200,7 +200,7 @@ cdef extern from "fc_kernels.h" nogil:
         fc_int (*direct_flat_pixels_f32)() noexcept nogil
         void (*direct_flat_item_f32)(const float *xb, const float *wb, float *out,
                                      const fc_direct *d, fc_int it) noexcept nogil
-        void (*direct_weight_item_f32)(const float *xf, const float *dyb, const fc_dweight *d,
+        void (*direct_weight_item_f32)(const float *xn, const float *dyb, const fc_dweight *d,
                                        fc_int n, fc_int it, float *acc) noexcept nogil
         void (*direct_weight_store_f32)(float *gw, const fc_dweight *d, fc_int it,
                                         const float *acc) noexcept nogil
@@ -218,7 +218,7 @@ cdef extern from "fc_kernels.h" nogil:
                                      fc_int sw, fc_int Wq, fc_int pt, fc_int pl,
                                      fc_int it) noexcept nogil
         void (*direct_xblock_row_f64)(const double *x, fc_int C, fc_int H, fc_int W, fc_int G,
-                                      fc_int Cg, double *xf, fc_int Hp, fc_int Wp, fc_int pt,
+                                      fc_int Cg, double *d, fc_int Hp, fc_int Wp, fc_int pt,
                                       fc_int pl, fc_int it) noexcept nogil
         void (*direct_dy_row_f64)(const double *dy, fc_int K, fc_int P, fc_int Q, fc_int G,
                                   fc_int Kg, double *dyb, fc_int it) noexcept nogil
@@ -233,7 +233,7 @@ cdef extern from "fc_kernels.h" nogil:
         fc_int (*direct_flat_pixels_f64)() noexcept nogil
         void (*direct_flat_item_f64)(const double *xb, const double *wb, double *out,
                                      const fc_direct *d, fc_int it) noexcept nogil
-        void (*direct_weight_item_f64)(const double *xf, const double *dyb, const fc_dweight *d,
+        void (*direct_weight_item_f64)(const double *xn, const double *dyb, const fc_dweight *d,
                                        fc_int n, fc_int it, double *acc) noexcept nogil
         void (*direct_weight_store_f64)(double *gw, const fc_dweight *d, fc_int it,
                                         const double *acc) noexcept nogil

@@ -498,65 +498,90 @@ def _depthwise(x, w, out, p, flip, ep):
 
 cdef int _weight_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, real[::1] xf,
                      real[::1] dyb, real[:, ::1] gw, real[:, ::1] acc, const fc_dweight *d,
-                     fc_int pt, fc_int pl, int nt, bint image_outer) except -1:
-    """The layouts of x and dy, then every (split, item) over its split's images in
-    order into its accumulators, then its sums into gw[split]. ``image_outer``: image
-    by image, every item (an image's x and dy blocks stay in cache through its items;
-    ``acc`` a row per (split, item)); else item by item, every image (its accumulators
-    stay in cache; ``acc`` a row per thread)."""
+                     fc_int pt, fc_int pl, fc_int WR, int nt, bint image_outer) except -1:
+    """dy's layout, then every (split, item) over its split's images in order into its
+    accumulators, then its sums into gw[split]. ``image_outer``: image by image, every
+    item, each thread laying out the x block (image, group, input-channel block) its
+    items read in its own slot of ``xf`` (Hp*Wp*WR elements) when the block changes,
+    just before they read it from cache (an image's dy blocks stay in cache through its
+    items; ``acc`` a row per (split, item)); else x's layout of the whole batch first
+    (``xf`` holds it), then item by item, every image (its accumulators stay in cache;
+    ``acc`` a row per thread)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dy.shape[1], nsplit = gw.shape[0]
-    cdef Py_ssize_t items = d.G * d.Cb * d.Kb, it, sp, i, step, n, row
+    cdef Py_ssize_t items = d.G * d.Cb * d.Kb, it, sp, i, step, n, row, item
     cdef Py_ssize_t ny = N * d.G * d.Kb * d.P, nx = N * d.G * d.Cb * d.Hp
     cdef Py_ssize_t steps = (N + nsplit - 1) // nsplit      # the most images of a split
+    cdef Py_ssize_t blk = d.Hp * d.Wp * WR, total = nsplit * items
+    cdef Py_ssize_t tid, first, last, key, held, hp
+    cdef real *xt
     with nogil:
-        for it in prange(nx, num_threads=_par(nx * d.Wp * MR_, nt), schedule="static"):
-            if real is float:
-                hot.direct_xblock_row_f32(&x[0, 0, 0, 0], C, H, W, d.G, d.Cg, &xf[0], d.Hp,
-                                          d.Wp, pt, pl, it)
-            else:
-                hot.direct_xblock_row_f64(&x[0, 0, 0, 0], C, H, W, d.G, d.Cg, &xf[0], d.Hp,
-                                          d.Wp, pt, pl, it)
         for it in prange(ny, num_threads=_par(ny * d.Q * 16, nt), schedule="static"):
             if real is float:
                 hot.direct_dy_row_f32(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
             else:
                 hot.direct_dy_row_f64(&dy[0, 0, 0, 0], K, d.P, d.Q, d.G, d.Kg, &dyb[0], it)
         if image_outer:
+            # x laid out block by block as the items need it, not for the whole batch
+            # first: that pass wrote the batch's layout (14 MB for ResNet-50's res3
+            # 3x3/2 at N=8) only for the items to read it back from memory
             for step in range(steps):           # the step-th image of each split
-                for i in prange(nsplit * items, num_threads=nt, schedule="static"):
-                    sp = i // items
-                    n = N * sp // nsplit + step
-                    if step == 0:
-                        memset(&acc[i, 0], 0, acc.shape[1] * sizeof(real))
-                    if n < N * (sp + 1) // nsplit:
+                for tid in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                    first, last = tid * total // nt, (tid + 1) * total // nt
+                    xt = &xf[0] + tid * blk
+                    held = -1                   # the block (n*G + g)*Cb + cb in xt
+                    for i in range(first, last):
+                        sp, item = i // items, i % items
+                        n = N * sp // nsplit + step
+                        if step == 0:
+                            memset(&acc[i, 0], 0, acc.shape[1] * sizeof(real))
+                        if n >= N * (sp + 1) // nsplit:
+                            continue
+                        key = (n * d.G + item // d.Kb // d.Cb) * d.Cb + item // d.Kb % d.Cb
+                        if key != held:
+                            for hp in range(d.Hp):
+                                if real is float:
+                                    hot.direct_xblock_row_f32(
+                                        &x[0, 0, 0, 0], C, H, W, d.G, d.Cg, xt + hp * d.Wp * WR,
+                                        d.Hp, d.Wp, pt, pl, key * d.Hp + hp)
+                                else:
+                                    hot.direct_xblock_row_f64(
+                                        &x[0, 0, 0, 0], C, H, W, d.G, d.Cg, xt + hp * d.Wp * WR,
+                                        d.Hp, d.Wp, pt, pl, key * d.Hp + hp)
+                            held = key
                         if real is float:
-                            hot.direct_weight_item_f32(&xf[0], &dyb[0], d, n, i % items,
-                                                       &acc[i, 0])
+                            hot.direct_weight_item_f32(xt, &dyb[0], d, n, item, &acc[i, 0])
                         else:
-                            hot.direct_weight_item_f64(&xf[0], &dyb[0], d, n, i % items,
-                                                       &acc[i, 0])
+                            hot.direct_weight_item_f64(xt, &dyb[0], d, n, item, &acc[i, 0])
             for i in prange(nsplit * items, num_threads=nt, schedule="static"):
                 if real is float:
                     hot.direct_weight_store_f32(&gw[i // items, 0], d, i % items, &acc[i, 0])
                 else:
                     hot.direct_weight_store_f64(&gw[i // items, 0], d, i % items, &acc[i, 0])
         else:
+            for it in prange(nx, num_threads=_par(nx * d.Wp * MR_, nt), schedule="static"):
+                if real is float:
+                    hot.direct_xblock_row_f32(&x[0, 0, 0, 0], C, H, W, d.G, d.Cg,
+                                              &xf[0] + it * d.Wp * WR, d.Hp, d.Wp, pt, pl, it)
+                else:
+                    hot.direct_xblock_row_f64(&x[0, 0, 0, 0], C, H, W, d.G, d.Cg,
+                                              &xf[0] + it * d.Wp * WR, d.Hp, d.Wp, pt, pl, it)
             for i in prange(nsplit * items, num_threads=nt, schedule="static"):
-                sp = i // items
+                sp, item = i // items, i % items
                 row = threadid()
+                key = item // d.Kb                  # g*Cb + cb
                 memset(&acc[row, 0], 0, acc.shape[1] * sizeof(real))
                 for n in range(N * sp // nsplit, N * (sp + 1) // nsplit):
                     if real is float:
-                        hot.direct_weight_item_f32(&xf[0], &dyb[0], d, n, i % items,
-                                                   &acc[row, 0])
+                        hot.direct_weight_item_f32(&xf[0] + (n * d.G * d.Cb + key) * blk,
+                                                   &dyb[0], d, n, item, &acc[row, 0])
                     else:
-                        hot.direct_weight_item_f64(&xf[0], &dyb[0], d, n, i % items,
-                                                   &acc[row, 0])
+                        hot.direct_weight_item_f64(&xf[0] + (n * d.G * d.Cb + key) * blk,
+                                                   &dyb[0], d, n, item, &acc[row, 0])
                 if real is float:
-                    hot.direct_weight_store_f32(&gw[sp, 0], d, i % items, &acc[row, 0])
+                    hot.direct_weight_store_f32(&gw[sp, 0], d, item, &acc[row, 0])
                 else:
-                    hot.direct_weight_store_f64(&gw[sp, 0], d, i % items, &acc[row, 0])
+                    hot.direct_weight_store_f64(&gw[sp, 0], d, item, &acc[row, 0])
     return 0
 
 
@@ -743,22 +768,24 @@ def conv2d_weight(plan, x, dy, p, out):
     # every pixel a tap reads: (p*sh + r*dh, q*sw + s*dw) of the padded input
     d.Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1
     d.Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1
-    xf = workspace("cython_direct_xf", p.N * G * d.Cb * d.Hp * d.Wp * WR, dtype)
+    image_outer = _weight_image_outer(p, dtype)
+    # x's layout: a block per thread (image by image), or the whole batch's
+    xf = workspace("cython_direct_xf", (nt if image_outer else p.N * G * d.Cb)
+                   * d.Hp * d.Wp * WR, dtype)
     dyb = workspace("cython_direct_dy", p.N * G * d.Kb * p.P * p.Q * KB, dtype)
     nsplit = plan["batch_splits"]
     gw = (out.reshape(1, -1) if nsplit == 1 else
           workspace("cython_direct_gw", nsplit * out.size, dtype).reshape(nsplit, -1))
-    image_outer = _weight_image_outer(p, dtype)
     items = G * d.Cb * d.Kb
     acc = workspace_array("cython_direct_acc", (nsplit * items if image_outer else nt,
                                                 p.R * p.S * WR * KB), dtype)
     if p.N == 0:
         acc.fill(0)
     if dtype == np.float32:
-        _weight_run[float](x, dy, xf, dyb, gw, acc, &d, p.pad_top, p.pad_left, nt,
+        _weight_run[float](x, dy, xf, dyb, gw, acc, &d, p.pad_top, p.pad_left, WR, nt,
                            image_outer)
     else:
-        _weight_run[double](x, dy, xf, dyb, gw, acc, &d, p.pad_top, p.pad_left, nt,
+        _weight_run[double](x, dy, xf, dyb, gw, acc, &d, p.pad_top, p.pad_left, WR, nt,
                             image_outer)
     if nsplit > 1:
         np.sum(gw.reshape((nsplit,) + out.shape), axis=0, out=out)

@@ -88,17 +88,17 @@ static void FN(direct_phase_row)(const T *src, fc_int H, fc_int W, T *dst, fc_in
 }
 
 /* Row it = ((n*G + g)*Cb + cb)*Hp + hp of the weight gradient's input layout xf[n, g,
- * cb, hp, wp, j] (Hp x Wp pixels of WGR channels): x[n, g*Cg + cb*WGR + j, hp - pt,
- * wp - pl], 0 outside x and past the group's Cg channels. */
+ * cb, hp, wp, j] (Hp x Wp pixels of WGR channels), stored at d (Wp*WGR elements):
+ * x[n, g*Cg + cb*WGR + j, hp - pt, wp - pl], 0 outside x and past the group's Cg
+ * channels. */
 static void FN(direct_xblock_row)(const T *x, fc_int C, fc_int H, fc_int W, fc_int G,
-                                  fc_int Cg, T *xf, fc_int Hp, fc_int Wp, fc_int pt,
+                                  fc_int Cg, T *d, fc_int Hp, fc_int Wp, fc_int pt,
                                   fc_int pl, fc_int it)
 {
     const fc_int Cb = (Cg + WGR - 1) / WGR;
     const fc_int h = it % Hp - pt, cb = it / Hp % Cb, g = it / Hp / Cb % G;
     const fc_int n = it / Hp / Cb / G, c0 = cb * WGR;
     const fc_int nc = Cg - c0 < WGR ? Cg - c0 : WGR;
-    T *d = xf + it * Wp * WGR;
     if (h < 0 || h >= H || nc < WGR) memset(d, 0, (size_t)(Wp * WGR) * sizeof(T));
     if (h < 0 || h >= H) return;
     fc_int lo, hi;
@@ -536,21 +536,21 @@ static void FN(direct_flat_item)(const T *xb, const T *wb, T *out, const fc_dire
 /* Work item it = ((g*Cb + cb)*Kb + kb), image n: adds to acc (the item's R*S x WGR x
  * WGK accumulators, in order image after image) image n's share of gw[k, c, r, s] for
  * output channels kb*WGK .. and input channels cb*WGR .. of group g: the sum over p,
- * q of dyb[n, g, kb, p, q, k] * xf[n, g, cb, p*sh + r*dh, q*sw + s*dw, c] (the padded
- * input, a block of channels per pixel). Tap by tap, the tap's register block is
+ * q of dyb[n, g, kb, p, q, k] * xn[p*sh + r*dh, q*sw + s*dw, c] (xn: the block (n, g,
+ * cb) of the layout direct_xblock_row makes, the padded input, a block of channels per
+ * pixel). Tap by tap, the tap's register block is
  * loaded from acc, runs the image's P*Q pixels and is stored back. The caller
  * (direct.pyx's _weight_run) runs either every item of one image before the next, the
  * output-channel blocks of an input-channel block one after another, so that the
  * image's x and dy blocks stay in cache across them (ResNet-50's res3 3x3/2 at N=8
  * read them from memory once per item otherwise), or every image of one item, so that
  * its accumulators do (512 channels on 7x7). */
-static void FN(direct_weight_item)(const T *xf, const T *dyb, const fc_dweight *d, fc_int n,
+static void FN(direct_weight_item)(const T *xn, const T *dyb, const fc_dweight *d, fc_int n,
                                    fc_int it, T *acc)
 {
-    const fc_int kb = it % d->Kb, cb = it / d->Kb % d->Cb, g = it / d->Kb / d->Cb;
+    const fc_int kb = it % d->Kb, g = it / d->Kb / d->Cb;
     const fc_int Wp = d->Wp, P = d->P, Q = d->Q, R = d->R, S = d->S;
     const fc_int qs = d->sw * WGR;
-    const T *xn = xf + ((n * d->G + g) * d->Cb + cb) * d->Hp * Wp * WGR;
     const T *dn = dyb + ((n * d->G + g) * d->Kb + kb) * P * Q * WGK;
     for (fc_int r = 0; r < R; r++) {
         for (fc_int s = 0; s < S; s++) {

@@ -189,7 +189,7 @@ typedef struct {
     void (*direct_phase_row_##X)(const T *src, fc_int H, fc_int W, T *dst, fc_int Hp,  \
                                  fc_int sw, fc_int Wq, fc_int pt, fc_int pl, fc_int it); \
     void (*direct_xblock_row_##X)(const T *x, fc_int C, fc_int H, fc_int W, fc_int G,   \
-                                  fc_int Cg, T *xf, fc_int Hp, fc_int Wp, fc_int pt,    \
+                                  fc_int Cg, T *d, fc_int Hp, fc_int Wp, fc_int pt,     \
                                   fc_int pl, fc_int it);                                \
     void (*direct_dy_row_##X)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int G,      \
                               fc_int Kg, T *dyb, fc_int it);                            \
@@ -203,7 +203,7 @@ typedef struct {
     fc_int (*direct_flat_pixels_##X)(void);                                             \
     void (*direct_flat_item_##X)(const T *xb, const T *wb, T *out, const fc_direct *d,  \
                                  fc_int it);                                            \
-    void (*direct_weight_item_##X)(const T *xf, const T *dyb, const fc_dweight *d,      \
+    void (*direct_weight_item_##X)(const T *xn, const T *dyb, const fc_dweight *d,      \
                                    fc_int n, fc_int it, T *acc);                        \
     void (*direct_weight_store_##X)(T *gw, const fc_dweight *d, fc_int it, const T *acc); \
     fc_int (*direct_weight_rows_##X)(void);                                             \
