@@ -425,12 +425,12 @@ DIRECT_PATHS = [
     ("depthwise, stride 1", {"conv2d": "depthwise", "conv2d_input": "depthwise",
                              "conv2d_weight": "depthwise"},
      _case(2, 8, 13, 21, 8, 3, 3, padding=1, groups=8)),
-    # stride 1 with AVX-512 reads x as it is, by masked loads: columns masked at both
-    # edges of rows three vectors wide, a partial last block of rows; then a filter
-    # whose rows reach further than that path takes (the padded tile again)
-    ("depthwise, stride 1, 5x3, dilated rows, wide padded rows",
+    # 3x3 and 5x5 at stride 1 with AVX-512 read x as it is, by masked loads: columns
+    # masked at both edges of rows three vectors wide, a partial last block of rows;
+    # then a filter whose rows reach further than that path takes (the padded tile)
+    ("depthwise, stride 1, 5x5, dilated rows, wide padded rows",
      {"conv2d": "depthwise", "conv2d_input": "depthwise"},
-     _case(1, 5, 19, 37, 5, 5, 3, 1, (4, 2), (2, 1), 5)),
+     _case(1, 5, 19, 37, 5, 5, 5, 1, (4, 2), (2, 1), 5)),
     ("depthwise, stride 1, a reach of 18 rows, rows narrower than a vector",
      {"conv2d": "depthwise", "conv2d_input": "depthwise"},
      _case(1, 2, 20, 6, 2, 3, 3, 1, (9, 1), (9, 1), 2)),

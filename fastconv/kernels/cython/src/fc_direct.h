@@ -686,7 +686,7 @@ static inline __attribute__((always_inline)) void FN(dw_block9)(
 }
 
 #if FC_MASKED
-#define FC_DW_REACH 16                  /* widest filter and reach read from x as it is */
+#define FC_DW_REACH 16                  /* the furthest rows reach read from x as it is */
 /* dw_block on x as it is (stride 1): input row j of the block (its first output row's
  * tap row 0 is j = 0) at row[j] (W wide; a zero row outside x), tap s's vector at
  * column offset coff[s] by a load masked to the lanes inside the row (mk[s]; the
@@ -705,7 +705,8 @@ static inline __attribute__((always_inline)) void FN(dw_block_x)(
 }
 
 /* The block of `rows` rows (a constant) at output row p0 on the plane xp, as it is:
- * its input rows outside x read from `zero` (W zeros); 3 x 3 taps unrolled. */
+ * its input rows outside x read from `zero` (W zeros); a 3 x 3 or 5 x 5 filter, its
+ * taps unrolled. */
 static inline __attribute__((always_inline)) void FN(dw_rows_x)(
     const T *xp, const T *zero, const fc_dw *d, fc_int p0, const fc_int *coff,
     const unsigned *mk, const T *wk, int flip, const int rows, FN(dvec) *acc)
@@ -714,10 +715,10 @@ static inline __attribute__((always_inline)) void FN(dw_rows_x)(
     const fc_int h0 = p0 - d->pt;
     for (fc_int j = 0; j < rows + (d->R - 1) * d->dh; j++)
         row[j] = h0 + j >= 0 && h0 + j < d->H ? xp + (h0 + j) * d->W : zero;
-    if (d->R == 3 && d->S == 3)
+    if (d->R == 3)
         FN(dw_block_x)(row, 3, 3, d->dh, coff, mk, wk, flip, rows, acc);
     else
-        FN(dw_block_x)(row, d->R, d->S, d->dh, coff, mk, wk, flip, rows, acc);
+        FN(dw_block_x)(row, 5, 5, d->dh, coff, mk, wk, flip, rows, acc);
 }
 #endif
 
@@ -736,10 +737,11 @@ FC_NO_LIBCALLS static void FN(dw_plane)(const T *x, const T *w, T *out, const fc
     const fc_int RS = d->R * d->S, P = d->P, Q = d->Q, Wq = d->Wq, rows = d->rows;
     const T *xp = x + (n * C + k / d->Kg) * d->H * d->W;
 #if FC_MASKED
-    /* stride 1: read from x as it is, by masked loads (copying each plane into a padded
-     * tile first had taken a quarter of 28 x 28 planes' time, AMD EPYC Zen 4) */
-    const int direct = d->sh == 1 && d->sw == 1 && d->S <= FC_DW_REACH
-                       && (d->R - 1) * d->dh <= FC_DW_REACH;
+    /* 3 x 3 and 5 x 5 at stride 1: read from x as it is, by masked loads (copying each
+     * plane into a padded tile first had taken a quarter of 28 x 28 planes' time; with
+     * the taps in loops, not unrolled, it ran slower than the tile: AMD EPYC Zen 4) */
+    const int direct = d->sh == 1 && d->sw == 1 && d->R == d->S
+                       && (d->R == 3 || d->R == 5) && (d->R - 1) * d->dh <= FC_DW_REACH;
 #else
     const int direct = 0;
 #endif
