@@ -471,6 +471,47 @@ def test_direct_paths(monkeypatch, what, variants, case, dtype):
         assert ran[op].variant == want, ran[op]
 
 
+@pytest.mark.parametrize("N,C,H,W,K,groups,act,threads", [
+    pytest.param(8, 96, 7, 7, 40, 1, "relu", 1,         # 49 pixels an image
+                 marks=pytest.mark.skipif(cy.ISA == "baseline", reason=(
+                     "the baseline build's panels (16 pixels) are smaller than 7x7"))),
+    (8, 96, 3, 3, 40, 1, "relu", 1),
+    (5, 32, 3, 5, 20, 2, "relu6", 2),       # groups; images shorter than a vector
+    (3, 48, 2, 7, 130, 1, None, 2),         # a panel's last pixels, channels past a block
+])
+def test_pointwise_panels_span_images(monkeypatch, N, C, H, W, K, groups, act, threads):
+    """The 1x1 forward on images smaller than a panel (N > 1) runs panels spanning
+    images (asserted to have run), with bias, residual and activation: equal to the
+    reference, and bitwise equal to the images computed one at a time (one image: no
+    span)."""
+    from fastconv.kernels.cython import im2col
+    spans, run = [], im2col._pointwise_span_run
+
+    def spy(*args):
+        spans.append(args)
+        return run(*args)
+
+    monkeypatch.setattr(im2col, "_pointwise_span_run", spy)
+    x, w, b, r = arrays(5, np.float32, (N, C, H, W), (K, C // groups, 1, 1), (K,),
+                        (N, K, H, W))
+    kw = dict(groups=groups, activation=act, algorithm="direct", backend="cython")
+    before = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        with fastconv.trace_plans() as ran:
+            got = fastconv.conv2d(x, w, b, residual=r, **kw)
+        assert ran[-1].variant == "pointwise" and len(spans) == 1, (ran, len(spans))
+        each = np.concatenate([fastconv.conv2d(x[n:n + 1], w, b, residual=r[n:n + 1], **kw)
+                               for n in range(N)])
+    finally:
+        fastconv.set_num_threads(before)
+    assert len(spans) == 1                          # N = 1: panels within the image
+    want = fastconv.conv2d(x, w, b, residual=r, groups=groups, activation=act,
+                           algorithm="reference")
+    assert_close(got, want, tolerance(np.float32, "direct"), "spanning panels")
+    np.testing.assert_array_equal(got, each)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("what,variants,case", DIRECT_PATHS + [
     ("depthwise input gradient cropping (padding past the taps' reach)",

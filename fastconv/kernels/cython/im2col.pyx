@@ -625,8 +625,22 @@ def _pointwise(x, w, p, out, ep, panel_bytes):
     # few panels of pixels (an image's last one may hold a few pixels only): every
     # thread takes one slice of the output channels of all of them (the same work
     # each); many: each thread a range of whole panels
+    strided = p.stride_h != 1 or p.stride_w != 1
+    # images smaller than a panel (7x7, 14x14 at N > 1): panels span images, so the
+    # register blocks do not run on a short image's empty lanes (ResNet-50's 2048->512
+    # 1x1 on 7x7 at N=8 ran 49 pixels on 64 lanes)
+    span = not strided and p.N > 1 and HW < cols
+    if span:
+        items = G * -(-(p.N * HW) // cols)
     ks = 1 if items >= 4 * nt else min(nb, nt)
     panels = workspace("im2col.panel", nt * Cg * cols, dt)
+    if span:
+        rows = workspace("im2col.span_rows", nt * Kg * cols * (2 if ep.residual.size else 1),
+                         dt)
+        _pointwise_span_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1),
+                            out.reshape(-1), ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg,
+                            HW, cols, ks, panels, rows, nt)
+        return
     _pointwise_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1), out.reshape(-1),
                    ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg, HW, cols, ks, panels, nt,
                    p.H * p.W, p.W, p.Q, p.stride_h, p.stride_w)
@@ -956,6 +970,78 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                        &y[0] + o, NULL if bias == NULL else bias + g * Kg,
                        NULL if res == NULL else res + o, act, panel, cols,
                        fill and not strided)
+
+
+cdef inline void _span_gather(real *dst, const real *src, fc_int HW, fc_int plane,
+                              fc_int f0, fc_int np) noexcept nogil:
+    """dst[0 .. np) = the batch's pixels f0 .. f0 + np - 1 of src's planes (pixel f: image
+    f // HW's plane, ``plane`` elements after the previous image's, at f % HW)."""
+    cdef fc_int f = f0, seg
+    while f < f0 + np:
+        seg = min(HW - f % HW, f0 + np - f)
+        memcpy(dst + (f - f0), src + f // HW * plane + f % HW, seg * sizeof(real))
+        f = f + seg
+
+
+cdef inline void _span_scatter(real *dst, const real *src, fc_int HW, fc_int plane,
+                               fc_int f0, fc_int np) noexcept nogil:
+    """_span_gather's inverse: src[0 .. np) into the pixels f0 .. of dst's planes."""
+    cdef fc_int f = f0, seg
+    while f < f0 + np:
+        seg = min(HW - f % HW, f0 + np - f)
+        memcpy(dst + f // HW * plane + f % HW, src + (f - f0), seg * sizeof(real))
+        f = f + seg
+
+
+def _pointwise_span_run(const real[::1] x, const real[::1] wp, real[::1] y,
+                        const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
+                        fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
+                        real[::1] panels, real[::1] rows, int nt):
+    """``_pointwise``'s loop where an image holds fewer pixels than a panel: each group's
+    panels run over the batch's pixels f = n*HW + p in a row, spanning images. A panel's
+    columns are gathered image by image; its output rows (those of the item's slice of
+    output channels) are computed into the thread's part of ``rows`` (Kg x cols, then as
+    much again for the residual's rows, gathered the same way) and copied out to each
+    image's planes. Each pixel's sums are the same as ``_pointwise_run``'s."""
+    cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
+    cdef bint has_res = res_a.shape[0] > 0
+    cdef fc_int nb = (Kg + FC_MR - 1) // FC_MR, F = N * HW, npan = (F + cols - 1) // cols
+    cdef fc_int P = G * npan, items = P * ks, item, g, part, f0, np, first, last, c, k
+    cdef fc_int kb0, kb1, plane = G * Kg * HW
+    cdef int tid, threads = _par_macs(N * Kg * HW * Cg, nt)
+    cdef real *panel
+    cdef real *yb
+    cdef real *rb
+    with nogil:
+        # each thread a contiguous range of items = part*P + g*npan + panel, as
+        # _pointwise_run's (a panel gathered once per thread either way)
+        for tid in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            first, last = tid * items // threads, (tid + 1) * items // threads
+            panel = &panels[0] + tid * Cg * cols
+            yb = &rows[0] + tid * Kg * cols * (2 if has_res else 1)
+            rb = yb + Kg * cols
+            for item in range(first, last):
+                part = item // P
+                g = item % P // npan
+                f0 = item % npan * cols
+                np = min(cols, F - f0)
+                kb0, kb1 = part * nb // ks, (part + 1) * nb // ks
+                if item == first or P > 1:
+                    for c in range(Cg):
+                        _span_gather(panel + c * cols, &x[0] + (g * Cg + c) * HW, HW,
+                                     G * Cg * HW, f0, np)
+                        if np < cols:
+                            memset(panel + c * cols + np, 0, (cols - np) * sizeof(real))
+                for k in range(kb0 * FC_MR, min(kb1 * FC_MR, Kg)):
+                    if has_res:
+                        _span_gather(rb + k * cols, &res_a[0] + (g * Kg + k) * HW, HW,
+                                     plane, f0, np)
+                _panel(panel, Cg, cols, 0, np, &wp[0] + g * Kg * Cg, Kg, kb0, kb1, yb,
+                       NULL if bias == NULL else bias + g * Kg, rb if has_res else NULL,
+                       act, panel, cols, 0)
+                for k in range(kb0 * FC_MR, min(kb1 * FC_MR, Kg)):
+                    _span_scatter(&y[0] + (g * Kg + k) * HW, yb + k * cols, HW, plane, f0,
+                                  np)
 
 
 def conv2d_input(plan, dy, w, p, out):
