@@ -612,7 +612,8 @@ def _pointwise(x, w, p, out, ep, panel_bytes):
     of the kernel's register blocks of pixels as fit ``panel_bytes`` (the plan's) with
     all input channels, up to the kernel's widest (``pointwise_panel_cols``), at least
     one. A strided layer's panel is gathered from every stride-th row and column
-    (``pointwise_gather``), with no subsampled copy of the input."""
+    (``pointwise_gather``), with no subsampled copy of the input. Where an image holds
+    fewer pixels than a panel (N > 1), panels span images (``_pointwise_span_run``)."""
     G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
     nb = -(-Kg // FC_MR)
     dt = x.dtype

@@ -686,7 +686,8 @@ static inline __attribute__((always_inline)) void FN(dw_block9)(
 }
 
 #if FC_MASKED
-#define FC_DW_REACH 16                  /* the furthest rows reach read from x as it is */
+/* x read as it is: the most rows past a block's first that its taps reach, (R-1)*dh */
+#define FC_DW_REACH 16
 /* dw_block on x as it is (stride 1): input row j of the block (its first output row's
  * tap row 0 is j = 0) at row[j] (W wide; a zero row outside x), tap s's vector at
  * column offset coff[s] by a load masked to the lanes inside the row (mk[s]; the
