@@ -16,8 +16,9 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   for the weight gradient there; below 100 outputs, direct (where its lanes kernel
   fits) or im2col.
 - the other forwards with a kernel larger than 1x1 (RGB stems, stride 2, 5x5, 7x7,
-  dilated, grouped): direct; the weight gradient of stride-2 layers with long patches:
-  direct.
+  dilated, grouped): direct; so are their gradients where C/groups fills a vector's
+  lanes: the input gradient at stride 1, the weight gradient at strides 1 and 2 with
+  long patches.
 - on CPUs with fewer vector registers than ``WINOGRAD_BELOW_REGISTERS`` (AVX2's 16),
   float32 3x3 stride-1 forwards on images under ``F4_MIN_IMAGE`` outputs run Winograd:
   F(4x4,3x3) from ``F4_MIN_IMAGE`` outputs over the batch, F(2x2,3x3) below.
@@ -140,14 +141,24 @@ def _algorithm(op, p, dtype):
     if p.K // p.groups < t.DIRECT_MIN_OUTPUTS:
         return "im2col"
     patch = (p.C // p.groups) * p.R * p.S
-    stride2 = p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1 and p.R > 1 and p.S > 1
     stem = patch < t.DIRECT_MAX_PATCH and p.R * p.S > 1       # not 1x1 with stride or padding
     # any other forward with a kernel larger than 1x1 (stride 2, 5x5, 7x7, dilated,
     # grouped): direct's lanes kernel ran 1.12-3.0x im2col's on 8 such layers at N=1 and
     # 8, 1 and 2 threads (AMD EPYC Zen 4, session 31)
     if op == "conv2d" and (stem or (p.R * p.S > 1 and not blas)):
         return "direct"
-    if op == "conv2d_weight" and stride2 and patch >= t.DIRECT_MAX_PATCH:
+    # the gradients of the layers direct's forward takes, where its blocks fill (C/groups
+    # of one vector's lanes at least): the input gradient of stride 1 (a forward on dy),
+    # and the weight gradient of strides 1 and 2 with long patches. 5x5, 7x7, dilated
+    # and grouped layers ran 1.3-1.9x im2col's speed on both backends (AMD EPYC Zen 4,
+    # session 33); im2col keeps RGB stems and stride-2 input gradients
+    Cg = p.C // p.groups
+    wide = Cg >= t.DIRECT_MIN_OUTPUTS and p.R * p.S > 1
+    if (op == "conv2d_input" and wide and p.stride_h == p.stride_w == 1
+            and registers >= t.BLAS_BELOW_REGISTERS):
+        return "direct"
+    if (op == "conv2d_weight" and wide and max(p.stride_h, p.stride_w) <= 2
+            and patch >= t.DIRECT_MAX_PATCH):
         return "direct"
     return "im2col"
 

@@ -25,7 +25,9 @@ DEFAULTS = {
         "that Winograd does not take does (1.12-3.0x im2col on 5x5, 7x7, dilated and grouped "
         "layers, Zen 4); "
         "1x1 layers with stride or padding run im2col: 2.5-4x direct's speed at N = 1 and 8 "
-        "(Zen 3)"),
+        "(Zen 3); weight gradients at stride 1 or 2 with patches of at least this and "
+        "C/groups >= DIRECT_MIN_OUTPUTS run direct (1.3-1.9x im2col on 5x5, 7x7, 1x7, "
+        "dilated and grouped layers, Zen 4)"),
     "BLAS_BELOW_REGISTERS": (32, "vector registers",
         "on CPUs with fewer (AVX2: 16), the forwards direct runs on the others (stride 2, "
         "5x5, dilated, grouped) and 3x3 forwards on images "
@@ -50,7 +52,9 @@ DEFAULTS = {
         "larger transforms (VGG-16's 64 channels on 224x224) keep fused (Zen 3); 0 turns it "
         "off. AVX-512 CPUs keep fused and split (Zen 5, Xeon)"),
     "DIRECT_MIN_OUTPUTS": (16, "output channels per group",
-        "direct keeps 16 output channels in registers: fewer go to im2col (Zen 5)"),
+        "direct keeps 16 output channels in registers: fewer go to im2col (Zen 5); the "
+        "gradients of direct's layers (input at stride 1, weight) need C/groups of this too "
+        "(Zen 4)"),
     "POINTWISE_MIN_IMAGES": (4, "images",
         "direct's pointwise GEMM runs 1x1 forwards of at least this many images (Zen 5)"),
     "POINTWISE_MAX_IMAGE": (100, "pixels per image",

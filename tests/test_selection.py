@@ -134,6 +134,17 @@ TABLE = [
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          algorithm="direct", dtype=f64),
     _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
+    # the gradients of 5x5 (and 7x7, dilated, grouped) layers: direct where C/groups fills
+    # a vector's lanes (the input gradient at stride 1 as the forward on dy, so not on
+    # the BLAS CPUs); RGB inputs keep im2col
+    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("direct", "lanes"), padding=2, **NO_BLAS),
+    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("im2col", "tiled"), padding=2),
+    _row("conv2d_input", (8, 3, 56, 56), 64, 5, ("im2col", "tiled"), padding=2, **NO_BLAS),
+    _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),
+    _row("conv2d_weight", (8, 64, 28, 28), 64, 3, ("direct", "blocked"), padding=2,
+         dilation=2),
+    _row("conv2d_weight", (8, 3, 224, 224), 32, 3, ("im2col", "tiled"), stride=2,
+         padding=1),
     # the 16-register rules (these): with fewer vector registers than
     # WINOGRAD_BELOW_REGISTERS, float32 3x3 stride-1 forwards on images under
     # F4_MIN_IMAGE outputs run Winograd, F4 from F4_MIN_IMAGE outputs over the batch,

@@ -79,11 +79,11 @@ cdef extern from "fc_kernels.h" nogil:
                                       const int64_t *we, fc_int i, fc_int j,
                                       double *acc) noexcept nogil
         void (*patch_gemm_f32)(const float *xf, const fc_int *offs, const float *U, float *A,
-                               fc_int rows, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,
-                               fc_int step) noexcept nogil
-        void (*patch_gemm_f64)(const double *xf, const fc_int *offs, const double *U,
-                               double *A, fc_int rows, fc_int Kp, fc_int nb, fc_int Q,
+                               fc_int rows, fc_int Kp, fc_int kn, fc_int nb, fc_int Q,
                                fc_int pitch, fc_int step) noexcept nogil
+        void (*patch_gemm_f64)(const double *xf, const fc_int *offs, const double *U,
+                               double *A, fc_int rows, fc_int Kp, fc_int kn, fc_int nb,
+                               fc_int Q, fc_int pitch, fc_int step) noexcept nogil
         void (*pixel_major_f32)(const float *src, fc_int ld, fc_int Kg, fc_int npx, float *D,
                                 fc_int Kgp) noexcept nogil
         void (*pixel_major_f64)(const double *src, fc_int ld, fc_int Kg, fc_int npx,

@@ -495,14 +495,14 @@ cdef int _weight_fused(const real[:, :, :, ::1] xp, const real[:, :, :, ::1] dy,
                         hot.pixel_major_f32(&dy[n0 + n, gi * Kg, p0, 0], P * Q, Kg, nb * Q,
                                             &D[t, gi, 0, 0], Kgp)
                         hot.patch_gemm_f32(&xp[n, 0, 0, 0] + p0 * pitch, &offs[gi, 0],
-                                           &D[t, gi, 0, 0], &A[t, gi, 0, 0], rows, Kgp, nb, Q,
-                                           pitch, sw)
+                                           &D[t, gi, 0, 0], &A[t, gi, 0, 0], rows, Kgp, Kg,
+                                           nb, Q, pitch, sw)
                     else:
                         hot.pixel_major_f64(&dy[n0 + n, gi * Kg, p0, 0], P * Q, Kg, nb * Q,
                                             &D[t, gi, 0, 0], Kgp)
                         hot.patch_gemm_f64(&xp[n, 0, 0, 0] + p0 * pitch, &offs[gi, 0],
-                                           &D[t, gi, 0, 0], &A[t, gi, 0, 0], rows, Kgp, nb, Q,
-                                           pitch, sw)
+                                           &D[t, gi, 0, 0], &A[t, gi, 0, 0], rows, Kgp, Kg,
+                                           nb, Q, pitch, sw)
     return 0
 
 

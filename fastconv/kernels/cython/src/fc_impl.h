@@ -644,54 +644,76 @@ static void FN(patch_gemm_tail)(const T *xf, const fc_int *offs, const T *U, T *
 }
 
 #if FC_VECTORS
-/* The register block: FC_MR rows x FC_NV vectors of FC_VB bytes (ISA-wide: 6 x 4 zmm
- * with AVX-512, 6 x 2 ymm with AVX2, 6 x 2 xmm in the baseline), in GCC/Clang vector
- * extensions, so one source serves every width: the accumulators stay in registers
- * across the nb*Q pixels, each step loading FC_NV vectors of U and broadcasting one
- * value of each of the FC_MR patch rows. */
-
-static void FN(patch_gemm_block)(const T *restrict xf, const fc_int *offs, const T *restrict U,
-                                 T *restrict A, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,
-                                 fc_int step)
+/* The register block: FC_MR rows x nv (at most FC_NV) vectors of FC_VB bytes (ISA-wide:
+ * 6 x 4 zmm with AVX-512, 6 x 2 ymm with AVX2, 6 x 2 xmm in the baseline), in GCC/Clang
+ * vector extensions, so one source serves every width: the accumulators stay in
+ * registers across the nb*Q pixels, each step loading nv vectors of U and broadcasting
+ * one value of each of the FC_MR patch rows. nv is a constant where it is inlined. */
+static inline __attribute__((always_inline)) void FN(patch_gemm_block)(
+    const T *restrict xf, const fc_int *offs, const T *restrict U, T *restrict A, fc_int Kp,
+    fc_int nb, fc_int Q, fc_int pitch, fc_int step, const int nv)
 {
     FN(vec) acc[FC_MR][FC_NV];
     for (int t = 0; t < FC_MR; t++)
-        for (int k = 0; k < FC_NV; k++) acc[t][k] = FN(vload)(A + t * Kp + k * VL);
+        for (int k = 0; k < nv; k++) acc[t][k] = FN(vload)(A + t * Kp + k * VL);
     for (fc_int b = 0; b < nb; b++) {
         const T *v[FC_MR];
         for (int t = 0; t < FC_MR; t++) v[t] = xf + offs[t] + b * pitch;
         const T *u = U + b * Q * Kp;
         for (fc_int q = 0; q < Q; q++) {
             FN(vec) us[FC_NV];
-            for (int k = 0; k < FC_NV; k++) us[k] = FN(vload)(u + k * VL);
+            for (int k = 0; k < nv; k++) us[k] = FN(vload)(u + k * VL);
             for (int t = 0; t < FC_MR; t++) {
                 const T w = v[t][q * step];             /* broadcast by the operator */
-                for (int k = 0; k < FC_NV; k++) acc[t][k] += us[k] * w;
+                for (int k = 0; k < nv; k++) acc[t][k] += us[k] * w;
             }
             u += Kp;
         }
     }
     for (int t = 0; t < FC_MR; t++)
-        for (int k = 0; k < FC_NV; k++) FN(vstore)(A + t * Kp + k * VL, acc[t][k]);
+        for (int k = 0; k < nv; k++) FN(vstore)(A + t * Kp + k * VL, acc[t][k]);
+}
+
+/* the register block's instances: every width up to FC_NV vectors */
+static void FN(patch_gemm_nv)(const T *xf, const fc_int *offs, const T *U, T *A, fc_int Kp,
+                              fc_int nb, fc_int Q, fc_int pitch, fc_int step, fc_int nv)
+{
+    switch (nv) {
+    case 1: FN(patch_gemm_block)(xf, offs, U, A, Kp, nb, Q, pitch, step, 1); break;
+#if FC_NV > 2
+    case 2: FN(patch_gemm_block)(xf, offs, U, A, Kp, nb, Q, pitch, step, 2); break;
+    case 3: FN(patch_gemm_block)(xf, offs, U, A, Kp, nb, Q, pitch, step, 3); break;
+#endif
+    default: FN(patch_gemm_block)(xf, offs, U, A, Kp, nb, Q, pitch, step, FC_NV); break;
+    }
 }
 #endif
 
+/* A[t, k] += sum over the band's pixels of V[t, px] * U[px, k], rows t < rows and
+ * columns k < kn (Kp >= kn: U's and A's row length, a multiple of FC_NV*VL); V[t, px]
+ * is xf[offs[t] + b*pitch + q*step] for pixel px = b*Q + q. Columns past the last whole
+ * block of FC_NV vectors take a block of as few vectors as hold them (K = 32 of a 64-
+ * column block on AVX-512: half the FMAs); their padding columns get sums of U's zero
+ * columns. */
 static void FN(patch_gemm)(const T *xf, const fc_int *offs, const T *U, T *A, fc_int rows,
-                           fc_int Kp, fc_int nb, fc_int Q, fc_int pitch, fc_int step)
+                           fc_int Kp, fc_int kn, fc_int nb, fc_int Q, fc_int pitch, fc_int step)
 {
     fc_int t0 = 0;
 #if FC_VECTORS
     const fc_int CW = FC_NV * VL;                  /* columns per register block */
+    const fc_int nv = (kn % CW + VL - 1) / VL;     /* vectors of the last, narrower block */
     for (; t0 + FC_MR <= rows; t0 += FC_MR) {
         fc_int k0 = 0;
-        for (; k0 + CW <= Kp; k0 += CW)
-            FN(patch_gemm_block)(xf, offs + t0, U + k0, A + t0 * Kp + k0, Kp, nb, Q, pitch, step);
-        if (k0 < Kp)
-            FN(patch_gemm_tail)(xf, offs, U, A, t0, t0 + FC_MR, k0, Kp, Kp, nb, Q, pitch, step);
+        for (; k0 + CW <= kn; k0 += CW)
+            FN(patch_gemm_nv)(xf, offs + t0, U + k0, A + t0 * Kp + k0, Kp, nb, Q, pitch, step,
+                              FC_NV);
+        if (k0 < kn)
+            FN(patch_gemm_nv)(xf, offs + t0, U + k0, A + t0 * Kp + k0, Kp, nb, Q, pitch, step,
+                              nv);
     }
 #endif
     if (t0 < rows)
-        FN(patch_gemm_tail)(xf, offs, U, A, t0, rows, 0, Kp, Kp, nb, Q, pitch, step);
+        FN(patch_gemm_tail)(xf, offs, U, A, t0, rows, 0, kn, Kp, nb, Q, pitch, step);
 }
 
 /* D[px*Kgp + k] = src[k*ld + px] for k < Kg, px < npx: dy's band of Kg planes (ld

@@ -112,11 +112,12 @@ typedef struct {
                                   const int64_t *hs, const int64_t *he,                 \
                                   const int64_t *ws, const int64_t *we, fc_int i,       \
                                   fc_int j, double *acc);                               \
-    /* A (rows, Kp) += V @ U: V's row i, pixel (b, q) is xf[offs[i] + b*pitch + q*step] \
-     * (patch rows read in place), U (nb*Q, Kp) row-major */                            \
+    /* A (rows, Kp) += V @ U in columns k < kn: V's row i, pixel (b, q) is           \
+     * xf[offs[i] + b*pitch + q*step] (patch rows read in place), U (nb*Q, Kp)          \
+     * row-major, Kp a multiple of pointwise_cols() */                                  \
     void (*patch_gemm_##X)(const T *xf, const fc_int *offs, const T *U, T *A,           \
-                           fc_int rows, fc_int Kp, fc_int nb, fc_int Q, fc_int pitch,   \
-                           fc_int step);                                                 \
+                           fc_int rows, fc_int Kp, fc_int kn, fc_int nb, fc_int Q,      \
+                           fc_int pitch, fc_int step);                                   \
     /* D[px*Kgp + k] = src[k*ld + px] for k < Kg, px < npx */                           \
     void (*pixel_major_##X)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D,       \
                             fc_int Kgp);                                                \
