@@ -1020,9 +1020,9 @@ def test_patch_gemm_weight_gradient(data, dtype):
 def test_patch_gemm_at_the_planners_blocks(dtype):
     """A layer with many output pixels per patch row, whose weight gradient the planner
     sends to patch_gemm unforced (64 and 80 output channels: whole register blocks, and
-    a padded last block)."""
+    a padded last block; 16, 32 and 40: blocks of fewer vectors, the last one padded)."""
     x = arrays(4, dtype, (2, 3, 26, 24))[0]
-    for K in (64, 80):
+    for K in (64, 80, 16, 32, 40):
         (dy,) = arrays(K, dtype, (2, K, 26, 24))
         with fastconv.trace_plans() as ran:
             got = fastconv.conv2d_weight(x, (K, 3, 3, 3), dy, padding=1, algorithm="im2col",

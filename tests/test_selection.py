@@ -143,8 +143,9 @@ TABLE = [
     _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),
     _row("conv2d_weight", (8, 64, 28, 28), 64, 3, ("direct", "blocked"), padding=2,
          dilation=2),
-    _row("conv2d_weight", (8, 3, 224, 224), 32, 3, ("im2col", "tiled"), stride=2,
+    _row("conv2d_weight", (8, 3, 224, 224), 32, 3, ("im2col", "patch_gemm"), stride=2,
          padding=1),
+    _row("conv2d_weight", (8, 3, 224, 224), 8, 3, ("im2col", "tiled"), stride=2, padding=1),
     # the 16-register rules (these): with fewer vector registers than
     # WINOGRAD_BELOW_REGISTERS, float32 3x3 stride-1 forwards on images under
     # F4_MIN_IMAGE outputs run Winograd, F4 from F4_MIN_IMAGE outputs over the batch,

@@ -481,11 +481,16 @@ cdef int _weight_fused(const real[:, :, :, ::1] xp, const real[:, :, :, ::1] dy,
     cdef Py_ssize_t Kg = dy.shape[1] // G, pr = cols // Q
     cdef Py_ssize_t nbands = (P + pr - 1) // pr, nitems = nimg * nbands
     cdef Py_ssize_t pitch = sh * xp.shape[3]
-    cdef Py_ssize_t t, item, n, p0, nb, gi
+    # the padding columns patch_gemm reads: up to a whole vector past Kg (16 lanes at most)
+    cdef Py_ssize_t zc = min(Kgp, (Kg + 15) // 16 * 16) - Kg
+    cdef Py_ssize_t t, item, n, p0, nb, gi, px
     with nogil:
         for t in prange(nslices, num_threads=nt, schedule="dynamic"):
             memset(&A[t, 0, 0, 0], 0, G * rows * Kgp * sizeof(real))
-            memset(&D[t, 0, 0, 0], 0, G * cols * Kgp * sizeof(real))   # padding columns: 0
+            if zc > 0:
+                for gi in range(G):
+                    for px in range(cols):
+                        memset(&D[t, gi, px, Kg], 0, zc * sizeof(real))
             for item in range(nitems * t // nslices, nitems * (t + 1) // nslices):
                 n = item // nbands
                 p0 = item % nbands * pr
