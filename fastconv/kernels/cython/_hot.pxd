@@ -16,7 +16,6 @@ cdef extern from "fc_kernels.h" nogil:
     ctypedef struct fc_direct:
         fc_int G, Cg, Kg, Kb, R, S, sh, dh, rp, plane, P, Q, rows, brow, bcol
         fc_int K, OH, OW, oh0, ohs, ow0, ows
-        const fc_int *soff
         const void *bias
         const void *res
         int act

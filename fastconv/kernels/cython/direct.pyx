@@ -249,15 +249,17 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
         P_, Q_ = P, Q
     # rows and phase columns every block's taps read: tap (r, s) of output (p, q) reads
     # padded (p*sh + r*dh, q*sw + s*dw): row p*sh + r*dh, phase (s*dw) % sw, column
-    # q + (s*dw) // sw of it
+    # q + (s*dw) // sw of it, at r*dh*rp + toff_s[s] from output (p, q)'s tap (0, 0)
     Hp = (P_ - 1) * sh + (R - 1) * dh + 1
     Wq = Q_ + (S - 1) * dw // sw
-    soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
-    cdef const fc_int[::1] soff_v = soff
+    toff_s = [(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)]
+    toff = np.array([r * dh * sw * Wq + toff_s[s] for r in range(R) for s in range(S)],
+                    np.int64)
+    cdef const fc_int[::1] toff_v = toff
     d.G, d.Cg, d.Kg, d.Kb, d.R, d.S, d.sh, d.dh = G, Cg, Kg, -(-Kg // KB), R, S, sh, dh
     d.rp, d.plane, d.P, d.Q, d.rows, d.brow, d.bcol = sw * Wq, Hp * sw * Wq, P, Q, rows, brow, bcol
     ep = _output(&d, out, orow, ocol, ep)
-    d.soff = &soff_v[0]
+    d.toff = &toff_v[0]
     nt = get_num_threads()
     image = C * d.plane
     nb = max(1, min(N, nt * slice_bytes // (image * dtype.itemsize)))

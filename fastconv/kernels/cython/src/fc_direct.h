@@ -131,12 +131,11 @@ static void FN(direct_dy_row)(const T *dy, fc_int K, fc_int P, fc_int Q, fc_int 
 /* tmp[j, k] = the block's npx pixels (FC_DMR, or FC_DMR / 2 in one row) x DKB
  * channels: `rows` rows (1 or 2) of FC_DMR / rows, pixel j reads x[j % CB + (j / CB)*r2]
  * at each tap (x: tap (0, 0) of the block's first pixel, input channel 0), or (rows 0)
- * x[off[j]] (x: tap (0, 0) of the image's first pixel); input
- * channel c, tap (r, s) at c*cp + r*rs + soff[s]; the weight w[c, r, s, DKB] block by
- * block. */
+ * x[off[j]] (x: tap (0, 0) of the image's first pixel); input channel c, tap t = r*S + s
+ * at c*cp + toff[t] (RS = R*S); the weight w[c, r, s, DKB] block by block. */
 static inline __attribute__((always_inline)) void FN(direct_block_rows)(
-    const T *restrict x, const T *restrict w, fc_int Cg, fc_int R, fc_int S, fc_int cp,
-    fc_int rs, const fc_int *soff, fc_int r2, const int rows, const int npx,
+    const T *restrict x, const T *restrict w, fc_int Cg, fc_int RS, fc_int cp,
+    const fc_int *toff, fc_int r2, const int rows, const int npx,
     const fc_int *restrict off, T *restrict tmp)
 {
     enum { CB2 = FC_DMR / 2 };
@@ -147,18 +146,16 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
         for (int v = 0; v < FC_DNV; v++) acc[j][v] = (FN(dvec)){0};
     }
     for (fc_int c = 0; c < Cg; c++) {
-        for (fc_int r = 0; r < R; r++) {
-            const T *xr = x + c * cp + r * rs;
-            for (fc_int s = 0; s < S; s++) {
-                const T *xs = xr + soff[s];
-                FN(dvec) wv[FC_DNV];
-                for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
-                w += DKB;
-                for (int j = 0; j < npx; j++) {
-                    const T a = rows == 0 ? xs[o[j]]
-                                : rows == 1 ? xs[j] : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
-                    for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
-                }
+        const T *xc = x + c * cp;
+        for (fc_int t = 0; t < RS; t++) {
+            const T *xs = xc + toff[t];
+            FN(dvec) wv[FC_DNV];
+            for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
+            w += DKB;
+            for (int j = 0; j < npx; j++) {
+                const T a = rows == 0 ? xs[o[j]]
+                            : rows == 1 ? xs[j] : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
+                for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
             }
         }
     }
@@ -166,32 +163,31 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
         for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
 }
 
-static void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
-                              fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
+static void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
+                              const fc_int *toff, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR, NULL, tmp);
+    FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 1, FC_DMR, NULL, tmp);
 }
 
-static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
-                              fc_int cp, fc_int rs, const fc_int *soff, fc_int r2, T *tmp)
+static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
+                              const fc_int *toff, fc_int r2, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, r2, 2, FC_DMR, NULL, tmp);
+    FN(direct_block_rows)(x, w, Cg, RS, cp, toff, r2, 2, FC_DMR, NULL, tmp);
 }
 
 /* FC_DMR consecutive pixels of the flattened output grid (rows 0): pixel j reads
  * x[off[j]] at each tap (rows wrap: off[j] jumps to the next row's inputs) */
-static void FN(direct_block_wrap)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
-                                  fc_int cp, fc_int rs, const fc_int *soff,
-                                  const fc_int *off, T *tmp)
+static void FN(direct_block_wrap)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
+                                  const fc_int *toff, const fc_int *off, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 0, FC_DMR, off, tmp);
+    FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 0, FC_DMR, off, tmp);
 }
 
 /* the last row of an odd P under two-row blocks: its FC_DMR / 2 pixels alone */
-static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int R, fc_int S,
-                                  fc_int cp, fc_int rs, const fc_int *soff, T *tmp)
+static void FN(direct_block_half)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
+                                  const fc_int *toff, T *tmp)
 {
-    FN(direct_block_rows)(x, w, Cg, R, S, cp, rs, soff, 0, 1, FC_DMR / 2, NULL, tmp);
+    FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 1, FC_DMR / 2, NULL, tmp);
 }
 
 #if FC_MASKED
@@ -222,7 +218,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                                    fc_int n, fc_int g, fc_int kb, fc_int bp)
 {
     const fc_int rows = d->rows, CB = rows ? FC_DMR / rows : FC_DMR, p0 = bp * rows;
-    const fc_int PQ = d->P * d->Q, r2 = d->sh * d->rp;
+    const fc_int PQ = d->P * d->Q, r2 = d->sh * d->rp, RS = d->R * d->S;
     const T *bias = (const T *)d->bias, *res = (const T *)d->res;
     const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
     const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * r2;
@@ -260,8 +256,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     po[np++] = p * d->ohs * d->OW + q * d->ows;
                 }
             }
-            FN(direct_block_wrap)(xn, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
-                                  d->soff, off, tmp);
+            FN(direct_block_wrap)(xn, w, d->Cg, RS, d->plane, d->toff, off, tmp);
         } else {
             const fc_int nq = d->Q - q0 < CB ? d->Q - q0 : CB;
             /* the residual a band ahead (the next band's lines of the block's columns,
@@ -278,14 +273,11 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     __builtin_prefetch(rk + (nq - 1) * d->ows, 0, 1);
                 }
             if (rows == 1)
-                FN(direct_block1)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
-                                  d->soff, tmp);
+                FN(direct_block1)(xn + q0, w, d->Cg, RS, d->plane, d->toff, tmp);
             else if (p0 + 1 == d->P)
-                FN(direct_block_half)(xn + q0, w, d->Cg, d->R, d->S, d->plane,
-                                      d->dh * d->rp, d->soff, tmp);
+                FN(direct_block_half)(xn + q0, w, d->Cg, RS, d->plane, d->toff, tmp);
             else
-                FN(direct_block2)(xn + q0, w, d->Cg, d->R, d->S, d->plane, d->dh * d->rp,
-                                  d->soff, r2, tmp);
+                FN(direct_block2)(xn + q0, w, d->Cg, RS, d->plane, d->toff, r2, tmp);
             for (fc_int i = 0; i < rows && p0 + i < d->P; i++)
                 for (fc_int q = 0; q < nq; q++) {
                     tj[np] = i * CB + q;

@@ -51,17 +51,17 @@ typedef struct {
  * layout xb[n, c, hp, b, wq] (rp = sw*Wq elements per row, plane = Hp*rp per channel),
  * blocks of `rows` x FC_DMR/rows output pixels (brow x bcol of them) x the variant's
  * channel block (Kb blocks per group); output pixel (p, q) stored at out[n, k, oh0 +
- * p*ohs, ow0 + q*ows] (OH x OW planes, K channels); soff[s] the offset of tap column s
- * in a row; bias (K) and res (out's shape) NULL when absent, act the activation. */
+ * p*ohs, ow0 + q*ows] (OH x OW planes, K channels); toff[r*S + s] tap (r, s)'s offset
+ * in a channel's planes (either core's); bias (K) and res (out's shape) NULL when
+ * absent, act the activation. */
 typedef struct {
     fc_int G, Cg, Kg, Kb, R, S, sh, dh, rp, plane, P, Q, rows, brow, bcol;
     fc_int K, OH, OW, oh0, ohs, ow0, ows;
-    const fc_int *soff;
     const void *bias, *res;
     int act;
     /* the flat core: nf blocks of pixels of the flattened output grid (rows of Wq
-     * columns), toff[r*S + s] tap (r, s)'s offset in a channel's planes; kb_inner:
-     * an item's channel blocks vary fastest (they share its pixels) */
+     * columns); kb_inner: an item's channel blocks vary fastest (they share its
+     * pixels) */
     fc_int Wq, nf;
     const fc_int *toff;
     int kb_inner;
