@@ -6,8 +6,8 @@ the driver asks them in turn to time the same case, alternating which goes first
 both see the same machine state. Reported per case: each side's median time and the
 median over rounds of old/new (> 1: the new checkout is faster).
 
-Cases: every layer of ``fastconv.bench.LAYERS`` (forward, grad-input, grad-weight,
-``auto``), and whole networks from ``fastconv/networks.py`` (forward), at the given
+Cases: every layer of ``fastconv.bench.LAYERS`` or those ``--layers`` names (a name,
+or a geometry ``C/HW/K/RS/stride/pad``; forward, grad-input, grad-weight, ``auto``), and whole networks from ``fastconv/networks.py`` (forward), at the given
 batch sizes and thread counts. Only the public API is called, so any two versions
 compare.
 
@@ -26,6 +26,15 @@ PASSES = ("fwd", "bwd_input", "bwd_weight")
 
 
 # -- worker: runs inside one checkout ------------------------------------------------------
+
+def _layer(name):
+    """A layer of ``fastconv.bench`` by name, or one given as ``C/HW/K/RS/stride/pad``
+    (``3/224/32/3/2/1``: the 3->32 3x3/2 stem)."""
+    from fastconv.bench import Layer, layer
+    if "/" not in name:
+        return layer(name)
+    return Layer(name, *(int(v) for v in name.split("/")))
+
 
 def _serve():
     import numpy as np
@@ -49,7 +58,7 @@ def _serve():
             net = networks.fastconv_forward(spec)
             x = rng.standard_normal((N,) + spec["input"], dtype=np.float32)
             return lambda: net(x)
-        L = layer(name)
+        L = _layer(name)
         xs, ws = L.shapes(N)
         x = rng.standard_normal(xs, dtype=np.float32)
         w = rng.standard_normal(ws, dtype=np.float32)
@@ -103,7 +112,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.05,
                     help="seconds each timing repeats its call for")
-    ap.add_argument("--layers", nargs="*", help="layer names (default: every layer)")
+    ap.add_argument("--layers", nargs="*", help="layer names or C/HW/K/RS/stride/pad geometries (default: every layer)")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     ap.add_argument("--networks", nargs="*", default=[], help="networks to run forward")
