@@ -395,10 +395,16 @@ def _winograd(op, m, p, dtype, threads, backend):
     filter_bytes = alpha2 * C * K * itemsize
     tiles = N * th * tw
     if op == "conv2d_weight":
-        if filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES or not runs("unfused"):
-            parts = weight_parts(tiles)
-            R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
-            parts = min(parts, N * -(-th // R))
+        parts = weight_parts(tiles)
+        R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
+        parts = min(parts, N * -(-th // R))
+        # fused: each partial sum is one thread's; few tiles (one part) with much work,
+        # unfused, whose GEMMs use every thread (by the shape alone: the same bits on
+        # any thread count)
+        few = (tiles < t.WEIGHT_FUSED_MIN_TILES
+               and tiles * alpha2 * C * K >= t.WEIGHT_UNFUSED_MIN_MACS)
+        if ((filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES and not few)
+                or not runs("unfused")):
             return "fused", (("tiles", (th, tw)), ("block_rows", R), ("parts", parts),
                              ("threads_used", min(threads, parts)),
                              ("serial_filter", parts * filter_bytes

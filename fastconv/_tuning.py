@@ -155,6 +155,15 @@ DEFAULTS = {
         "... one part below twice this many tiles (Zen 5)"),
     "WEIGHT_FOUR_PARTS_TILES": (4096, "tiles",
         "... WEIGHT_PARTS parts from this many tiles, else 2 (Zen 5)"),
+    "WEIGHT_FUSED_MIN_TILES": (128, "tiles",
+        "... and on at least this many tiles (two parts); fewer with WEIGHT_UNFUSED_MIN_MACS "
+        "of GEMM work or more run unfused, whose GEMMs use every thread: 1.1-1.8x faster at "
+        "N = 1 on 14x14 and 28x28 layers of 96-256 channels on 2 threads, the same speed on "
+        "1 (Zen 4)"),
+    "WEIGHT_UNFUSED_MIN_MACS": (16 * 10**6, "multiply-adds",
+        "... below this much GEMM work (tiles * alpha^2 * C * K) one thread's fused sum is "
+        "the faster: CIFAR's 64 channels on 32x32 at N = 1 (9.4M) ran 0.7x as fast "
+        "unfused on 2 threads (Zen 4)"),
     "WEIGHT_BLOCK_TILES": (64, "tiles",
         "tiles per work item of the fused weight gradient (Zen 5)"),
     "SERIAL_FILTER_T_MAX_BYTES": (2**20, "bytes",

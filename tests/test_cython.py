@@ -171,10 +171,20 @@ def _check_winograd(case, dtype, algorithm, seed=0):
 @settings(max_examples=25)
 @given(data=st.data(), algorithm=st.sampled_from(WINOGRAD), dtype=st.sampled_from(DTYPES))
 def test_winograd_matches_numba_and_reference(data, algorithm, dtype):
-    """The planner's own plans: fused forward and input gradient, fused weight
-    gradient (partial tiles, any padding, asymmetric included)."""
+    """The planner's own plans: fused forward and input gradient, the weight gradient
+    fused but on few tiles with much work (partial tiles, any padding, asymmetric
+    included)."""
     ran = _check_winograd(data.draw(conv_cases(algorithm)), dtype, algorithm)
-    assert {pl.variant for pl in ran} <= {"fused", "split"}
+    for pl in ran:
+        if pl.op != "conv2d_weight":
+            assert pl.variant in ("fused", "split"), pl
+            continue
+        th, tw = pl["tiles"]
+        g = pl.geometry
+        tiles, alpha2 = g.N * th * tw, 16 if algorithm == "winograd_f2" else 36
+        many = (tiles >= _tuning.get("WEIGHT_FUSED_MIN_TILES")
+                or tiles * alpha2 * g.C * g.K < _tuning.get("WEIGHT_UNFUSED_MIN_MACS"))
+        assert pl.variant == ("fused" if many else "unfused"), pl
 
 
 @settings(max_examples=15)
@@ -188,7 +198,7 @@ def test_winograd_split_and_weight_parts(data, algorithm, dtype, threads):
         pytest.skip("needs 2 threads")
     case = data.draw(conv_cases(algorithm, max_hw=20))
     fastconv.set_num_threads(threads)
-    with tuned(FUSED_MAX_FILTER_BYTES=0, WEIGHT_PART_MIN_TILES=1,
+    with tuned(FUSED_MAX_FILTER_BYTES=0, WEIGHT_PART_MIN_TILES=1, WEIGHT_FUSED_MIN_TILES=0,
                WEIGHT_FOUR_PARTS_TILES=data.draw(st.sampled_from([3, 10**9])),
                WEIGHT_BLOCK_TILES=data.draw(st.sampled_from([1, 8]))):
         ran = _check_winograd(case, dtype, algorithm, seed=1)

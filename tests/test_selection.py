@@ -75,7 +75,9 @@ TABLE = [
     _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1),
     _row("conv2d_weight", (8, 64, 56, 56), 64, 3, ("winograd_f4", "fused"), padding=1,
          dtype=f64),
-    _row("conv2d_weight", (1, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1),
+    _row("conv2d_weight", (3, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1),
+    # one image of 28x28 or 14x14 (under WEIGHT_FUSED_MIN_TILES tiles): unfused
+    _row("conv2d_weight", (1, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "split"), padding=1, threads=2),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1, threads=1),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused_blas"), padding=1,
@@ -88,7 +90,8 @@ TABLE = [
          threads=2),
     _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1, threads=1,
          **NO_BLAS),
-    _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "fused"), padding=1),
+    _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1),
+    _row("conv2d_weight", (3, 256, 14, 14), 256, 3, ("winograd_f2", "fused"), padding=1),
     _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1,
          dtype=f64),
     # big filters on few tiles: F(4x4) transforms the filter on the fly

@@ -61,7 +61,8 @@ def _edge_cases():
 #: the weight gradient runs fused on the first (in 1, 2 or 4 parts of a few blocks of 8
 #: tiles), unfused on the others
 PATHS = {"fused": dict(FUSED_MAX_FILTER_BYTES=2**40,
-                       WEIGHT_FUSED_MAX_FILTER_BYTES=2**40, WEIGHT_PART_MIN_TILES=2,
+                       WEIGHT_FUSED_MAX_FILTER_BYTES=2**40, WEIGHT_FUSED_MIN_TILES=0,
+                       WEIGHT_PART_MIN_TILES=2,
                        WEIGHT_FOUR_PARTS_TILES=12, WEIGHT_BLOCK_TILES=8),
          "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40,
                        WEIGHT_FUSED_MAX_FILTER_BYTES=0),
