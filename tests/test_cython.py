@@ -1162,6 +1162,11 @@ for dt in (np.float32, np.float64):
     out[f"conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(x.shape, w, dy, **kw)
     tuning.set("WEIGHT_FUSED_MIN_RATIO", 0); tuning.set("WEIGHT_FUSED_MIN_CHANNELS", 0)
     out[f"conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(x, w.shape, dy, **kw)
+    # patch_gemm's column blocks: 40 output channels, a narrower last block on every
+    # variant (AVX-512 float32: 3 of its 4 vectors)
+    dy40 = rng.standard_normal((2, 40, 17, 15)).astype(dt)
+    out[f"patch40_conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(
+        x, (40, 6, 3, 3), dy40, padding=1, algorithm="im2col", backend="cython")
     tuning.reset()
     # the 1x1 input gradient (its own kernel on more than one thread): 37 channels, 49
     # pixels, every variant's panels and pixel blocks with remainders
