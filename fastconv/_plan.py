@@ -140,7 +140,8 @@ def _algorithm(op, p, dtype):
         return "winograd_f2" if op == "conv2d_weight" else "winograd_f4"
     if p.K // p.groups < t.DIRECT_MIN_OUTPUTS:
         return "im2col"
-    patch = (p.C // p.groups) * p.R * p.S
+    Cg = p.C // p.groups
+    patch = Cg * p.R * p.S
     stem = patch < t.DIRECT_MAX_PATCH and p.R * p.S > 1       # not 1x1 with stride or padding
     # any other forward with a kernel larger than 1x1 (stride 2, 5x5, 7x7, dilated,
     # grouped): direct's lanes kernel ran 1.12-3.0x im2col's on 8 such layers at N=1 and
@@ -152,7 +153,6 @@ def _algorithm(op, p, dtype):
     # and the weight gradient of strides 1 and 2 with long patches. 5x5, 7x7, dilated
     # and grouped layers ran 1.3-1.9x im2col's speed on both backends (AMD EPYC Zen 4,
     # session 33); im2col keeps RGB stems and stride-2 input gradients
-    Cg = p.C // p.groups
     wide = Cg >= t.DIRECT_MIN_OUTPUTS and p.R * p.S > 1
     if (op == "conv2d_input" and wide and p.stride_h == p.stride_w == 1
             and registers >= t.BLAS_BELOW_REGISTERS):
@@ -395,9 +395,6 @@ def _winograd(op, m, p, dtype, threads, backend):
     filter_bytes = alpha2 * C * K * itemsize
     tiles = N * th * tw
     if op == "conv2d_weight":
-        parts = weight_parts(tiles)
-        R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
-        parts = min(parts, N * -(-th // R))
         # fused: each partial sum is one thread's; few tiles (one part) with much work,
         # unfused, whose GEMMs use every thread (by the shape alone: the same bits on
         # any thread count)
@@ -405,6 +402,9 @@ def _winograd(op, m, p, dtype, threads, backend):
                and tiles * alpha2 * C * K >= t.WEIGHT_UNFUSED_MIN_MACS)
         if ((filter_bytes <= t.WEIGHT_FUSED_MAX_FILTER_BYTES and not few)
                 or not runs("unfused")):
+            parts = weight_parts(tiles)
+            R = max(1, min(t.WEIGHT_BLOCK_TILES // tw, -(-N * th // parts)))
+            parts = min(parts, N * -(-th // R))
             return "fused", (("tiles", (th, tw)), ("block_rows", R), ("parts", parts),
                              ("threads_used", min(threads, parts)),
                              ("serial_filter", parts * filter_bytes
