@@ -13,7 +13,8 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - depthwise layers: direct.
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
-  for the weight gradient there; below 100 outputs, direct (where its lanes kernel
+  for the weight gradient there; below 100 outputs, F(2x2,3x3) for float32 forward
+  and grad-input with 256 channels or more in and out, else direct (where its lanes kernel
   fits) or im2col.
 - the other forwards with a kernel larger than 1x1 (RGB stems, stride 2, 5x5, 7x7,
   dilated, grouped): direct; so are their gradients where C/groups fills a vector's
@@ -135,6 +136,11 @@ def _algorithm(op, p, dtype):
         if blas:
             return "im2col"
         if outputs < t.F2_MIN_OUTPUTS:
+            # few outputs on many channels: F(2x2,3x3) still beats direct's and
+            # im2col's nine taps (res5's 512 channels on 7x7 at N = 1)
+            if (op != "conv2d_weight" and dtype == np.float32
+                    and min(p.C, p.K) >= t.F2_FEW_MIN_CHANNELS):
+                return "winograd_f2"
             lanes = layouts.lanes_block(p.P, p.Q) is not None
             return "direct" if op == "conv2d_weight" or lanes else "im2col"
         return "winograd_f2" if op == "conv2d_weight" else "winograd_f4"
@@ -428,7 +434,8 @@ def _winograd(op, m, p, dtype, threads, backend):
     fused = filter_bytes <= t.FUSED_MAX_FILTER_BYTES and not unfused
     R, G = fused_blocks(1, N, th, tw)
     slice_bytes, blocks = filter_bytes / threads, -(-N // G) * -(-th // R)
-    split = not fused and not unfused and threads > 1 and (
+    # split: with fewer tiles than a block, the unfused path's GEMMs ran faster
+    split = not fused and not unfused and threads > 1 and tiles >= t.SPLIT_MIN_TILES and (
         slice_bytes <= t.SPLIT_MAX_SLICE_BYTES
         or blocks * slice_bytes <= t.SPLIT_MAX_STREAM_BYTES or not runs("unfused"))
     if fused or split or not (runs("unfused") and runs("unfused_blas")):

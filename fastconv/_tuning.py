@@ -18,7 +18,12 @@ DEFAULTS = {
     "F4_MIN_IMAGE": (400, "outputs per image",
         "F(4x4,3x3) beats F(2x2,3x3) from this P*Q (Zen 5)"),
     "F2_MIN_OUTPUTS": (100, "outputs per batch",
-        "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5)"),
+        "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5) ..."),
+    "F2_FEW_MIN_CHANNELS": (256, "channels",
+        "... except forwards and input gradients with C and K of at least this: F(2x2,3x3) "
+        "unfused ran 1.2-1.6x im2col's channels-last GEMM on 256-1024 channels on 7x7 at "
+        "N = 1, 1 and 2 threads, warm or with the caches flushed, and 1.3-1.4x in "
+        "ResNet-18 and -50 at N = 1 (Zen 4)"),
     "DIRECT_MAX_PATCH": (256, "inputs per output",
         "forwards with C/groups*R*S below this (RGB stems; R*S > 1) run direct (Zen 5, Xeon), "
         "on any CPU; with BLAS_BELOW_REGISTERS vector registers every forward with R*S > 1 "
@@ -133,7 +138,11 @@ DEFAULTS = {
         "on 2+ threads the fused work is shared by output channels when a thread's filter "
         "slice stays in its L2 ... (Zen 5)"),
     "SPLIT_MAX_STREAM_BYTES": (6 * 2**20, "bytes",
-        "... or when the slices it streams over all blocks total at most this (Zen 5)"),
+        "... or when the slices it streams over all blocks total at most this (Zen 5) ..."),
+    "SPLIT_MIN_TILES": (64, "tiles",
+        "... and there are at least this many tiles: on fewer the unfused path ran "
+        "1.3-1.5x faster on 2 threads (F4 on 256 channels on 14x14, F2 on 256-512 on "
+        "7x7 and 14x14, at N = 1; Zen 4)"),
     "STREAM_MIN_FILTER_BYTES": (16 * 2**20, "bytes",
         "F4 transforms filters this big on the fly: a cached one is read from memory on "
         "every call ... (Zen 5)"),

@@ -198,7 +198,8 @@ def test_winograd_split_and_weight_parts(data, algorithm, dtype, threads):
         pytest.skip("needs 2 threads")
     case = data.draw(conv_cases(algorithm, max_hw=20))
     fastconv.set_num_threads(threads)
-    with tuned(FUSED_MAX_FILTER_BYTES=0, WEIGHT_PART_MIN_TILES=1, WEIGHT_FUSED_MIN_TILES=0,
+    with tuned(FUSED_MAX_FILTER_BYTES=0, SPLIT_MIN_TILES=0, WEIGHT_PART_MIN_TILES=1,
+               WEIGHT_FUSED_MIN_TILES=0,
                WEIGHT_FOUR_PARTS_TILES=data.draw(st.sampled_from([3, 10**9])),
                WEIGHT_BLOCK_TILES=data.draw(st.sampled_from([1, 8]))):
         ran = _check_winograd(case, dtype, algorithm, seed=1)

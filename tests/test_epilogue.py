@@ -163,7 +163,7 @@ def _rules_case(algorithm, backend, variant, dtype, xs, ws, kw, tune, **blocking
 # (stored tile by tile) and longer (a channels-last slab, block transposes)
 WINOGRAD_PATHS = {
     "fused": dict(FUSED_MAX_FILTER_BYTES=2**40),
-    "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40),
+    "split": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=2**40, SPLIT_MIN_TILES=0),
     "unfused": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,
                     SPLIT_MAX_STREAM_BYTES=0, GEMM_MAX_PADDING=2**40),
     "unfused_blas": dict(FUSED_MAX_FILTER_BYTES=0, SPLIT_MAX_SLICE_BYTES=0,

@@ -84,10 +84,13 @@ TABLE = [
          dtype=f64),
     _row("conv2d_input", (8, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1),
     _row("conv2d_weight", (8, 512, 14, 14), 512, 3, ("winograd_f2", "unfused"), padding=1),
-    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1, threads=2,
-         **NO_BLAS),
-    _row("conv2d_input", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1,
+    # ... but not on fewer tiles than SPLIT_MIN_TILES (16 here): unfused
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1,
+         threads=2, **NO_BLAS),
+    _row("conv2d_input", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1,
          threads=2),
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1, threads=2,
+         SPLIT_MIN_TILES=16, **NO_BLAS),
     _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1, threads=1,
          **NO_BLAS),
     _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1),
@@ -101,15 +104,28 @@ TABLE = [
     _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
     _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "unfused_blas"), padding=1,
          dtype=f64, **NO_BLAS),
-    # res5 3x3 at N=1 (49 outputs): direct's lanes kernel (its forward: the BLAS rows);
-    # rows of 7 hold the one-row block here (1 x 4), the two-row one with 32 registers
-    _row("conv2d_input", (1, 512, 7, 7), 512, 3, ("direct", "lanes"), padding=1),
+    # res5 3x3 at N=1 (49 outputs, 16 tiles): F(2x2,3x3) unfused, float32 forward and
+    # grad-input from 256 channels in and out; else direct's lanes kernel (its forward:
+    # the BLAS rows); rows of 7 hold the one-row block here (1 x 4), the two-row one
+    # with 32 registers
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1, threads=2,
+         **NO_BLAS),
+    _row("conv2d", (1, 512, 7, 7), 256, 3, ("winograd_f2", "unfused"), padding=1, threads=1,
+         **NO_BLAS),
+    _row("conv2d_input", (1, 256, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1,
+         threads=2),
+    _row("conv2d", (1, 128, 7, 7), 128, 3, ("direct", "lanes"), padding=1, **NO_BLAS),
+    _row("conv2d", (1, 512, 7, 7), 128, 3, ("direct", "lanes"), padding=1, **NO_BLAS),
+    _row("conv2d_input", (1, 512, 7, 7), 512, 3, ("direct", "lanes"), padding=1,
+         F2_FEW_MIN_CHANNELS=1024),
     _row("conv2d_weight", (1, 512, 7, 7), 512, 3, ("direct", "blocked"), padding=1),
     _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "row"), padding=1, dtype=f64, **NO_BLAS),
     # ... on rows of the two-row block (res5's 7 x 7 with 32 registers; 7 x 2 here), a
     # 9.4 MB weight taken as it is: the streamed kernel
-    _row("conv2d_input", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1),
-    _row("conv2d", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1, **NO_BLAS),
+    _row("conv2d_input", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1,
+         F2_FEW_MIN_CHANNELS=1024),
+    _row("conv2d", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1,
+         F2_FEW_MIN_CHANNELS=1024, **NO_BLAS),
     # rows narrower than every lanes block (6 x 6 with 32 registers; 6 x 1 here): im2col
     _row("conv2d", (1, 64, 6, NARROW), 64, 3, ("im2col", "tiled"), padding=1, **NO_BLAS),
     # stems and stride 2: direct (lanes kernel) forwards, blocked weight gradients
@@ -156,7 +172,7 @@ TABLE = [
     # direct's lanes kernel or Winograd on small images would run (float64 and 3x3
     # stride 2) run im2col's BLAS GEMM (the NO_BLAS rows above: the plans 32 registers
     # keep); gradients, stems and images of F4_MIN_IMAGE outputs or more keep theirs
-    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f2", "split"), padding=1, threads=2),
+    _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1, threads=2),
     _row("conv2d", (8, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1),
     _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1),
     _row("conv2d", (1, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1),  # res5
@@ -241,12 +257,13 @@ def test_plan_blocking_of_table_layers():
                          algorithm="direct")
     assert len(stem["cores"]) == 4 and all(stem["cores"])
     # direct's lanes blocks (layouts.LANES_BLOCKS): two rows on rows of J2 (res5's 7 x 7
-    # with 32 vector registers), one row on the stem's 112
+    # with 32 vector registers; 128 input channels, which F(2x2,3x3) leaves to direct),
+    # one row on the stem's 112
     one_row, two_rows = layouts.LANES_BLOCKS
-    assert fastconv.plan("conv2d_input", (1, 512, 7, J2), (512, 512, 3, 3),
+    assert fastconv.plan("conv2d_input", (1, 128, 7, J2), (512, 128, 3, 3),
                          padding=1)["block"] == two_rows
     with tuned(**NO_BLAS):
-        assert fastconv.plan("conv2d", (1, 512, 7, J2), (512, 512, 3, 3),
+        assert fastconv.plan("conv2d", (1, 128, 7, J2), (512, 128, 3, 3),
                              padding=1)["block"] == two_rows
     assert fastconv.plan("conv2d", (1, 3, 224, 224), (64, 3, 7, 7), stride=2,
                          padding=3)["block"] == one_row
@@ -389,8 +406,7 @@ def test_unfused_winograd_below_registers(monkeypatch):
     cases = [  # op, input, K, threads: the plan with the rule on, and off
         ("conv2d", (1, 64, 56, 56), 64, 1, "unfused", "fused"),
         ("conv2d", (8, 128, 28, 28), 128, 2, "unfused", "split"),
-        ("conv2d", (1, 256, 14, 14), 256, 2, "unfused", "split"),
-        ("conv2d_input", (1, 256, 14, 14), 256, 2, "unfused", "split"),
+        ("conv2d_input", (2, 128, 28, 28), 128, 2, "unfused", "split"),
         ("conv2d", (1, 64, 224, 224), 64, 1, "fused", "fused"),     # 58 MB of tiles
         ("conv2d", (8, 32, 56, 56), 32, 1, "fused", "fused"),       # K = 32: BLAS's
     ]
