@@ -609,6 +609,10 @@ def avg_pool_args(op, count_include_pad, divisor_override):
                         f"got {divisor_override!r}")
     if div == 0:
         raise ValueError(f"{op}: divisor_override must not be zero")
+    # the kernels divide by |divisor| (a 64-bit integer) and negate after: -2**63 has none
+    if div == -2**63:
+        raise ValueError(f"{op}: divisor_override must be above -2**63 (its magnitude a "
+                         f"64-bit integer), got {divisor_override!r}")
     return count_include_pad, _int64(op, "divisor_override", div, divisor_override)
 
 
