@@ -445,6 +445,16 @@ DIRECT_PATHS = [
     ("depthwise, stride 1, a reach of 18 rows, rows narrower than a vector",
      {"conv2d": "depthwise", "conv2d_input": "depthwise"},
      _case(1, 2, 20, 6, 2, 3, 3, 1, (9, 1), (9, 1), 2)),
+    # 3x3 at stride 2 (dilation 1) with AVX-512 reads x as it is too, each row's columns
+    # deinterleaved: rows of three vectors and a short one masked at both edges,
+    # asymmetric padding, a partial last block of rows, multiplier 2; then rows
+    # narrower than a vector, no padding, blocks of 7 rows (P = 14)
+    ("depthwise, stride 2, 3x3, multiplier 2, wide rows",
+     {"conv2d": "depthwise", "conv2d_input": "depthwise_scatter", "conv2d_weight": "depthwise"},
+     _case(2, 3, 23, 70, 6, 3, 3, 2, (1, 2), 1, 3)),
+    ("depthwise, stride 2, 3x3, narrow rows",
+     {"conv2d": "depthwise", "conv2d_input": "depthwise_scatter", "conv2d_weight": "depthwise"},
+     _case(1, 4, 29, 9, 4, 3, 3, 2, 0, 1, 4)),
     ("depthwise, stride 2, dilation, multiplier 2",
      {"conv2d": "depthwise", "conv2d_input": "depthwise_scatter", "conv2d_weight": "depthwise"},
      _case(2, 4, 12, 9, 8, 3, 3, 2, (2, 1), (2, 1), 4)),
