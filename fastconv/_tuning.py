@@ -20,10 +20,12 @@ DEFAULTS = {
     "F2_MIN_OUTPUTS": (100, "outputs per batch",
         "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5) ..."),
     "F2_FEW_MIN_CHANNELS": (256, "channels",
-        "... except forwards and input gradients with C and K of at least this: F(2x2,3x3) "
-        "unfused ran 1.2-1.6x im2col's channels-last GEMM on 256-1024 channels on 7x7 at "
-        "N = 1, 1 and 2 threads, warm or with the caches flushed, and 1.3-1.4x in "
-        "ResNet-18 and -50 at N = 1 (Zen 4)"),
+        "... except channels-last forwards and input gradients with C and K of at least "
+        "this: F(2x2,3x3) unfused ran 1.2-1.6x im2col's channels-last GEMM on 256-1024 "
+        "channels on 7x7 at N = 1, 1 and 2 threads, warm or with the caches flushed, "
+        "1.3-1.4x in ResNet-18 and -50 at N = 1, and the input gradient 1.08-1.46x "
+        "direct's; direct's NCHW forward ran res5's 3x3 at 0.84x on 1 thread and 1.15x "
+        "on 2 (Zen 4)"),
     "DIRECT_MAX_PATCH": (256, "inputs per output",
         "forwards with C/groups*R*S below this (RGB stems; R*S > 1) run direct (Zen 5, Xeon), "
         "on any CPU; with BLAS_BELOW_REGISTERS vector registers every forward with R*S > 1 "
