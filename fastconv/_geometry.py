@@ -182,6 +182,27 @@ class ConvParams:
                 self.dil_h, self.dil_w, self.P, self.Q)
 
 
+def kernel_blocks(p: ConvParams):
+    """(rows, columns) of 3x3 blocks that tile the kernel of ``p`` zero-padded to a
+    multiple of 3 (bottom and right): (1, 1) for 3x3, (2, 2) for 5x5 (6x6)."""
+    return -(-p.R // 3), -(-p.S // 3)
+
+
+def blocked_params(p: ConvParams):
+    """The 3x3 convolution that computes the stride-1, undilated, one-group ``p`` from
+    its kernel's 3x3 blocks (:func:`kernel_blocks`): block (i, j) reads the input
+    shifted by (3i, 3j) from the padded origin, so the input of block ``b = i*bs + j``
+    is channels ``b*C ..`` of a stacked input of ``P + 2`` x ``Q + 2`` pixels (no
+    padding, zeros where the shift leaves x), and the output is ``p``'s:
+
+        stacked[n, b*C + c, u, v] = x[n, c, u + 3i - pad_top, v + 3j - pad_left]
+        y = conv3x3(stacked, weight blocks stacked the same way)
+    """
+    br, bs = kernel_blocks(p)
+    return ConvParams(p.N, p.C * br * bs, p.P + 2, p.Q + 2, p.K, 3, 3, 1, 1, 1, 0, 0, 0, 0,
+                      1, 1, p.P, p.Q)
+
+
 def _shape(a):
     return tuple(int(d) for d in a)
 

@@ -11,6 +11,10 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - 1x1 stride-1 layers: im2col (one GEMM); direct's pointwise GEMM for the float32
   forward of batches of several small planes with C >> K (res5's 2048 -> 512).
 - depthwise layers: direct.
+- forwards of stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S is
+  ``BLOCKS_MIN_SAVING`` times F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd
+  on the blocks, where the rules below give it to the 3x3 convolution of the blocks
+  (``_geometry.blocked_params``).
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, F(2x2,3x3) for float32 grad-input
@@ -50,8 +54,8 @@ import numpy as np
 
 from . import _config, _dispatch, _machine, _tuning
 from ._machine import vector_registers
-from ._geometry import (ConvParams, block_params, check_dtype, conv_params, int_tuple,
-                        pool_params)
+from ._geometry import (ConvParams, block_params, blocked_params, check_dtype, conv_params,
+                        int_tuple, kernel_blocks, pool_params)
 from .kernels import layouts
 
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
@@ -125,7 +129,16 @@ def _algorithm(op, p, dtype, layout="nchw"):
     blas = op == "conv2d" and registers < t.BLAS_BELOW_REGISTERS
     small_winograd = (op == "conv2d" and dtype == np.float32
                       and registers < t.WINOGRAD_BELOW_REGISTERS)
-    if winograd_supports(p) and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS:
+    if op == "conv2d" and winograd_supports(p) and (p.R, p.S) != (3, 3) and (
+            p.R * p.S >= t.BLOCKS_MIN_SAVING * F4_MACS * math.prod(kernel_blocks(p))):
+        # larger kernels' forwards (5x5) as 3x3 blocks, where the 3x3 rules give the
+        # blocks Winograd; the gradients, which add the blocks' parts back (input) or
+        # reduce over few tiles (weight, N = 1), lost to direct in places
+        blocked = _algorithm(op, blocked_params(p), dtype, layout)
+        if blocked in ("winograd_f2", "winograd_f4"):
+            return blocked
+    if (winograd_supports(p) and (p.R, p.S) == (3, 3)
+            and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS):
         image, outputs = p.P * p.Q, p.N * p.P * p.Q
         if image >= t.F4_MIN_IMAGE:
             return "winograd_f4"
@@ -171,10 +184,15 @@ def _algorithm(op, p, dtype, layout="nchw"):
     return "im2col"
 
 
+#: F(4x4,3x3)'s multiply-adds per output and input channel, 36 per tile of 16 outputs
+F4_MACS = 36 / 16
+
+
 def winograd_supports(p):
-    """Winograd handles 3x3 kernels, stride 1, dilation 1, groups 1 (any padding)."""
-    return (p.R == 3 and p.S == 3 and p.stride_h == 1 and p.stride_w == 1
-            and p.dil_h == 1 and p.dil_w == 1 and p.groups == 1)
+    """Winograd handles stride 1, dilation 1, groups 1 (any padding), 3x3 kernels and
+    others as 3x3 blocks of the kernel zero-padded to a multiple of 3."""
+    return (p.stride_h == 1 and p.stride_w == 1 and p.dil_h == 1 and p.dil_w == 1
+            and p.groups == 1)
 
 
 #: geometries an algorithm handles, where it does not handle every valid one
@@ -385,7 +403,15 @@ def _tile_batch(alpha2, C, K, itemsize, TB):
 def _winograd(op, m, p, dtype, threads, backend):
     """(variant, blocking) of Winograd F(m x m, 3x3) for ``op`` on ``p``, among the
     variants ``backend`` runs (``_dispatch.variants``; the Cython backend: all of
-    them)."""
+    them). A kernel other than 3x3 runs as 3x3 blocks (``kernels/kernel_blocks.py``):
+    the plan of the 3x3 convolution they make, with ("kernel_blocks", (rows, columns))."""
+    if (p.R, p.S) == (3, 3):
+        return _winograd_3x3(op, m, p, dtype, threads, backend)
+    variant, blocking = _winograd_3x3(op, m, blocked_params(p), dtype, threads, backend)
+    return variant, blocking + (("kernel_blocks", kernel_blocks(p)),)
+
+
+def _winograd_3x3(op, m, p, dtype, threads, backend):
     have = _dispatch.variants(op, f"winograd_f{m}", backend)
 
     def runs(variant):

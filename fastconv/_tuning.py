@@ -26,6 +26,13 @@ DEFAULTS = {
         "1.3-1.4x in ResNet-18 and -50 at N = 1, and the input gradient 1.08-1.46x "
         "direct's; direct's NCHW forward ran res5's 3x3 at 0.84x on 1 thread and 1.15x "
         "on 2 (Zen 4)"),
+    "BLOCKS_MIN_SAVING": (2.0, "multiply-adds ratio",
+        "forwards of stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks "
+        "(where the 3x3 rules choose it for the blocks' convolution) when R*S is at least "
+        "this many times F(4x4,3x3)'s 2.25 multiply-adds per block: 5x5 (2.8) and 7x7 (2.4), "
+        "not 4x4 (1.8) or 1x7 (1.0). 32->64 5x5 on 28x28: 1.17-1.43x direct's lanes kernel "
+        "at N = 1 and 8, 1 and 2 threads; its gradients as blocks ran 0.80-1.28x direct's, "
+        "and keep direct (Zen 4)"),
     "DIRECT_MAX_PATCH": (256, "inputs per output",
         "forwards with C/groups*R*S below this (RGB stems; R*S > 1) run direct (Zen 5, Xeon), "
         "on any CPU; with BLAS_BELOW_REGISTERS vector registers every forward with R*S > 1 "

@@ -348,8 +348,8 @@ def kernel_pairs(op):
 # geometry limits of algorithms that do not handle every convolution (see
 # fastconv._plan.SUPPORTS); test_registry checks they are exactly those rules
 LIMITS = {
-    "winograd_f2": dict(kernel=3, stride=1, dilation=1, groups=1),
-    "winograd_f4": dict(kernel=3, stride=1, dilation=1, groups=1),
+    "winograd_f2": dict(stride=1, dilation=1, groups=1),
+    "winograd_f4": dict(stride=1, dilation=1, groups=1),
 }
 
 

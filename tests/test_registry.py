@@ -87,12 +87,13 @@ def _pointwise(N, H, W, groups):
                                           groups=groups)
 
 
-POINTWISE_PAIRS = [ab for ab in CONV_PAIRS if _plan.supports(ab[0], _pointwise(1, 5, 7, 1))]
+POINTWISE_CASES = [(a, b, N, HW, groups) for a, b in CONV_PAIRS
+                   for N, HW, groups in [(1, (5, 7), 1), (3, (5, 7), 1), (3, (5, 7), 2),
+                                         (2, (12, 12), 1), (2, (12, 12), 2)]
+                   if _plan.supports(a, _pointwise(N, *HW, groups))]
 
 
-@pytest.mark.parametrize("algorithm,backend", POINTWISE_PAIRS)
-@pytest.mark.parametrize("N,HW,groups", [(1, (5, 7), 1), (3, (5, 7), 1), (3, (5, 7), 2),
-                                         (2, (12, 12), 1), (2, (12, 12), 2)])
+@pytest.mark.parametrize("algorithm,backend,N,HW,groups", POINTWISE_CASES)
 def test_pointwise_layers_match_reference(algorithm, backend, N, HW, groups):
     """1x1 stride-1 layers (rare among the random geometries above) take their own
     paths: one GEMM per image, or one for the whole batch when planes are small."""
@@ -174,22 +175,23 @@ def test_limits_are_the_supports_rule(algorithm, data):
 
 def _just_outside(limits, p):
     """Geometries one step outside each limit of ``limits`` from ``p`` (inside them)."""
-    step = {"kernel": [dict(R=limits["kernel"] + 1), dict(S=limits["kernel"] - 1)],
-            "stride": [dict(stride_h=limits["stride"] + 1), dict(stride_w=limits["stride"] + 1)],
-            "dilation": [dict(dil_h=limits["dilation"] + 1), dict(dil_w=limits["dilation"] + 1)],
-            "groups": [dict(groups=limits["groups"] * 2)]}
-    return [ConvParams(**{**p.__dict__, **change}) for name in limits for change in step[name]]
+    steps = {"kernel": lambda v: [dict(R=v + 1), dict(S=v - 1)],
+             "stride": lambda v: [dict(stride_h=v + 1), dict(stride_w=v + 1)],
+             "dilation": lambda v: [dict(dil_h=v + 1), dict(dil_w=v + 1)],
+             "groups": lambda v: [dict(groups=v * 2)]}
+    return [ConvParams(**{**p.__dict__, **change}) for name, v in limits.items()
+            for change in steps[name](v)]
 
 
 @pytest.mark.parametrize("algorithm", sorted(LIMITS))
 def test_a_geometry_just_outside_the_limits_is_refused(algorithm):
     lim = LIMITS[algorithm]
-    k = lim["kernel"]
+    k = lim.get("kernel", 3)
     inside = fastconv._geometry.conv_params("t", (1, 4, 8, 8), (4, 4 // lim["groups"], k, k),
                                             lim["stride"], 1, lim["dilation"], lim["groups"])
     assert _plan.supports(algorithm, inside)
     outside = _just_outside(lim, inside)
-    assert len(outside) == 7
+    assert len(outside) == 2 * ("kernel" in lim) + 5
     for p in outside:
         assert not _plan.supports(algorithm, p), f"{algorithm} accepts {p}"
         assert not _within(lim, p)

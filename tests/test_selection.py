@@ -152,6 +152,13 @@ TABLE = [
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          algorithm="direct", dtype=f64),
     _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
+    # forwards of larger stride-1 kernels (5x5, 7x7): Winograd on their 3x3 blocks where
+    # it saves BLOCKS_MIN_SAVING of the multiply-adds (not 4x4 or 1x7) and the 3x3 rules
+    # give the blocks' convolution Winograd (not 3 input channels: 12 stacked)
+    _row("conv2d", (1, 32, 28, 28), 64, 5, ("winograd_f4", "unfused"), padding=2),
+    _row("conv2d", (8, 64, 28, 28), 64, 7, ("winograd_f4", "unfused"), padding=3),
+    _row("conv2d", (1, 32, 28, 28), 64, 4, ("direct", "lanes"), padding=2, **NO_BLAS),
+    _row("conv2d", (8, 3, 56, 56), 64, 5, ("direct", "lanes"), padding=2),
     # the gradients of 5x5 (and 7x7, dilated, grouped) layers: direct where C/groups fills
     # a vector's lanes (the input gradient at stride 1 as the forward on dy, so not on
     # the BLAS CPUs); RGB inputs keep im2col
@@ -576,8 +583,8 @@ def test_an_unknown_algorithm_is_named_with_those_registered():
 def test_a_limited_algorithm_refuses_a_geometry_it_cannot_run(algorithm):
     for op in CONV_OPS:
         with pytest.raises(ValueError, match=algorithm) as info:
-            fastconv.plan(op, (1, 4, 9, 9), (4, 4, 5, 5), algorithm=algorithm)
-        assert "3x3" in str(info.value)
+            fastconv.plan(op, (1, 4, 9, 9), (4, 4, 3, 3), stride=2, algorithm=algorithm)
+        assert "stride 1" in str(info.value)
     assert fastconv.plan("conv2d", (1, 4, 9, 9), (4, 4, 3, 3), algorithm=algorithm)
 
 

@@ -295,14 +295,17 @@ def test_weight_gradient_independent_of_threads(algorithm, dtype, parts):
 
 
 def test_supports():
-    """3x3, stride 1, dilation 1, groups 1 only; the docstring names the limits."""
+    """Stride 1, dilation 1, groups 1, any kernel size (3x3 blocks); the docstring names
+    the limits."""
     ok = _params(1, 4, 8, 8, 4, 1, 1, 1, 1)
     for algorithm in ALGORITHMS:
         assert _plan.supports(algorithm, ok)
         assert _plan.SUPPORTS[algorithm] is _plan.winograd_supports
-        for change in [dict(R=5, S=5), dict(stride_h=2), dict(dil_w=2), dict(groups=2)]:
+        for change in [dict(R=5, S=5), dict(R=1, S=7), dict(R=2, S=2)]:
+            assert _plan.supports(algorithm, ConvParams(**{**ok.__dict__, **change}))
+        for change in [dict(stride_h=2), dict(dil_w=2), dict(groups=2)]:
             assert not _plan.supports(algorithm, ConvParams(**{**ok.__dict__, **change}))
-    assert "3x3" in _plan.winograd_supports.__doc__
+    assert "3x3 blocks" in _plan.winograd_supports.__doc__
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -398,3 +401,81 @@ def test_forward_channels_last_on_every_path(algorithm, dtype, path, backend):
                 ref = fastconv.conv2d(x, w, bias, residual=res, padding=pad,
                                       activation=act, algorithm="reference")
                 assert_close(got, ref, tolerance(dtype, algorithm), f"{plan!r}")
+
+
+# -- Kernels other than 3x3, as 3x3 blocks (kernels/kernel_blocks.py) --------------------
+
+#: (N, C, H, W, K, R, S, pad_top, pad_bottom, pad_left, pad_right): 5x5, 7x7 and 4x6
+#: (2 x 2, 3 x 3 and 2 x 2 blocks), 1x3 and 2x2 (one zero-padded block), 5x3; padding
+#: asymmetric, none, and past the kernel (the input gradient's rows beyond x dropped)
+BLOCK_CASES = [(1, 5, 9, 11, 6, 5, 5, 2, 2, 2, 2), (2, 3, 10, 7, 4, 7, 7, 3, 1, 0, 4),
+               (1, 4, 6, 9, 5, 4, 6, 1, 2, 0, 3), (2, 6, 5, 8, 3, 1, 3, 0, 0, 1, 1),
+               (1, 3, 4, 4, 7, 2, 2, 0, 1, 1, 0), (1, 2, 3, 12, 3, 5, 3, 5, 4, 0, 0),
+               (1, 17, 8, 8, 20, 5, 5, 0, 0, 0, 0)]
+
+
+def _kernel_params(N, C, H, W, K, R, S, pt, pb, pl, pr):
+    return ConvParams(N, C, H, W, K, R, S, 1, 1, 1, pt, pb, pl, pr, 1, 1,
+                      H + pt + pb - R + 1, W + pl + pr - S + 1)
+
+
+WINOGRAD_BACKENDS = sorted({b for a, b in kernel_pairs("conv2d") if a in ALGORITHMS})
+
+
+@pytest.mark.parametrize("backend", WINOGRAD_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_kernel_blocks(algorithm, dtype, backend):
+    """Kernels other than 3x3 run as 3x3 blocks of the zero-padded kernel: forward,
+    grad-input and grad-weight against the reference, each plan that ran naming its
+    blocks."""
+    for seed, case in enumerate(BLOCK_CASES):
+        p = _kernel_params(*case)
+        assert _plan.supports(algorithm, p)
+        x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
+        for op in OPS:
+            got, plan = _run(op, algorithm, p, dtype, x, w, dy, backend)
+            assert plan.backend == backend
+            assert plan["kernel_blocks"] == (-(-p.R // 3), -(-p.S // 3)), plan
+            assert_close(got, _reference(op, p, x, w, dy), tolerance(dtype, algorithm),
+                         f"{algorithm} {op} {np.dtype(dtype)} {case} {plan!r}")
+
+
+@pytest.mark.parametrize("backend", WINOGRAD_BACKENDS)
+def test_kernel_blocks_channels_last_with_epilogue(backend):
+    """A channels-last 5x5 forward stacks its blocks channels last: with bias, residual
+    and ReLU, bit for bit the NCHW plan's result, and equal to the reference."""
+    cl = fastconv.to_channels_last
+    x, w, b, r = arrays(3, np.float32, (2, 6, 9, 10), (7, 6, 5, 5), (7,), (2, 7, 9, 10))
+    kw = dict(padding=2, algorithm="winograd_f4", backend=backend, activation="relu")
+    want, plan = ran_plan(lambda: fastconv.conv2d(x, w, b, residual=r, **kw),
+                          kernel_blocks=(2, 2))
+    got, plan = ran_plan(lambda: fastconv.conv2d(cl(x), w, b, residual=cl(r), **kw),
+                         kernel_blocks=(2, 2))
+    assert plan.layout == "nhwc" and fastconv.channels_last(got), plan
+    np.testing.assert_array_equal(got, want)
+    ref = fastconv.conv2d(x, w, b, residual=r, padding=2, activation="relu",
+                          algorithm="reference")
+    assert_close(got, ref, tolerance(np.float32, "winograd_f4"))
+
+
+def test_kernel_blocks_kept_with_the_weight():
+    """A prepared weight keeps its stacked blocks, and they keep their transformed
+    filter: the second call builds nothing. A plain weight changed in place gives the
+    new result (its blocks rebuilt, never stale)."""
+    x, w = arrays(5, np.float32, (1, 4, 8, 8), (5, 4, 5, 5))
+    pw = fastconv.prepare_weight(w)
+    first = fastconv.conv2d(x, pw, padding=2, algorithm="winograd_f4")
+    blocks = pw.derived[("kernel_blocks",)]
+    assert blocks.array.shape == (5, 16, 3, 3) and blocks.derived, blocks
+    kept = dict(blocks.derived)
+    second = fastconv.conv2d(x, pw, padding=2, algorithm="winograd_f4")
+    assert pw.derived[("kernel_blocks",)] is blocks
+    assert blocks.derived.keys() == kept.keys()
+    assert all(blocks.derived[k] is v for k, v in kept.items())
+    np.testing.assert_array_equal(first, second)
+    plain = w.copy()
+    before = fastconv.conv2d(x, plain, padding=2, algorithm="winograd_f4")
+    plain *= 2
+    after = fastconv.conv2d(x, plain, padding=2, algorithm="winograd_f4")
+    assert_close(after, 2 * before, 1e-6)

@@ -220,11 +220,13 @@ _TILE = {"winograd_f2": 2, "winograd_f4": 4}
 def _exact(plan):
     """Whether blocks can run ``plan`` with the whole array's arithmetic per output
     pixel (see the module docstring): Numba's direct, and Winograd's fused paths whose
-    GEMMs hold the tiles of one image."""
+    GEMMs hold the tiles of one image, on 3x3 kernels (a larger kernel's 3x3 blocks,
+    zero-padded, multiply input past the kernel by transformed zeros, which cancel
+    only up to rounding: zeros past a block's edge and data give other bits)."""
     return plan.backend == "numba" and (
         plan.algorithm == "direct"
         or (plan.algorithm in _TILE and plan.variant in ("fused", "split")
-            and plan["images"] == 1))
+            and plan["images"] == 1 and plan.get("kernel_blocks") is None))
 
 
 def _whole_plan(p, dtype, algorithm, backend, w_chunks):

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..._config import get_num_threads, single_threaded_blas, workspace
 from ..epilogue import none
+from ..kernel_blocks import larger_kernels
 from ..weight_cache import CACHE as _filters
 from ._epilogue cimport _epilogue_run
 from ._hot cimport FC_MR, fc_int, fc_kernels, load_table, real
@@ -516,6 +517,7 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
 # -- The registry's kernels: run a plan (fastconv._plan._winograd) --------------------------
 
 
+@larger_kernels
 def conv2d(plan, x, w, p, out, epilogue=None):
     """Forward convolution into ``out`` (N, K, P, Q; a channels-last plan: x (N, H, W,
     C) into (N, P, Q, K)), with the ``epilogue``
@@ -524,6 +526,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
               none(x.dtype) if epilogue is None else epilogue)
 
 
+@larger_kernels
 def conv2d_input(plan, dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
     computation on dy with the filter rotated 180 degrees and C, K swapped."""
@@ -531,6 +534,7 @@ def conv2d_input(plan, dy, w, p, out):
               p.pad_top - 2, p.pad_left - 2, none(dy.dtype))
 
 
+@larger_kernels
 def conv2d_weight(plan, x, dy, p, out):
     """Gradient with respect to the weight, into ``out`` (K, C, 3, 3)."""
     _winograd_weight(plan, _TILE[plan.algorithm], x, np.ascontiguousarray(dy), out,

@@ -76,6 +76,7 @@ from numba import prange, types
 
 from ..._config import get_num_threads, single_threaded_blas, workspace_array
 from ..epilogue import none
+from ..kernel_blocks import larger_kernels
 from ..layouts import GEMM_BLOCK, STREAM_CHANNELS, WINOGRAD_CHUNK_TILES
 from ..weight_cache import CACHE as _filters
 from . import codegen
@@ -1035,6 +1036,7 @@ def _winograd_weight(plan, m, x, dy, dw, off_h, off_w):
 _TILE = {"winograd_f2": 2, "winograd_f4": 4}
 
 
+@larger_kernels
 def conv2d(plan, x, w, p, out, epilogue=None):
     """Forward convolution into ``out`` (N, K, P, Q), with the ``epilogue`` applied in
     the output transform's stores."""
@@ -1042,6 +1044,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
               none(x.dtype) if epilogue is None else epilogue)
 
 
+@larger_kernels
 def conv2d_input(plan, dy, w, p, out):
     """Gradient with respect to the input, into ``out`` (N, C, H, W): the forward
     computation on dy with the filter rotated 180 degrees and C, K swapped."""
@@ -1049,6 +1052,7 @@ def conv2d_input(plan, dy, w, p, out):
               p.pad_top - 2, p.pad_left - 2, none(dy.dtype))
 
 
+@larger_kernels
 def conv2d_weight(plan, x, dy, p, out):
     """Gradient with respect to the weight, into ``out`` (K, C, 3, 3)."""
     _winograd_weight(plan, _TILE[plan.algorithm], x, np.ascontiguousarray(dy), out,

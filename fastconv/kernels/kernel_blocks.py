@@ -1,0 +1,134 @@
+"""Winograd for kernels other than 3x3, as 3x3 blocks (both backends).
+
+An R x S kernel zero-padded to a multiple of 3 is ``br x bs`` blocks of 3x3
+(``_geometry.kernel_blocks``: 2 x 2 for 5x5). The stride-1 convolution is the sum of
+the blocks' 3x3 convolutions, block (i, j) over the input shifted by (3i, 3j); so it is
+one 3x3 convolution of the blocks stacked along the input channels
+(``_geometry.blocked_params``), which the backend's 3x3 Winograd kernel runs:
+
+- forward: the input stacked (:func:`stack_input`, ``br*bs`` shifted copies) with the
+  weight's blocks (:func:`stack_weight`, kept with the weight), the epilogue as it is;
+- input gradient: the stacked input's gradient, each block's part added back at its
+  shift (:func:`fold_input`, the adjoint of stacking);
+- weight gradient: the blocks' gradients, put back in place (:func:`unstack_weight`).
+
+F(4x4,3x3) then does 36/16 multiply-adds per output and block, 9 for a 5x5 kernel in
+place of 25. A backend's Winograd kernels take :func:`larger_kernels` as decorator.
+"""
+import functools
+
+import numpy as np
+
+from .. import _config
+from .._geometry import blocked_params, kernel_blocks
+from .weight_cache import CACHE, PreparedWeight
+
+
+def _blocks(p):
+    """(b, di, dj) of each block: its index in the stacked channels, its shift."""
+    br, bs = kernel_blocks(p)
+    return [(i * bs + j, 3 * i, 3 * j) for i in range(br) for j in range(bs)]
+
+
+def _span(shift, pad, size, stacked):
+    """(lo, hi): the stacked input's rows ``u`` in [lo, hi) read input row
+    ``u + shift - pad``, those inside the input (0 <= it < size)."""
+    lo = min(max(0, pad - shift), stacked)
+    return lo, max(lo, min(stacked, size + pad - shift))
+
+
+def stack_input(x, p, nhwc=False):
+    """The stacked input of ``blocked_params(p)`` from ``x`` (N, C, H, W), in the
+    calling thread's workspace: (N, b*C, P + 2, Q + 2), or (``nhwc``, x (N, H, W, C))
+    (N, P + 2, Q + 2, b*C)."""
+    q = blocked_params(p)
+    C = p.C
+    shape = (p.N, q.H, q.W, q.C) if nhwc else (p.N, q.C, q.H, q.W)
+    s = _config.workspace_array("kernel_blocks", shape, x.dtype)
+    for b, di, dj in _blocks(p):
+        u0, u1 = _span(di, p.pad_top, p.H, q.H)
+        v0, v1 = _span(dj, p.pad_left, p.W, q.W)
+        h0, w0 = u0 + di - p.pad_top, v0 + dj - p.pad_left
+        # block b's channels (a view whose last two axes are rows, columns)
+        sb = (s[..., b * C:(b + 1) * C].transpose(0, 3, 1, 2) if nhwc
+              else s[:, b * C:(b + 1) * C])
+        xb = x.transpose(0, 3, 1, 2) if nhwc else x
+        sb[:, :, :u0] = 0
+        sb[:, :, u1:] = 0
+        sb[:, :, u0:u1, :v0] = 0
+        sb[:, :, u0:u1, v1:] = 0
+        sb[:, :, u0:u1, v0:v1] = xb[:, :, h0:h0 + u1 - u0, w0:w0 + v1 - v0]
+    return s
+
+
+def fold_input(s, p, out):
+    """``out`` (N, C, H, W) = the gradient of x from ``s``, the gradient of its stacked
+    input (N, b*C, P + 2, Q + 2): each block's part added at its shift."""
+    q = blocked_params(p)
+    C = p.C
+    out[...] = 0
+    for b, di, dj in _blocks(p):
+        u0, u1 = _span(di, p.pad_top, p.H, q.H)
+        v0, v1 = _span(dj, p.pad_left, p.W, q.W)
+        h0, w0 = u0 + di - p.pad_top, v0 + dj - p.pad_left
+        out[:, :, h0:h0 + u1 - u0, w0:w0 + v1 - v0] += s[:, b * C:(b + 1) * C, u0:u1, v0:v1]
+
+
+def stack_weight(w):
+    """The weight's blocks stacked (K, b*C, 3, 3), block b = i*bs + j being rows 3i..
+    and columns 3j.. of the zero-padded kernel; made once per weight and kept with it
+    (``weight_cache``) as a prepared weight, so that the filter transforms made from it
+    are kept too."""
+    def build():
+        K, C, R, S = w.shape
+        br, bs = -(-R // 3), -(-S // 3)
+        padded = np.zeros((K, C, 3 * br, 3 * bs), w.dtype)
+        padded[:, :, :R, :S] = w
+        # (K, C, i, r, j, s) -> (K, i, j, C, r, s)
+        blocks = padded.reshape(K, C, br, 3, bs, 3).transpose(0, 2, 4, 1, 3, 5)
+        return PreparedWeight(blocks.reshape(K, br * bs * C, 3, 3))
+    return CACHE.get(w, ("kernel_blocks",), build).array
+
+
+def unstack_weight(g, p, out):
+    """``out`` (K, C, R, S) = the weight gradient from ``g``, its blocks' (K, b*C, 3, 3)."""
+    br, bs = kernel_blocks(p)
+    # (K, i, j, C, r, s) -> (K, C, i, r, j, s)
+    full = g.reshape(p.K, br, bs, p.C, 3, 3).transpose(0, 3, 1, 4, 2, 5)
+    out[...] = full.reshape(p.K, p.C, 3 * br, 3 * bs)[:, :, :p.R, :p.S]
+
+
+def conv2d(kernel, plan, x, w, p, out, epilogue=None):
+    kernel(plan, stack_input(x, p, plan.layout == "nhwc"), stack_weight(w),
+           blocked_params(p), out, epilogue)
+
+
+def conv2d_input(kernel, plan, dy, w, p, out):
+    q = blocked_params(p)
+    s = _config.workspace_array("kernel_blocks", (p.N, q.C, q.H, q.W), out.dtype)
+    kernel(plan, dy, stack_weight(w), q, s)
+    fold_input(s, p, out)
+
+
+def conv2d_weight(kernel, plan, x, dy, p, out):
+    q = blocked_params(p)
+    g = _config.workspace_array("kernel_blocks_weight", (p.K, q.C, 3, 3), out.dtype)
+    kernel(plan, stack_input(x, p), dy, q, g)
+    unstack_weight(g, p, out)
+
+
+_BLOCKED = {"conv2d": conv2d, "conv2d_input": conv2d_input, "conv2d_weight": conv2d_weight}
+
+
+def larger_kernels(kernel):
+    """Decorator of a backend's 3x3 Winograd kernel of ``conv2d``, ``conv2d_input`` or
+    ``conv2d_weight`` (by its name): geometries with another kernel size run as 3x3
+    blocks."""
+    blocked = _BLOCKED[kernel.__name__]
+
+    @functools.wraps(kernel)
+    def run(plan, a, b, p, out, *rest):
+        if p.R == 3 and p.S == 3:
+            return kernel(plan, a, b, p, out, *rest)
+        return blocked(kernel, plan, a, b, p, out, *rest)
+    return run
