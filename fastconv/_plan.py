@@ -11,8 +11,8 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - 1x1 stride-1 layers: im2col (one GEMM); direct's pointwise GEMM for the float32
   forward of batches of several small planes with C >> K (res5's 2048 -> 512).
 - depthwise layers: direct.
-- forwards of stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S is
-  ``BLOCKS_MIN_SAVING`` times F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd
+- forwards and input gradients of stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S
+  is ``BLOCKS_MIN_SAVING`` times F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd
   on the blocks, where the rules below give it to the 3x3 convolution of the blocks
   (``_geometry.blocked_params``).
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
@@ -41,6 +41,7 @@ kernel for the op and algorithm.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -129,11 +130,11 @@ def _algorithm(op, p, dtype, layout="nchw"):
     blas = op == "conv2d" and registers < t.BLAS_BELOW_REGISTERS
     small_winograd = (op == "conv2d" and dtype == np.float32
                       and registers < t.WINOGRAD_BELOW_REGISTERS)
-    if op == "conv2d" and winograd_supports(p) and (p.R, p.S) != (3, 3) and (
+    if op != "conv2d_weight" and winograd_supports(p) and (p.R, p.S) != (3, 3) and (
             p.R * p.S >= t.BLOCKS_MIN_SAVING * F4_MACS * math.prod(kernel_blocks(p))):
-        # larger kernels' forwards (5x5) as 3x3 blocks, where the 3x3 rules give the
-        # blocks Winograd; the gradients, which add the blocks' parts back (input) or
-        # reduce over few tiles (weight, N = 1), lost to direct in places
+        # larger kernels' forwards and input gradients (5x5) as 3x3 blocks, where the 3x3
+        # rules give the blocks Winograd; the weight gradient, whose 3x3 plan at N = 1
+        # sums few tiles on one thread, ran 0.80-0.84x direct's speed there
         blocked = _algorithm(op, blocked_params(p), dtype, layout)
         if blocked in ("winograd_f2", "winograd_f4"):
             return blocked
@@ -407,8 +408,16 @@ def _winograd(op, m, p, dtype, threads, backend):
     the plan of the 3x3 convolution they make, with ("kernel_blocks", (rows, columns))."""
     if (p.R, p.S) == (3, 3):
         return _winograd_3x3(op, m, p, dtype, threads, backend)
-    variant, blocking = _winograd_3x3(op, m, blocked_params(p), dtype, threads, backend)
-    return variant, blocking + (("kernel_blocks", kernel_blocks(p)),)
+    q = blocked_params(p)
+    # forward and input gradient: groups of images whose stacked input (its gradient)
+    # stays in the L2, where the 3x3 kernel reads it back (the fold reads it too)
+    room = int(_machine.caches()["l2"] * _tuning.BLOCKS_CACHE_SHARE)
+    images = (p.N if op == "conv2d_weight"
+              else max(1, min(p.N, room // (q.C * q.H * q.W * dtype.itemsize))))
+    variant, blocking = _winograd_3x3(op, m, dataclasses.replace(q, N=images), dtype,
+                                      threads, backend)
+    return variant, blocking + (("kernel_blocks", kernel_blocks(p)),
+                                ("block_images", images))
 
 
 def _winograd_3x3(op, m, p, dtype, threads, backend):

@@ -30,9 +30,16 @@ DEFAULTS = {
         "forwards of stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks "
         "(where the 3x3 rules choose it for the blocks' convolution) when R*S is at least "
         "this many times F(4x4,3x3)'s 2.25 multiply-adds per block: 5x5 (2.8) and 7x7 (2.4), "
-        "not 4x4 (1.8) or 1x7 (1.0). 32->64 5x5 on 28x28: 1.17-1.43x direct's lanes kernel "
-        "at N = 1 and 8, 1 and 2 threads; its gradients as blocks ran 0.80-1.28x direct's, "
-        "and keep direct (Zen 4)"),
+        "not 4x4 (1.8) or 1x7 (1.0); input gradients too, not weight gradients (their 3x3 "
+        "plan at N = 1 sums few tiles on one thread: 0.80-0.84x direct's speed). 32->64 5x5 "
+        "on 28x28 against direct's lanes kernel, N = 1 and 8, 1 and 2 threads: forward "
+        "1.14-1.62x, input gradient 1.06-1.28x (Zen 4)"),
+    "BLOCKS_CACHE_SHARE": (0.5, "of the L2",
+        "a blocked Winograd plan's forward and input gradient run its 3x3 kernel on groups "
+        "of images whose stacked input (its gradient) fits this share of the L2: 32->64 5x5 "
+        "on 28x28 at N = 8 (one image a group) ran the forward 4.71 -> 3.90 ms and the "
+        "input gradient 6.29 -> 4.90 ms on 1 thread, 2.97 -> 2.60 and 3.14 -> 3.30 ms on "
+        "2 (Zen 4)"),
     "DIRECT_MAX_PATCH": (256, "inputs per output",
         "forwards with C/groups*R*S below this (RGB stems; R*S > 1) run direct (Zen 5, Xeon), "
         "on any CPU; with BLAS_BELOW_REGISTERS vector registers every forward with R*S > 1 "

@@ -152,18 +152,21 @@ TABLE = [
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          algorithm="direct", dtype=f64),
     _row("conv2d", (1, 1, 28, 28), 8, 3, ("im2col", "tiled")),
-    # forwards of larger stride-1 kernels (5x5, 7x7): Winograd on their 3x3 blocks where
-    # it saves BLOCKS_MIN_SAVING of the multiply-adds (not 4x4 or 1x7) and the 3x3 rules
-    # give the blocks' convolution Winograd (not 3 input channels: 12 stacked)
+    # forwards and input gradients of larger stride-1 kernels (5x5, 7x7): Winograd on
+    # their 3x3 blocks where it saves BLOCKS_MIN_SAVING of the multiply-adds (not 4x4 or
+    # 1x7) and the 3x3 rules give the blocks' convolution Winograd (not 3 input
+    # channels: 12 stacked)
     _row("conv2d", (1, 32, 28, 28), 64, 5, ("winograd_f4", "unfused"), padding=2),
     _row("conv2d", (8, 64, 28, 28), 64, 7, ("winograd_f4", "unfused"), padding=3),
     _row("conv2d", (1, 32, 28, 28), 64, 4, ("direct", "lanes"), padding=2, **NO_BLAS),
     _row("conv2d", (8, 3, 56, 56), 64, 5, ("direct", "lanes"), padding=2),
-    # the gradients of 5x5 (and 7x7, dilated, grouped) layers: direct where C/groups fills
-    # a vector's lanes (the input gradient at stride 1 as the forward on dy, so not on
-    # the BLAS CPUs); RGB inputs keep im2col
-    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("direct", "lanes"), padding=2, **NO_BLAS),
-    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("im2col", "tiled"), padding=2),
+    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("winograd_f4", "split"), padding=2,
+         threads=2),
+    # the gradients of 4x4, 5x5 (weight), 7x7, dilated and grouped layers: direct where
+    # C/groups fills a vector's lanes (the input gradient at stride 1 as the forward on
+    # dy, so not on the BLAS CPUs); RGB inputs keep im2col
+    _row("conv2d_input", (8, 32, 28, 28), 64, 4, ("direct", "lanes"), padding=2, **NO_BLAS),
+    _row("conv2d_input", (8, 32, 28, 28), 64, 4, ("im2col", "tiled"), padding=2),
     _row("conv2d_input", (8, 3, 56, 56), 64, 5, ("im2col", "tiled"), padding=2, **NO_BLAS),
     _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),
     _row("conv2d_weight", (8, 64, 28, 28), 64, 3, ("direct", "blocked"), padding=2,

@@ -429,29 +429,36 @@ def test_kernel_blocks(algorithm, dtype, backend):
     """Kernels other than 3x3 run as 3x3 blocks of the zero-padded kernel: forward,
     grad-input and grad-weight against the reference, each plan that ran naming its
     blocks."""
+    groups = set()
     for seed, case in enumerate(BLOCK_CASES):
         p = _kernel_params(*case)
         assert _plan.supports(algorithm, p)
         x, w, dy = arrays(seed, dtype, p.input_shape, p.weight_shape, p.output_shape)
         for op in OPS:
-            got, plan = _run(op, algorithm, p, dtype, x, w, dy, backend)
+            # one image a group (forward, input gradient), or the whole batch
+            with tuned(BLOCKS_CACHE_SHARE=(seed + 1) % 2):
+                got, plan = _run(op, algorithm, p, dtype, x, w, dy, backend)
             assert plan.backend == backend
             assert plan["kernel_blocks"] == (-(-p.R // 3), -(-p.S // 3)), plan
+            groups.add((op, plan["block_images"] < p.N))
             assert_close(got, _reference(op, p, x, w, dy), tolerance(dtype, algorithm),
                          f"{algorithm} {op} {np.dtype(dtype)} {case} {plan!r}")
+    assert {("conv2d", True), ("conv2d_input", True)} <= groups, groups
 
 
 @pytest.mark.parametrize("backend", WINOGRAD_BACKENDS)
 def test_kernel_blocks_channels_last_with_epilogue(backend):
     """A channels-last 5x5 forward stacks its blocks channels last: with bias, residual
-    and ReLU, bit for bit the NCHW plan's result, and equal to the reference."""
+    and ReLU, one image at a time (each its part of the residual), bit for bit the NCHW
+    plan's result, and equal to the reference."""
     cl = fastconv.to_channels_last
-    x, w, b, r = arrays(3, np.float32, (2, 6, 9, 10), (7, 6, 5, 5), (7,), (2, 7, 9, 10))
+    x, w, b, r = arrays(3, np.float32, (3, 6, 9, 10), (7, 6, 5, 5), (7,), (3, 7, 9, 10))
     kw = dict(padding=2, algorithm="winograd_f4", backend=backend, activation="relu")
-    want, plan = ran_plan(lambda: fastconv.conv2d(x, w, b, residual=r, **kw),
-                          kernel_blocks=(2, 2))
-    got, plan = ran_plan(lambda: fastconv.conv2d(cl(x), w, b, residual=cl(r), **kw),
-                         kernel_blocks=(2, 2))
+    with tuned(BLOCKS_CACHE_SHARE=0):
+        want, plan = ran_plan(lambda: fastconv.conv2d(x, w, b, residual=r, **kw),
+                              kernel_blocks=(2, 2), block_images=1)
+        got, plan = ran_plan(lambda: fastconv.conv2d(cl(x), w, b, residual=cl(r), **kw),
+                             kernel_blocks=(2, 2), block_images=1)
     assert plan.layout == "nhwc" and fastconv.channels_last(got), plan
     np.testing.assert_array_equal(got, want)
     ref = fastconv.conv2d(x, w, b, residual=r, padding=2, activation="relu",

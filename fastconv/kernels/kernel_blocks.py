@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import _config
 from .._geometry import blocked_params, kernel_blocks
+from .epilogue import none
 from .weight_cache import CACHE, PreparedWeight
 
 
@@ -38,12 +39,12 @@ def _span(shift, pad, size, stacked):
 
 
 def stack_input(x, p, nhwc=False):
-    """The stacked input of ``blocked_params(p)`` from ``x`` (N, C, H, W), in the
-    calling thread's workspace: (N, b*C, P + 2, Q + 2), or (``nhwc``, x (N, H, W, C))
-    (N, P + 2, Q + 2, b*C)."""
+    """The stacked input of ``blocked_params(p)`` from ``x`` (n, C, H, W), in the
+    calling thread's workspace: (n, b*C, P + 2, Q + 2), or (``nhwc``, x (n, H, W, C))
+    (n, P + 2, Q + 2, b*C)."""
     q = blocked_params(p)
-    C = p.C
-    shape = (p.N, q.H, q.W, q.C) if nhwc else (p.N, q.C, q.H, q.W)
+    C, n = p.C, x.shape[0]
+    shape = (n, q.H, q.W, q.C) if nhwc else (n, q.C, q.H, q.W)
     s = _config.workspace_array("kernel_blocks", shape, x.dtype)
     for b, di, dj in _blocks(p):
         u0, u1 = _span(di, p.pad_top, p.H, q.H)
@@ -62,8 +63,8 @@ def stack_input(x, p, nhwc=False):
 
 
 def fold_input(s, p, out):
-    """``out`` (N, C, H, W) = the gradient of x from ``s``, the gradient of its stacked
-    input (N, b*C, P + 2, Q + 2): each block's part added at its shift."""
+    """``out`` (n, C, H, W) = the gradient of x from ``s``, the gradient of its stacked
+    input (n, b*C, P + 2, Q + 2): each block's part added at its shift."""
     q = blocked_params(p)
     C = p.C
     out[...] = 0
@@ -98,19 +99,32 @@ def unstack_weight(g, p, out):
     out[...] = full.reshape(p.K, p.C, 3 * br, 3 * bs)[:, :, :p.R, :p.S]
 
 
+def _groups(plan, N):
+    """[n0, n1) of each group of the plan's ``block_images`` images: the kernel runs on
+    one group at a time, whose stacked input (or its gradient) stays in cache."""
+    g = plan["block_images"]
+    return [(n0, min(N, n0 + g)) for n0 in range(0, N, g)]
+
+
 def conv2d(kernel, plan, x, w, p, out, epilogue=None):
-    kernel(plan, stack_input(x, p, plan.layout == "nhwc"), stack_weight(w),
-           blocked_params(p), out, epilogue)
+    wb, q = stack_weight(w), blocked_params(p)
+    ep = none(x.dtype) if epilogue is None else epilogue
+    nhwc = plan.layout == "nhwc"
+    for n0, n1 in _groups(plan, p.N):
+        kernel(plan, stack_input(x[n0:n1], p, nhwc), wb, q, out[n0:n1],
+               ep.images(n0, n1, p.K * p.P * p.Q))
 
 
 def conv2d_input(kernel, plan, dy, w, p, out):
-    q = blocked_params(p)
-    s = _config.workspace_array("kernel_blocks", (p.N, q.C, q.H, q.W), out.dtype)
-    kernel(plan, dy, stack_weight(w), q, s)
-    fold_input(s, p, out)
+    wb, q = stack_weight(w), blocked_params(p)
+    for n0, n1 in _groups(plan, p.N):
+        s = _config.workspace_array("kernel_blocks", (n1 - n0, q.C, q.H, q.W), out.dtype)
+        kernel(plan, dy[n0:n1], wb, q, s)
+        fold_input(s, p, out[n0:n1])
 
 
 def conv2d_weight(kernel, plan, x, dy, p, out):
+    """The weight gradient in one call (its sum over the images is the kernel's)."""
     q = blocked_params(p)
     g = _config.workspace_array("kernel_blocks_weight", (p.K, q.C, 3, 3), out.dtype)
     kernel(plan, stack_input(x, p), dy, q, g)
