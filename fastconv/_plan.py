@@ -11,9 +11,9 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - 1x1 stride-1 layers: im2col (one GEMM); direct's pointwise GEMM for the float32
   forward of batches of several small planes with C >> K (res5's 2048 -> 512).
 - depthwise layers: direct.
-- forwards and input gradients of stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S
-  is ``BLOCKS_MIN_SAVING`` times F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd
-  on the blocks, where the rules below give it to the 3x3 convolution of the blocks
+- stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S is ``BLOCKS_MIN_SAVING`` times
+  F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd on the blocks (weight
+  gradients: with tiles for two partial sums or more), where the rules below give it to the 3x3 convolution of the blocks
   (``_geometry.blocked_params``).
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
@@ -130,13 +130,16 @@ def _algorithm(op, p, dtype, layout="nchw"):
     blas = op == "conv2d" and registers < t.BLAS_BELOW_REGISTERS
     small_winograd = (op == "conv2d" and dtype == np.float32
                       and registers < t.WINOGRAD_BELOW_REGISTERS)
-    if op != "conv2d_weight" and winograd_supports(p) and (p.R, p.S) != (3, 3) and (
+    if winograd_supports(p) and (p.R, p.S) != (3, 3) and (
             p.R * p.S >= t.BLOCKS_MIN_SAVING * F4_MACS * math.prod(kernel_blocks(p))):
-        # larger kernels' forwards and input gradients (5x5) as 3x3 blocks, where the 3x3
-        # rules give the blocks Winograd; the weight gradient, whose 3x3 plan at N = 1
-        # sums few tiles on one thread, ran 0.80-0.84x direct's speed there
+        # larger kernels (5x5) as 3x3 blocks, where the 3x3 rules give the blocks
+        # Winograd; weight gradients with tiles for two partial sums at least (fewer
+        # are summed on one thread: 5x5 at N = 1 ran 0.43x direct's speed on 2 threads)
         blocked = _algorithm(op, blocked_params(p), dtype, layout)
-        if blocked in ("winograd_f2", "winograd_f4"):
+        m = 4 if blocked == "winograd_f4" else 2
+        tiles = p.N * -(-p.P // m) * -(-p.Q // m)
+        if blocked in ("winograd_f2", "winograd_f4") and (
+                op != "conv2d_weight" or weight_parts(tiles) >= 2):
             return blocked
     if (winograd_supports(p) and (p.R, p.S) == (3, 3)
             and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS):

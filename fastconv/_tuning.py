@@ -30,10 +30,11 @@ DEFAULTS = {
         "forwards of stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks "
         "(where the 3x3 rules choose it for the blocks' convolution) when R*S is at least "
         "this many times F(4x4,3x3)'s 2.25 multiply-adds per block: 5x5 (2.8) and 7x7 (2.4), "
-        "not 4x4 (1.8) or 1x7 (1.0); input gradients too, not weight gradients (their 3x3 "
-        "plan at N = 1 sums few tiles on one thread: 0.80-0.84x direct's speed). 32->64 5x5 "
-        "on 28x28 against direct's lanes kernel, N = 1 and 8, 1 and 2 threads: forward "
-        "1.14-1.62x, input gradient 1.06-1.28x (Zen 4)"),
+        "not 4x4 (1.8) or 1x7 (1.0); forwards, input gradients, and weight gradients with "
+        "tiles for two partial sums (WEIGHT_PART_MIN_TILES; fewer are summed on one thread). "
+        "32->64 5x5 on 28x28 against direct, N = 1 and 8, 1 and 2 threads: forward "
+        "1.14-1.62x, input gradient 1.06-1.28x; weight gradient at N = 4 and 8 1.22-1.48x, "
+        "at N = 1 0.43x on 2 threads (Zen 4)"),
     "BLOCKS_CACHE_SHARE": (0.5, "of the L2",
         "a blocked Winograd plan's forward and input gradient run its 3x3 kernel on groups "
         "of images whose stacked input (its gradient) fits this share of the L2: 32->64 5x5 "

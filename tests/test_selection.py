@@ -162,13 +162,15 @@ TABLE = [
     _row("conv2d", (8, 3, 56, 56), 64, 5, ("direct", "lanes"), padding=2),
     _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("winograd_f4", "split"), padding=2,
          threads=2),
-    # the gradients of 4x4, 5x5 (weight), 7x7, dilated and grouped layers: direct where
+    # the gradients of 4x4, 7x7, dilated and grouped layers (and 5x5's weight gradient on
+    # too few tiles for two partial sums): direct where
     # C/groups fills a vector's lanes (the input gradient at stride 1 as the forward on
     # dy, so not on the BLAS CPUs); RGB inputs keep im2col
     _row("conv2d_input", (8, 32, 28, 28), 64, 4, ("direct", "lanes"), padding=2, **NO_BLAS),
     _row("conv2d_input", (8, 32, 28, 28), 64, 4, ("im2col", "tiled"), padding=2),
     _row("conv2d_input", (8, 3, 56, 56), 64, 5, ("im2col", "tiled"), padding=2, **NO_BLAS),
-    _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),
+    _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("winograd_f4", "fused"), padding=2),
+    _row("conv2d_weight", (1, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),  # 49 tiles
     _row("conv2d_weight", (8, 64, 28, 28), 64, 3, ("direct", "blocked"), padding=2,
          dilation=2),
     _row("conv2d_weight", (8, 3, 224, 224), 32, 3, ("im2col", "patch_gemm"), stride=2,
