@@ -12,9 +12,9 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
   forward of batches of several small planes with C >> K (res5's 2048 -> 512).
 - depthwise layers: direct.
 - stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S is ``BLOCKS_MIN_SAVING`` times
-  F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd on the blocks (weight
-  gradients: with tiles for two partial sums or more), where the rules below give it to the 3x3 convolution of the blocks
-  (``_geometry.blocked_params``).
+  F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd on the blocks, where the
+  rules below give it to the 3x3 convolution of the blocks
+  (``_geometry.blocked_params``); weight gradients only with tiles for two partial sums.
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, F(2x2,3x3) for float32 grad-input

@@ -27,11 +27,11 @@ DEFAULTS = {
         "direct's; direct's NCHW forward ran res5's 3x3 at 0.84x on 1 thread and 1.15x "
         "on 2 (Zen 4)"),
     "BLOCKS_MIN_SAVING": (2.0, "multiply-adds ratio",
-        "forwards of stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks "
-        "(where the 3x3 rules choose it for the blocks' convolution) when R*S is at least "
-        "this many times F(4x4,3x3)'s 2.25 multiply-adds per block: 5x5 (2.8) and 7x7 (2.4), "
-        "not 4x4 (1.8) or 1x7 (1.0); forwards, input gradients, and weight gradients with "
-        "tiles for two partial sums (WEIGHT_PART_MIN_TILES; fewer are summed on one thread). "
+        "stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks (where the 3x3 "
+        "rules choose it for the blocks' convolution) when R*S is at least this many times "
+        "F(4x4,3x3)'s 2.25 multiply-adds per block: 5x5 (2.8) and 7x7 (2.4), not 4x4 (1.8) "
+        "or 1x7 (1.0); weight gradients only with tiles for two partial sums "
+        "(WEIGHT_PART_MIN_TILES; fewer are summed on one thread). "
         "32->64 5x5 on 28x28 against direct, N = 1 and 8, 1 and 2 threads: forward "
         "1.14-1.62x, input gradient 1.06-1.28x; weight gradient at N = 4 and 8 1.22-1.48x, "
         "at N = 1 0.43x on 2 threads (Zen 4)"),

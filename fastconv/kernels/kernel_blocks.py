@@ -25,17 +25,26 @@ from .epilogue import none
 from .weight_cache import CACHE, PreparedWeight
 
 
-def _blocks(p):
-    """(b, di, dj) of each block: its index in the stacked channels, its shift."""
+def _placements(p):
+    """(b, stacked, inside) of each block b = i*bs + j: the rows and columns (two
+    slices) of the stacked input that read the input, and those of the input they
+    read (``inside``), shifted by (3i, 3j) from the padded origin."""
+    q = blocked_params(p)
     br, bs = kernel_blocks(p)
-    return [(i * bs + j, 3 * i, 3 * j) for i in range(br) for j in range(bs)]
 
+    def span(shift, pad, size, stacked):
+        # stacked rows u in [lo, hi) read input row u + shift - pad, 0 <= it < size
+        lo = min(max(0, pad - shift), stacked)
+        hi = max(lo, min(stacked, size + pad - shift))
+        return slice(lo, hi), slice(lo + shift - pad, hi + shift - pad)
 
-def _span(shift, pad, size, stacked):
-    """(lo, hi): the stacked input's rows ``u`` in [lo, hi) read input row
-    ``u + shift - pad``, those inside the input (0 <= it < size)."""
-    lo = min(max(0, pad - shift), stacked)
-    return lo, max(lo, min(stacked, size + pad - shift))
+    placed = []
+    for i in range(br):
+        rows, x_rows = span(3 * i, p.pad_top, p.H, q.H)
+        for j in range(bs):
+            cols, x_cols = span(3 * j, p.pad_left, p.W, q.W)
+            placed.append((i * bs + j, (rows, cols), (x_rows, x_cols)))
+    return placed
 
 
 def stack_input(x, p, nhwc=False):
@@ -46,33 +55,25 @@ def stack_input(x, p, nhwc=False):
     C, n = p.C, x.shape[0]
     shape = (n, q.H, q.W, q.C) if nhwc else (n, q.C, q.H, q.W)
     s = _config.workspace_array("kernel_blocks", shape, x.dtype)
-    for b, di, dj in _blocks(p):
-        u0, u1 = _span(di, p.pad_top, p.H, q.H)
-        v0, v1 = _span(dj, p.pad_left, p.W, q.W)
-        h0, w0 = u0 + di - p.pad_top, v0 + dj - p.pad_left
-        # block b's channels (a view whose last two axes are rows, columns)
+    planes = x.transpose(0, 3, 1, 2) if nhwc else x     # (n, C, rows, columns) views
+    for b, (rows, cols), inside in _placements(p):
         sb = (s[..., b * C:(b + 1) * C].transpose(0, 3, 1, 2) if nhwc
               else s[:, b * C:(b + 1) * C])
-        xb = x.transpose(0, 3, 1, 2) if nhwc else x
-        sb[:, :, :u0] = 0
-        sb[:, :, u1:] = 0
-        sb[:, :, u0:u1, :v0] = 0
-        sb[:, :, u0:u1, v1:] = 0
-        sb[:, :, u0:u1, v0:v1] = xb[:, :, h0:h0 + u1 - u0, w0:w0 + v1 - v0]
+        sb[:, :, :rows.start] = 0                   # zeros where the shift leaves x
+        sb[:, :, rows.stop:] = 0
+        sb[:, :, rows, :cols.start] = 0
+        sb[:, :, rows, cols.stop:] = 0
+        sb[:, :, rows, cols] = planes[:, :, inside[0], inside[1]]
     return s
 
 
 def fold_input(s, p, out):
     """``out`` (n, C, H, W) = the gradient of x from ``s``, the gradient of its stacked
     input (n, b*C, P + 2, Q + 2): each block's part added at its shift."""
-    q = blocked_params(p)
     C = p.C
     out[...] = 0
-    for b, di, dj in _blocks(p):
-        u0, u1 = _span(di, p.pad_top, p.H, q.H)
-        v0, v1 = _span(dj, p.pad_left, p.W, q.W)
-        h0, w0 = u0 + di - p.pad_top, v0 + dj - p.pad_left
-        out[:, :, h0:h0 + u1 - u0, w0:w0 + v1 - v0] += s[:, b * C:(b + 1) * C, u0:u1, v0:v1]
+    for b, (rows, cols), inside in _placements(p):
+        out[:, :, inside[0], inside[1]] += s[:, b * C:(b + 1) * C, rows, cols]
 
 
 def stack_weight(w):
