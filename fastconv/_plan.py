@@ -14,7 +14,8 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - stride-1 kernels other than 3x3 (5x5, 7x7) whose R*S is ``BLOCKS_MIN_SAVING`` times
   F(4x4,3x3)'s multiply-adds on their 3x3 blocks: Winograd on the blocks, where the
   rules below give it to the 3x3 convolution of the blocks
-  (``_geometry.blocked_params``); weight gradients only with tiles for two partial sums.
+  (``_geometry.blocked_params``); weight gradients only in float32 with tiles for two
+  partial sums.
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, F(2x2,3x3) for float32 grad-input
@@ -133,13 +134,15 @@ def _algorithm(op, p, dtype, layout="nchw"):
     if winograd_supports(p) and (p.R, p.S) != (3, 3) and (
             p.R * p.S >= t.BLOCKS_MIN_SAVING * F4_MACS * math.prod(kernel_blocks(p))):
         # larger kernels (5x5) as 3x3 blocks, where the 3x3 rules give the blocks
-        # Winograd; weight gradients with tiles for two partial sums at least (fewer
-        # are summed on one thread: 5x5 at N = 1 ran 0.43x direct's speed on 2 threads)
+        # Winograd; float32 weight gradients with tiles for two partial sums at least
+        # (fewer are summed on one thread: 5x5 at N = 1 ran 0.43x direct's speed on 2
+        # threads; float64 at N = 8 0.81x)
         blocked = _algorithm(op, blocked_params(p), dtype, layout)
         m = 4 if blocked == "winograd_f4" else 2
         tiles = p.N * -(-p.P // m) * -(-p.Q // m)
-        if blocked in ("winograd_f2", "winograd_f4") and (
-                op != "conv2d_weight" or weight_parts(tiles) >= 2):
+        winograd = blocked in ("winograd_f2", "winograd_f4")
+        if winograd and (op != "conv2d_weight"
+                         or (dtype == np.float32 and weight_parts(tiles) >= 2)):
             return blocked
     if (winograd_supports(p) and (p.R, p.S) == (3, 3)
             and min(p.C, p.K) >= t.WINOGRAD_MIN_CHANNELS):

@@ -30,11 +30,12 @@ DEFAULTS = {
         "stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks (where the 3x3 "
         "rules choose it for the blocks' convolution) when R*S is at least this many times "
         "F(4x4,3x3)'s 2.25 multiply-adds per block: 5x5 (2.8) and 7x7 (2.4), not 4x4 (1.8) "
-        "or 1x7 (1.0); weight gradients only with tiles for two partial sums "
+        "or 1x7 (1.0); weight gradients only in float32 with tiles for two partial sums "
         "(WEIGHT_PART_MIN_TILES; fewer are summed on one thread). "
         "32->64 5x5 on 28x28 against direct, N = 1 and 8, 1 and 2 threads: forward "
         "1.14-1.62x, input gradient 1.06-1.28x; weight gradient at N = 4 and 8 1.22-1.48x, "
-        "at N = 1 0.43x on 2 threads (Zen 4)"),
+        "at N = 1 0.43x on 2 threads; float64: forward 1.4-1.7x, input gradient 1.2-1.8x, "
+        "weight gradient at N = 8 0.81x on 2 threads (Zen 4)"),
     "BLOCKS_CACHE_SHARE": (0.5, "of the L2",
         "a blocked Winograd plan's forward and input gradient run its 3x3 kernel on groups "
         "of images whose stacked input (its gradient) fits this share of the L2: 32->64 5x5 "

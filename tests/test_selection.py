@@ -170,6 +170,9 @@ TABLE = [
     _row("conv2d_input", (8, 32, 28, 28), 64, 4, ("im2col", "tiled"), padding=2),
     _row("conv2d_input", (8, 3, 56, 56), 64, 5, ("im2col", "tiled"), padding=2, **NO_BLAS),
     _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("winograd_f4", "fused"), padding=2),
+    _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2, dtype=f64),
+    _row("conv2d", (8, 32, 28, 28), 64, 5, ("winograd_f4", "unfused_blas"), padding=2,
+         dtype=f64),
     _row("conv2d_weight", (1, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),  # 49 tiles
     _row("conv2d_weight", (8, 64, 28, 28), 64, 3, ("direct", "blocked"), padding=2,
          dilation=2),
