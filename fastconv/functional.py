@@ -138,15 +138,22 @@ def _unbatch(a, unbatched):
     return a[0] if unbatched else a
 
 
-def _conv_room(op, p, dtype, out_shape, algorithm):
+def _conv_room(op, p, dtype, out_shape, plan):
     """MemoryError (``_geometry.check_memory``) unless the result, of ``out_shape``, and
-    the workspace fit: one zero-padded input image (direct's layout holds at least one),
-    or for the reference the whole zero-padded input and its result in float64."""
+    the workspace of ``plan`` fit: one zero-padded input image (direct's layout holds at
+    least one), the stacked input of a kernel's 3x3 blocks (``kernel_blocks``) for its
+    group of images, or for the reference the whole zero-padded input and its result in
+    float64."""
     padded = (p.N, p.C, p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right)
-    if algorithm == "reference":
+    if plan.algorithm == "reference":
         check_memory(op, ("output", out_shape, dtype.itemsize),
                      ("the reference's float64 zero-padded input", padded, 8),
                      ("its float64 result", out_shape, 8))
+    elif plan.get("kernel_blocks") is not None:
+        br, bs = plan["kernel_blocks"]
+        check_memory(op, ("output", out_shape, dtype.itemsize),
+                     ("the stacked input of the kernel's 3x3 blocks (workspace)",
+                      (plan["block_images"], p.C * br * bs, p.P + 2, p.Q + 2), dtype.itemsize))
     else:
         check_memory(op, ("output", out_shape, dtype.itemsize),
                      ("a zero-padded input image (workspace)", (1,) + padded[1:], dtype.itemsize))
@@ -258,7 +265,7 @@ class _Conv2dCall:
         self.settings = _plan.settings()
         self.plan = _plan.make("conv2d", p, dtype, algorithm, backend,
                                _plan.conv2d_layout(p, algorithm, "nhwc" if nhwc else "nchw"))
-        _conv_room("conv2d", p, dtype, p.output_shape, self.plan.algorithm)
+        _conv_room("conv2d", p, dtype, p.output_shape, self.plan)
         self.p, self.dtype, self.nhwc = p, dtype, nhwc
         # computed channels last: out (N, P, Q, K), handed back as an NCHW-shaped view
         self.out_shape = ((p.N, p.P, p.Q, p.K) if self.plan.layout == "nhwc"
@@ -366,7 +373,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         _plan.check_names("conv2d_input", algorithm, backend)
         return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
     plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
-    _conv_room("conv2d_input", p, dtype, p.input_shape, plan.algorithm)
+    _conv_room("conv2d_input", p, dtype, p.input_shape, plan)
     out = _config.empty(p.input_shape, dtype)
     _plan.run(plan, dy, w, p, out)
     return _unbatch(_layout_of(out, nhwc), unbatched)
@@ -402,7 +409,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         check_memory("conv2d_weight", ("output", p.weight_shape, dtype.itemsize))
         return np.zeros(p.weight_shape, dtype)
     plan = _plan.make("conv2d_weight", p, dtype, algorithm, backend)
-    _conv_room("conv2d_weight", p, dtype, p.weight_shape, plan.algorithm)
+    _conv_room("conv2d_weight", p, dtype, p.weight_shape, plan)
     out = _config.empty(p.weight_shape, dtype)
     _plan.run(plan, x, dy, p, out)
     return out
@@ -448,7 +455,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     except ValueError as e:
         raise ValueError(str(e).replace("conv2d_input:", f"{op} (conv2d_input's kernels):", 1)) \
             from None
-    _conv_room(op, p, dtype, p.input_shape, plan.algorithm)
+    _conv_room(op, p, dtype, p.input_shape, plan)
     H, W = x.shape[2:]
     if (p.P, p.Q) != (H, W):
         # output_padding >= stride (allowed when < dilation): the forward conv of the

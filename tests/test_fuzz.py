@@ -637,6 +637,14 @@ def test_an_output_or_workspace_that_cannot_fit_fails_at_once(op, fn):
     assert text.startswith(f"{op}:") and "GiB" in text and "shape" in text, text
 
 
+def test_the_memory_check_counts_the_stacked_blocks():
+    """A kernel run as 3x3 blocks (``kernel_blocks``) counts its stacked input: 4x the
+    padded input for a 5x5 kernel."""
+    with pytest.raises(MemoryError, match="stacked input of the kernel's 3x3 blocks"):
+        fastconv.conv2d(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 5, 5), np.float32),
+                        padding=2**15, algorithm="winograd_f4")
+
+
 def test_the_memory_check_passes_what_fits():
     from fastconv._geometry import MEMORY_CHECK_BYTES, check_memory, memory_available
     check_memory("conv2d", ("output", (1, 1, 4, 4), 4))             # small: not even looked at

@@ -13,7 +13,10 @@ one 3x3 convolution of the blocks stacked along the input channels
 - weight gradient: the blocks' gradients, put back in place (:func:`unstack_weight`).
 
 F(4x4,3x3) then does 36/16 multiply-adds per output and block, 9 for a 5x5 kernel in
-place of 25. A backend's Winograd kernels take :func:`larger_kernels` as decorator.
+place of 25. The forward and the input gradient run on groups of the plan's
+``block_images`` images, whose stacked input (its gradient) stays in cache between the
+stacking, the 3x3 kernel and the folding. A backend's Winograd kernels take
+:func:`larger_kernels` as decorator.
 """
 import functools
 
