@@ -21,8 +21,10 @@ installed is skipped (ONNX Runtime and OpenVINO run the ONNX export of the PyTor
 network; OpenVINO with ``INFERENCE_PRECISION_HINT=f32``, since it defaults to bf16 on
 CPUs with AMX).
 
-``--layers`` adds a per-layer breakdown of fastconv's time: each convolution, the plan
-it ran, its GFLOP/s and % of the FMA peak measured in the same run. ``--steps`` lists
+``--layers`` adds a per-layer breakdown of fastconv's time in the network (warmed, the
+median of ``--rounds`` passes): each convolution, the plan it ran, its GFLOP/s and % of
+the FMA peak measured in the same run, beside PyTorch's time for the same layer in its
+network. ``--steps`` lists
 ``nn.optimize``'s steps, each timed as the network runs it and again repeated at once
 (``OptimizedModel.profile``), and ONNX Runtime's nodes as its profiler times them.
 
@@ -62,6 +64,35 @@ def _print_steps(procs, name, N, threads, rounds):
     return out
 
 
+def _print_layers(procs, name, N, threads, rounds):
+    """``--layers``: fastconv's time per convolution in the network (median of
+    ``rounds`` profiled passes), its plan, GFLOP/s and share of the FMA peak, beside
+    PyTorch's time for the same layer in its network (where the torch engine runs) and
+    the ratio PyTorch / fastconv; returns them for the JSON."""
+    req = dict(network=name, N=N, threads=threads, what="layers", rounds=rounds)
+    rep = ask(procs["fastconv"], req)
+    theirs = dict(ask(procs["torch"], req)["layers"]) if "torch" in procs else {}
+    print(f"\n{name} N={N}, {threads} thread(s): fastconv per layer, median of {rounds} "
+          f"passes (FMA peak {rep['peak']:.0f} GFLOP/s measured now); PyTorch's same "
+          f"layer with its activation, and PyTorch / fastconv")
+    total = sum(row[3] for row in rep["layers"])
+    slower = []
+    for layer, plan, flops, seconds in rep["layers"]:
+        gf = flops / seconds / 1e9
+        torch_s = theirs.get(layer)
+        vs = (f"{torch_s * 1e3:8.3f} ms {torch_s / seconds:5.2f}" if torch_s
+              else f"{'-':>11s} {'-':>5s}")
+        if torch_s and torch_s < seconds:
+            slower.append(f"{layer} ({torch_s / seconds:.2f})")
+        print(f"  {layer:24s} {seconds * 1e3:8.3f} ms {seconds / total:6.1%} {vs} "
+              f"{gf:7.1f} GFLOP/s {gf / rep['peak']:6.1%}  {plan}")
+    if theirs:
+        print(f"  sum {total * 1e3:.2f} ms, PyTorch's {sum(theirs.values()) * 1e3:.2f} ms; "
+              f"slower than PyTorch's: {', '.join(slower) or 'none'}")
+    return dict(network=name, N=N, threads=threads, layers=rep["layers"], peak=rep["peak"],
+                torch_layers=theirs)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--networks", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2"])
@@ -72,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--pause", type=float, default=0.3,
                     help="seconds between engines, for the last one's threads to go idle")
-    ap.add_argument("--layers", action="store_true", help="fastconv's per-layer breakdown")
+    ap.add_argument("--layers", action="store_true", help="fastconv's per-layer breakdown, beside PyTorch's")
     ap.add_argument("--steps", action="store_true",
                     help="nn.optimize step by step, in the network and repeated at once, and "
                          "ONNX Runtime node by node (its profiler)")
@@ -101,17 +132,7 @@ def main(argv=None):
             if args.layers and "fastconv" in procs:
                 for name in args.networks:
                     for N in args.batch:
-                        rep = ask(procs["fastconv"], dict(network=name, N=N, threads=threads,
-                                                          what="layers"))
-                        print(f"\n{name} N={N}, {threads} thread(s): fastconv per layer "
-                              f"(FMA peak {rep['peak']:.0f} GFLOP/s measured now)")
-                        total = sum(row[3] for row in rep["layers"])
-                        for layer, plan, flops, seconds in rep["layers"]:
-                            gf = flops / seconds / 1e9
-                            print(f"  {layer:24s} {seconds * 1e3:8.3f} ms {seconds / total:6.1%} "
-                                  f"{gf:7.1f} GFLOP/s {gf / rep['peak']:6.1%}  {plan}")
-                        results.append(dict(network=name, N=N, threads=threads,
-                                            layers=rep["layers"], peak=rep["peak"]))
+                        results.append(_print_layers(procs, name, N, threads, args.rounds))
             if args.steps:
                 for name in args.networks:
                     for N in args.batch:

@@ -160,18 +160,7 @@ def serve(engine):
             print(json.dumps({"steps": rows}), flush=True)
             continue
         if req["what"] == "layers":
-            fastconv.set_num_threads(req["threads"])
-            from fastconv.bench import fma_peak
-            peak = fma_peak(req["threads"])
-            networks.fastconv_forward(spec)(x)
-            rows = {}
-            for _ in range(3):
-                profile = []
-                networks.fastconv_forward(spec, profile)(x)
-                for layer, plan, seconds, flops in profile:
-                    rows.setdefault(layer, [repr(plan), flops, []])[2].append(seconds)
-            print(json.dumps({"peak": peak, "layers": [
-                [k, v[0], v[1], float(np.median(v[2]))] for k, v in rows.items()]}), flush=True)
+            print(json.dumps(_layer_times(engine, spec, x, req)), flush=True)
             continue
         for _ in range(req.get("warmup", 2)):
             fn(x)
@@ -183,6 +172,47 @@ def serve(engine):
             if elapsed >= req["min_time"]:
                 break
         print(json.dumps({"seconds": elapsed / calls}), flush=True)
+
+
+def _layer_times(engine, spec, x, req):
+    """The "layers" request: each convolution's median seconds over ``rounds`` forward
+    passes of one profiled network, warmed first (so no layer's first-call work, its
+    plan or prepared weight's layout, is timed), in the network's order. fastconv:
+    {"peak": FMA GFLOP/s measured now, "layers": [[layer, plan, flops, seconds]]};
+    torch: {"layers": [[layer, seconds]]}, each layer with its activation."""
+    import numpy as np
+
+    import fastconv
+    from fastconv import networks
+    profile = []
+    if engine == "fastconv":
+        from fastconv.bench import fma_peak
+        fastconv.set_num_threads(req["threads"])
+        peak = fma_peak(req["threads"])
+        forward = networks.fastconv_forward(spec, profile)
+    elif engine == "torch":
+        import torch
+        torch.set_num_threads(req["threads"])
+        module = networks.torch_module(spec, profile)
+
+        def forward(x):
+            with torch.no_grad():
+                return module(torch.from_numpy(x))
+    else:
+        raise ValueError(f"no per-layer times for engine {engine}")
+    for _ in range(2):
+        forward(x)
+    times, plans = {}, {}
+    for _ in range(req.get("rounds", 5)):
+        profile.clear()
+        forward(x)
+        for row in profile:                 # fastconv (layer, plan, s, flops); torch (layer, s)
+            times.setdefault(row[0], []).append(row[2] if engine == "fastconv" else row[1])
+            plans[row[0]] = row
+    if engine == "torch":
+        return {"layers": [[k, float(np.median(v))] for k, v in times.items()]}
+    return {"peak": peak, "layers": [[k, repr(plans[k][1]), plans[k][3], float(np.median(v))]
+                                     for k, v in times.items()]}
 
 
 # -- driver ---------------------------------------------------------------------------------

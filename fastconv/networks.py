@@ -221,8 +221,12 @@ def fastconv_forward(spec, profile=None, fused=None, prepared=None, channels_las
 
 # -- PyTorch ------------------------------------------------------------------------------
 
-def torch_module(spec):
-    """The same network as a ``torch.nn.Module`` (eager), with the same weights."""
+def torch_module(spec, profile=None):
+    """The same network as a ``torch.nn.Module`` (eager), with the same weights. With a
+    list ``profile``, each convolution, its activation included, appends (layer,
+    seconds), as :func:`fastconv_forward`'s profile does."""
+    import time
+
     import torch
     import torch.nn.functional as F
 
@@ -239,6 +243,14 @@ def torch_module(spec):
                                                       requires_grad=False))
 
         def conv(self, layer, x):
+            if profile is None:
+                return self.conv_act(layer, x)
+            t0 = time.perf_counter()
+            y = self.conv_act(layer, x)
+            profile.append((layer["name"], time.perf_counter() - t0))
+            return y
+
+        def conv_act(self, layer, x):
             i = self.index[layer["name"]]
             y = F.conv2d(x, self.params[i], self.params[i + 1], layer["stride"],
                          layer["padding"], 1, layer["groups"])

@@ -107,6 +107,32 @@ def test_bench_model_against_the_other_engines(tmp_path, capsys):
     assert "--engines goes with --model" in capsys.readouterr().err
 
 
+def test_network_layer_times_in_the_network_against_pytorch():
+    """The engines' "layers" request (``bench_networks.py --layers``): one profiled
+    network, warmed, timed over several passes: every convolution once, in the
+    network's order, with the plan that ran and positive times; PyTorch's engine times
+    the same layers (where PyTorch is installed)."""
+    from fastconv import _engines, networks
+    names = [layer["name"] for layer in networks.convs(networks.build("mnist"))]
+    engines = ["fastconv"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    procs = {e: _engines.start(e) for e in engines}
+    try:
+        req = dict(network="mnist", N=2, threads=1, what="layers", rounds=3)
+        reps = {e: _engines.ask(p, req) for e, p in procs.items()}
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    rep = reps["fastconv"]
+    assert rep["peak"] > 0
+    assert [row[0] for row in rep["layers"]] == names
+    for layer, plan, flops, seconds in rep["layers"]:
+        assert plan.startswith("Plan(conv2d:") and flops > 0 and seconds > 0
+    if "torch" in reps:
+        assert [row[0] for row in reps["torch"]["layers"]] == names
+        assert all(seconds > 0 for _, seconds in reps["torch"]["layers"])
+
+
 def test_interleaved_settles_each_contender_before_timing_it():
     """With ``settle``, every timing first runs its contender untimed (for at least
     that long), then times exactly its own calls: the untimed calls are the extra
