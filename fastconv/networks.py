@@ -223,8 +223,8 @@ def fastconv_forward(spec, profile=None, fused=None, prepared=None, channels_las
 
 def torch_module(spec, profile=None):
     """The same network as a ``torch.nn.Module`` (eager), with the same weights. With a
-    list ``profile``, each convolution, its activation included, appends (layer,
-    seconds), as :func:`fastconv_forward`'s profile does."""
+    list ``profile``, each convolution, with the residual add and activation after it,
+    appends (layer, seconds), as :func:`fastconv_forward`'s profile does."""
     import time
 
     import torch
@@ -242,21 +242,25 @@ def torch_module(spec, profile=None):
                 self.params.append(torch.nn.Parameter(torch.from_numpy(layer["b"].copy()),
                                                       requires_grad=False))
 
-        def conv(self, layer, x):
+        def conv(self, layer, x, residual=None, act=None):
+            """The layer on x, then + residual, then its activation or ``act``."""
             if profile is None:
-                return self.conv_act(layer, x)
+                return self.conv_act(layer, x, residual, act)
             t0 = time.perf_counter()
-            y = self.conv_act(layer, x)
+            y = self.conv_act(layer, x, residual, act)
             profile.append((layer["name"], time.perf_counter() - t0))
             return y
 
-        def conv_act(self, layer, x):
+        def conv_act(self, layer, x, residual, act):
             i = self.index[layer["name"]]
             y = F.conv2d(x, self.params[i], self.params[i + 1], layer["stride"],
                          layer["padding"], 1, layer["groups"])
-            if layer["act"] == "relu":
+            if residual is not None:
+                y = y + residual
+            act = layer["act"] or act
+            if act == "relu":
                 return F.relu(y)
-            return F.relu6(y) if layer["act"] == "relu6" else y
+            return F.relu6(y) if act == "relu6" else y
 
         def forward(self, x):
             y = self.conv(spec["stem"], x) if "stem" in spec else x
@@ -265,16 +269,17 @@ def torch_module(spec, profile=None):
             for layer in spec.get("layers", []):
                 y = F.max_pool2d(y, 2, 2) if layer == "M" else self.conv(layer, y)
             for block in spec.get("blocks", []):
-                h = y
-                for layer in block["convs"]:
-                    h = self.conv(layer, h)
+                # as fastconv_forward: the shortcut first, added by the last convolution
                 if block["down"] is not None:
-                    h = h + self.conv(block["down"], y)
+                    shortcut = self.conv(block["down"], y)
                 elif block.get("residual", spec["kind"] == "resnet"):
-                    h = h + y
-                if block["act"] == "relu":
-                    h = F.relu(h)
-                y = h
+                    shortcut = y
+                else:
+                    shortcut = None
+                h = y
+                for layer in block["convs"][:-1]:
+                    h = self.conv(layer, h)
+                y = self.conv(block["convs"][-1], h, shortcut, block["act"])
             if "last" in spec:
                 y = self.conv(spec["last"], y)
             y = F.adaptive_avg_pool2d(y, 1).flatten(1)
