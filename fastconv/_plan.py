@@ -660,7 +660,19 @@ def _channels_last(op, p, dtype, algorithm, backend, variant, blocking, auto_alg
     if p.pointwise:
         rows = max(16, _tuning.NHWC_GEMM_BYTES // (p.K * dtype.itemsize))
         return "im2col", backend, "nhwc_gemm", (("rows", rows),)
-    return "im2col", backend, "nhwc_tiled", (("tile", _tile(p, dtype)),)
+    return "im2col", backend, "nhwc_tiled", (("tile", _tile(p, dtype)),
+                                             ("band", _nhwc_band(p, threads)))
+
+
+def _nhwc_band(p, threads):
+    """Output rows per work item of Cython's channels-last kernel (``nhwc_tiled``): as
+    many as hold ``NHWC_BAND_PIXELS`` pixels, fewer where the items (images x bands x
+    panels of output channels) would be fewer than two per thread."""
+    band = min(p.P, max(1, -(-_tuning.NHWC_BAND_PIXELS // p.Q)))
+    panels = -(-p.K // layouts.GEMM_BLOCK[0])         # the float32 panels' count
+    while band > 1 and p.N * -(-p.P // band) * panels < 2 * threads:
+        band = -(-band // 2)
+    return band
 
 
 def block_band(p, dtype):

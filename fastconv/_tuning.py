@@ -119,6 +119,12 @@ DEFAULTS = {
     "NHWC_GEMM_BYTES": (1 << 20, "bytes of output",
         "a channels-last 1x1 layer's GEMM over the batch runs in slices of rows of about "
         "this much output, each given its epilogue while it is in cache (Xeon)"),
+    "NHWC_BAND_PIXELS": (28, "output pixels",
+        "the Cython channels-last im2col kernel (nhwc_tiled) sums bands of output rows of "
+        "about this many pixels as one run of register blocks, which may span rows: a "
+        "7-pixel row alone ran as blocks of 4 and 3. ResNet's 3x3/2 layers to 7x7, "
+        "256 and 512 channels: 1.08-1.23x at N = 1 and 8, 1 and 2 threads; rows of 14 "
+        "pixels and more the same (Zen 4)"),
     "POINTWISE_PANEL_BYTES": (64 * 2**10, "bytes",
         "the Cython NCHW 1x1 forward (im2col's image_gemm, direct's pointwise) copies its "
         "pixels in panels of as many "

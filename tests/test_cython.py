@@ -587,6 +587,8 @@ def test_direct_writes_only_its_output_and_scratch(monkeypatch, what, variants, 
     ("nhwc_gemm", (2, 9, 5, 7), (6, 9, 1, 1), {}),
     ("nhwc_tiled", (2, 3, 15, 13), (32, 3, 3, 3), dict(stride=2, padding=1)),  # a stem
     ("nhwc_tiled", (1, 9, 7, 6), (70, 9, 3, 2), dict(padding=(2, 1), dilation=(1, 2))),
+    # ResNet's 3x3/2 to 7 x 7: bands of 4 rows and 3, register blocks across rows
+    ("nhwc_tiled", (2, 16, 13, 13), (20, 16, 3, 3), dict(stride=2, padding=1)),
     ("depthwise_nhwc", (2, 35, 9, 13), (35, 1, 3, 3), dict(padding=1, groups=35)),
     ("depthwise_nhwc", (1, 20, 6, 5), (20, 1, 5, 3), dict(stride=2, padding=(2, 1),
                                                           groups=20)),
@@ -623,6 +625,8 @@ def test_own_gemms_and_depthwise_write_only_their_output(monkeypatch, variant, s
                               activation="relu", backend="cython", **kw)
     monkeypatch.setattr(_config, "empty", real_empty)
     assert [(q.backend, q.variant) for q in ran] == [("cython", variant)]
+    if variant == "nhwc_tiled":             # bands of rows, each one run of pixels
+        assert 1 < ran[0]["band"] < ran[0].geometry.P
     assert_close(got, want, tolerance(dtype, "direct"), variant)
     assert any(slot == "output" for slot, _, _ in taken)
     for slot, buf, size in taken:

@@ -293,6 +293,28 @@ def test_plan_blocking_of_table_layers():
                          dtype=np.float64)["tile"] == (1, 6)
 
 
+def test_channels_last_bands_of_rows():
+    """Cython's channels-last kernel (``nhwc_tiled``) takes bands of output rows of
+    about NHWC_BAND_PIXELS pixels (ResNet's 7 x 7: 4 rows), one row where a row holds
+    them (a stem's 112 pixels), fewer where the work items (images x bands x panels of
+    output channels) would be under two per thread."""
+    def band(shape, K, threads=1):
+        with tuned(NHWC_BAND_PIXELS=28):
+            if threads == 1:
+                plan = fastconv.plan("conv2d", shape, (K, shape[1], 3, 3), stride=2,
+                                     padding=1, layout="nhwc")
+                assert plan.variant == "nhwc_tiled"
+                return plan["band"]
+            return _plan._nhwc_band(conv_params("t", shape, (K, shape[1], 3, 3), 2, 1, 1, 1),
+                                    threads)
+    assert band((8, 256, 14, 14), 512) == 4                   # 28 pixels of 7 x 7
+    assert band((8, 128, 28, 28), 256) == 2
+    assert band((1, 3, 224, 224), 64) == 1
+    cols = layouts.GEMM_BLOCK[0]
+    assert band((1, 64, 14, 14), cols, threads=2) == 2        # 4 bands for 2 threads
+    assert band((2, 64, 14, 14), cols, threads=2) == 4
+
+
 def test_pointwise_selection_is_float32_only():
     """direct's pointwise forward is float32; float64 keeps im2col. fastconv.plan's dtype
     defaults to float32."""

@@ -121,12 +121,14 @@ cdef extern from "fc_kernels.h" nogil:
         void (*pointwise_nhwc_f64)(const double *x, fc_int C, const double *Wt, fc_int K,
                                    fc_int p0, fc_int p1, fc_int k0, double *y,
                                    const double *bias, const double *res, int act) noexcept nogil
-        void (*conv_nhwc_f32)(const float *x, fc_int xstep, const fc_int *offs, fc_int n,
-                              const float *Wt, fc_int K, fc_int Q, fc_int k0, float *y,
-                              const float *bias, const float *res, int act) noexcept nogil
-        void (*conv_nhwc_f64)(const double *x, fc_int xstep, const fc_int *offs, fc_int n,
-                              const double *Wt, fc_int K, fc_int Q, fc_int k0, double *y,
-                              const double *bias, const double *res, int act) noexcept nogil
+        void (*conv_nhwc_f32)(const float *x, fc_int rowstep, fc_int rows, fc_int xstep,
+                              const fc_int *offs, fc_int n, const float *Wt, fc_int K,
+                              fc_int Q, fc_int k0, float *y, const float *bias, const float *res,
+                              int act) noexcept nogil
+        void (*conv_nhwc_f64)(const double *x, fc_int rowstep, fc_int rows, fc_int xstep,
+                              const fc_int *offs, fc_int n, const double *Wt, fc_int K,
+                              fc_int Q, fc_int k0, double *y, const double *bias, const double *res,
+                              int act) noexcept nogil
         void (*depthwise_nhwc_row_f32)(const float *x, fc_int H, fc_int W, fc_int C,
                                        fc_int cn, const float *w, fc_int R, fc_int S, fc_int h0,
                                        fc_int sh, fc_int sw, fc_int pl, fc_int dh, fc_int dw,

@@ -587,7 +587,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
         _pointwise_nhwc(x, w, p, out, none(x.dtype) if epilogue is None else epilogue)
         return
     if plan.variant == "nhwc_tiled":            # x (N, H, W, C), out (N, P, Q, K)
-        _conv_nhwc(x, w, p, out, none(x.dtype) if epilogue is None else epilogue)
+        _conv_nhwc(x, w, p, out, none(x.dtype) if epilogue is None else epilogue,
+                   plan["band"])
         return
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
@@ -839,15 +840,16 @@ def _patch_offsets(R, S, C, dh, dw, Wp):
     return offs
 
 
-def _conv_nhwc(x, w, p, out, ep):
+def _conv_nhwc(x, w, p, out, ep, band):
     """The channels-last forward of any kernel size (``nhwc_tiled``; the Numba backend
     runs it as patch matrix + GEMM, ``kernels/channels_last.py``): groups of images
     copied zero-padded (a layer without padding reads x in place), then per (image,
-    output row, panel of output channels), on OpenMP's threads, ``conv_nhwc`` of
-    ``src/fc_impl.h``: a register block of output pixels x output channels over the
-    patch, read in place through a table of offsets (none for a 1x1 kernel; no patch
-    matrix, no BLAS), the weight laid out once (cached per weight) in panels of
-    ``cols`` output channels, each (R*S*C, cols), the epilogue in its stores."""
+    band of ``band`` output rows, panel of output channels), on OpenMP's threads,
+    ``conv_nhwc`` of ``src/fc_impl.h``: register blocks of output pixels (the band's
+    as one run) x output channels over the patch, read in place through a table of
+    offsets (none for a 1x1 kernel; no patch matrix, no BLAS), the
+    weight laid out once (cached per weight) in panels of ``cols`` output channels,
+    each (R*S*C, cols), the epilogue in its stores."""
     dt = x.dtype
     n = p.R * p.S * p.C
     cols, wt = _nhwc_panels(w)
@@ -861,14 +863,14 @@ def _conv_nhwc(x, w, p, out, ep):
     else:                                   # no padding: the patches are read from x
         group, xp = p.N, workspace("conv_nhwc.padded", 1, dt)
     xf, yf, nt = x.reshape(-1), out.reshape(-1), get_num_threads()
-    # a weight larger than an image: each panel of it runs every output row of the image
-    # while it stays in cache, not every panel each row
+    # a weight larger than an image: each panel of it runs every band of the image
+    # while it stays in cache, not every panel each band
     rows_inner = wt.nbytes > image * x.itemsize
     for n0 in range(0, p.N, group):
         ng = min(group, p.N - n0)
         _conv_nhwc_run(xf, xp, wt.reshape(-1), offs, yf, ep.bias, ep.residual, ep.act, n0,
                        ng, p.H, p.W, p.C, p.pad_top, p.pad_left, Hp, Wp, p.P, p.Q, p.K,
-                       p.stride_h, p.stride_w, n, cols, nt, padded, rows_inner)
+                       p.stride_h, p.stride_w, n, cols, nt, padded, rows_inner, band)
 
 
 def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
@@ -876,10 +878,11 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
                    const real[::1] res_a, int act, fc_int n0, fc_int ng, fc_int H, fc_int W,
                    fc_int C, fc_int pt, fc_int pl, fc_int Hp, fc_int Wp, fc_int P, fc_int Q,
                    fc_int K, fc_int sh, fc_int sw, fc_int n, fc_int cols, int nt,
-                   bint padded, bint rows_inner):
+                   bint padded, bint rows_inner, fc_int band):
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
-    cdef fc_int nkp = (K + cols - 1) // cols, row, i, hp, item, m, pr, k0, o
+    cdef fc_int nkp = (K + cols - 1) // cols, nb = (P + band - 1) // band
+    cdef fc_int row, i, hp, item, m, b, pr, k0, o
     cdef real *d
     # the images the patches are read from: the group's padded copy, or x itself
     cdef const real *src = &xp[0] if padded else &x[0] + n0 * H * W * C
@@ -897,25 +900,26 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
                 memcpy(d + pl * C, &x[0] + ((n0 + i) * H + hp - pt) * W * C,
                        W * C * sizeof(real))
                 memset(d + (pl + W) * C, 0, (Wp - pl - W) * C * sizeof(real))
-        # item = (image m, output row pr, panel): the panel varies fastest, so the
-        # items of one row share its input rows in cache; rows_inner: the row fastest,
-        # so the items of one panel share it in cache
-        for item in prange(ng * P * nkp, num_threads=_par(ng * P * Q * K * n, nt),
+        # item = (image m, band b of output rows, panel): the panel varies fastest, so
+        # the items of one band share its input rows in cache; rows_inner: the band
+        # fastest, so the items of one panel share it in cache
+        for item in prange(ng * nb * nkp, num_threads=_par(ng * P * Q * K * n, nt),
                            schedule="static"):
-            m = item // (P * nkp)
+            m = item // (nb * nkp)
             if rows_inner:
-                pr, k0 = item % P, item // P % nkp * cols
+                b, k0 = item % nb, item // nb % nkp * cols
             else:
-                pr, k0 = item // nkp % P, item % nkp * cols
-            o = ((n0 + m) * P + pr) * Q * K             # the output row's first element
+                b, k0 = item // nkp % nb, item % nkp * cols
+            pr = b * band
+            o = ((n0 + m) * P + pr) * Q * K             # the band's first output element
             if real is float:
-                hot.conv_nhwc_f32(src + (m * Hp + pr * sh) * Wp * C, sw * C, op, n,
-                                  &wt[0], K, Q, k0, &y[0] + o, bias,
-                                  NULL if res == NULL else res + o, act)
+                hot.conv_nhwc_f32(src + (m * Hp + pr * sh) * Wp * C, sh * Wp * C,
+                                  min(band, P - pr), sw * C, op, n, &wt[0], K, Q, k0,
+                                  &y[0] + o, bias, NULL if res == NULL else res + o, act)
             else:
-                hot.conv_nhwc_f64(src + (m * Hp + pr * sh) * Wp * C, sw * C, op, n,
-                                  &wt[0], K, Q, k0, &y[0] + o, bias,
-                                  NULL if res == NULL else res + o, act)
+                hot.conv_nhwc_f64(src + (m * Hp + pr * sh) * Wp * C, sh * Wp * C,
+                                  min(band, P - pr), sw * C, op, n, &wt[0], K, Q, k0,
+                                  &y[0] + o, bias, NULL if res == NULL else res + o, act)
 
 
 cdef inline void _panel(const real *x, fc_int C, fc_int HW, fc_int p0, fc_int np,

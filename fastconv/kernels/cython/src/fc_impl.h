@@ -917,6 +917,15 @@ static fc_int FN(pointwise_panel_cols)(void) { return FC_PWP_COLS; }
  * patch_gemm block. */
 static fc_int FN(pointwise_cols)(void) { return FC_PW_COLS; }
 
+/* Output pixel j's first patch input: x + j * xstep, or (rowstep > 0: output rows of
+ * qrow pixels, each rowstep further in the input) that of column j % qrow in row
+ * j / qrow. */
+static inline const T *FN(pixel_at)(const T *x, fc_int j, fc_int xstep, fc_int qrow,
+                                    fc_int rowstep)
+{
+    return rowstep == 0 ? x + j * xstep : x + j / qrow * rowstep + j % qrow * xstep;
+}
+
 #if FC_VECTORS
 /* The pixel rows of pointwise_nhwc's register block for nv vectors of output
  * channels: about 24 accumulators of 32 zmm (FC_MR rows at the full FC_NV), 12 of 16
@@ -962,11 +971,13 @@ static inline FN(hvec) FN(pw_hvact)(FN(hvec) v, int act)
  * registers over the n inputs of a pixel's patch (always inlined, with mr, nv, half
  * and whether offs is NULL constants: the accumulators are registers, the unused ones
  * gone): whole vectors, or with half the last of them half a vector, which ends at K;
- * with AVX-512 all before K (see the epilogue). Pixel t's patch input i is x[t * xstep + offs[i]] (offs NULL: x[t * xstep +
- * i], a 1x1 layer's row of channels); Wp: the weight's panel, (n, FC_PW_COLS)
+ * with AVX-512 all before K (see the epilogue). The block's pixels are q .. q + mr - 1;
+ * pixel j's patch input i is pixel_at(x, j, ...)[offs[i]] (offs NULL: [i], a 1x1
+ * layer's row of channels); Wp: the weight's panel, (n, FC_PW_COLS)
  * contiguous, read in order; y, res: rows of K channels per pixel, consecutive (res
  * may be y: each element is read before its own store, Winograd's streamed sums). */
-static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restrict x, fc_int xstep,
+static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restrict x, fc_int q,
+                                     fc_int xstep, fc_int qrow, fc_int rowstep,
                                      const fc_int *restrict offs, fc_int n,
                                      const T *restrict Wp, fc_int K, fc_int k0, T *y,
                                      const T *bias, const T *res, int act, int mr, int nv,
@@ -994,10 +1005,10 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
      * x[t * xstep + o], GCC kept xstep on the stack and chained the sums (1.26-1.34x on
      * 3x3 layers, 1.03-1.14x on 1x1, AVX2 on AMD EPYC Zen 3) */
     const T *xr[16];
-    for (int t = 0; t < mr; t++) xr[t] = x + t * xstep;
+    for (int t = 0; t < mr; t++) xr[t] = FN(pixel_at)(x, q + t, xstep, qrow, rowstep);
     /* a 1x1 layer's next block of pixels (mr rows of n channels, contiguous after this
      * block's), prefetched a line per input channel while this one sums */
-    const char *nx = (const char *)(x + mr * xstep);
+    const char *nx = (const char *)FN(pixel_at)(x, q + mr, xstep, qrow, rowstep);
     const fc_int nx_lines = offs == NULL ? (mr * n * (fc_int)sizeof(T) + 63) / 64 : 0;
     for (fc_int i = 0; i < n; i++) {
         FN(vec) ws[FC_NV];
@@ -1089,7 +1100,7 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
  * the vector (a 1000-class classifier), comes here, and only with AVX-512 (the other
  * variants' nhwc_block stores such a panel itself). */
 static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *x, fc_int xstep,
-                                     const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int qrow, fc_int rowstep, const fc_int *offs, fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
                                      const T *res, int act, int nv)
 {
@@ -1099,10 +1110,10 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *
     for (fc_int q = q0; q < q1;) {
         const int m = q1 - q >= mr ? mr : 1;
         if (m == mr)
-            FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, ld, 0, tile, NULL, NULL, 0, mr,
+            FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, ld, 0, tile, NULL, NULL, 0, mr,
                            nv, 0);
         else
-            FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, ld, 0, tile, NULL, NULL, 0, 1,
+            FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, ld, 0, tile, NULL, NULL, 0, 1,
                            nv, 0);
         for (int t = 0; t < m; t++)
             for (fc_int k = k0; k < K; k++) {
@@ -1126,10 +1137,10 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *
  * whose calls have many pixels, ran 5-10% slower in MobileNet-v2 with the tail
  * blocks compiled in) */
 #define FC_NHWC_BLOCK(m)                                                                \
-    FN(nhwc_block)(x + q * xstep, xstep, offs, n, Wp, K, k0, y + q * K, bias,            \
+    FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, K, k0, y + q * K, bias,     \
                    res == NULL ? NULL : res + q * K, act, m, nv, half)
 static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x, fc_int xstep,
-                                     const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int qrow, fc_int rowstep, const fc_int *offs, fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
                                      const T *res, int act, int nv, int tails, int half)
 {
@@ -1185,7 +1196,7 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x,
  * (inlined with offs NULL or not, so the 1x1's loop reads its row directly). Wp: the
  * panel, (n, FC_PW_COLS); the scalar build computes element by element. */
 static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc_int xstep,
-                                     const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int qrow, fc_int rowstep, const fc_int *offs, fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
                                      const T *res, int act, int tails)
 {
@@ -1194,16 +1205,19 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc
     const int nv = (int)((width + VL - 1) / VL);
 #if FC_HALF
     if (nv == 2 && !tails && width == VL + VL / 2) {   /* the 1x1's: a vector and a half */
-        FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, 2, 0, 1);
+        FN(nhwc_pixels_nv)(x, xstep, qrow, rowstep, offs, n, Wp, K, q0, q1, k0, y, bias, res,
+                           act, 2, 0, 1);
         return;
     }
 #endif
     /* the panel's nv vectors as a constant: whole, or through the tile (AVX-512) */
 #define FC_NHWC_RUN(v)                                                                  \
     if (FC_VB == 64 && width % VL != 0)                                                 \
-        FN(nhwc_pixels_part)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v); \
+        FN(nhwc_pixels_part)(x, xstep, qrow, rowstep, offs, n, Wp, K, q0, q1, k0, y,      \
+                             bias, res, act, v);                                        \
     else                                                                                \
-        FN(nhwc_pixels_nv)(x, xstep, offs, n, Wp, K, q0, q1, k0, y, bias, res, act, v,  \
+        FN(nhwc_pixels_nv)(x, xstep, qrow, rowstep, offs, n, Wp, K, q0, q1, k0, y, bias, \
+                           res, act, v,                                                 \
                            tails, 0);
     switch (nv) {
     case 1: FC_NHWC_RUN(1) break;
@@ -1220,7 +1234,8 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc
         for (fc_int k = k0; k < k1; k++) {
             T u = 0;
             for (fc_int i = 0; i < n; i++)
-                u += x[q * xstep + (offs == NULL ? i : offs[i])] * Wp[i * FC_PW_COLS + k - k0];
+                u += FN(pixel_at)(x, q, xstep, qrow, rowstep)[offs == NULL ? i : offs[i]]
+                     * Wp[i * FC_PW_COLS + k - k0];
             if (bias != NULL) u += bias[k];
             if (res != NULL) u += res[q * K + k];
             y[q * K + k] = FN(pw_act)(u, act);
@@ -1241,7 +1256,7 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
                                int act)
 {
     /* this panel: (C, FC_PW_COLS); pixel p's row of channels at x + p * C */
-    FN(nhwc_pixels)(x, C, NULL, C, Wt + k0 * C, K, p0, p1, k0, y, bias, res, act, 0);
+    FN(nhwc_pixels)(x, C, 0, 0, NULL, C, Wt + k0 * C, K, p0, p1, k0, y, bias, res, act, 0);
 }
 
 /* -- 1x1 stride-1 input gradient, no transposed weight kept: pointwise_input ------- */
@@ -1436,25 +1451,29 @@ static void FN(pointwise_input)(const T *dy, fc_int HW, fc_int K, const T *W, fc
     }
 }
 
-/* Channels last, any kernel size, stride and dilation, one group: output row y (Q, K)
- * = act(conv + bias + res), output channels [k0, k0 + FC_PW_COLS) ∩ [0, K). x: the
- * row's first patch input in the zero-padded image (Hp, Wp, C), i.e. padded pixel
- * (p*sh, 0); xstep: sw*C, the step between neighbouring output pixels; offs[i], i <
- * n = R*S*C: patch input i's offset from a pixel's first, (r*dh*Wp + s*dw)*C + c
- * (NULL for a 1x1 kernel: i);
+/* Channels last, any kernel size, stride and dilation, one group: output rows y (rows,
+ * Q, K) = act(conv + bias + res), output channels [k0, k0 + FC_PW_COLS) ∩ [0, K). x:
+ * the first row's first patch input in the zero-padded image (Hp, Wp, C), i.e. padded
+ * pixel (p*sh, 0), each next output row rowstep (sh*Wp*C) further; xstep: sw*C, the
+ * step between neighbouring output pixels; offs[i], i < n = R*S*C: patch input i's
+ * offset from a pixel's first, (r*dh*Wp + s*dw)*C + c (NULL for a 1x1 kernel: i);
  * Wt: the weight in panels of FC_PW_COLS output channels, each (n, FC_PW_COLS)
  * contiguous (panel k0 / FC_PW_COLS at Wt + k0 * n), the patch inputs in offs's
- * order, zero past K. The patches are read in place: no patch matrix. */
-static void FN(conv_nhwc)(const T *x, fc_int xstep, const fc_int *offs, fc_int n,
-                          const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,
-                          const T *bias, const T *res, int act)
+ * order, zero past K. The patches are read in place: no patch matrix. The rows'
+ * pixels are one run of register blocks, which may span two rows: ResNet's 7-pixel
+ * rows alone ran as blocks of 4 and 3 (NHWC_BAND_PIXELS in fastconv/_tuning.py). */
+static void FN(conv_nhwc)(const T *x, fc_int rowstep, fc_int rows, fc_int xstep,
+                          const fc_int *offs, fc_int n, const T *Wt, fc_int K, fc_int Q,
+                          fc_int k0, T *y, const T *bias, const T *res, int act)
 {
     /* this panel: (n, FC_PW_COLS); offs NULL (a 1x1 kernel, any stride): input i at
      * offset i, a copy compiled without the table's loads */
     if (offs == NULL)
-        FN(nhwc_pixels)(x, xstep, NULL, n, Wt + k0 * n, K, 0, Q, k0, y, bias, res, act, 1);
+        FN(nhwc_pixels)(x, xstep, Q, rowstep, NULL, n, Wt + k0 * n, K, 0, rows * Q, k0, y,
+                        bias, res, act, 1);
     else
-        FN(nhwc_pixels)(x, xstep, offs, n, Wt + k0 * n, K, 0, Q, k0, y, bias, res, act, 1);
+        FN(nhwc_pixels)(x, xstep, Q, rowstep, offs, n, Wt + k0 * n, K, 0, rows * Q, k0, y,
+                        bias, res, act, 1);
 }
 
 /* -- depthwise convolution, channels last: depthwise_nhwc_row --------------------------- */

@@ -148,11 +148,12 @@ typedef struct {
     void (*pointwise_nhwc_##X)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,  \
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res, \
                                int act);                                                \
-    /* channels last, any kernel: one output row x output channels [k0, k0 +          \
-     * pointwise_cols()), patches read in place through offs (fc_impl.h) */            \
-    void (*conv_nhwc_##X)(const T *x, fc_int xstep, const fc_int *offs, fc_int n,       \
-                          const T *Wt, fc_int K, fc_int Q, fc_int k0, T *y,             \
-                          const T *bias, const T *res, int act);                        \
+    /* channels last, any kernel: output rows x output channels [k0, k0 +             \
+     * pointwise_cols()), patches read in place through offs (fc_impl.h) */           \
+    void (*conv_nhwc_##X)(const T *x, fc_int rowstep, fc_int rows, fc_int xstep,        \
+                          const fc_int *offs, fc_int n, const T *Wt, fc_int K,          \
+                          fc_int Q, fc_int k0, T *y, const T *bias, const T *res,       \
+                          int act);                                                     \
     /* depthwise, channels last: one output row (fc_impl.h) */                       \
     void (*depthwise_nhwc_row_##X)(const T *x, fc_int H, fc_int W, fc_int C, fc_int cn, \
                                    const T *w,                                          \

@@ -496,8 +496,8 @@ static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, con
         FN(wino_filter_chunk)(Wt, cb, J, rot, m, Ut, pitch);
         for (fc_int xi = 0; xi < al2; xi++) {
             T *Mx = M + xi * ldt * K;
-            FN(nhwc_pixels)(V + xi * ldt * C + c0, C, NULL, cb, Ut + xi * pitch, K, 0, rows,
-                            k0, Mx, NULL, c0 > 0 ? Mx : NULL, 0, 1);
+            FN(nhwc_pixels)(V + xi * ldt * C + c0, C, 0, 0, NULL, cb, Ut + xi * pitch, K, 0,
+                            rows, k0, Mx, NULL, c0 > 0 ? Mx : NULL, 0, 1);
         }
     }
 }
