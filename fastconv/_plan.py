@@ -19,8 +19,8 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, F(2x2,3x3) for float32 grad-input
-  and channels-last forwards with 256 channels or more in and out, else direct (where
-  its lanes kernel fits) or im2col.
+  and forwards with 256 channels or more in and out, else direct (where its lanes
+  kernel fits) or im2col.
 - the other forwards with a kernel larger than 1x1 (RGB stems, stride 2, 5x5, 7x7,
   dilated, grouped): direct; so are their gradients where C/groups fills a vector's
   lanes: the input gradient at stride 1, the weight gradient at strides 1 and 2 with
@@ -157,11 +157,10 @@ def _algorithm(op, p, dtype, layout="nchw"):
             return "im2col"
         if outputs < t.F2_MIN_OUTPUTS:
             # few outputs on many channels (res5's 512 channels on 7x7 at N = 1):
-            # F(2x2,3x3) beats direct's lanes kernel on dy, and im2col's GEMM, which
-            # computes a channels-last forward direct would; direct's NCHW forward keeps
-            # up with it on 2 threads
+            # F(2x2,3x3) beats direct's lanes kernel on dy and on x, and im2col's GEMM,
+            # which computes a channels-last forward direct would
             few = dtype == np.float32 and min(p.C, p.K) >= t.F2_FEW_MIN_CHANNELS
-            if few and (op == "conv2d_input" or (op == "conv2d" and layout == "nhwc")):
+            if few and op in ("conv2d", "conv2d_input"):
                 return "winograd_f2"
             lanes = layouts.lanes_block(p.P, p.Q) is not None
             return "direct" if op == "conv2d_weight" or lanes else "im2col"

@@ -20,12 +20,14 @@ DEFAULTS = {
     "F2_MIN_OUTPUTS": (100, "outputs per batch",
         "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5) ..."),
     "F2_FEW_MIN_CHANNELS": (256, "channels",
-        "... except channels-last forwards and input gradients with C and K of at least "
-        "this: F(2x2,3x3) unfused ran 1.2-1.6x im2col's channels-last GEMM on 256-1024 "
+        "... except forwards and input gradients with C and K of at least this: "
+        "F(2x2,3x3) unfused ran 1.2-1.6x im2col's channels-last GEMM on 256-1024 "
         "channels on 7x7 at N = 1, 1 and 2 threads, warm or with the caches flushed, "
         "1.3-1.4x in ResNet-18 and -50 at N = 1, and the input gradient 1.08-1.46x "
-        "direct's; direct's NCHW forward ran res5's 3x3 at 0.84x on 1 thread and 1.15x "
-        "on 2 (Zen 4)"),
+        "direct's (Zen 4). Direct's NCHW forward on 7x7 at N = 1: 512 channels, a "
+        "prepared weight 1.6x direct's time on 1 and 2 threads, a plain array (whose "
+        "cached filter is checked) 1.2x on 1 thread and about the same on 2; 256 channels "
+        "1.3-1.5x either way (Zen 4, session 36)"),
     "BLOCKS_MIN_SAVING": (2.0, "multiply-adds ratio",
         "stride-1 kernels other than 3x3 run Winograd on their 3x3 blocks (where the 3x3 "
         "rules choose it for the blocks' convolution) when R*S is at least this many times "

@@ -105,11 +105,15 @@ TABLE = [
     _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "unfused_blas"), padding=1,
          dtype=f64, **NO_BLAS),
     # res5 3x3 at N=1 (49 outputs, 16 tiles): F(2x2,3x3) unfused, float32 grad-input and
-    # channels-last forward from 256 channels in and out; else direct's lanes kernel (its
-    # forward: the BLAS rows); rows of 7 hold the one-row block here (1 x 4), the
+    # forward (either layout) from 256 channels in and out; else direct's lanes kernel
+    # (its forward: the BLAS rows); rows of 7 hold the one-row block here (1 x 4), the
     # two-row one with 32 registers
     _row("conv2d", (1, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1, threads=2,
          layout="nhwc", **NO_BLAS),
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1, threads=1,
+         **NO_BLAS),
+    _row("conv2d", (1, 512, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1, threads=2,
+         **NO_BLAS),
     _row("conv2d", (1, 512, 7, 7), 256, 3, ("winograd_f2", "unfused"), padding=1, threads=1,
          layout="nhwc", **NO_BLAS),
     _row("conv2d_input", (1, 256, 7, 7), 512, 3, ("winograd_f2", "unfused"), padding=1,
@@ -124,7 +128,8 @@ TABLE = [
     # 9.4 MB weight taken as it is: the streamed kernel
     _row("conv2d_input", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1,
          F2_FEW_MIN_CHANNELS=1024),
-    _row("conv2d", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1, **NO_BLAS),
+    _row("conv2d", (1, 512, 7, J2), 512, 3, ("direct", "lanes_streamed"), padding=1,
+         F2_FEW_MIN_CHANNELS=1024, **NO_BLAS),
     # rows narrower than every lanes block (6 x 6 with 32 registers; 6 x 1 here): im2col
     _row("conv2d", (1, 64, 6, NARROW), 64, 3, ("im2col", "tiled"), padding=1, **NO_BLAS),
     # stems and stride 2: direct (lanes kernel) forwards, blocked weight gradients
