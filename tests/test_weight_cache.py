@@ -25,6 +25,37 @@ def test_bitwise_equal(fast, monkeypatch):
     assert not bitwise_equal(a[:, 1::2], b[:, 1::2])          # the changed element is in
 
 
+def test_bitwise_equal_of_a_large_weight_on_every_thread(monkeypatch):
+    """From PARALLEL_BYTES, on more than one thread, the comparison is the Cython
+    backend's slices at once (``layout.same_bytes``; it ran, counted here): equal bits
+    are equal, and a change in any thread's slice, its first or last byte included, is
+    seen, as on one thread."""
+    import fastconv
+    same_bytes = weight_cache._same_bytes()
+    if same_bytes is None:
+        pytest.skip("the Cython backend is not built")
+    calls = []
+    monkeypatch.setattr(weight_cache, "_same_bytes",
+                        lambda: lambda a, b, nt: calls.append(nt) or same_bytes(a, b, nt))
+    a = np.random.default_rng(1).standard_normal(weight_cache.PARALLEL_BYTES // 4 + 3,
+                                                  dtype=np.float32)
+    threads = fastconv.get_num_threads()
+    fastconv.set_num_threads(2)
+    try:
+        assert bitwise_equal(a, a.copy())
+        part = -(-a.nbytes // 2) // 4                 # the second slice's first element
+        for i in (0, part - 1, part, a.size - 1):
+            b = a.copy()
+            b[i] = -b[i]
+            assert not bitwise_equal(a, b), i
+            assert not same_bytes(a, b, 3) and not same_bytes(a, b, 1), i
+        assert calls == [2] * 5
+        fastconv.set_num_threads(1)
+        assert bitwise_equal(a, a.copy()) and calls == [2] * 5     # one thread: memcmp
+    finally:
+        fastconv.set_num_threads(threads)
+
+
 def test_hit_and_in_place_miss():
     cache, builds = WeightCache(), []
     w = np.ones((4, 4), np.float32)
