@@ -210,3 +210,41 @@ def test_stable_algorithms_give_the_same_bits_on_any_thread_count(dtype):
     differ = [name for name in one if one[name] != many[name]]
     assert not differ, (f"1 and {_config.MAX_THREADS} threads give different bits: {differ} "
                         f"(docs/threads.md says they are stable)")
+
+
+IMPORT_ORDER = r"""
+import ctypes, json, os, sys
+import numpy as np
+from threadpoolctl import ThreadpoolController
+import fastconv
+
+libs = [lib for lib in ThreadpoolController().lib_controllers if lib.internal_api == "openblas"]
+a = np.random.default_rng(0).standard_normal((300, 400))
+b = np.random.default_rng(1).standard_normal((400, 500))
+fastconv.set_num_threads(2)
+product = a @ b                                          # on the workers started again
+print(json.dumps({
+    "timeouts": [ctypes.CDLL(lib.filepath).openblas_thread_timeout() for lib in libs
+                 if hasattr(ctypes.CDLL(lib.filepath), "openblas_thread_timeout")],
+    "right": bool(np.allclose(product, np.einsum("ij,jk->ik", a, b))),
+}))
+"""
+
+
+def test_numpy_imported_first_gets_the_short_openblas_spin():
+    """With NumPy imported before fastconv (its OpenBLAS loaded with the default spin
+    of 2^28 cycles), ``import fastconv`` has that OpenBLAS read OPENBLAS_THREAD_TIMEOUT
+    again and restart its workers: it reports 20 after, and a threaded matmul on the
+    restarted workers still gives the right product."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", IMPORT_ORDER], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    if not rec["timeouts"]:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that reports its thread timeout")
+    assert rec["timeouts"] == [20] * len(rec["timeouts"])
+    assert rec["right"]
