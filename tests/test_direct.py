@@ -402,7 +402,8 @@ def test_streamed_lanes_kernel(backend):
     tail (K = 40), several images per item, groups, stride 2, dilation, asymmetric
     padding, and the input gradient (rotated weight, stride-2 phases); a weight changed
     in place is seen at once (no layout is kept). At res5's channels it is the one the
-    plans name where auto runs direct (AVX-512 CPUs; with fewer vector registers than
+    plans name where auto runs direct (AVX-512 CPUs, under 1024 channels for
+    F2_FEW_MIN_CHANNELS; with fewer vector registers than
     WINOGRAD_BELOW_REGISTERS and BLAS_BELOW_REGISTERS auto runs such forwards on
     Winograd or im2col: test_selection)."""
     J2 = TWO_ROWS[1]                    # rows of the two-row block: 7 x 7 is res5's (32)
@@ -410,7 +411,8 @@ def test_streamed_lanes_kernel(backend):
     assert not _plan.streams_weight(256 * 256 * 9 * 4)
     assert fastconv.plan("conv2d", (1, 256, 7, J2), (256, 256, 3, 3), padding=1,
                          algorithm="direct").variant == "lanes"
-    with tuned(BLAS_BELOW_REGISTERS=0, WINOGRAD_BELOW_REGISTERS=0):
+    with tuned(BLAS_BELOW_REGISTERS=0, WINOGRAD_BELOW_REGISTERS=0,
+               F2_FEW_MIN_CHANNELS=1024):         # F(2x2,3x3) takes res5's 512 channels
         plan = fastconv.plan("conv2d", (1, 512, 7, J2), (512, 512, 3, 3), padding=1,
                              backend="numba")
     assert (plan.algorithm, plan.variant, plan["block"]) == ("direct", "lanes_streamed",
