@@ -179,7 +179,8 @@ def _layer_times(engine, spec, x, req):
     passes of one profiled network, warmed first (so no layer's first-call work, its
     plan or prepared weight's layout, is timed), in the network's order. fastconv:
     {"peak": FMA GFLOP/s measured now, "layers": [[layer, plan, flops, seconds]]};
-    torch: {"layers": [[layer, seconds]]}, each layer with its activation."""
+    torch: {"layers": [[layer, seconds]]}, each layer with the residual add and
+    activation after it, as fastconv's fused call."""
     import numpy as np
 
     import fastconv
