@@ -91,10 +91,10 @@ class Plan:
                        f"{', '.join(k for k, _ in self.blocking) or 'none'}")
 
     def get(self, name, default=None):
-        try:
-            return self[name]
-        except KeyError:
-            return default
+        for key, value in self.blocking:
+            if key == name:
+                return value
+        return default
 
     def __repr__(self):
         parts = [f"{self.op}: {self.algorithm}/{self.backend}"]
