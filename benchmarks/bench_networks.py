@@ -24,7 +24,7 @@ CPUs with AMX).
 ``--layers`` adds a per-layer breakdown of fastconv's time in the network (warmed, the
 median of ``--rounds`` passes): each convolution, the plan it ran, its GFLOP/s and % of
 the FMA peak measured in the same run, beside PyTorch's time for the same layer in its
-network. ``--steps`` lists
+network, the two engines' passes interleaved, and the median per-pass ratio. ``--steps`` lists
 ``nn.optimize``'s steps, each timed as the network runs it and again repeated at once
 (``OptimizedModel.profile``), and ONNX Runtime's nodes as its profiler times them.
 
@@ -65,32 +65,51 @@ def _print_steps(procs, name, N, threads, rounds):
 
 
 def _print_layers(procs, name, N, threads, rounds):
-    """``--layers``: fastconv's time per convolution in the network (median of
-    ``rounds`` profiled passes), its plan, GFLOP/s and share of the FMA peak, beside
-    PyTorch's time for the same layer in its network (where the torch engine runs) and
-    the ratio PyTorch / fastconv; returns them for the JSON."""
-    req = dict(network=name, N=N, threads=threads, what="layers", rounds=rounds)
-    rep = ask(procs["fastconv"], req)
-    theirs = dict(ask(procs["torch"], req)["layers"]) if "torch" in procs else {}
+    """``--layers``: fastconv's time per convolution in the network, its plan, GFLOP/s
+    and share of the FMA peak, beside PyTorch's time for the same layer in its network
+    (where the torch engine runs): ``rounds`` passes of each, interleaved pass by pass
+    (the first engine alternating), each engine's median and the median per-pass
+    ratio PyTorch / fastconv; returns them for the JSON."""
+    import numpy as np
+    req = dict(network=name, N=N, threads=threads, what="layers", rounds=1)
+    engines = ["fastconv"] + (["torch"] if "torch" in procs else [])
+    reps = {e: [] for e in engines}
+    for r in range(rounds):
+        for e in engines[r % len(engines):] + engines[:r % len(engines)]:
+            reps[e].append(ask(procs[e], req))
+    passes = {e: {} for e in engines}          # engine -> layer -> seconds per pass
+    for e in engines:
+        for rep in reps[e]:
+            for row in rep["layers"]:
+                passes[e].setdefault(row[0], []).append(row[-1][0])
+    info = {row[0]: row[1:3] for row in reps["fastconv"][0]["layers"]}    # plan, flops
+    ours = {k: (*info[k], np.array(t)) for k, t in passes["fastconv"].items()}
+    theirs = {k: np.array(t) for k, t in passes.get("torch", {}).items()}
+    peak = reps["fastconv"][0]["peak"]
     print(f"\n{name} N={N}, {threads} thread(s): fastconv per layer, median of {rounds} "
-          f"passes (FMA peak {rep['peak']:.0f} GFLOP/s measured now); PyTorch's same "
-          f"layer with its activation, and PyTorch / fastconv")
-    total = sum(row[3] for row in rep["layers"])
-    slower = []
-    for layer, plan, flops, seconds in rep["layers"]:
+          f"passes (FMA peak {peak:.0f} GFLOP/s measured now); PyTorch's same layer with "
+          f"the residual add and activation after it, its passes interleaved with "
+          f"fastconv's, and the median per-pass ratio PyTorch / fastconv")
+    total = sum(float(np.median(t)) for _, _, t in ours.values())
+    slower, layers = [], []
+    for layer, (plan, flops, t) in ours.items():
+        seconds = float(np.median(t))
         gf = flops / seconds / 1e9
-        torch_s = theirs.get(layer)
-        vs = (f"{torch_s * 1e3:8.3f} ms {torch_s / seconds:5.2f}" if torch_s
-              else f"{'-':>11s} {'-':>5s}")
-        if torch_s and torch_s < seconds:
-            slower.append(f"{layer} ({torch_s / seconds:.2f})")
+        vs = f"{'-':>11s} {'-':>5s}"
+        if layer in theirs:
+            ratio = float(np.median(theirs[layer] / t))
+            vs = f"{np.median(theirs[layer]) * 1e3:8.3f} ms {ratio:5.2f}"
+            if ratio < 1:
+                slower.append(f"{layer} ({ratio:.2f})")
         print(f"  {layer:24s} {seconds * 1e3:8.3f} ms {seconds / total:6.1%} {vs} "
-              f"{gf:7.1f} GFLOP/s {gf / rep['peak']:6.1%}  {plan}")
+              f"{gf:7.1f} GFLOP/s {gf / peak:6.1%}  {plan}")
+        layers.append([layer, plan, flops, seconds])
     if theirs:
-        print(f"  sum {total * 1e3:.2f} ms, PyTorch's {sum(theirs.values()) * 1e3:.2f} ms; "
-              f"slower than PyTorch's: {', '.join(slower) or 'none'}")
-    return dict(network=name, N=N, threads=threads, layers=rep["layers"], peak=rep["peak"],
-                torch_layers=theirs)
+        print(f"  sum {total * 1e3:.2f} ms, PyTorch's "
+              f"{sum(float(np.median(t)) for t in theirs.values()) * 1e3:.2f} ms; slower "
+              f"than PyTorch's: {', '.join(slower) or 'none'}")
+    return dict(network=name, N=N, threads=threads, layers=layers, peak=peak,
+                torch_layers={k: float(np.median(t)) for k, t in theirs.items()})
 
 
 def main(argv=None):

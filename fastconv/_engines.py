@@ -174,45 +174,54 @@ def serve(engine):
         print(json.dumps({"seconds": elapsed / calls}), flush=True)
 
 
-def _layer_times(engine, spec, x, req):
-    """The "layers" request: each convolution's median seconds over ``rounds`` forward
-    passes of one profiled network, warmed first (so no layer's first-call work, its
-    plan or prepared weight's layout, is timed), in the network's order. fastconv:
-    {"peak": FMA GFLOP/s measured now, "layers": [[layer, plan, flops, seconds]]};
-    torch: {"layers": [[layer, seconds]]}, each layer with the residual add and
-    activation after it, as fastconv's fused call."""
-    import numpy as np
+#: the "layers" request's profiled networks, built and warmed once per (engine, network,
+#: N, threads): (forward, its profile list, the FMA peak measured when it was built)
+_PROFILED = {}
 
+
+def _layer_times(engine, spec, x, req):
+    """The "layers" request: each convolution's seconds in ``rounds`` (default 1)
+    forward passes of one profiled network, built and warmed on the first request (so
+    no layer's first-call work, its plan or prepared weight's layout, is timed), in
+    the network's order; the driver interleaves such requests with the other engine's.
+    fastconv: {"peak": FMA GFLOP/s measured when built, "layers": [[layer, plan, flops,
+    [seconds per pass]]]}; torch: {"layers": [[layer, [seconds per pass]]]}, each layer
+    with the residual add and activation after it, as fastconv's fused call."""
     import fastconv
     from fastconv import networks
-    profile = []
-    if engine == "fastconv":
-        from fastconv.bench import fma_peak
-        fastconv.set_num_threads(req["threads"])
-        peak = fma_peak(req["threads"])
-        forward = networks.fastconv_forward(spec, profile)
-    elif engine == "torch":
-        import torch
-        torch.set_num_threads(req["threads"])
-        module = networks.torch_module(spec, profile)
+    key = (engine, spec["name"], len(x), req["threads"])
+    if key not in _PROFILED:
+        profile, peak = [], None
+        if engine == "fastconv":
+            from fastconv.bench import fma_peak
+            fastconv.set_num_threads(req["threads"])
+            peak = fma_peak(req["threads"])
+            forward = networks.fastconv_forward(spec, profile)
+        elif engine == "torch":
+            import torch
+            torch.set_num_threads(req["threads"])
+            module = networks.torch_module(spec, profile)
 
-        def forward(x):
-            with torch.no_grad():
-                return module(torch.from_numpy(x))
-    else:
-        raise ValueError(f"no per-layer times for engine {engine}")
-    for _ in range(2):
-        forward(x)
-    times, plans = {}, {}
-    for _ in range(req.get("rounds", 5)):
+            def forward(x):
+                with torch.no_grad():
+                    return module(torch.from_numpy(x))
+        else:
+            raise ValueError(f"no per-layer times for engine {engine}")
+        for _ in range(2):
+            forward(x)
+        _PROFILED.clear()
+        _PROFILED[key] = forward, profile, peak
+    forward, profile, peak = _PROFILED[key]
+    times, rows = {}, {}
+    for _ in range(req.get("rounds", 1)):
         profile.clear()
         forward(x)
         for row in profile:                 # fastconv (layer, plan, s, flops); torch (layer, s)
             times.setdefault(row[0], []).append(row[2] if engine == "fastconv" else row[1])
-            plans[row[0]] = row
+            rows[row[0]] = row
     if engine == "torch":
-        return {"layers": [[k, float(np.median(v))] for k, v in times.items()]}
-    return {"peak": peak, "layers": [[k, repr(plans[k][1]), plans[k][3], float(np.median(v))]
+        return {"layers": [[k, v] for k, v in times.items()]}
+    return {"peak": peak, "layers": [[k, repr(rows[k][1]), rows[k][3], v]
                                      for k, v in times.items()]}
 
 

@@ -888,9 +888,10 @@ def test_pointwise_nhwc_uneven_panels_shared_by_pixels(dtype):
     if fastconv._config.MAX_THREADS < 2:
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
     from fastconv.kernels.cython import im2col
-    C, H = 768, 9                                      # 81 pixels: one chunk
-    cols = im2col._nhwc_panels(np.zeros((1, C, 1, 1), dtype))[0]
+    H = 9                                              # 81 pixels: one chunk
+    cols = im2col._nhwc_panels(np.zeros((1, 8, 1, 1), dtype))[0]
     K = cols * 5 // 2                                  # panels of cols, cols, cols / 2
+    C = max(768, -(-(1 << 20) // (H * H * K * 8)) * 8)   # narrow ISAs' panels: more C
     assert H * H * K * C >= 1 << 20                    # not under SERIAL_MACS: threads
     assert im2col._uneven_shares(1, 3, K, cols, 2)     # this geometry takes the rule
     assert not im2col._uneven_shares(1, 4, 4 * cols, cols, 2)   # whole panels: even
