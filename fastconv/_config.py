@@ -229,9 +229,13 @@ def _shorten_openblas_spin():
     call starts again with the new timeout. Without it, a NumPy matmul on 2 threads
     left a worker spinning for 0.1 s into the convolutions after it: ResNet-18 at N = 1
     ran 4.6x slower (AMD EPYC Zen 4, session 36). Libraries without those functions
-    are left as they are, and so is every library when another Python thread is alive
-    (it could be inside an OpenBLAS call, whose workers must not be stopped)."""
-    if threading.active_count() > 1:
+    are left as they are, and so is every library when fastconv is imported off the
+    main thread or another non-daemon Python thread is alive: it could be inside an
+    OpenBLAS call, whose workers must not be stopped. (Daemon threads, such as a
+    Jupyter kernel's heartbeat and I/O threads, are taken not to call BLAS.)"""
+    main = threading.main_thread()
+    if threading.current_thread() is not main or any(
+            t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
         return
     from threadpoolctl import ThreadpoolController
     for lib in ThreadpoolController().lib_controllers:

@@ -250,15 +250,17 @@ def test_numpy_imported_first_gets_the_short_openblas_spin():
     assert rec["right"]
 
 
-def test_numpy_imported_first_with_another_thread_alive_keeps_openblas_as_it_is():
-    """With another Python thread alive when fastconv is imported (it could be inside
-    an OpenBLAS call), OpenBLAS's workers are not stopped: its timeout stays unread."""
+@pytest.mark.parametrize("daemon", [False, True])
+def test_numpy_imported_first_with_another_thread_alive(daemon):
+    """With another non-daemon Python thread alive when fastconv is imported (it could
+    be inside an OpenBLAS call), OpenBLAS's workers are not stopped: its timeout stays
+    unread. A daemon thread (a Jupyter kernel's) does not stop the restart."""
     import json
     import subprocess
     import sys
     code = IMPORT_ORDER.replace("import fastconv\n", "import threading, time\n"
-                                "t = threading.Thread(target=time.sleep, args=(1,))\n"
-                                "t.start()\nimport fastconv\n", 1)
+                                "t = threading.Thread(target=time.sleep, args=(1,), "
+                                f"daemon={daemon})\nt.start()\nimport fastconv\n", 1)
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -266,4 +268,8 @@ def test_numpy_imported_first_with_another_thread_alive_keeps_openblas_as_it_is(
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     if not rec["timeouts"]:
         pytest.skip("NumPy's BLAS is not an OpenBLAS that reports its thread timeout")
-    assert 20 not in rec["timeouts"] and rec["right"]
+    assert rec["right"]
+    if daemon:
+        assert rec["timeouts"] == [20] * len(rec["timeouts"])
+    else:
+        assert 20 not in rec["timeouts"]
