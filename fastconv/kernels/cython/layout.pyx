@@ -1,10 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Layout conversions between NCHW and channels last (``fastconv.to_channels_last`` and
 the conversions of calls that compute NCHW), and the weight cache's comparison of a
-weight with its copy (:func:`same_bytes`). The conversions: each image's (C, H*W) matrix transposed
-to (H*W, C), or back, in tiles of about 4096 elements (64 x 64, or longer along one
-axis when the other is short), so that the tile's reads and writes stay in cache, on
-OpenMP's threads. Plain loops, no per-instruction-set build. Against NumPy's strided
+weight with its copy (:func:`same_bytes`). The conversions: each image's (C, H*W)
+matrix transposed to (H*W, C), or back, in tiles of about 4096 elements (64 x 64, or
+longer along one axis when the other is short), so that the tile's reads and writes
+stay in cache, on OpenMP's threads. Plain loops, no per-instruction-set build. Against NumPy's strided
 copy (Intel Xeon ``rocketlake``, 1 thread, float32, session 15): a 64 x 112 x 112
 image back to NCHW 0.49 ms against 4.6 ms, a 3 x 224 x 224 one to channels last
 0.06 against 0.16 ms; slower on a 64-channel image to channels last (0.53 against

@@ -1100,7 +1100,8 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
  * the vector (a 1000-class classifier), comes here, and only with AVX-512 (the other
  * variants' nhwc_block stores such a panel itself). */
 static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *x, fc_int xstep,
-                                     fc_int qrow, fc_int rowstep, const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int qrow, fc_int rowstep, const fc_int *offs,
+                                     fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
                                      const T *res, int act, int nv)
 {
@@ -1110,11 +1111,11 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *
     for (fc_int q = q0; q < q1;) {
         const int m = q1 - q >= mr ? mr : 1;
         if (m == mr)
-            FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, ld, 0, tile, NULL, NULL, 0, mr,
-                           nv, 0);
+            FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, ld, 0, tile, NULL, NULL,
+                           0, mr, nv, 0);
         else
-            FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, ld, 0, tile, NULL, NULL, 0, 1,
-                           nv, 0);
+            FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, ld, 0, tile, NULL, NULL,
+                           0, 1, nv, 0);
         for (int t = 0; t < m; t++)
             for (fc_int k = k0; k < K; k++) {
                 T u = tile[t * ld + k - k0];
@@ -1140,7 +1141,8 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_part)(const T *
     FN(nhwc_block)(x, q, xstep, qrow, rowstep, offs, n, Wp, K, k0, y + q * K, bias,     \
                    res == NULL ? NULL : res + q * K, act, m, nv, half)
 static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x, fc_int xstep,
-                                     fc_int qrow, fc_int rowstep, const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int qrow, fc_int rowstep, const fc_int *offs,
+                                     fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
                                      const T *res, int act, int nv, int tails, int half)
 {
@@ -1196,7 +1198,8 @@ static inline __attribute__((always_inline)) void FN(nhwc_pixels_nv)(const T *x,
  * (inlined with offs NULL or not, so the 1x1's loop reads its row directly). Wp: the
  * panel, (n, FC_PW_COLS); the scalar build computes element by element. */
 static inline __attribute__((always_inline)) void FN(nhwc_pixels)(const T *x, fc_int xstep,
-                                     fc_int qrow, fc_int rowstep, const fc_int *offs, fc_int n, const T *Wp, fc_int K,
+                                     fc_int qrow, fc_int rowstep, const fc_int *offs,
+                                     fc_int n, const T *Wp, fc_int K,
                                      fc_int q0, fc_int q1, fc_int k0, T *y, const T *bias,
                                      const T *res, int act, int tails)
 {
