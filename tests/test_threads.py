@@ -231,36 +231,13 @@ print(json.dumps({
 """
 
 
-def test_numpy_imported_first_gets_the_short_openblas_spin():
-    """With NumPy imported before fastconv (its OpenBLAS loaded with the default spin
-    of 2^28 cycles), ``import fastconv`` has that OpenBLAS read OPENBLAS_THREAD_TIMEOUT
-    again and restart its workers: it reports 20 after, and a threaded matmul on the
-    restarted workers still gives the right product."""
+def _numpy_first(code):
+    """Run ``code`` (IMPORT_ORDER, perhaps with a thread started before ``import
+    fastconv``) in a fresh interpreter without OPENBLAS_THREAD_TIMEOUT set: its
+    record, or a skip where NumPy's BLAS is not an OpenBLAS that reports its timeout."""
     import json
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    out = subprocess.run([sys.executable, "-c", IMPORT_ORDER], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    rec = json.loads(out.stdout.strip().splitlines()[-1])
-    if not rec["timeouts"]:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS that reports its thread timeout")
-    assert rec["timeouts"] == [20] * len(rec["timeouts"])
-    assert rec["right"]
-
-
-@pytest.mark.parametrize("daemon", [False, True])
-def test_numpy_imported_first_with_another_thread_alive(daemon):
-    """With another non-daemon Python thread alive when fastconv is imported (it could
-    be inside an OpenBLAS call), OpenBLAS's workers are not stopped: its timeout stays
-    unread. A daemon thread (a Jupyter kernel's) does not stop the restart."""
-    import json
-    import subprocess
-    import sys
-    code = IMPORT_ORDER.replace("import fastconv\n", "import threading, time\n"
-                                "t = threading.Thread(target=time.sleep, args=(1,), "
-                                f"daemon={daemon})\nt.start()\nimport fastconv\n", 1)
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -268,8 +245,28 @@ def test_numpy_imported_first_with_another_thread_alive(daemon):
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     if not rec["timeouts"]:
         pytest.skip("NumPy's BLAS is not an OpenBLAS that reports its thread timeout")
-    assert rec["right"]
+    assert rec["right"]                     # a threaded matmul on the workers after
+    return rec["timeouts"]
+
+
+def test_numpy_imported_first_gets_the_short_openblas_spin():
+    """With NumPy imported before fastconv (its OpenBLAS loaded with the default spin
+    of 2^28 cycles), ``import fastconv`` has that OpenBLAS read OPENBLAS_THREAD_TIMEOUT
+    again and restart its workers: it reports 20 after, and a threaded matmul on the
+    restarted workers still gives the right product."""
+    timeouts = _numpy_first(IMPORT_ORDER)
+    assert timeouts == [20] * len(timeouts)
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_numpy_imported_first_with_another_thread_alive(daemon):
+    """With another non-daemon Python thread alive when fastconv is imported (it could
+    be inside an OpenBLAS call), OpenBLAS's workers are not stopped: its timeout stays
+    unread. A daemon thread (a Jupyter kernel's) does not stop the restart."""
+    timeouts = _numpy_first(IMPORT_ORDER.replace(
+        "import fastconv\n", "import threading, time\nt = threading.Thread(target=time.sleep, "
+        f"args=(1,), daemon={daemon})\nt.start()\nimport fastconv\n", 1))
     if daemon:
-        assert rec["timeouts"] == [20] * len(rec["timeouts"])
+        assert timeouts == [20] * len(timeouts)
     else:
-        assert 20 not in rec["timeouts"]
+        assert 20 not in timeouts
