@@ -63,6 +63,9 @@ from .kernels import layouts
 CONV_OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
 
+_MISSING = object()      # Plan.get's default when Plan[name] asks
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one call runs: ``op`` by ``algorithm`` on ``backend``, in ``variant`` with
@@ -83,9 +86,9 @@ class Plan:
     layout: str = "nchw"
 
     def __getitem__(self, name):
-        for key, value in self.blocking:
-            if key == name:
-                return value
+        value = self.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
         raise KeyError(f"plan for {self.op} ({self.algorithm}, {self.variant or '-'}) "
                        f"has no blocking value {name!r}; it has "
                        f"{', '.join(k for k, _ in self.blocking) or 'none'}")

@@ -51,9 +51,9 @@ def bitwise_equal(a, b):
     at once (res5's 9.4 MB 3x3 weight on 2 threads: 0.12 ms against 0.32 in cache, 0.60
     against 0.80 from memory; AMD EPYC Zen 4)."""
     if _memcmp is not None and a.flags.c_contiguous and b.flags.c_contiguous:
-        nt = _config.get_num_threads()
-        if nt > 1 and a.nbytes >= PARALLEL_BYTES and _same_bytes() is not None:
-            return _same_bytes()(a, b, nt)
+        nt, same_bytes = _config.get_num_threads(), _same_bytes()
+        if nt > 1 and a.nbytes >= PARALLEL_BYTES and same_bytes is not None:
+            return same_bytes(a, b, nt)
         return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     bits = np.dtype(f"u{a.itemsize}")
     return bool(np.array_equal(a.view(bits), b.view(bits)))
