@@ -6,11 +6,26 @@ from fastconv.kernels import weight_cache
 from fastconv.kernels.weight_cache import WeightCache, bitwise_equal
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_bitwise_equal(fast, monkeypatch):
+@pytest.mark.parametrize("path", ["same_bytes", "memcmp", "numpy"])
+def test_bitwise_equal(path, monkeypatch):
     """Same bits only: NaN equals NaN, -0 differs from 0, a change in the last element is
-    seen; memcmp and the NumPy fallback agree (also on non-contiguous arrays)."""
-    if not fast:
+    seen; the Cython backend's comparison, ctypes' memcmp and the NumPy fallback agree
+    (also on non-contiguous arrays, which only NumPy compares)."""
+    ran = []
+    if path == "same_bytes":
+        if weight_cache._same_bytes is None:
+            pytest.skip("the Cython backend is not built")
+        same = weight_cache._same_bytes
+        monkeypatch.setattr(weight_cache, "_same_bytes",
+                            lambda a, b, nt: ran.append(nt) or same(a, b, nt))
+    else:
+        monkeypatch.setattr(weight_cache, "_same_bytes", None)
+    if path == "memcmp":
+        if weight_cache._memcmp is None:
+            pytest.skip("no C library handle")
+        memcmp = weight_cache._memcmp
+        monkeypatch.setattr(weight_cache, "_memcmp", lambda *a: ran.append(1) or memcmp(*a))
+    elif path == "numpy":
         monkeypatch.setattr(weight_cache, "_memcmp", None)
     a = np.random.default_rng(0).standard_normal((64, 32, 3, 3)).astype(np.float32)
     a[1, 2, 0, 0] = np.nan
@@ -23,6 +38,17 @@ def test_bitwise_equal(fast, monkeypatch):
     assert not bitwise_equal(z, nz)
     assert bitwise_equal(a[:, ::2], a[:, ::2].copy())
     assert not bitwise_equal(a[:, 1::2], b[:, 1::2])          # the changed element is in
+    assert len(ran) == (0 if path == "numpy" else 3)          # the contiguous pairs
+
+
+def test_cache_key_is_the_first_element_address():
+    """The key's address (the Cython backend's buffer-protocol read, where built) is the
+    first element's for views of every kind: strided, reversed, read-only, empty."""
+    w = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    ro = w.copy()
+    ro.flags.writeable = False
+    for v in (w, w[1], w[:, ::2], w[::-1, :, ::-1], w.transpose(0, 2, 3, 1), ro, w[:0]):
+        assert WeightCache._key(v)[0] == v.__array_interface__["data"][0]
 
 
 def test_bitwise_equal_of_a_large_weight_on_every_thread(monkeypatch):
@@ -31,12 +57,12 @@ def test_bitwise_equal_of_a_large_weight_on_every_thread(monkeypatch):
     are equal, and a change in any thread's slice, its first or last byte included, is
     seen, as on one thread."""
     import fastconv
-    same_bytes = weight_cache._same_bytes()
+    same_bytes = weight_cache._same_bytes
     if same_bytes is None:
         pytest.skip("the Cython backend is not built")
     calls = []
     monkeypatch.setattr(weight_cache, "_same_bytes",
-                        lambda: lambda a, b, nt: calls.append(nt) or same_bytes(a, b, nt))
+                        lambda a, b, nt: calls.append(nt) or same_bytes(a, b, nt))
     a = np.random.default_rng(1).standard_normal(weight_cache.PARALLEL_BYTES // 4 + 3,
                                                   dtype=np.float32)
     threads = fastconv.get_num_threads()
@@ -51,7 +77,7 @@ def test_bitwise_equal_of_a_large_weight_on_every_thread(monkeypatch):
             assert not same_bytes(a, b, 3) and not same_bytes(a, b, 1), i
         assert calls == [2] * 5
         fastconv.set_num_threads(1)
-        assert bitwise_equal(a, a.copy()) and calls == [2] * 5     # one thread: memcmp
+        assert bitwise_equal(a, a.copy()) and calls == [2] * 5 + [1]   # one thread: memcmp
     finally:
         fastconv.set_num_threads(threads)
 

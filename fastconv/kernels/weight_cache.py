@@ -30,31 +30,27 @@ except (OSError, AttributeError, TypeError):   # no C library handle (Windows)
 
 
 #: weights of at least this many bytes are compared on every thread at once
-#: (``fastconv.kernels.cython.layout.same_bytes``, where the Cython backend is built)
 PARALLEL_BYTES = 1 << 20
 
-
-@functools.lru_cache(maxsize=1)
-def _same_bytes():
-    """The Cython backend's parallel comparison, or None where it is not built."""
-    try:
-        from .cython.layout import same_bytes
-    except ImportError:
-        return None
-    return same_bytes
+try:        # the Cython backend's address and comparison, where it is built (a fraction
+    from .cython.layout import address as _address, same_bytes as _same_bytes   # of a
+except ImportError:                                            # ctypes call's cost)
+    _address = _same_bytes = None
 
 
 def bitwise_equal(a, b):
     """Whether arrays ``a`` and ``b`` of one shape and dtype hold the same bits (NaN ==
     NaN, -0 != 0). memcmp when both are C-contiguous (faster than ``np.array_equal``,
-    and it stops at the first difference); from ``PARALLEL_BYTES``, a slice per thread
-    at once (res5's 9.4 MB 3x3 weight on 2 threads: 0.12 ms against 0.32 in cache, 0.60
-    against 0.80 from memory; AMD EPYC Zen 4)."""
-    if _memcmp is not None and a.flags.c_contiguous and b.flags.c_contiguous:
-        nt, same_bytes = _config.get_num_threads(), _same_bytes()
-        if nt > 1 and a.nbytes >= PARALLEL_BYTES and same_bytes is not None:
-            return same_bytes(a, b, nt)
-        return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    and it stops at the first difference): by the Cython backend's ``same_bytes``,
+    from ``PARALLEL_BYTES`` a slice per thread at once (res5's 9.4 MB 3x3 weight on 2
+    threads: 0.12 ms against 0.32 in cache, 0.60 against 0.80 from memory; AMD EPYC
+    Zen 4), else through ctypes."""
+    if a.flags.c_contiguous and b.flags.c_contiguous:
+        if _same_bytes is not None:
+            return _same_bytes(a, b, _config.get_num_threads()
+                               if a.nbytes >= PARALLEL_BYTES else 1)
+        if _memcmp is not None:
+            return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     bits = np.dtype(f"u{a.itemsize}")
     return bool(np.array_equal(a.view(bits), b.view(bits)))
 
@@ -144,8 +140,10 @@ class WeightCache:
 
     def get(self, w, kind, build):
         """``build()``'s result for weight ``w`` and tag ``kind``, cached."""
-        derived, check = self.get_unchecked(w, kind, build)
-        return derived if check is None or check() else self.put(w, kind, build())
+        derived, copy = self._lookup(w, kind)
+        if derived is not None and (copy is None or bitwise_equal(copy, w)):
+            return derived
+        return self.put(w, kind, build())
 
     def get_unchecked(self, w, kind, build):
         """(derived, check) for weight ``w`` and tag ``kind``: a cached entry and the
@@ -154,21 +152,24 @@ class WeightCache:
         other threads already compute with the entry; its ``args`` are the copy and
         ``w``, for a caller that compares them itself); or ``build()``'s result, stored,
         and None. For a prepared weight: its own derived array, and None."""
+        derived, copy = self._lookup(w, kind)
+        if derived is None:
+            return self.put(w, kind, build()), None
+        return derived, None if copy is None else functools.partial(bitwise_equal, copy, w)
+
+    def _lookup(self, w, kind):
+        """(derived, copy): what is kept for weight ``w`` and tag ``kind`` (None if
+        nothing) and the copy of ``w`` it is valid for (None for a prepared weight's)."""
         pw = prepared(w)
         if pw is not None:
-            derived = pw.derived.get(kind)
-            if derived is None:
-                derived = self.put(w, kind, build())
-            return derived, None
+            return pw.derived.get(kind), None
         key = self._key(w)
         with self.lock:
             hit = self.entries.get(key)
-            if hit is not None:
-                self.entries.move_to_end(key)
-                derived = hit[1].get(kind)
-        if hit is None or derived is None:
-            return self.put(w, kind, build()), None
-        return derived, functools.partial(bitwise_equal, hit[0], w)
+            if hit is None:
+                return None, None
+            self.entries.move_to_end(key)
+            return hit[1].get(kind), hit[0]
 
     def put(self, w, kind, derived):
         """Store ``derived`` for weight ``w`` and tag ``kind``. A weight that no longer
@@ -196,7 +197,8 @@ class WeightCache:
 
     @staticmethod
     def _key(w):
-        return (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str)
+        at = w.__array_interface__["data"][0] if _address is None else _address(w)
+        return at, w.shape, w.strides, w.dtype.str
 
     def _nbytes(self):
         return sum(c.nbytes + sum(d.nbytes for d in ds.values())

@@ -69,6 +69,7 @@ from ..layouts import flat_pitch
 from ..weight_cache import CACHE as _weights
 from ._hot cimport fc_direct, fc_dw, fc_dweight, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
+from .layout import address
 
 cdef const fc_kernels *hot = load_table(__name__, ISA)
 
@@ -105,8 +106,8 @@ cdef fc_pending _pending(check):
     if check is not None:
         copy, w = check.args
         if copy.flags.c_contiguous and w.flags.c_contiguous:
-            pd.copy = <const char *><size_t>copy.ctypes.data
-            pd.w = <const char *><size_t>w.ctypes.data
+            pd.copy = <const char *><size_t>address(copy)
+            pd.w = <const char *><size_t>address(w)
             pd.nbytes = w.nbytes
         else:
             pd.same = check()

@@ -451,10 +451,7 @@ static void FN(direct_flat_row)(const T *src, fc_int H, fc_int W, T *dst, fc_int
         fc_int lo = 0, hi = 0;                     /* wq with 0 <= wq*sw + b - pl < W */
         if (h >= 0 && h < H) fc_valid_range(Wq, W, sw, b - pl, &lo, &hi);
         for (fc_int wq = 0; wq < lo; wq++) d[wq] = 0;
-        if (sw == 1)
-            memcpy(d + lo, row + lo - pl, (size_t)(hi - lo) * sizeof(T));
-        else
-            for (fc_int wq = lo; wq < hi; wq++) d[wq] = row[wq * sw + b - pl];
+        FN(gather)(d + lo, row + lo * sw + b - pl, hi - lo, sw);
         for (fc_int wq = hi; wq < Wq; wq++) d[wq] = 0;
     }
 }
