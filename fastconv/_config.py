@@ -93,6 +93,10 @@ ALIGN = 64
 
 
 _addressof, _c_char = ctypes.addressof, ctypes.c_char
+try:        # the Cython backend's address read, where it is built (loaded after the
+    from .kernels.cython.layout import address as _address       # OpenMP settings)
+except ImportError:
+    _address = None
 
 
 def empty(shape, dtype):
@@ -103,8 +107,10 @@ def empty(shape, dtype):
         return np.empty(shape, dtype)
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
     raw = np.empty(math.prod(shape) * dtype.itemsize + ALIGN, np.uint8)
-    # the address through ctypes' view of the buffer: a quarter of raw.ctypes.data's time
-    return np.ndarray(shape, dtype, raw, -_addressof(_c_char.from_buffer(raw)) % ALIGN)
+    # the address through the buffer protocol, or ctypes' view of the buffer (a quarter
+    # of raw.ctypes.data's time)
+    at = _addressof(_c_char.from_buffer(raw)) if _address is None else _address(raw)
+    return np.ndarray(shape, dtype, raw, -at % ALIGN)
 
 
 def workspace(slot, size, dtype):

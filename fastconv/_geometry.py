@@ -101,19 +101,25 @@ def flag(value, name, op):
 
 def check_dtype(op, **arrays):
     """All arrays share one supported floating dtype; return it."""
-    dtypes = {name: np.asarray(a).dtype for name, a in arrays.items() if a is not None}
-    for name, dt in dtypes.items():
+    dtype = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        dt = a.dtype if type(a) is np.ndarray else np.asarray(a).dtype
         if dt not in SUPPORTED_DTYPES:
             raise TypeError(
                 f"{op}: {name} has dtype {dt}, but only float32 and float64 are supported; "
                 f"cast it first, e.g. {name}.astype(numpy.float32)"
             )
-    if len(set(dtypes.values())) > 1:
-        given = ", ".join(f"{n} {d}" for n, d in dtypes.items())
-        raise TypeError(
-            f"{op}: arrays must share one dtype, got {given}; cast them with .astype(...)"
-        )
-    return next(iter(dtypes.values()))
+        if dtype is None:
+            dtype = dt
+        elif dt != dtype:
+            given = ", ".join(f"{n} {np.asarray(a).dtype}" for n, a in arrays.items()
+                              if a is not None)
+            raise TypeError(
+                f"{op}: arrays must share one dtype, got {given}; cast them with .astype(...)"
+            )
+    return dtype
 
 
 def out_size(size, pad_total, kernel, stride, dilation):
@@ -218,8 +224,12 @@ def _typed(value):
     if kind is int or kind is str or value is None:        # the common case, bare
         return value
     if kind is tuple or kind is list:
-        if kind is tuple and all(type(v) is int for v in value):
-            return value                    # a shape: bare too (no pair holds a type)
+        if kind is tuple:
+            for v in value:
+                if type(v) is not int:
+                    break
+            else:
+                return value                # a shape: bare too (no pair holds a type)
         return kind, tuple(map(_typed, value))
     return kind, value
 

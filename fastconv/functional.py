@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _config, _dispatch, _plan
 from ._config import get_num_threads
-from ._geometry import (PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
+from ._geometry import (MEMO_SIZE, PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
                         block_params, check_dtype, check_epilogue, check_grad_output, check_memory,
                         conv_params, int_tuple, pool_params, transpose_params)
 from .kernels import epilogue as _epilogue
@@ -249,6 +249,12 @@ def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activa
     return x, unbatched, nhwc, w, dtype, p, bias, residual
 
 
+#: (geometry, dtype, layout, algorithm, backend, _plan.settings()) -> (plan, output
+#: shape) of a conv2d call: what _plan.make gives for them (networks call the same
+#: geometries again and again; up to MEMO_SIZE kept, as the geometry checks' memos)
+_CONV2D_PLANS = {}
+
+
 class _Conv2dCall:
     """conv2d's plan, memory check and epilogue for one validated geometry ``p``,
     ``dtype``, bias, activation and input layout (``nhwc``; what :func:`_conv2d_check`
@@ -263,13 +269,19 @@ class _Conv2dCall:
 
     def __init__(self, p, dtype, bias, activation, nhwc, algorithm="auto", backend="auto"):
         self.settings = _plan.settings()
-        self.plan = _plan.make("conv2d", p, dtype, algorithm, backend,
-                               _plan.conv2d_layout(p, algorithm, "nhwc" if nhwc else "nchw"))
+        key = (p, dtype, nhwc, algorithm, backend, self.settings)
+        planned = _CONV2D_PLANS.get(key)
+        if planned is None:
+            plan = _plan.make("conv2d", p, dtype, algorithm, backend,
+                              _plan.conv2d_layout(p, algorithm, "nhwc" if nhwc else "nchw"))
+            # computed channels last: out (N, P, Q, K), handed back as an NCHW-shaped view
+            out_shape = (p.N, p.P, p.Q, p.K) if plan.layout == "nhwc" else p.output_shape
+            if len(_CONV2D_PLANS) >= MEMO_SIZE:
+                _CONV2D_PLANS.clear()
+            planned = _CONV2D_PLANS[key] = plan, out_shape
+        self.plan, self.out_shape = planned
         _conv_room("conv2d", p, dtype, p.output_shape, self.plan)
         self.p, self.dtype, self.nhwc = p, dtype, nhwc
-        # computed channels last: out (N, P, Q, K), handed back as an NCHW-shaped view
-        self.out_shape = ((p.N, p.P, p.Q, p.K) if self.plan.layout == "nhwc"
-                          else p.output_shape)
         self.ep = _epilogue.make(dtype, bias, None, activation)
         self.bound = None
 

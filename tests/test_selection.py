@@ -522,6 +522,33 @@ def test_a_changed_threshold_changes_the_plan_at_once():
                              algorithm="direct")["slice_bytes"] == 123
 
 
+def test_conv2d_plans_memo_follows_the_settings():
+    """conv2d keeps each geometry's plan (``functional._CONV2D_PLANS``), keyed by what
+    the plan depends on beyond the call: a new thread count, threshold or default
+    backend gives the plan ``fastconv.plan`` gives, at the next call."""
+    from fastconv import functional
+    x, w = arrays(0, np.float32, (2, 16, 28, 28), (16, 16, 3, 3))
+    call = lambda: fastconv.conv2d(x, w, padding=1, algorithm="direct")   # noqa: E731
+    threads, backend = fastconv.get_num_threads(), fastconv.get_backend()
+    try:
+        for n in (1, 2):
+            fastconv.set_num_threads(n)
+            ran_plan(call, threads=n)
+            assert any(k[0].N == 2 and k[-1][0] == n for k in functional._CONV2D_PLANS)
+        slices = fastconv.plan("conv2d", x.shape, w.shape, padding=1,
+                               algorithm="direct")["slice_bytes"]
+        with tuned(DIRECT_SLICE_BYTES=123):
+            ran_plan(call, slice_bytes=123)
+        ran_plan(call, slice_bytes=slices)
+        for name in ("numba", "cython"):
+            if name in _dispatch.available_backends():
+                fastconv.set_backend(name)
+                ran_plan(call, backend=name)
+    finally:
+        fastconv.set_num_threads(threads)
+        fastconv.set_backend(backend)
+
+
 def test_every_threshold_is_documented():
     assert _tuning.DEFAULTS
     for name, entry in _tuning.DEFAULTS.items():
