@@ -208,6 +208,12 @@ def test_groups_and_depthwise(dtype):
     _check(dtype, 2, 16, 29, 35, 16, 3, 3, padding=1, groups=16, **dw)
     _check(dtype, 1, 4, 33, 40, 8, 3, 5, stride=(2, 3), padding=(1, 2), groups=4, **scatter)
     _check(dtype, 2, 8, 9, 9, 8, 3, 3, stride=2, padding=1, groups=8, **scatter)  # K = C
+    # 3x3 read in place: dilation 2 (taps' rows not shared), 5x5, and stride 2 on
+    # rows of 7 and 8 blocks (its unrolled, deinterleaved rows)
+    _check(dtype, 1, 8, 20, 23, 8, 3, 3, padding=2, dilation=2, groups=8, **dw)
+    _check(dtype, 1, 8, 17, 19, 8, 5, 5, padding=2, groups=8, **dw)
+    _check(dtype, 2, 16, 56, 37, 16, 3, 3, stride=2, padding=1, groups=16, **scatter)
+    _check(dtype, 1, 16, 33, 40, 16, 3, 3, stride=2, padding=1, groups=16, **scatter)
 
 
 def test_weight_cache_sees_in_place_changes():

@@ -700,10 +700,17 @@ static inline __attribute__((always_inline)) void FN(dw_block_x)(
     const T *const *row, const int R, const int S, fc_int dh, const fc_int *coff,
     const unsigned *mk, const T *wk, int flip, const int rows, FN(dvec) *acc)
 {
+    /* every loop unrolled (R, S, rows and, at dilation 1, dh constants), so acc stays
+     * in registers and the taps of one input row share its loads (GCC's default limits
+     * stop short of 63 FMAs: the accumulators went through the stack each tap) */
+#pragma GCC unroll 16
     for (int i = 0; i < rows; i++) acc[i] = (FN(dvec)){0};
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
         for (int s = 0; s < S; s++) {
             const T wv = wk[flip ? R * S - 1 - (r * S + s) : r * S + s];
+#pragma GCC unroll 16
             for (int i = 0; i < rows; i++)
                 acc[i] += (FN(dvec))FC_MLOAD(mk[s], row[i + r * dh] + coff[s]) * wv;
         }
@@ -720,7 +727,9 @@ static inline __attribute__((always_inline)) void FN(dw_rows_x)(
     const fc_int h0 = p0 - d->pt;
     for (fc_int j = 0; j < rows + (d->R - 1) * d->dh; j++)
         row[j] = h0 + j >= 0 && h0 + j < d->H ? xp + (h0 + j) * d->W : zero;
-    if (d->R == 3)
+    if (d->R == 3 && d->dh == 1)
+        FN(dw_block_x)(row, 3, 3, 1, coff, mk, wk, flip, rows, acc);
+    else if (d->R == 3)
         FN(dw_block_x)(row, 3, 3, d->dh, coff, mk, wk, flip, rows, acc);
     else
         FN(dw_block_x)(row, 5, 5, d->dh, coff, mk, wk, flip, rows, acc);
@@ -765,6 +774,7 @@ static inline __attribute__((always_inline)) void FN(dw_rows_x2)(
         mk[u] = hi <= lo ? 0u : (unsigned)FC_MASK(hi) & ~(unsigned)FC_MASK(lo);
     }
     for (int i = 0; i < rows; i++) acc[i] = (FN(dvec)){0};
+#pragma GCC unroll 17
     for (int j = 0; j < 2 * rows + 1; j++) {
         /* rw[u]: input column c0 + u of row j (masked to [0, W)) */
         const T *rw = (h0 + j >= 0 && h0 + j < d->H ? xp + (h0 + j) * d->W : zero) + c0;
@@ -772,6 +782,7 @@ static inline __attribute__((always_inline)) void FN(dw_rows_x2)(
         FC_DEINTERLEAVE(FC_MLOAD(mk[0], rw), FC_MLOAD(mk[1], rw + DVL), x0, x1);
         FC_DEINTERLEAVE(FC_MLOAD(mk[2], rw + 2), FC_MLOAD(mk[3], rw + 2 + DVL), x2, unused);
         (void)unused;
+#pragma GCC unroll 3
         for (int r = 0; r < 3; r++) {
             if ((j - r) % 2 != 0 || (j - r) / 2 < 0 || (j - r) / 2 >= rows) continue;
             const int i = (j - r) / 2;         /* the taps in dw_block9's order */
