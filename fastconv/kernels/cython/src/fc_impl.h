@@ -1592,36 +1592,26 @@ static void FN(depthwise_nhwc_row)(const T *x, fc_int H, fc_int W, fc_int C, fc_
      * block, so its taps' loads of one input pixel are one load (10 or 17 a row for
      * 24 FMAs, not 24) */
     const int s3 = S == 3 && dw == 1 ? (int)sw : 0;
-    for (; q + 8 <= qb; q += 8) {
-        FC_DW_PREFETCH();
-        for (fc_int c0 = 0; c0 < Cv; c0 += VL) {
-            const FN(vec) b = bias == NULL ? vzero : FN(vload)(bias + c0);
-            if (s3 == 1)
-                FN(dw_nhwc_block)(x, W, C, w, 3, h0, 1, pl, dh, 1, r_lo, r_hi, q, c0, b, y,
-                                  res, act, 8);
-            else if (s3 == 2)
-                FN(dw_nhwc_block)(x, W, C, w, 3, h0, 2, pl, dh, 1, r_lo, r_hi, q, c0, b, y,
-                                  res, act, 8);
-            else
-                FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0, b,
-                                  y, res, act, 8);
-        }
+    /* the columns from q in blocks of mp (8, then 4) */
+#define FC_DW_BLOCKS(mp)                                                                \
+    for (; q + (mp) <= qb; q += (mp)) {                                                 \
+        FC_DW_PREFETCH();                                                               \
+        for (fc_int c0 = 0; c0 < Cv; c0 += VL) {                                        \
+            const FN(vec) b = bias == NULL ? vzero : FN(vload)(bias + c0);              \
+            if (s3 == 1)                                                                \
+                FN(dw_nhwc_block)(x, W, C, w, 3, h0, 1, pl, dh, 1, r_lo, r_hi, q, c0, b, \
+                                  y, res, act, mp);                                     \
+            else if (s3 == 2)                                                           \
+                FN(dw_nhwc_block)(x, W, C, w, 3, h0, 2, pl, dh, 1, r_lo, r_hi, q, c0, b, \
+                                  y, res, act, mp);                                     \
+            else                                                                        \
+                FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0,  \
+                                  b, y, res, act, mp);                                  \
+        }                                                                               \
     }
-    for (; q + 4 <= qb; q += 4) {
-        FC_DW_PREFETCH();
-        for (fc_int c0 = 0; c0 < Cv; c0 += VL) {
-            const FN(vec) b = bias == NULL ? vzero : FN(vload)(bias + c0);
-            if (s3 == 1)
-                FN(dw_nhwc_block)(x, W, C, w, 3, h0, 1, pl, dh, 1, r_lo, r_hi, q, c0, b, y,
-                                  res, act, 4);
-            else if (s3 == 2)
-                FN(dw_nhwc_block)(x, W, C, w, 3, h0, 2, pl, dh, 1, r_lo, r_hi, q, c0, b, y,
-                                  res, act, 4);
-            else
-                FN(dw_nhwc_block)(x, W, C, w, S, h0, sw, pl, dh, dw, r_lo, r_hi, q, c0, b,
-                                  y, res, act, 4);
-        }
-    }
+    FC_DW_BLOCKS(8)
+    FC_DW_BLOCKS(4)
+#undef FC_DW_BLOCKS
     pf_share = pf_bytes;
     FC_DW_PREFETCH();                                  /* what the blocks left */
 #undef FC_DW_PREFETCH
