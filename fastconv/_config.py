@@ -93,8 +93,10 @@ ALIGN = 64
 
 
 _addressof, _c_char = ctypes.addressof, ctypes.c_char
-try:        # the Cython backend's address read, where it is built (loaded after the
-    from .kernels.cython.layout import address as _address       # OpenMP settings)
+# the Cython backend's address read, where it is built (loaded after the OpenMP
+# settings above, which its OpenMP runtime reads when it loads)
+try:
+    from .kernels.cython.layout import address as _address
 except ImportError:
     _address = None
 

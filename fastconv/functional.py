@@ -19,8 +19,8 @@ import numpy as np
 
 from . import _config, _dispatch, _plan
 from ._config import get_num_threads
-from ._geometry import (MEMO_SIZE, PoolParams, adaptive_output_size, adaptive_windows, avg_pool_args,
-                        block_params, check_dtype, check_epilogue, check_grad_output, check_memory,
+from ._geometry import (MEMO_SIZE, PoolParams, adaptive_output_size, adaptive_windows,
+                        avg_pool_args, block_params, check_dtype, check_epilogue, check_grad_output, check_memory,
                         conv_params, int_tuple, pool_params, transpose_params)
 from .kernels import epilogue as _epilogue
 from .kernels.weight_cache import PreparedWeight

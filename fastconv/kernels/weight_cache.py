@@ -32,9 +32,11 @@ except (OSError, AttributeError, TypeError):   # no C library handle (Windows)
 #: weights of at least this many bytes are compared on every thread at once
 PARALLEL_BYTES = 1 << 20
 
-try:        # the Cython backend's address and comparison, where it is built (a fraction
-    from .cython.layout import address as _address, same_bytes as _same_bytes   # of a
-except ImportError:                                            # ctypes call's cost)
+# the Cython backend's address read and comparison, where it is built: a fraction of a
+# ctypes call's cost
+try:
+    from .cython.layout import address as _address, same_bytes as _same_bytes
+except ImportError:
     _address = _same_bytes = None
 
 

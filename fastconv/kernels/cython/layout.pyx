@@ -98,12 +98,12 @@ def same_bytes(a, b, int nt):
 
 
 cdef bint _same(const char *pa, const char *pb, size_t n, int nt) noexcept:
-    cdef size_t part = (n + nt - 1) // nt if nt > 0 else n
+    if nt <= 1:
+        return memcmp(pa, pb, n) == 0
+    cdef size_t part = (n + nt - 1) // nt
     cdef Py_ssize_t t
     cdef size_t lo, hi
     cdef int differ = 0
-    if nt <= 1:
-        return memcmp(pa, pb, n) == 0
     with nogil:
         for t in prange(nt, num_threads=nt, schedule="static"):
             lo = t * part

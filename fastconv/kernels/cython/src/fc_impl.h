@@ -1488,8 +1488,7 @@ static void FN(conv_nhwc)(const T *x, fc_int rowstep, fc_int rows, fc_int xstep,
 static inline __attribute__((always_inline)) void FN(dw_nhwc_block)(const T *restrict x, fc_int W, fc_int C,
                                      const T *restrict w, const fc_int S, fc_int h0,
                                      const fc_int sw, fc_int pl, fc_int dh, const fc_int dw,
-                                     fc_int r_lo,
-                                     fc_int r_hi, fc_int q, fc_int c0, FN(vec) b,
+                                     fc_int r_lo, fc_int r_hi, fc_int q, fc_int c0, FN(vec) b,
                                      T *restrict y, const T *res, int act, int mp)
 {
     FN(vec) acc[8];
