@@ -7,9 +7,10 @@ both see the same machine state. Reported per case: each side's median time and 
 median over rounds of old/new (> 1: the new checkout is faster).
 
 Cases: every layer of ``fastconv.bench.LAYERS`` or those ``--layers`` names (a name,
-or a geometry ``C/HW/K/RS/stride/pad``; forward, grad-input, grad-weight, ``auto``), and whole networks from ``fastconv/networks.py`` (forward), at the given
-batch sizes and thread counts. Only the public API is called, so any two versions
-compare.
+or a geometry ``C/HW/K/RS/stride/pad``, with ``/groups`` after it for a grouped or
+depthwise layer; forward, grad-input, grad-weight, ``auto``), and whole networks from
+``fastconv/networks.py`` (forward), at the given batch sizes and thread counts. Only
+the public API is called, so any two versions compare.
 
     python benchmarks/ab.py --old ../old --new . --threads 1 2 --batch 1 8
     python benchmarks/ab.py --old ../old --new . --networks resnet18 mobilenet_v2 --no-layers
@@ -28,12 +29,14 @@ PASSES = ("fwd", "bwd_input", "bwd_weight")
 # -- worker: runs inside one checkout ------------------------------------------------------
 
 def _layer(name):
-    """A layer of ``fastconv.bench`` by name, or one given as ``C/HW/K/RS/stride/pad``
-    (``3/224/32/3/2/1``: the 3->32 3x3/2 stem)."""
+    """(layer, groups): a layer of ``fastconv.bench`` by name, or one given as
+    ``C/HW/K/RS/stride/pad`` or ``C/HW/K/RS/stride/pad/groups`` (``3/224/32/3/2/1``:
+    the 3->32 3x3/2 stem; ``144/56/144/3/1/1/144``: a depthwise layer)."""
     from fastconv.bench import Layer, layer
     if "/" not in name:
-        return layer(name)
-    return Layer(name, *(int(v) for v in name.split("/")))
+        return layer(name), 1
+    values = [int(v) for v in name.split("/")]
+    return Layer(name, *values[:6]), values[6] if len(values) > 6 else 1
 
 
 def _serve():
@@ -58,11 +61,11 @@ def _serve():
             net = networks.fastconv_forward(spec)
             x = rng.standard_normal((N,) + spec["input"], dtype=np.float32)
             return lambda: net(x)
-        L = _layer(name)
+        L, groups = _layer(name)
         xs, ws = L.shapes(N)
         x = rng.standard_normal(xs, dtype=np.float32)
-        w = rng.standard_normal(ws, dtype=np.float32)
-        kw = dict(stride=L.stride, padding=L.pad)
+        w = rng.standard_normal((ws[0], ws[1] // groups) + ws[2:], dtype=np.float32)
+        kw = dict(stride=L.stride, padding=L.pad, groups=groups)
         dy = rng.standard_normal(fastconv.conv2d(x, w, **kw).shape, dtype=np.float32)
         if pass_ == "fwd":
             return lambda: fastconv.conv2d(x, w, **kw)
@@ -112,7 +115,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.05,
                     help="seconds each timing repeats its call for")
-    ap.add_argument("--layers", nargs="*", help="layer names or C/HW/K/RS/stride/pad geometries (default: every layer)")
+    ap.add_argument("--layers", nargs="*", help="layer names or C/HW/K/RS/stride/pad[/groups] "
+                    "geometries (default: every layer)")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     ap.add_argument("--networks", nargs="*", default=[], help="networks to run forward")

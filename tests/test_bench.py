@@ -316,3 +316,19 @@ def test_a_cpu_without_a_baseline_records_one_and_passes(tmp_path):
                  "--report", str(report), "--retries", "0")
     assert "no baseline" not in done.stderr
     assert str(recorded) in report.read_text()
+
+
+def test_ab_times_a_depthwise_geometry(tmp_path):
+    """``benchmarks/ab.py`` takes a grouped geometry ``C/HW/K/RS/stride/pad/groups``: both
+    workers run the depthwise layer (a grouped weight: an ungrouped one of that shape
+    would raise) and the JSON holds a positive time per round and side."""
+    out = tmp_path / "ab.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ab.py"), "--old", str(ROOT),
+                    "--new", str(ROOT), "--threads", "1", "--batch", "1", "--rounds", "2",
+                    "--min-time", "0.001", "--passes", "fwd", "--layers", "16/12/16/3/2/1/16",
+                    "--json", str(out)], check=True, capture_output=True, text=True,
+                   timeout=300)
+    (case,) = json.loads(out.read_text())["results"]
+    assert (case["name"], case["pass"], case["N"]) == ("16/12/16/3/2/1/16", "fwd", 1)
+    assert len(case["old"]) == len(case["new"]) == 2
+    assert min(case["old"] + case["new"]) > 0
