@@ -92,13 +92,14 @@ _local = threading.local()
 ALIGN = 64
 
 
-_addressof, _c_char = ctypes.addressof, ctypes.c_char
-# the Cython backend's address read, where it is built (loaded after the OpenMP
-# settings above, which its OpenMP runtime reads when it loads)
+# address(a): the address of array a's first element, as an int. The Cython backend's
+# buffer read where it is built (a fraction of ctypes' cost; loaded after the OpenMP
+# settings above, which its OpenMP runtime reads when it loads), else NumPy's
 try:
-    from .kernels.cython.layout import address as _address
+    from .kernels.cython.layout import address
 except ImportError:
-    _address = None
+    def address(a):
+        return a.__array_interface__["data"][0]
 
 
 def empty(shape, dtype):
@@ -109,10 +110,7 @@ def empty(shape, dtype):
         return np.empty(shape, dtype)
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
     raw = np.empty(math.prod(shape) * dtype.itemsize + ALIGN, np.uint8)
-    # the address through the buffer protocol, or ctypes' view of the buffer (a quarter
-    # of raw.ctypes.data's time)
-    at = _addressof(_c_char.from_buffer(raw)) if _address is None else _address(raw)
-    return np.ndarray(shape, dtype, raw, -at % ALIGN)
+    return np.ndarray(shape, dtype, raw, -address(raw) % ALIGN)
 
 
 def workspace(slot, size, dtype):

@@ -32,12 +32,11 @@ except (OSError, AttributeError, TypeError):   # no C library handle (Windows)
 #: weights of at least this many bytes are compared on every thread at once
 PARALLEL_BYTES = 1 << 20
 
-# the Cython backend's address read and comparison, where it is built: a fraction of a
-# ctypes call's cost
+# the Cython backend's comparison, where it is built: a fraction of a ctypes call's cost
 try:
-    from .cython.layout import address as _address, same_bytes as _same_bytes
+    from .cython.layout import same_bytes as _same_bytes
 except ImportError:
-    _address = _same_bytes = None
+    _same_bytes = None
 
 
 def bitwise_equal(a, b):
@@ -52,7 +51,7 @@ def bitwise_equal(a, b):
             return _same_bytes(a, b, _config.get_num_threads()
                                if a.nbytes >= PARALLEL_BYTES else 1)
         if _memcmp is not None:
-            return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+            return _memcmp(_config.address(a), _config.address(b), a.nbytes) == 0
     bits = np.dtype(f"u{a.itemsize}")
     return bool(np.array_equal(a.view(bits), b.view(bits)))
 
@@ -121,7 +120,7 @@ def _aligned(derived):
     (``_config.empty``), so the kernels' vector loads of it never split two lines;
     anything else as it is."""
     if (isinstance(derived, np.ndarray) and derived.flags.c_contiguous
-            and derived.ctypes.data % _config.ALIGN):
+            and _config.address(derived) % _config.ALIGN):
         out = _config.empty(derived.shape, derived.dtype)
         out[...] = derived
         return out
@@ -199,8 +198,7 @@ class WeightCache:
 
     @staticmethod
     def _key(w):
-        at = w.__array_interface__["data"][0] if _address is None else _address(w)
-        return at, w.shape, w.strides, w.dtype.str
+        return _config.address(w), w.shape, w.strides, w.dtype.str
 
     def _nbytes(self):
         return sum(c.nbytes + sum(d.nbytes for d in ds.values())
