@@ -215,7 +215,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     -----
     NaN and Inf propagate as in PyTorch, except under the Winograd algorithms
     (Lavin & Gray 2016), whose transforms mix a whole output tile: a non-finite input
-    makes every output of the tiles that read it NaN.
+    makes every output of the tiles that read it NaN, and an infinite weight makes NaN
+    the outputs of its channel that the reference makes +-Inf.
 
     Examples
     --------

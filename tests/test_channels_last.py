@@ -110,7 +110,8 @@ def test_depthwise_nhwc(backend, dtype, case, seed, data):
     """Each backend's channels-last depthwise kernel (Numba: blocks of 8, 4 and 2
     pixels x 16 channels; Cython: blocks of 8 and 4 pixels x a vector of channels; the
     border pixels and the channel tail one by one) against the reference, with an
-    epilogue."""
+    epilogue, and sometimes a non-finite tap: the kernels skip the taps outside the
+    input, but PyTorch multiplies it by the padding (0 x Inf is NaN)."""
     if ("conv2d", "direct", backend) not in fastconv._dispatch.REGISTRY:
         pytest.skip(f"the {backend} backend is not available")
     p = fastconv._geometry.conv_params(
@@ -120,6 +121,10 @@ def test_depthwise_nhwc(backend, dtype, case, seed, data):
     bias = data.draw(st.sampled_from([None, b]))
     res = data.draw(st.sampled_from([None, r]))
     act = data.draw(st.sampled_from(list(epilogue.ACTIVATIONS)))
+    bad = data.draw(st.sampled_from([None, np.nan, np.inf, -np.inf]))
+    if bad is not None:
+        w[data.draw(st.integers(0, p.K - 1)), 0, data.draw(st.integers(0, p.R - 1)),
+          data.draw(st.integers(0, p.S - 1))] = bad
     with fastconv.trace_plans() as ran:
         y = fastconv.conv2d(cl(x), w, bias, **conv_args(case), activation=act,
                             residual=None if res is None else cl(res), algorithm="direct",

@@ -10,8 +10,12 @@ Blocked layouts (built per call from NCHW, never returned)::
     channels-last block  xf[h, w, c]              one channel block of one image
     blocked dy           dyb[n, g, kb, p, q, k]   16 output channels last
 """
+import dataclasses
+from typing import NamedTuple
+
 import numpy as np
 
+from .. import _config
 from .._machine import vector_registers
 
 #: pixels per block of direct's row kernel (``direct_row_{J}px_k16``): float64, float32
@@ -87,3 +91,39 @@ def flat_pitch(Q, S, sw, dw, pl, Wv):
 def patch_gemm_block(dtype):
     """(columns, rows) of the patch GEMM for ``dtype``."""
     return PATCH_GEMM_BLOCKS[0 if np.dtype(dtype) == np.float32 else 1]
+
+
+class DepthwiseTaps(NamedTuple):
+    """The channels-last depthwise kernels' weight (``depthwise_nhwc``), cached per
+    weight: ``taps`` (R, S, C), cache-line aligned, and whether every tap is finite."""
+    taps: np.ndarray
+    finite: bool
+
+    @property
+    def nbytes(self):
+        return self.taps.nbytes
+
+
+def depthwise_taps(w):
+    """:class:`DepthwiseTaps` of a depthwise weight ``w`` (C, 1, R, S)."""
+    taps = _config.empty(w.shape[2:] + w.shape[:1], w.dtype)
+    taps[...] = w[:, 0].transpose(1, 2, 0)
+    return DepthwiseTaps(taps, bool(np.isfinite(taps).all()))
+
+
+def zero_padded_nhwc(x, p):
+    """x (N, H, W, C) inside its zero padding of geometry ``p`` (run as
+    :func:`unpadded` ``(p)``): for the kernels that skip the taps outside the input,
+    given a non-finite weight, which PyTorch multiplies by the padding's zeros (0 x Inf
+    and 0 x NaN are NaN)."""
+    xp = np.zeros((p.N, p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right,
+                   p.C), x.dtype)
+    xp[:, p.pad_top:p.pad_top + p.H, p.pad_left:p.pad_left + p.W] = x
+    return xp
+
+
+def unpadded(p):
+    """The geometry ``p`` with its padding made part of the input."""
+    return dataclasses.replace(p, H=p.H + p.pad_top + p.pad_bottom,
+                               W=p.W + p.pad_left + p.pad_right, pad_top=0, pad_bottom=0,
+                               pad_left=0, pad_right=0)

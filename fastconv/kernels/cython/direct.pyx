@@ -65,7 +65,7 @@ import numpy as np
 
 from ..._config import get_num_threads, workspace, workspace_array
 from ..epilogue import none
-from ..layouts import flat_pitch
+from ..layouts import depthwise_taps, flat_pitch, unpadded, zero_padded_nhwc
 from ..weight_cache import CACHE as _weights
 from ._hot cimport fc_direct, fc_dw, fc_dweight, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
@@ -614,9 +614,10 @@ def _tap_columns(S, W, dw, sw, pl, Q):
 def _dw_nhwc(x, w, out, p, ep):
     """Depthwise convolution channels last, one output channel per input channel: out
     (N, P, Q, C) from x (N, H, W, C) read as it is (taps outside it skipped, not
-    padded), by ``depthwise_nhwc_row`` of ``src/fc_impl.h`` (the channels in the vector
-    lanes), an output row per parallel iteration; the weight as (R, S, C), cached (the
-    Numba kernel's layout and cache entry)."""
+    padded; padded if a tap is not finite), by ``depthwise_nhwc_row`` of
+    ``src/fc_impl.h`` (the channels in the vector lanes), an output row per parallel
+    iteration; the weight as (R, S, C), cached (the Numba kernel's layout and cache
+    entry)."""
     _dw_nhwc_bound(w, p, ep)(x, out, ep.residual)
 
 
@@ -624,14 +625,18 @@ def _dw_nhwc_bound(w, p, ep):
     """``run(x, out, residual)``: :func:`_dw_nhwc` for weight ``w``, geometry ``p`` and
     the epilogue's bias and activation, with the weight's layout and the tap table
     looked up once (``residual``: flat, or zero-size for none)."""
-    taps = _weights.get(w, "depthwise_nhwc",
-                        lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))).reshape(-1)
-    cols, qa, qb = _tap_columns(p.S, p.W, p.dil_w, p.stride_w, p.pad_left, p.Q)
+    taps, finite = _weights.get(w, "depthwise_nhwc", lambda: depthwise_taps(w))
+    taps = taps.reshape(-1)
+    padded = not finite and p.pad_top + p.pad_bottom + p.pad_left + p.pad_right
+    p0 = unpadded(p) if padded else p
+    cols, qa, qb = _tap_columns(p0.S, p0.W, p0.dil_w, p0.stride_w, p0.pad_left, p0.Q)
     bias, act = ep.bias, ep.act
-    geometry = (p.N, p.H, p.W, p.C, p.R, p.S, p.P, p.Q, p.stride_h, p.stride_w, p.pad_top,
-                p.pad_left, p.dil_h, p.dil_w, qa, qb, cols)
+    geometry = (p0.N, p0.H, p0.W, p0.C, p0.R, p0.S, p0.P, p0.Q, p0.stride_h, p0.stride_w,
+                p0.pad_top, p0.pad_left, p0.dil_h, p0.dil_w, qa, qb, cols)
 
     def run(x, out, residual):
+        if padded:                                  # a non-finite tap times the padding
+            x = zero_padded_nhwc(x, p)
         _dw_nhwc_run(x.reshape(-1), taps, out.reshape(-1), bias, residual, act, *geometry,
                      get_num_threads())
     return run
@@ -956,8 +961,7 @@ def bind_inverted_residual(plan, weights, biases, p, act):
         wet = wet.reshape(-1)
     kcols, wpt = _nhwc_panels(wp)
     wpt = wpt.reshape(-1)
-    taps = _weights.get(wd, "depthwise_nhwc",
-                        lambda: np.ascontiguousarray(wd[:, 0].transpose(1, 2, 0))).reshape(-1)
+    taps = _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd)).taps.reshape(-1)
     be, bd, bp = biases
     cols, qa, qb = _tap_columns(p.R, p.W, 1, p.stride, p.pad, p.Q)
     band = plan["rows"]

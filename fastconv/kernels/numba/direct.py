@@ -102,7 +102,8 @@ from numba import prange
 
 from ..._config import workspace, workspace_array
 from ..epilogue import none
-from ..layouts import DW_BLOCK, DW_NHWC_BLOCK, FLAT_BLOCKS, PAIRS, flat_pitch, lanes_block
+from ..layouts import (DW_BLOCK, DW_NHWC_BLOCK, FLAT_BLOCKS, PAIRS, depthwise_taps, flat_pitch,
+                       lanes_block, unpadded, zero_padded_nhwc)
 from ..weight_cache import CACHE as _weights
 from . import codegen
 from ._jit import jit
@@ -449,9 +450,10 @@ def _dw_nhwc(x, w, out, p, ep):
     """Depthwise convolution channels last, one output channel per input channel: out
     (N, P, Q, C) from x (N, H, W, C), by the generated ``depthwise_nhwc`` kernel (the
     channels in the vector lanes), reading the input as it is (taps outside it are
-    skipped, not padded)."""
-    taps = _weights.get(w, "depthwise_nhwc",
-                        lambda: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)))
+    skipped, not padded; padded if a tap is not finite)."""
+    taps, finite = _weights.get(w, "depthwise_nhwc", lambda: depthwise_taps(w))
+    if not finite and p.pad_top + p.pad_bottom + p.pad_left + p.pad_right:
+        x, p = zero_padded_nhwc(x, p), unpadded(p)   # a non-finite tap times the padding
     J, M = DW_NHWC_BLOCK
     _run(codegen.kernel("depthwise_nhwc", pixels=M, channels=J), p.N * p.P, x, taps, out,
          p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, x.dtype.type(0),
@@ -570,8 +572,7 @@ def inverted_residual(plan, x, weights, biases, p, out, act):
     we, wd, wp = weights
     be, bd, bp = biases
     dt, E, K, N = x.dtype, p.E, p.K, p.N
-    taps = _weights.get(wd, "depthwise_nhwc",
-                        lambda: np.ascontiguousarray(wd[:, 0].transpose(1, 2, 0)))
+    taps = _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd)).taps
     J, M = DW_NHWC_BLOCK
     empty = none(dt).bias
     if we is None:
