@@ -808,10 +808,10 @@ def inverted_residual(input, expand_weight, expand_bias, depthwise_weight, depth
 
     Notes
     -----
-    The kernels skip the depthwise taps outside the input, as conv2d's channels-last
-    depthwise kernel does, where the reference multiplies its zero padding: a
-    non-finite depthwise weight (Inf) leaves the border outputs finite where the
-    reference's ``0 x Inf`` makes them NaN. Non-finite inputs propagate alike.
+    NaN and Inf propagate as in PyTorch. The fused kernels skip the depthwise taps
+    outside the input, where PyTorch multiplies the zero padding (``0 x Inf`` is NaN):
+    with a non-finite depthwise weight they run the block as its three convolutions
+    instead, the depthwise one on the zero-padded expanded input.
     """
     x, unbatched, nhwc, weights, biases, dtype, p = _block_check(
         input, expand_weight, expand_bias, depthwise_weight, depthwise_bias, project_weight,

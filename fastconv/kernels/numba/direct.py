@@ -572,7 +572,7 @@ def inverted_residual(plan, x, weights, biases, p, out, act):
     we, wd, wp = weights
     be, bd, bp = biases
     dt, E, K, N = x.dtype, p.E, p.K, p.N
-    taps = _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd)).taps
+    taps, finite = _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd))
     J, M = DW_NHWC_BLOCK
     empty = none(dt).bias
     if we is None:
@@ -583,8 +583,11 @@ def inverted_residual(plan, x, weights, biases, p, out, act):
         np.matmul(x.reshape(-1, p.C), we.reshape(E, p.C).T, out=ef)
         _rows(ef.reshape(-1), 0, len(ef), E, be, empty, act)
     d = workspace_array("inverted_residual.depthwise", (N, p.P, p.Q, E), dt)
+    pad = p.pad
+    if not finite and pad:                      # a non-finite tap times the padding
+        e, pad = zero_padded_nhwc(e, p.convs()[-2]), 0
     _run(codegen.kernel("depthwise_nhwc", pixels=M, channels=J), N * p.P, e, taps, d,
-         p.stride, p.stride, p.pad, p.pad, 1, 1, dt.type(0), bd, empty, act)
+         p.stride, p.stride, pad, pad, 1, 1, dt.type(0), bd, empty, act)
     y = out.reshape(-1, K)
     np.matmul(d.reshape(-1, E), wp.reshape(K, E).T, out=y)
     _rows(y.reshape(-1), 0, len(y), K, bp, x.reshape(-1) if p.residual else empty, 0)
