@@ -421,6 +421,10 @@ DIRECT_PATHS = [
     ("flat, stride 2 (short rows, a short patch; float64: lanes)",
      {"conv2d": {np.float32: "flat", np.float64: "lanes"}},
      _case(2, 5, 9, 5, 14, 3, 3, 2, 1)),
+    # rows several vectors wide, split into their two column phases (padding and an
+    # odd width at the ends)
+    ("lanes, stride 2, wide rows split into phases",
+     {"conv2d": "lanes", "conv2d_input": "phases"}, _case(2, 3, 9, 75, 20, 3, 3, 2, (1, 2))),
     ("stride 2, RGB stem; input gradient by phases",
      {"conv2d": "lanes", "conv2d_input": "phases"}, _case(1, 3, 21, 19, 20, 7, 7, 2, 3)),
     ("strides (3, 2), dilation (2, 1), groups; a phase no tap reaches",
