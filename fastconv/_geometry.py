@@ -170,11 +170,15 @@ class ConvParams:
         return self.N == 0 or self.C == 0
 
     @property
+    def padded(self):
+        """Whether any side is padded."""
+        return bool(self.pad_top or self.pad_bottom or self.pad_left or self.pad_right)
+
+    @property
     def pointwise(self):
         """1x1 kernel, stride 1, no padding: the input planes already are the patch
         matrix (dilation is then irrelevant)."""
-        return (self.R == self.S == self.stride_h == self.stride_w == 1
-                and self.pad_top == self.pad_bottom == self.pad_left == self.pad_right == 0)
+        return self.R == self.S == self.stride_h == self.stride_w == 1 and not self.padded
 
     @property
     def flops(self):

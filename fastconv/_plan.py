@@ -509,8 +509,7 @@ def _im2col(op, p, dtype, threads, backend=None):
               else t.POINTWISE_PANEL_BYTES),)
     if p.pointwise:
         return ("batch_gemm", ()) if one_gemm else ("image_gemm", panel)
-    if op == "conv2d" and p.R == p.S == 1 and not (p.pad_top or p.pad_bottom or p.pad_left
-                                                    or p.pad_right):
+    if op == "conv2d" and p.R == p.S == 1 and not p.padded:
         return "image_gemm", panel  # strided 1x1 (a downsample): no patch matrix either
     CgRS = (p.C // p.groups) * p.R * p.S
     if (op == "conv2d_weight" and p.P * p.Q >= t.WEIGHT_FUSED_MIN_RATIO * CgRS

@@ -53,10 +53,9 @@ def conv2d(plan, x, w, p, out, finish=None):
     nt, pr = plan["tile"]
     Hp = p.H + p.pad_top + p.pad_bottom
     Wp = p.W + p.pad_left + p.pad_right
-    padded = p.pad_top or p.pad_bottom or p.pad_left or p.pad_right
     for n0 in range(0, p.N, nt):
         n1 = min(n0 + nt, p.N)
-        if padded:                                  # reused workspace: no fresh pages
+        if p.padded:                                  # reused workspace: no fresh pages
             xp = workspace_array("nhwc_padded", (n1 - n0, Hp, Wp, p.C), x.dtype)
             xp.fill(0)
             xp[:, p.pad_top:p.pad_top + p.H, p.pad_left:p.pad_left + p.W] = x[n0:n1]

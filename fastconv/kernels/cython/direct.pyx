@@ -64,7 +64,7 @@ import functools
 import numpy as np
 
 from ..._config import get_num_threads, workspace, workspace_array
-from ..epilogue import Epilogue, none
+from ..epilogue import Epilogue, apply, none
 from ..layouts import depthwise_taps, flat_pitch, unpadded, zero_padded_nhwc
 from ..weight_cache import CACHE as _weights
 from ._hot cimport fc_direct, fc_dw, fc_dweight, fc_int, fc_kernels, load_table, real
@@ -627,7 +627,7 @@ def _dw_nhwc_bound(w, p, ep):
     looked up once (``residual``: flat, or zero-size for none)."""
     taps, finite = _weights.get(w, "depthwise_nhwc", lambda: depthwise_taps(w))
     taps = taps.reshape(-1)
-    padded = not finite and p.pad_top + p.pad_bottom + p.pad_left + p.pad_right
+    padded = not finite and p.padded
     p0 = unpadded(p) if padded else p
     cols, qa, qb = _tap_columns(p0.S, p0.W, p0.dil_w, p0.stride_w, p0.pad_left, p0.Q)
     bias, act = ep.bias, ep.act
@@ -954,7 +954,8 @@ def bind_inverted_residual(plan, weights, biases, p, act):
     from .im2col import _nhwc_panels
     we, wd, wp = weights
     dt = wd.dtype
-    if p.pad and not _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd)).finite:
+    dwt = _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd))
+    if p.pad and not dwt.finite:
         return _ir_unfused_bound(weights, biases, p, act)
     if we is None:
         ecols, wet = 1, np.zeros(0, dt)
@@ -963,7 +964,7 @@ def bind_inverted_residual(plan, weights, biases, p, act):
         wet = wet.reshape(-1)
     kcols, wpt = _nhwc_panels(wp)
     wpt = wpt.reshape(-1)
-    taps = _weights.get(wd, "depthwise_nhwc", lambda: depthwise_taps(wd)).taps.reshape(-1)
+    taps = dwt.taps.reshape(-1)
     be, bd, bp = biases
     cols, qa, qb = _tap_columns(p.R, p.W, 1, p.stride, p.pad, p.Q)
     band = plan["rows"]
@@ -986,40 +987,32 @@ def bind_inverted_residual(plan, weights, biases, p, act):
     return run
 
 
-def _act_rows(h, bias, act):
-    """h (rows, channels) += bias (zero-size: none), then the activation, in place."""
-    if bias.shape[0]:
-        h += bias
-    if act == 1:
-        np.maximum(h, 0, out=h)                     # NaN stays NaN, as in the kernels
-    elif act == 2:
-        np.clip(h, 0, 6, out=h)
-
-
 def _ir_unfused_bound(weights, biases, p, act):
     """``run(x, out)`` of the block as its three convolutions, for a depthwise weight
     with a non-finite tap: the fused kernels skip the taps outside the input, where
     PyTorch multiplies the padding by it (0 x Inf and 0 x NaN are NaN). The 1x1s by
-    NumPy's matmul, the depthwise by conv2d's channels-last kernel (:func:`_dw_nhwc`),
-    which then runs on the zero-padded expanded input."""
+    NumPy's matmul (their bias and activation by ``epilogue.apply``), the depthwise by
+    conv2d's channels-last kernel (:func:`_dw_nhwc`), which then runs on the
+    zero-padded expanded input."""
     we, wd, wp = weights
     be, bd, bp = biases
     dt = wd.dtype
+    empty = none(dt).residual
     convs = p.convs()                               # (expansion,) depthwise, projection
-    depthwise = _dw_nhwc_bound(wd, convs[len(convs) - 2], Epilogue(bd, none(dt).residual, act))
+    depthwise = _dw_nhwc_bound(wd, convs[len(convs) - 2], Epilogue(bd, empty, act))
 
     def run(x, out):
         h = x
         if we is not None:
-            h = np.matmul(x.reshape(-1, p.C), we.reshape(p.E, p.C).T)
-            _act_rows(h, be, act)
+            h = np.matmul(x.reshape(-1, p.C), we.reshape(p.E, p.C).T).reshape(
+                p.N, p.H, p.W, p.E)
+            apply(h.transpose(0, 3, 1, 2), Epilogue(be, empty, act))
         d = np.empty((p.N, p.P, p.Q, p.E), dt)
-        depthwise(h.reshape(p.N, p.H, p.W, p.E), d, none(dt).residual)
-        y = out.reshape(-1, p.K)
-        np.matmul(d.reshape(-1, p.E), wp.reshape(p.K, p.E).T, out=y)
-        _act_rows(y, bp, 0)
+        depthwise(h, d, empty)
+        np.matmul(d.reshape(-1, p.E), wp.reshape(p.K, p.E).T, out=out.reshape(-1, p.K))
+        apply(out.transpose(0, 3, 1, 2), Epilogue(bp, empty, 0))
         if p.residual:
-            y += x.reshape(-1, p.C)
+            out += x
     return run
 
 

@@ -452,7 +452,7 @@ def _dw_nhwc(x, w, out, p, ep):
     channels in the vector lanes), reading the input as it is (taps outside it are
     skipped, not padded; padded if a tap is not finite)."""
     taps, finite = _weights.get(w, "depthwise_nhwc", lambda: depthwise_taps(w))
-    if not finite and p.pad_top + p.pad_bottom + p.pad_left + p.pad_right:
+    if not finite and p.padded:
         x, p = zero_padded_nhwc(x, p), unpadded(p)   # a non-finite tap times the padding
     J, M = DW_NHWC_BLOCK
     _run(codegen.kernel("depthwise_nhwc", pixels=M, channels=J), p.N * p.P, x, taps, out,
