@@ -21,6 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .._config import workspace_array
+from .layouts import zero_padded_nhwc
 from .weight_cache import CACHE
 
 VARIANTS = ("nhwc_gemm", "nhwc_tiled")
@@ -56,9 +57,8 @@ def conv2d(plan, x, w, p, out, finish=None):
     for n0 in range(0, p.N, nt):
         n1 = min(n0 + nt, p.N)
         if p.padded:                                  # reused workspace: no fresh pages
-            xp = workspace_array("nhwc_padded", (n1 - n0, Hp, Wp, p.C), x.dtype)
-            xp.fill(0)
-            xp[:, p.pad_top:p.pad_top + p.H, p.pad_left:p.pad_left + p.W] = x[n0:n1]
+            xp = zero_padded_nhwc(x[n0:n1], p, workspace_array("nhwc_padded",
+                                                               (n1 - n0, Hp, Wp, p.C), x.dtype))
         else:
             xp = x[n0:n1]
         for p0 in range(0, p.P, pr):

@@ -111,15 +111,19 @@ def depthwise_taps(w):
     return DepthwiseTaps(taps, bool(np.isfinite(taps).all()))
 
 
-def zero_padded_nhwc(x, p):
-    """x (N, H, W, C) inside its zero padding of geometry ``p`` (run as
-    :func:`unpadded` ``(p)``): for the kernels that skip the taps outside the input,
-    given a non-finite weight, which PyTorch multiplies by the padding's zeros (0 x Inf
-    and 0 x NaN are NaN)."""
-    xp = np.zeros((p.N, p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right,
-                   p.C), x.dtype)
-    xp[:, p.pad_top:p.pad_top + p.H, p.pad_left:p.pad_left + p.W] = x
-    return xp
+def zero_padded_nhwc(x, p, out=None):
+    """x (n, H, W, C), images of geometry ``p``, inside their zero padding, in ``out``
+    (n, H + pads, W + pads, C; default: a new array), as :func:`unpadded` ``(p)`` reads
+    them: for im2col's channels-last patches, and for the kernels that skip the taps
+    outside the input given a non-finite weight, which PyTorch multiplies by the
+    padding's zeros (0 x Inf and 0 x NaN are NaN)."""
+    shape = (len(x), p.H + p.pad_top + p.pad_bottom, p.W + p.pad_left + p.pad_right, p.C)
+    if out is None:
+        out = np.zeros(shape, x.dtype)
+    else:
+        out.fill(0)
+    out[:, p.pad_top:p.pad_top + p.H, p.pad_left:p.pad_left + p.W] = x
+    return out
 
 
 def unpadded(p):
