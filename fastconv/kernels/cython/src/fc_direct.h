@@ -272,6 +272,14 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     __builtin_prefetch(rk, 0, 1);
                     __builtin_prefetch(rk + (nq - 1) * d->ows, 0, 1);
                 }
+            /* likewise the output's lines a band ahead, for writing: the line of the
+             * block's last pixel (the row's first, too, in its first block) */
+            for (fc_int p = bp == 0 ? p0 : p0 + rows; p < p0 + 2 * rows && p < d->P; p++)
+                for (fc_int k = 0; k < nk; k++) {
+                    T *yk = out + o0 + k * plane + p * d->ohs * d->OW + q0 * d->ows;
+                    if (bq == 0) __builtin_prefetch(yk, 1, 1);
+                    __builtin_prefetch(yk + (nq - 1) * d->ows, 1, 1);
+                }
             if (rows == 1)
                 FN(direct_block1)(xn + q0, w, d->Cg, RS, d->plane, d->toff, tmp);
             else if (p0 + 1 == d->P)
