@@ -45,6 +45,11 @@ def _serve():
     import fastconv
     from fastconv.bench import layer
 
+    # the allocator's steady state on either side (fastconv.bench.steady_heap, which an
+    # older checkout may lack): a freed block of just under 32 MiB
+    block = np.empty((32 << 20) - (1 << 16), np.uint8)
+    del block
+
     # the networks of the new checkout, run on either side (they use the public API only)
     import importlib.util
     spec_ = importlib.util.spec_from_file_location("ab_networks", os.environ["AB_NETWORKS"])

@@ -73,6 +73,9 @@ def serve(engine):
 
     import fastconv  # noqa: F401  (first: it sets the OpenMP/OpenBLAS variables)
     from fastconv import networks
+    from fastconv.bench import steady_heap
+
+    steady_heap()                   # every engine's allocator in the same state
 
     runners = {}
 

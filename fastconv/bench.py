@@ -76,6 +76,30 @@ def layer(name):
     raise ValueError(f"unknown layer {name!r}; known: {', '.join(e.name for e in LAYERS + ODD_LAYERS)}")
 
 
+#: glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
+_MMAP_THRESHOLD_MAX = 32 << 20
+_steady = False
+
+
+def steady_heap():
+    """Put this process's allocator in the state a long-running program's is in, once.
+
+    glibc's malloc serves each block of 128 KiB or more with fresh pages from mmap, so
+    every call that allocates one pays a page fault per 4 KiB it touches, until the
+    process frees such a block: malloc then raises that threshold to the freed size
+    (up to 32 MiB) and reuses its heap. Which state a benchmark process is in depends
+    on what it happened to free before: PyTorch's 3->32 3x3/2 RGB stem, N=1, 1 thread,
+    ran in 1.6-2.0 ms in one process and 0.2-0.4 ms in another (AMD EPYC Zen 4), its
+    output and reorder buffers faulted in afresh on every call or not. Freeing one block
+    of just under 32 MiB puts every contender in the steady state at once. Called by
+    :func:`interleaved` and the benchmark workers; no effect with other allocators."""
+    global _steady
+    if not _steady:
+        block = np.empty(_MMAP_THRESHOLD_MAX - (1 << 16), np.uint8)
+        del block
+        _steady = True
+
+
 def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0,
                 clock=time.perf_counter, settle=0.0):
     """Time each callable in ``contenders`` (a dict name -> fn) ``rounds`` times,
@@ -91,7 +115,9 @@ def interleaved(contenders, rounds=7, warmup=1, min_time=0.0, warmup_time=0.0,
     ``settle``, each timing first runs its call untimed for that many seconds: after
     another contender ran, a kernel's first calls run slow (on the Intel Xeon VM
     ``rocketlake`` 1.5-2x for about 30 ms, even after a pure-Python loop), which
-    would count against whichever contender the rotation puts after another."""
+    would count against whichever contender the rotation puts after another. The
+    process's allocator is first put in its steady state (:func:`steady_heap`)."""
+    steady_heap()
     names = list(contenders)
     t0 = time.perf_counter()
     done = 0
