@@ -190,6 +190,11 @@ def _algorithm(op, p, dtype, layout="nchw"):
     if (op == "conv2d_weight" and wide and max(p.stride_h, p.stride_w) <= 2
             and patch >= t.DIRECT_MAX_PATCH):
         return "direct"
+    # stride-2 input gradients with enough outputs: a lanes forward per residue class
+    if (op == "conv2d_input" and p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1
+            and registers >= t.BLAS_BELOW_REGISTERS and p.N * p.P * p.Q >= t.PHASES_MIN_OUTPUTS
+            and lanes_phase(dtype, p.P, p.Q, Cg)):
+        return "direct"
     return "im2col"
 
 
@@ -241,6 +246,15 @@ def lanes_wins(dtype, sh, sw, ish, isw, P, Q, patch):
     return (dtype == np.float32 and sh == sw and sw in layouts.LANES_STRIDES
             and ish == isw == 1 and block is not None
             and (block[0] == 1 or patch >= _tuning.LANES_MIN_PATCH))
+
+
+def lanes_phase(dtype, P, Q, Cg):
+    """Whether the input gradient's residue class of P x Q pixels of dx (Cg channels per
+    group, the classes' forward's outputs) runs the lanes core: float32, a lanes block
+    that fits and C/groups of two vectors at least (the block's channels; fewer, an RGB
+    stem's 3, would leave most lanes empty). Else the flat core."""
+    return (dtype == np.float32 and layouts.lanes_block(P, Q) is not None
+            and Cg >= 2 * layouts.lanes(dtype))
 
 
 def streams_weight(nbytes):
@@ -345,9 +359,10 @@ def _direct(op, p, dtype, threads, backend=None):
         phases = []
         for tr, _, _, Hi, _ in rows:
             for tc, _, _, Wi, _ in cols:
-                # flat: the core that writes strided rows; "" for a class no tap reaches
+                # lanes or flat (lanes_phase); "" for a class no tap reaches
                 empty = _taps(tr, p.R) == 0 or _taps(tc, p.S) == 0 or Hi == 0 or Wi == 0
-                phases.append("" if empty else "flat")
+                core = "lanes" if lanes_phase(dtype, Hi, Wi, Cg) else "flat"
+                phases.append("" if empty else core)
         return "phases", (("rows", rows), ("cols", cols), ("cores", tuple(phases)),
                           ("slice_bytes", _tuning.DIRECT_SLICE_BYTES),
                           ("pad_serial_rows", _tuning.PAD_SERIAL_ROWS))

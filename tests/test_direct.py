@@ -401,6 +401,26 @@ def test_lanes_kernel():
 
 @pytest.mark.parametrize("backend", sorted({b for a, b in kernel_pairs("conv2d")
                                             if a == "direct"}))
+def test_input_gradient_lanes_phases(backend):
+    """The stride-2 input gradient's residue classes on the lanes core (C/groups of two
+    vectors at least, float32; ``_plan.lanes_phase``), each class's rows and columns
+    stored every other one: odd sizes (classes of unequal size), asymmetric padding, a
+    channel tail (C = 33), groups with 32 channels each, both row blocks; float64 and
+    three channels keep flat."""
+    _check(np.float32, 2, 33, 15, 2 * ONE_ROW[1] + 3, 20, 3, 3, stride=2, padding=(1, 0),
+           inp=("lanes",) * 4, backend=backend)
+    _check(np.float32, 1, 64, 2 * SHORT + 1, 2 * SHORT, 24, 3, 3, stride=2, padding=1,
+           groups=2, inp=("lanes",) * 4, backend=backend)
+    _check(np.float32, 1, 40, 12, 11, 16, 2, 2, stride=2, padding=0,     # 1 tap per class
+           inp=("lanes",) * 4, backend=backend)
+    _check(np.float64, 1, 40, 12, 11, 16, 3, 3, stride=2, padding=1,
+           inp=("flat",) * 4, backend=backend)
+    _check(np.float32, 1, 3, 21, 19, 20, 7, 7, stride=2, padding=3,
+           inp=("flat",) * 4, backend=backend)
+
+
+@pytest.mark.parametrize("backend", sorted({b for a, b in kernel_pairs("conv2d")
+                                            if a == "direct"}))
 def test_streamed_lanes_kernel(backend):
     """The two-row lanes kernel that lays out the weight per work item (Numba's ``_s``
     kernel; Cython's ``direct_streamed_item``, a block of output channels for every
@@ -431,7 +451,7 @@ def test_streamed_lanes_kernel(backend):
                **streamed, backend=backend)
         _check(np.float32, 2, 40, 15, 2 * SHORT - 1, 33, 3, 3, stride=2, padding=1,
                fwd="lanes_streamed", block=TWO_ROWS,
-               inp=("flat",) * 4, backend=backend)                    # 8 x SHORT, stride 2
+               inp=("lanes",) * 4, backend=backend)                   # 8 x SHORT, stride 2
         _check(np.float32, 1, 36, 11, SHORT, 64, 3, 3, padding=(1, 2), dilation=2,
                **streamed, backend=backend)
         _check(np.float32, 1, 30, 8, SHORT - 1, 32, 5, 5, padding=2,

@@ -148,6 +148,14 @@ TABLE = [
     _row("conv2d_weight", (8, 512, 14, 14), 512, 3, ("direct", "blocked"), stride=2,
          padding=1),
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1),
+    # with 32 vector registers, stride-2 input gradients of PHASES_MIN_OUTPUTS run direct's
+    # lanes core per residue class; fewer outputs (N = 1) and RGB stems keep im2col
+    _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
+         **NO_BLAS),
+    _row("conv2d_input", (1, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1,
+         **NO_BLAS),
+    _row("conv2d_input", (8, 3, 224, 224), 64, 7, ("im2col", "tiled"), stride=2, padding=3,
+         **NO_BLAS),
     # the input gradient of a stride-2 layer by direct: one forward per residue class
     # (float32), or the forward on dy with zeros inserted (float64)
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
@@ -271,11 +279,11 @@ def test_plan_blocking_of_table_layers():
     """Blocking values the kernels read, for a few layers of the table."""
     res3 = fastconv.plan("conv2d_input", (8, 128, 56, 56), (128, 128, 3, 3), stride=2,
                          padding=1, algorithm="direct")
-    assert res3["cores"] == ("flat",) * 4                 # 2 x 2 residue classes, 28 x 28
+    assert res3["cores"] == ("lanes",) * 4                # 2 x 2 residue classes, 28 x 28
     assert [r[3] for r in res3["rows"]] == [28, 28]
     stem = fastconv.plan("conv2d_input", (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3,
                          algorithm="direct")
-    assert len(stem["cores"]) == 4 and all(stem["cores"])
+    assert stem["cores"] == ("flat",) * 4                 # 3 channels: flat (lanes_phase)
     # direct's lanes blocks (layouts.LANES_BLOCKS): two rows on rows of J2 (res5's 7 x 7
     # with 32 vector registers; 128 input channels, which F(2x2,3x3) leaves to direct),
     # one row on the stem's 112

@@ -494,11 +494,19 @@ def _input_grad_phases(plan, dy, w, p, out):
                 continue
             wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
                                           slice(*tc) if tc else slice(None)])
-            _forward_blocked(core, plan["slice_bytes"], plan["pad_serial_rows"], dy, wsub, out,
+            # the lanes core writes whole rows: its class into a dense array, then copied
+            # to every stride-th row and column; the flat core writes them itself
+            lanes = core == "lanes"
+            dst = np.empty((p.N, p.C, Hi, Wi), out.dtype) if lanes else out
+            _forward_blocked(core, plan["slice_bytes"], plan["pad_serial_rows"], dy, wsub, dst,
                              p.N, p.K, p.C, wsub.shape[2], wsub.shape[3], p.groups, 1, 1,
                              ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,
                              kind=("phase", tr, tc),          # cached per sub-kernel
-                             orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w))
+                             orow=(0, 1) if lanes else (oh0, p.stride_h),
+                             ocol=(0, 1) if lanes else (ow0, p.stride_w))
+            if lanes:
+                out[:, :, oh0:oh0 + (Hi - 1) * p.stride_h + 1:p.stride_h,
+                    ow0:ow0 + (Wi - 1) * p.stride_w + 1:p.stride_w] = dst
 
 
 def conv2d_input(plan, dy, w, p, out):
