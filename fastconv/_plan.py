@@ -182,7 +182,7 @@ def _algorithm(op, p, dtype, layout="nchw"):
     # of one vector's lanes at least): the input gradient of stride 1 (a forward on dy),
     # and the weight gradient of strides 1 and 2 with long patches. 5x5, 7x7, dilated
     # and grouped layers ran 1.3-1.9x im2col's speed on both backends (AMD EPYC Zen 4,
-    # session 33); im2col keeps RGB stems and stride-2 input gradients
+    # session 33); im2col keeps RGB stems, and stride-2 input gradients but those below
     wide = Cg >= t.DIRECT_MIN_OUTPUTS and p.R * p.S > 1
     if (op == "conv2d_input" and wide and p.stride_h == p.stride_w == 1
             and registers >= t.BLAS_BELOW_REGISTERS):

@@ -28,11 +28,12 @@ Variants (``VARIANTS`` in ``__init__.py``):
 - ``flat`` (conv2d, and conv2d_input at stride 1; float32, where the rules choose it:
   short rows on short patches, some stride-2 forwards): the pixels are the vector
   lanes, the output grid flattened (:func:`_flat`).
-- ``phases`` (conv2d_input, stride > 1): one stride-1 ``flat`` forward of ``grad_output`` per
+- ``phases`` (conv2d_input, stride > 1): one stride-1 forward of ``grad_output`` per
   residue class of the rows and columns of dx (the plan's ``rows``, ``cols``: the
-  class's taps, padding, first row and dilation, ``_plan.input_grad_phases``), each
-  with its sub-kernel, writing every stride-th row and column of dx; nothing multiplies
-  an inserted zero.
+  class's taps, padding, first row and dilation, ``_plan.input_grad_phases``; its
+  ``cores``: ``lanes`` where C/groups fills a block, ``_plan.lanes_phase``, else
+  ``flat``), each with its sub-kernel, writing every stride-th row and column of dx;
+  nothing multiplies an inserted zero.
 - ``blocked`` (conv2d_weight): work items (group, block of input channels, block of
   output channels), the batch cut in the plan's ``batch_splits`` parts, each with its
   own gradient, summed in order. Image by image and tap by tap, a register block of
