@@ -166,6 +166,7 @@ def main(argv=None):
     for proc in (old, new):
         proc.stdin.close()
         proc.wait()
+        proc.stdout.close()
     ratios = np.array([r["ratio"] for r in results])
     print(f"\nmedian old/new over {len(ratios)} cases: {np.median(ratios):.3f} "
           f"(min {ratios.min():.3f}, max {ratios.max():.3f})")

@@ -37,7 +37,7 @@ import argparse
 import json
 
 from fastconv._engines import ENGINES, MODELS, ask, available, compare, format_header, \
-    format_row, machine, start
+    format_row, machine, start, stop
 
 
 def _print_steps(procs, name, N, threads, rounds):
@@ -158,8 +158,7 @@ def main(argv=None):
                         results.append(_print_steps(procs, name, N, threads, args.rounds))
     finally:
         for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
+            stop(proc)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=info, results=results), f, indent=1)

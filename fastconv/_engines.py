@@ -283,6 +283,14 @@ def start(engine):
     return proc
 
 
+def stop(proc):
+    """End a worker from :func:`start`: its input closed, its exit awaited, its output
+    pipe closed."""
+    proc.stdin.close()
+    proc.wait()
+    proc.stdout.close()
+
+
 def ask(proc, req):
     proc.stdin.write(json.dumps(req) + "\n")
     proc.stdin.flush()
@@ -388,8 +396,7 @@ def run_model(args):
                           progress=not args.no_progress)
     finally:
         for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
+            stop(proc)
     for t in threads:
         print("\n" + format_header(engines, t, rounds))
         for row in results:

@@ -123,8 +123,7 @@ def test_network_layer_times_in_the_network_against_pytorch():
         again = _engines.ask(procs["fastconv"], req)
     finally:
         for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
+            _engines.stop(proc)
     rep = first["fastconv"]
     assert rep["peak"] > 0 and again["peak"] == rep["peak"]      # the same network, kept
     assert [row[0] for row in rep["layers"]] == names
