@@ -227,13 +227,76 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     array([[[[-8., -8.],
              [-8., -8.]]]], dtype=float32)
     """
-    x, unbatched, nhwc, w, dtype, p, bias, residual = _conv2d_check(
+    args = (stride, padding, dilation, groups, activation, algorithm, backend)
+    key = _call_key(input, weight, bias, residual, args)
+    prepared = type(weight) is PreparedWeight
+    calls = weight.calls if prepared else _CONV2D_CALLS
+    if key is not None:
+        call = calls.get(key)
+        if call is not None:                        # validated and planned before
+            return call(input, weight.array if prepared else weight, residual)
+    x, unbatched, nhwc, w, dtype, p, b, r = _conv2d_check(
         input, weight, bias, stride, padding, dilation, groups, activation, residual)
     if p.empty:
         _plan.check_names("conv2d", algorithm, backend)
         return _unbatch(np.zeros(p.output_shape, dtype), unbatched)
-    return _unbatch(_Conv2dCall(p, dtype, bias, activation, nhwc, algorithm, backend)(
-        x, w, residual), unbatched)
+    call = _Conv2dCall(p, dtype, b, activation, nhwc, algorithm, backend)
+    if (key is not None and x is input and (prepared or w is weight) and r is residual
+            and (bias is None or call.ep.bias is bias)):
+        # a later call with an equal key would pass the same arrays to the same kernel
+        if prepared:
+            call.bind(w)
+        if len(calls) >= (PREPARED_CALLS if prepared else MEMO_SIZE):
+            calls.clear()
+        calls[key] = call
+    return _unbatch(call(x, w, r), unbatched)
+
+
+#: conv2d's calls on plain arrays that passed the checks, by :func:`_call_key`: a call
+#: with an equal key skips validation and planning, whose outcome the key decides (up to
+#: MEMO_SIZE kept). A prepared weight keeps its own (``PreparedWeight.calls``, bound to
+#: it: :meth:`_Conv2dCall.bind`), up to PREPARED_CALLS of them.
+_CONV2D_CALLS = {}
+PREPARED_CALLS = 16
+
+
+def _call_key(input, weight, bias, residual, args):
+    """The key of a conv2d call in its memo: everything validation and planning read
+    (the arrays' shapes, strides and dtypes, the other arguments, the bias's identity,
+    held by the memo's entry so that no other array takes its id, and
+    :func:`fastconv._plan.settings`); None for a call that takes the full path each
+    time: 3-D input, arrays that are not exactly ``np.ndarray``, or arguments other
+    than ints, strings, tuples of ints and None (a bool or float is not let through
+    where an int equal to it was)."""
+    if type(input) is not np.ndarray or input.ndim != 4:
+        return None
+    for a in args:
+        t = type(a)
+        if t is tuple:
+            for e in a:
+                if type(e) is not int:
+                    return None
+        elif t is not int and t is not str and a is not None:
+            return None
+    if type(weight) is np.ndarray:
+        wk = (weight.shape, weight.strides, weight.dtype)
+    elif type(weight) is PreparedWeight:
+        wk = None                                   # the key of its own memo
+    else:
+        return None
+    if bias is None:
+        bk = None
+    elif type(bias) is np.ndarray:
+        bk = (id(bias), bias.shape, bias.strides, bias.dtype)
+    else:
+        return None
+    if residual is None:
+        rk = None
+    elif type(residual) is np.ndarray:
+        rk = (residual.shape, residual.strides, residual.dtype)
+    else:
+        return None
+    return (input.shape, input.strides, input.dtype, wk, bk, rk, args, _plan.settings())
 
 
 def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activation,

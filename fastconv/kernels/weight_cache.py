@@ -86,6 +86,8 @@ class PreparedWeight:
         array.flags.writeable = False
         self.array = array
         self.derived = {}
+        #: conv2d's validated calls on this weight, bound to it (``functional.conv2d``)
+        self.calls = {}
         key = id(array)
         _PREPARED[key] = weakref.ref(self)
         weakref.finalize(self, _PREPARED.pop, key, None)
