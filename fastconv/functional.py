@@ -246,17 +246,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         # a later call with an equal key would pass the same arrays to the same kernel
         if prepared:
             call.bind(w)
-        if len(calls) >= (PREPARED_CALLS if prepared else MEMO_SIZE):
+        if len(calls) >= (PREPARED_CALLS if prepared else ARRAY_CALLS):
             calls.clear()
         calls[key] = call
     return _unbatch(call(x, w, r), unbatched)
 
 
 #: conv2d's calls on plain arrays that passed the checks, by :func:`_call_key`: a call
-#: with an equal key skips validation and planning, whose outcome the key decides (up to
-#: MEMO_SIZE kept). A prepared weight keeps its own (``PreparedWeight.calls``, bound to
-#: it: :meth:`_Conv2dCall.bind`), up to PREPARED_CALLS of them.
+#: with an equal key skips validation and planning, whose outcome the key decides. Up to
+#: ARRAY_CALLS kept (each holds its bias array); a prepared weight keeps its own
+#: (``PreparedWeight.calls``, bound to it: :meth:`_Conv2dCall.bind`), up to
+#: PREPARED_CALLS of them.
 _CONV2D_CALLS = {}
+ARRAY_CALLS = 1024
 PREPARED_CALLS = 16
 
 
