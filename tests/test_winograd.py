@@ -466,6 +466,34 @@ def test_kernel_blocks_channels_last_with_epilogue(backend):
     assert_close(got, ref, tolerance(np.float32, "winograd_f4"))
 
 
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_blocks_copies_on_threads_equal_numpy(nhwc, threads, monkeypatch):
+    """The stacked input and its fold (the input gradient's) made by the Cython layout
+    module on OpenMP's threads are bit for bit NumPy's, for every placement of
+    BLOCK_CASES, at sizes over its serial threshold too (a batch of 40 images)."""
+    from fastconv.kernels import kernel_blocks as kb
+    if kb._layout is None:
+        pytest.skip("the Cython backend is not built")
+    fastconv.set_num_threads(min(threads, fastconv.get_num_threads()))
+    for seed, case in enumerate(BLOCK_CASES):
+        for N in (case[0], 40):
+            p = _kernel_params(N, *case[1:])
+            q = fastconv._geometry.blocked_params(p)
+            x, s = arrays(seed, np.float32, p.input_shape, (N, q.C, q.H, q.W))
+            xl = fastconv.to_channels_last(x).transpose(0, 2, 3, 1) if nhwc else x
+            got = kb.stack_input(xl, p, nhwc).copy()
+            out = np.empty(p.input_shape, np.float32)
+            kb.fold_input(s, p, out)
+            with monkeypatch.context() as m:
+                m.setattr(kb, "_layout", None)           # NumPy's copies
+                want = kb.stack_input(xl, p, nhwc).copy()
+                want_out = np.full(p.input_shape, np.nan, np.float32)
+                kb.fold_input(s, p, want_out)
+            np.testing.assert_array_equal(got, want, f"{case} N={N}")
+            np.testing.assert_array_equal(out, want_out, f"{case} N={N}")
+
+
 def test_kernel_blocks_kept_with_the_weight():
     """A prepared weight keeps its stacked blocks, and they keep their transformed
     filter: the second call builds nothing. A plain weight changed in place gives the

@@ -13,7 +13,7 @@ image back to NCHW 0.49 ms against 4.6 ms, a 3 x 224 x 224 one to channels last
 from cython.parallel cimport prange
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_STRIDED_RO, PyBuffer_Release,
                             PyObject_GetBuffer)
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy, memset
 
 ctypedef fused real:
     float
@@ -111,3 +111,96 @@ cdef bint _same(const char *pa, const char *pb, size_t n, int nt) noexcept:
             if lo < hi and memcmp(pa + lo, pb + lo, hi - lo) != 0:
                 differ += 1
     return differ == 0
+
+
+def stack_planes(const real[:, :, :, ::1] x, real[:, :, :, ::1] s,
+                 const Py_ssize_t[:, ::1] place, int nt):
+    """The stacked input of a kernel's 3x3 blocks (``kernels/kernel_blocks.py``): s[n,
+    b*C + c, u, v] = x[n, c, u + dr, v + dc] for rows u in [r0, r1) and columns v in [c0,
+    c1), 0 elsewhere, where place[b] = (r0, r1, c0, c1, dr, dc); x (N, C, H, W), s (N,
+    B*C, Hs, Ws). One plane of s per parallel iteration."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], W = x.shape[3]
+    cdef Py_ssize_t B = place.shape[0], Hs = s.shape[2], Ws = s.shape[3]
+    if s.shape[0] != N or s.shape[1] != B * C or place.shape[1] != 6:
+        raise ValueError(f"stack_planes: s of shape {tuple(s.shape)[:4]}, place of shape "
+                         f"{tuple(place.shape)[:2]} for x of shape {tuple(x.shape)[:4]}")
+    cdef Py_ssize_t it, n, b, c, u, r0, r1, c0, c1, dr, dc
+    cdef int threads = nt if N * B * C * Hs * Ws >= SERIAL_ELEMENTS else 1
+    cdef real *d
+    cdef const real *src
+    with nogil:
+        for it in prange(N * B * C, num_threads=threads,
+                         schedule="static"):
+            n, b, c = it // (B * C), it // C % B, it % C     # plane (n, b*C + c) of s
+            r0, r1, c0, c1 = place[b, 0], place[b, 1], place[b, 2], place[b, 3]
+            dr, dc = place[b, 4], place[b, 5]
+            d = &s[n, b * C + c, 0, 0]
+            src = &x[n, c, 0, 0]
+            for u in range(Hs):
+                if u < r0 or u >= r1:
+                    memset(d + u * Ws, 0, Ws * sizeof(real))
+                    continue
+                if c1 <= c0:
+                    memset(d + u * Ws, 0, Ws * sizeof(real))
+                    continue
+                memset(d + u * Ws, 0, c0 * sizeof(real))
+                memcpy(d + u * Ws + c0, src + (u + dr) * W + c0 + dc, (c1 - c0) * sizeof(real))
+                memset(d + u * Ws + c1, 0, (Ws - c1) * sizeof(real))
+
+
+def stack_rows(const real[:, :, :, ::1] x, real[:, :, :, ::1] s,
+               const Py_ssize_t[:, ::1] place, int nt):
+    """:func:`stack_planes` channels last: x (N, H, W, C), s (N, Hs, Ws, B*C), s[n, u, v,
+    b*C + c] = x[n, u + dr, v + dc, c] inside block b's rows and columns, else 0. One
+    row of s per parallel iteration."""
+    cdef Py_ssize_t N = x.shape[0], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t B = place.shape[0], Hs = s.shape[1], Ws = s.shape[2]
+    if s.shape[0] != N or s.shape[3] != B * C or place.shape[1] != 6:
+        raise ValueError(f"stack_rows: s of shape {tuple(s.shape)[:4]}, place of shape "
+                         f"{tuple(place.shape)[:2]} for x of shape {tuple(x.shape)[:4]}")
+    cdef Py_ssize_t it, n, u, b, v, r0, r1, c0, c1, dr, dc
+    cdef int threads = nt if N * Hs * Ws * B * C >= SERIAL_ELEMENTS else 1
+    cdef real *d
+    with nogil:
+        for it in prange(N * Hs, num_threads=threads,
+                         schedule="static"):
+            n, u = it // Hs, it % Hs                # row (n, u) of s
+            for b in range(B):
+                r0, r1, c0, c1 = place[b, 0], place[b, 1], place[b, 2], place[b, 3]
+                dr, dc = place[b, 4], place[b, 5]
+                for v in range(Ws):
+                    d = &s[n, u, v, b * C]
+                    if u < r0 or u >= r1 or v < c0 or v >= c1:
+                        memset(d, 0, C * sizeof(real))
+                    else:
+                        memcpy(d, &x[n, u + dr, v + dc, 0], C * sizeof(real))
+
+
+def fold_planes(const real[:, :, :, ::1] s, real[:, :, :, ::1] out,
+                const Py_ssize_t[:, ::1] place, int nt):
+    """The adjoint of :func:`stack_planes`: out[n, c] = the sum over blocks b, in order,
+    of s[n, b*C + c]'s rows [r0, r1) and columns [c0, c1), each added at (u + dr, v +
+    dc); out (N, C, H, W) is overwritten. One plane of out per parallel iteration, so
+    each element's sum runs in one thread in a fixed order."""
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
+    cdef Py_ssize_t B = place.shape[0], Ws = s.shape[3]
+    if s.shape[0] != N or s.shape[1] != B * C or place.shape[1] != 6:
+        raise ValueError(f"fold_planes: s of shape {tuple(s.shape)[:4]}, place of shape "
+                         f"{tuple(place.shape)[:2]} for out of shape {tuple(out.shape)[:4]}")
+    cdef Py_ssize_t it, n, c, b, u, v, r0, r1, c0, c1, dr, dc
+    cdef int threads = nt if N * B * C * s.shape[2] * Ws >= SERIAL_ELEMENTS else 1
+    cdef real *o
+    cdef const real *src
+    with nogil:
+        for it in prange(N * C, num_threads=threads,
+                         schedule="static"):
+            n, c = it // C, it % C
+            o = &out[n, c, 0, 0]
+            memset(o, 0, H * W * sizeof(real))
+            for b in range(B):
+                r0, r1, c0, c1 = place[b, 0], place[b, 1], place[b, 2], place[b, 3]
+                dr, dc = place[b, 4], place[b, 5]
+                src = &s[n, b * C + c, 0, 0]
+                for u in range(r0, r1):
+                    for v in range(c0, c1):
+                        o[(u + dr) * W + v + dc] += src[u * Ws + v]
