@@ -129,18 +129,14 @@ def stack_planes(const real[:, :, :, ::1] x, real[:, :, :, ::1] s,
     cdef real *d
     cdef const real *src
     with nogil:
-        for it in prange(N * B * C, num_threads=threads,
-                         schedule="static"):
+        for it in prange(N * B * C, num_threads=threads, schedule="static"):
             n, b, c = it // (B * C), it // C % B, it % C     # plane (n, b*C + c) of s
             r0, r1, c0, c1 = place[b, 0], place[b, 1], place[b, 2], place[b, 3]
             dr, dc = place[b, 4], place[b, 5]
             d = &s[n, b * C + c, 0, 0]
             src = &x[n, c, 0, 0]
             for u in range(Hs):
-                if u < r0 or u >= r1:
-                    memset(d + u * Ws, 0, Ws * sizeof(real))
-                    continue
-                if c1 <= c0:
+                if u < r0 or u >= r1 or c1 <= c0:       # a row outside x
                     memset(d + u * Ws, 0, Ws * sizeof(real))
                     continue
                 memset(d + u * Ws, 0, c0 * sizeof(real))
@@ -162,8 +158,7 @@ def stack_rows(const real[:, :, :, ::1] x, real[:, :, :, ::1] s,
     cdef int threads = nt if N * Hs * Ws * B * C >= SERIAL_ELEMENTS else 1
     cdef real *d
     with nogil:
-        for it in prange(N * Hs, num_threads=threads,
-                         schedule="static"):
+        for it in prange(N * Hs, num_threads=threads, schedule="static"):
             n, u = it // Hs, it % Hs                # row (n, u) of s
             for b in range(B):
                 r0, r1, c0, c1 = place[b, 0], place[b, 1], place[b, 2], place[b, 3]
@@ -192,8 +187,7 @@ def fold_planes(const real[:, :, :, ::1] s, real[:, :, :, ::1] out,
     cdef real *o
     cdef const real *src
     with nogil:
-        for it in prange(N * C, num_threads=threads,
-                         schedule="static"):
+        for it in prange(N * C, num_threads=threads, schedule="static"):
             n, c = it // C, it % C
             o = &out[n, c, 0, 0]
             memset(o, 0, H * W * sizeof(real))
