@@ -176,9 +176,13 @@ DEFAULTS = {
         "... and there are at least this many tiles: on fewer the unfused path ran "
         "1.3-1.5x faster on 2 threads (F4 on 256 channels on 14x14, F2 on 256-512 on "
         "7x7 and 14x14, at N = 1; Zen 4)"),
-    "STREAM_MIN_FILTER_BYTES": (16 * 2**20, "bytes",
-        "F4 transforms filters this big on the fly: a cached one is read from memory on "
-        "every call ... (Zen 5)"),
+    "STREAM_MIN_FILTER_BYTES": (2**40, "bytes",
+        "F4 transforms filters this big on the fly (streamed), not reading the cached one "
+        "from memory ...: none by default. The unfused path, reading the cached filter, ran "
+        "1.13-2.3x faster on every layer that 16 MiB here had streamed (VGG-16 conv4_2 "
+        "and conv5_2 at N = 1, res5 3x3 at N = 8; forward and input gradient, 1 and 2 "
+        "threads; Zen 4, session 41); streaming had won on Zen 5 against an earlier "
+        "unfused path"),
     "STREAM_MAX_TILES": (64, "tiles",
         "... when there are at most this many tiles to reuse it on (Zen 5)"),
     "STREAM_SERIAL_TILES": (16, "tiles",

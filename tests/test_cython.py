@@ -7,6 +7,7 @@ Skipped, with the reason, when the extension is not built (a source tree used in
 place); with ``FASTCONV_REQUIRE_CYTHON=1`` (CI) a missing build fails instead.
 """
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -76,14 +77,15 @@ def test_auto_runs_cython_for_every_variant_it_has():
     than any lanes block): the rules choose the flat core, which both backends have
     (Cython's since session 17), so backend="auto" runs it on Cython, as it does
     direct's 1x1 pointwise GEMM and Winograd's streamed path (a large filter on few
-    tiles)."""
+    tiles, where ``STREAM_MIN_FILTER_BYTES`` allows it)."""
     shapes = ((1, 8, 3, 3), (12, 8, 3, 3))
     plan = fastconv.plan("conv2d", *shapes, padding=1, algorithm="direct")
     assert (plan.backend, plan.variant) == ("cython", "flat"), plan
     plan = fastconv.plan("conv2d", (1, 2048, 7, 7), (512, 2048, 1, 1), algorithm="direct")
     assert (plan.backend, plan.variant) == ("cython", "pointwise"), plan
     shapes = ((8, 512, 7, 7), (512, 512, 3, 3))
-    plan = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4")
+    with tuned(STREAM_MIN_FILTER_BYTES=2**24):
+        plan = fastconv.plan("conv2d", *shapes, padding=1, algorithm="winograd_f4")
     assert (plan.backend, plan.variant) == ("cython", "streamed"), plan
     small = fastconv.plan("conv2d", (8, 64, 7, 7), (64, 64, 3, 3), padding=1,
                           algorithm="winograd_f4")
@@ -263,25 +265,32 @@ def test_plans_name_only_variants_the_backend_runs():
     (``VARIANTS``), and Cython has every Winograd variant: both backends make the same
     decision, and auto runs it on Cython. The layers cover every variant."""
     seen = set()
-    for threads in sorted({1, min(2, fastconv._config.MAX_THREADS)}):
+    for threads, stream in itertools.product(
+            sorted({1, min(2, fastconv._config.MAX_THREADS)}), (2**40, 2**24)):
         fastconv.set_num_threads(threads)
-        for op, shape, K, dtype in _VARIANT_LAYERS:
-            for algorithm in WINOGRAD:
-                args = (op, shape, (K, shape[1], 3, 3))
-                kw = dict(padding=1, dtype=dtype, algorithm=algorithm)
-                have = cy.VARIANTS[(op, algorithm)]
-                plan = fastconv.plan(*args, **kw, backend="cython")
-                assert plan.variant in have, plan
-                numba = fastconv.plan(*args, **kw, backend="numba")
-                auto = fastconv.plan(*args, **kw)
-                assert plan.variant == numba.variant, (plan, numba)
-                assert (auto.backend, auto.variant) == ("cython", plan.variant), auto
-                seen.add(plan.variant)
-                p = plan.geometry
-                for cand in fastconv._plan.candidates(op, p, dtype):
-                    if cand.backend == "cython" and cand.algorithm == algorithm:
-                        assert cand.variant in have, cand
+        with tuned(STREAM_MIN_FILTER_BYTES=stream):
+            _check_variant_layers(seen)
     assert seen >= {"streamed", "unfused", "unfused_blas", "fused", "split"}, seen
+
+
+def _check_variant_layers(seen):
+    """One pass of the check above over _VARIANT_LAYERS, adding the variants seen."""
+    for op, shape, K, dtype in _VARIANT_LAYERS:
+        for algorithm in WINOGRAD:
+            args = (op, shape, (K, shape[1], 3, 3))
+            kw = dict(padding=1, dtype=dtype, algorithm=algorithm)
+            have = cy.VARIANTS[(op, algorithm)]
+            plan = fastconv.plan(*args, **kw, backend="cython")
+            assert plan.variant in have, plan
+            numba = fastconv.plan(*args, **kw, backend="numba")
+            auto = fastconv.plan(*args, **kw)
+            assert plan.variant == numba.variant, (plan, numba)
+            assert (auto.backend, auto.variant) == ("cython", plan.variant), auto
+            seen.add(plan.variant)
+            p = plan.geometry
+            for cand in fastconv._plan.candidates(op, p, dtype):
+                if cand.backend == "cython" and cand.algorithm == algorithm:
+                    assert cand.variant in have, cand
 
 
 def test_winograd_edge_cases():

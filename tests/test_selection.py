@@ -97,11 +97,19 @@ TABLE = [
     _row("conv2d_weight", (3, 256, 14, 14), 256, 3, ("winograd_f2", "fused"), padding=1),
     _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1,
          dtype=f64),
-    # big filters on few tiles: F(4x4) transforms the filter on the fly
-    _row("conv2d", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
-    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
-    _row("conv2d_input", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1),
-    _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1, **NO_BLAS),
+    # big filters on few tiles: the cached filter (unfused), by default; F(4x4)
+    # transforms the filter on the fly where STREAM_MIN_FILTER_BYTES allows
+    _row("conv2d", (1, 512, 14, 14), 512, 3, ("winograd_f4", "unfused"), padding=1, **NO_BLAS),
+    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f4", "unfused"), padding=1, **NO_BLAS),
+    _row("conv2d_input", (8, 512, 7, 7), 512, 3, ("winograd_f4", "unfused"), padding=1),
+    _row("conv2d", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1,
+         STREAM_MIN_FILTER_BYTES=2**24, **NO_BLAS),
+    _row("conv2d", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1,
+         STREAM_MIN_FILTER_BYTES=2**24, **NO_BLAS),
+    _row("conv2d_input", (8, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1,
+         STREAM_MIN_FILTER_BYTES=2**24),
+    _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "streamed"), padding=1,
+         STREAM_MIN_FILTER_BYTES=2**24, **NO_BLAS),
     _row("conv2d", (4, 512, 7, 7), 512, 3, ("winograd_f4", "unfused_blas"), padding=1,
          dtype=f64, **NO_BLAS),
     # res5 3x3 at N=1 (49 outputs, 16 tiles): F(2x2,3x3) unfused, float32 grad-input and
@@ -215,7 +223,7 @@ TABLE = [
     _row("conv2d", (1, 3, 224, 224), 64, 3, ("direct", "lanes"), padding=1),     # conv1_1
     _row("conv2d", (1, 64, 224, 224), 64, 3, ("winograd_f4", "fused"), padding=1),
     _row("conv2d", (1, 256, 56, 56), 256, 3, ("winograd_f4", "unfused"), padding=1),
-    _row("conv2d_input", (1, 512, 14, 14), 512, 3, ("winograd_f4", "streamed"), padding=1),
+    _row("conv2d_input", (1, 512, 14, 14), 512, 3, ("winograd_f4", "unfused"), padding=1),
     # MobileNet: depthwise 3x3 (stride 1 and 2), pointwise 1x1, the stride-2 stem
     _row("conv2d", (8, 32, 112, 112), 32, 3, ("direct", "depthwise"), padding=1, groups=32),
     _row("conv2d_input", (8, 32, 112, 112), 32, 3, ("direct", "depthwise"), padding=1,
@@ -297,7 +305,7 @@ def test_plan_blocking_of_table_layers():
                          padding=3)["block"] == one_row
     wf = fastconv.plan("conv2d_weight", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)
     assert wf["tiles"] == (14, 14) and wf["parts"] == 2                # 1568 tiles
-    with tuned(**NO_BLAS):                       # forwards on images under F4_MIN_IMAGE
+    with tuned(**NO_BLAS, STREAM_MIN_FILTER_BYTES=2**24):     # streamed, on small images
         assert fastconv.plan("conv2d", (1, 512, 14, 14), (512, 512, 3, 3), padding=1,
                              backend="numba")["serial"] is True        # 16 tiles
         assert fastconv.plan("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1,

@@ -25,7 +25,7 @@ The variants this backend runs (``VARIANTS`` in the manifest; the selector,
   GEMM work item is a panel of output channels for every xi, transforming the
   weight's chunks of ``plan["channels"]`` input channels in its cache and adding
   their products by the 1x1 kernel (``wino_streamed``): the weight is read once per
-  call.
+  call. The rules give it no layer by default (``_tuning.STREAM_MIN_FILTER_BYTES``).
 - weight gradient ``fused``: blocks of tile rows again, their input and dy transforms
   and the GEMMs ``dU[xi] += dM[xi]^T V[xi]`` added into ``plan["parts"]`` partial sums,
   each a fixed range of blocks, summed in order at the end: the result does not depend

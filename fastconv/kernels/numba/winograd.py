@@ -40,9 +40,9 @@ run fused again, each thread on its own slice of the output channels
 (``SPLIT_MAX_SLICE_BYTES``).
 
 F(4x4,3x3) in float32 with a transformed filter of ``STREAM_MIN_FILTER_BYTES`` or more
-and few tiles (ResNet's res5, VGG's conv5_2 at N=1) transforms the filter on the fly:
-cached, it would be read from memory on every call (with the weight and its copy it
-does not stay in L3) for GEMMs of a few dozen rows. Each work item takes 64
+(none by default: the unfused path ran faster on every such layer on AMD Zen 4) on at
+most ``STREAM_MAX_TILES`` tiles can transform the filter on the fly (``streamed``), not
+read the cached one from memory for GEMMs of a few dozen rows. Each work item takes 64
 output channels and, 64 input channels at a time, block-transposes the weight chunk,
 transforms it into a U chunk in its own cache (float32 arithmetic) and adds V @ U into
 M (a generated GEMM, ``gemm_acc``): the weight is read once per call, nothing else of
