@@ -19,8 +19,8 @@ How ``algorithm="auto"`` chooses, when nothing was autotuned (``_algorithm``):
 - 3x3 stride-1 layers with enough channels: Winograd F(4x4,3x3) from 20x20 outputs per
   image, and for forward and grad-input from 100 outputs over the batch; F(2x2,3x3)
   for the weight gradient there; below 100 outputs, F(2x2,3x3) for float32 grad-input
-  and forwards with 256 channels or more in and out, else direct (where its lanes
-  kernel fits) or im2col.
+  and forwards with 256 channels or more in and out (im2col for their weight
+  gradient), else direct (where its lanes kernel fits) or im2col.
 - the other forwards with a kernel larger than 1x1 (RGB stems, stride 2, 5x5, 7x7,
   dilated, grouped): direct; so are their gradients where C/groups fills a vector's
   lanes: the input gradient at stride 1, the weight gradient at strides 1 and 2 with
@@ -165,6 +165,11 @@ def _algorithm(op, p, dtype, layout="nchw"):
             few = dtype == np.float32 and min(p.C, p.K) >= t.F2_FEW_MIN_CHANNELS
             if few and op in ("conv2d", "conv2d_input"):
                 return "winograd_f2"
+            if few:
+                # the weight gradient: im2col's GEMM ran 1.07-1.3x direct's on 512
+                # channels on 7x7 at N = 1, 1.06-1.14x on 256 -> 512 on 9x9, 1 and 2
+                # threads, the same on 256 on 7x7 (AMD EPYC Zen 4, session 41)
+                return "im2col"
             lanes = layouts.lanes_block(p.P, p.Q) is not None
             return "direct" if op == "conv2d_weight" or lanes else "im2col"
         return "winograd_f2" if op == "conv2d_weight" else "winograd_f4"

@@ -20,7 +20,8 @@ DEFAULTS = {
     "F2_MIN_OUTPUTS": (100, "outputs per batch",
         "below this N*P*Q Winograd's tiles are too few: direct or im2col (Zen 5) ..."),
     "F2_FEW_MIN_CHANNELS": (256, "channels",
-        "... except forwards and input gradients with C and K of at least this: "
+        "... except forwards and input gradients with C and K of at least this (their "
+        "weight gradients: im2col): "
         "F(2x2,3x3) unfused ran 1.2-1.6x im2col's channels-last GEMM on 256-1024 "
         "channels on 7x7 at N = 1, 1 and 2 threads, warm or with the caches flushed, "
         "1.3-1.4x in ResNet-18 and -50 at N = 1, and the input gradient 1.08-1.46x "

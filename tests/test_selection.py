@@ -130,7 +130,8 @@ TABLE = [
     _row("conv2d", (1, 512, 7, 7), 128, 3, ("direct", "lanes"), padding=1, **NO_BLAS),
     _row("conv2d_input", (1, 512, 7, 7), 512, 3, ("direct", "lanes"), padding=1,
          F2_FEW_MIN_CHANNELS=1024),
-    _row("conv2d_weight", (1, 512, 7, 7), 512, 3, ("direct", "blocked"), padding=1),
+    _row("conv2d_weight", (1, 512, 7, 7), 512, 3, ("im2col", "tiled"), padding=1),
+    _row("conv2d_weight", (1, 128, 7, 7), 128, 3, ("direct", "blocked"), padding=1),
     _row("conv2d", (1, 512, 7, 7), 512, 3, ("direct", "row"), padding=1, dtype=f64, **NO_BLAS),
     # ... on rows of the two-row block (res5's 7 x 7 with 32 registers; 7 x 2 here), a
     # 9.4 MB weight taken as it is: the streamed kernel
