@@ -979,9 +979,9 @@ def _save_tuned():
 _ALTERNATIVES = {
     ("direct", "conv2d"): ("lanes", "flat", "row"),
     ("winograd_f2", "conv2d"): ("fused", "split", "unfused", "unfused_blas"),
-    ("winograd_f4", "conv2d"): ("fused", "split", "unfused", "unfused_blas"),
+    ("winograd_f4", "conv2d"): ("fused", "split", "unfused", "unfused_blas", "streamed"),
     ("winograd_f2", "conv2d_input"): ("fused", "split", "unfused", "unfused_blas"),
-    ("winograd_f4", "conv2d_input"): ("fused", "split", "unfused", "unfused_blas"),
+    ("winograd_f4", "conv2d_input"): ("fused", "split", "unfused", "unfused_blas", "streamed"),
 }
 
 
@@ -1007,16 +1007,22 @@ def _forced(plan, variant):
             return None
         return Plan(plan.op, plan.algorithm, plan.backend, variant,
                     _core_blocking(variant, p.P, p.Q, dtype), plan.threads, plan.dtype, p)
-    if plan.variant not in ("fused", "split", "unfused", "unfused_blas"):
-        return None                             # streamed: the only one for its filter
+    if plan.variant not in ("fused", "split", "unfused", "unfused_blas", "streamed"):
+        return None                             # e.g. the weight gradient's
     if variant == "split" and plan.threads < 2:
         return None
-    if variant == "unfused" and dtype != np.float32:
+    if variant in ("unfused", "streamed") and dtype != np.float32:
         return None
     m = 2 if plan.algorithm == "winograd_f2" else 4
     C, K, P, Q = ((p.K, p.C, p.H, p.W) if plan.op == "conv2d_input" else (p.C, p.K, p.P, p.Q))
     th, tw = -(-P // m), -(-Q // m)
-    if variant in ("fused", "split"):
+    if variant == "streamed":                   # one batch of every tile: few of them
+        tiles = p.N * th * tw
+        if m != 4 or tiles > _tuning.STREAM_MAX_TILES:
+            return None
+        blocking = (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
+                    ("serial", tiles <= _tuning.STREAM_SERIAL_TILES))
+    elif variant in ("fused", "split"):
         split = variant == "split"
         R, G = fused_blocks(1 if split else plan.threads, p.N, th, tw)
         blocking = (("tiles", (th, tw)), ("block_rows", R), ("images", G),

@@ -710,6 +710,8 @@ def test_autotune_candidates_each_run_correctly(op, dtype):
         assert {("direct", v) for v in ("lanes", "flat", "row")} <= variants
     if op != "conv2d_weight" and fastconv.get_num_threads() > 1:
         assert ("winograd_f4", "split") in variants
+    if op != "conv2d_weight" and dtype == np.float32:
+        assert ("winograd_f4", "streamed") in variants      # few tiles: autotune's only
     a, b, shape = _operands(op, SMALL, dtype)
     want = np.empty(shape, dtype)
     _plan.run(_plan.make(op, SMALL, dtype, "reference"), a, b, SMALL, want)
@@ -727,7 +729,8 @@ def test_autotune_candidates_each_run_correctly(op, dtype):
     (["im2col", "numba"], ("im2col", "tiled")),                  # no variant: the rules'
     # winners that no longer apply give the rules' plan
     (["fft", "numba", ""], ("direct", "flat")),
-    (["winograd_f4", "numba", "streamed"], ("direct", "flat")),  # not forcible
+    (["winograd_f4", "numba", "streamed"], ("winograd_f4", "streamed")),
+    (["winograd_f2", "numba", "streamed"], ("direct", "flat")),  # not forcible: F4 only
     (["direct", "cython", "row"], ("direct", "flat")),
 ])
 def test_a_remembered_winner_is_what_runs(monkeypatch, winner, want):
