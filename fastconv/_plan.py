@@ -1014,17 +1014,20 @@ def _forced(plan, variant):
     if variant in ("unfused", "streamed") and dtype != np.float32:
         return None
     m = 2 if plan.algorithm == "winograd_f2" else 4
-    C, K, P, Q = ((p.K, p.C, p.H, p.W) if plan.op == "conv2d_input" else (p.C, p.K, p.P, p.Q))
+    blocks = plan.get("kernel_blocks")
+    g = p if blocks is None else dataclasses.replace(blocked_params(p), N=plan["block_images"])
+    # (a kernel other than 3x3: the 3x3 convolution of its blocks, on a group of images)
+    C, K, P, Q = ((g.K, g.C, g.H, g.W) if plan.op == "conv2d_input" else (g.C, g.K, g.P, g.Q))
     th, tw = -(-P // m), -(-Q // m)
     if variant == "streamed":                   # one batch of every tile: few of them
-        tiles = p.N * th * tw
+        tiles = g.N * th * tw
         if m != 4 or tiles > _tuning.STREAM_MAX_TILES:
             return None
         blocking = (("tiles", (th, tw)), ("channels", layouts.STREAM_CHANNELS),
                     ("serial", tiles <= _tuning.STREAM_SERIAL_TILES))
     elif variant in ("fused", "split"):
         split = variant == "split"
-        R, G = fused_blocks(1 if split else plan.threads, p.N, th, tw)
+        R, G = fused_blocks(1 if split else plan.threads, g.N, th, tw)
         blocking = (("tiles", (th, tw)), ("block_rows", R), ("images", G),
                     ("filter_slices", plan.threads if split else 1))
     else:
@@ -1032,10 +1035,12 @@ def _forced(plan, variant):
         itemsize = dtype.itemsize
         Hp, Wp = m * th + 2, m * tw + 2
         limit = _config.get_workspace_limit()
-        group = max(1, min(p.N, limit // (Hp * Wp * C * itemsize)))
+        group = max(1, min(g.N, limit // (Hp * Wp * C * itemsize)))
         tb = max(TB, limit // ((m + 2) ** 2 * (C + K) * itemsize) // TB * TB)
         blocking = (("tiles", (th, tw)), ("images", group), ("tile_batch", tb),
                     ("gemm_block", (TB, J)), ("gemm_rows_bytes", _tuning.GEMM_ROWS_BYTES))
+    if blocks is not None:
+        blocking += (("kernel_blocks", blocks), ("block_images", g.N))
     return Plan(plan.op, plan.algorithm, plan.backend, variant, blocking, plan.threads,
                 plan.dtype, p)
 

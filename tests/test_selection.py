@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import _config, _dispatch, _plan, _tuning
-from fastconv._geometry import conv_params
+from fastconv._geometry import conv_params, kernel_blocks
 from fastconv.kernels import layouts
 
 from conftest import (DTYPES, auto_backend, arrays, assert_close, conv_args, conv_cases, kernel_pairs,
@@ -719,6 +719,35 @@ def test_autotune_candidates_each_run_correctly(op, dtype):
         got = np.empty(shape, dtype)
         _plan.run(plan, a, b, SMALL, got)
         assert_close(got, want, tolerance(dtype, plan.algorithm), repr(plan))
+
+
+#: kernels other than 3x3 (Winograd on their 3x3 blocks): 5x5 on a batch the blocks'
+#: groups split, and 7x5
+BLOCKED = [conv_params("t", (3, 8, 11, 10), (16, 8, 5, 5), 1, 2),
+           conv_params("t", (1, 16, 12, 9), (8, 16, 7, 5), 1, (3, 2))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", CONV_OPS)
+def test_autotune_candidates_on_kernel_blocks_run_correctly(op, dtype):
+    """Winograd's forced variants on 3x3 blocks of larger kernels keep the blocks'
+    blocking (``kernel_blocks``, ``block_images``: without them autotune's first call
+    of a 5x5 layer raised KeyError), and each gives the reference's result."""
+    for threads in sorted({1, min(2, fastconv._config.MAX_THREADS)}):
+        fastconv.set_num_threads(threads)
+        for p in BLOCKED:
+            cands = _plan.candidates(op, p, dtype)
+            wino = [c for c in cands if c.algorithm.startswith("winograd")]
+            if op != "conv2d_weight":                   # forced variants too
+                assert len({c.variant for c in wino}) >= 2, cands
+            a, b, shape = _operands(op, p, dtype)
+            want = np.empty(shape, dtype)
+            _plan.run(_plan.make(op, p, dtype, "reference"), a, b, p, want)
+            for plan in wino:
+                assert plan["kernel_blocks"] == kernel_blocks(p), plan
+                got = np.empty(shape, dtype)
+                _plan.run(plan, a, b, p, got)
+                assert_close(got, want, tolerance(dtype, plan.algorithm), repr(plan))
 
 
 @pytest.mark.parametrize("winner,want", [
