@@ -165,9 +165,12 @@ DEFAULTS = {
         "near the thread's L2; an image with at most half this many tiles shares its block "
         "with others, so a large filter is read once per block of images, not per image "
         "(ResNet-18's 7x7 512-channel layers at N=8, 1 thread: Intel Xeon rocketlake)"),
-    "FUSED_MAX_FILTER_BYTES": (2**20, "bytes",
+    "FUSED_MAX_FILTER_BYTES": (3 * 2**20, "bytes",
         "transformed filters up to this size run fused per thread; larger ones would be "
-        "re-read for every block of tiles (Zen 5)"),
+        "re-read for every block of tiles. 1 MiB (Zen 5) had sent 2.2-2.4 MB F(4x4) "
+        "filters (128 -> 128, 96 -> 160) unfused, where fused ran 1.07-1.47x faster on 1 "
+        "thread and 1.05-1.12x on 2 (forward and input gradient, N = 1 and 8, 28x28 and "
+        "112x112 images, a 5x5 layer's blocks; VGG-16 1.03-1.10x; Zen 4, session 41)"),
     "SPLIT_MAX_SLICE_BYTES": (3 * 2**19, "bytes",
         "on 2+ threads the fused work is shared by output channels when a thread's filter "
         "slice stays in its L2 ... (Zen 5)"),

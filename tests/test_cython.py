@@ -254,6 +254,7 @@ _VARIANT_LAYERS = [
     ("conv2d", (1, 512, 7, 7), 512, np.float32),
     ("conv2d", (8, 128, 28, 28), 128, np.float32),
     ("conv2d", (8, 128, 28, 28), 128, np.float64),
+    ("conv2d", (2, 128, 28, 28), 192, np.float32),
     ("conv2d_input", (8, 256, 14, 14), 256, np.float32),
     ("conv2d_weight", (8, 512, 14, 14), 512, np.float32),
     ("conv2d", (1, 64, 56, 56), 64, np.float32),

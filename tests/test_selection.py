@@ -78,8 +78,15 @@ TABLE = [
     _row("conv2d_weight", (3, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1),
     # one image of 28x28 or 14x14 (under WEIGHT_FUSED_MIN_TILES tiles): unfused
     _row("conv2d_weight", (1, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1),
-    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "split"), padding=1, threads=2),
-    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1, threads=1),
+    # a 2.4 MB F(4x4) filter runs fused (FUSED_MAX_FILTER_BYTES); above it, split on 2
+    # threads where the slices are read for few blocks, else unfused
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1, threads=2),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1, threads=1),
+    _row("conv2d", (2, 128, 28, 28), 192, 3, ("winograd_f4", "split"), padding=1, threads=2),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "split"), padding=1, threads=2,
+         FUSED_MAX_FILTER_BYTES=2**20),
+    _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1, threads=1,
+         FUSED_MAX_FILTER_BYTES=2**20),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused_blas"), padding=1,
          dtype=f64),
     _row("conv2d_input", (8, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1),
@@ -178,12 +185,16 @@ TABLE = [
     # their 3x3 blocks where it saves BLOCKS_MIN_SAVING of the multiply-adds (not 4x4 or
     # 1x7) and the 3x3 rules give the blocks' convolution Winograd (not 3 input
     # channels: 12 stacked)
-    _row("conv2d", (1, 32, 28, 28), 64, 5, ("winograd_f4", "unfused"), padding=2),
+    _row("conv2d", (1, 32, 28, 28), 64, 5, ("winograd_f4", "fused"), padding=2),
+    _row("conv2d", (1, 32, 28, 28), 64, 5, ("winograd_f4", "unfused"), padding=2,
+         FUSED_MAX_FILTER_BYTES=2**20),
     _row("conv2d", (8, 64, 28, 28), 64, 7, ("winograd_f4", "unfused"), padding=3),
     _row("conv2d", (1, 32, 28, 28), 64, 4, ("direct", "lanes"), padding=2, **NO_BLAS),
     _row("conv2d", (8, 3, 56, 56), 64, 5, ("direct", "lanes"), padding=2),
-    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("winograd_f4", "split"), padding=2,
+    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("winograd_f4", "fused"), padding=2,
          threads=2),
+    _row("conv2d_input", (8, 32, 28, 28), 64, 5, ("winograd_f4", "split"), padding=2,
+         threads=2, FUSED_MAX_FILTER_BYTES=2**20),
     # the gradients of 4x4, 7x7, dilated and grouped layers (and 5x5's weight gradient on
     # too few tiles for two partial sums): direct where
     # C/groups fills a vector's lanes (the input gradient at stride 1 as the forward on
@@ -193,8 +204,9 @@ TABLE = [
     _row("conv2d_input", (8, 3, 56, 56), 64, 5, ("im2col", "tiled"), padding=2, **NO_BLAS),
     _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("winograd_f4", "fused"), padding=2),
     _row("conv2d_weight", (8, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2, dtype=f64),
+    _row("conv2d", (8, 32, 28, 28), 64, 5, ("winograd_f4", "fused"), padding=2, dtype=f64),
     _row("conv2d", (8, 32, 28, 28), 64, 5, ("winograd_f4", "unfused_blas"), padding=2,
-         dtype=f64),
+         dtype=f64, FUSED_MAX_FILTER_BYTES=2**20),
     _row("conv2d_weight", (1, 32, 28, 28), 64, 5, ("direct", "blocked"), padding=2),  # 49 tiles
     _row("conv2d_weight", (8, 64, 28, 28), 64, 3, ("direct", "blocked"), padding=2,
          dilation=2),
@@ -464,8 +476,8 @@ def test_unfused_winograd_below_registers(monkeypatch):
 
     cases = [  # op, input, K, threads: the plan with the rule on, and off
         ("conv2d", (1, 64, 56, 56), 64, 1, "unfused", "fused"),
-        ("conv2d", (8, 128, 28, 28), 128, 2, "unfused", "split"),
-        ("conv2d_input", (2, 128, 28, 28), 128, 2, "unfused", "split"),
+        ("conv2d", (8, 128, 28, 28), 128, 2, "unfused", "fused"),
+        ("conv2d_input", (2, 128, 28, 28), 192, 2, "unfused", "split"),
         ("conv2d", (1, 64, 224, 224), 64, 1, "fused", "fused"),     # 58 MB of tiles
         ("conv2d", (8, 32, 56, 56), 32, 1, "fused", "fused"),       # K = 32: BLAS's
     ]
