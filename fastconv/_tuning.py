@@ -174,8 +174,12 @@ DEFAULTS = {
     "SPLIT_MAX_SLICE_BYTES": (3 * 2**19, "bytes",
         "on 2+ threads the fused work is shared by output channels when a thread's filter "
         "slice stays in its L2 ... (Zen 5)"),
-    "SPLIT_MAX_STREAM_BYTES": (6 * 2**20, "bytes",
-        "... or when the slices it streams over all blocks total at most this (Zen 5) ..."),
+    "SPLIT_MAX_STREAM_BYTES": (3 * 2**20, "bytes",
+        "... or when the slices it streams over all blocks total at most this ...: 6 MiB "
+        "(Zen 5) had split 192 -> 192 on 14x14 at N = 8 (5.3 MB streamed per thread) and "
+        "256 -> 256 at N = 4 (4.7 MB), whose unfused path ran 1.33x and 1.09-1.12x "
+        "faster on 2 threads; split kept 192 -> 192 at N = 4 (2.7 MB), 1.03-1.05x "
+        "unfused's speed (Zen 4, session 41)"),
     "SPLIT_MIN_TILES": (64, "tiles",
         "... and there are at least this many tiles: on fewer the unfused path ran "
         "1.3-1.5x faster on 2 threads (F4 on 256 channels on 14x14, F2 on 256-512 on "

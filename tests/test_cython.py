@@ -254,7 +254,6 @@ _VARIANT_LAYERS = [
     ("conv2d", (1, 512, 7, 7), 512, np.float32),
     ("conv2d", (8, 128, 28, 28), 128, np.float32),
     ("conv2d", (8, 128, 28, 28), 128, np.float64),
-    ("conv2d", (2, 128, 28, 28), 192, np.float32),
     ("conv2d_input", (8, 256, 14, 14), 256, np.float32),
     ("conv2d_weight", (8, 512, 14, 14), 512, np.float32),
     ("conv2d", (1, 64, 56, 56), 64, np.float32),
@@ -266,10 +265,13 @@ def test_plans_name_only_variants_the_backend_runs():
     (``VARIANTS``), and Cython has every Winograd variant: both backends make the same
     decision, and auto runs it on Cython. The layers cover every variant."""
     seen = set()
-    for threads, stream in itertools.product(
-            sorted({1, min(2, fastconv._config.MAX_THREADS)}), (2**40, 2**24)):
+    # the defaults, and the thresholds under which the rules stream (F4's large filters)
+    # and split (2.4 MB filters on 2 threads)
+    settings = ({}, {"STREAM_MIN_FILTER_BYTES": 2**24}, {"FUSED_MAX_FILTER_BYTES": 2**20})
+    for threads, setting in itertools.product(
+            sorted({1, min(2, fastconv._config.MAX_THREADS)}), settings):
         fastconv.set_num_threads(threads)
-        with tuned(STREAM_MIN_FILTER_BYTES=stream):
+        with tuned(**setting):
             _check_variant_layers(seen)
     assert seen >= {"streamed", "unfused", "unfused_blas", "fused", "split"}, seen
 

@@ -79,10 +79,13 @@ TABLE = [
     # one image of 28x28 or 14x14 (under WEIGHT_FUSED_MIN_TILES tiles): unfused
     _row("conv2d_weight", (1, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1),
     # a 2.4 MB F(4x4) filter runs fused (FUSED_MAX_FILTER_BYTES); above it, split on 2
-    # threads where the slices are read for few blocks, else unfused
+    # threads where the slices stay in cache or are read for few blocks, else unfused
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1, threads=2),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "fused"), padding=1, threads=1),
-    _row("conv2d", (2, 128, 28, 28), 192, 3, ("winograd_f4", "split"), padding=1, threads=2),
+    _row("conv2d", (2, 128, 28, 28), 192, 3, ("winograd_f4", "unfused"), padding=1, threads=2),
+    _row("conv2d", (2, 128, 28, 28), 192, 3, ("winograd_f4", "split"), padding=1, threads=2,
+         SPLIT_MAX_STREAM_BYTES=6 * 2**20),
+    _row("conv2d", (8, 192, 14, 14), 192, 3, ("winograd_f4", "unfused"), padding=1, threads=2),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "split"), padding=1, threads=2,
          FUSED_MAX_FILTER_BYTES=2**20),
     _row("conv2d", (8, 128, 28, 28), 128, 3, ("winograd_f4", "unfused"), padding=1, threads=1,
@@ -97,7 +100,7 @@ TABLE = [
     _row("conv2d_input", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1,
          threads=2),
     _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "split"), padding=1, threads=2,
-         SPLIT_MIN_TILES=16, **NO_BLAS),
+         SPLIT_MIN_TILES=16, SPLIT_MAX_STREAM_BYTES=6 * 2**20, **NO_BLAS),
     _row("conv2d", (1, 256, 14, 14), 256, 3, ("winograd_f4", "unfused"), padding=1, threads=1,
          **NO_BLAS),
     _row("conv2d_weight", (1, 256, 14, 14), 256, 3, ("winograd_f2", "unfused"), padding=1),
@@ -477,7 +480,7 @@ def test_unfused_winograd_below_registers(monkeypatch):
     cases = [  # op, input, K, threads: the plan with the rule on, and off
         ("conv2d", (1, 64, 56, 56), 64, 1, "unfused", "fused"),
         ("conv2d", (8, 128, 28, 28), 128, 2, "unfused", "fused"),
-        ("conv2d_input", (2, 128, 28, 28), 192, 2, "unfused", "split"),
+        ("conv2d_input", (2, 128, 28, 28), 128, 2, "unfused", "fused"),
         ("conv2d", (1, 64, 224, 224), 64, 1, "fused", "fused"),     # 58 MB of tiles
         ("conv2d", (8, 32, 56, 56), 32, 1, "fused", "fused"),       # K = 32: BLAS's
     ]
