@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastconv
@@ -331,3 +332,29 @@ def test_ab_times_a_depthwise_geometry(tmp_path):
     assert (case["name"], case["pass"], case["N"]) == ("16/12/16/3/2/1/16", "fwd", 1)
     assert len(case["old"]) == len(case["new"]) == 2
     assert min(case["old"] + case["new"]) > 0
+
+
+def test_bench_plans_times_every_candidate_beside_autos(tmp_path):
+    """``benchmarks/bench_plans.py`` times each plan autotune may pick (and auto's) on a
+    layer given as a geometry, for each pass: the JSON names auto's plan among them,
+    every candidate of ``fastconv._plan.candidates`` with a positive time."""
+    from fastconv import _plan
+    from fastconv._geometry import conv_params
+    out = tmp_path / "plans.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_plans.py"),
+                    "--threads", "1", "--batch", "2", "--rounds", "1", "--min-time", "0",
+                    "--layers", "16/9/16/3/1/1", "--json", str(out)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    cells = json.loads(out.read_text())["cells"]
+    assert [c["pass"] for c in cells] == ["fwd", "bwd_input", "bwd_weight"]
+    p = conv_params("t", (2, 16, 9, 9), (16, 16, 3, 3), 1, 1)
+    threads = fastconv.get_num_threads()
+    fastconv.set_num_threads(1)                     # the candidates of the run's 1 thread
+    try:
+        for cell, op in zip(cells, ("conv2d", "conv2d_input", "conv2d_weight")):
+            names = {f"{c.algorithm}:{c.variant or '-'}:{c.backend}"
+                     for c in _plan.candidates(op, p, np.float32)}
+            assert names <= set(cell["times"]) and cell["auto"] in cell["times"], cell
+            assert len(names) >= 3 and min(cell["times"].values()) > 0, cell
+    finally:
+        fastconv.set_num_threads(threads)

@@ -198,7 +198,8 @@ def test_every_generated_kernel_compiles_and_runs():
                                  ).astype(dtype)
         fastconv.set_num_threads(nthreads or threads)
         try:
-            with tuned(STREAM_MIN_FILTER_BYTES=2**24):  # F(4x4)'s 4 tiles: streamed
+            # F(4x4)'s 4 tiles streamed, F(2x2)'s 2.4 MB filter unfused (not fused)
+            with tuned(STREAM_MIN_FILTER_BYTES=2**24, FUSED_MAX_FILTER_BYTES=2**20):
                 got = _op(op, x, w, dy, algorithm, kw)
         finally:
             fastconv.set_num_threads(threads)
