@@ -524,10 +524,13 @@ def _im2col(op, p, dtype, threads, backend=None):
     """(variant, blocking) of im2col for ``op`` on ``p``."""
     t = _tuning
     one_gemm = p.N > 1 and p.P * p.Q < t.POINTWISE_ONE_GEMM_BELOW
-    # Cython's own 1x1 kernels' (forward, input gradient)
-    panel = (("panel_bytes", t.POINTWISE_INPUT_BYTES if op == "conv2d_input"
-              else t.POINTWISE_PANEL_BYTES),)
+    # Cython's own 1x1 kernels' (forward, input gradient, weight gradient)
+    panel = (("panel_bytes", {"conv2d_input": t.POINTWISE_INPUT_BYTES,
+                              "conv2d_weight": t.POINTWISE_WEIGHT_BYTES}.get(
+                                  op, t.POINTWISE_PANEL_BYTES)),)
     if p.pointwise:
+        if op == "conv2d_weight":           # Cython: one own GEMM over the batch either way
+            return ("batch_gemm" if one_gemm else "image_gemm"), panel
         return ("batch_gemm", ()) if one_gemm else ("image_gemm", panel)
     if op == "conv2d" and p.R == p.S == 1 and not p.padded:
         return "image_gemm", panel  # strided 1x1 (a downsample): no patch matrix either

@@ -781,11 +781,12 @@ def test_pointwise_variants(variant, case, dtype):
 def test_nchw_1x1_calls_numpys_blas_only_on_one_thread(monkeypatch, dtype, threads):
     """Cython's NCHW 1x1 layers (``image_gemm``) call NumPy's matmul
     (``kernels/image_gemm.py``, as Numba's) only on one thread: the forward without an
-    epilogue or stride, and both gradients. On more threads NumPy's BLAS would wake its
-    own threads, which spin after the call and slow the OpenMP loops that follow; the
-    forward and the input gradient run the own GEMM (``pointwise_panel``), the weight
-    gradient SciPy's BLAS in OpenMP blocks. A spy counts the NumPy path's calls; every
-    result is the reference's."""
+    epilogue or stride, and the input gradient. On more threads NumPy's BLAS would wake
+    its own threads, which spin after the call and slow the OpenMP loops that follow;
+    the forward and the input gradient run the own GEMMs (``pointwise_panel``,
+    ``pointwise_input``). The weight gradient runs its own GEMM (``pointwise_weight``)
+    on any thread count. A spy counts the NumPy path's calls; every result is the
+    reference's."""
     if threads > fastconv.get_num_threads():
         pytest.skip("this machine has one core")
     from fastconv.kernels import image_gemm
@@ -800,7 +801,7 @@ def test_nchw_1x1_calls_numpys_blas_only_on_one_thread(monkeypatch, dtype, threa
     one = threads == 1
     cases = [("conv2d", dict(), one), ("conv2d", dict(bias=b), False),
              ("conv2d", dict(activation="relu"), False), ("conv2d", dict(stride=2), False),
-             ("conv2d_input", dict(), one), ("conv2d_weight", dict(), one)]
+             ("conv2d_input", dict(), one), ("conv2d_weight", dict(), False)]
     n = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(threads)
@@ -964,6 +965,69 @@ def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
                                   algorithm="reference").max()
     err = np.abs(got.astype(np.float64) - want).max(initial=0.0)
     assert err <= tolerance(dtype, "im2col") * max(scale, 1e-30), (err, scale)
+
+
+@settings(max_examples=40)
+@given(groups=st.sampled_from([1, 2, 3]), C=st.integers(1, 70), K=st.integers(1, 40),
+       N=st.integers(1, 4), H=st.integers(1, 12), W=st.integers(1, 12),
+       dtype=st.sampled_from(DTYPES), threads=st.sampled_from([1, 2]),
+       chunk_bytes=st.sampled_from([1, 3000, 2**18]))
+def test_pointwise_weight_gradient_in_chunks(groups, C, K, N, H, W, dtype, threads,
+                                             chunk_bytes):
+    """Cython's 1x1 stride-1 weight gradient (``image_gemm``, ``batch_gemm``: the own
+    GEMM ``pointwise_weight``, no BLAS): x laid out pixel-major in panels of input
+    channels (remainders zero), the sum over the batch's pixels in chunks of one pixel,
+    of a few (runs of several images, dy's runs copied), or of the whole batch, split
+    into bands of output channels on two threads. Against the reference; every scratch
+    array and the output sit between guard zones that come back untouched (C without
+    bounds checks); one call and a repeat agree bitwise."""
+    from fastconv import _config
+    from fastconv.kernels import image_gemm
+    from fastconv.kernels.cython import im2col
+    if threads > fastconv._config.MAX_THREADS:
+        pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
+    C, K = C * groups, K * groups
+    rng = np.random.default_rng(C * 1000 + K * 10 + N)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    dy = rng.standard_normal((N, K, H, W)).astype(dtype)
+    shape = (K, C // groups, 1, 1)
+    want = fastconv.conv2d_weight(x, shape, dy, groups=groups, algorithm="reference")
+    guard, taken = 256, []
+
+    def guarded(slot, size, dtype_):
+        buf = np.full(size + 2 * guard, 7, dtype_)
+        taken.append((slot, buf, size))
+        return buf[guard:guard + size]
+
+    def guarded_empty(shape_, dtype_):
+        return guarded("output", int(np.prod(shape_)), dtype_).reshape(shape_)
+
+    saved = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        with tuned(POINTWISE_WEIGHT_BYTES=chunk_bytes), fastconv.trace_plans() as ran, \
+                pytest.MonkeyPatch.context() as mp:
+            mp.setattr(image_gemm, "weight_grad", None)     # NumPy's path must not run
+            mp.setattr(im2col, "workspace", guarded)
+            mp.setattr(_config, "empty", guarded_empty)
+            got = fastconv.conv2d_weight(x, shape, dy, groups=groups, algorithm="im2col",
+                                         backend="cython")
+            again = fastconv.conv2d_weight(x, shape, dy, groups=groups, algorithm="im2col",
+                                           backend="cython")
+    finally:
+        fastconv.set_num_threads(saved)
+    assert {(q.backend, q.variant) for q in ran} <= {("cython", "image_gemm"),
+                                                     ("cython", "batch_gemm")}, ran
+    assert ran and ran[0]["panel_bytes"] == chunk_bytes
+    assert any(slot == "im2col.weight_panels" for slot, _, _ in taken)
+    for slot, buf, size in taken:
+        assert (buf[:guard] == 7).all() and (buf[guard + size:] == 7).all(), \
+            f"{slot}: written outside its {size} elements"
+    scale = fastconv.conv2d_weight(np.abs(x), shape, np.abs(dy), groups=groups,
+                                   algorithm="reference").max()
+    err = np.abs(got.astype(np.float64) - want).max(initial=0.0)
+    assert err <= tolerance(dtype, "im2col") * max(scale, 1e-30), (err, scale)
+    np.testing.assert_array_equal(again, got)
 
 
 @pytest.mark.parametrize("limit", [1500, 20000])

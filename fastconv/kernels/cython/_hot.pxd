@@ -121,6 +121,12 @@ cdef extern from "fc_kernels.h" nogil:
         void (*pointwise_nhwc_f64)(const double *x, fc_int C, const double *Wt, fc_int K,
                                    fc_int p0, fc_int p1, fc_int k0, double *y,
                                    const double *bias, const double *res, int act) noexcept nogil
+        void (*pointwise_weight_f32)(const float *x, fc_int xstep, fc_int n,
+                                     const float *Wp, fc_int K, fc_int q0, fc_int q1,
+                                     fc_int k0, float *y, int add) noexcept nogil
+        void (*pointwise_weight_f64)(const double *x, fc_int xstep, fc_int n,
+                                     const double *Wp, fc_int K, fc_int q0, fc_int q1,
+                                     fc_int k0, double *y, int add) noexcept nogil
         void (*conv_nhwc_f32)(const float *x, fc_int rowstep, fc_int rows, fc_int xstep,
                               const fc_int *offs, fc_int n, const float *Wt, fc_int K,
                               fc_int Q, fc_int k0, float *y, const float *bias, const float *res,

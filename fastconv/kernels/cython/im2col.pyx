@@ -15,10 +15,11 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
   store; :func:`_pointwise`), for the input gradient ``pointwise_input`` (the weight's
   columns copied a panel at a time, blocks of pixels x input channels stored through
-  register transposes; :func:`_pointwise_input`), SciPy's BLAS in blocks
-  (:func:`_pgemm`) for the weight gradient, adding image by image; on one thread, NumPy's
-  matmul (``fastconv/kernels/image_gemm.py``, shared with Numba) for the gradients
-  and the stride-1 forward without an epilogue.
+  register transposes; :func:`_pointwise_input`), for the weight gradient
+  ``pointwise_weight`` (dy's channels against x laid out pixel-major in panels of
+  input channels, the sum over the batch's pixels in chunks; :func:`_weight_pointwise`);
+  on one thread, NumPy's matmul (``fastconv/kernels/image_gemm.py``, shared with Numba)
+  for the input gradient and the stride-1 forward without an epilogue.
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
   epilogue in their stores: ``nhwc_gemm`` (1x1) by ``pointwise_nhwc``, ``nhwc_tiled``
   (any other kernel) by ``conv_nhwc`` on a zero-padded copy, its patches read in place
@@ -26,7 +27,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   :func:`_conv_nhwc`). Numba runs them as patch matrix + NumPy matmul
   (``kernels/channels_last.py``).
 - ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
-  GEMM per group.
+  GEMM per group; the weight gradient is ``image_gemm``'s, whose chunks of pixels span
+  the small images.
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
   matrix; the input copied zero-padded, the (image, band of ``plan["band_rows"]``
   output rows) items split into ``plan["slices"]`` slices, each with its own
@@ -394,33 +396,17 @@ cdef int _input(str variant, const real[:, :, :, ::1] dy, const real[:, :, :, ::
 # -- gradient with respect to the weight --------------------------------------------------
 
 
-cdef int _weight(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
+cdef int _weight(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
                  real[:, :, :, ::1] out, real[::1] colbuf, real[::1] resbuf,
                  const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt) except -1:
+    """The ``tiled`` weight gradient: per tile, the patch matrix times dy's, added."""
     cdef Py_ssize_t G = g.G, Kg = g.K // g.G, Cg = g.C // g.G
-    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, NHW = g.N * HW
-    cdef Py_ssize_t gi, n, i, n0, ntl, p0, prl, cols, lda
+    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q
+    cdef Py_ssize_t gi, i, n0, ntl, p0, prl, cols, lda
     cdef real *wp = &out[0, 0, 0, 0]
     cdef const real *dyt
     cdef real *col
     cdef real *res
-    if variant == "batch_gemm":
-        col, res = &colbuf[0], &resbuf[0]
-        with nogil:
-            _swap_axes(&x[0, 0, 0, 0], col, g.N, g.C, HW, nt)       # (C, N, HW)
-            _swap_axes(&dy[0, 0, 0, 0], res, g.N, g.K, HW, nt)      # (K, N, HW)
-            for gi in range(G):
-                _pgemm(False, True, Kg, Cg, NHW, res + gi * Kg * NHW, NHW, col + gi * Cg * NHW,
-                      NHW, 0, wp + gi * Kg * Cg, Cg, nt)
-        return 0
-    if variant == "image_gemm":                 # image by image, adding (beta 1)
-        with nogil:
-            for n in range(g.N):
-                for gi in range(G):
-                    _pgemm(False, True, Kg, Cg, HW, &dy[n, gi * Kg, 0, 0], HW,
-                           &x[n, gi * Cg, 0, 0], HW, 0 if n == 0 else 1, wp + gi * Kg * Cg, Cg,
-                           nt)
-        return 0
     col, res = &colbuf[0], &resbuf[0]
     with nogil:
         for i in range(_ntiles(g.N, g.P, tn, tr)):
@@ -1079,6 +1065,121 @@ def conv2d_input(plan, dy, w, p, out):
             _input[double](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
 
 
+cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
+                               real[::1] panels, real[::1] dyc, real[::1] out, Py_ssize_t G,
+                               Py_ssize_t Cg, Py_ssize_t Kg, Py_ssize_t cols, Py_ssize_t rows,
+                               Py_ssize_t kc, int nt) except -1:
+    """out[g, k, c] = sum over the batch's pixels l = n*HW + hw of dy[n, g*Kg + k, hw]
+    x[n, g*Cg + c, hw], in chunks of at most ``kc`` consecutive l (spanning images where
+    they are small): the chunk's pixels of x laid out in ``panels`` (G, npan, chunk,
+    cols) (input channels past Cg 0), then per work item (group, panel, band of
+    ``rows`` output channels) the own GEMM ``pointwise_weight`` on each image's run of
+    the chunk, every run's sums added to the ones before in order (the same bits on any
+    thread count). Where images are smaller than a chunk, dy's runs of it are copied
+    into ``dyc`` (K, chunk) too, so each item makes one call over the whole chunk: a
+    call per 7x7 image had re-read the item's sums every 49 pixels."""
+    cdef Py_ssize_t N = x.shape[0], HW = x.shape[2] * x.shape[3], L = N * HW
+    cdef Py_ssize_t npan = (Cg + cols - 1) // cols, nr = (Kg + rows - 1) // rows
+    cdef Py_ssize_t nch = (L + kc - 1) // kc, chunk = (L + nch - 1) // nch
+    cdef Py_ssize_t ci, it, n, g, j, r, nc, px, l0, l1, l, ln
+    cdef real *dst
+    cdef int ptp = _par(chunk * G * npan * cols, nt), ptg = _par_macs(Kg * Cg * G * chunk, nt)
+    cdef bint packed = HW < chunk                           # dy's runs copied to dyc
+    with nogil:
+        for ci in range(nch):
+            l0, l1 = L * ci // nch, L * (ci + 1) // nch     # the chunk's pixels
+            if packed:
+                for it in prange(G * Kg, num_threads=_par(chunk * G * Kg, nt),
+                                 schedule="static"):
+                    l = l0
+                    while l < l1:
+                        n = l // HW
+                        ln = min(l1, (n + 1) * HW) - l
+                        memcpy(&dyc[0] + it * chunk + l - l0, &dy[n, it, 0, 0] + l - n * HW,
+                               ln * sizeof(real))
+                        l = l + ln
+            for it in prange(G * npan, num_threads=ptp, schedule="static"):
+                g, j = it // npan, it % npan
+                nc = min(cols, Cg - j * cols)
+                l = l0
+                while l < l1:                               # image n's run [l, l + ln)
+                    n = l // HW
+                    ln = min(l1, (n + 1) * HW) - l
+                    dst = &panels[0] + (it * chunk + l - l0) * cols
+                    if real is float:
+                        hot.pixel_major_f32(&x[n, g * Cg + j * cols, 0, 0] + l - n * HW, HW,
+                                            nc, ln, dst, cols)
+                    else:
+                        hot.pixel_major_f64(&x[n, g * Cg + j * cols, 0, 0] + l - n * HW, HW,
+                                            nc, ln, dst, cols)
+                    if nc < cols:
+                        for px in range(ln):
+                            memset(dst + px * cols + nc, 0, (cols - nc) * sizeof(real))
+                    l = l + ln
+            for it in prange(G * npan * nr, num_threads=ptg, schedule="dynamic"):
+                g, j, r = it // (npan * nr), it // nr % npan, it % nr
+                l = l0
+                while l < l1:
+                    n = l // HW
+                    ln = min(l1, (n + 1) * HW) - l
+                    if packed:
+                        if real is float:
+                            hot.pointwise_weight_f32(
+                                &dyc[0] + g * Kg * chunk, chunk, l1 - l0,
+                                &panels[0] + (g * npan + j) * chunk * cols, Cg, r * rows,
+                                min(Kg, (r + 1) * rows), j * cols, &out[0] + g * Kg * Cg,
+                                l0 > 0)
+                        else:
+                            hot.pointwise_weight_f64(
+                                &dyc[0] + g * Kg * chunk, chunk, l1 - l0,
+                                &panels[0] + (g * npan + j) * chunk * cols, Cg, r * rows,
+                                min(Kg, (r + 1) * rows), j * cols, &out[0] + g * Kg * Cg,
+                                l0 > 0)
+                        break
+                    if real is float:
+                        hot.pointwise_weight_f32(
+                            &dy[n, g * Kg, 0, 0] + l - n * HW, HW, ln,
+                            &panels[0] + ((g * npan + j) * chunk + l - l0) * cols, Cg,
+                            r * rows, min(Kg, (r + 1) * rows), j * cols,
+                            &out[0] + g * Kg * Cg, l > 0)
+                    else:
+                        hot.pointwise_weight_f64(
+                            &dy[n, g * Kg, 0, 0] + l - n * HW, HW, ln,
+                            &panels[0] + ((g * npan + j) * chunk + l - l0) * cols, Cg,
+                            r * rows, min(Kg, (r + 1) * rows), j * cols,
+                            &out[0] + g * Kg * Cg, l > 0)
+                    l = l + ln
+    return 0
+
+
+def _weight_pointwise(x, dy, p, out, panel_bytes):
+    """The 1x1 stride-1 weight gradient (``image_gemm``, ``batch_gemm``) by fastconv's own
+    GEMM, no BLAS: dy's channels against x's laid out pixel-major in panels of
+    ``pointwise_cols()`` channels, in chunks of the batch's pixels whose panel takes
+    about ``panel_bytes`` (the plan's; :func:`_weight_pointwise_run`)."""
+    G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.H * p.W
+    if p.N * HW == 0:
+        out.fill(0)                                 # an empty sum
+        return
+    dt = x.dtype
+    cols = hot.pointwise_cols_f32() if dt == np.float32 else hot.pointwise_cols_f64()
+    nt = get_num_threads()
+    kc = max(1, panel_bytes // (cols * dt.itemsize))  # pixels per chunk
+    npan, nch = -(-Cg // cols), -(-(p.N * HW) // kc)
+    chunk = -(-(p.N * HW) // nch)
+    panels = workspace("im2col.weight_panels", G * npan * chunk * cols, dt)
+    dyc = workspace("im2col.weight_dy", p.K * chunk if HW < chunk else 0, dt)
+    # bands of output channels: enough work items for the threads
+    bands = max(1, min(-(-Kg // FC_MR), -(-4 * nt // (G * npan)))) if nt > 1 else 1
+    rows = -(-Kg // bands)
+    if dt == np.float32:
+        _weight_pointwise_run[float](x, dy, panels, dyc, out.reshape(-1), G, Cg, Kg, cols,
+                                     rows, kc, nt)
+    else:
+        _weight_pointwise_run[double](x, dy, panels, dyc, out.reshape(-1), G, Cg, Kg, cols,
+                                      rows, kc, nt)
+
+
 def conv2d_weight(plan, x, dy, p, out):
     """Gradient with respect to the weight, into ``out`` (K, C/groups, R, S)."""
     if p.K == 0:
@@ -1086,17 +1187,14 @@ def conv2d_weight(plan, x, dy, p, out):
     if plan.variant == "patch_gemm":
         _weight_blocked(plan, x, dy, p, out)
         return
-    if plan.variant == "image_gemm" and get_num_threads() == 1:
-        with single_threaded_blas():            # NumPy's GEMM, waking no BLAS thread
-            image_gemm.weight_grad(x, dy, p, out)
+    if plan.variant in ("image_gemm", "batch_gemm"):       # 1x1 stride 1: own GEMM
+        _weight_pointwise(x, dy, p, out, plan["panel_bytes"])
         return
     cdef fc_conv g = _geometry(p)
     colbuf, resbuf = _buffers(plan, p, x.dtype)
     tn, tr = _tiles(plan)
     with single_threaded_blas():
         if x.dtype == np.float32:
-            _weight[float](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr,
-                           get_num_threads())
+            _weight[float](x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())
         else:
-            _weight[double](plan.variant, x, dy, out, colbuf, resbuf, &g, tn, tr,
-                            get_num_threads())
+            _weight[double](x, dy, out, colbuf, resbuf, &g, tn, tr, get_num_threads())

@@ -1262,6 +1262,18 @@ static void FN(pointwise_nhwc)(const T *x, fc_int C, const T *Wt, fc_int K, fc_i
     FN(nhwc_pixels)(x, C, 0, 0, NULL, C, Wt + k0 * C, K, p0, p1, k0, y, bias, res, act, 0);
 }
 
+/* The 1x1 stride-1 weight gradient's GEMM (conv2d_weight's ``image_gemm``):
+ * y[q*K + k] = sum_{i < n} x[q*xstep + i] Wp[i*FC_PW_COLS + k - k0], plus y[q*K + k]
+ * where ``add`` (the sums of the pixels before), for rows q in [q0, q1) (dy's output
+ * channels, n pixels each, xstep apart) and the panel's columns [k0, k0 + FC_PW_COLS)
+ * ∩ [0, K) (input channels; Wp: the panel's n rows of FC_PW_COLS). pointwise_nhwc's
+ * blocks, as even as the rows allow. */
+static void FN(pointwise_weight)(const T *x, fc_int xstep, fc_int n, const T *Wp, fc_int K,
+                                 fc_int q0, fc_int q1, fc_int k0, T *y, int add)
+{
+    FN(nhwc_pixels)(x, xstep, 0, 0, NULL, n, Wp, K, q0, q1, k0, y, NULL, add ? y : NULL, 0, 1);
+}
+
 /* -- 1x1 stride-1 input gradient, no transposed weight kept: pointwise_input ------- */
 
 #if FC_VECTORS

@@ -135,6 +135,7 @@ static inline void fc_avg_window_(const fc_pool *g, fc_int i, fc_int j, int cip,
     .pointwise_cols_##X = pointwise_cols_##X,          \
     .pointwise_gather_##X = pointwise_gather_##X,      \
     .pointwise_nhwc_##X = pointwise_nhwc_##X,          \
+    .pointwise_weight_##X = pointwise_weight_##X,      \
     .conv_nhwc_##X = conv_nhwc_##X,                    \
     .depthwise_nhwc_row_##X = depthwise_nhwc_row_##X,  \
     .wino_slab_##X = wino_slab_##X,                    \

@@ -148,6 +148,12 @@ typedef struct {
     void (*pointwise_nhwc_##X)(const T *x, fc_int C, const T *Wt, fc_int K, fc_int p0,  \
                                fc_int p1, fc_int k0, T *y, const T *bias, const T *res, \
                                int act);                                                \
+    /* 1x1 weight gradient: rows [q0, q1) of y (dy's channels, n pixels xstep apart) \
+     * x a panel's columns [k0, k0 + pointwise_cols()) (fc_impl.h), added to y where  \
+     * add */                                                                          \
+    void (*pointwise_weight_##X)(const T *x, fc_int xstep, fc_int n, const T *Wp,       \
+                                 fc_int K, fc_int q0, fc_int q1, fc_int k0, T *y,       \
+                                 int add);                                              \
     /* channels last, any kernel: output rows x output channels [k0, k0 +             \
      * pointwise_cols()), patches read in place through offs (fc_impl.h) */           \
     void (*conv_nhwc_##X)(const T *x, fc_int rowstep, fc_int rows, fc_int xstep,        \
