@@ -151,8 +151,12 @@ DEFAULTS = {
         "chunks, spanning images where they are small) lays out x's pixels in chunks "
         "whose panel of pointwise_cols() input channels takes this, so the panel stays in "
         "L2 while each band of dy's channels runs over it: against NumPy's BLAS (OpenBLAS) "
-        "on ResNet-50's eight 1x1 stride-1 shapes at N = 1 and 8, 1.01-1.32x on 1 thread; "
-        "1 024 pixels (256 KiB) ran 0.96-1.09x 512 and 0.97-1.03x 4 096 (Zen 4)"),
+        "on ResNet-50's eight 1x1 stride-1 shapes at N = 1 and 8, 1.03-1.24x on 1 thread, "
+        "0.96-1.25x on 2 (most cells 1.0-1.15x; 2-thread runs here vary 1.5x from process "
+        "to process); with the AVX2 objects 1.02-1.24x on 1 thread. 1 024 pixels (256 KiB) "
+        "ran 0.96-1.09x 512 and 0.97-1.03x 4 096; also capping dy's chunk at 512 KiB "
+        "(fewer pixels for many output channels) ran 0.88-0.97x on 512->2048 at N = 8 "
+        "(Zen 4)"),
     "POINTWISE_ONE_GEMM_BELOW": (100, "pixels per image",
         "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5)"),
     "WEIGHT_FUSED_MIN_RATIO": (16, "output pixels per patch row",

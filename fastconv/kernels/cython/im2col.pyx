@@ -1065,21 +1065,52 @@ def conv2d_input(plan, dy, w, p, out):
             _input[double](plan.variant, dy, w, out, colbuf, resbuf, ph, &g, tn, tr, nt)
 
 
+cdef void _pw_panel(const real *dy, const real *dyc, const real *panel, real *out,
+                    Py_ssize_t K, Py_ssize_t HW, Py_ssize_t Kg, Py_ssize_t Cg, Py_ssize_t cols,
+                    Py_ssize_t g, Py_ssize_t chunk, Py_ssize_t l0, Py_ssize_t l1,
+                    Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t k0, bint packed) noexcept nogil:
+    """Rows [q0, q1) of group g's gradient ``out`` (Kg, Cg) x the ``panel``'s input
+    channels from k0, over the chunk's pixels [l0, l1): one ``pointwise_weight`` call
+    on dy's copy ``dyc`` (``packed``), else one per image's run of the chunk in dy."""
+    cdef Py_ssize_t l = l0, n, ln
+    if packed:
+        if real is float:
+            hot.pointwise_weight_f32(dyc + g * Kg * chunk, chunk, l1 - l0, panel, Cg, q0, q1,
+                                     k0, out, l0 > 0)
+        else:
+            hot.pointwise_weight_f64(dyc + g * Kg * chunk, chunk, l1 - l0, panel, Cg, q0, q1,
+                                     k0, out, l0 > 0)
+        return
+    while l < l1:                                   # image n's run [l, l + ln)
+        n = l // HW
+        ln = min(l1, (n + 1) * HW) - l
+        if real is float:
+            hot.pointwise_weight_f32(dy + (n * K + g * Kg) * HW + l - n * HW, HW, ln,
+                                     panel + (l - l0) * cols, Cg, q0, q1, k0, out, l > 0)
+        else:
+            hot.pointwise_weight_f64(dy + (n * K + g * Kg) * HW + l - n * HW, HW, ln,
+                                     panel + (l - l0) * cols, Cg, q0, q1, k0, out, l > 0)
+        l = l + ln
+
+
 cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
                                real[::1] panels, real[::1] dyc, real[::1] out, Py_ssize_t G,
                                Py_ssize_t Cg, Py_ssize_t Kg, Py_ssize_t cols, Py_ssize_t rows,
-                               Py_ssize_t kc, int nt) except -1:
+                               Py_ssize_t pgroup, Py_ssize_t kc, int nt) except -1:
     """out[g, k, c] = sum over the batch's pixels l = n*HW + hw of dy[n, g*Kg + k, hw]
     x[n, g*Cg + c, hw], in chunks of at most ``kc`` consecutive l (spanning images where
     they are small): the chunk's pixels of x laid out in ``panels`` (G, npan, chunk,
-    cols) (input channels past Cg 0), then per work item (group, panel, band of
-    ``rows`` output channels) the own GEMM ``pointwise_weight`` on each image's run of
-    the chunk, every run's sums added to the ones before in order (the same bits on any
-    thread count). Where images are smaller than a chunk, dy's runs of it are copied
-    into ``dyc`` (K, chunk) too, so each item makes one call over the whole chunk: a
-    call per 7x7 image had re-read the item's sums every 49 pixels."""
-    cdef Py_ssize_t N = x.shape[0], HW = x.shape[2] * x.shape[3], L = N * HW
+    cols) (input channels past Cg 0), then per work item (group, band of ``rows``
+    output channels, ``pgroup`` panels) the own GEMM ``pointwise_weight`` of the band
+    with each panel in turn (the panel's chunk stays in L2 while the band's blocks of
+    rows run over it), every run's sums added to the ones before in order (the same
+    bits on any thread count).
+    Where images are smaller than a chunk, dy's runs of it are copied into ``dyc`` (K,
+    chunk) first, so each panel takes one call over the whole chunk: a call per 7x7
+    image had re-read the item's sums every 49 pixels."""
+    cdef Py_ssize_t N = x.shape[0], HW = x.shape[2] * x.shape[3], L = N * HW, K = G * Kg
     cdef Py_ssize_t npan = (Cg + cols - 1) // cols, nr = (Kg + rows - 1) // rows
+    cdef Py_ssize_t ngr = (npan + pgroup - 1) // pgroup
     cdef Py_ssize_t nch = (L + kc - 1) // kc, chunk = (L + nch - 1) // nch
     cdef Py_ssize_t ci, it, n, g, j, r, nc, px, l0, l1, l, ln
     cdef real *dst
@@ -1089,8 +1120,7 @@ cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, :
         for ci in range(nch):
             l0, l1 = L * ci // nch, L * (ci + 1) // nch     # the chunk's pixels
             if packed:
-                for it in prange(G * Kg, num_threads=_par(chunk * G * Kg, nt),
-                                 schedule="static"):
+                for it in prange(K, num_threads=_par(chunk * K, nt), schedule="static"):
                     l = l0
                     while l < l1:
                         n = l // HW
@@ -1116,39 +1146,13 @@ cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, :
                         for px in range(ln):
                             memset(dst + px * cols + nc, 0, (cols - nc) * sizeof(real))
                     l = l + ln
-            for it in prange(G * npan * nr, num_threads=ptg, schedule="dynamic"):
-                g, j, r = it // (npan * nr), it // nr % npan, it % nr
-                l = l0
-                while l < l1:
-                    n = l // HW
-                    ln = min(l1, (n + 1) * HW) - l
-                    if packed:
-                        if real is float:
-                            hot.pointwise_weight_f32(
-                                &dyc[0] + g * Kg * chunk, chunk, l1 - l0,
-                                &panels[0] + (g * npan + j) * chunk * cols, Cg, r * rows,
-                                min(Kg, (r + 1) * rows), j * cols, &out[0] + g * Kg * Cg,
-                                l0 > 0)
-                        else:
-                            hot.pointwise_weight_f64(
-                                &dyc[0] + g * Kg * chunk, chunk, l1 - l0,
-                                &panels[0] + (g * npan + j) * chunk * cols, Cg, r * rows,
-                                min(Kg, (r + 1) * rows), j * cols, &out[0] + g * Kg * Cg,
-                                l0 > 0)
-                        break
-                    if real is float:
-                        hot.pointwise_weight_f32(
-                            &dy[n, g * Kg, 0, 0] + l - n * HW, HW, ln,
-                            &panels[0] + ((g * npan + j) * chunk + l - l0) * cols, Cg,
-                            r * rows, min(Kg, (r + 1) * rows), j * cols,
-                            &out[0] + g * Kg * Cg, l > 0)
-                    else:
-                        hot.pointwise_weight_f64(
-                            &dy[n, g * Kg, 0, 0] + l - n * HW, HW, ln,
-                            &panels[0] + ((g * npan + j) * chunk + l - l0) * cols, Cg,
-                            r * rows, min(Kg, (r + 1) * rows), j * cols,
-                            &out[0] + g * Kg * Cg, l > 0)
-                    l = l + ln
+            for it in prange(G * nr * ngr, num_threads=ptg, schedule="dynamic"):
+                g, r = it // (nr * ngr), it // ngr % nr
+                for j in range(it % ngr * pgroup, min(npan, (it % ngr + 1) * pgroup)):
+                    _pw_panel(&dy[0, 0, 0, 0], &dyc[0] if packed else NULL,
+                              &panels[0] + (g * npan + j) * chunk * cols,
+                              &out[0] + g * Kg * Cg, K, HW, Kg, Cg, cols, g, chunk, l0, l1,
+                              r * rows, min(Kg, (r + 1) * rows), j * cols, packed)
     return 0
 
 
@@ -1156,7 +1160,9 @@ def _weight_pointwise(x, dy, p, out, panel_bytes):
     """The 1x1 stride-1 weight gradient (``image_gemm``, ``batch_gemm``) by fastconv's own
     GEMM, no BLAS: dy's channels against x's laid out pixel-major in panels of
     ``pointwise_cols()`` channels, in chunks of the batch's pixels whose panel takes
-    about ``panel_bytes`` (the plan's; :func:`_weight_pointwise_run`)."""
+    at most ``panel_bytes`` (the plan's), each work item a group of panels (and a band
+    of dy's channels where the panels are too few for the threads;
+    :func:`_weight_pointwise_run`)."""
     G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.H * p.W
     if p.N * HW == 0:
         out.fill(0)                                 # an empty sum
@@ -1168,16 +1174,20 @@ def _weight_pointwise(x, dy, p, out, panel_bytes):
     npan, nch = -(-Cg // cols), -(-(p.N * HW) // kc)
     chunk = -(-(p.N * HW) // nch)
     panels = workspace("im2col.weight_panels", G * npan * chunk * cols, dt)
-    dyc = workspace("im2col.weight_dy", p.K * chunk if HW < chunk else 0, dt)
-    # bands of output channels: enough work items for the threads
-    bands = max(1, min(-(-Kg // FC_MR), -(-4 * nt // (G * npan)))) if nt > 1 else 1
-    rows = -(-Kg // bands)
+    dyc = workspace("im2col.weight_dy", p.K * chunk if HW < chunk else 1, dt)
+    # work items: a group's panels in groups, bands of its output channels where there
+    # are too few panels for the threads
+    nr = (min(-(-Kg // FC_MR), -(-4 * nt // (G * npan)))
+          if nt > 1 and G * npan < 4 * nt else 1)
+    rows = -(-Kg // nr)
+    ngr = min(npan, -(-4 * nt // (G * nr))) if nt > 1 else 1
+    pgroup = -(-npan // max(1, ngr))
     if dt == np.float32:
         _weight_pointwise_run[float](x, dy, panels, dyc, out.reshape(-1), G, Cg, Kg, cols,
-                                     rows, kc, nt)
+                                     rows, pgroup, kc, nt)
     else:
         _weight_pointwise_run[double](x, dy, panels, dyc, out.reshape(-1), G, Cg, Kg, cols,
-                                      rows, kc, nt)
+                                      rows, pgroup, kc, nt)
 
 
 def conv2d_weight(plan, x, dy, p, out):
