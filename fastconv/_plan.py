@@ -532,7 +532,7 @@ def _im2col(op, p, dtype, threads, backend=None):
         if op == "conv2d_weight":           # Cython: one own GEMM over the batch either way
             return ("batch_gemm" if one_gemm else "image_gemm"), panel
         return ("batch_gemm", ()) if one_gemm else ("image_gemm", panel)
-    if op == "conv2d" and p.R == p.S == 1 and not p.padded:
+    if op in ("conv2d", "conv2d_weight") and p.R == p.S == 1 and not p.padded:
         return "image_gemm", panel  # strided 1x1 (a downsample): no patch matrix either
     CgRS = (p.C // p.groups) * p.R * p.S
     if (op == "conv2d_weight" and p.P * p.Q >= t.WEIGHT_FUSED_MIN_RATIO * CgRS

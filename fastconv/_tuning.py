@@ -147,7 +147,8 @@ DEFAULTS = {
         "of each other on ResNet-50's res2, res4 and res5 1x1 layers, no size best on all; "
         "Zen 3)"),
     "POINTWISE_WEIGHT_BYTES": (256 * 2**10, "bytes",
-        "... and its 1x1 weight gradient (no BLAS; the sum over the batch's pixels in "
+        "... and its 1x1 weight gradient without padding, strided too (no BLAS; the sum "
+        "over the batch's pixels in "
         "chunks, spanning images where they are small) lays out x's pixels in chunks "
         "whose panel of pointwise_cols() input channels takes this, so the panel stays in "
         "L2 while each band of dy's channels runs over it: against NumPy's BLAS (OpenBLAS) "

@@ -971,16 +971,18 @@ def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
 @given(groups=st.sampled_from([1, 2, 3]), C=st.integers(1, 70), K=st.integers(1, 40),
        N=st.integers(1, 4), H=st.integers(1, 12), W=st.integers(1, 12),
        dtype=st.sampled_from(DTYPES), threads=st.sampled_from([1, 2]),
-       chunk_bytes=st.sampled_from([1, 3000, 2**18]))
+       chunk_bytes=st.sampled_from([1, 3000, 2**18]),
+       stride=st.sampled_from([1, 1, 2, (1, 3), (2, 1)]))
 def test_pointwise_weight_gradient_in_chunks(groups, C, K, N, H, W, dtype, threads,
-                                             chunk_bytes):
-    """Cython's 1x1 stride-1 weight gradient (``image_gemm``, ``batch_gemm``: the own
-    GEMM ``pointwise_weight``, no BLAS): x laid out pixel-major in panels of input
-    channels (remainders zero), the sum over the batch's pixels in chunks of one pixel,
-    of a few (runs of several images, dy's runs copied), or of the whole batch, split
-    into bands of output channels on two threads. Against the reference; every scratch
-    array and the output sit between guard zones that come back untouched (C without
-    bounds checks); one call and a repeat agree bitwise."""
+                                             chunk_bytes, stride):
+    """Cython's 1x1 weight gradient without padding (``image_gemm``, ``batch_gemm``: the
+    own GEMM ``pointwise_weight``, no BLAS): x laid out pixel-major in panels of input
+    channels (remainders zero; strided: every stride-th row and column gathered), the
+    sum over the batch's pixels in chunks of one pixel, of a few (runs of several
+    images, dy's runs copied), or of the whole batch, split into bands of output
+    channels on two threads. Against the reference; every scratch array and the output
+    sit between guard zones that come back untouched (C without bounds checks); one
+    call and a repeat agree bitwise."""
     from fastconv import _config
     from fastconv.kernels import image_gemm
     from fastconv.kernels.cython import im2col
@@ -988,10 +990,12 @@ def test_pointwise_weight_gradient_in_chunks(groups, C, K, N, H, W, dtype, threa
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS)")
     C, K = C * groups, K * groups
     rng = np.random.default_rng(C * 1000 + K * 10 + N)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    dy = rng.standard_normal((N, K, H, W)).astype(dtype)
+    dy = rng.standard_normal((N, K, -(-H // sh), -(-W // sw))).astype(dtype)
     shape = (K, C // groups, 1, 1)
-    want = fastconv.conv2d_weight(x, shape, dy, groups=groups, algorithm="reference")
+    kw = dict(groups=groups, stride=stride)
+    want = fastconv.conv2d_weight(x, shape, dy, algorithm="reference", **kw)
     guard, taken = 256, []
 
     def guarded(slot, size, dtype_):
@@ -1010,10 +1014,10 @@ def test_pointwise_weight_gradient_in_chunks(groups, C, K, N, H, W, dtype, threa
             mp.setattr(image_gemm, "weight_grad", None)     # NumPy's path must not run
             mp.setattr(im2col, "workspace", guarded)
             mp.setattr(_config, "empty", guarded_empty)
-            got = fastconv.conv2d_weight(x, shape, dy, groups=groups, algorithm="im2col",
-                                         backend="cython")
-            again = fastconv.conv2d_weight(x, shape, dy, groups=groups, algorithm="im2col",
-                                           backend="cython")
+            got = fastconv.conv2d_weight(x, shape, dy, algorithm="im2col", backend="cython",
+                                         **kw)
+            again = fastconv.conv2d_weight(x, shape, dy, algorithm="im2col",
+                                           backend="cython", **kw)
     finally:
         fastconv.set_num_threads(saved)
     assert {(q.backend, q.variant) for q in ran} <= {("cython", "image_gemm"),
@@ -1023,8 +1027,8 @@ def test_pointwise_weight_gradient_in_chunks(groups, C, K, N, H, W, dtype, threa
     for slot, buf, size in taken:
         assert (buf[:guard] == 7).all() and (buf[guard + size:] == 7).all(), \
             f"{slot}: written outside its {size} elements"
-    scale = fastconv.conv2d_weight(np.abs(x), shape, np.abs(dy), groups=groups,
-                                   algorithm="reference").max()
+    scale = fastconv.conv2d_weight(np.abs(x), shape, np.abs(dy), algorithm="reference",
+                                   **kw).max()
     err = np.abs(got.astype(np.float64) - want).max(initial=0.0)
     assert err <= tolerance(dtype, "im2col") * max(scale, 1e-30), (err, scale)
     np.testing.assert_array_equal(again, got)
@@ -1100,7 +1104,8 @@ def test_patch_gemm_weight_gradient(data, dtype):
     blocks and their remainders, groups)."""
     case = data.draw(conv_cases("im2col"))
     p = case["params"]
-    assume(not p.pointwise)                     # 1x1 layers keep their GEMM variants
+    # unpadded 1x1 layers (strided too) keep their GEMM variants
+    assume(not (p.R == p.S == 1 and not p.padded))
     x, w, dy = arrays(p.N + p.C, dtype, p.input_shape, p.weight_shape, p.output_shape)
     kw = conv_args(case)
     # padded copies of a few images at a time, or of all

@@ -68,6 +68,7 @@ TABLE = [
     _row("conv2d_weight", (1, 64, 56, 56), 64, 1, ("im2col", "image_gemm")),
     _row("conv2d_weight", (8, 512, 7, 7), 2048, 1, ("im2col", "batch_gemm")),
     _row("conv2d", (8, 256, 56, 56), 512, 1, ("im2col", "image_gemm"), stride=2),  # downsample
+    _row("conv2d_weight", (8, 64, 56, 56), 128, 1, ("im2col", "image_gemm"), stride=2),
     # ResNet 3x3: Winograd F(4x4) from 20x20 outputs per image, F(2x2) for the weight
     # gradient below; fused filters up to 1 MiB, split on 2+ threads, else unfused (the
     # forwards on images under 20x20 outputs: NO_BLAS, see the BLAS rows below)

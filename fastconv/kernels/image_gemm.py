@@ -1,11 +1,11 @@
-"""1x1 stride-1 layers (and the forward of strided 1x1 layers) as NumPy matmuls, for the
-``image_gemm`` variant (Numba's forward and gradients; Cython's on one thread, the
-forward only without an epilogue: on more, NumPy's matmul runs on OpenBLAS's own
-threads, whose spinning after it slows Cython's OpenMP loops):
-each image's planes are its patch matrix, so no patches are gathered. The GEMMs are
-NumPy's ``matmul`` (NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31
-ran these streaming GEMMs 1.1-1.5x faster than SciPy's 0.3.30, which Cython's
-``cython_blas`` calls)."""
+"""1x1 layers without padding as NumPy matmuls, for the ``image_gemm`` variant: stride 1,
+and the forward and weight gradient of strided layers (every stride-th row and column
+copied first). Numba's forward and gradients; Cython's on one thread only, the forward
+without an epilogue and the input gradient (on more, NumPy's matmul runs on OpenBLAS's
+own threads, whose spinning after it slows Cython's OpenMP loops). Each image's planes
+are its patch matrix, so no patches are gathered. The GEMMs are NumPy's ``matmul``
+(NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31 ran these streaming
+GEMMs 1.1-1.5x faster than SciPy's 0.3.30, which Cython's ``cython_blas`` calls)."""
 import numpy as np
 
 
@@ -34,9 +34,12 @@ def input_grad(dy, w, p, out):
 
 
 def weight_grad(x, dy, p, out):
-    """out (K, C/groups, 1, 1) = the weight gradient of the 1x1 stride-1 convolution: the
-    sum over images of dy[n] x[n]^T, image by image in order (no copy of the batch)."""
-    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.H * p.W
+    """out (K, C/groups, 1, 1) = the weight gradient of the 1x1 convolution without
+    padding: the sum over images of dy[n] x[n]^T, image by image in order (strided: of
+    every stride-th row and column of x, copied first)."""
+    G, Kg, Cg, HW = p.groups, p.K // p.groups, p.C // p.groups, p.P * p.Q
+    if p.stride_h != 1 or p.stride_w != 1:
+        x = np.ascontiguousarray(x[:, :, ::p.stride_h, ::p.stride_w])
     acc = out.reshape(G, Kg, Cg)
     xs, dys = x.reshape(p.N, G, Cg, HW), dy.reshape(p.N, G, Kg, HW)
     np.matmul(dys[0], xs[0].transpose(0, 2, 1), out=acc)

@@ -1096,9 +1096,11 @@ cdef void _pw_panel(const real *dy, const real *dyc, const real *panel, real *ou
 cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
                                real[::1] panels, real[::1] dyc, real[::1] out, Py_ssize_t G,
                                Py_ssize_t Cg, Py_ssize_t Kg, Py_ssize_t cols, Py_ssize_t rows,
-                               Py_ssize_t pgroup, Py_ssize_t kc, int nt) except -1:
+                               Py_ssize_t pgroup, Py_ssize_t kc, Py_ssize_t sh, Py_ssize_t sw,
+                               int nt) except -1:
     """out[g, k, c] = sum over the batch's pixels l = n*HW + hw of dy[n, g*Kg + k, hw]
-    x[n, g*Cg + c, hw], in chunks of at most ``kc`` consecutive l (spanning images where
+    x[n, g*Cg + c, hw] (HW = P*Q; with a stride, x's pixel at row (hw // Q)*sh, column
+    (hw % Q)*sw, gathered), in chunks of at most ``kc`` consecutive l (spanning images where
     they are small): the chunk's pixels of x laid out in ``panels`` (G, npan, chunk,
     cols) (input channels past Cg 0), then per work item (group, band of ``rows``
     output channels, ``pgroup`` panels) the own GEMM ``pointwise_weight`` of the band
@@ -1108,12 +1110,17 @@ cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, :
     Where images are smaller than a chunk, dy's runs of it are copied into ``dyc`` (K,
     chunk) first, so each panel takes one call over the whole chunk: a call per 7x7
     image had re-read the item's sums every 49 pixels."""
-    cdef Py_ssize_t N = x.shape[0], HW = x.shape[2] * x.shape[3], L = N * HW, K = G * Kg
+    cdef Py_ssize_t N = x.shape[0], HW = dy.shape[2] * dy.shape[3], L = N * HW, K = G * Kg
+    cdef Py_ssize_t Q = dy.shape[3], W = x.shape[3], plane = x.shape[2] * W
     cdef Py_ssize_t npan = (Cg + cols - 1) // cols, nr = (Kg + rows - 1) // rows
     cdef Py_ssize_t ngr = (npan + pgroup - 1) // pgroup
     cdef Py_ssize_t nch = (L + kc - 1) // kc, chunk = (L + nch - 1) // nch
-    cdef Py_ssize_t ci, it, n, g, j, r, nc, px, l0, l1, l, ln
+    cdef Py_ssize_t ci, it, n, g, j, r, nc, px, l0, l1, l, ln, i, o, la, lb
+    # the layout's items: each panel's chunk in parts, enough for the threads
+    cdef Py_ssize_t parts = 1 if nt == 1 or npan == 0 else max(
+        1, min(chunk, (2 * nt + G * npan - 1) // (G * npan)))
     cdef real *dst
+    cdef const real *src
     cdef int ptp = _par(chunk * G * npan * cols, nt), ptg = _par_macs(Kg * Cg * G * chunk, nt)
     cdef bint packed = HW < chunk                           # dy's runs copied to dyc
     with nogil:
@@ -1128,20 +1135,27 @@ cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, :
                         memcpy(&dyc[0] + it * chunk + l - l0, &dy[n, it, 0, 0] + l - n * HW,
                                ln * sizeof(real))
                         l = l + ln
-            for it in prange(G * npan, num_threads=ptp, schedule="static"):
-                g, j = it // npan, it % npan
-                nc = min(cols, Cg - j * cols)
-                l = l0
-                while l < l1:                               # image n's run [l, l + ln)
+            for it in prange(G * npan * parts, num_threads=ptp, schedule="static"):
+                g, j = it // parts // npan, it // parts % npan      # panel it // parts,
+                nc = min(cols, Cg - j * cols)                       # pixels [la, lb)
+                la = l0 + (l1 - l0) * (it % parts) // parts
+                lb = l0 + (l1 - l0) * (it % parts + 1) // parts
+                l = la
+                while l < lb:                               # image n's run [l, l + ln)
                     n = l // HW
-                    ln = min(l1, (n + 1) * HW) - l
-                    dst = &panels[0] + (it * chunk + l - l0) * cols
-                    if real is float:
-                        hot.pixel_major_f32(&x[n, g * Cg + j * cols, 0, 0] + l - n * HW, HW,
-                                            nc, ln, dst, cols)
+                    ln = min(lb, (n + 1) * HW) - l
+                    dst = &panels[0] + (it // parts * chunk + l - l0) * cols
+                    src = &x[n, g * Cg + j * cols, 0, 0]
+                    if sh != 1 or sw != 1:                  # output pixel o's input
+                        for px in range(ln):
+                            o = l - n * HW + px
+                            for i in range(nc):
+                                dst[px * cols + i] = src[i * plane + o // Q * sh * W
+                                                         + o % Q * sw]
+                    elif real is float:
+                        hot.pixel_major_f32(src + l - n * HW, HW, nc, ln, dst, cols)
                     else:
-                        hot.pixel_major_f64(&x[n, g * Cg + j * cols, 0, 0] + l - n * HW, HW,
-                                            nc, ln, dst, cols)
+                        hot.pixel_major_f64(src + l - n * HW, HW, nc, ln, dst, cols)
                     if nc < cols:
                         for px in range(ln):
                             memset(dst + px * cols + nc, 0, (cols - nc) * sizeof(real))
@@ -1157,13 +1171,14 @@ cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, :
 
 
 def _weight_pointwise(x, dy, p, out, panel_bytes):
-    """The 1x1 stride-1 weight gradient (``image_gemm``, ``batch_gemm``) by fastconv's own
+    """The 1x1 weight gradient without padding (``image_gemm``, ``batch_gemm``; strided
+    too) by fastconv's own
     GEMM, no BLAS: dy's channels against x's laid out pixel-major in panels of
     ``pointwise_cols()`` channels, in chunks of the batch's pixels whose panel takes
     at most ``panel_bytes`` (the plan's), each work item a group of panels (and a band
     of dy's channels where the panels are too few for the threads;
     :func:`_weight_pointwise_run`)."""
-    G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.H * p.W
+    G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
     if p.N * HW == 0:
         out.fill(0)                                 # an empty sum
         return
@@ -1184,10 +1199,10 @@ def _weight_pointwise(x, dy, p, out, panel_bytes):
     pgroup = -(-npan // max(1, ngr))
     if dt == np.float32:
         _weight_pointwise_run[float](x, dy, panels, dyc, out.reshape(-1), G, Cg, Kg, cols,
-                                     rows, pgroup, kc, nt)
+                                     rows, pgroup, kc, p.stride_h, p.stride_w, nt)
     else:
         _weight_pointwise_run[double](x, dy, panels, dyc, out.reshape(-1), G, Cg, Kg, cols,
-                                      rows, pgroup, kc, nt)
+                                      rows, pgroup, kc, p.stride_h, p.stride_w, nt)
 
 
 def conv2d_weight(plan, x, dy, p, out):
@@ -1197,7 +1212,7 @@ def conv2d_weight(plan, x, dy, p, out):
     if plan.variant == "patch_gemm":
         _weight_blocked(plan, x, dy, p, out)
         return
-    if plan.variant in ("image_gemm", "batch_gemm"):       # 1x1 stride 1: own GEMM
+    if plan.variant in ("image_gemm", "batch_gemm"):       # 1x1 unpadded: own GEMM
         _weight_pointwise(x, dy, p, out, plan["panel_bytes"])
         return
     cdef fc_conv g = _geometry(p)
