@@ -1054,7 +1054,8 @@ def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
     """The GEMMs that call BLAS run in blocks, one single-threaded BLAS call each, on
     OpenMP's threads (``_pgemm``): cut on two threads (the cut is asserted), right
     against the reference for every op on one thread and two, and bitwise equal on
-    repeated calls with the same thread count. One thread and two need not agree
+    repeated calls with the same thread count (``batch_gemm``'s weight gradient, on
+    the own GEMM since session 42, alike). One thread and two need not agree
     bitwise: one thread runs one BLAS call (and ``tiled``'s forward and input gradient
     NumPy's matmul), and OpenBLAS's Haswell kernels (AMD Zen 3) round a GEMM cut into
     column blocks differently from the whole (its SkylakeX kernels, on Intel

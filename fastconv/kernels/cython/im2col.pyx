@@ -1172,12 +1172,11 @@ cdef int _weight_pointwise_run(const real[:, :, :, ::1] x, const real[:, :, :, :
 
 def _weight_pointwise(x, dy, p, out, panel_bytes):
     """The 1x1 weight gradient without padding (``image_gemm``, ``batch_gemm``; strided
-    too) by fastconv's own
-    GEMM, no BLAS: dy's channels against x's laid out pixel-major in panels of
-    ``pointwise_cols()`` channels, in chunks of the batch's pixels whose panel takes
-    at most ``panel_bytes`` (the plan's), each work item a group of panels (and a band
-    of dy's channels where the panels are too few for the threads;
-    :func:`_weight_pointwise_run`)."""
+    too) by fastconv's own GEMM, no BLAS: dy's channels against x's laid out
+    pixel-major in panels of ``pointwise_cols()`` channels, in chunks of the batch's
+    pixels whose panel takes at most ``panel_bytes`` (the plan's), each work item a
+    group of panels (and a band of dy's channels where the panels are too few for the
+    threads; :func:`_weight_pointwise_run`)."""
     G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
     if p.N * HW == 0:
         out.fill(0)                                 # an empty sum
