@@ -153,8 +153,8 @@ DEFAULTS = {
         "whose panel of pointwise_cols() input channels takes this, so the panel stays in "
         "L2 while each band of dy's channels runs over it: against NumPy's BLAS (OpenBLAS) "
         "on ResNet-50's eight 1x1 stride-1 shapes at N = 1 and 8, 1.03-1.24x on 1 thread, "
-        "0.96-1.25x on 2 (most cells 1.0-1.15x; 2-thread runs here vary 1.5x from process "
-        "to process); with the AVX2 objects 1.02-1.24x on 1 thread. 1 024 pixels (256 KiB) "
+        "0.96-1.25x on 2 (most cells 1.0-1.15x; 2-thread cells moved 0.77-1.05 between "
+        "runs here); with the AVX2 objects 1.02-1.24x on 1 thread. 1 024 pixels (256 KiB) "
         "ran 0.96-1.09x 512 and 0.97-1.03x 4 096; also capping dy's chunk at 512 KiB "
         "(fewer pixels for many output channels) ran 0.88-0.97x on 512->2048 at N = 8 "
         "(Zen 4)"),
