@@ -45,6 +45,7 @@ static inline FN(vec) FN(vselect)(FN(vmask) m, FN(vec) a, FN(vec) b)
 #undef FC_THI
 #undef FC_LANES
 #undef FC_TROUND
+#undef FC_CONCAT
 #if FC_VECTORS && defined(__GNUC__) && !defined(__clang__)
 #  define FC_SHUFFLE 1
 #  define FC_TL (FC_VB / FC_TSIZE)
@@ -78,6 +79,17 @@ typedef int64_t FN(vidx) __attribute__((vector_size(FC_VB)));
                             F(7, d), F(8, d), F(9, d), F(10, d), F(11, d), F(12, d),       \
                             F(13, d), F(14, d), F(15, d)}
 #  endif
+typedef T FN(hvec) __attribute__((vector_size(FC_VB / 2)));
+#  if FC_TL == 16
+#    define FC_CONCAT(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, \
+                                                    11, 12, 13, 14, 15)
+#  elif FC_TL == 8
+#    define FC_CONCAT(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7)
+#  elif FC_TL == 4
+#    define FC_CONCAT(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3)
+#  else
+#    define FC_CONCAT(a, b) __builtin_shufflevector(a, b, 0, 1)
+#  endif
 #  define FC_TROUND(d)                                                                  \
     if ((d) < FC_TL) {                                                                 \
         const FN(vidx) lo = FC_LANES(FC_TLO, d), hi = FC_LANES(FC_THI, d);              \
@@ -98,8 +110,21 @@ static inline void FN(transpose_rows)(const T *src, fc_int ss, T *dst, fc_int ds
 {
 #if FC_SHUFFLE
     FN(vec) r[FC_TL];
-    for (int i = 0; i < FC_TL; i++) r[i] = FN(vload)(src + i * ss);
-    FC_TROUND(1) FC_TROUND(2) FC_TROUND(4) FC_TROUND(8)
+    enum { H = FC_TL / 2 };
+    /* the last round (halves) made by the loads: r[i] = (row i, row i + H) of columns
+     * [0, H), r[i + H] of columns [H, 2H) */
+    for (int i = 0; i < H; i++) {
+        FN(hvec) a0, a1, b0, b1;
+        memcpy(&a0, src + i * ss, sizeof a0);
+        memcpy(&a1, src + i * ss + H, sizeof a1);
+        memcpy(&b0, src + (i + H) * ss, sizeof b0);
+        memcpy(&b1, src + (i + H) * ss + H, sizeof b1);
+        r[i] = FC_CONCAT(a0, b0);
+        r[i + H] = FC_CONCAT(a1, b1);
+    }
+    if (1 < H) { FC_TROUND(1) }
+    if (2 < H) { FC_TROUND(2) }
+    if (4 < H) { FC_TROUND(4) }
     for (int j = 0; j < m; j++) FN(vstore)(dst + j * ds, r[j]);
 #else
     for (fc_int j = 0; j < m; j++)
