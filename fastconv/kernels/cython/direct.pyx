@@ -166,6 +166,20 @@ def _blocked(w, G, KB, flip):
 # -- the forward core (conv2d, conv2d_input) -----------------------------------------------
 
 
+#: the cores' tap offsets (int64 arrays) by their geometry's key: made once, as networks
+#: call the same geometries again and again (making the array took about 2 us a call)
+_TAPS = {}
+
+
+def _taps(key, offsets):
+    """The read-only array of ``offsets``, kept in ``_TAPS`` under ``key``."""
+    if len(_TAPS) >= 256:
+        _TAPS.clear()
+    toff = _TAPS[key] = np.array(offsets, np.int64)
+    toff.flags.writeable = False
+    return toff
+
+
 cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
                    real[:, :, :, ::1] out, fc_direct *d, fc_int sw, fc_int Wq, fc_int pt,
                    fc_int pl, const real[::1] bias_a, const real[::1] res_a,
@@ -254,9 +268,11 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     # q + (s*dw) // sw of it, at r*dh*rp + toff_s[s] from output (p, q)'s tap (0, 0)
     Hp = (P_ - 1) * sh + (R - 1) * dh + 1
     Wq = Q_ + (S - 1) * dw // sw
-    toff_s = [(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)]
-    toff = np.array([r * dh * sw * Wq + toff_s[s] for r in range(R) for s in range(S)],
-                    np.int64)
+    key = (R, S, dh, dw, sw, Wq)
+    toff = _TAPS.get(key)
+    if toff is None:
+        toff_s = [(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)]
+        toff = _taps(key, [r * dh * sw * Wq + toff_s[s] for r in range(R) for s in range(S)])
     cdef const fc_int[::1] toff_v = toff
     d.G, d.Cg, d.Kg, d.Kb, d.R, d.S, d.sh, d.dh = G, Cg, Kg, -(-Kg // KB), R, S, sh, dh
     d.rp, d.plane, d.P, d.Q, d.rows, d.brow, d.bcol = sw * Wq, Hp * sw * Wq, P, Q, rows, brow, bcol
@@ -348,9 +364,12 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
     # q + (s*dw) // sw); a read past a row's end lands in the next row's left padding,
     # past a stride-2 plane's last row in an extra row of zeros
     Hq = P + (R - 1) * dh // sh + (sh * sw > 1 and Wq < Q + (S - 1) * dw // sw)
-    toff = np.array([(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
-                     + (r * dh) // sh * Wq + (s * dw) // sw
-                     for r in range(R) for s in range(S)], np.int64)
+    key = (R, S, dh, dw, sh, sw, Hq, Wq)
+    toff = _TAPS.get(key)
+    if toff is None:
+        toff = _taps(key, [(((r * dh) % sh) * sw + (s * dw) % sw) * Hq * Wq
+                           + (r * dh) // sh * Wq + (s * dw) // sw
+                           for r in range(R) for s in range(S)])
     toff_v = toff
     plane = sh * sw * Hq * Wq
     tail = J + (S - 1) * dw // sw               # the last block reads past the planes
