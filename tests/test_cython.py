@@ -439,6 +439,18 @@ DIRECT_PATHS = [
      {"conv2d": "lanes", "conv2d_input": "phases"}, _case(2, 3, 9, 75, 20, 3, 3, 2, (1, 2))),
     ("stride 2, RGB stem; input gradient by phases",
      {"conv2d": "lanes", "conv2d_input": "phases"}, _case(1, 3, 21, 19, 20, 7, 7, 2, 3)),
+    # one-row blocks on few channels read x as it is (fc_direct.unpadded): rows of
+    # blocks inside the input between blocks at its left, right, top and bottom edges,
+    # which read zero-padded copies of their windows; stride 1 and 2, dilation
+    ("lanes, one-row blocks unpadded, stride 2, inner and edge windows", {"conv2d": "lanes"},
+     _case(2, 3, 9, 6 * _mr(), 20, 3, 3, 2, 1)),
+    ("lanes, one-row blocks unpadded, stride 1", {"conv2d": "lanes"},
+     _case(1, 5, 6, 3 * _mr(), 37, 3, 3, padding=1)),
+    ("lanes, one-row blocks unpadded, stride 2, dilation 2, asymmetric padding",
+     {"conv2d": "lanes"}, _case(1, 4, 11, 6 * _mr() + 1, 20, 3, 3, 2, (2, 1), 2)),
+    # more channels than a block's window holds: the phase layout
+    ("lanes, one-row blocks, stride 2, phase layout (wide windows)", {"conv2d": "lanes"},
+     _case(1, 160, 5, 4 * _mr(), 20, 3, 3, 2, 1)),
     ("strides (3, 2), dilation (2, 1), groups; a phase no tap reaches",
      {"conv2d": "lanes", "conv2d_input": "phases"},
      _case(2, 6, 11, 10, 9, 2, 3, (3, 2), (0, 1), (2, 1), 3)),
@@ -491,7 +503,18 @@ def test_direct_paths(monkeypatch, what, variants, case, dtype):
         return blocks[-1]
 
     monkeypatch.setattr(direct, "_rows", spy)
+    unpadded, reads = direct._unpadded, []
+
+    def spy_reads(*args):                           # whether the core read x as it is
+        reads.append(unpadded(*args))
+        return reads[-1]
+
+    monkeypatch.setattr(direct, "_unpadded", spy_reads)
     ran = {pl.op: pl for pl in _check_direct(case, dtype, 1)}
+    if "unpadded" in what:                          # the forward's call comes first
+        assert reads and reads[0], reads
+    if "phase layout" in what:
+        assert reads and not reads[0], reads
     shape = {"one-row": 1, "two-row": 2, "wrapping": 0}
     for words, want in shape.items():
         if words in what:
@@ -506,6 +529,61 @@ def test_direct_paths(monkeypatch, what, variants, case, dtype):
     for op, variant in variants.items():
         want = variant[dtype] if isinstance(variant, dict) else variant
         assert ran[op].variant == want, ran[op]
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 2), C=st.integers(1, 6), H=st.integers(3, 12), K=st.integers(1, 40),
+       RS=st.sampled_from([(3, 3), (7, 7), (1, 3), (5, 2)]), stride=st.sampled_from([1, 2]),
+       dil=st.sampled_from([1, 2]), pads=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       blocks=st.integers(1, 4), slack=st.integers(0, 1), fused=st.booleans(),
+       threads=st.sampled_from([1, 2]),
+       dtype=st.sampled_from(DTYPES))
+def test_unpadded_lanes_reads_only_its_input(N, C, H, K, RS, stride, dil, pads, blocks, slack,
+                                             fused, threads, dtype):
+    """The lanes core reading x as it is (fc_direct.unpadded; asserted to have run), on
+    rows of one to four blocks (Q a multiple of the block's pixels: one-row blocks,
+    which this path takes, not wrapping ones): x sits between NaNs, so a block whose window reached
+    past the input (a border block not read from its zero-padded copy, a wrong column
+    or row) would put NaN in the output; the result is the reference's, with and
+    without the epilogue, on 1 and 2 threads."""
+    from fastconv.kernels.cython import direct
+    R, S = RS
+    # Q = blocks * MR outputs per row
+    W = (blocks * direct.MR - 1) * stride + (S - 1) * dil + 1 - 2 * pads[1] + slack * (stride - 1)
+    assume(W >= 1 and H + 2 * pads[0] >= (R - 1) * dil + 1)
+    assume(2 * pads[0] < (R - 1) * dil + 1 + H and 2 * pads[1] < (S - 1) * dil + 1 + W)
+    case = _case(N, C, H, W, K, R, S, stride, pads, dil)
+    p = case["params"]
+    assert p.Q == blocks * direct.MR
+    unpadded, reads = direct._unpadded, []
+
+    def spy(*args):
+        reads.append(unpadded(*args))
+        return reads[-1]
+
+    rng = np.random.default_rng(0)
+    size = int(np.prod(p.input_shape))
+    guarded = np.full(size + 2 * 1024, np.nan, dtype)
+    x = guarded[1024:1024 + size].reshape(p.input_shape)
+    x[...] = rng.standard_normal(p.input_shape)
+    w = rng.standard_normal(p.weight_shape).astype(dtype)
+    kw = dict(conv_args(case), algorithm="direct", backend="cython")
+    ep = {}
+    if fused:
+        ep = dict(bias=rng.standard_normal(K).astype(dtype),
+                  residual=rng.standard_normal(p.output_shape).astype(dtype), activation="relu")
+    before = fastconv.get_num_threads()
+    fastconv.set_num_threads(threads)
+    try:
+        with pytest.MonkeyPatch.context() as mp, fastconv.trace_plans() as ran:
+            mp.setattr(direct, "_unpadded", spy)
+            got = fastconv.conv2d(x, w, **ep, **kw)
+    finally:
+        fastconv.set_num_threads(before)
+    assume(ran[-1].variant == "lanes" and reads)    # the lanes core: float32 (else flat)
+    assert reads == [True], reads
+    want = fastconv.conv2d(x, w, **ep, **dict(kw, algorithm="reference", backend="auto"))
+    assert_close(got, want, tolerance(dtype, "direct"), f"unpadded lanes {p}")
 
 
 @pytest.mark.parametrize("N,C,H,W,K,groups,act,threads", [

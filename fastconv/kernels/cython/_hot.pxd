@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t
 cdef extern from "fc_kernels.h" nogil:
     ctypedef int64_t fc_int
     enum: FC_MR
+    enum: FC_DTILE
 
     ctypedef struct fc_conv:
         fc_int N, C, H, W, K, R, S, G
@@ -22,6 +23,9 @@ cdef extern from "fc_kernels.h" nogil:
         fc_int Wq, nf
         const fc_int *toff
         int kb_inner
+        int unpadded
+        fc_int H, W, sw, dw, pt, pl, TR, TW
+        const fc_int *toff_tile
 
     ctypedef struct fc_dweight:
         fc_int G, Cg, Kg, Cb, Kb, R, S, sh, sw, dh, dw, Hp, Wp, P, Q

@@ -206,8 +206,8 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
             for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
             w += DKB;
             for (int j = 0; j < npx; j++) {
-                const T a = rows == 0 ? xs[o[j]]
-                            : rows == 1 ? xs[j] : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
+                const T a = rows == 0 ? xs[o[j]] : rows == 1 ? xs[j] : rows == 3 ? xs[2 * j]
+                            : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
                 for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
             }
         }
@@ -216,10 +216,66 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
         for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
 }
 
-static void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
+static inline __attribute__((always_inline)) void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
                               const fc_int *toff, T *tmp)
 {
     FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 1, FC_DMR, NULL, tmp);
+}
+
+/* one row of FC_DMR pixels 2 columns apart (rows 3: the unpadded core's stride 2) */
+static inline __attribute__((always_inline)) void FN(direct_block1s2)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
+                                const fc_int *toff, T *tmp)
+{
+    FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 3, FC_DMR, NULL, tmp);
+}
+
+/* The block of one output row from pixel (p0, q0) of the unpadded core (d->unpadded):
+ * xn is channel 0 of the image's group in the input as it is (H x W planes). Its
+ * window, rows p0*sh - pt + [0, TR) and columns q0*sw - pl + [0, TW), is read in place
+ * when it lies inside the input, else from a zero-padded copy on the stack. */
+static inline __attribute__((always_inline)) void FN(direct_block_unpadded)(const T *xn, const T *w, const fc_direct *d, fc_int p0,
+                                      fc_int q0, T *tmp)
+{
+    const fc_int ih = p0 * d->sh - d->pt, iw = q0 * d->sw - d->pl, RS = d->R * d->S;
+    const fc_int H = d->H, W = d->W, TR = d->TR, TW = d->TW;
+    /* the rows of the window the next band's block reads and this one does not, fetched
+     * while this one computes (left to the hardware, the RGB stem's reads of the input
+     * waited on memory: 12% slower than through the phase layout) */
+    for (fc_int h = ih + TR > 0 ? ih + TR : 0; h < ih + TR + d->sh && h < H; h++)
+        for (fc_int c = 0; c < d->Cg; c++) {
+            const T *row = xn + (c * H + h) * W;
+            const fc_int a = iw > 0 ? iw : 0, b = iw + TW < W ? iw + TW : W;
+            for (fc_int j = a; j < b; j += 64 / (fc_int)sizeof(T)) __builtin_prefetch(row + j, 0, 3);
+            if (b > a) __builtin_prefetch(row + b - 1, 0, 3);
+        }
+    if (ih >= 0 && ih + TR <= H && iw >= 0 && iw + TW <= W) {
+        const T *x = xn + ih * W + iw;
+        if (d->sw == 2)
+            FN(direct_block1s2)(x, w, d->Cg, RS, H * W, d->toff, tmp);
+        else
+            FN(direct_block1)(x, w, d->Cg, RS, H * W, d->toff, tmp);
+        return;
+    }
+    T tile[FC_DTILE];                    /* Cg x TR x TW <= FC_DTILE (direct.pyx) */
+    fc_int lo = 0, hi = 0;               /* the window's columns inside: [lo, hi) */
+    fc_valid_range(TW, W, 1, iw, &lo, &hi);
+    for (fc_int c = 0; c < d->Cg; c++)
+        for (fc_int i = 0; i < TR; i++) {
+            T *t = tile + (c * TR + i) * TW;
+            const fc_int h = ih + i;
+            if (h < 0 || h >= H) {
+                for (fc_int j = 0; j < TW; j++) t[j] = 0;
+                continue;
+            }
+            const T *src = xn + (c * H + h) * W + iw;
+            for (fc_int j = 0; j < lo; j++) t[j] = 0;
+            for (fc_int j = lo; j < hi; j++) t[j] = src[j];
+            for (fc_int j = hi; j < TW; j++) t[j] = 0;
+        }
+    if (d->sw == 2)
+        FN(direct_block1s2)(tile, w, d->Cg, RS, TR * TW, d->toff_tile, tmp);
+    else
+        FN(direct_block1)(tile, w, d->Cg, RS, TR * TW, d->toff_tile, tmp);
 }
 
 static void FN(direct_block2)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
@@ -274,7 +330,7 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
     const fc_int PQ = d->P * d->Q, r2 = d->sh * d->rp, RS = d->R * d->S;
     const T *bias = (const T *)d->bias, *res = (const T *)d->res;
     const fc_int k0 = kb * DKB, nk = d->Kg - k0 < DKB ? d->Kg - k0 : DKB;
-    const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + p0 * r2;
+    const T *xn = xb + (n * d->G + g) * d->Cg * d->plane + (d->unpadded ? 0 : p0 * r2);
     const fc_int plane = d->OH * d->OW;
     /* out's index of channel k0 (of group g), pixel (0, 0) */
     const fc_int o0 = ((n * d->K + g * d->Kg + k0) * d->OH + d->oh0) * d->OW + d->ow0;
@@ -335,7 +391,9 @@ static inline void FN(direct_band)(const T *xb, const T *w, T *out, const fc_dir
                     if (bq == 0) __builtin_prefetch(yk, 1, 1);
                     __builtin_prefetch(yk + (nq - 1) * d->ows, 1, 1);
                 }
-            if (rows == 1)
+            if (d->unpadded)
+                FN(direct_block_unpadded)(xn, w, d, p0, q0, tmp);
+            else if (rows == 1)
                 FN(direct_block1)(xn + q0, w, d->Cg, RS, d->plane, d->toff, tmp);
             else if (p0 + 1 == d->P)
                 FN(direct_block_half)(xn + q0, w, d->Cg, RS, d->plane, d->toff, tmp);

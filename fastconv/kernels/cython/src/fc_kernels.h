@@ -32,6 +32,8 @@ typedef int64_t fc_int;
 /* Output channels per register block of patch_gemm and pointwise_panel (fc_impl.h),
  * in every instruction-set variant. */
 #define FC_MR 6
+/* elements of the unpadded lanes core's zero-padded window of a border block (fc_direct) */
+#define FC_DTILE 4096
 
 /* A convolution's geometry (fastconv._geometry.ConvParams): input (N, C, H, W), weight
  * (K, C/G, R, S), output (N, K, P, Q), stride (sh, sw), top/left padding (pt, pl),
@@ -65,6 +67,13 @@ typedef struct {
     fc_int Wq, nf;
     const fc_int *toff;
     int kb_inner;
+    /* unpadded (the lanes core, one-row blocks): xb is the input itself (N, C, H, W;
+     * plane = H*W), toff[r*S + s] = r*dh*W + s*dw; a block whose taps all fall inside
+     * reads it in place (pixel j at column stride sw), any other reads a zero-padded
+     * copy of its Cg x TR x TW window made on the stack (toff_tile: r*dh*TW + s*dw) */
+    int unpadded;
+    fc_int H, W, sw, dw, pt, pl, TR, TW;
+    const fc_int *toff_tile;
 } fc_direct;
 
 /* The direct weight gradient: input xf[n, g, cb, hp, wp, c] (Hp x Wp pixels of blocks of
