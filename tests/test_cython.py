@@ -552,6 +552,8 @@ def test_unpadded_lanes_reads_only_its_input(N, C, H, K, RS, stride, dil, pads, 
     W = (blocks * direct.MR - 1) * stride + (S - 1) * dil + 1 - 2 * pads[1] + slack * (stride - 1)
     assume(W >= 1 and H + 2 * pads[0] >= (R - 1) * dil + 1)
     assume(2 * pads[0] < (R - 1) * dil + 1 + H and 2 * pads[1] < (S - 1) * dil + 1 + W)
+    assume(C * ((R - 1) * dil + 1) * ((direct.MR - 1) * stride + (S - 1) * dil + 1)
+           <= direct.TILE)                          # the window of the path's blocks
     case = _case(N, C, H, W, K, R, S, stride, pads, dil)
     p = case["params"]
     assert p.Q == blocks * direct.MR

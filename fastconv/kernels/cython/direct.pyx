@@ -180,15 +180,21 @@ def _taps(key, offsets):
     return toff
 
 
-def _unpadded(rows, streamed, sw, Cg, TR, TW):
-    """Whether the lanes core reads the input as it is (``fc_direct.unpadded``): one-row
-    blocks of stride 1 or 2 whose window (TR x TW pixels of Cg channels) fits FC_DTILE
-    elements. Its blocks then read x in place, those at its borders a zero-padded copy
-    of their window, and no phase layout is made. The layout had taken 7% of the 3 ->
-    32 3x3/2 RGB stem's forward at N=1; without it the stem ran 3-4% faster on 1
-    thread and 12-13% on 2, a 7x7/2 stem and a 3 -> 64 3x3 stride-1 layer within 2%
-    either way (AMD EPYC Zen 4)."""
-    return rows == 1 and not streamed and sw <= 2 and Cg * TR * TW <= FC_DTILE
+#: elements of a block's window the unpadded lanes core copies at the input's borders
+#: (FC_DTILE): 2048, 8 KiB of float32
+TILE = FC_DTILE
+
+
+def _unpadded(rows, streamed, flip, sw, Cg, TR, TW):
+    """Whether the lanes core reads the input as it is (``fc_direct.unpadded``): the
+    forward's one-row blocks of stride 1 or 2 whose window (TR x TW pixels of Cg
+    channels: few input channels, stems) fits ``TILE`` elements. Its blocks then read x
+    in place, those at its borders a zero-padded copy of their window, and no phase
+    layout is made. The layout had taken 7% of the 3 -> 32 3x3/2 RGB stem's forward at
+    N=1; without it the stem ran 6-8% faster on 1 thread and 10-15% on 2, a 7x7/2 stem
+    within 2% either way. Larger windows lost: the input gradient's classes of 128 ->
+    128 3x3/2 (windows of 1792-3840) ran 9% slower at N=8 (AMD EPYC Zen 4)."""
+    return rows == 1 and not streamed and not flip and sw <= 2 and Cg * TR * TW <= FC_DTILE
 
 
 cdef int _core_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
@@ -293,7 +299,7 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
     d.toff = &toff_v[0]
     nt = get_num_threads()
     TR, TW = (R - 1) * dh + 1, (MR - 1) * sw + (S - 1) * dw + 1
-    d.unpadded = _unpadded(rows, streamed, sw, Cg, TR, TW)
+    d.unpadded = _unpadded(rows, streamed, flip, sw, Cg, TR, TW)
     if d.unpadded:
         H, W = x.shape[2:]
         key = ("unpadded", R, S, dh, dw, W, TW)

@@ -33,7 +33,7 @@ typedef int64_t fc_int;
  * in every instruction-set variant. */
 #define FC_MR 6
 /* elements of the unpadded lanes core's zero-padded window of a border block (fc_direct) */
-#define FC_DTILE 4096
+#define FC_DTILE 2048
 
 /* A convolution's geometry (fastconv._geometry.ConvParams): input (N, C, H, W), weight
  * (K, C/G, R, S), output (N, K, P, Q), stride (sh, sw), top/left padding (pt, pl),
