@@ -18,10 +18,12 @@ Variants (``VARIANTS`` in ``__init__.py``):
   slice of images (about ``plan["slice_bytes"]`` per thread, so the kernel reads it
   from cache) as zero-padded phase planes ``xb[n, c, hp, b, wq]`` (padded column
   ``wq*sw + b``), where every tap of a block reads consecutive columns whatever the
-  stride; the weight as ``wb[g, kb, c, r, s, k]`` (output channels last, zero past
-  the group's), cached per weight (``kernels/weight_cache.py``). A work item is a band
-  of output rows (of a row's worth of wrapping blocks) of one image, group and channel
-  block; each block keeps its sums in registers and stores them once,
+  stride; or, for the forward's one-row blocks on few channels (:func:`_unpadded`:
+  stems), not at all: each block reads its window of x in place, or a zero-padded
+  copy of it at x's borders. The weight as ``wb[g, kb, c, r, s, k]`` (output channels
+  last, zero past the group's), cached per weight (``kernels/weight_cache.py``). A work
+  item is a band of output rows (of a row's worth of wrapping blocks) of one image,
+  group and channel block; each block keeps its sums in registers and stores them once,
   through the epilogue (bias, residual, activation). The input gradient is this
   forward on ``grad_output`` with the weight rotated by 180 degrees, C and K swapped
   (padding ``dil*(R-1) - pad``).

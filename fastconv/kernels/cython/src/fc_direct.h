@@ -216,15 +216,15 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
         for (int v = 0; v < FC_DNV; v++) FN(dstore)(tmp + j * DKB + v * DVL, acc[j][v]);
 }
 
-static inline __attribute__((always_inline)) void FN(direct_block1)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
-                              const fc_int *toff, T *tmp)
+static inline __attribute__((always_inline)) void FN(direct_block1)(
+    const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp, const fc_int *toff, T *tmp)
 {
     FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 1, FC_DMR, NULL, tmp);
 }
 
 /* one row of FC_DMR pixels 2 columns apart (rows 3: the unpadded core's stride 2) */
-static inline __attribute__((always_inline)) void FN(direct_block1s2)(const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp,
-                                const fc_int *toff, T *tmp)
+static inline __attribute__((always_inline)) void FN(direct_block1s2)(
+    const T *x, const T *w, fc_int Cg, fc_int RS, fc_int cp, const fc_int *toff, T *tmp)
 {
     FN(direct_block_rows)(x, w, Cg, RS, cp, toff, 0, 3, FC_DMR, NULL, tmp);
 }
@@ -233,8 +233,8 @@ static inline __attribute__((always_inline)) void FN(direct_block1s2)(const T *x
  * xn is channel 0 of the image's group in the input as it is (H x W planes). Its
  * window, rows p0*sh - pt + [0, TR) and columns q0*sw - pl + [0, TW), is read in place
  * when it lies inside the input, else from a zero-padded copy on the stack. */
-static inline __attribute__((always_inline)) void FN(direct_block_unpadded)(const T *xn, const T *w, const fc_direct *d, fc_int p0,
-                                      fc_int q0, T *tmp)
+static inline __attribute__((always_inline)) void FN(direct_block_unpadded)(
+    const T *xn, const T *w, const fc_direct *d, fc_int p0, fc_int q0, T *tmp)
 {
     const fc_int ih = p0 * d->sh - d->pt, iw = q0 * d->sw - d->pl, RS = d->R * d->S;
     const fc_int H = d->H, W = d->W, TR = d->TR, TW = d->TW;
@@ -245,7 +245,8 @@ static inline __attribute__((always_inline)) void FN(direct_block_unpadded)(cons
         for (fc_int c = 0; c < d->Cg; c++) {
             const T *row = xn + (c * H + h) * W;
             const fc_int a = iw > 0 ? iw : 0, b = iw + TW < W ? iw + TW : W;
-            for (fc_int j = a; j < b; j += 64 / (fc_int)sizeof(T)) __builtin_prefetch(row + j, 0, 3);
+            for (fc_int j = a; j < b; j += 64 / (fc_int)sizeof(T))
+                __builtin_prefetch(row + j, 0, 3);
             if (b > a) __builtin_prefetch(row + b - 1, 0, 3);
         }
     if (ih >= 0 && ih + TR <= H && iw >= 0 && iw + TW <= W) {
