@@ -193,8 +193,8 @@ def _unpadded(rows, streamed, flip, sw, Cg, TR, TW):
     channels: few input channels, stems) fits ``TILE`` elements. Its blocks then read x
     in place, those at its borders a zero-padded copy of their window, and no phase
     layout is made. The layout had taken 7% of the 3 -> 32 3x3/2 RGB stem's forward at
-    N=1; without it the stem ran 6-8% faster on 1 thread and 10-15% on 2, a 7x7/2 stem
-    within 2% either way. Larger windows lost: the input gradient's classes of 128 ->
+    N=1; without it the stem ran 5-8% faster on 1 thread and 8-14% on 2 (N = 1 and 8),
+    a 7x7/2 stem within 2% either way. Larger windows lost: the input gradient's classes of 128 ->
     128 3x3/2 (windows of 1792-3840) ran 9% slower at N=8 (AMD EPYC Zen 4)."""
     return rows == 1 and not streamed and not flip and sw <= 2 and Cg * TR * TW <= FC_DTILE
 
