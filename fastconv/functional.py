@@ -270,16 +270,8 @@ def _call_key(input, weight, bias, residual, args):
     time: 3-D input, arrays that are not exactly ``np.ndarray``, or arguments other
     than ints, strings, tuples of ints and None (a bool or float is not let through
     where an int equal to it was)."""
-    if type(input) is not np.ndarray or input.ndim != 4:
+    if type(input) is not np.ndarray or input.ndim != 4 or not _plain_args(args):
         return None
-    for a in args:
-        t = type(a)
-        if t is tuple:
-            for e in a:
-                if type(e) is not int:
-                    return None
-        elif t is not int and t is not str and a is not None:
-            return None
     if type(weight) is np.ndarray:
         wk = (weight.shape, weight.strides, weight.dtype)
     elif type(weight) is PreparedWeight:
@@ -299,6 +291,49 @@ def _call_key(input, weight, bias, residual, args):
     else:
         return None
     return (input.shape, input.strides, input.dtype, wk, bk, rk, args, _plan.settings())
+
+
+def _plain_args(args):
+    """Whether each of ``args`` is an int, a str, None or a tuple of ints: the
+    arguments a memo's key may hold (a bool, float or NumPy integer takes the full path,
+    where the checks treat it as they do)."""
+    for a in args:
+        t = type(a)
+        if t is tuple:
+            for e in a:
+                if type(e) is not int:
+                    return False
+        elif t is not int and t is not str and a is not None:
+            return False
+    return True
+
+
+#: conv2d_input's and conv2d_weight's calls on arrays that passed the checks, by
+#: :func:`_grad_key`: (plan, geometry, dtype, whether the result is made channels last)
+#: of the call, which the key decides, so that an equal call (each training step's)
+#: skips validation and planning. Up to MEMO_SIZE kept.
+_GRAD_CALLS = {}
+
+
+def _grad_key(op, a, dy, size, args):
+    """The key of a conv2d_input (``a`` the weight, ``size`` the input's) or
+    conv2d_weight (``a`` the input, ``size`` the weight's) call on grad_output ``dy``
+    in ``_GRAD_CALLS``: what validation and planning read (both arrays' shapes, strides
+    and dtypes, the size, the other arguments, :func:`fastconv._plan.settings`); None
+    for a call that takes the full path each time: arrays that are not exactly 4-D
+    ``np.ndarray`` (a prepared weight's included), a size that is not a tuple of ints,
+    other arguments as :func:`_plain_args` refuses."""
+    if (type(a) is not np.ndarray or type(dy) is not np.ndarray or a.ndim != 4
+            or dy.ndim != 4 or type(size) is not tuple or not _plain_args(args + (size,))):
+        return None
+    return (op, a.shape, a.strides, a.dtype, dy.shape, dy.strides, dy.dtype, size, args,
+            _plan.settings())
+
+
+def _remember_grad(key, call):
+    if len(_GRAD_CALLS) >= MEMO_SIZE:
+        _GRAD_CALLS.clear()
+    _GRAD_CALLS[key] = call
 
 
 def _conv2d_check(input, weight, bias, stride, padding, dilation, groups, activation,
@@ -440,6 +475,14 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     there it also reaches the pixels within the kernel's extent of the border, which the
     reference leaves finite (0 x NaN). im2col and direct's depthwise scatter do not.
     """
+    args = (stride, padding, dilation, groups, algorithm, backend)
+    key = _grad_key("conv2d_input", weight, grad_output, input_size, args)
+    hit = None if key is None else _GRAD_CALLS.get(key)
+    if hit is not None:                             # validated and planned before
+        plan, p, dtype, nhwc = hit
+        out = _config.empty(p.input_shape, dtype)
+        _plan.run(plan, grad_output, weight, p, out)
+        return _layout_of(out, nhwc)
     nhwc = channels_last(np.asarray(grad_output))
     dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
     w = _weight("conv2d_input", weight)
@@ -452,6 +495,9 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         return _unbatch(np.zeros(p.input_shape, dtype), unbatched)
     plan = _plan.make("conv2d_input", p, dtype, algorithm, backend)
     _conv_room("conv2d_input", p, dtype, p.input_shape, plan)
+    if key is not None and dy is grad_output and w is weight:
+        # a later call with an equal key would pass the same arrays to the same kernel
+        _remember_grad(key, (plan, p, dtype, nhwc))
     out = _config.empty(p.input_shape, dtype)
     _plan.run(plan, dy, w, p, out)
     return _unbatch(_layout_of(out, nhwc), unbatched)
@@ -473,6 +519,14 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     -------
     ndarray of shape ``weight_size``. The bias gradient is ``grad_output.sum((0, 2, 3))``.
     """
+    args = (stride, padding, dilation, groups, algorithm, backend)
+    key = _grad_key("conv2d_weight", input, grad_output, weight_size, args)
+    hit = None if key is None else _GRAD_CALLS.get(key)
+    if hit is not None:                             # validated and planned before
+        plan, p, dtype, _ = hit
+        out = _config.empty(p.weight_shape, dtype)
+        _plan.run(plan, input, grad_output, p, out)
+        return out
     x, unbatched = _batched("conv2d_weight", "input", input)
     dy, dy_unbatched = _batched("conv2d_weight", "grad_output", grad_output)
     if unbatched != dy_unbatched:
@@ -488,6 +542,8 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         return np.zeros(p.weight_shape, dtype)
     plan = _plan.make("conv2d_weight", p, dtype, algorithm, backend)
     _conv_room("conv2d_weight", p, dtype, p.weight_shape, plan)
+    if key is not None and x is input and dy is grad_output:
+        _remember_grad(key, (plan, p, dtype, False))
     out = _config.empty(p.weight_shape, dtype)
     _plan.run(plan, x, dy, p, out)
     return out

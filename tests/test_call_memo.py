@@ -1,5 +1,6 @@
-"""conv2d remembers each call that passed its checks (``functional._call_key``) and
-skips validation and planning for an equal one. These tests show that the shortcut is
+"""conv2d remembers each call that passed its checks (``functional._call_key``), as
+conv2d_input and conv2d_weight do (``functional._grad_key``), and skips validation and
+planning for an equal one. These tests show that the shortcut is
 taken, and that it never changes an outcome: every call that differs from a remembered
 one in anything the checks read gets what it would get in a fresh process."""
 import numpy as np
@@ -149,3 +150,107 @@ def test_a_remembered_call_never_changes_an_outcome(name, call):
     assert len(functional._CONV2D_CALLS) == 1
     after = outcome(lambda: call(x, w, b))
     assert same(after, alone), (after, alone)
+
+
+# -- conv2d_input and conv2d_weight: _GRAD_CALLS ------------------------------------------
+
+DY = rng.standard_normal((2, 6, 9, 9)).astype(np.float32)
+GRAD_ARGS = dict(stride=1, padding=1, dilation=1, groups=1)
+
+
+def _grads(x, w, dy, **kw):
+    """(input gradient, weight gradient) of conv2d(x, w) for grad_output dy."""
+    kw = {**GRAD_ARGS, **kw}
+    return (fastconv.conv2d_input(x.shape, w, dy, **kw),
+            fastconv.conv2d_weight(x, w.shape, dy, **kw))
+
+
+def test_remembered_gradient_calls_skip_the_checks(monkeypatch):
+    """The second equal conv2d_input and conv2d_weight calls run without validation
+    or planning (both replaced by a function that fails here), and give the
+    reference's answers."""
+    x, w, dy = X.copy(), W.copy(), DY.copy()
+    want = _grads(x, w, dy, algorithm="reference")
+    functional._GRAD_CALLS.clear()
+    first = _grads(x, w, dy)
+    assert len(functional._GRAD_CALLS) == 2
+
+    def boom(*args, **kwargs):
+        raise AssertionError("checked again")
+    monkeypatch.setattr(functional, "conv_params", boom)
+    monkeypatch.setattr(functional._plan, "make", boom)
+    second = _grads(x, w, dy)
+    for a, b, ref in zip(first, second, want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(b, ref, rtol=1e-4, atol=1e-4)
+
+
+def _grad_variants():
+    """(name, call) pairs, each differing from the remembered gradient calls
+    ``_grads(X, W, DY)`` in one thing the checks read."""
+    def with_args(**kw):
+        return lambda x, w, dy: _grads(x, w, dy, **kw)
+
+    def changed_weight(x, w, dy):
+        w[0] = 3
+        return _grads(x, w, dy)
+
+    def resized(x, w, dy):
+        return (fastconv.conv2d_input((2, 8, 10, 10), w, dy, **GRAD_ARGS),
+                fastconv.conv2d_weight(x, (6, 8, 3, 2), dy, **GRAD_ARGS))
+
+    return [
+        ("stride True", with_args(stride=True)),
+        ("stride 2", with_args(stride=2)),
+        ("padding 1.0", with_args(padding=1.0)),
+        ("padding [1, 1]", with_args(padding=[1, 1])),
+        ("padding 0", with_args(padding=0)),
+        ("groups 2", with_args(groups=2)),
+        ("algorithm 'fft'", with_args(algorithm="fft")),
+        ("algorithm 'direct'", with_args(algorithm="direct")),
+        ("weight changed in place", changed_weight),
+        ("other sizes", resized),
+        ("sizes as lists", lambda x, w, dy: (
+            fastconv.conv2d_input(list(x.shape), w, dy, **GRAD_ARGS),
+            fastconv.conv2d_weight(x, list(w.shape), dy, **GRAD_ARGS))),
+        ("channels-last grad_output", lambda x, w, dy: _grads(
+            x, w, fastconv.to_channels_last(dy))),
+        ("strided grad_output", lambda x, w, dy: _grads(
+            x, w, np.repeat(dy, 2, axis=3)[..., ::2])),
+        ("grad_output of the wrong shape", lambda x, w, dy: _grads(x, w, dy[:, :, :8])),
+        ("float64 grad_output", lambda x, w, dy: _grads(x, w, dy.astype(np.float64))),
+        ("3-D arrays", lambda x, w, dy: (
+            fastconv.conv2d_input(x.shape[1:], w, dy[0], **GRAD_ARGS),
+            fastconv.conv2d_weight(x[0], w.shape, dy[0], **GRAD_ARGS))),
+        ("prepared weight", lambda x, w, dy: fastconv.conv2d_input(
+            x.shape, fastconv.prepare_weight(w), dy, **GRAD_ARGS)),
+    ]
+
+
+@pytest.mark.parametrize("name,call", _grad_variants(), ids=[n for n, _ in _grad_variants()])
+def test_remembered_gradient_calls_never_change_an_outcome(name, call):
+    """As for conv2d: each variant's outcome after the remembered gradient calls on
+    the same arrays equals its outcome with nothing remembered."""
+    def fresh():
+        return X.copy(), W.copy(), DY.copy()
+
+    def outcomes(args):
+        try:
+            results = call(*args)
+        except (TypeError, ValueError) as e:
+            return [("error", type(e), str(e))]
+        return [("ok", np.asarray(r)) for r in _as_tuple(results)]
+
+    functional._GRAD_CALLS.clear()
+    alone = outcomes(fresh())
+    functional._GRAD_CALLS.clear()
+    x, w, dy = fresh()
+    _grads(x, w, dy)                                # remembered
+    assert len(functional._GRAD_CALLS) == 2
+    after = outcomes((x, w, dy))
+    assert len(after) == len(alone) and all(same(a, b) for a, b in zip(after, alone)), \
+        (after, alone)
+
+
+def _as_tuple(r):
+    return r if isinstance(r, tuple) else (r,)
