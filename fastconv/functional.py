@@ -330,6 +330,23 @@ def _grad_key(op, a, dy, size, args):
             _plan.settings())
 
 
+def _remembered_grad(op, a, dy, size, args):
+    """(key, result): the call's :func:`_grad_key`, and its result when an equal call
+    was remembered (the kernel run straight away on ``a`` and ``dy``), else None."""
+    key = _grad_key(op, a, dy, size, args)
+    hit = None if key is None else _GRAD_CALLS.get(key)
+    if hit is None:
+        return key, None
+    plan, p, dtype, nhwc = hit                      # validated and planned before
+    if op == "conv2d_input":
+        out = _config.empty(p.input_shape, dtype)
+        _plan.run(plan, dy, a, p, out)
+    else:
+        out = _config.empty(p.weight_shape, dtype)
+        _plan.run(plan, a, dy, p, out)
+    return key, _layout_of(out, nhwc)
+
+
 def _remember_grad(key, call):
     if len(_GRAD_CALLS) >= MEMO_SIZE:
         _GRAD_CALLS.clear()
@@ -475,14 +492,10 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     there it also reaches the pixels within the kernel's extent of the border, which the
     reference leaves finite (0 x NaN). im2col and direct's depthwise scatter do not.
     """
-    args = (stride, padding, dilation, groups, algorithm, backend)
-    key = _grad_key("conv2d_input", weight, grad_output, input_size, args)
-    hit = None if key is None else _GRAD_CALLS.get(key)
-    if hit is not None:                             # validated and planned before
-        plan, p, dtype, nhwc = hit
-        out = _config.empty(p.input_shape, dtype)
-        _plan.run(plan, grad_output, weight, p, out)
-        return _layout_of(out, nhwc)
+    key, y = _remembered_grad("conv2d_input", weight, grad_output, input_size,
+                              (stride, padding, dilation, groups, algorithm, backend))
+    if y is not None:
+        return y
     nhwc = channels_last(np.asarray(grad_output))
     dy, unbatched = _batched("conv2d_input", "grad_output", grad_output)
     w = _weight("conv2d_input", weight)
@@ -519,14 +532,10 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     -------
     ndarray of shape ``weight_size``. The bias gradient is ``grad_output.sum((0, 2, 3))``.
     """
-    args = (stride, padding, dilation, groups, algorithm, backend)
-    key = _grad_key("conv2d_weight", input, grad_output, weight_size, args)
-    hit = None if key is None else _GRAD_CALLS.get(key)
-    if hit is not None:                             # validated and planned before
-        plan, p, dtype, _ = hit
-        out = _config.empty(p.weight_shape, dtype)
-        _plan.run(plan, input, grad_output, p, out)
-        return out
+    key, y = _remembered_grad("conv2d_weight", input, grad_output, weight_size,
+                              (stride, padding, dilation, groups, algorithm, backend))
+    if y is not None:
+        return y
     x, unbatched = _batched("conv2d_weight", "input", input)
     dy, dy_unbatched = _batched("conv2d_weight", "grad_output", grad_output)
     if unbatched != dy_unbatched:
