@@ -15,7 +15,7 @@ from fastconv._geometry import conv_params
 from fastconv.kernels import layouts
 from fastconv.kernels.numba import direct
 
-from conftest import assert_close, kernel_pairs, on_one_thread, ran_plan, tolerance, tuned
+from conftest import arrays, assert_close, kernel_pairs, on_one_thread, ran_plan, tolerance, tuned
 
 OPS = ("conv2d", "conv2d_input", "conv2d_weight")
 
@@ -214,6 +214,35 @@ def test_groups_and_depthwise(dtype):
     _check(dtype, 1, 8, 17, 19, 8, 5, 5, padding=2, groups=8, **dw)
     _check(dtype, 2, 16, 56, 37, 16, 3, 3, stride=2, padding=1, groups=16, **scatter)
     _check(dtype, 1, 16, 33, 40, 16, 3, 3, stride=2, padding=1, groups=16, **scatter)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_direct_sees_a_weight_changed_in_place(backend):
+    """On either backend, the cached weight layouts (the forward's, each input-gradient
+    phase's) are not used once the weight changed in place (an optimiser step),
+    wherever it changed."""
+    if backend not in _dispatch.available_backends():
+        pytest.skip(f"the {backend} backend is not available")
+    x, w, dy = arrays(2, np.float32, (2, 128, 9, 9), (40, 128, 3, 3), (2, 40, 5, 5))
+    kw = dict(padding=1, stride=2, algorithm="direct", backend=backend)
+    ref = dict(algorithm="reference", backend="auto")
+    for step in range(5):
+        # the input gradient first: it alone sees the weight change (a forward first
+        # would have replaced the cache's entry)
+        with fastconv.trace_plans() as ran:
+            dx = fastconv.conv2d_input(x.shape, w, dy, **kw)
+            y = fastconv.conv2d(x, w, **kw)
+        assert [pl.variant for pl in ran] == ["phases", "lanes"]
+        assert_close(dx, fastconv.conv2d_input(x.shape, w, dy, **kw | ref), 1e-5,
+                     f"conv2d_input after {step} updates")
+        assert_close(y, fastconv.conv2d(x, w, **kw | ref), 1e-5, f"conv2d after {step} updates")
+        # in place: same address, shape, strides; the last steps change one tap only,
+        # which only some of the input gradient's phases read (the first phase's call
+        # checks the whole weight for all of them)
+        if step < 3:
+            w[step] += 1
+        else:
+            w[:, :, step - 2, step - 2] += 1
 
 
 def test_weight_cache_sees_in_place_changes():

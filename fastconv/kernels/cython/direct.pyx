@@ -255,19 +255,23 @@ cdef object _output(fc_direct *d, out, orow, ocol, ep):
 
 
 def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=False,
-          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, core="lanes", wrap_work=0):
+          wkey=None, kind=(), orow=(0, 1), ocol=(0, 1), ep=None, core="lanes", wrap_work=0,
+          checked=False):
     """out (N, K', OH, OW) at rows orow[0] + p*orow[1], columns ocol[0] + q*ocol[1] = the
     direct correlation (P x Q outputs) of x (N, C', H, W) padded by (pt, pl) with w (K',
     C'/G, R, S), or with w (C', K'/G, R, S) rotated (``flip``: the input gradient's),
     through the epilogue ``ep``; the batch in slices of about ``slice_bytes`` of layout
     per thread. ``wkey``/``kind``: the array and tag the weight cache keys on; ``core``:
     ``lanes``, ``lanes_streamed`` (no cached layout, each work item lays out its block
-    of w itself) or ``flat`` (:func:`_flat`); ``wrap_work``: ``_rows``'s."""
+    of w itself) or ``flat`` (:func:`_flat`); ``wrap_work``: ``_rows``'s; ``checked``:
+    the weight cache's entry for ``wkey`` was checked against it earlier in this call
+    (the input gradient's phases after their first), so a cached layout is used as it
+    is."""
     cdef fc_direct d
     cdef fc_pending pd
     if core == "flat":
         _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, wkey,
-              kind, orow, ocol, ep)
+              kind, orow, ocol, ep, checked)
         return
     streamed = core == "lanes_streamed"
     dtype = x.dtype
@@ -328,6 +332,8 @@ def _core(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip=Fa
         tag = ("direct_cython", flip, G, KB) + kind
         build = lambda: _blocked(w, G, KB, flip).reshape(-1)
         wb, check = _weights.get_unchecked(wkey, tag, build)
+        if checked:
+            check = None
         wl = xb[:0]
     for n0 in range(0, N, nb):
         n1 = min(N, n0 + nb)
@@ -376,7 +382,7 @@ cdef int _flat_run(const real[:, :, :, ::1] x, real[::1] xb, const real[::1] wb,
 
 
 def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, wkey, kind,
-          orow, ocol, ep):
+          orow, ocol, ep, checked):
     """The ``flat`` core (stride 1, or 2 along both axes): the output grid flattened
     (pixel f = p*Wq + q, rows of Wq columns, ``layouts.flat_pitch``; the columns past Q
     computed and dropped), blocks of ``direct_flat_pixels`` consecutive pixels (the
@@ -421,6 +427,8 @@ def _flat(x, w, out, slice_bytes, G, P, Q, R, S, sh, sw, pt, pl, dh, dw, flip, w
     tag = ("direct_cython_flat", flip, G, KB) + kind
     build = lambda: _blocked(w, G, KB, flip).reshape(-1)
     wb, check = _weights.get_unchecked(wkey, tag, build)
+    if checked:
+        check = None
     # all channel blocks of a pixel block back to back (its input reused from cache)
     # unless the weight outweighs the slice's input; then the weights reused instead
     d.kb_inner = wb.nbytes <= nb * image * dtype.itemsize
@@ -770,17 +778,23 @@ def conv2d_input(plan, dy, w, p, out):
         rows, cols, cores = plan["rows"], plan["cols"], plan["cores"]
         if "" in cores:
             out[...] = 0                                # classes no tap reaches stay zero
+        # every class's layout is cached under w: the first class's call checks w
+        # against the cache's copy, the others take their layouts as they are (each
+        # had checked the whole weight again: 4 checks of res3 3x3/2's 0.6 MB a call);
+        # a class's taps are a view of w, copied only when its layout is built
+        checked = False
         for a, (tr, ptr, oh0, Hi, dh) in enumerate(rows):
             for b, (tc, plc, ow0, Wi, dw) in enumerate(cols):
                 core = cores[a * len(cols) + b]
                 if not core:
                     continue
-                wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
-                                              slice(*tc) if tc else slice(None)])
+                wsub = w[:, :, slice(*tr) if tr else slice(None),
+                         slice(*tc) if tc else slice(None)]
                 _core(dy, wsub, out, plan["slice_bytes"], p.groups, Hi, Wi, wsub.shape[2],
                       wsub.shape[3], 1, 1, ptr, plc, dh, dw, flip=True, wkey=w,
                       kind=("phase", tr, tc), orow=(oh0, p.stride_h), ocol=(ow0, p.stride_w),
-                      core=core)
+                      core=core, checked=checked)
+                checked = True
     else:
         _core(dy, w, out, plan["slice_bytes"], p.groups, p.H, p.W, p.R, p.S, 1, 1,
               p.dil_h * (p.R - 1) - p.pad_top, p.dil_w * (p.S - 1) - p.pad_left, p.dil_h,

@@ -210,11 +210,13 @@ def _dy_blocked(dy, dyb, G, Kg, Kb):
         _dy_row(dy, df, dyb, G, Kg, Kb, it)
 
 
-def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
+def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB, checked=False):
     """A function ``weight(fresh=False)`` -> (wb, check): the blocked weight layout of
     ``w`` (see ``_w_blocked``) from the cache when ``wkey`` (the caller's array, ``w``
     derived from it) was seen before, with the check the kernel's first run makes while
-    it already computes (``_forward_blocked``), else (or ``fresh``) built, and None."""
+    it already computes (``_forward_blocked``; none when ``checked``: the cache's entry
+    for ``wkey`` was checked earlier in this call), else (or ``fresh``) built, and
+    None."""
     tag = ("direct", flip, G, Kg, Cg, KB) + kind
 
     def build():
@@ -226,7 +228,8 @@ def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
     def weight(fresh=False):
         if fresh:
             return _weights.put(wkey, tag, build()), None
-        return _weights.get_unchecked(wkey, tag, build)
+        wb, check = _weights.get_unchecked(wkey, tag, build)
+        return wb, None if checked else check
 
     return weight
 
@@ -236,7 +239,7 @@ def _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB):
 
 def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G, sh, sw,
                      pt, pl, dh, dw, P, Q, ish=1, isw=1, flip=False, wkey=None, kind=(),
-                     orow=(0, 1), ocol=(0, 1), ep=None):
+                     orow=(0, 1), ocol=(0, 1), ep=None, checked=False):
     """out (N, K, P, Q) = direct convolution of x (N, C, H', W') by w, where the virtual
     input is x with ``ish - 1``/``isw - 1`` zeros between pixels, padded by pt, pl, by
     the plan's ``core`` (``fastconv._plan.DIRECT_CORES``), converting and convolving
@@ -244,7 +247,9 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
     ``wkey``/``kind``: the array and tag the weight cache keys on (``w`` derived from
     ``wkey``); ``orow``/``ocol`` (offset, step): output pixel (p, q) goes to
     ``out[..., orow[0] + p*orow[1], ocol[0] + q*ocol[1]]`` (stride 1: the flat kernel);
-    ``ep``: the forward's epilogue, which the kernels apply as they store each block."""
+    ``ep``: the forward's epilogue, which the kernels apply as they store each block;
+    ``checked``: the weight cache's entry for ``wkey`` was checked earlier in this call
+    (the input gradient's phases after their first)."""
     wkey = w if wkey is None else wkey
     dtype = x.dtype
     ep = none(dtype) if ep is None else ep
@@ -273,7 +278,7 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
                                            channels=KB, stride=sw), G * Kb, xb, wb, os_,
                             n, C, G, Hp, Wq, Kb, Kg, R, S, sh, dh, dw, P, Q, flip, zero, *e)
         else:
-            weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
+            weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB, checked)
 
             def kernel(n, xb, os_, wb, first, e):
                 items = n * G * Kb * -(-P // M) * (1 if M == 1 else -(-Q // J))  # M > 1: blocks
@@ -296,7 +301,7 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
                          for r in range(R) for s in range(S)], np.int64)
         plane = sh * sw * Hq * Wq
         tail = J + (S - 1) * dw // sw               # the last block reads past the planes
-        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB)
+        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, KB, checked)
         nf = -(-P * Wq // J)
 
         def convert(xs, xb):
@@ -326,7 +331,7 @@ def _forward_blocked(core, slice_bytes, serial_rows, x, w, out, N, C, K, R, S, G
         plane = Hp * sw * Wq
         tail = 0
         assert orow == ocol == (0, 1)
-        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, 16)
+        weight = _blocked_weight(w, wkey, kind, G, Kg, Kb, Cg, flip, 16, checked)
         # offset of tap column s in a row: phase (s*dw) % sw, then (s*dw) // sw columns in
         soff = np.array([(s * dw) % sw * Wq + (s * dw) // sw for s in range(S)], np.int64)
 
@@ -487,13 +492,17 @@ def _input_grad_phases(plan, dy, w, p, out):
     rows, cols, cores = plan["rows"], plan["cols"], plan["cores"]
     if "" in cores:
         out[...] = 0                                   # classes no tap reaches stay zero
+    # the first class's call checks w against the weight cache's copy, the others take
+    # their cached layouts as they are; a class's taps are a view of w, copied only when
+    # its layout is built (as Cython's phases)
+    checked = False
     for a, (tr, ptr, oh0, Hi, dh) in enumerate(rows):
         for b, (tc, plc, ow0, Wi, dw) in enumerate(cols):
             core = cores[a * len(cols) + b]
             if not core:
                 continue
-            wsub = np.ascontiguousarray(w[:, :, slice(*tr) if tr else slice(None),
-                                          slice(*tc) if tc else slice(None)])
+            wsub = w[:, :, slice(*tr) if tr else slice(None),
+                     slice(*tc) if tc else slice(None)]
             # the lanes core writes whole rows: its class into a dense array (a reused
             # workspace), then copied to every stride-th row and column; the flat core
             # writes them itself
@@ -504,7 +513,8 @@ def _input_grad_phases(plan, dy, w, p, out):
                              ptr, plc, dh, dw, Hi, Wi, flip=True, wkey=w,
                              kind=("phase", tr, tc),          # cached per sub-kernel
                              orow=(0, 1) if lanes else (oh0, p.stride_h),
-                             ocol=(0, 1) if lanes else (ow0, p.stride_w))
+                             ocol=(0, 1) if lanes else (ow0, p.stride_w), checked=checked)
+            checked = True
             if lanes:
                 out[:, :, oh0:oh0 + (Hi - 1) * p.stride_h + 1:p.stride_h,
                     ow0:ow0 + (Wi - 1) * p.stride_w + 1:p.stride_w] = dst
