@@ -195,9 +195,11 @@ def _algorithm(op, p, dtype, layout="nchw"):
     if (op == "conv2d_weight" and wide and max(p.stride_h, p.stride_w) <= 2
             and patch >= t.DIRECT_MAX_PATCH):
         return "direct"
-    # stride-2 input gradients with enough outputs: a lanes forward per residue class
+    # stride-2 input gradients with enough outputs or input channels: a lanes forward
+    # per residue class
     if (op == "conv2d_input" and p.stride_h == p.stride_w == 2 and p.dil_h == p.dil_w == 1
-            and registers >= t.BLAS_BELOW_REGISTERS and p.N * p.P * p.Q >= t.PHASES_MIN_OUTPUTS
+            and registers >= t.BLAS_BELOW_REGISTERS
+            and (p.N * p.P * p.Q >= t.PHASES_MIN_OUTPUTS or Cg >= t.PHASES_MIN_CHANNELS)
             and lanes_phase(dtype, p.P, p.Q, Cg)):
         return "direct"
     return "im2col"

@@ -88,6 +88,11 @@ DEFAULTS = {
         "channels, 56x56 and 28x28 inputs) at N = 8 ran 1.07-1.10x faster on 1 thread and "
         "1.11-1.28x on 2; at N = 1 (784 and 196 outputs) 0.79-1.08x on 1 thread and "
         "0.6-0.92x on 2 (Zen 4, session 39)"),
+    "PHASES_MIN_CHANNELS": (128, "input channels per group",
+        "... and at any N*P*Q with C/groups of at least this, since the classes share one "
+        "weight check (session 44): at N = 1, 128-1024 channels (3x3/2 on 56x56 to 14x14 "
+        "inputs, 1x1/2 on 56x56 and 14x14) ran 1.06-1.28x im2col's speed on 1 and 2 "
+        "threads; 32-96 channels 0.5-1.17x (Zen 4)"),
     "POINTWISE_MIN_IMAGES": (4, "images",
         "direct's pointwise GEMM runs 1x1 forwards of at least this many images (Zen 5)"),
     "POINTWISE_MAX_IMAGE": (100, "pixels per image",

@@ -168,11 +168,15 @@ TABLE = [
     _row("conv2d_weight", (8, 512, 14, 14), 512, 3, ("direct", "blocked"), stride=2,
          padding=1),
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1),
-    # with 32 vector registers, stride-2 input gradients of PHASES_MIN_OUTPUTS run direct's
-    # lanes core per residue class; fewer outputs (N = 1) and RGB stems keep im2col
+    # with 32 vector registers, stride-2 input gradients of PHASES_MIN_OUTPUTS or
+    # PHASES_MIN_CHANNELS run direct's lanes core per residue class; fewer outputs (N =
+    # 1) with fewer channels and RGB stems keep im2col
     _row("conv2d_input", (8, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
          **NO_BLAS),
-    _row("conv2d_input", (1, 128, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1,
+    _row("conv2d_input", (1, 128, 56, 56), 128, 3, ("direct", "phases"), stride=2, padding=1,
+         **NO_BLAS),
+    _row("conv2d_input", (1, 512, 14, 14), 1024, 1, ("direct", "phases"), stride=2, **NO_BLAS),
+    _row("conv2d_input", (1, 64, 56, 56), 128, 3, ("im2col", "tiled"), stride=2, padding=1,
          **NO_BLAS),
     _row("conv2d_input", (8, 3, 224, 224), 64, 7, ("im2col", "tiled"), stride=2, padding=3,
          **NO_BLAS),
