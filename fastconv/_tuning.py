@@ -92,7 +92,8 @@ DEFAULTS = {
         "... and at any N*P*Q with C/groups of at least this, since the classes share one "
         "weight check (session 44): at N = 1, 128-1024 channels (3x3/2 on 56x56 to 14x14 "
         "inputs, 1x1/2 on 56x56 and 14x14) ran 1.06-1.28x im2col's speed on 1 and 2 "
-        "threads; 32-96 channels 0.5-1.17x (Zen 4)"),
+        "threads (bench_plans), 1.00-1.29x on 1 thread in ab.py but 0.78-1.41x on 2, where "
+        "a worker had run 1-thread cases first; 32-96 channels 0.5-1.17x (Zen 4)"),
     "POINTWISE_MIN_IMAGES": (4, "images",
         "direct's pointwise GEMM runs 1x1 forwards of at least this many images (Zen 5)"),
     "POINTWISE_MAX_IMAGE": (100, "pixels per image",
