@@ -1371,6 +1371,14 @@ for dt in (np.float32, np.float64):
         out[f"{alg}_conv2d_{dt.__name__}"] = yw
         out[f"{alg}_conv2d_input_{dt.__name__}"] = fastconv.conv2d_input(xw.shape, ww, yw, **kw)
         out[f"{alg}_conv2d_weight_{dt.__name__}"] = fastconv.conv2d_weight(xw, ww.shape, yw, **kw)
+    # outputs of one column on several images (on two threads where the CPU has them):
+    # rows shorter than half a register transpose (AVX2's float64, SSE's float32
+    # vectors), whose whole vectors would reach other tiles' and images' rows
+    xq = rng.standard_normal((4, 3, 9, 3)).astype(dt)
+    wq = rng.standard_normal((8, 3, 3, 3)).astype(dt)
+    for alg in ("winograd_f2", "winograd_f4"):
+        out[f"{alg}_conv2d_column_{dt.__name__}"] = fastconv.conv2d(
+            xq, wq, algorithm=alg, backend="cython")
     for name, xs, ws, kw in (
             ("", (2, 6, 9, 17), (20, 3, 3, 3), dict(padding=1, groups=2)),
             ("short", (1, 5, 6, 5), (18, 5, 3, 3), dict(padding=1)),

@@ -224,13 +224,16 @@ static void FN(wino_store)(T *O, fc_int Wr, fc_int kp, fc_int nk, fc_int ra, T *
                     }
             }
 #if FC_VECTORS
-    if (Q < FC_TL && Wr >= FC_TL && kp % FC_TL == 0) {
+    if (Q < FC_TL && 2 * Q >= FC_TL && Wr >= FC_TL && kp % FC_TL == 0) {
         /* rows shorter than a register transpose (14x14 planes): whole transposes of
          * the slab's first FC_TL pixels of the row (its Wr include the cropped
          * columns); each channel's vector stored whole where its last lanes fall on
-         * the next row, which is stored next, else (the last row) through a copy cut
-         * to Q (transpose_matrix went element by element here: 11% of ResNet-50
-         * res4's 3x3 at N=8, AMD EPYC Zen 4) */
+         * the next row (2Q >= FC_TL: on no row past it), which is stored next, else
+         * (the last row) through a copy cut to Q (transpose_matrix went element by
+         * element here: 11% of ResNet-50 res4's 3x3 at N=8, AMD EPYC Zen 4). Rows of
+         * Q < FC_TL / 2 (one column under AVX2's double or SSE's float vectors) go
+         * element by element: a whole vector would reach rows past the next, of
+         * another tile row, channel or image, which other threads may have stored. */
         T cut[FC_TL * FC_TL];
         for (fc_int a = 0; a < ra; a++)
             for (fc_int k0 = 0; k0 < nk; k0 += FC_TL) {
