@@ -18,8 +18,8 @@ The variants this backend runs (``VARIANTS`` in the manifest; the selector,
   to read once per block: batches of ``plan["tile_batch"]`` tiles (whole tile rows)
   of any images, in three parallel steps, the input transform, the alpha^2 GEMMs on
   the whole batch, the output transform. ``unfused``'s GEMMs are the channels-last
-  1x1 kernel (``pointwise_nhwc``, its register block) reading U in place, stored as
-  panels of output channels; ``unfused_blas``'s are BLAS, one xi per call.
+  1x1 kernel's register blocks (``pointwise_weight``, as even as the tiles allow)
+  reading U in place, stored as panels of output channels; ``unfused_blas``'s are BLAS, one xi per call.
 - forward and input gradient ``streamed`` (float32 F(4x4,3x3), a very large filter on
   few tiles): ``unfused`` with one batch of every tile and no transformed filter; a
   GEMM work item is a panel of output channels for every xi, transforming the
@@ -37,7 +37,6 @@ from the variant's table (``_isa.ISA``). The filter transform ``U = G g G^T`` ru
 double and is cached per weight (``kernels/weight_cache``), as Numba's is.
 """
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
@@ -47,7 +46,7 @@ from ..epilogue import none
 from ..kernel_blocks import larger_kernels
 from ..weight_cache import CACHE as _filters
 from ._epilogue cimport _epilogue_run
-from ._hot cimport FC_MR, fc_int, fc_kernels, load_table, real
+from ._hot cimport fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
 cdef const fc_kernels *hot = load_table(__name__, ISA)
@@ -208,10 +207,13 @@ cdef void _fused_weight(const real *x, const real *dy, real *dU, fc_int N, fc_in
 
 cdef void _panels(const real *V, fc_int C, const real *Up, fc_int K, fc_int rows, fc_int k0,
                   real *M) noexcept nogil:
+    """M[t, k0:k0 + cols] = V[t, :] @ the panel of U from output channel k0, for the rows
+    tiles t: ``pointwise_weight``, the 1x1 kernel's register blocks as even as the rows
+    allow (16 tiles: 6 + 5 + 5 rows), so no rows past the tiles are computed."""
     if real is float:
-        hot.pointwise_nhwc_f32(V, C, Up, K, 0, rows, k0, M, NULL, NULL, 0)
+        hot.pointwise_weight_f32(V, C, C, Up + k0 * C, K, 0, rows, k0, M, 0)
     else:
-        hot.pointwise_nhwc_f64(V, C, Up, K, 0, rows, k0, M, NULL, NULL, 0)
+        hot.pointwise_weight_f64(V, C, C, Up + k0 * C, K, 0, rows, k0, M, 0)
 
 
 cdef void _streamed(const real *V, fc_int ldt, fc_int rows, fc_int C, const real *w,
@@ -249,13 +251,12 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
                    const real *res, int act, const real *w, fc_int Kw, fc_int Cw, bint rot,
                    fc_int CB, real *Fb, fc_int fsize, int tthreads, bint nhwc) noexcept nogil:
     """y = the correlation of x with the transformed filter U, in batches of B tile rows
-    (of any images): the batch's input transform into V (alpha^2, ldt, C), a tile row
-    per work item; the alpha^2 GEMMs M[xi] (ldt, K) = V[xi] U[xi]; the output transform
-    with the epilogue, a tile row per work item. ``cols`` > 0: U is (alpha^2, panels, C,
-    cols), and a GEMM work item is one panel of one xi, the channels-last 1x1 kernel
-    (``pointwise_nhwc``) reading it in place, ldt a multiple of its FC_MR-row register
-    block (rows past the tiles zero); ``cols`` 0: U is (alpha^2, C, K), a work item one
-    xi's GEMM by single-threaded BLAS. Each GEMM's sums run in one order: the bits do
+    (of any images, nt tiles): the batch's input transform into V (alpha^2, nt, C), a
+    tile row per work item; the alpha^2 GEMMs M[xi] (nt, K) = V[xi] U[xi]; the output
+    transform with the epilogue, a tile row per work item. ``cols`` > 0: U is (alpha^2,
+    panels, C, cols), and a GEMM work item is one panel of one xi, the 1x1 kernel's
+    register blocks reading it in place (:func:`_panels`); ``cols`` 0: U is (alpha^2, C,
+    K), a work item one xi's GEMM by single-threaded BLAS. Each GEMM's sums run in one order: the bits do
     not depend on the thread count. Each U[xi] is read once per batch, not once per
     block of tiles as fused reads it. ``w`` not NULL (streamed: one batch of every
     tile): no U; a GEMM work item is a panel of ``cols`` output channels for every xi,
@@ -264,7 +265,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
     transforms run on ``tthreads`` threads. ``nhwc``: x, y and res channels last."""
     cdef fc_int al2 = (m + 2) * (m + 2), Wp = m * tw + 2, rows = N * th
     cdef fc_int ssize = (m + 2) * Wp * C, npan = (K + cols - 1) // cols if cols else 1
-    cdef fc_int r0, nr, nt, ldt, n, i, o, xi, j
+    cdef fc_int r0, nr, nt, n, i, o, xi, j
     cdef Py_ssize_t it
     cdef int tid
     cdef bint planar = res != NULL and not nhwc     # the residual added by _residual
@@ -272,34 +273,30 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
     while r0 < rows:
         nr = min(B, rows - r0)
         nt = nr * tw
-        ldt = (nt + FC_MR - 1) // FC_MR * FC_MR if cols else nt
         for it in prange(nr, num_threads=tthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
             _slab(x + n * C * H * W, C, H, W, i * m + oh, ow, m + 2, Wp, Sb + tid * ssize,
                   nhwc)
-            _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, ldt, Tb + tid * tsize)
-        if ldt > nt:
-            for xi in range(al2):
-                memset(V + (xi * ldt + nt) * C, 0, (ldt - nt) * C * sizeof(real))
+            _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, nt, Tb + tid * tsize)
         if w != NULL:
             for j in prange(npan, num_threads=nthreads, schedule="static"):
-                _streamed(V, ldt, nt, C, w, Kw, Cw, rot, m, K, j * cols, CB, M,
+                _streamed(V, nt, nt, C, w, Kw, Cw, rot, m, K, j * cols, CB, M,
                           Fb + threadid() * fsize)
         else:
             for it in prange(al2 * npan, num_threads=nthreads, schedule="static"):
                 xi, j = it // npan, it % npan
                 if cols:
-                    _panels(V + xi * ldt * C, C, U + xi * npan * C * cols, K, ldt,
-                            j * cols, M + xi * ldt * K)
+                    _panels(V + xi * nt * C, C, U + xi * npan * C * cols, K, nt,
+                            j * cols, M + xi * nt * K)
                 else:
-                    _gemm(False, <int>ldt, <int>K, <int>C, V + xi * ldt * C, <int>C,
-                          U + xi * C * K, <int>K, 0, M + xi * ldt * K, <int>K)
+                    _gemm(False, <int>nt, <int>K, <int>C, V + xi * nt * C, <int>C,
+                          U + xi * C * K, <int>K, 0, M + xi * nt * K, <int>K)
         for it in prange(nr, num_threads=tthreads, schedule="static"):
             tid = threadid()
             n, i = (r0 + it) // th, (r0 + it) % th
             o = n * K * P * Q
-            _output(M + it * tw * K, ldt, K, K, m, tw, tw, y + o, P, Q, m * i, bias,
+            _output(M + it * tw * K, nt, K, K, m, tw, tw, y + o, P, Q, m * i, bias,
                     NULL if res == NULL or planar else res + o, 0 if planar else act,
                     Tb + tid * tsize, K if nhwc else 0)
         if planar:
@@ -436,7 +433,7 @@ def _winograd(plan, m, x, w, kind, y, off_h, off_w, ep):
     dt = x.dtype
     nv = 1 if unfused else nthreads             # V and M: shared, or one per thread
     S = _buffer("S", nthreads * rows * (m * tw + 2) * C, dt)
-    ldt = B * tw + FC_MR                        # room for the panel GEMM's whole blocks
+    ldt = B * tw                                # a batch's tiles
     V = _buffer("V", nv * al2 * ldt * C, dt)
     M = _buffer("M", nv * al2 * ldt * kp, dt)
     T = _buffer("T", nthreads * tsize, dt)
