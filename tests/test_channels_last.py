@@ -135,6 +135,30 @@ def test_depthwise_nhwc(backend, dtype, case, seed, data):
                  f"depthwise_nhwc {p}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("C", [40, 21])
+@pytest.mark.parametrize("stride,W", [(1, 14), (2, 26)])
+def test_depthwise_nhwc_3x3_blocks(dtype, C, stride, W):
+    """The Cython kernel's 3x3 blocks (stride 1 or 2, dilation 1: ``dw_nhwc_block3``,
+    each input row's pixels loaded once): widths whose inner columns (12: the taps of
+    the edge columns reach the padding) make one block of 8 pixels and one of 4, the
+    edge columns and the channel tail (40 or 21 channels) one by one, with the bias, a
+    residual and ReLU6, against the reference. The random geometries above reach these
+    blocks only now and then."""
+    if ("conv2d", "direct", "cython") not in fastconv._dispatch.REGISTRY:
+        pytest.skip("the Cython backend is not built")
+    p = fastconv._geometry.conv_params("test", (2, C, 7, W), (C, 1, 3, 3), stride, 1, 1, C)
+    x, w, b, r = arrays(stride + C, dtype, p.input_shape, p.weight_shape, (C,),
+                        p.output_shape)
+    with fastconv.trace_plans() as ran:
+        y = fastconv.conv2d(cl(x), w, b, stride=stride, padding=1, groups=C,
+                            activation="relu6", residual=cl(r), algorithm="direct",
+                            backend="cython")
+    assert (ran[-1].variant, ran[-1].layout) == ("depthwise_nhwc", "nhwc"), ran[-1]
+    assert_close(y, _reference(x, w, p, b, r, "relu6"), tolerance(dtype, "direct"),
+                 f"depthwise_nhwc {p}")
+
+
 @pytest.mark.parametrize("backend", ["numba", "cython"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @settings(max_examples=25)
