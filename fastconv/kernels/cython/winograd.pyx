@@ -267,13 +267,14 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
     transform with the epilogue, a tile row per work item. ``cols`` > 0: U is (alpha^2,
     panels, C, cols), and a GEMM work item is one panel of one xi, the 1x1 kernel's
     register blocks reading it in place (:func:`_panels`); ``cols`` 0: U is (alpha^2, C,
-    K), a work item one xi's GEMM by single-threaded BLAS. Each GEMM's sums run in one order: the bits do
-    not depend on the thread count. Each U[xi] is read once per batch, not once per
-    block of tiles as fused reads it. ``w`` not NULL (streamed: one batch of every
-    tile): no U; a GEMM work item is a panel of ``cols`` output channels for every xi,
-    its U made from the weight ``w`` (Kw, Cw, 3, 3; ``rot``), CB input channels at a
-    time, in the thread's scratch (``Fb`` + tid * fsize; ``wino_streamed``); the
-    transforms run on ``tthreads`` threads. ``nhwc``: x, y and res channels last."""
+    K), a work item one xi's GEMM by single-threaded BLAS. Each GEMM's sums run in one
+    order: the bits do not depend on the thread count. Each U[xi] is read once per
+    batch, not once per block of tiles as fused reads it. ``w`` not NULL (streamed: one
+    batch of every tile): no U; a GEMM work item is a panel of ``cols`` output channels
+    for every xi, its U made from the weight ``w`` (Kw, Cw, 3, 3; ``rot``), CB input
+    channels at a time, in the thread's scratch (``Fb`` + tid * fsize;
+    ``wino_streamed``); the transforms run on ``tthreads`` threads. ``nhwc``: x, y and
+    res channels last."""
     cdef fc_int al2 = (m + 2) * (m + 2), Wp = m * tw + 2, rows = N * th
     cdef fc_int ssize = (m + 2) * Wp * C, npan = (K + cols - 1) // cols if cols else 1
     cdef fc_int r0, nr, nt, n, i, o, xi, j
