@@ -202,13 +202,21 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
     for (fc_int c = 0; c < Cg; c++) {
         const T *xc = x + c * cp;
         for (fc_int t = 0; t < RS; t++) {
-            const T *xs = xc + toff[t];
+            const T *xs = xc + toff[t], *xs2 = xs + (r2 - CB2);
+            /* the tap's pointer (rows 2: and its second row's) in a register, each
+             * pixel's broadcast a constant displacement from it. Left to GCC, the
+             * pixels' indices were summed as integers (-fwrapv keeps it from folding
+             * them into displacements) and ten of the fourteen reloaded from the stack:
+             * 27 loads per 28 FMAs, which a CPU with two FMA and two load ports cannot
+             * issue at its FMA rate (Intel Xeon Ice Lake) */
+            if (rows != 0) __asm__("" : "+r"(xs));
+            if (rows == 2) __asm__("" : "+r"(xs2));
             FN(dvec) wv[FC_DNV];
             for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
             w += DKB;
             for (int j = 0; j < npx; j++) {
                 const T a = rows == 0 ? xs[o[j]] : rows == 1 ? xs[j] : rows == 3 ? xs[2 * j]
-                            : (j < CB2 ? xs[j] : xs[r2 + j - CB2]);
+                            : (j < CB2 ? xs[j] : xs2[j]);
                 for (int v = 0; v < FC_DNV; v++) acc[j][v] += wv[v] * a;
             }
         }
