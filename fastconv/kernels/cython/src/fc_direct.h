@@ -202,7 +202,7 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
     for (fc_int c = 0; c < Cg; c++) {
         const T *xc = x + c * cp;
         for (fc_int t = 0; t < RS; t++) {
-            const T *xs = xc + toff[t], *xs2 = xs + (r2 - CB2);
+            const T *xs = xc + toff[t], *xs2 = rows == 2 ? xs + (r2 - CB2) : xs;
             /* the tap's pointer (rows 2: and its second row's) in a register, each
              * pixel's broadcast a constant displacement from it. Left to GCC, the
              * pixels' indices were summed as integers (-fwrapv keeps it from folding
