@@ -177,7 +177,7 @@ cdef extern from "fc_kernels.h" nogil:
                                 fc_int c, fc_int kp, float *U) noexcept nogil
         void (*wino_filter_t_f32)(float *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
                                   fc_int k, double *tmp, float *dw) noexcept nogil
-        void (*wino_streamed_f32)(const float *V, fc_int ldt, fc_int rows, fc_int C,
+        void (*wino_streamed_f32)(const float *V, fc_int rows, fc_int C,
                                   const float *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
                                   fc_int K, fc_int k0, fc_int cb_max, float *M,
                                   float *scratch) noexcept nogil
@@ -186,7 +186,7 @@ cdef extern from "fc_kernels.h" nogil:
                                 fc_int c, fc_int kp, double *U) noexcept nogil
         void (*wino_filter_t_f64)(double *dU, fc_int parts, fc_int K, fc_int C, fc_int m,
                                   fc_int k, double *tmp, double *dw) noexcept nogil
-        void (*wino_streamed_f64)(const double *V, fc_int ldt, fc_int rows, fc_int C,
+        void (*wino_streamed_f64)(const double *V, fc_int rows, fc_int C,
                                   const double *w, fc_int Kw, fc_int Cw, int rot, fc_int m,
                                   fc_int K, fc_int k0, fc_int cb_max, double *M,
                                   double *scratch) noexcept nogil

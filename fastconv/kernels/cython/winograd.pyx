@@ -227,13 +227,13 @@ cdef void _panels(const real *V, fc_int C, const real *Up, fc_int K, fc_int rows
             hot.pointwise_weight_f64(V, C, C, Up + k0 * C, K, bulk, rows, k0, M, 0)
 
 
-cdef void _streamed(const real *V, fc_int ldt, fc_int rows, fc_int C, const real *w,
+cdef void _streamed(const real *V, fc_int rows, fc_int C, const real *w,
                     fc_int Kw, fc_int Cw, bint rot, fc_int m, fc_int K, fc_int k0, fc_int CB,
                     real *M, real *F) noexcept nogil:
     if real is float:
-        hot.wino_streamed_f32(V, ldt, rows, C, w, Kw, Cw, rot, m, K, k0, CB, M, F)
+        hot.wino_streamed_f32(V, rows, C, w, Kw, Cw, rot, m, K, k0, CB, M, F)
     else:
-        hot.wino_streamed_f64(V, ldt, rows, C, w, Kw, Cw, rot, m, K, k0, CB, M, F)
+        hot.wino_streamed_f64(V, rows, C, w, Kw, Cw, rot, m, K, k0, CB, M, F)
 
 
 cdef void _residual(real *y, const real *res, fc_int r0, fc_int nr, fc_int th, fc_int K,
@@ -293,7 +293,7 @@ cdef void _unfused(const real *x, const real *U, real *y, fc_int N, fc_int C, fc
             _input(Sb + tid * ssize, Wp, C, m, tw, tw, V + it * tw * C, nt, Tb + tid * tsize)
         if w != NULL:
             for j in prange(npan, num_threads=nthreads, schedule="static"):
-                _streamed(V, nt, nt, C, w, Kw, Cw, rot, m, K, j * cols, CB, M,
+                _streamed(V, nt, C, w, Kw, Cw, rot, m, K, j * cols, CB, M,
                           Fb + threadid() * fsize)
         else:
             for it in prange(al2 * npan, num_threads=nthreads, schedule="static"):

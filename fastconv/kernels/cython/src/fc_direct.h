@@ -209,8 +209,8 @@ static inline __attribute__((always_inline)) void FN(direct_block_rows)(
              * them into displacements) and ten of the fourteen reloaded from the stack:
              * 27 loads per 28 FMAs, which a CPU with two FMA and two load ports cannot
              * issue at its FMA rate (Intel Xeon Ice Lake) */
-            if (rows != 0) __asm__("" : "+r"(xs));
-            if (rows == 2) __asm__("" : "+r"(xs2));
+            if (rows != 0) FC_OPAQUE(xs);
+            if (rows == 2) FC_OPAQUE(xs2);
             FN(dvec) wv[FC_DNV];
             for (int v = 0; v < FC_DNV; v++) wv[v] = FN(dload)(w + v * DVL);
             w += DKB;

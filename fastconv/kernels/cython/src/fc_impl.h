@@ -1054,7 +1054,8 @@ static inline __attribute__((always_inline)) void FN(nhwc_block)(const T *restri
     /* the epilogue's operands passed through an empty asm, so nothing derived from
      * them is computed before the sums: GCC had held seven such addresses and tests
      * in registers across the loop and parked pixel pointers in xmm registers and on
-     * the stack instead (a vmovq each, on an FMA port: Intel Xeon Ice Lake) */
+     * the stack instead (a vmovq each, on an FMA port: Intel Xeon Ice Lake). One
+     * statement: five FC_OPAQUEs put 36 more stack reloads in pointwise_weight's loops */
     __asm__("" : "+r"(y), "+r"(K), "+r"(k0), "+r"(bias), "+r"(res));
     /* the epilogue. AVX-512: whole vectors only (a panel whose channels end inside a
      * vector runs through a tile, nhwc_pixels_part), unrolled, each accumulator read
@@ -1524,6 +1525,19 @@ static void FN(conv_nhwc)(const T *x, fc_int rowstep, fc_int rows, fc_int xstep,
 /* -- depthwise convolution, channels last: depthwise_nhwc_row --------------------------- */
 
 #if FC_VECTORS
+/* The depthwise blocks' epilogue: mp pixels' accumulators (from column q of the row,
+ * the vector of channels at c0), the residual added and the activation applied, stored */
+static inline __attribute__((always_inline)) void FN(dw_nhwc_store)(const FN(vec) *acc, int mp,
+                                     fc_int q, fc_int C, fc_int c0, T *restrict y,
+                                     const T *res, int act)
+{
+    for (int i = 0; i < mp; i++) {
+        FN(vec) v = acc[i];
+        if (res != NULL) v += FN(vload)(res + (q + i) * C + c0);
+        FN(vstore)(y + (q + i) * C + c0, FN(pw_vact)(v, act));
+    }
+}
+
 /* mp pixels (inlined with mp a constant) from column q of one output row, one vector
  * of channels at c0, every tap (r in [r_lo, r_hi), s < S) inside the input: mp
  * independent chains of FMAs, a weight vector loaded once per tap for all of them. */
@@ -1543,11 +1557,7 @@ static inline __attribute__((always_inline)) void FN(dw_nhwc_block)(const T *res
             for (int i = 0; i < mp; i++) acc[i] += FN(vload)(xs + i * sw * C) * wv;
         }
     }
-    for (int i = 0; i < mp; i++) {
-        FN(vec) v = acc[i];
-        if (res != NULL) v += FN(vload)(res + (q + i) * C + c0);
-        FN(vstore)(y + (q + i) * C + c0, FN(pw_vact)(v, act));
-    }
+    FN(dw_nhwc_store)(acc, mp, q, C, c0, y, res, act);
 }
 
 /* dw_nhwc_block for 3 taps a row at stride sw (1 or 2, a constant) and dilation 1:
@@ -1571,18 +1581,14 @@ static inline __attribute__((always_inline)) void FN(dw_nhwc_block3)(const T *re
         for (int k = 0; k < nx; k++) {
             xv[k] = FN(vload)(xp);
             xp += C;
-            __asm__("" : "+r"(xp));                 /* kept a running pointer (above) */
+            FC_OPAQUE(xp);                          /* kept a running pointer (above) */
         }
         for (int s = 0; s < 3; s++) {
             const FN(vec) wv = FN(vload)(w + (r * 3 + s) * C + c0);
             for (int i = 0; i < mp; i++) acc[i] += xv[i * sw + s] * wv;
         }
     }
-    for (int i = 0; i < mp; i++) {
-        FN(vec) v = acc[i];
-        if (res != NULL) v += FN(vload)(res + (q + i) * C + c0);
-        FN(vstore)(y + (q + i) * C + c0, FN(pw_vact)(v, act));
-    }
+    FN(dw_nhwc_store)(acc, mp, q, C, c0, y, res, act);
 }
 
 /* Column j of one output row, nv vectors of channels from c0 (inlined with nv a

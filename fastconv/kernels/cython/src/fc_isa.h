@@ -10,6 +10,9 @@
  * as wide as the variant's registers, within their number (16 xmm/ymm, 32 zmm). */
 #if defined(__GNUC__) || defined(__clang__)
 #  define FC_VECTORS 1
+/* An empty asm that may change v: the compiler keeps v as it is in a register and
+ * derives nothing from it across this point (each use says what it prevents) */
+#  define FC_OPAQUE(v) __asm__("" : "+r"(v))
 #  if defined(__AVX512F__)
 #    define FC_VB 64
 #    define FC_NV 4

@@ -196,9 +196,9 @@ typedef struct {
     void (*wino_filter_t_##X)(T *dU, fc_int parts, fc_int K, fc_int C, fc_int m,        \
                               fc_int k, double *tmp, T *dw);                   \
     /* the streamed variant's GEMMs for a panel of output channels, and its scratch */  \
-    void (*wino_streamed_##X)(const T *V, fc_int ldt, fc_int rows, fc_int C,            \
-                              const T *w, fc_int Kw, fc_int Cw, int rot, fc_int m,      \
-                              fc_int K, fc_int k0, fc_int cb_max, T *M, T *scratch);    \
+    void (*wino_streamed_##X)(const T *V, fc_int rows, fc_int C, const T *w, fc_int Kw, \
+                              fc_int Cw, int rot, fc_int m, fc_int K, fc_int k0,        \
+                              fc_int cb_max, T *M, T *scratch);                         \
     fc_int (*wino_streamed_scratch_##X)(fc_int m, fc_int cb_max);                       \
     /* direct (fc_direct.h): the channel block; layouts row by row; a forward work    \
      * item, a weight-gradient item; depthwise planes (forward, scatter, weight) */    \

@@ -461,7 +461,7 @@ static void FN(wino_filter_chunk)(const T *Wt, fc_int cb, fc_int J, int rot, fc_
 }
 
 /* The GEMMs of the streamed variant, for the output channels [k0, k0 + J) ∩ [0, K),
- * J = pointwise_cols (the 1x1 kernel's panel): M[xi] (ldt x K, its first ``rows`` rows) = V[xi] (ldt x C) @ U[xi] (C x K)
+ * J = pointwise_cols (the 1x1 kernel's panel): M[xi] (rows x K) = V[xi] (rows x C) @ U[xi] (C x K)
  * for every xi, with U = G g G^T made here from the weight, cb_max input
  * channels at a time, in this thread's cache (``scratch``: wino_streamed_scratch
  * elements): the weight is read once per call, and no transformed filter is kept or
@@ -469,8 +469,8 @@ static void FN(wino_filter_chunk)(const T *Wt, fc_int cb, fc_int J, int rot, fc_
  * its two channel axes swapped. The filter chunk's arithmetic is T's (as the Numba
  * backend's streamed). Each chunk's products are added to M by the channels-last 1x1
  * kernel (nhwc_pixels, the previous chunks' sum as its residual), so every sum runs in
- * one order, whatever the thread count. V[xi] at V + xi*ldt*C, M[xi] at M + xi*ldt*K. */
-static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, const T *w,
+ * one order, whatever the thread count. V[xi] at V + xi*rows*C, M[xi] at M + xi*rows*K. */
+static void FN(wino_streamed)(const T *V, fc_int rows, fc_int C, const T *w,
                               fc_int Kw, fc_int Cw, int rot, fc_int m, fc_int K, fc_int k0,
                               fc_int cb_max, T *M, T *scratch)
 {
@@ -498,8 +498,8 @@ static void FN(wino_streamed)(const T *V, fc_int ldt, fc_int rows, fc_int C, con
                 for (fc_int kk = nk; kk < J; kk++) Wt[c * J + kk] = (T)0;
         FN(wino_filter_chunk)(Wt, cb, J, rot, m, Ut, pitch);
         for (fc_int xi = 0; xi < al2; xi++) {
-            T *Mx = M + xi * ldt * K;
-            FN(nhwc_pixels)(V + xi * ldt * C + c0, C, 0, 0, NULL, cb, Ut + xi * pitch, K, 0,
+            T *Mx = M + xi * rows * K;
+            FN(nhwc_pixels)(V + xi * rows * C + c0, C, 0, 0, NULL, cb, Ut + xi * pitch, K, 0,
                             rows, k0, Mx, NULL, c0 > 0 ? Mx : NULL, 0, 1);
         }
     }
