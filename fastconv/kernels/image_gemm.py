@@ -1,8 +1,9 @@
 """1x1 layers without padding as NumPy matmuls, for the ``image_gemm`` variant: stride 1,
 and the forward and weight gradient of strided layers (every stride-th row and column
-copied first). Numba's forward and gradients; Cython's on one thread only, the forward
-without an epilogue and the input gradient (on more, NumPy's matmul runs on OpenBLAS's
-own threads, whose spinning after it slows Cython's OpenMP loops). Each image's planes
+copied first). Numba's forward and gradients; Cython's on one thread only, the input
+gradient and, in variants narrower than AVX-512, the forward without an epilogue (on
+more, NumPy's matmul runs on OpenBLAS's own threads, whose spinning after it slows
+Cython's OpenMP loops). Each image's planes
 are its patch matrix, so no patches are gathered. The GEMMs are NumPy's ``matmul``
 (NumPy's own OpenBLAS; on the Intel Xeon ``rocketlake`` its 0.3.31 ran these streaming
 GEMMs 1.1-1.5x faster than SciPy's 0.3.30, which Cython's ``cython_blas`` calls)."""

@@ -19,7 +19,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   ``pointwise_weight`` (dy's channels against x laid out pixel-major in panels of
   input channels, the sum over the batch's pixels in chunks; :func:`_weight_pointwise`);
   on one thread, NumPy's matmul (``fastconv/kernels/image_gemm.py``, shared with Numba)
-  for the input gradient and the stride-1 forward without an epilogue.
+  for the input gradient, and for the stride-1 forward without an epilogue in variants
+  narrower than AVX-512 (:data:`NUMPY_FORWARD`).
 - ``nhwc_gemm``, ``nhwc_tiled`` (channels-last calls): fastconv's own kernels, the
   epilogue in their stores: ``nhwc_gemm`` (1x1) by ``pointwise_nhwc``, ``nhwc_tiled``
   (any other kernel) by ``conv_nhwc`` on a zero-padded copy, its patches read in place
@@ -40,8 +41,8 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
 
 BLAS is SciPy's (``scipy.linalg.cython_blas``), held at one thread and called in
 blocks from OpenMP's threads (:func:`_pgemm`), so OpenMP's threads are the only ones;
-on one thread, ``tiled``'s forward and input-gradient GEMMs and ``image_gemm``'s are
-NumPy's matmul instead, as in the Numba kernel (NumPy's OpenBLAS ran these GEMMs
+on one thread, ``tiled``'s forward and input-gradient GEMMs and ``image_gemm``'s
+(above) are NumPy's matmul instead, as in the Numba kernel (NumPy's OpenBLAS ran these GEMMs
 1.1-1.5x faster than SciPy's on the Intel Xeon ``rocketlake``; at one thread it wakes
 no BLAS thread). On more threads NumPy's matmul would run on OpenBLAS's own threads,
 which then spin for 0.1 s or more after it and take a core from the OpenMP loops that
@@ -70,6 +71,14 @@ from ._hot cimport FC_MR, fc_conv, fc_int, fc_kernels, load_table, real
 from ._isa import ISA
 
 cdef const fc_kernels *hot = load_table(__name__, ISA)
+
+#: whether the 1x1 stride-1 forward without an epilogue multiplies by NumPy's matmul on
+#: one thread: in variants with vectors narrower than AVX-512's (NumPy's OpenBLAS ran it
+#: 1.1-1.2x the own kernel's speed on ResNet-50's 1x1 layers on AVX2, AMD EPYC Zen 3,
+#: session 21). With AVX-512 the own kernel (``pointwise_panel``) runs it: on ResNet-50's
+#: 1x1 shapes at N = 1 and 8 it ran a median 1.10x matmul's speed (0.93-1.38x; Intel
+#: Xeon Ice Lake, session 47), and OpenBLAS zeroes the output before its product.
+NUMPY_FORWARD = hot.pointwise_cols_f32() < 64
 
 #: copies and gathers of fewer elements run on the calling thread alone: waking
 #: OpenMP's workers costs tens of microseconds (docs/cython.md)
@@ -579,7 +588,8 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     cdef fc_conv g = _geometry(p)
     ep = none(x.dtype) if epilogue is None else epilogue
     if plan.variant == "image_gemm":
-        if ep.empty and p.stride_h == p.stride_w == 1 and get_num_threads() == 1:
+        if (NUMPY_FORWARD and ep.empty and p.stride_h == p.stride_w == 1
+                and get_num_threads() == 1):
             with single_threaded_blas():        # NumPy's GEMM, waking no BLAS thread
                 image_gemm.forward(x, w, p, out)
         else:
