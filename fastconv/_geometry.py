@@ -36,7 +36,7 @@ import itertools
 import math
 import operator
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -184,6 +184,11 @@ class ConvParams:
     def flops(self):
         """Multiply-adds x 2 of the forward pass (also of each backward pass)."""
         return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
+
+    def transposed(self):
+        """A :attr:`pointwise` layer's geometry with C and K swapped: its input gradient
+        is the forward of this geometry on dy, with the weight read transposed."""
+        return replace(self, C=self.K, K=self.C)
 
     def as_tuple(self):
         """The integers kernels take, in one fixed order (see ``kernel_args``)."""

@@ -996,16 +996,20 @@ def test_pointwise_nhwc_uneven_panels_shared_by_pixels(dtype):
     np.testing.assert_array_equal(got[2], got[1])
 
 
+@pytest.mark.parametrize("kernel", ["pointwise_input", "transposed"])
 @settings(max_examples=25)
 @given(groups=st.sampled_from([1, 2, 3]), C=st.integers(1, 40), K=st.integers(1, 70),
        N=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
        dtype=st.sampled_from(DTYPES))
-def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
-    """Cython's 1x1 input gradient on two threads (``image_gemm``): ``pointwise_input``
-    (the weight (K, C/groups) copied a panel of input channels at a time, dy's chunks
-    copied, blocks stored transposed) against the reference; any pixel and channel
-    remainders, chunks of pixels, the input channels split into slices across the
-    threads (few chunks) or chunks shared out whole (many)."""
+def test_pointwise_input_gradient_on_two_threads(kernel, groups, C, K, N, H, W, dtype):
+    """Cython's 1x1 input gradient on two threads (``image_gemm``) against the
+    reference, by each kernel the planner may choose (``_plan._transposed_input``):
+    ``pointwise_input`` (the weight (K, C/groups) copied a panel of input channels at a
+    time, dy's chunks copied, blocks stored transposed), or in float32 the forward's
+    ``pointwise_panel`` on dy reading the weight transposed (plan ``transposed``; its
+    panels spanning images where they are small); any pixel and channel remainders,
+    chunks of pixels, the channels split into slices across the threads (few chunks)
+    or chunks shared out whole (many)."""
     if fastconv._config.MAX_THREADS < 2:
         pytest.skip("fastconv may use one thread here (NUMBA_NUM_THREADS); on one thread "
                     "this gradient runs on NumPy's matmul")
@@ -1018,7 +1022,9 @@ def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
     saved = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(2)
-        with tuned(POINTWISE_ONE_GEMM_BELOW=0), fastconv.trace_plans() as ran, \
+        rule = ({"TRANSPOSED_INPUT_MAX_STRIDE": 0} if kernel == "pointwise_input" else
+                {"TRANSPOSED_INPUT_MAX_STRIDE": 10**9, "TRANSPOSED_INPUT_L1_SHARE": 10**9})
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0, **rule), fastconv.trace_plans() as ran, \
                 pytest.MonkeyPatch.context() as mp:
             mp.setattr(image_gemm, "input_grad", None)      # NumPy's path must not run
             got = fastconv.conv2d_input((N, C, H, W), w, dy, groups=groups,
@@ -1026,6 +1032,8 @@ def test_pointwise_input_gradient_on_two_threads(groups, C, K, N, H, W, dtype):
     finally:
         fastconv.set_num_threads(saved)
     assert [(q.backend, q.variant, q.threads) for q in ran] == [("cython", "image_gemm", 2)]
+    transposed = kernel == "transposed" and np.dtype(dtype) == np.float32
+    assert ran[0].get("transposed", False) == transposed, ran
     scale = fastconv.conv2d_input((N, C, H, W), np.abs(w), np.abs(dy), groups=groups,
                                   algorithm="reference").max()
     err = np.abs(got.astype(np.float64) - want).max(initial=0.0)

@@ -92,13 +92,15 @@ cdef extern from "fc_kernels.h" nogil:
         void (*pixel_major_f64)(const double *src, fc_int ld, fc_int Kg, fc_int npx,
                                 double *D, fc_int Kgp) noexcept nogil
         void (*pointwise_panel_f32)(const float *x, fc_int C, fc_int HW, fc_int p0,
-                                    fc_int np, const float *W, fc_int K, fc_int kb0,
-                                    fc_int kb1, float *y, const float *bias,
+                                    fc_int np, const float *W, fc_int wk, fc_int wc,
+                                    fc_int K, fc_int kb0, fc_int kb1, float *y,
+                                    const float *bias,
                                     const float *res, int act, float *panel,
                                     fc_int cw, int fill) noexcept nogil
         void (*pointwise_panel_f64)(const double *x, fc_int C, fc_int HW, fc_int p0,
-                                    fc_int np, const double *W, fc_int K, fc_int kb0,
-                                    fc_int kb1, double *y, const double *bias,
+                                    fc_int np, const double *W, fc_int wk, fc_int wc,
+                                    fc_int K, fc_int kb0, fc_int kb1, double *y,
+                                    const double *bias,
                                     const double *res, int act, double *panel,
                                     fc_int cw, int fill) noexcept nogil
         void (*pointwise_input_f32)(const float *dy, fc_int HW, fc_int K, const float *W,

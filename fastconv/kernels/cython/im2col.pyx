@@ -606,7 +606,7 @@ def conv2d(plan, x, w, p, out, epilogue=None):
                              get_num_threads(), ep.bias, ep.residual, ep.act)
 
 
-def _pointwise(x, w, p, out, ep, panel_bytes):
+def _pointwise(x, w, p, out, ep, panel_bytes, transposed=False):
     """The 1x1 forward without padding (``image_gemm``): per (image, group, panel of
     output pixels, slice of output channels), on OpenMP's threads, ``pointwise_panel``
     of ``src/fc_impl.h``, reading the weight as it is (no derived copy to check) with
@@ -615,8 +615,13 @@ def _pointwise(x, w, p, out, ep, panel_bytes):
     all input channels, up to the kernel's widest (``pointwise_panel_cols``), at least
     one. A strided layer's panel is gathered from every stride-th row and column
     (``pointwise_gather``), with no subsampled copy of the input. Where an image holds
-    fewer pixels than a panel (N > 1), panels span images (``_pointwise_span_run``)."""
+    fewer pixels than a panel (N > 1), panels span images (``_pointwise_span_run``).
+
+    ``transposed``: ``w`` (C, K/groups, 1, 1) is read transposed, as ``p``'s (K,
+    C/groups, 1, 1) weight: the 1x1 stride-1 input gradient, with ``p`` the layer's
+    geometry with C and K swapped, ``x`` its dy and ``out`` its dx."""
     G, Cg, Kg, HW = p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
+    wk, wc = (1, Kg) if transposed else (Cg, 1)  # the group's weight (k, c) at wk*k + wc*c
     nb = -(-Kg // FC_MR)
     dt = x.dtype
     f32 = dt == np.float32
@@ -642,11 +647,11 @@ def _pointwise(x, w, p, out, ep, panel_bytes):
                          dt)
         _pointwise_span_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1),
                             out.reshape(-1), ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg,
-                            HW, cols, ks, panels, rows, nt)
+                            HW, cols, ks, panels, rows, nt, wk, wc)
         return
     _pointwise_run(x.reshape(-1), np.ascontiguousarray(w).reshape(-1), out.reshape(-1),
                    ep.bias, ep.residual, ep.act, p.N, G, Cg, Kg, HW, cols, ks, panels, nt,
-                   p.H * p.W, p.W, p.Q, p.stride_h, p.stride_w)
+                   p.H * p.W, p.W, p.Q, p.stride_h, p.stride_w, wk, wc)
 
 
 def _pointwise_input(dy, w, p, out, panel_bytes):
@@ -919,25 +924,26 @@ def _conv_nhwc_run(const real[::1] x, real[::1] xp, const real[::1] wt,
 
 
 cdef inline void _panel(const real *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
-                        const real *W, fc_int K, fc_int kb0, fc_int kb1, real *y,
-                        const real *bias, const real *res, int act, real *panel,
-                        fc_int cw, int fill) noexcept nogil:
+                        const real *W, fc_int wk, fc_int wc, fc_int K, fc_int kb0,
+                        fc_int kb1, real *y, const real *bias, const real *res, int act,
+                        real *panel, fc_int cw, int fill) noexcept nogil:
     """``pointwise_panel`` of ``src/fc_impl.h`` for real."""
     if real is float:
-        hot.pointwise_panel_f32(x, C, HW, p0, np, W, K, kb0, kb1, y, bias, res, act, panel,
-                                cw, fill)
+        hot.pointwise_panel_f32(x, C, HW, p0, np, W, wk, wc, K, kb0, kb1, y, bias, res, act,
+                                panel, cw, fill)
     else:
-        hot.pointwise_panel_f64(x, C, HW, p0, np, W, K, kb0, kb1, y, bias, res, act, panel,
-                                cw, fill)
+        hot.pointwise_panel_f64(x, C, HW, p0, np, W, wk, wc, K, kb0, kb1, y, bias, res, act,
+                                panel, cw, fill)
 
 
 def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                    const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
                    fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
                    real[::1] panels, int nt, fc_int HWi, fc_int W, fc_int Q, fc_int sh,
-                   fc_int sw):
+                   fc_int sw, fc_int wk, fc_int wc):
     """``_pointwise``'s loop: HW output pixels per plane; the input's planes HWi apart,
-    rows W wide, read at strides (sh, sw) (Q output pixels per row)."""
+    rows W wide, read at strides (sh, sw) (Q output pixels per row); the group's weight
+    (k, c) at wk*k + wc*c."""
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *res = &res_a[0] if res_a.shape[0] else NULL
     cdef fc_int nb = (Kg + FC_MR - 1) // FC_MR, npan = (HW + cols - 1) // cols
@@ -972,7 +978,8 @@ def _pointwise_run(const real[::1] x, const real[::1] wp, real[::1] y,
                                                  HW - p0 if HW - p0 < cols else cols, panel,
                                                  cols)
                 _panel(xg, Cg, HW, p0, HW - p0 if HW - p0 < cols else cols,
-                       &wp[0] + g * Kg * Cg, Kg, part * nb // ks, (part + 1) * nb // ks,
+                       &wp[0] + g * Kg * Cg, wk, wc, Kg, part * nb // ks,
+                       (part + 1) * nb // ks,
                        &y[0] + o, NULL if bias == NULL else bias + g * Kg,
                        NULL if res == NULL else res + o, act, panel, cols,
                        fill and not strided)
@@ -1002,7 +1009,7 @@ cdef inline void _span_scatter(real *dst, const real *src, fc_int HW, fc_int pla
 def _pointwise_span_run(const real[::1] x, const real[::1] wp, real[::1] y,
                         const real[::1] bias_a, const real[::1] res_a, int act, fc_int N,
                         fc_int G, fc_int Cg, fc_int Kg, fc_int HW, fc_int cols, fc_int ks,
-                        real[::1] panels, real[::1] rows, int nt):
+                        real[::1] panels, real[::1] rows, int nt, fc_int wk, fc_int wc):
     """``_pointwise``'s loop where an image holds fewer pixels than a panel: each group's
     panels run over the batch's pixels f = n*HW + p in a row, spanning images. A panel's
     columns are gathered image by image; its output rows (those of the item's slice of
@@ -1042,9 +1049,9 @@ def _pointwise_span_run(const real[::1] x, const real[::1] wp, real[::1] y,
                     if has_res:
                         _span_gather(rb + k * cols, &res_a[0] + (g * Kg + k) * HW, HW,
                                      plane, f0, np)
-                _panel(panel, Cg, cols, 0, np, &wp[0] + g * Kg * Cg, Kg, kb0, kb1, yb,
-                       NULL if bias == NULL else bias + g * Kg, rb if has_res else NULL,
-                       act, panel, cols, 0)
+                _panel(panel, Cg, cols, 0, np, &wp[0] + g * Kg * Cg, wk, wc, Kg, kb0, kb1,
+                       yb, NULL if bias == NULL else bias + g * Kg,
+                       rb if has_res else NULL, act, panel, cols, 0)
                 for k in range(kb0 * FC_MR, min(kb1 * FC_MR, Kg)):
                     _span_scatter(&y[0] + (g * Kg + k) * HW, yb + k * cols, HW, plane, f0,
                                   np)
@@ -1059,6 +1066,9 @@ def conv2d_input(plan, dy, w, p, out):
         if get_num_threads() == 1:
             with single_threaded_blas():        # NumPy's GEMM, waking no BLAS thread
                 image_gemm.input_grad(dy, w, p, out)
+        elif plan.get("transposed"):            # the forward's kernel on dy
+            _pointwise(dy, w, p.transposed(), out, none(dy.dtype), plan["panel_bytes"],
+                       transposed=True)
         else:
             _pointwise_input(dy, w, p, out, plan["panel_bytes"])
         return

@@ -794,15 +794,15 @@ static inline FN(vec) FN(pw_vact)(FN(vec) v, int act)
 /* Output row block kb of pointwise_panel on nv vectors of the panel's pixels (always
  * inlined with nv a constant: the accumulators are registers). */
 static inline __attribute__((always_inline)) void FN(pw_panel_block)(
-    const T *restrict panel, fc_int CW, fc_int C, const T *restrict W, fc_int HW,
-    fc_int p0, fc_int np, fc_int K, fc_int kb, T *restrict y, const T *bias,
-    const T *res, int act, int nv)
+    const T *restrict panel, fc_int CW, fc_int C, const T *restrict W, fc_int wk,
+    fc_int wc, fc_int HW, fc_int p0, fc_int np, fc_int K, fc_int kb, T *restrict y,
+    const T *bias, const T *res, int act, int nv)
 {
-    /* the block's weight rows, read as they are (rows past K repeat the last one:
+    /* the block's weight rows, read where they are (rows past K repeat the last one:
      * computed, never stored) */
     const T *wr[FC_MR];
     for (int t = 0; t < FC_MR; t++)
-        wr[t] = W + (kb * FC_MR + t < K ? kb * FC_MR + t : K - 1) * C;
+        wr[t] = W + (kb * FC_MR + t < K ? kb * FC_MR + t : K - 1) * wk;
     FN(vec) acc[FC_MR][FC_NV];
     const FN(vec) vzero = {0};
     for (int t = 0; t < FC_MR; t++)
@@ -816,11 +816,11 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
             __builtin_prefetch(y + off + q, 1);
         }
     }
-    for (fc_int c = 0; c < C; c++) {
+    for (fc_int c = 0, cw = 0; c < C; c++, cw += wc) {  /* cw: c's offset in a row */
         FN(vec) us[FC_NV];
         for (int k = 0; k < nv; k++) us[k] = FN(vload)(panel + c * CW + k * VL);
         for (int t = 0; t < FC_MR; t++) {
-            const T wt = wr[t][c];
+            const T wt = wr[t][cw];
             for (int k = 0; k < nv; k++) acc[t][k] += us[k] * wt;
         }
     }
@@ -853,8 +853,10 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
 /* y[k*HW + p] = act(sum_c W[k, c] x[c*HW + p] + bias[k] + res[k*HW + p]) for the
  * pixels p in [p0, p0 + np) (np <= CW) and the output channels of row blocks
  * kb in [kb0, kb1) (FC_MR channels a block; rows >= K skipped). x: C input planes HW
- * apart; W: the weight (K, C) as it is (no derived copy, so nothing to check against
- * a weight changed between calls); bias, res: NULL when absent; panel: C * CW elements
+ * apart; W[k, c] at W[k*wk + c*wc], read where it is (no derived copy, so nothing to
+ * check against a weight changed between calls): the weight (K, C) as it is (wk = C,
+ * wc = 1), or a (C, K) weight read transposed (wk = 1, wc = K of the weight: the 1x1
+ * input gradient); bias, res: NULL when absent; panel: C * CW elements
  * of scratch (CW: a multiple of FC_PW_COLS, at most FC_PWP_COLS), which gets the
  * pixels' columns (zero past np; unless ``fill`` is
  * 0: the panel holds them already, from the caller's previous call). Per row block, each
@@ -862,7 +864,8 @@ static inline __attribute__((always_inline)) void FN(pw_panel_block)(
  * the epilogue runs on it before its one store. A short panel (an image's last
  * pixels) runs only the blocks and vectors it fills. */
 static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,
-                                const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,
+                                const T *W, fc_int wk, fc_int wc, fc_int K, fc_int kb0,
+                                fc_int kb1, T *y,
                                 const T *bias, const T *res, int act, T *panel,
                                 fc_int CW, int fill)
 {
@@ -876,19 +879,19 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
             const fc_int nj = np - j0 < FC_PW_COLS ? np - j0 : FC_PW_COLS;
             const T *pj = panel + j0;
             switch ((int)((nj + VL - 1) / VL)) {  /* each a constant: registers known */
-            case 1: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
-                                       act, 1);
+            case 1: FN(pw_panel_block)(pj, CW, C, W, wk, wc, HW, p0 + j0, nj, K, kb, y,
+                                       bias, res, act, 1);
                     break;
 #if FC_NV > 2
-            case 2: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
-                                       act, 2);
+            case 2: FN(pw_panel_block)(pj, CW, C, W, wk, wc, HW, p0 + j0, nj, K, kb, y,
+                                       bias, res, act, 2);
                     break;
-            case 3: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
-                                       act, 3);
+            case 3: FN(pw_panel_block)(pj, CW, C, W, wk, wc, HW, p0 + j0, nj, K, kb, y,
+                                       bias, res, act, 3);
                     break;
 #endif
-            default: FN(pw_panel_block)(pj, CW, C, W, HW, p0 + j0, nj, K, kb, y, bias, res,
-                                        act, FC_NV);
+            default: FN(pw_panel_block)(pj, CW, C, W, wk, wc, HW, p0 + j0, nj, K, kb, y,
+                                       bias, res, act, FC_NV);
             }
         }
 #else
@@ -898,7 +901,7 @@ static void FN(pointwise_panel)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_i
         for (int t = 0; t < FC_MR && kb * FC_MR + t < K; t++)
             for (fc_int c = 0; c < C; c++)
                 for (fc_int q = 0; q < CW; q++)
-                    acc[t][q] += panel[c * CW + q] * W[(kb * FC_MR + t) * C + c];
+                    acc[t][q] += panel[c * CW + q] * W[(kb * FC_MR + t) * wk + c * wc];
         for (int t = 0; t < FC_MR; t++) {
             const fc_int row = kb * FC_MR + t;
             if (row >= K) break;

@@ -131,11 +131,12 @@ typedef struct {
     void (*pixel_major_##X)(const T *src, fc_int ld, fc_int Kg, fc_int npx, T *D,       \
                             fc_int Kgp);                                                \
     /* 1x1 stride-1 convolution of pixels [p0, p0+np) of one image and group, output   \
-     * row blocks [kb0, kb1), the epilogue in its store (fc_impl.h); W the group's     \
-     * (K, C) weight; panel: C * cw elements of scratch, cw pixels a multiple of       \
-     * pointwise_cols() up to pointwise_panel_cols() */                                 \
+     * row blocks [kb0, kb1), the epilogue in its store (fc_impl.h); W[k, c] of the     \
+     * group at W[k*wk + c*wc]; panel: C * cw elements of scratch, cw pixels a         \
+     * multiple of pointwise_cols() up to pointwise_panel_cols() */                     \
     void (*pointwise_panel_##X)(const T *x, fc_int C, fc_int HW, fc_int p0, fc_int np,  \
-                                const T *W, fc_int K, fc_int kb0, fc_int kb1, T *y,    \
+                                const T *W, fc_int wk, fc_int wc, fc_int K, fc_int kb0, \
+                                fc_int kb1, T *y,                                       \
                                 const T *bias, const T *res, int act, T *panel,         \
                                 fc_int cw, int fill);                                   \
     /* 1x1 stride-1 input gradient of one image and group, channels [c0, c1) (c0 a     \
