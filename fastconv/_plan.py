@@ -524,16 +524,14 @@ def _winograd_3x3(op, m, p, dtype, threads, backend):
 
 def _transposed_input(p, dtype):
     """Whether Cython's 1x1 input gradient (``image_gemm``, 2+ threads) runs the
-    forward's kernel on dy with the weight read transposed where it is: a column of the
-    (K, C/groups) weight is K/groups elements C/groups apart, one cache line each, read
-    once per row block of input channels; close enough for the CPU to prefetch them
-    and few enough to stay in L1d for the next row blocks (``_tuning``). Float32 only:
-    float64's ran 0.86-0.95x pointwise_input's speed where float32's ran 1.2x and more
-    (Intel Xeon Ice Lake)."""
-    Cg, Kg = p.C // p.groups, p.K // p.groups
+    forward's kernel on dy with the weight read transposed where it is: each row block
+    of input channels reads a cache line from every output channel's row of the weight,
+    which the next row blocks read again, so the weight should stay near L1d
+    (``_tuning.TRANSPOSED_INPUT_MAX_L1``). Float32 only: float64's ran 0.86-0.95x
+    pointwise_input's speed where float32's ran 1.2x and more (Intel Xeon Ice Lake)."""
+    weight = (p.K // p.groups) * (p.C // p.groups) * 4
     return (np.dtype(dtype) == np.float32
-            and Cg * 4 <= _tuning.TRANSPOSED_INPUT_MAX_STRIDE
-            and Kg * 64 <= _machine.caches()["l1d"] * _tuning.TRANSPOSED_INPUT_L1_SHARE)
+            and weight <= _machine.caches()["l1d"] * _tuning.TRANSPOSED_INPUT_MAX_L1)
 
 
 def _im2col(op, p, dtype, threads, backend=None):

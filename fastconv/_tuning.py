@@ -147,17 +147,14 @@ DEFAULTS = {
         "register blocks as fit this with all input channels (at most 256 bytes of a row: "
         "one block with AVX-512, four with AVX2): wider panels store longer runs of each "
         "output row (Zen 3)"),
-    "TRANSPOSED_INPUT_MAX_STRIDE": (1024, "bytes",
+    "TRANSPOSED_INPUT_MAX_L1": (2.0, "x L1d",
         "the Cython 1x1 stride-1 input gradient on 2+ threads runs the forward's kernel "
-        "(pointwise_panel) on dy, reading the weight transposed where it is, when a "
-        "float32 weight column's elements lie at most this far apart (C/groups x 4) ... "
-        "(on ResNet-50's 1x1 shapes, float32, 2 threads: 1.21-1.79x pointwise_input's "
-        "speed with 64 and 256 input channels; with 512 and more, strides of 2 KiB and "
-        "more, 0.60-1.16x; Intel Xeon Ice Lake)"),
-    "TRANSPOSED_INPUT_L1_SHARE": (0.5, "fraction",
-        "... and a column's cache lines (one per output channel of the group) take at "
-        "most this share of L1d, so they stay there for the next rows of input channels "
-        "(256 <- 1024 on 14x14 read 0.69-0.72x; Intel Xeon Ice Lake, 48 KiB L1d)"),
+        "(pointwise_panel) on dy, reading the float32 weight transposed where it is, when "
+        "the group's weight takes at most this many times L1d's bytes; pointwise_input "
+        "otherwise. On ResNet-50's 1x1 shapes at 2 threads, 64 KiB weights (64 <- 256, "
+        "256 <- 64, 128 <- 128, C <- K) ran 1.10-1.95x pointwise_input's speed; 128-256 "
+        "KiB weights 0.87-1.20x and 1 MiB and more 0.60-0.82x; float64 0.86-0.95x "
+        "throughout (Intel Xeon Ice Lake, 48 KiB L1d)"),
     "POINTWISE_INPUT_BYTES": (128 * 2**10, "bytes",
         "... and its 1x1 input gradient (on more than one thread) copies dy in chunks of "
         "as many pixels as fit this with all of dy's channels (64 KiB-1 MiB within 10-25% "

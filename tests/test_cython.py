@@ -1022,9 +1022,9 @@ def test_pointwise_input_gradient_on_two_threads(kernel, groups, C, K, N, H, W, 
     saved = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(2)
-        rule = ({"TRANSPOSED_INPUT_MAX_STRIDE": 0} if kernel == "pointwise_input" else
-                {"TRANSPOSED_INPUT_MAX_STRIDE": 10**9, "TRANSPOSED_INPUT_L1_SHARE": 10**9})
-        with tuned(POINTWISE_ONE_GEMM_BELOW=0, **rule), fastconv.trace_plans() as ran, \
+        rule = 0 if kernel == "pointwise_input" else 10**9
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0, TRANSPOSED_INPUT_MAX_L1=rule), \
+                fastconv.trace_plans() as ran, \
                 pytest.MonkeyPatch.context() as mp:
             mp.setattr(image_gemm, "input_grad", None)      # NumPy's path must not run
             got = fastconv.conv2d_input((N, C, H, W), w, dy, groups=groups,
