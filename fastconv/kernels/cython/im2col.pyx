@@ -15,7 +15,9 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   ``src/fc_impl.h``: the weight read as it is, panels of pixels, the epilogue in the
   store; :func:`_pointwise`), for the input gradient ``pointwise_input`` (the weight's
   columns copied a panel at a time, blocks of pixels x input channels stored through
-  register transposes; :func:`_pointwise_input`), for the weight gradient
+  register transposes; :func:`_pointwise_input`) or, with a small float32 weight (plan
+  ``transposed``), the forward's kernel on dy reading the weight transposed in place
+  (:func:`_pointwise`), for the weight gradient
   ``pointwise_weight`` (dy's channels against x laid out pixel-major in panels of
   input channels, the sum over the batch's pixels in chunks; :func:`_weight_pointwise`);
   on one thread, NumPy's matmul (``fastconv/kernels/image_gemm.py``, shared with Numba)
