@@ -545,7 +545,8 @@ def _im2col(op, p, dtype, threads, backend=None):
     if p.pointwise:
         if op == "conv2d_weight":           # Cython: one own GEMM over the batch either way
             return ("batch_gemm" if one_gemm else "image_gemm"), panel
-        if op == "conv2d_input" and threads > 1 and _transposed_input(p, dtype):
+        if (op == "conv2d_input" and threads > 1 and backend != "numba"
+                and _transposed_input(p, dtype)):
             panel = (("panel_bytes", t.POINTWISE_PANEL_BYTES), ("transposed", True))
         return ("batch_gemm", ()) if one_gemm else ("image_gemm", panel)
     if op in ("conv2d", "conv2d_weight") and p.R == p.S == 1 and not p.padded:

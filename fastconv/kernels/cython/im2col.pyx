@@ -44,9 +44,9 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
 BLAS is SciPy's (``scipy.linalg.cython_blas``), held at one thread and called in
 blocks from OpenMP's threads (:func:`_pgemm`), so OpenMP's threads are the only ones;
 on one thread, ``tiled``'s forward and input-gradient GEMMs and ``image_gemm``'s
-(above) are NumPy's matmul instead, as in the Numba kernel (NumPy's OpenBLAS ran these GEMMs
-1.1-1.5x faster than SciPy's on the Intel Xeon ``rocketlake``; at one thread it wakes
-no BLAS thread). On more threads NumPy's matmul would run on OpenBLAS's own threads,
+(above) are NumPy's matmul instead, as in the Numba kernel (NumPy's OpenBLAS ran these
+GEMMs 1.1-1.5x faster than SciPy's on the Intel Xeon ``rocketlake``; at one thread it
+wakes no BLAS thread). On more threads NumPy's matmul would run on OpenBLAS's own threads,
 which then spin for 0.1 s or more after it and take a core from the OpenMP loops that
 follow: on AMD EPYC Zen 3, 2 threads, ResNet-50 res2's 3x3 gradients took 6.0-6.2 ms
 after a 1x1 forward or input gradient on NumPy's matmul, 2.0 ms after one on
@@ -78,8 +78,9 @@ cdef const fc_kernels *hot = load_table(__name__, ISA)
 #: one thread: in variants with vectors narrower than AVX-512's (NumPy's OpenBLAS ran it
 #: 1.1-1.2x the own kernel's speed on ResNet-50's 1x1 layers on AVX2, AMD EPYC Zen 3,
 #: session 21). With AVX-512 the own kernel (``pointwise_panel``) runs it: on ResNet-50's
-#: 1x1 shapes at N = 1 and 8 it ran a median 1.10x matmul's speed (0.93-1.38x; Intel
-#: Xeon Ice Lake, session 47), and OpenBLAS zeroes the output before its product.
+#: 1x1 shapes at N = 1 and 8 it ran 1.04-1.35x matmul's speed in float32 (median 1.14)
+#: and a median 1.13x in float64 (Intel Xeon Ice Lake, session 47); OpenBLAS zeroes the
+#: output before its product.
 NUMPY_FORWARD = hot.pointwise_cols_f32() < 64
 
 #: copies and gathers of fewer elements run on the calling thread alone: waking
