@@ -173,7 +173,10 @@ DEFAULTS = {
         "(fewer pixels for many output channels) ran 0.88-0.97x on 512->2048 at N = 8 "
         "(Zen 4)"),
     "POINTWISE_ONE_GEMM_BELOW": (100, "pixels per image",
-        "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5)"),
+        "1x1 layers with smaller planes and N > 1 run one GEMM over the batch (Zen 5): on "
+        "Numba, and on Cython the input gradient on one thread (its forward and its input "
+        "gradient on more threads run the own kernels per image, which span small images: "
+        "Intel Xeon Ice Lake)"),
     "WEIGHT_FUSED_MIN_RATIO": (16, "output pixels per patch row",
         "im2col's weight gradient reads patch rows in place (own GEMM) from this ratio: "
         "BLAS splits a long sum of small products badly (Zen 5)"),

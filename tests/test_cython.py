@@ -831,12 +831,25 @@ def pointwise_cases(draw):
 
 @pytest.mark.parametrize("variant", ["image_gemm", "batch_gemm"])
 @settings(max_examples=10)
-@given(case=pointwise_cases(), dtype=st.sampled_from(DTYPES))
-def test_pointwise_variants(variant, case, dtype):
-    """1x1 layers: a GEMM per image, or one over the batch channels-first."""
-    with tuned(POINTWISE_ONE_GEMM_BELOW=0 if variant == "image_gemm" else 10**9):
-        ran = _check_conv(case, dtype, 1)
-    assert set(ran.values()) == {variant}
+@given(case=pointwise_cases(), dtype=st.sampled_from(DTYPES), threads=st.sampled_from([1, 2]))
+def test_pointwise_variants(variant, case, dtype, threads):
+    """1x1 layers: a GEMM per image, or one over the batch channels-first
+    (``batch_gemm``: the weight gradient, and the input gradient on one thread; the
+    forward, and the input gradient on more threads, run ``image_gemm``'s own kernels,
+    whose panels span small images)."""
+    threads = min(threads, fastconv._config.MAX_THREADS)
+    saved = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(threads)
+        with tuned(POINTWISE_ONE_GEMM_BELOW=0 if variant == "image_gemm" else 10**9):
+            ran = _check_conv(case, dtype, 1)
+    finally:
+        fastconv.set_num_threads(saved)
+    want = dict.fromkeys(("conv2d", "conv2d_input", "conv2d_weight"), variant)
+    if variant == "batch_gemm":
+        want["conv2d"] = "image_gemm"
+        want["conv2d_input"] = "batch_gemm" if threads == 1 else "image_gemm"
+    assert ran == want
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1124,14 +1137,12 @@ def test_tiles_of_images_and_of_output_rows(limit, case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant,shape,weight", [
     ("tiled", (2, 32, 20, 20), (48, 32, 3, 3)),
-    ("batch_gemm", (4, 64, 16, 16), (96, 64, 1, 1)),
 ])
 def test_blas_gemms_in_blocks_on_openmp_threads(variant, shape, weight, dtype):
     """The GEMMs that call BLAS run in blocks, one single-threaded BLAS call each, on
     OpenMP's threads (``_pgemm``): cut on two threads (the cut is asserted), right
     against the reference for every op on one thread and two, and bitwise equal on
-    repeated calls with the same thread count (``batch_gemm``'s weight gradient, on
-    the own GEMM since session 42, alike). One thread and two need not agree
+    repeated calls with the same thread count. One thread and two need not agree
     bitwise: one thread runs one BLAS call (and ``tiled``'s forward and input gradient
     NumPy's matmul), and OpenBLAS's Haswell kernels (AMD Zen 3) round a GEMM cut into
     column blocks differently from the whole (its SkylakeX kernels, on Intel

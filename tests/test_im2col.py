@@ -116,7 +116,9 @@ def test_auto_picks_the_blocked_weight_gradient_for_a_stem(dtype):
                                           (2, (12, 12), "image_gemm")])
 def test_pointwise_variants(dtype, N, HW, variant):
     """1x1 stride-1 layers: one GEMM per image on the planes in place, or one over the
-    batch for small planes and N > 1 (forward and both gradients; groups)."""
+    batch for small planes and N > 1 (forward and both gradients; groups), on Numba.
+    (Cython's forward runs per image on any planes: test_cython.py's
+    test_pointwise_variants.)"""
     for groups in (1, 2):
         x, w = arrays(N, dtype, (N, 6) + HW, (10, 6 // groups, 1, 1))
         dy, = arrays(N + 1, dtype, (N, 10) + HW)
@@ -126,13 +128,14 @@ def test_pointwise_variants(dtype, N, HW, variant):
                                                                     **a), None),
                 ("conv2d_weight", lambda **a: fastconv.conv2d_weight(x, w.shape, dy,
                                                                       groups=groups, **a), None)]:
-            got, _ = ran_plan(lambda: call(algorithm="im2col"), op=op, variant=variant)
+            got, _ = ran_plan(lambda: call(algorithm="im2col", backend="numba"), op=op,
+                              variant=variant)
             assert_close(got, call(algorithm="reference"), tolerance(dtype, "im2col"),
                          f"{op} {variant} groups={groups}")
     with tuned(POINTWISE_ONE_GEMM_BELOW=10**9):      # larger planes in one GEMM too
-        assert fastconv.plan("conv2d", (N, 6) + HW, (10, 6, 1, 1),
-                             algorithm="im2col").variant == ("batch_gemm" if N > 1 else
-                                                             "image_gemm")
+        assert fastconv.plan("conv2d", (N, 6) + HW, (10, 6, 1, 1), algorithm="im2col",
+                             backend="numba").variant == ("batch_gemm" if N > 1 else
+                                                          "image_gemm")
 
 
 @pytest.mark.parametrize("limit,tile", [(1, (1, 1)), (5000, (1, 2)), (40_000, (2, 7)),

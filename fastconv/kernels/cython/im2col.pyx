@@ -29,9 +29,11 @@ Every variant the planner (``fastconv._plan._im2col``) makes runs here:
   through a table of offsets (``src/fc_impl.h``; :func:`_pointwise_nhwc`,
   :func:`_conv_nhwc`). Numba runs them as patch matrix + NumPy matmul
   (``kernels/channels_last.py``).
-- ``batch_gemm`` (1x1 layers with small planes): the batch copied channels-first, one
-  GEMM per group; the weight gradient is ``image_gemm``'s, whose chunks of pixels span
-  the small images.
+- ``batch_gemm`` (1x1 layers with small planes, N > 1; the input gradient on one
+  thread): the batch copied channels-first, one GEMM per group; the weight gradient is
+  ``image_gemm``'s, whose chunks of pixels span the small images. The forward, and the
+  input gradient on more threads, run ``image_gemm`` on such planes: its panels span
+  images (``_pointwise``).
 - ``patch_gemm`` (weight gradients with many output pixels per patch row): no patch
   matrix; the input copied zero-padded, the (image, band of ``plan["band_rows"]``
   output rows) items split into ``plan["slices"]`` slices, each with its own
@@ -274,15 +276,15 @@ cdef void _swap_epilogue(const real *src, real *dst, Py_ssize_t K, Py_ssize_t N,
 # -- forward -----------------------------------------------------------------------------
 
 
-cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
+cdef int _forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
                   real[:, :, :, ::1] out, real[::1] colbuf, real[::1] resbuf,
                   const fc_conv *g, Py_ssize_t tn, Py_ssize_t tr, int nt,
                   const real[::1] bias_a, const real[::1] res_a, int act) except -1:
-    """The forward by the plan's variant, the epilogue (``bias_a``, ``res_a`` zero-size
-    when absent, ``act``) applied to each tile right after its GEMM while it is in cache
+    """The forward of ``tiled``, the epilogue (``bias_a``, ``res_a`` zero-size when
+    absent, ``act``) applied to each tile right after its GEMM while it is in cache
     (BLAS writes the products), or in the copy that lays the tile out as NCHW."""
     cdef Py_ssize_t G = g.G, Kg = g.K // g.G, Cg = g.C // g.G
-    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, NHW = g.N * HW
+    cdef Py_ssize_t CgRS = Cg * g.R * g.S, PQ = g.P * g.Q
     cdef Py_ssize_t gi, n, i, n0, ntl, p0, prl, cols
     cdef const real *wp = &w[0, 0, 0, 0]
     cdef real *col
@@ -291,19 +293,7 @@ cdef int _forward(str variant, const real[:, :, :, ::1] x, const real[:, :, :, :
     cdef const real *bias = &bias_a[0] if bias_a.shape[0] else NULL
     cdef const real *resid = &res_a[0] if res_a.shape[0] else NULL
     cdef bint ep = bias != NULL or resid != NULL or act != 0
-    if variant == "batch_gemm":                 # 1x1: the batch channels-first, one GEMM
-        col, res = &colbuf[0], &resbuf[0]
-        with nogil:
-            _swap_axes(&x[0, 0, 0, 0], col, g.N, g.C, HW, nt)
-            for gi in range(G):
-                _pgemm(False, False, Kg, NHW, Cg, wp + gi * Kg * Cg, Cg, col + gi * Cg * NHW,
-                      NHW, 0, res + gi * Kg * NHW, NHW, nt)
-            if ep:
-                _swap_epilogue(<const real *>res, op, g.K, g.N, PQ, bias, resid, act, nt)
-            else:
-                _swap_axes(<const real *>res, op, g.K, g.N, PQ, nt)
-        return 0
-    col, res = &colbuf[0], &resbuf[0]             # tiled (image_gemm: conv2d)
+    col, res = &colbuf[0], &resbuf[0]             # tiled
     # one thread: NumPy's matmul, as the Numba kernel (NumPy's OpenBLAS, held at one
     # thread here, ran these GEMMs 1.1-1.5x faster than SciPy's; docs/cython.md)
     cdef object wm = None, cb = None, rb = None, on = None
@@ -602,11 +592,11 @@ def conv2d(plan, x, w, p, out, epilogue=None):
     tn, tr = _tiles(plan)
     with single_threaded_blas():
         if x.dtype == np.float32:
-            _forward[float](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr,
-                            get_num_threads(), ep.bias, ep.residual, ep.act)
+            _forward[float](x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
+                            ep.bias, ep.residual, ep.act)
         else:
-            _forward[double](plan.variant, x, w, out, colbuf, resbuf, &g, tn, tr,
-                             get_num_threads(), ep.bias, ep.residual, ep.act)
+            _forward[double](x, w, out, colbuf, resbuf, &g, tn, tr, get_num_threads(),
+                             ep.bias, ep.residual, ep.act)
 
 
 def _pointwise(x, w, p, out, ep, panel_bytes, transposed=False):
